@@ -1,0 +1,10 @@
+DROP TABLE keystore.data_keys;
+DROP TABLE status_events;
+DROP TABLE messages;
+DROP TABLE conversations;
+DROP TABLE contacts;
+DROP TABLE webhook_events;
+DROP TABLE inbox;
+DROP TABLE phone_numbers;
+DROP TABLE api_keys;
+DROP TABLE tenants;

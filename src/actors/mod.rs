@@ -1,0 +1,49 @@
+//! The actor system. A supervised [`registry::Registry`] owns one
+//! [`tenant::TenantActor`] per tenant (spread over worker arbiters); each tenant actor
+//! owns one [`conversation::ConversationActor`] per (business number, contact), created
+//! on demand and stopped when idle. Actors own ordering and in-memory state; every
+//! write goes through the storage writer, and nothing is acknowledged to Meta before
+//! it is in the inbox, so an actor that dies loses nothing: it re-reads its pending
+//! inbox rows when restarted, and the registry's sweeper re-dispatches anything left.
+
+pub mod conversation;
+pub mod registry;
+pub mod tenant;
+
+use std::sync::Arc;
+
+use crate::clock::SharedClock;
+use crate::config::Settings;
+use crate::crypto::Keyring;
+use crate::metrics::Metrics;
+use crate::storage::writer::WriterHandle;
+use crate::storage::Pool;
+use crate::whatsapp::Event;
+
+/// Test-only injection points; empty in production.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Called by a conversation actor before it applies an event; a panic here is
+    /// handled exactly like a bug in the actor.
+    pub before_apply: Option<Arc<dyn Fn(&Event) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("before_apply", &self.before_apply.is_some())
+            .finish()
+    }
+}
+
+/// What every actor shares.
+pub struct Core {
+    pub settings: Settings,
+    pub pool: Pool,
+    pub writer: WriterHandle,
+    pub keyring: Arc<Keyring>,
+    pub clock: SharedClock,
+    pub metrics: Arc<Metrics>,
+    pub log: slog::Logger,
+    pub hooks: Hooks,
+}

@@ -1,0 +1,167 @@
+//! The registry: routes committed inbox rows to tenant actors (starting them on the
+//! worker arbiters round-robin) and sweeps the inbox for rows that were never
+//! processed: all of them at start-up, and periodically those older than
+//! `actors.sweep_min_age_secs`, as a safety net behind the live dispatch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::tenant::{Route, TenantActor};
+use super::Core;
+use crate::ids::TenantId;
+use crate::storage::inbox::{self, InboxItem};
+
+/// Committed inbox rows to route.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Dispatch(pub Vec<InboxItem>);
+
+/// Liveness probe: answered with the number of tenant actors.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Ping;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SweepDone;
+
+pub struct Registry {
+    core: Arc<Core>,
+    arbiters: Vec<ArbiterHandle>,
+    next_arbiter: usize,
+    tenants: HashMap<TenantId, Addr<TenantActor>>,
+    sweeping: bool,
+    /// The first sweep after start takes every pending row, whatever its age.
+    recovered: bool,
+}
+
+impl Registry {
+    pub fn new(core: Arc<Core>, arbiters: Vec<ArbiterHandle>) -> Registry {
+        Registry {
+            core,
+            arbiters,
+            next_arbiter: 0,
+            tenants: HashMap::new(),
+            sweeping: false,
+            recovered: false,
+        }
+    }
+
+    fn tenant(&mut self, tenant_id: &TenantId) -> Addr<TenantActor> {
+        if let Some(addr) = self.tenants.get(tenant_id) {
+            if addr.connected() {
+                return addr.clone();
+            }
+        }
+        let core = self.core.clone();
+        let id = tenant_id.clone();
+        let addr = match self
+            .arbiters
+            .get(self.next_arbiter % self.arbiters.len().max(1))
+        {
+            Some(arbiter) => {
+                Supervisor::start_in_arbiter(arbiter, move |_| TenantActor::new(core, id))
+            }
+            None => Supervisor::start(move |_| TenantActor::new(core, id)),
+        };
+        self.next_arbiter += 1;
+        self.tenants.insert(tenant_id.clone(), addr.clone());
+        addr
+    }
+
+    fn route(&mut self, items: Vec<InboxItem>) {
+        let mut by_tenant: HashMap<TenantId, Vec<InboxItem>> = HashMap::new();
+        for item in items {
+            by_tenant
+                .entry(item.tenant_id.clone())
+                .or_default()
+                .push(item);
+        }
+        for (tenant_id, items) in by_tenant {
+            self.tenant(&tenant_id).do_send(Route(items));
+        }
+    }
+
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        if self.sweeping {
+            return;
+        }
+        self.sweeping = true;
+        let core = self.core.clone();
+        let min_age_ms = if self.recovered {
+            (core.settings.actors.sweep_min_age_secs * 1000) as i64
+        } else {
+            0
+        };
+        let me = ctx.address();
+        // Reading and decrypting rows blocks: do it off the actor's thread.
+        actix_web::rt::task::spawn_blocking(move || {
+            let before = core.clock.now_ms() - min_age_ms;
+            let mut after_id = 0;
+            let mut total = 0usize;
+            loop {
+                let page = core.pool.get().map_err(Into::into).and_then(|mut conn| {
+                    inbox::pending(&mut conn, &core.keyring, after_id, before, 1000)
+                });
+                match page {
+                    Ok(items) if items.is_empty() => break,
+                    Ok(items) => {
+                        after_id = items.last().map(|i| i.id).unwrap_or(after_id);
+                        total += items.len();
+                        me.do_send(Dispatch(items));
+                    }
+                    Err(e) => {
+                        slog::warn!(core.log, "inbox sweep failed"; "error" => %e);
+                        break;
+                    }
+                }
+            }
+            if total > 0 {
+                slog::info!(core.log, "re-dispatched unprocessed inbox rows"; "rows" => total);
+            }
+            me.do_send(SweepDone);
+        });
+        self.recovered = true;
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.sweep(ctx);
+        let every = Duration::from_secs(self.core.settings.actors.sweep_interval_secs.max(1));
+        ctx.run_interval(every, |actor, ctx| actor.sweep(ctx));
+    }
+}
+
+impl Supervised for Registry {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.sweeping = false;
+        self.recovered = false;
+    }
+}
+
+impl Handler<Dispatch> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: Dispatch, _ctx: &mut Context<Self>) {
+        self.route(msg.0);
+    }
+}
+
+impl Handler<Ping> for Registry {
+    type Result = usize;
+    fn handle(&mut self, _msg: Ping, _ctx: &mut Context<Self>) -> usize {
+        self.tenants.len()
+    }
+}
+
+impl Handler<SweepDone> for Registry {
+    type Result = ();
+    fn handle(&mut self, _msg: SweepDone, _ctx: &mut Context<Self>) {
+        self.sweeping = false;
+    }
+}

@@ -1,0 +1,116 @@
+//! One actor per tenant: routes each inbox row to the conversation actor of its
+//! (business number, contact), starting it on demand. A contact may be named by its
+//! BSUID, its phone number or both; the tenant actor remembers which names it saw
+//! together so that all of a contact's events reach the same conversation actor.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::conversation::{ConversationActor, Process};
+use super::Core;
+use crate::ids::TenantId;
+use crate::storage::inbox::InboxItem;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Route(pub Vec<InboxItem>);
+
+/// A conversation actor reports it has been idle; `received` is how many events it
+/// got, so one that was sent more in the meantime is kept.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Idle {
+    pub key: String,
+    pub received: u64,
+}
+
+struct Entry {
+    addr: Addr<ConversationActor>,
+    sent: u64,
+}
+
+pub struct TenantActor {
+    core: Arc<Core>,
+    tenant_id: TenantId,
+    conversations: HashMap<String, Entry>,
+    /// "number|u:BSUID" or "number|w:PHONE" → the conversation key it belongs to.
+    aliases: HashMap<String, String>,
+}
+
+impl TenantActor {
+    pub fn new(core: Arc<Core>, tenant_id: TenantId) -> TenantActor {
+        TenantActor {
+            core,
+            tenant_id,
+            conversations: HashMap::new(),
+            aliases: HashMap::new(),
+        }
+    }
+
+    fn conversation_key(&mut self, item: &InboxItem) -> String {
+        let names: Vec<String> = item
+            .event
+            .identity
+            .all_route_keys()
+            .into_iter()
+            .map(|k| format!("{}|{k}", item.phone_number_id))
+            .collect();
+        let key = names
+            .iter()
+            .find_map(|name| self.aliases.get(name).cloned())
+            .unwrap_or_else(|| format!("{}|{}", item.phone_number_id, item.route_key));
+        for name in names {
+            self.aliases.entry(name).or_insert_with(|| key.clone());
+        }
+        key
+    }
+}
+
+impl Actor for TenantActor {
+    type Context = Context<Self>;
+}
+
+impl Supervised for TenantActor {}
+
+impl Handler<Route> for TenantActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Route, ctx: &mut Context<Self>) {
+        for item in msg.0 {
+            let key = self.conversation_key(&item);
+            let entry = self.conversations.entry(key.clone()).or_insert_with(|| {
+                let core = self.core.clone();
+                let tenant = ctx.address();
+                let tenant_id = self.tenant_id.clone();
+                let phone_number_id = item.phone_number_id.clone();
+                let actor_key = key.clone();
+                Entry {
+                    addr: Supervisor::start(move |_| {
+                        ConversationActor::new(core, tenant, tenant_id, phone_number_id, actor_key)
+                    }),
+                    sent: 0,
+                }
+            });
+            entry.sent += 1;
+            entry.addr.do_send(Process(item));
+        }
+    }
+}
+
+impl Handler<Idle> for TenantActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Idle, _ctx: &mut Context<Self>) {
+        let idle = self
+            .conversations
+            .get(&msg.key)
+            .is_some_and(|entry| entry.sent == msg.received);
+        if idle {
+            // Dropping the last address stops the actor for good (no restart).
+            self.conversations.remove(&msg.key);
+            self.aliases.retain(|_, key| *key != msg.key);
+        }
+    }
+}

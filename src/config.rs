@@ -1,0 +1,365 @@
+//! Settings: built-in defaults (`config/default.toml`, compiled in), then the operator's
+//! file, then `CONVERRA__SECTION__KEY` environment variables. Secrets may come from
+//! files (`*_file` keys) so systemd credentials work; they are resolved once here and
+//! never printed: [`Settings::redacted`] is what `check-config` shows.
+
+use std::path::{Path, PathBuf};
+
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+
+/// The defaults shipped in the repository, compiled into the binary so it runs from any
+/// working directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// The system-wide file read when no `--config` is given and it exists.
+pub const SYSTEM_CONFIG_PATH: &str = "/etc/converra/converra.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("configuration key {key}: cannot read {path}: {source}")]
+    SecretFile {
+        key: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub whatsapp: WhatsAppSettings,
+    pub security: SecuritySettings,
+    pub actors: ActorSettings,
+    pub inbox: InboxSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub bind: String,
+    pub workers: usize,
+    pub max_body_bytes: usize,
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub key_store_path: String,
+    pub pool_size: u32,
+    pub connect_timeout_secs: u64,
+    pub sqlite_synchronous: String,
+    pub sqlite_busy_timeout_ms: u64,
+    pub write_batch_max: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhatsAppSettings {
+    pub app_secret: String,
+    pub app_secret_file: String,
+    pub verify_token: String,
+    pub verify_token_file: String,
+    pub graph_base_url: String,
+    pub graph_api_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySettings {
+    pub master_key_file: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorSettings {
+    pub arbiters: usize,
+    pub idle_timeout_secs: u64,
+    pub sweep_interval_secs: u64,
+    pub sweep_min_age_secs: u64,
+    pub retry_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxSettings {
+    pub keep_processed_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: String,
+}
+
+const REDACTED: &str = "<redacted>";
+
+impl Settings {
+    /// Loads defaults, then `file` (or the system file when it exists), then the
+    /// environment; resolves secret files and validates.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        match file {
+            Some(path) => {
+                builder = builder.add_source(File::from(path.to_path_buf()).required(true))
+            }
+            None if Path::new(SYSTEM_CONFIG_PATH).exists() => {
+                builder = builder.add_source(File::with_name(SYSTEM_CONFIG_PATH).required(true))
+            }
+            None => {}
+        }
+        builder = builder.add_source(
+            Environment::with_prefix("CONVERRA")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.resolve_secret_files()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The built-in defaults alone; tests start from these.
+    pub fn defaults() -> Result<Settings, ConfigError> {
+        let settings: Settings = Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        Ok(settings)
+    }
+
+    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        if !self.whatsapp.app_secret_file.is_empty() {
+            self.whatsapp.app_secret =
+                read_secret("whatsapp.app_secret_file", &self.whatsapp.app_secret_file)?;
+        }
+        if !self.whatsapp.verify_token_file.is_empty() {
+            self.whatsapp.verify_token = read_secret(
+                "whatsapp.verify_token_file",
+                &self.whatsapp.verify_token_file,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Checks every value a typo could break, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.bind.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "server.bind",
+                format!(
+                    "{:?} is not HOST:PORT (for example 127.0.0.1:8080)",
+                    self.server.bind
+                ),
+            ));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        crate::storage::DatabaseUrl::parse(&self.database.url)
+            .map_err(|e| invalid("database.url", e.to_string()))?;
+        if self.database.pool_size < 2 {
+            return Err(invalid("database.pool_size", "must be at least 2"));
+        }
+        if !["full", "normal"].contains(&self.database.sqlite_synchronous.as_str()) {
+            return Err(invalid(
+                "database.sqlite_synchronous",
+                format!(
+                    "{:?} is not \"full\" or \"normal\"",
+                    self.database.sqlite_synchronous
+                ),
+            ));
+        }
+        if self.database.write_batch_max == 0 {
+            return Err(invalid("database.write_batch_max", "must be at least 1"));
+        }
+        if url::Url::parse(&self.whatsapp.graph_base_url).is_err() {
+            return Err(invalid("whatsapp.graph_base_url", "is not a URL"));
+        }
+        if self.security.master_key_file.is_empty() {
+            return Err(invalid("security.master_key_file", "must name a file"));
+        }
+        if crate::logging::parse_level(&self.log.level).is_none() {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "{:?} is not one of trace, debug, info, warning, error, critical",
+                    self.log.level
+                ),
+            ));
+        }
+        if !["auto", "json", "human"].contains(&self.log.format.as_str()) {
+            return Err(invalid(
+                "log.format",
+                format!("{:?} is not auto, json or human", self.log.format),
+            ));
+        }
+        if self.actors.idle_timeout_secs == 0 {
+            return Err(invalid("actors.idle_timeout_secs", "must be at least 1"));
+        }
+        if self.actors.sweep_interval_secs == 0 {
+            return Err(invalid("actors.sweep_interval_secs", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// What a running server still lacks to accept webhooks, as (key, reason) pairs;
+    /// `serve` starts anyway and refuses webhooks with a message naming the key.
+    pub fn warnings(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        if self.whatsapp.app_secret.is_empty() {
+            out.push((
+                "whatsapp.app_secret",
+                "not set: every webhook POST is refused until it is",
+            ));
+        }
+        if self.whatsapp.verify_token.is_empty() {
+            out.push((
+                "whatsapp.verify_token",
+                "not set: Meta's verification handshake is refused until it is",
+            ));
+        }
+        out
+    }
+
+    /// A copy fit for printing: every secret replaced.
+    pub fn redacted(&self) -> Settings {
+        let mut copy = self.clone();
+        for secret in [
+            &mut copy.whatsapp.app_secret,
+            &mut copy.whatsapp.verify_token,
+        ] {
+            if !secret.is_empty() {
+                *secret = REDACTED.to_string();
+            }
+        }
+        copy.database.url = redact_url_password(&copy.database.url);
+        copy
+    }
+
+    /// The key store file for SQLite: the configured path, or NAME-keys.db beside the
+    /// database file.
+    pub fn sqlite_key_store_path(&self, database_path: &Path) -> PathBuf {
+        if !self.database.key_store_path.is_empty() {
+            return PathBuf::from(&self.database.key_store_path);
+        }
+        let stem = database_path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("converra");
+        database_path.with_file_name(format!("{stem}-keys.db"))
+    }
+}
+
+fn read_secret(key: &'static str, path: &str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        key,
+        path: path.to_string(),
+        source,
+    })?;
+    let value = text.trim().to_string();
+    if value.is_empty() {
+        return Err(invalid(key, format!("{path} is empty")));
+    }
+    Ok(value)
+}
+
+fn redact_url_password(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some(REDACTED));
+            parsed.to_string()
+        }
+        _ => raw.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_of(value: &toml_like::Value) -> Vec<String> {
+        toml_like::flatten(value)
+    }
+
+    /// `config/default.toml` and the settings struct name the same keys: a key added to
+    /// one and not the other fails here.
+    #[test]
+    fn default_toml_matches_the_settings_struct() {
+        let from_file: serde_json::Value = Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("default.toml parses");
+        let from_struct =
+            serde_json::to_value(Settings::defaults().expect("defaults")).expect("serialise");
+        assert_eq!(keys_of(&from_file), keys_of(&from_struct));
+    }
+
+    #[test]
+    fn redaction_hides_secrets_and_url_passwords() {
+        let mut settings = Settings::defaults().expect("defaults");
+        settings.whatsapp.app_secret = "s3cret".into();
+        settings.database.url = "postgres://user:hunter2@db/converra".into();
+        let shown = serde_json::to_string(&settings.redacted()).expect("serialise");
+        assert!(!shown.contains("s3cret"));
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains(REDACTED));
+    }
+
+    #[test]
+    fn validation_names_the_offending_key() {
+        let mut settings = Settings::defaults().expect("defaults");
+        settings.server.bind = "nonsense".into();
+        let err = settings.validate().expect_err("invalid bind");
+        assert!(err.to_string().contains("server.bind"), "{err}");
+        let mut settings = Settings::defaults().expect("defaults");
+        settings.database.url = "mysql://x".into();
+        let err = settings.validate().expect_err("invalid url");
+        assert!(err.to_string().contains("database.url"), "{err}");
+    }
+
+    mod toml_like {
+        pub type Value = serde_json::Value;
+        pub fn flatten(value: &Value) -> Vec<String> {
+            let mut out = Vec::new();
+            walk("", value, &mut out);
+            out.sort();
+            out
+        }
+        fn walk(prefix: &str, value: &Value, out: &mut Vec<String>) {
+            match value {
+                Value::Object(map) => {
+                    for (k, v) in map {
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        walk(&key, v, out);
+                    }
+                }
+                _ => out.push(prefix.to_string()),
+            }
+        }
+    }
+}

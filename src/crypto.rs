@@ -1,0 +1,284 @@
+//! Encryption at rest. One master key (a file, 0600) derives, with HKDF, the keys that
+//! wrap per-contact data keys, protect inbox payloads and access tokens, and key the
+//! blind indexes. Personal data is sealed with XChaCha20-Poly1305 under the contact's
+//! own data key; the wrapped data keys live in a key store apart from the data, so
+//! destroying a contact's key makes every copy of its data unreadable, backups included.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+const VERSION: u8 = 1;
+const NONCE_LEN: usize = 24;
+const KEY_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("master key file {path}: {message}")]
+    MasterKey { path: String, message: String },
+    #[error("ciphertext is malformed or was not sealed under this key")]
+    Open,
+    #[error("the operating system's random source failed: {0}")]
+    Random(String),
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
+    let mut out = [0u8; N];
+    getrandom::getrandom(&mut out).map_err(|e| CryptoError::Random(e.to_string()))?;
+    Ok(out)
+}
+
+/// A symmetric AEAD key. Its bytes never leave this module except wrapped.
+#[derive(Clone)]
+pub struct SealKey {
+    cipher: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealKey(..)")
+    }
+}
+
+impl SealKey {
+    fn from_bytes(bytes: &[u8; KEY_LEN]) -> SealKey {
+        SealKey {
+            cipher: XChaCha20Poly1305::new(bytes.into()),
+        }
+    }
+
+    /// Seals `plain`; `aad` binds the ciphertext to its place (a row id), so a
+    /// ciphertext copied to another row does not open.
+    pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let nonce_bytes: [u8; NONCE_LEN] = random_bytes()?;
+        let nonce = XNonce::from_slice(&nonce_bytes);
+        let sealed = self
+            .cipher
+            .encrypt(nonce, Payload { msg: plain, aad })
+            .map_err(|_| CryptoError::Open)?;
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+        out.push(VERSION);
+        out.extend_from_slice(&nonce_bytes);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < 1 + NONCE_LEN || sealed[0] != VERSION {
+            return Err(CryptoError::Open);
+        }
+        let nonce = XNonce::from_slice(&sealed[1..1 + NONCE_LEN]);
+        self.cipher
+            .decrypt(
+                nonce,
+                Payload {
+                    msg: &sealed[1 + NONCE_LEN..],
+                    aad,
+                },
+            )
+            .map_err(|_| CryptoError::Open)
+    }
+
+    pub fn open_string(&self, sealed: &[u8], aad: &[u8]) -> Result<String, CryptoError> {
+        String::from_utf8(self.open(sealed, aad)?).map_err(|_| CryptoError::Open)
+    }
+}
+
+/// A freshly generated per-contact data key and its wrapped form for the key store.
+pub struct NewDataKey {
+    pub key: SealKey,
+    pub wrapped: Vec<u8>,
+}
+
+/// The keys derived from the master key. Cheap to clone (shared behind an `Arc`).
+pub struct Keyring {
+    wrap: SealKey,
+    inbox: SealKey,
+    secrets: SealKey,
+    blind_index: [u8; KEY_LEN],
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keyring(..)")
+    }
+}
+
+impl Keyring {
+    pub fn from_master(master: &[u8; KEY_LEN]) -> Keyring {
+        let hk = hkdf::Hkdf::<Sha256>::new(Some(b"converra"), master);
+        let derive = |info: &[u8]| {
+            let mut out = [0u8; KEY_LEN];
+            // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
+            let _ = hk.expand(info, &mut out);
+            out
+        };
+        Keyring {
+            wrap: SealKey::from_bytes(&derive(b"wrap data keys v1")),
+            inbox: SealKey::from_bytes(&derive(b"inbox payloads v1")),
+            secrets: SealKey::from_bytes(&derive(b"tenant secrets v1")),
+            blind_index: derive(b"blind index v1"),
+        }
+    }
+
+    /// Reads the master key file (64 hex characters), creating it with mode 0600 when it
+    /// does not exist yet.
+    pub fn load_or_create(path: &Path) -> Result<Keyring, CryptoError> {
+        let err = |message: String| CryptoError::MasterKey {
+            path: path.display().to_string(),
+            message,
+        };
+        if !path.exists() {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent)
+                    .map_err(|e| err(format!("cannot create folder: {e}")))?;
+            }
+            let key: [u8; KEY_LEN] = random_bytes()?;
+            write_private_file(path, hex::encode(key).as_bytes())
+                .map_err(|e| err(format!("cannot create: {e}")))?;
+        }
+        let text = fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let bytes = hex::decode(text.trim())
+            .map_err(|_| err("must hold 64 hexadecimal characters".into()))?;
+        let master: [u8; KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| err("must hold 64 hexadecimal characters (32 bytes)".into()))?;
+        Ok(Keyring::from_master(&master))
+    }
+
+    /// A new per-contact data key, wrapped for the key store; `key_id` is bound in.
+    pub fn new_data_key(&self, key_id: &str) -> Result<NewDataKey, CryptoError> {
+        let bytes: [u8; KEY_LEN] = random_bytes()?;
+        let wrapped = self.wrap.seal(&bytes, key_id.as_bytes())?;
+        Ok(NewDataKey {
+            key: SealKey::from_bytes(&bytes),
+            wrapped,
+        })
+    }
+
+    pub fn unwrap_data_key(&self, key_id: &str, wrapped: &[u8]) -> Result<SealKey, CryptoError> {
+        let bytes = self.wrap.open(wrapped, key_id.as_bytes())?;
+        let bytes: [u8; KEY_LEN] = bytes.try_into().map_err(|_| CryptoError::Open)?;
+        Ok(SealKey::from_bytes(&bytes))
+    }
+
+    /// Inbox payloads and raw webhook bodies (processed rows are deleted soon after).
+    pub fn inbox(&self) -> &SealKey {
+        &self.inbox
+    }
+
+    /// Tenant secrets such as Meta access tokens.
+    pub fn secrets(&self) -> &SealKey {
+        &self.secrets
+    }
+
+    /// A keyed hash of an identifier, scoped to one tenant, for equality lookups
+    /// without storing the identifier in clear.
+    pub fn blind_index(&self, tenant_id: &str, kind: &str, value: &str) -> String {
+        // HMAC accepts keys of any length, so new_from_slice cannot fail here.
+        let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(&self.blind_index) {
+            Ok(mac) => mac,
+            Err(_) => unreachable!("HMAC takes keys of any length"),
+        };
+        for part in [tenant_id, kind, value] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// A new tenant API key: the secret shown once, and the hash that is stored.
+pub struct NewApiKey {
+    pub secret: String,
+    pub hash: String,
+    pub prefix: String,
+}
+
+pub fn new_api_key() -> Result<NewApiKey, CryptoError> {
+    let bytes: [u8; 32] = random_bytes()?;
+    let secret = format!("cvk_{}", hex::encode(bytes));
+    Ok(NewApiKey {
+        hash: hash_api_key(&secret),
+        prefix: secret[..12].to_string(),
+        secret,
+    })
+}
+
+/// API keys carry 256 random bits, so a plain SHA-256 is a sound, fast lookup hash.
+pub fn hash_api_key(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyring() -> Keyring {
+        Keyring::from_master(&[7u8; KEY_LEN])
+    }
+
+    #[test]
+    fn sealed_data_opens_only_with_its_key_and_place() {
+        let ring = keyring();
+        let dk = ring.new_data_key("k1").expect("key");
+        let sealed = dk.key.seal(b"hello", b"row-1").expect("seal");
+        assert_eq!(dk.key.open(&sealed, b"row-1").expect("open"), b"hello");
+        assert!(dk.key.open(&sealed, b"row-2").is_err(), "aad is bound");
+        let other = ring.new_data_key("k2").expect("key");
+        assert!(
+            other.key.open(&sealed, b"row-1").is_err(),
+            "other key fails"
+        );
+        let unwrapped = ring.unwrap_data_key("k1", &dk.wrapped).expect("unwrap");
+        assert_eq!(unwrapped.open(&sealed, b"row-1").expect("open"), b"hello");
+        assert!(
+            ring.unwrap_data_key("k2", &dk.wrapped).is_err(),
+            "key id is bound"
+        );
+    }
+
+    #[test]
+    fn blind_index_is_stable_and_tenant_scoped() {
+        let ring = keyring();
+        let a = ring.blind_index("t1", "wa_id", "15551234567");
+        assert_eq!(a, ring.blind_index("t1", "wa_id", "15551234567"));
+        assert_ne!(a, ring.blind_index("t2", "wa_id", "15551234567"));
+        assert_ne!(a, ring.blind_index("t1", "user_id", "15551234567"));
+    }
+
+    #[test]
+    fn master_key_file_is_created_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/master.key");
+        Keyring::load_or_create(&path).expect("create");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        Keyring::load_or_create(&path).expect("reload");
+        fs::write(&path, "not hex").expect("write");
+        let err = Keyring::load_or_create(&path).expect_err("bad key");
+        assert!(err.to_string().contains("hexadecimal"));
+    }
+}

@@ -1,0 +1,147 @@
+//! The tenant read API under `/v1/`. Every call is authenticated by a tenant API key
+//! and scoped to that tenant: another tenant's rows are "not found", never "forbidden",
+//! so their existence cannot be detected.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use crate::error::{ApiError, ErrorCode};
+use crate::ids::TenantId;
+use crate::storage::{self, crm, tenants, StorageError};
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+impl PageQuery {
+    fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit {
+            None => Ok(DEFAULT_LIMIT),
+            Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            Some(_) => Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "limit",
+                format!("limit must be between 1 and {MAX_LIMIT}"),
+            )),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Page<T> {
+    items: Vec<T>,
+    next_cursor: Option<String>,
+}
+
+fn page<T>(items: Vec<T>, limit: i64, id: impl Fn(&T) -> &str) -> HttpResponse
+where
+    T: Serialize,
+{
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|i| id(i).to_string()))
+        .flatten();
+    HttpResponse::Ok().json(Page { items, next_cursor })
+}
+
+/// Resolves the bearer key to its tenant.
+async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<TenantId, ApiError> {
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .ok_or_else(|| {
+            ApiError::unauthorized("the Authorization header is missing (Bearer <api key>)")
+        })?;
+    let key = header
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            ApiError::unauthorized("the Authorization header must be \"Bearer <api key>\"")
+        })?
+        .to_string();
+    let pool = state.core.pool.clone();
+    web::block(move || storage::with_conn(&pool, |conn| tenants::tenant_for_api_key(conn, &key)))
+        .await??
+        .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))
+}
+
+async fn read<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&mut storage::DbConn, &crate::crypto::Keyring) -> Result<T, StorageError>
+        + Send
+        + 'static,
+) -> Result<T, ApiError> {
+    let pool = state.core.pool.clone();
+    let keyring = state.core.keyring.clone();
+    Ok(web::block(move || storage::with_conn(&pool, |conn| f(conn, &keyring))).await??)
+}
+
+pub async fn list_contacts(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = authenticate(&state, &req).await?;
+    let limit = query.limit()?;
+    let cursor = query.cursor.clone();
+    let items = read(&state, move |conn, keyring| {
+        crm::list_contacts(conn, keyring, &tenant, cursor.as_deref(), limit)
+    })
+    .await?;
+    Ok(page(items, limit, |c| &c.id))
+}
+
+pub async fn list_conversations(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = authenticate(&state, &req).await?;
+    let limit = query.limit()?;
+    let cursor = query.cursor.clone();
+    let items = read(&state, move |conn, _| {
+        crm::list_conversations(conn, &tenant, cursor.as_deref(), limit)
+    })
+    .await?;
+    Ok(page(items, limit, |c| &c.id))
+}
+
+pub async fn list_messages(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = authenticate(&state, &req).await?;
+    let limit = query.limit()?;
+    let cursor = query.cursor.clone();
+    let conversation_id = path.into_inner();
+    let items = read(&state, move |conn, keyring| {
+        if !crm::conversation_exists(conn, &tenant, &conversation_id)? {
+            return Err(StorageError::NotFound);
+        }
+        crm::list_messages(
+            conn,
+            keyring,
+            &tenant,
+            &conversation_id,
+            cursor.as_deref(),
+            limit,
+        )
+    })
+    .await
+    .map_err(|e| match e.code {
+        ErrorCode::NotFound => ApiError::not_found("conversation"),
+        _ => e,
+    })?;
+    Ok(page(items, limit, |m| &m.id))
+}

@@ -1,0 +1,58 @@
+//! `/healthz` (the process answers), `/readyz` (database reachable, actor system
+//! answering) and `/metrics` (Prometheus text).
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+
+use super::AppState;
+use crate::actors::registry::Ping;
+use crate::error::{ApiError, ErrorCode};
+use crate::storage;
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let pool = state.core.pool.clone();
+    let started = std::time::Instant::now();
+    web::block(move || storage::with_conn(&pool, storage::ping))
+        .await?
+        .map_err(|e| {
+            ApiError::field(
+                ErrorCode::Unavailable,
+                "database",
+                format!("database unreachable: {e}"),
+            )
+        })?;
+    let db_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let tenants = tokio::time::timeout(Duration::from_secs(2), state.registry.send(Ping))
+        .await
+        .map_err(|_| {
+            ApiError::field(
+                ErrorCode::Unavailable,
+                "actors",
+                "the actor system does not answer",
+            )
+        })?
+        .map_err(|_| {
+            ApiError::field(
+                ErrorCode::Unavailable,
+                "actors",
+                "the actor system has stopped",
+            )
+        })?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "status": "ready",
+        "database_ms": db_ms,
+        "tenant_actors": tenants,
+        "writer_queue": state.core.writer.queue_len(),
+    })))
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.core.metrics.render())
+}

@@ -1,0 +1,168 @@
+//! `GET /webhooks/whatsapp`: Meta's verification handshake. `POST`: signature check on
+//! the raw bytes, parse, seal, and commit to the inbox through the writer; 200 only
+//! after the commit, 503 when the database cannot take it (Meta retries).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use super::AppState;
+use crate::error::{ApiError, ErrorCode};
+use crate::storage::inbox::{PreparedEvent, PreparedOther};
+use crate::whatsapp::{signature, webhook};
+
+#[derive(Deserialize)]
+pub struct Handshake {
+    #[serde(rename = "hub.mode")]
+    mode: Option<String>,
+    #[serde(rename = "hub.verify_token")]
+    verify_token: Option<String>,
+    #[serde(rename = "hub.challenge")]
+    challenge: Option<String>,
+}
+
+pub async fn verify(
+    state: web::Data<AppState>,
+    query: web::Query<Handshake>,
+) -> Result<HttpResponse, ApiError> {
+    let expected = &state.core.settings.whatsapp.verify_token;
+    if expected.is_empty() {
+        return Err(ApiError::field(
+            ErrorCode::NotConfigured,
+            "whatsapp.verify_token",
+            "the verify token is not configured",
+        ));
+    }
+    if query.mode.as_deref() != Some("subscribe") {
+        return Err(ApiError::field(
+            ErrorCode::Forbidden,
+            "hub.mode",
+            "hub.mode must be \"subscribe\"",
+        ));
+    }
+    let given = query.verify_token.as_deref().unwrap_or_default();
+    if !signature::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        return Err(ApiError::field(
+            ErrorCode::Forbidden,
+            "hub.verify_token",
+            "the verify token does not match",
+        ));
+    }
+    let challenge = query.challenge.clone().unwrap_or_default();
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain")
+        .body(challenge))
+}
+
+pub async fn receive(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let core = &state.core;
+    let outcome = |name: &str| core.metrics.webhooks.with_label_values(&[name]).inc();
+    let secret = core.settings.whatsapp.app_secret.as_bytes();
+    if secret.is_empty() {
+        outcome("not_configured");
+        return Err(ApiError::field(
+            ErrorCode::NotConfigured,
+            "whatsapp.app_secret",
+            "the Meta app secret is not configured, so webhooks cannot be verified",
+        ));
+    }
+    let limit = core.settings.server.max_body_bytes;
+    let too_large = || {
+        ApiError::field(
+            ErrorCode::PayloadTooLarge,
+            "body",
+            format!("the body exceeds the limit of {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        outcome("too_large");
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::field(
+                ErrorCode::InvalidField,
+                "body",
+                format!("reading the body failed: {e}"),
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            outcome("too_large");
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let header = req
+        .headers()
+        .get("X-Hub-Signature-256")
+        .and_then(|v| v.to_str().ok());
+    if let Err(e) = signature::verify(secret, &body, header) {
+        core.metrics.signature_failures.inc();
+        outcome(if header.is_none() {
+            "unsigned"
+        } else {
+            "forged"
+        });
+        return Err(ApiError::field(
+            ErrorCode::InvalidSignature,
+            "X-Hub-Signature-256",
+            e.to_string(),
+        ));
+    }
+    let parsed = webhook::parse(&body);
+    let mut events = Vec::with_capacity(parsed.events.len());
+    let mut others = Vec::with_capacity(parsed.others.len());
+    for event in parsed.events {
+        match PreparedEvent::seal(&core.keyring, event) {
+            Some(prepared) => events.push(prepared),
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "sealing an event failed",
+                ))
+            }
+        }
+    }
+    for other in &parsed.others {
+        slog::warn!(core.log, "signed webhook content stored raw";
+            "reason" => other.reason, "field" => other.field.as_deref().unwrap_or("-"));
+        others.push(PreparedOther::seal(
+            &core.keyring,
+            other.reason,
+            other.field.clone(),
+            other.phone_number_id.clone(),
+            &other.raw,
+        )?);
+    }
+    let event_count = events.len();
+    match core.writer.ingest(events, others).await {
+        Ok(receipt) => {
+            outcome("accepted");
+            Ok(HttpResponse::Ok().json(serde_json::json!({
+                "received": event_count,
+                "new": receipt.accepted.len(),
+                "duplicates": receipt.duplicates,
+                "unrouted": receipt.unrouted,
+                "stored_raw": receipt.others,
+            })))
+        }
+        Err(e) => {
+            outcome("unavailable");
+            slog::warn!(core.log, "webhook not committed; answered 503 so Meta retries"; "error" => %e);
+            Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the inbox is unavailable; retry later",
+            ))
+        }
+    }
+}

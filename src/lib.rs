@@ -1,0 +1,251 @@
+//! Converra: a multi-tenant CRM and messaging-automation daemon on the WhatsApp
+//! Business Platform.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`config`] | settings: defaults → file → `CONVERRA__*` env; secrets from files; validation |
+//! | [`logging`] | the slog root logger (JSON lines or human) |
+//! | [`error`] | the HTTP error policy: one enum → status + JSON body |
+//! | [`crypto`] | master key, per-contact data keys, sealing, blind indexes, API key hashes |
+//! | [`clock`] | injectable time |
+//! | [`ids`] | id newtypes |
+//! | [`whatsapp`] | Meta's JSON: webhook payloads and signatures |
+//! | [`storage`] | diesel: connections, migrations, queries, the group-commit writer |
+//! | [`actors`] | registry → tenant → conversation actors, supervised |
+//! | [`http`] | thin handlers: webhook, tenant API, health and metrics |
+//! | [`metrics`] | the Prometheus registry |
+//! | [`systemd`] | READY / WATCHDOG / STOPPING notifications |
+//!
+//! [`run`] starts everything on a listener the caller bound and stops on `shutdown`,
+//! so tests run the real server on an ephemeral port.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::await_holding_lock)]
+
+pub mod actors;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod logging;
+pub mod metrics;
+pub mod storage;
+pub mod systemd;
+pub mod whatsapp;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpServer};
+
+use crate::actors::registry::{Dispatch, Ping, Registry};
+use crate::actors::{Core, Hooks};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::Settings;
+use crate::crypto::Keyring;
+use crate::storage::writer::{self, WriterConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    #[error(transparent)]
+    Crypto(#[from] crypto::CryptoError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What [`run`] takes besides settings: the logger, the clock and test hooks.
+pub struct RunOptions {
+    pub log: slog::Logger,
+    pub clock: SharedClock,
+    pub hooks: Hooks,
+}
+
+impl RunOptions {
+    pub fn new(log: slog::Logger) -> RunOptions {
+        RunOptions {
+            log,
+            clock: Arc::new(SystemClock),
+            hooks: Hooks::default(),
+        }
+    }
+}
+
+/// Opens the key ring and the database (applying migrations), blocking.
+pub fn open_storage(settings: &Settings) -> Result<(Arc<Keyring>, storage::Pool), RunError> {
+    let keyring = Arc::new(Keyring::load_or_create(Path::new(
+        &settings.security.master_key_file,
+    ))?);
+    let pool = storage::connect(settings)?;
+    Ok((keyring, pool))
+}
+
+/// Runs the daemon on `listener` until `shutdown` completes, then stops accepting,
+/// finishes in-flight requests and inbox work (up to `server.shutdown_timeout_secs`),
+/// and returns. Must be called inside an actix system.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let log = options.log;
+    for (key, reason) in settings.warnings() {
+        slog::warn!(log, "configuration incomplete"; "key" => key, "problem" => reason);
+    }
+    let opened = {
+        let settings = settings.clone();
+        actix_web::rt::task::spawn_blocking(move || open_storage(&settings))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    };
+    let (keyring, pool) = opened?;
+    let metrics = Arc::new(metrics::Metrics::new()?);
+    let (writer, writer_thread) = writer::spawn(
+        pool.clone(),
+        keyring.clone(),
+        options.clock.clone(),
+        metrics.clone(),
+        WriterConfig {
+            batch_max: settings.database.write_batch_max,
+            keep_processed_ms: (settings.inbox.keep_processed_secs * 1000) as i64,
+        },
+        log.new(slog::o!("task" => "writer")),
+    )?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let arbiter_count = match settings.actors.arbiters {
+        0 => cores,
+        n => n,
+    };
+    let arbiters: Vec<Arbiter> = (0..arbiter_count).map(|_| Arbiter::new()).collect();
+    let core = Arc::new(Core {
+        settings: settings.clone(),
+        pool: pool.clone(),
+        writer: writer.clone(),
+        keyring,
+        clock: options.clock,
+        metrics,
+        log: log.new(slog::o!("task" => "actors")),
+        hooks: options.hooks,
+    });
+    let registry = {
+        let core = core.clone();
+        let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
+        Supervisor::start(move |_| Registry::new(core, handles))
+    };
+    {
+        let registry = registry.clone();
+        writer.set_dispatcher(Box::new(move |items| registry.do_send(Dispatch(items))));
+    }
+    let state = web::Data::new(http::AppState {
+        core: core.clone(),
+        registry: registry.clone(),
+    });
+    let workers = match settings.server.workers {
+        0 => cores,
+        n => n,
+    };
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(http::configure)
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(settings.server.shutdown_timeout_secs)
+    .listen(listener)?
+    .run();
+    let server_handle = server.handle();
+    let serving = actix_web::rt::spawn(server);
+    slog::info!(log, "converra is ready";
+        "bind" => &settings.server.bind,
+        "database" => storage::DatabaseUrl::parse(&settings.database.url).map(|u| u.backend_name()).unwrap_or("?"));
+    systemd::ready();
+    let watchdog = systemd::watchdog_interval().map(|every| {
+        let registry = registry.clone();
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                // Only a live actor system feeds the watchdog.
+                if registry.send(Ping).await.is_ok() {
+                    systemd::watchdog();
+                }
+            }
+        })
+    });
+
+    shutdown.await;
+    slog::info!(
+        log,
+        "shutting down: no new connections, finishing in-flight work"
+    );
+    systemd::stopping();
+    server_handle.stop(true).await;
+    let _ = serving.await;
+    drain(
+        &core,
+        Duration::from_secs(settings.server.shutdown_timeout_secs),
+        &log,
+    )
+    .await;
+    if let Some(task) = watchdog {
+        task.abort();
+    }
+    for arbiter in &arbiters {
+        arbiter.stop();
+    }
+    drop(registry);
+    drop(core);
+    drop(writer);
+    // The writer thread ends once every handle is gone; actors may still hold one
+    // until their arbiters stop, so do not wait for it forever.
+    let _ = actix_web::rt::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !writer_thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await;
+    slog::info!(log, "converra stopped");
+    Ok(())
+}
+
+/// Waits until the inbox holds no unprocessed row (or the timeout passes).
+async fn drain(core: &Arc<Core>, timeout: Duration, log: &slog::Logger) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        core.writer.flush().await;
+        let pool = core.pool.clone();
+        let backlog = actix_web::rt::task::spawn_blocking(move || {
+            storage::with_conn(&pool, storage::inbox::backlog)
+        })
+        .await;
+        match backlog {
+            Ok(Ok(0)) => return,
+            Ok(Ok(n)) if Instant::now() >= deadline => {
+                slog::warn!(log, "stopping with unprocessed inbox rows; they are processed at the next start"; "rows" => n);
+                return;
+            }
+            Ok(Err(e)) => {
+                slog::warn!(log, "cannot read the inbox backlog while stopping"; "error" => %e);
+                return;
+            }
+            _ if Instant::now() >= deadline => return,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

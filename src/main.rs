@@ -1,0 +1,319 @@
+//! The `converra` binary: parses the command line and calls the library. `serve` is
+//! the default; operator commands print a table, or JSON with `--json`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use converra::clock::{rfc3339, Clock, SystemClock};
+use converra::config::Settings;
+use converra::ids::TenantId;
+use converra::storage::{self, tenants};
+
+#[derive(Parser)]
+#[command(
+    name = "converra",
+    version,
+    about = "Converra: WhatsApp Business CRM and messaging daemon"
+)]
+struct Cli {
+    /// Configuration file (default: /etc/converra/converra.toml when present).
+    #[arg(long, global = true, env = "CONVERRA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print the effective configuration, secrets redacted; fail on invalid values.
+    CheckConfig,
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage WhatsApp business phone numbers.
+    #[command(subcommand)]
+    Number(NumberCommand),
+}
+
+#[derive(Args)]
+struct Output {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and print its first API key (shown only this once).
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        holder_email: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List tenants.
+    List {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Issue another API key for a tenant (shown only this once).
+    ApiKey {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum NumberCommand {
+    /// Register a business phone number for a tenant.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        phone_number_id: String,
+        #[arg(long)]
+        display_phone_number: String,
+        #[arg(long)]
+        waba_id: String,
+        /// File holding the Graph API access token (kept out of the shell history).
+        #[arg(long)]
+        access_token_file: PathBuf,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List phone numbers, of one tenant or all.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings),
+        Command::Migrate => {
+            let manager = storage::DbManager::new(&settings)?;
+            let mut conn = manager.establish()?;
+            let applied = storage::run_migrations(&mut conn)?;
+            if applied.is_empty() {
+                println!("database is up to date");
+            }
+            for name in applied {
+                println!("applied {name}");
+            }
+            Ok(())
+        }
+        Command::CheckConfig => {
+            println!("{}", toml_like(&settings.redacted())?);
+            for (key, reason) in settings.warnings() {
+                eprintln!("warning: {key}: {reason}");
+            }
+            Ok(())
+        }
+        Command::Tenant(command) => tenant(settings, command),
+        Command::Number(command) => number(settings, command),
+    }
+}
+
+fn toml_like(settings: &Settings) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(settings)?)
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    let (log, _flush_on_exit) = converra::logging::root(&settings.log);
+    let listener = TcpListener::bind(&settings.server.bind)
+        .with_context(|| format!("cannot listen on {} (server.bind)", settings.server.bind))?;
+    let system = actix::System::new();
+    let result = system.block_on(async move {
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(signal) => signal,
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        converra::run(listener, settings, converra::RunOptions::new(log), shutdown).await
+    });
+    result?;
+    Ok(())
+}
+
+fn operator_storage(
+    settings: &Settings,
+) -> anyhow::Result<(Arc<converra::crypto::Keyring>, storage::PooledConn)> {
+    let (keyring, pool) = converra::open_storage(settings)?;
+    let conn = pool.get().context("database connection")?;
+    Ok((keyring, conn))
+}
+
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:width$}", c, width = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(headers.iter().map(|h| h.to_string()).collect()));
+    for row in rows {
+        println!("{}", line(row));
+    }
+}
+
+fn tenant(settings: Settings, command: TenantCommand) -> anyhow::Result<()> {
+    let (_, mut conn) = operator_storage(&settings)?;
+    let now = SystemClock.now_ms();
+    match command {
+        TenantCommand::Create {
+            name,
+            holder_email,
+            output,
+        } => {
+            let created = tenants::create_tenant(&mut conn, &name, &holder_email, now)?;
+            if output.json {
+                println!("{}", serde_json::to_string(&created)?);
+            } else {
+                print_table(
+                    &["tenant_id", "name", "api_key"],
+                    vec![vec![created.tenant_id, created.name, created.api_key]],
+                );
+                eprintln!("The API key is shown only this once; store it now.");
+            }
+        }
+        TenantCommand::List { output } => {
+            let all = tenants::list_tenants(&mut conn)?;
+            if output.json {
+                println!("{}", serde_json::to_string(&all)?);
+            } else {
+                print_table(
+                    &["tenant_id", "name", "holder_email", "created_at"],
+                    all.into_iter()
+                        .map(|t| vec![t.id, t.name, t.holder_email, rfc3339(t.created_at)])
+                        .collect(),
+                );
+            }
+        }
+        TenantCommand::ApiKey { tenant, output } => {
+            let key = match tenants::create_api_key(&mut conn, &TenantId(tenant.clone()), now) {
+                Err(storage::StorageError::NotFound) => bail!("no tenant with id {tenant}"),
+                other => other?,
+            };
+            if output.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"tenant_id": tenant, "api_key": key})
+                );
+            } else {
+                println!("{key}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn number(settings: Settings, command: NumberCommand) -> anyhow::Result<()> {
+    let (keyring, mut conn) = operator_storage(&settings)?;
+    match command {
+        NumberCommand::Add {
+            tenant,
+            phone_number_id,
+            display_phone_number,
+            waba_id,
+            access_token_file,
+            output,
+        } => {
+            let token = std::fs::read_to_string(&access_token_file).with_context(|| {
+                format!(
+                    "cannot read --access-token-file {}",
+                    access_token_file.display()
+                )
+            })?;
+            let number = tenants::add_phone_number(
+                &mut conn,
+                &keyring,
+                &tenants::NewPhoneNumber {
+                    tenant_id: &tenant,
+                    phone_number_id: &phone_number_id,
+                    display_phone_number: &display_phone_number,
+                    waba_id: &waba_id,
+                    access_token: token.trim(),
+                },
+                SystemClock.now_ms(),
+            )?;
+            if output.json {
+                println!("{}", serde_json::to_string(&number)?);
+            } else {
+                print_table(
+                    &[
+                        "phone_number_id",
+                        "tenant_id",
+                        "display_phone_number",
+                        "waba_id",
+                    ],
+                    vec![vec![
+                        number.phone_number_id,
+                        number.tenant_id,
+                        number.display_phone_number,
+                        number.waba_id,
+                    ]],
+                );
+            }
+        }
+        NumberCommand::List { tenant, output } => {
+            let tenant = tenant.map(TenantId);
+            let all = tenants::list_phone_numbers(&mut conn, tenant.as_ref())?;
+            if output.json {
+                println!("{}", serde_json::to_string(&all)?);
+            } else {
+                print_table(
+                    &[
+                        "phone_number_id",
+                        "tenant_id",
+                        "display_phone_number",
+                        "waba_id",
+                    ],
+                    all.into_iter()
+                        .map(|n| {
+                            vec![
+                                n.phone_number_id,
+                                n.tenant_id,
+                                n.display_phone_number,
+                                n.waba_id,
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! Prometheus metrics, one registry per running server (so tests in one process do
+//! not share counters), served as text on `/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::storage::writer::IngestReceipt;
+
+pub struct Metrics {
+    registry: Registry,
+    /// Webhook POSTs by outcome: accepted, unsigned, forged, too_large, unavailable, ...
+    pub webhooks: IntCounterVec,
+    pub messages_ingested: IntCounter,
+    pub statuses_ingested: IntCounter,
+    pub preferences_ingested: IntCounter,
+    pub duplicates: IntCounter,
+    pub signature_failures: IntCounter,
+    pub unrouted: IntCounter,
+    /// Signed content stored raw (not JSON, not Meta's envelope, other fields).
+    pub raw_stored: IntCounter,
+    pub events_applied: IntCounter,
+    pub actor_restarts: IntCounter,
+    pub conversation_actors: IntGauge,
+    pub inbox_backlog: IntGauge,
+    pub db_write_seconds: Histogram,
+    pub db_batch_jobs: Histogram,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new_custom(Some("converra".into()), None)?;
+        let webhooks = IntCounterVec::new(
+            Opts::new("webhooks_received_total", "Webhook POSTs by outcome"),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(webhooks.clone()))?;
+        let inbox_backlog = IntGauge::new("inbox_backlog", "Inbox rows not processed yet")?;
+        registry.register(Box::new(inbox_backlog.clone()))?;
+        let conversation_actors =
+            IntGauge::new("conversation_actors", "Conversation actors running")?;
+        registry.register(Box::new(conversation_actors.clone()))?;
+        let db_write_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "db_write_seconds",
+                "Duration of one group-commit write batch",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0,
+            ]),
+        )?;
+        registry.register(Box::new(db_write_seconds.clone()))?;
+        let db_batch_jobs = Histogram::with_opts(
+            HistogramOpts::new("db_batch_jobs", "Jobs committed per write batch").buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+            ]),
+        )?;
+        registry.register(Box::new(db_batch_jobs.clone()))?;
+        Ok(Metrics {
+            messages_ingested: counter(
+                &registry,
+                "messages_ingested_total",
+                "Inbound messages committed to the inbox",
+            )?,
+            statuses_ingested: counter(
+                &registry,
+                "statuses_ingested_total",
+                "Status events committed to the inbox",
+            )?,
+            preferences_ingested: counter(
+                &registry,
+                "preferences_ingested_total",
+                "User preference events committed to the inbox",
+            )?,
+            duplicates: counter(
+                &registry,
+                "duplicates_total",
+                "Redelivered events recognised and skipped",
+            )?,
+            signature_failures: counter(
+                &registry,
+                "signature_failures_total",
+                "Webhook POSTs refused for a missing or wrong signature",
+            )?,
+            unrouted: counter(
+                &registry,
+                "unrouted_total",
+                "Events for a phone number no tenant owns (stored)",
+            )?,
+            raw_stored: counter(
+                &registry,
+                "raw_stored_total",
+                "Signed webhook content stored raw: not an event Converra routes",
+            )?,
+            events_applied: counter(
+                &registry,
+                "events_applied_total",
+                "Inbox events applied by conversation actors",
+            )?,
+            actor_restarts: counter(
+                &registry,
+                "actor_restarts_total",
+                "Conversation actors restarted after a panic",
+            )?,
+            webhooks,
+            conversation_actors,
+            inbox_backlog,
+            db_write_seconds,
+            db_batch_jobs,
+            registry,
+        })
+    }
+
+    pub fn ingest_receipt(&self, receipt: &IngestReceipt) {
+        use crate::whatsapp::EventKind;
+        for item in &receipt.accepted {
+            match item.event.kind {
+                EventKind::Message => self.messages_ingested.inc(),
+                EventKind::Status => self.statuses_ingested.inc(),
+                EventKind::Preference => self.preferences_ingested.inc(),
+            }
+        }
+        self.duplicates.inc_by(receipt.duplicates as u64);
+        self.unrouted.inc_by(receipt.unrouted as u64);
+        self.raw_stored.inc_by(receipt.others as u64);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

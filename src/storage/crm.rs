@@ -1,0 +1,938 @@
+//! Contacts, conversations, messages and their statuses: the CRM state the
+//! conversation actors build from the inbox, and the reads of the tenant API. Every
+//! query is scoped by tenant. Contacts are found by blind index (a keyed hash of the
+//! BSUID or phone number); identifiers, profile names and message content are sealed
+//! under the contact's data key, kept in the key store.
+
+use std::collections::HashMap;
+
+use diesel::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::schema::{contacts, conversations, data_keys, inbox, messages, status_events};
+use super::{DbConn, StorageError};
+use crate::clock::rfc3339;
+use crate::crypto::{Keyring, NewDataKey, SealKey};
+use crate::ids::{ContactId, ConversationId, KeyId, MessageId, TenantId};
+use crate::on_backend;
+
+/// The customer-service window Meta opens with each inbound message.
+pub const SERVICE_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// A contact as a conversation actor needs it: ids and the unwrapped data key.
+#[derive(Debug, Clone)]
+pub struct ResolvedContact {
+    pub contact_id: ContactId,
+    pub key_id: KeyId,
+    pub key: SealKey,
+    pub user_id: Option<String>,
+    pub wa_id: Option<String>,
+}
+
+/// The identifiers a contact is resolved by.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContactIdentifiers {
+    pub user_id: Option<String>,
+    pub wa_id: Option<String>,
+}
+
+/// One unit of CRM work produced by a conversation actor; the writer applies a batch
+/// of them in one transaction, in order.
+#[derive(Debug, Clone)]
+pub enum ApplyOp {
+    Inbound(NewInbound),
+    Status(NewStatus),
+    Preference(NewPreference),
+    Profile(ProfileUpdate),
+    /// An inbox row that needed nothing else (kept in the inbox until purged).
+    Done {
+        inbox_id: i64,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct NewInbound {
+    pub inbox_id: i64,
+    pub phone_number_id: String,
+    pub contact_id: ContactId,
+    pub message_id: MessageId,
+    pub wamid: String,
+    pub msg_type: String,
+    /// Meta's timestamp, milliseconds.
+    pub sent_at: i64,
+    pub key_id: KeyId,
+    /// Sealed [`MessageBundle`], bound to `message_id`.
+    pub content_ct: Vec<u8>,
+    pub ref_wamid: Option<String>,
+    pub is_revoke: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewStatus {
+    pub inbox_id: i64,
+    pub phone_number_id: String,
+    pub contact_id: ContactId,
+    pub wamid: String,
+    pub status: String,
+    pub occurred_at: i64,
+    /// Meta's first error, `{"code","title","message"}`, for failed messages.
+    pub error_json: Option<String>,
+    /// Errors, pricing and conversation objects of the event (no identifiers).
+    pub detail_json: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewPreference {
+    pub inbox_id: i64,
+    pub contact_id: ContactId,
+    pub marketing_opt_out: Option<bool>,
+    pub occurred_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProfileUpdate {
+    pub contact_id: ContactId,
+    pub profile_name_ct: Option<Vec<u8>>,
+    pub username_ct: Option<Vec<u8>>,
+    pub seen_at: i64,
+}
+
+/// What is sealed as a message's content: the type's object as Meta sent it, and the
+/// reply context, ad referral and errors that came with it.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct MessageBundle {
+    pub content: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referral: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Value>,
+}
+
+/// The order of message states; `failed` is handled apart.
+fn status_rank(status: Option<&str>) -> Option<u8> {
+    match status {
+        None | Some("queued") => Some(0),
+        Some("sent") => Some(1),
+        Some("delivered") => Some(2),
+        Some("read") => Some(3),
+        Some("played") => Some(4),
+        _ => None,
+    }
+}
+
+/// The state a message moves to when `incoming` arrives, or `None` to stay: states
+/// only move forward (read never becomes delivered), `failed` is final, and a
+/// message that got past `sent` does not become failed.
+pub fn next_status(current: Option<&str>, incoming: &str) -> Option<String> {
+    if current == Some("failed") {
+        return None;
+    }
+    let current_rank = status_rank(current)?;
+    if incoming == "failed" {
+        return (current_rank <= 1).then(|| "failed".to_string());
+    }
+    let incoming_rank = status_rank(Some(incoming))?;
+    (incoming_rank > current_rank).then(|| incoming.to_string())
+}
+
+// ---------------------------------------------------------------------------------
+// Keys
+
+pub fn insert_data_key(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    key_id: &KeyId,
+    wrapped: &[u8],
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    on_backend!(conn, c => diesel::insert_into(data_keys::table)
+        .values((
+            data_keys::id.eq(key_id.as_str()),
+            data_keys::tenant_id.eq(tenant_id.as_str()),
+            data_keys::wrapped_key.eq(wrapped),
+            data_keys::created_at.eq(now_ms),
+        ))
+        .execute(c))?;
+    Ok(())
+}
+
+pub fn load_data_key(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    key_id: &str,
+) -> Result<Option<SealKey>, StorageError> {
+    let wrapped: Option<Option<Vec<u8>>> = on_backend!(conn, c => data_keys::table
+        .find(key_id)
+        .select(data_keys::wrapped_key)
+        .first::<Option<Vec<u8>>>(c)
+        .optional())?;
+    match wrapped.flatten() {
+        Some(wrapped) => Ok(Some(keyring.unwrap_data_key(key_id, &wrapped)?)),
+        None => Ok(None),
+    }
+}
+
+/// Loads (and caches in `cache`) the keys named by `key_ids`; destroyed keys are absent.
+fn load_keys<'a>(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    key_ids: impl Iterator<Item = &'a str>,
+    cache: &mut HashMap<String, Option<SealKey>>,
+) -> Result<(), StorageError> {
+    for key_id in key_ids {
+        if !cache.contains_key(key_id) {
+            let key = load_data_key(conn, keyring, key_id)?;
+            cache.insert(key_id.to_string(), key);
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Contacts
+
+#[derive(Debug, Clone, Queryable)]
+struct ContactKeys {
+    id: String,
+    key_id: String,
+    wa_id_bidx: Option<String>,
+    user_id_bidx: Option<String>,
+}
+
+fn find_contact(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    by_user_id: Option<&str>,
+    by_wa_id: Option<&str>,
+) -> Result<Option<ContactKeys>, StorageError> {
+    let columns = (
+        contacts::id,
+        contacts::key_id,
+        contacts::wa_id_bidx,
+        contacts::user_id_bidx,
+    );
+    Ok(on_backend!(conn, c => {
+        let query = contacts::table
+            .filter(contacts::tenant_id.eq(tenant_id.as_str()))
+            .select(columns)
+            .into_boxed();
+        let query = match (by_user_id, by_wa_id) {
+            (Some(bidx), _) => query.filter(contacts::user_id_bidx.eq(bidx)),
+            (None, Some(bidx)) => query.filter(contacts::wa_id_bidx.eq(bidx)),
+            (None, None) => return Ok(None),
+        };
+        query.first::<ContactKeys>(c).optional()
+    })?)
+}
+
+/// Whether resolving `ids` would create a new contact (so the writer can create its
+/// data key in a transaction of its own first).
+pub fn contact_exists(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    tenant_id: &TenantId,
+    ids: &ContactIdentifiers,
+) -> Result<bool, StorageError> {
+    let user_bidx = ids
+        .user_id
+        .as_deref()
+        .map(|v| keyring.blind_index(tenant_id.as_str(), "user_id", v));
+    let wa_bidx = ids
+        .wa_id
+        .as_deref()
+        .map(|v| keyring.blind_index(tenant_id.as_str(), "wa_id", v));
+    Ok(
+        find_contact(conn, tenant_id, user_bidx.as_deref(), None)?.is_some()
+            || find_contact(conn, tenant_id, None, wa_bidx.as_deref())?.is_some(),
+    )
+}
+
+/// Finds or creates the contact for `ids`, linking a BSUID and a phone number seen
+/// together and merging two contacts that turn out to be one person. `new_key` is used
+/// when a contact is created (the writer commits it to the key store beforehand).
+pub fn resolve_contact(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    tenant_id: &TenantId,
+    ids: &ContactIdentifiers,
+    new_key: Option<(KeyId, NewDataKey)>,
+    now_ms: i64,
+) -> Result<ResolvedContact, StorageError> {
+    let tenant = tenant_id.as_str();
+    let user_bidx = ids
+        .user_id
+        .as_deref()
+        .map(|v| keyring.blind_index(tenant, "user_id", v));
+    let wa_bidx = ids
+        .wa_id
+        .as_deref()
+        .map(|v| keyring.blind_index(tenant, "wa_id", v));
+    let by_user = find_contact(conn, tenant_id, user_bidx.as_deref(), None)?;
+    let by_wa = find_contact(conn, tenant_id, None, wa_bidx.as_deref())?;
+    let survivor = match (by_user, by_wa) {
+        (Some(a), Some(b)) if a.id != b.id => {
+            merge_contacts(conn, tenant_id, &b.id, &a.id)?;
+            a
+        }
+        (Some(a), _) => a,
+        (None, Some(b)) => b,
+        (None, None) => {
+            let (key_id, data_key) = match new_key {
+                Some(prepared) => prepared,
+                None => {
+                    let key_id = KeyId::generate();
+                    let data_key = keyring.new_data_key(key_id.as_str())?;
+                    insert_data_key(conn, tenant_id, &key_id, &data_key.wrapped, now_ms)?;
+                    (key_id, data_key)
+                }
+            };
+            let contact_id = ContactId::generate();
+            let seal = |v: &Option<String>| -> Result<Option<Vec<u8>>, StorageError> {
+                v.as_deref()
+                    .map(|v| {
+                        data_key
+                            .key
+                            .seal(v.as_bytes(), contact_id.as_str().as_bytes())
+                    })
+                    .transpose()
+                    .map_err(StorageError::from)
+            };
+            let wa_ct = seal(&ids.wa_id)?;
+            let user_ct = seal(&ids.user_id)?;
+            on_backend!(conn, c => diesel::insert_into(contacts::table)
+                .values((
+                    contacts::id.eq(contact_id.as_str()),
+                    contacts::tenant_id.eq(tenant),
+                    contacts::key_id.eq(key_id.as_str()),
+                    contacts::wa_id_bidx.eq(wa_bidx.as_deref()),
+                    contacts::user_id_bidx.eq(user_bidx.as_deref()),
+                    contacts::wa_id_ct.eq(wa_ct.as_deref()),
+                    contacts::user_id_ct.eq(user_ct.as_deref()),
+                    contacts::marketing_opt_out.eq(false),
+                    contacts::first_seen_at.eq(now_ms),
+                    contacts::last_seen_at.eq(now_ms),
+                ))
+                .execute(c))?;
+            return Ok(ResolvedContact {
+                contact_id,
+                key_id,
+                key: data_key.key,
+                user_id: ids.user_id.clone(),
+                wa_id: ids.wa_id.clone(),
+            });
+        }
+    };
+    let key = load_data_key(conn, keyring, &survivor.key_id)?
+        .ok_or_else(|| StorageError::Corrupt(format!("contact {} has no data key", survivor.id)))?;
+    let contact_aad = survivor.id.clone();
+    if survivor.user_id_bidx.is_none() {
+        if let (Some(bidx), Some(value)) = (&user_bidx, &ids.user_id) {
+            let ct = key.seal(value.as_bytes(), contact_aad.as_bytes())?;
+            on_backend!(conn, c => diesel::update(contacts::table.find(&survivor.id))
+                .set((contacts::user_id_bidx.eq(bidx), contacts::user_id_ct.eq(&ct)))
+                .execute(c))?;
+        }
+    }
+    if survivor.wa_id_bidx.is_none() {
+        if let (Some(bidx), Some(value)) = (&wa_bidx, &ids.wa_id) {
+            let ct = key.seal(value.as_bytes(), contact_aad.as_bytes())?;
+            on_backend!(conn, c => diesel::update(contacts::table.find(&survivor.id))
+                .set((contacts::wa_id_bidx.eq(bidx), contacts::wa_id_ct.eq(&ct)))
+                .execute(c))?;
+        }
+    }
+    Ok(ResolvedContact {
+        contact_id: ContactId(survivor.id),
+        key_id: KeyId(survivor.key_id),
+        key,
+        user_id: ids.user_id.clone(),
+        wa_id: ids.wa_id.clone(),
+    })
+}
+
+/// Moves everything of contact `from` to contact `into` and deletes `from`. Its data
+/// key stays in the key store: messages sealed under it still name it.
+fn merge_contacts(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    from: &str,
+    into: &str,
+) -> Result<(), StorageError> {
+    let tenant = tenant_id.as_str();
+    let from_conversations: Vec<(String, String)> = on_backend!(conn, c => conversations::table
+        .filter(conversations::tenant_id.eq(tenant))
+        .filter(conversations::contact_id.eq(from))
+        .select((conversations::id, conversations::phone_number_id))
+        .load(c))?;
+    for (conversation_id, phone_number_id) in from_conversations {
+        let existing: Option<String> = on_backend!(conn, c => conversations::table
+            .filter(conversations::tenant_id.eq(tenant))
+            .filter(conversations::contact_id.eq(into))
+            .filter(conversations::phone_number_id.eq(&phone_number_id))
+            .select(conversations::id)
+            .first::<String>(c)
+            .optional())?;
+        match existing {
+            Some(target) => {
+                on_backend!(conn, c => diesel::update(messages::table
+                    .filter(messages::conversation_id.eq(&conversation_id)))
+                    .set(messages::conversation_id.eq(&target))
+                    .execute(c))?;
+                on_backend!(conn, c => diesel::delete(conversations::table.find(&conversation_id))
+                    .execute(c))?;
+            }
+            None => {
+                on_backend!(conn, c => diesel::update(conversations::table.find(&conversation_id))
+                    .set(conversations::contact_id.eq(into))
+                    .execute(c))?;
+            }
+        }
+    }
+    on_backend!(conn, c => diesel::update(messages::table
+        .filter(messages::tenant_id.eq(tenant))
+        .filter(messages::contact_id.eq(from)))
+        .set(messages::contact_id.eq(into))
+        .execute(c))?;
+    on_backend!(conn, c => diesel::delete(contacts::table.find(from)).execute(c))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Applying actor work
+
+/// Finds or opens the conversation of `contact_id` on `phone_number_id`; an inbound
+/// message at `inbound_at` moves the customer-service window (never backwards).
+fn upsert_conversation(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    phone_number_id: &str,
+    contact_id: &ContactId,
+    inbound_at: Option<i64>,
+    now_ms: i64,
+) -> Result<String, StorageError> {
+    let tenant = tenant_id.as_str();
+    let existing: Option<(String, Option<i64>, i64)> = on_backend!(conn, c => conversations::table
+        .filter(conversations::tenant_id.eq(tenant))
+        .filter(conversations::phone_number_id.eq(phone_number_id))
+        .filter(conversations::contact_id.eq(contact_id.as_str()))
+        .select((conversations::id, conversations::last_inbound_at, conversations::last_message_at))
+        .first(c)
+        .optional())?;
+    let message_at = inbound_at.unwrap_or(now_ms);
+    match existing {
+        Some((id, last_inbound, last_message)) => {
+            let last_inbound = match (last_inbound, inbound_at) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            on_backend!(conn, c => diesel::update(conversations::table.find(&id))
+                .set((
+                    conversations::last_inbound_at.eq(last_inbound),
+                    conversations::window_ends_at.eq(last_inbound.map(|t| t + SERVICE_WINDOW_MS)),
+                    conversations::last_message_at.eq(last_message.max(message_at)),
+                ))
+                .execute(c))?;
+            Ok(id)
+        }
+        None => {
+            let id = ConversationId::generate().0;
+            on_backend!(conn, c => diesel::insert_into(conversations::table)
+                .values((
+                    conversations::id.eq(&id),
+                    conversations::tenant_id.eq(tenant),
+                    conversations::phone_number_id.eq(phone_number_id),
+                    conversations::contact_id.eq(contact_id.as_str()),
+                    conversations::opened_at.eq(now_ms),
+                    conversations::last_inbound_at.eq(inbound_at),
+                    conversations::window_ends_at.eq(inbound_at.map(|t| t + SERVICE_WINDOW_MS)),
+                    conversations::last_message_at.eq(message_at),
+                ))
+                .execute(c))?;
+            Ok(id)
+        }
+    }
+}
+
+fn mark_done(conn: &mut DbConn, inbox_id: i64, now_ms: i64) -> Result<(), StorageError> {
+    super::inbox::mark_processed(conn, inbox_id, now_ms)
+}
+
+/// Applies one op; idempotent, so a redelivered or re-dispatched event changes nothing.
+pub fn apply(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    op: &ApplyOp,
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    let tenant = tenant_id.as_str();
+    match op {
+        ApplyOp::Inbound(m) => {
+            let conversation_id = upsert_conversation(
+                conn,
+                tenant_id,
+                &m.phone_number_id,
+                &m.contact_id,
+                Some(m.sent_at),
+                now_ms,
+            )?;
+            let exists: i64 = on_backend!(conn, c => messages::table
+                .filter(messages::tenant_id.eq(tenant))
+                .filter(messages::wamid.eq(&m.wamid))
+                .count()
+                .get_result(c))?;
+            if exists == 0 {
+                // The user may have deleted this message before we saw it.
+                let revoked_at: Option<i64> = if m.is_revoke {
+                    None
+                } else {
+                    on_backend!(conn, c => messages::table
+                        .filter(messages::tenant_id.eq(tenant))
+                        .filter(messages::ref_wamid.eq(&m.wamid))
+                        .filter(messages::msg_type.eq("revoke"))
+                        .select(messages::sent_at)
+                        .first::<i64>(c)
+                        .optional())?
+                };
+                let content = if revoked_at.is_some() {
+                    None
+                } else {
+                    Some(&m.content_ct)
+                };
+                on_backend!(conn, c => diesel::insert_into(messages::table)
+                    .values((
+                        messages::id.eq(m.message_id.as_str()),
+                        messages::tenant_id.eq(tenant),
+                        messages::conversation_id.eq(&conversation_id),
+                        messages::contact_id.eq(m.contact_id.as_str()),
+                        messages::wamid.eq(&m.wamid),
+                        messages::direction.eq("inbound"),
+                        messages::msg_type.eq(&m.msg_type),
+                        messages::sent_at.eq(m.sent_at),
+                        messages::received_at.eq(now_ms),
+                        messages::key_id.eq(m.key_id.as_str()),
+                        messages::content_ct.eq(content),
+                        messages::ref_wamid.eq(m.ref_wamid.as_deref()),
+                        messages::revoked_at.eq(revoked_at),
+                    ))
+                    .execute(c))?;
+                if let (true, Some(original)) = (m.is_revoke, &m.ref_wamid) {
+                    let none: Option<Vec<u8>> = None;
+                    on_backend!(conn, c => diesel::update(messages::table
+                        .filter(messages::tenant_id.eq(tenant))
+                        .filter(messages::wamid.eq(original)))
+                        .set((messages::content_ct.eq(&none), messages::revoked_at.eq(Some(m.sent_at))))
+                        .execute(c))?;
+                }
+            }
+            mark_done(conn, m.inbox_id, now_ms)
+        }
+        ApplyOp::Status(s) => {
+            let found: Option<(String, Option<String>)> = on_backend!(conn, c => messages::table
+                .filter(messages::tenant_id.eq(tenant))
+                .filter(messages::wamid.eq(&s.wamid))
+                .select((messages::id, messages::status))
+                .first(c)
+                .optional())?;
+            let (message_id, current) = match found {
+                Some(found) => found,
+                None => {
+                    // A status can arrive before (or without) the message it is about:
+                    // keep an outbound record so the state is not lost.
+                    let conversation_id = upsert_conversation(
+                        conn,
+                        tenant_id,
+                        &s.phone_number_id,
+                        &s.contact_id,
+                        None,
+                        now_ms,
+                    )?;
+                    let id = MessageId::generate().0;
+                    on_backend!(conn, c => diesel::insert_into(messages::table)
+                        .values((
+                            messages::id.eq(&id),
+                            messages::tenant_id.eq(tenant),
+                            messages::conversation_id.eq(&conversation_id),
+                            messages::contact_id.eq(s.contact_id.as_str()),
+                            messages::wamid.eq(&s.wamid),
+                            messages::direction.eq("outbound"),
+                            messages::sent_at.eq(s.occurred_at),
+                            messages::received_at.eq(now_ms),
+                        ))
+                        .execute(c))?;
+                    (id, None)
+                }
+            };
+            if let Some(next) = next_status(current.as_deref(), &s.status) {
+                let error = if next == "failed" {
+                    s.error_json.as_deref()
+                } else {
+                    None
+                };
+                on_backend!(conn, c => diesel::update(messages::table.find(&message_id))
+                    .set((
+                        messages::status.eq(&next),
+                        messages::status_at.eq(s.occurred_at),
+                        messages::error_json.eq(error),
+                    ))
+                    .execute(c))?;
+            }
+            let event_id = uuid::Uuid::now_v7().to_string();
+            on_backend!(conn, c => diesel::insert_into(status_events::table)
+                .values((
+                    status_events::id.eq(&event_id),
+                    status_events::tenant_id.eq(tenant),
+                    status_events::message_id.eq(&message_id),
+                    status_events::status.eq(&s.status),
+                    status_events::occurred_at.eq(s.occurred_at),
+                    status_events::detail_json.eq(s.detail_json.as_deref()),
+                ))
+                .on_conflict((status_events::message_id, status_events::status, status_events::occurred_at))
+                .do_nothing()
+                .execute(c))?;
+            mark_done(conn, s.inbox_id, now_ms)
+        }
+        ApplyOp::Preference(p) => {
+            if let Some(opt_out) = p.marketing_opt_out {
+                on_backend!(conn, c => diesel::update(contacts::table
+                    .filter(contacts::id.eq(p.contact_id.as_str()))
+                    .filter(contacts::tenant_id.eq(tenant))
+                    .filter(contacts::marketing_pref_at.is_null()
+                        .or(contacts::marketing_pref_at.le(p.occurred_at))))
+                    .set((
+                        contacts::marketing_opt_out.eq(opt_out),
+                        contacts::marketing_pref_at.eq(p.occurred_at),
+                    ))
+                    .execute(c))?;
+            }
+            mark_done(conn, p.inbox_id, now_ms)
+        }
+        ApplyOp::Profile(p) => {
+            let last_seen: Option<i64> = on_backend!(conn, c => contacts::table
+                .find(p.contact_id.as_str())
+                .select(contacts::last_seen_at)
+                .first(c)
+                .optional())?;
+            let Some(last_seen) = last_seen else {
+                return Ok(());
+            };
+            on_backend!(conn, c => diesel::update(contacts::table.find(p.contact_id.as_str()))
+                .set(contacts::last_seen_at.eq(last_seen.max(p.seen_at)))
+                .execute(c))?;
+            if let Some(ct) = &p.profile_name_ct {
+                on_backend!(conn, c => diesel::update(contacts::table.find(p.contact_id.as_str()))
+                    .set(contacts::profile_name_ct.eq(ct))
+                    .execute(c))?;
+            }
+            if let Some(ct) = &p.username_ct {
+                on_backend!(conn, c => diesel::update(contacts::table.find(p.contact_id.as_str()))
+                    .set(contacts::username_ct.eq(ct))
+                    .execute(c))?;
+            }
+            Ok(())
+        }
+        ApplyOp::Done { inbox_id } => mark_done(conn, *inbox_id, now_ms),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Reads for the tenant API
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ContactView {
+    pub id: String,
+    pub wa_id: Option<String>,
+    pub user_id: Option<String>,
+    pub username: Option<String>,
+    pub profile_name: Option<String>,
+    pub marketing_opt_out: bool,
+    pub first_seen_at: String,
+    pub last_seen_at: String,
+}
+
+type ContactRow = (
+    String,
+    String,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    bool,
+    i64,
+    i64,
+);
+
+pub fn list_contacts(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    tenant_id: &TenantId,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ContactView>, StorageError> {
+    let rows: Vec<ContactRow> = on_backend!(conn, c => {
+        let mut query = contacts::table
+            .filter(contacts::tenant_id.eq(tenant_id.as_str()))
+            .select((contacts::id, contacts::key_id, contacts::wa_id_ct, contacts::user_id_ct,
+                     contacts::username_ct, contacts::profile_name_ct, contacts::marketing_opt_out,
+                     contacts::first_seen_at, contacts::last_seen_at))
+            .order(contacts::id.asc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(after) = after {
+            query = query.filter(contacts::id.gt(after));
+        }
+        query.load(c)
+    })?;
+    let mut keys = HashMap::new();
+    load_keys(conn, keyring, rows.iter().map(|r| r.1.as_str()), &mut keys)?;
+    rows.into_iter()
+        .map(
+            |(id, key_id, wa, user, username, name, opt_out, first, last)| {
+                let key = keys.get(&key_id).and_then(Option::as_ref);
+                let open = |ct: Option<Vec<u8>>| -> Option<String> {
+                    let (key, ct) = (key?, ct?);
+                    key.open_string(&ct, id.as_bytes()).ok()
+                };
+                Ok(ContactView {
+                    wa_id: open(wa),
+                    user_id: open(user),
+                    username: open(username),
+                    profile_name: open(name),
+                    marketing_opt_out: opt_out,
+                    first_seen_at: rfc3339(first),
+                    last_seen_at: rfc3339(last),
+                    id,
+                })
+            },
+        )
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConversationView {
+    pub id: String,
+    pub contact_id: String,
+    pub phone_number_id: String,
+    pub opened_at: String,
+    pub last_inbound_at: Option<String>,
+    pub window_ends_at: Option<String>,
+    pub last_message_at: String,
+}
+
+type ConversationRow = (String, String, String, i64, Option<i64>, Option<i64>, i64);
+
+fn conversation_view(row: ConversationRow) -> ConversationView {
+    let (id, contact_id, phone_number_id, opened, last_inbound, window, last_message) = row;
+    ConversationView {
+        id,
+        contact_id,
+        phone_number_id,
+        opened_at: rfc3339(opened),
+        last_inbound_at: last_inbound.map(rfc3339),
+        window_ends_at: window.map(rfc3339),
+        last_message_at: rfc3339(last_message),
+    }
+}
+
+pub fn list_conversations(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ConversationView>, StorageError> {
+    let rows: Vec<ConversationRow> = on_backend!(conn, c => {
+        let mut query = conversations::table
+            .filter(conversations::tenant_id.eq(tenant_id.as_str()))
+            .select((conversations::id, conversations::contact_id, conversations::phone_number_id,
+                     conversations::opened_at, conversations::last_inbound_at,
+                     conversations::window_ends_at, conversations::last_message_at))
+            .order(conversations::id.asc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(after) = after {
+            query = query.filter(conversations::id.gt(after));
+        }
+        query.load(c)
+    })?;
+    Ok(rows.into_iter().map(conversation_view).collect())
+}
+
+/// Whether the conversation exists for this tenant (another tenant's is "not found").
+pub fn conversation_exists(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    conversation_id: &str,
+) -> Result<bool, StorageError> {
+    let n: i64 = on_backend!(conn, c => conversations::table
+        .filter(conversations::tenant_id.eq(tenant_id.as_str()))
+        .filter(conversations::id.eq(conversation_id))
+        .count()
+        .get_result(c))?;
+    Ok(n > 0)
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MessageView {
+    pub id: String,
+    pub wamid: String,
+    pub direction: String,
+    #[serde(rename = "type")]
+    pub msg_type: Option<String>,
+    pub timestamp: String,
+    pub status: Option<String>,
+    pub content: Option<Value>,
+    pub context: Option<Value>,
+    pub referral: Option<Value>,
+    pub errors: Option<Value>,
+    pub error: Option<Value>,
+    pub revoked: bool,
+}
+
+type MessageRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<i64>,
+);
+
+pub fn list_messages(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    tenant_id: &TenantId,
+    conversation_id: &str,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<MessageView>, StorageError> {
+    let rows: Vec<MessageRow> = on_backend!(conn, c => {
+        let mut query = messages::table
+            .filter(messages::tenant_id.eq(tenant_id.as_str()))
+            .filter(messages::conversation_id.eq(conversation_id))
+            .select((messages::id, messages::wamid, messages::direction, messages::msg_type,
+                     messages::sent_at, messages::status, messages::key_id, messages::content_ct,
+                     messages::error_json, messages::revoked_at))
+            .order(messages::id.asc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(after) = after {
+            query = query.filter(messages::id.gt(after));
+        }
+        query.load(c)
+    })?;
+    let mut keys = HashMap::new();
+    load_keys(
+        conn,
+        keyring,
+        rows.iter().filter_map(|r| r.6.as_deref()),
+        &mut keys,
+    )?;
+    rows.into_iter()
+        .map(
+            |(
+                id,
+                wamid,
+                direction,
+                msg_type,
+                sent_at,
+                status,
+                key_id,
+                content_ct,
+                error_json,
+                revoked_at,
+            )| {
+                let bundle: Option<MessageBundle> = match (
+                    key_id.and_then(|k| keys.get(&k).cloned().flatten()),
+                    content_ct,
+                ) {
+                    (Some(key), Some(ct)) => {
+                        let plain = key.open(&ct, id.as_bytes())?;
+                        Some(
+                            serde_json::from_slice(&plain)
+                                .map_err(|e| StorageError::Corrupt(format!("message {id}: {e}")))?,
+                        )
+                    }
+                    _ => None,
+                };
+                let error = error_json.and_then(|e| serde_json::from_str(&e).ok());
+                let bundle = bundle.unwrap_or_default();
+                let has_content = !bundle.content.is_null();
+                Ok(MessageView {
+                    id,
+                    wamid,
+                    direction,
+                    msg_type,
+                    timestamp: rfc3339(sent_at),
+                    status,
+                    content: has_content.then_some(bundle.content),
+                    context: bundle.context,
+                    referral: bundle.referral,
+                    errors: bundle.errors,
+                    error,
+                    revoked: revoked_at.is_some(),
+                })
+            },
+        )
+        .collect()
+}
+
+/// Statuses recorded for a message (by wamid), oldest first; for tests and operators.
+pub fn status_history(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    wamid: &str,
+) -> Result<Vec<(String, i64)>, StorageError> {
+    Ok(on_backend!(conn, c => status_events::table
+        .inner_join(messages::table.on(messages::id.eq(status_events::message_id)))
+        .filter(messages::tenant_id.eq(tenant_id.as_str()))
+        .filter(messages::wamid.eq(wamid))
+        .select((status_events::status, status_events::occurred_at))
+        .order(status_events::occurred_at.asc())
+        .load(c))?)
+}
+
+/// Total stored messages of a tenant.
+pub fn count_messages(conn: &mut DbConn, tenant_id: &TenantId) -> Result<i64, StorageError> {
+    Ok(on_backend!(conn, c => messages::table
+        .filter(messages::tenant_id.eq(tenant_id.as_str()))
+        .count()
+        .get_result(c))?)
+}
+
+/// Unprocessed inbox rows of a tenant.
+pub fn pending_count(conn: &mut DbConn, tenant_id: &TenantId) -> Result<i64, StorageError> {
+    Ok(on_backend!(conn, c => inbox::table
+        .filter(inbox::tenant_id.eq(tenant_id.as_str()))
+        .filter(inbox::processed_at.is_null())
+        .count()
+        .get_result(c))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_status;
+
+    #[test]
+    fn statuses_only_move_forward() {
+        assert_eq!(next_status(None, "sent").as_deref(), Some("sent"));
+        assert_eq!(next_status(Some("sent"), "read").as_deref(), Some("read"));
+        assert_eq!(next_status(Some("read"), "delivered"), None);
+        assert_eq!(
+            next_status(Some("read"), "played").as_deref(),
+            Some("played")
+        );
+        assert_eq!(
+            next_status(Some("sent"), "failed").as_deref(),
+            Some("failed")
+        );
+        assert_eq!(next_status(Some("delivered"), "failed"), None);
+        assert_eq!(next_status(Some("failed"), "read"), None);
+        assert_eq!(next_status(Some("sent"), "deleted"), None);
+    }
+}

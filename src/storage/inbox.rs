@@ -1,0 +1,238 @@
+//! The inbox: every routable webhook update, sealed, committed before Meta hears 200,
+//! unique by Meta's event identity so redeliveries collide. Rows are processed by the
+//! conversation actors and deleted a configurable while after; webhook content that is
+//! not routable goes to `webhook_events`, raw and sealed, never dropped.
+
+use std::sync::Arc;
+
+use diesel::prelude::*;
+
+use super::schema::{inbox, webhook_events};
+use super::{DbConn, StorageError};
+use crate::crypto::Keyring;
+use crate::ids::TenantId;
+use crate::on_backend;
+use crate::whatsapp::Event;
+
+/// A routable event, sealed and ready to insert.
+#[derive(Debug, Clone)]
+pub struct PreparedEvent {
+    pub dedupe_key: String,
+    pub phone_number_id: String,
+    pub route_key: String,
+    pub kind: &'static str,
+    pub payload_ct: Vec<u8>,
+    pub event: Arc<Event>,
+}
+
+/// Signed content that is not a routable event.
+#[derive(Debug, Clone)]
+pub struct PreparedOther {
+    pub id: String,
+    pub reason: String,
+    pub field: Option<String>,
+    pub phone_number_id: Option<String>,
+    pub payload_ct: Vec<u8>,
+}
+
+/// A committed inbox row, handed to the actors.
+#[derive(Debug, Clone)]
+pub struct InboxItem {
+    pub id: i64,
+    pub tenant_id: TenantId,
+    pub phone_number_id: String,
+    pub route_key: String,
+    pub event: Arc<Event>,
+}
+
+impl PreparedEvent {
+    pub fn seal(keyring: &Keyring, event: Event) -> Option<PreparedEvent> {
+        let route_key = event.identity.route_key()?;
+        let dedupe_key = event.dedupe_key();
+        let plain = serde_json::to_vec(&event).ok()?;
+        let payload_ct = keyring.inbox().seal(&plain, dedupe_key.as_bytes()).ok()?;
+        Some(PreparedEvent {
+            dedupe_key,
+            phone_number_id: event.phone_number_id.clone(),
+            route_key,
+            kind: event.kind.as_str(),
+            payload_ct,
+            event: Arc::new(event),
+        })
+    }
+}
+
+impl PreparedOther {
+    pub fn seal(
+        keyring: &Keyring,
+        reason: &str,
+        field: Option<String>,
+        phone_number_id: Option<String>,
+        raw: &[u8],
+    ) -> Result<PreparedOther, StorageError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let payload_ct = keyring.inbox().seal(raw, id.as_bytes())?;
+        Ok(PreparedOther {
+            id,
+            reason: reason.to_string(),
+            field,
+            phone_number_id,
+            payload_ct,
+        })
+    }
+}
+
+/// Inserts one event unless an event with the same identity is already in the inbox;
+/// returns the new row id, or `None` for a duplicate.
+pub fn insert_event(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    event: &PreparedEvent,
+    now_ms: i64,
+) -> Result<Option<i64>, StorageError> {
+    let values = (
+        inbox::dedupe_key.eq(&event.dedupe_key),
+        inbox::tenant_id.eq(tenant_id.as_str()),
+        inbox::phone_number_id.eq(&event.phone_number_id),
+        inbox::route_key.eq(&event.route_key),
+        inbox::kind.eq(event.kind),
+        inbox::payload_ct.eq(&event.payload_ct),
+        inbox::received_at.eq(now_ms),
+    );
+    Ok(on_backend!(conn, c => diesel::insert_into(inbox::table)
+        .values(values)
+        .on_conflict(inbox::dedupe_key)
+        .do_nothing()
+        .returning(inbox::id)
+        .get_result::<i64>(c)
+        .optional())?)
+}
+
+pub fn insert_other(
+    conn: &mut DbConn,
+    tenant_id: Option<&TenantId>,
+    other: &PreparedOther,
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    on_backend!(conn, c => diesel::insert_into(webhook_events::table)
+        .values((
+            webhook_events::id.eq(&other.id),
+            webhook_events::received_at.eq(now_ms),
+            webhook_events::reason.eq(&other.reason),
+            webhook_events::field.eq(other.field.as_deref()),
+            webhook_events::tenant_id.eq(tenant_id.map(TenantId::as_str)),
+            webhook_events::phone_number_id.eq(other.phone_number_id.as_deref()),
+            webhook_events::payload_ct.eq(&other.payload_ct),
+        ))
+        .execute(c))?;
+    Ok(())
+}
+
+pub fn mark_processed(conn: &mut DbConn, inbox_id: i64, now_ms: i64) -> Result<(), StorageError> {
+    on_backend!(conn, c => diesel::update(inbox::table.find(inbox_id))
+        .filter(inbox::processed_at.is_null())
+        .set(inbox::processed_at.eq(now_ms))
+        .execute(c))?;
+    Ok(())
+}
+
+type PendingRow = (i64, String, String, String, String, Vec<u8>);
+
+fn open_rows(keyring: &Keyring, rows: Vec<PendingRow>) -> Result<Vec<InboxItem>, StorageError> {
+    rows.into_iter()
+        .map(
+            |(id, dedupe_key, tenant_id, phone_number_id, route_key, payload_ct)| {
+                let plain = keyring.inbox().open(&payload_ct, dedupe_key.as_bytes())?;
+                let event: Event = serde_json::from_slice(&plain)
+                    .map_err(|e| StorageError::Corrupt(format!("inbox row {id}: {e}")))?;
+                Ok(InboxItem {
+                    id,
+                    tenant_id: TenantId(tenant_id),
+                    phone_number_id,
+                    route_key,
+                    event: Arc::new(event),
+                })
+            },
+        )
+        .collect()
+}
+
+/// Unprocessed rows received at or before `received_before`, oldest first, starting
+/// after row `after_id`.
+pub fn pending(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    after_id: i64,
+    received_before: i64,
+    limit: i64,
+) -> Result<Vec<InboxItem>, StorageError> {
+    let rows: Vec<PendingRow> = on_backend!(conn, c => inbox::table
+        .filter(inbox::processed_at.is_null())
+        .filter(inbox::id.gt(after_id))
+        .filter(inbox::received_at.le(received_before))
+        .order(inbox::id.asc())
+        .limit(limit)
+        .select((inbox::id, inbox::dedupe_key, inbox::tenant_id, inbox::phone_number_id,
+                 inbox::route_key, inbox::payload_ct))
+        .load(c))?;
+    open_rows(keyring, rows)
+}
+
+/// Unprocessed rows of one conversation actor (by its routing keys), oldest first.
+pub fn pending_for_routes(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    tenant_id: &TenantId,
+    phone_number_id: &str,
+    route_keys: &[String],
+) -> Result<Vec<InboxItem>, StorageError> {
+    let rows: Vec<PendingRow> = on_backend!(conn, c => inbox::table
+        .filter(inbox::processed_at.is_null())
+        .filter(inbox::tenant_id.eq(tenant_id.as_str()))
+        .filter(inbox::phone_number_id.eq(phone_number_id))
+        .filter(inbox::route_key.eq_any(route_keys))
+        .order(inbox::id.asc())
+        .select((inbox::id, inbox::dedupe_key, inbox::tenant_id, inbox::phone_number_id,
+                 inbox::route_key, inbox::payload_ct))
+        .load(c))?;
+    open_rows(keyring, rows)
+}
+
+/// How many rows wait to be processed.
+pub fn backlog(conn: &mut DbConn) -> Result<i64, StorageError> {
+    Ok(on_backend!(conn, c => inbox::table
+        .filter(inbox::processed_at.is_null())
+        .count()
+        .get_result(c))?)
+}
+
+/// Deletes processed rows older than `processed_before`; returns how many.
+pub fn purge_processed(conn: &mut DbConn, processed_before: i64) -> Result<usize, StorageError> {
+    Ok(on_backend!(conn, c => diesel::delete(
+        inbox::table.filter(inbox::processed_at.lt(processed_before)))
+        .execute(c))?)
+}
+
+/// Counts of stored non-event content by reason (for tests and operators).
+pub fn count_webhook_events(conn: &mut DbConn, reason: &str) -> Result<i64, StorageError> {
+    Ok(on_backend!(conn, c => webhook_events::table
+        .filter(webhook_events::reason.eq(reason))
+        .count()
+        .get_result(c))?)
+}
+
+/// Opens the raw payload of stored non-event content, newest first.
+pub fn webhook_event_payloads(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    reason: &str,
+) -> Result<Vec<Vec<u8>>, StorageError> {
+    let rows: Vec<(String, Vec<u8>)> = on_backend!(conn, c => webhook_events::table
+        .filter(webhook_events::reason.eq(reason))
+        .order(webhook_events::id.desc())
+        .select((webhook_events::id, webhook_events::payload_ct))
+        .load(c))?;
+    rows.into_iter()
+        .map(|(id, ct)| Ok(keyring.inbox().open(&ct, id.as_bytes())?))
+        .collect()
+}

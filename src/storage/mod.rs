@@ -1,0 +1,281 @@
+//! The only place that speaks diesel. One code base serves SQLite (embedded default:
+//! bundled, WAL, busy timeout, foreign keys) and PostgreSQL, chosen by the URL scheme.
+//! Queries are written once and compiled for each backend by [`on_backend!`]; the
+//! connection enum comes from diesel's `MultiConnection` derive, but connecting is done
+//! here so a bad URL or an unreachable server reports the real reason.
+//!
+//! Blocking: every function here blocks. Async code reaches them through the
+//! [`writer`] thread (all writes, group-committed) or `web::block` (reads).
+
+pub mod crm;
+pub mod inbox;
+pub mod tenants;
+pub mod writer;
+
+pub mod schema;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{self, ManageConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::config::Settings;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+#[derive(diesel::MultiConnection)]
+pub enum DbConn {
+    Pg(diesel::PgConnection),
+    Sqlite(diesel::SqliteConnection),
+}
+
+/// Runs `$body` with `$c` bound to the concrete connection of whichever backend `$conn`
+/// is. The body is compiled once per backend, which is how backend-specific SQL
+/// (`ON CONFLICT`, `RETURNING`) and everything else share one source.
+#[macro_export]
+macro_rules! on_backend {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::storage::DbConn::Sqlite($c) => $body,
+            $crate::storage::DbConn::Pg($c) => $body,
+        }
+    };
+}
+
+pub type Pool = r2d2::Pool<DbManager>;
+pub type PooledConn = r2d2::PooledConnection<DbManager>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database url: {0}")]
+    Url(String),
+    #[error("cannot connect to the database: {0}")]
+    Connect(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("migrations failed: {0}")]
+    Migration(String),
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("encryption: {0}")]
+    Crypto(#[from] crate::crypto::CryptoError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<r2d2::PoolError> for StorageError {
+    fn from(e: r2d2::PoolError) -> Self {
+        StorageError::Unavailable(e.to_string())
+    }
+}
+
+impl StorageError {
+    /// Whether retrying later may succeed (the database is down or busy), as opposed
+    /// to a request that will never succeed.
+    pub fn is_transient(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            StorageError::Unavailable(_) | StorageError::Connect(_) => true,
+            StorageError::Query(Error::DatabaseError(kind, info)) => {
+                matches!(
+                    kind,
+                    DatabaseErrorKind::ClosedConnection
+                        | DatabaseErrorKind::SerializationFailure
+                        | DatabaseErrorKind::ReadOnlyTransaction
+                ) || info.message().contains("locked")
+                    || info.message().contains("busy")
+                    || info.message().contains("disk I/O")
+            }
+            StorageError::Query(Error::BrokenTransactionManager) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A parsed `database.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str) -> Result<DatabaseUrl, StorageError> {
+        if let Some(path) = raw.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(StorageError::Url(
+                    "sqlite:// needs a file path, for example sqlite://data/converra.db".into(),
+                ));
+            }
+            return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+        }
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(raw.to_string()));
+        }
+        let scheme = raw.split("://").next().unwrap_or(raw);
+        Err(StorageError::Url(format!(
+            "unsupported scheme {scheme:?}: use sqlite://PATH or postgres://USER@HOST/DB"
+        )))
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            DatabaseUrl::Sqlite(_) => "sqlite",
+            DatabaseUrl::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// Opens connections for the pool: the backend from the URL scheme, SQLite's pragmas
+/// and key store, and connection errors passed through verbatim.
+#[derive(Debug, Clone)]
+pub struct DbManager {
+    url: DatabaseUrl,
+    key_store: Option<PathBuf>,
+    synchronous: String,
+    busy_timeout_ms: u64,
+}
+
+impl DbManager {
+    pub fn new(settings: &Settings) -> Result<DbManager, StorageError> {
+        let url = DatabaseUrl::parse(&settings.database.url)?;
+        let key_store = match &url {
+            DatabaseUrl::Sqlite(path) => Some(settings.sqlite_key_store_path(path)),
+            DatabaseUrl::Postgres(_) => None,
+        };
+        Ok(DbManager {
+            url,
+            key_store,
+            synchronous: settings.database.sqlite_synchronous.to_uppercase(),
+            busy_timeout_ms: settings.database.sqlite_busy_timeout_ms,
+        })
+    }
+
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    pub fn establish(&self) -> Result<DbConn, StorageError> {
+        match &self.url {
+            DatabaseUrl::Sqlite(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        StorageError::Connect(format!("cannot create {}: {e}", parent.display()))
+                    })?;
+                }
+                let path_text = path.to_str().ok_or_else(|| {
+                    StorageError::Url(format!("{} is not valid UTF-8", path.display()))
+                })?;
+                let mut conn = SqliteConnection::establish(path_text).map_err(|e| {
+                    StorageError::Connect(format!("sqlite file {}: {e}", path.display()))
+                })?;
+                // WAL lets readers run beside the writer; FULL makes an acknowledged
+                // webhook survive power loss, NORMAL only a process crash.
+                conn.batch_execute(&format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
+                     PRAGMA busy_timeout = {busy}; PRAGMA foreign_keys = ON;",
+                    sync = self.synchronous,
+                    busy = self.busy_timeout_ms
+                ))
+                .map_err(|e| StorageError::Connect(format!("sqlite pragmas: {e}")))?;
+                if let Some(key_store) = &self.key_store {
+                    let key_store = key_store.to_str().ok_or_else(|| {
+                        StorageError::Url(format!("{} is not valid UTF-8", key_store.display()))
+                    })?;
+                    diesel::sql_query("ATTACH DATABASE ? AS keystore")
+                        .bind::<diesel::sql_types::Text, _>(key_store)
+                        .execute(&mut conn)
+                        .map_err(|e| {
+                            StorageError::Connect(format!("key store {key_store}: {e}"))
+                        })?;
+                    conn.batch_execute(&format!(
+                        "PRAGMA keystore.journal_mode = WAL; PRAGMA keystore.synchronous = {};",
+                        self.synchronous
+                    ))
+                    .map_err(|e| StorageError::Connect(format!("key store pragmas: {e}")))?;
+                }
+                Ok(DbConn::Sqlite(conn))
+            }
+            DatabaseUrl::Postgres(url) => PgConnection::establish(url)
+                .map(DbConn::Pg)
+                .map_err(|e| StorageError::Connect(format!("postgres: {e}"))),
+        }
+    }
+}
+
+impl ManageConnection for DbManager {
+    type Connection = DbConn;
+    type Error = StorageError;
+
+    fn connect(&self) -> Result<DbConn, StorageError> {
+        self.establish()
+    }
+
+    fn is_valid(&self, conn: &mut DbConn) -> Result<(), StorageError> {
+        ping(conn)
+    }
+
+    fn has_broken(&self, conn: &mut DbConn) -> bool {
+        use diesel::r2d2::R2D2Connection;
+        conn.is_broken()
+    }
+}
+
+pub fn ping(conn: &mut DbConn) -> Result<(), StorageError> {
+    on_backend!(conn, c => c.batch_execute("SELECT 1")).map_err(StorageError::from)
+}
+
+/// Connects once (so the operator sees the real error, not a pool timeout), builds
+/// the pool, and applies pending migrations.
+pub fn connect(settings: &Settings) -> Result<Pool, StorageError> {
+    let manager = DbManager::new(settings)?;
+    let mut first = manager.establish()?;
+    run_migrations(&mut first)?;
+    drop(first);
+    r2d2::Pool::builder()
+        .max_size(settings.database.pool_size)
+        .connection_timeout(Duration::from_secs(
+            settings.database.connect_timeout_secs.max(1),
+        ))
+        .build(manager)
+        .map_err(|e| StorageError::Connect(e.to_string()))
+}
+
+/// Applies every embedded migration not applied yet; returns their names.
+pub fn run_migrations(conn: &mut DbConn) -> Result<Vec<String>, StorageError> {
+    let applied = match conn {
+        DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(names),
+        DbConn::Pg(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS).map(names),
+    };
+    applied.map_err(|e| StorageError::Migration(e.to_string()))
+}
+
+/// Reverts every migration (used by the migration round-trip test).
+pub fn revert_all_migrations(conn: &mut DbConn) -> Result<(), StorageError> {
+    let result = match conn {
+        DbConn::Sqlite(c) => c.revert_all_migrations(SQLITE_MIGRATIONS).map(|_| ()),
+        DbConn::Pg(c) => c.revert_all_migrations(POSTGRES_MIGRATIONS).map(|_| ()),
+    };
+    result.map_err(|e| StorageError::Migration(e.to_string()))
+}
+
+fn names(versions: Vec<diesel::migration::MigrationVersion<'_>>) -> Vec<String> {
+    versions.into_iter().map(|v| v.to_string()).collect()
+}
+
+/// A short-lived read on the pool, for handlers (wrap in `web::block`).
+pub fn with_conn<T>(
+    pool: &Pool,
+    f: impl FnOnce(&mut DbConn) -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    let mut conn = pool.get()?;
+    f(&mut conn)
+}

@@ -1,0 +1,144 @@
+//! The tables, written once for both backends (the migrations under
+//! `migrations/sqlite` and `migrations/postgres` create the same shapes).
+
+diesel::table! {
+    tenants (id) {
+        id -> Text,
+        name -> Text,
+        holder_email -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    api_keys (id) {
+        id -> Text,
+        tenant_id -> Text,
+        key_hash -> Text,
+        prefix -> Text,
+        created_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    phone_numbers (phone_number_id) {
+        phone_number_id -> Text,
+        tenant_id -> Text,
+        display_phone_number -> Text,
+        waba_id -> Text,
+        access_token_ct -> Binary,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    inbox (id) {
+        id -> BigInt,
+        dedupe_key -> Text,
+        tenant_id -> Text,
+        phone_number_id -> Text,
+        route_key -> Text,
+        kind -> Text,
+        payload_ct -> Binary,
+        received_at -> BigInt,
+        processed_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    webhook_events (id) {
+        id -> Text,
+        received_at -> BigInt,
+        reason -> Text,
+        field -> Nullable<Text>,
+        tenant_id -> Nullable<Text>,
+        phone_number_id -> Nullable<Text>,
+        payload_ct -> Binary,
+    }
+}
+
+diesel::table! {
+    contacts (id) {
+        id -> Text,
+        tenant_id -> Text,
+        key_id -> Text,
+        wa_id_bidx -> Nullable<Text>,
+        user_id_bidx -> Nullable<Text>,
+        wa_id_ct -> Nullable<Binary>,
+        user_id_ct -> Nullable<Binary>,
+        username_ct -> Nullable<Binary>,
+        profile_name_ct -> Nullable<Binary>,
+        marketing_opt_out -> Bool,
+        marketing_pref_at -> Nullable<BigInt>,
+        first_seen_at -> BigInt,
+        last_seen_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    conversations (id) {
+        id -> Text,
+        tenant_id -> Text,
+        phone_number_id -> Text,
+        contact_id -> Text,
+        opened_at -> BigInt,
+        last_inbound_at -> Nullable<BigInt>,
+        window_ends_at -> Nullable<BigInt>,
+        last_message_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    messages (id) {
+        id -> Text,
+        tenant_id -> Text,
+        conversation_id -> Text,
+        contact_id -> Text,
+        wamid -> Text,
+        direction -> Text,
+        msg_type -> Nullable<Text>,
+        sent_at -> BigInt,
+        received_at -> BigInt,
+        key_id -> Nullable<Text>,
+        content_ct -> Nullable<Binary>,
+        ref_wamid -> Nullable<Text>,
+        status -> Nullable<Text>,
+        status_at -> Nullable<BigInt>,
+        error_json -> Nullable<Text>,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    status_events (id) {
+        id -> Text,
+        tenant_id -> Text,
+        message_id -> Text,
+        status -> Text,
+        occurred_at -> BigInt,
+        detail_json -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    keystore.data_keys (id) {
+        id -> Text,
+        tenant_id -> Text,
+        wrapped_key -> Nullable<Binary>,
+        created_at -> BigInt,
+        destroyed_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    tenants,
+    api_keys,
+    phone_numbers,
+    inbox,
+    webhook_events,
+    contacts,
+    conversations,
+    messages,
+    status_events,
+);

@@ -1,0 +1,259 @@
+//! Tenants, their API keys (stored hashed) and their WhatsApp business phone numbers
+//! (access tokens stored encrypted).
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::schema::{api_keys, phone_numbers, tenants};
+use super::{DbConn, StorageError};
+use crate::crypto::{self, Keyring};
+use crate::ids::TenantId;
+use crate::on_backend;
+
+#[derive(Debug, Clone, Serialize, Queryable)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub holder_email: String,
+    pub created_at: i64,
+}
+
+/// A tenant just created, with its API key shown this once.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreatedTenant {
+    pub tenant_id: String,
+    pub api_key: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Queryable)]
+pub struct PhoneNumber {
+    pub phone_number_id: String,
+    pub tenant_id: String,
+    pub display_phone_number: String,
+    pub waba_id: String,
+    pub created_at: i64,
+}
+
+pub struct NewPhoneNumber<'a> {
+    pub tenant_id: &'a str,
+    pub phone_number_id: &'a str,
+    pub display_phone_number: &'a str,
+    pub waba_id: &'a str,
+    pub access_token: &'a str,
+}
+
+fn validate_email(email: &str) -> Result<(), StorageError> {
+    let ok = email.len() <= 254
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+        && !email.contains(char::is_whitespace);
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::Conflict(format!(
+            "holder email {email:?} is not an email address"
+        )))
+    }
+}
+
+pub fn create_tenant(
+    conn: &mut DbConn,
+    name: &str,
+    holder_email: &str,
+    now_ms: i64,
+) -> Result<CreatedTenant, StorageError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(StorageError::Conflict(
+            "tenant name must not be empty".into(),
+        ));
+    }
+    validate_email(holder_email)?;
+    let tenant_id = TenantId::generate();
+    let key = crypto::new_api_key()?;
+    conn.transaction::<_, StorageError, _>(|conn| {
+        let taken: i64 = on_backend!(conn, c => tenants::table
+            .filter(tenants::name.eq(name))
+            .count()
+            .get_result(c))?;
+        if taken > 0 {
+            return Err(StorageError::Conflict(format!(
+                "a tenant named {name:?} already exists"
+            )));
+        }
+        on_backend!(conn, c => diesel::insert_into(tenants::table)
+            .values((
+                tenants::id.eq(tenant_id.as_str()),
+                tenants::name.eq(name),
+                tenants::holder_email.eq(holder_email),
+                tenants::created_at.eq(now_ms),
+            ))
+            .execute(c))?;
+        insert_api_key(conn, &tenant_id, &key, now_ms)?;
+        Ok(())
+    })?;
+    Ok(CreatedTenant {
+        tenant_id: tenant_id.0,
+        api_key: key.secret,
+        name: name.to_string(),
+    })
+}
+
+fn insert_api_key(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    key: &crypto::NewApiKey,
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    on_backend!(conn, c => diesel::insert_into(api_keys::table)
+        .values((
+            api_keys::id.eq(&id),
+            api_keys::tenant_id.eq(tenant_id.as_str()),
+            api_keys::key_hash.eq(&key.hash),
+            api_keys::prefix.eq(&key.prefix),
+            api_keys::created_at.eq(now_ms),
+        ))
+        .execute(c))?;
+    Ok(())
+}
+
+/// Issues another API key for a tenant (the old ones stay valid until revoked).
+pub fn create_api_key(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    now_ms: i64,
+) -> Result<String, StorageError> {
+    get_tenant(conn, tenant_id)?;
+    let key = crypto::new_api_key()?;
+    insert_api_key(conn, tenant_id, &key, now_ms)?;
+    Ok(key.secret)
+}
+
+pub fn get_tenant(conn: &mut DbConn, tenant_id: &TenantId) -> Result<Tenant, StorageError> {
+    on_backend!(conn, c => tenants::table
+        .find(tenant_id.as_str())
+        .select((tenants::id, tenants::name, tenants::holder_email, tenants::created_at))
+        .first::<Tenant>(c)
+        .optional())?
+    .ok_or(StorageError::NotFound)
+}
+
+pub fn list_tenants(conn: &mut DbConn) -> Result<Vec<Tenant>, StorageError> {
+    Ok(on_backend!(conn, c => tenants::table
+        .select((tenants::id, tenants::name, tenants::holder_email, tenants::created_at))
+        .order(tenants::id.asc())
+        .load::<Tenant>(c))?)
+}
+
+/// The tenant an API key belongs to, if it is valid and not revoked.
+pub fn tenant_for_api_key(
+    conn: &mut DbConn,
+    secret: &str,
+) -> Result<Option<TenantId>, StorageError> {
+    let hash = crypto::hash_api_key(secret);
+    let found: Option<String> = on_backend!(conn, c => api_keys::table
+        .filter(api_keys::key_hash.eq(&hash))
+        .filter(api_keys::revoked_at.is_null())
+        .select(api_keys::tenant_id)
+        .first::<String>(c)
+        .optional())?;
+    Ok(found.map(TenantId))
+}
+
+pub fn add_phone_number(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    number: &NewPhoneNumber<'_>,
+    now_ms: i64,
+) -> Result<PhoneNumber, StorageError> {
+    for (field, value) in [
+        ("phone_number_id", number.phone_number_id),
+        ("display_phone_number", number.display_phone_number),
+        ("waba_id", number.waba_id),
+        ("access token", number.access_token),
+    ] {
+        if value.trim().is_empty() {
+            return Err(StorageError::Conflict(format!("{field} must not be empty")));
+        }
+    }
+    let tenant_id = TenantId(number.tenant_id.to_string());
+    conn.transaction::<_, StorageError, _>(|conn| {
+        get_tenant(conn, &tenant_id).map_err(|e| match e {
+            StorageError::NotFound => {
+                StorageError::Conflict(format!("no tenant with id {}", number.tenant_id))
+            }
+            other => other,
+        })?;
+        let owner: Option<String> = on_backend!(conn, c => phone_numbers::table
+            .find(number.phone_number_id)
+            .select(phone_numbers::tenant_id)
+            .first::<String>(c)
+            .optional())?;
+        if let Some(owner) = owner {
+            let whose = if owner == number.tenant_id {
+                "this tenant"
+            } else {
+                "another tenant"
+            };
+            return Err(StorageError::Conflict(format!(
+                "phone number id {} is already registered to {whose}",
+                number.phone_number_id
+            )));
+        }
+        let token_ct = keyring.secrets().seal(
+            number.access_token.as_bytes(),
+            number.phone_number_id.as_bytes(),
+        )?;
+        on_backend!(conn, c => diesel::insert_into(phone_numbers::table)
+            .values((
+                phone_numbers::phone_number_id.eq(number.phone_number_id),
+                phone_numbers::tenant_id.eq(number.tenant_id),
+                phone_numbers::display_phone_number.eq(number.display_phone_number),
+                phone_numbers::waba_id.eq(number.waba_id),
+                phone_numbers::access_token_ct.eq(&token_ct),
+                phone_numbers::created_at.eq(now_ms),
+            ))
+            .execute(c))?;
+        Ok(PhoneNumber {
+            phone_number_id: number.phone_number_id.to_string(),
+            tenant_id: number.tenant_id.to_string(),
+            display_phone_number: number.display_phone_number.to_string(),
+            waba_id: number.waba_id.to_string(),
+            created_at: now_ms,
+        })
+    })
+}
+
+pub fn list_phone_numbers(
+    conn: &mut DbConn,
+    tenant: Option<&TenantId>,
+) -> Result<Vec<PhoneNumber>, StorageError> {
+    let columns = (
+        phone_numbers::phone_number_id,
+        phone_numbers::tenant_id,
+        phone_numbers::display_phone_number,
+        phone_numbers::waba_id,
+        phone_numbers::created_at,
+    );
+    Ok(on_backend!(conn, c => {
+        let mut query = phone_numbers::table.select(columns).into_boxed();
+        if let Some(tenant) = tenant {
+            query = query.filter(phone_numbers::tenant_id.eq(tenant.as_str()));
+        }
+        query.order(phone_numbers::phone_number_id.asc()).load::<PhoneNumber>(c)
+    })?)
+}
+
+/// The tenant owning each of `phone_number_ids` (those no tenant owns are absent).
+pub fn owners_of_numbers(
+    conn: &mut DbConn,
+    phone_number_ids: &[&str],
+) -> Result<Vec<(String, String)>, StorageError> {
+    Ok(on_backend!(conn, c => phone_numbers::table
+        .filter(phone_numbers::phone_number_id.eq_any(phone_number_ids))
+        .select((phone_numbers::phone_number_id, phone_numbers::tenant_id))
+        .load::<(String, String)>(c))?)
+}

@@ -1,0 +1,590 @@
+//! The writer: one thread that owns every database write and commits them in groups.
+//! Webhook requests (ingest) and actor work (resolve contacts, apply events) queue here;
+//! each cycle takes all waiting ingest jobs and, round-robin across tenants, actor jobs
+//! up to `database.write_batch_max`, commits them in one transaction, then answers each
+//! job. So a webhook is acknowledged only after its batch is durable, one fsync serves
+//! many requests, and a flood from one tenant cannot starve the others.
+//!
+//! A job whose work fails is retried alone, so one bad job never fails its neighbours.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use diesel::Connection;
+use tokio::sync::oneshot;
+
+use super::crm::{self, ApplyOp, ContactIdentifiers, ResolvedContact};
+use super::inbox::{self, InboxItem, PreparedEvent, PreparedOther};
+use super::{tenants, DbConn, Pool, PooledConn, StorageError};
+use crate::clock::SharedClock;
+use crate::crypto::{Keyring, NewDataKey};
+use crate::ids::{KeyId, TenantId};
+use crate::metrics::Metrics;
+
+/// What an ingest job committed.
+#[derive(Debug, Default)]
+pub struct IngestReceipt {
+    pub accepted: Vec<InboxItem>,
+    pub duplicates: usize,
+    pub unrouted: usize,
+    pub others: usize,
+}
+
+/// Receives committed inbox rows (the actor registry).
+pub type Dispatcher = Box<dyn Fn(Vec<InboxItem>) + Send + Sync>;
+
+enum Job {
+    Ingest {
+        events: Vec<PreparedEvent>,
+        others: Vec<PreparedOther>,
+        reply: oneshot::Sender<Result<IngestReceipt, StorageError>>,
+    },
+    Resolve {
+        tenant_id: TenantId,
+        ids: ContactIdentifiers,
+        reply: oneshot::Sender<Result<ResolvedContact, StorageError>>,
+    },
+    Apply {
+        tenant_id: TenantId,
+        ops: Vec<ApplyOp>,
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+    /// Answered once every job queued before it is done.
+    Flush(oneshot::Sender<()>),
+}
+
+impl Job {
+    fn tenant(&self) -> Option<&TenantId> {
+        match self {
+            Job::Resolve { tenant_id, .. } | Job::Apply { tenant_id, .. } => Some(tenant_id),
+            _ => None,
+        }
+    }
+}
+
+/// The result of one job inside a batch, held until the batch commits.
+enum Outcome {
+    Ingest(IngestReceipt),
+    Resolve(ResolvedContact),
+    Apply,
+}
+
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: flume::Sender<Job>,
+    dispatcher: Arc<OnceLock<Dispatcher>>,
+}
+
+fn gone() -> StorageError {
+    StorageError::Unavailable("the writer has stopped".into())
+}
+
+impl WriterHandle {
+    /// Commits a webhook's events; resolves once they are durable.
+    pub async fn ingest(
+        &self,
+        events: Vec<PreparedEvent>,
+        others: Vec<PreparedOther>,
+    ) -> Result<IngestReceipt, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send_async(Job::Ingest {
+                events,
+                others,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    pub async fn resolve(
+        &self,
+        tenant_id: TenantId,
+        ids: ContactIdentifiers,
+    ) -> Result<ResolvedContact, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send_async(Job::Resolve {
+                tenant_id,
+                ids,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    pub async fn apply(&self, tenant_id: TenantId, ops: Vec<ApplyOp>) -> Result<(), StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send_async(Job::Apply {
+                tenant_id,
+                ops,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Waits until everything queued so far is written.
+    pub async fn flush(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send_async(Job::Flush(reply)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Where committed inbox rows go; set once the actors are running.
+    pub fn set_dispatcher(&self, dispatcher: Dispatcher) {
+        let _ = self.dispatcher.set(dispatcher);
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.tx.len()
+    }
+}
+
+pub struct WriterConfig {
+    pub batch_max: usize,
+    pub keep_processed_ms: i64,
+}
+
+/// Starts the writer thread. It stops when every [`WriterHandle`] is dropped, after
+/// finishing what was queued.
+pub fn spawn(
+    pool: Pool,
+    keyring: Arc<Keyring>,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    config: WriterConfig,
+    log: slog::Logger,
+) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
+    // Bounded: when the database falls behind, webhook handlers wait here instead of
+    // memory growing without limit.
+    let (tx, rx) = flume::bounded(config.batch_max.max(64) * 16);
+    let dispatcher: Arc<OnceLock<Dispatcher>> = Arc::new(OnceLock::new());
+    let handle = WriterHandle {
+        tx,
+        dispatcher: dispatcher.clone(),
+    };
+    let mut writer = Writer {
+        pool,
+        conn: None,
+        keyring,
+        clock,
+        metrics,
+        config,
+        log,
+        dispatcher,
+        routes: HashMap::new(),
+        ingest: VecDeque::new(),
+        lanes: VecDeque::new(),
+        last_maintenance: Instant::now(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("converra-writer".into())
+        .spawn(move || writer.run(rx))?;
+    Ok((handle, thread))
+}
+
+struct Writer {
+    pool: Pool,
+    conn: Option<PooledConn>,
+    keyring: Arc<Keyring>,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    config: WriterConfig,
+    log: slog::Logger,
+    dispatcher: Arc<OnceLock<Dispatcher>>,
+    /// phone_number_id → owning tenant (only owned numbers are cached).
+    routes: HashMap<String, TenantId>,
+    ingest: VecDeque<Job>,
+    /// Actor jobs waiting, one queue per tenant, served round-robin.
+    lanes: VecDeque<(TenantId, VecDeque<Job>)>,
+    last_maintenance: Instant,
+}
+
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
+
+impl Writer {
+    fn run(&mut self, rx: flume::Receiver<Job>) {
+        loop {
+            let idle = self.ingest.is_empty() && self.lanes.is_empty();
+            if idle {
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(job) => self.enqueue(job),
+                    Err(flume::RecvTimeoutError::Timeout) => {
+                        self.maintenance();
+                        continue;
+                    }
+                    Err(flume::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            for job in rx.try_iter().take(self.config.batch_max * 8) {
+                self.enqueue(job);
+            }
+            let batch = self.take_batch();
+            self.process(batch);
+            if self.last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+                self.maintenance();
+            }
+        }
+        // Disconnected: everything queued has been taken; finish it.
+        while !self.ingest.is_empty() || !self.lanes.is_empty() {
+            let batch = self.take_batch();
+            self.process(batch);
+        }
+        slog::info!(self.log, "writer stopped");
+    }
+
+    fn enqueue(&mut self, job: Job) {
+        match job.tenant().cloned() {
+            None => self.ingest.push_back(job),
+            Some(tenant) => match self.lanes.iter_mut().find(|(t, _)| *t == tenant) {
+                Some((_, lane)) => lane.push_back(job),
+                None => self.lanes.push_back((tenant, VecDeque::from([job]))),
+            },
+        }
+    }
+
+    /// All waiting ingest jobs (up to the cap), then one job per tenant in turn.
+    fn take_batch(&mut self) -> Vec<Job> {
+        let max = self.config.batch_max;
+        let mut batch = Vec::with_capacity(max);
+        while batch.len() < max {
+            match self.ingest.pop_front() {
+                Some(job) => batch.push(job),
+                None => break,
+            }
+        }
+        while batch.len() < max && !self.lanes.is_empty() {
+            let Some((tenant, mut lane)) = self.lanes.pop_front() else {
+                break;
+            };
+            if let Some(job) = lane.pop_front() {
+                batch.push(job);
+            }
+            if !lane.is_empty() {
+                self.lanes.push_back((tenant, lane));
+            }
+        }
+        batch
+    }
+
+    fn connection(&mut self) -> Result<&mut PooledConn, StorageError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.pool.get()?);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StorageError::Unavailable("no connection".into()))
+    }
+
+    fn process(&mut self, batch: Vec<Job>) {
+        if batch.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let now = self.clock.now_ms();
+        // Flush markers are answered after the work queued before them.
+        let (flushes, mut jobs): (Vec<Job>, Vec<Job>) =
+            batch.into_iter().partition(|j| matches!(j, Job::Flush(_)));
+        let mut new_keys = match self.prepare_keys(&jobs, now) {
+            Ok(keys) => keys,
+            Err(e) => {
+                self.fail_all(jobs, &e);
+                self.answer_flushes(flushes);
+                return;
+            }
+        };
+        let batch_size = jobs.len();
+        let result = self.run_batch(&jobs, &mut new_keys, now);
+        match result {
+            Ok(outcomes) => {
+                self.finish(jobs.drain(..).zip(outcomes.into_iter().map(Ok)));
+            }
+            Err(e) if e.is_transient() || jobs.len() == 1 => {
+                if e.is_transient() {
+                    self.conn = None;
+                }
+                slog::warn!(self.log, "write batch failed"; "error" => %e, "jobs" => batch_size);
+                self.fail_all(jobs, &e);
+            }
+            Err(e) => {
+                slog::warn!(self.log, "write batch failed, retrying its jobs one by one"; "error" => %e);
+                let mut results = Vec::with_capacity(jobs.len());
+                for job in &jobs {
+                    let one = self.run_batch(std::slice::from_ref(job), &mut new_keys, now);
+                    results.push(one.map(|mut o| o.remove(0)));
+                }
+                self.finish(jobs.drain(..).zip(results));
+            }
+        }
+        self.metrics
+            .db_write_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.db_batch_jobs.observe(batch_size as f64);
+        self.answer_flushes(flushes);
+    }
+
+    fn answer_flushes(&self, flushes: Vec<Job>) {
+        for job in flushes {
+            if let Job::Flush(reply) = job {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Data keys for contacts that a resolve job will create are committed to the key
+    /// store first, in a transaction of their own: a crash between the two leaves an
+    /// unused key, never data without its key.
+    fn prepare_keys(
+        &mut self,
+        jobs: &[Job],
+        now: i64,
+    ) -> Result<HashMap<usize, (KeyId, NewDataKey)>, StorageError> {
+        let keyring = self.keyring.clone();
+        let mut wanted = Vec::new();
+        {
+            let conn = self.connection()?;
+            for (index, job) in jobs.iter().enumerate() {
+                if let Job::Resolve { tenant_id, ids, .. } = job {
+                    if !crm::contact_exists(conn, &keyring, tenant_id, ids)? {
+                        wanted.push((index, tenant_id.clone()));
+                    }
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut keys = HashMap::new();
+        for (index, tenant_id) in &wanted {
+            let key_id = KeyId::generate();
+            let data_key = keyring.new_data_key(key_id.as_str())?;
+            keys.insert(*index, (tenant_id.clone(), key_id, data_key));
+        }
+        let conn = self.connection()?;
+        let committed = conn.transaction::<_, StorageError, _>(|conn| {
+            for (tenant_id, key_id, data_key) in keys.values() {
+                crm::insert_data_key(conn, tenant_id, key_id, &data_key.wrapped, now)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = committed {
+            if e.is_transient() {
+                self.conn = None;
+            }
+            return Err(e);
+        }
+        Ok(keys
+            .into_iter()
+            .map(|(index, (_, key_id, key))| (index, (key_id, key)))
+            .collect())
+    }
+
+    fn run_batch(
+        &mut self,
+        jobs: &[Job],
+        new_keys: &mut HashMap<usize, (KeyId, NewDataKey)>,
+        now: i64,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        let keyring = self.keyring.clone();
+        let mut routes = std::mem::take(&mut self.routes);
+        let result = {
+            let conn = match self.connection() {
+                Ok(conn) => conn,
+                Err(e) => {
+                    self.routes = routes;
+                    return Err(e);
+                }
+            };
+            conn.transaction::<_, StorageError, _>(|conn| {
+                let mut outcomes = Vec::with_capacity(jobs.len());
+                for (index, job) in jobs.iter().enumerate() {
+                    let outcome = match job {
+                        Job::Ingest { events, others, .. } => Outcome::Ingest(ingest(
+                            conn,
+                            &keyring,
+                            &mut routes,
+                            events,
+                            others,
+                            now,
+                        )?),
+                        Job::Resolve { tenant_id, ids, .. } => {
+                            // A key prepared for this job is used at most once; if
+                            // another job in the batch created the contact, it stays
+                            // unused in the key store.
+                            let key = take_key(new_keys, index);
+                            Outcome::Resolve(crm::resolve_contact(
+                                conn, &keyring, tenant_id, ids, key, now,
+                            )?)
+                        }
+                        Job::Apply { tenant_id, ops, .. } => {
+                            for op in ops {
+                                crm::apply(conn, tenant_id, op, now)?;
+                            }
+                            Outcome::Apply
+                        }
+                        Job::Flush(_) => Outcome::Apply,
+                    };
+                    outcomes.push(outcome);
+                }
+                Ok(outcomes)
+            })
+        };
+        self.routes = routes;
+        result
+    }
+
+    fn fail_all(&self, jobs: Vec<Job>, error: &StorageError) {
+        let copy = || StorageError::Unavailable(error.to_string());
+        for job in jobs {
+            match job {
+                Job::Ingest { reply, .. } => {
+                    let _ = reply.send(Err(copy()));
+                }
+                Job::Resolve { reply, .. } => {
+                    let _ = reply.send(Err(copy()));
+                }
+                Job::Apply { reply, .. } => {
+                    let _ = reply.send(Err(copy()));
+                }
+                Job::Flush(reply) => {
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    fn finish(&self, results: impl Iterator<Item = (Job, Result<Outcome, StorageError>)>) {
+        let mut dispatch = Vec::new();
+        for (job, result) in results {
+            match (job, result) {
+                (Job::Ingest { reply, .. }, Ok(Outcome::Ingest(receipt))) => {
+                    self.metrics.ingest_receipt(&receipt);
+                    dispatch.extend(receipt.accepted.iter().cloned());
+                    let _ = reply.send(Ok(receipt));
+                }
+                (Job::Resolve { reply, .. }, Ok(Outcome::Resolve(contact))) => {
+                    let _ = reply.send(Ok(contact));
+                }
+                (Job::Apply { reply, ops, .. }, Ok(_)) => {
+                    self.metrics.events_applied.inc_by(ops.len() as u64);
+                    let _ = reply.send(Ok(()));
+                }
+                (Job::Ingest { reply, .. }, Err(e)) => {
+                    let _ = reply.send(Err(e));
+                }
+                (Job::Resolve { reply, .. }, Err(e)) => {
+                    let _ = reply.send(Err(e));
+                }
+                (Job::Apply { reply, .. }, Err(e)) => {
+                    let _ = reply.send(Err(e));
+                }
+                (Job::Flush(reply), _) => {
+                    let _ = reply.send(());
+                }
+                (job, Ok(_)) => {
+                    // Outcomes are produced in job order, so this cannot happen; answer
+                    // with an error rather than leave the caller waiting.
+                    self.fail_all(vec![job], &StorageError::Corrupt("outcome mismatch".into()));
+                }
+            }
+        }
+        if !dispatch.is_empty() {
+            if let Some(dispatcher) = self.dispatcher.get() {
+                dispatcher(dispatch);
+            }
+        }
+    }
+
+    fn maintenance(&mut self) {
+        self.last_maintenance = Instant::now();
+        let cutoff = self.clock.now_ms() - self.config.keep_processed_ms;
+        let result = self.connection().and_then(|conn| {
+            let purged = inbox::purge_processed(conn, cutoff)?;
+            let backlog = inbox::backlog(conn)?;
+            Ok((purged, backlog))
+        });
+        match result {
+            Ok((purged, backlog)) => {
+                self.metrics.inbox_backlog.set(backlog);
+                if purged > 0 {
+                    slog::debug!(self.log, "purged processed inbox rows"; "rows" => purged);
+                }
+            }
+            Err(e) => {
+                self.conn = None;
+                slog::warn!(self.log, "inbox maintenance failed"; "error" => %e);
+            }
+        }
+    }
+}
+
+fn take_key(
+    keys: &mut HashMap<usize, (KeyId, NewDataKey)>,
+    index: usize,
+) -> Option<(KeyId, NewDataKey)> {
+    keys.remove(&index)
+}
+
+/// Inserts one webhook's events and other content inside the batch transaction.
+fn ingest(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    routes: &mut HashMap<String, TenantId>,
+    events: &[PreparedEvent],
+    others: &[PreparedOther],
+    now: i64,
+) -> Result<IngestReceipt, StorageError> {
+    let unknown: Vec<&str> = events
+        .iter()
+        .map(|e| e.phone_number_id.as_str())
+        .chain(others.iter().filter_map(|o| o.phone_number_id.as_deref()))
+        .filter(|pnid| !routes.contains_key(*pnid))
+        .collect();
+    if !unknown.is_empty() {
+        for (pnid, tenant) in tenants::owners_of_numbers(conn, &unknown)? {
+            routes.insert(pnid, TenantId(tenant));
+        }
+    }
+    let mut receipt = IngestReceipt::default();
+    for event in events {
+        match routes.get(&event.phone_number_id) {
+            Some(tenant_id) => match inbox::insert_event(conn, tenant_id, event, now)? {
+                Some(id) => receipt.accepted.push(InboxItem {
+                    id,
+                    tenant_id: tenant_id.clone(),
+                    phone_number_id: event.phone_number_id.clone(),
+                    route_key: event.route_key.clone(),
+                    event: event.event.clone(),
+                }),
+                None => receipt.duplicates += 1,
+            },
+            None => {
+                let raw = serde_json::to_vec(event.event.as_ref())
+                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                let other = PreparedOther::seal(
+                    keyring,
+                    "unrouted",
+                    Some(event.kind.to_string()),
+                    Some(event.phone_number_id.clone()),
+                    &raw,
+                )?;
+                inbox::insert_other(conn, None, &other, now)?;
+                receipt.unrouted += 1;
+            }
+        }
+    }
+    for other in others {
+        let tenant = other.phone_number_id.as_ref().and_then(|p| routes.get(p));
+        inbox::insert_other(conn, tenant, other, now)?;
+        receipt.others += 1;
+    }
+    Ok(receipt)
+}
