@@ -20,12 +20,15 @@ use crate::storage::writer::WriterHandle;
 use crate::storage::Pool;
 use crate::whatsapp::Event;
 
+/// A hook run before an event is applied.
+pub type EventHook = Arc<dyn Fn(&Event) + Send + Sync>;
+
 /// Test-only injection points; empty in production.
 #[derive(Clone, Default)]
 pub struct Hooks {
     /// Called by a conversation actor before it applies an event; a panic here is
     /// handled exactly like a bug in the actor.
-    pub before_apply: Option<Arc<dyn Fn(&Event) + Send + Sync>>,
+    pub before_apply: Option<EventHook>,
 }
 
 impl std::fmt::Debug for Hooks {

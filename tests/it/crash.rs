@@ -1,0 +1,192 @@
+//! Crash safety with the real binary: send a few thousand webhooks concurrently,
+//! SIGKILL the process mid-load, restart it, and check that every webhook that got a
+//! 200 is stored exactly once.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_converra");
+
+struct Daemon {
+    env: Vec<(String, String)>,
+    base: String,
+}
+
+impl Daemon {
+    fn new(db_url: &str, dir: &tempfile::TempDir) -> Daemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let env = vec![
+            ("CONVERRA__DATABASE__URL".into(), db_url.to_string()),
+            ("CONVERRA__SECURITY__MASTER_KEY_FILE".into(), dir.path().join("master.key").display().to_string()),
+            ("CONVERRA__WHATSAPP__APP_SECRET".into(), APP_SECRET.into()),
+            ("CONVERRA__SERVER__BIND".into(), format!("127.0.0.1:{port}")),
+            ("CONVERRA__LOG__LEVEL".into(), "error".into()),
+            ("CONVERRA__LOG__FORMAT".into(), "json".into()),
+        ];
+        Daemon { env, base: format!("http://127.0.0.1:{port}") }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd
+    }
+
+    fn cli_json(&self, args: &[&str]) -> Value {
+        let out = self.command(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn spawn(&self) -> Child {
+        self.command(&["serve"]).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap()
+    }
+
+    async fn wait_ready(&self, client: &awc::Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(resp) = client.get(format!("{}/readyz", self.base)).send().await {
+                if resp.status().is_success() {
+                    return;
+                }
+            }
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("daemon did not become ready");
+    }
+}
+
+async fn crash_and_recover(backend: &Backend) {
+    let db = TestDb::new(backend);
+    let daemon = Daemon::new(&db.url, &db.dir);
+    let tenant = daemon.cli_json(&["tenant", "create", "--name", "crash", "--holder-email", "ops@crash.example", "--json"]);
+    let token_file = db.dir.path().join("token");
+    std::fs::write(&token_file, "EAAG-token").unwrap();
+    daemon.cli_json(&[
+        "number", "add", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--phone-number-id", NUMBER_A,
+        "--display-phone-number", "15550000000", "--waba-id", "WABA", "--access-token-file",
+        token_file.to_str().unwrap(), "--json",
+    ]);
+    let api_key = tenant["api_key"].as_str().unwrap().to_string();
+    let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+    let child = Arc::new(Mutex::new(daemon.spawn()));
+    daemon.wait_ready(&client).await;
+
+    const TOTAL: usize = 3000;
+    const KILL_AFTER: usize = 1000;
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(AtomicUsize::new(0));
+    let url = format!("{}/webhooks/whatsapp", daemon.base);
+    futures_util::stream::iter(0..TOTAL)
+        .map(|i| {
+            let (client, url, acked, count, child, killed) =
+                (client.clone(), url.clone(), acked.clone(), count.clone(), child.clone(), killed.clone());
+            async move {
+                let wamid = format!("wamid.crash.{i}");
+                let body = text_webhook(NUMBER_A, &format!("49160{:03}", i % 40), &wamid, &format!("m{i}"));
+                let signature = converra::whatsapp::signature::sign(APP_SECRET.as_bytes(), &body);
+                let sent = client
+                    .post(&url)
+                    .insert_header(("X-Hub-Signature-256", signature))
+                    .send_body(body)
+                    .await;
+                if let Ok(resp) = sent {
+                    if resp.status().as_u16() == 200 {
+                        acked.lock().unwrap().push(wamid);
+                        if count.fetch_add(1, Ordering::SeqCst) + 1 == KILL_AFTER && killed.fetch_add(1, Ordering::SeqCst) == 0 {
+                            // SIGKILL: no shutdown, no flush, mid-load.
+                            child.lock().unwrap().kill().unwrap();
+                        }
+                    }
+                }
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+    let _ = child.lock().unwrap().wait();
+    let acked: HashSet<String> = acked.lock().unwrap().iter().cloned().collect();
+    assert!(acked.len() >= KILL_AFTER, "only {} acknowledged before the kill", acked.len());
+    assert!(acked.len() < TOTAL, "the kill happened after the load finished");
+
+    let mut restarted = daemon.spawn();
+    daemon.wait_ready(&client).await;
+    let reader = ApiReader { client: client.clone(), base: daemon.base.clone(), key: api_key };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let stored = loop {
+        let stored = reader.all_wamids().await;
+        let missing = acked.iter().filter(|w| !stored.contains(*w)).count();
+        if missing == 0 {
+            break stored;
+        }
+        assert!(Instant::now() < deadline, "{missing} acknowledged messages missing after restart");
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    };
+    let unique: HashSet<&String> = stored.iter().collect();
+    assert_eq!(unique.len(), stored.len(), "every message stored exactly once");
+    restarted.kill().unwrap();
+    let _ = restarted.wait();
+}
+
+struct ApiReader {
+    client: awc::Client,
+    base: String,
+    key: String,
+}
+
+impl ApiReader {
+    async fn page(&self, path: &str) -> Value {
+        let mut resp = self
+            .client
+            .get(format!("{}{}", self.base, path))
+            .insert_header(("Authorization", format!("Bearer {}", self.key)))
+            .send()
+            .await
+            .unwrap();
+        serde_json::from_slice(&resp.body().limit(64 << 20).await.unwrap()).unwrap()
+    }
+
+    async fn all(&self, path: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let url = match &cursor {
+                Some(c) => format!("{path}?limit=500&cursor={c}"),
+                None => format!("{path}?limit=500"),
+            };
+            let page = self.page(&url).await;
+            out.extend(page["items"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return out,
+            }
+        }
+    }
+
+    async fn all_wamids(&self) -> Vec<String> {
+        let mut wamids = Vec::new();
+        for conversation in self.all("/v1/conversations").await {
+            let id = conversation["id"].as_str().unwrap();
+            for m in self.all(&format!("/v1/conversations/{id}/messages")).await {
+                wamids.push(m["wamid"].as_str().unwrap().to_string());
+            }
+        }
+        wamids
+    }
+}
+
+#[actix_rt::test]
+async fn sigkill_mid_load_loses_no_acknowledged_message() {
+    for backend in backends() {
+        crash_and_recover(&backend).await;
+    }
+}

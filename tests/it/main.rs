@@ -1,0 +1,13 @@
+//! The one integration-test binary (each file under tests/ would be another binary
+//! linking the whole crate). Every test drives the real HTTP server on an ephemeral
+//! port; storage-facing tests run on SQLite and, when CONVERRA_TEST_DATABASE_URL is
+//! set, on PostgreSQL too.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod crash;
+mod recovery;
+mod storage;
+mod support;
+mod webhook;
