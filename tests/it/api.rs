@@ -25,8 +25,10 @@ async fn a_tenant_never_sees_or_detects_another_tenants_rows() {
     for backend in backends() {
         let app = TestApp::start(&backend).await;
         // The same WhatsApp user writes to both businesses.
-        app.post_signed(&text_webhook(NUMBER_A, "4915555", "wamid.to.a", "for A")).await;
-        app.post_signed(&text_webhook(NUMBER_B, "4915555", "wamid.to.b", "for B")).await;
+        app.post_signed(&text_webhook(NUMBER_A, "4915555", "wamid.to.a", "for A"))
+            .await;
+        app.post_signed(&text_webhook(NUMBER_B, "4915555", "wamid.to.b", "for B"))
+            .await;
         let a_messages = app.wait_messages(&app.a, 1).await;
         let b_messages = app.wait_messages(&app.b, 1).await;
         assert_eq!(a_messages.len(), 1);
@@ -37,16 +39,41 @@ async fn a_tenant_never_sees_or_detects_another_tenants_rows() {
         let b_contacts = app.all("/v1/contacts", &app.b.api_key).await;
         assert_eq!(a_contacts.len(), 1);
         assert_eq!(b_contacts.len(), 1);
-        assert_ne!(a_contacts[0]["id"], b_contacts[0]["id"], "one contact row per tenant");
+        assert_ne!(
+            a_contacts[0]["id"], b_contacts[0]["id"],
+            "one contact row per tenant"
+        );
         // B's conversation id, used by A: not found, exactly like an id that never existed.
-        let b_conversation = app.all("/v1/conversations", &app.b.api_key).await[0]["id"].as_str().unwrap().to_string();
-        let (status, body) = app.get(&format!("/v1/conversations/{b_conversation}/messages"), Some(&app.a.api_key)).await;
-        let (missing_status, missing_body) = app.get("/v1/conversations/00000000-0000-7000-8000-000000000000/messages", Some(&app.a.api_key)).await;
+        let b_conversation = app.all("/v1/conversations", &app.b.api_key).await[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (status, body) = app
+            .get(
+                &format!("/v1/conversations/{b_conversation}/messages"),
+                Some(&app.a.api_key),
+            )
+            .await;
+        let (missing_status, missing_body) = app
+            .get(
+                "/v1/conversations/00000000-0000-7000-8000-000000000000/messages",
+                Some(&app.a.api_key),
+            )
+            .await;
         assert_eq!(status, 404);
         assert_eq!((status, body), (missing_status, missing_body));
         // A cursor from B's listing does not leak B's rows into A's.
-        let (_, page) = app.get(&format!("/v1/conversations?cursor={}", "0"), Some(&app.a.api_key)).await;
-        assert!(page["items"].as_array().unwrap().iter().all(|c| c["phone_number_id"] == NUMBER_A));
+        let (_, page) = app
+            .get(
+                &format!("/v1/conversations?cursor={}", "0"),
+                Some(&app.a.api_key),
+            )
+            .await;
+        assert!(page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["phone_number_id"] == NUMBER_A));
     }
 }
 
@@ -54,10 +81,19 @@ async fn a_tenant_never_sees_or_detects_another_tenants_rows() {
 async fn listings_paginate_with_a_cursor() {
     let app = TestApp::start(&Backend::Sqlite).await;
     for i in 0..7 {
-        app.post_signed(&text_webhook(NUMBER_A, "4915666", &format!("wamid.page.{i}"), &format!("n{i}"))).await;
+        app.post_signed(&text_webhook(
+            NUMBER_A,
+            "4915666",
+            &format!("wamid.page.{i}"),
+            &format!("n{i}"),
+        ))
+        .await;
     }
     app.wait_messages(&app.a, 7).await;
-    let conversation = app.all("/v1/conversations", &app.a.api_key).await[0]["id"].as_str().unwrap().to_string();
+    let conversation = app.all("/v1/conversations", &app.a.api_key).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut seen: Vec<Value> = Vec::new();
     let mut cursor = String::new();
     loop {
@@ -74,6 +110,13 @@ async fn listings_paginate_with_a_cursor() {
             None => break,
         }
     }
-    let bodies: Vec<&str> = seen.iter().map(|m| m["content"]["body"].as_str().unwrap()).collect();
-    assert_eq!(bodies, vec!["n0", "n1", "n2", "n3", "n4", "n5", "n6"], "in order, each once");
+    let bodies: Vec<&str> = seen
+        .iter()
+        .map(|m| m["content"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        vec!["n0", "n1", "n2", "n3", "n4", "n5", "n6"],
+        "in order, each once"
+    );
 }

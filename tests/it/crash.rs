@@ -22,32 +22,51 @@ struct Daemon {
 
 impl Daemon {
     fn new(db_url: &str, dir: &tempfile::TempDir) -> Daemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let env = vec![
             ("CONVERRA__DATABASE__URL".into(), db_url.to_string()),
-            ("CONVERRA__SECURITY__MASTER_KEY_FILE".into(), dir.path().join("master.key").display().to_string()),
+            (
+                "CONVERRA__SECURITY__MASTER_KEY_FILE".into(),
+                dir.path().join("master.key").display().to_string(),
+            ),
             ("CONVERRA__WHATSAPP__APP_SECRET".into(), APP_SECRET.into()),
             ("CONVERRA__SERVER__BIND".into(), format!("127.0.0.1:{port}")),
             ("CONVERRA__LOG__LEVEL".into(), "error".into()),
             ("CONVERRA__LOG__FORMAT".into(), "json".into()),
         ];
-        Daemon { env, base: format!("http://127.0.0.1:{port}") }
+        Daemon {
+            env,
+            base: format!("http://127.0.0.1:{port}"),
+        }
     }
 
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.args(args).envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd.args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd
     }
 
     fn cli_json(&self, args: &[&str]) -> Value {
         let out = self.command(args).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
     fn spawn(&self) -> Child {
-        self.command(&["serve"]).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap()
+        self.command(&["serve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
     }
 
     async fn wait_ready(&self, client: &awc::Client) {
@@ -67,16 +86,36 @@ impl Daemon {
 async fn crash_and_recover(backend: &Backend) {
     let db = TestDb::new(backend);
     let daemon = Daemon::new(&db.url, &db.dir);
-    let tenant = daemon.cli_json(&["tenant", "create", "--name", "crash", "--holder-email", "ops@crash.example", "--json"]);
+    let tenant = daemon.cli_json(&[
+        "tenant",
+        "create",
+        "--name",
+        "crash",
+        "--holder-email",
+        "ops@crash.example",
+        "--json",
+    ]);
     let token_file = db.dir.path().join("token");
     std::fs::write(&token_file, "EAAG-token").unwrap();
     daemon.cli_json(&[
-        "number", "add", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--phone-number-id", NUMBER_A,
-        "--display-phone-number", "15550000000", "--waba-id", "WABA", "--access-token-file",
-        token_file.to_str().unwrap(), "--json",
+        "number",
+        "add",
+        "--tenant",
+        tenant["tenant_id"].as_str().unwrap(),
+        "--phone-number-id",
+        NUMBER_A,
+        "--display-phone-number",
+        "15550000000",
+        "--waba-id",
+        "WABA",
+        "--access-token-file",
+        token_file.to_str().unwrap(),
+        "--json",
     ]);
     let api_key = tenant["api_key"].as_str().unwrap().to_string();
-    let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
     let child = Arc::new(Mutex::new(daemon.spawn()));
     daemon.wait_ready(&client).await;
 
@@ -88,11 +127,22 @@ async fn crash_and_recover(backend: &Backend) {
     let url = format!("{}/webhooks/whatsapp", daemon.base);
     futures_util::stream::iter(0..TOTAL)
         .map(|i| {
-            let (client, url, acked, count, child, killed) =
-                (client.clone(), url.clone(), acked.clone(), count.clone(), child.clone(), killed.clone());
+            let (client, url, acked, count, child, killed) = (
+                client.clone(),
+                url.clone(),
+                acked.clone(),
+                count.clone(),
+                child.clone(),
+                killed.clone(),
+            );
             async move {
                 let wamid = format!("wamid.crash.{i}");
-                let body = text_webhook(NUMBER_A, &format!("49160{:03}", i % 40), &wamid, &format!("m{i}"));
+                let body = text_webhook(
+                    NUMBER_A,
+                    &format!("49160{:03}", i % 40),
+                    &wamid,
+                    &format!("m{i}"),
+                );
                 let signature = converra::whatsapp::signature::sign(APP_SECRET.as_bytes(), &body);
                 let sent = client
                     .post(&url)
@@ -102,7 +152,9 @@ async fn crash_and_recover(backend: &Backend) {
                 if let Ok(resp) = sent {
                     if resp.status().as_u16() == 200 {
                         acked.lock().unwrap().push(wamid);
-                        if count.fetch_add(1, Ordering::SeqCst) + 1 == KILL_AFTER && killed.fetch_add(1, Ordering::SeqCst) == 0 {
+                        if count.fetch_add(1, Ordering::SeqCst) + 1 == KILL_AFTER
+                            && killed.fetch_add(1, Ordering::SeqCst) == 0
+                        {
                             // SIGKILL: no shutdown, no flush, mid-load.
                             child.lock().unwrap().kill().unwrap();
                         }
@@ -115,12 +167,23 @@ async fn crash_and_recover(backend: &Backend) {
         .await;
     let _ = child.lock().unwrap().wait();
     let acked: HashSet<String> = acked.lock().unwrap().iter().cloned().collect();
-    assert!(acked.len() >= KILL_AFTER, "only {} acknowledged before the kill", acked.len());
-    assert!(acked.len() < TOTAL, "the kill happened after the load finished");
+    assert!(
+        acked.len() >= KILL_AFTER,
+        "only {} acknowledged before the kill",
+        acked.len()
+    );
+    assert!(
+        acked.len() < TOTAL,
+        "the kill happened after the load finished"
+    );
 
     let mut restarted = daemon.spawn();
     daemon.wait_ready(&client).await;
-    let reader = ApiReader { client: client.clone(), base: daemon.base.clone(), key: api_key };
+    let reader = ApiReader {
+        client: client.clone(),
+        base: daemon.base.clone(),
+        key: api_key,
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
     let stored = loop {
         let stored = reader.all_wamids().await;
@@ -128,11 +191,18 @@ async fn crash_and_recover(backend: &Backend) {
         if missing == 0 {
             break stored;
         }
-        assert!(Instant::now() < deadline, "{missing} acknowledged messages missing after restart");
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged messages missing after restart"
+        );
         actix_rt::time::sleep(Duration::from_millis(200)).await;
     };
     let unique: HashSet<&String> = stored.iter().collect();
-    assert_eq!(unique.len(), stored.len(), "every message stored exactly once");
+    assert_eq!(
+        unique.len(),
+        stored.len(),
+        "every message stored exactly once"
+    );
     restarted.kill().unwrap();
     let _ = restarted.wait();
 }

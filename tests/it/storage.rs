@@ -14,7 +14,10 @@ fn migrations_run_up_down_and_up_again() {
         let mut conn = manager.establish().unwrap();
         let applied = storage::run_migrations(&mut conn).unwrap();
         assert!(!applied.is_empty());
-        assert!(storage::run_migrations(&mut conn).unwrap().is_empty(), "idempotent");
+        assert!(
+            storage::run_migrations(&mut conn).unwrap().is_empty(),
+            "idempotent"
+        );
         storage::revert_all_migrations(&mut conn).unwrap();
         assert_eq!(storage::run_migrations(&mut conn).unwrap(), applied);
     }
@@ -25,7 +28,10 @@ fn a_bad_database_url_reports_the_real_reason() {
     let mut settings = Settings::defaults().unwrap();
     settings.database.url = "postgres://nobody@127.0.0.1:1/none".into();
     let err = storage::connect(&settings).unwrap_err().to_string();
-    assert!(err.contains("postgres") && (err.contains("refused") || err.contains("connect")), "{err}");
+    assert!(
+        err.contains("postgres") && (err.contains("refused") || err.contains("connect")),
+        "{err}"
+    );
     settings.database.url = "sqlite:///proc/definitely/not/writable/x.db".into();
     let err = storage::connect(&settings).unwrap_err().to_string();
     assert!(err.contains("/proc/definitely"), "{err}");

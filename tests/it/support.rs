@@ -62,7 +62,9 @@ impl TestDb {
                 let name = format!("converra_t_{}", uuid::Uuid::new_v4().simple());
                 let mut admin = diesel::PgConnection::establish(admin_url)
                     .unwrap_or_else(|e| panic!("cannot reach CONVERRA_TEST_DATABASE_URL: {e}"));
-                admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .unwrap();
                 let mut url = url::Url::parse(admin_url).unwrap();
                 url.set_path(&format!("/{name}"));
                 TestDb {
@@ -79,7 +81,8 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some((admin_url, name)) = &self.pg {
             if let Ok(mut admin) = diesel::PgConnection::establish(admin_url) {
-                let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+                let _ =
+                    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
             }
         }
     }
@@ -113,7 +116,8 @@ pub fn seed_tenants(settings: &Settings) -> (Tenant, Tenant) {
     let (keyring, pool) = converra::open_storage(settings).unwrap();
     let mut conn = pool.get().unwrap();
     let mut make = |name: &str, number: &str| {
-        let created = tenants::create_tenant(&mut conn, name, &format!("owner@{name}.example"), 1).unwrap();
+        let created =
+            tenants::create_tenant(&mut conn, name, &format!("owner@{name}.example"), 1).unwrap();
         tenants::add_phone_number(
             &mut conn,
             &keyring,
@@ -127,7 +131,10 @@ pub fn seed_tenants(settings: &Settings) -> (Tenant, Tenant) {
             1,
         )
         .unwrap();
-        Tenant { id: created.tenant_id, api_key: created.api_key }
+        Tenant {
+            id: created.tenant_id,
+            api_key: created.api_key,
+        }
     };
     (make("tenant-a", NUMBER_A), make("tenant-b", NUMBER_B))
 }
@@ -149,7 +156,11 @@ impl TestApp {
         Self::start_with(backend, Hooks::default(), |_| {}).await
     }
 
-    pub async fn start_with(backend: &Backend, hooks: Hooks, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    pub async fn start_with(
+        backend: &Backend,
+        hooks: Hooks,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> TestApp {
         let db = TestDb::new(backend);
         let mut settings = settings_for(&db);
         tweak(&mut settings);
@@ -159,7 +170,9 @@ impl TestApp {
             a,
             b,
             settings,
-            client: awc::Client::builder().timeout(Duration::from_secs(30)).finish(),
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .finish(),
             shutdown: None,
             task: None,
             _db: db,
@@ -188,7 +201,12 @@ impl TestApp {
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(resp) = self.client.get(format!("{}/readyz", self.base)).send().await {
+            if let Ok(resp) = self
+                .client
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await
+            {
                 if resp.status().is_success() {
                     return;
                 }
@@ -228,7 +246,10 @@ impl TestApp {
         }
         let mut resp = req.send_body(body.to_vec()).await.unwrap();
         let bytes = resp.body().limit(1 << 20).await.unwrap();
-        (resp.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            resp.status().as_u16(),
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     pub async fn get(&self, path: &str, api_key: Option<&str>) -> (u16, Value) {
@@ -238,12 +259,18 @@ impl TestApp {
         }
         let mut resp = req.send().await.unwrap();
         let bytes = resp.body().limit(16 << 20).await.unwrap();
-        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         (resp.status().as_u16(), value)
     }
 
     pub async fn get_text(&self, path: &str) -> String {
-        let mut resp = self.client.get(format!("{}{}", self.base, path)).send().await.unwrap();
+        let mut resp = self
+            .client
+            .get(format!("{}{}", self.base, path))
+            .send()
+            .await
+            .unwrap();
         String::from_utf8_lossy(&resp.body().await.unwrap()).into()
     }
 
@@ -272,7 +299,10 @@ impl TestApp {
         let mut out = Vec::new();
         for conversation in self.all("/v1/conversations", &tenant.api_key).await {
             let id = conversation["id"].as_str().unwrap();
-            out.extend(self.all(&format!("/v1/conversations/{id}/messages"), &tenant.api_key).await);
+            out.extend(
+                self.all(&format!("/v1/conversations/{id}/messages"), &tenant.api_key)
+                    .await,
+            );
         }
         out
     }
@@ -285,7 +315,11 @@ impl TestApp {
             if messages.len() >= n {
                 return messages;
             }
-            assert!(Instant::now() < deadline, "only {} of {n} messages appeared", messages.len());
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} messages appeared",
+                messages.len()
+            );
             actix_rt::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -299,7 +333,10 @@ impl TestApp {
             if backlog == 0 {
                 return;
             }
-            assert!(Instant::now() < deadline, "{backlog} inbox rows still unprocessed");
+            assert!(
+                Instant::now() < deadline,
+                "{backlog} inbox rows still unprocessed"
+            );
             actix_rt::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -11,7 +11,12 @@ async fn verification_handshake_answers_the_challenge_only_for_the_right_token()
     let (status, body) = app.get(&ok, None).await;
     assert_eq!(status, 200);
     assert_eq!(body, json!(1158201444));
-    let (status, body) = app.get("/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1", None).await;
+    let (status, body) = app
+        .get(
+            "/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1",
+            None,
+        )
+        .await;
     assert_eq!(status, 403);
     assert_eq!(body["error"]["field"], "hub.verify_token");
     let (status, _) = app.get(&format!("/webhooks/whatsapp?hub.mode=unsubscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1"), None).await;
@@ -30,7 +35,8 @@ async fn unsigned_forged_and_wrong_secret_posts_are_refused_and_nothing_is_store
         let wrong_secret = converra::whatsapp::signature::sign(b"not-the-secret", &body);
         assert_eq!(app.post_raw(&body, Some(&wrong_secret)).await.0, 401);
         let tampered = text_webhook(NUMBER_A, "4915111", "wamid.forged", "hellO");
-        let good_sig_other_body = converra::whatsapp::signature::sign(APP_SECRET.as_bytes(), &tampered);
+        let good_sig_other_body =
+            converra::whatsapp::signature::sign(APP_SECRET.as_bytes(), &tampered);
         assert_eq!(app.post_raw(&body, Some(&good_sig_other_body)).await.0, 401);
         assert_eq!(app.post_raw(&body, Some("sha256=nothex")).await.0, 401);
         actix_rt::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -44,7 +50,10 @@ async fn unsigned_forged_and_wrong_secret_posts_are_refused_and_nothing_is_store
 
 #[actix_rt::test]
 async fn oversized_bodies_get_413_with_a_json_error() {
-    let app = TestApp::start_with(&Backend::Sqlite, Default::default(), |s| s.server.max_body_bytes = 64 * 1024).await;
+    let app = TestApp::start_with(&Backend::Sqlite, Default::default(), |s| {
+        s.server.max_body_bytes = 64 * 1024
+    })
+    .await;
     let big = vec![b'x'; 100 * 1024];
     let signature = converra::whatsapp::signature::sign(APP_SECRET.as_bytes(), &big);
     let (status, body) = app.post_raw(&big, Some(&signature)).await;
@@ -60,8 +69,11 @@ async fn correctly_signed_garbage_and_unknown_fields_are_stored_raw_and_acknowle
         assert_eq!(status, 200);
         let (status, _) = app.post_signed(br#"{"object":"page","entry":[]}"#).await;
         assert_eq!(status, 200);
-        let other = serde_json::to_vec(&envelope(vec![json!({"field": "message_template_status_update",
-            "value": {"event": "APPROVED", "message_template_id": 12345}})])).unwrap();
+        let other = serde_json::to_vec(&envelope(vec![
+            json!({"field": "message_template_status_update",
+            "value": {"event": "APPROVED", "message_template_id": 12345}}),
+        ]))
+        .unwrap();
         let (status, body) = app.post_signed(&other).await;
         assert_eq!(status, 200);
         assert_eq!(body["stored_raw"], 1);
@@ -94,27 +106,95 @@ fn every_message_type(from: &str) -> Vec<Value> {
     };
     vec![
         m("wamid.text", "text", json!({"body": "Grüße aus Köln 👋"})),
-        m("wamid.image", "image", json!({"caption": "look", "mime_type": "image/jpeg", "sha256": "abc=", "id": "111"})),
-        m("wamid.audio", "audio", json!({"mime_type": "audio/ogg; codecs=opus", "sha256": "def=", "id": "222", "voice": true})),
-        m("wamid.video", "video", json!({"mime_type": "video/mp4", "sha256": "ghi=", "id": "333", "caption": "clip"})),
-        m("wamid.document", "document", json!({"filename": "invoice.pdf", "mime_type": "application/pdf", "sha256": "jkl=", "id": "444", "caption": "inv"})),
-        m("wamid.sticker", "sticker", json!({"mime_type": "image/webp", "sha256": "mno=", "id": "555", "animated": false})),
-        m("wamid.location", "location", json!({"latitude": 50.9375, "longitude": 6.9603, "name": "Dom", "address": "Domkloster 4", "url": "https://example.com"})),
-        m("wamid.contacts", "contacts", json!([{"name": {"formatted_name": "Ann Example", "first_name": "Ann"},
+        m(
+            "wamid.image",
+            "image",
+            json!({"caption": "look", "mime_type": "image/jpeg", "sha256": "abc=", "id": "111"}),
+        ),
+        m(
+            "wamid.audio",
+            "audio",
+            json!({"mime_type": "audio/ogg; codecs=opus", "sha256": "def=", "id": "222", "voice": true}),
+        ),
+        m(
+            "wamid.video",
+            "video",
+            json!({"mime_type": "video/mp4", "sha256": "ghi=", "id": "333", "caption": "clip"}),
+        ),
+        m(
+            "wamid.document",
+            "document",
+            json!({"filename": "invoice.pdf", "mime_type": "application/pdf", "sha256": "jkl=", "id": "444", "caption": "inv"}),
+        ),
+        m(
+            "wamid.sticker",
+            "sticker",
+            json!({"mime_type": "image/webp", "sha256": "mno=", "id": "555", "animated": false}),
+        ),
+        m(
+            "wamid.location",
+            "location",
+            json!({"latitude": 50.9375, "longitude": 6.9603, "name": "Dom", "address": "Domkloster 4", "url": "https://example.com"}),
+        ),
+        m(
+            "wamid.contacts",
+            "contacts",
+            json!([{"name": {"formatted_name": "Ann Example", "first_name": "Ann"},
             "phones": [{"phone": "+1 555 0100", "wa_id": "15550100", "type": "CELL"}],
-            "emails": [{"email": "ann@example.com", "type": "WORK"}], "org": {"company": "Ex"}, "birthday": "1990-01-01"}])),
-        m("wamid.button_reply", "interactive", json!({"type": "button_reply", "button_reply": {"id": "yes", "title": "Yes"}})),
-        m("wamid.list_reply", "interactive", json!({"type": "list_reply", "list_reply": {"id": "r1", "title": "Row", "description": "first"}})),
-        m("wamid.nfm_reply", "interactive", json!({"type": "nfm_reply", "nfm_reply": {"name": "flow", "body": "Sent", "response_json": "{\"flow_token\":\"t\"}"}})),
-        m("wamid.call_perm", "interactive", json!({"type": "call_permission_reply", "call_permission_reply": {"response": "accept", "is_permanent": false, "expiration_timestamp": 1764600000, "response_source": "user_action"}})),
-        m("wamid.button", "button", json!({"payload": "STOP", "text": "Stop promotions"})),
-        m("wamid.reaction", "reaction", json!({"message_id": "wamid.text", "emoji": "👍"})),
-        m("wamid.order", "order", json!({"catalog_id": "cat1", "text": "pls", "product_items": [{"product_retailer_id": "sku1", "quantity": 2, "item_price": 9.99, "currency": "EUR"}]})),
-        m("wamid.system", "system", json!({"body": "User changed number", "wa_id": from, "type": "user_changed_number", "new_wa_id": "4915999"})),
+            "emails": [{"email": "ann@example.com", "type": "WORK"}], "org": {"company": "Ex"}, "birthday": "1990-01-01"}]),
+        ),
+        m(
+            "wamid.button_reply",
+            "interactive",
+            json!({"type": "button_reply", "button_reply": {"id": "yes", "title": "Yes"}}),
+        ),
+        m(
+            "wamid.list_reply",
+            "interactive",
+            json!({"type": "list_reply", "list_reply": {"id": "r1", "title": "Row", "description": "first"}}),
+        ),
+        m(
+            "wamid.nfm_reply",
+            "interactive",
+            json!({"type": "nfm_reply", "nfm_reply": {"name": "flow", "body": "Sent", "response_json": "{\"flow_token\":\"t\"}"}}),
+        ),
+        m(
+            "wamid.call_perm",
+            "interactive",
+            json!({"type": "call_permission_reply", "call_permission_reply": {"response": "accept", "is_permanent": false, "expiration_timestamp": 1764600000, "response_source": "user_action"}}),
+        ),
+        m(
+            "wamid.button",
+            "button",
+            json!({"payload": "STOP", "text": "Stop promotions"}),
+        ),
+        m(
+            "wamid.reaction",
+            "reaction",
+            json!({"message_id": "wamid.text", "emoji": "👍"}),
+        ),
+        m(
+            "wamid.order",
+            "order",
+            json!({"catalog_id": "cat1", "text": "pls", "product_items": [{"product_retailer_id": "sku1", "quantity": 2, "item_price": 9.99, "currency": "EUR"}]}),
+        ),
+        m(
+            "wamid.system",
+            "system",
+            json!({"body": "User changed number", "wa_id": from, "type": "user_changed_number", "new_wa_id": "4915999"}),
+        ),
         m("wamid.welcome", "request_welcome", Value::Null),
-        m("wamid.edit", "edit", json!({"original_message_id": "wamid.text", "message": {"type": "text", "text": {"body": "edited"}}})),
+        m(
+            "wamid.edit",
+            "edit",
+            json!({"original_message_id": "wamid.text", "message": {"type": "text", "text": {"body": "edited"}}}),
+        ),
         m("wamid.to_revoke", "text", json!({"body": "oops, secret"})),
-        m("wamid.revoke", "revoke", json!({"original_message_id": "wamid.to_revoke"})),
+        m(
+            "wamid.revoke",
+            "revoke",
+            json!({"original_message_id": "wamid.to_revoke"}),
+        ),
         json!({"from": from, "id": "wamid.unsupported", "timestamp": "1764000100", "type": "unsupported",
             "errors": [{"code": 131051, "title": "Message type unknown", "message": "Message type unknown",
                         "error_data": {"details": "Message type is currently not supported."}}]}),
@@ -134,7 +214,12 @@ async fn every_message_type_is_stored_field_by_field() {
     for backend in backends() {
         let app = TestApp::start(&backend).await;
         let sent = every_message_type("4917000001");
-        let body = serde_json::to_vec(&envelope(vec![messages_change(NUMBER_A, vec![contact("4917000001", "Zoë")], sent.clone())])).unwrap();
+        let body = serde_json::to_vec(&envelope(vec![messages_change(
+            NUMBER_A,
+            vec![contact("4917000001", "Zoë")],
+            sent.clone(),
+        )]))
+        .unwrap();
         let (status, ack) = app.post_signed(&body).await;
         assert_eq!(status, 200, "{ack}");
         assert_eq!(ack["new"], sent.len());
@@ -143,7 +228,10 @@ async fn every_message_type_is_stored_field_by_field() {
         for original in &sent {
             let wamid = original["id"].as_str().unwrap();
             let kind = original["type"].as_str().unwrap();
-            let got = stored.iter().find(|m| m["wamid"] == wamid).unwrap_or_else(|| panic!("{wamid} missing"));
+            let got = stored
+                .iter()
+                .find(|m| m["wamid"] == wamid)
+                .unwrap_or_else(|| panic!("{wamid} missing"));
             assert_eq!(got["direction"], "inbound", "{wamid}");
             assert_eq!(got["type"], kind, "{wamid}");
             assert_eq!(got["timestamp"], "2025-11-24T16:01:40Z", "{wamid}");
@@ -156,7 +244,11 @@ async fn every_message_type_is_stored_field_by_field() {
                 assert_eq!(got["revoked"], false, "{wamid}");
             }
             for extra in ["context", "referral", "errors"] {
-                assert_eq!(got[extra], original.get(extra).cloned().unwrap_or(Value::Null), "{wamid} {extra}");
+                assert_eq!(
+                    got[extra],
+                    original.get(extra).cloned().unwrap_or(Value::Null),
+                    "{wamid} {extra}"
+                );
             }
         }
         let contacts = app.all("/v1/contacts", &app.a.api_key).await;
@@ -171,9 +263,23 @@ async fn a_revoke_before_its_message_still_removes_the_content() {
     let app = TestApp::start(&Backend::Sqlite).await;
     let from = "4917000002";
     let revoke = json!({"from": from, "id": "wamid.r", "timestamp": "1764000200", "type": "revoke", "revoke": {"original_message_id": "wamid.late"}});
-    app.post_signed(&serde_json::to_vec(&envelope(vec![messages_change(NUMBER_A, vec![contact(from, "R")], vec![revoke])])).unwrap()).await;
+    app.post_signed(
+        &serde_json::to_vec(&envelope(vec![messages_change(
+            NUMBER_A,
+            vec![contact(from, "R")],
+            vec![revoke],
+        )]))
+        .unwrap(),
+    )
+    .await;
     app.wait_messages(&app.a, 1).await;
-    app.post_signed(&text_webhook(NUMBER_A, from, "wamid.late", "deleted before we saw it")).await;
+    app.post_signed(&text_webhook(
+        NUMBER_A,
+        from,
+        "wamid.late",
+        "deleted before we saw it",
+    ))
+    .await;
     let stored = app.wait_messages(&app.a, 2).await;
     let late = stored.iter().find(|m| m["wamid"] == "wamid.late").unwrap();
     assert_eq!(late["content"], Value::Null);
@@ -197,17 +303,27 @@ async fn a_batched_post_stores_every_entry_change_and_message() {
                         text(&from, &wamid, &format!("message {m}"))
                     })
                     .collect();
-                changes.push(messages_change(NUMBER_A, vec![contact(&from, "Batch")], messages));
+                changes.push(messages_change(
+                    NUMBER_A,
+                    vec![contact(&from, "Batch")],
+                    messages,
+                ));
             }
             entries.push(json!({"id": format!("WABA{e}"), "changes": changes}));
         }
-        let body = serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": entries})).unwrap();
+        let body =
+            serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": entries}))
+                .unwrap();
         let (status, ack) = app.post_signed(&body).await;
         assert_eq!(status, 200);
         assert_eq!(ack["new"], 36);
         let stored = app.wait_messages(&app.a, 36).await;
         for wamid in expected {
-            assert_eq!(stored.iter().filter(|m| m["wamid"] == wamid).count(), 1, "{wamid}");
+            assert_eq!(
+                stored.iter().filter(|m| m["wamid"] == wamid).count(),
+                1,
+                "{wamid}"
+            );
         }
         assert_eq!(app.all("/v1/conversations", &app.a.api_key).await.len(), 9);
     }
@@ -219,9 +335,10 @@ async fn non_ascii_text_is_verified_and_stored_both_raw_and_escaped() {
     let raw_utf8 = format!(
         r#"{{"object":"whatsapp_business_account","entry":[{{"id":"W","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"1","phone_number_id":"{NUMBER_A}"}},"contacts":[{{"wa_id":"81900","profile":{{"name":"山田"}}}}],"messages":[{{"from":"81900","id":"wamid.utf8","timestamp":"1764000000","type":"text","text":{{"body":"こんにちは ✓ — café"}}}}]}}}}]}}]}}"#
     );
-    let escaped = raw_utf8
-        .replace("wamid.utf8", "wamid.escaped")
-        .replace("こんにちは ✓ — café", "\\u3053\\u3093\\u306b\\u3061\\u306f \\u2713 \\u2014 caf\\u00e9");
+    let escaped = raw_utf8.replace("wamid.utf8", "wamid.escaped").replace(
+        "こんにちは ✓ — café",
+        "\\u3053\\u3093\\u306b\\u3061\\u306f \\u2713 \\u2014 caf\\u00e9",
+    );
     assert_eq!(app.post_signed(raw_utf8.as_bytes()).await.0, 200);
     assert_eq!(app.post_signed(escaped.as_bytes()).await.0, 200);
     let stored = app.wait_messages(&app.a, 2).await;
@@ -239,7 +356,12 @@ async fn a_username_only_contact_is_keyed_by_user_id_and_merged_when_the_number_
         let app = TestApp::start(&backend).await;
         let user_only = json!({"user_id": "US.13491208655302741918", "profile": {"name": "Kim", "username": "@kim"}});
         let message = json!({"from_user_id": "US.13491208655302741918", "id": "wamid.u1", "timestamp": "1764000000", "type": "text", "text": {"body": "no number"}});
-        let body = serde_json::to_vec(&envelope(vec![messages_change(NUMBER_A, vec![user_only], vec![message])])).unwrap();
+        let body = serde_json::to_vec(&envelope(vec![messages_change(
+            NUMBER_A,
+            vec![user_only],
+            vec![message],
+        )]))
+        .unwrap();
         assert_eq!(app.post_signed(&body).await.0, 200);
         app.wait_messages(&app.a, 1).await;
         let contacts = app.all("/v1/contacts", &app.a.api_key).await;
@@ -248,12 +370,23 @@ async fn a_username_only_contact_is_keyed_by_user_id_and_merged_when_the_number_
         assert_eq!(contacts[0]["wa_id"], Value::Null);
         assert_eq!(contacts[0]["username"], "@kim");
         // A phone-number-only contact, then a webhook naming both: one contact remains.
-        app.post_signed(&text_webhook(NUMBER_A, "15551234567", "wamid.p1", "number only")).await;
+        app.post_signed(&text_webhook(
+            NUMBER_A,
+            "15551234567",
+            "wamid.p1",
+            "number only",
+        ))
+        .await;
         app.wait_messages(&app.a, 2).await;
         assert_eq!(app.all("/v1/contacts", &app.a.api_key).await.len(), 2);
         let both = json!({"user_id": "US.13491208655302741918", "wa_id": "15551234567", "profile": {"name": "Kim"}});
         let message = json!({"from": "15551234567", "from_user_id": "US.13491208655302741918", "id": "wamid.b1", "timestamp": "1764000001", "type": "text", "text": {"body": "both"}});
-        let body = serde_json::to_vec(&envelope(vec![messages_change(NUMBER_A, vec![both], vec![message])])).unwrap();
+        let body = serde_json::to_vec(&envelope(vec![messages_change(
+            NUMBER_A,
+            vec![both],
+            vec![message],
+        )]))
+        .unwrap();
         app.post_signed(&body).await;
         app.wait_processed().await;
         let contacts = app.all("/v1/contacts", &app.a.api_key).await;
@@ -279,7 +412,10 @@ async fn duplicates_are_stored_once() {
         let other = serde_json::to_vec(&envelope(vec![messages_change(
             NUMBER_A,
             vec![contact("4915222", "Dup")],
-            vec![text("4915222", "wamid.dup", "once"), text("4915222", "wamid.new", "twice")],
+            vec![
+                text("4915222", "wamid.dup", "once"),
+                text("4915222", "wamid.new", "twice"),
+            ],
         )]))
         .unwrap();
         let (_, ack) = app.post_signed(&other).await;
@@ -312,21 +448,58 @@ async fn statuses_out_of_order_end_in_the_highest_state() {
             "conversation": {"id": "conv1", "expiration_timestamp": "1764086400", "origin": {"type": "utility"}}});
         let batches = vec![
             vec![status("wamid.out.read", "read", "1764000300", Value::Null)],
-            vec![status("wamid.out.read", "delivered", "1764000200", pricing.clone())],
-            vec![status("wamid.out.read", "sent", "1764000100", pricing.clone())],
-            vec![status("wamid.out.failed", "sent", "1764000100", Value::Null),
-                 status("wamid.out.failed", "failed", "1764000150", json!({"errors": [{"code": 131047, "title": "Re-engagement message",
-                    "message": "Re-engagement message", "error_data": {"details": "More than 24 hours have passed"}}]}))],
-            vec![status("wamid.out.played", "played", "1764000400", Value::Null), status("wamid.out.played", "read", "1764000390", Value::Null)],
-            vec![status("wamid.out.late_fail", "delivered", "1764000500", Value::Null),
-                 status("wamid.out.late_fail", "failed", "1764000510", json!({"errors": [{"code": 131026, "title": "Message undeliverable"}]}))],
+            vec![status(
+                "wamid.out.read",
+                "delivered",
+                "1764000200",
+                pricing.clone(),
+            )],
+            vec![status(
+                "wamid.out.read",
+                "sent",
+                "1764000100",
+                pricing.clone(),
+            )],
+            vec![
+                status("wamid.out.failed", "sent", "1764000100", Value::Null),
+                status(
+                    "wamid.out.failed",
+                    "failed",
+                    "1764000150",
+                    json!({"errors": [{"code": 131047, "title": "Re-engagement message",
+                    "message": "Re-engagement message", "error_data": {"details": "More than 24 hours have passed"}}]}),
+                ),
+            ],
+            vec![
+                status("wamid.out.played", "played", "1764000400", Value::Null),
+                status("wamid.out.played", "read", "1764000390", Value::Null),
+            ],
+            vec![
+                status(
+                    "wamid.out.late_fail",
+                    "delivered",
+                    "1764000500",
+                    Value::Null,
+                ),
+                status(
+                    "wamid.out.late_fail",
+                    "failed",
+                    "1764000510",
+                    json!({"errors": [{"code": 131026, "title": "Message undeliverable"}]}),
+                ),
+            ],
         ];
         for statuses in batches {
-            let body = serde_json::to_vec(&envelope(vec![statuses_change(NUMBER_A, statuses)])).unwrap();
+            let body =
+                serde_json::to_vec(&envelope(vec![statuses_change(NUMBER_A, statuses)])).unwrap();
             assert_eq!(app.post_signed(&body).await.0, 200);
         }
         // The same status twice changes nothing.
-        let again = serde_json::to_vec(&envelope(vec![statuses_change(NUMBER_A, vec![status("wamid.out.read", "read", "1764000300", Value::Null)])])).unwrap();
+        let again = serde_json::to_vec(&envelope(vec![statuses_change(
+            NUMBER_A,
+            vec![status("wamid.out.read", "read", "1764000300", Value::Null)],
+        )]))
+        .unwrap();
         assert_eq!(app.post_signed(&again).await.1["duplicates"], 1);
         app.wait_processed().await;
         let stored = app.all_messages(&app.a).await;
@@ -334,13 +507,28 @@ async fn statuses_out_of_order_end_in_the_highest_state() {
         assert_eq!(state("wamid.out.read")["status"], "read");
         assert_eq!(state("wamid.out.read")["direction"], "outbound");
         assert_eq!(state("wamid.out.failed")["status"], "failed");
-        assert_eq!(state("wamid.out.failed")["error"], json!({"code": 131047, "title": "Re-engagement message", "message": "Re-engagement message"}));
+        assert_eq!(
+            state("wamid.out.failed")["error"],
+            json!({"code": 131047, "title": "Re-engagement message", "message": "Re-engagement message"})
+        );
         assert_eq!(state("wamid.out.played")["status"], "played");
-        assert_eq!(state("wamid.out.late_fail")["status"], "delivered", "failed after delivered does not win");
+        assert_eq!(
+            state("wamid.out.late_fail")["status"],
+            "delivered",
+            "failed after delivered does not win"
+        );
         let (_, pool) = app.pool();
         let mut conn = pool.get().unwrap();
-        let history = converra::storage::crm::status_history(&mut conn, &converra::ids::TenantId(app.a.id.clone()), "wamid.out.read").unwrap();
-        assert_eq!(history.iter().map(|h| h.0.as_str()).collect::<Vec<_>>(), vec!["sent", "delivered", "read"]);
+        let history = converra::storage::crm::status_history(
+            &mut conn,
+            &converra::ids::TenantId(app.a.id.clone()),
+            "wamid.out.read",
+        )
+        .unwrap();
+        assert_eq!(
+            history.iter().map(|h| h.0.as_str()).collect::<Vec<_>>(),
+            vec!["sent", "delivered", "read"]
+        );
     }
 }
 
@@ -363,8 +551,14 @@ async fn user_preferences_record_marketing_stop_and_resume() {
     // An older "resume" arriving late does not undo a newer "stop".
     app.post_signed(&pref("resume", 1763000000)).await;
     app.wait_processed().await;
-    assert_eq!(app.all("/v1/contacts", &app.a.api_key).await[0]["marketing_opt_out"], true);
+    assert_eq!(
+        app.all("/v1/contacts", &app.a.api_key).await[0]["marketing_opt_out"],
+        true
+    );
     app.post_signed(&pref("resume", 1765000000)).await;
     app.wait_processed().await;
-    assert_eq!(app.all("/v1/contacts", &app.a.api_key).await[0]["marketing_opt_out"], false);
+    assert_eq!(
+        app.all("/v1/contacts", &app.a.api_key).await[0]["marketing_opt_out"],
+        false
+    );
 }

@@ -1,0 +1,503 @@
+//! Load generator and references, run on one machine in one command:
+//!
+//! ```sh
+//! cargo run --release --example loadgen -- --target converra --backend sqlite --mode closed --concurrency 64 --seconds 10
+//! cargo run --release --example loadgen -- --target ceiling --mode closed --concurrency 64 --seconds 10
+//! cargo run --release --example loadgen -- --target one-txn --backend postgres --mode open --rate 2000 --seconds 10
+//! ```
+//!
+//! Targets: `converra` (the full path: signature, parse, durable inbox, actors,
+//! encryption, contact and conversation upserts), `ceiling` (a bare actix-web handler
+//! that verifies the signature, parses the JSON and answers 200) and `one-txn` (the
+//! same plus one diesel transaction per request inserting the message). Every request
+//! is a distinct, correctly signed webhook. Closed loop: `--concurrency` requests in
+//! flight. Open loop: `--rate` requests per second, latency counted from each
+//! request's scheduled time. Afterwards, for the durable targets, it counts how many
+//! acknowledged messages are missing from the database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use clap::Parser;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool};
+
+const SECRET: &str = "loadgen-secret";
+const NUMBER: &str = "100000000000001";
+
+#[derive(Parser, Clone)]
+struct Args {
+    #[arg(long, default_value = "converra")]
+    target: String,
+    /// sqlite or postgres (postgres uses CONVERRA_TEST_DATABASE_URL or the local server)
+    #[arg(long, default_value = "sqlite")]
+    backend: String,
+    /// SQLite synchronous: full or normal
+    #[arg(long, default_value = "full")]
+    synchronous: String,
+    #[arg(long, default_value = "closed")]
+    mode: String,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Client threads.
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+}
+
+fn body_for(i: usize) -> (Vec<u8>, String) {
+    let body = format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"WABA","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550000000","phone_number_id":"{NUMBER}"}},"contacts":[{{"wa_id":"49170{c:05}","profile":{{"name":"Load {c}"}}}}],"messages":[{{"from":"49170{c:05}","id":"wamid.load.{i}","timestamp":"1764000000","type":"text","text":{{"body":"load test message {i}"}}}}]}}}}]}}]}}"#,
+        c = i % 1000
+    );
+    let sig = converra::whatsapp::signature::sign(SECRET.as_bytes(), body.as_bytes());
+    (body.into_bytes(), sig)
+}
+
+// ---------------------------------------------------------------------------------
+// References
+
+diesel::table! {
+    bench_messages (wamid) {
+        wamid -> Text,
+        body -> Text,
+    }
+}
+
+enum RefDb {
+    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+    Pg(Pool<ConnectionManager<PgConnection>>),
+}
+
+#[derive(Debug)]
+struct SqlitePragmas(String);
+impl diesel::r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        use diesel::connection::SimpleConnection;
+        conn.batch_execute(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={}; PRAGMA busy_timeout=5000;",
+            self.0
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+async fn reference_handler(
+    req: HttpRequest,
+    body: web::Bytes,
+    db: web::Data<Option<RefDb>>,
+) -> HttpResponse {
+    let sig = req
+        .headers()
+        .get("X-Hub-Signature-256")
+        .and_then(|v| v.to_str().ok());
+    if converra::whatsapp::signature::verify(SECRET.as_bytes(), &body, sig).is_err() {
+        return HttpResponse::Unauthorized().finish();
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return HttpResponse::Ok().finish();
+    };
+    let Some(db) = db.get_ref() else {
+        return HttpResponse::Ok().finish();
+    };
+    let message = &value["entry"][0]["changes"][0]["value"]["messages"][0];
+    let wamid = message["id"].as_str().unwrap_or_default().to_string();
+    let text = message["text"]["body"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let insert = move |db: &RefDb| -> Result<(), String> {
+        let row = (
+            bench_messages::wamid.eq(&wamid),
+            bench_messages::body.eq(&text),
+        );
+        match db {
+            RefDb::Sqlite(pool) => {
+                let mut c = pool.get().map_err(|e| e.to_string())?;
+                c.transaction(|c| {
+                    diesel::insert_into(bench_messages::table)
+                        .values(row)
+                        .on_conflict_do_nothing()
+                        .execute(c)
+                })
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+            }
+            RefDb::Pg(pool) => {
+                let mut c = pool.get().map_err(|e| e.to_string())?;
+                c.transaction(|c| {
+                    diesel::insert_into(bench_messages::table)
+                        .values(row)
+                        .on_conflict_do_nothing()
+                        .execute(c)
+                })
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+            }
+        }
+    };
+    let db = db.clone();
+    match web::block(move || insert(&db)).await {
+        Ok(Ok(())) => HttpResponse::Ok().finish(),
+        _ => HttpResponse::ServiceUnavailable().finish(),
+    }
+}
+
+impl Clone for RefDb {
+    fn clone(&self) -> Self {
+        match self {
+            RefDb::Sqlite(p) => RefDb::Sqlite(p.clone()),
+            RefDb::Pg(p) => RefDb::Pg(p.clone()),
+        }
+    }
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("CONVERRA_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+}
+
+fn fresh_pg_database(tag: &str) -> String {
+    use diesel::connection::SimpleConnection;
+    let admin = pg_admin_url();
+    let name = format!("converra_bench_{tag}_{}", std::process::id());
+    let mut conn = PgConnection::establish(&admin).expect("postgres");
+    conn.batch_execute(&format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE); CREATE DATABASE {name}"
+    ))
+    .unwrap();
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+fn reference_db(args: &Args, dir: &std::path::Path) -> RefDb {
+    use diesel::connection::SimpleConnection;
+    let ddl = "CREATE TABLE IF NOT EXISTS bench_messages (wamid TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL)";
+    if args.backend == "postgres" {
+        let url = fresh_pg_database("ref");
+        let pool = Pool::builder()
+            .max_size(16)
+            .build(ConnectionManager::<PgConnection>::new(url))
+            .unwrap();
+        pool.get().unwrap().batch_execute(ddl).unwrap();
+        RefDb::Pg(pool)
+    } else {
+        let path = dir.join("ref.db").display().to_string();
+        let pool = Pool::builder()
+            .max_size(8)
+            .connection_customizer(Box::new(SqlitePragmas(args.synchronous.to_uppercase())))
+            .build(ConnectionManager::<SqliteConnection>::new(path))
+            .unwrap();
+        pool.get().unwrap().batch_execute(ddl).unwrap();
+        RefDb::Sqlite(pool)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Load
+
+#[derive(Default)]
+struct Results {
+    latencies_us: Vec<u64>,
+    acked: Vec<usize>,
+    errors: usize,
+}
+
+fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
+    let results = Arc::new(Mutex::new(Results::default()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.seconds);
+    let threads: Vec<_> = (0..args.clients)
+        .map(|t| {
+            let (args, base, results, next) = (
+                args.clone(),
+                base.to_string(),
+                results.clone(),
+                next.clone(),
+            );
+            std::thread::spawn(move || {
+                actix_rt::System::new().block_on(async move {
+                    let client = awc::Client::builder()
+                        .timeout(Duration::from_secs(30))
+                        .connector(awc::Connector::new().limit(4096))
+                        .finish();
+                    let url = format!("{base}/webhooks/whatsapp");
+                    let mut local = Results::default();
+                    if args.mode == "closed" {
+                        let per = (args.concurrency / args.clients).max(1);
+                        let tasks: Vec<_> = (0..per)
+                            .map(|_| {
+                                let (client, url, next) =
+                                    (client.clone(), url.clone(), next.clone());
+                                actix_rt::spawn(async move {
+                                    let mut r = Results::default();
+                                    while Instant::now() < deadline {
+                                        let i = next.fetch_add(1, Ordering::Relaxed);
+                                        let (body, sig) = body_for(i);
+                                        let t0 = Instant::now();
+                                        let ok = send(&client, &url, body, sig).await;
+                                        r.latencies_us.push(t0.elapsed().as_micros() as u64);
+                                        if ok {
+                                            r.acked.push(i)
+                                        } else {
+                                            r.errors += 1
+                                        }
+                                    }
+                                    r
+                                })
+                            })
+                            .collect();
+                        for task in tasks {
+                            let r = task.await.unwrap();
+                            local.latencies_us.extend(r.latencies_us);
+                            local.acked.extend(r.acked);
+                            local.errors += r.errors;
+                        }
+                    } else {
+                        let per_thread_rate = (args.rate as f64 / args.clients as f64).max(1.0);
+                        let interval = Duration::from_secs_f64(1.0 / per_thread_rate);
+                        let shared = Arc::new(Mutex::new(Results::default()));
+                        let mut handles = Vec::new();
+                        let mut k = 0u64;
+                        let start = Instant::now() + Duration::from_millis(t as u64);
+                        loop {
+                            let scheduled = start + interval.mul_f64(k as f64);
+                            if scheduled >= deadline {
+                                break;
+                            }
+                            actix_rt::time::sleep_until(scheduled.into()).await;
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let (client, url, shared) =
+                                (client.clone(), url.clone(), shared.clone());
+                            handles.push(actix_rt::spawn(async move {
+                                let (body, sig) = body_for(i);
+                                let ok = send(&client, &url, body, sig).await;
+                                let mut s = shared.lock().unwrap();
+                                s.latencies_us.push(scheduled.elapsed().as_micros() as u64);
+                                if ok {
+                                    s.acked.push(i)
+                                } else {
+                                    s.errors += 1
+                                }
+                            }));
+                            k += 1;
+                        }
+                        for h in handles {
+                            let _ = h.await;
+                        }
+                        local = std::mem::take(&mut *shared.lock().unwrap());
+                    }
+                    let mut all = results.lock().unwrap();
+                    all.latencies_us.extend(local.latencies_us);
+                    all.acked.extend(local.acked);
+                    all.errors += local.errors;
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let elapsed = started.elapsed();
+    let results = std::mem::take(&mut *results.lock().unwrap());
+    (results, elapsed)
+}
+
+async fn send(client: &awc::Client, url: &str, body: Vec<u8>, sig: String) -> bool {
+    match client
+        .post(url)
+        .insert_header(("X-Hub-Signature-256", sig))
+        .send_body(body)
+        .await
+    {
+        Ok(resp) => resp.status().as_u16() == 200,
+        Err(_) => false,
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+fn main() {
+    let args = Args::parse();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut settings = converra::config::Settings::defaults().unwrap();
+    let mut converra_db: Option<String> = None;
+
+    // The server runs on its own threads (2 HTTP workers), like the daemon.
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let server_thread = if args.target == "converra" {
+        let url = if args.backend == "postgres" {
+            fresh_pg_database("converra")
+        } else {
+            format!("sqlite://{}", dir.path().join("converra.db").display())
+        };
+        converra_db = Some(url.clone());
+        settings.database.url = url;
+        settings.database.sqlite_synchronous = args.synchronous.clone();
+        settings.security.master_key_file = dir.path().join("master.key").display().to_string();
+        settings.whatsapp.app_secret = SECRET.into();
+        settings.server.workers = 2;
+        settings.actors.arbiters = 1;
+        settings.log.level = "error".into();
+        let (keyring, pool) = converra::open_storage(&settings).unwrap();
+        let mut conn = pool.get().unwrap();
+        let tenant =
+            converra::storage::tenants::create_tenant(&mut conn, "load", "ops@load.example", 0)
+                .unwrap();
+        converra::storage::tenants::add_phone_number(
+            &mut conn,
+            &keyring,
+            &converra::storage::tenants::NewPhoneNumber {
+                tenant_id: &tenant.tenant_id,
+                phone_number_id: NUMBER,
+                display_phone_number: "15550000000",
+                waba_id: "WABA",
+                access_token: "t",
+            },
+            0,
+        )
+        .unwrap();
+        let settings = settings.clone();
+        std::thread::spawn(move || {
+            actix::System::new().block_on(async move {
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                std::thread::spawn(move || {
+                    let _ = stop_rx.recv();
+                    let _ = tx.send(());
+                });
+                let (log, _guard) = converra::logging::root(&settings.log);
+                converra::run(listener, settings, converra::RunOptions::new(log), async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+            })
+        })
+    } else {
+        let db = (args.target == "one-txn").then(|| reference_db(&args, dir.path()));
+        std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let data = web::Data::new(db);
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(data.clone())
+                        .app_data(web::PayloadConfig::new(4 << 20))
+                        .route("/webhooks/whatsapp", web::post().to(reference_handler))
+                        .route("/readyz", web::get().to(HttpResponse::Ok))
+                })
+                .workers(2)
+                .disable_signals()
+                .listen(listener)
+                .unwrap()
+                .run();
+                let handle = server.handle();
+                std::thread::spawn(move || {
+                    let _ = stop_rx.recv();
+                    actix_rt::System::new().block_on(handle.stop(true));
+                });
+                server.await.unwrap();
+            })
+        })
+    };
+    // Wait until the server answers.
+    actix_rt::System::new().block_on(async {
+        let client = awc::Client::default();
+        for _ in 0..400 {
+            if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server did not start");
+    });
+
+    let (results, elapsed) = run_clients(&args, &base);
+    let mut lat = results.latencies_us.clone();
+    lat.sort_unstable();
+    let rps = results.acked.len() as f64 / elapsed.as_secs_f64();
+
+    // Missing acknowledged messages: wait for processing, then look each one up.
+    let missing = match (&args.target[..], converra_db) {
+        ("converra", Some(_)) => {
+            let (_, pool) = converra::open_storage(&settings).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let backlog =
+                    converra::storage::with_conn(&pool, converra::storage::inbox::backlog).unwrap();
+                if backlog == 0 || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let stored: std::collections::HashSet<String> = converra::storage::with_conn(&pool, |conn| {
+                use converra::storage::schema::messages;
+                Ok(converra::on_backend!(conn, c => messages::table.select(messages::wamid).load::<String>(c))?)
+            })
+            .unwrap()
+            .into_iter()
+            .collect();
+            Some(
+                results
+                    .acked
+                    .iter()
+                    .filter(|i| !stored.contains(&format!("wamid.load.{i}")))
+                    .count(),
+            )
+        }
+        _ => None,
+    };
+    let _ = stop_tx.send(());
+    let _ = server_thread.join();
+    let load = if args.mode == "closed" {
+        format!("closed c={}", args.concurrency)
+    } else {
+        format!("open rate={}/s", args.rate)
+    };
+    let backend = if args.target == "ceiling" {
+        "-".to_string()
+    } else {
+        format!(
+            "{}{}",
+            args.backend,
+            if args.backend == "sqlite" {
+                format!("/{}", args.synchronous)
+            } else {
+                String::new()
+            }
+        )
+    };
+    println!(
+        "target={} backend={} load=\"{}\" seconds={:.1} acked={} msg/s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} errors={} missing={}",
+        args.target,
+        backend,
+        load,
+        elapsed.as_secs_f64(),
+        results.acked.len(),
+        rps,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+        results.errors,
+        missing.map(|m| m.to_string()).unwrap_or_else(|| "n/a".into()),
+    );
+}
