@@ -166,14 +166,16 @@ fn pg_admin_url() -> String {
 }
 
 fn fresh_pg_database(tag: &str) -> String {
-    use diesel::connection::SimpleConnection;
     let admin = pg_admin_url();
     let name = format!("converra_bench_{tag}_{}", std::process::id());
     let mut conn = PgConnection::establish(&admin).expect("postgres");
-    conn.batch_execute(&format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE); CREATE DATABASE {name}"
-    ))
-    .unwrap();
+    // One statement each: PostgreSQL refuses CREATE/DROP DATABASE in a batch.
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .unwrap();
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .unwrap();
     let mut url = url::Url::parse(&admin).unwrap();
     url.set_path(&format!("/{name}"));
     url.to_string()
