@@ -50,6 +50,8 @@ pub struct ConversationActor {
     phone_number_id: String,
     key: String,
     contact: Option<ResolvedContact>,
+    /// The conversation of the cached contact on this number, once known.
+    conversation_id: Option<String>,
     /// The profile name and username last written, to write them only on change.
     written_profile: Option<(Option<String>, Option<String>)>,
     pending: VecDeque<InboxItem>,
@@ -87,6 +89,7 @@ impl ConversationActor {
             phone_number_id,
             key,
             contact: None,
+            conversation_id: None,
             written_profile: None,
             pending: VecDeque::new(),
             pending_ids: HashSet::new(),
@@ -161,7 +164,12 @@ impl ConversationActor {
                 if let Some(hook) = &self.core.hooks.before_apply {
                     hook(&item.event);
                 }
-                build_op(item, &contact, self.core.clock.now_ms())
+                build_op(
+                    item,
+                    &contact,
+                    self.conversation_id.as_deref(),
+                    self.core.clock.now_ms(),
+                )
             }));
             match built {
                 Ok(op) => ops.push(op),
@@ -222,6 +230,11 @@ impl ConversationActor {
                     actor.in_flight = false;
                     match result {
                         Ok(contact) => {
+                            let same = actor.contact.as_ref().map(|c| &c.contact_id)
+                                == Some(&contact.contact_id);
+                            if !same {
+                                actor.conversation_id = None;
+                            }
                             actor.contact = Some(contact);
                             actor.written_profile = None;
                             actor.pump(ctx);
@@ -235,7 +248,10 @@ impl ConversationActor {
                 ctx.spawn(fut.into_actor(self).map(move |result, actor, ctx| {
                     actor.in_flight = false;
                     match result {
-                        Ok(()) => {
+                        Ok(conversation) => {
+                            if conversation.is_some() {
+                                actor.conversation_id = conversation;
+                            }
                             let done: HashSet<i64> = ids.into_iter().collect();
                             actor.pending.retain(|item| !done.contains(&item.id));
                             actor.pending_ids.retain(|id| !done.contains(id));
@@ -243,6 +259,12 @@ impl ConversationActor {
                             actor.pump(ctx);
                         }
                         Err(e) => {
+                            // What we cached may be stale (the contact merged away by
+                            // another conversation): resolve again before retrying.
+                            if !e.is_transient() {
+                                actor.contact = None;
+                                actor.conversation_id = None;
+                            }
                             actor.written_profile = None;
                             actor.retry_later(e, ctx)
                         }
@@ -341,6 +363,7 @@ impl Supervised for ConversationActor {
         // resolve the contact again from the database.
         self.in_flight = false;
         self.contact = None;
+        self.conversation_id = None;
         self.written_profile = None;
         self.restarted = true;
     }
@@ -380,11 +403,16 @@ fn ms(seconds: i64, fallback: i64) -> i64 {
 }
 
 /// Turns one inbox row into the write that applies it.
-fn build_op(item: &InboxItem, contact: &ResolvedContact, now: i64) -> ApplyOp {
+fn build_op(
+    item: &InboxItem,
+    contact: &ResolvedContact,
+    conversation_id: Option<&str>,
+    now: i64,
+) -> ApplyOp {
     let event = &item.event;
     match event.kind {
         EventKind::Message => match InboundMessage::from_item(&event.item) {
-            Ok(message) => inbound_op(item, &message, contact, now),
+            Ok(message) => inbound_op(item, &message, contact, conversation_id, now),
             Err(_) => ApplyOp::Done { inbox_id: item.id },
         },
         EventKind::Status => match serde_json::from_value::<Status>(event.item.clone()) {
@@ -408,6 +436,7 @@ fn inbound_op(
     item: &InboxItem,
     message: &InboundMessage,
     contact: &ResolvedContact,
+    conversation_id: Option<&str>,
     now: i64,
 ) -> ApplyOp {
     let message_id = MessageId::generate();
@@ -427,6 +456,7 @@ fn inbound_op(
         inbox_id: item.id,
         phone_number_id: item.phone_number_id.clone(),
         contact_id: contact.contact_id.clone(),
+        conversation_id: conversation_id.map(str::to_string),
         message_id,
         wamid: message.id.clone(),
         msg_type: message.type_name.clone(),

@@ -56,6 +56,8 @@ pub struct NewInbound {
     pub inbox_id: i64,
     pub phone_number_id: String,
     pub contact_id: ContactId,
+    /// The conversation, when the actor already knows it (saves a lookup).
+    pub conversation_id: Option<String>,
     pub message_id: MessageId,
     pub wamid: String,
     pub msg_type: String,
@@ -456,78 +458,106 @@ fn upsert_conversation(
     }
 }
 
+/// Moves a known conversation's window for an inbound message at `inbound_at` (never
+/// backwards) in one statement; false when the conversation no longer exists (merged
+/// away), so the caller falls back to [`upsert_conversation`].
+fn touch_conversation(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    conversation_id: &str,
+    inbound_at: i64,
+) -> Result<bool, StorageError> {
+    let tenant = tenant_id.as_str();
+    let moved = on_backend!(conn, c => diesel::update(conversations::table
+        .filter(conversations::id.eq(conversation_id))
+        .filter(conversations::tenant_id.eq(tenant))
+        .filter(conversations::last_inbound_at.is_null().or(conversations::last_inbound_at.lt(inbound_at))))
+        .set((
+            conversations::last_inbound_at.eq(inbound_at),
+            conversations::window_ends_at.eq(inbound_at + SERVICE_WINDOW_MS),
+            conversations::last_message_at.eq(inbound_at),
+        ))
+        .execute(c))?;
+    if moved == 1 {
+        return Ok(true);
+    }
+    // An older message arriving late: nothing moves, if the conversation still exists.
+    conversation_exists(conn, tenant_id, conversation_id)
+}
+
 fn mark_done(conn: &mut DbConn, inbox_id: i64, now_ms: i64) -> Result<(), StorageError> {
     super::inbox::mark_processed(conn, inbox_id, now_ms)
 }
 
 /// Applies one op; idempotent, so a redelivered or re-dispatched event changes nothing.
+/// Returns the conversation an inbound message went to.
 pub fn apply(
     conn: &mut DbConn,
     tenant_id: &TenantId,
     op: &ApplyOp,
     now_ms: i64,
-) -> Result<(), StorageError> {
+) -> Result<Option<String>, StorageError> {
     let tenant = tenant_id.as_str();
     match op {
         ApplyOp::Inbound(m) => {
-            let conversation_id = upsert_conversation(
-                conn,
-                tenant_id,
-                &m.phone_number_id,
-                &m.contact_id,
-                Some(m.sent_at),
-                now_ms,
-            )?;
-            let exists: i64 = on_backend!(conn, c => messages::table
-                .filter(messages::tenant_id.eq(tenant))
-                .filter(messages::wamid.eq(&m.wamid))
-                .count()
-                .get_result(c))?;
-            if exists == 0 {
-                // The user may have deleted this message before we saw it.
-                let revoked_at: Option<i64> = if m.is_revoke {
-                    None
-                } else {
-                    on_backend!(conn, c => messages::table
-                        .filter(messages::tenant_id.eq(tenant))
-                        .filter(messages::ref_wamid.eq(&m.wamid))
-                        .filter(messages::msg_type.eq("revoke"))
-                        .select(messages::sent_at)
-                        .first::<i64>(c)
-                        .optional())?
-                };
-                let content = if revoked_at.is_some() {
-                    None
-                } else {
-                    Some(&m.content_ct)
-                };
-                on_backend!(conn, c => diesel::insert_into(messages::table)
-                    .values((
-                        messages::id.eq(m.message_id.as_str()),
-                        messages::tenant_id.eq(tenant),
-                        messages::conversation_id.eq(&conversation_id),
-                        messages::contact_id.eq(m.contact_id.as_str()),
-                        messages::wamid.eq(&m.wamid),
-                        messages::direction.eq("inbound"),
-                        messages::msg_type.eq(&m.msg_type),
-                        messages::sent_at.eq(m.sent_at),
-                        messages::received_at.eq(now_ms),
-                        messages::key_id.eq(m.key_id.as_str()),
-                        messages::content_ct.eq(content),
-                        messages::ref_wamid.eq(m.ref_wamid.as_deref()),
-                        messages::revoked_at.eq(revoked_at),
-                    ))
+            let conversation_id = match &m.conversation_id {
+                Some(id) if touch_conversation(conn, tenant_id, id, m.sent_at)? => id.clone(),
+                _ => upsert_conversation(
+                    conn,
+                    tenant_id,
+                    &m.phone_number_id,
+                    &m.contact_id,
+                    Some(m.sent_at),
+                    now_ms,
+                )?,
+            };
+            // The user may have deleted this message before we saw it.
+            let revoked_at: Option<i64> = if m.is_revoke {
+                None
+            } else {
+                on_backend!(conn, c => messages::table
+                    .filter(messages::tenant_id.eq(tenant))
+                    .filter(messages::ref_wamid.eq(&m.wamid))
+                    .filter(messages::msg_type.eq("revoke"))
+                    .select(messages::sent_at)
+                    .first::<i64>(c)
+                    .optional())?
+            };
+            let content = if revoked_at.is_some() {
+                None
+            } else {
+                Some(&m.content_ct)
+            };
+            // A redelivered message collides on (tenant, wamid) and changes nothing.
+            let inserted = on_backend!(conn, c => diesel::insert_into(messages::table)
+                .values((
+                    messages::id.eq(m.message_id.as_str()),
+                    messages::tenant_id.eq(tenant),
+                    messages::conversation_id.eq(&conversation_id),
+                    messages::contact_id.eq(m.contact_id.as_str()),
+                    messages::wamid.eq(&m.wamid),
+                    messages::direction.eq("inbound"),
+                    messages::msg_type.eq(&m.msg_type),
+                    messages::sent_at.eq(m.sent_at),
+                    messages::received_at.eq(now_ms),
+                    messages::key_id.eq(m.key_id.as_str()),
+                    messages::content_ct.eq(content),
+                    messages::ref_wamid.eq(m.ref_wamid.as_deref()),
+                    messages::revoked_at.eq(revoked_at),
+                ))
+                .on_conflict((messages::tenant_id, messages::wamid))
+                .do_nothing()
+                .execute(c))?;
+            if let (1, true, Some(original)) = (inserted, m.is_revoke, &m.ref_wamid) {
+                let none: Option<Vec<u8>> = None;
+                on_backend!(conn, c => diesel::update(messages::table
+                    .filter(messages::tenant_id.eq(tenant))
+                    .filter(messages::wamid.eq(original)))
+                    .set((messages::content_ct.eq(&none), messages::revoked_at.eq(Some(m.sent_at))))
                     .execute(c))?;
-                if let (true, Some(original)) = (m.is_revoke, &m.ref_wamid) {
-                    let none: Option<Vec<u8>> = None;
-                    on_backend!(conn, c => diesel::update(messages::table
-                        .filter(messages::tenant_id.eq(tenant))
-                        .filter(messages::wamid.eq(original)))
-                        .set((messages::content_ct.eq(&none), messages::revoked_at.eq(Some(m.sent_at))))
-                        .execute(c))?;
-                }
             }
-            mark_done(conn, m.inbox_id, now_ms)
+            mark_done(conn, m.inbox_id, now_ms)?;
+            Ok(Some(conversation_id))
         }
         ApplyOp::Status(s) => {
             let found: Option<(String, Option<String>)> = on_backend!(conn, c => messages::table
@@ -592,7 +622,8 @@ pub fn apply(
                 .on_conflict((status_events::message_id, status_events::status, status_events::occurred_at))
                 .do_nothing()
                 .execute(c))?;
-            mark_done(conn, s.inbox_id, now_ms)
+            mark_done(conn, s.inbox_id, now_ms)?;
+            Ok(None)
         }
         ApplyOp::Preference(p) => {
             if let Some(opt_out) = p.marketing_opt_out {
@@ -607,33 +638,40 @@ pub fn apply(
                     ))
                     .execute(c))?;
             }
-            mark_done(conn, p.inbox_id, now_ms)
+            mark_done(conn, p.inbox_id, now_ms)?;
+            Ok(None)
         }
         ApplyOp::Profile(p) => {
-            let last_seen: Option<i64> = on_backend!(conn, c => contacts::table
-                .find(p.contact_id.as_str())
-                .select(contacts::last_seen_at)
-                .first(c)
-                .optional())?;
-            let Some(last_seen) = last_seen else {
-                return Ok(());
+            // One statement: the writer's clock only moves forward, so `seen_at` is the
+            // latest sighting.
+            let id = p.contact_id.as_str();
+            match (&p.profile_name_ct, &p.username_ct) {
+                (None, None) => on_backend!(conn, c => diesel::update(contacts::table.find(id))
+                    .set(contacts::last_seen_at.eq(p.seen_at))
+                    .execute(c))?,
+                (Some(name), None) => {
+                    on_backend!(conn, c => diesel::update(contacts::table.find(id))
+                    .set((contacts::last_seen_at.eq(p.seen_at), contacts::profile_name_ct.eq(name)))
+                    .execute(c))?
+                }
+                (None, Some(username)) => {
+                    on_backend!(conn, c => diesel::update(contacts::table.find(id))
+                    .set((contacts::last_seen_at.eq(p.seen_at), contacts::username_ct.eq(username)))
+                    .execute(c))?
+                }
+                (Some(name), Some(username)) => {
+                    on_backend!(conn, c => diesel::update(contacts::table.find(id))
+                    .set((
+                        contacts::last_seen_at.eq(p.seen_at),
+                        contacts::profile_name_ct.eq(name),
+                        contacts::username_ct.eq(username),
+                    ))
+                    .execute(c))?
+                }
             };
-            on_backend!(conn, c => diesel::update(contacts::table.find(p.contact_id.as_str()))
-                .set(contacts::last_seen_at.eq(last_seen.max(p.seen_at)))
-                .execute(c))?;
-            if let Some(ct) = &p.profile_name_ct {
-                on_backend!(conn, c => diesel::update(contacts::table.find(p.contact_id.as_str()))
-                    .set(contacts::profile_name_ct.eq(ct))
-                    .execute(c))?;
-            }
-            if let Some(ct) = &p.username_ct {
-                on_backend!(conn, c => diesel::update(contacts::table.find(p.contact_id.as_str()))
-                    .set(contacts::username_ct.eq(ct))
-                    .execute(c))?;
-            }
-            Ok(())
+            Ok(None)
         }
-        ApplyOp::Done { inbox_id } => mark_done(conn, *inbox_id, now_ms),
+        ApplyOp::Done { inbox_id } => mark_done(conn, *inbox_id, now_ms).map(|_| None),
     }
 }
 

@@ -177,11 +177,13 @@ impl DbManager {
                 let mut conn = SqliteConnection::establish(path_text).map_err(|e| {
                     StorageError::Connect(format!("sqlite file {}: {e}", path.display()))
                 })?;
-                // WAL lets readers run beside the writer; FULL makes an acknowledged
-                // webhook survive power loss, NORMAL only a process crash.
+                // busy_timeout first: switching to WAL needs a lock another connection
+                // (the daemon, an operator command) may hold for a moment. WAL lets
+                // readers run beside the writer; FULL makes an acknowledged webhook
+                // survive power loss, NORMAL only a process crash.
                 conn.batch_execute(&format!(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
-                     PRAGMA busy_timeout = {busy}; PRAGMA foreign_keys = ON;",
+                    "PRAGMA busy_timeout = {busy}; PRAGMA journal_mode = WAL; \
+                     PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;",
                     sync = self.synchronous,
                     busy = self.busy_timeout_ms
                 ))

@@ -8,10 +8,12 @@
 //! A job whose work fails is retried alone, so one bad job never fails its neighbours.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use diesel::connection::SimpleConnection;
 use diesel::Connection;
 use tokio::sync::oneshot;
 
@@ -49,7 +51,7 @@ enum Job {
     Apply {
         tenant_id: TenantId,
         ops: Vec<ApplyOp>,
-        reply: oneshot::Sender<Result<(), StorageError>>,
+        reply: oneshot::Sender<Result<Option<String>, StorageError>>,
     },
     /// Answered once every job queued before it is done.
     Flush(oneshot::Sender<()>),
@@ -68,7 +70,8 @@ impl Job {
 enum Outcome {
     Ingest(IngestReceipt),
     Resolve(ResolvedContact),
-    Apply,
+    /// The conversation the job's inbound messages went to.
+    Apply(Option<String>),
 }
 
 #[derive(Clone)]
@@ -117,7 +120,13 @@ impl WriterHandle {
         rx.await.map_err(|_| gone())?
     }
 
-    pub async fn apply(&self, tenant_id: TenantId, ops: Vec<ApplyOp>) -> Result<(), StorageError> {
+    /// Applies a conversation actor's ops in order; returns the conversation its
+    /// inbound messages went to, for the actor to cache.
+    pub async fn apply(
+        &self,
+        tenant_id: TenantId,
+        ops: Vec<ApplyOp>,
+    ) -> Result<Option<String>, StorageError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send_async(Job::Apply {
@@ -185,9 +194,21 @@ pub fn spawn(
         lanes: VecDeque::new(),
         last_maintenance: Instant::now(),
     };
+    let stopped = Arc::new(AtomicBool::new(false));
+    let sqlite = writer
+        .pool
+        .get()
+        .map(|conn| matches!(*conn, DbConn::Sqlite(_)))
+        .unwrap_or(false);
+    if sqlite {
+        spawn_checkpointer(writer.pool.clone(), stopped.clone(), writer.log.clone())?;
+    }
     let thread = std::thread::Builder::new()
         .name("converra-writer".into())
-        .spawn(move || writer.run(rx))?;
+        .spawn(move || {
+            writer.run(rx);
+            stopped.store(true, Ordering::SeqCst);
+        })?;
     Ok((handle, thread))
 }
 
@@ -277,7 +298,14 @@ impl Writer {
 
     fn connection(&mut self) -> Result<&mut PooledConn, StorageError> {
         if self.conn.is_none() {
-            self.conn = Some(self.pool.get()?);
+            let mut conn = self.pool.get()?;
+            if let DbConn::Sqlite(c) = &mut *conn {
+                // The checkpointer thread does this work, off the commit path.
+                c.batch_execute(
+                    "PRAGMA main.wal_autocheckpoint = 0; PRAGMA keystore.wal_autocheckpoint = 0;",
+                )?;
+            }
+            self.conn = Some(conn);
         }
         self.conn
             .as_mut()
@@ -425,12 +453,15 @@ impl Writer {
                             )?)
                         }
                         Job::Apply { tenant_id, ops, .. } => {
+                            let mut conversation = None;
                             for op in ops {
-                                crm::apply(conn, tenant_id, op, now)?;
+                                if let Some(id) = crm::apply(conn, tenant_id, op, now)? {
+                                    conversation = Some(id);
+                                }
                             }
-                            Outcome::Apply
+                            Outcome::Apply(conversation)
                         }
-                        Job::Flush(_) => Outcome::Apply,
+                        Job::Flush(_) => Outcome::Apply(None),
                     };
                     outcomes.push(outcome);
                 }
@@ -473,9 +504,9 @@ impl Writer {
                 (Job::Resolve { reply, .. }, Ok(Outcome::Resolve(contact))) => {
                     let _ = reply.send(Ok(contact));
                 }
-                (Job::Apply { reply, ops, .. }, Ok(_)) => {
+                (Job::Apply { reply, ops, .. }, Ok(Outcome::Apply(conversation))) => {
                     self.metrics.events_applied.inc_by(ops.len() as u64);
-                    let _ = reply.send(Ok(()));
+                    let _ = reply.send(Ok(conversation));
                 }
                 (Job::Ingest { reply, .. }, Err(e)) => {
                     let _ = reply.send(Err(e));
@@ -524,6 +555,32 @@ impl Writer {
             }
         }
     }
+}
+
+/// SQLite only: the writer's connection does not checkpoint the WAL itself (that
+/// would stall every commit that crosses the threshold); this thread copies the WAL
+/// back into the database files in the background.
+fn spawn_checkpointer(
+    pool: Pool,
+    stopped: Arc<AtomicBool>,
+    log: slog::Logger,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("converra-checkpoint".into())
+        .spawn(move || {
+            while !stopped.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(200));
+                let result = pool.get().map_err(StorageError::from).and_then(|mut conn| {
+                    crate::on_backend!(&mut *conn, c => c.batch_execute(
+                        "PRAGMA main.wal_checkpoint(PASSIVE); PRAGMA keystore.wal_checkpoint(PASSIVE);"))
+                    .map_err(StorageError::from)
+                });
+                if let Err(e) = result {
+                    slog::debug!(log, "WAL checkpoint skipped"; "error" => %e);
+                }
+            }
+        })
+        .map(|_| ())
 }
 
 fn take_key(

@@ -40,8 +40,10 @@ CREATE TABLE inbox (
     received_at BIGINT NOT NULL,
     processed_at BIGINT
 );
-CREATE INDEX inbox_pending ON inbox (tenant_id, id) WHERE processed_at IS NULL;
-CREATE INDEX inbox_processed ON inbox (processed_at) WHERE processed_at IS NOT NULL;
+-- Unprocessed rows (processed_at NULL) sort together, in id order; processed rows by
+-- age for the purge. No partial indexes: SQLite re-prepares statements that write a
+-- column a partial index's condition reads.
+CREATE INDEX inbox_state ON inbox (processed_at, id);
 
 -- Correctly signed content that is not a routable event: kept raw, never dropped.
 CREATE TABLE webhook_events (
@@ -107,7 +109,8 @@ CREATE TABLE messages (
 CREATE UNIQUE INDEX messages_wamid ON messages (tenant_id, wamid);
 CREATE INDEX messages_conversation ON messages (conversation_id, id);
 CREATE INDEX messages_contact ON messages (contact_id);
-CREATE INDEX messages_ref ON messages (tenant_id, ref_wamid) WHERE ref_wamid IS NOT NULL;
+-- Not a partial index: a partial one makes SQLite re-prepare the lookup on every bind.
+CREATE INDEX messages_ref ON messages (tenant_id, ref_wamid);
 
 -- Every status event of a message (with pricing and errors), the message keeps the
 -- highest state reached.
