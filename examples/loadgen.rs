@@ -51,6 +51,9 @@ struct Args {
     /// Client threads.
     #[arg(long, default_value_t = 2)]
     clients: usize,
+    /// Converra's database.writers (0 = its default).
+    #[arg(long, default_value_t = 0)]
+    writers: usize,
 }
 
 fn body_for(i: usize) -> (Vec<u8>, String) {
@@ -354,6 +357,7 @@ fn main() {
         converra_db = Some(url.clone());
         settings.database.url = url;
         settings.database.sqlite_synchronous = args.synchronous.clone();
+        settings.database.writers = args.writers;
         settings.security.master_key_file = dir.path().join("master.key").display().to_string();
         settings.whatsapp.app_secret = SECRET.into();
         settings.server.workers = 2;

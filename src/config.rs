@@ -67,6 +67,7 @@ pub struct DatabaseSettings {
     pub sqlite_synchronous: String,
     pub sqlite_busy_timeout_ms: u64,
     pub write_batch_max: usize,
+    pub writers: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -111,7 +111,7 @@ pub async fn run(
     };
     let (keyring, pool) = opened?;
     let metrics = Arc::new(metrics::Metrics::new()?);
-    let (writer, writer_thread) = writer::spawn(
+    let (writer, writer_threads) = writer::spawn(
         pool.clone(),
         keyring.clone(),
         options.clock.clone(),
@@ -119,6 +119,7 @@ pub async fn run(
         WriterConfig {
             batch_max: settings.database.write_batch_max,
             keep_processed_ms: (settings.inbox.keep_processed_secs * 1000) as i64,
+            writers: settings.database.writers,
         },
         log.new(slog::o!("task" => "writer")),
     )?;
@@ -211,11 +212,11 @@ pub async fn run(
     drop(registry);
     drop(core);
     drop(writer);
-    // The writer thread ends once every handle is gone; actors may still hold one
-    // until their arbiters stop, so do not wait for it forever.
+    // The writer threads end once every handle is gone; actors may still hold one
+    // until their arbiters stop, so do not wait for them forever.
     let _ = actix_web::rt::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !writer_thread.is_finished() && Instant::now() < deadline {
+        while !writer_threads.iter().all(|t| t.is_finished()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     })

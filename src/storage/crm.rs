@@ -51,6 +51,19 @@ pub enum ApplyOp {
     },
 }
 
+impl ApplyOp {
+    /// The inbox row this op completes, if any.
+    pub fn inbox_id(&self) -> Option<i64> {
+        match self {
+            ApplyOp::Inbound(m) => Some(m.inbox_id),
+            ApplyOp::Status(s) => Some(s.inbox_id),
+            ApplyOp::Preference(p) => Some(p.inbox_id),
+            ApplyOp::Done { inbox_id } => Some(*inbox_id),
+            ApplyOp::Profile(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewInbound {
     pub inbox_id: i64,
@@ -485,12 +498,9 @@ fn touch_conversation(
     conversation_exists(conn, tenant_id, conversation_id)
 }
 
-fn mark_done(conn: &mut DbConn, inbox_id: i64, now_ms: i64) -> Result<(), StorageError> {
-    super::inbox::mark_processed(conn, inbox_id, now_ms)
-}
-
 /// Applies one op; idempotent, so a redelivered or re-dispatched event changes nothing.
-/// Returns the conversation an inbound message went to.
+/// Returns the conversation an inbound message went to. The op's inbox row is marked
+/// processed by the caller, in the same transaction ([`ApplyOp::inbox_id`]).
 pub fn apply(
     conn: &mut DbConn,
     tenant_id: &TenantId,
@@ -556,7 +566,6 @@ pub fn apply(
                     .set((messages::content_ct.eq(&none), messages::revoked_at.eq(Some(m.sent_at))))
                     .execute(c))?;
             }
-            mark_done(conn, m.inbox_id, now_ms)?;
             Ok(Some(conversation_id))
         }
         ApplyOp::Status(s) => {
@@ -622,7 +631,6 @@ pub fn apply(
                 .on_conflict((status_events::message_id, status_events::status, status_events::occurred_at))
                 .do_nothing()
                 .execute(c))?;
-            mark_done(conn, s.inbox_id, now_ms)?;
             Ok(None)
         }
         ApplyOp::Preference(p) => {
@@ -638,7 +646,6 @@ pub fn apply(
                     ))
                     .execute(c))?;
             }
-            mark_done(conn, p.inbox_id, now_ms)?;
             Ok(None)
         }
         ApplyOp::Profile(p) => {
@@ -671,7 +678,7 @@ pub fn apply(
             };
             Ok(None)
         }
-        ApplyOp::Done { inbox_id } => mark_done(conn, *inbox_id, now_ms).map(|_| None),
+        ApplyOp::Done { .. } => Ok(None),
     }
 }
 

@@ -3,6 +3,7 @@
 //! conversation actors and deleted a configurable while after; webhook content that is
 //! not routable goes to `webhook_events`, raw and sealed, never dropped.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use diesel::prelude::*;
@@ -108,6 +109,87 @@ pub fn insert_event(
         .optional())?)
 }
 
+/// Inserts many events, skipping those whose identity is already in the inbox;
+/// returns the new row id of each inserted dedupe key. PostgreSQL gets multi-row
+/// statements (each statement is a round trip); SQLite, in-process, gets one cached
+/// prepared statement per row, which beats re-parsing a multi-row statement of a new
+/// size every batch.
+pub fn insert_events(
+    conn: &mut DbConn,
+    rows: &[(&TenantId, &PreparedEvent)],
+    now_ms: i64,
+) -> Result<HashMap<String, i64>, StorageError> {
+    // 7 parameters a row; well under PostgreSQL's parameter limit.
+    const CHUNK: usize = 500;
+    let mut inserted = HashMap::with_capacity(rows.len());
+    match conn {
+        DbConn::Sqlite(_) => {
+            for (tenant_id, event) in rows {
+                if let Some(id) = insert_event(conn, tenant_id, event, now_ms)? {
+                    inserted.insert(event.dedupe_key.clone(), id);
+                }
+            }
+        }
+        DbConn::Pg(c) => {
+            for chunk in rows.chunks(CHUNK) {
+                let values: Vec<_> = chunk
+                    .iter()
+                    .map(|(tenant_id, event)| {
+                        (
+                            inbox::dedupe_key.eq(&event.dedupe_key),
+                            inbox::tenant_id.eq(tenant_id.as_str()),
+                            inbox::phone_number_id.eq(&event.phone_number_id),
+                            inbox::route_key.eq(&event.route_key),
+                            inbox::kind.eq(event.kind),
+                            inbox::payload_ct.eq(&event.payload_ct),
+                            inbox::received_at.eq(now_ms),
+                        )
+                    })
+                    .collect();
+                let new_rows: Vec<(i64, String)> = diesel::insert_into(inbox::table)
+                    .values(&values)
+                    .on_conflict(inbox::dedupe_key)
+                    .do_nothing()
+                    .returning((inbox::id, inbox::dedupe_key))
+                    .get_results(c)?;
+                inserted.extend(new_rows.into_iter().map(|(id, key)| (key, id)));
+            }
+        }
+    }
+    Ok(inserted)
+}
+
+/// Marks rows processed: one statement per chunk on PostgreSQL, one cached statement
+/// per row on SQLite (see [`insert_events`]).
+pub fn mark_processed_many(
+    conn: &mut DbConn,
+    inbox_ids: &[i64],
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    match conn {
+        DbConn::Sqlite(c) => {
+            for id in inbox_ids {
+                diesel::update(inbox::table.find(id))
+                    .filter(inbox::processed_at.is_null())
+                    .set(inbox::processed_at.eq(now_ms))
+                    .execute(c)?;
+            }
+        }
+        DbConn::Pg(c) => {
+            for chunk in inbox_ids.chunks(1000) {
+                diesel::update(
+                    inbox::table
+                        .filter(inbox::id.eq_any(chunk))
+                        .filter(inbox::processed_at.is_null()),
+                )
+                .set(inbox::processed_at.eq(now_ms))
+                .execute(c)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn insert_other(
     conn: &mut DbConn,
     tenant_id: Option<&TenantId>,
@@ -124,14 +206,6 @@ pub fn insert_other(
             webhook_events::phone_number_id.eq(other.phone_number_id.as_deref()),
             webhook_events::payload_ct.eq(&other.payload_ct),
         ))
-        .execute(c))?;
-    Ok(())
-}
-
-pub fn mark_processed(conn: &mut DbConn, inbox_id: i64, now_ms: i64) -> Result<(), StorageError> {
-    on_backend!(conn, c => diesel::update(inbox::table.find(inbox_id))
-        .filter(inbox::processed_at.is_null())
-        .set(inbox::processed_at.eq(now_ms))
         .execute(c))?;
     Ok(())
 }

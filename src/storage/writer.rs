@@ -8,7 +8,7 @@
 //! A job whose work fails is retried alone, so one bad job never fails its neighbours.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -160,9 +160,11 @@ impl WriterHandle {
 pub struct WriterConfig {
     pub batch_max: usize,
     pub keep_processed_ms: i64,
+    /// Writer threads; 0 = 1 for SQLite, 4 for PostgreSQL.
+    pub writers: usize,
 }
 
-/// Starts the writer thread. It stops when every [`WriterHandle`] is dropped, after
+/// Starts the writer threads. They stop when every [`WriterHandle`] is dropped, after
 /// finishing what was queued.
 pub fn spawn(
     pool: Pool,
@@ -171,7 +173,7 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     config: WriterConfig,
     log: slog::Logger,
-) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
+) -> std::io::Result<(WriterHandle, Vec<JoinHandle<()>>)> {
     // Bounded: when the database falls behind, webhook handlers wait here instead of
     // memory growing without limit.
     let (tx, rx) = flume::bounded(config.batch_max.max(64) * 16);
@@ -180,36 +182,50 @@ pub fn spawn(
         tx,
         dispatcher: dispatcher.clone(),
     };
-    let mut writer = Writer {
-        pool,
-        conn: None,
-        keyring,
-        clock,
-        metrics,
-        config,
-        log,
-        dispatcher,
-        routes: HashMap::new(),
-        ingest: VecDeque::new(),
-        lanes: VecDeque::new(),
-        last_maintenance: Instant::now(),
-    };
-    let stopped = Arc::new(AtomicBool::new(false));
-    let sqlite = writer
-        .pool
+    let sqlite = pool
         .get()
         .map(|conn| matches!(*conn, DbConn::Sqlite(_)))
         .unwrap_or(false);
+    let writers = match (config.writers, sqlite) {
+        (0, true) => 1,
+        (0, false) => 4,
+        (n, _) => n,
+    };
+    let stopped = Arc::new(AtomicUsize::new(0));
     if sqlite {
-        spawn_checkpointer(writer.pool.clone(), stopped.clone(), writer.log.clone())?;
+        spawn_checkpointer(pool.clone(), stopped.clone(), writers, log.clone())?;
     }
-    let thread = std::thread::Builder::new()
-        .name("converra-writer".into())
-        .spawn(move || {
-            writer.run(rx);
-            stopped.store(true, Ordering::SeqCst);
-        })?;
-    Ok((handle, thread))
+    let mut threads = Vec::with_capacity(writers);
+    for index in 0..writers {
+        let mut writer = Writer {
+            pool: pool.clone(),
+            conn: None,
+            keyring: keyring.clone(),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            batch_max: config.batch_max,
+            keep_processed_ms: config.keep_processed_ms,
+            // One writer purges; the others would only repeat it.
+            maintains: index == 0,
+            log: log.new(slog::o!("writer" => index)),
+            dispatcher: dispatcher.clone(),
+            routes: HashMap::new(),
+            ingest: VecDeque::new(),
+            lanes: VecDeque::new(),
+            last_maintenance: Instant::now(),
+        };
+        let rx = rx.clone();
+        let stopped = stopped.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("converra-writer-{index}"))
+                .spawn(move || {
+                    writer.run(rx);
+                    stopped.fetch_add(1, Ordering::SeqCst);
+                })?,
+        );
+    }
+    Ok((handle, threads))
 }
 
 struct Writer {
@@ -218,7 +234,9 @@ struct Writer {
     keyring: Arc<Keyring>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
-    config: WriterConfig,
+    batch_max: usize,
+    keep_processed_ms: i64,
+    maintains: bool,
     log: slog::Logger,
     dispatcher: Arc<OnceLock<Dispatcher>>,
     /// phone_number_id → owning tenant (only owned numbers are cached).
@@ -245,7 +263,7 @@ impl Writer {
                     Err(flume::RecvTimeoutError::Disconnected) => break,
                 }
             }
-            for job in rx.try_iter().take(self.config.batch_max * 8) {
+            for job in rx.try_iter().take(self.batch_max * 8) {
                 self.enqueue(job);
             }
             let batch = self.take_batch();
@@ -274,7 +292,7 @@ impl Writer {
 
     /// All waiting ingest jobs (up to the cap), then one job per tenant in turn.
     fn take_batch(&mut self) -> Vec<Job> {
-        let max = self.config.batch_max;
+        let max = self.batch_max;
         let mut batch = Vec::with_capacity(max);
         while batch.len() < max {
             match self.ingest.pop_front() {
@@ -432,17 +450,20 @@ impl Writer {
                 }
             };
             conn.transaction::<_, StorageError, _>(|conn| {
+                // All webhooks of the batch first, in multi-row statements.
+                let parts: Vec<(&[PreparedEvent], &[PreparedOther])> = jobs
+                    .iter()
+                    .filter_map(|job| match job {
+                        Job::Ingest { events, others, .. } => Some((&events[..], &others[..])),
+                        _ => None,
+                    })
+                    .collect();
+                let mut receipts = ingest(conn, &keyring, &mut routes, &parts, now)?.into_iter();
+                let mut processed = Vec::new();
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for (index, job) in jobs.iter().enumerate() {
                     let outcome = match job {
-                        Job::Ingest { events, others, .. } => Outcome::Ingest(ingest(
-                            conn,
-                            &keyring,
-                            &mut routes,
-                            events,
-                            others,
-                            now,
-                        )?),
+                        Job::Ingest { .. } => Outcome::Ingest(receipts.next().unwrap_or_default()),
                         Job::Resolve { tenant_id, ids, .. } => {
                             // A key prepared for this job is used at most once; if
                             // another job in the batch created the contact, it stays
@@ -458,6 +479,7 @@ impl Writer {
                                 if let Some(id) = crm::apply(conn, tenant_id, op, now)? {
                                     conversation = Some(id);
                                 }
+                                processed.extend(op.inbox_id());
                             }
                             Outcome::Apply(conversation)
                         }
@@ -465,6 +487,7 @@ impl Writer {
                     };
                     outcomes.push(outcome);
                 }
+                inbox::mark_processed_many(conn, &processed, now)?;
                 Ok(outcomes)
             })
         };
@@ -536,7 +559,10 @@ impl Writer {
 
     fn maintenance(&mut self) {
         self.last_maintenance = Instant::now();
-        let cutoff = self.clock.now_ms() - self.config.keep_processed_ms;
+        if !self.maintains {
+            return;
+        }
+        let cutoff = self.clock.now_ms() - self.keep_processed_ms;
         let result = self.connection().and_then(|conn| {
             let purged = inbox::purge_processed(conn, cutoff)?;
             let backlog = inbox::backlog(conn)?;
@@ -562,13 +588,14 @@ impl Writer {
 /// back into the database files in the background.
 fn spawn_checkpointer(
     pool: Pool,
-    stopped: Arc<AtomicBool>,
+    stopped: Arc<AtomicUsize>,
+    writers: usize,
     log: slog::Logger,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("converra-checkpoint".into())
         .spawn(move || {
-            while !stopped.load(Ordering::SeqCst) {
+            while stopped.load(Ordering::SeqCst) < writers {
                 std::thread::sleep(Duration::from_millis(200));
                 let result = pool.get().map_err(StorageError::from).and_then(|mut conn| {
                     crate::on_backend!(&mut *conn, c => c.batch_execute(
@@ -590,19 +617,26 @@ fn take_key(
     keys.remove(&index)
 }
 
-/// Inserts one webhook's events and other content inside the batch transaction.
+/// Inserts the events and other content of several webhooks inside the batch
+/// transaction; one receipt per webhook, in order.
 fn ingest(
     conn: &mut DbConn,
     keyring: &Keyring,
     routes: &mut HashMap<String, TenantId>,
-    events: &[PreparedEvent],
-    others: &[PreparedOther],
+    parts: &[(&[PreparedEvent], &[PreparedOther])],
     now: i64,
-) -> Result<IngestReceipt, StorageError> {
-    let unknown: Vec<&str> = events
+) -> Result<Vec<IngestReceipt>, StorageError> {
+    if parts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let unknown: Vec<&str> = parts
         .iter()
-        .map(|e| e.phone_number_id.as_str())
-        .chain(others.iter().filter_map(|o| o.phone_number_id.as_deref()))
+        .flat_map(|(events, others)| {
+            events
+                .iter()
+                .map(|e| e.phone_number_id.as_str())
+                .chain(others.iter().filter_map(|o| o.phone_number_id.as_deref()))
+        })
         .filter(|pnid| !routes.contains_key(*pnid))
         .collect();
     if !unknown.is_empty() {
@@ -610,38 +644,50 @@ fn ingest(
             routes.insert(pnid, TenantId(tenant));
         }
     }
-    let mut receipt = IngestReceipt::default();
-    for event in events {
-        match routes.get(&event.phone_number_id) {
-            Some(tenant_id) => match inbox::insert_event(conn, tenant_id, event, now)? {
-                Some(id) => receipt.accepted.push(InboxItem {
-                    id,
-                    tenant_id: tenant_id.clone(),
-                    phone_number_id: event.phone_number_id.clone(),
-                    route_key: event.route_key.clone(),
-                    event: event.event.clone(),
-                }),
-                None => receipt.duplicates += 1,
-            },
-            None => {
-                let raw = serde_json::to_vec(event.event.as_ref())
-                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                let other = PreparedOther::seal(
-                    keyring,
-                    "unrouted",
-                    Some(event.kind.to_string()),
-                    Some(event.phone_number_id.clone()),
-                    &raw,
-                )?;
-                inbox::insert_other(conn, None, &other, now)?;
-                receipt.unrouted += 1;
+    let routed: Vec<(&TenantId, &PreparedEvent)> = parts
+        .iter()
+        .flat_map(|(events, _)| events.iter())
+        .filter_map(|e| routes.get(&e.phone_number_id).map(|t| (t, e)))
+        .collect();
+    let mut inserted = inbox::insert_events(conn, &routed, now)?;
+    let mut receipts = Vec::with_capacity(parts.len());
+    for (events, others) in parts {
+        let mut receipt = IngestReceipt::default();
+        for event in events.iter() {
+            match routes.get(&event.phone_number_id) {
+                // The first of several identical events in the batch takes the row;
+                // the rest are duplicates.
+                Some(tenant_id) => match inserted.remove(&event.dedupe_key) {
+                    Some(id) => receipt.accepted.push(InboxItem {
+                        id,
+                        tenant_id: tenant_id.clone(),
+                        phone_number_id: event.phone_number_id.clone(),
+                        route_key: event.route_key.clone(),
+                        event: event.event.clone(),
+                    }),
+                    None => receipt.duplicates += 1,
+                },
+                None => {
+                    let raw = serde_json::to_vec(event.event.as_ref())
+                        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                    let other = PreparedOther::seal(
+                        keyring,
+                        "unrouted",
+                        Some(event.kind.to_string()),
+                        Some(event.phone_number_id.clone()),
+                        &raw,
+                    )?;
+                    inbox::insert_other(conn, None, &other, now)?;
+                    receipt.unrouted += 1;
+                }
             }
         }
+        for other in others.iter() {
+            let tenant = other.phone_number_id.as_ref().and_then(|p| routes.get(p));
+            inbox::insert_other(conn, tenant, other, now)?;
+            receipt.others += 1;
+        }
+        receipts.push(receipt);
     }
-    for other in others {
-        let tenant = other.phone_number_id.as_ref().and_then(|p| routes.get(p));
-        inbox::insert_other(conn, tenant, other, now)?;
-        receipt.others += 1;
-    }
-    Ok(receipt)
+    Ok(receipts)
 }
