@@ -59,6 +59,8 @@ pub struct ConversationActor {
     route_keys: HashSet<String>,
     panics: HashMap<i64, u32>,
     in_flight: bool,
+    /// An idle report is on its way to the tenant.
+    releasing: bool,
     received: u64,
     last_active: Instant,
     restarted: bool,
@@ -96,6 +98,7 @@ impl ConversationActor {
             route_keys: HashSet::new(),
             panics: HashMap::new(),
             in_flight: false,
+            releasing: false,
             received: 0,
             last_active: Instant::now(),
             restarted: false,
@@ -339,16 +342,30 @@ impl Actor for ConversationActor {
         let idle_after = Duration::from_secs(self.core.settings.actors.idle_timeout_secs);
         let check_every =
             (idle_after / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
-        ctx.run_interval(check_every, move |actor, _ctx| {
-            if !actor.in_flight
+        ctx.run_interval(check_every, move |actor, ctx| {
+            let idle = !actor.in_flight
                 && actor.pending.is_empty()
-                && actor.last_active.elapsed() >= idle_after
-            {
-                actor.tenant.do_send(Idle {
-                    key: actor.key.clone(),
-                    received: actor.received,
-                });
+                && actor.last_active.elapsed() >= idle_after;
+            if !idle || actor.releasing {
+                return;
             }
+            actor.releasing = true;
+            let ask = actor.tenant.send(Idle {
+                key: actor.key.clone(),
+                received: actor.received,
+            });
+            ctx.spawn(
+                async move { ask.await.unwrap_or(false) }
+                    .into_actor(actor)
+                    .map(|released, actor, ctx| {
+                        actor.releasing = false;
+                        // The interval timer would keep the context alive forever, so an
+                        // actor its tenant let go of stops itself.
+                        if released {
+                            ctx.stop();
+                        }
+                    }),
+            );
         });
     }
 

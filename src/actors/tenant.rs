@@ -18,9 +18,10 @@ use crate::storage::inbox::InboxItem;
 pub struct Route(pub Vec<InboxItem>);
 
 /// A conversation actor reports it has been idle; `received` is how many events it
-/// got, so one that was sent more in the meantime is kept.
+/// got, so one that was sent more in the meantime is kept. Answers whether the actor
+/// was released (then it stops itself; with no address left it is not restarted).
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "bool")]
 pub struct Idle {
     pub key: String,
     pub received: u64,
@@ -100,9 +101,9 @@ impl Handler<Route> for TenantActor {
 }
 
 impl Handler<Idle> for TenantActor {
-    type Result = ();
+    type Result = bool;
 
-    fn handle(&mut self, msg: Idle, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: Idle, _ctx: &mut Context<Self>) -> bool {
         let idle = self
             .conversations
             .get(&msg.key)
@@ -112,5 +113,6 @@ impl Handler<Idle> for TenantActor {
             self.conversations.remove(&msg.key);
             self.aliases.retain(|_, key| *key != msg.key);
         }
+        idle
     }
 }

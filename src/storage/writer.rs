@@ -354,13 +354,14 @@ impl Writer {
                 self.finish(jobs.drain(..).zip(outcomes.into_iter().map(Ok)));
             }
             Err(e) if e.is_transient() || jobs.len() == 1 => {
-                if e.is_transient() {
-                    self.conn = None;
-                }
+                // The connection may be the casualty (a server restart, a terminated
+                // backend): the pool hands out a fresh one for the next batch.
+                self.conn = None;
                 slog::warn!(self.log, "write batch failed"; "error" => %e, "jobs" => batch_size);
                 self.fail_all(jobs, &e);
             }
             Err(e) => {
+                self.conn = None;
                 slog::warn!(self.log, "write batch failed, retrying its jobs one by one"; "error" => %e);
                 let mut results = Vec::with_capacity(jobs.len());
                 for job in &jobs {

@@ -114,3 +114,88 @@ async fn a_panicking_conversation_actor_restarts_and_loses_nothing_while_others_
     assert!(app.metric("converra_actor_restarts_total").await >= 1.0);
     app.wait_processed().await;
 }
+
+#[actix_rt::test]
+async fn a_database_outage_answers_503_then_recovers_without_loss() {
+    use diesel::{Connection, RunQueryDsl};
+    // PostgreSQL can be switched off under a running server; SQLite is a file.
+    let Some(backend) = backends()
+        .into_iter()
+        .find(|b| matches!(b, Backend::Postgres(_)))
+    else {
+        return;
+    };
+    let app = TestApp::start_with(&backend, Hooks::default(), |s| {
+        s.database.connect_timeout_secs = 1;
+    })
+    .await;
+    let first = text_webhook(NUMBER_A, "4915999", "wamid.outage.1", "before");
+    assert_eq!(app.post_signed(&first).await.0, 200);
+    app.wait_messages(&app.a, 1).await;
+
+    let (admin_url, name) = app.db.postgres().unwrap().clone();
+    let mut admin = diesel::PgConnection::establish(&admin_url).unwrap();
+    let sql = |admin: &mut diesel::PgConnection, q: String| {
+        diesel::sql_query(q).execute(admin).unwrap();
+    };
+    sql(
+        &mut admin,
+        format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"),
+    );
+    sql(
+        &mut admin,
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"),
+    );
+
+    let second = text_webhook(NUMBER_A, "4915999", "wamid.outage.2", "during");
+    let (status, body) = app.post_signed(&second).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert_eq!(app.get("/readyz", None).await.0, 503);
+
+    sql(
+        &mut admin,
+        format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"),
+    );
+    // Meta retries until it gets a 200.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, _) = app.post_signed(&second).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery after the outage"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let stored = app.wait_messages(&app.a, 2).await;
+    assert_eq!(stored.len(), 2);
+    app.wait_processed().await;
+}
+
+#[actix_rt::test]
+async fn idle_conversation_actors_stop_and_come_back_on_demand() {
+    let app = TestApp::start_with(&Backend::Sqlite, Hooks::default(), |s| {
+        s.actors.idle_timeout_secs = 1
+    })
+    .await;
+    app.post_signed(&text_webhook(NUMBER_A, "4915123", "wamid.idle.1", "one"))
+        .await;
+    app.wait_messages(&app.a, 1).await;
+    assert_eq!(app.metric("converra_conversation_actors").await, 1.0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.metric("converra_conversation_actors").await > 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle actor did not stop"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    app.post_signed(&text_webhook(NUMBER_A, "4915123", "wamid.idle.2", "two"))
+        .await;
+    let stored = app.wait_messages(&app.a, 2).await;
+    assert_eq!(stored.len(), 2);
+    assert_eq!(app.all("/v1/conversations", &app.a.api_key).await.len(), 1);
+}

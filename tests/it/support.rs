@@ -77,6 +77,13 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The admin URL and database name, for a PostgreSQL test database.
+    pub fn postgres(&self) -> Option<&(String, String)> {
+        self.pg.as_ref()
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some((admin_url, name)) = &self.pg {
@@ -148,7 +155,7 @@ pub struct TestApp {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), converra::RunError>>>,
     /// Kept so the database outlives the server.
-    _db: TestDb,
+    pub db: TestDb,
 }
 
 impl TestApp {
@@ -175,7 +182,7 @@ impl TestApp {
                 .finish(),
             shutdown: None,
             task: None,
-            _db: db,
+            db,
         };
         app.launch(hooks).await;
         app
