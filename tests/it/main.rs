@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
-mod crash;
+mod daemon;
 mod recovery;
 mod storage;
 mod support;

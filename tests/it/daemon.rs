@@ -1,3 +1,6 @@
+//! The real binary: crash safety (SIGKILL mid-load, restart, every acknowledged
+//! webhook stored exactly once), SIGTERM drain, check-config, and clean logs.
+//!
 //! Crash safety with the real binary: send a few thousand webhooks concurrently,
 //! SIGKILL the process mid-load, restart it, and check that every webhook that got a
 //! 200 is stored exactly once.
@@ -352,4 +355,133 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
         stored as usize >= acked,
         "{stored} stored < {acked} acknowledged"
     );
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_redacts_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("c.db").display());
+    let daemon = Daemon::new(&db_url, &dir);
+    let out = daemon.command(&["check-config"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("<redacted>"));
+    assert!(!shown.contains(APP_SECRET), "the app secret is printed");
+    let out = daemon
+        .command(&["check-config"])
+        .env("CONVERRA__SERVER__BIND", "not-an-address")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.bind"));
+    let out = daemon
+        .command(&["check-config"])
+        .env("CONVERRA__WHATSAPP__APP_SECRET_FILE", "/nonexistent/secret")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("whatsapp.app_secret_file"));
+}
+
+/// Invariant 10: secrets, API keys and message bodies never reach the logs, even at
+/// debug level and through the error paths.
+#[actix_rt::test]
+async fn logs_never_carry_secrets_keys_or_message_bodies() {
+    let db = TestDb::new(&Backend::Sqlite);
+    let daemon = Daemon::new(&db.url, &db.dir);
+    let tenant = daemon.cli_json(&[
+        "tenant",
+        "create",
+        "--name",
+        "logs",
+        "--holder-email",
+        "ops@logs.example",
+        "--json",
+    ]);
+    let token_file = db.dir.path().join("token");
+    std::fs::write(&token_file, "EAAG-very-secret-access-token").unwrap();
+    daemon.cli_json(&[
+        "number",
+        "add",
+        "--tenant",
+        tenant["tenant_id"].as_str().unwrap(),
+        "--phone-number-id",
+        NUMBER_A,
+        "--display-phone-number",
+        "15550000000",
+        "--waba-id",
+        "WABA",
+        "--access-token-file",
+        token_file.to_str().unwrap(),
+        "--json",
+    ]);
+    let log_file = db.dir.path().join("daemon.log");
+    let mut child = daemon
+        .command(&["serve"])
+        .env("CONVERRA__LOG__LEVEL", "debug")
+        .stdout(std::fs::File::create(&log_file).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    daemon.wait_ready(&client).await;
+    let url = format!("{}/webhooks/whatsapp", daemon.base);
+    let secret_body = "my card number is 4111-1111";
+    for (i, body) in [
+        text_webhook(NUMBER_A, "4916200", "wamid.log.1", secret_body),
+        b"not json at all but signed".to_vec(),
+        text_webhook("999999", "4916200", "wamid.log.2", secret_body),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let signature = converra::whatsapp::signature::sign(APP_SECRET.as_bytes(), &body);
+        let resp = client
+            .post(&url)
+            .insert_header(("X-Hub-Signature-256", signature))
+            .send_body(body)
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "request {i}");
+    }
+    let forged = text_webhook(NUMBER_A, "4916200", "wamid.log.3", secret_body);
+    client
+        .post(&url)
+        .insert_header(("X-Hub-Signature-256", "sha256=00"))
+        .send_body(forged)
+        .await
+        .unwrap();
+    let api_key = tenant["api_key"].as_str().unwrap();
+    client
+        .get(format!("{}/v1/contacts", daemon.base))
+        .insert_header(("Authorization", format!("Bearer {api_key}x")))
+        .send()
+        .await
+        .unwrap();
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let logs = std::fs::read_to_string(&log_file).unwrap();
+    assert!(
+        logs.contains("converra is ready"),
+        "the daemon logged nothing: {logs}"
+    );
+    for secret in [
+        APP_SECRET,
+        secret_body,
+        "4111-1111",
+        api_key,
+        "EAAG-very-secret-access-token",
+    ] {
+        assert!(!logs.contains(secret), "{secret:?} appears in the logs");
+    }
 }
