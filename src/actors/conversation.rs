@@ -42,6 +42,7 @@ struct Reloaded(Vec<InboxItem>);
 
 const MAX_BATCH: usize = 256;
 const MAX_PANICS_PER_EVENT: u32 = 3;
+const SEEN_GRANULARITY_MS: i64 = 60_000;
 
 pub struct ConversationActor {
     core: Arc<Core>,
@@ -54,6 +55,8 @@ pub struct ConversationActor {
     conversation_id: Option<String>,
     /// The profile name and username last written, to write them only on change.
     written_profile: Option<(Option<String>, Option<String>)>,
+    /// When `last_seen_at` was last written for the cached contact.
+    seen_written_at: Option<i64>,
     pending: VecDeque<InboxItem>,
     pending_ids: HashSet<i64>,
     route_keys: HashSet<String>,
@@ -93,6 +96,7 @@ impl ConversationActor {
             contact: None,
             conversation_id: None,
             written_profile: None,
+            seen_written_at: None,
             pending: VecDeque::new(),
             pending_ids: HashSet::new(),
             route_keys: HashSet::new(),
@@ -198,12 +202,20 @@ impl ConversationActor {
                     .ok()
             })
         };
-        ops.push(ApplyOp::Profile(ProfileUpdate {
-            contact_id: contact.contact_id.clone(),
-            profile_name_ct: changed.and_then(|p| seal(&p.0)),
-            username_ct: changed.and_then(|p| seal(&p.1)),
-            seen_at: now,
-        }));
+        // "Last seen" is kept to the minute: writing it with every message would cost
+        // a statement per message for no one's benefit.
+        let seen_stale = self
+            .seen_written_at
+            .is_none_or(|at| now - at >= SEEN_GRANULARITY_MS);
+        if changed.is_some() || seen_stale {
+            ops.push(ApplyOp::Profile(ProfileUpdate {
+                contact_id: contact.contact_id.clone(),
+                profile_name_ct: changed.and_then(|p| seal(&p.0)),
+                username_ct: changed.and_then(|p| seal(&p.1)),
+                seen_at: now,
+            }));
+            self.seen_written_at = Some(now);
+        }
         if let Some(profile) = profile {
             self.written_profile = Some(profile);
         }
@@ -240,6 +252,7 @@ impl ConversationActor {
                             }
                             actor.contact = Some(contact);
                             actor.written_profile = None;
+                            actor.seen_written_at = None;
                             actor.pump(ctx);
                         }
                         Err(e) => actor.retry_later(e, ctx),
@@ -269,6 +282,7 @@ impl ConversationActor {
                                 actor.conversation_id = None;
                             }
                             actor.written_profile = None;
+                            actor.seen_written_at = None;
                             actor.retry_later(e, ctx)
                         }
                     }
@@ -382,6 +396,7 @@ impl Supervised for ConversationActor {
         self.contact = None;
         self.conversation_id = None;
         self.written_profile = None;
+        self.seen_written_at = None;
         self.restarted = true;
     }
 }
