@@ -119,7 +119,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig => {
-            println!("{}", toml_like(&settings.redacted())?);
+            println!("{}", serde_json::to_string_pretty(&settings.redacted())?);
             for (key, reason) in settings.warnings() {
                 eprintln!("warning: {key}: {reason}");
             }
@@ -128,10 +128,6 @@ fn main() -> anyhow::Result<()> {
         Command::Tenant(command) => tenant(settings, command),
         Command::Number(command) => number(settings, command),
     }
-}
-
-fn toml_like(settings: &Settings) -> anyhow::Result<String> {
-    Ok(serde_json::to_string_pretty(settings)?)
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -469,7 +469,7 @@ impl Writer {
                             // A key prepared for this job is used at most once; if
                             // another job in the batch created the contact, it stays
                             // unused in the key store.
-                            let key = take_key(new_keys, index);
+                            let key = new_keys.remove(&index);
                             Outcome::Resolve(crm::resolve_contact(
                                 conn, &keyring, tenant_id, ids, key, now,
                             )?)
@@ -609,13 +609,6 @@ fn spawn_checkpointer(
             }
         })
         .map(|_| ())
-}
-
-fn take_key(
-    keys: &mut HashMap<usize, (KeyId, NewDataKey)>,
-    index: usize,
-) -> Option<(KeyId, NewDataKey)> {
-    keys.remove(&index)
 }
 
 /// Inserts the events and other content of several webhooks inside the batch

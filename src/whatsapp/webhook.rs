@@ -309,16 +309,17 @@ fn parse_change(waba_id: &str, change: RawChange, parsed: &mut ParsedWebhook) {
         item,
     };
     for message in &value.messages {
-        let Some(id) = message
+        let has_id = message
             .get("id")
             .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-        else {
+            .is_some_and(|s| !s.is_empty());
+        let identity = message_identity(message, &value.contacts);
+        // Without an id it cannot be deduplicated, without a sender not routed: such
+        // an item is kept raw rather than refused (Meta would retry it forever).
+        if !has_id || identity.route_key().is_none() {
             parsed.others.push(other("malformed_item", message));
             continue;
-        };
-        let _ = id;
-        let identity = message_identity(message, &value.contacts);
+        }
         parsed
             .events
             .push(base(EventKind::Message, identity, message.clone()));
@@ -329,11 +330,11 @@ fn parse_change(waba_id: &str, change: RawChange, parsed: &mut ParsedWebhook) {
             .and_then(Value::as_str)
             .is_some_and(|s| !s.is_empty());
         let has_status = status.get("status").and_then(Value::as_str).is_some();
-        if !has_id || !has_status {
+        let identity = status_identity(status, &value.contacts);
+        if !has_id || !has_status || identity.route_key().is_none() {
             parsed.others.push(other("malformed_item", status));
             continue;
         }
-        let identity = status_identity(status, &value.contacts);
         parsed
             .events
             .push(base(EventKind::Status, identity, status.clone()));
@@ -1062,6 +1063,21 @@ mod tests {
             parsed.others[0].field.as_deref(),
             Some("message_template_status_update")
         );
+    }
+
+    #[test]
+    fn items_without_an_id_or_a_sender_are_kept_raw() {
+        let parsed = parse(&envelope(vec![json!({
+            "metadata": {"phone_number_id": "PN1"},
+            "messages": [
+                {"id": "wamid.nobody", "timestamp": "1", "type": "text", "text": {"body": "who?"}},
+                {"from": "111", "timestamp": "1", "type": "text", "text": {"body": "no id"}}
+            ],
+            "statuses": [{"id": "wamid.s", "status": "sent", "timestamp": "1"}]
+        })]));
+        assert!(parsed.events.is_empty());
+        assert_eq!(parsed.others.len(), 3);
+        assert!(parsed.others.iter().all(|o| o.reason == "malformed_item"));
     }
 
     #[test]
