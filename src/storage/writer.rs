@@ -58,6 +58,16 @@ enum Job {
 }
 
 impl Job {
+    /// Rows of work, for sizing batches.
+    fn work(&self) -> usize {
+        match self {
+            Job::Ingest { events, others, .. } => events.len() + others.len(),
+            Job::Apply { ops, .. } => ops.len(),
+            Job::Resolve { .. } | Job::Flush(_) => 1,
+        }
+        .max(1)
+    }
+
     fn tenant(&self) -> Option<&TenantId> {
         match self {
             Job::Resolve { tenant_id, .. } | Job::Apply { tenant_id, .. } => Some(tenant_id),
@@ -263,7 +273,7 @@ impl Writer {
                     Err(flume::RecvTimeoutError::Disconnected) => break,
                 }
             }
-            for job in rx.try_iter().take(self.batch_max * 8) {
+            for job in rx.try_iter().take(4096) {
                 self.enqueue(job);
             }
             let batch = self.take_batch();
@@ -290,21 +300,29 @@ impl Writer {
         }
     }
 
-    /// All waiting ingest jobs (up to the cap), then one job per tenant in turn.
+    /// Waiting ingest jobs first (a webhook's sender is waiting), then one job per
+    /// tenant in turn, until the batch holds `batch_max` events of work. Capping by
+    /// work, not jobs, keeps a cycle short however much one tenant has queued, so
+    /// another tenant's job waits one short cycle, not the whole flood.
     fn take_batch(&mut self) -> Vec<Job> {
         let max = self.batch_max;
-        let mut batch = Vec::with_capacity(max);
-        while batch.len() < max {
+        let mut batch = Vec::new();
+        let mut work = 0;
+        while work < max {
             match self.ingest.pop_front() {
-                Some(job) => batch.push(job),
+                Some(job) => {
+                    work += job.work();
+                    batch.push(job);
+                }
                 None => break,
             }
         }
-        while batch.len() < max && !self.lanes.is_empty() {
+        while work < max && !self.lanes.is_empty() {
             let Some((tenant, mut lane)) = self.lanes.pop_front() else {
                 break;
             };
             if let Some(job) = lane.pop_front() {
+                work += job.work();
                 batch.push(job);
             }
             if !lane.is_empty() {
