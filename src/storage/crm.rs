@@ -521,24 +521,9 @@ pub fn apply(
                     now_ms,
                 )?,
             };
-            // The user may have deleted this message before we saw it.
-            let revoked_at: Option<i64> = if m.is_revoke {
-                None
-            } else {
-                on_backend!(conn, c => messages::table
-                    .filter(messages::tenant_id.eq(tenant))
-                    .filter(messages::ref_wamid.eq(&m.wamid))
-                    .filter(messages::msg_type.eq("revoke"))
-                    .select(messages::sent_at)
-                    .first::<i64>(c)
-                    .optional())?
-            };
-            let content = if revoked_at.is_some() {
-                None
-            } else {
-                Some(&m.content_ct)
-            };
-            // A redelivered message collides on (tenant, wamid) and changes nothing.
+            // A redelivered message collides on (tenant, wamid) and changes nothing; so
+            // does a message its sender deleted before we saw it, whose tombstone (see
+            // below) holds the place without content.
             let inserted = on_backend!(conn, c => diesel::insert_into(messages::table)
                 .values((
                     messages::id.eq(m.message_id.as_str()),
@@ -551,20 +536,49 @@ pub fn apply(
                     messages::sent_at.eq(m.sent_at),
                     messages::received_at.eq(now_ms),
                     messages::key_id.eq(m.key_id.as_str()),
-                    messages::content_ct.eq(content),
+                    messages::content_ct.eq(&m.content_ct),
                     messages::ref_wamid.eq(m.ref_wamid.as_deref()),
-                    messages::revoked_at.eq(revoked_at),
                 ))
                 .on_conflict((messages::tenant_id, messages::wamid))
                 .do_nothing()
                 .execute(c))?;
+            if inserted == 0 {
+                // Rare (a duplicate, or a tombstone): a tombstone learns what kind of
+                // message it stands for, never its content.
+                on_backend!(conn, c => diesel::update(messages::table
+                    .filter(messages::tenant_id.eq(tenant))
+                    .filter(messages::wamid.eq(&m.wamid))
+                    .filter(messages::msg_type.is_null())
+                    .filter(messages::revoked_at.is_not_null()))
+                    .set((messages::msg_type.eq(&m.msg_type), messages::sent_at.eq(m.sent_at)))
+                    .execute(c))?;
+            }
             if let (1, true, Some(original)) = (inserted, m.is_revoke, &m.ref_wamid) {
                 let none: Option<Vec<u8>> = None;
-                on_backend!(conn, c => diesel::update(messages::table
+                let erased = on_backend!(conn, c => diesel::update(messages::table
                     .filter(messages::tenant_id.eq(tenant))
                     .filter(messages::wamid.eq(original)))
                     .set((messages::content_ct.eq(&none), messages::revoked_at.eq(Some(m.sent_at))))
                     .execute(c))?;
+                if erased == 0 {
+                    // Deleted before we saw it: a tombstone keeps the fact and makes the
+                    // late original collide instead of storing its content.
+                    on_backend!(conn, c => diesel::insert_into(messages::table)
+                        .values((
+                            messages::id.eq(MessageId::generate().as_str()),
+                            messages::tenant_id.eq(tenant),
+                            messages::conversation_id.eq(&conversation_id),
+                            messages::contact_id.eq(m.contact_id.as_str()),
+                            messages::wamid.eq(original),
+                            messages::direction.eq("inbound"),
+                            messages::sent_at.eq(m.sent_at),
+                            messages::received_at.eq(now_ms),
+                            messages::revoked_at.eq(Some(m.sent_at)),
+                        ))
+                        .on_conflict((messages::tenant_id, messages::wamid))
+                        .do_nothing()
+                        .execute(c))?;
+                }
             }
             Ok(Some(conversation_id))
         }

@@ -280,10 +280,18 @@ async fn a_revoke_before_its_message_still_removes_the_content() {
         "deleted before we saw it",
     ))
     .await;
-    let stored = app.wait_messages(&app.a, 2).await;
+    // Two rows exist as soon as the revoke is applied (it and the tombstone): wait
+    // for the late original itself to be processed.
+    app.wait_processed().await;
+    let stored = app.all_messages(&app.a).await;
     let late = stored.iter().find(|m| m["wamid"] == "wamid.late").unwrap();
     assert_eq!(late["content"], Value::Null);
     assert_eq!(late["revoked"], true);
+    assert_eq!(
+        late["type"], "text",
+        "the tombstone learns the message's type"
+    );
+    assert_eq!(stored.len(), 2, "the revoke and the (contentless) original");
 }
 
 #[actix_rt::test]

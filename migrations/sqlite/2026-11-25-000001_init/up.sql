@@ -109,8 +109,6 @@ CREATE TABLE messages (
 CREATE UNIQUE INDEX messages_wamid ON messages (tenant_id, wamid);
 CREATE INDEX messages_conversation ON messages (conversation_id, id);
 CREATE INDEX messages_contact ON messages (contact_id);
--- Not a partial index: a partial one makes SQLite re-prepare the lookup on every bind.
-CREATE INDEX messages_ref ON messages (tenant_id, ref_wamid);
 
 -- Every status event of a message (with pricing and errors), the message keeps the
 -- highest state reached.
