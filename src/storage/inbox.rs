@@ -83,6 +83,33 @@ impl PreparedOther {
     }
 }
 
+/// One inbox row as inserted.
+#[derive(Insertable)]
+#[diesel(table_name = inbox)]
+struct NewInboxRow<'a> {
+    dedupe_key: &'a str,
+    tenant_id: &'a str,
+    phone_number_id: &'a str,
+    route_key: &'a str,
+    kind: &'a str,
+    payload_ct: &'a [u8],
+    received_at: i64,
+}
+
+impl<'a> NewInboxRow<'a> {
+    fn new(tenant_id: &'a TenantId, event: &'a PreparedEvent, now_ms: i64) -> Self {
+        NewInboxRow {
+            dedupe_key: &event.dedupe_key,
+            tenant_id: tenant_id.as_str(),
+            phone_number_id: &event.phone_number_id,
+            route_key: &event.route_key,
+            kind: event.kind,
+            payload_ct: &event.payload_ct,
+            received_at: now_ms,
+        }
+    }
+}
+
 /// Inserts one event unless an event with the same identity is already in the inbox;
 /// returns the new row id, or `None` for a duplicate.
 pub fn insert_event(
@@ -91,15 +118,7 @@ pub fn insert_event(
     event: &PreparedEvent,
     now_ms: i64,
 ) -> Result<Option<i64>, StorageError> {
-    let values = (
-        inbox::dedupe_key.eq(&event.dedupe_key),
-        inbox::tenant_id.eq(tenant_id.as_str()),
-        inbox::phone_number_id.eq(&event.phone_number_id),
-        inbox::route_key.eq(&event.route_key),
-        inbox::kind.eq(event.kind),
-        inbox::payload_ct.eq(&event.payload_ct),
-        inbox::received_at.eq(now_ms),
-    );
+    let values = NewInboxRow::new(tenant_id, event, now_ms);
     Ok(on_backend!(conn, c => diesel::insert_into(inbox::table)
         .values(values)
         .on_conflict(inbox::dedupe_key)
@@ -132,19 +151,9 @@ pub fn insert_events(
         }
         DbConn::Pg(c) => {
             for chunk in rows.chunks(CHUNK) {
-                let values: Vec<_> = chunk
+                let values: Vec<NewInboxRow> = chunk
                     .iter()
-                    .map(|(tenant_id, event)| {
-                        (
-                            inbox::dedupe_key.eq(&event.dedupe_key),
-                            inbox::tenant_id.eq(tenant_id.as_str()),
-                            inbox::phone_number_id.eq(&event.phone_number_id),
-                            inbox::route_key.eq(&event.route_key),
-                            inbox::kind.eq(event.kind),
-                            inbox::payload_ct.eq(&event.payload_ct),
-                            inbox::received_at.eq(now_ms),
-                        )
-                    })
+                    .map(|(tenant_id, event)| NewInboxRow::new(tenant_id, event, now_ms))
                     .collect();
                 let new_rows: Vec<(i64, String)> = diesel::insert_into(inbox::table)
                     .values(&values)

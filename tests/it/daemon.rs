@@ -64,6 +64,39 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Creates a tenant and registers NUMBER_A for it, through the operator CLI as an
+    /// operator would; returns `{"tenant_id", "api_key", ...}`.
+    fn seed_tenant(&self, dir: &tempfile::TempDir, name: &str, access_token: &str) -> Value {
+        let email = format!("ops@{name}.example");
+        let tenant = self.cli_json(&[
+            "tenant",
+            "create",
+            "--name",
+            name,
+            "--holder-email",
+            &email,
+            "--json",
+        ]);
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, access_token).unwrap();
+        self.cli_json(&[
+            "number",
+            "add",
+            "--tenant",
+            tenant["tenant_id"].as_str().unwrap(),
+            "--phone-number-id",
+            NUMBER_A,
+            "--display-phone-number",
+            "15550000000",
+            "--waba-id",
+            "WABA",
+            "--access-token-file",
+            token_file.to_str().unwrap(),
+            "--json",
+        ]);
+        tenant
+    }
+
     fn spawn(&self) -> Child {
         self.command(&["serve"])
             .stdout(Stdio::null())
@@ -89,32 +122,7 @@ impl Daemon {
 async fn crash_and_recover(backend: &Backend) {
     let db = TestDb::new(backend);
     let daemon = Daemon::new(&db.url, &db.dir);
-    let tenant = daemon.cli_json(&[
-        "tenant",
-        "create",
-        "--name",
-        "crash",
-        "--holder-email",
-        "ops@crash.example",
-        "--json",
-    ]);
-    let token_file = db.dir.path().join("token");
-    std::fs::write(&token_file, "EAAG-token").unwrap();
-    daemon.cli_json(&[
-        "number",
-        "add",
-        "--tenant",
-        tenant["tenant_id"].as_str().unwrap(),
-        "--phone-number-id",
-        NUMBER_A,
-        "--display-phone-number",
-        "15550000000",
-        "--waba-id",
-        "WABA",
-        "--access-token-file",
-        token_file.to_str().unwrap(),
-        "--json",
-    ]);
+    let tenant = daemon.seed_tenant(&db.dir, "crash", "EAAG-token");
     let api_key = tenant["api_key"].as_str().unwrap().to_string();
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -269,32 +277,7 @@ async fn sigkill_mid_load_loses_no_acknowledged_message() {
 async fn sigterm_drains_in_flight_work_and_exits_zero() {
     let db = TestDb::new(&Backend::Sqlite);
     let daemon = Daemon::new(&db.url, &db.dir);
-    let tenant = daemon.cli_json(&[
-        "tenant",
-        "create",
-        "--name",
-        "term",
-        "--holder-email",
-        "ops@term.example",
-        "--json",
-    ]);
-    let token_file = db.dir.path().join("token");
-    std::fs::write(&token_file, "EAAG-token").unwrap();
-    daemon.cli_json(&[
-        "number",
-        "add",
-        "--tenant",
-        tenant["tenant_id"].as_str().unwrap(),
-        "--phone-number-id",
-        NUMBER_A,
-        "--display-phone-number",
-        "15550000000",
-        "--waba-id",
-        "WABA",
-        "--access-token-file",
-        token_file.to_str().unwrap(),
-        "--json",
-    ]);
+    let tenant = daemon.seed_tenant(&db.dir, "term", "EAAG-token");
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(30))
         .finish();
@@ -393,32 +376,7 @@ fn check_config_names_the_bad_key_and_redacts_secrets() {
 async fn logs_never_carry_secrets_keys_or_message_bodies() {
     let db = TestDb::new(&Backend::Sqlite);
     let daemon = Daemon::new(&db.url, &db.dir);
-    let tenant = daemon.cli_json(&[
-        "tenant",
-        "create",
-        "--name",
-        "logs",
-        "--holder-email",
-        "ops@logs.example",
-        "--json",
-    ]);
-    let token_file = db.dir.path().join("token");
-    std::fs::write(&token_file, "EAAG-very-secret-access-token").unwrap();
-    daemon.cli_json(&[
-        "number",
-        "add",
-        "--tenant",
-        tenant["tenant_id"].as_str().unwrap(),
-        "--phone-number-id",
-        NUMBER_A,
-        "--display-phone-number",
-        "15550000000",
-        "--waba-id",
-        "WABA",
-        "--access-token-file",
-        token_file.to_str().unwrap(),
-        "--json",
-    ]);
+    let tenant = daemon.seed_tenant(&db.dir, "logs", "EAAG-very-secret-access-token");
     let log_file = db.dir.path().join("daemon.log");
     let mut child = daemon
         .command(&["serve"])
