@@ -75,6 +75,7 @@ diesel::table! {
     }
 }
 
+#[derive(Clone)]
 enum RefDb {
     Sqlite(Pool<ConnectionManager<SqliteConnection>>),
     Pg(Pool<ConnectionManager<PgConnection>>),
@@ -151,15 +152,6 @@ async fn reference_handler(
     match web::block(move || insert(&db)).await {
         Ok(Ok(())) => HttpResponse::Ok().finish(),
         _ => HttpResponse::ServiceUnavailable().finish(),
-    }
-}
-
-impl Clone for RefDb {
-    fn clone(&self) -> Self {
-        match self {
-            RefDb::Sqlite(p) => RefDb::Sqlite(p.clone()),
-            RefDb::Pg(p) => RefDb::Pg(p.clone()),
-        }
     }
 }
 

@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::schema::{contacts, conversations, data_keys, inbox, messages, status_events};
+use super::schema::{contacts, conversations, data_keys, messages, status_events};
 use super::{DbConn, StorageError};
 use crate::clock::rfc3339;
 use crate::crypto::{Keyring, NewDataKey, SealKey};
@@ -960,15 +960,6 @@ pub fn status_history(
 pub fn count_messages(conn: &mut DbConn, tenant_id: &TenantId) -> Result<i64, StorageError> {
     Ok(on_backend!(conn, c => messages::table
         .filter(messages::tenant_id.eq(tenant_id.as_str()))
-        .count()
-        .get_result(c))?)
-}
-
-/// Unprocessed inbox rows of a tenant.
-pub fn pending_count(conn: &mut DbConn, tenant_id: &TenantId) -> Result<i64, StorageError> {
-    Ok(on_backend!(conn, c => inbox::table
-        .filter(inbox::tenant_id.eq(tenant_id.as_str()))
-        .filter(inbox::processed_at.is_null())
         .count()
         .get_result(c))?)
 }
