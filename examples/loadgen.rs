@@ -317,7 +317,9 @@ async fn send(client: &awc::Client, url: &str, body: Vec<u8>, sig: String) -> bo
         .send_body(body)
         .await
     {
-        Ok(resp) => resp.status().as_u16() == 200,
+        // Read the body: a response left unread makes the client close the
+        // connection, and the churn would be measured instead of the server.
+        Ok(mut resp) => resp.status().as_u16() == 200 && resp.body().await.is_ok(),
         Err(_) => false,
     }
 }

@@ -4,12 +4,13 @@
 //! BSUID or phone number); identifiers, profile names and message content are sealed
 //! under the contact's data key, kept in the key store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::fixed::{Bind, Fixed, ReturnedId};
 use super::schema::{contacts, conversations, data_keys, messages, status_events};
 use super::{DbConn, StorageError};
 use crate::clock::rfc3339;
@@ -471,31 +472,261 @@ fn upsert_conversation(
     }
 }
 
-/// Moves a known conversation's window for an inbound message at `inbound_at` (never
-/// backwards) in one statement; false when the conversation no longer exists (merged
-/// away), so the caller falls back to [`upsert_conversation`].
-fn touch_conversation(
+const TOUCH_ONE: &str = "UPDATE conversations SET \
+    last_inbound_at = max(coalesce(last_inbound_at, ?), ?), \
+    window_ends_at = max(coalesce(last_inbound_at, ?), ?) + ?, \
+    last_message_at = max(last_message_at, ?) \
+    WHERE id = ? AND tenant_id = ?";
+
+const TOUCH_MANY_PG: &str = "UPDATE conversations AS c SET \
+    last_inbound_at = GREATEST(c.last_inbound_at, v.at), \
+    window_ends_at = GREATEST(c.last_inbound_at, v.at) + ?, \
+    last_message_at = GREATEST(c.last_message_at, v.at) \
+    FROM unnest(?::text[], ?::text[], ?::bigint[]) AS v (id, tenant, at) \
+    WHERE c.id = v.id AND c.tenant_id = v.tenant RETURNING c.id";
+
+/// One known conversation's window moved for an inbound message.
+struct Touch<'a> {
+    tenant_id: &'a str,
+    conversation_id: &'a str,
+    inbound_at: i64,
+}
+
+/// Moves known conversations' windows for inbound messages (never backwards); returns
+/// the conversations that exist (one merged away is missing, and the caller falls back
+/// to [`upsert_conversation`]). Each conversation appears once in `touches`.
+fn touch_conversations(
+    conn: &mut DbConn,
+    touches: &[Touch<'_>],
+) -> Result<HashSet<String>, StorageError> {
+    let mut existing = HashSet::with_capacity(touches.len());
+    if touches.is_empty() {
+        return Ok(existing);
+    }
+    match conn {
+        DbConn::Sqlite(c) => {
+            for t in touches {
+                let at = t.inbound_at;
+                let moved = Fixed::new(
+                    TOUCH_ONE,
+                    vec![
+                        Bind::BigInt(at),
+                        Bind::BigInt(at),
+                        Bind::BigInt(at),
+                        Bind::BigInt(at),
+                        Bind::BigInt(SERVICE_WINDOW_MS),
+                        Bind::BigInt(at),
+                        Bind::Text(t.conversation_id),
+                        Bind::Text(t.tenant_id),
+                    ],
+                )
+                .execute(c)?;
+                if moved == 1 {
+                    existing.insert(t.conversation_id.to_string());
+                }
+            }
+        }
+        DbConn::Pg(c) => {
+            let rows: Vec<ReturnedId> = Fixed::new(
+                TOUCH_MANY_PG,
+                vec![
+                    Bind::BigInt(SERVICE_WINDOW_MS),
+                    Bind::TextArray(touches.iter().map(|t| t.conversation_id).collect()),
+                    Bind::TextArray(touches.iter().map(|t| t.tenant_id).collect()),
+                    Bind::BigIntArray(touches.iter().map(|t| t.inbound_at).collect()),
+                ],
+            )
+            .load(c)?;
+            existing.extend(rows.into_iter().map(|row| row.id));
+        }
+    }
+    Ok(existing)
+}
+
+const INSERT_INBOUND_ONE: &str = "INSERT INTO messages \
+    (id, tenant_id, conversation_id, contact_id, wamid, direction, msg_type, sent_at, \
+     received_at, key_id, content_ct, ref_wamid) \
+    VALUES (?, ?, ?, ?, ?, 'inbound', ?, ?, ?, ?, ?, ?) \
+    ON CONFLICT (tenant_id, wamid) DO NOTHING";
+
+const INSERT_INBOUND_MANY_PG: &str = "INSERT INTO messages \
+    (id, tenant_id, conversation_id, contact_id, wamid, direction, msg_type, sent_at, \
+     received_at, key_id, content_ct, ref_wamid) \
+    SELECT i, t, cv, ct, w, 'inbound', ty, s, ?, k, c, r \
+    FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], \
+                ?::bigint[], ?::text[], ?::bytea[], ?::text[]) \
+        AS v (i, t, cv, ct, w, ty, s, k, c, r) \
+    ON CONFLICT (tenant_id, wamid) DO NOTHING RETURNING id";
+
+/// An inbound message row, with the conversation it goes to.
+struct InboundRow<'a> {
+    tenant_id: &'a str,
+    conversation_id: &'a str,
+    message: &'a NewInbound,
+}
+
+/// Inserts inbound messages; a redelivered one collides on (tenant, wamid) and changes
+/// nothing. Returns the ids of the messages inserted.
+fn insert_inbound(
+    conn: &mut DbConn,
+    rows: &[InboundRow<'_>],
+    now_ms: i64,
+) -> Result<HashSet<String>, StorageError> {
+    let mut inserted = HashSet::with_capacity(rows.len());
+    if rows.is_empty() {
+        return Ok(inserted);
+    }
+    match conn {
+        DbConn::Sqlite(c) => {
+            for row in rows {
+                let m = row.message;
+                let count = Fixed::new(
+                    INSERT_INBOUND_ONE,
+                    vec![
+                        Bind::Text(m.message_id.as_str()),
+                        Bind::Text(row.tenant_id),
+                        Bind::Text(row.conversation_id),
+                        Bind::Text(m.contact_id.as_str()),
+                        Bind::Text(&m.wamid),
+                        Bind::Text(&m.msg_type),
+                        Bind::BigInt(m.sent_at),
+                        Bind::BigInt(now_ms),
+                        Bind::Text(m.key_id.as_str()),
+                        Bind::Blob(&m.content_ct),
+                        Bind::OptText(m.ref_wamid.as_deref()),
+                    ],
+                )
+                .execute(c)?;
+                if count == 1 {
+                    inserted.insert(m.message_id.0.clone());
+                }
+            }
+        }
+        DbConn::Pg(c) => {
+            let messages = || rows.iter().map(|row| row.message);
+            let returned: Vec<ReturnedId> = Fixed::new(
+                INSERT_INBOUND_MANY_PG,
+                vec![
+                    Bind::BigInt(now_ms),
+                    Bind::TextArray(messages().map(|m| m.message_id.as_str()).collect()),
+                    Bind::TextArray(rows.iter().map(|row| row.tenant_id).collect()),
+                    Bind::TextArray(rows.iter().map(|row| row.conversation_id).collect()),
+                    Bind::TextArray(messages().map(|m| m.contact_id.as_str()).collect()),
+                    Bind::TextArray(messages().map(|m| m.wamid.as_str()).collect()),
+                    Bind::TextArray(messages().map(|m| m.msg_type.as_str()).collect()),
+                    Bind::BigIntArray(messages().map(|m| m.sent_at).collect()),
+                    Bind::TextArray(messages().map(|m| m.key_id.as_str()).collect()),
+                    Bind::BlobArray(messages().map(|m| &m.content_ct[..]).collect()),
+                    Bind::OptTextArray(messages().map(|m| m.ref_wamid.as_deref()).collect()),
+                ],
+            )
+            .load(c)?;
+            inserted.extend(returned.into_iter().map(|row| row.id));
+        }
+    }
+    Ok(inserted)
+}
+
+/// An inbound message that collided: rarely a duplicate, sometimes a tombstone (see
+/// [`apply`]), which learns what kind of message it stands for, never its content.
+fn complete_tombstone(
     conn: &mut DbConn,
     tenant_id: &TenantId,
-    conversation_id: &str,
-    inbound_at: i64,
-) -> Result<bool, StorageError> {
+    m: &NewInbound,
+) -> Result<(), StorageError> {
     let tenant = tenant_id.as_str();
-    let moved = on_backend!(conn, c => diesel::update(conversations::table
-        .filter(conversations::id.eq(conversation_id))
-        .filter(conversations::tenant_id.eq(tenant))
-        .filter(conversations::last_inbound_at.is_null().or(conversations::last_inbound_at.lt(inbound_at))))
-        .set((
-            conversations::last_inbound_at.eq(inbound_at),
-            conversations::window_ends_at.eq(inbound_at + SERVICE_WINDOW_MS),
-            conversations::last_message_at.eq(inbound_at),
-        ))
+    on_backend!(conn, c => diesel::update(messages::table
+        .filter(messages::tenant_id.eq(tenant))
+        .filter(messages::wamid.eq(&m.wamid))
+        .filter(messages::msg_type.is_null())
+        .filter(messages::revoked_at.is_not_null()))
+        .set((messages::msg_type.eq(&m.msg_type), messages::sent_at.eq(m.sent_at)))
         .execute(c))?;
-    if moved == 1 {
-        return Ok(true);
+    Ok(())
+}
+
+/// Applies the ops of several actor jobs, in one transaction; returns, per job, the
+/// conversation its inbound messages went to (for the actor to cache).
+///
+/// Nearly every op is a plain inbound message to a conversation its actor already
+/// knows: those take set-based statements, a few for the whole batch. Every other op
+/// is applied one by one, in its job's order, after them. That keeps each
+/// conversation's order: the plain messages of a conversation are either all in the
+/// set (when it exists) or all applied one by one; messages list by their
+/// time-ordered ids, not by insertion; and the ops that refer to another message
+/// (revokes) come after the messages they refer to.
+pub fn apply_batch(
+    conn: &mut DbConn,
+    jobs: &[(&TenantId, &[ApplyOp])],
+    now_ms: i64,
+) -> Result<Vec<Option<String>>, StorageError> {
+    // The latest inbound time of each known conversation.
+    let mut latest: HashMap<(&str, &str), i64> = HashMap::new();
+    for (tenant_id, ops) in jobs {
+        for op in ops.iter() {
+            if let ApplyOp::Inbound(m) = op {
+                if let (Some(conversation), false) = (&m.conversation_id, m.is_revoke) {
+                    let at = latest
+                        .entry((tenant_id.as_str(), conversation))
+                        .or_insert(m.sent_at);
+                    *at = (*at).max(m.sent_at);
+                }
+            }
+        }
     }
-    // An older message arriving late: nothing moves, if the conversation still exists.
-    conversation_exists(conn, tenant_id, conversation_id)
+    let touches: Vec<Touch<'_>> = latest
+        .iter()
+        .map(|((tenant_id, conversation_id), at)| Touch {
+            tenant_id,
+            conversation_id,
+            inbound_at: *at,
+        })
+        .collect();
+    let existing = touch_conversations(conn, &touches)?;
+    // The conversation of an op that goes in the set.
+    fn in_set<'o>(op: &'o ApplyOp, existing: &HashSet<String>) -> Option<&'o String> {
+        match op {
+            ApplyOp::Inbound(m) if !m.is_revoke => m
+                .conversation_id
+                .as_ref()
+                .filter(|id| existing.contains(*id)),
+            _ => None,
+        }
+    }
+    let rows: Vec<InboundRow<'_>> = jobs
+        .iter()
+        .flat_map(|(tenant_id, ops)| ops.iter().map(move |op| (tenant_id, op)))
+        .filter_map(|(tenant_id, op)| match (op, in_set(op, &existing)) {
+            (ApplyOp::Inbound(message), Some(conversation_id)) => Some(InboundRow {
+                tenant_id: tenant_id.as_str(),
+                conversation_id,
+                message,
+            }),
+            _ => None,
+        })
+        .collect();
+    let inserted = insert_inbound(conn, &rows, now_ms)?;
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for (tenant_id, ops) in jobs {
+        let mut conversation = None;
+        for op in ops.iter() {
+            match (op, in_set(op, &existing)) {
+                (ApplyOp::Inbound(m), Some(conversation_id)) => {
+                    if !inserted.contains(m.message_id.as_str()) {
+                        complete_tombstone(conn, tenant_id, m)?;
+                    }
+                    conversation = Some(conversation_id.clone());
+                }
+                _ => {
+                    if let Some(id) = apply(conn, tenant_id, op, now_ms)? {
+                        conversation = Some(id);
+                    }
+                }
+            }
+        }
+        outcomes.push(conversation);
+    }
+    Ok(outcomes)
 }
 
 /// Applies one op; idempotent, so a redelivered or re-dispatched event changes nothing.
@@ -510,9 +741,20 @@ pub fn apply(
     let tenant = tenant_id.as_str();
     match op {
         ApplyOp::Inbound(m) => {
-            let conversation_id = match &m.conversation_id {
-                Some(id) if touch_conversation(conn, tenant_id, id, m.sent_at)? => id.clone(),
-                _ => upsert_conversation(
+            let known = match &m.conversation_id {
+                Some(id) => {
+                    let touch = Touch {
+                        tenant_id: tenant,
+                        conversation_id: id,
+                        inbound_at: m.sent_at,
+                    };
+                    touch_conversations(conn, &[touch])?.into_iter().next()
+                }
+                None => None,
+            };
+            let conversation_id = match known {
+                Some(id) => id,
+                None => upsert_conversation(
                     conn,
                     tenant_id,
                     &m.phone_number_id,
@@ -524,34 +766,14 @@ pub fn apply(
             // A redelivered message collides on (tenant, wamid) and changes nothing; so
             // does a message its sender deleted before we saw it, whose tombstone (see
             // below) holds the place without content.
-            let inserted = on_backend!(conn, c => diesel::insert_into(messages::table)
-                .values((
-                    messages::id.eq(m.message_id.as_str()),
-                    messages::tenant_id.eq(tenant),
-                    messages::conversation_id.eq(&conversation_id),
-                    messages::contact_id.eq(m.contact_id.as_str()),
-                    messages::wamid.eq(&m.wamid),
-                    messages::direction.eq("inbound"),
-                    messages::msg_type.eq(&m.msg_type),
-                    messages::sent_at.eq(m.sent_at),
-                    messages::received_at.eq(now_ms),
-                    messages::key_id.eq(m.key_id.as_str()),
-                    messages::content_ct.eq(&m.content_ct),
-                    messages::ref_wamid.eq(m.ref_wamid.as_deref()),
-                ))
-                .on_conflict((messages::tenant_id, messages::wamid))
-                .do_nothing()
-                .execute(c))?;
+            let row = InboundRow {
+                tenant_id: tenant,
+                conversation_id: &conversation_id,
+                message: m,
+            };
+            let inserted = insert_inbound(conn, &[row], now_ms)?.len();
             if inserted == 0 {
-                // Rare (a duplicate, or a tombstone): a tombstone learns what kind of
-                // message it stands for, never its content.
-                on_backend!(conn, c => diesel::update(messages::table
-                    .filter(messages::tenant_id.eq(tenant))
-                    .filter(messages::wamid.eq(&m.wamid))
-                    .filter(messages::msg_type.is_null())
-                    .filter(messages::revoked_at.is_not_null()))
-                    .set((messages::msg_type.eq(&m.msg_type), messages::sent_at.eq(m.sent_at)))
-                    .execute(c))?;
+                complete_tombstone(conn, tenant_id, m)?;
             }
             if let (1, true, Some(original)) = (inserted, m.is_revoke, &m.ref_wamid) {
                 let none: Option<Vec<u8>> = None;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use diesel::prelude::*;
 
+use super::fixed::{Bind, Fixed};
 use super::schema::{inbox, webhook_events};
 use super::{DbConn, StorageError};
 use crate::crypto::Keyring;
@@ -83,31 +84,29 @@ impl PreparedOther {
     }
 }
 
-/// One inbox row as inserted.
-#[derive(Insertable)]
-#[diesel(table_name = inbox)]
-struct NewInboxRow<'a> {
-    dedupe_key: &'a str,
-    tenant_id: &'a str,
-    phone_number_id: &'a str,
-    route_key: &'a str,
-    kind: &'a str,
-    payload_ct: &'a [u8],
-    received_at: i64,
+const INSERT_ONE: &str = "INSERT INTO inbox \
+    (dedupe_key, tenant_id, phone_number_id, route_key, kind, payload_ct, received_at) \
+    VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id";
+
+const INSERT_MANY_PG: &str = "INSERT INTO inbox \
+    (dedupe_key, tenant_id, phone_number_id, route_key, kind, payload_ct, received_at) \
+    SELECT d, t, p, r, k, c, ? \
+    FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::bytea[]) \
+        AS v (d, t, p, r, k, c) \
+    ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key";
+
+#[derive(QueryableByName)]
+struct InsertedRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    dedupe_key: String,
 }
 
-impl<'a> NewInboxRow<'a> {
-    fn new(tenant_id: &'a TenantId, event: &'a PreparedEvent, now_ms: i64) -> Self {
-        NewInboxRow {
-            dedupe_key: &event.dedupe_key,
-            tenant_id: tenant_id.as_str(),
-            phone_number_id: &event.phone_number_id,
-            route_key: &event.route_key,
-            kind: event.kind,
-            payload_ct: &event.payload_ct,
-            received_at: now_ms,
-        }
-    }
+#[derive(QueryableByName)]
+struct InsertedId {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
 }
 
 /// Inserts one event unless an event with the same identity is already in the inbox;
@@ -118,29 +117,35 @@ pub fn insert_event(
     event: &PreparedEvent,
     now_ms: i64,
 ) -> Result<Option<i64>, StorageError> {
-    let values = NewInboxRow::new(tenant_id, event, now_ms);
-    Ok(on_backend!(conn, c => diesel::insert_into(inbox::table)
-        .values(values)
-        .on_conflict(inbox::dedupe_key)
-        .do_nothing()
-        .returning(inbox::id)
-        .get_result::<i64>(c)
-        .optional())?)
+    let statement = Fixed::new(
+        INSERT_ONE,
+        vec![
+            Bind::Text(&event.dedupe_key),
+            Bind::Text(tenant_id.as_str()),
+            Bind::Text(&event.phone_number_id),
+            Bind::Text(&event.route_key),
+            Bind::Text(event.kind),
+            Bind::Blob(&event.payload_ct),
+            Bind::BigInt(now_ms),
+        ],
+    );
+    let rows: Vec<InsertedId> = on_backend!(conn, c => statement.load(c))?;
+    Ok(rows.first().map(|row| row.id))
 }
 
 /// Inserts many events, skipping those whose identity is already in the inbox;
-/// returns the new row id of each inserted dedupe key. PostgreSQL gets multi-row
-/// statements (each statement is a round trip); SQLite, in-process, gets one cached
-/// prepared statement per row, which beats re-parsing a multi-row statement of a new
-/// size every batch.
+/// returns the new row id of each inserted dedupe key. PostgreSQL gets one statement
+/// for them all (each statement is a round trip); SQLite, in-process, one prepared
+/// statement run per row.
 pub fn insert_events(
     conn: &mut DbConn,
     rows: &[(&TenantId, &PreparedEvent)],
     now_ms: i64,
 ) -> Result<HashMap<String, i64>, StorageError> {
-    // 7 parameters a row; well under PostgreSQL's parameter limit.
-    const CHUNK: usize = 500;
     let mut inserted = HashMap::with_capacity(rows.len());
+    if rows.is_empty() {
+        return Ok(inserted);
+    }
     match conn {
         DbConn::Sqlite(_) => {
             for (tenant_id, event) in rows {
@@ -150,50 +155,55 @@ pub fn insert_events(
             }
         }
         DbConn::Pg(c) => {
-            for chunk in rows.chunks(CHUNK) {
-                let values: Vec<NewInboxRow> = chunk
-                    .iter()
-                    .map(|(tenant_id, event)| NewInboxRow::new(tenant_id, event, now_ms))
-                    .collect();
-                let new_rows: Vec<(i64, String)> = diesel::insert_into(inbox::table)
-                    .values(&values)
-                    .on_conflict(inbox::dedupe_key)
-                    .do_nothing()
-                    .returning((inbox::id, inbox::dedupe_key))
-                    .get_results(c)?;
-                inserted.extend(new_rows.into_iter().map(|(id, key)| (key, id)));
-            }
+            let statement = Fixed::new(
+                INSERT_MANY_PG,
+                vec![
+                    Bind::BigInt(now_ms),
+                    Bind::TextArray(rows.iter().map(|(_, e)| e.dedupe_key.as_str()).collect()),
+                    Bind::TextArray(rows.iter().map(|(t, _)| t.as_str()).collect()),
+                    Bind::TextArray(
+                        rows.iter()
+                            .map(|(_, e)| e.phone_number_id.as_str())
+                            .collect(),
+                    ),
+                    Bind::TextArray(rows.iter().map(|(_, e)| e.route_key.as_str()).collect()),
+                    Bind::TextArray(rows.iter().map(|(_, e)| e.kind).collect()),
+                    Bind::BlobArray(rows.iter().map(|(_, e)| &e.payload_ct[..]).collect()),
+                ],
+            );
+            let new_rows: Vec<InsertedRow> = statement.load(c)?;
+            inserted.extend(new_rows.into_iter().map(|row| (row.dedupe_key, row.id)));
         }
     }
     Ok(inserted)
 }
 
-/// Marks rows processed: one statement per chunk on PostgreSQL, one cached statement
-/// per row on SQLite (see [`insert_events`]).
+/// Marks rows processed: one statement on PostgreSQL, one prepared statement run per
+/// row on SQLite (see [`insert_events`]).
 pub fn mark_processed_many(
     conn: &mut DbConn,
     inbox_ids: &[i64],
     now_ms: i64,
 ) -> Result<(), StorageError> {
+    if inbox_ids.is_empty() {
+        return Ok(());
+    }
     match conn {
         DbConn::Sqlite(c) => {
             for id in inbox_ids {
-                diesel::update(inbox::table.find(id))
-                    .filter(inbox::processed_at.is_null())
-                    .set(inbox::processed_at.eq(now_ms))
-                    .execute(c)?;
+                Fixed::new(
+                    "UPDATE inbox SET processed_at = ? WHERE id = ? AND processed_at IS NULL",
+                    vec![Bind::BigInt(now_ms), Bind::BigInt(*id)],
+                )
+                .execute(c)?;
             }
         }
         DbConn::Pg(c) => {
-            for chunk in inbox_ids.chunks(1000) {
-                diesel::update(
-                    inbox::table
-                        .filter(inbox::id.eq_any(chunk))
-                        .filter(inbox::processed_at.is_null()),
-                )
-                .set(inbox::processed_at.eq(now_ms))
-                .execute(c)?;
-            }
+            Fixed::new(
+                "UPDATE inbox SET processed_at = ? WHERE id = ANY(?) AND processed_at IS NULL",
+                vec![Bind::BigInt(now_ms), Bind::BigIntArray(inbox_ids.to_vec())],
+            )
+            .execute(c)?;
         }
     }
     Ok(())

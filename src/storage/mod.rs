@@ -8,6 +8,7 @@
 //! [`writer`] thread (all writes, group-committed) or `web::block` (reads).
 
 pub mod crm;
+mod fixed;
 pub mod inbox;
 pub mod tenants;
 pub mod writer;

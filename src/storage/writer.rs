@@ -337,8 +337,11 @@ impl Writer {
             let mut conn = self.pool.get()?;
             if let DbConn::Sqlite(c) = &mut *conn {
                 // The checkpointer thread does this work, off the commit path.
+                // A page cache that holds the hot index pages, so appends to random
+                // places of the indexes do not read them back from the file.
                 c.batch_execute(
-                    "PRAGMA main.wal_autocheckpoint = 0; PRAGMA keystore.wal_autocheckpoint = 0;",
+                    "PRAGMA main.wal_autocheckpoint = 0; PRAGMA keystore.wal_autocheckpoint = 0; \
+                     PRAGMA main.cache_size = -65536;",
                 )?;
             }
             self.conn = Some(conn);
@@ -478,7 +481,19 @@ impl Writer {
                     })
                     .collect();
                 let mut receipts = ingest(conn, &keyring, &mut routes, &parts, now)?.into_iter();
-                let mut processed = Vec::new();
+                // Then every actor job's ops together (see crm::apply_batch).
+                let applies: Vec<(&TenantId, &[ApplyOp])> = jobs
+                    .iter()
+                    .filter_map(|job| match job {
+                        Job::Apply { tenant_id, ops, .. } => Some((tenant_id, &ops[..])),
+                        _ => None,
+                    })
+                    .collect();
+                let processed: Vec<i64> = applies
+                    .iter()
+                    .flat_map(|(_, ops)| ops.iter().filter_map(ApplyOp::inbox_id))
+                    .collect();
+                let mut conversations = crm::apply_batch(conn, &applies, now)?.into_iter();
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for (index, job) in jobs.iter().enumerate() {
                     let outcome = match job {
@@ -492,16 +507,7 @@ impl Writer {
                                 conn, &keyring, tenant_id, ids, key, now,
                             )?)
                         }
-                        Job::Apply { tenant_id, ops, .. } => {
-                            let mut conversation = None;
-                            for op in ops {
-                                if let Some(id) = crm::apply(conn, tenant_id, op, now)? {
-                                    conversation = Some(id);
-                                }
-                                processed.extend(op.inbox_id());
-                            }
-                            Outcome::Apply(conversation)
-                        }
+                        Job::Apply { .. } => Outcome::Apply(conversations.next().flatten()),
                         Job::Flush(_) => Outcome::Apply(None),
                     };
                     outcomes.push(outcome);
@@ -605,6 +611,14 @@ impl Writer {
 /// SQLite only: the writer's connection does not checkpoint the WAL itself (that
 /// would stall every commit that crosses the threshold); this thread copies the WAL
 /// back into the database files in the background.
+///
+/// A passive checkpoint never catches up with a writer that commits all the time, and
+/// SQLite rewinds the WAL only once every frame is copied back, so under steady load
+/// the WAL would grow without bound (hundreds of MB a minute, every new block allocated
+/// by the file system on the commit path). When it passes [`WAL_RESTART_PAGES`], the
+/// thread takes a RESTART checkpoint: the passive ones have already copied almost
+/// everything, so the writer waits only for the remainder, and the WAL starts over in
+/// blocks the file already has.
 fn spawn_checkpointer(
     pool: Pool,
     stopped: Arc<AtomicUsize>,
@@ -615,11 +629,15 @@ fn spawn_checkpointer(
         .name("converra-checkpoint".into())
         .spawn(move || {
             while stopped.load(Ordering::SeqCst) < writers {
-                std::thread::sleep(Duration::from_millis(200));
+                std::thread::sleep(Duration::from_millis(100));
                 let result = pool.get().map_err(StorageError::from).and_then(|mut conn| {
-                    crate::on_backend!(&mut *conn, c => c.batch_execute(
-                        "PRAGMA main.wal_checkpoint(PASSIVE); PRAGMA keystore.wal_checkpoint(PASSIVE);"))
-                    .map_err(StorageError::from)
+                    for schema in ["main", "keystore"] {
+                        let wal_pages = checkpoint(&mut conn, schema, "PASSIVE")?;
+                        if wal_pages >= WAL_RESTART_PAGES {
+                            checkpoint(&mut conn, schema, "RESTART")?;
+                        }
+                    }
+                    Ok(())
                 });
                 if let Err(e) = result {
                     slog::debug!(log, "WAL checkpoint skipped"; "error" => %e);
@@ -627,6 +645,26 @@ fn spawn_checkpointer(
             }
         })
         .map(|_| ())
+}
+
+/// 4,096 pages of 4 KiB: 16 MiB of WAL.
+const WAL_RESTART_PAGES: i64 = 4096;
+
+#[derive(diesel::QueryableByName)]
+struct CheckpointResult {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    log: i64,
+}
+
+/// Runs one checkpoint of `schema` in `mode`; returns the WAL's length in pages.
+fn checkpoint(conn: &mut DbConn, schema: &str, mode: &str) -> Result<i64, StorageError> {
+    use diesel::RunQueryDsl;
+    let DbConn::Sqlite(c) = conn else {
+        return Ok(0);
+    };
+    let rows: Vec<CheckpointResult> =
+        diesel::sql_query(format!("PRAGMA {schema}.wal_checkpoint({mode})")).load(c)?;
+    Ok(rows.first().map(|r| r.log).unwrap_or(0))
 }
 
 /// Inserts the events and other content of several webhooks inside the batch
