@@ -178,8 +178,9 @@ pub fn insert_events(
     Ok(inserted)
 }
 
-/// Marks rows processed: one statement on PostgreSQL, one prepared statement run per
-/// row on SQLite (see [`insert_events`]).
+/// Marks rows processed (a row keeps its first mark): one statement on PostgreSQL,
+/// one prepared statement run per row on SQLite (see [`insert_events`]). The condition
+/// names the key alone, so no generic plan can pick the state index instead.
 pub fn mark_processed_many(
     conn: &mut DbConn,
     inbox_ids: &[i64],
@@ -192,7 +193,7 @@ pub fn mark_processed_many(
         DbConn::Sqlite(c) => {
             for id in inbox_ids {
                 Fixed::new(
-                    "UPDATE inbox SET processed_at = ? WHERE id = ? AND processed_at IS NULL",
+                    "UPDATE inbox SET processed_at = coalesce(processed_at, ?) WHERE id = ?",
                     vec![Bind::BigInt(now_ms), Bind::BigInt(*id)],
                 )
                 .execute(c)?;
@@ -200,7 +201,7 @@ pub fn mark_processed_many(
         }
         DbConn::Pg(c) => {
             Fixed::new(
-                "UPDATE inbox SET processed_at = ? WHERE id = ANY(?) AND processed_at IS NULL",
+                "UPDATE inbox SET processed_at = coalesce(processed_at, ?) WHERE id = ANY(?)",
                 vec![Bind::BigInt(now_ms), Bind::BigIntArray(inbox_ids.to_vec())],
             )
             .execute(c)?;

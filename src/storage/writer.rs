@@ -647,8 +647,8 @@ fn spawn_checkpointer(
         .map(|_| ())
 }
 
-/// 4,096 pages of 4 KiB: 16 MiB of WAL.
-const WAL_RESTART_PAGES: i64 = 4096;
+/// 32,768 pages of 4 KiB: 128 MiB of WAL, a second or two of full-speed writing.
+const WAL_RESTART_PAGES: i64 = 32768;
 
 #[derive(diesel::QueryableByName)]
 struct CheckpointResult {

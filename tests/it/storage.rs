@@ -39,3 +39,122 @@ fn a_bad_database_url_reports_the_real_reason() {
     let err = storage::connect(&settings).unwrap_err().to_string();
     assert!(err.contains("mysql"), "{err}");
 }
+
+/// The writer applies a batch's plain inbound messages as a set and everything else op
+/// by op: a conversation merged away, a redelivery inside the batch, and a revoke of a
+/// message in the same batch must all end as if applied one at a time.
+#[test]
+fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
+    use converra::crypto::SealKey;
+    use converra::ids::{ContactId, KeyId, MessageId, TenantId};
+    use converra::storage::crm::{self, ApplyOp, ContactIdentifiers, NewInbound};
+
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let settings = settings_for(&db);
+        let (tenant_a, _) = seed_tenants(&settings);
+        let (keyring, pool) = converra::open_storage(&settings).unwrap();
+        let mut conn = pool.get().unwrap();
+        let tenant = TenantId(tenant_a.id.clone());
+        let key_id = KeyId::generate();
+        let data_key = keyring.new_data_key(key_id.as_str()).unwrap();
+        crm::insert_data_key(&mut conn, &tenant, &key_id, &data_key.wrapped, 1).unwrap();
+        let ids = ContactIdentifiers {
+            user_id: None,
+            wa_id: Some("4915100000001".into()),
+        };
+        let contact = crm::resolve_contact(
+            &mut conn,
+            &keyring,
+            &tenant,
+            &ids,
+            Some((key_id, data_key)),
+            1,
+        )
+        .unwrap();
+        let inbound = |wamid: &str, sent_at: i64, conversation: Option<&str>, key: &SealKey| {
+            let message_id = MessageId::generate();
+            let bundle = crm::MessageBundle {
+                content: serde_json::json!({ "body": wamid }),
+                ..Default::default()
+            };
+            let plain = serde_json::to_vec(&bundle).unwrap();
+            NewInbound {
+                inbox_id: sent_at,
+                phone_number_id: NUMBER_A.into(),
+                contact_id: ContactId(contact.contact_id.0.clone()),
+                conversation_id: conversation.map(str::to_string),
+                content_ct: key.seal(&plain, message_id.as_str().as_bytes()).unwrap(),
+                message_id,
+                wamid: wamid.into(),
+                msg_type: "text".into(),
+                sent_at,
+                key_id: contact.key_id.clone(),
+                ref_wamid: None,
+                is_revoke: false,
+            }
+        };
+        // The first message opens the conversation (op by op: it is not known yet).
+        let first = inbound("wamid.1", 1_000, None, &contact.key);
+        let opened =
+            crm::apply_batch(&mut conn, &[(&tenant, &[ApplyOp::Inbound(first)])], 5).unwrap();
+        let conversation = opened[0].clone().expect("a conversation");
+
+        let second = inbound("wamid.2", 3_000, Some(&conversation), &contact.key);
+        let redelivered = inbound("wamid.2", 3_000, Some(&conversation), &contact.key);
+        let late = inbound("wamid.3", 2_000, Some(&conversation), &contact.key);
+        // An actor that cached a conversation since merged away.
+        let stale = inbound("wamid.4", 2_500, Some("merged-away"), &contact.key);
+        let mut revoke = inbound("wamid.5", 4_000, Some(&conversation), &contact.key);
+        revoke.msg_type = "revoke".into();
+        revoke.ref_wamid = Some("wamid.2".into());
+        revoke.is_revoke = true;
+        let job_1 = [ApplyOp::Inbound(second), ApplyOp::Inbound(redelivered)];
+        let job_2 = [ApplyOp::Inbound(late), ApplyOp::Inbound(stale)];
+        let job_3 = [ApplyOp::Inbound(revoke)];
+        let outcomes = crm::apply_batch(
+            &mut conn,
+            &[
+                (&tenant, &job_1[..]),
+                (&tenant, &job_2[..]),
+                (&tenant, &job_3[..]),
+            ],
+            6,
+        )
+        .unwrap();
+        assert_eq!(
+            outcomes,
+            vec![Some(conversation.clone()); 3],
+            "{backend:?}: every job reports the live conversation"
+        );
+
+        let conversations = crm::list_conversations(&mut conn, &tenant, None, 10).unwrap();
+        assert_eq!(
+            conversations.len(),
+            1,
+            "{backend:?}: no second conversation"
+        );
+        let window = &conversations[0];
+        assert_eq!(
+            window.last_inbound_at.as_deref(),
+            Some(converra::clock::rfc3339(4_000).as_str()),
+            "{backend:?}: the window follows the latest message, not the last applied"
+        );
+        let messages =
+            crm::list_messages(&mut conn, &keyring, &tenant, &conversation, None, 50).unwrap();
+        let wamids: Vec<&str> = messages.iter().map(|m| m.wamid.as_str()).collect();
+        assert_eq!(
+            wamids,
+            ["wamid.1", "wamid.2", "wamid.3", "wamid.4", "wamid.5"],
+            "{backend:?}: each message once, in the order the actor made them"
+        );
+        let revoked = &messages[1];
+        assert!(revoked.revoked, "{backend:?}: wamid.2 was revoked");
+        assert_eq!(revoked.content, None, "{backend:?}: its content is gone");
+        assert_eq!(
+            messages[2].content,
+            Some(serde_json::json!({ "body": "wamid.3" })),
+            "{backend:?}: other content is intact"
+        );
+    }
+}
