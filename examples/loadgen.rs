@@ -176,6 +176,18 @@ fn fresh_pg_database(tag: &str) -> String {
     url.to_string()
 }
 
+/// Drops the databases this run created (the server has stopped by now).
+fn drop_pg_databases() {
+    let Ok(mut conn) = PgConnection::establish(&pg_admin_url()) else {
+        return;
+    };
+    for tag in ["ref", "converra"] {
+        let name = format!("converra_bench_{tag}_{}", std::process::id());
+        let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn);
+    }
+}
+
 fn reference_db(args: &Args, dir: &std::path::Path) -> RefDb {
     use diesel::connection::SimpleConnection;
     let ddl = "CREATE TABLE IF NOT EXISTS bench_messages (wamid TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL)";
@@ -468,6 +480,9 @@ fn main() {
     };
     let _ = stop_tx.send(());
     let _ = server_thread.join();
+    if args.backend == "postgres" {
+        drop_pg_databases();
+    }
     let load = if args.mode == "closed" {
         format!("closed c={}", args.concurrency)
     } else {

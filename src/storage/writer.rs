@@ -170,7 +170,7 @@ impl WriterHandle {
 pub struct WriterConfig {
     pub batch_max: usize,
     pub keep_processed_ms: i64,
-    /// Writer threads; 0 = 1 for SQLite, 4 for PostgreSQL.
+    /// Writer threads; 0 = 1 for SQLite, 2 for PostgreSQL.
     pub writers: usize,
 }
 
@@ -198,7 +198,7 @@ pub fn spawn(
         .unwrap_or(false);
     let writers = match (config.writers, sqlite) {
         (0, true) => 1,
-        (0, false) => 4,
+        (0, false) => 2,
         (n, _) => n,
     };
     let stopped = Arc::new(AtomicUsize::new(0));
