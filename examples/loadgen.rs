@@ -51,6 +51,9 @@ struct Args {
     /// Client threads.
     #[arg(long, default_value_t = 2)]
     clients: usize,
+    /// Also print p50/p99/max for each second of the run.
+    #[arg(long)]
+    timeline: bool,
     /// Converra's database.writers (0 = its default).
     #[arg(long, default_value_t = 0)]
     writers: usize,
@@ -217,6 +220,8 @@ fn reference_db(args: &Args, dir: &std::path::Path) -> RefDb {
 #[derive(Default)]
 struct Results {
     latencies_us: Vec<u64>,
+    /// (second of the run the request was sent in, latency), for `--timeline`.
+    timeline: Vec<(u64, u64)>,
     acked: Vec<usize>,
     errors: usize,
 }
@@ -255,7 +260,10 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                                         let (body, sig) = body_for(i);
                                         let t0 = Instant::now();
                                         let ok = send(&client, &url, body, sig).await;
-                                        r.latencies_us.push(t0.elapsed().as_micros() as u64);
+                                        let latency = t0.elapsed().as_micros() as u64;
+                                        r.latencies_us.push(latency);
+                                        r.timeline
+                                            .push((t0.duration_since(started).as_secs(), latency));
                                         if ok {
                                             r.acked.push(i)
                                         } else {
@@ -269,6 +277,7 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                         for task in tasks {
                             let r = task.await.unwrap();
                             local.latencies_us.extend(r.latencies_us);
+                            local.timeline.extend(r.timeline);
                             local.acked.extend(r.acked);
                             local.errors += r.errors;
                         }
@@ -292,7 +301,10 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                                 let (body, sig) = body_for(i);
                                 let ok = send(&client, &url, body, sig).await;
                                 let mut s = shared.lock().unwrap();
-                                s.latencies_us.push(scheduled.elapsed().as_micros() as u64);
+                                let latency = scheduled.elapsed().as_micros() as u64;
+                                s.latencies_us.push(latency);
+                                s.timeline
+                                    .push((scheduled.duration_since(started).as_secs(), latency));
                                 if ok {
                                     s.acked.push(i)
                                 } else {
@@ -308,6 +320,7 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                     }
                     let mut all = results.lock().unwrap();
                     all.latencies_us.extend(local.latencies_us);
+                    all.timeline.extend(local.timeline);
                     all.acked.extend(local.acked);
                     all.errors += local.errors;
                 })
@@ -333,6 +346,23 @@ async fn send(client: &awc::Client, url: &str, body: Vec<u8>, sig: String) -> bo
         // connection, and the churn would be measured instead of the server.
         Ok(mut resp) => resp.status().as_u16() == 200 && resp.body().await.is_ok(),
         Err(_) => false,
+    }
+}
+
+fn print_timeline(samples: &[(u64, u64)]) {
+    let mut by_second: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+    for (second, latency) in samples {
+        by_second.entry(*second).or_default().push(*latency);
+    }
+    for (second, mut lat) in by_second {
+        lat.sort_unstable();
+        println!(
+            "second={second} requests={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+            lat.len(),
+            percentile(&lat, 0.50),
+            percentile(&lat, 0.99),
+            lat.last().copied().unwrap_or(0) as f64 / 1000.0
+        );
     }
 }
 
@@ -444,6 +474,9 @@ fn main() {
     });
 
     let (results, elapsed) = run_clients(&args, &base);
+    if args.timeline {
+        print_timeline(&results.timeline);
+    }
     let mut lat = results.latencies_us.clone();
     lat.sort_unstable();
     let rps = results.acked.len() as f64 / elapsed.as_secs_f64();
