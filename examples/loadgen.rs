@@ -51,6 +51,10 @@ struct Args {
     /// Client threads.
     #[arg(long, default_value_t = 2)]
     clients: usize,
+    /// Leave the requests sent in the first N seconds out of the latency figures (a
+    /// cold start creates every contact at once).
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
     /// Also print p50/p99/max for each second of the run.
     #[arg(long)]
     timeline: bool,
@@ -219,8 +223,7 @@ fn reference_db(args: &Args, dir: &std::path::Path) -> RefDb {
 
 #[derive(Default)]
 struct Results {
-    latencies_us: Vec<u64>,
-    /// (second of the run the request was sent in, latency), for `--timeline`.
+    /// (second of the run the request was sent in, latency in µs).
     timeline: Vec<(u64, u64)>,
     acked: Vec<usize>,
     errors: usize,
@@ -261,7 +264,6 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                                         let t0 = Instant::now();
                                         let ok = send(&client, &url, body, sig).await;
                                         let latency = t0.elapsed().as_micros() as u64;
-                                        r.latencies_us.push(latency);
                                         r.timeline
                                             .push((t0.duration_since(started).as_secs(), latency));
                                         if ok {
@@ -276,7 +278,6 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                             .collect();
                         for task in tasks {
                             let r = task.await.unwrap();
-                            local.latencies_us.extend(r.latencies_us);
                             local.timeline.extend(r.timeline);
                             local.acked.extend(r.acked);
                             local.errors += r.errors;
@@ -302,7 +303,6 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                                 let ok = send(&client, &url, body, sig).await;
                                 let mut s = shared.lock().unwrap();
                                 let latency = scheduled.elapsed().as_micros() as u64;
-                                s.latencies_us.push(latency);
                                 s.timeline
                                     .push((scheduled.duration_since(started).as_secs(), latency));
                                 if ok {
@@ -319,7 +319,6 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                         local = std::mem::take(&mut *shared.lock().unwrap());
                     }
                     let mut all = results.lock().unwrap();
-                    all.latencies_us.extend(local.latencies_us);
                     all.timeline.extend(local.timeline);
                     all.acked.extend(local.acked);
                     all.errors += local.errors;
@@ -477,7 +476,13 @@ fn main() {
     if args.timeline {
         print_timeline(&results.timeline);
     }
-    let mut lat = results.latencies_us.clone();
+    // Latency of the requests sent after the warm-up (all of them by default).
+    let mut lat: Vec<u64> = results
+        .timeline
+        .iter()
+        .filter(|(second, _)| *second >= args.warmup)
+        .map(|(_, latency)| *latency)
+        .collect();
     lat.sort_unstable();
     let rps = results.acked.len() as f64 / elapsed.as_secs_f64();
 
@@ -516,11 +521,14 @@ fn main() {
     if args.backend == "postgres" {
         drop_pg_databases();
     }
-    let load = if args.mode == "closed" {
+    let mut load = if args.mode == "closed" {
         format!("closed c={}", args.concurrency)
     } else {
         format!("open rate={}/s", args.rate)
     };
+    if args.warmup > 0 {
+        load.push_str(&format!(" warmup={}s", args.warmup));
+    }
     let backend = if args.target == "ceiling" {
         "-".to_string()
     } else {
