@@ -66,6 +66,7 @@ pub struct DatabaseSettings {
     pub connect_timeout_secs: u64,
     pub sqlite_synchronous: String,
     pub sqlite_busy_timeout_ms: u64,
+    pub sqlite_wal_restart_mib: u64,
     pub write_batch_max: usize,
     pub writers: usize,
 }

@@ -172,6 +172,8 @@ pub struct WriterConfig {
     pub keep_processed_ms: i64,
     /// Writer threads; 0 = 1 for SQLite, 2 for PostgreSQL.
     pub writers: usize,
+    /// SQLite: WAL pages (of 4 KiB) past which the WAL starts over.
+    pub wal_restart_pages: i64,
 }
 
 /// Starts the writer threads. They stop when every [`WriterHandle`] is dropped, after
@@ -208,6 +210,7 @@ pub fn spawn(
             pool.clone(),
             stopped.clone(),
             restart_wanted.clone(),
+            config.wal_restart_pages,
             writers,
             log.clone(),
         )?;
@@ -639,17 +642,21 @@ impl Writer {
 /// A passive checkpoint never catches up with a writer that commits all the time, and
 /// SQLite rewinds the WAL only once every frame is copied back, so under steady load
 /// the WAL would grow without bound (hundreds of MB a minute, every new block allocated
-/// by the file system on the commit path). When it passes [`WAL_RESTART_PAGES`], this
+/// by the file system on the commit path). When it passes `wal_restart_pages`, this
 /// thread raises `restart_wanted` and the writer takes a RESTART checkpoint itself,
 /// between two batches: the passive ones have already copied almost everything, so it
 /// pauses only for the remainder, and the WAL starts over in blocks the file already
 /// has. Taken from this thread instead, the RESTART would hold the write lock while
 /// the writer slept in its busy handler, which wakes at coarse steps (measured: p99
-/// 15-47 ms instead of 7-18 ms at half load).
+/// 15-47 ms instead of 7-18 ms at half load). The pause grows with the size of the WAL
+/// and of the database; small and frequent restarts (the 16 MiB default: 1-2 ms, four
+/// times a second at full speed) measured better on p99 than large and rare ones
+/// (128 MiB: 12-32 ms every few seconds).
 fn spawn_checkpointer(
     pool: Pool,
     stopped: Arc<AtomicUsize>,
     restart_wanted: Arc<AtomicBool>,
+    wal_restart_pages: i64,
     writers: usize,
     log: slog::Logger,
 ) -> std::io::Result<()> {
@@ -660,7 +667,7 @@ fn spawn_checkpointer(
                 std::thread::sleep(Duration::from_millis(100));
                 let result = pool.get().map_err(StorageError::from).and_then(|mut conn| {
                     for schema in ["main", "keystore"] {
-                        if checkpoint(&mut conn, schema, "PASSIVE")? >= WAL_RESTART_PAGES {
+                        if checkpoint(&mut conn, schema, "PASSIVE")? >= wal_restart_pages {
                             // Each pass copies what the writer added during the one
                             // before, a shorter while each time; the writer's RESTART
                             // is left only a few milliseconds of frames.
@@ -679,11 +686,6 @@ fn spawn_checkpointer(
         })
         .map(|_| ())
 }
-
-/// 4,096 pages of 4 KiB: 16 MiB of WAL. The pause of a RESTART grows with the size of
-/// the WAL and of the database; measured at half load, small and frequent (2-10 ms
-/// four times a second) beat large and rare (12-32 ms every four seconds) on p99.
-const WAL_RESTART_PAGES: i64 = 4096;
 
 const CATCH_UP_PASSES: usize = 3;
 
