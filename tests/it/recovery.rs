@@ -214,27 +214,7 @@ async fn a_flood_from_one_tenant_does_not_starve_another() {
     })
     .await;
     const FLOOD: usize = 6000;
-    let bodies: Vec<Vec<u8>> = (0..60)
-        .map(|batch| {
-            let messages: Vec<serde_json::Value> = (0..100)
-                .map(|i| {
-                    let n = batch * 100 + i;
-                    text(
-                        &format!("4917{:04}", n % 300),
-                        &format!("wamid.flood.{n}"),
-                        "flood",
-                    )
-                })
-                .collect();
-            let contacts: Vec<serde_json::Value> = (0..300)
-                .map(|c| contact(&format!("4917{c:04}"), "F"))
-                .collect();
-            serde_json::to_vec(&envelope(vec![messages_change(
-                NUMBER_A, contacts, messages,
-            )]))
-            .unwrap()
-        })
-        .collect();
+    let bodies = flood_webhooks(NUMBER_A, "flood", FLOOD, 300, "flood");
     // All of A's flood is committed at once, so its work piles up behind the writer.
     let acks = futures_util::future::join_all(bodies.iter().map(|b| app.post_signed(b))).await;
     assert!(acks.iter().all(|(status, _)| *status == 200));
@@ -279,29 +259,13 @@ async fn the_sqlite_wal_stays_bounded_under_sustained_writes() {
     // Everything at once: the writer then works without a pause for several seconds,
     // and only the restarts can keep the WAL small (between pauses, a passive
     // checkpoint that catches up rewinds it anyway).
-    let bodies: Vec<Vec<u8>> = (0..6)
-        .flat_map(|round| (0..10).map(move |batch| (round, batch)))
-        .map(|(round, batch)| {
-            let messages: Vec<serde_json::Value> = (0..100)
-                .map(|i| {
-                    let n = round * 1000 + batch * 100 + i;
-                    text(
-                        &format!("4917{:04}", n % 500),
-                        &format!("wamid.wal.{n}"),
-                        "a message that takes some room in the database pages",
-                    )
-                })
-                .collect();
-            let from: std::collections::BTreeSet<String> = (0..100)
-                .map(|i| format!("4917{:04}", (round * 1000 + batch * 100 + i) % 500))
-                .collect();
-            let contacts = from.iter().map(|wa_id| contact(wa_id, "W")).collect();
-            serde_json::to_vec(&envelope(vec![messages_change(
-                NUMBER_A, contacts, messages,
-            )]))
-            .unwrap()
-        })
-        .collect();
+    let bodies = flood_webhooks(
+        NUMBER_A,
+        "wal",
+        MESSAGES,
+        500,
+        "a message that takes some room in the database pages",
+    );
     let acks = futures_util::future::join_all(bodies.iter().map(|b| app.post_signed(b))).await;
     assert!(acks.iter().all(|(status, _)| *status == 200));
     app.wait_messages(&app.a, MESSAGES).await;

@@ -411,3 +411,28 @@ pub fn text_webhook(number: &str, from: &str, wamid: &str, body: &str) -> Vec<u8
     )]))
     .unwrap()
 }
+
+/// `messages` text messages from `contacts` senders, 100 to a webhook, with wamids
+/// `wamid.{tag}.{n}`: the load of the backpressure and WAL tests.
+pub fn flood_webhooks(
+    number: &str,
+    tag: &str,
+    messages: usize,
+    contacts: usize,
+    body: &str,
+) -> Vec<Vec<u8>> {
+    let sender = |n: usize| format!("4917{:04}", n % contacts);
+    (0..messages)
+        .step_by(100)
+        .map(|first| {
+            let range = first..(first + 100).min(messages);
+            let items: Vec<Value> = range
+                .clone()
+                .map(|n| text(&sender(n), &format!("wamid.{tag}.{n}"), body))
+                .collect();
+            let from: std::collections::BTreeSet<String> = range.map(sender).collect();
+            let profiles = from.iter().map(|wa_id| contact(wa_id, "F")).collect();
+            serde_json::to_vec(&envelope(vec![messages_change(number, profiles, items)])).unwrap()
+        })
+        .collect()
+}
