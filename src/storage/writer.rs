@@ -361,8 +361,8 @@ impl Writer {
         if self.conn.is_none() {
             let mut conn = self.pool.get()?;
             if let DbConn::Sqlite(c) = &mut *conn {
-                // The checkpointer thread does this work, off the commit path.
-                // A page cache that holds the hot index pages, so appends to random
+                // Checkpoints are the checkpointer thread's work, off the commit path.
+                // The page cache holds the hot index pages, so inserts at random
                 // places of the indexes do not read them back from the file.
                 c.batch_execute(
                     "PRAGMA main.wal_autocheckpoint = 0; PRAGMA keystore.wal_autocheckpoint = 0; \
