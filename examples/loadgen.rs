@@ -58,6 +58,9 @@ struct Args {
     /// Also print p50/p99/max for each second of the run.
     #[arg(long)]
     timeline: bool,
+    /// Converra's database.write_batch_max (0 = its default).
+    #[arg(long, default_value_t = 0)]
+    batch_max: usize,
     /// Converra's database.writers (0 = its default).
     #[arg(long, default_value_t = 0)]
     writers: usize,
@@ -393,6 +396,9 @@ fn main() {
         settings.database.url = url;
         settings.database.sqlite_synchronous = args.synchronous.clone();
         settings.database.writers = args.writers;
+        if args.batch_max > 0 {
+            settings.database.write_batch_max = args.batch_max;
+        }
         settings.security.master_key_file = dir.path().join("master.key").display().to_string();
         settings.whatsapp.app_secret = SECRET.into();
         settings.server.workers = 2;
