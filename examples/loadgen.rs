@@ -133,29 +133,23 @@ async fn reference_handler(
             bench_messages::wamid.eq(&wamid),
             bench_messages::body.eq(&text),
         );
+        // The same diesel code, compiled for each backend.
+        macro_rules! insert_in_own_transaction {
+            ($pool:expr) => {{
+                let mut c = $pool.get().map_err(|e| e.to_string())?;
+                c.transaction(|c| {
+                    diesel::insert_into(bench_messages::table)
+                        .values(row)
+                        .on_conflict_do_nothing()
+                        .execute(c)
+                })
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+            }};
+        }
         match db {
-            RefDb::Sqlite(pool) => {
-                let mut c = pool.get().map_err(|e| e.to_string())?;
-                c.transaction(|c| {
-                    diesel::insert_into(bench_messages::table)
-                        .values(row)
-                        .on_conflict_do_nothing()
-                        .execute(c)
-                })
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-            }
-            RefDb::Pg(pool) => {
-                let mut c = pool.get().map_err(|e| e.to_string())?;
-                c.transaction(|c| {
-                    diesel::insert_into(bench_messages::table)
-                        .values(row)
-                        .on_conflict_do_nothing()
-                        .execute(c)
-                })
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-            }
+            RefDb::Sqlite(pool) => insert_in_own_transaction!(pool),
+            RefDb::Pg(pool) => insert_in_own_transaction!(pool),
         }
     };
     let db = db.clone();

@@ -194,6 +194,12 @@ impl Settings {
         if self.database.write_batch_max == 0 {
             return Err(invalid("database.write_batch_max", "must be at least 1"));
         }
+        if !(1..=65_536).contains(&self.database.sqlite_wal_restart_mib) {
+            return Err(invalid(
+                "database.sqlite_wal_restart_mib",
+                "must be between 1 and 65536",
+            ));
+        }
         if url::Url::parse(&self.whatsapp.graph_base_url).is_err() {
             return Err(invalid("whatsapp.graph_base_url", "is not a URL"));
         }
@@ -338,6 +344,13 @@ mod tests {
         settings.database.url = "mysql://x".into();
         let err = settings.validate().expect_err("invalid url");
         assert!(err.to_string().contains("database.url"), "{err}");
+        let mut settings = Settings::defaults().expect("defaults");
+        settings.database.sqlite_wal_restart_mib = 0;
+        let err = settings.validate().expect_err("zero WAL bound");
+        assert!(
+            err.to_string().contains("database.sqlite_wal_restart_mib"),
+            "{err}"
+        );
     }
 
     mod toml_like {

@@ -120,7 +120,7 @@ pub async fn run(
             batch_max: settings.database.write_batch_max,
             keep_processed_ms: (settings.inbox.keep_processed_secs * 1000) as i64,
             writers: settings.database.writers,
-            wal_restart_pages: (settings.database.sqlite_wal_restart_mib.max(1) * 256) as i64,
+            wal_restart_pages: (settings.database.sqlite_wal_restart_mib * 256) as i64,
         },
         log.new(slog::o!("task" => "writer")),
     )?;
