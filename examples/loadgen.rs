@@ -239,88 +239,95 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                 results.clone(),
                 next.clone(),
             );
-            std::thread::spawn(move || {
-                actix_rt::System::new().block_on(async move {
-                    let client = awc::Client::builder()
-                        .timeout(Duration::from_secs(30))
-                        .connector(awc::Connector::new().limit(4096))
-                        .finish();
-                    let url = format!("{base}/webhooks/whatsapp");
-                    let mut local = Results::default();
-                    if args.mode == "closed" {
-                        let per = (args.concurrency / args.clients).max(1);
-                        let tasks: Vec<_> = (0..per)
-                            .map(|_| {
-                                let (client, url, next) =
-                                    (client.clone(), url.clone(), next.clone());
-                                actix_rt::spawn(async move {
-                                    let mut r = Results::default();
-                                    while Instant::now() < deadline {
-                                        let i = next.fetch_add(1, Ordering::Relaxed);
-                                        let (body, sig) = body_for(i);
-                                        let t0 = Instant::now();
-                                        let ok = send(&client, &url, body, sig).await;
-                                        let latency = t0.elapsed().as_micros() as u64;
-                                        r.timeline
-                                            .push((t0.duration_since(started).as_secs(), latency));
-                                        if ok {
-                                            r.acked.push(i)
-                                        } else {
-                                            r.errors += 1
+            std::thread::Builder::new()
+                .name(format!("client-{t}"))
+                .spawn(move || {
+                    actix_rt::System::new().block_on(async move {
+                        let client = awc::Client::builder()
+                            .timeout(Duration::from_secs(30))
+                            .connector(awc::Connector::new().limit(4096))
+                            .finish();
+                        let url = format!("{base}/webhooks/whatsapp");
+                        let mut local = Results::default();
+                        if args.mode == "closed" {
+                            let per = (args.concurrency / args.clients).max(1);
+                            let tasks: Vec<_> = (0..per)
+                                .map(|_| {
+                                    let (client, url, next) =
+                                        (client.clone(), url.clone(), next.clone());
+                                    actix_rt::spawn(async move {
+                                        let mut r = Results::default();
+                                        while Instant::now() < deadline {
+                                            let i = next.fetch_add(1, Ordering::Relaxed);
+                                            let (body, sig) = body_for(i);
+                                            let t0 = Instant::now();
+                                            let ok = send(&client, &url, body, sig).await;
+                                            let latency = t0.elapsed().as_micros() as u64;
+                                            r.timeline.push((
+                                                t0.duration_since(started).as_secs(),
+                                                latency,
+                                            ));
+                                            if ok {
+                                                r.acked.push(i)
+                                            } else {
+                                                r.errors += 1
+                                            }
                                         }
-                                    }
-                                    r
+                                        r
+                                    })
                                 })
-                            })
-                            .collect();
-                        for task in tasks {
-                            let r = task.await.unwrap();
-                            local.timeline.extend(r.timeline);
-                            local.acked.extend(r.acked);
-                            local.errors += r.errors;
-                        }
-                    } else {
-                        let per_thread_rate = (args.rate as f64 / args.clients as f64).max(1.0);
-                        let interval = Duration::from_secs_f64(1.0 / per_thread_rate);
-                        let shared = Arc::new(Mutex::new(Results::default()));
-                        let mut handles = Vec::new();
-                        let mut k = 0u64;
-                        let start = Instant::now() + Duration::from_millis(t as u64);
-                        loop {
-                            let scheduled = start + interval.mul_f64(k as f64);
-                            if scheduled >= deadline {
-                                break;
+                                .collect();
+                            for task in tasks {
+                                let r = task.await.unwrap();
+                                local.timeline.extend(r.timeline);
+                                local.acked.extend(r.acked);
+                                local.errors += r.errors;
                             }
-                            actix_rt::time::sleep_until(scheduled.into()).await;
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let (client, url, shared) =
-                                (client.clone(), url.clone(), shared.clone());
-                            handles.push(actix_rt::spawn(async move {
-                                let (body, sig) = body_for(i);
-                                let ok = send(&client, &url, body, sig).await;
-                                let mut s = shared.lock().unwrap();
-                                let latency = scheduled.elapsed().as_micros() as u64;
-                                s.timeline
-                                    .push((scheduled.duration_since(started).as_secs(), latency));
-                                if ok {
-                                    s.acked.push(i)
-                                } else {
-                                    s.errors += 1
+                        } else {
+                            let per_thread_rate = (args.rate as f64 / args.clients as f64).max(1.0);
+                            let interval = Duration::from_secs_f64(1.0 / per_thread_rate);
+                            let shared = Arc::new(Mutex::new(Results::default()));
+                            let mut handles = Vec::new();
+                            let mut k = 0u64;
+                            let start = Instant::now() + Duration::from_millis(t as u64);
+                            loop {
+                                let scheduled = start + interval.mul_f64(k as f64);
+                                if scheduled >= deadline {
+                                    break;
                                 }
-                            }));
-                            k += 1;
+                                actix_rt::time::sleep_until(scheduled.into()).await;
+                                let i = next.fetch_add(1, Ordering::Relaxed);
+                                let (client, url, shared) =
+                                    (client.clone(), url.clone(), shared.clone());
+                                handles.push(actix_rt::spawn(async move {
+                                    let (body, sig) = body_for(i);
+                                    let ok = send(&client, &url, body, sig).await;
+                                    let mut s = shared.lock().unwrap();
+                                    let latency = scheduled.elapsed().as_micros() as u64;
+                                    s.timeline.push((
+                                        scheduled.duration_since(started).as_secs(),
+                                        latency,
+                                    ));
+                                    if ok {
+                                        s.acked.push(i)
+                                    } else {
+                                        s.errors += 1
+                                    }
+                                }));
+                                k += 1;
+                            }
+                            for h in handles {
+                                let _ = h.await;
+                            }
+                            local = std::mem::take(&mut *shared.lock().unwrap());
                         }
-                        for h in handles {
-                            let _ = h.await;
-                        }
-                        local = std::mem::take(&mut *shared.lock().unwrap());
-                    }
-                    let mut all = results.lock().unwrap();
-                    all.timeline.extend(local.timeline);
-                    all.acked.extend(local.acked);
-                    all.errors += local.errors;
+                        let mut all = results.lock().unwrap();
+                        all.timeline.extend(local.timeline);
+                        all.acked.extend(local.acked);
+                        all.errors += local.errors;
+                    })
                 })
-            })
+                .unwrap()
         })
         .collect();
     for t in threads {
@@ -360,6 +367,53 @@ fn print_timeline(samples: &[(u64, u64)]) {
             lat.last().copied().unwrap_or(0) as f64 / 1000.0
         );
     }
+}
+
+/// On-CPU nanoseconds of each live thread of this process, by thread name.
+fn thread_cpu() -> std::collections::HashMap<u64, (String, u64)> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let Ok(tid) = task.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+            .unwrap_or(0);
+        out.insert(tid, (comm.trim().to_string(), ns));
+    }
+    out
+}
+
+/// CPU microseconds per acknowledged message, by thread group, between two snapshots
+/// (threads started in between count from zero).
+fn cpu_per_message(
+    before: &std::collections::HashMap<u64, (String, u64)>,
+    after: &std::collections::HashMap<u64, (String, u64)>,
+    messages: usize,
+) -> String {
+    let mut groups: std::collections::BTreeMap<String, u64> = Default::default();
+    for (tid, (comm, ns)) in after {
+        let start = before.get(tid).map(|(_, n)| *n).unwrap_or(0);
+        let group = match comm.as_str() {
+            c if c.starts_with("client") => "client",
+            c if c.starts_with("converra-writer") => "writer",
+            c if c.starts_with("converra-check") => "checkpoint",
+            c if c.starts_with("actix") => "actix",
+            _ => "other",
+        };
+        *groups.entry(group.to_string()).or_default() += ns.saturating_sub(start);
+    }
+    let total: u64 = groups.values().sum();
+    let per = |ns: u64| ns as f64 / 1000.0 / messages.max(1) as f64;
+    let mut parts = vec![format!("cpu_us/msg={:.1}", per(total))];
+    parts.extend(groups.iter().map(|(g, ns)| format!("{g}={:.1}", per(*ns))));
+    parts.join(" ")
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -472,7 +526,9 @@ fn main() {
         panic!("server did not start");
     });
 
+    let cpu_before = thread_cpu();
     let (results, elapsed) = run_clients(&args, &base);
+    let mut cpu_after = thread_cpu();
     if args.timeline {
         print_timeline(&results.timeline);
     }
@@ -499,6 +555,7 @@ fn main() {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+            cpu_after = thread_cpu();
             let stored: std::collections::HashSet<String> = converra::storage::with_conn(&pool, |conn| {
                 use converra::storage::schema::messages;
                 Ok(converra::on_backend!(conn, c => messages::table.select(messages::wamid).load::<String>(c))?)
@@ -543,7 +600,7 @@ fn main() {
         )
     };
     println!(
-        "target={} backend={} load=\"{}\" seconds={:.1} acked={} msg/s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} errors={} missing={}",
+        "target={} backend={} load=\"{}\" seconds={:.1} acked={} msg/s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} errors={} missing={} {}",
         args.target,
         backend,
         load,
@@ -555,5 +612,6 @@ fn main() {
         lat.last().copied().unwrap_or(0) as f64 / 1000.0,
         results.errors,
         missing.map(|m| m.to_string()).unwrap_or_else(|| "n/a".into()),
+        cpu_per_message(&cpu_before, &cpu_after, results.acked.len()),
     );
 }

@@ -33,6 +33,15 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
     Ok(out)
 }
 
+/// A fresh nonce from the thread's CSPRNG (ChaCha, seeded and reseeded from the
+/// operating system). Two seals per message each made a getrandom system call; random
+/// 192-bit nonces need unpredictability and no collisions, not a syscall apiece.
+fn random_nonce() -> [u8; NONCE_LEN] {
+    let mut out = [0u8; NONCE_LEN];
+    rand::fill(&mut out[..]);
+    out
+}
+
 /// A symmetric AEAD key. Its bytes never leave this module except wrapped.
 #[derive(Clone)]
 pub struct SealKey {
@@ -55,7 +64,7 @@ impl SealKey {
     /// Seals `plain`; `aad` binds the ciphertext to its place (a row id), so a
     /// ciphertext copied to another row does not open.
     pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let nonce_bytes: [u8; NONCE_LEN] = random_bytes()?;
+        let nonce_bytes = random_nonce();
         let nonce = XNonce::from_slice(&nonce_bytes);
         let sealed = self
             .cipher

@@ -392,10 +392,15 @@ fn merge_contacts(
             .first::<String>(c)
             .optional())?;
         match existing {
+            // Messages are found through their conversation: messages.contact_id has
+            // no index of its own.
             Some(target) => {
                 on_backend!(conn, c => diesel::update(messages::table
                     .filter(messages::conversation_id.eq(&conversation_id)))
-                    .set(messages::conversation_id.eq(&target))
+                    .set((
+                        messages::conversation_id.eq(&target),
+                        messages::contact_id.eq(into),
+                    ))
                     .execute(c))?;
                 on_backend!(conn, c => diesel::delete(conversations::table.find(&conversation_id))
                     .execute(c))?;
@@ -404,14 +409,13 @@ fn merge_contacts(
                 on_backend!(conn, c => diesel::update(conversations::table.find(&conversation_id))
                     .set(conversations::contact_id.eq(into))
                     .execute(c))?;
+                on_backend!(conn, c => diesel::update(messages::table
+                    .filter(messages::conversation_id.eq(&conversation_id)))
+                    .set(messages::contact_id.eq(into))
+                    .execute(c))?;
             }
         }
     }
-    on_backend!(conn, c => diesel::update(messages::table
-        .filter(messages::tenant_id.eq(tenant))
-        .filter(messages::contact_id.eq(from)))
-        .set(messages::contact_id.eq(into))
-        .execute(c))?;
     on_backend!(conn, c => diesel::delete(contacts::table.find(from)).execute(c))?;
     Ok(())
 }

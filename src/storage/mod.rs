@@ -270,6 +270,19 @@ pub fn revert_all_migrations(conn: &mut DbConn) -> Result<(), StorageError> {
     result.map_err(|e| StorageError::Migration(e.to_string()))
 }
 
+/// Reverts the newest applied migration (used by the migration tests).
+pub fn revert_last_migration(conn: &mut DbConn) -> Result<String, StorageError> {
+    let reverted = match conn {
+        DbConn::Sqlite(c) => c
+            .revert_last_migration(SQLITE_MIGRATIONS)
+            .map(|v| v.to_string()),
+        DbConn::Pg(c) => c
+            .revert_last_migration(POSTGRES_MIGRATIONS)
+            .map(|v| v.to_string()),
+    };
+    reverted.map_err(|e| StorageError::Migration(e.to_string()))
+}
+
 fn names(versions: Vec<diesel::migration::MigrationVersion<'_>>) -> Vec<String> {
     versions.into_iter().map(|v| v.to_string()).collect()
 }

@@ -362,11 +362,14 @@ impl Writer {
             let mut conn = self.pool.get()?;
             if let DbConn::Sqlite(c) = &mut *conn {
                 // Checkpoints are the checkpointer thread's work, off the commit path.
-                // The page cache holds the hot index pages, so inserts at random
-                // places of the indexes do not read them back from the file.
+                // The page cache keeps SQLite's default size (2 MiB) on purpose: at
+                // every commit SQLite truncates the cache to the database's size, and
+                // a B-tree rebalance parks pages at the lock-byte page number (1 GiB
+                // in), so that truncation walks the whole cache's hash table. With a
+                // 64 MiB cache it cost a tenth of the writer's time, more than the
+                // reads it saved.
                 c.batch_execute(
-                    "PRAGMA main.wal_autocheckpoint = 0; PRAGMA keystore.wal_autocheckpoint = 0; \
-                     PRAGMA main.cache_size = -65536;",
+                    "PRAGMA main.wal_autocheckpoint = 0; PRAGMA keystore.wal_autocheckpoint = 0;",
                 )?;
             }
             self.conn = Some(conn);

@@ -23,6 +23,97 @@ fn migrations_run_up_down_and_up_again() {
     }
 }
 
+/// The migration that rebuilds `messages` (SQLite changes foreign keys only that way)
+/// keeps every message and every status event, both ways, and the cascade from a
+/// conversation to its messages still holds.
+#[test]
+fn rebuilding_messages_keeps_its_rows_and_their_statuses() {
+    use diesel::RunQueryDsl;
+
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    fn count(conn: &mut storage::DbConn, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+        let rows: Vec<Count> =
+            converra::on_backend!(conn, c => diesel::sql_query(&sql).load(c)).unwrap();
+        rows[0].n
+    }
+    fn run(conn: &mut storage::DbConn, sql: &str) {
+        converra::on_backend!(conn, c => diesel::sql_query(sql).execute(c)).unwrap();
+    }
+
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let settings = settings_for(&db);
+        let mut conn = DbManager::new(&settings).unwrap().establish().unwrap();
+        storage::run_migrations(&mut conn).unwrap();
+        run(
+            &mut conn,
+            "INSERT INTO tenants VALUES ('t1', 'T', 't@example.com', 1)",
+        );
+        run(
+            &mut conn,
+            "INSERT INTO contacts (id, tenant_id, key_id, first_seen_at, last_seen_at) \
+             VALUES ('c1', 't1', 'k1', 1, 1)",
+        );
+        run(
+            &mut conn,
+            "INSERT INTO conversations (id, tenant_id, phone_number_id, contact_id, opened_at, \
+             last_message_at) VALUES ('v1', 't1', 'n1', 'c1', 1, 1)",
+        );
+        for (id, wamid) in [("m1", "wamid.1"), ("m2", "wamid.2")] {
+            run(
+                &mut conn,
+                &format!(
+                    "INSERT INTO messages (id, tenant_id, conversation_id, contact_id, wamid, \
+                     direction, sent_at, received_at) \
+                     VALUES ('{id}', 't1', 'v1', 'c1', '{wamid}', 'out', 1, 1)"
+                ),
+            );
+        }
+        run(
+            &mut conn,
+            "INSERT INTO status_events (id, tenant_id, message_id, status, occurred_at) \
+             VALUES ('s1', 't1', 'm1', 'delivered', 2)",
+        );
+
+        let reverted = storage::revert_last_migration(&mut conn).unwrap();
+        assert_eq!(reverted, "20261126000001", "{backend:?}");
+        assert_eq!(
+            count(&mut conn, "messages"),
+            2,
+            "{backend:?}: down keeps messages"
+        );
+        assert_eq!(
+            count(&mut conn, "status_events"),
+            1,
+            "{backend:?}: and statuses"
+        );
+        assert_eq!(storage::run_migrations(&mut conn).unwrap().len(), 1);
+        assert_eq!(
+            count(&mut conn, "messages"),
+            2,
+            "{backend:?}: up keeps messages"
+        );
+        assert_eq!(
+            count(&mut conn, "status_events"),
+            1,
+            "{backend:?}: and statuses"
+        );
+
+        run(&mut conn, "DELETE FROM conversations WHERE id = 'v1'");
+        assert_eq!(
+            count(&mut conn, "messages"),
+            0,
+            "{backend:?}: cascade to messages"
+        );
+        assert_eq!(count(&mut conn, "status_events"), 0, "{backend:?}: and on");
+    }
+}
+
 #[test]
 fn a_bad_database_url_reports_the_real_reason() {
     let mut settings = Settings::defaults().unwrap();
