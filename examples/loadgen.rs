@@ -27,6 +27,10 @@ use clap::Parser;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 
+/// The daemon's allocator (see src/main.rs), so that every target is measured with it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SECRET: &str = "loadgen-secret";
 const NUMBER: &str = "100000000000001";
 
@@ -61,6 +65,9 @@ struct Args {
     /// Converra's database.write_batch_max (0 = its default).
     #[arg(long, default_value_t = 0)]
     batch_max: usize,
+    /// Converra's database.sqlite_wal_restart_mib (0 = its default).
+    #[arg(long, default_value_t = 0)]
+    wal_restart_mib: u64,
     /// Converra's database.writers (0 = its default).
     #[arg(long, default_value_t = 0)]
     writers: usize,
@@ -444,6 +451,9 @@ fn main() {
         settings.database.url = url;
         settings.database.sqlite_synchronous = args.synchronous.clone();
         settings.database.writers = args.writers;
+        if args.wal_restart_mib > 0 {
+            settings.database.sqlite_wal_restart_mib = args.wal_restart_mib;
+        }
         if args.batch_max > 0 {
             settings.database.write_batch_max = args.batch_max;
         }
