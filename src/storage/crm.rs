@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::fixed::{Bind, Fixed, ReturnedId};
+use super::fixed::{fixed_statement, Bind, ReturnedId, Sql};
 use super::schema::{contacts, conversations, data_keys, messages, status_events};
 use super::{DbConn, StorageError};
 use crate::clock::rfc3339;
@@ -476,18 +476,22 @@ fn upsert_conversation(
     }
 }
 
-const TOUCH_ONE: &str = "UPDATE conversations SET \
+fixed_statement!(
+    TouchOne = "UPDATE conversations SET \
     last_inbound_at = max(coalesce(last_inbound_at, ?), ?), \
     window_ends_at = max(coalesce(last_inbound_at, ?), ?) + ?, \
     last_message_at = max(last_message_at, ?) \
-    WHERE id = ? AND tenant_id = ?";
+    WHERE id = ? AND tenant_id = ?"
+);
 
-const TOUCH_MANY_PG: &str = "UPDATE conversations AS c SET \
+fixed_statement!(
+    TouchManyPg = "UPDATE conversations AS c SET \
     last_inbound_at = GREATEST(c.last_inbound_at, v.at), \
     window_ends_at = GREATEST(c.last_inbound_at, v.at) + ?, \
     last_message_at = GREATEST(c.last_message_at, v.at) \
     FROM unnest(?::text[], ?::text[], ?::bigint[]) AS v (id, tenant, at) \
-    WHERE c.id = v.id AND c.tenant_id = v.tenant RETURNING c.id";
+    WHERE c.id = v.id AND c.tenant_id = v.tenant RETURNING c.id"
+);
 
 /// One known conversation's window moved for an inbound message.
 struct Touch<'a> {
@@ -511,19 +515,16 @@ fn touch_conversations(
         DbConn::Sqlite(c) => {
             for t in touches {
                 let at = t.inbound_at;
-                let moved = Fixed::new(
-                    TOUCH_ONE,
-                    vec![
-                        Bind::BigInt(at),
-                        Bind::BigInt(at),
-                        Bind::BigInt(at),
-                        Bind::BigInt(at),
-                        Bind::BigInt(SERVICE_WINDOW_MS),
-                        Bind::BigInt(at),
-                        Bind::Text(t.conversation_id),
-                        Bind::Text(t.tenant_id),
-                    ],
-                )
+                let moved = TouchOne::with(vec![
+                    Bind::BigInt(at),
+                    Bind::BigInt(at),
+                    Bind::BigInt(at),
+                    Bind::BigInt(at),
+                    Bind::BigInt(SERVICE_WINDOW_MS),
+                    Bind::BigInt(at),
+                    Bind::Text(t.conversation_id),
+                    Bind::Text(t.tenant_id),
+                ])
                 .execute(c)?;
                 if moved == 1 {
                     existing.insert(t.conversation_id.to_string());
@@ -531,15 +532,12 @@ fn touch_conversations(
             }
         }
         DbConn::Pg(c) => {
-            let rows: Vec<ReturnedId> = Fixed::new(
-                TOUCH_MANY_PG,
-                vec![
-                    Bind::BigInt(SERVICE_WINDOW_MS),
-                    Bind::TextArray(touches.iter().map(|t| t.conversation_id).collect()),
-                    Bind::TextArray(touches.iter().map(|t| t.tenant_id).collect()),
-                    Bind::BigIntArray(touches.iter().map(|t| t.inbound_at).collect()),
-                ],
-            )
+            let rows: Vec<ReturnedId> = TouchManyPg::with(vec![
+                Bind::BigInt(SERVICE_WINDOW_MS),
+                Bind::TextArray(touches.iter().map(|t| t.conversation_id).collect()),
+                Bind::TextArray(touches.iter().map(|t| t.tenant_id).collect()),
+                Bind::BigIntArray(touches.iter().map(|t| t.inbound_at).collect()),
+            ])
             .load(c)?;
             existing.extend(rows.into_iter().map(|row| row.id));
         }
@@ -547,20 +545,24 @@ fn touch_conversations(
     Ok(existing)
 }
 
-const INSERT_INBOUND_ONE: &str = "INSERT INTO messages \
+fixed_statement!(
+    InsertInboundOne = "INSERT INTO messages \
     (id, tenant_id, conversation_id, contact_id, wamid, direction, msg_type, sent_at, \
      received_at, key_id, content_ct, ref_wamid) \
     VALUES (?, ?, ?, ?, ?, 'inbound', ?, ?, ?, ?, ?, ?) \
-    ON CONFLICT (tenant_id, wamid) DO NOTHING";
+    ON CONFLICT (tenant_id, wamid) DO NOTHING"
+);
 
-const INSERT_INBOUND_MANY_PG: &str = "INSERT INTO messages \
+fixed_statement!(
+    InsertInboundManyPg = "INSERT INTO messages \
     (id, tenant_id, conversation_id, contact_id, wamid, direction, msg_type, sent_at, \
      received_at, key_id, content_ct, ref_wamid) \
     SELECT i, t, cv, ct, w, 'inbound', ty, s, ?, k, c, r \
     FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], \
                 ?::bigint[], ?::text[], ?::bytea[], ?::text[]) \
         AS v (i, t, cv, ct, w, ty, s, k, c, r) \
-    ON CONFLICT (tenant_id, wamid) DO NOTHING RETURNING id";
+    ON CONFLICT (tenant_id, wamid) DO NOTHING RETURNING id"
+);
 
 /// An inbound message row, with the conversation it goes to.
 struct InboundRow<'a> {
@@ -584,22 +586,19 @@ fn insert_inbound(
         DbConn::Sqlite(c) => {
             for row in rows {
                 let m = row.message;
-                let count = Fixed::new(
-                    INSERT_INBOUND_ONE,
-                    vec![
-                        Bind::Text(m.message_id.as_str()),
-                        Bind::Text(row.tenant_id),
-                        Bind::Text(row.conversation_id),
-                        Bind::Text(m.contact_id.as_str()),
-                        Bind::Text(&m.wamid),
-                        Bind::Text(&m.msg_type),
-                        Bind::BigInt(m.sent_at),
-                        Bind::BigInt(now_ms),
-                        Bind::Text(m.key_id.as_str()),
-                        Bind::Blob(&m.content_ct),
-                        Bind::OptText(m.ref_wamid.as_deref()),
-                    ],
-                )
+                let count = InsertInboundOne::with(vec![
+                    Bind::Text(m.message_id.as_str()),
+                    Bind::Text(row.tenant_id),
+                    Bind::Text(row.conversation_id),
+                    Bind::Text(m.contact_id.as_str()),
+                    Bind::Text(&m.wamid),
+                    Bind::Text(&m.msg_type),
+                    Bind::BigInt(m.sent_at),
+                    Bind::BigInt(now_ms),
+                    Bind::Text(m.key_id.as_str()),
+                    Bind::Blob(&m.content_ct),
+                    Bind::OptText(m.ref_wamid.as_deref()),
+                ])
                 .execute(c)?;
                 if count == 1 {
                     inserted.insert(m.message_id.0.clone());
@@ -608,22 +607,19 @@ fn insert_inbound(
         }
         DbConn::Pg(c) => {
             let messages = || rows.iter().map(|row| row.message);
-            let returned: Vec<ReturnedId> = Fixed::new(
-                INSERT_INBOUND_MANY_PG,
-                vec![
-                    Bind::BigInt(now_ms),
-                    Bind::TextArray(messages().map(|m| m.message_id.as_str()).collect()),
-                    Bind::TextArray(rows.iter().map(|row| row.tenant_id).collect()),
-                    Bind::TextArray(rows.iter().map(|row| row.conversation_id).collect()),
-                    Bind::TextArray(messages().map(|m| m.contact_id.as_str()).collect()),
-                    Bind::TextArray(messages().map(|m| m.wamid.as_str()).collect()),
-                    Bind::TextArray(messages().map(|m| m.msg_type.as_str()).collect()),
-                    Bind::BigIntArray(messages().map(|m| m.sent_at).collect()),
-                    Bind::TextArray(messages().map(|m| m.key_id.as_str()).collect()),
-                    Bind::BlobArray(messages().map(|m| &m.content_ct[..]).collect()),
-                    Bind::OptTextArray(messages().map(|m| m.ref_wamid.as_deref()).collect()),
-                ],
-            )
+            let returned: Vec<ReturnedId> = InsertInboundManyPg::with(vec![
+                Bind::BigInt(now_ms),
+                Bind::TextArray(messages().map(|m| m.message_id.as_str()).collect()),
+                Bind::TextArray(rows.iter().map(|row| row.tenant_id).collect()),
+                Bind::TextArray(rows.iter().map(|row| row.conversation_id).collect()),
+                Bind::TextArray(messages().map(|m| m.contact_id.as_str()).collect()),
+                Bind::TextArray(messages().map(|m| m.wamid.as_str()).collect()),
+                Bind::TextArray(messages().map(|m| m.msg_type.as_str()).collect()),
+                Bind::BigIntArray(messages().map(|m| m.sent_at).collect()),
+                Bind::TextArray(messages().map(|m| m.key_id.as_str()).collect()),
+                Bind::BlobArray(messages().map(|m| &m.content_ct[..]).collect()),
+                Bind::OptTextArray(messages().map(|m| m.ref_wamid.as_deref()).collect()),
+            ])
             .load(c)?;
             inserted.extend(returned.into_iter().map(|row| row.id));
         }

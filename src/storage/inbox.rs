@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use diesel::prelude::*;
 
-use super::fixed::{Bind, Fixed};
+use super::fixed::{fixed_statement, Bind, Sql};
 use super::schema::{inbox, webhook_events};
 use super::{DbConn, StorageError};
 use crate::crypto::Keyring;
@@ -84,16 +84,20 @@ impl PreparedOther {
     }
 }
 
-const INSERT_ONE: &str = "INSERT INTO inbox \
+fixed_statement!(
+    InsertOne = "INSERT INTO inbox \
     (dedupe_key, tenant_id, phone_number_id, route_key, kind, payload_ct, received_at) \
-    VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id";
+    VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+);
 
-const INSERT_MANY_PG: &str = "INSERT INTO inbox \
+fixed_statement!(
+    InsertManyPg = "INSERT INTO inbox \
     (dedupe_key, tenant_id, phone_number_id, route_key, kind, payload_ct, received_at) \
     SELECT d, t, p, r, k, c, ? \
     FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::bytea[]) \
         AS v (d, t, p, r, k, c) \
-    ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key";
+    ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
+);
 
 #[derive(QueryableByName)]
 struct InsertedRow {
@@ -117,18 +121,15 @@ pub fn insert_event(
     event: &PreparedEvent,
     now_ms: i64,
 ) -> Result<Option<i64>, StorageError> {
-    let statement = Fixed::new(
-        INSERT_ONE,
-        vec![
-            Bind::Text(&event.dedupe_key),
-            Bind::Text(tenant_id.as_str()),
-            Bind::Text(&event.phone_number_id),
-            Bind::Text(&event.route_key),
-            Bind::Text(event.kind),
-            Bind::Blob(&event.payload_ct),
-            Bind::BigInt(now_ms),
-        ],
-    );
+    let statement = InsertOne::with(vec![
+        Bind::Text(&event.dedupe_key),
+        Bind::Text(tenant_id.as_str()),
+        Bind::Text(&event.phone_number_id),
+        Bind::Text(&event.route_key),
+        Bind::Text(event.kind),
+        Bind::Blob(&event.payload_ct),
+        Bind::BigInt(now_ms),
+    ]);
     let rows: Vec<InsertedId> = on_backend!(conn, c => statement.load(c))?;
     Ok(rows.first().map(|row| row.id))
 }
@@ -155,22 +156,19 @@ pub fn insert_events(
             }
         }
         DbConn::Pg(c) => {
-            let statement = Fixed::new(
-                INSERT_MANY_PG,
-                vec![
-                    Bind::BigInt(now_ms),
-                    Bind::TextArray(rows.iter().map(|(_, e)| e.dedupe_key.as_str()).collect()),
-                    Bind::TextArray(rows.iter().map(|(t, _)| t.as_str()).collect()),
-                    Bind::TextArray(
-                        rows.iter()
-                            .map(|(_, e)| e.phone_number_id.as_str())
-                            .collect(),
-                    ),
-                    Bind::TextArray(rows.iter().map(|(_, e)| e.route_key.as_str()).collect()),
-                    Bind::TextArray(rows.iter().map(|(_, e)| e.kind).collect()),
-                    Bind::BlobArray(rows.iter().map(|(_, e)| &e.payload_ct[..]).collect()),
-                ],
-            );
+            let statement = InsertManyPg::with(vec![
+                Bind::BigInt(now_ms),
+                Bind::TextArray(rows.iter().map(|(_, e)| e.dedupe_key.as_str()).collect()),
+                Bind::TextArray(rows.iter().map(|(t, _)| t.as_str()).collect()),
+                Bind::TextArray(
+                    rows.iter()
+                        .map(|(_, e)| e.phone_number_id.as_str())
+                        .collect(),
+                ),
+                Bind::TextArray(rows.iter().map(|(_, e)| e.route_key.as_str()).collect()),
+                Bind::TextArray(rows.iter().map(|(_, e)| e.kind).collect()),
+                Bind::BlobArray(rows.iter().map(|(_, e)| &e.payload_ct[..]).collect()),
+            ]);
             let new_rows: Vec<InsertedRow> = statement.load(c)?;
             inserted.extend(new_rows.into_iter().map(|row| (row.dedupe_key, row.id)));
         }
@@ -192,23 +190,26 @@ pub fn mark_processed_many(
     match conn {
         DbConn::Sqlite(c) => {
             for id in inbox_ids {
-                Fixed::new(
-                    "UPDATE inbox SET processed_at = coalesce(processed_at, ?) WHERE id = ?",
-                    vec![Bind::BigInt(now_ms), Bind::BigInt(*id)],
-                )
-                .execute(c)?;
+                MarkOne::with(vec![Bind::BigInt(now_ms), Bind::BigInt(*id)]).execute(c)?;
             }
         }
         DbConn::Pg(c) => {
-            Fixed::new(
-                "UPDATE inbox SET processed_at = coalesce(processed_at, ?) WHERE id = ANY(?)",
-                vec![Bind::BigInt(now_ms), Bind::BigIntArray(inbox_ids.to_vec())],
-            )
+            MarkManyPg::with(vec![
+                Bind::BigInt(now_ms),
+                Bind::BigIntArray(inbox_ids.to_vec()),
+            ])
             .execute(c)?;
         }
     }
     Ok(())
 }
+
+fixed_statement!(
+    MarkOne = "UPDATE inbox SET processed_at = coalesce(processed_at, ?) WHERE id = ?"
+);
+fixed_statement!(
+    MarkManyPg = "UPDATE inbox SET processed_at = coalesce(processed_at, ?) WHERE id = ANY(?)"
+);
 
 pub fn insert_other(
     conn: &mut DbConn,
