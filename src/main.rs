@@ -271,7 +271,7 @@ fn number(settings: Settings, command: NumberCommand) -> anyhow::Result<()> {
                     access_token_file.display()
                 )
             })?;
-            let number = tenants::add_phone_number(
+            let registered = tenants::add_phone_number(
                 &mut conn,
                 &keyring,
                 &tenants::NewPhoneNumber {
@@ -284,8 +284,9 @@ fn number(settings: Settings, command: NumberCommand) -> anyhow::Result<()> {
                 SystemClock.now_ms(),
             )?;
             if output.json {
-                println!("{}", serde_json::to_string(&number)?);
+                println!("{}", serde_json::to_string(&registered)?);
             } else {
+                let number = registered.number;
                 print_table(
                     &[
                         "phone_number_id",
@@ -300,6 +301,13 @@ fn number(settings: Settings, command: NumberCommand) -> anyhow::Result<()> {
                         number.waba_id,
                     ]],
                 );
+                if registered.adopted_updates > 0 {
+                    println!(
+                        "{} webhook update(s) Meta sent before the number was registered \
+                         are queued for processing",
+                        registered.adopted_updates
+                    );
+                }
             }
         }
         NumberCommand::List { tenant, output } => {

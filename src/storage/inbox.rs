@@ -231,6 +231,39 @@ pub fn insert_other(
     Ok(())
 }
 
+/// Moves the updates stored as unrouted for `phone_number_id` (they came before any
+/// tenant owned the number) into `tenant_id`'s inbox, in the order they arrived and
+/// with their arrival time, so the sweeper processes them like any row left over.
+/// Returns how many went in; one already in the inbox (a redelivery) only leaves the
+/// unrouted ones.
+pub fn adopt_unrouted(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    tenant_id: &TenantId,
+    phone_number_id: &str,
+) -> Result<usize, StorageError> {
+    let rows: Vec<(String, i64, Vec<u8>)> = on_backend!(conn, c => webhook_events::table
+        .filter(webhook_events::reason.eq("unrouted"))
+        .filter(webhook_events::phone_number_id.eq(phone_number_id))
+        .order((webhook_events::received_at, webhook_events::id))
+        .select((webhook_events::id, webhook_events::received_at, webhook_events::payload_ct))
+        .load(c))?;
+    let mut adopted = 0;
+    for (id, received_at, payload_ct) in rows {
+        let plain = keyring.inbox().open(&payload_ct, id.as_bytes())?;
+        let event: Event = serde_json::from_slice(&plain)
+            .map_err(|e| StorageError::Corrupt(format!("unrouted webhook event {id}: {e}")))?;
+        let prepared = PreparedEvent::seal(keyring, event).ok_or_else(|| {
+            StorageError::Corrupt(format!("unrouted webhook event {id} names no contact"))
+        })?;
+        if insert_event(conn, tenant_id, &prepared, received_at)?.is_some() {
+            adopted += 1;
+        }
+        on_backend!(conn, c => diesel::delete(webhook_events::table.find(&id)).execute(c))?;
+    }
+    Ok(adopted)
+}
+
 type PendingRow = (i64, String, String, String, String, Vec<u8>);
 
 fn open_rows(keyring: &Keyring, rows: Vec<PendingRow>) -> Result<Vec<InboxItem>, StorageError> {

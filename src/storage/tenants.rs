@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::schema::{api_keys, phone_numbers, tenants};
-use super::{DbConn, StorageError};
+use super::{inbox, DbConn, StorageError};
 use crate::crypto::{self, Keyring};
 use crate::ids::TenantId;
 use crate::on_backend;
@@ -33,6 +33,15 @@ pub struct PhoneNumber {
     pub display_phone_number: String,
     pub waba_id: String,
     pub created_at: i64,
+}
+
+/// A number just registered, and how many updates Meta had sent for it before, stored
+/// as unrouted, went to its tenant's inbox.
+#[derive(Debug, Serialize)]
+pub struct RegisteredNumber {
+    #[serde(flatten)]
+    pub number: PhoneNumber,
+    pub adopted_updates: usize,
 }
 
 pub struct NewPhoneNumber<'a> {
@@ -163,12 +172,14 @@ pub fn tenant_for_api_key(
     Ok(found.map(TenantId))
 }
 
+/// Registers a business phone number for a tenant (its access token sealed), and gives
+/// the tenant what Meta sent for the number before it was registered.
 pub fn add_phone_number(
     conn: &mut DbConn,
     keyring: &Keyring,
     number: &NewPhoneNumber<'_>,
     now_ms: i64,
-) -> Result<PhoneNumber, StorageError> {
+) -> Result<RegisteredNumber, StorageError> {
     for (field, value) in [
         ("phone_number_id", number.phone_number_id),
         ("display_phone_number", number.display_phone_number),
@@ -217,12 +228,20 @@ pub fn add_phone_number(
                 phone_numbers::created_at.eq(now_ms),
             ))
             .execute(c))?;
-        Ok(PhoneNumber {
-            phone_number_id: number.phone_number_id.to_string(),
-            tenant_id: number.tenant_id.to_string(),
-            display_phone_number: number.display_phone_number.to_string(),
-            waba_id: number.waba_id.to_string(),
-            created_at: now_ms,
+        // Meta may have sent updates for the number before it was registered here:
+        // they were stored as unrouted and acknowledged, so Meta will not send them
+        // again. The new owner gets them.
+        let adopted_updates =
+            inbox::adopt_unrouted(conn, keyring, &tenant_id, number.phone_number_id)?;
+        Ok(RegisteredNumber {
+            number: PhoneNumber {
+                phone_number_id: number.phone_number_id.to_string(),
+                tenant_id: number.tenant_id.to_string(),
+                display_phone_number: number.display_phone_number.to_string(),
+                waba_id: number.waba_id.to_string(),
+                created_at: now_ms,
+            },
+            adopted_updates,
         })
     })
 }

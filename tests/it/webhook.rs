@@ -570,3 +570,55 @@ async fn user_preferences_record_marketing_stop_and_resume() {
         false
     );
 }
+
+/// Updates Meta sent for a number before anyone registered it were acknowledged and
+/// kept as unrouted (Meta will not send them again): registering the number gives them
+/// to its tenant, in the order they came, and to nobody else.
+#[actix_rt::test]
+async fn updates_for_a_number_registered_later_reach_its_new_owner() {
+    use converra::storage::inbox::count_webhook_events;
+    use converra::storage::tenants::{self, NewPhoneNumber};
+
+    for backend in backends() {
+        let app = TestApp::start(&backend).await;
+        let late_number = "777777";
+        for (wamid, words) in [
+            ("wamid.early.1", "before it was ours"),
+            ("wamid.early.2", "me too"),
+        ] {
+            let body = text_webhook(late_number, "4915333", wamid, words);
+            let (status, ack) = app.post_signed(&body).await;
+            assert_eq!(status, 200);
+            assert_eq!(ack["unrouted"], 1, "{backend:?}");
+        }
+        let (keyring, pool) = app.pool();
+        let mut conn = pool.get().unwrap();
+        let registered = tenants::add_phone_number(
+            &mut conn,
+            &keyring,
+            &NewPhoneNumber {
+                tenant_id: &app.a.id,
+                phone_number_id: late_number,
+                display_phone_number: "15550000777",
+                waba_id: "WABA",
+                access_token: "EAAG-late-token",
+            },
+            2,
+        )
+        .unwrap();
+        assert_eq!(registered.adopted_updates, 2, "{backend:?}");
+        assert_eq!(count_webhook_events(&mut conn, "unrouted").unwrap(), 0);
+
+        let messages = app.wait_messages(&app.a, 2).await;
+        let wamids: Vec<&str> = messages
+            .iter()
+            .map(|m| m["wamid"].as_str().unwrap())
+            .collect();
+        assert_eq!(wamids, ["wamid.early.1", "wamid.early.2"], "{backend:?}");
+        assert_eq!(
+            messages[0]["content"]["body"], "before it was ours",
+            "{backend:?}: decrypted as any other message"
+        );
+        assert!(app.all_messages(&app.b).await.is_empty(), "{backend:?}");
+    }
+}
