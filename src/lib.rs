@@ -212,9 +212,8 @@ pub async fn run(
     }
     drop(registry);
     drop(core);
+    writer.stop().await;
     drop(writer);
-    // The writer threads end once every handle is gone; actors may still hold one
-    // until their arbiters stop, so do not wait for them forever.
     let _ = actix_web::rt::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !writer_threads.iter().all(|t| t.is_finished()) && Instant::now() < deadline {

@@ -97,6 +97,9 @@ enum Outcome {
 pub struct WriterHandle {
     tx: flume::Sender<Job>,
     dispatcher: Arc<OnceLock<Dispatcher>>,
+    /// Set by [`WriterHandle::stop`]; the writer threads end once their queues are empty.
+    stopping: Arc<AtomicBool>,
+    writers: usize,
 }
 
 fn gone() -> StorageError {
@@ -166,6 +169,18 @@ impl WriterHandle {
         }
     }
 
+    /// Asks the writer threads to finish what is queued and end. The actors keep
+    /// handles (and the dispatcher keeps the actors) until the process ends, so the
+    /// threads cannot wait for every handle to go.
+    pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for _ in 0..self.writers {
+            // Wakes a writer waiting for work.
+            let (reply, _) = oneshot::channel();
+            let _ = self.tx.send_async(Job::Flush(reply)).await;
+        }
+    }
+
     /// Where committed inbox rows go; set once the actors are running.
     pub fn set_dispatcher(&self, dispatcher: Dispatcher) {
         let _ = self.dispatcher.set(dispatcher);
@@ -199,10 +214,6 @@ pub fn spawn(
     // memory growing without limit.
     let (tx, rx) = flume::bounded(config.batch_max.max(64) * 16);
     let dispatcher: Arc<OnceLock<Dispatcher>> = Arc::new(OnceLock::new());
-    let handle = WriterHandle {
-        tx,
-        dispatcher: dispatcher.clone(),
-    };
     let sqlite = pool
         .get()
         .map(|conn| matches!(*conn, DbConn::Sqlite(_)))
@@ -211,6 +222,13 @@ pub fn spawn(
         (0, true) => 1,
         (0, false) => 2,
         (n, _) => n,
+    };
+    let stopping = Arc::new(AtomicBool::new(false));
+    let handle = WriterHandle {
+        tx,
+        dispatcher: dispatcher.clone(),
+        stopping: stopping.clone(),
+        writers,
     };
     let stopped = Arc::new(AtomicUsize::new(0));
     let restart_wanted = Arc::new(AtomicBool::new(false));
@@ -239,6 +257,7 @@ pub fn spawn(
             log: log.new(slog::o!("writer" => index)),
             dispatcher: dispatcher.clone(),
             restart_wanted: restart_wanted.clone(),
+            stopping: stopping.clone(),
             routes: HashMap::new(),
             ingest: VecDeque::new(),
             lanes: VecDeque::new(),
@@ -271,6 +290,8 @@ struct Writer {
     dispatcher: Arc<OnceLock<Dispatcher>>,
     /// Set by the checkpointer when the WAL should start over (SQLite).
     restart_wanted: Arc<AtomicBool>,
+    /// Set by [`WriterHandle::stop`].
+    stopping: Arc<AtomicBool>,
     /// phone_number_id → owning tenant (only owned numbers are cached).
     routes: HashMap<String, TenantId>,
     ingest: VecDeque<Job>,
@@ -305,6 +326,13 @@ impl Writer {
             }
             if self.last_maintenance.elapsed() >= MAINTENANCE_EVERY {
                 self.maintenance();
+            }
+            if self.stopping.load(Ordering::SeqCst)
+                && self.ingest.is_empty()
+                && self.lanes.is_empty()
+                && rx.is_empty()
+            {
+                break;
             }
         }
         // Disconnected: everything queued has been taken; finish it.

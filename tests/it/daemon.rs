@@ -443,3 +443,69 @@ async fn logs_never_carry_secrets_keys_or_message_bodies() {
         assert!(!logs.contains(secret), "{secret:?} appears in the logs");
     }
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): READY=1 once the port answers,
+/// WATCHDOG=1 at half the interval while the actor system answers, STOPPING=1 on
+/// SIGTERM, then a clean exit.
+#[actix_rt::test]
+async fn systemd_hears_ready_then_the_watchdog_then_stopping() {
+    use std::os::unix::net::UnixDatagram;
+
+    let db = TestDb::new(&Backend::Sqlite);
+    let daemon = Daemon::new(&db.url, &db.dir);
+    let socket_path = db.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a notification within 30 s");
+        String::from_utf8_lossy(&buf[..n]).trim().to_string()
+    };
+    // systemd names the process the watchdog is for; `exec` keeps the shell's pid.
+    let mut child = Command::new("sh")
+        .args(["-c", &format!("WATCHDOG_PID=$$ exec {BIN} serve")])
+        .envs(daemon.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+
+    assert_eq!(next(), "READY=1");
+    let client = awc::Client::default();
+    let health = client
+        .get(format!("{}/healthz", daemon.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        health.status().is_success(),
+        "READY=1 came before the port answered"
+    );
+    let fed = Instant::now();
+    for _ in 0..4 {
+        assert_eq!(next(), "WATCHDOG=1");
+    }
+    // Four at 200 ms apart, the first at once: well inside systemd's 400 ms.
+    assert!(
+        fed.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        fed.elapsed()
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    loop {
+        match next().as_str() {
+            "STOPPING=1" => break,
+            "WATCHDOG=1" => continue,
+            other => panic!("unexpected notification {other:?}"),
+        }
+    }
+    assert!(child.wait().unwrap().success());
+}
