@@ -235,7 +235,7 @@ pub fn insert_other(
 /// tenant owned the number) into `tenant_id`'s inbox, in the order they arrived and
 /// with their arrival time, so the sweeper processes them like any row left over.
 /// Returns how many went in; one already in the inbox (a redelivery) only leaves the
-/// unrouted ones.
+/// unrouted ones, and one that cannot be read back stays among them.
 pub fn adopt_unrouted(
     conn: &mut DbConn,
     keyring: &Keyring,
@@ -250,12 +250,17 @@ pub fn adopt_unrouted(
         .load(c))?;
     let mut adopted = 0;
     for (id, received_at, payload_ct) in rows {
-        let plain = keyring.inbox().open(&payload_ct, id.as_bytes())?;
-        let event: Event = serde_json::from_slice(&plain)
-            .map_err(|e| StorageError::Corrupt(format!("unrouted webhook event {id}: {e}")))?;
-        let prepared = PreparedEvent::seal(keyring, event).ok_or_else(|| {
-            StorageError::Corrupt(format!("unrouted webhook event {id} names no contact"))
-        })?;
+        // One that cannot be read back (sealed under another master key, say) stays
+        // where it is rather than keep the number from being registered.
+        let Some(prepared) = keyring
+            .inbox()
+            .open(&payload_ct, id.as_bytes())
+            .ok()
+            .and_then(|plain| serde_json::from_slice::<Event>(&plain).ok())
+            .and_then(|event| PreparedEvent::seal(keyring, event))
+        else {
+            continue;
+        };
         if insert_event(conn, tenant_id, &prepared, received_at)?.is_some() {
             adopted += 1;
         }
