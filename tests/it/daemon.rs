@@ -18,6 +18,30 @@ use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_converra");
 
+/// A running daemon, killed when dropped: a failing test must not leave one behind.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Does nothing to a daemon the test already waited for.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Daemon {
     env: Vec<(String, String)>,
     base: String,
@@ -97,12 +121,14 @@ impl Daemon {
         tenant
     }
 
-    fn spawn(&self) -> Child {
-        self.command(&["serve"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap()
+    fn spawn(&self) -> Running {
+        Running(
+            self.command(&["serve"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
     }
 
     async fn wait_ready(&self, client: &awc::Client) {
@@ -378,13 +404,15 @@ async fn logs_never_carry_secrets_keys_or_message_bodies() {
     let daemon = Daemon::new(&db.url, &db.dir);
     let tenant = daemon.seed_tenant(&db.dir, "logs", "EAAG-very-secret-access-token");
     let log_file = db.dir.path().join("daemon.log");
-    let mut child = daemon
-        .command(&["serve"])
-        .env("CONVERRA__LOG__LEVEL", "debug")
-        .stdout(std::fs::File::create(&log_file).unwrap())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        daemon
+            .command(&["serve"])
+            .env("CONVERRA__LOG__LEVEL", "debug")
+            .stdout(std::fs::File::create(&log_file).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(30))
         .finish();
@@ -464,15 +492,17 @@ async fn systemd_hears_ready_then_the_watchdog_then_stopping() {
         String::from_utf8_lossy(&buf[..n]).trim().to_string()
     };
     // systemd names the process the watchdog is for; `exec` keeps the shell's pid.
-    let mut child = Command::new("sh")
-        .args(["-c", &format!("WATCHDOG_PID=$$ exec {BIN} serve")])
-        .envs(daemon.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "400000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        Command::new("sh")
+            .args(["-c", &format!("WATCHDOG_PID=$$ exec {BIN} serve")])
+            .envs(daemon.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "400000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
 
     assert_eq!(next(), "READY=1");
     let client = awc::Client::default();
