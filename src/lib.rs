@@ -141,6 +141,7 @@ pub async fn run(
         metrics,
         log: log.new(slog::o!("task" => "actors")),
         hooks: options.hooks,
+        routes: Default::default(),
     });
     let registry = {
         let core = core.clone();

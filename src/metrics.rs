@@ -6,7 +6,9 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::storage::crm::ApplyOp;
 use crate::storage::writer::IngestReceipt;
+use crate::whatsapp::EventKind;
 
 pub struct Metrics {
     registry: Registry,
@@ -119,7 +121,6 @@ impl Metrics {
     }
 
     pub fn ingest_receipt(&self, receipt: &IngestReceipt) {
-        use crate::whatsapp::EventKind;
         for item in &receipt.accepted {
             match item.event.kind {
                 EventKind::Message => self.messages_ingested.inc(),
@@ -130,6 +131,28 @@ impl Metrics {
         self.duplicates.inc_by(receipt.duplicates as u64);
         self.unrouted.inc_by(receipt.unrouted as u64);
         self.raw_stored.inc_by(receipt.others as u64);
+    }
+
+    /// Counts an apply job: the ops applied, and its fresh events as ingested or as
+    /// duplicates (inbox rows are counted at ingest, [`Metrics::ingest_receipt`]).
+    pub fn apply_receipt(&self, ops: &[ApplyOp], duplicate: &[bool]) {
+        let mut applied = 0;
+        for (op, dup) in ops.iter().zip(duplicate) {
+            if *dup {
+                self.duplicates.inc();
+                continue;
+            }
+            applied += 1;
+            match op.fresh_row().map(|row| row.kind) {
+                Some(kind) if kind == EventKind::Message.as_str() => self.messages_ingested.inc(),
+                Some(kind) if kind == EventKind::Status.as_str() => self.statuses_ingested.inc(),
+                Some(kind) if kind == EventKind::Preference.as_str() => {
+                    self.preferences_ingested.inc()
+                }
+                _ => {}
+            }
+        }
+        self.events_applied.inc_by(applied);
     }
 
     pub fn render(&self) -> String {

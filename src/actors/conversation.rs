@@ -3,11 +3,19 @@
 //! batched into the next write. Content is sealed here, under the contact's data key,
 //! before it reaches the writer.
 //!
+//! Events reach it two ways. A webhook's events are delivered as they arrive
+//! ([`Deliver`]): the write that applies them also writes their inbox rows, already
+//! processed, and the webhook is answered once it commits. Rows already in the inbox
+//! (left by a crash, or stored there because delivery failed) come as [`Process`] and
+//! are marked processed by the write that applies them.
+//!
 //! A panic while handling an event is caught at this boundary and turned into a stop,
-//! so the supervisor restarts the actor; the restarted actor re-reads its pending
-//! inbox rows (nothing was marked processed), so no message is lost. An event that
-//! panics three times is set aside (it stays unprocessed in the inbox, visible in the
-//! backlog metric) so it cannot wedge the conversation.
+//! so the supervisor restarts the actor. A delivered event that panicked, or whose
+//! write failed, is handed back (its reply is dropped) and its webhook stores it in
+//! the inbox instead. An inbox row is retried: the restarted actor re-reads its
+//! pending rows (nothing was marked processed); one that panics three times is set
+//! aside (it stays unprocessed in the inbox, visible in the backlog metric) so it
+//! cannot wedge the conversation.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,24 +24,48 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde_json::{json, Value};
+use tokio::sync::oneshot;
 
 use super::tenant::{Idle, TenantActor};
 use super::Core;
 use crate::crypto::SealKey;
 use crate::ids::{MessageId, TenantId};
 use crate::storage::crm::{
-    ApplyOp, ContactIdentifiers, MessageBundle, NewInbound, NewPreference, NewStatus,
+    ApplyOp, ContactIdentifiers, MessageBundle, NewInbound, NewPreference, NewStatus, Origin,
     ProfileUpdate, ResolvedContact,
 };
-use crate::storage::inbox::{self, InboxItem};
+use crate::storage::inbox::{self, FreshEvent, FreshRow, InboxItem};
+use crate::storage::writer::ApplyReceipt;
 use crate::storage::StorageError;
 use crate::whatsapp::webhook::{InboundMessage, MessageContent, Status, UserPreference};
-use crate::whatsapp::{EventKind, Identity};
+use crate::whatsapp::{Event, EventKind, Identity};
 
 /// An inbox row for this conversation.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Process(pub InboxItem);
+
+/// What became of a delivered event once its write committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    New,
+    /// Delivered before: nothing changed.
+    Duplicate,
+}
+
+/// A webhook's event, delivered as it arrives. `reply` hears once the event is
+/// durable; dropped unanswered, it tells the webhook to store the event in the inbox.
+#[derive(Debug)]
+pub struct Delivery {
+    pub tenant_id: TenantId,
+    pub event: FreshEvent,
+    pub reply: oneshot::Sender<Delivered>,
+}
+
+/// A delivery for this conversation.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Delivery);
 
 /// Pending rows re-read from the inbox after a restart.
 #[derive(Message)]
@@ -43,6 +75,42 @@ struct Reloaded(Vec<InboxItem>);
 const MAX_BATCH: usize = 256;
 const MAX_PANICS_PER_EVENT: u32 = 3;
 const SEEN_GRANULARITY_MS: i64 = 60_000;
+
+/// An event waiting to be applied.
+struct Pending {
+    /// Arrival order in this actor.
+    seq: u64,
+    source: Source,
+    event: Arc<Event>,
+}
+
+enum Source {
+    /// A committed inbox row.
+    Inbox(i64),
+    /// A delivered event; its webhook waits on `reply`.
+    Fresh {
+        row: FreshRow,
+        reply: Option<oneshot::Sender<Delivered>>,
+    },
+}
+
+impl Pending {
+    fn origin(&self) -> Origin {
+        match &self.source {
+            Source::Inbox(id) => Origin::Inbox(*id),
+            Source::Fresh { row, .. } => Origin::Fresh(row.clone()),
+        }
+    }
+
+    /// Inbox rows first, in the order they were committed; then deliveries, in the
+    /// order they came.
+    fn order(&self) -> (bool, i64) {
+        match &self.source {
+            Source::Inbox(id) => (false, *id),
+            Source::Fresh { .. } => (true, self.seq as i64),
+        }
+    }
+}
 
 pub struct ConversationActor {
     core: Arc<Core>,
@@ -57,8 +125,10 @@ pub struct ConversationActor {
     written_profile: Option<(Option<String>, Option<String>)>,
     /// When `last_seen_at` was last written for the cached contact.
     seen_written_at: Option<i64>,
-    pending: VecDeque<InboxItem>,
+    pending: VecDeque<Pending>,
+    /// The inbox rows among `pending`.
     pending_ids: HashSet<i64>,
+    next_seq: u64,
     route_keys: HashSet<String>,
     panics: HashMap<i64, u32>,
     in_flight: bool,
@@ -72,7 +142,8 @@ pub struct ConversationActor {
 
 enum Step {
     Resolve(ContactIdentifiers),
-    Apply(Vec<i64>, Vec<ApplyOp>),
+    /// The pending events applied (by seq; the i-th op applies the i-th) and the ops.
+    Apply(Vec<u64>, Vec<ApplyOp>),
 }
 
 impl ConversationActor {
@@ -99,6 +170,7 @@ impl ConversationActor {
             seen_written_at: None,
             pending: VecDeque::new(),
             pending_ids: HashSet::new(),
+            next_seq: 0,
             route_keys: HashSet::new(),
             panics: HashMap::new(),
             in_flight: false,
@@ -110,11 +182,59 @@ impl ConversationActor {
         }
     }
 
-    fn push(&mut self, item: InboxItem) {
-        if self.pending_ids.insert(item.id) {
-            self.route_keys.insert(item.route_key.clone());
-            self.pending.push_back(item);
+    fn push(&mut self, source: Source, route_key: &str, event: Arc<Event>) {
+        if let Source::Inbox(id) = source {
+            if !self.pending_ids.insert(id) {
+                return;
+            }
         }
+        if !self.route_keys.contains(route_key) {
+            self.route_keys.insert(route_key.to_string());
+        }
+        self.next_seq += 1;
+        self.pending.push_back(Pending {
+            seq: self.next_seq,
+            source,
+            event,
+        });
+    }
+
+    /// Removes the pending events `done`, answering the delivered ones.
+    fn complete(&mut self, done: &[u64], receipt: &ApplyReceipt) {
+        let outcome: HashMap<u64, bool> = done
+            .iter()
+            .enumerate()
+            .map(|(i, seq)| (*seq, receipt.duplicate.get(i).copied().unwrap_or(false)))
+            .collect();
+        let pending = std::mem::take(&mut self.pending);
+        for mut item in pending {
+            let Some(duplicate) = outcome.get(&item.seq) else {
+                self.pending.push_back(item);
+                continue;
+            };
+            match &mut item.source {
+                Source::Inbox(id) => {
+                    self.pending_ids.remove(id);
+                    self.panics.remove(id);
+                }
+                Source::Fresh { reply, .. } => {
+                    if let Some(reply) = reply.take() {
+                        let _ = reply.send(if *duplicate {
+                            Delivered::Duplicate
+                        } else {
+                            Delivered::New
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands every delivered event back to its webhook, which stores it in the inbox:
+    /// a webhook must not wait on retries.
+    fn hand_back_deliveries(&mut self) {
+        self.pending
+            .retain(|item| !matches!(item.source, Source::Fresh { .. }));
     }
 
     /// Whether the cached contact is the one `identity` names (and knows all its names).
@@ -151,8 +271,9 @@ impl ConversationActor {
     }
 
     /// Decides the next write: resolve the contact, or apply the longest run of
-    /// pending events the cached contact covers.
-    fn next_step(&mut self) -> Option<Result<Step, i64>> {
+    /// pending events the cached contact covers. `Err(seq)` names an event that
+    /// panicked.
+    fn next_step(&mut self) -> Option<Result<Step, u64>> {
         let first = self.pending.front()?;
         if !self.covers(&first.event.identity) {
             return Some(Ok(Step::Resolve(
@@ -160,9 +281,10 @@ impl ConversationActor {
             )));
         }
         let contact = self.contact.clone()?;
-        let mut ids = Vec::new();
+        let mut seqs = Vec::new();
         let mut ops = Vec::new();
         let mut profile: Option<(Option<String>, Option<String>)> = None;
+        let mut unusable = Vec::new();
         for item in self.pending.iter().take(MAX_BATCH) {
             if !self.covers(&item.event.identity) {
                 break;
@@ -172,22 +294,36 @@ impl ConversationActor {
                     hook(&item.event);
                 }
                 build_op(
-                    item,
+                    item.origin(),
+                    &self.phone_number_id,
+                    &item.event,
                     &contact,
                     self.conversation_id.as_deref(),
                     self.core.clock.now_ms(),
                 )
             }));
             match built {
+                // Nothing in it could be applied: a delivered event goes to the inbox
+                // instead, where it is kept (sealed) until purged.
+                Ok(ApplyOp::Done { .. }) if matches!(item.source, Source::Fresh { .. }) => {
+                    unusable.push(item.seq);
+                    continue;
+                }
                 Ok(op) => ops.push(op),
-                Err(_) => return Some(Err(item.id)),
+                Err(_) => return Some(Err(item.seq)),
             }
-            ids.push(item.id);
+            seqs.push(item.seq);
             let identity = &item.event.identity;
             if item.event.kind == EventKind::Message
                 && (identity.profile_name.is_some() || identity.username.is_some())
             {
                 profile = Some((identity.profile_name.clone(), identity.username.clone()));
+            }
+        }
+        if !unusable.is_empty() {
+            self.pending.retain(|item| !unusable.contains(&item.seq));
+            if seqs.is_empty() {
+                return self.next_step();
             }
         }
         let now = self.core.clock.now_ms();
@@ -219,7 +355,7 @@ impl ConversationActor {
         if let Some(profile) = profile {
             self.written_profile = Some(profile);
         }
-        Some(Ok(Step::Apply(ids, ops)))
+        Some(Ok(Step::Apply(seqs, ops)))
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
@@ -229,8 +365,8 @@ impl ConversationActor {
         let step = match self.next_step() {
             None => return,
             Some(Ok(step)) => step,
-            Some(Err(panicked_id)) => {
-                self.on_panic(panicked_id, ctx);
+            Some(Err(panicked)) => {
+                self.on_panic(panicked, ctx);
                 return;
             }
         };
@@ -259,19 +395,16 @@ impl ConversationActor {
                     }
                 }));
             }
-            Step::Apply(ids, ops) => {
+            Step::Apply(seqs, ops) => {
                 let fut = async move { writer.apply(tenant_id, ops).await };
                 ctx.spawn(fut.into_actor(self).map(move |result, actor, ctx| {
                     actor.in_flight = false;
                     match result {
-                        Ok(conversation) => {
-                            if conversation.is_some() {
-                                actor.conversation_id = conversation;
+                        Ok(receipt) => {
+                            if receipt.conversation.is_some() {
+                                actor.conversation_id = receipt.conversation.clone();
                             }
-                            let done: HashSet<i64> = ids.into_iter().collect();
-                            actor.pending.retain(|item| !done.contains(&item.id));
-                            actor.pending_ids.retain(|id| !done.contains(id));
-                            actor.panics.retain(|id, _| !done.contains(id));
+                            actor.complete(&seqs, &receipt);
                             actor.pump(ctx);
                         }
                         Err(e) => {
@@ -293,22 +426,35 @@ impl ConversationActor {
 
     fn retry_later(&mut self, error: StorageError, ctx: &mut Context<Self>) {
         slog::warn!(self.log, "conversation write failed; will retry"; "error" => %error);
+        self.hand_back_deliveries();
         let delay = Duration::from_millis(self.core.settings.actors.retry_delay_ms.max(10));
         ctx.run_later(delay, |actor, ctx| actor.pump(ctx));
     }
 
-    fn on_panic(&mut self, inbox_id: i64, ctx: &mut Context<Self>) {
+    fn on_panic(&mut self, seq: u64, ctx: &mut Context<Self>) {
         self.core.metrics.actor_restarts.inc();
-        let count = self.panics.entry(inbox_id).or_insert(0);
-        *count += 1;
-        if *count >= MAX_PANICS_PER_EVENT {
-            slog::error!(self.log, "event keeps failing; set aside, left unprocessed in the inbox";
-                "inbox_id" => inbox_id);
-            self.pending.retain(|item| item.id != inbox_id);
-            self.pending_ids.remove(&inbox_id);
-            self.panics.remove(&inbox_id);
-        } else {
-            slog::error!(self.log, "conversation actor panicked; restarting"; "inbox_id" => inbox_id);
+        let Some(position) = self.pending.iter().position(|item| item.seq == seq) else {
+            ctx.stop();
+            return;
+        };
+        match self.pending[position].source {
+            Source::Fresh { .. } => {
+                slog::error!(self.log, "conversation actor panicked on a delivered event; restarting, the event goes to the inbox");
+                self.pending.remove(position);
+            }
+            Source::Inbox(inbox_id) => {
+                let count = self.panics.entry(inbox_id).or_insert(0);
+                *count += 1;
+                if *count >= MAX_PANICS_PER_EVENT {
+                    slog::error!(self.log, "event keeps failing; set aside, left unprocessed in the inbox";
+                        "inbox_id" => inbox_id);
+                    self.pending.remove(position);
+                    self.pending_ids.remove(&inbox_id);
+                    self.panics.remove(&inbox_id);
+                } else {
+                    slog::error!(self.log, "conversation actor panicked; restarting"; "inbox_id" => inbox_id);
+                }
+            }
         }
         // Stopping hands the actor to its supervisor, which restarts it.
         ctx.stop();
@@ -407,7 +553,25 @@ impl Handler<Process> for ConversationActor {
     fn handle(&mut self, msg: Process, ctx: &mut Context<Self>) {
         self.received += 1;
         self.last_active = Instant::now();
-        self.push(msg.0);
+        let item = msg.0;
+        self.push(Source::Inbox(item.id), &item.route_key, item.event);
+        self.pump(ctx);
+    }
+}
+
+impl Handler<Deliver> for ConversationActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        self.received += 1;
+        self.last_active = Instant::now();
+        let Delivery { event, reply, .. } = msg.0;
+        let route_key = event.row.route_key.clone();
+        let source = Source::Fresh {
+            row: event.row,
+            reply: Some(reply),
+        };
+        self.push(source, &route_key, event.event);
         self.pump(ctx);
     }
 }
@@ -417,11 +581,9 @@ impl Handler<Reloaded> for ConversationActor {
 
     fn handle(&mut self, msg: Reloaded, ctx: &mut Context<Self>) {
         for item in msg.0 {
-            self.push(item);
+            self.push(Source::Inbox(item.id), &item.route_key, item.event);
         }
-        let mut items: Vec<InboxItem> = self.pending.drain(..).collect();
-        items.sort_by_key(|item| item.id);
-        self.pending = items.into();
+        self.pending.make_contiguous().sort_by_key(Pending::order);
         self.pump(ctx);
     }
 }
@@ -434,45 +596,58 @@ fn ms(seconds: i64, fallback: i64) -> i64 {
     }
 }
 
-/// Turns one inbox row into the write that applies it.
+/// Turns one event into the write that applies it.
 fn build_op(
-    item: &InboxItem,
+    origin: Origin,
+    phone_number_id: &str,
+    event: &Event,
     contact: &ResolvedContact,
     conversation_id: Option<&str>,
     now: i64,
 ) -> ApplyOp {
-    let event = &item.event;
     match event.kind {
         EventKind::Message => match InboundMessage::from_item(&event.item) {
-            Ok(message) => inbound_op(item, &message, contact, conversation_id, now),
-            Err(_) => ApplyOp::Done { inbox_id: item.id },
+            Ok(message) => inbound_op(
+                origin,
+                phone_number_id,
+                event,
+                &message,
+                contact,
+                conversation_id,
+                now,
+            ),
+            Err(_) => ApplyOp::Done { origin },
         },
         EventKind::Status => match serde_json::from_value::<Status>(event.item.clone()) {
-            Ok(status) => ApplyOp::Status(status_op(item, &status, contact, now)),
-            Err(_) => ApplyOp::Done { inbox_id: item.id },
+            Ok(status) => {
+                ApplyOp::Status(status_op(origin, phone_number_id, &status, contact, now))
+            }
+            Err(_) => ApplyOp::Done { origin },
         },
         EventKind::Preference => match serde_json::from_value::<UserPreference>(event.item.clone())
         {
             Ok(preference) => ApplyOp::Preference(NewPreference {
-                inbox_id: item.id,
+                origin,
                 contact_id: contact.contact_id.clone(),
                 marketing_opt_out: preference.marketing_opt_out(),
                 occurred_at: ms(preference.timestamp, now),
             }),
-            Err(_) => ApplyOp::Done { inbox_id: item.id },
+            Err(_) => ApplyOp::Done { origin },
         },
     }
 }
 
 fn inbound_op(
-    item: &InboxItem,
+    origin: Origin,
+    phone_number_id: &str,
+    event: &Event,
     message: &InboundMessage,
     contact: &ResolvedContact,
     conversation_id: Option<&str>,
     now: i64,
 ) -> ApplyOp {
     let message_id = MessageId::generate();
-    let raw = &item.event.item;
+    let raw = &event.item;
     let optional = |name: &str| raw.get(name).filter(|v| !v.is_null()).cloned();
     let bundle = MessageBundle {
         content: message.content_raw.clone(),
@@ -482,11 +657,11 @@ fn inbound_op(
     };
     let sealed = seal_json(&contact.key, &bundle, message_id.as_str());
     let Some(content_ct) = sealed else {
-        return ApplyOp::Done { inbox_id: item.id };
+        return ApplyOp::Done { origin };
     };
     ApplyOp::Inbound(NewInbound {
-        inbox_id: item.id,
-        phone_number_id: item.phone_number_id.clone(),
+        origin,
+        phone_number_id: phone_number_id.to_string(),
         contact_id: contact.contact_id.clone(),
         conversation_id: conversation_id.map(str::to_string),
         message_id,
@@ -505,7 +680,13 @@ fn seal_json(key: &SealKey, value: &impl serde::Serialize, aad: &str) -> Option<
     key.seal(&plain, aad.as_bytes()).ok()
 }
 
-fn status_op(item: &InboxItem, status: &Status, contact: &ResolvedContact, now: i64) -> NewStatus {
+fn status_op(
+    origin: Origin,
+    phone_number_id: &str,
+    status: &Status,
+    contact: &ResolvedContact,
+    now: i64,
+) -> NewStatus {
     let error_json = status
         .errors
         .first()
@@ -521,8 +702,8 @@ fn status_op(item: &InboxItem, status: &Status, contact: &ResolvedContact, now: 
         detail.insert("conversation".into(), json!(conversation));
     }
     NewStatus {
-        inbox_id: item.id,
-        phone_number_id: item.phone_number_id.clone(),
+        origin,
+        phone_number_id: phone_number_id.to_string(),
         contact_id: contact.contact_id.clone(),
         wamid: status.id.clone(),
         status: status.status.clone(),

@@ -2,11 +2,16 @@
 //! [`tenant::TenantActor`] per tenant (spread over worker arbiters); each tenant actor
 //! owns one [`conversation::ConversationActor`] per (business number, contact), created
 //! on demand and stopped when idle. Actors own ordering and in-memory state; every
-//! write goes through the storage writer, and nothing is acknowledged to Meta before
-//! it is in the inbox, so an actor that dies loses nothing: it re-reads its pending
-//! inbox rows when restarted, and the registry's sweeper re-dispatches anything left.
+//! write goes through the storage writer.
+//!
+//! A webhook's events are delivered to their conversation actors as they arrive
+//! ([`intake`]); each is acknowledged to Meta only once the write that applies it has
+//! committed, or, when delivery fails, once it is in the inbox. An actor that dies
+//! loses nothing: a delivery it held goes to the inbox, and inbox rows are re-read by
+//! a restarted actor and re-dispatched by the registry's sweeper.
 
 pub mod conversation;
+pub mod intake;
 pub mod registry;
 pub mod tenant;
 
@@ -49,4 +54,5 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     pub log: slog::Logger,
     pub hooks: Hooks,
+    pub routes: intake::RouteCache,
 }

@@ -1,5 +1,5 @@
-//! The registry: routes committed inbox rows to tenant actors (starting them on the
-//! worker arbiters round-robin) and sweeps the inbox for rows that were never
+//! The registry: routes delivered events and committed inbox rows to tenant actors
+//! (starting them on the worker arbiters round-robin) and sweeps the inbox for rows that were never
 //! processed: all of them at start-up, and periodically those older than
 //! `actors.sweep_min_age_secs`, as a safety net behind the live dispatch.
 
@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::tenant::{Route, TenantActor};
+use super::conversation::Delivery;
+use super::tenant::{self, Route, TenantActor};
 use super::Core;
 use crate::ids::TenantId;
 use crate::storage::inbox::{self, InboxItem};
@@ -18,6 +19,11 @@ use crate::storage::inbox::{self, InboxItem};
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Dispatch(pub Vec<InboxItem>);
+
+/// Events delivered as they arrive, to route to their tenants.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Vec<Delivery>);
 
 /// Liveness probe: answered with the number of tenant actors.
 #[derive(Message)]
@@ -149,6 +155,22 @@ impl Handler<Dispatch> for Registry {
     type Result = ();
     fn handle(&mut self, msg: Dispatch, _ctx: &mut Context<Self>) {
         self.route(msg.0);
+    }
+}
+
+impl Handler<Deliver> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) {
+        let mut by_tenant: HashMap<TenantId, Vec<Delivery>> = HashMap::new();
+        for delivery in msg.0 {
+            by_tenant
+                .entry(delivery.tenant_id.clone())
+                .or_default()
+                .push(delivery);
+        }
+        for (tenant_id, deliveries) in by_tenant {
+            self.tenant(&tenant_id).do_send(tenant::Deliver(deliveries));
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! One actor per tenant: routes each inbox row to the conversation actor of its
+//! One actor per tenant: routes each event (delivered, or an inbox row) to the conversation actor of its
 //! (business number, contact), starting it on demand. A contact may be named by its
 //! BSUID, its phone number or both; the tenant actor remembers which names it saw
 //! together so that all of a contact's events reach the same conversation actor.
@@ -8,14 +8,21 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::conversation::{ConversationActor, Process};
+use super::conversation::{self, ConversationActor, Delivery, Process};
 use super::Core;
 use crate::ids::TenantId;
 use crate::storage::inbox::InboxItem;
+use crate::whatsapp::Identity;
 
+/// Committed inbox rows of this tenant.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Route(pub Vec<InboxItem>);
+
+/// Events of this tenant delivered as they arrive.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Vec<Delivery>);
 
 /// A conversation actor reports it has been idle; `received` is how many events it
 /// got, so one that was sent more in the meantime is kept. Answers whether the actor
@@ -50,22 +57,51 @@ impl TenantActor {
         }
     }
 
-    fn conversation_key(&mut self, item: &InboxItem) -> String {
-        let names: Vec<String> = item
-            .event
-            .identity
+    fn conversation_key(
+        &mut self,
+        phone_number_id: &str,
+        route_key: &str,
+        identity: &Identity,
+    ) -> String {
+        let names: Vec<String> = identity
             .all_route_keys()
             .into_iter()
-            .map(|k| format!("{}|{k}", item.phone_number_id))
+            .map(|k| format!("{phone_number_id}|{k}"))
             .collect();
         let key = names
             .iter()
             .find_map(|name| self.aliases.get(name).cloned())
-            .unwrap_or_else(|| format!("{}|{}", item.phone_number_id, item.route_key));
+            .unwrap_or_else(|| format!("{phone_number_id}|{route_key}"));
         for name in names {
             self.aliases.entry(name).or_insert_with(|| key.clone());
         }
         key
+    }
+
+    /// The conversation actor for an event, started on demand; counts the event as
+    /// sent to it.
+    fn conversation(
+        &mut self,
+        phone_number_id: &str,
+        route_key: &str,
+        identity: &Identity,
+        ctx: &mut Context<Self>,
+    ) -> Addr<ConversationActor> {
+        let key = self.conversation_key(phone_number_id, route_key, identity);
+        let entry = self.conversations.entry(key.clone()).or_insert_with(|| {
+            let core = self.core.clone();
+            let tenant = ctx.address();
+            let tenant_id = self.tenant_id.clone();
+            let phone_number_id = phone_number_id.to_string();
+            Entry {
+                addr: Supervisor::start(move |_| {
+                    ConversationActor::new(core, tenant, tenant_id, phone_number_id, key)
+                }),
+                sent: 0,
+            }
+        });
+        entry.sent += 1;
+        entry.addr.clone()
     }
 }
 
@@ -80,22 +116,30 @@ impl Handler<Route> for TenantActor {
 
     fn handle(&mut self, msg: Route, ctx: &mut Context<Self>) {
         for item in msg.0 {
-            let key = self.conversation_key(&item);
-            let entry = self.conversations.entry(key.clone()).or_insert_with(|| {
-                let core = self.core.clone();
-                let tenant = ctx.address();
-                let tenant_id = self.tenant_id.clone();
-                let phone_number_id = item.phone_number_id.clone();
-                let actor_key = key.clone();
-                Entry {
-                    addr: Supervisor::start(move |_| {
-                        ConversationActor::new(core, tenant, tenant_id, phone_number_id, actor_key)
-                    }),
-                    sent: 0,
-                }
-            });
-            entry.sent += 1;
-            entry.addr.do_send(Process(item));
+            let addr = self.conversation(
+                &item.phone_number_id,
+                &item.route_key,
+                &item.event.identity,
+                ctx,
+            );
+            addr.do_send(Process(item));
+        }
+    }
+}
+
+impl Handler<Deliver> for TenantActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        for delivery in msg.0 {
+            let row = &delivery.event.row;
+            let addr = self.conversation(
+                &row.phone_number_id,
+                &row.route_key,
+                &delivery.event.event.identity,
+                ctx,
+            );
+            addr.do_send(conversation::Deliver(delivery));
         }
     }
 }

@@ -1,14 +1,14 @@
 //! `GET /webhooks/whatsapp`: Meta's verification handshake. `POST`: signature check on
-//! the raw bytes, parse, seal, and commit to the inbox through the writer; 200 only
-//! after the commit, 503 when the database cannot take it (Meta retries).
+//! the raw bytes, parse, and hand over to the intake; 200 only once everything the
+//! webhook carried is durable, 503 when the database cannot take it (Meta retries).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::AppState;
+use crate::actors::intake::{self, IntakeError};
 use crate::error::{ApiError, ErrorCode};
-use crate::storage::inbox::{PreparedEvent, PreparedOther};
 use crate::whatsapp::{signature, webhook};
 
 #[derive(Deserialize)]
@@ -120,43 +120,25 @@ pub async fn receive(
         ));
     }
     let parsed = webhook::parse(&body);
-    let mut events = Vec::with_capacity(parsed.events.len());
-    let mut others = Vec::with_capacity(parsed.others.len());
-    for event in parsed.events {
-        match PreparedEvent::seal(&core.keyring, event) {
-            Some(prepared) => events.push(prepared),
-            None => {
-                return Err(ApiError::new(
-                    ErrorCode::Internal,
-                    "sealing an event failed",
-                ))
-            }
-        }
-    }
-    for other in &parsed.others {
-        slog::warn!(core.log, "signed webhook content stored raw";
-            "reason" => other.reason, "field" => other.field.as_deref().unwrap_or("-"));
-        others.push(PreparedOther::seal(
-            &core.keyring,
-            other.reason,
-            other.field.clone(),
-            other.phone_number_id.clone(),
-            &other.raw,
-        )?);
-    }
-    let event_count = events.len();
-    match core.writer.ingest(events, others).await {
+    match intake::receive(core, &state.registry, parsed).await {
         Ok(receipt) => {
             outcome("accepted");
             Ok(HttpResponse::Ok().json(serde_json::json!({
-                "received": event_count,
-                "new": receipt.accepted.len(),
+                "received": receipt.received,
+                "new": receipt.new,
                 "duplicates": receipt.duplicates,
                 "unrouted": receipt.unrouted,
-                "stored_raw": receipt.others,
+                "stored_raw": receipt.stored_raw,
             })))
         }
-        Err(e) => {
+        Err(IntakeError::Unpreparable) => {
+            outcome("unpreparable");
+            Err(ApiError::new(
+                ErrorCode::Internal,
+                "an event could not be prepared for storage",
+            ))
+        }
+        Err(IntakeError::Storage(e)) => {
             outcome("unavailable");
             slog::warn!(core.log, "webhook not committed; answered 503 so Meta retries"; "error" => %e);
             Err(ApiError::new(

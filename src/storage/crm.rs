@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::fixed::{fixed_statement, Bind, ReturnedId, Sql};
+use super::inbox::FreshRow;
 use super::schema::{contacts, conversations, data_keys, messages, status_events};
 use super::{DbConn, StorageError};
 use crate::clock::rfc3339;
@@ -46,28 +47,65 @@ pub enum ApplyOp {
     Status(NewStatus),
     Preference(NewPreference),
     Profile(ProfileUpdate),
-    /// An inbox row that needed nothing else (kept in the inbox until purged).
+    /// An event that needed nothing else (its inbox row is kept until purged).
     Done {
-        inbox_id: i64,
+        origin: Origin,
     },
 }
 
+/// Where the event an op applies came from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// A committed inbox row, marked processed in the transaction that applies it.
+    Inbox(i64),
+    /// An event applied as it arrives: its inbox row is inserted already processed in
+    /// the same transaction, and when that row exists already (a redelivery) the op is
+    /// skipped.
+    Fresh(FreshRow),
+}
+
 impl ApplyOp {
-    /// The inbox row this op completes, if any.
-    pub fn inbox_id(&self) -> Option<i64> {
+    /// Where the op's event came from; `None` for work of the actor's own.
+    pub fn origin(&self) -> Option<&Origin> {
         match self {
-            ApplyOp::Inbound(m) => Some(m.inbox_id),
-            ApplyOp::Status(s) => Some(s.inbox_id),
-            ApplyOp::Preference(p) => Some(p.inbox_id),
-            ApplyOp::Done { inbox_id } => Some(*inbox_id),
+            ApplyOp::Inbound(m) => Some(&m.origin),
+            ApplyOp::Status(s) => Some(&s.origin),
+            ApplyOp::Preference(p) => Some(&p.origin),
+            ApplyOp::Done { origin } => Some(origin),
             ApplyOp::Profile(_) => None,
+        }
+    }
+
+    /// The inbox row this op completes, if it came from one.
+    pub fn inbox_id(&self) -> Option<i64> {
+        match self.origin() {
+            Some(Origin::Inbox(id)) => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// The inbox row of the op's event, if the event is fresh.
+    pub fn fresh_row(&self) -> Option<&FreshRow> {
+        match self.origin() {
+            Some(Origin::Fresh(row)) => Some(row),
+            _ => None,
+        }
+    }
+
+    /// The processed inbox row to write with this op. A fresh inbound message needs
+    /// none: its own key, (tenant, wamid), already catches a redelivery, so the row
+    /// would only cost a write.
+    pub fn inbox_row_to_insert(&self) -> Option<&FreshRow> {
+        match self {
+            ApplyOp::Inbound(_) => None,
+            _ => self.fresh_row(),
         }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct NewInbound {
-    pub inbox_id: i64,
+    pub origin: Origin,
     pub phone_number_id: String,
     pub contact_id: ContactId,
     /// The conversation, when the actor already knows it (saves a lookup).
@@ -86,7 +124,7 @@ pub struct NewInbound {
 
 #[derive(Debug, Clone)]
 pub struct NewStatus {
-    pub inbox_id: i64,
+    pub origin: Origin,
     pub phone_number_id: String,
     pub contact_id: ContactId,
     pub wamid: String,
@@ -100,7 +138,7 @@ pub struct NewStatus {
 
 #[derive(Debug, Clone)]
 pub struct NewPreference {
-    pub inbox_id: i64,
+    pub origin: Origin,
     pub contact_id: ContactId,
     pub marketing_opt_out: Option<bool>,
     pub occurred_at: i64,
@@ -633,20 +671,20 @@ fn complete_tombstone(
     conn: &mut DbConn,
     tenant_id: &TenantId,
     m: &NewInbound,
-) -> Result<(), StorageError> {
+) -> Result<usize, StorageError> {
     let tenant = tenant_id.as_str();
-    on_backend!(conn, c => diesel::update(messages::table
+    Ok(on_backend!(conn, c => diesel::update(messages::table
         .filter(messages::tenant_id.eq(tenant))
         .filter(messages::wamid.eq(&m.wamid))
         .filter(messages::msg_type.is_null())
         .filter(messages::revoked_at.is_not_null()))
         .set((messages::msg_type.eq(&m.msg_type), messages::sent_at.eq(m.sent_at)))
-        .execute(c))?;
-    Ok(())
+        .execute(c))?)
 }
 
 /// Applies the ops of several actor jobs, in one transaction; returns, per job, the
-/// conversation its inbound messages went to (for the actor to cache).
+/// conversation its inbound messages went to (for the actor to cache) and which of
+/// them were stored already.
 ///
 /// Nearly every op is a plain inbound message to a conversation its actor already
 /// knows: those take set-based statements, a few for the whole batch. Every other op
@@ -657,13 +695,13 @@ fn complete_tombstone(
 /// (revokes) come after the messages they refer to.
 pub fn apply_batch(
     conn: &mut DbConn,
-    jobs: &[(&TenantId, &[ApplyOp])],
+    jobs: &[(&TenantId, Vec<&ApplyOp>)],
     now_ms: i64,
-) -> Result<Vec<Option<String>>, StorageError> {
+) -> Result<Vec<JobApplied>, StorageError> {
     // The latest inbound time of each known conversation.
     let mut latest: HashMap<(&str, &str), i64> = HashMap::new();
     for (tenant_id, ops) in jobs {
-        for op in ops.iter() {
+        for op in ops.iter().copied() {
             if let ApplyOp::Inbound(m) = op {
                 if let (Some(conversation), false) = (&m.conversation_id, m.is_revoke) {
                     let at = latest
@@ -695,7 +733,7 @@ pub fn apply_batch(
     }
     let rows: Vec<InboundRow<'_>> = jobs
         .iter()
-        .flat_map(|(tenant_id, ops)| ops.iter().map(move |op| (tenant_id, op)))
+        .flat_map(|(tenant_id, ops)| ops.iter().map(move |op| (tenant_id, *op)))
         .filter_map(|(tenant_id, op)| match (op, in_set(op, &existing)) {
             (ApplyOp::Inbound(message), Some(conversation_id)) => Some(InboundRow {
                 tenant_id: tenant_id.as_str(),
@@ -708,36 +746,59 @@ pub fn apply_batch(
     let inserted = insert_inbound(conn, &rows, now_ms)?;
     let mut outcomes = Vec::with_capacity(jobs.len());
     for (tenant_id, ops) in jobs {
-        let mut conversation = None;
-        for op in ops.iter() {
-            match (op, in_set(op, &existing)) {
+        let mut outcome = JobApplied {
+            conversation: None,
+            redelivered: Vec::with_capacity(ops.len()),
+        };
+        for op in ops.iter().copied() {
+            let applied = match (op, in_set(op, &existing)) {
                 (ApplyOp::Inbound(m), Some(conversation_id)) => {
-                    if !inserted.contains(m.message_id.as_str()) {
-                        complete_tombstone(conn, tenant_id, m)?;
-                    }
-                    conversation = Some(conversation_id.clone());
-                }
-                _ => {
-                    if let Some(id) = apply(conn, tenant_id, op, now_ms)? {
-                        conversation = Some(id);
+                    let redelivered = !inserted.contains(m.message_id.as_str())
+                        && complete_tombstone(conn, tenant_id, m)? == 0;
+                    Applied {
+                        conversation: Some(conversation_id.clone()),
+                        redelivered,
                     }
                 }
+                _ => apply(conn, tenant_id, op, now_ms)?,
+            };
+            if applied.conversation.is_some() {
+                outcome.conversation = applied.conversation;
             }
+            outcome.redelivered.push(applied.redelivered);
         }
-        outcomes.push(conversation);
+        outcomes.push(outcome);
     }
     Ok(outcomes)
 }
 
+/// What applying one job's ops did.
+#[derive(Debug, Default)]
+pub struct JobApplied {
+    /// The conversation its inbound messages went to, for the actor to cache.
+    pub conversation: Option<String>,
+    /// Per op: an inbound message that was stored already (a redelivery).
+    pub redelivered: Vec<bool>,
+}
+
+/// What applying one op did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The conversation an inbound message went to.
+    pub conversation: Option<String>,
+    /// An inbound message that was stored already.
+    pub redelivered: bool,
+}
+
 /// Applies one op; idempotent, so a redelivered or re-dispatched event changes nothing.
-/// Returns the conversation an inbound message went to. The op's inbox row is marked
-/// processed by the caller, in the same transaction ([`ApplyOp::inbox_id`]).
+/// The op's inbox row is marked processed (or inserted) by the caller, in the same
+/// transaction ([`ApplyOp::origin`]).
 pub fn apply(
     conn: &mut DbConn,
     tenant_id: &TenantId,
     op: &ApplyOp,
     now_ms: i64,
-) -> Result<Option<String>, StorageError> {
+) -> Result<Applied, StorageError> {
     let tenant = tenant_id.as_str();
     match op {
         ApplyOp::Inbound(m) => {
@@ -772,9 +833,7 @@ pub fn apply(
                 message: m,
             };
             let inserted = insert_inbound(conn, &[row], now_ms)?.len();
-            if inserted == 0 {
-                complete_tombstone(conn, tenant_id, m)?;
-            }
+            let redelivered = inserted == 0 && complete_tombstone(conn, tenant_id, m)? == 0;
             if let (1, true, Some(original)) = (inserted, m.is_revoke, &m.ref_wamid) {
                 let none: Option<Vec<u8>> = None;
                 let erased = on_backend!(conn, c => diesel::update(messages::table
@@ -802,7 +861,10 @@ pub fn apply(
                         .execute(c))?;
                 }
             }
-            Ok(Some(conversation_id))
+            Ok(Applied {
+                conversation: Some(conversation_id),
+                redelivered,
+            })
         }
         ApplyOp::Status(s) => {
             let found: Option<(String, Option<String>)> = on_backend!(conn, c => messages::table
@@ -867,7 +929,7 @@ pub fn apply(
                 .on_conflict((status_events::message_id, status_events::status, status_events::occurred_at))
                 .do_nothing()
                 .execute(c))?;
-            Ok(None)
+            Ok(Applied::default())
         }
         ApplyOp::Preference(p) => {
             if let Some(opt_out) = p.marketing_opt_out {
@@ -882,7 +944,7 @@ pub fn apply(
                     ))
                     .execute(c))?;
             }
-            Ok(None)
+            Ok(Applied::default())
         }
         ApplyOp::Profile(p) => {
             // One statement: the writer's clock only moves forward, so `seen_at` is the
@@ -912,9 +974,9 @@ pub fn apply(
                     .execute(c))?
                 }
             };
-            Ok(None)
+            Ok(Applied::default())
         }
-        ApplyOp::Done { .. } => Ok(None),
+        ApplyOp::Done { .. } => Ok(Applied::default()),
     }
 }
 

@@ -1,9 +1,13 @@
-//! The inbox: every routable webhook update, sealed, committed before Meta hears 200,
-//! unique by Meta's event identity so redeliveries collide. Rows are processed by the
-//! conversation actors and deleted a configurable while after; webhook content that is
-//! not routable goes to `webhook_events`, raw and sealed, never dropped.
+//! The inbox: routable webhook updates, unique by Meta's event identity so redeliveries
+//! collide. An update its conversation actor applies as it arrives gets a row already
+//! processed and without payload, written with the rows it was applied to (an inbound
+//! message needs none: the message's own key catches its redelivery). One that could
+//! not be applied so is stored sealed and unprocessed before Meta hears 200, and the
+//! actors process it later. Processed rows are deleted a configurable while after;
+//! webhook content that is not routable goes to `webhook_events`, raw and sealed,
+//! never dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use diesel::prelude::*;
@@ -15,6 +19,57 @@ use crate::crypto::Keyring;
 use crate::ids::TenantId;
 use crate::on_backend;
 use crate::whatsapp::Event;
+
+/// A routable event on its way to its conversation actor, not (yet) in the inbox.
+#[derive(Debug, Clone)]
+pub struct FreshEvent {
+    pub row: FreshRow,
+    pub event: Arc<Event>,
+}
+
+/// The inbox row of an event applied as it arrives: written already processed, in the
+/// transaction that applies it, so a redelivery collides on its dedupe key. It carries
+/// no payload: the event's content is in the rows it was applied to.
+#[derive(Debug, Clone)]
+pub struct FreshRow {
+    pub dedupe_key: String,
+    pub phone_number_id: String,
+    pub route_key: String,
+    pub kind: &'static str,
+}
+
+impl FreshEvent {
+    /// `None` for an event that names no contact (it cannot be routed).
+    pub fn new(event: Event) -> Option<FreshEvent> {
+        let route_key = event.identity.route_key()?;
+        Some(FreshEvent {
+            row: FreshRow {
+                dedupe_key: event.dedupe_key(),
+                phone_number_id: event.phone_number_id.clone(),
+                route_key,
+                kind: event.kind.as_str(),
+            },
+            event: Arc::new(event),
+        })
+    }
+
+    /// Seals the event for the inbox, for when it could not be applied as it arrived.
+    pub fn seal(&self, keyring: &Keyring) -> Option<PreparedEvent> {
+        let plain = serde_json::to_vec(self.event.as_ref()).ok()?;
+        let payload_ct = keyring
+            .inbox()
+            .seal(&plain, self.row.dedupe_key.as_bytes())
+            .ok()?;
+        Some(PreparedEvent {
+            dedupe_key: self.row.dedupe_key.clone(),
+            phone_number_id: self.row.phone_number_id.clone(),
+            route_key: self.row.route_key.clone(),
+            kind: self.row.kind,
+            payload_ct,
+            event: self.event.clone(),
+        })
+    }
+}
 
 /// A routable event, sealed and ready to insert.
 #[derive(Debug, Clone)]
@@ -49,18 +104,7 @@ pub struct InboxItem {
 
 impl PreparedEvent {
     pub fn seal(keyring: &Keyring, event: Event) -> Option<PreparedEvent> {
-        let route_key = event.identity.route_key()?;
-        let dedupe_key = event.dedupe_key();
-        let plain = serde_json::to_vec(&event).ok()?;
-        let payload_ct = keyring.inbox().seal(&plain, dedupe_key.as_bytes()).ok()?;
-        Some(PreparedEvent {
-            dedupe_key,
-            phone_number_id: event.phone_number_id.clone(),
-            route_key,
-            kind: event.kind.as_str(),
-            payload_ct,
-            event: Arc::new(event),
-        })
+        FreshEvent::new(event)?.seal(keyring)
     }
 }
 
@@ -171,6 +215,82 @@ pub fn insert_events(
             ]);
             let new_rows: Vec<InsertedRow> = statement.load(c)?;
             inserted.extend(new_rows.into_iter().map(|row| (row.dedupe_key, row.id)));
+        }
+    }
+    Ok(inserted)
+}
+
+fixed_statement!(
+    InsertProcessedOne = "INSERT INTO inbox \
+    (dedupe_key, tenant_id, phone_number_id, route_key, kind, payload_ct, received_at, \
+     processed_at) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING"
+);
+
+fixed_statement!(
+    InsertProcessedManyPg = "INSERT INTO inbox \
+    (dedupe_key, tenant_id, phone_number_id, route_key, kind, payload_ct, received_at, \
+     processed_at) \
+    SELECT d, t, p, r, k, ?, ?, ? \
+    FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[]) AS v (d, t, p, r, k) \
+    ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key"
+);
+
+#[derive(QueryableByName)]
+struct InsertedKey {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    dedupe_key: String,
+}
+
+/// Inserts the rows of events applied as they arrive, already processed; returns the
+/// dedupe keys inserted (the others were delivered before: their events are
+/// duplicates). Of identical rows in `rows`, the first inserts.
+pub fn insert_processed(
+    conn: &mut DbConn,
+    rows: &[(&TenantId, &FreshRow)],
+    now_ms: i64,
+) -> Result<HashSet<String>, StorageError> {
+    let mut inserted = HashSet::with_capacity(rows.len());
+    if rows.is_empty() {
+        return Ok(inserted);
+    }
+    let empty: &[u8] = &[];
+    match conn {
+        DbConn::Sqlite(c) => {
+            for (tenant_id, row) in rows {
+                let count = InsertProcessedOne::with(vec![
+                    Bind::Text(&row.dedupe_key),
+                    Bind::Text(tenant_id.as_str()),
+                    Bind::Text(&row.phone_number_id),
+                    Bind::Text(&row.route_key),
+                    Bind::Text(row.kind),
+                    Bind::Blob(empty),
+                    Bind::BigInt(now_ms),
+                    Bind::BigInt(now_ms),
+                ])
+                .execute(c)?;
+                if count == 1 {
+                    inserted.insert(row.dedupe_key.clone());
+                }
+            }
+        }
+        DbConn::Pg(c) => {
+            let keys: Vec<InsertedKey> = InsertProcessedManyPg::with(vec![
+                Bind::Blob(empty),
+                Bind::BigInt(now_ms),
+                Bind::BigInt(now_ms),
+                Bind::TextArray(rows.iter().map(|(_, r)| r.dedupe_key.as_str()).collect()),
+                Bind::TextArray(rows.iter().map(|(t, _)| t.as_str()).collect()),
+                Bind::TextArray(
+                    rows.iter()
+                        .map(|(_, r)| r.phone_number_id.as_str())
+                        .collect(),
+                ),
+                Bind::TextArray(rows.iter().map(|(_, r)| r.route_key.as_str()).collect()),
+                Bind::TextArray(rows.iter().map(|(_, r)| r.kind).collect()),
+            ])
+            .load(c)?;
+            inserted.extend(keys.into_iter().map(|k| k.dedupe_key));
         }
     }
     Ok(inserted)

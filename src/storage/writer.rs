@@ -1,9 +1,10 @@
 //! The writer: one thread that owns every database write and commits them in groups.
-//! Webhook requests (ingest) and actor work (resolve contacts, apply events) queue here;
-//! each cycle takes all waiting ingest jobs and, round-robin across tenants, actor jobs
-//! up to `database.write_batch_max`, commits them in one transaction, then answers each
-//! job. So a webhook is acknowledged only after its batch is durable, one fsync serves
-//! many requests, and a flood from one tenant cannot starve the others.
+//! Inbox inserts (ingest) and actor work (resolve contacts, apply events, the webhook's
+//! own events among them) queue here; each cycle takes all waiting ingest jobs and,
+//! round-robin across tenants, actor jobs up to `database.write_batch_max`, commits
+//! them in one transaction, then answers each job. So a webhook is acknowledged only
+//! after its batch is durable, one fsync serves many requests, and a flood from one
+//! tenant cannot starve the others.
 //!
 //! A job whose work fails is retried alone, so one bad job never fails its neighbours.
 
@@ -34,6 +35,15 @@ pub struct IngestReceipt {
     pub others: usize,
 }
 
+/// What an apply job committed.
+#[derive(Debug, Default)]
+pub struct ApplyReceipt {
+    /// The conversation the job's inbound messages went to, for the actor to cache.
+    pub conversation: Option<String>,
+    /// Per op: skipped because its fresh event had been delivered before.
+    pub duplicate: Vec<bool>,
+}
+
 /// Receives committed inbox rows (the actor registry).
 pub type Dispatcher = Box<dyn Fn(Vec<InboxItem>) + Send + Sync>;
 
@@ -51,7 +61,7 @@ enum Job {
     Apply {
         tenant_id: TenantId,
         ops: Vec<ApplyOp>,
-        reply: oneshot::Sender<Result<Option<String>, StorageError>>,
+        reply: oneshot::Sender<Result<ApplyReceipt, StorageError>>,
     },
     /// Answered once every job queued before it is done.
     Flush(oneshot::Sender<()>),
@@ -89,8 +99,7 @@ impl Job {
 enum Outcome {
     Ingest(IngestReceipt),
     Resolve(ResolvedContact),
-    /// The conversation the job's inbound messages went to.
-    Apply(Option<String>),
+    Apply(ApplyReceipt),
 }
 
 #[derive(Clone)]
@@ -142,13 +151,13 @@ impl WriterHandle {
         rx.await.map_err(|_| gone())?
     }
 
-    /// Applies a conversation actor's ops in order; returns the conversation its
-    /// inbound messages went to, for the actor to cache.
+    /// Applies a conversation actor's ops in order, skipping fresh events delivered
+    /// before.
     pub async fn apply(
         &self,
         tenant_id: TenantId,
         ops: Vec<ApplyOp>,
-    ) -> Result<Option<String>, StorageError> {
+    ) -> Result<ApplyReceipt, StorageError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send_async(Job::Apply {
@@ -537,19 +546,49 @@ impl Writer {
                     })
                     .collect();
                 let mut receipts = ingest(conn, &keyring, &mut routes, &parts, now)?.into_iter();
-                // Then every actor job's ops together (see crm::apply_batch).
-                let applies: Vec<(&TenantId, &[ApplyOp])> = jobs
+                // Then every actor job's ops together (see crm::apply_batch), less the
+                // fresh events whose inbox row exists already (redeliveries).
+                let fresh: Vec<(&TenantId, &inbox::FreshRow)> = jobs
                     .iter()
                     .filter_map(|job| match job {
-                        Job::Apply { tenant_id, ops, .. } => Some((tenant_id, &ops[..])),
+                        Job::Apply { tenant_id, ops, .. } => Some((tenant_id, ops)),
                         _ => None,
                     })
+                    .flat_map(|(tenant_id, ops)| {
+                        ops.iter()
+                            .filter_map(move |op| Some((tenant_id, op.inbox_row_to_insert()?)))
+                    })
                     .collect();
+                let mut new_rows = inbox::insert_processed(conn, &fresh, now)?;
+                let mut row_taken = Vec::new();
+                let mut applies: Vec<(&TenantId, Vec<&ApplyOp>)> = Vec::new();
+                for job in jobs {
+                    if let Job::Apply { tenant_id, ops, .. } = job {
+                        // The first of identical fresh events takes the row.
+                        let taken: Vec<bool> = ops
+                            .iter()
+                            .map(|op| {
+                                op.inbox_row_to_insert()
+                                    .is_some_and(|row| !new_rows.remove(&row.dedupe_key))
+                            })
+                            .collect();
+                        let kept = ops
+                            .iter()
+                            .zip(&taken)
+                            .filter(|(_, taken)| !**taken)
+                            .map(|(op, _)| op)
+                            .collect();
+                        applies.push((tenant_id, kept));
+                        row_taken.push(taken);
+                    }
+                }
                 let processed: Vec<i64> = applies
                     .iter()
-                    .flat_map(|(_, ops)| ops.iter().filter_map(ApplyOp::inbox_id))
+                    .flat_map(|(_, ops)| ops.iter().filter_map(|op| op.inbox_id()))
                     .collect();
-                let mut conversations = crm::apply_batch(conn, &applies, now)?.into_iter();
+                let mut applied = crm::apply_batch(conn, &applies, now)?
+                    .into_iter()
+                    .zip(row_taken);
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for (index, job) in jobs.iter().enumerate() {
                     let outcome = match job {
@@ -563,8 +602,25 @@ impl Writer {
                                 conn, &keyring, tenant_id, ids, key, now,
                             )?)
                         }
-                        Job::Apply { .. } => Outcome::Apply(conversations.next().flatten()),
-                        Job::Flush(_) => Outcome::Apply(None),
+                        Job::Apply { ops, .. } => {
+                            let (done, taken) = applied.next().unwrap_or_default();
+                            let mut redelivered = done.redelivered.into_iter();
+                            let duplicate = ops
+                                .iter()
+                                .zip(taken)
+                                .map(|(op, taken)| {
+                                    // `redelivered` has one entry per op that was kept.
+                                    taken
+                                        || (redelivered.next().unwrap_or(false)
+                                            && op.fresh_row().is_some())
+                                })
+                                .collect();
+                            Outcome::Apply(ApplyReceipt {
+                                conversation: done.conversation,
+                                duplicate,
+                            })
+                        }
+                        Job::Flush(_) => Outcome::Apply(ApplyReceipt::default()),
                     };
                     outcomes.push(outcome);
                 }
@@ -608,9 +664,9 @@ impl Writer {
                 (Job::Resolve { reply, .. }, Ok(Outcome::Resolve(contact))) => {
                     let _ = reply.send(Ok(contact));
                 }
-                (Job::Apply { reply, ops, .. }, Ok(Outcome::Apply(conversation))) => {
-                    self.metrics.events_applied.inc_by(ops.len() as u64);
-                    let _ = reply.send(Ok(conversation));
+                (Job::Apply { reply, ops, .. }, Ok(Outcome::Apply(receipt))) => {
+                    self.metrics.apply_receipt(&ops, &receipt.duplicate);
+                    let _ = reply.send(Ok(receipt));
                 }
                 (Job::Ingest { reply, .. }, Err(e)) => {
                     let _ = reply.send(Err(e));

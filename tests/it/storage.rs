@@ -171,7 +171,7 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
             };
             let plain = serde_json::to_vec(&bundle).unwrap();
             NewInbound {
-                inbox_id: sent_at,
+                origin: crm::Origin::Inbox(sent_at),
                 phone_number_id: NUMBER_A.into(),
                 contact_id: ContactId(contact.contact_id.0.clone()),
                 conversation_id: conversation.map(str::to_string),
@@ -188,8 +188,8 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
         // The first message opens the conversation (op by op: it is not known yet).
         let first = inbound("wamid.1", 1_000, None, &contact.key);
         let opened =
-            crm::apply_batch(&mut conn, &[(&tenant, &[ApplyOp::Inbound(first)])], 5).unwrap();
-        let conversation = opened[0].clone().expect("a conversation");
+            crm::apply_batch(&mut conn, &[(&tenant, vec![&ApplyOp::Inbound(first)])], 5).unwrap();
+        let conversation = opened[0].conversation.clone().expect("a conversation");
 
         let second = inbound("wamid.2", 3_000, Some(&conversation), &contact.key);
         let redelivered = inbound("wamid.2", 3_000, Some(&conversation), &contact.key);
@@ -206,17 +206,25 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
         let outcomes = crm::apply_batch(
             &mut conn,
             &[
-                (&tenant, &job_1[..]),
-                (&tenant, &job_2[..]),
-                (&tenant, &job_3[..]),
+                (&tenant, job_1.iter().collect()),
+                (&tenant, job_2.iter().collect()),
+                (&tenant, job_3.iter().collect()),
             ],
             6,
         )
         .unwrap();
+        let reported: Vec<Option<String>> =
+            outcomes.iter().map(|o| o.conversation.clone()).collect();
         assert_eq!(
-            outcomes,
+            reported,
             vec![Some(conversation.clone()); 3],
             "{backend:?}: every job reports the live conversation"
+        );
+        let redelivered: Vec<&[bool]> = outcomes.iter().map(|o| &o.redelivered[..]).collect();
+        assert_eq!(
+            redelivered,
+            [&[false, true][..], &[false, false], &[false]],
+            "{backend:?}: the second wamid.2 of the batch is reported as a redelivery"
         );
 
         let conversations = crm::list_conversations(&mut conn, &tenant, None, 10).unwrap();

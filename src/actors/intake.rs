@@ -1,0 +1,176 @@
+//! Intake: a verified webhook's content on its way in. Events for numbers a tenant
+//! owns are delivered to their conversation actors, which apply them and answer once
+//! the write is durable; everything else (numbers no tenant owns, content that is not
+//! an event, and any event whose delivery failed) is committed to the inbox by the
+//! writer. Either way the webhook is answered only once all of it is durable.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use actix::Addr;
+use tokio::sync::oneshot;
+
+use super::conversation::{Delivered, Delivery};
+use super::registry::{Deliver, Registry};
+use super::Core;
+use crate::ids::TenantId;
+use crate::storage::inbox::{FreshEvent, PreparedEvent, PreparedOther};
+use crate::storage::{tenants, StorageError};
+use crate::whatsapp::ParsedWebhook;
+
+/// What a webhook carried and what became of it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub received: usize,
+    pub new: usize,
+    pub duplicates: usize,
+    pub unrouted: usize,
+    pub stored_raw: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("an event could not be prepared for storage")]
+    Unpreparable,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// phone_number_id → owning tenant, for the numbers seen so far. Only owned numbers
+/// are cached: a number registered later is looked up again until it is found.
+#[derive(Default)]
+pub struct RouteCache {
+    owners: RwLock<HashMap<String, TenantId>>,
+}
+
+impl RouteCache {
+    fn cached(&self, phone_number_id: &str) -> Option<TenantId> {
+        self.owners
+            .read()
+            .ok()
+            .and_then(|owners| owners.get(phone_number_id).cloned())
+    }
+
+    /// The owners of `numbers` (those that have one).
+    async fn owners(
+        &self,
+        core: &Arc<Core>,
+        numbers: Vec<String>,
+    ) -> Result<HashMap<String, TenantId>, StorageError> {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        for number in numbers {
+            match self.cached(&number) {
+                Some(tenant) => {
+                    found.insert(number, tenant);
+                }
+                None => missing.push(number),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let pool = core.pool.clone();
+        let looked_up = actix_web::rt::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            let numbers: Vec<&str> = missing.iter().map(String::as_str).collect();
+            tenants::owners_of_numbers(&mut conn, &numbers)
+        })
+        .await
+        .map_err(|e| StorageError::Unavailable(e.to_string()))??;
+        if let Ok(mut owners) = self.owners.write() {
+            for (number, tenant) in &looked_up {
+                owners.insert(number.clone(), TenantId(tenant.clone()));
+            }
+        }
+        found.extend(
+            looked_up
+                .into_iter()
+                .map(|(number, tenant)| (number, TenantId(tenant))),
+        );
+        Ok(found)
+    }
+}
+
+/// Takes in a verified webhook; resolves once everything it carried is durable.
+pub async fn receive(
+    core: &Arc<Core>,
+    registry: &Addr<Registry>,
+    parsed: ParsedWebhook,
+) -> Result<Receipt, IntakeError> {
+    let mut receipt = Receipt {
+        received: parsed.events.len(),
+        ..Receipt::default()
+    };
+    let events = parsed
+        .events
+        .into_iter()
+        .map(FreshEvent::new)
+        .collect::<Option<Vec<FreshEvent>>>()
+        .ok_or(IntakeError::Unpreparable)?;
+    let mut numbers: Vec<String> = events
+        .iter()
+        .map(|e| e.row.phone_number_id.clone())
+        .collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    let owners = core.routes.owners(core, numbers).await?;
+
+    let mut deliveries = Vec::new();
+    let mut waiting = Vec::new();
+    let mut for_inbox = Vec::new();
+    for event in events {
+        match owners.get(&event.row.phone_number_id) {
+            Some(tenant_id) => {
+                let (reply, answer) = oneshot::channel();
+                deliveries.push(Delivery {
+                    tenant_id: tenant_id.clone(),
+                    event: event.clone(),
+                    reply,
+                });
+                waiting.push((event, answer));
+            }
+            // The writer stores it as unrouted (or routes it, if the number was
+            // registered meanwhile).
+            None => for_inbox.push(event),
+        }
+    }
+    if !deliveries.is_empty() {
+        registry.do_send(Deliver(deliveries));
+    }
+    for (event, answer) in waiting {
+        match answer.await {
+            Ok(Delivered::New) => receipt.new += 1,
+            Ok(Delivered::Duplicate) => receipt.duplicates += 1,
+            // The actor panicked on it or its write failed: the inbox takes it.
+            Err(_) => for_inbox.push(event),
+        }
+    }
+
+    let mut others = Vec::with_capacity(parsed.others.len());
+    for other in &parsed.others {
+        slog::warn!(core.log, "signed webhook content stored raw";
+            "reason" => other.reason, "field" => other.field.as_deref().unwrap_or("-"));
+        others.push(PreparedOther::seal(
+            &core.keyring,
+            other.reason,
+            other.field.clone(),
+            other.phone_number_id.clone(),
+            &other.raw,
+        )?);
+    }
+    if for_inbox.is_empty() && others.is_empty() {
+        return Ok(receipt);
+    }
+    let sealed = for_inbox
+        .iter()
+        .map(|event| event.seal(&core.keyring))
+        .collect::<Option<Vec<PreparedEvent>>>()
+        .ok_or(IntakeError::Unpreparable)?;
+    let stored = core.writer.ingest(sealed, others).await?;
+    receipt.new += stored.accepted.len();
+    receipt.duplicates += stored.duplicates;
+    receipt.unrouted += stored.unrouted;
+    receipt.stored_raw += stored.others;
+    Ok(receipt)
+}
