@@ -142,6 +142,7 @@ pub async fn run(
         log: log.new(slog::o!("task" => "actors")),
         hooks: options.hooks,
         routes: Default::default(),
+        tenants: Default::default(),
     });
     let registry = {
         let core = core.clone();

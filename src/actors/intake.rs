@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use super::conversation::{Delivered, Delivery};
 use super::registry::{Deliver, Registry};
+use super::tenant;
 use super::Core;
 use crate::ids::TenantId;
 use crate::storage::inbox::{FreshEvent, PreparedEvent, PreparedOther};
@@ -92,6 +93,24 @@ impl RouteCache {
     }
 }
 
+/// Hands deliveries to their tenant actors: directly when the actor is running, else
+/// through the registry, which starts it.
+fn deliver(core: &Core, registry: &Addr<Registry>, deliveries: Vec<Delivery>) {
+    let mut by_tenant: HashMap<TenantId, Vec<Delivery>> = HashMap::new();
+    for delivery in deliveries {
+        by_tenant
+            .entry(delivery.tenant_id.clone())
+            .or_default()
+            .push(delivery);
+    }
+    for (tenant_id, deliveries) in by_tenant {
+        match core.tenants.get(&tenant_id) {
+            Some(tenant) => tenant.do_send(tenant::Deliver(deliveries)),
+            None => registry.do_send(Deliver(deliveries)),
+        }
+    }
+}
+
 /// Takes in a verified webhook; resolves once everything it carried is durable.
 pub async fn receive(
     core: &Arc<Core>,
@@ -135,9 +154,7 @@ pub async fn receive(
             None => for_inbox.push(event),
         }
     }
-    if !deliveries.is_empty() {
-        registry.do_send(Deliver(deliveries));
-    }
+    deliver(core, registry, deliveries);
     for (event, answer) in waiting {
         match answer.await {
             Ok(Delivered::New) => receipt.new += 1,

@@ -55,4 +55,5 @@ pub struct Core {
     pub log: slog::Logger,
     pub hooks: Hooks,
     pub routes: intake::RouteCache,
+    pub tenants: registry::TenantDirectory,
 }

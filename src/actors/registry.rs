@@ -4,7 +4,7 @@
 //! `actors.sweep_min_age_secs`, as a safety net behind the live dispatch.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -19,6 +19,30 @@ use crate::storage::inbox::{self, InboxItem};
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Dispatch(pub Vec<InboxItem>);
+
+/// The tenant actors the registry started, readable from any thread, so a webhook's
+/// events go straight to their tenant actor instead of through the registry's thread.
+#[derive(Default)]
+pub struct TenantDirectory {
+    actors: RwLock<HashMap<TenantId, Addr<TenantActor>>>,
+}
+
+impl TenantDirectory {
+    /// The running actor of `tenant_id`, if the registry has started one.
+    pub fn get(&self, tenant_id: &TenantId) -> Option<Addr<TenantActor>> {
+        let actors = self.actors.read().ok()?;
+        actors
+            .get(tenant_id)
+            .filter(|addr| addr.connected())
+            .cloned()
+    }
+
+    fn insert(&self, tenant_id: TenantId, addr: Addr<TenantActor>) {
+        if let Ok(mut actors) = self.actors.write() {
+            actors.insert(tenant_id, addr);
+        }
+    }
+}
 
 /// Events delivered as they arrive, to route to their tenants.
 #[derive(Message)]
@@ -78,6 +102,14 @@ impl Registry {
         addr
     }
 
+    /// Makes a tenant actor reachable without the registry, once what the registry
+    /// had for it is in its mailbox: a later webhook cannot overtake an earlier one.
+    fn publish(&self, tenant_id: TenantId, tenant: Addr<TenantActor>) {
+        if self.core.tenants.get(&tenant_id).is_none() {
+            self.core.tenants.insert(tenant_id, tenant);
+        }
+    }
+
     fn route(&mut self, items: Vec<InboxItem>) {
         let mut by_tenant: HashMap<TenantId, Vec<InboxItem>> = HashMap::new();
         for item in items {
@@ -87,7 +119,9 @@ impl Registry {
                 .push(item);
         }
         for (tenant_id, items) in by_tenant {
-            self.tenant(&tenant_id).do_send(Route(items));
+            let tenant = self.tenant(&tenant_id);
+            tenant.do_send(Route(items));
+            self.publish(tenant_id, tenant);
         }
     }
 
@@ -169,7 +203,9 @@ impl Handler<Deliver> for Registry {
                 .push(delivery);
         }
         for (tenant_id, deliveries) in by_tenant {
-            self.tenant(&tenant_id).do_send(tenant::Deliver(deliveries));
+            let tenant = self.tenant(&tenant_id);
+            tenant.do_send(tenant::Deliver(deliveries));
+            self.publish(tenant_id, tenant);
         }
     }
 }
