@@ -17,7 +17,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -434,9 +433,10 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 fn main() {
     let args = Args::parse();
     let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
     let mut settings = converra::config::Settings::defaults().unwrap();
+    // Every target listens like the daemon (`server.listen_backlog`).
+    let listener = converra::listen("127.0.0.1:0", settings.server.listen_backlog).unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
     let mut converra_db: Option<String> = None;
 
     // The server runs on its own threads (2 HTTP workers), like the daemon.
@@ -461,7 +461,7 @@ fn main() {
         settings.whatsapp.app_secret = SECRET.into();
         settings.server.workers = 2;
         settings.actors.arbiters = 1;
-        settings.log.level = "error".into();
+        settings.log.level = std::env::var("LOADGEN_LOG").unwrap_or_else(|_| "error".into());
         let (keyring, pool) = converra::open_storage(&settings).unwrap();
         let mut conn = pool.get().unwrap();
         let tenant =

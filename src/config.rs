@@ -54,6 +54,7 @@ pub struct ServerSettings {
     pub bind: String,
     pub workers: usize,
     pub max_body_bytes: usize,
+    pub listen_backlog: u32,
     pub shutdown_timeout_secs: u64,
 }
 
@@ -173,6 +174,9 @@ impl Settings {
                     self.server.bind
                 ),
             ));
+        }
+        if self.server.listen_backlog == 0 {
+            return Err(invalid("server.listen_backlog", "must be at least 1"));
         }
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));

@@ -64,6 +64,29 @@ pub enum RunError {
     Io(#[from] std::io::Error),
 }
 
+/// Binds the listening socket with a backlog of `backlog` connections. std's `bind`
+/// asks for 128, which a burst of new connections (Meta's, or a load test's) overflows:
+/// the kernel drops the excess and the clients retry a second later.
+pub fn listen(address: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::ToSocketAddrs;
+    let address = address.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{address} resolves to no address"),
+        )
+    })?;
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
 /// What [`run`] takes besides settings: the logger, the clock and test hooks.
 pub struct RunOptions {
     pub log: slog::Logger,

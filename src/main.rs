@@ -1,7 +1,6 @@
 //! The `converra` binary: parses the command line and calls the library. `serve` is
 //! the default; operator commands print a table, or JSON with `--json`.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -150,7 +149,7 @@ fn run_command() -> anyhow::Result<()> {
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
     let (log, _flush_on_exit) = converra::logging::root(&settings.log);
-    let listener = TcpListener::bind(&settings.server.bind)
+    let listener = converra::listen(&settings.server.bind, settings.server.listen_backlog)
         .with_context(|| format!("cannot listen on {} (server.bind)", settings.server.bind))?;
     let system = actix::System::new();
     let result = system.block_on(async move {

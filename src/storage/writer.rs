@@ -310,6 +310,9 @@ struct Writer {
 }
 
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
+/// A write that took this long is logged: the disk (or the database server) is
+/// struggling, and webhooks wait.
+const SLOW_WRITE: Duration = Duration::from_millis(100);
 
 impl Writer {
     fn run(&mut self, rx: flume::Receiver<Job>) {
@@ -457,9 +460,12 @@ impl Writer {
                 self.finish(jobs.drain(..).zip(results));
             }
         }
-        self.metrics
-            .db_write_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        if took >= SLOW_WRITE {
+            // Every webhook and actor in the batch waited this long.
+            slog::warn!(self.log, "slow write batch"; "ms" => took.as_millis(), "jobs" => batch_size);
+        }
+        self.metrics.db_write_seconds.observe(took.as_secs_f64());
         self.metrics.db_batch_jobs.observe(batch_size as f64);
         self.answer_flushes(flushes);
     }
@@ -696,12 +702,17 @@ impl Writer {
 
     /// See [`spawn_checkpointer`].
     fn restart_wal(&mut self) {
+        let started = Instant::now();
         let result = self.connection().and_then(|conn| {
             checkpoint(conn, "main", "RESTART")?;
             checkpoint(conn, "keystore", "RESTART")
         });
         if let Err(e) = result {
             slog::debug!(self.log, "WAL restart skipped"; "error" => %e);
+        }
+        let took = started.elapsed();
+        if took >= SLOW_WRITE {
+            slog::warn!(self.log, "WAL restart held the writer"; "ms" => took.as_millis());
         }
     }
 

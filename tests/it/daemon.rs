@@ -539,3 +539,22 @@ async fn systemd_hears_ready_then_the_watchdog_then_stopping() {
     }
     assert!(child.wait().unwrap().success());
 }
+
+/// A burst of new connections waits in the listen queue instead of being dropped (the
+/// kernel drops what overflows it and the client retries only a second later): the
+/// listener asks for `server.listen_backlog`, not std's 128.
+#[test]
+fn a_burst_of_connections_fits_in_the_listen_queue() {
+    let settings = converra::config::Settings::defaults().unwrap();
+    let listener = converra::listen("127.0.0.1:0", settings.server.listen_backlog).unwrap();
+    let address = listener.local_addr().unwrap();
+    // Nothing accepts: every connection stays queued.
+    let mut queued = Vec::new();
+    for n in 0..400 {
+        match std::net::TcpStream::connect_timeout(&address, Duration::from_millis(300)) {
+            Ok(stream) => queued.push(stream),
+            Err(e) => panic!("connection {n} was not queued: {e}"),
+        }
+    }
+    assert_eq!(queued.len(), 400);
+}
