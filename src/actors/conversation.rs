@@ -35,7 +35,7 @@ use crate::storage::crm::{
     ProfileUpdate, ResolvedContact,
 };
 use crate::storage::inbox::{self, FreshEvent, FreshRow, InboxItem};
-use crate::storage::writer::ApplyReceipt;
+use crate::storage::writer::{ApplyReceipt, Delivered, Waiters};
 use crate::storage::StorageError;
 use crate::whatsapp::webhook::{InboundMessage, MessageContent, Status, UserPreference};
 use crate::whatsapp::{Event, EventKind, Identity};
@@ -44,14 +44,6 @@ use crate::whatsapp::{Event, EventKind, Identity};
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Process(pub InboxItem);
-
-/// What became of a delivered event once its write committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivered {
-    New,
-    /// Delivered before: nothing changed.
-    Duplicate,
-}
 
 /// A webhook's event, delivered as it arrives. `reply` hears once the event is
 /// durable; dropped unanswered, it tells the webhook to store the event in the inbox.
@@ -142,8 +134,9 @@ pub struct ConversationActor {
 
 enum Step {
     Resolve(ContactIdentifiers),
-    /// The pending events applied (by seq; the i-th op applies the i-th) and the ops.
-    Apply(Vec<u64>, Vec<ApplyOp>),
+    /// The pending events applied (by seq; the i-th op applies the i-th), the ops, and
+    /// the webhooks waiting on them.
+    Apply(Vec<u64>, Vec<ApplyOp>, Waiters),
 }
 
 impl ConversationActor {
@@ -199,7 +192,8 @@ impl ConversationActor {
         });
     }
 
-    /// Removes the pending events `done`, answering the delivered ones.
+    /// Removes the pending events `done`, answering any delivered one whose webhook
+    /// the writer did not answer already.
     fn complete(&mut self, done: &[u64], receipt: &ApplyReceipt) {
         let outcome: HashMap<u64, bool> = done
             .iter()
@@ -231,7 +225,8 @@ impl ConversationActor {
     }
 
     /// Hands every delivered event back to its webhook, which stores it in the inbox:
-    /// a webhook must not wait on retries.
+    /// a webhook must not wait on retries. (One whose write just failed was handed back
+    /// already: the writer dropped its reply.)
     fn hand_back_deliveries(&mut self) {
         self.pending
             .retain(|item| !matches!(item.source, Source::Fresh { .. }));
@@ -285,6 +280,7 @@ impl ConversationActor {
         let mut ops = Vec::new();
         let mut profile: Option<(Option<String>, Option<String>)> = None;
         let mut unusable = Vec::new();
+        let mut waiting = Vec::new();
         for item in self.pending.iter().take(MAX_BATCH) {
             if !self.covers(&item.event.identity) {
                 break;
@@ -311,6 +307,9 @@ impl ConversationActor {
                 }
                 Ok(op) => ops.push(op),
                 Err(_) => return Some(Err(item.seq)),
+            }
+            if matches!(item.source, Source::Fresh { .. }) {
+                waiting.push((ops.len() - 1, item.seq));
             }
             seqs.push(item.seq);
             let identity = &item.event.identity;
@@ -355,7 +354,17 @@ impl ConversationActor {
         if let Some(profile) = profile {
             self.written_profile = Some(profile);
         }
-        Some(Ok(Step::Apply(seqs, ops)))
+        // The webhooks' replies travel with the write: the writer answers them itself.
+        let mut waiters = Vec::with_capacity(waiting.len());
+        for item in self.pending.iter_mut() {
+            if let Source::Fresh { reply, .. } = &mut item.source {
+                let index = waiting.iter().find(|(_, seq)| *seq == item.seq);
+                if let (Some((index, _)), Some(reply)) = (index, reply.take()) {
+                    waiters.push((*index, reply));
+                }
+            }
+        }
+        Some(Ok(Step::Apply(seqs, ops, waiters)))
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
@@ -395,8 +404,8 @@ impl ConversationActor {
                     }
                 }));
             }
-            Step::Apply(seqs, ops) => {
-                let fut = async move { writer.apply(tenant_id, ops).await };
+            Step::Apply(seqs, ops, waiters) => {
+                let fut = async move { writer.apply(tenant_id, ops, waiters).await };
                 ctx.spawn(fut.into_actor(self).map(move |result, actor, ctx| {
                     actor.in_flight = false;
                     match result {

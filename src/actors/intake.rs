@@ -10,12 +10,13 @@ use std::sync::{Arc, RwLock};
 use actix::Addr;
 use tokio::sync::oneshot;
 
-use super::conversation::{Delivered, Delivery};
+use super::conversation::Delivery;
 use super::registry::{Deliver, Registry};
 use super::tenant;
 use super::Core;
 use crate::ids::TenantId;
 use crate::storage::inbox::{FreshEvent, PreparedEvent, PreparedOther};
+use crate::storage::writer::Delivered;
 use crate::storage::{tenants, StorageError};
 use crate::whatsapp::ParsedWebhook;
 

@@ -44,6 +44,19 @@ pub struct ApplyReceipt {
     pub duplicate: Vec<bool>,
 }
 
+/// What became of an event applied as it arrived, told to the webhook that carried it
+/// once the write is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    New,
+    /// Delivered before: nothing changed.
+    Duplicate,
+}
+
+/// Webhooks waiting on an apply job: the index of the op that applies their event, and
+/// where to tell them. Dropped unanswered when the write fails.
+pub type Waiters = Vec<(usize, oneshot::Sender<Delivered>)>;
+
 /// Receives committed inbox rows (the actor registry).
 pub type Dispatcher = Box<dyn Fn(Vec<InboxItem>) + Send + Sync>;
 
@@ -61,6 +74,7 @@ enum Job {
     Apply {
         tenant_id: TenantId,
         ops: Vec<ApplyOp>,
+        waiters: Waiters,
         reply: oneshot::Sender<Result<ApplyReceipt, StorageError>>,
     },
     /// Answered once every job queued before it is done.
@@ -152,17 +166,20 @@ impl WriterHandle {
     }
 
     /// Applies a conversation actor's ops in order, skipping fresh events delivered
-    /// before.
+    /// before. The webhooks in `waiters` hear straight from the writer once the write
+    /// is durable, without waiting for the actor's turn.
     pub async fn apply(
         &self,
         tenant_id: TenantId,
         ops: Vec<ApplyOp>,
+        waiters: Waiters,
     ) -> Result<ApplyReceipt, StorageError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send_async(Job::Apply {
                 tenant_id,
                 ops,
+                waiters,
                 reply,
             })
             .await
@@ -670,8 +687,24 @@ impl Writer {
                 (Job::Resolve { reply, .. }, Ok(Outcome::Resolve(contact))) => {
                     let _ = reply.send(Ok(contact));
                 }
-                (Job::Apply { reply, ops, .. }, Ok(Outcome::Apply(receipt))) => {
+                (
+                    Job::Apply {
+                        reply,
+                        ops,
+                        waiters,
+                        ..
+                    },
+                    Ok(Outcome::Apply(receipt)),
+                ) => {
                     self.metrics.apply_receipt(&ops, &receipt.duplicate);
+                    for (index, waiter) in waiters {
+                        let duplicate = receipt.duplicate.get(index).copied().unwrap_or(false);
+                        let _ = waiter.send(if duplicate {
+                            Delivered::Duplicate
+                        } else {
+                            Delivered::New
+                        });
+                    }
                     let _ = reply.send(Ok(receipt));
                 }
                 (Job::Ingest { reply, .. }, Err(e)) => {
