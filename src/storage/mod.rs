@@ -254,11 +254,78 @@ pub fn connect(settings: &Settings) -> Result<Pool, StorageError> {
 
 /// Applies every embedded migration not applied yet; returns their names.
 pub fn run_migrations(conn: &mut DbConn) -> Result<Vec<String>, StorageError> {
+    if let DbConn::Sqlite(c) = conn {
+        check_key_store_belongs(c)?;
+    }
     let applied = match conn {
         DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(names),
         DbConn::Pg(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS).map(names),
     };
     applied.map_err(|e| StorageError::Migration(e.to_string()))
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct AttachedFile {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    file: String,
+}
+
+/// SQLite keeps the data and the key store in two files: one of them replaced or lost
+/// without the other leaves data no key opens. Caught here, before the migrations
+/// fail on it with a bare "table already exists" (or the first read with "no such
+/// table"), with what the operator can do about it.
+fn check_key_store_belongs(conn: &mut SqliteConnection) -> Result<(), StorageError> {
+    let count = |conn: &mut SqliteConnection, sql: &str| -> Result<bool, StorageError> {
+        let rows: Vec<Count> = diesel::sql_query(sql).load(conn)?;
+        Ok(rows.first().is_some_and(|c| c.n > 0))
+    };
+    let data_migrated = count(
+        conn,
+        "SELECT count(*) AS n FROM main.sqlite_master \
+         WHERE type = 'table' AND name = '__diesel_schema_migrations'",
+    )? && count(
+        conn,
+        "SELECT count(*) AS n FROM main.__diesel_schema_migrations",
+    )?;
+    let has_keys = count(
+        conn,
+        "SELECT count(*) AS n FROM keystore.sqlite_master \
+         WHERE type = 'table' AND name = 'data_keys'",
+    )?;
+    let files: Vec<AttachedFile> =
+        diesel::sql_query("SELECT name, file FROM pragma_database_list").load(conn)?;
+    let file_of = |schema: &str| {
+        files
+            .iter()
+            .find(|f| f.name == schema)
+            .map(|f| f.file.clone())
+            .unwrap_or_default()
+    };
+    match (data_migrated, has_keys) {
+        (false, true) => Err(StorageError::Migration(format!(
+            "the key store {} holds data keys but the database {} is new: the key store \
+             belongs to an earlier database. Restore that database file, or move the key \
+             store away to start afresh (its keys open nothing in a new database)",
+            file_of("keystore"),
+            file_of("main")
+        ))),
+        (true, false) => Err(StorageError::Migration(format!(
+            "the database {} holds data but the key store {} is missing or empty, so none \
+             of its sealed content can be read. Restore the key store file (from its own \
+             backup) next to the database",
+            file_of("main"),
+            file_of("keystore")
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Reverts every migration (used by the migration round-trip test).

@@ -114,6 +114,47 @@ fn rebuilding_messages_keeps_its_rows_and_their_statuses() {
     }
 }
 
+/// The data and the key store are two SQLite files; an operator who replaces or loses
+/// one of them is told which, and what to do, instead of a bare migration error.
+#[test]
+fn a_key_store_that_does_not_match_the_database_is_refused_with_the_reason() {
+    let db = TestDb::new(&Backend::Sqlite);
+    let settings = settings_for(&db);
+    let storage::DatabaseUrl::Sqlite(data) = storage::DatabaseUrl::parse(&db.url).unwrap() else {
+        unreachable!("a SQLite url")
+    };
+    let keys = settings.sqlite_key_store_path(&data);
+    let remove = |path: &std::path::Path| {
+        for suffix in ["", "-wal", "-shm"] {
+            let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            let _ = std::fs::remove_file(file);
+        }
+    };
+    let migrate = || {
+        let mut conn = DbManager::new(&settings).unwrap().establish().unwrap();
+        storage::run_migrations(&mut conn).map(|_| ())
+    };
+    migrate().unwrap();
+
+    // A new database beside the old key store.
+    remove(&data);
+    let err = migrate().unwrap_err().to_string();
+    assert!(
+        err.contains("belongs to an earlier database") && err.contains(&keys.display().to_string()),
+        "{err}"
+    );
+
+    // The database without its key store.
+    remove(&keys);
+    migrate().unwrap();
+    remove(&keys);
+    let err = migrate().unwrap_err().to_string();
+    assert!(
+        err.contains("key store") && err.contains("missing or empty"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_bad_database_url_reports_the_real_reason() {
     let mut settings = Settings::defaults().unwrap();
