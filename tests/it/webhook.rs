@@ -407,6 +407,31 @@ async fn a_username_only_contact_is_keyed_by_user_id_and_merged_when_the_number_
     }
 }
 
+/// A webhook's events are applied before its 200: a client that reads right after
+/// the acknowledgement sees the message, its conversation and its window.
+#[actix_rt::test]
+async fn an_acknowledged_message_is_readable_at_once() {
+    for backend in backends() {
+        let app = TestApp::start(&backend).await;
+        let body = text_webhook(NUMBER_A, "4915333", "wamid.now", "right away");
+        let (status, ack) = app.post_signed(&body).await;
+        assert_eq!((status, ack["new"].clone()), (200, json!(1)), "{ack}");
+        let messages = app.all_messages(&app.a).await;
+        assert_eq!(messages.len(), 1, "{backend:?}: {messages:?}");
+        assert_eq!(messages[0]["content"], json!({"body": "right away"}));
+        let conversations = app.all("/v1/conversations", &app.a.api_key).await;
+        assert!(
+            conversations[0]["window_ends_at"].is_string(),
+            "{backend:?}: {conversations:?}"
+        );
+        assert_eq!(
+            app.metric("converra_messages_ingested_total").await,
+            1.0,
+            "{backend:?}"
+        );
+    }
+}
+
 #[actix_rt::test]
 async fn duplicates_are_stored_once() {
     for backend in backends() {
