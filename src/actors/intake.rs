@@ -97,14 +97,7 @@ impl RouteCache {
 /// Hands deliveries to their tenant actors: directly when the actor is running, else
 /// through the registry, which starts it.
 fn deliver(core: &Core, registry: &Addr<Registry>, deliveries: Vec<Delivery>) {
-    let mut by_tenant: HashMap<TenantId, Vec<Delivery>> = HashMap::new();
-    for delivery in deliveries {
-        by_tenant
-            .entry(delivery.tenant_id.clone())
-            .or_default()
-            .push(delivery);
-    }
-    for (tenant_id, deliveries) in by_tenant {
+    for (tenant_id, deliveries) in super::by_tenant(deliveries, |d| &d.tenant_id) {
         match core.tenants.get(&tenant_id) {
             Some(tenant) => tenant.do_send(tenant::Deliver(deliveries)),
             None => registry.do_send(Deliver(deliveries)),

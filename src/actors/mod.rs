@@ -15,11 +15,13 @@ pub mod intake;
 pub mod registry;
 pub mod tenant;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::crypto::Keyring;
+use crate::ids::TenantId;
 use crate::metrics::Metrics;
 use crate::storage::writer::WriterHandle;
 use crate::storage::Pool;
@@ -56,4 +58,13 @@ pub struct Core {
     pub hooks: Hooks,
     pub routes: intake::RouteCache,
     pub tenants: registry::TenantDirectory,
+}
+
+/// Groups `items` by the tenant each belongs to, keeping their order within a tenant.
+fn by_tenant<T>(items: Vec<T>, tenant: impl Fn(&T) -> &TenantId) -> HashMap<TenantId, Vec<T>> {
+    let mut groups: HashMap<TenantId, Vec<T>> = HashMap::new();
+    for item in items {
+        groups.entry(tenant(&item).clone()).or_default().push(item);
+    }
+    groups
 }

@@ -1,7 +1,8 @@
-//! The registry: routes delivered events and committed inbox rows to tenant actors
-//! (starting them on the worker arbiters round-robin) and sweeps the inbox for rows that were never
-//! processed: all of them at start-up, and periodically those older than
-//! `actors.sweep_min_age_secs`, as a safety net behind the live dispatch.
+//! The registry: starts tenant actors (on the worker arbiters, round-robin) and routes
+//! to them the events of tenants whose actor is not running yet and the committed
+//! inbox rows; and sweeps the inbox for rows that were never processed: all of them at
+//! start-up, and periodically those older than `actors.sweep_min_age_secs`, as a
+//! safety net behind the live dispatch.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -102,8 +103,10 @@ impl Registry {
         addr
     }
 
-    /// Makes a tenant actor reachable without the registry, once what the registry
-    /// had for it is in its mailbox: a later webhook cannot overtake an earlier one.
+    /// Makes a tenant actor reachable without the registry, after forwarding what the
+    /// registry had for it. (Webhooks in flight at the same time have no order between
+    /// them, at Meta's end either; one sent after another was answered finds the
+    /// other's events applied already.)
     fn publish(&self, tenant_id: TenantId, tenant: Addr<TenantActor>) {
         if self.core.tenants.get(&tenant_id).is_none() {
             self.core.tenants.insert(tenant_id, tenant);
@@ -111,14 +114,7 @@ impl Registry {
     }
 
     fn route(&mut self, items: Vec<InboxItem>) {
-        let mut by_tenant: HashMap<TenantId, Vec<InboxItem>> = HashMap::new();
-        for item in items {
-            by_tenant
-                .entry(item.tenant_id.clone())
-                .or_default()
-                .push(item);
-        }
-        for (tenant_id, items) in by_tenant {
+        for (tenant_id, items) in super::by_tenant(items, |item| &item.tenant_id) {
             let tenant = self.tenant(&tenant_id);
             tenant.do_send(Route(items));
             self.publish(tenant_id, tenant);
@@ -195,14 +191,7 @@ impl Handler<Dispatch> for Registry {
 impl Handler<Deliver> for Registry {
     type Result = ();
     fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) {
-        let mut by_tenant: HashMap<TenantId, Vec<Delivery>> = HashMap::new();
-        for delivery in msg.0 {
-            by_tenant
-                .entry(delivery.tenant_id.clone())
-                .or_default()
-                .push(delivery);
-        }
-        for (tenant_id, deliveries) in by_tenant {
+        for (tenant_id, deliveries) in super::by_tenant(msg.0, |d| &d.tenant_id) {
             let tenant = self.tenant(&tenant_id);
             tenant.do_send(tenant::Deliver(deliveries));
             self.publish(tenant_id, tenant);

@@ -560,7 +560,8 @@ impl Writer {
                 }
             };
             conn.transaction::<_, StorageError, _>(|conn| {
-                // All webhooks of the batch first, in multi-row statements.
+                // The inbox inserts of the batch first, then the actors' ops, each in
+                // multi-row statements; resolves one by one.
                 let parts: Vec<(&[PreparedEvent], &[PreparedOther])> = jobs
                     .iter()
                     .filter_map(|job| match job {
@@ -569,49 +570,7 @@ impl Writer {
                     })
                     .collect();
                 let mut receipts = ingest(conn, &keyring, &mut routes, &parts, now)?.into_iter();
-                // Then every actor job's ops together (see crm::apply_batch), less the
-                // fresh events whose inbox row exists already (redeliveries).
-                let fresh: Vec<(&TenantId, &inbox::FreshRow)> = jobs
-                    .iter()
-                    .filter_map(|job| match job {
-                        Job::Apply { tenant_id, ops, .. } => Some((tenant_id, ops)),
-                        _ => None,
-                    })
-                    .flat_map(|(tenant_id, ops)| {
-                        ops.iter()
-                            .filter_map(move |op| Some((tenant_id, op.inbox_row_to_insert()?)))
-                    })
-                    .collect();
-                let mut new_rows = inbox::insert_processed(conn, &fresh, now)?;
-                let mut row_taken = Vec::new();
-                let mut applies: Vec<(&TenantId, Vec<&ApplyOp>)> = Vec::new();
-                for job in jobs {
-                    if let Job::Apply { tenant_id, ops, .. } = job {
-                        // The first of identical fresh events takes the row.
-                        let taken: Vec<bool> = ops
-                            .iter()
-                            .map(|op| {
-                                op.inbox_row_to_insert()
-                                    .is_some_and(|row| !new_rows.remove(&row.dedupe_key))
-                            })
-                            .collect();
-                        let kept = ops
-                            .iter()
-                            .zip(&taken)
-                            .filter(|(_, taken)| !**taken)
-                            .map(|(op, _)| op)
-                            .collect();
-                        applies.push((tenant_id, kept));
-                        row_taken.push(taken);
-                    }
-                }
-                let processed: Vec<i64> = applies
-                    .iter()
-                    .flat_map(|(_, ops)| ops.iter().filter_map(|op| op.inbox_id()))
-                    .collect();
-                let mut applied = crm::apply_batch(conn, &applies, now)?
-                    .into_iter()
-                    .zip(row_taken);
+                let mut applied = apply_jobs(conn, jobs, now)?.into_iter();
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for (index, job) in jobs.iter().enumerate() {
                     let outcome = match job {
@@ -625,29 +584,11 @@ impl Writer {
                                 conn, &keyring, tenant_id, ids, key, now,
                             )?)
                         }
-                        Job::Apply { ops, .. } => {
-                            let (done, taken) = applied.next().unwrap_or_default();
-                            let mut redelivered = done.redelivered.into_iter();
-                            let duplicate = ops
-                                .iter()
-                                .zip(taken)
-                                .map(|(op, taken)| {
-                                    // `redelivered` has one entry per op that was kept.
-                                    taken
-                                        || (redelivered.next().unwrap_or(false)
-                                            && op.fresh_row().is_some())
-                                })
-                                .collect();
-                            Outcome::Apply(ApplyReceipt {
-                                conversation: done.conversation,
-                                duplicate,
-                            })
-                        }
+                        Job::Apply { .. } => Outcome::Apply(applied.next().unwrap_or_default()),
                         Job::Flush(_) => Outcome::Apply(ApplyReceipt::default()),
                     };
                     outcomes.push(outcome);
                 }
-                inbox::mark_processed_many(conn, &processed, now)?;
                 Ok(outcomes)
             })
         };
@@ -844,6 +785,83 @@ fn checkpoint(conn: &mut DbConn, schema: &str, mode: &str) -> Result<i64, Storag
     let rows: Vec<CheckpointResult> =
         diesel::sql_query(format!("PRAGMA {schema}.wal_checkpoint({mode})")).load(c)?;
     Ok(rows.first().map(|r| r.log).unwrap_or(0))
+}
+
+/// Applies every actor job's ops of the batch together (see [`crm::apply_batch`]),
+/// less the fresh events whose inbox row exists already (redeliveries), and marks the
+/// inbox rows they came from processed; one receipt per apply job, in order.
+fn apply_jobs(
+    conn: &mut DbConn,
+    jobs: &[Job],
+    now: i64,
+) -> Result<Vec<ApplyReceipt>, StorageError> {
+    let apply_jobs: Vec<(&TenantId, &[ApplyOp])> = jobs
+        .iter()
+        .filter_map(|job| match job {
+            Job::Apply { tenant_id, ops, .. } => Some((tenant_id, &ops[..])),
+            _ => None,
+        })
+        .collect();
+    let fresh: Vec<(&TenantId, &inbox::FreshRow)> = apply_jobs
+        .iter()
+        .flat_map(|(tenant_id, ops)| {
+            ops.iter()
+                .filter_map(move |op| Some((*tenant_id, op.inbox_row_to_insert()?)))
+        })
+        .collect();
+    let mut new_rows = inbox::insert_processed(conn, &fresh, now)?;
+    // Per job and op: a fresh event whose row was there already. The first of
+    // identical fresh events in the batch takes the row.
+    let row_taken: Vec<Vec<bool>> = apply_jobs
+        .iter()
+        .map(|(_, ops)| {
+            ops.iter()
+                .map(|op| {
+                    op.inbox_row_to_insert()
+                        .is_some_and(|row| !new_rows.remove(&row.dedupe_key))
+                })
+                .collect()
+        })
+        .collect();
+    let applies: Vec<(&TenantId, Vec<&ApplyOp>)> = apply_jobs
+        .iter()
+        .zip(&row_taken)
+        .map(|((tenant_id, ops), taken)| {
+            let kept = ops
+                .iter()
+                .zip(taken)
+                .filter(|(_, taken)| !**taken)
+                .map(|(op, _)| op)
+                .collect();
+            (*tenant_id, kept)
+        })
+        .collect();
+    let applied = crm::apply_batch(conn, &applies, now)?;
+    let processed: Vec<i64> = applies
+        .iter()
+        .flat_map(|(_, ops)| ops.iter().filter_map(|op| op.inbox_id()))
+        .collect();
+    inbox::mark_processed_many(conn, &processed, now)?;
+    Ok(apply_jobs
+        .iter()
+        .zip(row_taken)
+        .zip(applied)
+        .map(|(((_, ops), taken), done)| {
+            // `done.redelivered` has one entry per op that was kept.
+            let mut redelivered = done.redelivered.into_iter();
+            let duplicate = ops
+                .iter()
+                .zip(taken)
+                .map(|(op, taken)| {
+                    taken || (redelivered.next().unwrap_or(false) && op.fresh_row().is_some())
+                })
+                .collect();
+            ApplyReceipt {
+                conversation: done.conversation,
+                duplicate,
+            }
+        })
+        .collect())
 }
 
 /// Inserts the events and other content of several webhooks inside the batch
