@@ -69,22 +69,32 @@ pub enum RunError {
 /// the kernel drops the excess and the clients retry a second later.
 pub fn listen(address: &str, backlog: u32) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    use std::net::ToSocketAddrs;
-    let address = address.to_socket_addrs()?.next().ok_or_else(|| {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let bind = |address: SocketAddr| -> std::io::Result<TcpListener> {
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+        Ok(socket.into())
+    };
+    // Like std's `bind`: the first of the name's addresses that can be bound.
+    let mut last_error = None;
+    for candidate in address.to_socket_addrs()? {
+        match bind(candidate) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("{address} resolves to no address"),
         )
-    })?;
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    Ok(socket.into())
+    }))
 }
 
 /// What [`run`] takes besides settings: the logger, the clock and test hooks.
