@@ -58,9 +58,10 @@ pub enum ApplyOp {
 pub enum Origin {
     /// A committed inbox row, marked processed in the transaction that applies it.
     Inbox(i64),
-    /// An event applied as it arrives: its inbox row is inserted already processed in
+    /// An event applied as it arrives. Its inbox row is inserted already processed in
     /// the same transaction, and when that row exists already (a redelivery) the op is
-    /// skipped.
+    /// skipped; an inbound message has no such row (see
+    /// [`ApplyOp::inbox_row_to_insert`]): its message row collides instead.
     Fresh(FreshRow),
 }
 
