@@ -6,8 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use converra::actors::Hooks;
 use converra::ids::TenantId;
+use converra::storage;
 use converra::storage::inbox::{insert_event, PreparedEvent};
 use converra::whatsapp::webhook;
+use serde_json::json;
 
 use crate::support::*;
 
@@ -279,4 +281,62 @@ async fn the_sqlite_wal_stays_bounded_under_sustained_writes() {
         "the WAL grew to {} KiB with a 1 MiB bound",
         size >> 10
     );
+}
+
+/// A delivered event whose write fails is not lost: its webhook stores it in the inbox
+/// before answering 200, its neighbours are applied as usual, and it is applied once
+/// the write can succeed.
+#[actix_rt::test]
+async fn an_event_whose_write_fails_waits_in_the_inbox_until_it_can_be_applied() {
+    use diesel::connection::SimpleConnection;
+    for backend in backends() {
+        let app = TestApp::start(&backend).await;
+        let warm = text_webhook(NUMBER_A, "4915444", "wamid.first", "first");
+        assert_eq!(app.post_signed(&warm).await.0, 200);
+
+        let (refuse, allow) = match backend {
+            Backend::Sqlite => (
+                "CREATE TRIGGER refuse BEFORE INSERT ON messages \
+                 WHEN NEW.wamid = 'wamid.refused' \
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+                "DROP TRIGGER refuse;",
+            ),
+            Backend::Postgres(_) => (
+                "CREATE FUNCTION refuse_marked() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.wamid = 'wamid.refused' THEN RAISE EXCEPTION 'injected failure'; \
+                 END IF; RETURN NEW; END $$ LANGUAGE plpgsql; \
+                 CREATE TRIGGER refuse BEFORE INSERT ON messages \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_marked();",
+                "DROP TRIGGER refuse ON messages; DROP FUNCTION refuse_marked();",
+            ),
+        };
+        let (_, pool) = app.pool();
+        pool.get().unwrap().batch_execute(refuse).unwrap();
+
+        let refused = text_webhook(NUMBER_A, "4915444", "wamid.refused", "refused");
+        let (status, ack) = app.post_signed(&refused).await;
+        assert_eq!((status, ack["new"].clone()), (200, json!(1)), "{ack}");
+        let neighbour = text_webhook(NUMBER_A, "4915445", "wamid.neighbour", "fine");
+        assert_eq!(app.post_signed(&neighbour).await.0, 200);
+        let stored = app.all_messages(&app.a).await;
+        let wamids: HashSet<&str> = stored.iter().filter_map(|m| m["wamid"].as_str()).collect();
+        assert_eq!(
+            wamids,
+            HashSet::from(["wamid.first", "wamid.neighbour"]),
+            "{backend:?}"
+        );
+        let backlog = storage::with_conn(&pool, storage::inbox::backlog).unwrap();
+        assert_eq!(
+            backlog, 1,
+            "{backend:?}: the refused event waits in the inbox"
+        );
+
+        pool.get().unwrap().batch_execute(allow).unwrap();
+        let stored = app.wait_messages(&app.a, 3).await;
+        assert!(
+            stored.iter().any(|m| m["wamid"] == "wamid.refused"),
+            "{backend:?}"
+        );
+        app.wait_processed().await;
+    }
 }
