@@ -537,7 +537,27 @@ fn main() {
     });
 
     let cpu_before = thread_cpu();
+    // The server's own view of latency (`converra_webhook_seconds`), from the end of
+    // the warm-up: it tells the server's delays from the clients' own (the clients
+    // share the two cores, and a client thread that is not scheduled in time counts
+    // as latency from the request's scheduled time).
+    let address = base.trim_start_matches("http://").to_string();
+    let warmup_snapshot = {
+        let (address, warmup, converra) = (address.clone(), args.warmup, args.target == "converra");
+        std::thread::spawn(move || {
+            if !converra {
+                return None;
+            }
+            std::thread::sleep(Duration::from_secs(warmup));
+            Some(server_latency_buckets(&address))
+        })
+    };
     let (results, elapsed) = run_clients(&args, &base);
+    let server_latency = warmup_snapshot
+        .join()
+        .ok()
+        .flatten()
+        .map(|before| latency_summary(&before, &server_latency_buckets(&address), 0.01));
     let mut cpu_after = thread_cpu();
     if args.timeline {
         print_timeline(&results.timeline);
@@ -583,6 +603,10 @@ fn main() {
         }
         _ => None,
     };
+    let batches = (args.target == "converra").then(|| {
+        let buckets = histogram_buckets(&address, "converra_db_write_seconds");
+        latency_summary(&[], &buckets, 0.005)
+    });
     let _ = stop_tx.send(());
     let _ = server_thread.join();
     if args.backend == "postgres" {
@@ -624,4 +648,69 @@ fn main() {
         missing.map(|m| m.to_string()).unwrap_or_else(|| "n/a".into()),
         cpu_per_message(&cpu_before, &cpu_after, results.acked.len()),
     );
+    if let Some(summary) = server_latency {
+        println!("  server-side (after the warm-up): {summary}");
+    }
+    if let Some(summary) = batches {
+        println!("  write batches (whole run): {summary}");
+    }
+}
+
+/// The cumulative bucket counts of `converra_webhook_seconds` (upper bound in seconds,
+/// count), read from `/metrics`.
+fn server_latency_buckets(address: &str) -> Vec<(f64, f64)> {
+    histogram_buckets(address, "converra_webhook_seconds")
+}
+
+/// The cumulative bucket counts of histogram `name` (upper bound, count) in `/metrics`.
+fn histogram_buckets(address: &str, name: &str) -> Vec<(f64, f64)> {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return Vec::new();
+    };
+    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: loadgen\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix("_bucket{le=\"")?;
+            let (bound, count) = rest.split_once("\"} ")?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            Some((bound, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Between two snapshots of a histogram: how many observations, the share within
+/// `threshold` seconds, and the bucket bound under which 99% fell.
+fn latency_summary(before: &[(f64, f64)], after: &[(f64, f64)], threshold: f64) -> String {
+    let count = |bound: f64, snapshot: &[(f64, f64)]| {
+        snapshot
+            .iter()
+            .find(|(b, _)| *b == bound)
+            .map(|(_, c)| *c)
+            .unwrap_or(0.0)
+    };
+    let diff: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(bound, c)| (*bound, c - count(*bound, before)))
+        .collect();
+    let total = diff.last().map(|(_, c)| *c).unwrap_or(0.0);
+    if total <= 0.0 {
+        return "none".into();
+    }
+    let within = count(threshold, &diff) / total * 100.0;
+    let p99_bound = diff
+        .iter()
+        .find(|(_, c)| *c >= total * 0.99)
+        .map(|(b, _)| *b * 1000.0)
+        .unwrap_or(f64::INFINITY);
+    format!(
+        "count={total:.0} within_{}ms={within:.2}% p99_le_ms={p99_bound}",
+        threshold * 1000.0
+    )
 }

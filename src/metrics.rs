@@ -28,6 +28,7 @@ pub struct Metrics {
     pub inbox_backlog: IntGauge,
     pub db_write_seconds: Histogram,
     pub db_batch_jobs: Histogram,
+    pub webhook_seconds: Histogram,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -65,6 +66,16 @@ impl Metrics {
             ]),
         )?;
         registry.register(Box::new(db_batch_jobs.clone()))?;
+        let webhook_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "webhook_seconds",
+                "Time from a webhook POST's arrival to its answer, as the server sees it",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
+            ]),
+        )?;
+        registry.register(Box::new(webhook_seconds.clone()))?;
         Ok(Metrics {
             messages_ingested: counter(
                 &registry,
@@ -116,6 +127,7 @@ impl Metrics {
             inbox_backlog,
             db_write_seconds,
             db_batch_jobs,
+            webhook_seconds,
             registry,
         })
     }

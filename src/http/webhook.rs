@@ -60,6 +60,7 @@ pub async fn receive(
     mut payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let core = &state.core;
+    let arrived = std::time::Instant::now();
     let outcome = |name: &str| core.metrics.webhooks.with_label_values(&[name]).inc();
     let secret = core.settings.whatsapp.app_secret.as_bytes();
     if secret.is_empty() {
@@ -120,7 +121,11 @@ pub async fn receive(
         ));
     }
     let parsed = webhook::parse(&body);
-    match intake::receive(core, &state.registry, parsed).await {
+    let received = intake::receive(core, &state.registry, parsed).await;
+    core.metrics
+        .webhook_seconds
+        .observe(arrived.elapsed().as_secs_f64());
+    match received {
         Ok(receipt) => {
             outcome("accepted");
             Ok(HttpResponse::Ok().json(serde_json::json!({
