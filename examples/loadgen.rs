@@ -605,7 +605,12 @@ fn main() {
     };
     let batches = (args.target == "converra").then(|| {
         let buckets = histogram_buckets(&address, "converra_db_write_seconds");
-        latency_summary(&[], &buckets, 0.005)
+        let restarts = histogram_buckets(&address, "converra_wal_restart_seconds");
+        format!(
+            "{}; WAL restarts: {}",
+            latency_summary(&[], &buckets, 0.005),
+            latency_summary(&[], &restarts, 0.005)
+        )
     });
     let _ = stop_tx.send(());
     let _ = server_thread.join();

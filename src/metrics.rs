@@ -29,6 +29,7 @@ pub struct Metrics {
     pub db_write_seconds: Histogram,
     pub db_batch_jobs: Histogram,
     pub webhook_seconds: Histogram,
+    pub wal_restart_seconds: Histogram,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -76,6 +77,16 @@ impl Metrics {
             ]),
         )?;
         registry.register(Box::new(webhook_seconds.clone()))?;
+        let wal_restart_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "wal_restart_seconds",
+                "SQLite: how long the writer paused between batches to start the WAL over",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+            ]),
+        )?;
+        registry.register(Box::new(wal_restart_seconds.clone()))?;
         Ok(Metrics {
             messages_ingested: counter(
                 &registry,
@@ -128,6 +139,7 @@ impl Metrics {
             db_write_seconds,
             db_batch_jobs,
             webhook_seconds,
+            wal_restart_seconds,
             registry,
         })
     }

@@ -685,6 +685,7 @@ impl Writer {
             slog::debug!(self.log, "WAL restart skipped"; "error" => %e);
         }
         let took = started.elapsed();
+        self.metrics.wal_restart_seconds.observe(took.as_secs_f64());
         if took >= SLOW_WRITE {
             slog::warn!(self.log, "WAL restart held the writer"; "ms" => took.as_millis());
         }
