@@ -38,6 +38,17 @@ fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<In
     Ok(c)
 }
 
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> prometheus::Result<Histogram> {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+    registry.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
 impl Metrics {
     pub fn new() -> prometheus::Result<Metrics> {
         let registry = Registry::new_custom(Some("converra".into()), None)?;
@@ -51,57 +62,49 @@ impl Metrics {
         let conversation_actors =
             IntGauge::new("conversation_actors", "Conversation actors running")?;
         registry.register(Box::new(conversation_actors.clone()))?;
-        let db_write_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "db_write_seconds",
-                "Duration of one group-commit write batch",
-            )
-            .buckets(vec![
+        let db_write_seconds = histogram(
+            &registry,
+            "db_write_seconds",
+            "Duration of one group-commit write batch",
+            vec![
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0,
-            ]),
+            ],
         )?;
-        registry.register(Box::new(db_write_seconds.clone()))?;
-        let db_batch_jobs = Histogram::with_opts(
-            HistogramOpts::new("db_batch_jobs", "Jobs committed per write batch").buckets(vec![
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
-            ]),
+        let db_batch_jobs = histogram(
+            &registry,
+            "db_batch_jobs",
+            "Jobs committed per write batch",
+            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
         )?;
-        registry.register(Box::new(db_batch_jobs.clone()))?;
-        let webhook_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "webhook_seconds",
-                "Time from a webhook POST's arrival to its answer, as the server sees it",
-            )
-            .buckets(vec![
+        let webhook_seconds = histogram(
+            &registry,
+            "webhook_seconds",
+            "Time from a webhook POST's arrival to its answer, as the server sees it",
+            vec![
                 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
-            ]),
+            ],
         )?;
-        registry.register(Box::new(webhook_seconds.clone()))?;
-        let wal_restart_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "wal_restart_seconds",
-                "SQLite: how long the writer paused between batches to start the WAL over",
-            )
-            .buckets(vec![
-                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
-            ]),
+        let wal_restart_seconds = histogram(
+            &registry,
+            "wal_restart_seconds",
+            "SQLite: how long the writer paused between batches to start the WAL over",
+            vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0],
         )?;
-        registry.register(Box::new(wal_restart_seconds.clone()))?;
         Ok(Metrics {
             messages_ingested: counter(
                 &registry,
                 "messages_ingested_total",
-                "Inbound messages committed to the inbox",
+                "Inbound messages committed (applied as they arrived, or to the inbox)",
             )?,
             statuses_ingested: counter(
                 &registry,
                 "statuses_ingested_total",
-                "Status events committed to the inbox",
+                "Status events committed (applied as they arrived, or to the inbox)",
             )?,
             preferences_ingested: counter(
                 &registry,
                 "preferences_ingested_total",
-                "User preference events committed to the inbox",
+                "User preference events committed (applied as they arrived, or to the inbox)",
             )?,
             duplicates: counter(
                 &registry,
