@@ -28,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod handoff;
 pub mod http;
 pub mod ids;
 pub mod logging;

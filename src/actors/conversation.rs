@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
 use super::tenant::{Idle, TenantActor};
 use super::Core;
 use crate::crypto::SealKey;
+use crate::handoff::Reply;
 use crate::ids::{MessageId, TenantId};
 use crate::storage::crm::{
     ApplyOp, ContactIdentifiers, MessageBundle, NewInbound, NewPreference, NewStatus, Origin,
@@ -51,7 +51,7 @@ pub struct Process(pub InboxItem);
 pub struct Delivery {
     pub tenant_id: TenantId,
     pub event: FreshEvent,
-    pub reply: oneshot::Sender<Delivered>,
+    pub reply: Reply<Delivered>,
 }
 
 /// A delivery for this conversation.
@@ -82,7 +82,7 @@ enum Source {
     /// A delivered event; its webhook waits on `reply`.
     Fresh {
         row: FreshRow,
-        reply: Option<oneshot::Sender<Delivered>>,
+        reply: Option<Reply<Delivered>>,
     },
 }
 
@@ -213,7 +213,7 @@ impl ConversationActor {
                 }
                 Source::Fresh { reply, .. } => {
                     if let Some(reply) = reply.take() {
-                        let _ = reply.send(if *duplicate {
+                        reply.send(if *duplicate {
                             Delivered::Duplicate
                         } else {
                             Delivered::New

@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use actix::Addr;
-use tokio::sync::oneshot;
 
 use super::conversation::Delivery;
 use super::registry::{Deliver, Registry};
 use super::tenant;
 use super::Core;
+use crate::handoff;
 use crate::ids::TenantId;
 use crate::storage::inbox::{FreshEvent, PreparedEvent, PreparedOther};
 use crate::storage::writer::Delivered;
@@ -135,7 +135,7 @@ pub async fn receive(
     for event in events {
         match owners.get(&event.row.phone_number_id) {
             Some(tenant_id) => {
-                let (reply, answer) = oneshot::channel();
+                let (reply, answer) = handoff::channel();
                 deliveries.push(Delivery {
                     tenant_id: tenant_id.clone(),
                     event: event.clone(),

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
-use tokio::sync::oneshot;
 
 use super::crm::{self, ApplyOp, ContactIdentifiers, ResolvedContact};
 use super::inbox::{self, InboxItem, PreparedEvent, PreparedOther};
 use super::{tenants, DbConn, Pool, PooledConn, StorageError};
 use crate::clock::SharedClock;
 use crate::crypto::{Keyring, NewDataKey};
+use crate::handoff::{self, Outbox, Reply};
 use crate::ids::{KeyId, TenantId};
 use crate::metrics::Metrics;
 
@@ -55,7 +55,7 @@ pub enum Delivered {
 
 /// Webhooks waiting on an apply job: the index of the op that applies their event, and
 /// where to tell them. Dropped unanswered when the write fails.
-pub type Waiters = Vec<(usize, oneshot::Sender<Delivered>)>;
+pub type Waiters = Vec<(usize, Reply<Delivered>)>;
 
 /// Receives committed inbox rows (the actor registry).
 pub type Dispatcher = Box<dyn Fn(Vec<InboxItem>) + Send + Sync>;
@@ -64,21 +64,21 @@ enum Job {
     Ingest {
         events: Vec<PreparedEvent>,
         others: Vec<PreparedOther>,
-        reply: oneshot::Sender<Result<IngestReceipt, StorageError>>,
+        reply: Reply<Result<IngestReceipt, StorageError>>,
     },
     Resolve {
         tenant_id: TenantId,
         ids: ContactIdentifiers,
-        reply: oneshot::Sender<Result<ResolvedContact, StorageError>>,
+        reply: Reply<Result<ResolvedContact, StorageError>>,
     },
     Apply {
         tenant_id: TenantId,
         ops: Vec<ApplyOp>,
         waiters: Waiters,
-        reply: oneshot::Sender<Result<ApplyReceipt, StorageError>>,
+        reply: Reply<Result<ApplyReceipt, StorageError>>,
     },
     /// Answered once every job queued before it is done.
-    Flush(oneshot::Sender<()>),
+    Flush(Reply<()>),
 }
 
 const RESOLVE_WORK: usize = 32;
@@ -136,7 +136,7 @@ impl WriterHandle {
         events: Vec<PreparedEvent>,
         others: Vec<PreparedOther>,
     ) -> Result<IngestReceipt, StorageError> {
-        let (reply, rx) = oneshot::channel();
+        let (reply, rx) = handoff::channel();
         self.tx
             .send_async(Job::Ingest {
                 events,
@@ -153,7 +153,7 @@ impl WriterHandle {
         tenant_id: TenantId,
         ids: ContactIdentifiers,
     ) -> Result<ResolvedContact, StorageError> {
-        let (reply, rx) = oneshot::channel();
+        let (reply, rx) = handoff::channel();
         self.tx
             .send_async(Job::Resolve {
                 tenant_id,
@@ -174,7 +174,7 @@ impl WriterHandle {
         ops: Vec<ApplyOp>,
         waiters: Waiters,
     ) -> Result<ApplyReceipt, StorageError> {
-        let (reply, rx) = oneshot::channel();
+        let (reply, rx) = handoff::channel();
         self.tx
             .send_async(Job::Apply {
                 tenant_id,
@@ -189,7 +189,7 @@ impl WriterHandle {
 
     /// Waits until everything queued so far is written.
     pub async fn flush(&self) {
-        let (reply, rx) = oneshot::channel();
+        let (reply, rx) = handoff::channel();
         if self.tx.send_async(Job::Flush(reply)).await.is_ok() {
             let _ = rx.await;
         }
@@ -202,7 +202,7 @@ impl WriterHandle {
         self.stopping.store(true, Ordering::SeqCst);
         for _ in 0..self.writers {
             // Wakes a writer waiting for work.
-            let (reply, _) = oneshot::channel();
+            let (reply, _) = handoff::channel();
             let _ = self.tx.send_async(Job::Flush(reply)).await;
         }
     }
@@ -490,7 +490,7 @@ impl Writer {
     fn answer_flushes(&self, flushes: Vec<Job>) {
         for job in flushes {
             if let Job::Flush(reply) = job {
-                let _ = reply.send(());
+                reply.send(());
             }
         }
     }
@@ -598,35 +598,30 @@ impl Writer {
 
     fn fail_all(&self, jobs: Vec<Job>, error: &StorageError) {
         let copy = || StorageError::Unavailable(error.to_string());
+        let mut outbox = Outbox::default();
         for job in jobs {
             match job {
-                Job::Ingest { reply, .. } => {
-                    let _ = reply.send(Err(copy()));
-                }
-                Job::Resolve { reply, .. } => {
-                    let _ = reply.send(Err(copy()));
-                }
-                Job::Apply { reply, .. } => {
-                    let _ = reply.send(Err(copy()));
-                }
-                Job::Flush(reply) => {
-                    let _ = reply.send(());
-                }
+                Job::Ingest { reply, .. } => outbox.push(reply, Err(copy())),
+                Job::Resolve { reply, .. } => outbox.push(reply, Err(copy())),
+                Job::Apply { reply, .. } => outbox.push(reply, Err(copy())),
+                Job::Flush(reply) => outbox.push(reply, ()),
             }
         }
     }
 
+    /// Answers a committed batch's jobs: one hand-off per receiving thread.
     fn finish(&self, results: impl Iterator<Item = (Job, Result<Outcome, StorageError>)>) {
         let mut dispatch = Vec::new();
+        let mut outbox = Outbox::default();
         for (job, result) in results {
             match (job, result) {
                 (Job::Ingest { reply, .. }, Ok(Outcome::Ingest(receipt))) => {
                     self.metrics.ingest_receipt(&receipt);
                     dispatch.extend(receipt.accepted.iter().cloned());
-                    let _ = reply.send(Ok(receipt));
+                    outbox.push(reply, Ok(receipt));
                 }
                 (Job::Resolve { reply, .. }, Ok(Outcome::Resolve(contact))) => {
-                    let _ = reply.send(Ok(contact));
+                    outbox.push(reply, Ok(contact));
                 }
                 (
                     Job::Apply {
@@ -640,26 +635,19 @@ impl Writer {
                     self.metrics.apply_receipt(&ops, &receipt.duplicate);
                     for (index, waiter) in waiters {
                         let duplicate = receipt.duplicate.get(index).copied().unwrap_or(false);
-                        let _ = waiter.send(if duplicate {
+                        let delivered = if duplicate {
                             Delivered::Duplicate
                         } else {
                             Delivered::New
-                        });
+                        };
+                        outbox.push(waiter, delivered);
                     }
-                    let _ = reply.send(Ok(receipt));
+                    outbox.push(reply, Ok(receipt));
                 }
-                (Job::Ingest { reply, .. }, Err(e)) => {
-                    let _ = reply.send(Err(e));
-                }
-                (Job::Resolve { reply, .. }, Err(e)) => {
-                    let _ = reply.send(Err(e));
-                }
-                (Job::Apply { reply, .. }, Err(e)) => {
-                    let _ = reply.send(Err(e));
-                }
-                (Job::Flush(reply), _) => {
-                    let _ = reply.send(());
-                }
+                (Job::Ingest { reply, .. }, Err(e)) => outbox.push(reply, Err(e)),
+                (Job::Resolve { reply, .. }, Err(e)) => outbox.push(reply, Err(e)),
+                (Job::Apply { reply, .. }, Err(e)) => outbox.push(reply, Err(e)),
+                (Job::Flush(reply), _) => outbox.push(reply, ()),
                 (job, Ok(_)) => {
                     // Outcomes are produced in job order, so this cannot happen; answer
                     // with an error rather than leave the caller waiting.
