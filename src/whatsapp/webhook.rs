@@ -10,6 +10,7 @@
 //! [`MessageContent::Unknown`] with its raw JSON, never an error.
 
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// What one webhook body carried.
@@ -140,26 +141,29 @@ fn value_text(value: &Value) -> String {
 // ---------------------------------------------------------------------------------
 // The envelope
 
+// The envelope is read straight from the body, each change's value kept as the raw
+// text it came in, so that every item is parsed once, into the value its event owns.
 #[derive(Debug, Deserialize)]
-struct Envelope {
+struct Envelope<'a> {
     object: String,
-    entry: Vec<Entry>,
+    #[serde(borrow)]
+    entry: Vec<Entry<'a>>,
 }
 
 #[derive(Debug, Deserialize)]
-struct Entry {
+struct Entry<'a> {
     #[serde(default, deserialize_with = "lenient_string")]
     id: String,
-    #[serde(default)]
-    changes: Vec<RawChange>,
+    #[serde(default, borrow)]
+    changes: Vec<RawChange<'a>>,
 }
 
 #[derive(Debug, Deserialize)]
-struct RawChange {
+struct RawChange<'a> {
     #[serde(default)]
     field: Option<String>,
-    #[serde(default)]
-    value: Value,
+    #[serde(default, borrow)]
+    value: Option<&'a RawValue>,
 }
 
 /// `changes[].value` for the `messages` and `user_preferences` fields.
@@ -235,37 +239,23 @@ pub struct ErrorData {
 /// [`ParsedWebhook::others`] to be stored raw.
 pub fn parse(body: &[u8]) -> ParsedWebhook {
     let mut parsed = ParsedWebhook::default();
-    let root: Value = match serde_json::from_slice(body) {
-        Ok(value) => value,
-        Err(_) => {
-            parsed.others.push(OtherChange {
-                field: None,
-                phone_number_id: None,
-                reason: "not_json",
-                raw: body.to_vec(),
-            });
-            return parsed;
-        }
+    let stored_raw = |reason: &'static str| OtherChange {
+        field: None,
+        phone_number_id: None,
+        reason,
+        raw: body.to_vec(),
     };
-    let envelope: Envelope = match serde_json::from_value(root) {
+    let envelope: Envelope<'_> = match serde_json::from_slice(body) {
         Ok(envelope) => envelope,
         Err(_) => {
-            parsed.others.push(OtherChange {
-                field: None,
-                phone_number_id: None,
-                reason: "not_envelope",
-                raw: body.to_vec(),
-            });
+            let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+            let reason = if is_json { "not_envelope" } else { "not_json" };
+            parsed.others.push(stored_raw(reason));
             return parsed;
         }
     };
     if envelope.object != "whatsapp_business_account" {
-        parsed.others.push(OtherChange {
-            field: None,
-            phone_number_id: None,
-            reason: "not_envelope",
-            raw: body.to_vec(),
-        });
+        parsed.others.push(stored_raw("not_envelope"));
         return parsed;
     }
     for entry in envelope.entry {
@@ -276,32 +266,44 @@ pub fn parse(body: &[u8]) -> ParsedWebhook {
     parsed
 }
 
-fn parse_change(waba_id: &str, change: RawChange, parsed: &mut ParsedWebhook) {
-    let field = change.field.clone().unwrap_or_default();
-    let phone_number_id = change
-        .value
-        .get("metadata")
-        .and_then(|m| m.get("phone_number_id"))
-        .map(value_text);
-    let other = |reason: &'static str, raw: &Value| OtherChange {
+fn parse_change(waba_id: &str, change: RawChange<'_>, parsed: &mut ParsedWebhook) {
+    let field = change.field.as_deref().unwrap_or_default();
+    let raw = change.value.map_or("null", RawValue::get);
+    // Kept raw, with the number it names when it names one.
+    let other = |reason: &'static str, phone_number_id: Option<String>, raw: Vec<u8>| OtherChange {
         field: change.field.clone(),
-        phone_number_id: phone_number_id.clone(),
+        phone_number_id,
         reason,
-        raw: serde_json::to_vec(raw).unwrap_or_default(),
+        raw,
+    };
+    let whole_change = |reason: &'static str| {
+        let phone_number_id = serde_json::from_str::<Value>(raw).ok().and_then(|value| {
+            value
+                .get("metadata")
+                .and_then(|m| m.get("phone_number_id"))
+                .map(value_text)
+        });
+        other(reason, phone_number_id, raw.as_bytes().to_vec())
     };
     if field != "messages" && field != "user_preferences" {
-        parsed.others.push(other("other_field", &change.value));
+        parsed.others.push(whole_change("other_field"));
         return;
     }
-    // Deserialise from the borrowed value: a webhook can carry a thousand items, and
-    // each is cloned once, into its event, not twice.
-    let value: ChangeValue = match ChangeValue::deserialize(&change.value) {
+    let mut value: ChangeValue = match serde_json::from_str(raw) {
         Ok(value) => value,
         Err(_) => {
-            parsed.others.push(other("malformed_value", &change.value));
+            parsed.others.push(whole_change("malformed_value"));
             return;
         }
     };
+    let number = Some(value.metadata.phone_number_id.clone());
+    let item_raw = |item: &Value| serde_json::to_vec(item).unwrap_or_default();
+    let (messages, statuses, preferences) = (
+        std::mem::take(&mut value.messages),
+        std::mem::take(&mut value.statuses),
+        std::mem::take(&mut value.user_preferences),
+    );
+    let had_items = !(messages.is_empty() && statuses.is_empty() && preferences.is_empty());
     let base = |kind: EventKind, identity: Identity, item: Value| Event {
         kind,
         phone_number_id: value.metadata.phone_number_id.clone(),
@@ -310,50 +312,58 @@ fn parse_change(waba_id: &str, change: RawChange, parsed: &mut ParsedWebhook) {
         identity,
         item,
     };
-    for message in &value.messages {
+    for message in messages {
         let has_id = message
             .get("id")
             .and_then(Value::as_str)
             .is_some_and(|s| !s.is_empty());
-        let identity = message_identity(message, &value.contacts);
+        let identity = message_identity(&message, &value.contacts);
         // Without an id it cannot be deduplicated, without a sender not routed: such
         // an item is kept raw rather than refused (Meta would retry it forever).
         if !has_id || identity.route_key().is_none() {
-            parsed.others.push(other("malformed_item", message));
+            parsed
+                .others
+                .push(other("malformed_item", number.clone(), item_raw(&message)));
             continue;
         }
         parsed
             .events
-            .push(base(EventKind::Message, identity, message.clone()));
+            .push(base(EventKind::Message, identity, message));
     }
-    for status in &value.statuses {
+    for status in statuses {
         let has_id = status
             .get("id")
             .and_then(Value::as_str)
             .is_some_and(|s| !s.is_empty());
         let has_status = status.get("status").and_then(Value::as_str).is_some();
-        let identity = status_identity(status, &value.contacts);
+        let identity = status_identity(&status, &value.contacts);
         if !has_id || !has_status || identity.route_key().is_none() {
-            parsed.others.push(other("malformed_item", status));
+            parsed
+                .others
+                .push(other("malformed_item", number.clone(), item_raw(&status)));
             continue;
         }
         parsed
             .events
-            .push(base(EventKind::Status, identity, status.clone()));
+            .push(base(EventKind::Status, identity, status));
     }
-    for preference in &value.user_preferences {
-        let identity = preference_identity(preference, &value.contacts);
+    for preference in preferences {
+        let identity = preference_identity(&preference, &value.contacts);
         if identity.route_key().is_none() {
-            parsed.others.push(other("malformed_item", preference));
+            parsed.others.push(other(
+                "malformed_item",
+                number.clone(),
+                item_raw(&preference),
+            ));
             continue;
         }
         parsed
             .events
-            .push(base(EventKind::Preference, identity, preference.clone()));
+            .push(base(EventKind::Preference, identity, preference));
     }
     // A change with only `errors` (or nothing routable) is still kept.
-    if value.messages.is_empty() && value.statuses.is_empty() && value.user_preferences.is_empty() {
-        parsed.others.push(other("errors_only", &change.value));
+    if !had_items {
+        parsed.others.push(whole_change("errors_only"));
     }
 }
 
@@ -1066,6 +1076,28 @@ mod tests {
         assert!(parsed.events.is_empty());
         assert_eq!(parsed.others.len(), 3);
         assert!(parsed.others.iter().all(|o| o.reason == "malformed_item"));
+        assert!(parsed
+            .others
+            .iter()
+            .all(|o| o.phone_number_id.as_deref() == Some("PN1")));
+    }
+
+    #[test]
+    fn a_change_kept_raw_keeps_the_bytes_it_came_in_and_its_number() {
+        let value = r#"{"metadata": {"phone_number_id": 42}, "event": "caf\u00e9 ☕"}"#;
+        let body = format!(
+            r#"{{"object": "whatsapp_business_account", "entry": [{{"id": "W", "changes": [
+                {{"field": "account_update", "value": {value}}},
+                {{"field": "messages", "value": {{"metadata": {{"phone_number_id": "PN2"}}}}}},
+                {{"field": "messages", "value": {{"metadata": "not an object"}}}}]}}]}}"#
+        );
+        let parsed = parse(body.as_bytes());
+        let reasons: Vec<_> = parsed.others.iter().map(|o| o.reason).collect();
+        assert_eq!(reasons, ["other_field", "errors_only", "malformed_value"]);
+        assert_eq!(parsed.others[0].raw, value.as_bytes());
+        assert_eq!(parsed.others[0].phone_number_id.as_deref(), Some("42"));
+        assert_eq!(parsed.others[1].phone_number_id.as_deref(), Some("PN2"));
+        assert_eq!(parsed.others[2].phone_number_id, None);
     }
 
     #[test]
