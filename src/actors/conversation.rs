@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::tenant::{Idle, TenantActor};
@@ -627,14 +628,13 @@ fn build_op(
             ),
             Err(_) => ApplyOp::Done { origin },
         },
-        EventKind::Status => match serde_json::from_value::<Status>(event.item.clone()) {
+        EventKind::Status => match Status::deserialize(&event.item) {
             Ok(status) => {
                 ApplyOp::Status(status_op(origin, phone_number_id, &status, contact, now))
             }
             Err(_) => ApplyOp::Done { origin },
         },
-        EventKind::Preference => match serde_json::from_value::<UserPreference>(event.item.clone())
-        {
+        EventKind::Preference => match UserPreference::deserialize(&event.item) {
             Ok(preference) => ApplyOp::Preference(NewPreference {
                 origin,
                 contact_id: contact.contact_id.clone(),
@@ -657,9 +657,9 @@ fn inbound_op(
 ) -> ApplyOp {
     let message_id = MessageId::generate();
     let raw = &event.item;
-    let optional = |name: &str| raw.get(name).filter(|v| !v.is_null()).cloned();
+    let optional = |name: &str| raw.get(name).filter(|v| !v.is_null());
     let bundle = MessageBundle {
-        content: message.content_raw.clone(),
+        content: &message.content_raw,
         context: optional("context"),
         referral: optional("referral"),
         errors: optional("errors"),

@@ -154,16 +154,17 @@ pub struct ProfileUpdate {
 }
 
 /// What is sealed as a message's content: the type's object as Meta sent it, and the
-/// reply context, ad referral and errors that came with it.
+/// reply context, ad referral and errors that came with it. Sealed from borrowed
+/// values (`MessageBundle<&Value>`), opened into owned ones.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
-pub struct MessageBundle {
-    pub content: Value,
+pub struct MessageBundle<V = Value> {
+    pub content: V,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub context: Option<Value>,
+    pub context: Option<V>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub referral: Option<Value>,
+    pub referral: Option<V>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub errors: Option<Value>,
+    pub errors: Option<V>,
 }
 
 /// The order of message states; `failed` is handled apart.

@@ -835,21 +835,20 @@ impl InboundMessage {
             .transpose()
             .map_err(|e| ItemError(format!("timestamp: {e}")))?
             .unwrap_or(0);
-        let decode = |name: &str| -> Result<Option<Value>, ItemError> {
-            Ok(item.get(name).filter(|v| !v.is_null()).cloned())
-        };
-        let content_raw = decode(&type_name)?.unwrap_or(Value::Null);
+        // Typed straight from the borrowed item: nothing is copied to be read.
+        let field = |name: &str| item.get(name).filter(|v| !v.is_null());
+        let content_raw = field(&type_name).cloned().unwrap_or(Value::Null);
         let content = typed_content(&type_name, &content_raw);
-        let context = decode("context")?
-            .map(serde_json::from_value)
+        let context = field("context")
+            .map(Deserialize::deserialize)
             .transpose()
             .map_err(|e| ItemError(format!("context: {e}")))?;
-        let referral = decode("referral")?
-            .map(serde_json::from_value)
+        let referral = field("referral")
+            .map(Deserialize::deserialize)
             .transpose()
             .map_err(|e| ItemError(format!("referral: {e}")))?;
-        let errors = decode("errors")?
-            .map(serde_json::from_value)
+        let errors = field("errors")
+            .map(Vec::<MetaError>::deserialize)
             .transpose()
             .map_err(|e| ItemError(format!("errors: {e}")))?
             .unwrap_or_default();
@@ -882,7 +881,7 @@ impl InboundMessage {
 /// its documented shape is kept as `Unknown` with its raw JSON rather than rejected.
 fn typed_content(type_name: &str, raw: &Value) -> MessageContent {
     fn de<T: serde::de::DeserializeOwned>(raw: &Value) -> Option<T> {
-        serde_json::from_value(raw.clone()).ok()
+        T::deserialize(raw).ok()
     }
     let typed = match type_name {
         "text" => de(raw).map(MessageContent::Text),
