@@ -37,11 +37,6 @@ impl<T> Reply<T> {
     pub fn send(self, value: T) {
         let _ = self.tx.send(value);
     }
-
-    /// Whether the receiver has gone (its task ended or was dropped).
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
 }
 
 type Completion = Box<dyn FnOnce() + Send>;
