@@ -6,7 +6,8 @@
 //! cargo run --release --example loadgen -- --target one-txn --backend postgres --mode open --rate 2000 --seconds 10
 //! ```
 //!
-//! Targets: `converra` (the full path: signature, parse, durable inbox, actors,
+//! Targets: `all` (every target below on each backend, `--rounds` times, then each
+//! one's median as a share of the ceiling's), `converra` (the full path: signature, parse, durable inbox, actors,
 //! encryption, contact and conversation upserts), `ceiling` (a bare actix-web handler
 //! that verifies the signature, parses the JSON and answers 200) and `one-txn` (the
 //! same plus one diesel transaction per request inserting the message). Every request
@@ -70,6 +71,75 @@ struct Args {
     /// Converra's database.writers (0 = its default).
     #[arg(long, default_value_t = 0)]
     writers: usize,
+    /// With `--target all`: how many rounds of every target.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+/// `--target all`: each target and backend in turn, `--rounds` times, each run in a
+/// process of its own with the same load; then every target's median run, as a share
+/// of the ceiling's median measured in the same rounds (the machine's speed drifts
+/// between sessions, the ratios much less).
+fn run_all(args: &Args) {
+    const TARGETS: [(&str, &str, &str); 7] = [
+        ("ceiling", "sqlite", "full"),
+        ("one-txn", "sqlite", "normal"),
+        ("one-txn", "sqlite", "full"),
+        ("one-txn", "postgres", "full"),
+        ("converra", "sqlite", "full"),
+        ("converra", "sqlite", "normal"),
+        ("converra", "postgres", "full"),
+    ];
+    let exe = std::env::current_exe().unwrap();
+    let mut runs: Vec<Vec<(f64, String)>> = vec![Vec::new(); TARGETS.len()];
+    for _ in 0..args.rounds {
+        for (runs, (target, backend, synchronous)) in runs.iter_mut().zip(TARGETS) {
+            let output = std::process::Command::new(&exe)
+                .args(["--target", target, "--backend", backend])
+                .args(["--synchronous", synchronous, "--mode", &args.mode])
+                .args(["--concurrency", &args.concurrency.to_string()])
+                .args(["--rate", &args.rate.to_string()])
+                .args(["--seconds", &args.seconds.to_string()])
+                .args(["--warmup", &args.warmup.to_string()])
+                .args(["--clients", &args.clients.to_string()])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&output.stdout);
+            print!("{text}");
+            let line = text.lines().find(|line| line.starts_with("target="));
+            match line.and_then(|line| Some((field(line, "msg/s")?.parse().ok()?, line))) {
+                Some((rate, line)) => runs.push((rate, line.to_string())),
+                None => eprintln!(
+                    "{target} on {backend} failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+            }
+        }
+    }
+    let medians: Vec<Option<(f64, String)>> = runs
+        .into_iter()
+        .map(|mut runs| {
+            runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            runs.get(runs.len() / 2).cloned()
+        })
+        .collect();
+    let ceiling = medians[0]
+        .as_ref()
+        .map(|(rate, _)| *rate)
+        .unwrap_or(f64::NAN);
+    println!(
+        "median of {} rounds, share of the ceiling's median:",
+        args.rounds
+    );
+    for (rate, line) in medians.iter().flatten() {
+        println!("{:5.1}%  {line}", rate / ceiling * 100.0);
+    }
+}
+
+/// The value of `name=value` in a result line.
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))
 }
 
 fn body_for(i: usize) -> (Vec<u8>, String) {
@@ -432,6 +502,10 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 fn main() {
     let args = Args::parse();
+    if args.target == "all" {
+        run_all(&args);
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut settings = converra::config::Settings::defaults().unwrap();
     // Every target listens like the daemon (`server.listen_backlog`).
