@@ -77,7 +77,7 @@ struct Args {
 }
 
 /// `--target all`: each target and backend in turn, `--rounds` times, each run in a
-/// process of its own with the same load; then every target's median run, as a share
+/// process of its own with the same load and Converra options; then every target's median run, as a share
 /// of the ceiling's median measured in the same rounds (the machine's speed drifts
 /// between sessions, the ratios much less).
 fn run_all(args: &Args) {
@@ -102,6 +102,9 @@ fn run_all(args: &Args) {
                 .args(["--seconds", &args.seconds.to_string()])
                 .args(["--warmup", &args.warmup.to_string()])
                 .args(["--clients", &args.clients.to_string()])
+                .args(["--batch-max", &args.batch_max.to_string()])
+                .args(["--wal-restart-mib", &args.wal_restart_mib.to_string()])
+                .args(["--writers", &args.writers.to_string()])
                 .output()
                 .unwrap();
             let text = String::from_utf8_lossy(&output.stdout);
