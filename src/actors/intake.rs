@@ -20,8 +20,8 @@ use crate::storage::writer::Delivered;
 use crate::storage::{tenants, StorageError};
 use crate::whatsapp::ParsedWebhook;
 
-/// What a webhook carried and what became of it.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// What a webhook carried and what became of it; also the webhook's response body.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Receipt {
     pub received: usize,
     pub new: usize,

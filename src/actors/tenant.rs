@@ -63,17 +63,27 @@ impl TenantActor {
         route_key: &str,
         identity: &Identity,
     ) -> String {
-        let names: Vec<String> = identity
-            .all_route_keys()
-            .into_iter()
-            .map(|k| format!("{phone_number_id}|{k}"))
-            .collect();
-        let key = names
-            .iter()
-            .find_map(|name| self.aliases.get(name).cloned())
-            .unwrap_or_else(|| format!("{phone_number_id}|{route_key}"));
-        for name in names {
-            self.aliases.entry(name).or_insert_with(|| key.clone());
+        // Every event looks its names up, built in one reusable buffer; only a name not
+        // seen before is stored.
+        let mut name = String::with_capacity(phone_number_id.len() + 80);
+        let mut unseen = Vec::new();
+        let mut key = None;
+        for (prefix, id) in identity.route_key_parts() {
+            name.clear();
+            name.push_str(phone_number_id);
+            name.push('|');
+            name.push_str(prefix);
+            name.push_str(id);
+            match self.aliases.get(&name) {
+                Some(known) => {
+                    key.get_or_insert_with(|| known.clone());
+                }
+                None => unseen.push(name.clone()),
+            }
+        }
+        let key = key.unwrap_or_else(|| format!("{phone_number_id}|{route_key}"));
+        for name in unseen {
+            self.aliases.insert(name, key.clone());
         }
         key
     }
@@ -88,6 +98,10 @@ impl TenantActor {
         ctx: &mut Context<Self>,
     ) -> Addr<ConversationActor> {
         let key = self.conversation_key(phone_number_id, route_key, identity);
+        if let Some(entry) = self.conversations.get_mut(&key) {
+            entry.sent += 1;
+            return entry.addr.clone();
+        }
         let entry = self.conversations.entry(key.clone()).or_insert_with(|| {
             let core = self.core.clone();
             let tenant = ctx.address();

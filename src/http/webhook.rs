@@ -128,13 +128,7 @@ pub async fn receive(
     match received {
         Ok(receipt) => {
             outcome("accepted");
-            Ok(HttpResponse::Ok().json(serde_json::json!({
-                "received": receipt.received,
-                "new": receipt.new,
-                "duplicates": receipt.duplicates,
-                "unrouted": receipt.unrouted,
-                "stored_raw": receipt.stored_raw,
-            })))
+            Ok(HttpResponse::Ok().json(&receipt))
         }
         Err(IntakeError::Unpreparable) => {
             outcome("unpreparable");

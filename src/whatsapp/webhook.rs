@@ -77,16 +77,12 @@ impl Identity {
         }
     }
 
-    /// Every routing key this identity answers to.
-    pub fn all_route_keys(&self) -> Vec<String> {
-        let mut keys = Vec::with_capacity(2);
-        if let Some(user_id) = &self.user_id {
-            keys.push(format!("u:{user_id}"));
-        }
-        if let Some(wa_id) = &self.wa_id {
-            keys.push(format!("w:{wa_id}"));
-        }
-        keys
+    /// Every routing key this identity answers to, as (prefix, id): the key is the two
+    /// joined, for callers that build it into a buffer of their own.
+    pub fn route_key_parts(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let user = self.user_id.as_deref().map(|id| ("u:", id));
+        let phone = self.wa_id.as_deref().map(|id| ("w:", id));
+        user.into_iter().chain(phone)
     }
 }
 
