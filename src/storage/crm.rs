@@ -204,13 +204,31 @@ pub fn insert_data_key(
     wrapped: &[u8],
     now_ms: i64,
 ) -> Result<(), StorageError> {
+    insert_data_keys(conn, &[(tenant_id, key_id, wrapped)], now_ms)
+}
+
+/// Stores wrapped data keys, all in one statement.
+pub fn insert_data_keys(
+    conn: &mut DbConn,
+    keys: &[(&TenantId, &KeyId, &[u8])],
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = keys
+        .iter()
+        .map(|(tenant_id, key_id, wrapped)| {
+            (
+                data_keys::id.eq(key_id.as_str()),
+                data_keys::tenant_id.eq(tenant_id.as_str()),
+                data_keys::wrapped_key.eq(*wrapped),
+                data_keys::created_at.eq(now_ms),
+            )
+        })
+        .collect();
     on_backend!(conn, c => diesel::insert_into(data_keys::table)
-        .values((
-            data_keys::id.eq(key_id.as_str()),
-            data_keys::tenant_id.eq(tenant_id.as_str()),
-            data_keys::wrapped_key.eq(wrapped),
-            data_keys::created_at.eq(now_ms),
-        ))
+        .values(&rows)
         .execute(c))?;
     Ok(())
 }
@@ -258,52 +276,113 @@ struct ContactKeys {
     user_id_bidx: Option<String>,
 }
 
-fn find_contact(
+/// The contacts of a tenant known by a BSUID's or a phone number's blind index, in
+/// one query: (the one with the BSUID, the one with the phone number), which may be
+/// the same contact, or two that turn out to be one person.
+fn find_contacts(
     conn: &mut DbConn,
     tenant_id: &TenantId,
     by_user_id: Option<&str>,
     by_wa_id: Option<&str>,
-) -> Result<Option<ContactKeys>, StorageError> {
+) -> Result<(Option<ContactKeys>, Option<ContactKeys>), StorageError> {
     let columns = (
         contacts::id,
         contacts::key_id,
         contacts::wa_id_bidx,
         contacts::user_id_bidx,
     );
-    Ok(on_backend!(conn, c => {
+    let rows: Vec<ContactKeys> = on_backend!(conn, c => {
         let query = contacts::table
             .filter(contacts::tenant_id.eq(tenant_id.as_str()))
             .select(columns)
             .into_boxed();
         let query = match (by_user_id, by_wa_id) {
-            (Some(bidx), _) => query.filter(contacts::user_id_bidx.eq(bidx)),
-            (None, Some(bidx)) => query.filter(contacts::wa_id_bidx.eq(bidx)),
-            (None, None) => return Ok(None),
+            (Some(user), Some(wa)) => query.filter(
+                contacts::user_id_bidx
+                    .eq(user)
+                    .or(contacts::wa_id_bidx.eq(wa)),
+            ),
+            (Some(user), None) => query.filter(contacts::user_id_bidx.eq(user)),
+            (None, Some(wa)) => query.filter(contacts::wa_id_bidx.eq(wa)),
+            (None, None) => return Ok((None, None)),
         };
-        query.first::<ContactKeys>(c).optional()
-    })?)
+        // Each blind index is unique per tenant: two rows at most.
+        query.limit(2).load::<ContactKeys>(c)
+    })?;
+    let with = |bidx: Option<&str>, of: fn(&ContactKeys) -> Option<&str>| {
+        bidx.and_then(|bidx| rows.iter().find(|row| of(row) == Some(bidx)).cloned())
+    };
+    Ok((
+        with(by_user_id, |row| row.user_id_bidx.as_deref()),
+        with(by_wa_id, |row| row.wa_id_bidx.as_deref()),
+    ))
 }
 
-/// Whether resolving `ids` would create a new contact (so the writer can create its
-/// data key in a transaction of its own first).
-pub fn contact_exists(
+/// Per entry of `wanted` (a tenant and a contact's identifiers): whether resolving it
+/// finds a contact that exists, so that the writer can create and commit the data
+/// keys of the new ones first. One query per tenant.
+pub fn contacts_exist(
     conn: &mut DbConn,
     keyring: &Keyring,
-    tenant_id: &TenantId,
-    ids: &ContactIdentifiers,
-) -> Result<bool, StorageError> {
-    let user_bidx = ids
-        .user_id
-        .as_deref()
-        .map(|v| keyring.blind_index(tenant_id.as_str(), "user_id", v));
-    let wa_bidx = ids
-        .wa_id
-        .as_deref()
-        .map(|v| keyring.blind_index(tenant_id.as_str(), "wa_id", v));
-    Ok(
-        find_contact(conn, tenant_id, user_bidx.as_deref(), None)?.is_some()
-            || find_contact(conn, tenant_id, None, wa_bidx.as_deref())?.is_some(),
-    )
+    wanted: &[(&TenantId, &ContactIdentifiers)],
+) -> Result<Vec<bool>, StorageError> {
+    let bidx = |tenant_id: &TenantId, field: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| keyring.blind_index(tenant_id.as_str(), field, v))
+    };
+    let indexes: Vec<(Option<String>, Option<String>)> = wanted
+        .iter()
+        .map(|(tenant_id, ids)| {
+            (
+                bidx(tenant_id, "user_id", &ids.user_id),
+                bidx(tenant_id, "wa_id", &ids.wa_id),
+            )
+        })
+        .collect();
+    let mut tenants: Vec<&TenantId> = wanted.iter().map(|(tenant_id, _)| *tenant_id).collect();
+    tenants.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    tenants.dedup();
+    let mut known: HashMap<&str, HashSet<String>> = HashMap::new();
+    for tenant_id in tenants {
+        let of_tenant = || {
+            wanted
+                .iter()
+                .zip(&indexes)
+                .filter(move |((t, _), _)| *t == tenant_id)
+                .map(|(_, indexes)| indexes)
+        };
+        let users: Vec<&str> = of_tenant().filter_map(|(u, _)| u.as_deref()).collect();
+        let phones: Vec<&str> = of_tenant().filter_map(|(_, w)| w.as_deref()).collect();
+        if users.is_empty() && phones.is_empty() {
+            continue;
+        }
+        let found: Vec<(Option<String>, Option<String>)> = on_backend!(conn, c => contacts::table
+            .filter(contacts::tenant_id.eq(tenant_id.as_str()))
+            .filter(
+                contacts::user_id_bidx
+                    .eq_any(&users)
+                    .or(contacts::wa_id_bidx.eq_any(&phones)),
+            )
+            .select((contacts::user_id_bidx, contacts::wa_id_bidx))
+            .load(c))?;
+        let of_tenant = known.entry(tenant_id.as_str()).or_default();
+        for (user, phone) in found {
+            of_tenant.extend(user.into_iter().chain(phone));
+        }
+    }
+    Ok(wanted
+        .iter()
+        .zip(&indexes)
+        .map(|((tenant_id, _), (user, phone))| {
+            known.get(tenant_id.as_str()).is_some_and(|of_tenant| {
+                [user, phone]
+                    .into_iter()
+                    .flatten()
+                    .any(|bidx| of_tenant.contains(bidx))
+            })
+        })
+        .collect())
 }
 
 /// Finds or creates the contact for `ids`, linking a BSUID and a phone number seen
@@ -326,8 +405,8 @@ pub fn resolve_contact(
         .wa_id
         .as_deref()
         .map(|v| keyring.blind_index(tenant, "wa_id", v));
-    let by_user = find_contact(conn, tenant_id, user_bidx.as_deref(), None)?;
-    let by_wa = find_contact(conn, tenant_id, None, wa_bidx.as_deref())?;
+    let (by_user, by_wa) =
+        find_contacts(conn, tenant_id, user_bidx.as_deref(), wa_bidx.as_deref())?;
     let survivor = match (by_user, by_wa) {
         (Some(a), Some(b)) if a.id != b.id => {
             merge_contacts(conn, tenant_id, &b.id, &a.id)?;

@@ -504,32 +504,38 @@ impl Writer {
         now: i64,
     ) -> Result<HashMap<usize, (KeyId, NewDataKey)>, StorageError> {
         let keyring = self.keyring.clone();
-        let mut wanted = Vec::new();
-        {
-            let conn = self.connection()?;
-            for (index, job) in jobs.iter().enumerate() {
-                if let Job::Resolve { tenant_id, ids, .. } = job {
-                    if !crm::contact_exists(conn, &keyring, tenant_id, ids)? {
-                        wanted.push((index, tenant_id.clone()));
-                    }
-                }
-            }
-        }
-        if wanted.is_empty() {
+        let resolves: Vec<(usize, (&TenantId, &ContactIdentifiers))> = jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(index, job)| match job {
+                Job::Resolve { tenant_id, ids, .. } => Some((index, (tenant_id, ids))),
+                _ => None,
+            })
+            .collect();
+        if resolves.is_empty() {
             return Ok(HashMap::new());
         }
+        let asked: Vec<(&TenantId, &ContactIdentifiers)> =
+            resolves.iter().map(|(_, asked)| *asked).collect();
+        let exist = crm::contacts_exist(self.connection()?, &keyring, &asked)?;
         let mut keys = HashMap::new();
-        for (index, tenant_id) in &wanted {
-            let key_id = KeyId::generate();
-            let data_key = keyring.new_data_key(key_id.as_str())?;
-            keys.insert(*index, (tenant_id.clone(), key_id, data_key));
+        for ((index, (tenant_id, _)), exists) in resolves.iter().zip(exist) {
+            if !exists {
+                let key_id = KeyId::generate();
+                let data_key = keyring.new_data_key(key_id.as_str())?;
+                keys.insert(*index, ((*tenant_id).clone(), key_id, data_key));
+            }
+        }
+        if keys.is_empty() {
+            return Ok(HashMap::new());
         }
         let conn = self.connection()?;
         let committed = conn.transaction::<_, StorageError, _>(|conn| {
-            for (tenant_id, key_id, data_key) in keys.values() {
-                crm::insert_data_key(conn, tenant_id, key_id, &data_key.wrapped, now)?;
-            }
-            Ok(())
+            let rows: Vec<(&TenantId, &KeyId, &[u8])> = keys
+                .values()
+                .map(|(tenant_id, key_id, data_key)| (tenant_id, key_id, &data_key.wrapped[..]))
+                .collect();
+            crm::insert_data_keys(conn, &rows, now)
         });
         if let Err(e) = committed {
             if e.is_transient() {
