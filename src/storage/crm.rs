@@ -340,25 +340,20 @@ pub fn contacts_exist(
             )
         })
         .collect();
-    let mut tenants: Vec<&TenantId> = wanted.iter().map(|(tenant_id, _)| *tenant_id).collect();
-    tenants.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
-    tenants.dedup();
+    // Each tenant's blind indexes, asked for in one query per tenant.
+    let mut asked: HashMap<&str, (Vec<&str>, Vec<&str>)> = HashMap::new();
+    for ((tenant_id, _), (user, phone)) in wanted.iter().zip(&indexes) {
+        let (users, phones) = asked.entry(tenant_id.as_str()).or_default();
+        users.extend(user.as_deref());
+        phones.extend(phone.as_deref());
+    }
     let mut known: HashMap<&str, HashSet<String>> = HashMap::new();
-    for tenant_id in tenants {
-        let of_tenant = || {
-            wanted
-                .iter()
-                .zip(&indexes)
-                .filter(move |((t, _), _)| *t == tenant_id)
-                .map(|(_, indexes)| indexes)
-        };
-        let users: Vec<&str> = of_tenant().filter_map(|(u, _)| u.as_deref()).collect();
-        let phones: Vec<&str> = of_tenant().filter_map(|(_, w)| w.as_deref()).collect();
+    for (tenant, (users, phones)) in asked {
         if users.is_empty() && phones.is_empty() {
             continue;
         }
         let found: Vec<(Option<String>, Option<String>)> = on_backend!(conn, c => contacts::table
-            .filter(contacts::tenant_id.eq(tenant_id.as_str()))
+            .filter(contacts::tenant_id.eq(tenant))
             .filter(
                 contacts::user_id_bidx
                     .eq_any(&users)
@@ -366,10 +361,11 @@ pub fn contacts_exist(
             )
             .select((contacts::user_id_bidx, contacts::wa_id_bidx))
             .load(c))?;
-        let of_tenant = known.entry(tenant_id.as_str()).or_default();
-        for (user, phone) in found {
-            of_tenant.extend(user.into_iter().chain(phone));
-        }
+        known.entry(tenant).or_default().extend(
+            found
+                .into_iter()
+                .flat_map(|(user, phone)| user.into_iter().chain(phone)),
+        );
     }
     Ok(wanted
         .iter()

@@ -70,11 +70,9 @@ pub struct Identity {
 impl Identity {
     /// The key a conversation is routed by: the BSUID when known, else the phone number.
     pub fn route_key(&self) -> Option<String> {
-        match (&self.user_id, &self.wa_id) {
-            (Some(user_id), _) => Some(format!("u:{user_id}")),
-            (None, Some(wa_id)) => Some(format!("w:{wa_id}")),
-            (None, None) => None,
-        }
+        self.route_key_parts()
+            .next()
+            .map(|(prefix, id)| format!("{prefix}{id}"))
     }
 
     /// Every routing key this identity answers to, as (prefix, id): the key is the two

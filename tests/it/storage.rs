@@ -298,3 +298,49 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
         );
     }
 }
+
+/// The writer asks, for a whole batch of contact resolutions at once, which contacts
+/// exist already (their data keys are committed first): a contact is known by either
+/// of its identifiers, and only within its own tenant.
+#[test]
+fn a_batch_asks_which_contacts_exist_by_either_identifier_within_its_tenant() {
+    use converra::ids::{KeyId, TenantId};
+    use converra::storage::crm::{self, ContactIdentifiers};
+
+    let ids = |user_id: Option<&str>, wa_id: Option<&str>| ContactIdentifiers {
+        user_id: user_id.map(str::to_string),
+        wa_id: wa_id.map(str::to_string),
+    };
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let settings = settings_for(&db);
+        let (tenant_a, tenant_b) = seed_tenants(&settings);
+        let (keyring, pool) = converra::open_storage(&settings).unwrap();
+        let mut conn = pool.get().unwrap();
+        let (a, b) = (TenantId(tenant_a.id.clone()), TenantId(tenant_b.id.clone()));
+        for known in [
+            ids(Some("US.1"), Some("4915100000001")),
+            ids(None, Some("4915100000002")),
+        ] {
+            let key_id = KeyId::generate();
+            let data_key = keyring.new_data_key(key_id.as_str()).unwrap();
+            crm::insert_data_key(&mut conn, &a, &key_id, &data_key.wrapped, 1).unwrap();
+            crm::resolve_contact(&mut conn, &keyring, &a, &known, Some((key_id, data_key)), 1)
+                .unwrap();
+        }
+        let asked = [
+            (&a, ids(Some("US.1"), None)),
+            (&a, ids(None, Some("4915100000001"))),
+            (&a, ids(Some("US.9"), Some("4915100000002"))),
+            (&a, ids(Some("US.9"), None)),
+            (&b, ids(Some("US.1"), Some("4915100000001"))),
+            (&a, ids(None, None)),
+        ];
+        let wanted: Vec<_> = asked.iter().map(|(tenant, ids)| (*tenant, ids)).collect();
+        assert_eq!(
+            crm::contacts_exist(&mut conn, &keyring, &wanted).unwrap(),
+            vec![true, true, true, false, false, false],
+            "{backend:?}"
+        );
+    }
+}
