@@ -7,10 +7,12 @@
 //! ```
 //!
 //! Targets: `all` (every target below on each backend, `--rounds` times, then each
-//! one's median as a share of the ceiling's), `converra` (the full path: signature, parse, durable inbox, actors,
-//! encryption, contact and conversation upserts), `ceiling` (a bare actix-web handler
-//! that verifies the signature, parses the JSON and answers 200) and `one-txn` (the
-//! same plus one diesel transaction per request inserting the message). Every request
+//! one's median as a share of the ceiling's), `half-load` (per round, Converra's
+//! closed-loop maximum on `--backend`, then the open loop at half of it), `converra`
+//! (the full path: signature, parse, durable inbox, actors, encryption, contact and
+//! conversation upserts), `ceiling` (a bare actix-web handler that verifies the
+//! signature, parses the JSON and answers 200) and `one-txn` (the same plus one diesel
+//! transaction per request inserting the message). Every request
 //! is a distinct, correctly signed webhook. Closed loop: `--concurrency` requests in
 //! flight. Open loop: `--rate` requests per second, latency counted from each
 //! request's scheduled time. Afterwards, for the durable targets, it counts how many
@@ -90,32 +92,17 @@ fn run_all(args: &Args) {
         ("converra", "sqlite", "normal"),
         ("converra", "postgres", "full"),
     ];
-    let exe = std::env::current_exe().unwrap();
     let mut runs: Vec<Vec<(f64, String)>> = vec![Vec::new(); TARGETS.len()];
     for _ in 0..args.rounds {
         for (runs, (target, backend, synchronous)) in runs.iter_mut().zip(TARGETS) {
-            let output = std::process::Command::new(&exe)
-                .args(["--target", target, "--backend", backend])
-                .args(["--synchronous", synchronous, "--mode", &args.mode])
-                .args(["--concurrency", &args.concurrency.to_string()])
-                .args(["--rate", &args.rate.to_string()])
-                .args(["--seconds", &args.seconds.to_string()])
-                .args(["--warmup", &args.warmup.to_string()])
-                .args(["--clients", &args.clients.to_string()])
-                .args(["--batch-max", &args.batch_max.to_string()])
-                .args(["--wal-restart-mib", &args.wal_restart_mib.to_string()])
-                .args(["--writers", &args.writers.to_string()])
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&output.stdout);
-            print!("{text}");
-            let line = text.lines().find(|line| line.starts_with("target="));
-            match line.and_then(|line| Some((field(line, "msg/s")?.parse().ok()?, line))) {
-                Some((rate, line)) => runs.push((rate, line.to_string())),
-                None => eprintln!(
-                    "{target} on {backend} failed: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                ),
+            let run = Args {
+                target: target.into(),
+                backend: backend.into(),
+                synchronous: synchronous.into(),
+                ..args.clone()
+            };
+            if let Some((rate, line)) = run_child(&run) {
+                runs.push((rate, line));
             }
         }
     }
@@ -136,6 +123,82 @@ fn run_all(args: &Args) {
     );
     for (rate, line) in medians.iter().flatten() {
         println!("{:5.1}%  {line}", rate / ceiling * 100.0);
+    }
+}
+
+/// Runs one target in a process of its own with `args`; prints its output and returns
+/// its msg/s and result line (None, with its errors printed, when it failed).
+fn run_child(args: &Args) -> Option<(f64, String)> {
+    let output = std::process::Command::new(std::env::current_exe().ok()?)
+        .args(["--target", &args.target, "--backend", &args.backend])
+        .args(["--synchronous", &args.synchronous, "--mode", &args.mode])
+        .args(["--concurrency", &args.concurrency.to_string()])
+        .args(["--rate", &args.rate.to_string()])
+        .args(["--seconds", &args.seconds.to_string()])
+        .args(["--warmup", &args.warmup.to_string()])
+        .args(["--clients", &args.clients.to_string()])
+        .args(["--batch-max", &args.batch_max.to_string()])
+        .args(["--wal-restart-mib", &args.wal_restart_mib.to_string()])
+        .args(["--writers", &args.writers.to_string()])
+        .args(if args.timeline {
+            &["--timeline"][..]
+        } else {
+            &[]
+        })
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    print!("{text}");
+    let line = text.lines().find(|line| line.starts_with("target="));
+    let result =
+        line.and_then(|line| Some((field(line, "msg/s")?.parse().ok()?, line.to_string())));
+    if result.is_none() {
+        eprintln!(
+            "{} on {} failed: {}",
+            args.target,
+            args.backend,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    result
+}
+
+/// `--target half-load`: the latency goal's measurement in one command. Each round
+/// measures Converra's closed-loop maximum on `--backend` (`--concurrency`,
+/// `--seconds`), then runs the open loop at half of it (`--seconds`, `--warmup`), so the
+/// rate follows the machine's speed of the moment; then every round's figures.
+fn run_half_load(args: &Args) {
+    let mut rounds = Vec::new();
+    for _ in 0..args.rounds {
+        let closed = Args {
+            target: "converra".into(),
+            mode: "closed".into(),
+            warmup: 0,
+            timeline: false,
+            ..args.clone()
+        };
+        let Some((max, _)) = run_child(&closed) else {
+            continue;
+        };
+        let open = Args {
+            target: "converra".into(),
+            mode: "open".into(),
+            rate: (max / 2.0).round() as u64,
+            ..args.clone()
+        };
+        if let Some((_, line)) = run_child(&open) {
+            rounds.push((max, line));
+        }
+    }
+    println!("half of the closed-loop maximum, each round:");
+    for (max, line) in &rounds {
+        println!(
+            "max={max:.0}/s rate={} p99_ms={} max_ms={} missing={}",
+            field(line, "msg/s").unwrap_or("?"),
+            field(line, "p99_ms").unwrap_or("?"),
+            field(line, "max_ms").unwrap_or("?"),
+            field(line, "missing").unwrap_or("?"),
+        );
     }
 }
 
@@ -507,6 +570,10 @@ fn main() {
     let args = Args::parse();
     if args.target == "all" {
         run_all(&args);
+        return;
+    }
+    if args.target == "half-load" {
+        run_half_load(&args);
         return;
     }
     let dir = tempfile::tempdir().unwrap();
