@@ -178,7 +178,7 @@ fn a_bad_database_url_reports_the_real_reason() {
 #[test]
 fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
     use converra::crypto::SealKey;
-    use converra::ids::{ContactId, KeyId, MessageId, TenantId};
+    use converra::ids::{ContactId, MessageId, TenantId};
     use converra::storage::crm::{self, ApplyOp, ContactIdentifiers, NewInbound};
 
     for backend in backends() {
@@ -188,22 +188,11 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
         let (keyring, pool) = converra::open_storage(&settings).unwrap();
         let mut conn = pool.get().unwrap();
         let tenant = TenantId(tenant_a.id.clone());
-        let key_id = KeyId::generate();
-        let data_key = keyring.new_data_key(key_id.as_str()).unwrap();
-        crm::insert_data_key(&mut conn, &tenant, &key_id, &data_key.wrapped, 1).unwrap();
         let ids = ContactIdentifiers {
             user_id: None,
             wa_id: Some("4915100000001".into()),
         };
-        let contact = crm::resolve_contact(
-            &mut conn,
-            &keyring,
-            &tenant,
-            &ids,
-            Some((key_id, data_key)),
-            1,
-        )
-        .unwrap();
+        let contact = new_contact(&mut conn, &keyring, &tenant, &ids);
         let inbound = |wamid: &str, sent_at: i64, conversation: Option<&str>, key: &SealKey| {
             let message_id = MessageId::generate();
             let bundle = crm::MessageBundle {
@@ -304,7 +293,7 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
 /// of its identifiers, and only within its own tenant.
 #[test]
 fn a_batch_asks_which_contacts_exist_by_either_identifier_within_its_tenant() {
-    use converra::ids::{KeyId, TenantId};
+    use converra::ids::TenantId;
     use converra::storage::crm::{self, ContactIdentifiers};
 
     let ids = |user_id: Option<&str>, wa_id: Option<&str>| ContactIdentifiers {
@@ -322,11 +311,7 @@ fn a_batch_asks_which_contacts_exist_by_either_identifier_within_its_tenant() {
             ids(Some("US.1"), Some("4915100000001")),
             ids(None, Some("4915100000002")),
         ] {
-            let key_id = KeyId::generate();
-            let data_key = keyring.new_data_key(key_id.as_str()).unwrap();
-            crm::insert_data_key(&mut conn, &a, &key_id, &data_key.wrapped, 1).unwrap();
-            crm::resolve_contact(&mut conn, &keyring, &a, &known, Some((key_id, data_key)), 1)
-                .unwrap();
+            new_contact(&mut conn, &keyring, &a, &known);
         }
         let asked = [
             (&a, ids(Some("US.1"), None)),
@@ -343,4 +328,19 @@ fn a_batch_asks_which_contacts_exist_by_either_identifier_within_its_tenant() {
             "{backend:?}"
         );
     }
+}
+
+/// Creates a contact the way the writer does: its data key committed first, then the
+/// contact resolved with it.
+fn new_contact(
+    conn: &mut converra::storage::DbConn,
+    keyring: &converra::crypto::Keyring,
+    tenant: &converra::ids::TenantId,
+    ids: &converra::storage::crm::ContactIdentifiers,
+) -> converra::storage::crm::ResolvedContact {
+    use converra::storage::crm;
+    let key_id = converra::ids::KeyId::generate();
+    let data_key = keyring.new_data_key(key_id.as_str()).unwrap();
+    crm::insert_data_key(conn, tenant, &key_id, &data_key.wrapped, 1).unwrap();
+    crm::resolve_contact(conn, keyring, tenant, ids, Some((key_id, data_key)), 1).unwrap()
 }
