@@ -269,12 +269,48 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
             Some(converra::clock::rfc3339(4_000).as_str()),
             "{backend:?}: the window follows the latest message, not the last applied"
         );
+
+        // A message that does not move the window (same second as the latest) leaves the
+        // conversation's row alone, and the conversation is still known to exist; beside
+        // it, one for a conversation merged away.
+        let same_second = inbound("wamid.6", 4_000, Some(&conversation), &contact.key);
+        let stale_again = inbound("wamid.7", 4_000, Some("merged-away"), &contact.key);
+        let job_4 = [ApplyOp::Inbound(same_second)];
+        let job_5 = [ApplyOp::Inbound(stale_again)];
+        let outcomes = crm::apply_batch(
+            &mut conn,
+            &[
+                (&tenant, job_4.iter().collect()),
+                (&tenant, job_5.iter().collect()),
+            ],
+            7,
+        )
+        .unwrap();
+        let reported: Vec<Option<String>> =
+            outcomes.iter().map(|o| o.conversation.clone()).collect();
+        assert_eq!(
+            reported,
+            vec![Some(conversation.clone()); 2],
+            "{backend:?}: a window that does not move still finds its conversation"
+        );
+        let conversations = crm::list_conversations(&mut conn, &tenant, None, 10).unwrap();
+        assert_eq!(
+            conversations.len(),
+            1,
+            "{backend:?}: still one conversation"
+        );
+        assert_eq!(
+            conversations[0].last_inbound_at.as_deref(),
+            Some(converra::clock::rfc3339(4_000).as_str()),
+            "{backend:?}: the window stays where it was"
+        );
+
         let messages =
             crm::list_messages(&mut conn, &keyring, &tenant, &conversation, None, 50).unwrap();
         let wamids: Vec<&str> = messages.iter().map(|m| m.wamid.as_str()).collect();
         assert_eq!(
             wamids,
-            ["wamid.1", "wamid.2", "wamid.3", "wamid.4", "wamid.5"],
+            ["wamid.1", "wamid.2", "wamid.3", "wamid.4", "wamid.5", "wamid.6", "wamid.7"],
             "{backend:?}: each message once, in the order the actor made them"
         );
         let revoked = &messages[1];
