@@ -68,6 +68,7 @@ pub struct DatabaseSettings {
     pub sqlite_synchronous: String,
     pub sqlite_busy_timeout_ms: u64,
     pub sqlite_wal_restart_mib: u64,
+    pub sqlite_checkpoint_interval_ms: u64,
     pub write_batch_max: usize,
     pub writers: usize,
 }
@@ -202,6 +203,12 @@ impl Settings {
             return Err(invalid(
                 "database.sqlite_wal_restart_mib",
                 "must be between 1 and 65536",
+            ));
+        }
+        if !(10..=60_000).contains(&self.database.sqlite_checkpoint_interval_ms) {
+            return Err(invalid(
+                "database.sqlite_checkpoint_interval_ms",
+                "must be between 10 and 60000",
             ));
         }
         if url::Url::parse(&self.whatsapp.graph_base_url).is_err() {
@@ -353,6 +360,14 @@ mod tests {
         let err = settings.validate().expect_err("zero WAL bound");
         assert!(
             err.to_string().contains("database.sqlite_wal_restart_mib"),
+            "{err}"
+        );
+        let mut settings = Settings::defaults().expect("defaults");
+        settings.database.sqlite_checkpoint_interval_ms = 0;
+        let err = settings.validate().expect_err("zero checkpoint interval");
+        assert!(
+            err.to_string()
+                .contains("database.sqlite_checkpoint_interval_ms"),
             "{err}"
         );
     }

@@ -155,6 +155,9 @@ pub async fn run(
             keep_processed_ms: (settings.inbox.keep_processed_secs * 1000) as i64,
             writers: settings.database.writers,
             wal_restart_pages: (settings.database.sqlite_wal_restart_mib * 256) as i64,
+            checkpoint_interval: std::time::Duration::from_millis(
+                settings.database.sqlite_checkpoint_interval_ms,
+            ),
         },
         log.new(slog::o!("task" => "writer")),
     )?;

@@ -224,6 +224,8 @@ pub struct WriterConfig {
     pub writers: usize,
     /// SQLite: WAL pages (of 4 KiB) past which the WAL starts over.
     pub wal_restart_pages: i64,
+    /// SQLite: the pause between two background checkpoints.
+    pub checkpoint_interval: Duration,
 }
 
 /// Starts the writer threads. They stop when every [`WriterHandle`] is dropped, after
@@ -264,6 +266,7 @@ pub fn spawn(
             stopped.clone(),
             restart_wanted.clone(),
             config.wal_restart_pages,
+            config.checkpoint_interval,
             writers,
             log.clone(),
         )?;
@@ -733,6 +736,7 @@ fn spawn_checkpointer(
     stopped: Arc<AtomicUsize>,
     restart_wanted: Arc<AtomicBool>,
     wal_restart_pages: i64,
+    interval: Duration,
     writers: usize,
     log: slog::Logger,
 ) -> std::io::Result<()> {
@@ -740,7 +744,7 @@ fn spawn_checkpointer(
         .name("converra-checkpoint".into())
         .spawn(move || {
             while stopped.load(Ordering::SeqCst) < writers {
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(interval);
                 let result = pool.get().map_err(StorageError::from).and_then(|mut conn| {
                     for schema in ["main", "keystore"] {
                         if checkpoint(&mut conn, schema, "PASSIVE")? >= wal_restart_pages {
