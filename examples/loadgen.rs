@@ -20,7 +20,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,13 @@ struct Args {
     /// Converra's database.writers (0 = its default).
     #[arg(long, default_value_t = 0)]
     writers: usize,
+    /// Converra's database.sqlite_checkpoint_interval_ms (0 = its default).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_ms: u64,
+    /// Message ids: "load" (`wamid.load.N`, in sending order) or "meta" (shaped like
+    /// Meta's: the contact's number, then a part that does not follow sending order).
+    #[arg(long, default_value = "load")]
+    wamids: String,
     /// With `--target all`: how many rounds of every target.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -140,6 +147,8 @@ fn run_child(args: &Args) -> Option<(f64, String)> {
         .args(["--batch-max", &args.batch_max.to_string()])
         .args(["--wal-restart-mib", &args.wal_restart_mib.to_string()])
         .args(["--writers", &args.writers.to_string()])
+        .args(["--checkpoint-ms", &args.checkpoint_ms.to_string()])
+        .args(["--wamids", &args.wamids])
         .args(if args.timeline {
             &["--timeline"][..]
         } else {
@@ -208,10 +217,36 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))
 }
 
+/// `--wamids meta`, set once at start.
+static META_WAMIDS: AtomicBool = AtomicBool::new(false);
+
+/// The wamid of message `i`: `wamid.load.{i}`, or with `--wamids meta` shaped like
+/// Meta's (the contact's number, then a part that does not follow sending order), so
+/// that the unique index on wamids is written at random places as in production.
+fn wamid_for(i: usize, contact: usize) -> String {
+    if META_WAMIDS.load(Ordering::Relaxed) {
+        let mixed = (i as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+        format!(
+            "wamid.HBgLNDkxNzA{contact:05}FQIAEhgU{mixed:016X}{:04X}",
+            i % 65536
+        )
+    } else {
+        format!("wamid.load.{i}")
+    }
+}
+
 fn body_for(i: usize) -> (Vec<u8>, String) {
+    let c = i % 1000;
+    let wamid = wamid_for(i, c);
+    // The message's send time, in whole seconds like Meta's.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let body = format!(
-        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"WABA","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550000000","phone_number_id":"{NUMBER}"}},"contacts":[{{"wa_id":"49170{c:05}","profile":{{"name":"Load {c}"}}}}],"messages":[{{"from":"49170{c:05}","id":"wamid.load.{i}","timestamp":"1764000000","type":"text","text":{{"body":"load test message {i}"}}}}]}}}}]}}]}}"#,
-        c = i % 1000
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"WABA","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550000000","phone_number_id":"{NUMBER}"}},"contacts":[{{"wa_id":"49170{c:05}","profile":{{"name":"Load {c}"}}}}],"messages":[{{"from":"49170{c:05}","id":"{wamid}","timestamp":"{now}","type":"text","text":{{"body":"load test message {i}"}}}}]}}}}]}}]}}"#
     );
     let sig = converra::whatsapp::signature::sign(SECRET.as_bytes(), body.as_bytes());
     (body.into_bytes(), sig)
@@ -576,6 +611,7 @@ fn main() {
         run_half_load(&args);
         return;
     }
+    META_WAMIDS.store(args.wamids == "meta", Ordering::Relaxed);
     let dir = tempfile::tempdir().unwrap();
     let mut settings = converra::config::Settings::defaults().unwrap();
     // Every target listens like the daemon (`server.listen_backlog`).
@@ -600,6 +636,9 @@ fn main() {
         }
         if args.batch_max > 0 {
             settings.database.write_batch_max = args.batch_max;
+        }
+        if args.checkpoint_ms > 0 {
+            settings.database.sqlite_checkpoint_interval_ms = args.checkpoint_ms;
         }
         settings.security.master_key_file = dir.path().join("master.key").display().to_string();
         settings.whatsapp.app_secret = SECRET.into();
@@ -741,7 +780,7 @@ fn main() {
                 results
                     .acked
                     .iter()
-                    .filter(|i| !stored.contains(&format!("wamid.load.{i}")))
+                    .filter(|i| !stored.contains(&wamid_for(**i, **i % 1000)))
                     .count(),
             )
         }
