@@ -73,6 +73,12 @@ struct Args {
     /// Converra's database.writers (0 = its default).
     #[arg(long, default_value_t = 0)]
     writers: usize,
+    /// Converra's server.workers (0 = its default).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Converra's actors.arbiters (0 = its default: the actors on the HTTP workers).
+    #[arg(long, default_value_t = 0)]
+    arbiters: usize,
     /// Converra's database.sqlite_checkpoint_interval_ms (0 = its default).
     #[arg(long, default_value_t = 0)]
     checkpoint_ms: u64,
@@ -148,6 +154,8 @@ fn run_child(args: &Args) -> Option<(f64, String)> {
         .args(["--wal-restart-mib", &args.wal_restart_mib.to_string()])
         .args(["--writers", &args.writers.to_string()])
         .args(["--checkpoint-ms", &args.checkpoint_ms.to_string()])
+        .args(["--workers", &args.workers.to_string()])
+        .args(["--arbiters", &args.arbiters.to_string()])
         .args(["--wamids", &args.wamids])
         .args(if args.timeline {
             &["--timeline"][..]
@@ -619,7 +627,7 @@ fn main() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let mut converra_db: Option<String> = None;
 
-    // The server runs on its own threads (2 HTTP workers), like the daemon.
+    // The server runs on its own threads, as in the daemon.
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let server_thread = if args.target == "converra" {
         let url = if args.backend == "postgres" {
@@ -642,8 +650,9 @@ fn main() {
         }
         settings.security.master_key_file = dir.path().join("master.key").display().to_string();
         settings.whatsapp.app_secret = SECRET.into();
-        settings.server.workers = 2;
-        settings.actors.arbiters = 1;
+        // The daemon's defaults unless asked otherwise.
+        settings.server.workers = args.workers;
+        settings.actors.arbiters = args.arbiters;
         settings.log.level = std::env::var("LOADGEN_LOG").unwrap_or_else(|_| "error".into());
         let (keyring, pool) = converra::open_storage(&settings).unwrap();
         let mut conn = pool.get().unwrap();
@@ -691,7 +700,7 @@ fn main() {
                         .route("/webhooks/whatsapp", web::post().to(reference_handler))
                         .route("/readyz", web::get().to(HttpResponse::Ok))
                 })
-                .workers(2)
+                .workers(if args.workers > 0 { args.workers } else { 2 })
                 .disable_signals()
                 .listen(listener)
                 .unwrap()

@@ -164,11 +164,10 @@ pub async fn run(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let arbiter_count = match settings.actors.arbiters {
-        0 => cores,
-        n => n,
-    };
-    let arbiters: Vec<Arbiter> = (0..arbiter_count).map(|_| Arbiter::new()).collect();
+    // 0: the tenant actors run on the HTTP workers' threads (ActorHosts).
+    let arbiters: Vec<Arbiter> = (0..settings.actors.arbiters)
+        .map(|_| Arbiter::new())
+        .collect();
     let core = Arc::new(Core {
         settings: settings.clone(),
         pool: pool.clone(),
@@ -180,6 +179,7 @@ pub async fn run(
         hooks: options.hooks,
         routes: Default::default(),
         tenants: Default::default(),
+        hosts: Default::default(),
     });
     let registry = {
         let core = core.clone();
@@ -194,11 +194,14 @@ pub async fn run(
         core: core.clone(),
         registry: registry.clone(),
     });
+    // One core is left to the database writer, which every webhook waits on.
     let workers = match settings.server.workers {
-        0 => cores,
+        0 => cores.saturating_sub(1).max(1),
         n => n,
     };
     let server = HttpServer::new(move || {
+        // Runs on each worker's thread as it starts.
+        state.core.hosts.register_current();
         App::new()
             .app_data(state.clone())
             .configure(http::configure)
@@ -237,6 +240,9 @@ pub async fn run(
     systemd::stopping();
     server_handle.stop(true).await;
     let _ = serving.await;
+    // Actors that ran on the HTTP workers' threads stopped with them; what they left (a
+    // delivery they held went to the inbox) is dispatched again, and the registry
+    // restarts their tenants on its own thread to finish it.
     drain(
         &core,
         Duration::from_secs(settings.server.shutdown_timeout_secs),

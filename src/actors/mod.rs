@@ -1,5 +1,6 @@
 //! The actor system. A supervised [`registry::Registry`] owns one
-//! [`tenant::TenantActor`] per tenant (spread over worker arbiters); each tenant actor
+//! [`tenant::TenantActor`] per tenant (spread over the HTTP workers' threads, or over
+//! arbiters of their own); each tenant actor
 //! owns one [`conversation::ConversationActor`] per (business number, contact), created
 //! on demand and stopped when idle. Actors own ordering and in-memory state; every
 //! write goes through the storage writer.
@@ -58,6 +59,9 @@ pub struct Core {
     pub hooks: Hooks,
     pub routes: intake::RouteCache,
     pub tenants: registry::TenantDirectory,
+    /// The HTTP workers' threads, hosts of the tenant actors unless `actors.arbiters`
+    /// gives them threads of their own.
+    pub hosts: registry::ActorHosts,
 }
 
 /// Groups `items` by the tenant each belongs to, keeping their order within a tenant.

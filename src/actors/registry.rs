@@ -1,10 +1,12 @@
-//! The registry: starts tenant actors (on the worker arbiters, round-robin) and routes
+//! The registry: starts tenant actors (on the HTTP workers' threads, or on arbiters of
+//! their own when `actors.arbiters` asks for them; round-robin) and routes
 //! to them the events of tenants whose actor is not running yet and the committed
 //! inbox rows; and sweeps the inbox for rows that were never processed: all of them at
 //! start-up, and periodically those older than `actors.sweep_min_age_secs`, as a
 //! safety net behind the live dispatch.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -42,6 +44,39 @@ impl TenantDirectory {
         if let Ok(mut actors) = self.actors.write() {
             actors.insert(tenant_id, addr);
         }
+    }
+}
+
+/// The HTTP workers' threads, where tenant actors run by default: a webhook's events then
+/// reach their actor on the thread that parsed them, or one hand-off away, instead of
+/// always crossing to a thread of the actors' own (measured at half load on 2 cores:
+/// a quarter less CPU on the HTTP and actor threads). Each worker registers its arbiter
+/// when it starts, a restarted one too.
+#[derive(Default)]
+pub struct ActorHosts {
+    arbiters: RwLock<Vec<ArbiterHandle>>,
+    next: AtomicUsize,
+}
+
+impl ActorHosts {
+    /// Called on each HTTP worker's thread as it starts.
+    pub fn register_current(&self) {
+        if let (Some(arbiter), Ok(mut arbiters)) = (Arbiter::try_current(), self.arbiters.write()) {
+            arbiters.push(arbiter);
+        }
+    }
+
+    /// The next running worker's arbiter, round-robin; None when every worker has
+    /// stopped (while the server shuts down, the registry's own thread takes over).
+    fn next_running(&self) -> Option<ArbiterHandle> {
+        let mut arbiters = self.arbiters.write().ok()?;
+        // A stopped arbiter refuses work: forget it.
+        arbiters.retain(|arbiter| arbiter.spawn(async {}));
+        if arbiters.is_empty() {
+            return None;
+        }
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % arbiters.len();
+        arbiters.get(index).cloned()
     }
 }
 
@@ -89,16 +124,20 @@ impl Registry {
         }
         let core = self.core.clone();
         let id = tenant_id.clone();
-        let addr = match self
-            .arbiters
-            .get(self.next_arbiter % self.arbiters.len().max(1))
-        {
+        let host = if self.arbiters.is_empty() {
+            self.core.hosts.next_running()
+        } else {
+            self.next_arbiter += 1;
+            self.arbiters
+                .get(self.next_arbiter % self.arbiters.len())
+                .cloned()
+        };
+        let addr = match host {
             Some(arbiter) => {
-                Supervisor::start_in_arbiter(arbiter, move |_| TenantActor::new(core, id))
+                Supervisor::start_in_arbiter(&arbiter, move |_| TenantActor::new(core, id))
             }
             None => Supervisor::start(move |_| TenantActor::new(core, id)),
         };
-        self.next_arbiter += 1;
         self.tenants.insert(tenant_id.clone(), addr.clone());
         addr
     }

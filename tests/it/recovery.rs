@@ -78,7 +78,11 @@ async fn a_panicking_conversation_actor_restarts_and_loses_nothing_while_others_
             }
         })),
     };
-    let app = TestApp::start_with(&Backend::Sqlite, hooks, |_| {}).await;
+    // The actors on threads of their own (`actors.arbiters`), not the default.
+    let app = TestApp::start_with(&Backend::Sqlite, hooks, |settings| {
+        settings.actors.arbiters = 2;
+    })
+    .await;
     let mut sends = Vec::new();
     for i in 0..10 {
         let body = if i == 3 {

@@ -118,7 +118,8 @@ pub fn settings_for(db: &TestDb) -> Settings {
     settings.whatsapp.verify_token = VERIFY_TOKEN.into();
     settings.server.workers = 2;
     settings.server.shutdown_timeout_secs = 10;
-    settings.actors.arbiters = 2;
+    // The default: the actors on the HTTP workers' threads.
+    settings.actors.arbiters = 0;
     settings.actors.sweep_interval_secs = 1;
     settings.actors.sweep_min_age_secs = 5;
     settings.actors.retry_delay_ms = 50;
