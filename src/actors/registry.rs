@@ -251,3 +251,59 @@ impl Handler<SweepDone> for Registry {
         self.sweeping = false;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tenant actors go to the running workers in turn; a stopped worker is skipped, and
+    /// with none left the registry's own thread takes them (None).
+    #[test]
+    fn actor_hosts_take_running_workers_in_turn_and_forget_stopped_ones() {
+        let _system = actix_rt::System::new();
+        let hosts = Arc::new(ActorHosts::default());
+        let workers: Vec<Arbiter> = (0..2).map(|_| Arbiter::new()).collect();
+        let (registered, done) = std::sync::mpsc::channel();
+        for worker in &workers {
+            let (hosts, registered) = (hosts.clone(), registered.clone());
+            worker.spawn_fn(move || {
+                hosts.register_current();
+                let _ = registered.send(());
+            });
+        }
+        for _ in &workers {
+            done.recv_timeout(Duration::from_secs(5))
+                .expect("each worker registers");
+        }
+        // Which thread a host runs tasks on.
+        let thread_of = |arbiter: &ArbiterHandle| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            arbiter.spawn_fn(move || {
+                let _ = tx.send(std::thread::current().id());
+            });
+            rx.recv_timeout(Duration::from_secs(5)).expect("runs")
+        };
+        let first = hosts.next_running().expect("a host");
+        let second = hosts.next_running().expect("a host");
+        assert_ne!(thread_of(&first), thread_of(&second), "in turn");
+
+        let mut workers = workers.into_iter();
+        let stopped = workers.next().expect("two workers");
+        let stopped_thread = thread_of(&stopped.handle());
+        stopped.stop();
+        assert!(stopped.join().is_ok());
+        for _ in 0..3 {
+            let host = hosts.next_running().expect("the running worker");
+            assert_ne!(
+                thread_of(&host),
+                stopped_thread,
+                "a stopped worker is skipped"
+            );
+        }
+
+        let last = workers.next().expect("two workers");
+        last.stop();
+        assert!(last.join().is_ok());
+        assert!(hosts.next_running().is_none(), "no worker left");
+    }
+}
