@@ -215,6 +215,19 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
                 is_revoke: false,
             }
         };
+        // A batch of the tenant's jobs, each a list of ops; what each job reports as its
+        // conversation.
+        fn batch<'a>(
+            tenant: &'a TenantId,
+            jobs: &[&'a [ApplyOp]],
+        ) -> Vec<(&'a TenantId, Vec<&'a ApplyOp>)> {
+            jobs.iter()
+                .map(|ops| (tenant, ops.iter().collect()))
+                .collect()
+        }
+        let reported = |outcomes: &[crm::JobApplied]| -> Vec<Option<String>> {
+            outcomes.iter().map(|o| o.conversation.clone()).collect()
+        };
         // The first message opens the conversation (op by op: it is not known yet).
         let first = inbound("wamid.1", 1_000, None, &contact.key);
         let opened =
@@ -233,20 +246,10 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
         let job_1 = [ApplyOp::Inbound(second), ApplyOp::Inbound(redelivered)];
         let job_2 = [ApplyOp::Inbound(late), ApplyOp::Inbound(stale)];
         let job_3 = [ApplyOp::Inbound(revoke)];
-        let outcomes = crm::apply_batch(
-            &mut conn,
-            &[
-                (&tenant, job_1.iter().collect()),
-                (&tenant, job_2.iter().collect()),
-                (&tenant, job_3.iter().collect()),
-            ],
-            6,
-        )
-        .unwrap();
-        let reported: Vec<Option<String>> =
-            outcomes.iter().map(|o| o.conversation.clone()).collect();
+        let outcomes =
+            crm::apply_batch(&mut conn, &batch(&tenant, &[&job_1, &job_2, &job_3]), 6).unwrap();
         assert_eq!(
-            reported,
+            reported(&outcomes),
             vec![Some(conversation.clone()); 3],
             "{backend:?}: every job reports the live conversation"
         );
@@ -277,19 +280,9 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
         let stale_again = inbound("wamid.7", 4_000, Some("merged-away"), &contact.key);
         let job_4 = [ApplyOp::Inbound(same_second)];
         let job_5 = [ApplyOp::Inbound(stale_again)];
-        let outcomes = crm::apply_batch(
-            &mut conn,
-            &[
-                (&tenant, job_4.iter().collect()),
-                (&tenant, job_5.iter().collect()),
-            ],
-            7,
-        )
-        .unwrap();
-        let reported: Vec<Option<String>> =
-            outcomes.iter().map(|o| o.conversation.clone()).collect();
+        let outcomes = crm::apply_batch(&mut conn, &batch(&tenant, &[&job_4, &job_5]), 7).unwrap();
         assert_eq!(
-            reported,
+            reported(&outcomes),
             vec![Some(conversation.clone()); 2],
             "{backend:?}: a window that does not move still finds its conversation"
         );
