@@ -409,6 +409,8 @@ struct Results {
     timeline: Vec<(u64, u64)>,
     acked: Vec<usize>,
     errors: usize,
+    /// On-CPU nanoseconds of the client threads, each read by the thread as it ends.
+    client_cpu_ns: u64,
 }
 
 fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
@@ -510,6 +512,7 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                         all.timeline.extend(local.timeline);
                         all.acked.extend(local.acked);
                         all.errors += local.errors;
+                        all.client_cpu_ns += own_cpu_ns();
                     })
                 })
                 .unwrap()
@@ -573,6 +576,14 @@ fn thread_cpu() -> std::collections::HashMap<u64, (String, u64)> {
         out.insert(tid, (comm.trim().to_string(), ns));
     }
     out
+}
+
+/// On-CPU nanoseconds of the calling thread.
+fn own_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
 }
 
 /// CPU microseconds per acknowledged message, by thread group, between two snapshots
@@ -831,7 +842,7 @@ fn main() {
         )
     };
     println!(
-        "target={} backend={} load=\"{}\" seconds={:.1} acked={} msg/s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} errors={} missing={} {}",
+        "target={} backend={} load=\"{}\" seconds={:.1} acked={} msg/s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} errors={} missing={} {} clients={:.1}",
         args.target,
         backend,
         load,
@@ -844,6 +855,7 @@ fn main() {
         results.errors,
         missing.map(|m| m.to_string()).unwrap_or_else(|| "n/a".into()),
         cpu_per_message(&cpu_before, &cpu_after, results.acked.len()),
+        results.client_cpu_ns as f64 / 1000.0 / results.acked.len().max(1) as f64,
     );
     if let Some(summary) = server_latency {
         println!("  server-side (after the warm-up): {summary}");
