@@ -278,6 +278,23 @@ struct AttachedFile {
     file: String,
 }
 
+/// The file behind an attached SQLite schema ("main", "keystore"); `None` for one in
+/// memory or on PostgreSQL.
+pub(crate) fn sqlite_file(
+    conn: &mut DbConn,
+    schema: &str,
+) -> Result<Option<PathBuf>, StorageError> {
+    let DbConn::Sqlite(c) = conn else {
+        return Ok(None);
+    };
+    let files: Vec<AttachedFile> =
+        diesel::sql_query("SELECT name, file FROM pragma_database_list").load(c)?;
+    Ok(files
+        .into_iter()
+        .find(|f| f.name == schema && !f.file.is_empty())
+        .map(|f| PathBuf::from(f.file)))
+}
+
 /// SQLite keeps the data and the key store in two files: one of them replaced or lost
 /// without the other leaves data no key opens. Caught here, before the migrations
 /// fail on it with a bare "table already exists" (or the first read with "no such
@@ -361,4 +378,30 @@ pub fn with_conn<T>(
 ) -> Result<T, StorageError> {
     let mut conn = pool.get()?;
     f(&mut conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn sqlite_file_names_the_data_and_the_key_store_files() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = Settings::defaults().expect("defaults");
+        let data = dir.path().join("data.db");
+        settings.database.url = format!("sqlite://{}", data.display());
+        let manager = DbManager::new(&settings).expect("manager");
+        let mut conn = manager.establish().expect("connection");
+        let keys = settings.sqlite_key_store_path(&data);
+
+        let main = sqlite_file(&mut conn, "main").expect("main");
+        let keystore = sqlite_file(&mut conn, "keystore").expect("keystore");
+        let same = |found: Option<PathBuf>, expected: &Path| {
+            found.and_then(|p| p.canonicalize().ok()) == expected.canonicalize().ok()
+        };
+        assert!(same(main, &data), "main is the data file");
+        assert!(same(keystore, &keys), "keystore is the key store file");
+        assert_eq!(sqlite_file(&mut conn, "temp").expect("temp"), None);
+    }
 }
