@@ -279,16 +279,13 @@ struct AttachedFile {
 }
 
 /// The file behind an attached SQLite schema ("main", "keystore"); `None` for one in
-/// memory or on PostgreSQL.
+/// memory.
 pub(crate) fn sqlite_file(
-    conn: &mut DbConn,
+    conn: &mut SqliteConnection,
     schema: &str,
 ) -> Result<Option<PathBuf>, StorageError> {
-    let DbConn::Sqlite(c) = conn else {
-        return Ok(None);
-    };
     let files: Vec<AttachedFile> =
-        diesel::sql_query("SELECT name, file FROM pragma_database_list").load(c)?;
+        diesel::sql_query("SELECT name, file FROM pragma_database_list").load(conn)?;
     Ok(files
         .into_iter()
         .find(|f| f.name == schema && !f.file.is_empty())
@@ -317,29 +314,25 @@ fn check_key_store_belongs(conn: &mut SqliteConnection) -> Result<(), StorageErr
         "SELECT count(*) AS n FROM keystore.sqlite_master \
          WHERE type = 'table' AND name = 'data_keys'",
     )?;
-    let files: Vec<AttachedFile> =
-        diesel::sql_query("SELECT name, file FROM pragma_database_list").load(conn)?;
-    let file_of = |schema: &str| {
-        files
-            .iter()
-            .find(|f| f.name == schema)
-            .map(|f| f.file.clone())
-            .unwrap_or_default()
+    let mut file_of = |schema: &str| -> Result<String, StorageError> {
+        Ok(sqlite_file(conn, schema)?
+            .map(|path| path.display().to_string())
+            .unwrap_or_default())
     };
     match (data_migrated, has_keys) {
         (false, true) => Err(StorageError::Migration(format!(
             "the key store {} holds data keys but the database {} is new: the key store \
              belongs to an earlier database. Restore that database file, or move the key \
              store away to start afresh (its keys open nothing in a new database)",
-            file_of("keystore"),
-            file_of("main")
+            file_of("keystore")?,
+            file_of("main")?
         ))),
         (true, false) => Err(StorageError::Migration(format!(
             "the database {} holds data but the key store {} is missing or empty, so none \
              of its sealed content can be read. Restore the key store file (from its own \
              backup) next to the database",
-            file_of("main"),
-            file_of("keystore")
+            file_of("main")?,
+            file_of("keystore")?
         ))),
         _ => Ok(()),
     }
@@ -392,7 +385,9 @@ mod tests {
         let data = dir.path().join("data.db");
         settings.database.url = format!("sqlite://{}", data.display());
         let manager = DbManager::new(&settings).expect("manager");
-        let mut conn = manager.establish().expect("connection");
+        let DbConn::Sqlite(mut conn) = manager.establish().expect("connection") else {
+            unreachable!("a SQLite url")
+        };
         let keys = settings.sqlite_key_store_path(&data);
 
         let main = sqlite_file(&mut conn, "main").expect("main");

@@ -800,7 +800,10 @@ const CATCH_UP_PASSES: usize = 3;
 /// off the writer's path, that sync finds little left to do. Flushing is always safe:
 /// it only makes durable sooner what the file already holds.
 fn sync_database_file(conn: &mut DbConn, schema: &str) -> Result<(), StorageError> {
-    if let Some(path) = super::sqlite_file(conn, schema)? {
+    let DbConn::Sqlite(c) = conn else {
+        return Ok(());
+    };
+    if let Some(path) = super::sqlite_file(c, schema)? {
         std::fs::File::open(&path)
             .and_then(|file| file.sync_data())
             .map_err(|e| StorageError::Unavailable(format!("syncing {}: {e}", path.display())))?;
