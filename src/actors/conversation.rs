@@ -629,9 +629,14 @@ fn build_op(
             Err(_) => ApplyOp::Done { origin },
         },
         EventKind::Status => match Status::deserialize(&event.item) {
-            Ok(status) => {
-                ApplyOp::Status(status_op(origin, phone_number_id, &status, contact, now))
-            }
+            Ok(status) => ApplyOp::Status(status_op(
+                origin,
+                phone_number_id,
+                &status,
+                &event.item,
+                contact,
+                now,
+            )),
             Err(_) => ApplyOp::Done { origin },
         },
         EventKind::Preference => match UserPreference::deserialize(&event.item) {
@@ -689,10 +694,14 @@ fn seal_json(key: &SealKey, value: &impl serde::Serialize, aad: &str) -> Option<
     key.seal(&plain, aad.as_bytes()).ok()
 }
 
+/// `raw` is the status item as Meta sent it: its errors, pricing and conversation are
+/// recorded from it, so a field the typed view does not know, or a part in a shape it
+/// could not read, is kept too.
 fn status_op(
     origin: Origin,
     phone_number_id: &str,
     status: &Status,
+    raw: &Value,
     contact: &ResolvedContact,
     now: i64,
 ) -> NewStatus {
@@ -700,16 +709,11 @@ fn status_op(
         .errors
         .first()
         .map(|e| json!({"code": e.code, "title": e.title, "message": e.message}).to_string());
-    let mut detail = serde_json::Map::new();
-    if !status.errors.is_empty() {
-        detail.insert("errors".into(), json!(status.errors));
-    }
-    if let Some(pricing) = &status.pricing {
-        detail.insert("pricing".into(), json!(pricing));
-    }
-    if let Some(conversation) = &status.conversation {
-        detail.insert("conversation".into(), json!(conversation));
-    }
+    let detail: serde_json::Map<String, Value> = ["errors", "pricing", "conversation"]
+        .into_iter()
+        .filter_map(|part| Some((part.to_string(), raw.get(part)?.clone())))
+        .filter(|(_, value)| !value.is_null())
+        .collect();
     NewStatus {
         origin,
         phone_number_id: phone_number_id.to_string(),

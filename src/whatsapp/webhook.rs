@@ -7,7 +7,10 @@
 //!
 //! The typed views ([`InboundMessage`], [`Status`], ...) parse every field Meta
 //! documents; a message type this code does not know becomes
-//! [`MessageContent::Unknown`] with its raw JSON, never an error.
+//! [`MessageContent::Unknown`] with its raw JSON, never an error. Likewise a documented
+//! part of an item in a shape the docs do not give (a timestamp that is no number, a
+//! `context` that is no object, ...) reads as absent instead of failing the item: the
+//! item is applied and the part is kept as sent, so nothing Meta sent is dropped.
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -162,25 +165,27 @@ struct RawChange<'a> {
 
 /// `changes[].value` for the `messages` and `user_preferences` fields.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+/// Only the number is required: a list in another shape reads as empty (a change left
+/// with no items is kept raw whole), a contact or error in another shape as absent.
 pub struct ChangeValue {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_absent")]
     pub messaging_product: Option<String>,
     pub metadata: Metadata,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "each_or_absent")]
     pub contacts: Vec<WebhookContact>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "items_or_empty")]
     pub messages: Vec<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "items_or_empty")]
     pub statuses: Vec<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "items_or_empty")]
     pub user_preferences: Vec<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "each_or_absent")]
     pub errors: Vec<MetaError>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Metadata {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_absent")]
     pub display_phone_number: Option<String>,
     #[serde(deserialize_with = "lenient_string")]
     pub phone_number_id: String,
@@ -263,27 +268,30 @@ pub fn parse(body: &[u8]) -> ParsedWebhook {
 fn parse_change(waba_id: &str, change: RawChange<'_>, parsed: &mut ParsedWebhook) {
     let field = change.field.as_deref().unwrap_or_default();
     let raw = change.value.map_or("null", RawValue::get);
+    let readable = without_nul(raw);
     // Kept raw, with the number it names when it names one.
     let other = |reason: &'static str, phone_number_id: Option<String>, raw: Vec<u8>| OtherChange {
-        field: change.field.clone(),
+        field: change.field.as_deref().map(text_without_nul),
         phone_number_id,
         reason,
         raw,
     };
     let whole_change = |reason: &'static str| {
-        let phone_number_id = serde_json::from_str::<Value>(raw).ok().and_then(|value| {
-            value
-                .get("metadata")
-                .and_then(|m| m.get("phone_number_id"))
-                .map(value_text)
-        });
+        let phone_number_id = serde_json::from_str::<Value>(&readable)
+            .ok()
+            .and_then(|value| {
+                value
+                    .get("metadata")
+                    .and_then(|m| m.get("phone_number_id"))
+                    .map(value_text)
+            });
         other(reason, phone_number_id, raw.as_bytes().to_vec())
     };
     if field != "messages" && field != "user_preferences" {
         parsed.others.push(whole_change("other_field"));
         return;
     }
-    let mut value: ChangeValue = match serde_json::from_str(raw) {
+    let mut value: ChangeValue = match serde_json::from_str(&readable) {
         Ok(value) => value,
         Err(_) => {
             parsed.others.push(whole_change("malformed_value"));
@@ -302,7 +310,7 @@ fn parse_change(waba_id: &str, change: RawChange<'_>, parsed: &mut ParsedWebhook
         kind,
         phone_number_id: value.metadata.phone_number_id.clone(),
         display_phone_number: value.metadata.display_phone_number.clone(),
-        waba_id: waba_id.to_string(),
+        waba_id: text_without_nul(waba_id),
         identity,
         item,
     };
@@ -359,6 +367,44 @@ fn parse_change(waba_id: &str, change: RawChange<'_>, parsed: &mut ParsedWebhook
     if !had_items {
         parsed.others.push(whole_change("errors_only"));
     }
+}
+
+/// PostgreSQL's text cannot hold NUL, and no identifier Meta documents has one. A NUL
+/// in a change (JSON carries it only as the escape `\u0000`) becomes U+FFFD before the
+/// change is read, so its items are stored alike on both backends instead of failing
+/// every write that names them. The bytes kept for a change stored raw are untouched.
+fn without_nul(raw: &str) -> std::borrow::Cow<'_, str> {
+    if !raw.contains("\\u0000") {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    match serde_json::from_str::<Value>(raw) {
+        Ok(mut value) => {
+            replace_nul(&mut value);
+            std::borrow::Cow::Owned(value.to_string())
+        }
+        Err(_) => std::borrow::Cow::Borrowed(raw),
+    }
+}
+
+fn replace_nul(value: &mut Value) {
+    match value {
+        Value::String(text) if text.contains('\0') => *text = text_without_nul(text),
+        Value::Array(items) => items.iter_mut().for_each(replace_nul),
+        Value::Object(map) => {
+            if map.keys().any(|key| key.contains('\0')) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(key, value)| (text_without_nul(&key), value))
+                    .collect();
+            }
+            map.values_mut().for_each(replace_nul);
+        }
+        _ => {}
+    }
+}
+
+fn text_without_nul(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }
 
 fn opt_str(value: &Value, name: &str) -> Option<String> {
@@ -749,6 +795,56 @@ fn lenient_opt_i64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<
     lenient_i64(deserializer).map(Some)
 }
 
+/// An item's time, or 0 when it is unreadable (the actors then take the time it
+/// arrived): an odd timestamp must not cost the item.
+fn timestamp_or_zero<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    Ok(read_timestamp(&Value::deserialize(deserializer)?))
+}
+
+fn read_timestamp(value: &Value) -> i64 {
+    lenient_i64(value).unwrap_or(0)
+}
+
+/// A documented part in a shape the docs do not give reads as absent; the raw item,
+/// which is what is stored, still has it.
+fn or_absent<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    Ok(T::deserialize(Value::deserialize(deserializer)?).ok())
+}
+
+/// [`or_absent`] for a list.
+fn or_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    Ok(or_absent(deserializer)?.unwrap_or_default())
+}
+
+/// [`or_empty`] for a list of raw items, which are kept as they came (not rebuilt).
+fn items_or_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Value>, D::Error> {
+    Ok(match Value::deserialize(deserializer)? {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    })
+}
+
+/// [`or_absent`] for each element of a list: one odd element costs only itself.
+fn each_or_absent<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let items: Vec<Value> = or_empty(deserializer)?;
+    Ok(items
+        .into_iter()
+        .filter_map(|item| T::deserialize(item).ok())
+        .collect())
+}
+
 /// A quick-reply button of a template.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Button {
@@ -823,28 +919,16 @@ impl InboundMessage {
     pub fn from_item(item: &Value) -> Result<InboundMessage, ItemError> {
         let id = opt_str(item, "id").ok_or_else(|| ItemError("no id".into()))?;
         let type_name = opt_str(item, "type").unwrap_or_else(|| "unknown".to_string());
-        let timestamp = item
-            .get("timestamp")
-            .map(|t| lenient_i64(t.clone()))
-            .transpose()
-            .map_err(|e| ItemError(format!("timestamp: {e}")))?
-            .unwrap_or(0);
+        let timestamp = item.get("timestamp").map_or(0, read_timestamp);
         // Typed straight from the borrowed item: nothing is copied to be read.
         let field = |name: &str| item.get(name).filter(|v| !v.is_null());
         let content_raw = field(&type_name).cloned().unwrap_or(Value::Null);
         let content = typed_content(&type_name, &content_raw);
-        let context = field("context")
-            .map(Deserialize::deserialize)
-            .transpose()
-            .map_err(|e| ItemError(format!("context: {e}")))?;
-        let referral = field("referral")
-            .map(Deserialize::deserialize)
-            .transpose()
-            .map_err(|e| ItemError(format!("referral: {e}")))?;
+        // Parts in a shape the docs do not give read as absent (see the module doc).
+        let context = field("context").and_then(|v| Context::deserialize(v).ok());
+        let referral = field("referral").and_then(|v| Referral::deserialize(v).ok());
         let errors = field("errors")
-            .map(Vec::<MetaError>::deserialize)
-            .transpose()
-            .map_err(|e| ItemError(format!("errors: {e}")))?
+            .and_then(|v| Vec::<MetaError>::deserialize(v).ok())
             .unwrap_or_default();
         Ok(InboundMessage {
             id,
@@ -908,24 +992,24 @@ fn typed_content(type_name: &str, raw: &Value) -> MessageContent {
 pub struct Status {
     pub id: String,
     pub status: String,
-    #[serde(deserialize_with = "lenient_i64")]
+    #[serde(default, deserialize_with = "timestamp_or_zero")]
     pub timestamp: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_absent")]
     pub recipient_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_absent")]
     pub recipient_user_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_absent")]
     pub recipient_parent_user_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_absent")]
     pub recipient_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_absent")]
     pub biz_opaque_callback_data: Option<String>,
     /// Present in older API versions (conversation-based pricing).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_absent")]
     pub conversation: Option<StatusConversation>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_absent")]
     pub pricing: Option<Pricing>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_empty")]
     pub errors: Vec<MetaError>,
 }
 
@@ -959,15 +1043,17 @@ pub struct Pricing {
 /// A `user_preferences[]` item: marketing messages stopped or resumed.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct UserPreference {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_absent")]
     pub wa_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_absent")]
     pub user_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_absent")]
     pub detail: Option<String>,
-    pub category: String,
-    pub value: String,
-    #[serde(deserialize_with = "lenient_i64")]
+    #[serde(default, deserialize_with = "or_absent")]
+    pub category: Option<String>,
+    #[serde(default, deserialize_with = "or_absent")]
+    pub value: Option<String>,
+    #[serde(default, deserialize_with = "timestamp_or_zero")]
     pub timestamp: i64,
 }
 
@@ -975,10 +1061,10 @@ impl UserPreference {
     /// `Some(true)` when the user stopped marketing messages, `Some(false)` when they
     /// resumed, `None` for a category or value this code does not act on.
     pub fn marketing_opt_out(&self) -> Option<bool> {
-        if self.category != "marketing_messages" {
+        if self.category.as_deref() != Some("marketing_messages") {
             return None;
         }
-        match self.value.as_str() {
+        match self.value.as_deref()? {
             "stop" => Some(true),
             "resume" => Some(false),
             _ => None,
@@ -1054,6 +1140,66 @@ mod tests {
             parsed.others[0].field.as_deref(),
             Some("message_template_status_update")
         );
+    }
+
+    #[test]
+    fn parts_in_an_undocumented_shape_read_as_absent_and_cost_nothing_else() {
+        let message = InboundMessage::from_item(&json!({"from": "111", "id": "wamid.odd",
+            "timestamp": {}, "type": "text", "text": {"body": "still here"},
+            "context": 5, "referral": "ad", "errors": "bad"}))
+        .expect("the message is read");
+        assert_eq!(message.timestamp, 0, "the actors take the arrival time");
+        assert_eq!((message.context, message.referral), (None, None));
+        assert!(message.errors.is_empty());
+        assert_eq!(message.content_raw, json!({"body": "still here"}));
+
+        let status = Status::deserialize(&json!({"id": "wamid.s", "status": "failed",
+            "timestamp": null, "recipient_id": 111, "pricing": "free",
+            "conversation": {"origin": 1}, "errors": [{"code": 131047}]}))
+        .expect("the status is read");
+        assert_eq!(status.timestamp, 0);
+        assert_eq!(
+            (status.recipient_id, status.pricing, status.conversation),
+            (None, None, None)
+        );
+        assert_eq!(status.errors[0].code, 131047);
+
+        let preference = UserPreference::deserialize(&json!({"wa_id": "111",
+            "category": "marketing_messages", "value": 1, "timestamp": "soon"}))
+        .expect("the preference is read");
+        assert_eq!(preference.marketing_opt_out(), None);
+
+        // A list or contact in another shape: the change's other items still count.
+        let parsed = parse(&envelope(vec![json!({
+            "metadata": {"phone_number_id": "PN1", "display_phone_number": 15550001},
+            "contacts": [{"wa_id": 7}, {"wa_id": "111", "profile": {"name": "Ann"}}],
+            "statuses": null, "errors": {"code": 1},
+            "messages": [{"from": "111", "id": "wamid.1", "timestamp": "1", "type": "text", "text": {"body": "a"}}]
+        })]));
+        assert_eq!(parsed.events.len(), 1);
+        assert!(parsed.others.is_empty());
+        assert_eq!(
+            parsed.events[0].identity.profile_name.as_deref(),
+            Some("Ann")
+        );
+    }
+
+    #[test]
+    fn a_nul_becomes_a_replacement_character_before_anything_is_stored() {
+        let body = br#"{"object": "whatsapp_business_account", "entry": [{"id": "W\u0000", "changes": [
+            {"field": "messages", "value": {"metadata": {"phone_number_id": "PN\u0000"},
+                "messages": [{"from": "1\u0000", "id": "wamid.\u0000", "timestamp": "1", "type": "text", "text": {"body": "a\u0000b"}}]}},
+            {"field": "x\u0000", "value": {}}]}]}"#;
+        let parsed = parse(body);
+        let event = &parsed.events[0];
+        assert_eq!(event.phone_number_id, "PN\u{FFFD}");
+        assert_eq!(event.waba_id, "W\u{FFFD}");
+        assert_eq!(event.item["id"], "wamid.\u{FFFD}");
+        assert_eq!(event.item["text"]["body"], "a\u{FFFD}b");
+        assert_eq!(event.identity.route_key().as_deref(), Some("w:1\u{FFFD}"));
+        let other = &parsed.others[0];
+        assert_eq!(other.field.as_deref(), Some("x\u{FFFD}"));
+        assert_eq!(other.raw, b"{}", "what is kept raw stays as it came");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The webhook endpoint as Meta uses it.
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -645,5 +646,224 @@ async fn updates_for_a_number_registered_later_reach_its_new_owner() {
             "{backend:?}: decrypted as any other message"
         );
         assert!(app.all_messages(&app.b).await.is_empty(), "{backend:?}");
+    }
+}
+
+/// One step of a path into a JSON document.
+#[derive(Clone, Debug)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// Every path below the root, parents before children.
+fn paths(value: &Value) -> Vec<Vec<Step>> {
+    fn walk(value: &Value, at: &mut Vec<Step>, out: &mut Vec<Vec<Step>>) {
+        let children: Vec<(Step, &Value)> = match value {
+            Value::Object(map) => map.iter().map(|(k, v)| (Step::Key(k.clone()), v)).collect(),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (Step::Index(i), v))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (step, child) in children {
+            at.push(step);
+            out.push(at.clone());
+            walk(child, at, out);
+            at.pop();
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, &mut Vec::new(), &mut out);
+    out
+}
+
+/// Replaces the node at `path` (or removes it, with `None`).
+fn mutate(document: &Value, path: &[Step], replacement: Option<&Value>) -> Value {
+    let mut copy = document.clone();
+    let (last, parents) = path.split_last().expect("not the root");
+    let mut node = &mut copy;
+    for step in parents {
+        node = match step {
+            Step::Key(k) => &mut node[k.as_str()],
+            Step::Index(i) => &mut node[*i],
+        };
+    }
+    match (last, replacement) {
+        (Step::Key(k), Some(v)) => node[k.as_str()] = v.clone(),
+        (Step::Index(i), Some(v)) => node[*i] = v.clone(),
+        (Step::Key(k), None) => {
+            node.as_object_mut().map(|m| m.remove(k));
+        }
+        (Step::Index(i), None) => {
+            node.as_array_mut().map(|a| a.remove(*i));
+        }
+    }
+    copy
+}
+
+/// Whether anything in the document sits in a list of messages, statuses or
+/// preferences (a variant whose mutation removed them all carries nothing to keep).
+fn carries_an_item(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map.iter().any(|(k, v)| {
+            (["messages", "statuses", "user_preferences"].contains(&k.as_str())
+                && v.as_array().is_some_and(|items| !items.is_empty()))
+                || carries_an_item(v)
+        }),
+        Value::Array(items) => items.iter().any(carries_an_item),
+        _ => false,
+    }
+}
+
+/// Gives every message and status id of a webhook a suffix, so that each variant is
+/// applied as new instead of being caught as a redelivery.
+fn with_fresh_ids(webhook: &Value, suffix: usize) -> Value {
+    let mut copy = webhook.clone();
+    // `pointer_mut`, not indexing: indexing a missing key would add it as null.
+    let changes = copy.pointer_mut("/entry/0/changes");
+    for change in changes.and_then(Value::as_array_mut).into_iter().flatten() {
+        for list in ["messages", "statuses"] {
+            let items = change.pointer_mut(&format!("/value/{list}"));
+            for item in items.and_then(Value::as_array_mut).into_iter().flatten() {
+                if let Some(id) = item.get("id").and_then(Value::as_str) {
+                    item["id"] = json!(format!("{id}.v{suffix}"));
+                }
+            }
+        }
+    }
+    copy
+}
+
+/// Meta documents its shapes, but a proxy, a new API version or a bug can send any of
+/// them with a field of another type, or without it. Every field of every documented
+/// shape, replaced by each JSON type or removed, one at a time, correctly signed: each
+/// webhook is answered 200 and accounts for what it carried (applied, duplicate,
+/// unrouted or stored raw, never nothing), no actor panics, nothing is left stuck in
+/// the inbox, and the daemon keeps serving.
+#[actix_rt::test]
+async fn a_field_of_any_type_or_none_anywhere_is_kept_and_panics_nothing() {
+    let from = "4917000077";
+    let mut seeds: Vec<Value> = every_message_type(from)
+        .into_iter()
+        .map(|message| {
+            envelope(vec![messages_change(
+                NUMBER_A,
+                vec![contact(from, "Mutant")],
+                vec![message],
+            )])
+        })
+        .collect();
+    seeds.push(envelope(vec![statuses_change(
+        NUMBER_A,
+        vec![json!({"id": "wamid.out.m", "status": "failed", "timestamp": "1764000300",
+            "recipient_id": from, "recipient_user_id": "DE.4917000077",
+            "errors": [{"code": 131047, "title": "Re-engagement message",
+                "error_data": {"details": "More than 24 hours have passed"}}],
+            "pricing": {"billable": true, "pricing_model": "PMP", "category": "utility"},
+            "conversation": {"id": "c1", "expiration_timestamp": "1764086400", "origin": {"type": "utility"}}})],
+    )]));
+    seeds.push(envelope(vec![
+        json!({"field": "user_preferences", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "1", "phone_number_id": NUMBER_A},
+        "contacts": [{"wa_id": from, "profile": {"name": "P"}}],
+        "user_preferences": [{"wa_id": from, "detail": "stop", "category": "marketing_messages",
+            "value": "stop", "timestamp": 1764000000}]}}),
+    ]));
+    let replacements = [
+        json!(null),
+        json!(true),
+        json!(0),
+        json!(-1),
+        json!(1.5e300),
+        json!(u64::MAX),
+        json!(""),
+        json!("ü\u{0}"),
+        json!([]),
+        json!({}),
+    ];
+    let message_item = |path: &[Step]| {
+        matches!(path.get(5), Some(Step::Key(k)) if ["messages", "statuses", "user_preferences"].contains(&k.as_str()))
+            && path.len() > 6
+    };
+    let mut variants = Vec::new();
+    for (n, seed) in seeds.iter().enumerate() {
+        for path in paths(seed) {
+            // The envelope's own fields are mutated in the first seed only; every
+            // seed's item is mutated field by field.
+            if n > 0 && !message_item(&path) {
+                continue;
+            }
+            for replacement in replacements.iter().map(Some).chain([None]) {
+                let variant = with_fresh_ids(seed, variants.len());
+                variants.push(mutate(&variant, &path, replacement));
+            }
+        }
+    }
+    assert!(variants.len() > 1_500, "{} variants", variants.len());
+
+    for backend in backends() {
+        let app = TestApp::start(&backend).await;
+        let app = &app;
+        let answers: Vec<(usize, u16, Value)> =
+            futures_util::stream::iter(variants.iter().enumerate())
+                .map(|(n, variant)| async move {
+                    let (status, ack) =
+                        app.post_signed(&serde_json::to_vec(variant).unwrap()).await;
+                    (n, status, ack)
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+        let mut acknowledged = Vec::new();
+        for (n, status, ack) in answers {
+            let variant = &variants[n];
+            // A message, or a status (which records its outbound message).
+            let value = &variant["entry"][0]["changes"][0]["value"];
+            let item = [&value["messages"][0], &value["statuses"][0]]
+                .into_iter()
+                .find(|item| item.is_object())
+                .unwrap_or(&Value::Null);
+            if let (Some(wamid), Some(1)) = (item["id"].as_str(), ack["new"].as_u64()) {
+                // PostgreSQL's text holds no NUL: both backends store U+FFFD instead.
+                acknowledged.push(wamid.replace('\0', "\u{FFFD}"));
+            }
+            assert_eq!(status, 200, "{variant}\n{ack}");
+            let count = |k: &str| ack[k].as_u64().unwrap_or_else(|| panic!("{k} in {ack}"));
+            assert_eq!(
+                count("received"),
+                count("new") + count("duplicates") + count("unrouted"),
+                "{variant}\n{ack}"
+            );
+            if carries_an_item(variant) {
+                assert!(
+                    count("received") + count("stored_raw") >= 1,
+                    "nothing kept of {variant}\n{ack}"
+                );
+            }
+        }
+        app.wait_processed().await;
+        assert_eq!(app.metric("converra_actor_restarts_total").await, 0.0);
+        // A message acknowledged as new is a message the business can read.
+        let stored: std::collections::HashSet<String> = app
+            .all_messages(&app.a)
+            .await
+            .iter()
+            .filter_map(|m| m["wamid"].as_str().map(str::to_string))
+            .collect();
+        for wamid in &acknowledged {
+            assert!(stored.contains(wamid), "{wamid} acknowledged, not stored");
+        }
+        let (status, _) = app.get("/healthz", None).await;
+        assert_eq!(status, 200);
+        let (status, ack) = app
+            .post_signed(&text_webhook(NUMBER_A, from, "wamid.after", "still here"))
+            .await;
+        assert_eq!((status, ack["new"].as_u64()), (200, Some(1)));
+        let stored = app.all_messages(&app.a).await;
+        assert!(stored.iter().any(|m| m["wamid"] == "wamid.after"));
     }
 }
