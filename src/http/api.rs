@@ -32,6 +32,24 @@ impl PageQuery {
             )),
         }
     }
+
+    /// A cursor is a `next_cursor` this API gave out, which is always an id; anything
+    /// else is refused here rather than compared in the database.
+    fn cursor(&self) -> Result<Option<String>, ApiError> {
+        match &self.cursor {
+            Some(cursor) if !is_id(cursor) => Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "cursor",
+                "cursor must be a next_cursor value returned by this API",
+            )),
+            cursor => Ok(cursor.clone()),
+        }
+    }
+}
+
+/// Whether `text` has the shape of the ids Converra gives rows (UUIDs).
+fn is_id(text: &str) -> bool {
+    uuid::Uuid::try_parse(text).is_ok()
 }
 
 #[derive(Serialize)]
@@ -92,7 +110,7 @@ pub async fn list_contacts(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
     let limit = query.limit()?;
-    let cursor = query.cursor.clone();
+    let cursor = query.cursor()?;
     let items = read(&state, move |conn, keyring| {
         crm::list_contacts(conn, keyring, &tenant, cursor.as_deref(), limit)
     })
@@ -107,7 +125,7 @@ pub async fn list_conversations(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
     let limit = query.limit()?;
-    let cursor = query.cursor.clone();
+    let cursor = query.cursor()?;
     let items = read(&state, move |conn, _| {
         crm::list_conversations(conn, &tenant, cursor.as_deref(), limit)
     })
@@ -123,8 +141,11 @@ pub async fn list_messages(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
     let limit = query.limit()?;
-    let cursor = query.cursor.clone();
+    let cursor = query.cursor()?;
     let conversation_id = path.into_inner();
+    if !is_id(&conversation_id) {
+        return Err(ApiError::not_found("conversation"));
+    }
     let items = read(&state, move |conn, keyring| {
         if !crm::conversation_exists(conn, &tenant, &conversation_id)? {
             return Err(StorageError::NotFound);

@@ -62,18 +62,16 @@ async fn a_tenant_never_sees_or_detects_another_tenants_rows() {
             .await;
         assert_eq!(status, 404);
         assert_eq!((status, body), (missing_status, missing_body));
-        // A cursor from B's listing does not leak B's rows into A's.
+        // A cursor below every id lists from the start: A's rows, none of B's.
         let (_, page) = app
             .get(
-                &format!("/v1/conversations?cursor={}", "0"),
+                "/v1/conversations?cursor=00000000-0000-7000-8000-000000000000",
                 Some(&app.a.api_key),
             )
             .await;
-        assert!(page["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["phone_number_id"] == NUMBER_A));
+        let items = page["items"].as_array().unwrap();
+        assert!(!items.is_empty());
+        assert!(items.iter().all(|c| c["phone_number_id"] == NUMBER_A));
     }
 }
 
@@ -119,4 +117,26 @@ async fn listings_paginate_with_a_cursor() {
         vec!["n0", "n1", "n2", "n3", "n4", "n5", "n6"],
         "in order, each once"
     );
+}
+
+/// Ids and cursors come from the caller: one PostgreSQL's text cannot hold (a NUL) is
+/// a conversation that does not exist or a cursor that is not one, told as such, on
+/// both backends alike; never a server error.
+#[actix_rt::test]
+async fn an_id_or_cursor_with_a_nul_is_not_found_or_refused_never_a_server_error() {
+    for backend in backends() {
+        let app = TestApp::start(&backend).await;
+        let key = Some(app.a.api_key.as_str());
+        let (status, body) = app.get("/v1/conversations/abc%00def/messages", key).await;
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(body["error"]["code"], "not_found");
+        for path in [
+            "/v1/contacts?cursor=abc%00def",
+            "/v1/conversations?cursor=abc%00def",
+        ] {
+            let (status, body) = app.get(path, key).await;
+            assert_eq!(status, 422, "{path}: {body}");
+            assert_eq!(body["error"]["field"], "cursor", "{path}: {body}");
+        }
+    }
 }
