@@ -767,8 +767,7 @@ fn spawn_checkpointer(
                     for schema in ["main", "keystore"] {
                         if checkpoint(&mut conn, schema, "PASSIVE")? >= wal_restart_pages {
                             // Each pass copies what the writer added during the one
-                            // before, a shorter while each time; the writer's RESTART
-                            // is left only a few milliseconds of frames.
+                            // before, a shorter while each time.
                             for _ in 0..CATCH_UP_PASSES {
                                 checkpoint(&mut conn, schema, "PASSIVE")?;
                             }
@@ -777,6 +776,13 @@ fn spawn_checkpointer(
                             if let Err(e) = sync_database_file(&mut conn, schema) {
                                 slog::warn!(log, "database file not synced before the WAL restart";
                                     "error" => %e);
+                            }
+                            // The sync took a while (tens of milliseconds under load),
+                            // and the writer went on adding frames: copy those too, so
+                            // the writer's RESTART is left only a few milliseconds'
+                            // worth instead of the whole sync's.
+                            for _ in 0..CATCH_UP_PASSES {
+                                checkpoint(&mut conn, schema, "PASSIVE")?;
                             }
                             restart_wanted.store(true, Ordering::SeqCst);
                         }
