@@ -12,6 +12,8 @@
 //! `context` that is no object, ...) reads as absent instead of failing the item: the
 //! item is applied and the part is kept as sent, so nothing Meta sent is dropped.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -163,10 +165,10 @@ struct RawChange<'a> {
     value: Option<&'a RawValue>,
 }
 
-/// `changes[].value` for the `messages` and `user_preferences` fields.
+/// `changes[].value` for the `messages` and `user_preferences` fields. Only the number
+/// is required: a list in another shape reads as empty (a change left with no items is
+/// kept raw whole), a contact or error in another shape as absent.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-/// Only the number is required: a list in another shape reads as empty (a change left
-/// with no items is kept raw whole), a contact or error in another shape as absent.
 pub struct ChangeValue {
     #[serde(default, deserialize_with = "or_absent")]
     pub messaging_product: Option<String>,
@@ -373,16 +375,16 @@ fn parse_change(waba_id: &str, change: RawChange<'_>, parsed: &mut ParsedWebhook
 /// in a change (JSON carries it only as the escape `\u0000`) becomes U+FFFD before the
 /// change is read, so its items are stored alike on both backends instead of failing
 /// every write that names them. The bytes kept for a change stored raw are untouched.
-fn without_nul(raw: &str) -> std::borrow::Cow<'_, str> {
+fn without_nul(raw: &str) -> Cow<'_, str> {
     if !raw.contains("\\u0000") {
-        return std::borrow::Cow::Borrowed(raw);
+        return Cow::Borrowed(raw);
     }
     match serde_json::from_str::<Value>(raw) {
         Ok(mut value) => {
             replace_nul(&mut value);
-            std::borrow::Cow::Owned(value.to_string())
+            Cow::Owned(value.to_string())
         }
-        Err(_) => std::borrow::Cow::Borrowed(raw),
+        Err(_) => Cow::Borrowed(raw),
     }
 }
 
@@ -838,8 +840,7 @@ where
     D: Deserializer<'de>,
     T: serde::de::DeserializeOwned,
 {
-    let items: Vec<Value> = or_empty(deserializer)?;
-    Ok(items
+    Ok(items_or_empty(deserializer)?
         .into_iter()
         .filter_map(|item| T::deserialize(item).ok())
         .collect())
