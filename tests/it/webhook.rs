@@ -741,8 +741,9 @@ fn with_fresh_ids(webhook: &Value, suffix: usize) -> Value {
 /// them with a field of another type, or without it. Every field of every documented
 /// shape, replaced by each JSON type or removed, one at a time, correctly signed: each
 /// webhook is answered 200 and accounts for what it carried (applied, duplicate,
-/// unrouted or stored raw, never nothing), no actor panics, nothing is left stuck in
-/// the inbox, and the daemon keeps serving.
+/// unrouted or stored raw, never nothing), every message or status acknowledged as new
+/// can be read through the API, no actor panics, nothing is left stuck in the inbox,
+/// and the daemon keeps serving.
 #[actix_rt::test]
 async fn a_field_of_any_type_or_none_anywhere_is_kept_and_panics_nothing() {
     let from = "4917000077";
