@@ -16,19 +16,22 @@ const MAX_LIMIT: i64 = 500;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
-    limit: Option<i64>,
+    /// Read as text, so that any bad value is refused naming `limit`.
+    limit: Option<String>,
     cursor: Option<String>,
 }
 
 impl PageQuery {
     fn limit(&self) -> Result<i64, ApiError> {
-        match self.limit {
-            None => Ok(DEFAULT_LIMIT),
-            Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            Some(_) => Err(ApiError::field(
+        let Some(limit) = &self.limit else {
+            return Ok(DEFAULT_LIMIT);
+        };
+        match limit.parse::<i64>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(ApiError::field(
                 ErrorCode::InvalidField,
                 "limit",
-                format!("limit must be between 1 and {MAX_LIMIT}"),
+                format!("limit must be a whole number between 1 and {MAX_LIMIT}"),
             )),
         }
     }

@@ -48,9 +48,12 @@ pub async fn verify(
             "the verify token does not match",
         ));
     }
+    // Echoed as Meta asks; `nosniff` keeps a browser from reading it as anything but
+    // text, whatever the caller put in it.
     let challenge = query.challenge.clone().unwrap_or_default();
     Ok(HttpResponse::Ok()
-        .content_type("text/plain")
+        .content_type("text/plain; charset=utf-8")
+        .insert_header((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .body(challenge))
 }
 

@@ -140,3 +140,19 @@ async fn an_id_or_cursor_with_a_nul_is_not_found_or_refused_never_a_server_error
         }
     }
 }
+
+#[actix_rt::test]
+async fn a_bad_limit_is_refused_naming_limit() {
+    let app = TestApp::start(&Backend::Sqlite).await;
+    for limit in ["0", "-1", "501", "1e3", "99999999999999999999", "", "ten"] {
+        let (status, body) = app
+            .get(&format!("/v1/contacts?limit={limit}"), Some(&app.a.api_key))
+            .await;
+        assert_eq!(status, 422, "{limit:?}: {body}");
+        assert_eq!(body["error"]["field"], "limit", "{limit:?}: {body}");
+    }
+    let (status, _) = app
+        .get("/v1/contacts?limit=500", Some(&app.a.api_key))
+        .await;
+    assert_eq!(status, 200);
+}

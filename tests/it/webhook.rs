@@ -22,6 +22,21 @@ async fn verification_handshake_answers_the_challenge_only_for_the_right_token()
     assert_eq!(body["error"]["field"], "hub.verify_token");
     let (status, _) = app.get(&format!("/webhooks/whatsapp?hub.mode=unsubscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1"), None).await;
     assert_eq!(status, 403);
+    // The echo is plain text a browser will not sniff into markup.
+    let resp = app
+        .client
+        .get(format!("{}/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=%3Cb%3Ex%3C%2Fb%3E", app.base))
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"));
+    assert!(header("content-type").is_some_and(|t| t.starts_with("text/plain")));
 }
 
 #[actix_rt::test]
