@@ -28,23 +28,34 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         ApiError::field(ErrorCode::InvalidField, "path", err.to_string()).into()
     }))
     .service(
-        web::resource("/webhooks/whatsapp")
+        resource("/webhooks/whatsapp")
             .route(web::get().to(webhook::verify))
             .route(web::post().to(webhook::receive)),
     )
-    .route("/healthz", web::get().to(ops::healthz))
-    .route("/readyz", web::get().to(ops::readyz))
-    .route("/metrics", web::get().to(ops::metrics))
+    .service(resource("/healthz").route(web::get().to(ops::healthz)))
+    .service(resource("/readyz").route(web::get().to(ops::readyz)))
+    .service(resource("/metrics").route(web::get().to(ops::metrics)))
     .service(
         web::scope("/v1")
-            .route("/contacts", web::get().to(api::list_contacts))
-            .route("/conversations", web::get().to(api::list_conversations))
-            .route(
-                "/conversations/{id}/messages",
-                web::get().to(api::list_messages),
+            .service(resource("/contacts").route(web::get().to(api::list_contacts)))
+            .service(resource("/conversations").route(web::get().to(api::list_conversations)))
+            .service(
+                resource("/conversations/{id}/messages").route(web::get().to(api::list_messages)),
             ),
     )
     .default_service(web::to(not_found));
+}
+
+/// An endpoint; a method it does not take is a 405 with the JSON error body.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+async fn method_not_allowed(req: actix_web::HttpRequest) -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} {} is not allowed", req.method(), req.path()),
+    ))
 }
 
 async fn not_found() -> HttpResponse {

@@ -156,3 +156,26 @@ async fn a_bad_limit_is_refused_naming_limit() {
         .await;
     assert_eq!(status, 200);
 }
+
+#[actix_rt::test]
+async fn a_method_an_endpoint_does_not_take_is_a_405_with_the_json_error() {
+    let app = TestApp::start(&Backend::Sqlite).await;
+    for (method, path) in [
+        (awc::http::Method::PUT, "/webhooks/whatsapp"),
+        (awc::http::Method::POST, "/v1/contacts"),
+        (awc::http::Method::DELETE, "/healthz"),
+    ] {
+        let mut resp = app
+            .client
+            .request(method.clone(), format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&resp.body().await.unwrap()).unwrap_or_default();
+        assert_eq!(resp.status().as_u16(), 405, "{method} {path}");
+        assert_eq!(
+            body["error"]["code"], "method_not_allowed",
+            "{method} {path}: {body}"
+        );
+    }
+}

@@ -55,12 +55,32 @@ async fn unsigned_forged_and_wrong_secret_posts_are_refused_and_nothing_is_store
             converra::whatsapp::signature::sign(APP_SECRET.as_bytes(), &tampered);
         assert_eq!(app.post_raw(&body, Some(&good_sig_other_body)).await.0, 401);
         assert_eq!(app.post_raw(&body, Some("sha256=nothex")).await.0, 401);
+        // A header that is not text is there and wrong, not missing.
+        let mut resp = app
+            .client
+            .post(format!("{}/webhooks/whatsapp", app.base))
+            .insert_header((
+                "X-Hub-Signature-256",
+                awc::http::header::HeaderValue::from_bytes(b"sha256=\xff\xfe").unwrap(),
+            ))
+            .send_body(body.clone())
+            .await
+            .unwrap();
+        let err: Value = serde_json::from_slice(&resp.body().await.unwrap()).unwrap();
+        assert_eq!(resp.status().as_u16(), 401);
+        assert!(
+            !err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("missing"),
+            "{err}"
+        );
         actix_rt::time::sleep(std::time::Duration::from_millis(200)).await;
         assert!(app.all_messages(&app.a).await.is_empty());
         let (_, pool) = app.pool();
         let mut conn = pool.get().unwrap();
         assert_eq!(converra::storage::inbox::backlog(&mut conn).unwrap(), 0);
-        assert_eq!(app.metric("converra_signature_failures_total").await, 4.0);
+        assert_eq!(app.metric("converra_signature_failures_total").await, 5.0);
     }
 }
 
