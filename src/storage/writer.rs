@@ -766,11 +766,7 @@ fn spawn_checkpointer(
                 let result = pool.get().map_err(StorageError::from).and_then(|mut conn| {
                     for schema in ["main", "keystore"] {
                         if checkpoint(&mut conn, schema, "PASSIVE")? >= wal_restart_pages {
-                            // Each pass copies what the writer added during the one
-                            // before, a shorter while each time.
-                            for _ in 0..CATCH_UP_PASSES {
-                                checkpoint(&mut conn, schema, "PASSIVE")?;
-                            }
+                            catch_up(&mut conn, schema)?;
                             // Only a head start for the restart's own sync: it
                             // goes ahead without it.
                             if let Err(e) = sync_database_file(&mut conn, schema) {
@@ -781,9 +777,7 @@ fn spawn_checkpointer(
                             // and the writer went on adding frames: copy those too, so
                             // the writer's RESTART is left only a few milliseconds'
                             // worth instead of the whole sync's.
-                            for _ in 0..CATCH_UP_PASSES {
-                                checkpoint(&mut conn, schema, "PASSIVE")?;
-                            }
+                            catch_up(&mut conn, schema)?;
                             restart_wanted.store(true, Ordering::SeqCst);
                         }
                     }
@@ -798,6 +792,15 @@ fn spawn_checkpointer(
 }
 
 const CATCH_UP_PASSES: usize = 3;
+
+/// Passive checkpoints in a row: each copies what the writer added during the one
+/// before, a shorter while each time.
+fn catch_up(conn: &mut DbConn, schema: &str) -> Result<(), StorageError> {
+    for _ in 0..CATCH_UP_PASSES {
+        checkpoint(conn, schema, "PASSIVE")?;
+    }
+    Ok(())
+}
 
 /// Flushes to disk what the passive checkpoints copied into the database file. A
 /// checkpoint syncs the file only when it has copied every frame, which under steady

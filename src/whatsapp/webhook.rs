@@ -817,16 +817,8 @@ where
     Ok(T::deserialize(Value::deserialize(deserializer)?).ok())
 }
 
-/// [`or_absent`] for a list.
-fn or_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: serde::de::DeserializeOwned,
-{
-    Ok(or_absent(deserializer)?.unwrap_or_default())
-}
-
-/// [`or_empty`] for a list of raw items, which are kept as they came (not rebuilt).
+/// A list in another shape reads as empty; its raw items are kept as they came (not
+/// rebuilt).
 fn items_or_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Value>, D::Error> {
     Ok(match Value::deserialize(deserializer)? {
         Value::Array(items) => items,
@@ -1010,7 +1002,7 @@ pub struct Status {
     pub conversation: Option<StatusConversation>,
     #[serde(default, deserialize_with = "or_absent")]
     pub pricing: Option<Pricing>,
-    #[serde(default, deserialize_with = "or_empty")]
+    #[serde(default, deserialize_with = "each_or_absent")]
     pub errors: Vec<MetaError>,
 }
 
