@@ -14,8 +14,9 @@
 //! signature, parses the JSON and answers 200) and `one-txn` (the same plus one diesel
 //! transaction per request inserting the message). Every request
 //! is a distinct, correctly signed webhook. Closed loop: `--concurrency` requests in
-//! flight. Open loop: `--rate` requests per second, latency counted from each
-//! request's scheduled time. Afterwards, for the durable targets, it counts how many
+//! flight. Open loop: `--rate` requests per second over `--concurrency` connections
+//! (like wrk2), latency counted from each request's scheduled time, so a request that
+//! waits for a free connection counts that wait. Afterwards, for the durable targets, it counts how many
 //! acknowledged messages are missing from the database.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -183,7 +184,9 @@ fn run_child(args: &Args) -> Option<(f64, String)> {
 /// `--target half-load`: the latency goal's measurement in one command. Each round
 /// measures Converra's closed-loop maximum on `--backend` (`--concurrency`,
 /// `--seconds`), then runs the open loop at half of it (`--seconds`, `--warmup`), so the
-/// rate follows the machine's speed of the moment; then every round's figures.
+/// rate follows the machine's speed of the moment, and the ceiling's bare handler at
+/// that same rate, the floor this machine and generator put under any server's
+/// latency; then every round's figures.
 fn run_half_load(args: &Args) {
     let mut rounds = Vec::new();
     for _ in 0..args.rounds {
@@ -203,18 +206,30 @@ fn run_half_load(args: &Args) {
             rate: (max / 2.0).round() as u64,
             ..args.clone()
         };
-        if let Some((_, line)) = run_child(&open) {
-            rounds.push((max, line));
-        }
+        let Some((_, line)) = run_child(&open) else {
+            continue;
+        };
+        // The bare handler at the same rate: what the machine and the load generator
+        // alone add to the latency (scheduling, loopback), the floor under Converra's.
+        let floor = Args {
+            target: "ceiling".into(),
+            ..open
+        };
+        let floor_line = run_child(&floor).map(|(_, line)| line).unwrap_or_default();
+        rounds.push((max, line, floor_line));
     }
-    println!("half of the closed-loop maximum, each round:");
-    for (max, line) in &rounds {
+    println!("half of the closed-loop maximum, each round (floor: the ceiling's handler at the same rate):");
+    for (max, line, floor_line) in &rounds {
         println!(
-            "max={max:.0}/s rate={} p99_ms={} max_ms={} missing={}",
+            "max={max:.0}/s rate={} p50_ms={} p99_ms={} max_ms={} missing={} floor_p50_ms={} floor_p99_ms={} floor_max_ms={}",
             field(line, "msg/s").unwrap_or("?"),
+            field(line, "p50_ms").unwrap_or("?"),
             field(line, "p99_ms").unwrap_or("?"),
             field(line, "max_ms").unwrap_or("?"),
             field(line, "missing").unwrap_or("?"),
+            field(floor_line, "p50_ms").unwrap_or("?"),
+            field(floor_line, "p99_ms").unwrap_or("?"),
+            field(floor_line, "max_ms").unwrap_or("?"),
         );
     }
 }
@@ -430,9 +445,15 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                 .name(format!("client-{t}"))
                 .spawn(move || {
                     actix_rt::System::new().block_on(async move {
+                        // Each thread keeps its share of `--concurrency` connections, in
+                        // both modes (like wrk2's open loop): with no limit, the open
+                        // loop's first second (a thousand new contacts) opened a
+                        // connection per waiting request, some 3,600, and the server
+                        // then served them all for the rest of the run.
+                        let connections = args.concurrency.div_ceil(args.clients).max(1);
                         let client = awc::Client::builder()
                             .timeout(Duration::from_secs(30))
-                            .connector(awc::Connector::new().limit(4096))
+                            .connector(awc::Connector::new().limit(connections))
                             .finish();
                         let url = format!("{base}/webhooks/whatsapp");
                         let mut local = Results::default();
@@ -477,13 +498,31 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                             let mut handles = Vec::new();
                             let mut k = 0u64;
                             let start = Instant::now() + Duration::from_millis(t as u64);
-                            loop {
-                                let scheduled = start + interval.mul_f64(k as f64);
-                                if scheduled >= deadline {
-                                    break;
-                                }
-                                actix_rt::time::sleep_until(scheduled.into()).await;
-                                let i = next.fetch_add(1, Ordering::Relaxed);
+                            // A thread of its own sleeps until each request's time: the
+                            // runtime's timers tick in whole milliseconds, which made
+                            // every request up to a millisecond late (p50 at half load
+                            // 2.0 ms against the server's own under 1 ms).
+                            let (due_tx, due_rx) = flume::unbounded::<(usize, Instant)>();
+                            let pacer_next = next.clone();
+                            let pacer = std::thread::Builder::new()
+                                .name(format!("pacer-{t}"))
+                                .spawn(move || loop {
+                                    let scheduled = start + interval.mul_f64(k as f64);
+                                    if scheduled >= deadline {
+                                        break;
+                                    }
+                                    let now = Instant::now();
+                                    if scheduled > now {
+                                        std::thread::sleep(scheduled - now);
+                                    }
+                                    let i = pacer_next.fetch_add(1, Ordering::Relaxed);
+                                    if due_tx.send((i, scheduled)).is_err() {
+                                        break;
+                                    }
+                                    k += 1;
+                                })
+                                .unwrap();
+                            while let Ok((i, scheduled)) = due_rx.recv_async().await {
                                 let (client, url, shared) =
                                     (client.clone(), url.clone(), shared.clone());
                                 handles.push(actix_rt::spawn(async move {
@@ -501,8 +540,8 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                                         s.errors += 1
                                     }
                                 }));
-                                k += 1;
                             }
+                            let _ = pacer.join();
                             for h in handles {
                                 let _ = h.await;
                             }
@@ -913,13 +952,16 @@ fn latency_summary(before: &[(f64, f64)], after: &[(f64, f64)], threshold: f64) 
         return "none".into();
     }
     let within = count(threshold, &diff) / total * 100.0;
-    let p99_bound = diff
-        .iter()
-        .find(|(_, c)| *c >= total * 0.99)
-        .map(|(b, _)| *b * 1000.0)
-        .unwrap_or(f64::INFINITY);
+    // The upper bound of the bucket holding the given share of observations.
+    let bound = |share: f64| {
+        diff.iter()
+            .find(|(_, c)| *c >= total * share)
+            .map(|(b, _)| *b * 1000.0)
+            .unwrap_or(f64::INFINITY)
+    };
+    let (p50_bound, p99_bound) = (bound(0.5), bound(0.99));
     format!(
-        "count={total:.0} within_{}ms={within:.2}% p99_le_ms={p99_bound}",
+        "count={total:.0} within_{}ms={within:.2}% p50_le_ms={p50_bound} p99_le_ms={p99_bound}",
         threshold * 1000.0
     )
 }
