@@ -12,12 +12,12 @@
 //! (the full path: signature, parse, durable inbox, actors, encryption, contact and
 //! conversation upserts), `ceiling` (a bare actix-web handler that verifies the
 //! signature, parses the JSON and answers 200) and `one-txn` (the same plus one diesel
-//! transaction per request inserting the message). Every request
-//! is a distinct, correctly signed webhook. Closed loop: `--concurrency` requests in
-//! flight. Open loop: `--rate` requests per second over `--concurrency` connections
-//! (like wrk2), latency counted from each request's scheduled time, so a request that
-//! waits for a free connection counts that wait. Afterwards, for the durable targets, it counts how many
-//! acknowledged messages are missing from the database.
+//! transaction per request inserting the message). Every request is a distinct,
+//! correctly signed webhook. Closed loop: `--concurrency` requests in flight. Open
+//! loop: `--rate` requests per second over `--concurrency` connections (like wrk2),
+//! latency counted from each request's scheduled time, so a request that waits for a
+//! free connection counts that wait. Afterwards, for the durable targets, it counts
+//! how many acknowledged messages are missing from the database.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
