@@ -496,7 +496,6 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                             let interval = Duration::from_secs_f64(1.0 / per_thread_rate);
                             let shared = Arc::new(Mutex::new(Results::default()));
                             let mut handles = Vec::new();
-                            let mut k = 0u64;
                             let start = Instant::now() + Duration::from_millis(t as u64);
                             // A thread of its own sleeps until each request's time: the
                             // runtime's timers tick in whole milliseconds, which made
@@ -506,20 +505,23 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                             let pacer_next = next.clone();
                             let pacer = std::thread::Builder::new()
                                 .name(format!("pacer-{t}"))
-                                .spawn(move || loop {
-                                    let scheduled = start + interval.mul_f64(k as f64);
-                                    if scheduled >= deadline {
-                                        break;
+                                .spawn(move || {
+                                    for k in 0u64.. {
+                                        let scheduled = start + interval.mul_f64(k as f64);
+                                        if scheduled >= deadline {
+                                            break;
+                                        }
+                                        let now = Instant::now();
+                                        if scheduled > now {
+                                            std::thread::sleep(scheduled - now);
+                                        }
+                                        let i = pacer_next.fetch_add(1, Ordering::Relaxed);
+                                        if due_tx.send((i, scheduled)).is_err() {
+                                            break;
+                                        }
                                     }
-                                    let now = Instant::now();
-                                    if scheduled > now {
-                                        std::thread::sleep(scheduled - now);
-                                    }
-                                    let i = pacer_next.fetch_add(1, Ordering::Relaxed);
-                                    if due_tx.send((i, scheduled)).is_err() {
-                                        break;
-                                    }
-                                    k += 1;
+                                    // The load generator's CPU, counted with the clients'.
+                                    own_cpu_ns()
                                 })
                                 .unwrap();
                             while let Ok((i, scheduled)) = due_rx.recv_async().await {
@@ -541,17 +543,18 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                                     }
                                 }));
                             }
-                            let _ = pacer.join();
+                            let pacer_cpu_ns = pacer.join().unwrap_or(0);
                             for h in handles {
                                 let _ = h.await;
                             }
                             local = std::mem::take(&mut *shared.lock().unwrap());
+                            local.client_cpu_ns = pacer_cpu_ns;
                         }
                         let mut all = results.lock().unwrap();
                         all.timeline.extend(local.timeline);
                         all.acked.extend(local.acked);
                         all.errors += local.errors;
-                        all.client_cpu_ns += own_cpu_ns();
+                        all.client_cpu_ns += local.client_cpu_ns + own_cpu_ns();
                     })
                 })
                 .unwrap()
