@@ -510,13 +510,7 @@ fn merge_contacts(
             // Messages are found through their conversation: messages.contact_id has
             // no index of its own.
             Some(target) => {
-                on_backend!(conn, c => diesel::update(messages::table
-                    .filter(messages::conversation_id.eq(&conversation_id)))
-                    .set((
-                        messages::conversation_id.eq(&target),
-                        messages::contact_id.eq(into),
-                    ))
-                    .execute(c))?;
+                move_conversation_messages(conn, &conversation_id, &target, into)?;
                 on_backend!(conn, c => diesel::delete(conversations::table.find(&conversation_id))
                     .execute(c))?;
             }
@@ -524,14 +518,50 @@ fn merge_contacts(
                 on_backend!(conn, c => diesel::update(conversations::table.find(&conversation_id))
                     .set(conversations::contact_id.eq(into))
                     .execute(c))?;
-                on_backend!(conn, c => diesel::update(messages::table
-                    .filter(messages::conversation_id.eq(&conversation_id)))
-                    .set(messages::contact_id.eq(into))
-                    .execute(c))?;
+                move_conversation_messages(conn, &conversation_id, &conversation_id, into)?;
             }
         }
     }
     on_backend!(conn, c => diesel::delete(contacts::table.find(from)).execute(c))?;
+    Ok(())
+}
+
+/// Gives every message of `conversation_id` the conversation `target` and the contact
+/// `contact`. On SQLite the messages of a conversation are found through
+/// `conversation_messages` and the unindexed tail (see [`super::conversation_index`]);
+/// a trigger moves their index rows.
+fn move_conversation_messages(
+    conn: &mut DbConn,
+    conversation_id: &str,
+    target: &str,
+    contact: &str,
+) -> Result<(), StorageError> {
+    use diesel::sql_types::Text;
+    match conn {
+        DbConn::Sqlite(c) => {
+            for found_by in [
+                "id IN (SELECT message_id FROM conversation_messages WHERE conversation_id = ?3)",
+                "rowid > (SELECT indexed_through FROM conversation_index_state) \
+                 AND conversation_id = ?3",
+            ] {
+                diesel::sql_query(format!(
+                    "UPDATE messages SET conversation_id = ?1, contact_id = ?2 WHERE {found_by}"
+                ))
+                .bind::<Text, _>(target)
+                .bind::<Text, _>(contact)
+                .bind::<Text, _>(conversation_id)
+                .execute(c)?;
+            }
+        }
+        DbConn::Pg(c) => {
+            diesel::update(messages::table.filter(messages::conversation_id.eq(conversation_id)))
+                .set((
+                    messages::conversation_id.eq(target),
+                    messages::contact_id.eq(contact),
+                ))
+                .execute(c)?;
+        }
+    }
     Ok(())
 }
 
@@ -1232,6 +1262,67 @@ type MessageRow = (
     Option<i64>,
 );
 
+/// SQLite: a conversation's messages after a cursor, from the conversation index and
+/// the unindexed tail in one statement (one snapshot: a bulk that moves messages from
+/// the tail into the index between two statements would otherwise show them twice or
+/// not at all). UNION, not UNION ALL: a bulk's slices are indexed before its mark
+/// moves, so a message can be in both parts. ?1 conversation, ?2 cursor, ?3 limit,
+/// ?4 tenant.
+const LIST_MESSAGES_SQLITE: &str = "\
+    SELECT id, wamid, direction, msg_type, sent_at, status, key_id, content_ct, error_json, revoked_at \
+    FROM (SELECT m.id, m.wamid, m.direction, m.msg_type, m.sent_at, m.status, m.key_id, \
+                 m.content_ct, m.error_json, m.revoked_at \
+          FROM conversation_messages AS cm JOIN messages AS m ON m.id = cm.message_id \
+          WHERE cm.conversation_id = ?1 AND cm.message_id > ?2 AND m.tenant_id = ?4 \
+          ORDER BY cm.message_id LIMIT ?3) \
+    UNION \
+    SELECT id, wamid, direction, msg_type, sent_at, status, key_id, content_ct, error_json, revoked_at \
+    FROM messages \
+    WHERE rowid > (SELECT indexed_through FROM conversation_index_state) \
+      AND conversation_id = ?1 AND id > ?2 AND tenant_id = ?4 \
+    ORDER BY id LIMIT ?3";
+
+#[derive(QueryableByName)]
+struct ListedMessage {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    wamid: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    direction: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    msg_type: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    sent_at: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    status: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    key_id: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Binary>)]
+    content_ct: Option<Vec<u8>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    error_json: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    revoked_at: Option<i64>,
+}
+
+impl ListedMessage {
+    fn into_row(self) -> MessageRow {
+        (
+            self.id,
+            self.wamid,
+            self.direction,
+            self.msg_type,
+            self.sent_at,
+            self.status,
+            self.key_id,
+            self.content_ct,
+            self.error_json,
+            self.revoked_at,
+        )
+    }
+}
+
 pub fn list_messages(
     conn: &mut DbConn,
     keyring: &Keyring,
@@ -1240,21 +1331,44 @@ pub fn list_messages(
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<MessageView>, StorageError> {
-    let rows: Vec<MessageRow> = on_backend!(conn, c => {
-        let mut query = messages::table
-            .filter(messages::tenant_id.eq(tenant_id.as_str()))
-            .filter(messages::conversation_id.eq(conversation_id))
-            .select((messages::id, messages::wamid, messages::direction, messages::msg_type,
-                     messages::sent_at, messages::status, messages::key_id, messages::content_ct,
-                     messages::error_json, messages::revoked_at))
-            .order(messages::id.asc())
-            .limit(limit)
-            .into_boxed();
-        if let Some(after) = after {
-            query = query.filter(messages::id.gt(after));
+    let rows: Vec<MessageRow> = match conn {
+        DbConn::Sqlite(c) => {
+            use diesel::sql_types::{BigInt, Text};
+            diesel::sql_query(LIST_MESSAGES_SQLITE)
+                .bind::<Text, _>(conversation_id)
+                .bind::<Text, _>(after.unwrap_or(""))
+                .bind::<BigInt, _>(limit)
+                .bind::<Text, _>(tenant_id.as_str())
+                .load::<ListedMessage>(c)?
+                .into_iter()
+                .map(ListedMessage::into_row)
+                .collect()
         }
-        query.load(c)
-    })?;
+        DbConn::Pg(c) => {
+            let mut query = messages::table
+                .filter(messages::tenant_id.eq(tenant_id.as_str()))
+                .filter(messages::conversation_id.eq(conversation_id))
+                .select((
+                    messages::id,
+                    messages::wamid,
+                    messages::direction,
+                    messages::msg_type,
+                    messages::sent_at,
+                    messages::status,
+                    messages::key_id,
+                    messages::content_ct,
+                    messages::error_json,
+                    messages::revoked_at,
+                ))
+                .order(messages::id.asc())
+                .limit(limit)
+                .into_boxed();
+            if let Some(after) = after {
+                query = query.filter(messages::id.gt(after));
+            }
+            query.load(c)?
+        }
+    };
     let mut keys = HashMap::new();
     load_keys(
         conn,

@@ -7,6 +7,7 @@
 //! Blocking: every function here blocks. Async code reaches them through the
 //! [`writer`] thread (all writes, group-committed) or `web::block` (reads).
 
+pub mod conversation_index;
 pub mod crm;
 mod fixed;
 pub mod inbox;

@@ -131,6 +131,24 @@ diesel::table! {
     }
 }
 
+// SQLite only (see `conversation_index`): PostgreSQL lists a conversation's messages
+// through an index on messages.
+
+diesel::table! {
+    conversation_messages (conversation_id, message_id) {
+        conversation_id -> Text,
+        message_id -> Text,
+    }
+}
+
+diesel::table! {
+    conversation_index_state (id) {
+        id -> BigInt,
+        indexed_through -> BigInt,
+        deletions -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     tenants,
     api_keys,
@@ -141,4 +159,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     conversations,
     messages,
     status_events,
+    conversation_messages,
 );

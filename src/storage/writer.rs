@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
 
+use super::conversation_index;
 use super::crm::{self, ApplyOp, ContactIdentifiers, ResolvedContact};
 use super::inbox::{self, InboxItem, PreparedEvent, PreparedOther};
 use super::{tenants, DbConn, Pool, PooledConn, StorageError};
@@ -275,6 +276,16 @@ pub fn spawn(
             log.clone(),
         )?;
     }
+    let index_shared = sqlite.then(|| Arc::new(IndexShared::default()));
+    if let Some(shared) = &index_shared {
+        spawn_index_reader(
+            pool.clone(),
+            shared.clone(),
+            stopped.clone(),
+            writers,
+            log.clone(),
+        )?;
+    }
     let mut threads = Vec::with_capacity(writers);
     for index in 0..writers {
         let mut writer = Writer {
@@ -295,6 +306,10 @@ pub fn spawn(
             ingest: VecDeque::new(),
             lanes: VecDeque::new(),
             last_maintenance: Instant::now(),
+            conversation_index: (index == 0)
+                .then(|| index_shared.clone())
+                .flatten()
+                .map(|shared| ConversationIndexer { shared, bulk: None }),
         };
         let rx = rx.clone();
         let stopped = stopped.clone();
@@ -331,6 +346,68 @@ struct Writer {
     /// Actor jobs waiting, one queue per tenant, served round-robin.
     lanes: VecDeque<(TenantId, VecDeque<Job>)>,
     last_maintenance: Instant,
+    /// SQLite, one writer: fills the conversation index in bulk.
+    conversation_index: Option<ConversationIndexer>,
+}
+
+/// The bulk the writer is indexing, and where the next one comes from.
+struct ConversationIndexer {
+    shared: Arc<IndexShared>,
+    bulk: Option<conversation_index::Bulk>,
+}
+
+/// Between the index reader and the writer: the next bulk, read and sorted, and
+/// whether the writer is still indexing one (the reader then waits, or it would read
+/// the same messages again).
+#[derive(Default)]
+struct IndexShared {
+    next: std::sync::Mutex<Option<conversation_index::Bulk>>,
+    writer_busy: AtomicBool,
+}
+
+/// SQLite only: every [`conversation_index::BULK_EVERY`], reads the unindexed tail on
+/// a connection of its own and leaves it, sorted, for the writer. Reading it is
+/// milliseconds of page reads; on this thread a WAL reader, it never holds the write
+/// lock, so no webhook waits for it.
+fn spawn_index_reader(
+    pool: Pool,
+    shared: Arc<IndexShared>,
+    stopped: Arc<AtomicUsize>,
+    writers: usize,
+    log: slog::Logger,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("converra-index".into())
+        .spawn(move || {
+            while stopped.load(Ordering::SeqCst) < writers {
+                std::thread::sleep(conversation_index::BULK_EVERY);
+                let waiting = shared
+                    .next
+                    .lock()
+                    .map(|next| next.is_some())
+                    .unwrap_or(true);
+                if waiting || shared.writer_busy.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let read =
+                    pool.get()
+                        .map_err(StorageError::from)
+                        .and_then(|mut conn| match &mut *conn {
+                            DbConn::Sqlite(c) => conversation_index::begin_bulk(c),
+                            DbConn::Pg(_) => Ok(None),
+                        });
+                match read {
+                    Ok(Some(bulk)) => {
+                        if let Ok(mut next) = shared.next.lock() {
+                            *next = Some(bulk);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => slog::debug!(log, "conversation index tail not read"; "error" => %e),
+                }
+            }
+        })
+        .map(|_| ())
 }
 
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
@@ -347,6 +424,8 @@ impl Writer {
                     Ok(job) => self.enqueue(job),
                     Err(flume::RecvTimeoutError::Timeout) => {
                         self.maintenance();
+                        // Nothing else to do: the whole tail, not one slice.
+                        while self.index_conversations() {}
                         continue;
                     }
                     Err(flume::RecvTimeoutError::Disconnected) => break,
@@ -360,6 +439,7 @@ impl Writer {
             if self.restart_wanted.swap(false, Ordering::SeqCst) {
                 self.restart_wal();
             }
+            self.index_conversations();
             if self.last_maintenance.elapsed() >= MAINTENANCE_EVERY {
                 self.maintenance();
             }
@@ -691,6 +771,53 @@ impl Writer {
         if took >= SLOW_WRITE {
             slog::warn!(self.log, "WAL restart held the writer"; "ms" => took.as_millis());
         }
+    }
+
+    /// One slice of the conversation index, when the reader has left a bulk or one is
+    /// in progress. Returns whether a bulk is in progress. A failure leaves the
+    /// messages in the tail, where readers find them anyway.
+    fn index_conversations(&mut self) -> bool {
+        let Some(mut indexer) = self.conversation_index.take() else {
+            return false;
+        };
+        if indexer.bulk.is_none() {
+            indexer.bulk = indexer
+                .shared
+                .next
+                .lock()
+                .ok()
+                .and_then(|mut next| next.take());
+            indexer
+                .shared
+                .writer_busy
+                .store(indexer.bulk.is_some(), Ordering::SeqCst);
+        }
+        if let Some(mut bulk) = indexer.bulk.take() {
+            let started = Instant::now();
+            let step = self.connection().and_then(|conn| match &mut **conn {
+                DbConn::Sqlite(c) => conversation_index::index_slice(c, &mut bulk),
+                DbConn::Pg(_) => Ok(()),
+            });
+            match step {
+                Ok(()) if !bulk.is_done() => indexer.bulk = Some(bulk),
+                Ok(()) => {}
+                Err(e) => {
+                    self.conn = None;
+                    slog::warn!(self.log, "conversation index slice failed"; "error" => %e);
+                }
+            }
+            let took = started.elapsed();
+            if took >= SLOW_WRITE {
+                slog::warn!(self.log, "conversation index held the writer"; "ms" => took.as_millis());
+            }
+            indexer
+                .shared
+                .writer_busy
+                .store(indexer.bulk.is_some(), Ordering::SeqCst);
+        }
+        let in_progress = indexer.bulk.is_some();
+        self.conversation_index = Some(indexer);
+        in_progress
     }
 
     fn maintenance(&mut self) {

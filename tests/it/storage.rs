@@ -431,3 +431,198 @@ fn new_contact(
     crm::insert_data_key(conn, tenant, &key_id, &data_key.wrapped, 1).unwrap();
     crm::resolve_contact(conn, keyring, tenant, ids, Some((key_id, data_key)), 1).unwrap()
 }
+
+/// SQLite lists a conversation's messages from an index table the writer fills in bulk
+/// plus the unindexed tail: every page of a listing is the same whether a message is
+/// indexed, in the tail, or indexed while the bulk that took it is still going; a
+/// moved message moves in the index; a conversation deleted takes its messages, indexed
+/// or not; a message deleted during a bulk keeps the mark where it was. PostgreSQL
+/// lists through its index on messages and gives the same pages.
+#[test]
+fn a_conversation_lists_the_same_messages_indexed_or_not() {
+    use converra::ids::TenantId;
+    use converra::storage::{conversation_index, crm};
+    use diesel::RunQueryDsl;
+
+    fn run(conn: &mut storage::DbConn, sql: &str) {
+        converra::on_backend!(conn, c => diesel::sql_query(sql).execute(c)).unwrap();
+    }
+    fn add_message(conn: &mut storage::DbConn, id: &str, conversation: &str) {
+        run(
+            conn,
+            &format!(
+                "INSERT INTO messages (id, tenant_id, conversation_id, contact_id, wamid, \
+                 direction, sent_at, received_at) \
+                 VALUES ('{id}', 't1', '{conversation}', 'c1', 'wamid.{id}', 'inbound', 1, 1)"
+            ),
+        );
+    }
+    // Every page of two, then the ids in order.
+    fn listed(
+        conn: &mut storage::DbConn,
+        keyring: &converra::crypto::Keyring,
+        conversation: &str,
+    ) -> Vec<String> {
+        let tenant = TenantId("t1".into());
+        let mut ids = Vec::new();
+        loop {
+            let page = crm::list_messages(
+                conn,
+                keyring,
+                &tenant,
+                conversation,
+                ids.last().map(String::as_str),
+                2,
+            )
+            .unwrap();
+            let full = page.len() == 2;
+            ids.extend(page.into_iter().map(|m| m.id));
+            if !full {
+                return ids;
+            }
+        }
+    }
+    let strings = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let settings = settings_for(&db);
+        let (keyring, pool) = converra::open_storage(&settings).unwrap();
+        let mut conn = pool.get().unwrap();
+        run(
+            &mut conn,
+            "INSERT INTO tenants VALUES ('t1', 'T', 't@example.com', 1)",
+        );
+        run(
+            &mut conn,
+            "INSERT INTO contacts (id, tenant_id, key_id, first_seen_at, last_seen_at) \
+             VALUES ('c1', 't1', 'k1', 1, 1)",
+        );
+        for v in ["v1", "v2", "v3"] {
+            run(
+                &mut conn,
+                &format!(
+                    "INSERT INTO conversations (id, tenant_id, phone_number_id, contact_id, \
+                     opened_at, last_message_at) VALUES ('{v}', 't1', 'n-{v}', 'c1', 1, 1)"
+                ),
+            );
+        }
+        // m1..m3 indexed; m5 in the tail; m4, inserted later with a smaller id, too.
+        for id in ["m1", "m2", "m3"] {
+            add_message(&mut conn, id, "v1");
+        }
+        conversation_index::index_all(&mut conn).unwrap();
+        assert_eq!(conversation_index::tail_len(&mut conn).unwrap(), 0);
+        add_message(&mut conn, "m5", "v1");
+        add_message(&mut conn, "m4", "v1");
+        add_message(&mut conn, "x1", "v2");
+        let expected = strings(&["m1", "m2", "m3", "m4", "m5"]);
+        assert_eq!(
+            listed(&mut conn, &keyring, "v1"),
+            expected,
+            "{backend:?}: index + tail"
+        );
+
+        // A bulk half done: its first slice indexed, the mark not moved yet.
+        let many: Vec<String> = (0..conversation_index::SLICE_ROWS + 6)
+            .map(|i| format!("n{i:03}"))
+            .collect();
+        for id in &many {
+            add_message(&mut conn, id, "v3");
+        }
+        if let storage::DbConn::Sqlite(c) = &mut *conn {
+            let mut bulk = conversation_index::begin_bulk(c).unwrap().expect("a tail");
+            conversation_index::index_slice(c, &mut bulk).unwrap();
+            assert!(!bulk.is_done());
+        }
+        assert_eq!(
+            listed(&mut conn, &keyring, "v1"),
+            expected,
+            "{backend:?}: during a bulk"
+        );
+        assert_eq!(
+            listed(&mut conn, &keyring, "v3"),
+            many,
+            "{backend:?}: during a bulk, each message once"
+        );
+        conversation_index::index_all(&mut conn).unwrap();
+        assert_eq!(conversation_index::tail_len(&mut conn).unwrap(), 0);
+        assert_eq!(
+            listed(&mut conn, &keyring, "v1"),
+            expected,
+            "{backend:?}: all indexed"
+        );
+        assert_eq!(
+            listed(&mut conn, &keyring, "v3"),
+            many,
+            "{backend:?}: all indexed"
+        );
+
+        // A message moved to another conversation (what a contact merge does).
+        run(
+            &mut conn,
+            "UPDATE messages SET conversation_id = 'v2' WHERE id IN ('m2', 'm5')",
+        );
+        assert_eq!(
+            listed(&mut conn, &keyring, "v1"),
+            strings(&["m1", "m3", "m4"]),
+            "{backend:?}"
+        );
+        assert_eq!(
+            listed(&mut conn, &keyring, "v2"),
+            strings(&["m2", "m5", "x1"]),
+            "{backend:?}: moved"
+        );
+
+        // A message deleted while a bulk is going: the mark stays, nothing is lost.
+        add_message(&mut conn, "m6", "v1");
+        add_message(&mut conn, "m7", "v1");
+        if let storage::DbConn::Sqlite(c) = &mut *conn {
+            let mut bulk = conversation_index::begin_bulk(c).unwrap().expect("a tail");
+            diesel::sql_query("DELETE FROM messages WHERE id = 'm7'")
+                .execute(c)
+                .unwrap();
+            while !bulk.is_done() {
+                conversation_index::index_slice(c, &mut bulk).unwrap();
+            }
+            assert_eq!(
+                conversation_index::tail_len(&mut conn).unwrap(),
+                1,
+                "the mark did not pass the deleted newest row"
+            );
+        } else {
+            run(&mut conn, "DELETE FROM messages WHERE id = 'm7'");
+        }
+        add_message(&mut conn, "m8", "v1");
+        assert_eq!(
+            listed(&mut conn, &keyring, "v1"),
+            strings(&["m1", "m3", "m4", "m6", "m8"]),
+            "{backend:?}: after a delete"
+        );
+        conversation_index::index_all(&mut conn).unwrap();
+        assert_eq!(conversation_index::tail_len(&mut conn).unwrap(), 0);
+        assert_eq!(
+            listed(&mut conn, &keyring, "v1"),
+            strings(&["m1", "m3", "m4", "m6", "m8"]),
+            "{backend:?}: after a delete, indexed"
+        );
+
+        // A conversation deleted takes its messages, indexed (m1) or not (m9).
+        add_message(&mut conn, "m9", "v1");
+        run(&mut conn, "DELETE FROM conversations WHERE id = 'v1'");
+        run(
+            &mut conn,
+            "INSERT INTO conversations (id, tenant_id, phone_number_id, contact_id, \
+             opened_at, last_message_at) VALUES ('v1', 't1', 'n-v1', 'c1', 1, 1)",
+        );
+        assert!(
+            listed(&mut conn, &keyring, "v1").is_empty(),
+            "{backend:?}: cascade"
+        );
+        assert_eq!(
+            listed(&mut conn, &keyring, "v2"),
+            strings(&["m2", "m5", "x1"]),
+            "{backend:?}: the other conversation kept"
+        );
+    }
+}

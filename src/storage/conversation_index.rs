@@ -1,0 +1,176 @@
+//! SQLite's conversation index: which messages a conversation holds, in order, kept
+//! in `conversation_messages` and filled in bulk, a moment after the messages are
+//! stored.
+//!
+//! Why: an index on `messages (conversation_id, id)` takes every new message at its
+//! own conversation's end, so each write batch dirtied one B-tree leaf per message,
+//! three quarters of the bytes the writer wrote. Taken in bulk and sorted, the
+//! messages that reach the same leaf write it once. A reader thread reads the tail
+//! and sorts it ([`begin_bulk`], a WAL reader: it never holds the write lock); the
+//! writer indexes it in slices of [`SLICE_ROWS`] ([`index_slice`]), each its own short
+//! transaction between write batches, so no webhook waits behind a whole bulk; slices
+//! follow the sorted order, so each leaf is still written about once per bulk.
+//!
+//! Messages above `conversation_index_state.indexed_through` (by rowid) are the
+//! unindexed tail: readers take the index table plus the tail, in one statement, so
+//! one snapshot (see [`super::crm::list_messages`]). Triggers (the migration) keep the
+//! table in step with deletes and contact merges. PostgreSQL keeps its index on
+//! messages: nothing here runs there.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+use diesel::sqlite::SqliteConnection;
+
+use super::schema::{conversation_index_state, conversation_messages, messages};
+use super::{DbConn, StorageError};
+
+/// How often the tail is read for a bulk: about 5,000 messages at 20,000 a second.
+pub const BULK_EVERY: Duration = Duration::from_millis(250);
+/// Messages indexed per transaction: under a millisecond of the write lock.
+pub const SLICE_ROWS: usize = 64;
+
+/// The messages of the tail when a bulk began, sorted by conversation, not indexed yet.
+#[derive(Debug)]
+pub struct Bulk {
+    pending: VecDeque<String>,
+    /// The newest rowid in the bulk: the mark once every message in it is indexed.
+    through: i64,
+    /// Message deletes counted when the bulk began (see the migration).
+    deletions: i64,
+}
+
+impl Bulk {
+    pub fn is_done(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+#[derive(QueryableByName)]
+struct TailRow {
+    #[diesel(sql_type = Text)]
+    conversation_id: String,
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+}
+
+/// Reads the unindexed tail; None when it is empty.
+pub fn begin_bulk(c: &mut SqliteConnection) -> Result<Option<Bulk>, StorageError> {
+    let (indexed_through, deletions): (i64, i64) = conversation_index_state::table
+        .select((
+            conversation_index_state::indexed_through,
+            conversation_index_state::deletions,
+        ))
+        .first(c)?;
+    let mut tail: Vec<TailRow> =
+        diesel::sql_query("SELECT conversation_id, id, rowid AS seq FROM messages WHERE rowid > ?")
+            .bind::<BigInt, _>(indexed_through)
+            .load(c)?;
+    let Some(through) = tail.iter().map(|row| row.seq).max() else {
+        return Ok(None);
+    };
+    tail.sort_unstable_by(|a, b| (&a.conversation_id, &a.id).cmp(&(&b.conversation_id, &b.id)));
+    Ok(Some(Bulk {
+        pending: tail.into_iter().map(|row| row.id).collect(),
+        through,
+        deletions,
+    }))
+}
+
+/// Indexes the next slice of `bulk` in one transaction; with the last one, moves the
+/// mark, unless a message was deleted since the bulk began (then the next bulk reads
+/// the tail again from the old mark; what is indexed already is skipped).
+///
+/// A slice commits without waiting for the disk (`synchronous = NORMAL`): the index
+/// is derived data, and the WAL keeps commits in order, so the next write batch's
+/// sync makes the slice durable too, and a power loss before it loses the slice
+/// together with its mark, never one without the other.
+pub fn index_slice(c: &mut SqliteConnection, bulk: &mut Bulk) -> Result<(), StorageError> {
+    use diesel::connection::SimpleConnection;
+    #[derive(QueryableByName)]
+    struct Synchronous {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        synchronous: i32,
+    }
+    let configured: Synchronous = diesel::sql_query("PRAGMA main.synchronous").get_result(c)?;
+    c.batch_execute("PRAGMA main.synchronous = NORMAL")?;
+    let indexed = insert_slice(c, bulk);
+    c.batch_execute(&format!(
+        "PRAGMA main.synchronous = {}",
+        configured.synchronous
+    ))?;
+    indexed
+}
+
+fn insert_slice(c: &mut SqliteConnection, bulk: &mut Bulk) -> Result<(), StorageError> {
+    let take = bulk.pending.len().min(SLICE_ROWS);
+    let slice: Vec<String> = bulk.pending.iter().take(take).cloned().collect();
+    let last = take == bulk.pending.len();
+    c.immediate_transaction(|c| {
+        // The message's conversation as it is now: a merge may have moved it.
+        diesel::insert_or_ignore_into(conversation_messages::table)
+            .values(
+                messages::table
+                    .filter(messages::id.eq_any(&slice))
+                    .select((messages::conversation_id, messages::id)),
+            )
+            .into_columns((
+                conversation_messages::conversation_id,
+                conversation_messages::message_id,
+            ))
+            .execute(c)?;
+        if last {
+            diesel::update(
+                conversation_index_state::table
+                    .filter(conversation_index_state::deletions.eq(bulk.deletions)),
+            )
+            .set(conversation_index_state::indexed_through.eq(bulk.through))
+            .execute(c)?;
+        }
+        Ok::<_, diesel::result::Error>(())
+    })?;
+    bulk.pending.drain(..take);
+    Ok(())
+}
+
+/// Indexes the whole tail now (tests, and a writer with nothing else to do).
+pub fn index_all(conn: &mut DbConn) -> Result<(), StorageError> {
+    let DbConn::Sqlite(c) = conn else {
+        return Ok(());
+    };
+    while let Some(mut bulk) = begin_bulk(c)? {
+        while !bulk.is_done() {
+            index_slice(c, &mut bulk)?;
+        }
+        // A delete during the bulk leaves the mark: one more pass from it.
+        let moved: i64 = conversation_index_state::table
+            .select(conversation_index_state::indexed_through)
+            .first(c)?;
+        if moved >= bulk.through {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Rows of the unindexed tail, for tests and metrics.
+pub fn tail_len(conn: &mut DbConn) -> Result<i64, StorageError> {
+    let DbConn::Sqlite(c) = conn else {
+        return Ok(0);
+    };
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let count: Count = diesel::sql_query(
+        "SELECT count(*) AS n FROM messages \
+         WHERE rowid > (SELECT indexed_through FROM conversation_index_state)",
+    )
+    .get_result(c)?;
+    Ok(count.n)
+}
