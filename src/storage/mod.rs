@@ -223,8 +223,17 @@ impl ManageConnection for DbManager {
         self.establish()
     }
 
+    /// On SQLite also puts back the configured `synchronous`: the conversation index
+    /// lowers it for a moment on the writer's connection (see
+    /// [`conversation_index::index_slice`]), and no connection may leave the pool with
+    /// less durability than configured, whatever happened to it before.
     fn is_valid(&self, conn: &mut DbConn) -> Result<(), StorageError> {
-        ping(conn)
+        match conn {
+            DbConn::Sqlite(c) => c
+                .batch_execute(&format!("PRAGMA main.synchronous = {}", self.synchronous))
+                .map_err(StorageError::from),
+            DbConn::Pg(_) => ping(conn),
+        }
     }
 
     fn has_broken(&self, conn: &mut DbConn) -> bool {

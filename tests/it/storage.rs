@@ -626,3 +626,33 @@ fn a_conversation_lists_the_same_messages_indexed_or_not() {
         );
     }
 }
+
+/// No SQLite connection leaves the pool with less durability than configured: the
+/// conversation index lowers `synchronous` on the writer's connection for a moment,
+/// and the pool puts it back on every checkout.
+#[test]
+fn a_pooled_sqlite_connection_always_has_the_configured_synchronous() {
+    use diesel::RunQueryDsl;
+
+    #[derive(diesel::QueryableByName)]
+    struct Synchronous {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        synchronous: i32,
+    }
+    let db = TestDb::new(&Backend::Sqlite);
+    let settings = settings_for(&db);
+    let (_, pool) = converra::open_storage(&settings).unwrap();
+    for _ in 0..2 {
+        let mut conn = pool.get().unwrap();
+        let storage::DbConn::Sqlite(c) = &mut *conn else {
+            unreachable!("a SQLite URL")
+        };
+        let seen: Synchronous = diesel::sql_query("PRAGMA main.synchronous")
+            .get_result(c)
+            .unwrap();
+        assert_eq!(seen.synchronous, 2, "FULL, the default");
+        diesel::sql_query("PRAGMA main.synchronous = OFF")
+            .execute(c)
+            .unwrap();
+    }
+}
