@@ -26,6 +26,8 @@ pub struct Metrics {
     pub actor_restarts: IntCounter,
     pub conversation_actors: IntGauge,
     pub inbox_backlog: IntGauge,
+    /// SQLite: messages not in the conversation index yet (listings read them apart).
+    pub conversation_index_tail: IntGauge,
     pub db_write_seconds: Histogram,
     pub db_batch_jobs: Histogram,
     pub webhook_seconds: Histogram,
@@ -59,6 +61,11 @@ impl Metrics {
         registry.register(Box::new(webhooks.clone()))?;
         let inbox_backlog = IntGauge::new("inbox_backlog", "Inbox rows not processed yet")?;
         registry.register(Box::new(inbox_backlog.clone()))?;
+        let conversation_index_tail = IntGauge::new(
+            "conversation_index_tail",
+            "Messages not in the conversation index yet (SQLite)",
+        )?;
+        registry.register(Box::new(conversation_index_tail.clone()))?;
         let conversation_actors =
             IntGauge::new("conversation_actors", "Conversation actors running")?;
         registry.register(Box::new(conversation_actors.clone()))?;
@@ -139,6 +146,7 @@ impl Metrics {
             webhooks,
             conversation_actors,
             inbox_backlog,
+            conversation_index_tail,
             db_write_seconds,
             db_batch_jobs,
             webhook_seconds,

@@ -46,6 +46,11 @@ impl Bulk {
     pub fn is_done(&self) -> bool {
         self.pending.is_empty()
     }
+
+    /// Messages of the bulk not indexed yet.
+    pub fn remaining(&self) -> usize {
+        self.pending.len()
+    }
 }
 
 #[derive(QueryableByName)]
@@ -137,7 +142,7 @@ fn insert_slice(c: &mut SqliteConnection, bulk: &mut Bulk) -> Result<(), Storage
     Ok(())
 }
 
-/// Indexes the whole tail now (tests, and a writer with nothing else to do).
+/// Indexes the whole tail now, on the caller's connection (tests).
 pub fn index_all(conn: &mut DbConn) -> Result<(), StorageError> {
     let DbConn::Sqlite(c) = conn else {
         return Ok(());
@@ -157,7 +162,7 @@ pub fn index_all(conn: &mut DbConn) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Rows of the unindexed tail, for tests and metrics.
+/// Rows of the unindexed tail (tests).
 pub fn tail_len(conn: &mut DbConn) -> Result<i64, StorageError> {
     let DbConn::Sqlite(c) = conn else {
         return Ok(0);

@@ -281,6 +281,7 @@ pub fn spawn(
         spawn_index_reader(
             pool.clone(),
             shared.clone(),
+            metrics.clone(),
             stopped.clone(),
             writers,
             log.clone(),
@@ -372,6 +373,7 @@ struct IndexShared {
 fn spawn_index_reader(
     pool: Pool,
     shared: Arc<IndexShared>,
+    metrics: Arc<Metrics>,
     stopped: Arc<AtomicUsize>,
     writers: usize,
     log: slog::Logger,
@@ -398,11 +400,12 @@ fn spawn_index_reader(
                         });
                 match read {
                     Ok(Some(bulk)) => {
+                        metrics.conversation_index_tail.set(bulk.remaining() as i64);
                         if let Ok(mut next) = shared.next.lock() {
                             *next = Some(bulk);
                         }
                     }
-                    Ok(None) => {}
+                    Ok(None) => metrics.conversation_index_tail.set(0),
                     Err(e) => slog::debug!(log, "conversation index tail not read"; "error" => %e),
                 }
             }

@@ -119,6 +119,49 @@ async fn listings_paginate_with_a_cursor() {
     );
 }
 
+/// The running daemon moves stored messages into the SQLite conversation index in
+/// bulk, and the listing shows the same messages, in order, before and after.
+#[actix_rt::test]
+async fn the_daemon_indexes_conversations_and_lists_the_same_messages() {
+    use converra::storage::{self, conversation_index};
+
+    let app = TestApp::start(&Backend::Sqlite).await;
+    for i in 0..9 {
+        app.post_signed(&text_webhook(
+            NUMBER_A,
+            "4915777",
+            &format!("wamid.index.{i}"),
+            &format!("i{i}"),
+        ))
+        .await;
+    }
+    let bodies = |messages: &[Value]| -> Vec<String> {
+        messages
+            .iter()
+            .map(|m| m["content"]["body"].as_str().unwrap_or("?").to_string())
+            .collect()
+    };
+    let expected: Vec<String> = (0..9).map(|i| format!("i{i}")).collect();
+    assert_eq!(bodies(&app.wait_messages(&app.a, 9).await), expected);
+
+    let pool = storage::connect(&app.settings).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while storage::with_conn(&pool, conversation_index::tail_len).unwrap() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tail was never indexed"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(bodies(&app.all_messages(&app.a).await), expected, "indexed");
+    assert!(
+        app.get_text("/metrics")
+            .await
+            .contains("converra_conversation_index_tail "),
+        "operators see the tail"
+    );
+}
+
 /// Ids and cursors come from the caller: one PostgreSQL's text cannot hold (a NUL) is
 /// a conversation that does not exist or a cursor that is not one, told as such, on
 /// both backends alike; never a server error.
