@@ -41,29 +41,13 @@ fn rebuilding_messages_keeps_its_rows_and_their_statuses() {
             converra::on_backend!(conn, c => diesel::sql_query(&sql).load(c)).unwrap();
         rows[0].n
     }
-    fn run(conn: &mut storage::DbConn, sql: &str) {
-        converra::on_backend!(conn, c => diesel::sql_query(sql).execute(c)).unwrap();
-    }
 
     for backend in backends() {
         let db = TestDb::new(&backend);
         let settings = settings_for(&db);
         let mut conn = DbManager::new(&settings).unwrap().establish().unwrap();
         storage::run_migrations(&mut conn).unwrap();
-        run(
-            &mut conn,
-            "INSERT INTO tenants VALUES ('t1', 'T', 't@example.com', 1)",
-        );
-        run(
-            &mut conn,
-            "INSERT INTO contacts (id, tenant_id, key_id, first_seen_at, last_seen_at) \
-             VALUES ('c1', 't1', 'k1', 1, 1)",
-        );
-        run(
-            &mut conn,
-            "INSERT INTO conversations (id, tenant_id, phone_number_id, contact_id, opened_at, \
-             last_message_at) VALUES ('v1', 't1', 'n1', 'c1', 1, 1)",
-        );
+        seed_rows(&mut conn, &["v1"]);
         for (id, wamid) in [("m1", "wamid.1"), ("m2", "wamid.2")] {
             run(
                 &mut conn,
@@ -444,9 +428,6 @@ fn a_conversation_lists_the_same_messages_indexed_or_not() {
     use converra::storage::{conversation_index, crm};
     use diesel::RunQueryDsl;
 
-    fn run(conn: &mut storage::DbConn, sql: &str) {
-        converra::on_backend!(conn, c => diesel::sql_query(sql).execute(c)).unwrap();
-    }
     fn add_message(conn: &mut storage::DbConn, id: &str, conversation: &str) {
         run(
             conn,
@@ -489,24 +470,7 @@ fn a_conversation_lists_the_same_messages_indexed_or_not() {
         let settings = settings_for(&db);
         let (keyring, pool) = converra::open_storage(&settings).unwrap();
         let mut conn = pool.get().unwrap();
-        run(
-            &mut conn,
-            "INSERT INTO tenants VALUES ('t1', 'T', 't@example.com', 1)",
-        );
-        run(
-            &mut conn,
-            "INSERT INTO contacts (id, tenant_id, key_id, first_seen_at, last_seen_at) \
-             VALUES ('c1', 't1', 'k1', 1, 1)",
-        );
-        for v in ["v1", "v2", "v3"] {
-            run(
-                &mut conn,
-                &format!(
-                    "INSERT INTO conversations (id, tenant_id, phone_number_id, contact_id, \
-                     opened_at, last_message_at) VALUES ('{v}', 't1', 'n-{v}', 'c1', 1, 1)"
-                ),
-            );
-        }
+        seed_rows(&mut conn, &["v1", "v2", "v3"]);
         // m1..m3 indexed; m5 in the tail; m4, inserted later with a smaller id, too.
         for id in ["m1", "m2", "m3"] {
             add_message(&mut conn, id, "v1");
@@ -654,5 +618,34 @@ fn a_pooled_sqlite_connection_always_has_the_configured_synchronous() {
         diesel::sql_query("PRAGMA main.synchronous = OFF")
             .execute(c)
             .unwrap();
+    }
+}
+
+/// Runs one statement of raw SQL on either backend.
+fn run(conn: &mut storage::DbConn, sql: &str) {
+    use diesel::RunQueryDsl;
+    converra::on_backend!(conn, c => diesel::sql_query(sql).execute(c)).unwrap();
+}
+
+/// Tenant `t1`, its contact `c1`, and a conversation of `c1` for each id (on number
+/// `n-<id>`), written as raw rows.
+fn seed_rows(conn: &mut storage::DbConn, conversations: &[&str]) {
+    run(
+        conn,
+        "INSERT INTO tenants VALUES ('t1', 'T', 't@example.com', 1)",
+    );
+    run(
+        conn,
+        "INSERT INTO contacts (id, tenant_id, key_id, first_seen_at, last_seen_at) \
+         VALUES ('c1', 't1', 'k1', 1, 1)",
+    );
+    for v in conversations {
+        run(
+            conn,
+            &format!(
+                "INSERT INTO conversations (id, tenant_id, phone_number_id, contact_id, \
+                 opened_at, last_message_at) VALUES ('{v}', 't1', 'n-{v}', 'c1', 1, 1)"
+            ),
+        );
     }
 }
