@@ -7,9 +7,10 @@
 //! three quarters of the bytes the writer wrote. Taken in bulk and sorted, the
 //! messages that reach the same leaf write it once. A reader thread reads the tail
 //! and sorts it ([`begin_bulk`], a WAL reader: it never holds the write lock); the
-//! writer indexes it in slices of [`SLICE_ROWS`] ([`index_slice`]), each its own short
-//! transaction between write batches, so no webhook waits behind a whole bulk; slices
-//! follow the sorted order, so each leaf is still written about once per bulk.
+//! writer indexes it in slices of [`SLICE_ROWS`], one inside each write batch's
+//! transaction ([`index_in_transaction`]), so no webhook waits behind a whole bulk and
+//! a slice costs no commit of its own; slices follow the sorted order, so each leaf is
+//! still written about once per bulk.
 //!
 //! Messages above `conversation_index_state.indexed_through` (by rowid) are the
 //! unindexed tail: readers take the index table plus the tail, in one statement, so
@@ -24,7 +25,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use diesel::sqlite::SqliteConnection;
 
-use super::schema::{conversation_index_state, conversation_messages, messages};
+use super::fixed::{fixed_statement, Bind, Sql};
+use super::schema::conversation_index_state;
 use super::{DbConn, StorageError};
 
 /// How often the tail is read for a bulk: about 5,000 messages at 20,000 a second.
@@ -86,14 +88,76 @@ pub fn begin_bulk(c: &mut SqliteConnection) -> Result<Option<Bulk>, StorageError
     }))
 }
 
-/// Indexes the next slice of `bulk` in one transaction; with the last one, moves the
+/// The next [`SLICE_ROWS`] messages of a bulk, to index inside a write batch's
+/// transaction ([`index_in_transaction`]); taken off the bulk only once that commits
+/// ([`Bulk::slice_committed`]).
+#[derive(Debug)]
+pub struct Slice {
+    ids: Vec<String>,
+    /// With the bulk's last slice: (through, deletions) for the mark.
+    mark: Option<(i64, i64)>,
+}
+
+impl Bulk {
+    pub fn next_slice(&self) -> Slice {
+        let ids: Vec<String> = self.pending.iter().take(SLICE_ROWS).cloned().collect();
+        let last = ids.len() == self.pending.len();
+        Slice {
+            ids,
+            mark: last.then_some((self.through, self.deletions)),
+        }
+    }
+
+    pub fn slice_committed(&mut self, slice: &Slice) {
+        let taken = slice.ids.len().min(self.pending.len());
+        self.pending.drain(..taken);
+    }
+}
+
+// Always SLICE_ROWS parameters (a short slice repeats its last id), so the statement is
+// prepared once per connection; built with the IN list of each slice's length, it was
+// parsed and planned again for every slice.
+fixed_statement!(
+    IndexSlice = concat!(
+        "INSERT OR IGNORE INTO conversation_messages (conversation_id, message_id) \
+         SELECT conversation_id, id FROM messages WHERE id IN (",
+        "?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,",
+        "?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    )
+);
+
+fixed_statement!(
+    MoveMark = "UPDATE conversation_index_state SET indexed_through = ? WHERE deletions = ?"
+);
+
+/// Indexes `slice` in the caller's transaction; with a bulk's last slice, moves the
 /// mark, unless a message was deleted since the bulk began (then the next bulk reads
-/// the tail again from the old mark; what is indexed already is skipped).
+/// the tail again from the old mark; what is indexed already is skipped). The
+/// message's conversation is read as it is now: a merge may have moved it.
 ///
-/// A slice commits without waiting for the disk (`synchronous = NORMAL`): the index
-/// is derived data, and the WAL keeps commits in order, so the next write batch's
-/// sync makes the slice durable too, and a power loss before it loses the slice
-/// together with its mark, never one without the other.
+/// The writer runs it inside a write batch's transaction, so a slice costs no commit
+/// of its own: its pages go to disk with the batch's, under the batch's sync.
+pub fn index_in_transaction(c: &mut SqliteConnection, slice: &Slice) -> Result<(), StorageError> {
+    let Some(last) = slice.ids.last() else {
+        return Ok(());
+    };
+    let binds: Vec<Bind<'_>> = (0..SLICE_ROWS)
+        .map(|i| Bind::Text(slice.ids.get(i).unwrap_or(last)))
+        .collect();
+    IndexSlice::with(binds).execute(c)?;
+    if let Some((through, deletions)) = slice.mark {
+        MoveMark::with(vec![Bind::BigInt(through), Bind::BigInt(deletions)]).execute(c)?;
+    }
+    Ok(())
+}
+
+/// Indexes the next slice of `bulk` in a transaction of its own (when the writer is
+/// idle, and in tests).
+///
+/// It commits without waiting for the disk (`synchronous = NORMAL`): the index is
+/// derived data, and the WAL keeps commits in order, so the next write batch's sync
+/// makes the slice durable too, and a power loss before it loses the slice together
+/// with its mark, never one without the other.
 pub fn index_slice(c: &mut SqliteConnection, bulk: &mut Bulk) -> Result<(), StorageError> {
     use diesel::connection::SimpleConnection;
     #[derive(QueryableByName)]
@@ -103,42 +167,14 @@ pub fn index_slice(c: &mut SqliteConnection, bulk: &mut Bulk) -> Result<(), Stor
     }
     let configured: Synchronous = diesel::sql_query("PRAGMA main.synchronous").get_result(c)?;
     c.batch_execute("PRAGMA main.synchronous = NORMAL")?;
-    let indexed = insert_slice(c, bulk);
+    let slice = bulk.next_slice();
+    let indexed = c.immediate_transaction(|c| index_in_transaction(c, &slice));
     c.batch_execute(&format!(
         "PRAGMA main.synchronous = {}",
         configured.synchronous
     ))?;
-    indexed
-}
-
-fn insert_slice(c: &mut SqliteConnection, bulk: &mut Bulk) -> Result<(), StorageError> {
-    let take = bulk.pending.len().min(SLICE_ROWS);
-    let slice: Vec<String> = bulk.pending.iter().take(take).cloned().collect();
-    let last = take == bulk.pending.len();
-    c.immediate_transaction(|c| {
-        // The message's conversation as it is now: a merge may have moved it.
-        diesel::insert_or_ignore_into(conversation_messages::table)
-            .values(
-                messages::table
-                    .filter(messages::id.eq_any(&slice))
-                    .select((messages::conversation_id, messages::id)),
-            )
-            .into_columns((
-                conversation_messages::conversation_id,
-                conversation_messages::message_id,
-            ))
-            .execute(c)?;
-        if last {
-            diesel::update(
-                conversation_index_state::table
-                    .filter(conversation_index_state::deletions.eq(bulk.deletions)),
-            )
-            .set(conversation_index_state::indexed_through.eq(bulk.through))
-            .execute(c)?;
-        }
-        Ok::<_, diesel::result::Error>(())
-    })?;
-    bulk.pending.drain(..take);
+    indexed?;
+    bulk.slice_committed(&slice);
     Ok(())
 }
 

@@ -442,7 +442,6 @@ impl Writer {
             if self.restart_wanted.swap(false, Ordering::SeqCst) {
                 self.restart_wal();
             }
-            self.index_conversations();
             if self.last_maintenance.elapsed() >= MAINTENANCE_EVERY {
                 self.maintenance();
             }
@@ -544,9 +543,13 @@ impl Writer {
             }
         };
         let batch_size = jobs.len();
-        let result = self.run_batch(&jobs, &mut new_keys, now);
+        let slice = self.next_index_slice();
+        let result = self.run_batch(&jobs, &mut new_keys, now, slice.as_ref());
         match result {
-            Ok(outcomes) => {
+            Ok((outcomes, indexed)) => {
+                if let Some(slice) = slice {
+                    self.index_slice_committed(slice, indexed);
+                }
                 self.finish(jobs.drain(..).zip(outcomes.into_iter().map(Ok)));
             }
             Err(e) if e.is_transient() || jobs.len() == 1 => {
@@ -561,8 +564,8 @@ impl Writer {
                 slog::warn!(self.log, "write batch failed, retrying its jobs one by one"; "error" => %e);
                 let mut results = Vec::with_capacity(jobs.len());
                 for job in &jobs {
-                    let one = self.run_batch(std::slice::from_ref(job), &mut new_keys, now);
-                    results.push(one.map(|mut o| o.remove(0)));
+                    let one = self.run_batch(std::slice::from_ref(job), &mut new_keys, now, None);
+                    results.push(one.map(|(mut o, _)| o.remove(0)));
                 }
                 self.finish(jobs.drain(..).zip(results));
             }
@@ -639,12 +642,16 @@ impl Writer {
             .collect())
     }
 
+    /// Runs the jobs, and `slice` of the conversation index after them, in one
+    /// transaction; the slice in a savepoint of its own, so that its failure (returned
+    /// beside the outcomes) costs only the slice.
     fn run_batch(
         &mut self,
         jobs: &[Job],
         new_keys: &mut HashMap<usize, (KeyId, NewDataKey)>,
         now: i64,
-    ) -> Result<Vec<Outcome>, StorageError> {
+        slice: Option<&conversation_index::Slice>,
+    ) -> Result<(Vec<Outcome>, Result<(), StorageError>), StorageError> {
         let keyring = self.keyring.clone();
         let mut routes = std::mem::take(&mut self.routes);
         let result = {
@@ -686,7 +693,16 @@ impl Writer {
                     };
                     outcomes.push(outcome);
                 }
-                Ok(outcomes)
+                let indexed = match slice {
+                    Some(slice) => {
+                        conn.transaction::<_, StorageError, _>(|conn| match &mut **conn {
+                            DbConn::Sqlite(c) => conversation_index::index_in_transaction(c, slice),
+                            DbConn::Pg(_) => Ok(()),
+                        })
+                    }
+                    None => Ok(()),
+                };
+                Ok((outcomes, indexed))
             })
         };
         self.routes = routes;
@@ -776,8 +792,58 @@ impl Writer {
         }
     }
 
-    /// One slice of the conversation index, when the reader has left a bulk or one is
-    /// in progress. Returns whether a bulk is in progress. A failure leaves the
+    /// The next slice of the conversation index to write with a batch, when the reader
+    /// has left a bulk or one is in progress (SQLite, writer 0).
+    fn next_index_slice(&mut self) -> Option<conversation_index::Slice> {
+        let indexer = self.conversation_index.as_mut()?;
+        if indexer.bulk.is_none() {
+            indexer.bulk = indexer
+                .shared
+                .next
+                .lock()
+                .ok()
+                .and_then(|mut next| next.take());
+            indexer
+                .shared
+                .writer_busy
+                .store(indexer.bulk.is_some(), Ordering::SeqCst);
+        }
+        indexer.bulk.as_ref().map(|bulk| bulk.next_slice())
+    }
+
+    /// After the batch that carried `slice` committed. A slice that failed drops its
+    /// bulk: its messages stay in the tail, where readers find them, and the next bulk
+    /// reads them again.
+    fn index_slice_committed(
+        &mut self,
+        slice: conversation_index::Slice,
+        indexed: Result<(), StorageError>,
+    ) {
+        let Some(indexer) = self.conversation_index.as_mut() else {
+            return;
+        };
+        match indexed {
+            Ok(()) => {
+                if let Some(bulk) = indexer.bulk.as_mut() {
+                    bulk.slice_committed(&slice);
+                    if bulk.is_done() {
+                        indexer.bulk = None;
+                    }
+                }
+            }
+            Err(e) => {
+                indexer.bulk = None;
+                slog::warn!(self.log, "conversation index slice failed"; "error" => %e);
+            }
+        }
+        indexer
+            .shared
+            .writer_busy
+            .store(indexer.bulk.is_some(), Ordering::SeqCst);
+    }
+
+    /// One slice of the conversation index in a transaction of its own, when the
+    /// writer has no batch to carry it. Returns whether a bulk is in progress. A failure leaves the
     /// messages in the tail, where readers find them anyway.
     fn index_conversations(&mut self) -> bool {
         let Some(mut indexer) = self.conversation_index.take() else {

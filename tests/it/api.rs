@@ -120,33 +120,47 @@ async fn listings_paginate_with_a_cursor() {
 }
 
 /// The running daemon moves stored messages into the SQLite conversation index in
-/// bulk, and the listing shows the same messages, in order, before and after.
+/// bulk, while webhooks keep arriving (the slices ride with the write batches: the
+/// writer is never idle long enough to index on its own), and the listing shows the
+/// same messages, in order, before and after.
 #[actix_rt::test]
 async fn the_daemon_indexes_conversations_and_lists_the_same_messages() {
     use converra::storage::{self, conversation_index};
 
     let app = TestApp::start(&Backend::Sqlite).await;
-    for i in 0..9 {
+    let pool = storage::connect(&app.settings).unwrap();
+    let tail = || storage::with_conn(&pool, conversation_index::tail_len).unwrap();
+    let mut sent = 0;
+    // A message every 50 ms: the writer indexes on its own only after a second idle.
+    while sent < 100 && tail() == sent {
         app.post_signed(&text_webhook(
             NUMBER_A,
             "4915777",
-            &format!("wamid.index.{i}"),
-            &format!("i{i}"),
+            &format!("wamid.index.{sent}"),
+            &format!("i{sent}"),
         ))
         .await;
+        sent += 1;
+        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    assert!(
+        tail() < sent,
+        "nothing was indexed while {sent} webhooks arrived"
+    );
     let bodies = |messages: &[Value]| -> Vec<String> {
         messages
             .iter()
             .map(|m| m["content"]["body"].as_str().unwrap_or("?").to_string())
             .collect()
     };
-    let expected: Vec<String> = (0..9).map(|i| format!("i{i}")).collect();
-    assert_eq!(bodies(&app.wait_messages(&app.a, 9).await), expected);
+    let expected: Vec<String> = (0..sent).map(|i| format!("i{i}")).collect();
+    assert_eq!(
+        bodies(&app.wait_messages(&app.a, sent as usize).await),
+        expected
+    );
 
-    let pool = storage::connect(&app.settings).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while storage::with_conn(&pool, conversation_index::tail_len).unwrap() > 0 {
+    while tail() > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the tail was never indexed"
