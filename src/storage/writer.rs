@@ -357,6 +357,40 @@ struct ConversationIndexer {
     bulk: Option<conversation_index::Bulk>,
 }
 
+impl ConversationIndexer {
+    /// The bulk in progress, or else the one the reader left, if any.
+    fn current(&mut self) -> Option<&mut conversation_index::Bulk> {
+        if self.bulk.is_none() {
+            self.bulk = self
+                .shared
+                .next
+                .lock()
+                .ok()
+                .and_then(|mut next| next.take());
+            self.publish_busy();
+        }
+        self.bulk.as_mut()
+    }
+
+    /// After a slice: a finished bulk is done with; so is one whose slice failed (its
+    /// messages stay in the tail, where readers find them, and the next bulk reads
+    /// them again).
+    fn after_slice(&mut self, indexed: bool) {
+        if !indexed || self.bulk.as_ref().is_some_and(|bulk| bulk.is_done()) {
+            self.bulk = None;
+        }
+        self.publish_busy();
+    }
+
+    /// The reader reads no new bulk while the writer is still indexing one (it would
+    /// read the same messages again).
+    fn publish_busy(&self) {
+        self.shared
+            .writer_busy
+            .store(self.bulk.is_some(), Ordering::SeqCst);
+    }
+}
+
 /// Between the index reader and the writer: the next bulk, read and sorted, and
 /// whether the writer is still indexing one (the reader then waits, or it would read
 /// the same messages again).
@@ -796,24 +830,10 @@ impl Writer {
     /// has left a bulk or one is in progress (SQLite, writer 0).
     fn next_index_slice(&mut self) -> Option<conversation_index::Slice> {
         let indexer = self.conversation_index.as_mut()?;
-        if indexer.bulk.is_none() {
-            indexer.bulk = indexer
-                .shared
-                .next
-                .lock()
-                .ok()
-                .and_then(|mut next| next.take());
-            indexer
-                .shared
-                .writer_busy
-                .store(indexer.bulk.is_some(), Ordering::SeqCst);
-        }
-        indexer.bulk.as_ref().map(|bulk| bulk.next_slice())
+        indexer.current().map(|bulk| bulk.next_slice())
     }
 
-    /// After the batch that carried `slice` committed. A slice that failed drops its
-    /// bulk: its messages stay in the tail, where readers find them, and the next bulk
-    /// reads them again.
+    /// After the batch that carried `slice` committed.
     fn index_slice_committed(
         &mut self,
         slice: conversation_index::Slice,
@@ -822,67 +842,35 @@ impl Writer {
         let Some(indexer) = self.conversation_index.as_mut() else {
             return;
         };
-        match indexed {
-            Ok(()) => {
-                if let Some(bulk) = indexer.bulk.as_mut() {
-                    bulk.slice_committed(&slice);
-                    if bulk.is_done() {
-                        indexer.bulk = None;
-                    }
-                }
-            }
-            Err(e) => {
-                indexer.bulk = None;
-                slog::warn!(self.log, "conversation index slice failed"; "error" => %e);
-            }
+        if let Err(e) = &indexed {
+            slog::warn!(self.log, "conversation index slice failed"; "error" => %e);
+        } else if let Some(bulk) = indexer.bulk.as_mut() {
+            bulk.slice_committed(&slice);
         }
-        indexer
-            .shared
-            .writer_busy
-            .store(indexer.bulk.is_some(), Ordering::SeqCst);
+        indexer.after_slice(indexed.is_ok());
     }
 
     /// One slice of the conversation index in a transaction of its own, when the
-    /// writer has no batch to carry it. Returns whether a bulk is in progress. A failure leaves the
-    /// messages in the tail, where readers find them anyway.
+    /// writer has no batch to carry it. Returns whether a bulk is in progress.
     fn index_conversations(&mut self) -> bool {
         let Some(mut indexer) = self.conversation_index.take() else {
             return false;
         };
-        if indexer.bulk.is_none() {
-            indexer.bulk = indexer
-                .shared
-                .next
-                .lock()
-                .ok()
-                .and_then(|mut next| next.take());
-            indexer
-                .shared
-                .writer_busy
-                .store(indexer.bulk.is_some(), Ordering::SeqCst);
-        }
-        if let Some(mut bulk) = indexer.bulk.take() {
+        if let Some(bulk) = indexer.current() {
             let started = Instant::now();
             let step = self.connection().and_then(|conn| match &mut **conn {
-                DbConn::Sqlite(c) => conversation_index::index_slice(c, &mut bulk),
+                DbConn::Sqlite(c) => conversation_index::index_slice(c, bulk),
                 DbConn::Pg(_) => Ok(()),
             });
-            match step {
-                Ok(()) if !bulk.is_done() => indexer.bulk = Some(bulk),
-                Ok(()) => {}
-                Err(e) => {
-                    self.conn = None;
-                    slog::warn!(self.log, "conversation index slice failed"; "error" => %e);
-                }
+            if let Err(e) = &step {
+                self.conn = None;
+                slog::warn!(self.log, "conversation index slice failed"; "error" => %e);
             }
             let took = started.elapsed();
             if took >= SLOW_WRITE {
                 slog::warn!(self.log, "conversation index held the writer"; "ms" => took.as_millis());
             }
-            indexer
-                .shared
-                .writer_busy
-                .store(indexer.bulk.is_some(), Ordering::SeqCst);
+            indexer.after_slice(step.is_ok());
         }
         let in_progress = indexer.bulk.is_some();
         self.conversation_index = Some(indexer);
