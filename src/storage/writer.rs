@@ -448,6 +448,16 @@ fn spawn_index_reader(
 }
 
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
+/// Woken from idle by a job, the writer waits up to [`GATHER_FOR`] for more, until it
+/// holds [`GATHER_JOBS`], before it writes: at a moderate rate each batch otherwise
+/// carried 2-5 webhooks, and a batch's fixed costs (its commit and sync, the pages every
+/// batch writes) were most of the writer's CPU. At 10,000/s (SQLite FULL, six
+/// interleaved pairs) the writer's CPU per message fell from 44-45 to 33-36 µs and the
+/// server's from 100-104 to 85-95; client p99 lower in four of six (medians 21.5
+/// against 25.3 ms), p50 up to 0.7 ms higher. Under full load the writer is never idle,
+/// so it never waits.
+const GATHER_FOR: Duration = Duration::from_micros(500);
+const GATHER_JOBS: usize = 16;
 /// A write that took this long is logged: the disk (or the database server) is
 /// struggling, and webhooks wait.
 const SLOW_WRITE: Duration = Duration::from_millis(100);
@@ -458,7 +468,20 @@ impl Writer {
             let idle = self.ingest.is_empty() && self.lanes.is_empty();
             if idle {
                 match rx.recv_timeout(Duration::from_secs(1)) {
-                    Ok(job) => self.enqueue(job),
+                    Ok(job) => {
+                        self.enqueue(job);
+                        let until = Instant::now() + GATHER_FOR;
+                        let mut gathered = 1;
+                        while gathered < GATHER_JOBS {
+                            match rx.recv_deadline(until) {
+                                Ok(job) => {
+                                    self.enqueue(job);
+                                    gathered += 1;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     Err(flume::RecvTimeoutError::Timeout) => {
                         self.maintenance();
                         // Nothing else to do: the whole tail, not one slice.
