@@ -311,6 +311,11 @@ pub fn spawn(
                 .then(|| index_shared.clone())
                 .flatten()
                 .map(|shared| ConversationIndexer { shared, bulk: None }),
+            arrivals: Arrivals {
+                since: Instant::now(),
+                jobs: 0,
+                rate: 0.0,
+            },
         };
         let rx = rx.clone();
         let stopped = stopped.clone();
@@ -349,6 +354,14 @@ struct Writer {
     last_maintenance: Instant,
     /// SQLite, one writer: fills the conversation index in bulk.
     conversation_index: Option<ConversationIndexer>,
+    arrivals: Arrivals,
+}
+
+/// Jobs counted since a moment, and the rate of the last whole second before it.
+struct Arrivals {
+    since: Instant,
+    jobs: usize,
+    rate: f64,
 }
 
 /// The bulk the writer is indexing, and where the next one comes from.
@@ -449,15 +462,20 @@ fn spawn_index_reader(
 
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
 /// Woken from idle by a job, the writer waits up to [`GATHER_FOR`] for more, until it
-/// holds [`GATHER_JOBS`], before it writes: at a moderate rate each batch otherwise
+/// holds [`GATHER_JOBS`], before it writes, when jobs have been arriving at
+/// [`GATHER_FROM_RATE`] a second or more: at a moderate rate each batch otherwise
 /// carried 2-5 webhooks, and a batch's fixed costs (its commit and sync, the pages every
-/// batch writes) were most of the writer's CPU. At 10,000/s (SQLite FULL, six
-/// interleaved pairs) the writer's CPU per message fell from 44-45 to 33-36 µs and the
-/// server's from 100-104 to 85-95; client p99 lower in four of six (medians 21.5
-/// against 25.3 ms), p50 up to 0.7 ms higher. Under full load the writer is never idle,
-/// so it never waits.
+/// batch writes) were most of the writer's CPU. At 10,000/s (SQLite FULL, eleven
+/// interleaved pairs) the writer's CPU per message fell from 44-47 to 33-36 µs and the
+/// server's from 100-104 to 85-95; p50 up to 0.9 ms higher; the client p99 is not
+/// resolved (lower in seven of eleven pairs, medians 19.9 against 17.2 ms). At 1,000/s
+/// waiting would only add its
+/// half millisecond to every webhook (p50 0.5-0.7 ms became 1.0-1.2), hence the rate.
+/// Under full load the writer is never idle, so it never waits.
 const GATHER_FOR: Duration = Duration::from_micros(500);
 const GATHER_JOBS: usize = 16;
+/// About two jobs expected within [`GATHER_FOR`].
+const GATHER_FROM_RATE: f64 = 4_000.0;
 /// A write that took this long is logged: the disk (or the database server) is
 /// struggling, and webhooks wait.
 const SLOW_WRITE: Duration = Duration::from_millis(100);
@@ -471,7 +489,7 @@ impl Writer {
                     Ok(job) => {
                         self.enqueue(job);
                         let until = Instant::now() + GATHER_FOR;
-                        let mut gathered = 1;
+                        let mut gathered = if self.gathering() { 1 } else { GATHER_JOBS };
                         while gathered < GATHER_JOBS {
                             match rx.recv_deadline(until) {
                                 Ok(job) => {
@@ -518,7 +536,23 @@ impl Writer {
         slog::info!(self.log, "writer stopped");
     }
 
+    /// Whether jobs arrive fast enough for waiting to gather more (see [`GATHER_FOR`]),
+    /// judged by the last full second.
+    fn gathering(&mut self) -> bool {
+        let elapsed = self.arrivals.since.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            self.arrivals.rate = self.arrivals.jobs as f64 / elapsed.as_secs_f64();
+            self.arrivals = Arrivals {
+                since: Instant::now(),
+                jobs: 0,
+                rate: self.arrivals.rate,
+            };
+        }
+        self.arrivals.rate >= GATHER_FROM_RATE
+    }
+
     fn enqueue(&mut self, job: Job) {
+        self.arrivals.jobs += 1;
         match job.tenant().cloned() {
             None => self.ingest.push_back(job),
             Some(tenant) => match self.lanes.iter_mut().find(|(t, _)| *t == tenant) {
