@@ -469,9 +469,9 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
 /// interleaved pairs) the writer's CPU per message fell from 44-47 to 33-36 µs and the
 /// server's from 100-104 to 85-95; p50 up to 0.9 ms higher; the client p99 is not
 /// resolved (lower in seven of eleven pairs, medians 19.9 against 17.2 ms). At 1,000/s
-/// waiting would only add its
-/// half millisecond to every webhook (p50 0.5-0.7 ms became 1.0-1.2), hence the rate.
-/// Under full load the writer is never idle, so it never waits.
+/// waiting would only add its half millisecond to every webhook (p50 0.5-0.7 ms became
+/// 1.0-1.2), hence the rate. Under full load the writer is never idle, so it never
+/// waits.
 const GATHER_FOR: Duration = Duration::from_micros(500);
 const GATHER_JOBS: usize = 16;
 /// About two jobs expected within [`GATHER_FOR`].
