@@ -488,16 +488,8 @@ impl Writer {
                 match rx.recv_timeout(Duration::from_secs(1)) {
                     Ok(job) => {
                         self.enqueue(job);
-                        let until = Instant::now() + GATHER_FOR;
-                        let mut gathered = if self.gathering() { 1 } else { GATHER_JOBS };
-                        while gathered < GATHER_JOBS {
-                            match rx.recv_deadline(until) {
-                                Ok(job) => {
-                                    self.enqueue(job);
-                                    gathered += 1;
-                                }
-                                Err(_) => break,
-                            }
+                        if self.gathering() {
+                            self.gather(&rx);
                         }
                     }
                     Err(flume::RecvTimeoutError::Timeout) => {
@@ -537,18 +529,28 @@ impl Writer {
     }
 
     /// Whether jobs arrive fast enough for waiting to gather more (see [`GATHER_FOR`]),
-    /// judged by the last full second.
+    /// judged by the last full second. Each writer counts the jobs it took itself.
     fn gathering(&mut self) -> bool {
         let elapsed = self.arrivals.since.elapsed();
         if elapsed >= Duration::from_secs(1) {
             self.arrivals.rate = self.arrivals.jobs as f64 / elapsed.as_secs_f64();
-            self.arrivals = Arrivals {
-                since: Instant::now(),
-                jobs: 0,
-                rate: self.arrivals.rate,
-            };
+            self.arrivals.since = Instant::now();
+            self.arrivals.jobs = 0;
         }
         self.arrivals.rate >= GATHER_FROM_RATE
+    }
+
+    /// Takes jobs until [`GATHER_JOBS`] are waiting or [`GATHER_FOR`] has passed.
+    fn gather(&mut self, rx: &flume::Receiver<Job>) {
+        let until = Instant::now() + GATHER_FOR;
+        let mut waiting = 1;
+        while waiting < GATHER_JOBS {
+            let Ok(job) = rx.recv_deadline(until) else {
+                break;
+            };
+            self.enqueue(job);
+            waiting += 1;
+        }
     }
 
     fn enqueue(&mut self, job: Job) {
