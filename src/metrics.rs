@@ -89,8 +89,8 @@ impl Metrics {
             "Time from a webhook POST's arrival to its answer, as the server sees it",
             // Fine around the 10 ms latency goal, so the tail can be told apart.
             vec![
-                0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.2,
-                0.5, 1.0, 5.0,
+                0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.2, 0.5,
+                1.0, 5.0,
             ],
         )?;
         let wal_restart_seconds = histogram(
