@@ -111,7 +111,8 @@ pub struct ConversationActor {
     tenant_id: TenantId,
     phone_number_id: String,
     key: String,
-    contact: Option<ResolvedContact>,
+    /// Shared, not copied, with each write built from it.
+    contact: Option<Arc<ResolvedContact>>,
     /// The conversation of the cached contact on this number, once known.
     conversation_id: Option<String>,
     /// The profile name and username last written, to write them only on change.
@@ -196,25 +197,26 @@ impl ConversationActor {
     /// Removes the pending events `done`, answering any delivered one whose webhook
     /// the writer did not answer already.
     fn complete(&mut self, done: &[u64], receipt: &ApplyReceipt) {
-        let outcome: HashMap<u64, bool> = done
-            .iter()
-            .enumerate()
-            .map(|(i, seq)| (*seq, receipt.duplicate.get(i).copied().unwrap_or(false)))
-            .collect();
-        let pending = std::mem::take(&mut self.pending);
-        for mut item in pending {
-            let Some(duplicate) = outcome.get(&item.seq) else {
-                self.pending.push_back(item);
-                continue;
+        // A write applies a few events as a rule: a scan of `done` is cheaper than a
+        // map built for every write, and the queue is filtered in place.
+        let duplicate = |seq: u64| {
+            done.iter()
+                .position(|s| *s == seq)
+                .map(|i| receipt.duplicate.get(i).copied().unwrap_or(false))
+        };
+        let (pending_ids, panics) = (&mut self.pending_ids, &mut self.panics);
+        self.pending.retain_mut(|item| {
+            let Some(duplicate) = duplicate(item.seq) else {
+                return true;
             };
             match &mut item.source {
                 Source::Inbox(id) => {
-                    self.pending_ids.remove(id);
-                    self.panics.remove(id);
+                    pending_ids.remove(id);
+                    panics.remove(id);
                 }
                 Source::Fresh { reply, .. } => {
                     if let Some(reply) = reply.take() {
-                        reply.send(if *duplicate {
+                        reply.send(if duplicate {
                             Delivered::Duplicate
                         } else {
                             Delivered::New
@@ -222,7 +224,8 @@ impl ConversationActor {
                     }
                 }
             }
-        }
+            false
+        });
     }
 
     /// Hands every delivered event back to its webhook, which stores it in the inbox:
@@ -396,7 +399,7 @@ impl ConversationActor {
                             if !same {
                                 actor.conversation_id = None;
                             }
-                            actor.contact = Some(contact);
+                            actor.contact = Some(Arc::new(contact));
                             actor.written_profile = None;
                             actor.seen_written_at = None;
                             actor.pump(ctx);
