@@ -199,14 +199,14 @@ impl ConversationActor {
     fn complete(&mut self, done: &[u64], receipt: &ApplyReceipt) {
         // A write applies a few events as a rule: a scan of `done` is cheaper than a
         // map built for every write, and the queue is filtered in place.
-        let duplicate = |seq: u64| {
+        let duplicate_of = |seq: u64| {
             done.iter()
                 .position(|s| *s == seq)
                 .map(|i| receipt.duplicate.get(i).copied().unwrap_or(false))
         };
         let (pending_ids, panics) = (&mut self.pending_ids, &mut self.panics);
         self.pending.retain_mut(|item| {
-            let Some(duplicate) = duplicate(item.seq) else {
+            let Some(duplicate) = duplicate_of(item.seq) else {
                 return true;
             };
             match &mut item.source {
