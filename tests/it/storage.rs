@@ -649,3 +649,62 @@ fn seed_rows(conn: &mut storage::DbConn, conversations: &[&str]) {
         );
     }
 }
+
+/// libpq and OpenSSL are compiled into the binary: a connection that asks for TLS
+/// (`sslmode=require`, and `verify-ca` against the server's certificate when it is
+/// readable here) is encrypted, where the test server offers TLS at all.
+#[test]
+fn postgres_connections_can_require_tls() {
+    use diesel::RunQueryDsl;
+
+    #[derive(diesel::QueryableByName)]
+    struct Ssl {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        ssl: bool,
+    }
+    for backend in backends() {
+        let Backend::Postgres(_) = backend else {
+            continue;
+        };
+        let db = TestDb::new(&backend);
+        let mut modes = vec!["sslmode=require".to_string()];
+        // Debian's cluster serves its self-signed "snakeoil" certificate.
+        let server_cert = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+        if std::path::Path::new(server_cert).exists() {
+            modes.push(format!("sslmode=verify-ca&sslrootcert={server_cert}"));
+        }
+        for mode in modes {
+            let mut url = url::Url::parse(&db.url).unwrap();
+            let kept: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(key, _)| key != "sslmode")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            url.set_query(None);
+            for (key, value) in kept {
+                url.query_pairs_mut().append_pair(&key, &value);
+            }
+            let url = format!(
+                "{}{}{mode}",
+                url,
+                if url.query().is_some() { "&" } else { "?" }
+            );
+            let mut settings = settings_for(&db);
+            settings.database.url = url;
+            let mut conn = match DbManager::new(&settings).unwrap().establish() {
+                Ok(conn) => conn,
+                Err(e) if e.to_string().contains("does not support SSL") => {
+                    eprintln!("the test server does not offer TLS: {e}");
+                    break;
+                }
+                Err(e) => panic!("{mode}: {e}"),
+            };
+            let rows: Vec<Ssl> = converra::on_backend!(&mut conn, c => diesel::sql_query(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+            )
+            .load(c))
+            .unwrap();
+            assert!(rows[0].ssl, "{mode}: the connection is not encrypted");
+        }
+    }
+}
