@@ -173,10 +173,20 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Operator commands run beside a daemon that may be writing all the time: on SQLite
+/// they wait for the write lock up to a minute (at least), not the daemon's few
+/// seconds, since a busy daemon is no reason for an operator's command to fail.
+const OPERATOR_BUSY_TIMEOUT_MS: u64 = 60_000;
+
 fn operator_storage(
     settings: &Settings,
 ) -> anyhow::Result<(Arc<converra::crypto::Keyring>, storage::PooledConn)> {
-    let (keyring, pool) = converra::open_storage(settings)?;
+    let mut settings = settings.clone();
+    settings.database.sqlite_busy_timeout_ms = settings
+        .database
+        .sqlite_busy_timeout_ms
+        .max(OPERATOR_BUSY_TIMEOUT_MS);
+    let (keyring, pool) = converra::open_storage(&settings)?;
     let conn = pool.get().context("database connection")?;
     Ok((keyring, conn))
 }

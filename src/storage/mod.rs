@@ -15,6 +15,7 @@ pub mod tenants;
 pub mod writer;
 
 pub mod schema;
+pub mod sqlite;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -372,6 +373,38 @@ pub fn revert_last_migration(conn: &mut DbConn) -> Result<String, StorageError> 
 
 fn names(versions: Vec<diesel::migration::MigrationVersion<'_>>) -> Vec<String> {
     versions.into_iter().map(|v| v.to_string()).collect()
+}
+
+/// A transaction that will write. On SQLite it takes the write lock at `BEGIN`
+/// (`BEGIN IMMEDIATE`), so it waits its turn in the busy handler: a deferred
+/// transaction that reads first and then writes fails at once with "database is
+/// locked" when another process (the daemon) committed in between, busy timeout or
+/// not. PostgreSQL needs no such care.
+pub fn write_transaction<T>(
+    conn: &mut DbConn,
+    f: impl FnOnce(&mut DbConn) -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    let DbConn::Sqlite(sqlite) = conn else {
+        return conn.transaction(f);
+    };
+    // Through diesel's transaction manager, so a `transaction` inside `f` becomes a
+    // savepoint as usual.
+    AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?;
+    // Committed or rolled back through the connection enum's manager, which hands
+    // the call to the SQLite connection's, where the transaction was begun.
+    type Manager = <DbConn as Connection>::TransactionManager;
+    match f(conn) {
+        Ok(value) => {
+            Manager::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Err(e) => {
+            // The error that ended the work is the one to report.
+            let _ = Manager::rollback_transaction(conn);
+            Err(e)
+        }
+    }
 }
 
 /// A short-lived read on the pool, for handlers (wrap in `web::block`).

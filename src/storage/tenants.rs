@@ -82,7 +82,7 @@ pub fn create_tenant(
     validate_email(holder_email)?;
     let tenant_id = TenantId::generate();
     let key = crypto::new_api_key()?;
-    conn.transaction::<_, StorageError, _>(|conn| {
+    super::write_transaction(conn, |conn| {
         let taken: i64 = on_backend!(conn, c => tenants::table
             .filter(tenants::name.eq(name))
             .count()
@@ -135,9 +135,11 @@ pub fn create_api_key(
     tenant_id: &TenantId,
     now_ms: i64,
 ) -> Result<String, StorageError> {
-    get_tenant(conn, tenant_id)?;
     let key = crypto::new_api_key()?;
-    insert_api_key(conn, tenant_id, &key, now_ms)?;
+    super::write_transaction(conn, |conn| {
+        get_tenant(conn, tenant_id)?;
+        insert_api_key(conn, tenant_id, &key, now_ms)
+    })?;
     Ok(key.secret)
 }
 
@@ -191,7 +193,7 @@ pub fn add_phone_number(
         }
     }
     let tenant_id = TenantId(number.tenant_id.to_string());
-    conn.transaction::<_, StorageError, _>(|conn| {
+    super::write_transaction(conn, |conn| {
         get_tenant(conn, &tenant_id).map_err(|e| match e {
             StorageError::NotFound => {
                 StorageError::Conflict(format!("no tenant with id {}", number.tenant_id))

@@ -1047,20 +1047,30 @@ fn catch_up(conn: &mut DbConn, schema: &str) -> Result<(), StorageError> {
 
 /// Flushes to disk what the passive checkpoints copied into the database file. A
 /// checkpoint syncs the file only when it has copied every frame, which under steady
-/// load only the writer's RESTART does: its sync then flushed seconds of copied pages
-/// while every webhook waited (5-20 ms, growing with the database). Synced here first,
-/// off the writer's path, that sync finds little left to do. Flushing is always safe:
-/// it only makes durable sooner what the file already holds.
+/// load only the writer's RESTART does: its sync then flushes seconds of copied pages
+/// while every webhook waits. Synced here first, off the writer's path, that sync finds
+/// little left to do. Flushing is always safe: it only makes durable sooner what the
+/// file already holds.
+///
+/// The database files themselves are never opened here: on Linux, closing any
+/// descriptor of a file drops every POSIX lock the process holds on it, SQLite's locks
+/// included, and another process (an operator command) could then delete the WAL
+/// under the daemon and corrupt the database. `syncfs` on the file's directory flushes
+/// the file system that holds it, through a descriptor of the directory, which holds
+/// no SQLite lock.
 fn sync_database_file(conn: &mut DbConn, schema: &str) -> Result<(), StorageError> {
     let DbConn::Sqlite(c) = conn else {
         return Ok(());
     };
-    if let Some(path) = super::sqlite_file(c, schema)? {
-        std::fs::File::open(&path)
-            .and_then(|file| file.sync_data())
-            .map_err(|e| StorageError::Unavailable(format!("syncing {}: {e}", path.display())))?;
-    }
-    Ok(())
+    let Some(path) = super::sqlite_file(c, schema)? else {
+        return Ok(());
+    };
+    let directory = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => parent.to_path_buf(),
+        None => std::path::PathBuf::from("."),
+    };
+    super::sqlite::sync_file_system(&directory)
+        .map_err(|e| StorageError::Unavailable(format!("syncing {}: {e}", directory.display())))
 }
 
 #[derive(diesel::QueryableByName)]

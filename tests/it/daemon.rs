@@ -558,3 +558,188 @@ fn a_burst_of_connections_fits_in_the_listen_queue() {
     }
     assert_eq!(queued.len(), 400);
 }
+
+/// Open descriptors of `pid` whose file was deleted under it, among the database's
+/// files (`converra.db-wal (deleted)` once another process removed the WAL).
+fn deleted_database_files(pid: u32) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|target| target.contains(".db") && target.ends_with("(deleted)"))
+        .collect()
+}
+
+fn sqlite_integrity(path: &std::path::Path) -> String {
+    use diesel::{Connection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Check {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        integrity_check: String,
+    }
+    let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    let rows: Vec<Check> = diesel::sql_query("PRAGMA integrity_check")
+        .load(&mut conn)
+        .unwrap_or_else(|e| panic!("integrity_check of {}: {e}", path.display()));
+    rows.into_iter()
+        .map(|r| r.integrity_check)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Operator commands run from another process while the daemon ingests at full load
+/// on SQLite, its WAL restarting again and again: each command waits its turn and
+/// succeeds, the daemon never holds a database file that another process deleted, and
+/// after a SIGKILL the database is intact and holds every acknowledged message.
+#[actix_rt::test]
+async fn operator_commands_beside_a_busy_daemon_leave_the_database_intact() {
+    let db = TestDb::new(&Backend::Sqlite);
+    let mut daemon = Daemon::new(&db.url, &db.dir);
+    // A WAL of 1 MiB restarts several times a second under this load.
+    daemon.env.push((
+        "CONVERRA__DATABASE__SQLITE_WAL_RESTART_MIB".into(),
+        "1".into(),
+    ));
+    let tenant = daemon.seed_tenant(&db.dir, "busy", "EAAG-token");
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let child = Arc::new(Mutex::new(daemon.spawn()));
+    daemon.wait_ready(&client).await;
+    let pid = child.lock().unwrap().id();
+
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let body = "x".repeat(400);
+    let webhooks = flood_webhooks(NUMBER_A, "busy", 40_000, 300, &body);
+    let url = format!("{}/webhooks/whatsapp", daemon.base);
+    let load = {
+        let (client, killed, acked) = (client.clone(), killed.clone(), acked.clone());
+        actix_rt::spawn(async move {
+            futures_util::stream::iter(webhooks.into_iter().enumerate())
+                .map(|(index, body)| {
+                    let (client, url, killed, acked) =
+                        (client.clone(), url.clone(), killed.clone(), acked.clone());
+                    async move {
+                        if killed.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let signature =
+                            converra::whatsapp::signature::sign(APP_SECRET.as_bytes(), &body);
+                        if let Ok(resp) = client
+                            .post(&url)
+                            .insert_header(("X-Hub-Signature-256", signature))
+                            .send_body(body)
+                            .await
+                        {
+                            if resp.status().as_u16() == 200 {
+                                let first = index * 100;
+                                acked.lock().unwrap().extend(
+                                    (first..first + 100).map(|n| format!("wamid.busy.{n}")),
+                                );
+                            }
+                        }
+                    }
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<()>>()
+                .await;
+        })
+    };
+
+    // The operator, from another shell, while the load runs.
+    let env = daemon.env.clone();
+    let operator = std::thread::spawn(move || {
+        let mut failures = Vec::new();
+        let mut deleted = Vec::new();
+        for round in 0..6 {
+            std::thread::sleep(Duration::from_millis(300));
+            for args in [
+                vec![
+                    "tenant".to_string(),
+                    "create".into(),
+                    "--name".into(),
+                    format!("beside-{round}"),
+                    "--holder-email".into(),
+                    format!("ops{round}@beside.example"),
+                    "--json".into(),
+                ],
+                vec!["tenant".into(), "list".into(), "--json".into()],
+                vec!["number".into(), "list".into(), "--json".into()],
+            ] {
+                let out = Command::new(BIN)
+                    .args(&args)
+                    .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .output()
+                    .unwrap();
+                if !out.status.success() {
+                    failures.push(format!(
+                        "{args:?}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+                deleted.extend(deleted_database_files(pid));
+            }
+        }
+        (failures, deleted)
+    });
+    let (failures, deleted) = loop {
+        if operator.is_finished() {
+            break operator.join().unwrap();
+        }
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    };
+    let acked_before_kill = acked.lock().unwrap().len();
+    let deleted_at_kill = deleted_database_files(pid);
+    assert!(
+        deleted_at_kill.is_empty(),
+        "the daemon holds deleted database files: {deleted_at_kill:?}"
+    );
+    killed.store(true, Ordering::SeqCst);
+    child.lock().unwrap().kill().unwrap();
+    let _ = child.lock().unwrap().wait();
+    let _ = load.await;
+
+    assert!(
+        failures.is_empty(),
+        "operator commands failed: {failures:#?}"
+    );
+    assert!(
+        deleted.is_empty(),
+        "the daemon held deleted database files: {deleted:?}"
+    );
+    assert!(
+        acked_before_kill >= 2_000,
+        "the load was too light to matter: {acked_before_kill} acknowledged"
+    );
+    let data = db.dir.path().join("converra.db");
+    let keys = db.dir.path().join("converra-keys.db");
+    assert_eq!(sqlite_integrity(&data), "ok");
+    assert_eq!(sqlite_integrity(&keys), "ok");
+
+    let mut restarted = daemon.spawn();
+    daemon.wait_ready(&client).await;
+    let reader = ApiReader {
+        client: client.clone(),
+        base: daemon.base.clone(),
+        key: tenant["api_key"].as_str().unwrap().to_string(),
+    };
+    let acked: HashSet<String> = acked.lock().unwrap().iter().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stored: HashSet<String> = reader.all_wamids().await.into_iter().collect();
+        let missing = acked.iter().filter(|w| !stored.contains(*w)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged messages missing after restart"
+        );
+        actix_rt::time::sleep(Duration::from_millis(500)).await;
+    }
+    restarted.kill().unwrap();
+    let _ = restarted.wait();
+}
