@@ -106,6 +106,9 @@ pub struct NewDataKey {
 
 /// The keys derived from the master key. Cheap to clone (shared behind an `Arc`).
 pub struct Keyring {
+    /// HMAC of a fixed label under the master key, recorded in the database so a
+    /// missing or different key file is recognised.
+    check_value: String,
     wrap: SealKey,
     inbox: SealKey,
     secrets: SealKey,
@@ -127,7 +130,15 @@ impl Keyring {
             let _ = hk.expand(info, &mut out);
             out
         };
+        let check_value = match <Hmac<Sha256> as Mac>::new_from_slice(master) {
+            Ok(mut mac) => {
+                mac.update(b"converra master key check v1");
+                hex::encode(mac.finalize().into_bytes())
+            }
+            Err(_) => unreachable!("HMAC takes keys of any length"),
+        };
         Keyring {
+            check_value,
             wrap: SealKey::from_bytes(&derive(b"wrap data keys v1")),
             inbox: SealKey::from_bytes(&derive(b"inbox payloads v1")),
             secrets: SealKey::from_bytes(&derive(b"tenant secrets v1")),
@@ -135,29 +146,54 @@ impl Keyring {
         }
     }
 
-    /// Reads the master key file (64 hex characters), creating it with mode 0600 when it
-    /// does not exist yet.
-    pub fn load_or_create(path: &Path) -> Result<Keyring, CryptoError> {
+    /// Reads the master key file (64 hex characters); `None` when there is no such
+    /// file. Whether a missing file may be created is the caller's decision (see
+    /// `open_storage`): only where the database holds nothing sealed yet.
+    pub fn load(path: &Path) -> Result<Option<Keyring>, CryptoError> {
         let err = |message: String| CryptoError::MasterKey {
             path: path.display().to_string(),
             message,
         };
-        if !path.exists() {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(parent)
-                    .map_err(|e| err(format!("cannot create folder: {e}")))?;
-            }
-            let key: [u8; KEY_LEN] = random_bytes()?;
-            write_private_file(path, hex::encode(key).as_bytes())
-                .map_err(|e| err(format!("cannot create: {e}")))?;
-        }
-        let text = fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(err(format!("cannot read: {e}"))),
+        };
         let bytes = hex::decode(text.trim())
             .map_err(|_| err("must hold 64 hexadecimal characters".into()))?;
         let master: [u8; KEY_LEN] = bytes
             .try_into()
             .map_err(|_| err("must hold 64 hexadecimal characters (32 bytes)".into()))?;
-        Ok(Keyring::from_master(&master))
+        Ok(Some(Keyring::from_master(&master)))
+    }
+
+    /// Creates a new master key file (mode 0600, its folder 0700), synced together with
+    /// its directory entry; when another process created it first, loads that one.
+    pub fn create(path: &Path) -> Result<Keyring, CryptoError> {
+        let err = |message: String| CryptoError::MasterKey {
+            path: path.display().to_string(),
+            message,
+        };
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent {
+            create_private_dir(parent).map_err(|e| err(format!("cannot create folder: {e}")))?;
+        }
+        let key: [u8; KEY_LEN] = random_bytes()?;
+        match write_private_file(path, hex::encode(key).as_bytes()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err(format!("cannot create: {e}"))),
+        }
+        // The file's contents are synced; its name lives in the directory.
+        fs::File::open(parent.unwrap_or(Path::new(".")))
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| err(format!("cannot sync its folder: {e}")))?;
+        Keyring::load(path)?.ok_or_else(|| err("vanished right after it was created".into()))
+    }
+
+    /// The master key's check value (see [`Keyring::check_value`] field).
+    pub fn check_value(&self) -> &str {
+        &self.check_value
     }
 
     /// A new per-contact data key, wrapped for the key store; `key_id` is bound in.
@@ -200,6 +236,19 @@ impl Keyring {
         }
         hex::encode(mac.finalize().into_bytes())
     }
+}
+
+/// Creates `path` and its missing parents with mode 0700 (existing folders keep
+/// theirs): the daemon's state is nobody else's to read, whatever the umask.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)
 }
 
 fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
@@ -278,16 +327,24 @@ mod tests {
     fn master_key_file_is_created_private() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sub/master.key");
-        Keyring::load_or_create(&path).expect("create");
+        assert!(Keyring::load(&path).expect("load").is_none());
+        let created = Keyring::create(&path).expect("create");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = fs::metadata(&path).expect("meta").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
+            let mode = fs::metadata(dir.path().join("sub"))
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700);
         }
-        Keyring::load_or_create(&path).expect("reload");
+        let loaded = Keyring::load(&path).expect("reload").expect("exists");
+        assert_eq!(loaded.check_value(), created.check_value());
+        assert_ne!(keyring().check_value(), created.check_value());
         fs::write(&path, "not hex").expect("write");
-        let err = Keyring::load_or_create(&path).expect_err("bad key");
+        let err = Keyring::load(&path).expect_err("bad key");
         assert!(err.to_string().contains("hexadecimal"));
     }
 }

@@ -48,7 +48,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::actors::registry::{Dispatch, Ping, Registry};
 use crate::actors::{Core, Hooks};
-use crate::clock::{SharedClock, SystemClock};
+use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::config::Settings;
 use crate::crypto::Keyring;
 use crate::storage::writer::{self, WriterConfig};
@@ -63,6 +63,8 @@ pub enum RunError {
     Metrics(#[from] prometheus::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("master key file {path}: {message}")]
+    MasterKey { path: String, message: String },
 }
 
 /// Binds the listening socket with a backlog of `backlog` connections. std's `bind`
@@ -115,13 +117,76 @@ impl RunOptions {
     }
 }
 
-/// Opens the key ring and the database (applying migrations), blocking.
+/// Opens the database (applying migrations) and the key ring, blocking.
 pub fn open_storage(settings: &Settings) -> Result<(Arc<Keyring>, storage::Pool), RunError> {
-    let keyring = Arc::new(Keyring::load_or_create(Path::new(
-        &settings.security.master_key_file,
-    ))?);
     let pool = storage::connect(settings)?;
-    Ok((keyring, pool))
+    let mut conn = pool.get().map_err(storage::StorageError::from)?;
+    let keyring = unlock(settings, &mut conn)?;
+    drop(conn);
+    Ok((Arc::new(keyring), pool))
+}
+
+/// The master key this database's data is sealed under: the key file, checked against
+/// the value recorded with the first key. A new key is made only for a database that
+/// holds nothing sealed yet; a missing or different file is refused, naming it and
+/// what to restore, since a new key would open none of the data.
+pub fn unlock(settings: &Settings, conn: &mut storage::DbConn) -> Result<Keyring, RunError> {
+    use storage::master_key;
+    let path = Path::new(&settings.security.master_key_file);
+    let shown = std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string();
+    let refuse = |message: String| RunError::MasterKey {
+        path: shown.clone(),
+        message,
+    };
+    let recorded = master_key::recorded(conn)?;
+    let holds_data = master_key::holds_data(conn)?;
+    let keyring = match Keyring::load(path)? {
+        Some(keyring) => keyring,
+        None if holds_data => {
+            return Err(refuse(
+                "missing, but the database holds data sealed under a master key. Restore \
+                 the key file from its backup (or point security.master_key_file at it); \
+                 a new key would open none of the data, so none is made"
+                    .into(),
+            ))
+        }
+        None => Keyring::create(path)?,
+    };
+    let now = SystemClock.now_ms();
+    if !holds_data {
+        // Nothing is sealed yet, so any key will do: this one is recorded.
+        master_key::replace(conn, keyring.check_value(), now)?;
+        return Ok(keyring);
+    }
+    let mismatch = || {
+        refuse(
+            "this is not the master key the database's data is sealed under. Restore the \
+             key file that belongs to this database (or point security.master_key_file \
+             at it)"
+                .into(),
+        )
+    };
+    match recorded {
+        Some(value) if value == keyring.check_value() => Ok(keyring),
+        Some(_) => Err(mismatch()),
+        None => {
+            // Data from before check values were recorded: the key must open it.
+            if let Some((key_id, wrapped)) = master_key::some_wrapped_data_key(conn)? {
+                if keyring.unwrap_data_key(&key_id, &wrapped).is_err() {
+                    return Err(mismatch());
+                }
+            }
+            let in_force = master_key::record(conn, keyring.check_value(), now)?;
+            if in_force == keyring.check_value() {
+                Ok(keyring)
+            } else {
+                Err(mismatch())
+            }
+        }
+    }
 }
 
 /// Runs the daemon on `listener` until `shutdown` completes, then stops accepting,

@@ -108,6 +108,13 @@ enum NumberCommand {
 }
 
 fn main() -> ExitCode {
+    // Everything Converra creates (the databases, their WAL and shared-memory files, the
+    // key store, the master key) is the service's alone, whatever umask it was started
+    // with: a hand-run daemon under the usual 022 would leave them world-readable.
+    // SAFETY: `umask` only sets the process's file mode creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     match run_command() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -127,6 +134,7 @@ fn run_command() -> anyhow::Result<()> {
             let manager = storage::DbManager::new(&settings)?;
             let mut conn = manager.establish()?;
             let applied = storage::run_migrations(&mut conn)?;
+            converra::unlock(&settings, &mut conn)?;
             if applied.is_empty() {
                 println!("database is up to date");
             }

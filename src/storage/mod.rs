@@ -11,6 +11,7 @@ pub mod conversation_index;
 pub mod crm;
 mod fixed;
 pub mod inbox;
+pub mod master_key;
 pub mod tenants;
 pub mod writer;
 
@@ -170,7 +171,7 @@ impl DbManager {
         match &self.url {
             DatabaseUrl::Sqlite(path) => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).map_err(|e| {
+                    crate::crypto::create_private_dir(parent).map_err(|e| {
                         StorageError::Connect(format!("cannot create {}: {e}", parent.display()))
                     })?;
                 }

@@ -149,6 +149,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    master_key_check (id) {
+        id -> Integer,
+        check_value -> Text,
+        created_at -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     tenants,
     api_keys,

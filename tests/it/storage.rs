@@ -708,3 +708,47 @@ fn postgres_connections_can_require_tls() {
         }
     }
 }
+
+/// The master key's check value: with data in the database, a missing key file is not
+/// replaced by a new key and a different key is refused, each naming the file; the
+/// right file opens it again. A database that holds nothing yet gets a new key.
+#[test]
+fn a_missing_or_different_master_key_is_refused_while_data_exists() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let settings = settings_for(&db);
+        let key_file = std::path::PathBuf::from(&settings.security.master_key_file);
+
+        // Nothing sealed yet: a lost key is simply made anew.
+        drop(converra::open_storage(&settings).unwrap());
+        std::fs::remove_file(&key_file).unwrap();
+        drop(converra::open_storage(&settings).unwrap());
+
+        let (_, pool) = converra::open_storage(&settings).unwrap();
+        storage::tenants::create_tenant(&mut pool.get().unwrap(), "Acme", "ops@acme.example", 1)
+            .unwrap();
+        drop(pool);
+        let original = std::fs::read(&key_file).unwrap();
+
+        std::fs::remove_file(&key_file).unwrap();
+        let refused = converra::open_storage(&settings).unwrap_err().to_string();
+        assert!(
+            refused.contains("master.key") && refused.contains("missing"),
+            "{refused}"
+        );
+        assert!(refused.contains("Restore"), "{refused}");
+        assert!(!key_file.exists(), "a new key was made beside the data");
+
+        std::fs::write(&key_file, "11".repeat(32)).unwrap();
+        let refused = converra::open_storage(&settings).unwrap_err().to_string();
+        assert!(
+            refused.contains("master.key") && refused.contains("not the master key"),
+            "{refused}"
+        );
+
+        std::fs::write(&key_file, &original).unwrap();
+        let (_, pool) = converra::open_storage(&settings).unwrap();
+        let tenants = storage::tenants::list_tenants(&mut pool.get().unwrap()).unwrap();
+        assert_eq!(tenants.len(), 1);
+    }
+}

@@ -1,0 +1,80 @@
+//! The master key's check value in the database: which key the data was sealed under,
+//! so that a missing or replaced key file is refused by name instead of a new key
+//! being created that opens none of the data.
+
+use diesel::prelude::*;
+
+use super::schema::{data_keys, inbox, master_key_check, phone_numbers, tenants, webhook_events};
+use super::{write_transaction, DbConn, StorageError};
+use crate::on_backend;
+
+/// The check value recorded with the first key, if any.
+pub fn recorded(conn: &mut DbConn) -> Result<Option<String>, StorageError> {
+    Ok(on_backend!(conn, c => master_key_check::table
+        .select(master_key_check::check_value)
+        .first::<String>(c)
+        .optional())?)
+}
+
+/// Whether anything in the database was sealed under a master key (or names a tenant
+/// whose data would be): a database where a new key may be made holds none of this.
+pub fn holds_data(conn: &mut DbConn) -> Result<bool, StorageError> {
+    let counts: [i64; 5] = on_backend!(conn, c => {
+        [
+            tenants::table.count().get_result(c)?,
+            phone_numbers::table.count().get_result(c)?,
+            inbox::table.count().get_result(c)?,
+            webhook_events::table.count().get_result(c)?,
+            data_keys::table.count().get_result(c)?,
+        ]
+    });
+    Ok(counts.iter().any(|n| *n > 0))
+}
+
+/// One wrapped data key, to test a key file against a database that holds data but no
+/// check value yet (one made before check values were recorded).
+pub fn some_wrapped_data_key(conn: &mut DbConn) -> Result<Option<(String, Vec<u8>)>, StorageError> {
+    let found: Option<(String, Option<Vec<u8>>)> = on_backend!(conn, c => data_keys::table
+        .filter(data_keys::wrapped_key.is_not_null())
+        .select((data_keys::id, data_keys::wrapped_key))
+        .first::<(String, Option<Vec<u8>>)>(c)
+        .optional())?;
+    Ok(found.and_then(|(id, wrapped)| Some((id, wrapped?))))
+}
+
+/// Records `check_value` unless one is recorded already; returns the one in force
+/// (another process may have recorded its own first).
+pub fn record(conn: &mut DbConn, check_value: &str, now_ms: i64) -> Result<String, StorageError> {
+    write_transaction(conn, |conn| {
+        if let Some(existing) = recorded(conn)? {
+            return Ok(existing);
+        }
+        on_backend!(conn, c => diesel::insert_into(master_key_check::table)
+            .values((
+                master_key_check::id.eq(1),
+                master_key_check::check_value.eq(check_value),
+                master_key_check::created_at.eq(now_ms),
+            ))
+            .execute(c))?;
+        Ok(check_value.to_string())
+    })
+}
+
+/// Records `check_value` in place of any other: only for a database that holds no
+/// data yet (see [`holds_data`]), where no key is wrong.
+pub fn replace(conn: &mut DbConn, check_value: &str, now_ms: i64) -> Result<(), StorageError> {
+    write_transaction(conn, |conn| {
+        if recorded(conn)?.as_deref() == Some(check_value) {
+            return Ok(());
+        }
+        on_backend!(conn, c => diesel::delete(master_key_check::table).execute(c))?;
+        on_backend!(conn, c => diesel::insert_into(master_key_check::table)
+            .values((
+                master_key_check::id.eq(1),
+                master_key_check::check_value.eq(check_value),
+                master_key_check::created_at.eq(now_ms),
+            ))
+            .execute(c))?;
+        Ok(())
+    })
+}
