@@ -62,6 +62,8 @@ pub struct ServerSettings {
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: String,
+    /// A file holding the URL (with its password), read in place of `url`.
+    pub url_file: String,
     pub key_store_path: String,
     pub pool_size: u32,
     pub connect_timeout_secs: u64,
@@ -152,6 +154,9 @@ impl Settings {
     }
 
     fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        if !self.database.url_file.is_empty() {
+            self.database.url = read_secret("database.url_file", &self.database.url_file)?;
+        }
         if !self.whatsapp.app_secret_file.is_empty() {
             self.whatsapp.app_secret =
                 read_secret("whatsapp.app_secret_file", &self.whatsapp.app_secret_file)?;
@@ -302,14 +307,37 @@ fn read_secret(key: &'static str, path: &str) -> Result<String, ConfigError> {
     Ok(value)
 }
 
+/// The URL with its password hidden, wherever it is written: in the user part
+/// (`postgres://user:secret@host`) or as a parameter (`?password=secret`,
+/// `?sslpassword=...`).
 fn redact_url_password(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some(REDACTED));
-            parsed.to_string()
-        }
-        _ => raw.to_string(),
+    let Ok(mut parsed) = url::Url::parse(raw) else {
+        // Not a URL the daemon would accept; it may still hold a password.
+        return if raw.to_ascii_lowercase().contains("password") {
+            REDACTED.to_string()
+        } else {
+            raw.to_string()
+        };
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some(REDACTED));
     }
+    let secret = |key: &str| key.to_ascii_lowercase().contains("password");
+    if parsed.query_pairs().any(|(key, _)| secret(&key)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if secret(&key) {
+                    REDACTED.to_string()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 #[cfg(test)]
@@ -343,6 +371,17 @@ mod tests {
         assert!(!shown.contains("s3cret"));
         assert!(!shown.contains("hunter2"));
         assert!(shown.contains(REDACTED));
+        for url in [
+            "postgres://user@db/converra?password=hunter2",
+            "postgres://user@db/converra?sslmode=require&PASSWORD=hunter2",
+            "postgres://user@db/converra?sslpassword=hunter2&password=hunter2",
+            "postgres://us%20er:hunter2@db/converra",
+        ] {
+            settings.database.url = url.into();
+            let shown = settings.redacted().database.url;
+            assert!(!shown.contains("hunter2"), "{url} shown as {shown}");
+            assert!(shown.contains("db/converra"), "{shown}");
+        }
     }
 
     #[test]

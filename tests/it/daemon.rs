@@ -394,6 +394,36 @@ fn check_config_names_the_bad_key_and_redacts_secrets() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("whatsapp.app_secret_file"));
+
+    // The database URL from a file, its password in either place, never printed.
+    let url_file = dir.path().join("database-url");
+    std::fs::write(
+        &url_file,
+        "postgres://converra:hunter2@db.internal/converra?sslmode=require&password=hunter2\n",
+    )
+    .unwrap();
+    let out = daemon
+        .command(&["check-config"])
+        .env("CONVERRA__DATABASE__URL_FILE", &url_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let url = shown["database"]["url"].as_str().unwrap();
+    assert!(url.starts_with("postgres://converra:"), "{url}");
+    assert!(url.contains("db.internal/converra"), "{url}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+    let out = daemon
+        .command(&["check-config"])
+        .env("CONVERRA__DATABASE__URL_FILE", dir.path().join("absent"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database.url_file"));
 }
 
 /// Invariant 10: secrets, API keys and message bodies never reach the logs, even at
@@ -742,4 +772,72 @@ async fn operator_commands_beside_a_busy_daemon_leave_the_database_intact() {
     }
     restarted.kill().unwrap();
     let _ = restarted.wait();
+}
+
+/// Started by hand under the usual umask 022, the daemon still creates its state
+/// private: folders 0700, the databases, their WAL and shared-memory files and the
+/// master key 0600. With the key file gone, every command refuses, naming the file,
+/// and makes no new key.
+#[actix_rt::test]
+async fn state_is_private_and_a_lost_master_key_is_refused_by_every_command() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("state/db/converra.db");
+    let mut daemon = Daemon::new(&format!("sqlite://{}", data.display()), &dir);
+    let key_file = dir.path().join("state/keys/master.key");
+    daemon.env.push((
+        "CONVERRA__SECURITY__MASTER_KEY_FILE".into(),
+        key_file.display().to_string(),
+    ));
+    let client = awc::Client::default();
+    let mut running = Running(
+        Command::new("sh")
+            .args(["-c", &format!("umask 022; exec {BIN} serve")])
+            .envs(daemon.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    daemon.wait_ready(&client).await;
+    daemon.seed_tenant(&dir, "private", "EAAG-token");
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for folder in ["state/db", "state/keys"] {
+        assert_eq!(mode(&dir.path().join(folder)), 0o700, "{folder}");
+    }
+    let mut files = vec![key_file.clone()];
+    for entry in std::fs::read_dir(dir.path().join("state/db")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    assert!(
+        files.iter().any(|f| f.to_string_lossy().ends_with("-wal")),
+        "{files:?}"
+    );
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    Command::new("kill")
+        .args(["-TERM", &running.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(running.wait().unwrap().success());
+
+    std::fs::remove_file(&key_file).unwrap();
+    for args in [vec!["tenant", "list"], vec!["migrate"], vec!["serve"]] {
+        let out = daemon.command(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} ran without its master key");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains(&key_file.display().to_string()) && said.contains("missing"),
+            "{args:?}: {said}"
+        );
+        assert!(!key_file.exists(), "{args:?} made a new master key");
+    }
 }
