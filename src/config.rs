@@ -56,6 +56,8 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub listen_backlog: u32,
     pub shutdown_timeout_secs: u64,
+    pub client_timeout_ms: u64,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,6 +69,7 @@ pub struct DatabaseSettings {
     pub key_store_path: String,
     pub pool_size: u32,
     pub connect_timeout_secs: u64,
+    pub statement_timeout_secs: u64,
     pub sqlite_synchronous: String,
     pub sqlite_busy_timeout_ms: u64,
     pub sqlite_wal_restart_mib: u64,
@@ -181,6 +184,12 @@ impl Settings {
                 ),
             ));
         }
+        if self.server.client_timeout_ms < 100 {
+            return Err(invalid("server.client_timeout_ms", "must be at least 100"));
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
         if self.server.listen_backlog == 0 {
             return Err(invalid("server.listen_backlog", "must be at least 1"));
         }
@@ -189,6 +198,18 @@ impl Settings {
         }
         crate::storage::DatabaseUrl::parse(&self.database.url)
             .map_err(|e| invalid("database.url", e.to_string()))?;
+        if self.database.connect_timeout_secs == 0 {
+            return Err(invalid(
+                "database.connect_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.database.statement_timeout_secs == 0 {
+            return Err(invalid(
+                "database.statement_timeout_secs",
+                "must be at least 1",
+            ));
+        }
         if self.database.pool_size < 2 {
             return Err(invalid("database.pool_size", "must be at least 2"));
         }

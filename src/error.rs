@@ -19,6 +19,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     InvalidField,
     PayloadTooLarge,
+    /// The client did not send its request within `server.client_timeout_ms`.
+    RequestTimeout,
     InvalidSignature,
     NotConfigured,
     Unavailable,
@@ -81,6 +83,7 @@ impl ResponseError for ApiError {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::InvalidField => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::NotConfigured | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -128,6 +131,7 @@ mod tests {
             ErrorCode::NotFound,
             ErrorCode::InvalidField,
             ErrorCode::PayloadTooLarge,
+            ErrorCode::RequestTimeout,
             ErrorCode::InvalidSignature,
             ErrorCode::NotConfigured,
             ErrorCode::Unavailable,

@@ -223,6 +223,7 @@ pub async fn run(
             checkpoint_interval: std::time::Duration::from_millis(
                 settings.database.sqlite_checkpoint_interval_ms,
             ),
+            before_batch: options.hooks.before_write_batch.clone(),
         },
         log.new(slog::o!("task" => "writer")),
     )?;
@@ -275,6 +276,8 @@ pub async fn run(
             .configure(http::configure)
     })
     .workers(workers)
+    .max_connections((settings.server.max_connections / workers).max(1))
+    .client_request_timeout(Duration::from_millis(settings.server.client_timeout_ms))
     .disable_signals()
     .shutdown_timeout(settings.server.shutdown_timeout_secs)
     .listen(listener)?
@@ -285,15 +288,24 @@ pub async fn run(
         "bind" => &settings.server.bind,
         "database" => storage::DatabaseUrl::parse(&settings.database.url).map(|u| u.backend_name()).unwrap_or("?"));
     systemd::ready();
+    let stall_limit = writer_stall_limit(&settings);
     let watchdog = systemd::watchdog_interval().map(|every| {
         let registry = registry.clone();
+        let watchdog_writer = writer.clone();
+        let watchdog_log = log.clone();
         actix_web::rt::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 tick.tick().await;
-                // Only a live actor system feeds the watchdog.
-                if registry.send(Ping).await.is_ok() {
+                // Only a live actor system and a writer that makes progress (or waits
+                // for work) feed the watchdog: a hung database write stops it, and
+                // systemd restarts the daemon.
+                let writing = watchdog_writer.health().problem(stall_limit);
+                if let Some(problem) = &writing {
+                    slog::warn!(watchdog_log, "watchdog not fed"; "writer" => problem);
+                }
+                if writing.is_none() && registry.send(Ping).await.is_ok() {
                     systemd::watchdog();
                 }
             }
@@ -336,6 +348,16 @@ pub async fn run(
     .await;
     slog::info!(log, "converra stopped");
     Ok(())
+}
+
+/// How long one write batch may wait for the database before the writer counts as
+/// stuck: every statement is bounded by the statement timeout and getting a connection
+/// by the connect timeout, so a batch past both is waiting on a database that does not
+/// answer.
+pub fn writer_stall_limit(settings: &Settings) -> Duration {
+    Duration::from_secs(
+        settings.database.statement_timeout_secs + settings.database.connect_timeout_secs,
+    )
 }
 
 /// Waits until the inbox holds no unprocessed row (or the timeout passes).

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub db_batch_jobs: Histogram,
     pub webhook_seconds: Histogram,
     pub wal_restart_seconds: Histogram,
+    /// Writer threads restarted after a panic.
+    pub writer_restarts: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -100,6 +102,11 @@ impl Metrics {
             vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0],
         )?;
         Ok(Metrics {
+            writer_restarts: counter(
+                &registry,
+                "writer_restarts_total",
+                "Database writer threads restarted after a panic (the jobs in hand failed)",
+            )?,
             messages_ingested: counter(
                 &registry,
                 "messages_ingested_total",

@@ -37,12 +37,16 @@ pub struct Hooks {
     /// Called by a conversation actor before it applies an event; a panic here is
     /// handled exactly like a bug in the actor.
     pub before_apply: Option<EventHook>,
+    /// Called by a writer thread before each write batch; a panic here is handled
+    /// exactly like a bug in the writer.
+    pub before_write_batch: Option<crate::storage::writer::BatchHook>,
 }
 
 impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hooks")
             .field("before_apply", &self.before_apply.is_some())
+            .field("before_write_batch", &self.before_write_batch.is_some())
             .finish()
     }
 }

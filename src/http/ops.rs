@@ -15,10 +15,25 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let settings = &state.core.settings;
+    if let Some(problem) = state
+        .core
+        .writer
+        .health()
+        .problem(crate::writer_stall_limit(settings))
+    {
+        slog::warn!(state.core.log, "readiness: the writer cannot take work"; "problem" => &problem);
+        return Err(ApiError::field(ErrorCode::Unavailable, "writer", problem));
+    }
     let pool = state.core.pool.clone();
     let started = std::time::Instant::now();
-    web::block(move || storage::with_conn(&pool, storage::ping))
-        .await?
+    // A database that accepts connections but never answers would hold the probe for
+    // ever: it gets as long as a connection may take to open.
+    let wait = Duration::from_secs(settings.database.connect_timeout_secs);
+    let ping = web::block(move || storage::with_conn(&pool, storage::ping));
+    tokio::time::timeout(wait, ping)
+        .await
+        .map_err(|_| ApiError::field(ErrorCode::Unavailable, "database", "database unreachable"))??
         .map_err(|e| {
             // The driver's message names hosts and users: the log has it, the
             // unauthenticated caller does not.

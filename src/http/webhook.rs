@@ -2,6 +2,8 @@
 //! the raw bytes, parse, and hand over to the intake; 200 only once everything the
 //! webhook carried is durable, 503 when the database cannot take it (Meta retries).
 
+use std::time::Duration;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -82,6 +84,16 @@ pub async fn receive(
             format!("the body exceeds the limit of {limit} bytes"),
         )
     };
+    // Refused before the body is read: an unsigned POST costs no memory.
+    if req.headers().get("X-Hub-Signature-256").is_none() {
+        core.metrics.signature_failures.inc();
+        outcome("unsigned");
+        return Err(ApiError::field(
+            ErrorCode::InvalidSignature,
+            "X-Hub-Signature-256",
+            signature::SignatureError::Missing.to_string(),
+        ));
+    }
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -92,7 +104,26 @@ pub async fn receive(
         return Err(too_large());
     }
     let mut body = web::BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
-    while let Some(chunk) = payload.next().await {
+    let read_by =
+        tokio::time::Instant::now() + Duration::from_millis(core.settings.server.client_timeout_ms);
+    loop {
+        let next = match tokio::time::timeout_at(read_by, payload.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                outcome("too_slow");
+                return Err(ApiError::field(
+                    ErrorCode::RequestTimeout,
+                    "body",
+                    format!(
+                        "the body did not arrive within {} ms (server.client_timeout_ms)",
+                        core.settings.server.client_timeout_ms
+                    ),
+                ));
+            }
+        };
+        let Some(chunk) = next else {
+            break;
+        };
         let chunk = chunk.map_err(|e| {
             ApiError::field(
                 ErrorCode::InvalidField,
@@ -125,7 +156,20 @@ pub async fn receive(
         ));
     }
     let parsed = webhook::parse(&body);
-    let received = intake::receive(core, &state.registry, parsed).await;
+    // A database that does not answer must not hold Meta's request open: past the
+    // connect timeout the webhook is answered 503 and Meta retries. What was still
+    // committed meanwhile is recognised as a duplicate then.
+    let wait = Duration::from_secs(core.settings.database.connect_timeout_secs);
+    let received =
+        match tokio::time::timeout(wait, intake::receive(core, &state.registry, parsed)).await {
+            Ok(received) => received,
+            Err(_) => Err(IntakeError::Storage(
+                crate::storage::StorageError::Unavailable(format!(
+                    "no commit within {} s",
+                    wait.as_secs()
+                )),
+            )),
+        };
     core.metrics
         .webhook_seconds
         .observe(arrived.elapsed().as_secs_f64());

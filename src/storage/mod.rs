@@ -146,6 +146,8 @@ pub struct DbManager {
     key_store: Option<PathBuf>,
     synchronous: String,
     busy_timeout_ms: u64,
+    connect_timeout_secs: u64,
+    statement_timeout_secs: u64,
 }
 
 impl DbManager {
@@ -160,6 +162,8 @@ impl DbManager {
             key_store,
             synchronous: settings.database.sqlite_synchronous.to_uppercase(),
             busy_timeout_ms: settings.database.sqlite_busy_timeout_ms,
+            connect_timeout_secs: settings.database.connect_timeout_secs,
+            statement_timeout_secs: settings.database.statement_timeout_secs,
         })
     }
 
@@ -210,10 +214,56 @@ impl DbManager {
                 }
                 Ok(DbConn::Sqlite(conn))
             }
-            DatabaseUrl::Postgres(url) => PgConnection::establish(url)
-                .map(DbConn::Pg)
-                .map_err(|e| StorageError::Connect(format!("postgres: {e}"))),
+            DatabaseUrl::Postgres(url) => {
+                let url = self.postgres_url(url);
+                let mut conn = PgConnection::establish(&url)
+                    .map_err(|e| StorageError::Connect(format!("postgres: {e}")))?;
+                // Set by the daemon itself, whatever the server's configuration says:
+                // a 200 to Meta must follow durability (synchronous_commit = off would
+                // answer before the commit reaches the disk), and no statement may
+                // hold a writer for ever.
+                conn.batch_execute(&format!(
+                    "SET synchronous_commit = on; SET statement_timeout = '{}s';",
+                    self.statement_timeout_secs
+                ))
+                .map_err(|e| StorageError::Connect(format!("postgres session settings: {e}")))?;
+                Ok(DbConn::Pg(conn))
+            }
         }
+    }
+}
+
+impl DbManager {
+    /// The operator's URL with libpq's connect timeout and TCP keepalives added where
+    /// it does not set them: a server that vanishes (no reset, no answer) is then
+    /// noticed in about a minute instead of when the kernel gives up, hours later, and
+    /// data sent to it and never acknowledged fails the connection after the
+    /// statement timeout.
+    fn postgres_url(&self, raw: &str) -> String {
+        let Ok(mut url) = url::Url::parse(raw) else {
+            return raw.to_string();
+        };
+        let given: Vec<String> = url.query_pairs().map(|(key, _)| key.into_owned()).collect();
+        let defaults = [
+            ("connect_timeout", self.connect_timeout_secs.to_string()),
+            ("keepalives", "1".to_string()),
+            ("keepalives_idle", "30".to_string()),
+            ("keepalives_interval", "10".to_string()),
+            ("keepalives_count", "3".to_string()),
+            (
+                "tcp_user_timeout",
+                (self.statement_timeout_secs * 1000).to_string(),
+            ),
+        ];
+        {
+            let mut query = url.query_pairs_mut();
+            for (key, value) in defaults {
+                if !given.iter().any(|k| k == key) {
+                    query.append_pair(key, &value);
+                }
+            }
+        }
+        url.to_string()
     }
 }
 

@@ -121,9 +121,73 @@ enum Outcome {
     Apply(ApplyReceipt),
 }
 
+/// What the writer threads show of their health: whether they run, and since when
+/// the batch each is writing started (a batch that never ends is a hung database).
+pub struct WriterHealth {
+    /// Writer threads whose loop is running (a panicked one is restarted in place).
+    running: AtomicUsize,
+    /// Per writer: milliseconds since `epoch` when its current batch began, 0 when it
+    /// is between batches.
+    busy_since: Vec<std::sync::atomic::AtomicU64>,
+    epoch: Instant,
+}
+
+impl WriterHealth {
+    fn new(writers: usize) -> WriterHealth {
+        WriterHealth {
+            running: AtomicUsize::new(0),
+            busy_since: (0..writers)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        // Never 0, which means idle.
+        (self.epoch.elapsed().as_millis() as u64).max(1)
+    }
+
+    fn begin(&self, writer: usize) {
+        if let Some(slot) = self.busy_since.get(writer) {
+            slot.store(self.now(), Ordering::SeqCst);
+        }
+    }
+
+    fn end(&self, writer: usize) {
+        if let Some(slot) = self.busy_since.get(writer) {
+            slot.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// Why the writer cannot take work, if it cannot: a thread is not running, or a
+    /// batch has been writing for longer than `limit` (the database does not answer).
+    pub fn problem(&self, limit: Duration) -> Option<String> {
+        let expected = self.busy_since.len();
+        let running = self.running.load(Ordering::SeqCst);
+        if running < expected {
+            return Some(format!(
+                "{} of {expected} writer threads are down",
+                expected - running
+            ));
+        }
+        let now = self.now();
+        let longest = self
+            .busy_since
+            .iter()
+            .map(|slot| slot.load(Ordering::SeqCst))
+            .filter(|since| *since != 0)
+            .map(|since| now.saturating_sub(since))
+            .max()?;
+        (Duration::from_millis(longest) > limit)
+            .then(|| format!("a write has been waiting for the database for {longest} ms"))
+    }
+}
+
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: flume::Sender<Job>,
+    health: Arc<WriterHealth>,
     dispatcher: Arc<OnceLock<Dispatcher>>,
     /// Set by [`WriterHandle::stop`]; the writer threads end once their queues are empty.
     stopping: Arc<AtomicBool>,
@@ -220,7 +284,15 @@ impl WriterHandle {
     pub fn queue_len(&self) -> usize {
         self.tx.len()
     }
+
+    pub fn health(&self) -> &WriterHealth {
+        &self.health
+    }
 }
+
+/// Called at the start of every write batch with the writer's index; tests make it
+/// panic to show that a panicked writer is restarted.
+pub type BatchHook = Arc<dyn Fn(usize) + Send + Sync>;
 
 pub struct WriterConfig {
     pub batch_max: usize,
@@ -231,6 +303,7 @@ pub struct WriterConfig {
     pub wal_restart_pages: i64,
     /// SQLite: the pause between two background checkpoints.
     pub checkpoint_interval: Duration,
+    pub before_batch: Option<BatchHook>,
 }
 
 /// Starts the writer threads. They stop when every [`WriterHandle`] is dropped, after
@@ -257,8 +330,10 @@ pub fn spawn(
         (n, _) => n,
     };
     let stopping = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(WriterHealth::new(writers));
     let handle = WriterHandle {
         tx,
+        health: health.clone(),
         dispatcher: dispatcher.clone(),
         stopping: stopping.clone(),
         writers,
@@ -300,6 +375,10 @@ pub fn spawn(
             // One writer purges; the others would only repeat it.
             maintains: index == 0,
             log: log.new(slog::o!("writer" => index)),
+            index,
+            health: health.clone(),
+            before_batch: config.before_batch.clone(),
+            connect_failed: false,
             dispatcher: dispatcher.clone(),
             restart_wanted: restart_wanted.clone(),
             stopping: stopping.clone(),
@@ -323,7 +402,7 @@ pub fn spawn(
             std::thread::Builder::new()
                 .name(format!("converra-writer-{index}"))
                 .spawn(move || {
-                    writer.run(rx);
+                    writer.supervise(rx);
                     stopped.fetch_add(1, Ordering::SeqCst);
                 })?,
         );
@@ -341,6 +420,12 @@ struct Writer {
     keep_processed_ms: i64,
     maintains: bool,
     log: slog::Logger,
+    /// This writer's place in [`WriterHealth`].
+    index: usize,
+    health: Arc<WriterHealth>,
+    before_batch: Option<BatchHook>,
+    /// The last attempt to get a connection failed: the database is unreachable.
+    connect_failed: bool,
     dispatcher: Arc<OnceLock<Dispatcher>>,
     /// Set by the checkpointer when the WAL should start over (SQLite).
     restart_wanted: Arc<AtomicBool>,
@@ -481,6 +566,47 @@ const GATHER_FROM_RATE: f64 = 4_000.0;
 const SLOW_WRITE: Duration = Duration::from_millis(100);
 
 impl Writer {
+    /// Runs the writer loop, restarting it after a panic. The jobs in its hands when
+    /// it panicked are dropped unanswered, which their callers see as "the writer is
+    /// unavailable" (a webhook answers 503 and Meta retries, an actor retries); the
+    /// connection it held is discarded, since it may be inside a transaction.
+    fn supervise(&mut self, rx: flume::Receiver<Job>) {
+        // Running from here to the loop's end, restarts included: only a thread that
+        // has ended counts as down.
+        self.health.running.fetch_add(1, Ordering::SeqCst);
+        loop {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.run(rx.clone());
+            }));
+            self.health.end(self.index);
+            match ran {
+                Ok(()) => {
+                    self.health.running.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+                Err(panic) => {
+                    let reason = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    slog::error!(self.log, "writer panicked; restarting it, the jobs in hand failed";
+                        "panic" => reason);
+                    self.metrics.writer_restarts.inc();
+                    self.conn = None;
+                    self.ingest.clear();
+                    self.lanes.clear();
+                    if let Some(indexer) = self.conversation_index.as_mut() {
+                        indexer.bulk = None;
+                        indexer.publish_busy();
+                    }
+                    // A panic that repeats at once must not spin a core.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
     fn run(&mut self, rx: flume::Receiver<Job>) {
         loop {
             let idle = self.ingest.is_empty() && self.lanes.is_empty();
@@ -505,7 +631,7 @@ impl Writer {
                 self.enqueue(job);
             }
             let batch = self.take_batch();
-            self.process(batch);
+            self.process(batch, &rx);
             if self.restart_wanted.swap(false, Ordering::SeqCst) {
                 self.restart_wal();
             }
@@ -523,7 +649,7 @@ impl Writer {
         // Disconnected: everything queued has been taken; finish it.
         while !self.ingest.is_empty() || !self.lanes.is_empty() {
             let batch = self.take_batch();
-            self.process(batch);
+            self.process(batch, &rx);
         }
         slog::info!(self.log, "writer stopped");
     }
@@ -598,7 +724,14 @@ impl Writer {
 
     fn connection(&mut self) -> Result<&mut PooledConn, StorageError> {
         if self.conn.is_none() {
-            let mut conn = self.pool.get()?;
+            let mut conn = match self.pool.get() {
+                Ok(conn) => conn,
+                Err(e) => {
+                    self.connect_failed = true;
+                    return Err(e.into());
+                }
+            };
+            self.connect_failed = false;
             if let DbConn::Sqlite(c) = &mut *conn {
                 // Checkpoints are the checkpointer thread's work, off the commit path.
                 // The page cache keeps SQLite's default size (2 MiB) on purpose: at
@@ -618,10 +751,19 @@ impl Writer {
             .ok_or_else(|| StorageError::Unavailable("no connection".into()))
     }
 
-    fn process(&mut self, batch: Vec<Job>) {
+    fn process(&mut self, batch: Vec<Job>, rx: &flume::Receiver<Job>) {
         if batch.is_empty() {
             return;
         }
+        self.health.begin(self.index);
+        if let Some(hook) = &self.before_batch {
+            hook(self.index);
+        }
+        self.process_batch(batch, rx);
+        self.health.end(self.index);
+    }
+
+    fn process_batch(&mut self, batch: Vec<Job>, rx: &flume::Receiver<Job>) {
         let started = Instant::now();
         let now = self.clock.now_ms();
         // Flush markers are answered after the work queued before them.
@@ -651,6 +793,15 @@ impl Writer {
                 self.conn = None;
                 slog::warn!(self.log, "write batch failed"; "error" => %e, "jobs" => batch_size);
                 self.fail_all(jobs, &e);
+                if self.connect_failed {
+                    // Each batch would wait out the pool's connect timeout in turn, and
+                    // the last webhook in the queue would wait for all of them: while
+                    // the database cannot be reached, everything waiting fails at once.
+                    let mut waiting: Vec<Job> = self.ingest.drain(..).collect();
+                    waiting.extend(self.lanes.drain(..).flat_map(|(_, lane)| lane));
+                    waiting.extend(rx.try_iter());
+                    self.fail_all(waiting, &e);
+                }
             }
             Err(e) => {
                 self.conn = None;

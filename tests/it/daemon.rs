@@ -841,3 +841,160 @@ async fn state_is_private_and_a_lost_master_key_is_refused_by_every_command() {
         assert!(!key_file.exists(), "{args:?} made a new master key");
     }
 }
+
+/// Resumes stopped PostgreSQL backends when dropped, so a failing test leaves none
+/// stopped (the test database could not be dropped).
+struct StoppedBackends(Vec<String>);
+
+impl Drop for StoppedBackends {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill").args(["-CONT", pid]).status();
+        }
+    }
+}
+
+/// PostgreSQL stops answering under the running daemon (its backends frozen, the
+/// connections open): every webhook is answered 503 within the connect timeout instead
+/// of hanging, /readyz says not ready, the systemd watchdog is no longer fed, and once
+/// the database answers again everything recovers without loss.
+#[actix_rt::test]
+async fn a_database_that_stops_answering_is_503_not_ready_and_starves_the_watchdog() {
+    use diesel::{Connection, RunQueryDsl};
+    use std::os::unix::net::UnixDatagram;
+
+    let Some(backend) = backends()
+        .into_iter()
+        .find(|b| matches!(b, Backend::Postgres(_)))
+    else {
+        return;
+    };
+    let db = TestDb::new(&backend);
+    let mut daemon = Daemon::new(&db.url, &db.dir);
+    for (key, value) in [
+        ("CONVERRA__DATABASE__CONNECT_TIMEOUT_SECS", "1"),
+        ("CONVERRA__DATABASE__STATEMENT_TIMEOUT_SECS", "1"),
+    ] {
+        daemon.env.push((key.into(), value.into()));
+    }
+    let tenant = daemon.seed_tenant(&db.dir, "frozen", "EAAG-token");
+    let socket_path = db.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let _running = Running(
+        Command::new("sh")
+            .args(["-c", &format!("WATCHDOG_PID=$$ exec {BIN} serve")])
+            .envs(daemon.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "1000000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    // Notifications received in the next `during`.
+    let notifications = |during: Duration| {
+        let until = Instant::now() + during;
+        let mut got = Vec::new();
+        while Instant::now() < until {
+            let mut buf = [0u8; 512];
+            if let Ok(n) = socket.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+            }
+        }
+        got
+    };
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    daemon.wait_ready(&client).await;
+    let post = |body: Vec<u8>| {
+        let client = client.clone();
+        let url = format!("{}/webhooks/whatsapp", daemon.base);
+        async move {
+            let signature = converra::whatsapp::signature::sign(APP_SECRET.as_bytes(), &body);
+            client
+                .post(url)
+                .insert_header(("X-Hub-Signature-256", signature))
+                .send_body(body)
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let first = text_webhook(NUMBER_A, "4916300", "wamid.frozen.1", "before");
+    assert_eq!(post(first).await, 200);
+    assert!(notifications(Duration::from_millis(1200)).contains(&"WATCHDOG=1".to_string()));
+
+    // Freeze every backend serving the daemon: its connections stay open, unanswered.
+    let (admin_url, name) = db.postgres().unwrap().clone();
+    #[derive(diesel::QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+    }
+    let mut admin = diesel::PgConnection::establish(&admin_url).unwrap();
+    let pids: Vec<Pid> = diesel::sql_query(format!(
+        "SELECT pid FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .load(&mut admin)
+    .unwrap();
+    let stopped = StoppedBackends(pids.iter().map(|b| b.pid.to_string()).collect());
+    assert!(!stopped.0.is_empty());
+    for pid in &stopped.0 {
+        assert!(Command::new("kill")
+            .args(["-STOP", pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    let second = text_webhook(NUMBER_A, "4916300", "wamid.frozen.2", "during");
+    let asked = Instant::now();
+    assert_eq!(post(second.clone()).await, 503);
+    assert!(
+        asked.elapsed() < Duration::from_millis(2500),
+        "the 503 took {:?}",
+        asked.elapsed()
+    );
+    // Past the statement and connect timeouts (2 s), the writer counts as stuck.
+    let _ = notifications(Duration::from_millis(2500));
+    let (status, ready) = {
+        let mut resp = client
+            .get(format!("{}/readyz", daemon.base))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = resp.json().await.unwrap();
+        (resp.status().as_u16(), body)
+    };
+    assert_eq!(status, 503, "{ready}");
+    let starved = notifications(Duration::from_millis(2000));
+    assert!(
+        !starved.contains(&"WATCHDOG=1".to_string()),
+        "the watchdog was fed while the writer hung: {starved:?}"
+    );
+
+    drop(stopped);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while post(second.clone()).await != 200 {
+        assert!(Instant::now() < deadline, "no recovery");
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(notifications(Duration::from_millis(1500)).contains(&"WATCHDOG=1".to_string()));
+    let reader = ApiReader {
+        client: client.clone(),
+        base: daemon.base.clone(),
+        key: tenant["api_key"].as_str().unwrap().to_string(),
+    };
+    let wamids = reader.all_wamids().await;
+    for wamid in ["wamid.frozen.1", "wamid.frozen.2"] {
+        assert!(
+            wamids.iter().any(|w| w == wamid),
+            "{wamid} missing: {wamids:?}"
+        );
+    }
+}

@@ -77,6 +77,7 @@ async fn a_panicking_conversation_actor_restarts_and_loses_nothing_while_others_
                 panic!("injected test panic");
             }
         })),
+        ..Hooks::default()
     };
     // The actors on threads of their own (`actors.arbiters`), not the default.
     let app = TestApp::start_with(&Backend::Sqlite, hooks, |settings| {
@@ -348,6 +349,56 @@ async fn an_event_whose_write_fails_waits_in_the_inbox_until_it_can_be_applied()
             stored.iter().any(|m| m["wamid"] == "wamid.refused"),
             "{backend:?}"
         );
+        app.wait_processed().await;
+    }
+}
+
+/// A panic in the database writer: the writer is restarted in place, the jobs in its
+/// hands fail (a webhook among them is answered 503, or its events go to the inbox),
+/// nothing acknowledged is lost, and the server is ready again.
+#[actix_rt::test]
+async fn a_panicking_writer_is_restarted_and_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let armed = Arc::new(AtomicBool::new(false));
+    let trigger = armed.clone();
+    let hooks = Hooks {
+        before_write_batch: Some(Arc::new(move |_writer| {
+            if trigger.swap(false, Ordering::SeqCst) {
+                panic!("injected writer panic");
+            }
+        })),
+        ..Hooks::default()
+    };
+    for backend in backends() {
+        armed.store(false, Ordering::SeqCst);
+        let app = TestApp::start_with(&backend, hooks.clone(), |_| {}).await;
+        let first = text_webhook(NUMBER_A, "4915777", "wamid.wp.1", "before");
+        assert_eq!(app.post_signed(&first).await.0, 200);
+        armed.store(true, Ordering::SeqCst);
+        let second = text_webhook(NUMBER_A, "4915777", "wamid.wp.2", "during");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut answers = Vec::new();
+        loop {
+            let (status, body) = app.post_signed(&second).await;
+            answers.push(status);
+            if status == 200 {
+                break;
+            }
+            assert_eq!(status, 503, "{body}");
+            assert!(std::time::Instant::now() < deadline, "{answers:?}");
+            actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(
+            !armed.load(Ordering::SeqCst),
+            "the writer never ran the hook"
+        );
+        assert_eq!(app.metric("converra_writer_restarts_total").await, 1.0);
+        let third = text_webhook(NUMBER_A, "4915777", "wamid.wp.3", "after");
+        assert_eq!(app.post_signed(&third).await.0, 200);
+        let stored = app.wait_messages(&app.a, 3).await;
+        assert_eq!(stored.len(), 3, "{stored:?}");
+        assert_eq!(app.get("/readyz", None).await.0, 200);
         app.wait_processed().await;
     }
 }

@@ -903,3 +903,53 @@ async fn a_field_of_any_type_or_none_anywhere_is_kept_and_panics_nothing() {
         assert!(stored.iter().any(|m| m["wamid"] == "wamid.after"));
     }
 }
+
+/// Sends `head` (and `body`) over a raw connection and returns what the server answered
+/// within `wait`, or an empty string.
+fn raw_exchange(base: &str, head: &str, body: &[u8], wait: std::time::Duration) -> String {
+    use std::io::{Read, Write};
+    let address = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).unwrap_or(0);
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+/// An unsigned POST is refused from its head alone: the server does not wait for (or
+/// hold in memory) a body that could never be accepted. A signed one whose body does
+/// not arrive within `server.client_timeout_ms` is answered 408, naming the setting.
+#[actix_rt::test]
+async fn unsigned_posts_are_refused_before_their_body_and_slow_bodies_time_out() {
+    let app = TestApp::start_with(&Backend::Sqlite, Default::default(), |settings| {
+        settings.server.client_timeout_ms = 300;
+    })
+    .await;
+    let base = app.base.clone();
+    let answer = actix_rt::task::spawn_blocking(move || {
+        let unsigned = raw_exchange(
+            &base,
+            "POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: 4000000\r\n\r\n",
+            b"{",
+            std::time::Duration::from_secs(2),
+        );
+        let slow = raw_exchange(
+            &base,
+            "POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             X-Hub-Signature-256: sha256=00\r\nContent-Length: 100\r\n\r\n",
+            b"{\"object\":",
+            std::time::Duration::from_secs(3),
+        );
+        (unsigned, slow)
+    })
+    .await
+    .unwrap();
+    let (unsigned, slow) = answer;
+    assert!(unsigned.starts_with("HTTP/1.1 401"), "{unsigned}");
+    assert!(unsigned.contains("X-Hub-Signature-256"), "{unsigned}");
+    assert!(slow.starts_with("HTTP/1.1 408"), "{slow}");
+    assert!(slow.contains("server.client_timeout_ms"), "{slow}");
+}
