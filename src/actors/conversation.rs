@@ -420,6 +420,16 @@ impl ConversationActor {
                             actor.complete(&seqs, &receipt);
                             actor.pump(ctx);
                         }
+                        Err(StorageError::ContactGone(_)) => {
+                            // Merged into another contact by another conversation: the
+                            // next write resolves the survivor, at once.
+                            actor.contact = None;
+                            actor.conversation_id = None;
+                            actor.written_profile = None;
+                            actor.seen_written_at = None;
+                            actor.hand_back_deliveries();
+                            actor.pump(ctx);
+                        }
                         Err(e) => {
                             // What we cached may be stale (the contact merged away by
                             // another conversation): resolve again before retrying.

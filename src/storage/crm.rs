@@ -66,6 +66,17 @@ pub enum Origin {
 }
 
 impl ApplyOp {
+    /// The contact the op writes to; `None` for an op that writes none.
+    pub fn contact_id(&self) -> Option<&ContactId> {
+        match self {
+            ApplyOp::Inbound(m) => Some(&m.contact_id),
+            ApplyOp::Status(s) => Some(&s.contact_id),
+            ApplyOp::Preference(p) => Some(&p.contact_id),
+            ApplyOp::Profile(p) => Some(&p.contact_id),
+            ApplyOp::Done { .. } => None,
+        }
+    }
+
     /// Where the op's event came from; `None` for work of the actor's own.
     pub fn origin(&self) -> Option<&Origin> {
         match self {
@@ -404,10 +415,7 @@ pub fn resolve_contact(
     let (by_user, by_wa) =
         find_contacts(conn, tenant_id, user_bidx.as_deref(), wa_bidx.as_deref())?;
     let survivor = match (by_user, by_wa) {
-        (Some(a), Some(b)) if a.id != b.id => {
-            merge_contacts(conn, tenant_id, &b.id, &a.id)?;
-            a
-        }
+        (Some(a), Some(b)) if a.id != b.id => merge_contacts(conn, keyring, tenant_id, a, b)?,
         (Some(a), _) => a,
         (None, Some(b)) => b,
         (None, None) => {
@@ -484,15 +492,96 @@ pub fn resolve_contact(
     })
 }
 
-/// Moves everything of contact `from` to contact `into` and deletes `from`. Its data
-/// key stays in the key store: messages sealed under it still name it.
+/// The first of `contact_ids` that no longer exists (merged into another contact), if
+/// any. On PostgreSQL the rows found are locked against deletion until the transaction
+/// ends (`FOR KEY SHARE`), so a merge by another writer waits for this write instead
+/// of moving a contact's rows while they are being added to.
+pub fn first_missing_contact(
+    conn: &mut DbConn,
+    contact_ids: &[&str],
+) -> Result<Option<String>, StorageError> {
+    if contact_ids.is_empty() {
+        return Ok(None);
+    }
+    let found: Vec<String> = match conn {
+        DbConn::Sqlite(c) => contacts::table
+            .filter(contacts::id.eq_any(contact_ids))
+            .select(contacts::id)
+            .load(c)?,
+        DbConn::Pg(c) => contacts::table
+            .filter(contacts::id.eq_any(contact_ids))
+            .select(contacts::id)
+            .for_key_share()
+            .load(c)?,
+    };
+    if found.len() == contact_ids.len() {
+        return Ok(None);
+    }
+    let found: HashSet<String> = found.into_iter().collect();
+    Ok(contact_ids
+        .iter()
+        .find(|id| !found.contains(**id))
+        .map(|id| id.to_string()))
+}
+
+/// What a merge carries from one contact to the other, besides its identifiers.
+#[derive(Queryable)]
+struct ContactDetails {
+    profile_name_ct: Option<Vec<u8>>,
+    username_ct: Option<Vec<u8>>,
+    marketing_opt_out: bool,
+    marketing_pref_at: Option<i64>,
+    first_seen_at: i64,
+}
+
+fn contact_details(conn: &mut DbConn, id: &str) -> Result<ContactDetails, StorageError> {
+    Ok(on_backend!(conn, c => contacts::table
+        .find(id)
+        .select((
+            contacts::profile_name_ct,
+            contacts::username_ct,
+            contacts::marketing_opt_out,
+            contacts::marketing_pref_at,
+            contacts::first_seen_at,
+        ))
+        .first::<ContactDetails>(c))?)
+}
+
+/// Two contacts that turn out to be one person (a BSUID and a phone number first seen
+/// apart) become one. The older contact survives, so the id a business saw first stays
+/// valid; the other one's conversations and messages move to it (a conversation on a
+/// number both had is joined into the survivor's, its window and times combined), its
+/// profile fills what the survivor lacks (sealed again under the survivor's key), the
+/// later marketing preference holds, and its row is deleted. Its data key stays in the
+/// key store: the messages sealed under it still name it (`messages.key_id`), so a
+/// contact's keys are its own plus those its messages name. Returns the survivor; the
+/// caller gives it the identifiers it lacks.
 fn merge_contacts(
     conn: &mut DbConn,
+    keyring: &Keyring,
     tenant_id: &TenantId,
-    from: &str,
-    into: &str,
-) -> Result<(), StorageError> {
+    a: ContactKeys,
+    b: ContactKeys,
+) -> Result<ContactKeys, StorageError> {
     let tenant = tenant_id.as_str();
+    if let DbConn::Pg(c) = conn {
+        // Waits for writes of other writers that name either contact (they hold
+        // `FOR KEY SHARE`, see [`first_missing_contact`]), so what they add is moved too.
+        contacts::table
+            .filter(contacts::id.eq_any([a.id.as_str(), b.id.as_str()]))
+            .select(contacts::id)
+            .for_update()
+            .load::<String>(c)?;
+    }
+    let (a_details, b_details) = (contact_details(conn, &a.id)?, contact_details(conn, &b.id)?);
+    let a_first = (a_details.first_seen_at, &a.id) <= (b_details.first_seen_at, &b.id);
+    let ((survivor, kept), (removed, gone)) = if a_first {
+        ((a, a_details), (b, b_details))
+    } else {
+        ((b, b_details), (a, a_details))
+    };
+    let from = removed.id.as_str();
+    let into = survivor.id.as_str();
     let from_conversations: Vec<(String, String)> = on_backend!(conn, c => conversations::table
         .filter(conversations::tenant_id.eq(tenant))
         .filter(conversations::contact_id.eq(from))
@@ -510,6 +599,7 @@ fn merge_contacts(
             // Messages are found through their conversation: messages.contact_id has
             // no index of its own.
             Some(target) => {
+                join_conversation_times(conn, &conversation_id, &target)?;
                 move_conversation_messages(conn, &conversation_id, &target, into)?;
                 on_backend!(conn, c => diesel::delete(conversations::table.find(&conversation_id))
                     .execute(c))?;
@@ -522,7 +612,77 @@ fn merge_contacts(
             }
         }
     }
+    // Deleted first: its blind indexes are unique and may pass to the survivor.
     on_backend!(conn, c => diesel::delete(contacts::table.find(from)).execute(c))?;
+    let mut reseal = |sealed: &Option<Vec<u8>>| -> Result<Option<Vec<u8>>, StorageError> {
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let (Some(old_key), Some(new_key)) = (
+            load_data_key(conn, keyring, &removed.key_id)?,
+            load_data_key(conn, keyring, &survivor.key_id)?,
+        ) else {
+            return Ok(None);
+        };
+        let plain = old_key.open(sealed, from.as_bytes())?;
+        Ok(Some(new_key.seal(&plain, into.as_bytes())?))
+    };
+    let profile_name_ct = match kept.profile_name_ct {
+        Some(own) => Some(own),
+        None => reseal(&gone.profile_name_ct)?,
+    };
+    let username_ct = match kept.username_ct {
+        Some(own) => Some(own),
+        None => reseal(&gone.username_ct)?,
+    };
+    let (marketing_opt_out, marketing_pref_at) = if gone.marketing_pref_at.unwrap_or(i64::MIN)
+        > kept.marketing_pref_at.unwrap_or(i64::MIN)
+    {
+        (gone.marketing_opt_out, gone.marketing_pref_at)
+    } else {
+        (kept.marketing_opt_out, kept.marketing_pref_at)
+    };
+    on_backend!(conn, c => diesel::update(contacts::table.find(into))
+        .set((
+            contacts::profile_name_ct.eq(profile_name_ct),
+            contacts::username_ct.eq(username_ct),
+            contacts::marketing_opt_out.eq(marketing_opt_out),
+            contacts::marketing_pref_at.eq(marketing_pref_at),
+            contacts::first_seen_at.eq(kept.first_seen_at.min(gone.first_seen_at)),
+        ))
+        .execute(c))?;
+    Ok(survivor)
+}
+
+/// Gives conversation `target` the times of both: opened at the earlier, its last
+/// inbound message, window and last message at the later.
+fn join_conversation_times(
+    conn: &mut DbConn,
+    source: &str,
+    target: &str,
+) -> Result<(), StorageError> {
+    type Times = (i64, Option<i64>, Option<i64>, i64);
+    let times = |conn: &mut DbConn, id: &str| -> Result<Times, StorageError> {
+        Ok(on_backend!(conn, c => conversations::table
+            .find(id)
+            .select((
+                conversations::opened_at,
+                conversations::last_inbound_at,
+                conversations::window_ends_at,
+                conversations::last_message_at,
+            ))
+            .first::<Times>(c))?)
+    };
+    let (s, t) = (times(conn, source)?, times(conn, target)?);
+    let later = |x: Option<i64>, y: Option<i64>| x.max(y);
+    on_backend!(conn, c => diesel::update(conversations::table.find(target))
+        .set((
+            conversations::opened_at.eq(s.0.min(t.0)),
+            conversations::last_inbound_at.eq(later(s.1, t.1)),
+            conversations::window_ends_at.eq(later(s.2, t.2)),
+            conversations::last_message_at.eq(s.3.max(t.3)),
+        ))
+        .execute(c))?;
     Ok(())
 }
 

@@ -73,6 +73,14 @@ pub enum StorageError {
     Crypto(#[from] crate::crypto::CryptoError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A write named a contact that no longer exists (merged into another): the
+    /// caller resolves the contact again and retries at once.
+    #[error("contact {0} no longer exists (merged into another)")]
+    ContactGone(String),
+    /// A copy of a permanent error for each job of a batch that failed together (the
+    /// original is not `Clone`): the write will not succeed by retrying it as it is.
+    #[error("{0}")]
+    Rejected(String),
 }
 
 impl From<r2d2::PoolError> for StorageError {
@@ -92,11 +100,15 @@ impl StorageError {
                 matches!(
                     kind,
                     DatabaseErrorKind::ClosedConnection
+                        | DatabaseErrorKind::UnableToSendCommand
                         | DatabaseErrorKind::SerializationFailure
                         | DatabaseErrorKind::ReadOnlyTransaction
                 ) || info.message().contains("locked")
                     || info.message().contains("busy")
                     || info.message().contains("disk I/O")
+                    || info.message().contains("deadlock detected")
+                    || info.message().contains("shutting down")
+                    || info.message().contains("starting up")
             }
             StorageError::Query(Error::BrokenTransactionManager) => true,
             _ => false,

@@ -787,7 +787,13 @@ impl Writer {
                 }
                 self.finish(jobs.drain(..).zip(outcomes.into_iter().map(Ok)));
             }
-            Err(e) if e.is_transient() || jobs.len() == 1 => {
+            Err(e) if jobs.len() == 1 && !e.is_transient() => {
+                // The job's own error, as it is.
+                self.conn = None;
+                slog::warn!(self.log, "write failed"; "error" => %e);
+                self.finish(jobs.drain(..).zip(std::iter::once(Err(e))));
+            }
+            Err(e) if e.is_transient() => {
                 // The connection may be the casualty (a server restart, a terminated
                 // backend): the pool hands out a fresh one for the next batch.
                 self.conn = None;
@@ -954,7 +960,13 @@ impl Writer {
     }
 
     fn fail_all(&self, jobs: Vec<Job>, error: &StorageError) {
-        let copy = || StorageError::Unavailable(error.to_string());
+        // Each job hears the same kind of error: a transient one stays transient, a
+        // permanent one permanent, so no caller retries for ever what cannot succeed.
+        let copy = || match error {
+            e if e.is_transient() => StorageError::Unavailable(e.to_string()),
+            StorageError::ContactGone(contact) => StorageError::ContactGone(contact.clone()),
+            e => StorageError::Rejected(e.to_string()),
+        };
         let mut outbox = Outbox::default();
         for job in jobs {
             match job {
@@ -1256,6 +1268,18 @@ fn apply_jobs(
             _ => None,
         })
         .collect();
+    // An actor may still hold a contact that a merge removed: its write fails as a
+    // whole (the batch is then retried job by job) and the actor resolves again.
+    let mut contact_ids: Vec<&str> = apply_jobs
+        .iter()
+        .flat_map(|(_, ops)| ops.iter().filter_map(|op| op.contact_id()))
+        .map(|id| id.as_str())
+        .collect();
+    contact_ids.sort_unstable();
+    contact_ids.dedup();
+    if let Some(gone) = crm::first_missing_contact(conn, &contact_ids)? {
+        return Err(StorageError::ContactGone(gone));
+    }
     let fresh: Vec<(&TenantId, &inbox::FreshRow)> = apply_jobs
         .iter()
         .flat_map(|(tenant_id, ops)| {

@@ -462,6 +462,14 @@ fn message_identity(message: &Value, contacts: &[WebhookContact]) -> Identity {
         identity.user_id.as_deref(),
         identity.wa_id.as_deref(),
     );
+    let mut identity = identity;
+    // The sender's `contacts[]` entry names its canonical WhatsApp id, which `from` may
+    // write differently (Brazilian and Mexican numbers with or without their extra
+    // digit): the contact is keyed by the canonical one, so the same person is one
+    // contact whichever form a message carries.
+    if let Some(wa_id) = contact.and_then(|c| c.wa_id.clone()) {
+        identity.wa_id = Some(wa_id);
+    }
     merge_identity(identity, contact)
 }
 

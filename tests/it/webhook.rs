@@ -953,3 +953,263 @@ async fn unsigned_posts_are_refused_before_their_body_and_slow_bodies_time_out()
     assert!(slow.starts_with("HTTP/1.1 408"), "{slow}");
     assert!(slow.contains("server.client_timeout_ms"), "{slow}");
 }
+
+/// Posts each webhook (one change on NUMBER_A with `contacts` and `messages`), each
+/// answered 200, then waits until nothing is left unprocessed.
+async fn post_changes(app: &TestApp, changes: &[(Vec<Value>, Vec<Value>)]) {
+    for (contacts, messages) in changes {
+        let body = serde_json::to_vec(&envelope(vec![messages_change(
+            NUMBER_A,
+            contacts.clone(),
+            messages.clone(),
+        )]))
+        .unwrap();
+        let (status, answer) = app.post_signed(&body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+}
+
+fn text_from(from: Option<&str>, user_id: Option<&str>, wamid: &str) -> Value {
+    let mut message =
+        json!({"id": wamid, "timestamp": "1764000000", "type": "text", "text": {"body": wamid}});
+    if let Some(from) = from {
+        message["from"] = json!(from);
+    }
+    if let Some(user_id) = user_id {
+        message["from_user_id"] = json!(user_id);
+    }
+    message
+}
+
+fn contact_of(wa_id: Option<&str>, user_id: Option<&str>) -> Value {
+    let mut contact = json!({"profile": {"name": "Ana"}});
+    if let Some(wa_id) = wa_id {
+        contact["wa_id"] = json!(wa_id);
+    }
+    if let Some(user_id) = user_id {
+        contact["user_id"] = json!(user_id);
+    }
+    contact
+}
+
+/// After a merge: one contact, every conversation its own, every message readable.
+async fn assert_merged(app: &TestApp, wamids: &[&str], user_id: &str) {
+    app.wait_processed().await;
+    let messages = app.wait_messages(&app.a, wamids.len()).await;
+    let contacts = app.all("/v1/contacts", &app.a.api_key).await;
+    assert_eq!(contacts.len(), 1, "{contacts:#?}");
+    assert_eq!(contacts[0]["user_id"], user_id, "{contacts:#?}");
+    let survivor = contacts[0]["id"].as_str().unwrap();
+    for conversation in app.all("/v1/conversations", &app.a.api_key).await {
+        assert_eq!(conversation["contact_id"], survivor, "{conversation}");
+    }
+    for wamid in wamids {
+        let found = messages.iter().find(|m| m["wamid"] == *wamid);
+        let found = found.unwrap_or_else(|| panic!("{wamid} not readable: {messages:#?}"));
+        assert_eq!(found["content"]["body"], *wamid);
+    }
+    assert_eq!(messages.len(), wamids.len());
+    assert_eq!(app.metric("converra_inbox_backlog").await, 0.0);
+}
+
+/// Contacts merge as Meta's payloads and the SDKs write them (a user_id and a phone
+/// number seen apart, then together; a `from` that differs from the contact's
+/// `wa_id`), and every message sent afterwards, in any of those shapes, is applied
+/// under the surviving contact and readable.
+#[actix_rt::test]
+async fn merged_contacts_keep_every_later_message_readable() {
+    const U: &str = "BR.1203948572";
+    const W: &str = "5511987654321";
+    const F: &str = "551187654321";
+    for backend in backends() {
+        // A user_id-only contact later seen with a wa_id.
+        let app = TestApp::start(&backend).await;
+        post_changes(
+            &app,
+            &[
+                (
+                    vec![contact_of(None, Some(U))],
+                    vec![text_from(None, Some(U), "wamid.m1.1")],
+                ),
+                (
+                    vec![contact_of(Some(W), Some(U))],
+                    vec![text_from(Some(W), Some(U), "wamid.m1.2")],
+                ),
+                (
+                    vec![contact_of(Some(W), None)],
+                    vec![text_from(Some(W), None, "wamid.m1.3")],
+                ),
+                (
+                    vec![contact_of(None, Some(U))],
+                    vec![text_from(None, Some(U), "wamid.m1.4")],
+                ),
+            ],
+        )
+        .await;
+        assert_merged(
+            &app,
+            &["wamid.m1.1", "wamid.m1.2", "wamid.m1.3", "wamid.m1.4"],
+            U,
+        )
+        .await;
+        drop(app);
+
+        // A wa_id contact later seen with a user_id, the user_id first seen alone in
+        // between: two contacts, merged by the message that names both; the older
+        // one survives, with the other's identifiers.
+        let app = TestApp::start(&backend).await;
+        let first_shape = (
+            vec![contact_of(Some(W), None)],
+            vec![text_from(Some(W), None, "wamid.m2.1")],
+        );
+        post_changes(&app, &[first_shape]).await;
+        app.wait_messages(&app.a, 1).await;
+        let first = app.all("/v1/contacts", &app.a.api_key).await[0]["id"].clone();
+        post_changes(
+            &app,
+            &[
+                (
+                    vec![contact_of(None, Some(U))],
+                    vec![text_from(None, Some(U), "wamid.m2.0")],
+                ),
+                (
+                    vec![contact_of(Some(W), Some(U))],
+                    vec![text_from(Some(W), Some(U), "wamid.m2.2")],
+                ),
+                (
+                    vec![contact_of(None, Some(U))],
+                    vec![text_from(None, Some(U), "wamid.m2.3")],
+                ),
+                (
+                    vec![contact_of(Some(W), None)],
+                    vec![text_from(Some(W), None, "wamid.m2.4")],
+                ),
+            ],
+        )
+        .await;
+        assert_merged(
+            &app,
+            &[
+                "wamid.m2.0",
+                "wamid.m2.1",
+                "wamid.m2.2",
+                "wamid.m2.3",
+                "wamid.m2.4",
+            ],
+            U,
+        )
+        .await;
+        let contacts = app.all("/v1/contacts", &app.a.api_key).await;
+        assert_eq!(contacts[0]["id"], first, "the older contact survives");
+        assert_eq!(contacts[0]["wa_id"], W);
+        assert_eq!(contacts[0]["profile_name"], "Ana");
+        drop(app);
+
+        // A `from` that differs from the contact's wa_id (Brazil's ninth digit), and
+        // more messages from that `from` afterwards.
+        let app = TestApp::start(&backend).await;
+        post_changes(
+            &app,
+            &[
+                (
+                    vec![contact_of(Some(W), None)],
+                    vec![text_from(Some(W), None, "wamid.m3.1")],
+                ),
+                (
+                    vec![contact_of(Some(W), Some(U))],
+                    vec![text_from(Some(F), None, "wamid.m3.2")],
+                ),
+                (
+                    vec![contact_of(Some(W), Some(U))],
+                    vec![text_from(Some(W), Some(U), "wamid.m3.3")],
+                ),
+                (
+                    vec![contact_of(Some(W), Some(U))],
+                    vec![text_from(Some(F), None, "wamid.m3.4")],
+                ),
+                (
+                    vec![contact_of(Some(W), Some(U))],
+                    vec![text_from(Some(F), None, "wamid.m3.5")],
+                ),
+                (
+                    vec![contact_of(Some(W), None)],
+                    vec![text_from(Some(W), None, "wamid.m3.6")],
+                ),
+            ],
+        )
+        .await;
+        let wamids = [
+            "wamid.m3.1",
+            "wamid.m3.2",
+            "wamid.m3.3",
+            "wamid.m3.4",
+            "wamid.m3.5",
+            "wamid.m3.6",
+        ];
+        app.wait_processed().await;
+        let messages = app.wait_messages(&app.a, wamids.len()).await;
+        for wamid in wamids {
+            assert!(
+                messages
+                    .iter()
+                    .any(|m| m["wamid"] == wamid && m["content"]["body"] == wamid),
+                "{wamid} not readable: {messages:#?}"
+            );
+        }
+        assert_eq!(app.metric("converra_inbox_backlog").await, 0.0);
+        drop(app);
+
+        // Two contacts with live actors merged, then at once messages in every shape.
+        let app = TestApp::start(&backend).await;
+        post_changes(
+            &app,
+            &[
+                (
+                    vec![contact_of(None, Some(U))],
+                    vec![text_from(None, Some(U), "wamid.m4.1")],
+                ),
+                (
+                    vec![contact_of(Some(W), None)],
+                    vec![text_from(Some(W), None, "wamid.m4.2")],
+                ),
+            ],
+        )
+        .await;
+        app.wait_messages(&app.a, 2).await;
+        let changes = [
+            (
+                vec![contact_of(Some(W), Some(U))],
+                vec![text_from(Some(W), Some(U), "wamid.m4.3")],
+            ),
+            (
+                vec![contact_of(Some(W), None)],
+                vec![text_from(Some(W), None, "wamid.m4.4")],
+            ),
+            (
+                vec![contact_of(None, Some(U))],
+                vec![text_from(None, Some(U), "wamid.m4.5")],
+            ),
+            (
+                vec![contact_of(Some(W), None)],
+                vec![text_from(Some(W), None, "wamid.m4.6")],
+            ),
+        ];
+        let posts = changes
+            .iter()
+            .map(|change| post_changes(&app, std::slice::from_ref(change)));
+        futures_util::future::join_all(posts).await;
+        assert_merged(
+            &app,
+            &[
+                "wamid.m4.1",
+                "wamid.m4.2",
+                "wamid.m4.3",
+                "wamid.m4.4",
+                "wamid.m4.5",
+                "wamid.m4.6",
+            ],
+            U,
+        )
+        .await;
+    }
+}
