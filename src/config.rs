@@ -103,6 +103,7 @@ pub struct ActorSettings {
     pub sweep_interval_secs: u64,
     pub sweep_min_age_secs: u64,
     pub retry_delay_ms: u64,
+    pub park_after_attempts: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -260,6 +261,9 @@ impl Settings {
         }
         if self.actors.idle_timeout_secs == 0 {
             return Err(invalid("actors.idle_timeout_secs", "must be at least 1"));
+        }
+        if self.actors.park_after_attempts == 0 {
+            return Err(invalid("actors.park_after_attempts", "must be at least 1"));
         }
         if self.actors.sweep_interval_secs == 0 {
             return Err(invalid("actors.sweep_interval_secs", "must be at least 1"));

@@ -46,6 +46,30 @@ enum Command {
     /// Manage WhatsApp business phone numbers.
     #[command(subcommand)]
     Number(NumberCommand),
+    /// Inbox events parked after failing for good.
+    #[command(subcommand)]
+    Inbox(InboxCommand),
+}
+
+#[derive(Subcommand)]
+enum InboxCommand {
+    /// List parked events: their ids, tenants, kinds, attempts and last errors.
+    Parked {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Put parked events back in line; the daemon's next sweep applies them.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
+    Retry {
+        /// One parked event, by the id `inbox parked` shows.
+        #[arg(long)]
+        id: Option<i64>,
+        /// Every parked event.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Args)]
@@ -152,6 +176,7 @@ fn run_command() -> anyhow::Result<()> {
         }
         Command::Tenant(command) => tenant(settings, command),
         Command::Number(command) => number(settings, command),
+        Command::Inbox(command) => inbox(settings, command),
     }
 }
 
@@ -350,6 +375,63 @@ fn number(settings: Settings, command: NumberCommand) -> anyhow::Result<()> {
                             ]
                         })
                         .collect(),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn inbox(settings: Settings, command: InboxCommand) -> anyhow::Result<()> {
+    let (_, mut conn) = operator_storage(&settings)?;
+    match command {
+        InboxCommand::Parked { output } => {
+            let parked = storage::inbox::list_parked(&mut conn)?;
+            if output.json {
+                println!("{}", serde_json::to_string(&parked)?);
+            } else {
+                print_table(
+                    &[
+                        "id",
+                        "tenant_id",
+                        "phone_number_id",
+                        "kind",
+                        "received_at",
+                        "attempts",
+                        "error",
+                    ],
+                    parked
+                        .into_iter()
+                        .map(|row| {
+                            vec![
+                                row.id.to_string(),
+                                row.tenant_id,
+                                row.phone_number_id,
+                                row.kind,
+                                rfc3339(row.received_at),
+                                row.attempts.to_string(),
+                                row.error,
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        InboxCommand::Retry { id, all: _, output } => {
+            let retried = match storage::write_transaction(&mut conn, |conn| {
+                storage::inbox::retry_parked(conn, id)
+            }) {
+                Err(storage::StorageError::NotFound) => {
+                    bail!("no parked inbox event with id {}", id.unwrap_or_default())
+                }
+                other => other?,
+            };
+            if output.json {
+                println!("{}", serde_json::json!({ "retried": retried }));
+            } else {
+                println!(
+                    "{retried} parked event(s) put back in line; the daemon's next inbox sweep \
+                     applies them"
                 );
             }
         }

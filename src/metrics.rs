@@ -26,6 +26,8 @@ pub struct Metrics {
     pub actor_restarts: IntCounter,
     pub conversation_actors: IntGauge,
     pub inbox_backlog: IntGauge,
+    /// Inbox rows parked after failing for good, waiting for the operator.
+    pub inbox_parked: IntGauge,
     /// SQLite: messages not in the conversation index yet (listings read them apart).
     pub conversation_index_tail: IntGauge,
     pub db_write_seconds: Histogram,
@@ -63,6 +65,11 @@ impl Metrics {
         registry.register(Box::new(webhooks.clone()))?;
         let inbox_backlog = IntGauge::new("inbox_backlog", "Inbox rows not processed yet")?;
         registry.register(Box::new(inbox_backlog.clone()))?;
+        let inbox_parked = IntGauge::new(
+            "inbox_parked",
+            "Inbox rows parked after failing for good (converra inbox parked)",
+        )?;
+        registry.register(Box::new(inbox_parked.clone()))?;
         let conversation_index_tail = IntGauge::new(
             "conversation_index_tail",
             "Messages not in the conversation index yet (SQLite)",
@@ -155,6 +162,7 @@ impl Metrics {
             webhooks,
             conversation_actors,
             inbox_backlog,
+            inbox_parked,
             conversation_index_tail,
             db_write_seconds,
             db_batch_jobs,

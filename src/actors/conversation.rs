@@ -63,7 +63,7 @@ pub struct Deliver(pub Delivery);
 /// Pending rows re-read from the inbox after a restart.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Reloaded(Vec<InboxItem>);
+struct Reloaded(inbox::PendingPage);
 
 const MAX_BATCH: usize = 256;
 const MAX_PANICS_PER_EVENT: u32 = 3;
@@ -74,6 +74,8 @@ struct Pending {
     /// Arrival order in this actor.
     seq: u64,
     source: Source,
+    /// When its webhook arrived: Meta's timestamps are clamped to it.
+    arrived_at: i64,
     event: Arc<Event>,
 }
 
@@ -125,6 +127,9 @@ pub struct ConversationActor {
     next_seq: u64,
     route_keys: HashSet<String>,
     panics: HashMap<i64, u32>,
+    /// After a write failed for good, the events up to this seq are applied one at a
+    /// time, so the one that fails is found and the others go on.
+    isolate_through: u64,
     in_flight: bool,
     /// An idle report is on its way to the tenant.
     releasing: bool,
@@ -168,6 +173,7 @@ impl ConversationActor {
             next_seq: 0,
             route_keys: HashSet::new(),
             panics: HashMap::new(),
+            isolate_through: 0,
             in_flight: false,
             releasing: false,
             received: 0,
@@ -177,7 +183,7 @@ impl ConversationActor {
         }
     }
 
-    fn push(&mut self, source: Source, route_key: &str, event: Arc<Event>) {
+    fn push(&mut self, source: Source, route_key: &str, arrived_at: i64, event: Arc<Event>) {
         if let Source::Inbox(id) = source {
             if !self.pending_ids.insert(id) {
                 return;
@@ -190,6 +196,7 @@ impl ConversationActor {
         self.pending.push_back(Pending {
             seq: self.next_seq,
             source,
+            arrived_at,
             event,
         });
     }
@@ -285,7 +292,12 @@ impl ConversationActor {
         let mut profile: Option<(Option<String>, Option<String>)> = None;
         let mut unusable = Vec::new();
         let mut waiting = Vec::new();
-        for item in self.pending.iter().take(MAX_BATCH) {
+        let most = if first.seq <= self.isolate_through {
+            1
+        } else {
+            MAX_BATCH
+        };
+        for item in self.pending.iter().take(most) {
             if !self.covers(&item.event.identity) {
                 break;
             }
@@ -299,7 +311,7 @@ impl ConversationActor {
                     &item.event,
                     &contact,
                     self.conversation_id.as_deref(),
-                    self.core.clock.now_ms(),
+                    item.arrived_at,
                 )
             }));
             match built {
@@ -404,7 +416,16 @@ impl ConversationActor {
                             actor.seen_written_at = None;
                             actor.pump(ctx);
                         }
-                        Err(e) => actor.retry_later(e, ctx),
+                        Err(e) if e.is_transient() => actor.retry_later(e, ctx),
+                        Err(e) => {
+                            // The first pending event names a contact that cannot be
+                            // resolved: that event fails, not the conversation.
+                            let front = actor.pending.front().map(|item| item.seq);
+                            match front {
+                                Some(seq) => actor.count_failure(seq, e, ctx),
+                                None => actor.retry_later(e, ctx),
+                            }
+                        }
                     }
                 }));
             }
@@ -430,21 +451,81 @@ impl ConversationActor {
                             actor.hand_back_deliveries();
                             actor.pump(ctx);
                         }
-                        Err(e) => {
-                            // What we cached may be stale (the contact merged away by
-                            // another conversation): resolve again before retrying.
-                            if !e.is_transient() {
-                                actor.contact = None;
-                                actor.conversation_id = None;
-                            }
+                        Err(e) if e.is_transient() => {
                             actor.written_profile = None;
                             actor.seen_written_at = None;
                             actor.retry_later(e, ctx)
+                        }
+                        Err(e) => {
+                            // What we cached may be stale: resolve again before
+                            // retrying. A write of several events is retried one event
+                            // at a time, so only the one that fails is held back.
+                            actor.contact = None;
+                            actor.conversation_id = None;
+                            actor.written_profile = None;
+                            actor.seen_written_at = None;
+                            match seqs[..] {
+                                [seq] => actor.count_failure(seq, e, ctx),
+                                _ => {
+                                    actor.isolate_through =
+                                        seqs.iter().copied().max().unwrap_or(actor.isolate_through);
+                                    actor.retry_later(e, ctx)
+                                }
+                            }
                         }
                     }
                 }));
             }
         }
+    }
+
+    /// Event `seq` failed for a reason retrying cannot cure. An inbox row counts the
+    /// attempt (in the database, so a restart does not reset it) and is parked after
+    /// `actors.park_after_attempts`, out of the conversation's way; a delivered event
+    /// goes back to its webhook, which stores it in the inbox, where it is counted.
+    fn count_failure(&mut self, seq: u64, error: StorageError, ctx: &mut Context<Self>) {
+        let inbox_id = self
+            .pending
+            .iter()
+            .find(|item| item.seq == seq)
+            .and_then(|item| match item.source {
+                Source::Inbox(id) => Some(id),
+                Source::Fresh { .. } => None,
+            });
+        let Some(inbox_id) = inbox_id else {
+            self.retry_later(error, ctx);
+            return;
+        };
+        let reason = error.to_string();
+        let park_after =
+            i32::try_from(self.core.settings.actors.park_after_attempts).unwrap_or(i32::MAX);
+        let now = self.core.clock.now_ms();
+        let writer = self.core.writer.clone();
+        let tenant_id = self.tenant_id.clone();
+        self.in_flight = true;
+        let recorded = async move {
+            writer
+                .write(Some(tenant_id), move |conn| {
+                    let parked = inbox::record_failure(conn, inbox_id, &reason, park_after, now)?;
+                    Ok((parked, inbox::parked_count(conn)?))
+                })
+                .await
+        };
+        ctx.spawn(recorded.into_actor(self).map(move |recorded, actor, ctx| {
+            actor.in_flight = false;
+            match recorded {
+                Ok((true, parked)) => {
+                    slog::error!(actor.log, "event keeps failing; parked for the operator";
+                        "inbox_id" => inbox_id, "error" => %error);
+                    actor.core.metrics.inbox_parked.set(parked);
+                    actor.pending.retain(|item| item.seq != seq);
+                    actor.pending_ids.remove(&inbox_id);
+                    actor.hand_back_deliveries();
+                    actor.pump(ctx);
+                }
+                _ => actor.retry_later(error, ctx),
+            }
+        }));
     }
 
     fn retry_later(&mut self, error: StorageError, ctx: &mut Context<Self>) {
@@ -469,8 +550,15 @@ impl ConversationActor {
                 let count = self.panics.entry(inbox_id).or_insert(0);
                 *count += 1;
                 if *count >= MAX_PANICS_PER_EVENT {
-                    slog::error!(self.log, "event keeps failing; set aside, left unprocessed in the inbox";
+                    slog::error!(self.log, "event keeps crashing its actor; parked for the operator";
                         "inbox_id" => inbox_id);
+                    super::park_inbox_rows(
+                        &self.core,
+                        vec![(
+                            inbox_id,
+                            format!("the conversation actor panicked {count} times on it"),
+                        )],
+                    );
                     self.pending.remove(position);
                     self.pending_ids.remove(&inbox_id);
                     self.panics.remove(&inbox_id);
@@ -577,7 +665,12 @@ impl Handler<Process> for ConversationActor {
         self.received += 1;
         self.last_active = Instant::now();
         let item = msg.0;
-        self.push(Source::Inbox(item.id), &item.route_key, item.event);
+        self.push(
+            Source::Inbox(item.id),
+            &item.route_key,
+            item.received_at,
+            item.event,
+        );
         self.pump(ctx);
     }
 }
@@ -594,7 +687,8 @@ impl Handler<Deliver> for ConversationActor {
             row: event.row,
             reply: Some(reply),
         };
-        self.push(source, &route_key, event.event);
+        let now = self.core.clock.now_ms();
+        self.push(source, &route_key, now, event.event);
         self.pump(ctx);
     }
 }
@@ -603,19 +697,36 @@ impl Handler<Reloaded> for ConversationActor {
     type Result = ();
 
     fn handle(&mut self, msg: Reloaded, ctx: &mut Context<Self>) {
-        for item in msg.0 {
-            self.push(Source::Inbox(item.id), &item.route_key, item.event);
+        let page = msg.0;
+        if !page.unreadable.is_empty() {
+            super::park_inbox_rows(&self.core, page.unreadable);
+        }
+        for item in page.items {
+            self.push(
+                Source::Inbox(item.id),
+                &item.route_key,
+                item.received_at,
+                item.event,
+            );
         }
         self.pending.make_contiguous().sort_by_key(Pending::order);
         self.pump(ctx);
     }
 }
 
-fn ms(seconds: i64, fallback: i64) -> i64 {
-    if seconds > 0 {
-        seconds.saturating_mul(1000)
+/// Meta's timestamp (seconds) in milliseconds, kept as sent, however absurd.
+fn ms(seconds: i64) -> i64 {
+    seconds.saturating_mul(1000)
+}
+
+/// Meta's timestamp as Converra's own arithmetic uses it (the 24-hour window, the
+/// message's age, which preference is the later): never after the webhook's arrival,
+/// and the arrival itself when the timestamp is no moment at all (0 or before).
+fn clamped(sent_ms: i64, arrived_at: i64) -> i64 {
+    if sent_ms > 0 && sent_ms <= arrived_at {
+        sent_ms
     } else {
-        fallback
+        arrived_at
     }
 }
 
@@ -648,7 +759,6 @@ fn build_op(
                 &status,
                 &event.item,
                 contact,
-                now,
             )),
             Err(_) => ApplyOp::Done { origin },
         },
@@ -657,7 +767,7 @@ fn build_op(
                 origin,
                 contact_id: contact.contact_id.clone(),
                 marketing_opt_out: preference.marketing_opt_out(),
-                occurred_at: ms(preference.timestamp, now),
+                occurred_at: clamped(ms(preference.timestamp), now),
             }),
             Err(_) => ApplyOp::Done { origin },
         },
@@ -694,7 +804,8 @@ fn inbound_op(
         message_id,
         wamid: message.id.clone(),
         msg_type: message.type_name.clone(),
-        sent_at: ms(message.timestamp, now),
+        sent_at: ms(message.timestamp),
+        inbound_at: clamped(ms(message.timestamp), now),
         key_id: contact.key_id.clone(),
         content_ct,
         ref_wamid: message.refers_to().map(str::to_string),
@@ -716,7 +827,6 @@ fn status_op(
     status: &Status,
     raw: &Value,
     contact: &ResolvedContact,
-    now: i64,
 ) -> NewStatus {
     let error_json = status
         .errors
@@ -733,7 +843,7 @@ fn status_op(
         contact_id: contact.contact_id.clone(),
         wamid: status.id.clone(),
         status: status.status.clone(),
-        occurred_at: ms(status.timestamp, now),
+        occurred_at: ms(status.timestamp),
         error_json,
         detail_json: (!detail.is_empty()).then(|| Value::Object(detail).to_string()),
     }

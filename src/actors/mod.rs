@@ -76,3 +76,30 @@ fn by_tenant<T>(items: Vec<T>, tenant: impl Fn(&T) -> &TenantId) -> HashMap<Tena
     }
     groups
 }
+
+/// Parks inbox rows at once, each with its reason: rows that cannot be read back
+/// (sealed under another key, damaged), or that keep crashing their actor. They stop
+/// coming back to every sweep, and the operator sees them (`converra inbox parked`). Runs in the background; a failure is logged and the next
+/// sweep finds the rows again.
+pub fn park_inbox_rows(core: &Arc<Core>, rows: Vec<(i64, String)>) {
+    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+    slog::warn!(core.log, "inbox rows parked for the operator"; "ids" => ?ids);
+    let writer = core.writer.clone();
+    let log = core.log.clone();
+    let metrics = core.metrics.clone();
+    let now = core.clock.now_ms();
+    actix::spawn(async move {
+        let parked = writer
+            .write(None, move |conn| {
+                for (id, reason) in &rows {
+                    crate::storage::inbox::record_failure(conn, *id, reason, 0, now)?;
+                }
+                crate::storage::inbox::parked_count(conn)
+            })
+            .await;
+        match parked {
+            Ok(parked) => metrics.inbox_parked.set(parked),
+            Err(e) => slog::warn!(log, "parking unreadable inbox rows failed"; "error" => %e),
+        }
+    });
+}

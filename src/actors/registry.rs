@@ -94,6 +94,38 @@ pub struct Ping;
 #[rtype(result = "()")]
 struct SweepDone;
 
+/// Inbox rows a sweep could not read, to park.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ParkUnreadable(Vec<(i64, String)>);
+
+/// Rows a sweep reads at once.
+const SWEEP_PAGE: i64 = 1_000;
+/// How long a sweep waits for the actors to work through what it dispatched before it
+/// stops (the next sweep goes on from the start).
+const SWEEP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits (blocking) until at most a page of the rows dispatched so far is still
+/// unprocessed; `false` when that does not happen within [`SWEEP_PATIENCE`] or the
+/// database cannot be asked.
+fn wait_for_progress(core: &Core, through_id: i64, before: i64) -> bool {
+    let deadline = std::time::Instant::now() + SWEEP_PATIENCE;
+    loop {
+        let waiting = core
+            .pool
+            .get()
+            .map_err(Into::into)
+            .and_then(|mut conn| inbox::unprocessed_through(&mut conn, through_id, before));
+        match waiting {
+            Ok(n) if n <= SWEEP_PAGE => return true,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => return false,
+        }
+    }
+}
+
 pub struct Registry {
     core: Arc<Core>,
     arbiters: Vec<ArbiterHandle>,
@@ -172,21 +204,37 @@ impl Registry {
             0
         };
         let me = ctx.address();
-        // Reading and decrypting rows blocks: do it off the actor's thread.
+        // Reading and decrypting rows blocks: do it off the actor's thread. A page at a
+        // time, the next one only once the actors have worked through most of the
+        // last: after an outage of hours the backlog may hold millions of rows, and
+        // they must not all be in memory at once.
         actix_web::rt::task::spawn_blocking(move || {
             let before = core.clock.now_ms() - min_age_ms;
             let mut after_id = 0;
-            let mut total = 0usize;
+            let (mut total, mut unreadable) = (0usize, 0usize);
             loop {
+                if after_id > 0 && !wait_for_progress(&core, after_id, before) {
+                    slog::info!(core.log, "inbox sweep paused: rows it dispatched are still being applied";
+                        "rows" => total);
+                    break;
+                }
                 let page = core.pool.get().map_err(Into::into).and_then(|mut conn| {
-                    inbox::pending(&mut conn, &core.keyring, after_id, before, 1000)
+                    inbox::pending(&mut conn, &core.keyring, after_id, before, SWEEP_PAGE)
                 });
                 match page {
-                    Ok(items) if items.is_empty() => break,
-                    Ok(items) => {
-                        after_id = items.last().map(|i| i.id).unwrap_or(after_id);
-                        total += items.len();
-                        me.do_send(Dispatch(items));
+                    Ok(page) => {
+                        let Some(last_id) = page.last_id else {
+                            break;
+                        };
+                        after_id = last_id;
+                        total += page.items.len();
+                        unreadable += page.unreadable.len();
+                        if !page.unreadable.is_empty() {
+                            me.do_send(ParkUnreadable(page.unreadable));
+                        }
+                        if !page.items.is_empty() {
+                            me.do_send(Dispatch(page.items));
+                        }
                     }
                     Err(e) => {
                         slog::warn!(core.log, "inbox sweep failed"; "error" => %e);
@@ -194,8 +242,9 @@ impl Registry {
                     }
                 }
             }
-            if total > 0 {
-                slog::info!(core.log, "re-dispatched unprocessed inbox rows"; "rows" => total);
+            if total > 0 || unreadable > 0 {
+                slog::info!(core.log, "re-dispatched unprocessed inbox rows";
+                    "rows" => total, "unreadable_parked" => unreadable);
             }
             me.do_send(SweepDone);
         });
@@ -242,6 +291,13 @@ impl Handler<Ping> for Registry {
     type Result = usize;
     fn handle(&mut self, _msg: Ping, _ctx: &mut Context<Self>) -> usize {
         self.tenants.len()
+    }
+}
+
+impl Handler<ParkUnreadable> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: ParkUnreadable, _ctx: &mut Context<Self>) {
+        super::park_inbox_rows(&self.core, msg.0);
     }
 }
 

@@ -125,8 +125,11 @@ pub struct NewInbound {
     pub message_id: MessageId,
     pub wamid: String,
     pub msg_type: String,
-    /// Meta's timestamp, milliseconds.
+    /// Meta's timestamp, milliseconds, as sent.
     pub sent_at: i64,
+    /// The same, never after the webhook's arrival: what the conversation's window
+    /// counts from.
+    pub inbound_at: i64,
     pub key_id: KeyId,
     /// Sealed [`MessageBundle`], bound to `message_id`.
     pub content_ct: Vec<u8>,
@@ -756,7 +759,7 @@ fn upsert_conversation(
             on_backend!(conn, c => diesel::update(conversations::table.find(&id))
                 .set((
                     conversations::last_inbound_at.eq(last_inbound),
-                    conversations::window_ends_at.eq(last_inbound.map(|t| t + SERVICE_WINDOW_MS)),
+                    conversations::window_ends_at.eq(last_inbound.map(|t| t.saturating_add(SERVICE_WINDOW_MS))),
                     conversations::last_message_at.eq(last_message.max(message_at)),
                 ))
                 .execute(c))?;
@@ -772,7 +775,7 @@ fn upsert_conversation(
                     conversations::contact_id.eq(contact_id.as_str()),
                     conversations::opened_at.eq(now_ms),
                     conversations::last_inbound_at.eq(inbound_at),
-                    conversations::window_ends_at.eq(inbound_at.map(|t| t + SERVICE_WINDOW_MS)),
+                    conversations::window_ends_at.eq(inbound_at.map(|t| t.saturating_add(SERVICE_WINDOW_MS))),
                     conversations::last_message_at.eq(message_at),
                 ))
                 .execute(c))?;
@@ -982,8 +985,8 @@ pub fn apply_batch(
                 if let (Some(conversation), false) = (&m.conversation_id, m.is_revoke) {
                     let at = latest
                         .entry((tenant_id.as_str(), conversation))
-                        .or_insert(m.sent_at);
-                    *at = (*at).max(m.sent_at);
+                        .or_insert(m.inbound_at);
+                    *at = (*at).max(m.inbound_at);
                 }
             }
         }
@@ -1083,7 +1086,7 @@ pub fn apply(
                     let touch = Touch {
                         tenant_id: tenant,
                         conversation_id: id,
-                        inbound_at: m.sent_at,
+                        inbound_at: m.inbound_at,
                     };
                     touch_conversations(conn, &[touch])?.into_iter().next()
                 }
@@ -1096,7 +1099,7 @@ pub fn apply(
                     tenant_id,
                     &m.phone_number_id,
                     &m.contact_id,
-                    Some(m.sent_at),
+                    Some(m.inbound_at),
                     now_ms,
                 )?,
             };

@@ -99,6 +99,8 @@ pub struct InboxItem {
     pub tenant_id: TenantId,
     pub phone_number_id: String,
     pub route_key: String,
+    /// When the webhook that carried it arrived (milliseconds).
+    pub received_at: i64,
     pub event: Arc<Event>,
 }
 
@@ -389,25 +391,44 @@ pub fn adopt_unrouted(
     Ok(adopted)
 }
 
-type PendingRow = (i64, String, String, String, String, Vec<u8>);
+type PendingRow = (i64, String, String, String, String, i64, Vec<u8>);
 
-fn open_rows(keyring: &Keyring, rows: Vec<PendingRow>) -> Result<Vec<InboxItem>, StorageError> {
-    rows.into_iter()
-        .map(
-            |(id, dedupe_key, tenant_id, phone_number_id, route_key, payload_ct)| {
-                let plain = keyring.inbox().open(&payload_ct, dedupe_key.as_bytes())?;
-                let event: Event = serde_json::from_slice(&plain)
-                    .map_err(|e| StorageError::Corrupt(format!("inbox row {id}: {e}")))?;
-                Ok(InboxItem {
-                    id,
-                    tenant_id: TenantId(tenant_id),
-                    phone_number_id,
-                    route_key,
-                    event: Arc::new(event),
-                })
-            },
-        )
-        .collect()
+/// Pending rows read back: those that open, and those that do not (sealed under another
+/// key, damaged), by id with the reason, for the caller to park.
+#[derive(Debug, Default)]
+pub struct PendingPage {
+    pub items: Vec<InboxItem>,
+    pub unreadable: Vec<(i64, String)>,
+    /// The last row id of the page, readable or not: where the next page starts.
+    pub last_id: Option<i64>,
+}
+
+fn open_rows(keyring: &Keyring, rows: Vec<PendingRow>) -> PendingPage {
+    let mut page = PendingPage {
+        last_id: rows.last().map(|row| row.0),
+        ..PendingPage::default()
+    };
+    for (id, dedupe_key, tenant_id, phone_number_id, route_key, received_at, payload_ct) in rows {
+        let opened = keyring
+            .inbox()
+            .open(&payload_ct, dedupe_key.as_bytes())
+            .map_err(|e| e.to_string())
+            .and_then(|plain| {
+                serde_json::from_slice::<Event>(&plain).map_err(|e| format!("not an event: {e}"))
+            });
+        match opened {
+            Ok(event) => page.items.push(InboxItem {
+                id,
+                tenant_id: TenantId(tenant_id),
+                phone_number_id,
+                route_key,
+                received_at,
+                event: Arc::new(event),
+            }),
+            Err(reason) => page.unreadable.push((id, reason)),
+        }
+    }
+    page
 }
 
 /// Unprocessed rows received at or before `received_before`, oldest first, starting
@@ -418,17 +439,18 @@ pub fn pending(
     after_id: i64,
     received_before: i64,
     limit: i64,
-) -> Result<Vec<InboxItem>, StorageError> {
+) -> Result<PendingPage, StorageError> {
     let rows: Vec<PendingRow> = on_backend!(conn, c => inbox::table
         .filter(inbox::processed_at.is_null())
+        .filter(inbox::parked_at.is_null())
         .filter(inbox::id.gt(after_id))
         .filter(inbox::received_at.le(received_before))
         .order(inbox::id.asc())
         .limit(limit)
         .select((inbox::id, inbox::dedupe_key, inbox::tenant_id, inbox::phone_number_id,
-                 inbox::route_key, inbox::payload_ct))
+                 inbox::route_key, inbox::received_at, inbox::payload_ct))
         .load(c))?;
-    open_rows(keyring, rows)
+    Ok(open_rows(keyring, rows))
 }
 
 /// Unprocessed rows of one conversation actor (by its routing keys), oldest first.
@@ -438,25 +460,168 @@ pub fn pending_for_routes(
     tenant_id: &TenantId,
     phone_number_id: &str,
     route_keys: &[String],
-) -> Result<Vec<InboxItem>, StorageError> {
+) -> Result<PendingPage, StorageError> {
     let rows: Vec<PendingRow> = on_backend!(conn, c => inbox::table
         .filter(inbox::processed_at.is_null())
+        .filter(inbox::parked_at.is_null())
         .filter(inbox::tenant_id.eq(tenant_id.as_str()))
         .filter(inbox::phone_number_id.eq(phone_number_id))
         .filter(inbox::route_key.eq_any(route_keys))
         .order(inbox::id.asc())
         .select((inbox::id, inbox::dedupe_key, inbox::tenant_id, inbox::phone_number_id,
-                 inbox::route_key, inbox::payload_ct))
+                 inbox::route_key, inbox::received_at, inbox::payload_ct))
         .load(c))?;
-    open_rows(keyring, rows)
+    Ok(open_rows(keyring, rows))
 }
 
-/// How many rows wait to be processed.
+/// How many rows wait to be processed (parked ones not counted).
 pub fn backlog(conn: &mut DbConn) -> Result<i64, StorageError> {
     Ok(on_backend!(conn, c => inbox::table
         .filter(inbox::processed_at.is_null())
+        .filter(inbox::parked_at.is_null())
         .count()
         .get_result(c))?)
+}
+
+/// How many rows are parked.
+pub fn parked_count(conn: &mut DbConn) -> Result<i64, StorageError> {
+    Ok(on_backend!(conn, c => inbox::table
+        .filter(inbox::processed_at.is_null())
+        .filter(inbox::parked_at.is_not_null())
+        .count()
+        .get_result(c))?)
+}
+
+/// Rows dispatched by a sweep that reached `through_id` and are not processed yet:
+/// the sweep reads its next page only once these are few (its backpressure).
+pub fn unprocessed_through(
+    conn: &mut DbConn,
+    through_id: i64,
+    received_before: i64,
+) -> Result<i64, StorageError> {
+    Ok(on_backend!(conn, c => inbox::table
+        .filter(inbox::processed_at.is_null())
+        .filter(inbox::parked_at.is_null())
+        .filter(inbox::id.le(through_id))
+        .filter(inbox::received_at.le(received_before))
+        .count()
+        .get_result(c))?)
+}
+
+/// The longest error text kept with a row.
+const ERROR_TEXT_MAX: usize = 1_000;
+
+/// Counts a failed attempt at row `id` with its error; parks the row once it has
+/// failed `park_after` times (0: at once). Returns whether it is parked now. A row
+/// already processed is left alone.
+pub fn record_failure(
+    conn: &mut DbConn,
+    id: i64,
+    error: &str,
+    park_after: i32,
+    now_ms: i64,
+) -> Result<bool, StorageError> {
+    let mut error = error.to_string();
+    if error.len() > ERROR_TEXT_MAX {
+        let mut cut = ERROR_TEXT_MAX;
+        while !error.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        error.truncate(cut);
+    }
+    let attempts: Option<i32> = on_backend!(conn, c => inbox::table
+        .find(id)
+        .filter(inbox::processed_at.is_null())
+        .select(inbox::attempts)
+        .first::<i32>(c)
+        .optional())?;
+    let Some(attempts) = attempts else {
+        return Ok(false);
+    };
+    let attempts = attempts.saturating_add(1);
+    let parked = attempts >= park_after;
+    on_backend!(conn, c => diesel::update(inbox::table.find(id))
+        .set((
+            inbox::attempts.eq(attempts),
+            inbox::last_error.eq(&error),
+            inbox::parked_at.eq(parked.then_some(now_ms)),
+        ))
+        .execute(c))?;
+    Ok(parked)
+}
+
+/// A parked row as the operator sees it: no identifiers, no content.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ParkedRow {
+    pub id: i64,
+    pub tenant_id: String,
+    pub phone_number_id: String,
+    pub kind: String,
+    pub received_at: i64,
+    pub attempts: i32,
+    pub parked_at: i64,
+    pub error: String,
+}
+
+/// Every parked row, oldest first.
+pub fn list_parked(conn: &mut DbConn) -> Result<Vec<ParkedRow>, StorageError> {
+    type Row = (
+        i64,
+        String,
+        String,
+        String,
+        i64,
+        i32,
+        Option<i64>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = on_backend!(conn, c => inbox::table
+        .filter(inbox::processed_at.is_null())
+        .filter(inbox::parked_at.is_not_null())
+        .order(inbox::id.asc())
+        .select((inbox::id, inbox::tenant_id, inbox::phone_number_id, inbox::kind,
+                 inbox::received_at, inbox::attempts, inbox::parked_at, inbox::last_error))
+        .load(c))?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, tenant_id, phone_number_id, kind, received_at, attempts, parked_at, error)| {
+                ParkedRow {
+                    id,
+                    tenant_id,
+                    phone_number_id,
+                    kind,
+                    received_at,
+                    attempts,
+                    parked_at: parked_at.unwrap_or_default(),
+                    error: error.unwrap_or_default(),
+                }
+            },
+        )
+        .collect())
+}
+
+/// Puts parked rows back in line with their attempts reset: row `id`, or every parked
+/// row. Returns how many; `NotFound` for an `id` that is not parked.
+pub fn retry_parked(conn: &mut DbConn, id: Option<i64>) -> Result<usize, StorageError> {
+    let retried = on_backend!(conn, c => {
+        let rows = inbox::table
+            .filter(inbox::processed_at.is_null())
+            .filter(inbox::parked_at.is_not_null())
+            .into_boxed();
+        let rows = match id {
+            Some(id) => rows.filter(inbox::id.eq(id)),
+            None => rows,
+        };
+        let ids: Vec<i64> = rows.select(inbox::id).load(c)?;
+        diesel::update(inbox::table.filter(inbox::id.eq_any(&ids)))
+            .set((inbox::parked_at.eq(None::<i64>), inbox::attempts.eq(0)))
+            .execute(c)
+    })?;
+    if id.is_some() && retried == 0 {
+        return Err(StorageError::NotFound);
+    }
+    Ok(retried)
 }
 
 /// Deletes processed rows older than `processed_before`; returns how many.

@@ -43,6 +43,9 @@ diesel::table! {
         payload_ct -> Binary,
         received_at -> BigInt,
         processed_at -> Nullable<BigInt>,
+        attempts -> Integer,
+        last_error -> Nullable<Text>,
+        parked_at -> Nullable<BigInt>,
     }
 }
 

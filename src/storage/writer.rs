@@ -78,9 +78,22 @@ enum Job {
         waiters: Waiters,
         reply: Reply<Result<ApplyReceipt, StorageError>>,
     },
+    /// Any other write (see [`WriterHandle::write`]).
+    Write {
+        tenant_id: Option<TenantId>,
+        work: WriteWork,
+        reply: Reply<Result<WriteOutput, StorageError>>,
+    },
     /// Answered once every job queued before it is done.
     Flush(Reply<()>),
 }
+
+/// What a generic write returns, boxed for its trip back through the writer.
+type WriteOutput = Box<dyn std::any::Any + Send>;
+
+/// A generic write: run inside the batch's transaction, and run again alone when its
+/// batch fails and is retried job by job (so it is `FnMut`, not `FnOnce`).
+type WriteWork = Box<dyn FnMut(&mut DbConn) -> Result<WriteOutput, StorageError> + Send>;
 
 const RESOLVE_WORK: usize = 4;
 
@@ -101,7 +114,7 @@ impl Job {
             Job::Ingest { events, others, .. } => events.len() + others.len(),
             Job::Apply { ops, .. } => ops.len(),
             Job::Resolve { .. } => RESOLVE_WORK,
-            Job::Flush(_) => 1,
+            Job::Write { .. } | Job::Flush(_) => 1,
         }
         .max(1)
     }
@@ -109,6 +122,7 @@ impl Job {
     fn tenant(&self) -> Option<&TenantId> {
         match self {
             Job::Resolve { tenant_id, .. } | Job::Apply { tenant_id, .. } => Some(tenant_id),
+            Job::Write { tenant_id, .. } => tenant_id.as_ref(),
             _ => None,
         }
     }
@@ -119,6 +133,7 @@ enum Outcome {
     Ingest(IngestReceipt),
     Resolve(ResolvedContact),
     Apply(ApplyReceipt),
+    Write(WriteOutput),
 }
 
 /// What the writer threads show of their health: whether they run, and since when
@@ -256,6 +271,33 @@ impl WriterHandle {
         rx.await.map_err(|_| gone())?
     }
 
+    /// Runs `work` in the writer: in `tenant_id`'s serialised lane (after the writes
+    /// of that tenant queued before it; `None`: in the ingest lane, served first),
+    /// inside a transaction, grouped with other writes where it can be. `work` may run
+    /// twice (its batch failed and is retried job by job); only the committed run
+    /// counts.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        tenant_id: Option<TenantId>,
+        mut work: impl FnMut(&mut DbConn) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let (reply, rx) = handoff::channel();
+        let work: WriteWork = Box::new(move |conn| Ok(Box::new(work(conn)?) as WriteOutput));
+        self.tx
+            .send_async(Job::Write {
+                tenant_id,
+                work,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        let output = rx.await.map_err(|_| gone())??;
+        output
+            .downcast::<T>()
+            .map(|value| *value)
+            .map_err(|_| StorageError::Corrupt("a write returned another type".into()))
+    }
+
     /// Waits until everything queued so far is written.
     pub async fn flush(&self) {
         let (reply, rx) = handoff::channel();
@@ -318,7 +360,8 @@ pub fn spawn(
 ) -> std::io::Result<(WriterHandle, Vec<JoinHandle<()>>)> {
     // Bounded: when the database falls behind, webhook handlers wait here instead of
     // memory growing without limit.
-    let (tx, rx) = flume::bounded(config.batch_max.max(64) * 16);
+    let capacity = config.batch_max.max(64) * 16;
+    let (tx, rx) = flume::bounded(capacity);
     let dispatcher: Arc<OnceLock<Dispatcher>> = Arc::new(OnceLock::new());
     let sqlite = pool
         .get()
@@ -385,6 +428,8 @@ pub fn spawn(
             routes: HashMap::new(),
             ingest: VecDeque::new(),
             lanes: VecDeque::new(),
+            queued: 0,
+            max_queued: capacity,
             last_maintenance: Instant::now(),
             conversation_index: (index == 0)
                 .then(|| index_shared.clone())
@@ -436,6 +481,9 @@ struct Writer {
     ingest: VecDeque<Job>,
     /// Actor jobs waiting, one queue per tenant, served round-robin.
     lanes: VecDeque<(TenantId, VecDeque<Job>)>,
+    /// Jobs in `ingest` and `lanes`, and how many they may hold.
+    queued: usize,
+    max_queued: usize,
     last_maintenance: Instant,
     /// SQLite, one writer: fills the conversation index in bulk.
     conversation_index: Option<ConversationIndexer>,
@@ -596,6 +644,7 @@ impl Writer {
                     self.conn = None;
                     self.ingest.clear();
                     self.lanes.clear();
+                    self.queued = 0;
                     if let Some(indexer) = self.conversation_index.as_mut() {
                         indexer.bulk = None;
                         indexer.publish_busy();
@@ -627,7 +676,11 @@ impl Writer {
                     Err(flume::RecvTimeoutError::Disconnected) => break,
                 }
             }
-            for job in rx.try_iter().take(4096) {
+            // The writer's own queues hold at most as many jobs as the channel: past
+            // that, jobs wait in the channel, whose senders (webhook handlers, actors)
+            // then wait in turn, instead of memory growing without limit.
+            let room = self.max_queued.saturating_sub(self.queued);
+            for job in rx.try_iter().take(room) {
                 self.enqueue(job);
             }
             let batch = self.take_batch();
@@ -681,6 +734,7 @@ impl Writer {
 
     fn enqueue(&mut self, job: Job) {
         self.arrivals.jobs += 1;
+        self.queued += 1;
         match job.tenant().cloned() {
             None => self.ingest.push_back(job),
             Some(tenant) => match self.lanes.iter_mut().find(|(t, _)| *t == tenant) {
@@ -719,6 +773,7 @@ impl Writer {
                 self.lanes.push_back((tenant, lane));
             }
         }
+        self.queued = self.queued.saturating_sub(batch.len());
         batch
     }
 
@@ -779,7 +834,7 @@ impl Writer {
         };
         let batch_size = jobs.len();
         let slice = self.next_index_slice();
-        let result = self.run_batch(&jobs, &mut new_keys, now, slice.as_ref());
+        let result = self.run_batch(&mut jobs, &mut new_keys, now, slice.as_ref());
         match result {
             Ok((outcomes, indexed)) => {
                 if let Some(slice) = slice {
@@ -805,6 +860,7 @@ impl Writer {
                     // the database cannot be reached, everything waiting fails at once.
                     let mut waiting: Vec<Job> = self.ingest.drain(..).collect();
                     waiting.extend(self.lanes.drain(..).flat_map(|(_, lane)| lane));
+                    self.queued = 0;
                     waiting.extend(rx.try_iter());
                     self.fail_all(waiting, &e);
                 }
@@ -813,8 +869,8 @@ impl Writer {
                 self.conn = None;
                 slog::warn!(self.log, "write batch failed, retrying its jobs one by one"; "error" => %e);
                 let mut results = Vec::with_capacity(jobs.len());
-                for job in &jobs {
-                    let one = self.run_batch(std::slice::from_ref(job), &mut new_keys, now, None);
+                for job in jobs.iter_mut() {
+                    let one = self.run_batch(std::slice::from_mut(job), &mut new_keys, now, None);
                     results.push(one.map(|(mut o, _)| o.remove(0)));
                 }
                 self.finish(jobs.drain(..).zip(results));
@@ -897,7 +953,7 @@ impl Writer {
     /// beside the outcomes) costs only the slice.
     fn run_batch(
         &mut self,
-        jobs: &[Job],
+        jobs: &mut [Job],
         new_keys: &mut HashMap<usize, (KeyId, NewDataKey)>,
         now: i64,
         slice: Option<&conversation_index::Slice>,
@@ -926,7 +982,7 @@ impl Writer {
                 let mut receipts = ingest(conn, &keyring, &mut routes, &parts, now)?.into_iter();
                 let mut applied = apply_jobs(conn, jobs, now)?.into_iter();
                 let mut outcomes = Vec::with_capacity(jobs.len());
-                for (index, job) in jobs.iter().enumerate() {
+                for (index, job) in jobs.iter_mut().enumerate() {
                     let outcome = match job {
                         Job::Ingest { .. } => Outcome::Ingest(receipts.next().unwrap_or_default()),
                         Job::Resolve { tenant_id, ids, .. } => {
@@ -939,6 +995,7 @@ impl Writer {
                             )?)
                         }
                         Job::Apply { .. } => Outcome::Apply(applied.next().unwrap_or_default()),
+                        Job::Write { work, .. } => Outcome::Write(work(conn)?),
                         Job::Flush(_) => Outcome::Apply(ApplyReceipt::default()),
                     };
                     outcomes.push(outcome);
@@ -973,6 +1030,7 @@ impl Writer {
                 Job::Ingest { reply, .. } => outbox.push(reply, Err(copy())),
                 Job::Resolve { reply, .. } => outbox.push(reply, Err(copy())),
                 Job::Apply { reply, .. } => outbox.push(reply, Err(copy())),
+                Job::Write { reply, .. } => outbox.push(reply, Err(copy())),
                 Job::Flush(reply) => outbox.push(reply, ()),
             }
         }
@@ -1016,6 +1074,10 @@ impl Writer {
                 (Job::Ingest { reply, .. }, Err(e)) => outbox.push(reply, Err(e)),
                 (Job::Resolve { reply, .. }, Err(e)) => outbox.push(reply, Err(e)),
                 (Job::Apply { reply, .. }, Err(e)) => outbox.push(reply, Err(e)),
+                (Job::Write { reply, .. }, Ok(Outcome::Write(output))) => {
+                    outbox.push(reply, Ok(output));
+                }
+                (Job::Write { reply, .. }, Err(e)) => outbox.push(reply, Err(e)),
                 (Job::Flush(reply), _) => outbox.push(reply, ()),
                 (job, Ok(_)) => {
                     // Outcomes are produced in job order, so this cannot happen; answer
@@ -1108,11 +1170,13 @@ impl Writer {
         let result = self.connection().and_then(|conn| {
             let purged = inbox::purge_processed(conn, cutoff)?;
             let backlog = inbox::backlog(conn)?;
-            Ok((purged, backlog))
+            let parked = inbox::parked_count(conn)?;
+            Ok((purged, backlog, parked))
         });
         match result {
-            Ok((purged, backlog)) => {
+            Ok((purged, backlog, parked)) => {
                 self.metrics.inbox_backlog.set(backlog);
+                self.metrics.inbox_parked.set(parked);
                 if purged > 0 {
                     slog::debug!(self.log, "purged processed inbox rows"; "rows" => purged);
                 }
@@ -1388,6 +1452,7 @@ fn ingest(
                         tenant_id: tenant_id.clone(),
                         phone_number_id: event.phone_number_id.clone(),
                         route_key: event.route_key.clone(),
+                        received_at: now,
                         event: event.event.clone(),
                     }),
                     None => receipt.duplicates += 1,

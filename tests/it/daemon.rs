@@ -998,3 +998,186 @@ async fn a_database_that_stops_answering_is_503_not_ready_and_starves_the_watchd
         );
     }
 }
+
+/// The operator's view of parked events, with the real binary: `inbox parked` lists an
+/// event that failed for good (no identifiers, its error), `inbox retry` puts it back,
+/// and the running daemon applies it once it can.
+#[actix_rt::test]
+async fn the_operator_lists_and_retries_parked_events() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+
+    let db = TestDb::new(&Backend::Sqlite);
+    let mut daemon = Daemon::new(&db.url, &db.dir);
+    for (key, value) in [
+        ("CONVERRA__ACTORS__PARK_AFTER_ATTEMPTS", "2"),
+        ("CONVERRA__ACTORS__RETRY_DELAY_MS", "50"),
+        ("CONVERRA__ACTORS__SWEEP_INTERVAL_SECS", "1"),
+        ("CONVERRA__ACTORS__SWEEP_MIN_AGE_SECS", "1"),
+    ] {
+        daemon.env.push((key.into(), value.into()));
+    }
+    let tenant = daemon.seed_tenant(&db.dir, "parking", "EAAG-token");
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let _running = daemon.spawn();
+    daemon.wait_ready(&client).await;
+    let mut beside =
+        diesel::SqliteConnection::establish(db.dir.path().join("converra.db").to_str().unwrap())
+            .unwrap();
+    beside
+        .batch_execute(
+            "PRAGMA busy_timeout = 10000; CREATE TRIGGER refuse BEFORE INSERT ON messages \
+             WHEN NEW.wamid = 'wamid.park' BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .unwrap();
+    let body = text_webhook(NUMBER_A, "4916400", "wamid.park", "parked for a while");
+    let signature = converra::whatsapp::signature::sign(APP_SECRET.as_bytes(), &body);
+    let resp = client
+        .post(format!("{}/webhooks/whatsapp", daemon.base))
+        .insert_header(("X-Hub-Signature-256", signature))
+        .send_body(body)
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let parked = loop {
+        let parked = daemon.cli_json(&["inbox", "parked", "--json"]);
+        if parked.as_array().is_some_and(|rows| !rows.is_empty()) {
+            break parked;
+        }
+        assert!(Instant::now() < deadline, "never parked");
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    let row = &parked[0];
+    assert_eq!(row["kind"], "message");
+    assert_eq!(row["tenant_id"], tenant["tenant_id"]);
+    assert!(
+        row["error"].as_str().unwrap().contains("injected failure"),
+        "{row}"
+    );
+    assert!(
+        !parked.to_string().contains("4916400"),
+        "a phone number is listed: {parked}"
+    );
+
+    let out = daemon
+        .command(&["inbox", "retry", "--id", "999999"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no parked inbox event with id 999999"));
+    let out = daemon.command(&["inbox", "retry"]).output().unwrap();
+    assert!(!out.status.success(), "retry needs --id or --all");
+
+    beside.batch_execute("DROP TRIGGER refuse;").unwrap();
+    let retried = daemon.cli_json(&["inbox", "retry", "--all", "--json"]);
+    assert_eq!(retried["retried"], 1);
+    let reader = ApiReader {
+        client: client.clone(),
+        base: daemon.base.clone(),
+        key: tenant["api_key"].as_str().unwrap().to_string(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reader.all_wamids().await.iter().any(|w| w == "wamid.park") {
+        assert!(
+            Instant::now() < deadline,
+            "the retried event was never applied"
+        );
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        daemon.cli_json(&["inbox", "parked", "--json"]),
+        serde_json::json!([])
+    );
+}
+
+/// Peak resident memory of `pid` in MiB (`VmHWM`).
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// A backlog of `rows` inbox rows (as an outage of hours leaves them) is processed at
+/// start-up, a page at a time: returns the time it took and the daemon's peak RSS.
+async fn process_a_backlog(rows: usize) -> (Duration, f64) {
+    use diesel::Connection;
+
+    let db = TestDb::new(&Backend::Sqlite);
+    let daemon = Daemon::new(&db.url, &db.dir);
+    let tenant = daemon.seed_tenant(&db.dir, "backlog", "EAAG-token");
+    let tenant_id = converra::ids::TenantId(tenant["tenant_id"].as_str().unwrap().into());
+    let mut settings = converra::config::Settings::defaults().unwrap();
+    settings.database.url = db.url.clone();
+    settings.security.master_key_file = db.dir.path().join("master.key").display().to_string();
+    {
+        let (keyring, pool) = converra::open_storage(&settings).unwrap();
+        let mut conn = pool.get().unwrap();
+        for first in (0..rows).step_by(1_000) {
+            let tag = format!("backlog{first}");
+            let body = flood_webhooks(NUMBER_A, &tag, 1_000, 1_000, "left over");
+            let prepared: Vec<converra::storage::inbox::PreparedEvent> = body
+                .iter()
+                .flat_map(|body| converra::whatsapp::webhook::parse(body).events)
+                .filter_map(|event| converra::storage::inbox::PreparedEvent::seal(&keyring, event))
+                .collect();
+            let routed: Vec<_> = prepared.iter().map(|p| (&tenant_id, p)).collect();
+            conn.transaction::<_, converra::storage::StorageError, _>(|conn| {
+                converra::storage::inbox::insert_events(conn, &routed, 1)
+            })
+            .unwrap();
+        }
+        assert_eq!(
+            converra::storage::inbox::backlog(&mut conn).unwrap(),
+            rows as i64
+        );
+    }
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let started = Instant::now();
+    let running = daemon.spawn();
+    daemon.wait_ready(&client).await;
+    let (_, pool) = converra::open_storage(&settings).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1_800);
+    loop {
+        let backlog =
+            converra::storage::with_conn(&pool, converra::storage::inbox::backlog).unwrap();
+        if backlog == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{backlog} rows still unprocessed"
+        );
+        actix_rt::time::sleep(Duration::from_millis(250)).await;
+    }
+    (started.elapsed(), peak_rss_mib(running.id()))
+}
+
+/// Memory is bounded however long the backlog: 100,000 rows at start-up stay under
+/// 256 MiB of resident memory.
+#[actix_rt::test]
+async fn a_backlog_of_100_000_rows_is_processed_in_bounded_memory() {
+    let (took, peak) = process_a_backlog(100_000).await;
+    eprintln!("100,000 inbox rows processed in {took:?}, peak RSS {peak:.0} MiB");
+    assert!(peak > 0.0, "no RSS reading");
+    assert!(peak < 256.0, "peak RSS {peak:.0} MiB");
+}
+
+/// The same with a million rows: a benchmark, run against the release build with
+/// `cargo test --release -- --ignored a_backlog_of_a_million --nocapture`.
+#[actix_rt::test]
+#[ignore]
+async fn a_backlog_of_a_million_rows_is_processed_in_bounded_memory() {
+    let (took, peak) = process_a_backlog(1_000_000).await;
+    eprintln!("1,000,000 inbox rows processed in {took:?}, peak RSS {peak:.0} MiB");
+    assert!(peak < 256.0, "peak RSS {peak:.0} MiB");
+}

@@ -402,3 +402,142 @@ async fn a_panicking_writer_is_restarted_and_loses_nothing() {
         app.wait_processed().await;
     }
 }
+
+/// The SQL that makes inserting the message `wamid` fail for good, and undoes it.
+fn refusing_trigger(backend: &Backend, wamid: &str) -> (String, String) {
+    match backend {
+        Backend::Sqlite => (
+            format!(
+                "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.wamid = '{wamid}' \
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+            ),
+            "DROP TRIGGER refuse;".into(),
+        ),
+        Backend::Postgres(_) => (
+            format!(
+                "CREATE FUNCTION refuse_marked() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.wamid = '{wamid}' THEN RAISE EXCEPTION 'injected failure'; \
+                 END IF; RETURN NEW; END $$ LANGUAGE plpgsql; \
+                 CREATE TRIGGER refuse BEFORE INSERT ON messages \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_marked();"
+            ),
+            "DROP TRIGGER refuse ON messages; DROP FUNCTION refuse_marked();".into(),
+        ),
+    }
+}
+
+/// An event that fails for good is parked after `actors.park_after_attempts`, with
+/// its error, while the later events of its own conversation are applied; the
+/// operator lists it and puts it back, and then it is applied.
+#[actix_rt::test]
+async fn an_event_that_fails_for_good_is_parked_and_its_conversation_goes_on() {
+    use diesel::connection::SimpleConnection;
+    for backend in backends() {
+        let app = TestApp::start_with(&backend, Hooks::default(), |settings| {
+            settings.actors.park_after_attempts = 3;
+        })
+        .await;
+        let (refuse, allow) = refusing_trigger(&backend, "wamid.bad");
+        let (_, pool) = app.pool();
+        pool.get().unwrap().batch_execute(&refuse).unwrap();
+
+        // The bad one and the ones after it, in one webhook and one conversation.
+        let items: Vec<serde_json::Value> = ["wamid.ok.1", "wamid.bad", "wamid.ok.2", "wamid.ok.3"]
+            .iter()
+            .map(|wamid| text("4915333", wamid, wamid))
+            .collect();
+        let body = serde_json::to_vec(&envelope(vec![messages_change(
+            NUMBER_A,
+            vec![contact("4915333", "Pat")],
+            items,
+        )]))
+        .unwrap();
+        assert_eq!(app.post_signed(&body).await.0, 200);
+        let later = text_webhook(NUMBER_A, "4915333", "wamid.ok.4", "later");
+        assert_eq!(app.post_signed(&later).await.0, 200);
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while app.metric("converra_inbox_parked").await < 1.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend:?}: never parked"
+            );
+            actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let stored = app.wait_messages(&app.a, 4).await;
+        let wamids: HashSet<&str> = stored.iter().filter_map(|m| m["wamid"].as_str()).collect();
+        assert_eq!(
+            wamids,
+            HashSet::from(["wamid.ok.1", "wamid.ok.2", "wamid.ok.3", "wamid.ok.4"]),
+            "{backend:?}"
+        );
+        app.wait_processed().await;
+        let parked = storage::with_conn(&pool, storage::inbox::list_parked).unwrap();
+        assert_eq!(parked.len(), 1, "{parked:?}");
+        assert_eq!(parked[0].attempts, 3);
+        assert!(parked[0].error.contains("injected failure"), "{parked:?}");
+        assert_eq!(parked[0].kind, "message");
+
+        pool.get().unwrap().batch_execute(&allow).unwrap();
+        let retried = storage::with_conn(&pool, |conn| {
+            storage::inbox::retry_parked(conn, Some(parked[0].id))
+        })
+        .unwrap();
+        assert_eq!(retried, 1);
+        let stored = app.wait_messages(&app.a, 5).await;
+        assert!(
+            stored.iter().any(|m| m["wamid"] == "wamid.bad"),
+            "{backend:?}"
+        );
+        app.wait_processed().await;
+        assert!(storage::with_conn(&pool, storage::inbox::list_parked)
+            .unwrap()
+            .is_empty());
+    }
+}
+
+/// Inbox rows that cannot be read back (sealed under another master key) do not stop
+/// the start-up sweep: the readable rows around them are applied, the unreadable ones
+/// parked with their reason.
+#[actix_rt::test]
+async fn unreadable_inbox_rows_are_parked_and_the_sweep_goes_on() {
+    for backend in backends() {
+        let mut app = TestApp::start(&backend).await;
+        app.stop().await;
+        {
+            let (keyring, pool) = app.pool();
+            let stranger = converra::crypto::Keyring::from_master(&[9u8; 32]);
+            let mut conn = pool.get().unwrap();
+            for i in 0..5 {
+                let body = text_webhook(NUMBER_A, "4915222", &format!("wamid.row.{i}"), "x");
+                for event in webhook::parse(&body).events {
+                    let ring = if i == 2 { &stranger } else { &keyring };
+                    let prepared = PreparedEvent::seal(ring, event).unwrap();
+                    insert_event(&mut conn, &TenantId(app.a.id.clone()), &prepared, 1).unwrap();
+                }
+            }
+        }
+        app.restart(Hooks::default()).await;
+        let stored = app.wait_messages(&app.a, 4).await;
+        let wamids: HashSet<&str> = stored.iter().filter_map(|m| m["wamid"].as_str()).collect();
+        assert_eq!(
+            wamids,
+            HashSet::from(["wamid.row.0", "wamid.row.1", "wamid.row.3", "wamid.row.4"])
+        );
+        app.wait_processed().await;
+        let (_, pool) = app.pool();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let parked = loop {
+            let parked = storage::with_conn(&pool, storage::inbox::list_parked).unwrap();
+            if !parked.is_empty() || std::time::Instant::now() > deadline {
+                break parked;
+            }
+            actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert_eq!(parked.len(), 1, "{parked:?}");
+        assert!(
+            parked[0].error.contains("not sealed under this key"),
+            "{parked:?}"
+        );
+    }
+}

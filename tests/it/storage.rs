@@ -252,6 +252,7 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
                 wamid: wamid.into(),
                 msg_type: "text".into(),
                 sent_at,
+                inbound_at: sent_at,
                 key_id: contact.key_id.clone(),
                 ref_wamid: None,
                 is_revoke: false,

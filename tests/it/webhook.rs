@@ -1213,3 +1213,46 @@ async fn merged_contacts_keep_every_later_message_readable() {
         .await;
     }
 }
+
+/// Absurd timestamps from Meta (0, negative, near i64::MAX, a thousand years ahead)
+/// are input, not failures: every message is applied and kept as sent, and the
+/// conversation's window never starts after the message arrived.
+#[actix_rt::test]
+async fn absurd_timestamps_are_applied_and_never_push_the_window_past_arrival() {
+    let parse = |text: &str| {
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("{text:?}: {e}"))
+    };
+    for backend in backends() {
+        let app = TestApp::start(&backend).await;
+        let stamps = ["0", "-5", "9223372036854775807", "32503680000"];
+        for (i, stamp) in stamps.iter().enumerate() {
+            let mut message = text("4915111", &format!("wamid.ts.{i}"), "odd time");
+            message["timestamp"] = json!(stamp);
+            let body = serde_json::to_vec(&envelope(vec![messages_change(
+                NUMBER_A,
+                vec![contact("4915111", "Tim")],
+                vec![message],
+            )]))
+            .unwrap();
+            assert_eq!(app.post_signed(&body).await.0, 200, "{stamp}");
+        }
+        let arrived = time::OffsetDateTime::now_utc();
+        let stored = app.wait_messages(&app.a, stamps.len()).await;
+        assert_eq!(stored.len(), stamps.len());
+        app.wait_processed().await;
+        assert_eq!(app.metric("converra_inbox_parked").await, 0.0);
+        let conversations = app.all("/v1/conversations", &app.a.api_key).await;
+        assert_eq!(conversations.len(), 1);
+        let window_ends = parse(conversations[0]["window_ends_at"].as_str().unwrap());
+        let last_inbound = parse(conversations[0]["last_inbound_at"].as_str().unwrap());
+        assert!(last_inbound <= arrived, "{last_inbound} after {arrived}");
+        assert!(window_ends <= arrived + time::Duration::hours(24));
+        assert!(window_ends > arrived, "the window is open");
+        let year_3000 = stored.iter().find(|m| m["wamid"] == "wamid.ts.3").unwrap();
+        assert_eq!(
+            year_3000["timestamp"], "3000-01-01T00:00:00Z",
+            "kept as sent"
+        );
+    }
+}
