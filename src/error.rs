@@ -1,7 +1,10 @@
 //! The error policy of the HTTP API, in one place. Every refusal is a status code and
 //! `{"error": {"code", "message", "field"}}` naming what was wrong. Storage errors map
-//! as: not found → 404; database unavailable, pool timeout or lock → 503 (retry);
-//! anything else → 500 with the details only in the log.
+//! as: not found → 404; a value breaking a rule → 422 `invalid_field` naming the field;
+//! a clash with what is stored → 409 with a code naming the rule; database
+//! unavailable, pool timeout or lock → 503 (retry); anything else → 500, its cause in
+//! the log under a request id that the response carries too (`request_id` in the body
+//! and the `X-Request-Id` header).
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -10,8 +13,7 @@ use serde::Serialize;
 use crate::storage::StorageError;
 
 /// The error codes of the JSON body; one enum so they stay consistent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     Unauthorized,
     Forbidden,
@@ -25,6 +27,33 @@ pub enum ErrorCode {
     NotConfigured,
     Unavailable,
     Internal,
+    /// 409: valid, but against a rule of what is stored; the code names the rule.
+    Conflict(&'static str),
+}
+
+impl ErrorCode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::InvalidSignature => "invalid_signature",
+            ErrorCode::NotConfigured => "not_configured",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Conflict(rule) => rule,
+        }
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +62,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub field: Option<String>,
+    /// What went wrong, for the log only (a 500's cause).
+    pub cause: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -54,6 +85,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            cause: None,
         }
     }
 
@@ -62,6 +94,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: Some(field.to_string()),
+            cause: None,
         }
     }
 
@@ -85,6 +118,7 @@ impl ResponseError for ApiError {
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::NotConfigured | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Conflict(_) => StatusCode::CONFLICT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,13 +138,81 @@ impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> ApiError {
         match e {
             StorageError::NotFound => ApiError::not_found("resource"),
+            StorageError::Validation { field, message, .. } => {
+                ApiError::field(ErrorCode::InvalidField, field, message)
+            }
+            StorageError::Conflict { code, message } => {
+                ApiError::new(ErrorCode::Conflict(code), message)
+            }
             e if e.is_transient() => ApiError::new(
                 ErrorCode::Unavailable,
                 "the database is unavailable; retry later",
             ),
-            _ => ApiError::new(ErrorCode::Internal, "internal error"),
+            e => ApiError {
+                cause: Some(e.to_string()),
+                ..ApiError::new(ErrorCode::Internal, "internal error")
+            },
         }
     }
+}
+
+/// When the answer is a 500, logs its cause under a request id and puts the id in the
+/// JSON body and the `X-Request-Id` header, so an operator finds the log line a user
+/// reports. The id is the caller's `X-Request-Id` when it sent a well-formed one (a
+/// UUID), else a new UUID v7. Other answers pass untouched: nothing is added to the
+/// webhook path.
+pub async fn request_ids<B: actix_web::body::MessageBody + 'static>(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<B>,
+) -> Result<
+    actix_web::dev::ServiceResponse<actix_web::body::EitherBody<B, actix_web::body::BoxBody>>,
+    actix_web::Error,
+> {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+    let given = req
+        .headers()
+        .get("X-Request-Id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| uuid::Uuid::try_parse(v).is_ok())
+        .map(str::to_string);
+    let log = req
+        .app_data::<actix_web::web::Data<crate::http::AppState>>()
+        .map(|state| state.core.log.clone());
+    let res = next.call(req).await?;
+    if res.status() != StatusCode::INTERNAL_SERVER_ERROR {
+        return Ok(res.map_into_left_body());
+    }
+    let id = given.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let (code, message, cause) = match res.response().error() {
+        Some(error) => match error.as_error::<ApiError>() {
+            Some(api) => (api.code, api.message.clone(), api.cause.clone()),
+            None => (
+                ErrorCode::Internal,
+                "internal error".to_string(),
+                Some(error.to_string()),
+            ),
+        },
+        None => (ErrorCode::Internal, "internal error".to_string(), None),
+    };
+    if let Some(log) = &log {
+        slog::error!(log, "request failed"; "request_id" => &id, "path" => res.request().path(),
+            "cause" => cause.as_deref().unwrap_or("-"));
+    }
+    let body = serde_json::json!({"error": {
+        "code": code,
+        "message": message,
+        "request_id": id,
+    }});
+    let mut res = res.map_body(|_, _| actix_web::body::BoxBody::new(body.to_string()));
+    res.headers_mut().insert(
+        actix_web::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        res.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), value);
+    }
+    Ok(res.map_into_right_body())
 }
 
 impl From<actix_web::error::BlockingError> for ApiError {
@@ -122,6 +224,73 @@ impl From<actix_web::error::BlockingError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every code of the enum is produced somewhere outside this module: a code that
+    /// nothing produces is either dead or a refusal that lost its code on the way.
+    #[test]
+    fn every_error_code_is_produced_somewhere() {
+        fn sources(dir: &std::path::Path, out: &mut String) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    sources(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("error.rs")
+                {
+                    out.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+                }
+            }
+        }
+        let mut code = String::new();
+        sources(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut code,
+        );
+        let all = [
+            "Unauthorized",
+            "Forbidden",
+            "NotFound",
+            "MethodNotAllowed",
+            "InvalidField",
+            "PayloadTooLarge",
+            "RequestTimeout",
+            "InvalidSignature",
+            "NotConfigured",
+            "Unavailable",
+        ];
+        // The constructors of this module that produce a code.
+        let helpers = [
+            ("Unauthorized", "ApiError::unauthorized("),
+            ("NotFound", "ApiError::not_found("),
+        ];
+        for variant in all {
+            let helper = helpers.iter().find(|(v, _)| *v == variant).map(|(_, h)| *h);
+            assert!(
+                code.contains(&format!("ErrorCode::{variant}"))
+                    || helper.is_some_and(|h| code.contains(h)),
+                "ErrorCode::{variant} is never produced"
+            );
+        }
+        // Produced here, from storage errors: Internal, Conflict and NotFound.
+        let internal = ApiError::from(StorageError::Corrupt("x".into()));
+        assert_eq!(internal.code, ErrorCode::Internal);
+        assert_eq!(internal.cause.as_deref(), Some("stored data is corrupt: x"));
+        let conflict = ApiError::from(StorageError::Conflict {
+            code: "number_registered",
+            message: "m".into(),
+        });
+        assert_eq!(conflict.status_code(), StatusCode::CONFLICT);
+        assert_eq!(conflict.code.as_str(), "number_registered");
+        let invalid = ApiError::from(StorageError::Validation {
+            field: "holder_email",
+            rule: "email",
+            message: "m".into(),
+        });
+        assert_eq!(invalid.status_code(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(invalid.field.as_deref(), Some("holder_email"));
+    }
 
     #[test]
     fn every_code_maps_to_a_status_and_json_body() {

@@ -65,8 +65,18 @@ pub enum StorageError {
     Migration(String),
     #[error("not found")]
     NotFound,
-    #[error("{0}")]
-    Conflict(String),
+    /// A value breaks a rule of its own (empty, malformed); `field` names it as the
+    /// caller wrote it, `rule` names the rule.
+    #[error("{field}: {message}")]
+    Validation {
+        field: &'static str,
+        rule: &'static str,
+        message: String,
+    },
+    /// The request is valid but clashes with what is stored; `code` names the rule
+    /// (`tenant_name_taken`, `number_registered`, ...).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error("database error: {0}")]
     Query(#[from] diesel::result::Error),
     #[error("encryption: {0}")]

@@ -61,9 +61,11 @@ fn validate_email(email: &str) -> Result<(), StorageError> {
     if ok {
         Ok(())
     } else {
-        Err(StorageError::Conflict(format!(
-            "holder email {email:?} is not an email address"
-        )))
+        Err(StorageError::Validation {
+            field: "holder_email",
+            rule: "email",
+            message: format!("{email:?} is not an email address"),
+        })
     }
 }
 
@@ -75,9 +77,11 @@ pub fn create_tenant(
 ) -> Result<CreatedTenant, StorageError> {
     let name = name.trim();
     if name.is_empty() {
-        return Err(StorageError::Conflict(
-            "tenant name must not be empty".into(),
-        ));
+        return Err(StorageError::Validation {
+            field: "name",
+            rule: "required",
+            message: "the tenant name must not be empty".into(),
+        });
     }
     validate_email(holder_email)?;
     let tenant_id = TenantId::generate();
@@ -88,9 +92,10 @@ pub fn create_tenant(
             .count()
             .get_result(c))?;
         if taken > 0 {
-            return Err(StorageError::Conflict(format!(
-                "a tenant named {name:?} already exists"
-            )));
+            return Err(StorageError::Conflict {
+                code: "tenant_name_taken",
+                message: format!("a tenant named {name:?} already exists"),
+            });
         }
         on_backend!(conn, c => diesel::insert_into(tenants::table)
             .values((
@@ -186,18 +191,24 @@ pub fn add_phone_number(
         ("phone_number_id", number.phone_number_id),
         ("display_phone_number", number.display_phone_number),
         ("waba_id", number.waba_id),
-        ("access token", number.access_token),
+        ("access_token", number.access_token),
     ] {
         if value.trim().is_empty() {
-            return Err(StorageError::Conflict(format!("{field} must not be empty")));
+            return Err(StorageError::Validation {
+                field,
+                rule: "required",
+                message: format!("{field} must not be empty"),
+            });
         }
     }
     let tenant_id = TenantId(number.tenant_id.to_string());
     super::write_transaction(conn, |conn| {
         get_tenant(conn, &tenant_id).map_err(|e| match e {
-            StorageError::NotFound => {
-                StorageError::Conflict(format!("no tenant with id {}", number.tenant_id))
-            }
+            StorageError::NotFound => StorageError::Validation {
+                field: "tenant",
+                rule: "unknown_tenant",
+                message: format!("no tenant with id {}", number.tenant_id),
+            },
             other => other,
         })?;
         let owner: Option<String> = on_backend!(conn, c => phone_numbers::table
@@ -211,10 +222,13 @@ pub fn add_phone_number(
             } else {
                 "another tenant"
             };
-            return Err(StorageError::Conflict(format!(
-                "phone number id {} is already registered to {whose}",
-                number.phone_number_id
-            )));
+            return Err(StorageError::Conflict {
+                code: "number_registered",
+                message: format!(
+                    "phone number id {} is already registered to {whose}",
+                    number.phone_number_id
+                ),
+            });
         }
         let token_ct = keyring.secrets().seal(
             number.access_token.as_bytes(),

@@ -236,3 +236,54 @@ async fn a_method_an_endpoint_does_not_take_is_a_405_with_the_json_error() {
         );
     }
 }
+
+/// A server error says nothing of its cause to the caller but carries a request id, in
+/// the body and in `X-Request-Id`, under which the cause is logged; the caller's own
+/// well-formed id is kept.
+#[actix_rt::test]
+async fn a_server_error_carries_a_request_id_and_no_cause() {
+    use diesel::connection::SimpleConnection;
+    for backend in backends() {
+        let app = TestApp::start(&backend).await;
+        let (_, pool) = app.pool();
+        // A table gone from under the server: a failure no retry cures.
+        pool.get()
+            .unwrap()
+            .batch_execute("DROP TABLE contacts CASCADE")
+            .or_else(|_| pool.get().unwrap().batch_execute("DROP TABLE contacts"))
+            .unwrap();
+        let mut resp = app
+            .client
+            .get(format!("{}/v1/contacts", app.base))
+            .insert_header(("Authorization", format!("Bearer {}", app.a.api_key)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 500);
+        let header = resp
+            .headers()
+            .get("X-Request-Id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .expect("an X-Request-Id header");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "internal");
+        assert_eq!(body["error"]["request_id"], header.as_str());
+        assert!(uuid::Uuid::try_parse(&header).is_ok());
+        assert!(
+            !body.to_string().contains("contacts"),
+            "the cause leaked: {body}"
+        );
+
+        let mine = uuid::Uuid::new_v4().to_string();
+        let resp = app
+            .client
+            .get(format!("{}/v1/contacts", app.base))
+            .insert_header(("Authorization", format!("Bearer {}", app.a.api_key)))
+            .insert_header(("X-Request-Id", mine.as_str()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers().get("X-Request-Id").unwrap(), mine.as_str());
+    }
+}
