@@ -652,8 +652,9 @@ fn seed_rows(conn: &mut storage::DbConn, conversations: &[&str]) {
 }
 
 /// libpq and OpenSSL are compiled into the binary: a connection that asks for TLS
-/// (`sslmode=require`, and `verify-ca` against the server's certificate when it is
-/// readable here) is encrypted, where the test server offers TLS at all.
+/// (`sslmode=require`; `verify-ca` and `verify-full` against the server's own
+/// certificate when it is readable here) is encrypted. Under `CI=true` the server must
+/// offer TLS (Debian's cluster does).
 #[test]
 fn postgres_connections_can_require_tls() {
     use diesel::RunQueryDsl;
@@ -663,19 +664,21 @@ fn postgres_connections_can_require_tls() {
         #[diesel(sql_type = diesel::sql_types::Bool)]
         ssl: bool,
     }
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        ssl_cert_file: String,
+    }
     for backend in backends() {
         let Backend::Postgres(_) = backend else {
             continue;
         };
         let db = TestDb::new(&backend);
-        let mut modes = vec!["sslmode=require".to_string()];
-        // Debian's cluster serves its self-signed "snakeoil" certificate.
-        let server_cert = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
-        if std::path::Path::new(server_cert).exists() {
-            modes.push(format!("sslmode=verify-ca&sslrootcert={server_cert}"));
-        }
-        for mode in modes {
+        let with = |mode: &str, host: Option<&str>| {
             let mut url = url::Url::parse(&db.url).unwrap();
+            if let Some(host) = host {
+                url.set_host(Some(host)).unwrap();
+            }
             let kept: Vec<(String, String)> = url
                 .query_pairs()
                 .filter(|(key, _)| key != "sslmode")
@@ -685,27 +688,64 @@ fn postgres_connections_can_require_tls() {
             for (key, value) in kept {
                 url.query_pairs_mut().append_pair(&key, &value);
             }
-            let url = format!(
-                "{}{}{mode}",
-                url,
-                if url.query().is_some() { "&" } else { "?" }
-            );
+            let separator = if url.query().is_some() { "&" } else { "?" };
             let mut settings = settings_for(&db);
-            settings.database.url = url;
-            let mut conn = match DbManager::new(&settings).unwrap().establish() {
-                Ok(conn) => conn,
-                Err(e) if e.to_string().contains("does not support SSL") => {
-                    eprintln!("the test server does not offer TLS: {e}");
-                    break;
-                }
-                Err(e) => panic!("{mode}: {e}"),
-            };
-            let rows: Vec<Ssl> = converra::on_backend!(&mut conn, c => diesel::sql_query(
+            settings.database.url = format!("{url}{separator}{mode}");
+            DbManager::new(&settings).unwrap().establish()
+        };
+        let mut conn = match with("sslmode=require", None) {
+            Ok(conn) => conn,
+            Err(e) if e.to_string().contains("does not support SSL") => {
+                assert_ne!(
+                    std::env::var("CI").as_deref(),
+                    Ok("true"),
+                    "the CI server must offer TLS: {e}"
+                );
+                eprintln!("the test server does not offer TLS: {e}");
+                continue;
+            }
+            Err(e) => panic!("sslmode=require: {e}"),
+        };
+        let encrypted = |conn: &mut storage::DbConn| {
+            let rows: Vec<Ssl> = converra::on_backend!(conn, c => diesel::sql_query(
                 "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
             )
             .load(c))
             .unwrap();
-            assert!(rows[0].ssl, "{mode}: the connection is not encrypted");
+            rows[0].ssl
+        };
+        assert!(encrypted(&mut conn), "sslmode=require: not encrypted");
+        // The server's own (self-signed) certificate as the CA, when this test can read it.
+        let cert: Vec<Setting> = converra::on_backend!(&mut conn, c => diesel::sql_query(
+            "SELECT setting AS ssl_cert_file FROM pg_settings WHERE name = 'ssl_cert_file'"
+        )
+        .load(c))
+        .unwrap();
+        let Some(cert) = cert
+            .into_iter()
+            .map(|s| s.ssl_cert_file)
+            .find(|path| std::fs::read(path).is_ok())
+        else {
+            eprintln!("the server's certificate is not readable here: verify-ca not tried");
+            continue;
+        };
+        let mut verified = with(&format!("sslmode=verify-ca&sslrootcert={cert}"), None)
+            .unwrap_or_else(|e| panic!("verify-ca with {cert}: {e}"));
+        assert!(encrypted(&mut verified), "verify-ca: not encrypted");
+        // verify-full also checks the host name, which the certificate may give as
+        // localhost or as the machine's name: tried under both.
+        let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        for host in ["localhost", hostname.trim()] {
+            if host.is_empty() {
+                continue;
+            }
+            if let Ok(mut full) = with(
+                &format!("sslmode=verify-full&sslrootcert={cert}"),
+                Some(host),
+            ) {
+                assert!(encrypted(&mut full), "verify-full: not encrypted");
+                eprintln!("verify-full as {host}: encrypted");
+            }
         }
     }
 }
