@@ -64,6 +64,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// What went wrong, for the log only (a 500's cause).
     pub cause: Option<String>,
+    /// The id a 500's cause is logged under, shown to the caller.
+    pub request_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -77,6 +79,8 @@ struct Inner<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
 }
 
 impl ApiError {
@@ -86,6 +90,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             cause: None,
+            request_id: None,
         }
     }
 
@@ -95,11 +100,24 @@ impl ApiError {
             message: message.into(),
             field: Some(field.to_string()),
             cause: None,
+            request_id: None,
         }
     }
 
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError::new(ErrorCode::Unauthorized, message)
+    }
+
+    /// A 500 whose cause `log` records under a new request id, which the answer
+    /// carries too (for handlers outside the `/v1` scope's middleware).
+    pub fn internal_logged(log: &slog::Logger, cause: &str) -> ApiError {
+        let id = uuid::Uuid::now_v7().to_string();
+        slog::error!(log, "request failed"; "request_id" => &id, "cause" => cause);
+        ApiError {
+            cause: Some(cause.to_string()),
+            request_id: Some(id),
+            ..ApiError::new(ErrorCode::Internal, "internal error")
+        }
     }
 
     pub fn not_found(what: &str) -> ApiError {
@@ -124,11 +142,16 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(Body {
+        let mut response = HttpResponse::build(self.status_code());
+        if let Some(id) = &self.request_id {
+            response.insert_header(("X-Request-Id", id.as_str()));
+        }
+        response.json(Body {
             error: Inner {
                 code: self.code,
                 message: &self.message,
                 field: self.field.as_deref(),
+                request_id: self.request_id.as_deref(),
             },
         })
     }

@@ -273,7 +273,6 @@ pub async fn run(
         state.core.hosts.register_current();
         App::new()
             .app_data(state.clone())
-            .wrap(actix_web::middleware::from_fn(error::request_ids))
             .configure(http::configure)
     })
     .workers(workers)

@@ -37,6 +37,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/metrics").route(web::get().to(ops::metrics)))
     .service(
         web::scope("/v1")
+            // The webhook path stays without it (it answers its own 500 with an id).
+            .wrap(actix_web::middleware::from_fn(crate::error::request_ids))
             .service(resource("/contacts").route(web::get().to(api::list_contacts)))
             .service(resource("/conversations").route(web::get().to(api::list_conversations)))
             .service(

@@ -180,8 +180,8 @@ pub async fn receive(
         }
         Err(IntakeError::Unpreparable) => {
             outcome("unpreparable");
-            Err(ApiError::new(
-                ErrorCode::Internal,
+            Err(ApiError::internal_logged(
+                &core.log,
                 "an event could not be prepared for storage",
             ))
         }

@@ -30,6 +30,8 @@ pub struct ResolvedContact {
     pub key: SealKey,
     pub user_id: Option<String>,
     pub wa_id: Option<String>,
+    /// The contact this resolution merged into the resolved one, and deleted.
+    pub merged_away: Option<ContactId>,
 }
 
 /// The identifiers a contact is resolved by.
@@ -417,8 +419,13 @@ pub fn resolve_contact(
         .map(|v| keyring.blind_index(tenant, "wa_id", v));
     let (by_user, by_wa) =
         find_contacts(conn, tenant_id, user_bidx.as_deref(), wa_bidx.as_deref())?;
+    let mut merged_away = None;
     let survivor = match (by_user, by_wa) {
-        (Some(a), Some(b)) if a.id != b.id => merge_contacts(conn, keyring, tenant_id, a, b)?,
+        (Some(a), Some(b)) if a.id != b.id => {
+            let (survivor, removed) = merge_contacts(conn, keyring, tenant_id, a, b)?;
+            merged_away = Some(ContactId(removed));
+            survivor
+        }
         (Some(a), _) => a,
         (None, Some(b)) => b,
         (None, None) => {
@@ -464,6 +471,7 @@ pub fn resolve_contact(
                 key: data_key.key,
                 user_id: ids.user_id.clone(),
                 wa_id: ids.wa_id.clone(),
+                merged_away: None,
             });
         }
     };
@@ -492,39 +500,8 @@ pub fn resolve_contact(
         key,
         user_id: ids.user_id.clone(),
         wa_id: ids.wa_id.clone(),
+        merged_away,
     })
-}
-
-/// The first of `contact_ids` that no longer exists (merged into another contact), if
-/// any. On PostgreSQL the rows found are locked against deletion until the transaction
-/// ends (`FOR KEY SHARE`), so a merge by another writer waits for this write instead
-/// of moving a contact's rows while they are being added to.
-pub fn first_missing_contact(
-    conn: &mut DbConn,
-    contact_ids: &[&str],
-) -> Result<Option<String>, StorageError> {
-    if contact_ids.is_empty() {
-        return Ok(None);
-    }
-    let found: Vec<String> = match conn {
-        DbConn::Sqlite(c) => contacts::table
-            .filter(contacts::id.eq_any(contact_ids))
-            .select(contacts::id)
-            .load(c)?,
-        DbConn::Pg(c) => contacts::table
-            .filter(contacts::id.eq_any(contact_ids))
-            .select(contacts::id)
-            .for_key_share()
-            .load(c)?,
-    };
-    if found.len() == contact_ids.len() {
-        return Ok(None);
-    }
-    let found: HashSet<String> = found.into_iter().collect();
-    Ok(contact_ids
-        .iter()
-        .find(|id| !found.contains(**id))
-        .map(|id| id.to_string()))
 }
 
 /// What a merge carries from one contact to the other, besides its identifiers.
@@ -557,19 +534,18 @@ fn contact_details(conn: &mut DbConn, id: &str) -> Result<ContactDetails, Storag
 /// profile fills what the survivor lacks (sealed again under the survivor's key), the
 /// later marketing preference holds, and its row is deleted. Its data key stays in the
 /// key store: the messages sealed under it still name it (`messages.key_id`), so a
-/// contact's keys are its own plus those its messages name. Returns the survivor; the
-/// caller gives it the identifiers it lacks.
+/// contact's keys are its own plus those its messages name. Returns the survivor (the
+/// caller gives it the identifiers it lacks) and the id of the contact merged away.
 fn merge_contacts(
     conn: &mut DbConn,
     keyring: &Keyring,
     tenant_id: &TenantId,
     a: ContactKeys,
     b: ContactKeys,
-) -> Result<ContactKeys, StorageError> {
+) -> Result<(ContactKeys, String), StorageError> {
     let tenant = tenant_id.as_str();
     if let DbConn::Pg(c) = conn {
-        // Waits for writes of other writers that name either contact (they hold
-        // `FOR KEY SHARE`, see [`first_missing_contact`]), so what they add is moved too.
+        // Two merges of the same contacts by two writers take their turns.
         contacts::table
             .filter(contacts::id.eq_any([a.id.as_str(), b.id.as_str()]))
             .select(contacts::id)
@@ -654,7 +630,7 @@ fn merge_contacts(
             contacts::first_seen_at.eq(kept.first_seen_at.min(gone.first_seen_at)),
         ))
         .execute(c))?;
-    Ok(survivor)
+    Ok((survivor, removed.id))
 }
 
 /// Gives conversation `target` the times of both: opened at the earlier, its last

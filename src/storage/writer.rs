@@ -58,6 +58,10 @@ pub enum Delivered {
 /// where to tell them. Dropped unanswered when the write fails.
 pub type Waiters = Vec<(usize, Reply<Delivered>)>;
 
+/// Contacts merged into others since the writers started: a write naming one is
+/// refused as [`StorageError::ContactGone`].
+type MergedAway = Arc<std::sync::RwLock<std::collections::HashSet<String>>>;
+
 /// Receives committed inbox rows (the actor registry).
 pub type Dispatcher = Box<dyn Fn(Vec<InboxItem>) + Send + Sync>;
 
@@ -374,6 +378,7 @@ pub fn spawn(
     };
     let stopping = Arc::new(AtomicBool::new(false));
     let health = Arc::new(WriterHealth::new(writers));
+    let merged_away = MergedAway::default();
     let handle = WriterHandle {
         tx,
         health: health.clone(),
@@ -421,6 +426,7 @@ pub fn spawn(
             index,
             health: health.clone(),
             before_batch: config.before_batch.clone(),
+            merged_away: merged_away.clone(),
             connect_failed: false,
             dispatcher: dispatcher.clone(),
             restart_wanted: restart_wanted.clone(),
@@ -469,6 +475,7 @@ struct Writer {
     index: usize,
     health: Arc<WriterHealth>,
     before_batch: Option<BatchHook>,
+    merged_away: MergedAway,
     /// The last attempt to get a connection failed: the database is unreachable.
     connect_failed: bool,
     dispatcher: Arc<OnceLock<Dispatcher>>,
@@ -959,6 +966,7 @@ impl Writer {
         slice: Option<&conversation_index::Slice>,
     ) -> Result<(Vec<Outcome>, Result<(), StorageError>), StorageError> {
         let keyring = self.keyring.clone();
+        let merged_away = self.merged_away.clone();
         let mut routes = std::mem::take(&mut self.routes);
         let result = {
             let conn = match self.connection() {
@@ -980,7 +988,7 @@ impl Writer {
                     })
                     .collect();
                 let mut receipts = ingest(conn, &keyring, &mut routes, &parts, now)?.into_iter();
-                let mut applied = apply_jobs(conn, jobs, now)?.into_iter();
+                let mut applied = apply_jobs(conn, jobs, &merged_away, now)?.into_iter();
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for (index, job) in jobs.iter_mut().enumerate() {
                     let outcome = match job {
@@ -1048,6 +1056,11 @@ impl Writer {
                     outbox.push(reply, Ok(receipt));
                 }
                 (Job::Resolve { reply, .. }, Ok(Outcome::Resolve(contact))) => {
+                    if let Some(removed) = &contact.merged_away {
+                        if let Ok(mut gone) = self.merged_away.write() {
+                            gone.insert(removed.to_string());
+                        }
+                    }
                     outbox.push(reply, Ok(contact));
                 }
                 (
@@ -1323,6 +1336,7 @@ fn checkpoint(conn: &mut DbConn, schema: &str, mode: &str) -> Result<i64, Storag
 fn apply_jobs(
     conn: &mut DbConn,
     jobs: &[Job],
+    merged_away: &MergedAway,
     now: i64,
 ) -> Result<Vec<ApplyReceipt>, StorageError> {
     let apply_jobs: Vec<(&TenantId, &[ApplyOp])> = jobs
@@ -1334,15 +1348,18 @@ fn apply_jobs(
         .collect();
     // An actor may still hold a contact that a merge removed: its write fails as a
     // whole (the batch is then retried job by job) and the actor resolves again.
-    let mut contact_ids: Vec<&str> = apply_jobs
-        .iter()
-        .flat_map(|(_, ops)| ops.iter().filter_map(|op| op.contact_id()))
-        .map(|id| id.as_str())
-        .collect();
-    contact_ids.sort_unstable();
-    contact_ids.dedup();
-    if let Some(gone) = crm::first_missing_contact(conn, &contact_ids)? {
-        return Err(StorageError::ContactGone(gone));
+    // Merges happen only here, in the writers, so the ids they removed are known
+    // without asking the database (a query per batch cost 6% of the throughput).
+    if let Ok(gone) = merged_away.read() {
+        if !gone.is_empty() {
+            let stale = apply_jobs
+                .iter()
+                .flat_map(|(_, ops)| ops.iter().filter_map(|op| op.contact_id()))
+                .find(|id| gone.contains(id.as_str()));
+            if let Some(stale) = stale {
+                return Err(StorageError::ContactGone(stale.to_string()));
+            }
+        }
     }
     let fresh: Vec<(&TenantId, &inbox::FreshRow)> = apply_jobs
         .iter()
