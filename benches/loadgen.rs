@@ -1,9 +1,9 @@
 //! Load generator and references, run on one machine in one command:
 //!
 //! ```sh
-//! cargo run --release --example loadgen -- --target converra --backend sqlite --mode closed --concurrency 64 --seconds 10
-//! cargo run --release --example loadgen -- --target ceiling --mode closed --concurrency 64 --seconds 10
-//! cargo run --release --example loadgen -- --target one-txn --backend postgres --mode open --rate 2000 --seconds 10
+//! cargo bench --bench loadgen -- --target converra --backend sqlite --mode closed --concurrency 64 --seconds 10
+//! cargo bench --bench loadgen -- --target ceiling --mode closed --concurrency 64 --seconds 10
+//! cargo bench --bench loadgen -- --target one-txn --backend postgres --mode open --rate 2000 --seconds 10
 //! ```
 //!
 //! Targets: `all` (every target below on each backend, `--rounds` times, then each
@@ -92,6 +92,9 @@ struct Args {
     /// With `--target all`: how many rounds of every target.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Passed by `cargo bench` to every bench binary; nothing to do with the load.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 /// `--target all`: each target and backend in turn, `--rounds` times, each run in a
