@@ -110,6 +110,7 @@ pub struct ActorSettings {
 #[serde(deny_unknown_fields)]
 pub struct InboxSettings {
     pub keep_processed_secs: u64,
+    pub keep_raw_days: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -261,6 +262,9 @@ impl Settings {
         }
         if self.actors.idle_timeout_secs == 0 {
             return Err(invalid("actors.idle_timeout_secs", "must be at least 1"));
+        }
+        if !(1..=3650).contains(&self.inbox.keep_raw_days) {
+            return Err(invalid("inbox.keep_raw_days", "must be between 1 and 3650"));
         }
         if self.actors.park_after_attempts == 0 {
             return Err(invalid("actors.park_after_attempts", "must be at least 1"));

@@ -206,6 +206,15 @@ impl Keyring {
         })
     }
 
+    /// A new key for the raw payloads of `day`, wrapped for the key store.
+    pub fn new_raw_key(&self, day: &str) -> Result<NewDataKey, CryptoError> {
+        self.new_data_key(&format!("raw-day:{day}"))
+    }
+
+    pub fn unwrap_raw_key(&self, day: &str, wrapped: &[u8]) -> Result<SealKey, CryptoError> {
+        self.unwrap_data_key(&format!("raw-day:{day}"), wrapped)
+    }
+
     pub fn unwrap_data_key(&self, key_id: &str, wrapped: &[u8]) -> Result<SealKey, CryptoError> {
         let bytes = self.wrap.open(wrapped, key_id.as_bytes())?;
         let bytes: [u8; KEY_LEN] = bytes.try_into().map_err(|_| CryptoError::Open)?;

@@ -224,6 +224,7 @@ pub async fn run(
                 settings.database.sqlite_checkpoint_interval_ms,
             ),
             before_batch: options.hooks.before_write_batch.clone(),
+            keep_raw_days: settings.inbox.keep_raw_days,
         },
         log.new(slog::o!("task" => "writer")),
     )?;

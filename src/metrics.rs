@@ -28,6 +28,10 @@ pub struct Metrics {
     pub inbox_backlog: IntGauge,
     /// Inbox rows parked after failing for good, waiting for the operator.
     pub inbox_parked: IntGauge,
+    /// Inbox rows waiting (or parked) longer than `inbox.keep_raw_days`.
+    pub inbox_overdue: IntGauge,
+    /// Raw payloads deleted once their day passed `inbox.keep_raw_days`.
+    pub raw_payloads_deleted: IntCounter,
     /// SQLite: messages not in the conversation index yet (listings read them apart).
     pub conversation_index_tail: IntGauge,
     pub db_write_seconds: Histogram,
@@ -70,6 +74,11 @@ impl Metrics {
             "Inbox rows parked after failing for good (converra inbox parked)",
         )?;
         registry.register(Box::new(inbox_parked.clone()))?;
+        let inbox_overdue = IntGauge::new(
+            "inbox_overdue",
+            "Inbox rows waiting longer than inbox.keep_raw_days (their day's key is kept)",
+        )?;
+        registry.register(Box::new(inbox_overdue.clone()))?;
         let conversation_index_tail = IntGauge::new(
             "conversation_index_tail",
             "Messages not in the conversation index yet (SQLite)",
@@ -163,6 +172,12 @@ impl Metrics {
             conversation_actors,
             inbox_backlog,
             inbox_parked,
+            inbox_overdue,
+            raw_payloads_deleted: counter(
+                &registry,
+                "raw_payloads_deleted_total",
+                "Raw payloads deleted when their day passed inbox.keep_raw_days",
+            )?,
             conversation_index_tail,
             db_write_seconds,
             db_batch_jobs,

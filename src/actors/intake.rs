@@ -158,12 +158,19 @@ pub async fn receive(
         }
     }
 
+    if for_inbox.is_empty() && parsed.others.is_empty() {
+        return Ok(receipt);
+    }
+    let day = core
+        .writer
+        .day_key(&core.keyring, core.clock.now_ms())
+        .await?;
     let mut others = Vec::with_capacity(parsed.others.len());
     for other in &parsed.others {
         slog::warn!(core.log, "signed webhook content stored raw";
             "reason" => other.reason, "field" => other.field.as_deref().unwrap_or("-"));
         others.push(PreparedOther::seal(
-            &core.keyring,
+            &day,
             other.reason,
             other.field.clone(),
             other.phone_number_id.clone(),
@@ -175,7 +182,7 @@ pub async fn receive(
     }
     let sealed = for_inbox
         .iter()
-        .map(|event| event.seal(&core.keyring))
+        .map(|event| event.seal(&day))
         .collect::<Option<Vec<PreparedEvent>>>()
         .ok_or(IntakeError::Unpreparable)?;
     let stored = core.writer.ingest(sealed, others).await?;

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use diesel::prelude::*;
 
 use super::fixed::{fixed_statement, Bind, Sql};
+use super::raw_keys::{DayKey, RawKeys};
 use super::schema::{inbox, webhook_events};
 use super::{DbConn, StorageError};
-use crate::crypto::Keyring;
+use crate::crypto::{Keyring, SealKey};
 use crate::ids::TenantId;
 use crate::on_backend;
 use crate::whatsapp::Event;
@@ -53,19 +54,18 @@ impl FreshEvent {
         })
     }
 
-    /// Seals the event for the inbox, for when it could not be applied as it arrived.
-    pub fn seal(&self, keyring: &Keyring) -> Option<PreparedEvent> {
+    /// Seals the event for the inbox, under the day's key, for when it could not be
+    /// applied as it arrived.
+    pub fn seal(&self, day: &DayKey) -> Option<PreparedEvent> {
         let plain = serde_json::to_vec(self.event.as_ref()).ok()?;
-        let payload_ct = keyring
-            .inbox()
-            .seal(&plain, self.row.dedupe_key.as_bytes())
-            .ok()?;
+        let payload_ct = day.key.seal(&plain, self.row.dedupe_key.as_bytes()).ok()?;
         Some(PreparedEvent {
             dedupe_key: self.row.dedupe_key.clone(),
             phone_number_id: self.row.phone_number_id.clone(),
             route_key: self.row.route_key.clone(),
             kind: self.row.kind,
             payload_ct,
+            key_day: day.day.clone(),
             event: self.event.clone(),
         })
     }
@@ -79,6 +79,8 @@ pub struct PreparedEvent {
     pub route_key: String,
     pub kind: &'static str,
     pub payload_ct: Vec<u8>,
+    /// The day whose key sealed `payload_ct`.
+    pub key_day: String,
     pub event: Arc<Event>,
 }
 
@@ -90,6 +92,8 @@ pub struct PreparedOther {
     pub field: Option<String>,
     pub phone_number_id: Option<String>,
     pub payload_ct: Vec<u8>,
+    /// The day whose key sealed `payload_ct`.
+    pub key_day: String,
 }
 
 /// A committed inbox row, handed to the actors.
@@ -105,43 +109,46 @@ pub struct InboxItem {
 }
 
 impl PreparedEvent {
-    pub fn seal(keyring: &Keyring, event: Event) -> Option<PreparedEvent> {
-        FreshEvent::new(event)?.seal(keyring)
+    pub fn seal(day: &DayKey, event: Event) -> Option<PreparedEvent> {
+        FreshEvent::new(event)?.seal(day)
     }
 }
 
 impl PreparedOther {
     pub fn seal(
-        keyring: &Keyring,
+        day: &DayKey,
         reason: &str,
         field: Option<String>,
         phone_number_id: Option<String>,
         raw: &[u8],
     ) -> Result<PreparedOther, StorageError> {
         let id = uuid::Uuid::now_v7().to_string();
-        let payload_ct = keyring.inbox().seal(raw, id.as_bytes())?;
+        let payload_ct = day.key.seal(raw, id.as_bytes())?;
         Ok(PreparedOther {
             id,
             reason: reason.to_string(),
             field,
             phone_number_id,
             payload_ct,
+            key_day: day.day.clone(),
         })
     }
 }
 
 fixed_statement!(
     InsertOne = "INSERT INTO inbox \
-    (dedupe_key, tenant_id, phone_number_id, route_key, kind, payload_ct, received_at) \
-    VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+    (dedupe_key, tenant_id, phone_number_id, route_key, kind, payload_ct, received_at, \
+     key_day) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
 );
 
 fixed_statement!(
     InsertManyPg = "INSERT INTO inbox \
-    (dedupe_key, tenant_id, phone_number_id, route_key, kind, payload_ct, received_at) \
-    SELECT d, t, p, r, k, c, ? \
-    FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::bytea[]) \
-        AS v (d, t, p, r, k, c) \
+    (dedupe_key, tenant_id, phone_number_id, route_key, kind, payload_ct, received_at, \
+     key_day) \
+    SELECT d, t, p, r, k, c, ?, y \
+    FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::bytea[], \
+        ?::text[]) AS v (d, t, p, r, k, c, y) \
     ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
 );
 
@@ -175,6 +182,7 @@ pub fn insert_event(
         Bind::Text(event.kind),
         Bind::Blob(&event.payload_ct),
         Bind::BigInt(now_ms),
+        Bind::Text(&event.key_day),
     ]);
     let rows: Vec<InsertedId> = on_backend!(conn, c => statement.load(c))?;
     Ok(rows.first().map(|row| row.id))
@@ -214,6 +222,7 @@ pub fn insert_events(
                 Bind::TextArray(rows.iter().map(|(_, e)| e.route_key.as_str()).collect()),
                 Bind::TextArray(rows.iter().map(|(_, e)| e.kind).collect()),
                 Bind::BlobArray(rows.iter().map(|(_, e)| &e.payload_ct[..]).collect()),
+                Bind::TextArray(rows.iter().map(|(_, e)| e.key_day.as_str()).collect()),
             ]);
             let new_rows: Vec<InsertedRow> = statement.load(c)?;
             inserted.extend(new_rows.into_iter().map(|row| (row.dedupe_key, row.id)));
@@ -348,6 +357,7 @@ pub fn insert_other(
             webhook_events::tenant_id.eq(tenant_id.map(TenantId::as_str)),
             webhook_events::phone_number_id.eq(other.phone_number_id.as_deref()),
             webhook_events::payload_ct.eq(&other.payload_ct),
+            webhook_events::key_day.eq(&other.key_day),
         ))
         .execute(c))?;
     Ok(())
@@ -364,22 +374,47 @@ pub fn adopt_unrouted(
     tenant_id: &TenantId,
     phone_number_id: &str,
 ) -> Result<usize, StorageError> {
-    let rows: Vec<(String, i64, Vec<u8>)> = on_backend!(conn, c => webhook_events::table
+    type Row = (String, i64, Vec<u8>, Option<String>);
+    let rows: Vec<Row> = on_backend!(conn, c => webhook_events::table
         .filter(webhook_events::reason.eq("unrouted"))
         .filter(webhook_events::phone_number_id.eq(phone_number_id))
         .order((webhook_events::received_at, webhook_events::id))
-        .select((webhook_events::id, webhook_events::received_at, webhook_events::payload_ct))
+        .select((webhook_events::id, webhook_events::received_at, webhook_events::payload_ct,
+                 webhook_events::key_day))
         .load(c))?;
+    let keys = RawKeys::default();
     let mut adopted = 0;
-    for (id, received_at, payload_ct) in rows {
-        // One that cannot be read back (sealed under another master key, say) stays
-        // where it is rather than keep the number from being registered.
-        let Some(prepared) = keyring
-            .inbox()
-            .open(&payload_ct, id.as_bytes())
-            .ok()
-            .and_then(|plain| serde_json::from_slice::<Event>(&plain).ok())
-            .and_then(|event| PreparedEvent::seal(keyring, event))
+    for (id, received_at, payload_ct, key_day) in rows {
+        // Sealed again for the inbox under the key of the day it arrived, so it expires
+        // with that day. One that cannot be read back (its key destroyed, or sealed
+        // under another master key) stays where it is rather than keep the number
+        // from being registered.
+        let day = match &key_day {
+            Some(day) => keys.for_day(conn, keyring, day)?.map(|key| DayKey {
+                day: day.clone(),
+                key,
+            }),
+            None => None,
+        };
+        // One sealed before day keys: under the key of the day it arrived, made here
+        // when needed (the operator's transaction commits both).
+        let day = match day {
+            Some(day) => Some(day),
+            None => {
+                let day = super::raw_keys::day_of(received_at);
+                super::raw_keys::make_day_key(conn, keyring, &day, received_at)
+                    .ok()
+                    .map(|key| DayKey { day, key })
+            }
+        };
+        let Some(day) = day else {
+            continue;
+        };
+        let Some(prepared) =
+            open_payload(conn, keyring, &keys, key_day.as_deref(), &payload_ct, &id)
+                .ok()
+                .and_then(|plain| serde_json::from_slice::<Event>(&plain).ok())
+                .and_then(|event| PreparedEvent::seal(&day, event))
         else {
             continue;
         };
@@ -391,7 +426,38 @@ pub fn adopt_unrouted(
     Ok(adopted)
 }
 
-type PendingRow = (i64, String, String, String, String, i64, Vec<u8>);
+/// Opens a raw payload: under its day's key, or under the master key's inbox key for
+/// one sealed before day keys (`key_day` NULL). The error says why it cannot be read.
+fn open_payload(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    keys: &RawKeys,
+    key_day: Option<&str>,
+    payload_ct: &[u8],
+    aad: &str,
+) -> Result<Vec<u8>, String> {
+    let key: SealKey = match key_day {
+        None => keyring.inbox().clone(),
+        Some(day) => match keys.for_day(conn, keyring, day) {
+            Ok(Some(key)) => key,
+            Ok(None) => return Err(format!("the key of {day}'s raw payloads is destroyed")),
+            Err(e) => return Err(e.to_string()),
+        },
+    };
+    key.open(payload_ct, aad.as_bytes())
+        .map_err(|e| e.to_string())
+}
+
+type PendingRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Vec<u8>,
+    Option<String>,
+);
 
 /// Pending rows read back: those that open, and those that do not (sealed under another
 /// key, damaged), by id with the reason, for the caller to park.
@@ -403,19 +469,26 @@ pub struct PendingPage {
     pub last_id: Option<i64>,
 }
 
-fn open_rows(keyring: &Keyring, rows: Vec<PendingRow>) -> PendingPage {
+fn open_rows(conn: &mut DbConn, keyring: &Keyring, rows: Vec<PendingRow>) -> PendingPage {
     let mut page = PendingPage {
         last_id: rows.last().map(|row| row.0),
         ..PendingPage::default()
     };
-    for (id, dedupe_key, tenant_id, phone_number_id, route_key, received_at, payload_ct) in rows {
-        let opened = keyring
-            .inbox()
-            .open(&payload_ct, dedupe_key.as_bytes())
-            .map_err(|e| e.to_string())
-            .and_then(|plain| {
-                serde_json::from_slice::<Event>(&plain).map_err(|e| format!("not an event: {e}"))
-            });
+    let keys = RawKeys::default();
+    for (id, dedupe_key, tenant_id, phone_number_id, route_key, received_at, payload_ct, key_day) in
+        rows
+    {
+        let opened = open_payload(
+            conn,
+            keyring,
+            &keys,
+            key_day.as_deref(),
+            &payload_ct,
+            &dedupe_key,
+        )
+        .and_then(|plain| {
+            serde_json::from_slice::<Event>(&plain).map_err(|e| format!("not an event: {e}"))
+        });
         match opened {
             Ok(event) => page.items.push(InboxItem {
                 id,
@@ -448,9 +521,9 @@ pub fn pending(
         .order(inbox::id.asc())
         .limit(limit)
         .select((inbox::id, inbox::dedupe_key, inbox::tenant_id, inbox::phone_number_id,
-                 inbox::route_key, inbox::received_at, inbox::payload_ct))
+                 inbox::route_key, inbox::received_at, inbox::payload_ct, inbox::key_day))
         .load(c))?;
-    Ok(open_rows(keyring, rows))
+    Ok(open_rows(conn, keyring, rows))
 }
 
 /// Unprocessed rows of one conversation actor (by its routing keys), oldest first.
@@ -469,9 +542,9 @@ pub fn pending_for_routes(
         .filter(inbox::route_key.eq_any(route_keys))
         .order(inbox::id.asc())
         .select((inbox::id, inbox::dedupe_key, inbox::tenant_id, inbox::phone_number_id,
-                 inbox::route_key, inbox::received_at, inbox::payload_ct))
+                 inbox::route_key, inbox::received_at, inbox::payload_ct, inbox::key_day))
         .load(c))?;
-    Ok(open_rows(keyring, rows))
+    Ok(open_rows(conn, keyring, rows))
 }
 
 /// How many rows wait to be processed (parked ones not counted).
@@ -645,12 +718,16 @@ pub fn webhook_event_payloads(
     keyring: &Keyring,
     reason: &str,
 ) -> Result<Vec<Vec<u8>>, StorageError> {
-    let rows: Vec<(String, Vec<u8>)> = on_backend!(conn, c => webhook_events::table
+    let rows: Vec<(String, Vec<u8>, Option<String>)> = on_backend!(conn, c => webhook_events::table
         .filter(webhook_events::reason.eq(reason))
         .order(webhook_events::id.desc())
-        .select((webhook_events::id, webhook_events::payload_ct))
+        .select((webhook_events::id, webhook_events::payload_ct, webhook_events::key_day))
         .load(c))?;
+    let keys = RawKeys::default();
     rows.into_iter()
-        .map(|(id, ct)| Ok(keyring.inbox().open(&ct, id.as_bytes())?))
+        .map(|(id, ct, day)| {
+            open_payload(conn, keyring, &keys, day.as_deref(), &ct, &id)
+                .map_err(StorageError::Corrupt)
+        })
         .collect()
 }

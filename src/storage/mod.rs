@@ -12,6 +12,7 @@ pub mod crm;
 mod fixed;
 pub mod inbox;
 pub mod master_key;
+pub mod raw_keys;
 pub mod tenants;
 pub mod writer;
 
@@ -229,7 +230,8 @@ impl DbManager {
                             StorageError::Connect(format!("key store {key_store}: {e}"))
                         })?;
                     conn.batch_execute(&format!(
-                        "PRAGMA keystore.journal_mode = WAL; PRAGMA keystore.synchronous = {};",
+                        "PRAGMA keystore.journal_mode = WAL; PRAGMA keystore.synchronous = {}; \
+                         PRAGMA keystore.secure_delete = ON;",
                         self.synchronous
                     ))
                     .map_err(|e| StorageError::Connect(format!("key store pragmas: {e}")))?;

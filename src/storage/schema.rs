@@ -46,6 +46,7 @@ diesel::table! {
         attempts -> Integer,
         last_error -> Nullable<Text>,
         parked_at -> Nullable<BigInt>,
+        key_day -> Nullable<Text>,
     }
 }
 
@@ -58,6 +59,7 @@ diesel::table! {
         tenant_id -> Nullable<Text>,
         phone_number_id -> Nullable<Text>,
         payload_ct -> Binary,
+        key_day -> Nullable<Text>,
     }
 }
 
@@ -149,6 +151,15 @@ diesel::table! {
         id -> BigInt,
         indexed_through -> BigInt,
         deletions -> BigInt,
+    }
+}
+
+diesel::table! {
+    keystore.raw_keys (day) {
+        day -> Text,
+        wrapped_key -> Nullable<Binary>,
+        created_at -> BigInt,
+        destroyed_at -> Nullable<BigInt>,
     }
 }
 

@@ -20,6 +20,7 @@ use diesel::Connection;
 use super::conversation_index;
 use super::crm::{self, ApplyOp, ContactIdentifiers, ResolvedContact};
 use super::inbox::{self, InboxItem, PreparedEvent, PreparedOther};
+use super::raw_keys::{self, DayKey, RawKeys};
 use super::{tenants, DbConn, Pool, PooledConn, StorageError};
 use crate::clock::SharedClock;
 use crate::crypto::{Keyring, NewDataKey};
@@ -207,6 +208,7 @@ impl WriterHealth {
 pub struct WriterHandle {
     tx: flume::Sender<Job>,
     health: Arc<WriterHealth>,
+    raw_keys: Arc<RawKeys>,
     dispatcher: Arc<OnceLock<Dispatcher>>,
     /// Set by [`WriterHandle::stop`]; the writer threads end once their queues are empty.
     stopping: Arc<AtomicBool>,
@@ -334,6 +336,28 @@ impl WriterHandle {
     pub fn health(&self) -> &WriterHealth {
         &self.health
     }
+
+    /// The key raw payloads arriving at `now_ms` are sealed under: the day's, made
+    /// (and committed, by a write of its own) the first time the day needs it.
+    pub async fn day_key(
+        &self,
+        keyring: &Arc<Keyring>,
+        now_ms: i64,
+    ) -> Result<DayKey, StorageError> {
+        let day = raw_keys::day_of(now_ms);
+        if let Some(known) = self.raw_keys.cached(&day) {
+            return Ok(known);
+        }
+        let (ring, wanted) = (keyring.clone(), day.clone());
+        let key = self
+            .write(None, move |conn| {
+                raw_keys::make_day_key(conn, &ring, &wanted, now_ms)
+            })
+            .await?;
+        let day_key = DayKey { day, key };
+        self.raw_keys.remember_committed(&day_key);
+        Ok(day_key)
+    }
 }
 
 /// Called at the start of every write batch with the writer's index; tests make it
@@ -350,6 +374,8 @@ pub struct WriterConfig {
     /// SQLite: the pause between two background checkpoints.
     pub checkpoint_interval: Duration,
     pub before_batch: Option<BatchHook>,
+    /// Raw payloads' days kept (`inbox.keep_raw_days`).
+    pub keep_raw_days: u32,
 }
 
 /// Starts the writer threads. They stop when every [`WriterHandle`] is dropped, after
@@ -378,10 +404,12 @@ pub fn spawn(
     };
     let stopping = Arc::new(AtomicBool::new(false));
     let health = Arc::new(WriterHealth::new(writers));
+    let raw_keys = Arc::new(RawKeys::default());
     let merged_away = MergedAway::default();
     let handle = WriterHandle {
         tx,
         health: health.clone(),
+        raw_keys: raw_keys.clone(),
         dispatcher: dispatcher.clone(),
         stopping: stopping.clone(),
         writers,
@@ -427,6 +455,8 @@ pub fn spawn(
             health: health.clone(),
             before_batch: config.before_batch.clone(),
             merged_away: merged_away.clone(),
+            raw_keys: raw_keys.clone(),
+            keep_raw_days: config.keep_raw_days,
             connect_failed: false,
             dispatcher: dispatcher.clone(),
             restart_wanted: restart_wanted.clone(),
@@ -476,6 +506,8 @@ struct Writer {
     health: Arc<WriterHealth>,
     before_batch: Option<BatchHook>,
     merged_away: MergedAway,
+    raw_keys: Arc<RawKeys>,
+    keep_raw_days: u32,
     /// The last attempt to get a connection failed: the database is unreachable.
     connect_failed: bool,
     dispatcher: Arc<OnceLock<Dispatcher>>,
@@ -967,6 +999,7 @@ impl Writer {
     ) -> Result<(Vec<Outcome>, Result<(), StorageError>), StorageError> {
         let keyring = self.keyring.clone();
         let merged_away = self.merged_away.clone();
+        let raw_keys = self.raw_keys.clone();
         let mut routes = std::mem::take(&mut self.routes);
         let result = {
             let conn = match self.connection() {
@@ -987,7 +1020,8 @@ impl Writer {
                         _ => None,
                     })
                     .collect();
-                let mut receipts = ingest(conn, &keyring, &mut routes, &parts, now)?.into_iter();
+                let mut receipts =
+                    ingest(conn, &keyring, &raw_keys, &mut routes, &parts, now)?.into_iter();
                 let mut applied = apply_jobs(conn, jobs, &merged_away, now)?.into_iter();
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for (index, job) in jobs.iter_mut().enumerate() {
@@ -1179,13 +1213,38 @@ impl Writer {
         if !self.maintains {
             return;
         }
-        let cutoff = self.clock.now_ms() - self.keep_processed_ms;
+        let now = self.clock.now_ms();
+        let cutoff = now - self.keep_processed_ms;
         let result = self.connection().and_then(|conn| {
             let purged = inbox::purge_processed(conn, cutoff)?;
             let backlog = inbox::backlog(conn)?;
             let parked = inbox::parked_count(conn)?;
             Ok((purged, backlog, parked))
         });
+        let (keys, keep_days) = (self.raw_keys.clone(), self.keep_raw_days);
+        let expired = self
+            .connection()
+            .and_then(|conn| raw_keys::expire(conn, &keys, now, keep_days));
+        match expired {
+            Ok(expired) => {
+                self.metrics
+                    .raw_payloads_deleted
+                    .inc_by(expired.deleted as u64);
+                self.metrics.inbox_overdue.set(expired.overdue);
+                if expired.deleted > 0 || !expired.destroyed.is_empty() {
+                    slog::info!(self.log, "raw payloads past inbox.keep_raw_days deleted";
+                        "payloads" => expired.deleted, "keys_destroyed" => expired.destroyed.len());
+                }
+                if expired.overdue > 0 {
+                    slog::warn!(self.log, "inbox events older than inbox.keep_raw_days still wait; their days' keys are kept";
+                        "rows" => expired.overdue);
+                }
+            }
+            Err(e) => {
+                self.conn = None;
+                slog::warn!(self.log, "raw payload expiry failed"; "error" => %e);
+            }
+        }
         match result {
             Ok((purged, backlog, parked)) => {
                 self.metrics.inbox_backlog.set(backlog);
@@ -1428,6 +1487,7 @@ fn apply_jobs(
 fn ingest(
     conn: &mut DbConn,
     keyring: &Keyring,
+    raw_keys: &RawKeys,
     routes: &mut HashMap<String, TenantId>,
     parts: &[(&[PreparedEvent], &[PreparedOther])],
     now: i64,
@@ -1477,8 +1537,23 @@ fn ingest(
                 None => {
                     let raw = serde_json::to_vec(event.event.as_ref())
                         .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                    // Under the key its inbox payload was sealed under: the day's.
+                    let day = match raw_keys.cached(&event.key_day) {
+                        Some(day) => day,
+                        None => DayKey {
+                            key: raw_keys
+                                .for_day(conn, keyring, &event.key_day)?
+                                .ok_or_else(|| {
+                                    StorageError::Corrupt(format!(
+                                        "no key for the raw payloads of {}",
+                                        event.key_day
+                                    ))
+                                })?,
+                            day: event.key_day.clone(),
+                        },
+                    };
                     let other = PreparedOther::seal(
-                        keyring,
+                        &day,
                         "unrouted",
                         Some(event.kind.to_string()),
                         Some(event.phone_number_id.clone()),

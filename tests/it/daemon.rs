@@ -1120,13 +1120,14 @@ async fn process_a_backlog(rows: usize) -> (Duration, f64) {
     {
         let (keyring, pool) = converra::open_storage(&settings).unwrap();
         let mut conn = pool.get().unwrap();
+        let day = day_key(&mut conn, &keyring, 1);
         for first in (0..rows).step_by(1_000) {
             let tag = format!("backlog{first}");
             let body = flood_webhooks(NUMBER_A, &tag, 1_000, 1_000, "left over");
             let prepared: Vec<converra::storage::inbox::PreparedEvent> = body
                 .iter()
                 .flat_map(|body| converra::whatsapp::webhook::parse(body).events)
-                .filter_map(|event| converra::storage::inbox::PreparedEvent::seal(&keyring, event))
+                .filter_map(|event| converra::storage::inbox::PreparedEvent::seal(&day, event))
                 .collect();
             let routed: Vec<_> = prepared.iter().map(|p| (&tenant_id, p)).collect();
             conn.transaction::<_, converra::storage::StorageError, _>(|conn| {

@@ -31,6 +31,7 @@ async fn inbox_rows_left_unprocessed_are_processed_at_the_next_start() {
         {
             let (keyring, pool) = app.pool();
             let mut conn = pool.get().unwrap();
+            let day = day_key(&mut conn, &keyring, 1);
             for i in 0..5 {
                 let body = text_webhook(
                     NUMBER_A,
@@ -39,7 +40,7 @@ async fn inbox_rows_left_unprocessed_are_processed_at_the_next_start() {
                     &format!("left {i}"),
                 );
                 for event in webhook::parse(&body).events {
-                    let prepared = PreparedEvent::seal(&keyring, event).unwrap();
+                    let prepared = PreparedEvent::seal(&day, event).unwrap();
                     insert_event(&mut conn, &TenantId(app.a.id.clone()), &prepared, 1).unwrap();
                 }
             }
@@ -508,11 +509,14 @@ async fn unreadable_inbox_rows_are_parked_and_the_sweep_goes_on() {
             let (keyring, pool) = app.pool();
             let stranger = converra::crypto::Keyring::from_master(&[9u8; 32]);
             let mut conn = pool.get().unwrap();
+            let day = day_key(&mut conn, &keyring, 1);
+            // A day whose key was wrapped under another master key.
+            let foreign = day_key(&mut conn, &stranger, 86_400_000 * 400);
             for i in 0..5 {
                 let body = text_webhook(NUMBER_A, "4915222", &format!("wamid.row.{i}"), "x");
                 for event in webhook::parse(&body).events {
-                    let ring = if i == 2 { &stranger } else { &keyring };
-                    let prepared = PreparedEvent::seal(ring, event).unwrap();
+                    let key = if i == 2 { &foreign } else { &day };
+                    let prepared = PreparedEvent::seal(key, event).unwrap();
                     insert_event(&mut conn, &TenantId(app.a.id.clone()), &prepared, 1).unwrap();
                 }
             }

@@ -793,3 +793,84 @@ fn a_missing_or_different_master_key_is_refused_while_data_exists() {
         assert_eq!(tenants.len(), 1);
     }
 }
+
+/// Raw payloads live as long as their day's key: past `inbox.keep_raw_days` the day's
+/// stored payloads are deleted and its key destroyed, except while an inbox event of
+/// that day still waits, which keeps the key (counted as overdue) until it is applied.
+#[test]
+fn raw_payloads_expire_with_their_day_keys() {
+    use storage::inbox::{self, PreparedEvent, PreparedOther};
+    use storage::raw_keys::{self, RawKeys};
+
+    const DAY: i64 = 86_400_000;
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let settings = settings_for(&db);
+        let (tenant_a, _) = seed_tenants(&settings);
+        let (keyring, pool) = converra::open_storage(&settings).unwrap();
+        let mut conn = pool.get().unwrap();
+        if let storage::DbConn::Sqlite(c) = &mut *conn {
+            use diesel::RunQueryDsl;
+            #[derive(diesel::QueryableByName)]
+            struct Flag {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                secure_delete: i64,
+            }
+            let flag: Vec<Flag> = diesel::sql_query("PRAGMA keystore.secure_delete")
+                .load(c)
+                .unwrap();
+            assert_eq!(
+                flag[0].secure_delete, 1,
+                "the key store overwrites what it deletes"
+            );
+        }
+        let first_day = 1_767_225_600_000; // 2026-01-01
+        let later_day = first_day + 10 * DAY;
+        let old_key = day_key(&mut conn, &keyring, first_day);
+        let new_key = day_key(&mut conn, &keyring, later_day);
+        let other = |key| PreparedOther::seal(key, "not_json", None, None, b"raw bytes").unwrap();
+        inbox::insert_other(&mut conn, None, &other(&old_key), first_day).unwrap();
+        inbox::insert_other(&mut conn, None, &other(&new_key), later_day).unwrap();
+        let body = text_webhook(NUMBER_A, "4915000", "wamid.raw.1", "waiting");
+        let event = converra::whatsapp::webhook::parse(&body).events.remove(0);
+        let waiting = PreparedEvent::seal(&old_key, event).unwrap();
+        let tenant = converra::ids::TenantId(tenant_a.id.clone());
+        let row = inbox::insert_event(&mut conn, &tenant, &waiting, first_day)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            inbox::webhook_event_payloads(&mut conn, &keyring, "not_json").unwrap(),
+            vec![b"raw bytes".to_vec(), b"raw bytes".to_vec()]
+        );
+
+        let keys = RawKeys::default();
+        let now = first_day + 31 * DAY;
+        let expired = raw_keys::expire(&mut conn, &keys, now, 30).unwrap();
+        assert_eq!(expired.deleted, 1, "the first day's stored payload");
+        assert!(
+            expired.destroyed.is_empty(),
+            "a waiting event keeps its day's key"
+        );
+        assert_eq!(expired.overdue, 1);
+        let page = inbox::pending(&mut conn, &keyring, 0, now, 10).unwrap();
+        assert_eq!(page.items.len(), 1, "the waiting event is still readable");
+
+        inbox::mark_processed_many(&mut conn, &[row], now).unwrap();
+        let expired = raw_keys::expire(&mut conn, &keys, now, 30).unwrap();
+        assert_eq!(expired.destroyed, vec![old_key.day.clone()]);
+        assert_eq!(expired.overdue, 0);
+        assert!(keys
+            .for_day(&mut conn, &keyring, &old_key.day)
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            inbox::webhook_event_payloads(&mut conn, &keyring, "not_json").unwrap(),
+            vec![b"raw bytes".to_vec()],
+            "the later day's payload is kept"
+        );
+
+        let expired = raw_keys::expire(&mut conn, &keys, later_day + 31 * DAY, 30).unwrap();
+        assert_eq!(expired.deleted, 1);
+        assert_eq!(expired.destroyed, vec![new_key.day.clone()]);
+    }
+}

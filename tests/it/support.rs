@@ -451,3 +451,15 @@ pub fn flood_webhooks(
         })
         .collect()
 }
+
+/// The key raw payloads of the day of `at_ms` are sealed under, made when missing (as
+/// the writer makes it), for tests that write inbox rows themselves.
+pub fn day_key(
+    conn: &mut storage::DbConn,
+    keyring: &converra::crypto::Keyring,
+    at_ms: i64,
+) -> storage::raw_keys::DayKey {
+    let day = storage::raw_keys::day_of(at_ms);
+    let key = storage::raw_keys::make_day_key(conn, keyring, &day, at_ms).unwrap();
+    storage::raw_keys::DayKey { day, key }
+}
