@@ -210,7 +210,9 @@ pub async fn run(
     };
     let (keyring, pool) = opened?;
     let metrics = Arc::new(metrics::Metrics::new()?);
-    let (writer, writer_threads) = writer::spawn(
+    // The storage layer's background threads (writers, checkpointer, conversation
+    // index), owned here: shutdown waits for each and names any that did not stop.
+    let (writer, background) = writer::spawn(
         pool.clone(),
         keyring.clone(),
         options.clock.clone(),
@@ -332,6 +334,7 @@ pub async fn run(
     .await;
     if let Some(task) = watchdog {
         task.abort();
+        slog::info!(log, "background task stopped"; "background" => "watchdog");
     }
     for arbiter in &arbiters {
         arbiter.stop();
@@ -340,16 +343,29 @@ pub async fn run(
     drop(core);
     writer.stop().await;
     drop(writer);
-    let _ = actix_web::rt::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !writer_threads.iter().all(|t| t.is_finished()) && Instant::now() < deadline {
+    let unfinished = actix_web::rt::task::spawn_blocking(move || {
+        let deadline = Instant::now() + BACKGROUND_STOP_TIMEOUT;
+        while !background.iter().all(|t| t.handle.is_finished()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+        background
+            .into_iter()
+            .filter(|t| !t.handle.is_finished())
+            .map(|t| t.name)
+            .collect::<Vec<String>>()
     })
-    .await;
+    .await
+    .unwrap_or_default();
+    if !unfinished.is_empty() {
+        slog::warn!(log, "background tasks still running at exit"; "tasks" => ?unfinished);
+    }
     slog::info!(log, "converra stopped");
     Ok(())
 }
+
+/// How long shutdown waits for the background threads once the writers are told to
+/// stop (they finish what is queued first).
+const BACKGROUND_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long one write batch may wait for the database before the writer counts as
 /// stuck: every statement is bounded by the statement timeout and getting a connection

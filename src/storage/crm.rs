@@ -545,6 +545,17 @@ fn merge_contacts(
 ) -> Result<(ContactKeys, String), StorageError> {
     let tenant = tenant_id.as_str();
     if let DbConn::Pg(c) = conn {
+        // The other writer may be adding a message to one of these conversations right
+        // now: the merge waits for it (its insert holds the conversation's key) and then
+        // sees the message, instead of deleting the conversation under it, which would
+        // take the acknowledged message with it. Conversations first, then the
+        // contacts, the order the other writer's statements take them in.
+        conversations::table
+            .filter(conversations::tenant_id.eq(tenant))
+            .filter(conversations::contact_id.eq_any([a.id.as_str(), b.id.as_str()]))
+            .select(conversations::id)
+            .for_update()
+            .load::<String>(c)?;
         // Two merges of the same contacts by two writers take their turns.
         contacts::table
             .filter(contacts::id.eq_any([a.id.as_str(), b.id.as_str()]))

@@ -378,8 +378,35 @@ pub struct WriterConfig {
     pub keep_raw_days: u32,
 }
 
-/// Starts the writer threads. They stop when every [`WriterHandle`] is dropped, after
-/// finishing what was queued.
+/// A thread of the storage layer's background work, by name, for shutdown to await.
+pub struct BackgroundThread {
+    pub name: String,
+    pub handle: JoinHandle<()>,
+}
+
+impl BackgroundThread {
+    fn spawn(
+        name: &str,
+        log: &slog::Logger,
+        work: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<BackgroundThread> {
+        let log = log.new(slog::o!("background" => name.to_string()));
+        let handle = std::thread::Builder::new()
+            .name(format!("converra-{name}"))
+            .spawn(move || {
+                work();
+                slog::info!(log, "background task stopped");
+            })?;
+        Ok(BackgroundThread {
+            name: name.to_string(),
+            handle,
+        })
+    }
+}
+
+/// Starts the writer threads and, on SQLite, the checkpointer and the conversation
+/// index reader, returned by name. The writers stop after [`WriterHandle::stop`] once
+/// what was queued is written; the others once every writer has stopped.
 pub fn spawn(
     pool: Pool,
     keyring: Arc<Keyring>,
@@ -387,7 +414,7 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     config: WriterConfig,
     log: slog::Logger,
-) -> std::io::Result<(WriterHandle, Vec<JoinHandle<()>>)> {
+) -> std::io::Result<(WriterHandle, Vec<BackgroundThread>)> {
     // Bounded: when the database falls behind, webhook handlers wait here instead of
     // memory growing without limit.
     let capacity = config.batch_max.max(64) * 16;
@@ -416,8 +443,9 @@ pub fn spawn(
     };
     let stopped = Arc::new(AtomicUsize::new(0));
     let restart_wanted = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::with_capacity(writers + 2);
     if sqlite {
-        spawn_checkpointer(
+        threads.push(spawn_checkpointer(
             pool.clone(),
             stopped.clone(),
             restart_wanted.clone(),
@@ -425,20 +453,19 @@ pub fn spawn(
             config.checkpoint_interval,
             writers,
             log.clone(),
-        )?;
+        )?);
     }
     let index_shared = sqlite.then(|| Arc::new(IndexShared::default()));
     if let Some(shared) = &index_shared {
-        spawn_index_reader(
+        threads.push(spawn_index_reader(
             pool.clone(),
             shared.clone(),
             metrics.clone(),
             stopped.clone(),
             writers,
             log.clone(),
-        )?;
+        )?);
     }
-    let mut threads = Vec::with_capacity(writers);
     for index in 0..writers {
         let mut writer = Writer {
             pool: pool.clone(),
@@ -479,14 +506,14 @@ pub fn spawn(
         };
         let rx = rx.clone();
         let stopped = stopped.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("converra-writer-{index}"))
-                .spawn(move || {
-                    writer.supervise(rx);
-                    stopped.fetch_add(1, Ordering::SeqCst);
-                })?,
-        );
+        threads.push(BackgroundThread::spawn(
+            &format!("writer-{index}"),
+            &log,
+            move || {
+                writer.supervise(rx);
+                stopped.fetch_add(1, Ordering::SeqCst);
+            },
+        )?);
     }
     Ok((handle, threads))
 }
@@ -596,40 +623,37 @@ fn spawn_index_reader(
     stopped: Arc<AtomicUsize>,
     writers: usize,
     log: slog::Logger,
-) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("converra-index".into())
-        .spawn(move || {
-            while stopped.load(Ordering::SeqCst) < writers {
-                std::thread::sleep(conversation_index::BULK_EVERY);
-                let waiting = shared
-                    .next
-                    .lock()
-                    .map(|next| next.is_some())
-                    .unwrap_or(true);
-                if waiting || shared.writer_busy.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let read =
-                    pool.get()
-                        .map_err(StorageError::from)
-                        .and_then(|mut conn| match &mut *conn {
-                            DbConn::Sqlite(c) => conversation_index::begin_bulk(c),
-                            DbConn::Pg(_) => Ok(None),
-                        });
-                match read {
-                    Ok(Some(bulk)) => {
-                        metrics.conversation_index_tail.set(bulk.remaining() as i64);
-                        if let Ok(mut next) = shared.next.lock() {
-                            *next = Some(bulk);
-                        }
-                    }
-                    Ok(None) => metrics.conversation_index_tail.set(0),
-                    Err(e) => slog::debug!(log, "conversation index tail not read"; "error" => %e),
-                }
+) -> std::io::Result<BackgroundThread> {
+    BackgroundThread::spawn("conversation-index", &log.clone(), move || {
+        while stopped.load(Ordering::SeqCst) < writers {
+            std::thread::sleep(conversation_index::BULK_EVERY);
+            let waiting = shared
+                .next
+                .lock()
+                .map(|next| next.is_some())
+                .unwrap_or(true);
+            if waiting || shared.writer_busy.load(Ordering::SeqCst) {
+                continue;
             }
-        })
-        .map(|_| ())
+            let read =
+                pool.get()
+                    .map_err(StorageError::from)
+                    .and_then(|mut conn| match &mut *conn {
+                        DbConn::Sqlite(c) => conversation_index::begin_bulk(c),
+                        DbConn::Pg(_) => Ok(None),
+                    });
+            match read {
+                Ok(Some(bulk)) => {
+                    metrics.conversation_index_tail.set(bulk.remaining() as i64);
+                    if let Ok(mut next) = shared.next.lock() {
+                        *next = Some(bulk);
+                    }
+                }
+                Ok(None) => metrics.conversation_index_tail.set(0),
+                Err(e) => slog::debug!(log, "conversation index tail not read"; "error" => %e),
+            }
+        }
+    })
 }
 
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
@@ -1299,38 +1323,35 @@ fn spawn_checkpointer(
     interval: Duration,
     writers: usize,
     log: slog::Logger,
-) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("converra-checkpoint".into())
-        .spawn(move || {
-            while stopped.load(Ordering::SeqCst) < writers {
-                std::thread::sleep(interval);
-                let result = pool.get().map_err(StorageError::from).and_then(|mut conn| {
-                    for schema in ["main", "keystore"] {
-                        if checkpoint(&mut conn, schema, "PASSIVE")? >= wal_restart_pages {
-                            catch_up(&mut conn, schema)?;
-                            // Only a head start for the restart's own sync: it
-                            // goes ahead without it.
-                            if let Err(e) = sync_database_file(&mut conn, schema) {
-                                slog::warn!(log, "database file not synced before the WAL restart";
+) -> std::io::Result<BackgroundThread> {
+    BackgroundThread::spawn("checkpoint", &log.clone(), move || {
+        while stopped.load(Ordering::SeqCst) < writers {
+            std::thread::sleep(interval);
+            let result = pool.get().map_err(StorageError::from).and_then(|mut conn| {
+                for schema in ["main", "keystore"] {
+                    if checkpoint(&mut conn, schema, "PASSIVE")? >= wal_restart_pages {
+                        catch_up(&mut conn, schema)?;
+                        // Only a head start for the restart's own sync: it
+                        // goes ahead without it.
+                        if let Err(e) = sync_database_file(&mut conn, schema) {
+                            slog::warn!(log, "database file not synced before the WAL restart";
                                     "error" => %e);
-                            }
-                            // The sync took a while (tens of milliseconds under load),
-                            // and the writer went on adding frames: copy those too, so
-                            // the writer's RESTART is left only a few milliseconds'
-                            // worth instead of the whole sync's.
-                            catch_up(&mut conn, schema)?;
-                            restart_wanted.store(true, Ordering::SeqCst);
                         }
+                        // The sync took a while (tens of milliseconds under load),
+                        // and the writer went on adding frames: copy those too, so
+                        // the writer's RESTART is left only a few milliseconds'
+                        // worth instead of the whole sync's.
+                        catch_up(&mut conn, schema)?;
+                        restart_wanted.store(true, Ordering::SeqCst);
                     }
-                    Ok(())
-                });
-                if let Err(e) = result {
-                    slog::debug!(log, "WAL checkpoint skipped"; "error" => %e);
                 }
+                Ok(())
+            });
+            if let Err(e) = result {
+                slog::debug!(log, "WAL checkpoint skipped"; "error" => %e);
             }
-        })
-        .map(|_| ())
+        }
+    })
 }
 
 const CATCH_UP_PASSES: usize = 3;

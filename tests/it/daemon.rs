@@ -491,6 +491,16 @@ async fn logs_never_carry_secrets_keys_or_message_bodies() {
         logs.contains("converra is ready"),
         "the daemon logged nothing: {logs}"
     );
+    // Shutdown awaits each background task, and each says it stopped.
+    for task in ["writer-0", "checkpoint", "conversation-index"] {
+        assert!(
+            logs.lines()
+                .any(|line| line.contains("background task stopped")
+                    && line.contains(&format!("\"background\":\"{task}\""))),
+            "{task} did not report stopping: {logs}"
+        );
+    }
+    assert!(!logs.contains("background tasks still running"), "{logs}");
     for secret in [
         APP_SECRET,
         secret_body,

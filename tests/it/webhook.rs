@@ -995,6 +995,10 @@ fn contact_of(wa_id: Option<&str>, user_id: Option<&str>) -> Value {
 /// After a merge: one contact, every conversation its own, every message readable.
 async fn assert_merged(app: &TestApp, wamids: &[&str], user_id: &str) {
     app.wait_processed().await;
+    let (_, pool) = app.pool();
+    let parked =
+        converra::storage::with_conn(&pool, converra::storage::inbox::list_parked).unwrap();
+    assert!(parked.is_empty(), "{parked:#?}");
     let messages = app.wait_messages(&app.a, wamids.len()).await;
     let contacts = app.all("/v1/contacts", &app.a.api_key).await;
     assert_eq!(contacts.len(), 1, "{contacts:#?}");
