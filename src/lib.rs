@@ -13,6 +13,7 @@
 //! | [`ids`] | id newtypes |
 //! | [`whatsapp`] | Meta's JSON: webhook payloads and signatures |
 //! | [`storage`] | diesel: connections, migrations, queries, the group-commit writer |
+//! | [`intake`] | a verified webhook on its way to the actors and the writer |
 //! | [`actors`] | registry → tenant → conversation actors, supervised |
 //! | [`http`] | thin handlers: webhook, tenant API, health and metrics |
 //! | [`metrics`] | the Prometheus registry |
@@ -31,6 +32,7 @@ pub mod error;
 pub mod handoff;
 pub mod http;
 pub mod ids;
+pub mod intake;
 pub mod logging;
 pub mod metrics;
 pub mod storage;
@@ -46,7 +48,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 
-use crate::actors::registry::{Dispatch, Ping, Registry};
+use crate::actors::registry::{DispatchInboxRows, Ping, Registry};
 use crate::actors::{Core, Hooks};
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::config::Settings;
@@ -257,7 +259,9 @@ pub async fn run(
     };
     {
         let registry = registry.clone();
-        writer.set_dispatcher(Box::new(move |items| registry.do_send(Dispatch(items))));
+        writer.set_dispatcher(Box::new(move |items| {
+            registry.do_send(DispatchInboxRows(items))
+        }));
     }
     let state = web::Data::new(http::AppState {
         core: core.clone(),

@@ -4,9 +4,9 @@
 //! before it reaches the writer.
 //!
 //! Events reach it two ways. A webhook's events are delivered as they arrive
-//! ([`Deliver`]): the write that applies them also writes their inbox rows, already
+//! ([`ApplyArrival`]): the write that applies them also writes their inbox rows, already
 //! processed, and the webhook is answered once it commits. Rows already in the inbox
-//! (left by a crash, or stored there because delivery failed) come as [`Process`] and
+//! (left by a crash, or stored there because delivery failed) come as [`ApplyInboxRow`] and
 //! are marked processed by the write that applies them.
 //!
 //! A panic while handling an event is caught at this boundary and turned into a stop,
@@ -44,7 +44,7 @@ use crate::whatsapp::{Event, EventKind, Identity};
 /// An inbox row for this conversation.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Process(pub InboxItem);
+pub struct ApplyInboxRow(pub InboxItem);
 
 /// A webhook's event, delivered as it arrives. `reply` hears once the event is
 /// durable; dropped unanswered, it tells the webhook to store the event in the inbox.
@@ -58,7 +58,7 @@ pub struct Delivery {
 /// A delivery for this conversation.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Delivery);
+pub struct ApplyArrival(pub Delivery);
 
 /// Pending rows re-read from the inbox after a restart.
 #[derive(Message)]
@@ -658,10 +658,10 @@ impl Supervised for ConversationActor {
     }
 }
 
-impl Handler<Process> for ConversationActor {
+impl Handler<ApplyInboxRow> for ConversationActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Process, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: ApplyInboxRow, ctx: &mut Context<Self>) {
         self.received += 1;
         self.last_active = Instant::now();
         let item = msg.0;
@@ -675,10 +675,10 @@ impl Handler<Process> for ConversationActor {
     }
 }
 
-impl Handler<Deliver> for ConversationActor {
+impl Handler<ApplyArrival> for ConversationActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: ApplyArrival, ctx: &mut Context<Self>) {
         self.received += 1;
         self.last_active = Instant::now();
         let Delivery { event, reply, .. } = msg.0;

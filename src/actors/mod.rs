@@ -6,13 +6,12 @@
 //! write goes through the storage writer.
 //!
 //! A webhook's events are delivered to their conversation actors as they arrive
-//! ([`intake`]); each is acknowledged to Meta only once the write that applies it has
+//! ([`crate::intake`]); each is acknowledged to Meta only once the write that applies it has
 //! committed, or, when delivery fails, once it is in the inbox. An actor that dies
 //! loses nothing: a delivery it held goes to the inbox, and inbox rows are re-read by
 //! a restarted actor and re-dispatched by the registry's sweeper.
 
 pub mod conversation;
-pub mod intake;
 pub mod registry;
 pub mod tenant;
 
@@ -61,7 +60,7 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     pub log: slog::Logger,
     pub hooks: Hooks,
-    pub routes: intake::RouteCache,
+    pub routes: crate::intake::RouteCache,
     pub tenants: registry::TenantDirectory,
     /// The HTTP workers' threads, hosts of the tenant actors unless `actors.arbiters`
     /// gives them threads of their own.
@@ -69,7 +68,10 @@ pub struct Core {
 }
 
 /// Groups `items` by the tenant each belongs to, keeping their order within a tenant.
-fn by_tenant<T>(items: Vec<T>, tenant: impl Fn(&T) -> &TenantId) -> HashMap<TenantId, Vec<T>> {
+pub(crate) fn by_tenant<T>(
+    items: Vec<T>,
+    tenant: impl Fn(&T) -> &TenantId,
+) -> HashMap<TenantId, Vec<T>> {
     let mut groups: HashMap<TenantId, Vec<T>> = HashMap::new();
     for item in items {
         groups.entry(tenant(&item).clone()).or_default().push(item);

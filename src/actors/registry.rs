@@ -13,7 +13,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::conversation::Delivery;
-use super::tenant::{self, Route, TenantActor};
+use super::tenant::{self, RouteInboxRows, TenantActor};
 use super::Core;
 use crate::ids::TenantId;
 use crate::storage::inbox::{self, InboxItem};
@@ -21,7 +21,7 @@ use crate::storage::inbox::{self, InboxItem};
 /// Committed inbox rows to route.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Dispatch(pub Vec<InboxItem>);
+pub struct DispatchInboxRows(pub Vec<InboxItem>);
 
 /// The tenant actors the registry started, readable from any thread, so a webhook's
 /// events go straight to their tenant actor instead of through the registry's thread.
@@ -83,7 +83,7 @@ impl ActorHosts {
 /// Events delivered as they arrive, to route to their tenants.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Vec<Delivery>);
+pub struct StartTenantsAndRoute(pub Vec<Delivery>);
 
 /// Liveness probe: answered with the number of tenant actors.
 #[derive(Message)]
@@ -187,7 +187,7 @@ impl Registry {
     fn route(&mut self, items: Vec<InboxItem>) {
         for (tenant_id, items) in super::by_tenant(items, |item| &item.tenant_id) {
             let tenant = self.tenant(&tenant_id);
-            tenant.do_send(Route(items));
+            tenant.do_send(RouteInboxRows(items));
             self.publish(tenant_id, tenant);
         }
     }
@@ -233,7 +233,7 @@ impl Registry {
                             me.do_send(ParkUnreadable(page.unreadable));
                         }
                         if !page.items.is_empty() {
-                            me.do_send(Dispatch(page.items));
+                            me.do_send(DispatchInboxRows(page.items));
                         }
                     }
                     Err(e) => {
@@ -269,19 +269,19 @@ impl Supervised for Registry {
     }
 }
 
-impl Handler<Dispatch> for Registry {
+impl Handler<DispatchInboxRows> for Registry {
     type Result = ();
-    fn handle(&mut self, msg: Dispatch, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: DispatchInboxRows, _ctx: &mut Context<Self>) {
         self.route(msg.0);
     }
 }
 
-impl Handler<Deliver> for Registry {
+impl Handler<StartTenantsAndRoute> for Registry {
     type Result = ();
-    fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: StartTenantsAndRoute, _ctx: &mut Context<Self>) {
         for (tenant_id, deliveries) in super::by_tenant(msg.0, |d| &d.tenant_id) {
             let tenant = self.tenant(&tenant_id);
-            tenant.do_send(tenant::Deliver(deliveries));
+            tenant.do_send(tenant::RouteArrivals(deliveries));
             self.publish(tenant_id, tenant);
         }
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::conversation::{self, ConversationActor, Delivery, Process};
+use super::conversation::{self, ApplyInboxRow, ConversationActor, Delivery};
 use super::Core;
 use crate::ids::TenantId;
 use crate::storage::inbox::InboxItem;
@@ -17,12 +17,12 @@ use crate::whatsapp::Identity;
 /// Committed inbox rows of this tenant.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Route(pub Vec<InboxItem>);
+pub struct RouteInboxRows(pub Vec<InboxItem>);
 
 /// Events of this tenant delivered as they arrive.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Vec<Delivery>);
+pub struct RouteArrivals(pub Vec<Delivery>);
 
 /// A conversation actor reports it has been idle; `received` is how many events it
 /// got, so one that was sent more in the meantime is kept. Answers whether the actor
@@ -125,10 +125,10 @@ impl Actor for TenantActor {
 
 impl Supervised for TenantActor {}
 
-impl Handler<Route> for TenantActor {
+impl Handler<RouteInboxRows> for TenantActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Route, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: RouteInboxRows, ctx: &mut Context<Self>) {
         for item in msg.0 {
             let addr = self.conversation(
                 &item.phone_number_id,
@@ -136,15 +136,15 @@ impl Handler<Route> for TenantActor {
                 &item.event.identity,
                 ctx,
             );
-            addr.do_send(Process(item));
+            addr.do_send(ApplyInboxRow(item));
         }
     }
 }
 
-impl Handler<Deliver> for TenantActor {
+impl Handler<RouteArrivals> for TenantActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: RouteArrivals, ctx: &mut Context<Self>) {
         for delivery in msg.0 {
             let row = &delivery.event.row;
             let addr = self.conversation(
@@ -153,7 +153,7 @@ impl Handler<Deliver> for TenantActor {
                 &delivery.event.event.identity,
                 ctx,
             );
-            addr.do_send(conversation::Deliver(delivery));
+            addr.do_send(conversation::ApplyArrival(delivery));
         }
     }
 }

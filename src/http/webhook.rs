@@ -9,8 +9,8 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::AppState;
-use crate::actors::intake::{self, IntakeError};
 use crate::error::{ApiError, ErrorCode};
+use crate::intake::{self, IntakeError};
 use crate::whatsapp::{signature, webhook};
 
 #[derive(Deserialize)]

@@ -1,4 +1,5 @@
-//! Intake: a verified webhook's content on its way in. Events for numbers a tenant
+//! Intake: a verified webhook's content on its way in; not an actor, but the bridge from
+//! the HTTP handler to the actors and the writer. Events for numbers a tenant
 //! owns are delivered to their conversation actors, which apply them and answer once
 //! the write is durable; everything else (numbers no tenant owns, content that is not
 //! an event, and any event whose delivery failed) is committed to the inbox by the
@@ -9,10 +10,9 @@ use std::sync::{Arc, RwLock};
 
 use actix::Addr;
 
-use super::conversation::Delivery;
-use super::registry::{Deliver, Registry};
-use super::tenant;
-use super::Core;
+use crate::actors::conversation::Delivery;
+use crate::actors::registry::{Registry, StartTenantsAndRoute};
+use crate::actors::{tenant, Core};
 use crate::handoff;
 use crate::ids::TenantId;
 use crate::storage::inbox::{FreshEvent, PreparedEvent, PreparedOther};
@@ -97,10 +97,10 @@ impl RouteCache {
 /// Hands deliveries to their tenant actors: directly when the actor is running, else
 /// through the registry, which starts it.
 fn deliver(core: &Core, registry: &Addr<Registry>, deliveries: Vec<Delivery>) {
-    for (tenant_id, deliveries) in super::by_tenant(deliveries, |d| &d.tenant_id) {
+    for (tenant_id, deliveries) in crate::actors::by_tenant(deliveries, |d| &d.tenant_id) {
         match core.tenants.get(&tenant_id) {
-            Some(tenant) => tenant.do_send(tenant::Deliver(deliveries)),
-            None => registry.do_send(Deliver(deliveries)),
+            Some(tenant) => tenant.do_send(tenant::RouteArrivals(deliveries)),
+            None => registry.do_send(StartTenantsAndRoute(deliveries)),
         }
     }
 }
