@@ -496,6 +496,24 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    /// Both backends carry the same migrations, by name.
+    #[test]
+    fn both_backends_have_the_same_migrations() {
+        let names = |backend: &str| -> Vec<String> {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(backend);
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .expect("migrations folder")
+                .filter_map(|entry| entry.ok())
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names("sqlite"), names("postgres"));
+    }
+
     #[test]
     fn sqlite_file_names_the_data_and_the_key_store_files() {
         let dir = tempfile::tempdir().expect("temp dir");
