@@ -27,7 +27,9 @@ use diesel::sqlite::SqliteConnection;
 
 use super::fixed::{fixed_statement, Bind, Sql};
 use super::schema::conversation_index_state;
-use super::{DbConn, StorageError};
+#[cfg(any(test, feature = "testing"))]
+use super::DbConn;
+use super::StorageError;
 
 /// How often the tail is read for a bulk: about 15,000 messages at 15,000 a second.
 /// The bulk is sorted by conversation, so a conversation's new messages go into its
@@ -185,6 +187,7 @@ pub fn index_slice(c: &mut SqliteConnection, bulk: &mut Bulk) -> Result<(), Stor
     Ok(())
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// Indexes the whole tail now, on the caller's connection (tests).
 pub fn index_all(conn: &mut DbConn) -> Result<(), StorageError> {
     let DbConn::Sqlite(c) = conn else {
@@ -205,6 +208,7 @@ pub fn index_all(conn: &mut DbConn) -> Result<(), StorageError> {
     Ok(())
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// Rows of the unindexed tail (tests).
 pub fn tail_len(conn: &mut DbConn) -> Result<i64, StorageError> {
     let DbConn::Sqlite(c) = conn else {

@@ -704,6 +704,7 @@ pub fn purge_processed(conn: &mut DbConn, processed_before: i64) -> Result<usize
         .execute(c))?)
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// Counts of stored non-event content by reason (for tests and operators).
 pub fn count_webhook_events(conn: &mut DbConn, reason: &str) -> Result<i64, StorageError> {
     Ok(on_backend!(conn, c => webhook_events::table
@@ -712,6 +713,7 @@ pub fn count_webhook_events(conn: &mut DbConn, reason: &str) -> Result<i64, Stor
         .get_result(c))?)
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// Opens the raw payload of stored non-event content, newest first.
 pub fn webhook_event_payloads(
     conn: &mut DbConn,

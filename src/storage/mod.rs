@@ -424,6 +424,7 @@ fn check_key_store_belongs(conn: &mut SqliteConnection) -> Result<(), StorageErr
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// Reverts every migration (used by the migration round-trip test).
 pub fn revert_all_migrations(conn: &mut DbConn) -> Result<(), StorageError> {
     let result = match conn {
@@ -433,6 +434,7 @@ pub fn revert_all_migrations(conn: &mut DbConn) -> Result<(), StorageError> {
     result.map_err(|e| StorageError::Migration(e.to_string()))
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// Reverts the newest applied migration (used by the migration tests).
 pub fn revert_last_migration(conn: &mut DbConn) -> Result<String, StorageError> {
     let reverted = match conn {
