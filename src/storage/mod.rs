@@ -7,11 +7,16 @@
 //! Blocking: every function here blocks. Async code reaches them through the
 //! [`writer`] thread (all writes, group-committed) or `web::block` (reads).
 
+pub mod apply;
+pub mod contacts;
 pub mod conversation_index;
+pub mod conversations;
 pub mod crm;
 mod fixed;
 pub mod inbox;
+pub mod keys;
 pub mod master_key;
+pub mod messages;
 pub mod raw_keys;
 pub mod tenants;
 pub mod writer;

@@ -1,0 +1,475 @@
+//! Contacts (`contacts`): who a BSUID or a phone number belongs to. A contact is found
+//! by blind index (a keyed hash of the identifier), created when none is, linked to
+//! the identifier it lacks when both are seen together, and merged with another when
+//! the two turn out to be one person; identifiers and profile names are sealed under
+//! the contact's data key ([`super::keys`]). A merge moves the other contact's
+//! conversations and messages through [`super::conversations`] and
+//! [`super::messages`]. Also the tenant API's contact listing. Lookups and listings are
+//! scoped by tenant.
+
+use std::collections::{HashMap, HashSet};
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::conversations::join_conversation_times;
+use super::keys::{insert_data_key, load_data_key, load_keys};
+use super::messages::move_conversation_messages;
+use super::schema::{contacts, conversations};
+use super::{DbConn, StorageError};
+use crate::clock::rfc3339;
+use crate::crypto::{Keyring, NewDataKey, SealKey};
+use crate::ids::{ContactId, KeyId, TenantId};
+use crate::on_backend;
+
+/// A contact as a conversation actor needs it: ids and the unwrapped data key.
+#[derive(Debug, Clone)]
+pub struct ResolvedContact {
+    pub contact_id: ContactId,
+    pub key_id: KeyId,
+    pub key: SealKey,
+    pub user_id: Option<String>,
+    pub wa_id: Option<String>,
+    /// The contact this resolution merged into the resolved one, and deleted.
+    pub merged_away: Option<ContactId>,
+}
+
+/// The identifiers a contact is resolved by.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContactIdentifiers {
+    pub user_id: Option<String>,
+    pub wa_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Queryable)]
+struct ContactKeys {
+    id: String,
+    key_id: String,
+    wa_id_bidx: Option<String>,
+    user_id_bidx: Option<String>,
+}
+
+/// The contacts of a tenant known by a BSUID's or a phone number's blind index, in
+/// one query: (the one with the BSUID, the one with the phone number), which may be
+/// the same contact, or two that turn out to be one person.
+fn find_contacts(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    by_user_id: Option<&str>,
+    by_wa_id: Option<&str>,
+) -> Result<(Option<ContactKeys>, Option<ContactKeys>), StorageError> {
+    let columns = (
+        contacts::id,
+        contacts::key_id,
+        contacts::wa_id_bidx,
+        contacts::user_id_bidx,
+    );
+    let rows: Vec<ContactKeys> = on_backend!(conn, c => {
+        let query = contacts::table
+            .filter(contacts::tenant_id.eq(tenant_id.as_str()))
+            .select(columns)
+            .into_boxed();
+        let query = match (by_user_id, by_wa_id) {
+            (Some(user), Some(wa)) => query.filter(
+                contacts::user_id_bidx
+                    .eq(user)
+                    .or(contacts::wa_id_bidx.eq(wa)),
+            ),
+            (Some(user), None) => query.filter(contacts::user_id_bidx.eq(user)),
+            (None, Some(wa)) => query.filter(contacts::wa_id_bidx.eq(wa)),
+            (None, None) => return Ok((None, None)),
+        };
+        // Each blind index is unique per tenant: two rows at most.
+        query.limit(2).load::<ContactKeys>(c)
+    })?;
+    let with = |bidx: Option<&str>, of: fn(&ContactKeys) -> Option<&str>| {
+        bidx.and_then(|bidx| rows.iter().find(|row| of(row) == Some(bidx)).cloned())
+    };
+    Ok((
+        with(by_user_id, |row| row.user_id_bidx.as_deref()),
+        with(by_wa_id, |row| row.wa_id_bidx.as_deref()),
+    ))
+}
+
+/// Per entry of `wanted` (a tenant and a contact's identifiers): whether resolving it
+/// finds a contact that exists, so that the writer can create and commit the data
+/// keys of the new ones first. One query per tenant.
+pub fn contacts_exist(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    wanted: &[(&TenantId, &ContactIdentifiers)],
+) -> Result<Vec<bool>, StorageError> {
+    let bidx = |tenant_id: &TenantId, field: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| keyring.blind_index(tenant_id.as_str(), field, v))
+    };
+    let indexes: Vec<(Option<String>, Option<String>)> = wanted
+        .iter()
+        .map(|(tenant_id, ids)| {
+            (
+                bidx(tenant_id, "user_id", &ids.user_id),
+                bidx(tenant_id, "wa_id", &ids.wa_id),
+            )
+        })
+        .collect();
+    // Each tenant's blind indexes, asked for in one query per tenant.
+    let mut asked: HashMap<&str, (Vec<&str>, Vec<&str>)> = HashMap::new();
+    for ((tenant_id, _), (user, phone)) in wanted.iter().zip(&indexes) {
+        let (users, phones) = asked.entry(tenant_id.as_str()).or_default();
+        users.extend(user.as_deref());
+        phones.extend(phone.as_deref());
+    }
+    let mut known: HashMap<&str, HashSet<String>> = HashMap::new();
+    for (tenant, (users, phones)) in asked {
+        if users.is_empty() && phones.is_empty() {
+            continue;
+        }
+        let found: Vec<(Option<String>, Option<String>)> = on_backend!(conn, c => contacts::table
+            .filter(contacts::tenant_id.eq(tenant))
+            .filter(
+                contacts::user_id_bidx
+                    .eq_any(&users)
+                    .or(contacts::wa_id_bidx.eq_any(&phones)),
+            )
+            .select((contacts::user_id_bidx, contacts::wa_id_bidx))
+            .load(c))?;
+        known.entry(tenant).or_default().extend(
+            found
+                .into_iter()
+                .flat_map(|(user, phone)| user.into_iter().chain(phone)),
+        );
+    }
+    Ok(wanted
+        .iter()
+        .zip(&indexes)
+        .map(|((tenant_id, _), (user, phone))| {
+            known.get(tenant_id.as_str()).is_some_and(|of_tenant| {
+                [user, phone]
+                    .into_iter()
+                    .flatten()
+                    .any(|bidx| of_tenant.contains(bidx))
+            })
+        })
+        .collect())
+}
+
+/// Finds or creates the contact for `ids`, linking a BSUID and a phone number seen
+/// together and merging two contacts that turn out to be one person. `new_key` is used
+/// when a contact is created (the writer commits it to the key store beforehand).
+pub fn resolve_contact(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    tenant_id: &TenantId,
+    ids: &ContactIdentifiers,
+    new_key: Option<(KeyId, NewDataKey)>,
+    now_ms: i64,
+) -> Result<ResolvedContact, StorageError> {
+    let tenant = tenant_id.as_str();
+    let user_bidx = ids
+        .user_id
+        .as_deref()
+        .map(|v| keyring.blind_index(tenant, "user_id", v));
+    let wa_bidx = ids
+        .wa_id
+        .as_deref()
+        .map(|v| keyring.blind_index(tenant, "wa_id", v));
+    let (by_user, by_wa) =
+        find_contacts(conn, tenant_id, user_bidx.as_deref(), wa_bidx.as_deref())?;
+    let mut merged_away = None;
+    let survivor = match (by_user, by_wa) {
+        (Some(a), Some(b)) if a.id != b.id => {
+            let (survivor, removed) = merge_contacts(conn, keyring, tenant_id, a, b)?;
+            merged_away = Some(ContactId(removed));
+            survivor
+        }
+        (Some(a), _) => a,
+        (None, Some(b)) => b,
+        (None, None) => {
+            let (key_id, data_key) = match new_key {
+                Some(prepared) => prepared,
+                None => {
+                    let key_id = KeyId::generate();
+                    let data_key = keyring.new_data_key(key_id.as_str())?;
+                    insert_data_key(conn, tenant_id, &key_id, &data_key.wrapped, now_ms)?;
+                    (key_id, data_key)
+                }
+            };
+            let contact_id = ContactId::generate();
+            let seal = |v: &Option<String>| -> Result<Option<Vec<u8>>, StorageError> {
+                v.as_deref()
+                    .map(|v| {
+                        data_key
+                            .key
+                            .seal(v.as_bytes(), contact_id.as_str().as_bytes())
+                    })
+                    .transpose()
+                    .map_err(StorageError::from)
+            };
+            let wa_ct = seal(&ids.wa_id)?;
+            let user_ct = seal(&ids.user_id)?;
+            on_backend!(conn, c => diesel::insert_into(contacts::table)
+                .values((
+                    contacts::id.eq(contact_id.as_str()),
+                    contacts::tenant_id.eq(tenant),
+                    contacts::key_id.eq(key_id.as_str()),
+                    contacts::wa_id_bidx.eq(wa_bidx.as_deref()),
+                    contacts::user_id_bidx.eq(user_bidx.as_deref()),
+                    contacts::wa_id_ct.eq(wa_ct.as_deref()),
+                    contacts::user_id_ct.eq(user_ct.as_deref()),
+                    contacts::marketing_opt_out.eq(false),
+                    contacts::first_seen_at.eq(now_ms),
+                    contacts::last_seen_at.eq(now_ms),
+                ))
+                .execute(c))?;
+            return Ok(ResolvedContact {
+                contact_id,
+                key_id,
+                key: data_key.key,
+                user_id: ids.user_id.clone(),
+                wa_id: ids.wa_id.clone(),
+                merged_away: None,
+            });
+        }
+    };
+    let key = load_data_key(conn, keyring, &survivor.key_id)?
+        .ok_or_else(|| StorageError::Corrupt(format!("contact {} has no data key", survivor.id)))?;
+    let contact_aad = survivor.id.clone();
+    if survivor.user_id_bidx.is_none() {
+        if let (Some(bidx), Some(value)) = (&user_bidx, &ids.user_id) {
+            let ct = key.seal(value.as_bytes(), contact_aad.as_bytes())?;
+            on_backend!(conn, c => diesel::update(contacts::table.find(&survivor.id))
+                .set((contacts::user_id_bidx.eq(bidx), contacts::user_id_ct.eq(&ct)))
+                .execute(c))?;
+        }
+    }
+    if survivor.wa_id_bidx.is_none() {
+        if let (Some(bidx), Some(value)) = (&wa_bidx, &ids.wa_id) {
+            let ct = key.seal(value.as_bytes(), contact_aad.as_bytes())?;
+            on_backend!(conn, c => diesel::update(contacts::table.find(&survivor.id))
+                .set((contacts::wa_id_bidx.eq(bidx), contacts::wa_id_ct.eq(&ct)))
+                .execute(c))?;
+        }
+    }
+    Ok(ResolvedContact {
+        contact_id: ContactId(survivor.id),
+        key_id: KeyId(survivor.key_id),
+        key,
+        user_id: ids.user_id.clone(),
+        wa_id: ids.wa_id.clone(),
+        merged_away,
+    })
+}
+
+/// What a merge carries from one contact to the other, besides its identifiers.
+#[derive(Queryable)]
+struct ContactDetails {
+    profile_name_ct: Option<Vec<u8>>,
+    username_ct: Option<Vec<u8>>,
+    marketing_opt_out: bool,
+    marketing_pref_at: Option<i64>,
+    first_seen_at: i64,
+}
+
+fn contact_details(conn: &mut DbConn, id: &str) -> Result<ContactDetails, StorageError> {
+    Ok(on_backend!(conn, c => contacts::table
+        .find(id)
+        .select((
+            contacts::profile_name_ct,
+            contacts::username_ct,
+            contacts::marketing_opt_out,
+            contacts::marketing_pref_at,
+            contacts::first_seen_at,
+        ))
+        .first::<ContactDetails>(c))?)
+}
+
+/// Two contacts that turn out to be one person (a BSUID and a phone number first seen
+/// apart) become one. The older contact survives, so the id a business saw first stays
+/// valid; the other one's conversations and messages move to it (a conversation on a
+/// number both had is joined into the survivor's, its window and times combined), its
+/// profile fills what the survivor lacks (sealed again under the survivor's key), the
+/// later marketing preference holds, and its row is deleted. Its data key stays in the
+/// key store: the messages sealed under it still name it (`messages.key_id`), so a
+/// contact's keys are its own plus those its messages name. Returns the survivor (the
+/// caller gives it the identifiers it lacks) and the id of the contact merged away.
+fn merge_contacts(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    tenant_id: &TenantId,
+    a: ContactKeys,
+    b: ContactKeys,
+) -> Result<(ContactKeys, String), StorageError> {
+    let tenant = tenant_id.as_str();
+    if let DbConn::Pg(c) = conn {
+        // The other writer may be adding a message to one of these conversations right
+        // now: the merge waits for it (its insert holds the conversation's key) and then
+        // sees the message, instead of deleting the conversation under it, which would
+        // take the acknowledged message with it. Conversations first, then the
+        // contacts, the order the other writer's statements take them in.
+        conversations::table
+            .filter(conversations::tenant_id.eq(tenant))
+            .filter(conversations::contact_id.eq_any([a.id.as_str(), b.id.as_str()]))
+            .select(conversations::id)
+            .for_update()
+            .load::<String>(c)?;
+        // Two merges of the same contacts by two writers take their turns.
+        contacts::table
+            .filter(contacts::id.eq_any([a.id.as_str(), b.id.as_str()]))
+            .select(contacts::id)
+            .for_update()
+            .load::<String>(c)?;
+    }
+    let (a_details, b_details) = (contact_details(conn, &a.id)?, contact_details(conn, &b.id)?);
+    let a_first = (a_details.first_seen_at, &a.id) <= (b_details.first_seen_at, &b.id);
+    let ((survivor, kept), (removed, gone)) = if a_first {
+        ((a, a_details), (b, b_details))
+    } else {
+        ((b, b_details), (a, a_details))
+    };
+    let from = removed.id.as_str();
+    let into = survivor.id.as_str();
+    let from_conversations: Vec<(String, String)> = on_backend!(conn, c => conversations::table
+        .filter(conversations::tenant_id.eq(tenant))
+        .filter(conversations::contact_id.eq(from))
+        .select((conversations::id, conversations::phone_number_id))
+        .load(c))?;
+    for (conversation_id, phone_number_id) in from_conversations {
+        let existing: Option<String> = on_backend!(conn, c => conversations::table
+            .filter(conversations::tenant_id.eq(tenant))
+            .filter(conversations::contact_id.eq(into))
+            .filter(conversations::phone_number_id.eq(&phone_number_id))
+            .select(conversations::id)
+            .first::<String>(c)
+            .optional())?;
+        match existing {
+            // Messages are found through their conversation: messages.contact_id has
+            // no index of its own.
+            Some(target) => {
+                join_conversation_times(conn, &conversation_id, &target)?;
+                move_conversation_messages(conn, &conversation_id, &target, into)?;
+                on_backend!(conn, c => diesel::delete(conversations::table.find(&conversation_id))
+                    .execute(c))?;
+            }
+            None => {
+                on_backend!(conn, c => diesel::update(conversations::table.find(&conversation_id))
+                    .set(conversations::contact_id.eq(into))
+                    .execute(c))?;
+                move_conversation_messages(conn, &conversation_id, &conversation_id, into)?;
+            }
+        }
+    }
+    // Deleted first: its blind indexes are unique and may pass to the survivor.
+    on_backend!(conn, c => diesel::delete(contacts::table.find(from)).execute(c))?;
+    let mut reseal = |sealed: &Option<Vec<u8>>| -> Result<Option<Vec<u8>>, StorageError> {
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let (Some(old_key), Some(new_key)) = (
+            load_data_key(conn, keyring, &removed.key_id)?,
+            load_data_key(conn, keyring, &survivor.key_id)?,
+        ) else {
+            return Ok(None);
+        };
+        let plain = old_key.open(sealed, from.as_bytes())?;
+        Ok(Some(new_key.seal(&plain, into.as_bytes())?))
+    };
+    let profile_name_ct = match kept.profile_name_ct {
+        Some(own) => Some(own),
+        None => reseal(&gone.profile_name_ct)?,
+    };
+    let username_ct = match kept.username_ct {
+        Some(own) => Some(own),
+        None => reseal(&gone.username_ct)?,
+    };
+    let (marketing_opt_out, marketing_pref_at) = if gone.marketing_pref_at.unwrap_or(i64::MIN)
+        > kept.marketing_pref_at.unwrap_or(i64::MIN)
+    {
+        (gone.marketing_opt_out, gone.marketing_pref_at)
+    } else {
+        (kept.marketing_opt_out, kept.marketing_pref_at)
+    };
+    on_backend!(conn, c => diesel::update(contacts::table.find(into))
+        .set((
+            contacts::profile_name_ct.eq(profile_name_ct),
+            contacts::username_ct.eq(username_ct),
+            contacts::marketing_opt_out.eq(marketing_opt_out),
+            contacts::marketing_pref_at.eq(marketing_pref_at),
+            contacts::first_seen_at.eq(kept.first_seen_at.min(gone.first_seen_at)),
+        ))
+        .execute(c))?;
+    Ok((survivor, removed.id))
+}
+
+// ---------------------------------------------------------------------------------
+// Reads for the tenant API
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ContactView {
+    pub id: String,
+    pub wa_id: Option<String>,
+    pub user_id: Option<String>,
+    pub username: Option<String>,
+    pub profile_name: Option<String>,
+    pub marketing_opt_out: bool,
+    pub first_seen_at: String,
+    pub last_seen_at: String,
+}
+
+type ContactRow = (
+    String,
+    String,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    bool,
+    i64,
+    i64,
+);
+
+pub fn list_contacts(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    tenant_id: &TenantId,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ContactView>, StorageError> {
+    let rows: Vec<ContactRow> = on_backend!(conn, c => {
+        let mut query = contacts::table
+            .filter(contacts::tenant_id.eq(tenant_id.as_str()))
+            .select((contacts::id, contacts::key_id, contacts::wa_id_ct, contacts::user_id_ct,
+                     contacts::username_ct, contacts::profile_name_ct, contacts::marketing_opt_out,
+                     contacts::first_seen_at, contacts::last_seen_at))
+            .order(contacts::id.asc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(after) = after {
+            query = query.filter(contacts::id.gt(after));
+        }
+        query.load(c)
+    })?;
+    let mut keys = HashMap::new();
+    load_keys(conn, keyring, rows.iter().map(|r| r.1.as_str()), &mut keys)?;
+    rows.into_iter()
+        .map(
+            |(id, key_id, wa, user, username, name, opt_out, first, last)| {
+                let key = keys.get(&key_id).and_then(Option::as_ref);
+                let open = |ct: Option<Vec<u8>>| -> Option<String> {
+                    let (key, ct) = (key?, ct?);
+                    key.open_string(&ct, id.as_bytes()).ok()
+                };
+                Ok(ContactView {
+                    wa_id: open(wa),
+                    user_id: open(user),
+                    username: open(username),
+                    profile_name: open(name),
+                    marketing_opt_out: opt_out,
+                    first_seen_at: rfc3339(first),
+                    last_seen_at: rfc3339(last),
+                    id,
+                })
+            },
+        )
+        .collect()
+}

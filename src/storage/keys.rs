@@ -1,0 +1,84 @@
+//! Data keys (`data_keys`): the key store. Each contact's identifiers, profile and
+//! messages are sealed under a data key of the contact's own, stored here wrapped by
+//! the master key. A table of its own because more than contacts name keys: a
+//! message keeps the key it was sealed under after its contact is merged into
+//! another, so opening anything sealed (a contact, a listed message) goes through
+//! `load_data_key` or `load_keys`.
+
+use std::collections::HashMap;
+
+use diesel::prelude::*;
+
+use super::schema::data_keys;
+use super::{DbConn, StorageError};
+use crate::crypto::{Keyring, SealKey};
+use crate::ids::{KeyId, TenantId};
+use crate::on_backend;
+
+pub fn insert_data_key(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    key_id: &KeyId,
+    wrapped: &[u8],
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    insert_data_keys(conn, &[(tenant_id, key_id, wrapped)], now_ms)
+}
+
+/// Stores wrapped data keys, all in one statement.
+pub fn insert_data_keys(
+    conn: &mut DbConn,
+    keys: &[(&TenantId, &KeyId, &[u8])],
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = keys
+        .iter()
+        .map(|(tenant_id, key_id, wrapped)| {
+            (
+                data_keys::id.eq(key_id.as_str()),
+                data_keys::tenant_id.eq(tenant_id.as_str()),
+                data_keys::wrapped_key.eq(*wrapped),
+                data_keys::created_at.eq(now_ms),
+            )
+        })
+        .collect();
+    on_backend!(conn, c => diesel::insert_into(data_keys::table)
+        .values(&rows)
+        .execute(c))?;
+    Ok(())
+}
+
+pub(super) fn load_data_key(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    key_id: &str,
+) -> Result<Option<SealKey>, StorageError> {
+    let wrapped: Option<Option<Vec<u8>>> = on_backend!(conn, c => data_keys::table
+        .find(key_id)
+        .select(data_keys::wrapped_key)
+        .first::<Option<Vec<u8>>>(c)
+        .optional())?;
+    match wrapped.flatten() {
+        Some(wrapped) => Ok(Some(keyring.unwrap_data_key(key_id, &wrapped)?)),
+        None => Ok(None),
+    }
+}
+
+/// Loads (and caches in `cache`) the keys named by `key_ids`; destroyed keys are absent.
+pub(super) fn load_keys<'a>(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    key_ids: impl Iterator<Item = &'a str>,
+    cache: &mut HashMap<String, Option<SealKey>>,
+) -> Result<(), StorageError> {
+    for key_id in key_ids {
+        if !cache.contains_key(key_id) {
+            let key = load_data_key(conn, keyring, key_id)?;
+            cache.insert(key_id.to_string(), key);
+        }
+    }
+    Ok(())
+}

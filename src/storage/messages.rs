@@ -1,0 +1,433 @@
+//! Messages (`messages`) and their statuses (`status_events`). Inbound messages are
+//! inserted so that a redelivery collides on (tenant, wamid) and changes nothing; a
+//! revoke that arrives before its message leaves a tombstone, which the late original
+//! completes without content; statuses only move forward. A conversation's messages
+//! move with it when contacts merge. Also the tenant API's message listing, which
+//! opens each message's content under the data key it names ([`super::keys`]), and
+//! the counts and status histories tests and operators read. Lookups and listings are
+//! scoped by tenant.
+
+use std::collections::{HashMap, HashSet};
+
+use diesel::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::apply::{MessageBundle, NewInbound};
+use super::fixed::{fixed_statement, Bind, ReturnedId, Sql};
+use super::keys::load_keys;
+use super::schema::{messages, status_events};
+use super::{DbConn, StorageError};
+use crate::clock::rfc3339;
+use crate::crypto::Keyring;
+use crate::ids::TenantId;
+use crate::on_backend;
+
+/// The order of message states; `failed` is handled apart.
+fn status_rank(status: Option<&str>) -> Option<u8> {
+    match status {
+        None | Some("queued") => Some(0),
+        Some("sent") => Some(1),
+        Some("delivered") => Some(2),
+        Some("read") => Some(3),
+        Some("played") => Some(4),
+        _ => None,
+    }
+}
+
+/// The state a message moves to when `incoming` arrives, or `None` to stay: states
+/// only move forward (read never becomes delivered), `failed` is final, and a
+/// message that got past `sent` does not become failed.
+pub(super) fn next_status(current: Option<&str>, incoming: &str) -> Option<String> {
+    if current == Some("failed") {
+        return None;
+    }
+    let current_rank = status_rank(current)?;
+    if incoming == "failed" {
+        return (current_rank <= 1).then(|| "failed".to_string());
+    }
+    let incoming_rank = status_rank(Some(incoming))?;
+    (incoming_rank > current_rank).then(|| incoming.to_string())
+}
+
+/// Gives every message of `conversation_id` the conversation `target` and the contact
+/// `contact`. On SQLite the messages of a conversation are found through
+/// `conversation_messages` and the unindexed tail (see [`super::conversation_index`]);
+/// a trigger moves their index rows.
+pub(super) fn move_conversation_messages(
+    conn: &mut DbConn,
+    conversation_id: &str,
+    target: &str,
+    contact: &str,
+) -> Result<(), StorageError> {
+    use diesel::sql_types::Text;
+    match conn {
+        DbConn::Sqlite(c) => {
+            for found_by in [
+                "id IN (SELECT message_id FROM conversation_messages WHERE conversation_id = ?3)",
+                "rowid > (SELECT indexed_through FROM conversation_index_state) \
+                 AND conversation_id = ?3",
+            ] {
+                diesel::sql_query(format!(
+                    "UPDATE messages SET conversation_id = ?1, contact_id = ?2 WHERE {found_by}"
+                ))
+                .bind::<Text, _>(target)
+                .bind::<Text, _>(contact)
+                .bind::<Text, _>(conversation_id)
+                .execute(c)?;
+            }
+        }
+        DbConn::Pg(c) => {
+            diesel::update(messages::table.filter(messages::conversation_id.eq(conversation_id)))
+                .set((
+                    messages::conversation_id.eq(target),
+                    messages::contact_id.eq(contact),
+                ))
+                .execute(c)?;
+        }
+    }
+    Ok(())
+}
+
+fixed_statement!(
+    InsertInboundOne = "INSERT INTO messages \
+    (id, tenant_id, conversation_id, contact_id, wamid, direction, msg_type, sent_at, \
+     received_at, key_id, content_ct, ref_wamid) \
+    VALUES (?, ?, ?, ?, ?, 'inbound', ?, ?, ?, ?, ?, ?) \
+    ON CONFLICT (tenant_id, wamid) DO NOTHING"
+);
+
+fixed_statement!(
+    InsertInboundManyPg = "INSERT INTO messages \
+    (id, tenant_id, conversation_id, contact_id, wamid, direction, msg_type, sent_at, \
+     received_at, key_id, content_ct, ref_wamid) \
+    SELECT i, t, cv, ct, w, 'inbound', ty, s, ?, k, c, r \
+    FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], \
+                ?::bigint[], ?::text[], ?::bytea[], ?::text[]) \
+        AS v (i, t, cv, ct, w, ty, s, k, c, r) \
+    ON CONFLICT (tenant_id, wamid) DO NOTHING RETURNING id"
+);
+
+/// An inbound message row, with the conversation it goes to.
+pub(super) struct InboundRow<'a> {
+    pub(super) tenant_id: &'a str,
+    pub(super) conversation_id: &'a str,
+    pub(super) message: &'a NewInbound,
+}
+
+/// Inserts inbound messages; a redelivered one collides on (tenant, wamid) and changes
+/// nothing. Returns the ids of the messages inserted.
+pub(super) fn insert_inbound(
+    conn: &mut DbConn,
+    rows: &[InboundRow<'_>],
+    now_ms: i64,
+) -> Result<HashSet<String>, StorageError> {
+    let mut inserted = HashSet::with_capacity(rows.len());
+    if rows.is_empty() {
+        return Ok(inserted);
+    }
+    match conn {
+        DbConn::Sqlite(c) => {
+            for row in rows {
+                let m = row.message;
+                let count = InsertInboundOne::with(vec![
+                    Bind::Text(m.message_id.as_str()),
+                    Bind::Text(row.tenant_id),
+                    Bind::Text(row.conversation_id),
+                    Bind::Text(m.contact_id.as_str()),
+                    Bind::Text(&m.wamid),
+                    Bind::Text(&m.msg_type),
+                    Bind::BigInt(m.sent_at),
+                    Bind::BigInt(now_ms),
+                    Bind::Text(m.key_id.as_str()),
+                    Bind::Blob(&m.content_ct),
+                    Bind::OptText(m.ref_wamid.as_deref()),
+                ])
+                .execute(c)?;
+                if count == 1 {
+                    inserted.insert(m.message_id.0.clone());
+                }
+            }
+        }
+        DbConn::Pg(c) => {
+            let messages = || rows.iter().map(|row| row.message);
+            let returned: Vec<ReturnedId> = InsertInboundManyPg::with(vec![
+                Bind::BigInt(now_ms),
+                Bind::TextArray(messages().map(|m| m.message_id.as_str()).collect()),
+                Bind::TextArray(rows.iter().map(|row| row.tenant_id).collect()),
+                Bind::TextArray(rows.iter().map(|row| row.conversation_id).collect()),
+                Bind::TextArray(messages().map(|m| m.contact_id.as_str()).collect()),
+                Bind::TextArray(messages().map(|m| m.wamid.as_str()).collect()),
+                Bind::TextArray(messages().map(|m| m.msg_type.as_str()).collect()),
+                Bind::BigIntArray(messages().map(|m| m.sent_at).collect()),
+                Bind::TextArray(messages().map(|m| m.key_id.as_str()).collect()),
+                Bind::BlobArray(messages().map(|m| &m.content_ct[..]).collect()),
+                Bind::OptTextArray(messages().map(|m| m.ref_wamid.as_deref()).collect()),
+            ])
+            .load(c)?;
+            inserted.extend(returned.into_iter().map(|row| row.id));
+        }
+    }
+    Ok(inserted)
+}
+
+/// An inbound message that collided: rarely a duplicate, sometimes a tombstone (see
+/// [`apply`](super::apply::apply)), which learns what kind of message it stands for,
+/// never its content.
+pub(super) fn complete_tombstone(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    m: &NewInbound,
+) -> Result<usize, StorageError> {
+    let tenant = tenant_id.as_str();
+    Ok(on_backend!(conn, c => diesel::update(messages::table
+        .filter(messages::tenant_id.eq(tenant))
+        .filter(messages::wamid.eq(&m.wamid))
+        .filter(messages::msg_type.is_null())
+        .filter(messages::revoked_at.is_not_null()))
+        .set((messages::msg_type.eq(&m.msg_type), messages::sent_at.eq(m.sent_at)))
+        .execute(c))?)
+}
+
+// ---------------------------------------------------------------------------------
+// Reads for the tenant API
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MessageView {
+    pub id: String,
+    pub wamid: String,
+    pub direction: String,
+    #[serde(rename = "type")]
+    pub msg_type: Option<String>,
+    pub timestamp: String,
+    pub status: Option<String>,
+    pub content: Option<Value>,
+    pub context: Option<Value>,
+    pub referral: Option<Value>,
+    pub errors: Option<Value>,
+    pub error: Option<Value>,
+    pub revoked: bool,
+}
+
+type MessageRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<i64>,
+);
+
+/// SQLite: a conversation's messages after a cursor, from the conversation index and
+/// the unindexed tail in one statement (one snapshot: a bulk that moves messages from
+/// the tail into the index between two statements would otherwise show them twice or
+/// not at all). UNION, not UNION ALL: a bulk's slices are indexed before its mark
+/// moves, so a message can be in both parts. ?1 conversation, ?2 cursor, ?3 limit,
+/// ?4 tenant.
+const LIST_MESSAGES_SQLITE: &str = "\
+    SELECT id, wamid, direction, msg_type, sent_at, status, key_id, content_ct, error_json, revoked_at \
+    FROM (SELECT m.id, m.wamid, m.direction, m.msg_type, m.sent_at, m.status, m.key_id, \
+                 m.content_ct, m.error_json, m.revoked_at \
+          FROM conversation_messages AS cm JOIN messages AS m ON m.id = cm.message_id \
+          WHERE cm.conversation_id = ?1 AND cm.message_id > ?2 AND m.tenant_id = ?4 \
+          ORDER BY cm.message_id LIMIT ?3) \
+    UNION \
+    SELECT id, wamid, direction, msg_type, sent_at, status, key_id, content_ct, error_json, revoked_at \
+    FROM messages \
+    WHERE rowid > (SELECT indexed_through FROM conversation_index_state) \
+      AND conversation_id = ?1 AND id > ?2 AND tenant_id = ?4 \
+    ORDER BY id LIMIT ?3";
+
+#[derive(QueryableByName)]
+struct ListedMessage {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    wamid: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    direction: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    msg_type: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    sent_at: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    status: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    key_id: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Binary>)]
+    content_ct: Option<Vec<u8>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    error_json: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    revoked_at: Option<i64>,
+}
+
+impl ListedMessage {
+    fn into_row(self) -> MessageRow {
+        (
+            self.id,
+            self.wamid,
+            self.direction,
+            self.msg_type,
+            self.sent_at,
+            self.status,
+            self.key_id,
+            self.content_ct,
+            self.error_json,
+            self.revoked_at,
+        )
+    }
+}
+
+pub fn list_messages(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    tenant_id: &TenantId,
+    conversation_id: &str,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<MessageView>, StorageError> {
+    let rows: Vec<MessageRow> = match conn {
+        DbConn::Sqlite(c) => {
+            use diesel::sql_types::{BigInt, Text};
+            diesel::sql_query(LIST_MESSAGES_SQLITE)
+                .bind::<Text, _>(conversation_id)
+                .bind::<Text, _>(after.unwrap_or(""))
+                .bind::<BigInt, _>(limit)
+                .bind::<Text, _>(tenant_id.as_str())
+                .load::<ListedMessage>(c)?
+                .into_iter()
+                .map(ListedMessage::into_row)
+                .collect()
+        }
+        DbConn::Pg(c) => {
+            let mut query = messages::table
+                .filter(messages::tenant_id.eq(tenant_id.as_str()))
+                .filter(messages::conversation_id.eq(conversation_id))
+                .select((
+                    messages::id,
+                    messages::wamid,
+                    messages::direction,
+                    messages::msg_type,
+                    messages::sent_at,
+                    messages::status,
+                    messages::key_id,
+                    messages::content_ct,
+                    messages::error_json,
+                    messages::revoked_at,
+                ))
+                .order(messages::id.asc())
+                .limit(limit)
+                .into_boxed();
+            if let Some(after) = after {
+                query = query.filter(messages::id.gt(after));
+            }
+            query.load(c)?
+        }
+    };
+    let mut keys = HashMap::new();
+    load_keys(
+        conn,
+        keyring,
+        rows.iter().filter_map(|r| r.6.as_deref()),
+        &mut keys,
+    )?;
+    rows.into_iter()
+        .map(
+            |(
+                id,
+                wamid,
+                direction,
+                msg_type,
+                sent_at,
+                status,
+                key_id,
+                content_ct,
+                error_json,
+                revoked_at,
+            )| {
+                let bundle: Option<MessageBundle> = match (
+                    key_id.and_then(|k| keys.get(&k).cloned().flatten()),
+                    content_ct,
+                ) {
+                    (Some(key), Some(ct)) => {
+                        let plain = key.open(&ct, id.as_bytes())?;
+                        Some(
+                            serde_json::from_slice(&plain)
+                                .map_err(|e| StorageError::Corrupt(format!("message {id}: {e}")))?,
+                        )
+                    }
+                    _ => None,
+                };
+                let error = error_json.and_then(|e| serde_json::from_str(&e).ok());
+                let bundle = bundle.unwrap_or_default();
+                let has_content = !bundle.content.is_null();
+                Ok(MessageView {
+                    id,
+                    wamid,
+                    direction,
+                    msg_type,
+                    timestamp: rfc3339(sent_at),
+                    status,
+                    content: has_content.then_some(bundle.content),
+                    context: bundle.context,
+                    referral: bundle.referral,
+                    errors: bundle.errors,
+                    error,
+                    revoked: revoked_at.is_some(),
+                })
+            },
+        )
+        .collect()
+}
+
+/// Statuses recorded for a message (by wamid), oldest first; for tests and operators.
+pub fn status_history(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    wamid: &str,
+) -> Result<Vec<(String, i64)>, StorageError> {
+    Ok(on_backend!(conn, c => status_events::table
+        .inner_join(messages::table.on(messages::id.eq(status_events::message_id)))
+        .filter(messages::tenant_id.eq(tenant_id.as_str()))
+        .filter(messages::wamid.eq(wamid))
+        .select((status_events::status, status_events::occurred_at))
+        .order(status_events::occurred_at.asc())
+        .load(c))?)
+}
+
+#[cfg(any(test, feature = "testing"))]
+/// Total stored messages of a tenant.
+pub fn count_messages(conn: &mut DbConn, tenant_id: &TenantId) -> Result<i64, StorageError> {
+    Ok(on_backend!(conn, c => messages::table
+        .filter(messages::tenant_id.eq(tenant_id.as_str()))
+        .count()
+        .get_result(c))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_status;
+
+    #[test]
+    fn statuses_only_move_forward() {
+        assert_eq!(next_status(None, "sent").as_deref(), Some("sent"));
+        assert_eq!(next_status(Some("sent"), "read").as_deref(), Some("read"));
+        assert_eq!(next_status(Some("read"), "delivered"), None);
+        assert_eq!(
+            next_status(Some("read"), "played").as_deref(),
+            Some("played")
+        );
+        assert_eq!(
+            next_status(Some("sent"), "failed").as_deref(),
+            Some("failed")
+        );
+        assert_eq!(next_status(Some("delivered"), "failed"), None);
+        assert_eq!(next_status(Some("failed"), "read"), None);
+        assert_eq!(next_status(Some("sent"), "deleted"), None);
+    }
+}
