@@ -49,15 +49,20 @@ pub fn record(conn: &mut DbConn, check_value: &str, now_ms: i64) -> Result<Strin
         if let Some(existing) = recorded(conn)? {
             return Ok(existing);
         }
-        on_backend!(conn, c => diesel::insert_into(master_key_check::table)
-            .values((
-                master_key_check::id.eq(1),
-                master_key_check::check_value.eq(check_value),
-                master_key_check::created_at.eq(now_ms),
-            ))
-            .execute(c))?;
+        insert(conn, check_value, now_ms)?;
         Ok(check_value.to_string())
     })
+}
+
+fn insert(conn: &mut DbConn, check_value: &str, now_ms: i64) -> Result<(), StorageError> {
+    on_backend!(conn, c => diesel::insert_into(master_key_check::table)
+        .values((
+            master_key_check::id.eq(1),
+            master_key_check::check_value.eq(check_value),
+            master_key_check::created_at.eq(now_ms),
+        ))
+        .execute(c))?;
+    Ok(())
 }
 
 /// Records `check_value` in place of any other: only for a database that holds no
@@ -68,13 +73,6 @@ pub fn replace(conn: &mut DbConn, check_value: &str, now_ms: i64) -> Result<(), 
             return Ok(());
         }
         on_backend!(conn, c => diesel::delete(master_key_check::table).execute(c))?;
-        on_backend!(conn, c => diesel::insert_into(master_key_check::table)
-            .values((
-                master_key_check::id.eq(1),
-                master_key_check::check_value.eq(check_value),
-                master_key_check::created_at.eq(now_ms),
-            ))
-            .execute(c))?;
-        Ok(())
+        insert(conn, check_value, now_ms)
     })
 }

@@ -131,6 +131,23 @@ impl Daemon {
         )
     }
 
+    /// `serve` as systemd runs it with `Type=notify` and `WatchdogSec=`: notifications
+    /// go to `socket`, and the watchdog expects one within `watchdog_usec`.
+    fn spawn_under_systemd(&self, socket: &std::path::Path, watchdog_usec: &str) -> Running {
+        // systemd names the process the watchdog is for; `exec` keeps the shell's pid.
+        Running(
+            Command::new("sh")
+                .args(["-c", &format!("WATCHDOG_PID=$$ exec {BIN} serve")])
+                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .env("NOTIFY_SOCKET", socket)
+                .env("WATCHDOG_USEC", watchdog_usec)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     async fn wait_ready(&self, client: &awc::Client) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -531,18 +548,7 @@ async fn systemd_hears_ready_then_the_watchdog_then_stopping() {
         let n = socket.recv(&mut buf).expect("a notification within 30 s");
         String::from_utf8_lossy(&buf[..n]).trim().to_string()
     };
-    // systemd names the process the watchdog is for; `exec` keeps the shell's pid.
-    let mut child = Running(
-        Command::new("sh")
-            .args(["-c", &format!("WATCHDOG_PID=$$ exec {BIN} serve")])
-            .envs(daemon.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("NOTIFY_SOCKET", &socket_path)
-            .env("WATCHDOG_USEC", "400000")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = daemon.spawn_under_systemd(&socket_path, "400000");
 
     assert_eq!(next(), "READY=1");
     let client = awc::Client::default();
@@ -893,17 +899,7 @@ async fn a_database_that_stops_answering_is_503_not_ready_and_starves_the_watchd
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let _running = Running(
-        Command::new("sh")
-            .args(["-c", &format!("WATCHDOG_PID=$$ exec {BIN} serve")])
-            .envs(daemon.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("NOTIFY_SOCKET", &socket_path)
-            .env("WATCHDOG_USEC", "1000000")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let _running = daemon.spawn_under_systemd(&socket_path, "1000000");
     // Notifications received in the next `during`.
     let notifications = |during: Duration| {
         let until = Instant::now() + during;
