@@ -520,7 +520,6 @@ impl ConversationActor {
                     actor.core.metrics.inbox_parked.set(parked);
                     actor.pending.retain(|item| item.seq != seq);
                     actor.pending_ids.remove(&inbox_id);
-                    actor.hand_back_deliveries();
                     actor.pump(ctx);
                 }
                 _ => actor.retry_later(error, ctx),

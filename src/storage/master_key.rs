@@ -19,16 +19,18 @@ pub fn recorded(conn: &mut DbConn) -> Result<Option<String>, StorageError> {
 /// Whether anything in the database was sealed under a master key (or names a tenant
 /// whose data would be): a database where a new key may be made holds none of this.
 pub fn holds_data(conn: &mut DbConn) -> Result<bool, StorageError> {
-    let counts: [i64; 5] = on_backend!(conn, c => {
-        [
-            tenants::table.count().get_result(c)?,
-            phone_numbers::table.count().get_result(c)?,
-            inbox::table.count().get_result(c)?,
-            webhook_events::table.count().get_result(c)?,
-            data_keys::table.count().get_result(c)?,
-        ]
-    });
-    Ok(counts.iter().any(|n| *n > 0))
+    use diesel::dsl::exists;
+    // EXISTS, not COUNT: this runs at every start and every operator command, and a
+    // count would read a large inbox or key store whole.
+    Ok(on_backend!(conn, c => {
+        diesel::select(exists(tenants::table.select(tenants::id))).get_result::<bool>(c)?
+            || diesel::select(exists(phone_numbers::table.select(phone_numbers::phone_number_id)))
+                .get_result::<bool>(c)?
+            || diesel::select(exists(inbox::table.select(inbox::id))).get_result::<bool>(c)?
+            || diesel::select(exists(webhook_events::table.select(webhook_events::id)))
+                .get_result::<bool>(c)?
+            || diesel::select(exists(data_keys::table.select(data_keys::id))).get_result::<bool>(c)?
+    }))
 }
 
 /// One wrapped data key, to test a key file against a database that holds data but no
