@@ -904,7 +904,7 @@ fn main() {
     // Missing acknowledged messages: wait for processing, then look each one up.
     let missing = match (&args.target[..], converra_db) {
         ("converra", Some(_)) => {
-            let (_, pool) = converra::open_storage(&settings).unwrap();
+            let (keyring, pool) = converra::open_storage(&settings).unwrap();
             let deadline = Instant::now() + Duration::from_secs(120);
             loop {
                 let backlog =
@@ -915,18 +915,30 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(100));
             }
             cpu_after = thread_cpu();
-            let stored: std::collections::HashSet<String> = converra::storage::with_conn(&pool, |conn| {
-                use converra::storage::schema::messages;
-                Ok(converra::on_backend!(conn, c => messages::table.select(messages::wamid).load::<String>(c))?)
-            })
-            .unwrap()
-            .into_iter()
-            .collect();
+            // Meta's ids are stored as keyed hashes, per tenant.
+            let stored: std::collections::HashSet<(String, String)> =
+                converra::storage::with_conn(&pool, |conn| {
+                    use converra::storage::schema::messages;
+                    Ok(converra::on_backend!(conn, c => messages::table
+                        .select((messages::tenant_id, messages::wamid_bidx))
+                        .load::<(String, String)>(c))?)
+                })
+                .unwrap()
+                .into_iter()
+                .collect();
+            let tenants: std::collections::HashSet<&String> =
+                stored.iter().map(|(t, _)| t).collect();
             Some(
                 results
                     .acked
                     .iter()
-                    .filter(|i| !stored.contains(&wamid_for(**i, **i % 1000)))
+                    .filter(|i| {
+                        let wamid = wamid_for(**i, **i % 1000);
+                        !tenants.iter().any(|tenant| {
+                            let bidx = keyring.wamid_index(tenant, &wamid);
+                            stored.contains(&((*tenant).clone(), bidx))
+                        })
+                    })
                     .count(),
             )
         }

@@ -13,7 +13,10 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-const VERSION: u8 = 1;
+/// The ciphertext format: version 2 binds a [`Place`]; version 1 bound a bare row id
+/// and is only opened to upgrade it (see `storage::upgrade`).
+const VERSION: u8 = 2;
+const LEGACY_VERSION: u8 = 1;
 const NONCE_LEN: usize = 24;
 const KEY_LEN: usize = 32;
 
@@ -42,6 +45,40 @@ fn random_nonce() -> [u8; NONCE_LEN] {
     out
 }
 
+/// Where a sealed value lives, bound into it as associated data: its tenant (empty
+/// for data of no tenant), table, column and row. A ciphertext opens only in the place
+/// it was sealed for, so values cannot be swapped between rows, columns or tenants
+/// unnoticed.
+#[derive(Debug, Clone, Copy)]
+pub struct Place<'a> {
+    pub tenant: &'a str,
+    pub table: &'static str,
+    pub column: &'static str,
+    pub row: &'a str,
+}
+
+impl<'a> Place<'a> {
+    pub fn new(tenant: &'a str, table: &'static str, column: &'static str, row: &'a str) -> Self {
+        Place {
+            tenant,
+            table,
+            column,
+            row,
+        }
+    }
+
+    /// Each part length-prefixed, so no two places share an encoding.
+    fn aad(&self) -> Vec<u8> {
+        let parts = [self.tenant, self.table, self.column, self.row];
+        let mut out = Vec::with_capacity(40 + parts.iter().map(|p| p.len()).sum::<usize>());
+        for part in parts {
+            out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            out.extend_from_slice(part.as_bytes());
+        }
+        out
+    }
+}
+
 /// A symmetric AEAD key. Its bytes never leave this module except wrapped.
 #[derive(Clone)]
 pub struct SealKey {
@@ -61,14 +98,20 @@ impl SealKey {
         }
     }
 
-    /// Seals `plain`; `aad` binds the ciphertext to its place (a row id), so a
-    /// ciphertext copied to another row does not open.
-    pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    /// Seals `plain` for `place` (see [`Place`]).
+    pub fn seal(&self, plain: &[u8], place: &Place<'_>) -> Result<Vec<u8>, CryptoError> {
         let nonce_bytes = random_nonce();
         let nonce = XNonce::from_slice(&nonce_bytes);
+        let aad = place.aad();
         let sealed = self
             .cipher
-            .encrypt(nonce, Payload { msg: plain, aad })
+            .encrypt(
+                nonce,
+                Payload {
+                    msg: plain,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| CryptoError::Open)?;
         let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
         out.push(VERSION);
@@ -77,8 +120,22 @@ impl SealKey {
         Ok(out)
     }
 
-    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if sealed.len() < 1 + NONCE_LEN || sealed[0] != VERSION {
+    pub fn open(&self, sealed: &[u8], place: &Place<'_>) -> Result<Vec<u8>, CryptoError> {
+        self.open_version(sealed, VERSION, &place.aad())
+    }
+
+    pub fn open_string(&self, sealed: &[u8], place: &Place<'_>) -> Result<String, CryptoError> {
+        String::from_utf8(self.open(sealed, place)?).map_err(|_| CryptoError::Open)
+    }
+
+    /// Opens a value sealed in the first format, whose associated data was a bare row
+    /// id (or nothing that named its place); only the upgrade reads these.
+    pub fn open_legacy(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.open_version(sealed, LEGACY_VERSION, aad)
+    }
+
+    fn open_version(&self, sealed: &[u8], version: u8, aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < 1 + NONCE_LEN || sealed[0] != version {
             return Err(CryptoError::Open);
         }
         let nonce = XNonce::from_slice(&sealed[1..1 + NONCE_LEN]);
@@ -92,10 +149,44 @@ impl SealKey {
             )
             .map_err(|_| CryptoError::Open)
     }
+}
 
-    pub fn open_string(&self, sealed: &[u8], aad: &[u8]) -> Result<String, CryptoError> {
-        String::from_utf8(self.open(sealed, aad)?).map_err(|_| CryptoError::Open)
+/// The first ciphertext format, for tests of the upgrade that reads it.
+#[cfg(any(test, feature = "testing"))]
+impl SealKey {
+    pub fn seal_legacy(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let nonce_bytes = random_nonce();
+        let sealed = self
+            .cipher
+            .encrypt(
+                XNonce::from_slice(&nonce_bytes),
+                Payload { msg: plain, aad },
+            )
+            .map_err(|_| CryptoError::Open)?;
+        Ok([&[LEGACY_VERSION][..], &nonce_bytes, &sealed].concat())
     }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl Keyring {
+    /// A data key wrapped in the first format, bound to `legacy_id` alone.
+    pub fn new_legacy_key(&self, legacy_id: &str) -> Result<NewDataKey, CryptoError> {
+        let bytes: [u8; KEY_LEN] = random_bytes()?;
+        Ok(NewDataKey {
+            wrapped: self.wrap.seal_legacy(&bytes, legacy_id.as_bytes())?,
+            key: SealKey::from_bytes(&bytes),
+        })
+    }
+}
+
+fn key_from(bytes: Vec<u8>) -> Result<SealKey, CryptoError> {
+    let bytes: [u8; KEY_LEN] = bytes.try_into().map_err(|_| CryptoError::Open)?;
+    Ok(SealKey::from_bytes(&bytes))
+}
+
+/// Whether `sealed` is in the first ciphertext format (see [`SealKey::open_legacy`]).
+pub fn is_legacy(sealed: &[u8]) -> bool {
+    sealed.first() == Some(&LEGACY_VERSION)
 }
 
 /// A freshly generated per-contact data key and its wrapped form for the key store.
@@ -196,39 +287,75 @@ impl Keyring {
         &self.check_value
     }
 
-    /// A new per-contact data key, wrapped for the key store; `key_id` is bound in.
-    pub fn new_data_key(&self, key_id: &str) -> Result<NewDataKey, CryptoError> {
+    /// A new per-contact data key, wrapped for the key store (bound to its tenant and id).
+    pub fn new_data_key(&self, tenant_id: &str, key_id: &str) -> Result<NewDataKey, CryptoError> {
+        self.new_key(&Place::new(tenant_id, "data_keys", "wrapped_key", key_id))
+    }
+
+    pub fn unwrap_data_key(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+        wrapped: &[u8],
+    ) -> Result<SealKey, CryptoError> {
+        self.unwrap_key(
+            &Place::new(tenant_id, "data_keys", "wrapped_key", key_id),
+            wrapped,
+        )
+    }
+
+    /// A new key for the raw payloads of `day`, wrapped for the key store.
+    pub fn new_raw_key(&self, day: &str) -> Result<NewDataKey, CryptoError> {
+        self.new_key(&Place::new("", "raw_keys", "wrapped_key", day))
+    }
+
+    pub fn unwrap_raw_key(&self, day: &str, wrapped: &[u8]) -> Result<SealKey, CryptoError> {
+        self.unwrap_key(&Place::new("", "raw_keys", "wrapped_key", day), wrapped)
+    }
+
+    fn new_key(&self, place: &Place<'_>) -> Result<NewDataKey, CryptoError> {
         let bytes: [u8; KEY_LEN] = random_bytes()?;
-        let wrapped = self.wrap.seal(&bytes, key_id.as_bytes())?;
+        let wrapped = self.wrap.seal(&bytes, place)?;
         Ok(NewDataKey {
             key: SealKey::from_bytes(&bytes),
             wrapped,
         })
     }
 
-    /// A new key for the raw payloads of `day`, wrapped for the key store.
-    pub fn new_raw_key(&self, day: &str) -> Result<NewDataKey, CryptoError> {
-        self.new_data_key(&format!("raw-day:{day}"))
+    fn unwrap_key(&self, place: &Place<'_>, wrapped: &[u8]) -> Result<SealKey, CryptoError> {
+        let bytes = self.wrap.open(wrapped, place)?;
+        key_from(bytes)
     }
 
-    pub fn unwrap_raw_key(&self, day: &str, wrapped: &[u8]) -> Result<SealKey, CryptoError> {
-        self.unwrap_data_key(&format!("raw-day:{day}"), wrapped)
+    /// Re-wraps, for `place`, a key wrapped in the first format (bound to `legacy_id`
+    /// alone; day keys were `raw-day:DAY`); returns the key and its new wrapping.
+    pub fn rewrap_legacy(
+        &self,
+        legacy_id: &str,
+        wrapped: &[u8],
+        place: &Place<'_>,
+    ) -> Result<NewDataKey, CryptoError> {
+        let bytes = self.wrap.open_legacy(wrapped, legacy_id.as_bytes())?;
+        Ok(NewDataKey {
+            wrapped: self.wrap.seal(&bytes, place)?,
+            key: key_from(bytes)?,
+        })
     }
 
-    pub fn unwrap_data_key(&self, key_id: &str, wrapped: &[u8]) -> Result<SealKey, CryptoError> {
-        let bytes = self.wrap.open(wrapped, key_id.as_bytes())?;
-        let bytes: [u8; KEY_LEN] = bytes.try_into().map_err(|_| CryptoError::Open)?;
-        Ok(SealKey::from_bytes(&bytes))
-    }
-
-    /// Inbox payloads and raw webhook bodies (processed rows are deleted soon after).
-    pub fn inbox(&self) -> &SealKey {
+    /// Inbox payloads and raw webhook bodies sealed before day keys (the upgrade
+    /// re-seals them under their day's key).
+    pub fn legacy_inbox(&self) -> &SealKey {
         &self.inbox
     }
 
     /// Tenant secrets such as Meta access tokens.
     pub fn secrets(&self) -> &SealKey {
         &self.secrets
+    }
+
+    /// A keyed hash of Meta's message id, as `messages` stores it.
+    pub fn wamid_index(&self, tenant_id: &str, wamid: &str) -> String {
+        self.blind_index(tenant_id, "wamid", wamid)
     }
 
     /// A keyed hash of an identifier, scoped to one tenant, for equality lookups
@@ -306,21 +433,35 @@ mod tests {
     #[test]
     fn sealed_data_opens_only_with_its_key_and_place() {
         let ring = keyring();
-        let dk = ring.new_data_key("k1").expect("key");
-        let sealed = dk.key.seal(b"hello", b"row-1").expect("seal");
-        assert_eq!(dk.key.open(&sealed, b"row-1").expect("open"), b"hello");
-        assert!(dk.key.open(&sealed, b"row-2").is_err(), "aad is bound");
-        let other = ring.new_data_key("k2").expect("key");
+        let dk = ring.new_data_key("t1", "k1").expect("key");
+        let here = Place::new("t1", "contacts", "wa_id_ct", "row-1");
+        let sealed = dk.key.seal(b"hello", &here).expect("seal");
+        assert_eq!(dk.key.open(&sealed, &here).expect("open"), b"hello");
+        for elsewhere in [
+            Place::new("t1", "contacts", "wa_id_ct", "row-2"),
+            Place::new("t2", "contacts", "wa_id_ct", "row-1"),
+            Place::new("t1", "contacts", "user_id_ct", "row-1"),
+            Place::new("t1", "messages", "wa_id_ct", "row-1"),
+            // Length prefixes: moving a character between parts is another place.
+            Place::new("t1", "contacts", "wa_id_c", "trow-1"),
+        ] {
+            assert!(dk.key.open(&sealed, &elsewhere).is_err(), "{elsewhere:?}");
+        }
+        let other = ring.new_data_key("t1", "k2").expect("key");
+        assert!(other.key.open(&sealed, &here).is_err(), "other key fails");
+        let unwrapped = ring
+            .unwrap_data_key("t1", "k1", &dk.wrapped)
+            .expect("unwrap");
+        assert_eq!(unwrapped.open(&sealed, &here).expect("open"), b"hello");
         assert!(
-            other.key.open(&sealed, b"row-1").is_err(),
-            "other key fails"
-        );
-        let unwrapped = ring.unwrap_data_key("k1", &dk.wrapped).expect("unwrap");
-        assert_eq!(unwrapped.open(&sealed, b"row-1").expect("open"), b"hello");
-        assert!(
-            ring.unwrap_data_key("k2", &dk.wrapped).is_err(),
+            ring.unwrap_data_key("t1", "k2", &dk.wrapped).is_err(),
             "key id is bound"
         );
+        assert!(
+            ring.unwrap_data_key("t2", "k1", &dk.wrapped).is_err(),
+            "tenant is bound"
+        );
+        assert!(!is_legacy(&sealed));
     }
 
     #[test]

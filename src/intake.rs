@@ -15,7 +15,7 @@ use crate::actors::registry::{Registry, StartTenantsAndRoute};
 use crate::actors::{tenant, Core};
 use crate::handoff;
 use crate::ids::TenantId;
-use crate::storage::inbox::{FreshEvent, PreparedEvent, PreparedOther};
+use crate::storage::inbox::FreshEvent;
 use crate::storage::writer::Delivered;
 use crate::storage::{tenants, StorageError};
 use crate::whatsapp::ParsedWebhook;
@@ -123,7 +123,7 @@ pub async fn receive(
         .ok_or(IntakeError::Unpreparable)?;
     let mut numbers: Vec<String> = events
         .iter()
-        .map(|e| e.row.phone_number_id.clone())
+        .map(|e| e.keys.phone_number_id.clone())
         .collect();
     numbers.sort_unstable();
     numbers.dedup();
@@ -133,7 +133,7 @@ pub async fn receive(
     let mut waiting = Vec::new();
     let mut for_inbox = Vec::new();
     for event in events {
-        match owners.get(&event.row.phone_number_id) {
+        match owners.get(&event.keys.phone_number_id) {
             Some(tenant_id) => {
                 let (reply, answer) = handoff::channel();
                 deliveries.push(Delivery {
@@ -165,27 +165,11 @@ pub async fn receive(
         .writer
         .day_key(&core.keyring, core.clock.now_ms())
         .await?;
-    let mut others = Vec::with_capacity(parsed.others.len());
     for other in &parsed.others {
         slog::warn!(core.log, "signed webhook content stored raw";
             "reason" => other.reason, "field" => other.field.as_deref().unwrap_or("-"));
-        others.push(PreparedOther::seal(
-            &day,
-            other.reason,
-            other.field.clone(),
-            other.phone_number_id.clone(),
-            &other.raw,
-        )?);
     }
-    if for_inbox.is_empty() && others.is_empty() {
-        return Ok(receipt);
-    }
-    let sealed = for_inbox
-        .iter()
-        .map(|event| event.seal(&day))
-        .collect::<Option<Vec<PreparedEvent>>>()
-        .ok_or(IntakeError::Unpreparable)?;
-    let stored = core.writer.ingest(sealed, others).await?;
+    let stored = core.writer.ingest(day, for_inbox, parsed.others).await?;
     receipt.new += stored.accepted.len();
     receipt.duplicates += stored.duplicates;
     receipt.unrouted += stored.unrouted;

@@ -119,11 +119,13 @@ impl RunOptions {
     }
 }
 
-/// Opens the database (applying migrations) and the key ring, blocking.
+/// Opens the database (applying migrations and the upgrades that need the master key)
+/// and the key ring, blocking.
 pub fn open_storage(settings: &Settings) -> Result<(Arc<Keyring>, storage::Pool), RunError> {
     let pool = storage::connect(settings)?;
     let mut conn = pool.get().map_err(storage::StorageError::from)?;
     let keyring = unlock(settings, &mut conn)?;
+    storage::upgrade::run(&mut conn, &keyring, SystemClock.now_ms())?;
     drop(conn);
     Ok((Arc::new(keyring), pool))
 }
@@ -176,10 +178,8 @@ pub fn unlock(settings: &Settings, conn: &mut storage::DbConn) -> Result<Keyring
         Some(_) => Err(mismatch()),
         None => {
             // Data from before check values were recorded: the key must open it.
-            if let Some((key_id, wrapped)) = master_key::some_wrapped_data_key(conn)? {
-                if keyring.unwrap_data_key(&key_id, &wrapped).is_err() {
-                    return Err(mismatch());
-                }
+            if !master_key::opens_a_data_key(conn, &keyring)? {
+                return Err(mismatch());
             }
             let in_force = master_key::record(conn, keyring.check_value(), now)?;
             if in_force == keyring.check_value() {

@@ -210,7 +210,7 @@ impl Metrics {
                 continue;
             }
             applied += 1;
-            match op.fresh_row().map(|row| row.kind) {
+            match op.fresh_kind() {
                 Some(kind) if kind == EventKind::Message.as_str() => self.messages_ingested.inc(),
                 Some(kind) if kind == EventKind::Status.as_str() => self.statuses_ingested.inc(),
                 Some(kind) if kind == EventKind::Preference.as_str() => {

@@ -28,9 +28,11 @@ use serde_json::{json, Value};
 
 use super::tenant::{Idle, TenantActor};
 use super::Core;
-use crate::crypto::SealKey;
+use crate::crypto::{Keyring, Place, SealKey};
 use crate::handoff::Reply;
 use crate::ids::{MessageId, TenantId};
+use crate::storage::apply::{content_place, wamid_place, Revoked};
+use crate::storage::contacts::contact_field;
 use crate::storage::crm::{
     ApplyOp, ContactIdentifiers, MessageBundle, NewInbound, NewPreference, NewStatus, Origin,
     ProfileUpdate, ResolvedContact,
@@ -82,9 +84,10 @@ struct Pending {
 enum Source {
     /// A committed inbox row.
     Inbox(i64),
-    /// A delivered event; its webhook waits on `reply`.
+    /// A delivered event; its webhook waits on `reply`. `row` is the inbox row to
+    /// write with it (none for an inbound message: see [`Origin::FreshMessage`]).
     Fresh {
-        row: FreshRow,
+        row: Option<FreshRow>,
         reply: Option<Reply<Delivered>>,
     },
 }
@@ -93,7 +96,8 @@ impl Pending {
     fn origin(&self) -> Origin {
         match &self.source {
             Source::Inbox(id) => Origin::Inbox(*id),
-            Source::Fresh { row, .. } => Origin::Fresh(row.clone()),
+            Source::Fresh { row: Some(row), .. } => Origin::Fresh(row.clone()),
+            Source::Fresh { row: None, .. } => Origin::FreshMessage,
         }
     }
 
@@ -307,11 +311,15 @@ impl ConversationActor {
                 }
                 build_op(
                     item.origin(),
-                    &self.phone_number_id,
+                    &OpContext {
+                        keyring: &self.core.keyring,
+                        tenant_id: &self.tenant_id,
+                        phone_number_id: &self.phone_number_id,
+                        contact: &contact,
+                        conversation_id: self.conversation_id.as_deref(),
+                        now: item.arrived_at,
+                    },
                     &item.event,
-                    &contact,
-                    self.conversation_id.as_deref(),
-                    item.arrived_at,
                 )
             }));
             match built {
@@ -345,12 +353,11 @@ impl ConversationActor {
         let changed = profile
             .as_ref()
             .filter(|p| self.written_profile.as_ref() != Some(*p));
-        let seal = |value: &Option<String>| {
+        let tenant = self.tenant_id.as_str();
+        let seal = |column, value: &Option<String>| {
             value.as_deref().and_then(|v| {
-                contact
-                    .key
-                    .seal(v.as_bytes(), contact.contact_id.as_str().as_bytes())
-                    .ok()
+                let place = contact_field(tenant, column, contact.contact_id.as_str());
+                contact.key.seal(v.as_bytes(), &place).ok()
             })
         };
         // "Last seen" is kept to the minute: writing it with every message would cost
@@ -361,8 +368,8 @@ impl ConversationActor {
         if changed.is_some() || seen_stale {
             ops.push(ApplyOp::Profile(ProfileUpdate {
                 contact_id: contact.contact_id.clone(),
-                profile_name_ct: changed.and_then(|p| seal(&p.0)),
-                username_ct: changed.and_then(|p| seal(&p.1)),
+                profile_name_ct: changed.and_then(|p| seal("profile_name_ct", &p.0)),
+                username_ct: changed.and_then(|p| seal("username_ct", &p.1)),
                 seen_at: now,
             }));
             self.seen_written_at = Some(now);
@@ -681,9 +688,12 @@ impl Handler<ApplyArrival> for ConversationActor {
         self.received += 1;
         self.last_active = Instant::now();
         let Delivery { event, reply, .. } = msg.0;
-        let route_key = event.row.route_key.clone();
+        let route_key = event.keys.route_key.clone();
+        // Keyed hashes cost: computed here, on the actors' threads, not the writer's.
+        let row = (event.event.kind != EventKind::Message)
+            .then(|| event.keys.row(&self.core.keyring, &self.tenant_id));
         let source = Source::Fresh {
-            row: event.row,
+            row,
             reply: Some(reply),
         };
         let now = self.core.clock.now_ms();
@@ -729,44 +739,51 @@ fn clamped(sent_ms: i64, arrived_at: i64) -> i64 {
     }
 }
 
-/// Turns one event into the write that applies it.
-fn build_op(
-    origin: Origin,
-    phone_number_id: &str,
-    event: &Event,
-    contact: &ResolvedContact,
-    conversation_id: Option<&str>,
+/// What building an op needs besides its event.
+struct OpContext<'a> {
+    keyring: &'a Keyring,
+    tenant_id: &'a TenantId,
+    phone_number_id: &'a str,
+    contact: &'a ResolvedContact,
+    conversation_id: Option<&'a str>,
+    /// When the event's webhook arrived.
     now: i64,
-) -> ApplyOp {
+}
+
+impl OpContext<'_> {
+    /// Meta's id as stored: its keyed hash, and the id sealed for the record.
+    fn wamid(&self, wamid: &str) -> Option<(String, Vec<u8>)> {
+        let tenant = self.tenant_id.as_str();
+        let bidx = self.keyring.wamid_index(tenant, wamid);
+        let sealed = self
+            .contact
+            .key
+            .seal(wamid.as_bytes(), &wamid_place(tenant, &bidx))
+            .ok()?;
+        Some((bidx, sealed))
+    }
+}
+
+/// Turns one event into the write that applies it.
+fn build_op(origin: Origin, cx: &OpContext<'_>, event: &Event) -> ApplyOp {
     match event.kind {
         EventKind::Message => match InboundMessage::from_item(&event.item) {
-            Ok(message) => inbound_op(
-                origin,
-                phone_number_id,
-                event,
-                &message,
-                contact,
-                conversation_id,
-                now,
-            ),
+            Ok(message) => inbound_op(origin, cx, event, &message),
             Err(_) => ApplyOp::Done { origin },
         },
         EventKind::Status => match Status::deserialize(&event.item) {
-            Ok(status) => ApplyOp::Status(status_op(
-                origin,
-                phone_number_id,
-                &status,
-                &event.item,
-                contact,
-            )),
+            Ok(status) => match status_op(origin.clone(), cx, &status, &event.item) {
+                Some(op) => ApplyOp::Status(op),
+                None => ApplyOp::Done { origin },
+            },
             Err(_) => ApplyOp::Done { origin },
         },
         EventKind::Preference => match UserPreference::deserialize(&event.item) {
             Ok(preference) => ApplyOp::Preference(NewPreference {
                 origin,
-                contact_id: contact.contact_id.clone(),
+                contact_id: cx.contact.contact_id.clone(),
                 marketing_opt_out: preference.marketing_opt_out(),
-                occurred_at: clamped(ms(preference.timestamp), now),
+                occurred_at: clamped(ms(preference.timestamp), cx.now),
             }),
             Err(_) => ApplyOp::Done { origin },
         },
@@ -775,12 +792,9 @@ fn build_op(
 
 fn inbound_op(
     origin: Origin,
-    phone_number_id: &str,
+    cx: &OpContext<'_>,
     event: &Event,
     message: &InboundMessage,
-    contact: &ResolvedContact,
-    conversation_id: Option<&str>,
-    now: i64,
 ) -> ApplyOp {
     let message_id = MessageId::generate();
     let raw = &event.item;
@@ -791,30 +805,47 @@ fn inbound_op(
         referral: optional("referral"),
         errors: optional("errors"),
     };
-    let sealed = seal_json(&contact.key, &bundle, message_id.as_str());
-    let Some(content_ct) = sealed else {
+    let tenant = cx.tenant_id.as_str();
+    let sealed = seal_json(
+        &cx.contact.key,
+        &bundle,
+        &content_place(tenant, message_id.as_str()),
+    );
+    let (Some(content_ct), Some((wamid_bidx, wamid_ct))) = (sealed, cx.wamid(&message.id)) else {
         return ApplyOp::Done { origin };
+    };
+    // A reply's reference stays in its sealed context; a deletion's is needed to
+    // find the message it deletes.
+    let revokes = match (&message.content, message.refers_to()) {
+        (MessageContent::Revoke(_), Some(original)) => match cx.wamid(original) {
+            Some((wamid_bidx, wamid_ct)) => Some(Revoked {
+                wamid_bidx,
+                wamid_ct,
+            }),
+            None => return ApplyOp::Done { origin },
+        },
+        _ => None,
     };
     ApplyOp::Inbound(NewInbound {
         origin,
-        phone_number_id: phone_number_id.to_string(),
-        contact_id: contact.contact_id.clone(),
-        conversation_id: conversation_id.map(str::to_string),
+        phone_number_id: cx.phone_number_id.to_string(),
+        contact_id: cx.contact.contact_id.clone(),
+        conversation_id: cx.conversation_id.map(str::to_string),
         message_id,
-        wamid: message.id.clone(),
+        wamid_bidx,
+        wamid_ct,
         msg_type: message.type_name.clone(),
         sent_at: ms(message.timestamp),
-        inbound_at: clamped(ms(message.timestamp), now),
-        key_id: contact.key_id.clone(),
+        inbound_at: clamped(ms(message.timestamp), cx.now),
+        key_id: cx.contact.key_id.clone(),
         content_ct,
-        ref_wamid: message.refers_to().map(str::to_string),
-        is_revoke: matches!(message.content, MessageContent::Revoke(_)),
+        revokes,
     })
 }
 
-fn seal_json(key: &SealKey, value: &impl serde::Serialize, aad: &str) -> Option<Vec<u8>> {
+fn seal_json(key: &SealKey, value: &impl serde::Serialize, place: &Place<'_>) -> Option<Vec<u8>> {
     let plain = serde_json::to_vec(value).ok()?;
-    key.seal(&plain, aad.as_bytes()).ok()
+    key.seal(&plain, place).ok()
 }
 
 /// `raw` is the status item as Meta sent it: its errors, pricing and conversation are
@@ -822,11 +853,10 @@ fn seal_json(key: &SealKey, value: &impl serde::Serialize, aad: &str) -> Option<
 /// could not read, is kept too.
 fn status_op(
     origin: Origin,
-    phone_number_id: &str,
+    cx: &OpContext<'_>,
     status: &Status,
     raw: &Value,
-    contact: &ResolvedContact,
-) -> NewStatus {
+) -> Option<NewStatus> {
     let error_json = status
         .errors
         .first()
@@ -836,14 +866,17 @@ fn status_op(
         .filter_map(|part| Some((part.to_string(), raw.get(part)?.clone())))
         .filter(|(_, value)| !value.is_null())
         .collect();
-    NewStatus {
+    let (wamid_bidx, wamid_ct) = cx.wamid(&status.id)?;
+    Some(NewStatus {
         origin,
-        phone_number_id: phone_number_id.to_string(),
-        contact_id: contact.contact_id.clone(),
-        wamid: status.id.clone(),
+        phone_number_id: cx.phone_number_id.to_string(),
+        contact_id: cx.contact.contact_id.clone(),
+        wamid_bidx,
+        wamid_ct,
+        key_id: cx.contact.key_id.clone(),
         status: status.status.clone(),
         occurred_at: ms(status.timestamp),
         error_json,
         detail_json: (!detail.is_empty()).then(|| Value::Object(detail).to_string()),
-    }
+    })
 }

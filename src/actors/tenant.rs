@@ -146,7 +146,7 @@ impl Handler<RouteArrivals> for TenantActor {
 
     fn handle(&mut self, msg: RouteArrivals, ctx: &mut Context<Self>) {
         for delivery in msg.0 {
-            let row = &delivery.event.row;
+            let row = &delivery.event.keys;
             let addr = self.conversation(
                 &row.phone_number_id,
                 &row.route_key,

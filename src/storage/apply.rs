@@ -17,6 +17,7 @@ use super::inbox::FreshRow;
 use super::messages::{complete_tombstone, insert_inbound, next_status, InboundRow};
 use super::schema::{contacts, messages, status_events};
 use super::{DbConn, StorageError};
+use crate::crypto::Place;
 use crate::ids::{ContactId, KeyId, MessageId, TenantId};
 use crate::on_backend;
 
@@ -41,9 +42,11 @@ pub enum Origin {
     Inbox(i64),
     /// An event applied as it arrives. Its inbox row is inserted already processed in
     /// the same transaction, and when that row exists already (a redelivery) the op is
-    /// skipped; an inbound message has no such row (see
-    /// [`ApplyOp::inbox_row_to_insert`]): its message row collides instead.
+    /// skipped.
     Fresh(FreshRow),
+    /// An inbound message applied as it arrives. It needs no inbox row: its own key,
+    /// (tenant, wamid), catches a redelivery, so the row would only cost a write.
+    FreshMessage,
 }
 
 impl ApplyOp {
@@ -77,22 +80,26 @@ impl ApplyOp {
         }
     }
 
-    /// The inbox row of the op's event, if the event is fresh.
-    pub fn fresh_row(&self) -> Option<&FreshRow> {
+    /// The processed inbox row to write with this op, if its event is fresh.
+    pub fn inbox_row_to_insert(&self) -> Option<&FreshRow> {
         match self.origin() {
             Some(Origin::Fresh(row)) => Some(row),
             _ => None,
         }
     }
 
-    /// The processed inbox row to write with this op. A fresh inbound message needs
-    /// none: its own key, (tenant, wamid), already catches a redelivery, so the row
-    /// would only cost a write.
-    pub fn inbox_row_to_insert(&self) -> Option<&FreshRow> {
-        match self {
-            ApplyOp::Inbound(_) => None,
-            _ => self.fresh_row(),
+    /// The kind of event a fresh op applies (`EventKind::as_str`), for counting.
+    pub fn fresh_kind(&self) -> Option<&'static str> {
+        match self.origin()? {
+            Origin::Fresh(row) => Some(row.kind),
+            Origin::FreshMessage => Some(crate::whatsapp::EventKind::Message.as_str()),
+            Origin::Inbox(_) => None,
         }
+    }
+
+    /// Whether the op's event is applied as it arrives.
+    pub fn is_fresh(&self) -> bool {
+        matches!(self.origin(), Some(Origin::Fresh(_) | Origin::FreshMessage))
     }
 }
 
@@ -104,7 +111,10 @@ pub struct NewInbound {
     /// The conversation, when the actor already knows it (saves a lookup).
     pub conversation_id: Option<String>,
     pub message_id: MessageId,
-    pub wamid: String,
+    /// Meta's id as a keyed hash (see `Keyring::wamid_index`), and sealed for the
+    /// record ([`wamid_place`]).
+    pub wamid_bidx: String,
+    pub wamid_ct: Vec<u8>,
     pub msg_type: String,
     /// Meta's timestamp, milliseconds, as sent.
     pub sent_at: i64,
@@ -114,8 +124,35 @@ pub struct NewInbound {
     pub key_id: KeyId,
     /// Sealed [`MessageBundle`], bound to `message_id`.
     pub content_ct: Vec<u8>,
-    pub ref_wamid: Option<String>,
-    pub is_revoke: bool,
+    /// For a deletion (Meta's `revoke`): the message it deletes.
+    pub revokes: Option<Revoked>,
+}
+
+/// The message a deletion deletes: its id's keyed hash, and the id sealed for its
+/// record, for the tombstone that stands in for a message not stored (yet).
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    pub wamid_bidx: String,
+    pub wamid_ct: Vec<u8>,
+}
+
+impl NewInbound {
+    pub fn is_revoke(&self) -> bool {
+        self.revokes.is_some()
+    }
+}
+
+/// Where a message's sealed Meta id lives: bound to its keyed hash, which names the
+/// record as surely as its row id (unique per tenant) and is known to whoever knows
+/// the id, so an actor can seal it for a record it has not seen (a tombstone, the
+/// record a status leaves for a message sent elsewhere).
+pub fn wamid_place<'a>(tenant_id: &'a str, wamid_bidx: &'a str) -> Place<'a> {
+    Place::new(tenant_id, "messages", "wamid_ct", wamid_bidx)
+}
+
+/// Where a message's sealed content lives.
+pub fn content_place<'a>(tenant_id: &'a str, message_id: &'a str) -> Place<'a> {
+    Place::new(tenant_id, "messages", "content_ct", message_id)
 }
 
 #[derive(Debug, Clone)]
@@ -123,7 +160,11 @@ pub struct NewStatus {
     pub origin: Origin,
     pub phone_number_id: String,
     pub contact_id: ContactId,
-    pub wamid: String,
+    pub wamid_bidx: String,
+    /// The id sealed (under `key_id`, the contact's key) for the outbound record a
+    /// status leaves when it comes before (or without) its message.
+    pub wamid_ct: Vec<u8>,
+    pub key_id: KeyId,
     pub status: String,
     pub occurred_at: i64,
     /// Meta's first error, `{"code","title","message"}`, for failed messages.
@@ -183,7 +224,7 @@ pub fn apply_batch(
     for (tenant_id, ops) in jobs {
         for op in ops.iter().copied() {
             if let ApplyOp::Inbound(m) = op {
-                if let (Some(conversation), false) = (&m.conversation_id, m.is_revoke) {
+                if let (Some(conversation), false) = (&m.conversation_id, m.is_revoke()) {
                     let at = latest
                         .entry((tenant_id.as_str(), conversation))
                         .or_insert(m.inbound_at);
@@ -204,7 +245,7 @@ pub fn apply_batch(
     // The conversation of an op that goes in the set.
     fn in_set<'o>(op: &'o ApplyOp, existing: &HashSet<String>) -> Option<&'o String> {
         match op {
-            ApplyOp::Inbound(m) if !m.is_revoke => m
+            ApplyOp::Inbound(m) if !m.is_revoke() => m
                 .conversation_id
                 .as_ref()
                 .filter(|id| existing.contains(*id)),
@@ -314,11 +355,11 @@ pub(super) fn apply(
             };
             let inserted = insert_inbound(conn, &[row], now_ms)?.len();
             let redelivered = inserted == 0 && complete_tombstone(conn, tenant_id, m)? == 0;
-            if let (1, true, Some(original)) = (inserted, m.is_revoke, &m.ref_wamid) {
+            if let (1, Some(original)) = (inserted, &m.revokes) {
                 let none: Option<Vec<u8>> = None;
                 let erased = on_backend!(conn, c => diesel::update(messages::table
                     .filter(messages::tenant_id.eq(tenant))
-                    .filter(messages::wamid.eq(original)))
+                    .filter(messages::wamid_bidx.eq(&original.wamid_bidx)))
                     .set((messages::content_ct.eq(&none), messages::revoked_at.eq(Some(m.sent_at))))
                     .execute(c))?;
                 if erased == 0 {
@@ -330,13 +371,15 @@ pub(super) fn apply(
                             messages::tenant_id.eq(tenant),
                             messages::conversation_id.eq(&conversation_id),
                             messages::contact_id.eq(m.contact_id.as_str()),
-                            messages::wamid.eq(original),
+                            messages::wamid_bidx.eq(&original.wamid_bidx),
+                            messages::wamid_ct.eq(&original.wamid_ct),
+                            messages::key_id.eq(m.key_id.as_str()),
                             messages::direction.eq("inbound"),
                             messages::sent_at.eq(m.sent_at),
                             messages::received_at.eq(now_ms),
                             messages::revoked_at.eq(Some(m.sent_at)),
                         ))
-                        .on_conflict((messages::tenant_id, messages::wamid))
+                        .on_conflict((messages::tenant_id, messages::wamid_bidx))
                         .do_nothing()
                         .execute(c))?;
                 }
@@ -349,7 +392,7 @@ pub(super) fn apply(
         ApplyOp::Status(s) => {
             let found: Option<(String, Option<String>)> = on_backend!(conn, c => messages::table
                 .filter(messages::tenant_id.eq(tenant))
-                .filter(messages::wamid.eq(&s.wamid))
+                .filter(messages::wamid_bidx.eq(&s.wamid_bidx))
                 .select((messages::id, messages::status))
                 .first(c)
                 .optional())?;
@@ -373,10 +416,12 @@ pub(super) fn apply(
                             messages::tenant_id.eq(tenant),
                             messages::conversation_id.eq(&conversation_id),
                             messages::contact_id.eq(s.contact_id.as_str()),
-                            messages::wamid.eq(&s.wamid),
+                            messages::wamid_bidx.eq(&s.wamid_bidx),
                             messages::direction.eq("outbound"),
                             messages::sent_at.eq(s.occurred_at),
                             messages::received_at.eq(now_ms),
+                            messages::wamid_ct.eq(&s.wamid_ct),
+                            messages::key_id.eq(s.key_id.as_str()),
                         ))
                         .execute(c))?;
                     (id, None)

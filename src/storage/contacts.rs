@@ -18,9 +18,19 @@ use super::messages::move_conversation_messages;
 use super::schema::{contacts, conversations};
 use super::{DbConn, StorageError};
 use crate::clock::rfc3339;
-use crate::crypto::{Keyring, NewDataKey, SealKey};
+use crate::crypto::{Keyring, NewDataKey, Place, SealKey};
 use crate::ids::{ContactId, KeyId, TenantId};
 use crate::on_backend;
+
+/// Where a contact's sealed `column` lives (see [`Place`]); the conversation actor
+/// seals profile updates for it too.
+pub fn contact_field<'a>(
+    tenant_id: &'a str,
+    column: &'static str,
+    contact_id: &'a str,
+) -> Place<'a> {
+    Place::new(tenant_id, "contacts", column, contact_id)
+}
 
 /// A contact as a conversation actor needs it: ids and the unwrapped data key.
 #[derive(Debug, Clone)]
@@ -190,24 +200,23 @@ pub fn resolve_contact(
                 Some(prepared) => prepared,
                 None => {
                     let key_id = KeyId::generate();
-                    let data_key = keyring.new_data_key(key_id.as_str())?;
+                    let data_key = keyring.new_data_key(tenant, key_id.as_str())?;
                     insert_data_key(conn, tenant_id, &key_id, &data_key.wrapped, now_ms)?;
                     (key_id, data_key)
                 }
             };
             let contact_id = ContactId::generate();
-            let seal = |v: &Option<String>| -> Result<Option<Vec<u8>>, StorageError> {
+            let seal = |column, v: &Option<String>| -> Result<Option<Vec<u8>>, StorageError> {
                 v.as_deref()
                     .map(|v| {
-                        data_key
-                            .key
-                            .seal(v.as_bytes(), contact_id.as_str().as_bytes())
+                        let place = contact_field(tenant, column, contact_id.as_str());
+                        data_key.key.seal(v.as_bytes(), &place)
                     })
                     .transpose()
                     .map_err(StorageError::from)
             };
-            let wa_ct = seal(&ids.wa_id)?;
-            let user_ct = seal(&ids.user_id)?;
+            let wa_ct = seal("wa_id_ct", &ids.wa_id)?;
+            let user_ct = seal("user_id_ct", &ids.user_id)?;
             on_backend!(conn, c => diesel::insert_into(contacts::table)
                 .values((
                     contacts::id.eq(contact_id.as_str()),
@@ -232,12 +241,12 @@ pub fn resolve_contact(
             });
         }
     };
-    let key = load_data_key(conn, keyring, &survivor.key_id)?
+    let key = load_data_key(conn, keyring, tenant_id, &survivor.key_id)?
         .ok_or_else(|| StorageError::Corrupt(format!("contact {} has no data key", survivor.id)))?;
-    let contact_aad = survivor.id.clone();
     if survivor.user_id_bidx.is_none() {
         if let (Some(bidx), Some(value)) = (&user_bidx, &ids.user_id) {
-            let ct = key.seal(value.as_bytes(), contact_aad.as_bytes())?;
+            let place = contact_field(tenant, "user_id_ct", &survivor.id);
+            let ct = key.seal(value.as_bytes(), &place)?;
             on_backend!(conn, c => diesel::update(contacts::table.find(&survivor.id))
                 .set((contacts::user_id_bidx.eq(bidx), contacts::user_id_ct.eq(&ct)))
                 .execute(c))?;
@@ -245,7 +254,8 @@ pub fn resolve_contact(
     }
     if survivor.wa_id_bidx.is_none() {
         if let (Some(bidx), Some(value)) = (&wa_bidx, &ids.wa_id) {
-            let ct = key.seal(value.as_bytes(), contact_aad.as_bytes())?;
+            let place = contact_field(tenant, "wa_id_ct", &survivor.id);
+            let ct = key.seal(value.as_bytes(), &place)?;
             on_backend!(conn, c => diesel::update(contacts::table.find(&survivor.id))
                 .set((contacts::wa_id_bidx.eq(bidx), contacts::wa_id_ct.eq(&ct)))
                 .execute(c))?;
@@ -361,26 +371,28 @@ fn merge_contacts(
     }
     // Deleted first: its blind indexes are unique and may pass to the survivor.
     on_backend!(conn, c => diesel::delete(contacts::table.find(from)).execute(c))?;
-    let mut reseal = |sealed: &Option<Vec<u8>>| -> Result<Option<Vec<u8>>, StorageError> {
+    let mut reseal = |column, sealed: &Option<Vec<u8>>| -> Result<Option<Vec<u8>>, StorageError> {
         let Some(sealed) = sealed else {
             return Ok(None);
         };
         let (Some(old_key), Some(new_key)) = (
-            load_data_key(conn, keyring, &removed.key_id)?,
-            load_data_key(conn, keyring, &survivor.key_id)?,
+            load_data_key(conn, keyring, tenant_id, &removed.key_id)?,
+            load_data_key(conn, keyring, tenant_id, &survivor.key_id)?,
         ) else {
             return Ok(None);
         };
-        let plain = old_key.open(sealed, from.as_bytes())?;
-        Ok(Some(new_key.seal(&plain, into.as_bytes())?))
+        let plain = old_key.open(sealed, &contact_field(tenant, column, from))?;
+        Ok(Some(
+            new_key.seal(&plain, &contact_field(tenant, column, into))?,
+        ))
     };
     let profile_name_ct = match kept.profile_name_ct {
         Some(own) => Some(own),
-        None => reseal(&gone.profile_name_ct)?,
+        None => reseal("profile_name_ct", &gone.profile_name_ct)?,
     };
     let username_ct = match kept.username_ct {
         Some(own) => Some(own),
-        None => reseal(&gone.username_ct)?,
+        None => reseal("username_ct", &gone.username_ct)?,
     };
     let (marketing_opt_out, marketing_pref_at) = if gone.marketing_pref_at.unwrap_or(i64::MIN)
         > kept.marketing_pref_at.unwrap_or(i64::MIN)
@@ -450,20 +462,28 @@ pub fn list_contacts(
         query.load(c)
     })?;
     let mut keys = HashMap::new();
-    load_keys(conn, keyring, rows.iter().map(|r| r.1.as_str()), &mut keys)?;
+    let tenant = tenant_id.as_str();
+    load_keys(
+        conn,
+        keyring,
+        tenant_id,
+        rows.iter().map(|r| r.1.as_str()),
+        &mut keys,
+    )?;
     rows.into_iter()
         .map(
             |(id, key_id, wa, user, username, name, opt_out, first, last)| {
                 let key = keys.get(&key_id).and_then(Option::as_ref);
-                let open = |ct: Option<Vec<u8>>| -> Option<String> {
+                let open = |column, ct: Option<Vec<u8>>| -> Option<String> {
                     let (key, ct) = (key?, ct?);
-                    key.open_string(&ct, id.as_bytes()).ok()
+                    key.open_string(&ct, &contact_field(tenant, column, &id))
+                        .ok()
                 };
                 Ok(ContactView {
-                    wa_id: open(wa),
-                    user_id: open(user),
-                    username: open(username),
-                    profile_name: open(name),
+                    wa_id: open("wa_id_ct", wa),
+                    user_id: open("user_id_ct", user),
+                    username: open("username_ct", username),
+                    profile_name: open("profile_name_ct", name),
                     marketing_opt_out: opt_out,
                     first_seen_at: rfc3339(first),
                     last_seen_at: rfc3339(last),

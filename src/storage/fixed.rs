@@ -14,18 +14,16 @@ use std::marker::PhantomData;
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{Array, BigInt, Binary, Nullable, Text, Untyped};
+use diesel::sql_types::{Array, BigInt, Binary, Text, Untyped};
 use diesel::sqlite::Sqlite;
 use diesel::QueryResult;
 
 /// One parameter. Arrays are PostgreSQL only.
 pub enum Bind<'a> {
     Text(&'a str),
-    OptText(Option<&'a str>),
     BigInt(i64),
     Blob(&'a [u8]),
     TextArray(Vec<&'a str>),
-    OptTextArray(Vec<Option<&'a str>>),
     BigIntArray(Vec<i64>),
     BlobArray(Vec<&'a [u8]>),
 }
@@ -109,15 +107,13 @@ impl<S: Sql> QueryFragment<Sqlite> for Fixed<'_, S> {
     fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
         self.walk(out, |out, value| match value {
             Bind::Text(v) => out.push_bind_param::<Text, _>(v),
-            Bind::OptText(v) => out.push_bind_param::<Nullable<Text>, _>(v),
             Bind::BigInt(v) => out.push_bind_param::<BigInt, _>(v),
             Bind::Blob(v) => out.push_bind_param::<Binary, _>(v),
-            Bind::TextArray(_)
-            | Bind::OptTextArray(_)
-            | Bind::BigIntArray(_)
-            | Bind::BlobArray(_) => Err(diesel::result::Error::QueryBuilderError(
-                "array parameters are PostgreSQL only".into(),
-            )),
+            Bind::TextArray(_) | Bind::BigIntArray(_) | Bind::BlobArray(_) => {
+                Err(diesel::result::Error::QueryBuilderError(
+                    "array parameters are PostgreSQL only".into(),
+                ))
+            }
         })
     }
 }
@@ -126,11 +122,9 @@ impl<S: Sql> QueryFragment<Pg> for Fixed<'_, S> {
     fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         self.walk(out, |out, value| match value {
             Bind::Text(v) => out.push_bind_param::<Text, _>(v),
-            Bind::OptText(v) => out.push_bind_param::<Nullable<Text>, _>(v),
             Bind::BigInt(v) => out.push_bind_param::<BigInt, _>(v),
             Bind::Blob(v) => out.push_bind_param::<Binary, _>(v),
             Bind::TextArray(v) => out.push_bind_param::<Array<Text>, _>(v),
-            Bind::OptTextArray(v) => out.push_bind_param::<Array<Nullable<Text>>, _>(v),
             Bind::BigIntArray(v) => out.push_bind_param::<Array<BigInt>, _>(v),
             Bind::BlobArray(v) => out.push_bind_param::<Array<Binary>, _>(v),
         })

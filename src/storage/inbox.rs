@@ -16,26 +16,66 @@ use super::fixed::{fixed_statement, Bind, Sql};
 use super::raw_keys::{DayKey, RawKeys};
 use super::schema::{inbox, webhook_events};
 use super::{DbConn, StorageError};
-use crate::crypto::{Keyring, SealKey};
+use crate::crypto::{Keyring, Place, SealKey};
 use crate::ids::TenantId;
 use crate::on_backend;
 use crate::whatsapp::Event;
 
-/// A routable event on its way to its conversation actor, not (yet) in the inbox.
+/// A routable event on its way in, with its identity in clear: in memory only, the
+/// inbox stores it as keyed hashes ([`FreshRow`]).
 #[derive(Debug, Clone)]
 pub struct FreshEvent {
-    pub row: FreshRow,
+    pub keys: EventKeys,
     pub event: Arc<Event>,
 }
 
-/// The inbox row of an event applied as it arrives: written already processed, in the
-/// transaction that applies it, so a redelivery collides on its dedupe key. It carries
-/// no payload: the event's content is in the rows it was applied to.
+/// What identifies an event: the key Meta's redeliveries of it share, and the key of
+/// the conversation it belongs to. Both name the user (a phone number, a BSUID, a
+/// wamid), so they never reach the database in clear.
+#[derive(Debug, Clone)]
+pub struct EventKeys {
+    pub dedupe_key: String,
+    pub route_key: String,
+    pub phone_number_id: String,
+    pub kind: &'static str,
+}
+
+impl EventKeys {
+    /// The event's inbox row in `tenant_id`'s inbox: its keys as keyed hashes.
+    pub fn row(&self, keyring: &Keyring, tenant_id: &TenantId) -> FreshRow {
+        FreshRow {
+            dedupe_bidx: keyring.blind_index(tenant_id.as_str(), "inbox.dedupe", &self.dedupe_key),
+            phone_number_id: self.phone_number_id.clone(),
+            route_bidx: route_index(keyring, tenant_id, &self.route_key),
+            kind: self.kind,
+        }
+    }
+}
+
+/// A conversation's routing key as the inbox stores it.
+pub fn route_index(keyring: &Keyring, tenant_id: &TenantId, route_key: &str) -> String {
+    keyring.blind_index(tenant_id.as_str(), "inbox.route", route_key)
+}
+
+/// Where an inbox row's payload lives: its row is named by its dedupe hash, which
+/// is known before the row is inserted.
+pub(super) fn payload_place<'a>(tenant_id: &'a str, dedupe_bidx: &'a str) -> Place<'a> {
+    Place::new(tenant_id, "inbox", "payload_ct", dedupe_bidx)
+}
+
+/// Where a `webhook_events` row's payload lives (tenant empty for one of no tenant).
+pub(super) fn raw_place<'a>(tenant_id: &'a str, id: &'a str) -> Place<'a> {
+    Place::new(tenant_id, "webhook_events", "payload_ct", id)
+}
+
+/// An inbox row as stored: written processed and without payload for an event
+/// applied as it arrives (in the transaction that applies it, so a redelivery
+/// collides on its dedupe hash), or with the sealed event ([`PreparedEvent`]).
 #[derive(Debug, Clone)]
 pub struct FreshRow {
-    pub dedupe_key: String,
+    pub dedupe_bidx: String,
     pub phone_number_id: String,
-    pub route_key: String,
+    pub route_bidx: String,
     pub kind: &'static str,
 }
 
@@ -44,7 +84,7 @@ impl FreshEvent {
     pub fn new(event: Event) -> Option<FreshEvent> {
         let route_key = event.identity.route_key()?;
         Some(FreshEvent {
-            row: FreshRow {
+            keys: EventKeys {
                 dedupe_key: event.dedupe_key(),
                 phone_number_id: event.phone_number_id.clone(),
                 route_key,
@@ -54,16 +94,22 @@ impl FreshEvent {
         })
     }
 
-    /// Seals the event for the inbox, under the day's key, for when it could not be
-    /// applied as it arrived.
-    pub fn seal(&self, day: &DayKey) -> Option<PreparedEvent> {
-        let plain = serde_json::to_vec(self.event.as_ref()).ok()?;
-        let payload_ct = day.key.seal(&plain, self.row.dedupe_key.as_bytes()).ok()?;
-        Some(PreparedEvent {
-            dedupe_key: self.row.dedupe_key.clone(),
-            phone_number_id: self.row.phone_number_id.clone(),
-            route_key: self.row.route_key.clone(),
-            kind: self.row.kind,
+    /// Seals the event for `tenant_id`'s inbox, under the day's key, for when it could
+    /// not be applied as it arrived.
+    pub fn seal(
+        &self,
+        keyring: &Keyring,
+        tenant_id: &TenantId,
+        day: &DayKey,
+    ) -> Result<PreparedEvent, StorageError> {
+        let row = self.keys.row(keyring, tenant_id);
+        let plain = serde_json::to_vec(self.event.as_ref())
+            .map_err(|e| StorageError::Corrupt(format!("event does not serialise: {e}")))?;
+        let payload_ct = day
+            .key
+            .seal(&plain, &payload_place(tenant_id.as_str(), &row.dedupe_bidx))?;
+        Ok(PreparedEvent {
+            row,
             payload_ct,
             key_day: day.day.clone(),
             event: self.event.clone(),
@@ -71,20 +117,30 @@ impl FreshEvent {
     }
 }
 
-/// A routable event, sealed and ready to insert.
+/// A routable event, sealed for its tenant's inbox and ready to insert.
 #[derive(Debug, Clone)]
 pub struct PreparedEvent {
-    pub dedupe_key: String,
-    pub phone_number_id: String,
-    pub route_key: String,
-    pub kind: &'static str,
+    pub row: FreshRow,
     pub payload_ct: Vec<u8>,
     /// The day whose key sealed `payload_ct`.
     pub key_day: String,
     pub event: Arc<Event>,
 }
 
-/// Signed content that is not a routable event.
+#[cfg(any(test, feature = "testing"))]
+impl PreparedEvent {
+    /// `event` sealed for `tenant_id`'s inbox; `None` for one that names no contact.
+    pub fn seal(
+        keyring: &Keyring,
+        tenant_id: &TenantId,
+        day: &DayKey,
+        event: Event,
+    ) -> Option<PreparedEvent> {
+        FreshEvent::new(event)?.seal(keyring, tenant_id, day).ok()
+    }
+}
+
+/// Signed content that is not a routable event, sealed and ready to insert.
 #[derive(Debug, Clone)]
 pub struct PreparedOther {
     pub id: String,
@@ -102,28 +158,26 @@ pub struct InboxItem {
     pub id: i64,
     pub tenant_id: TenantId,
     pub phone_number_id: String,
+    /// The conversation's routing key, in clear (from the payload).
     pub route_key: String,
     /// When the webhook that carried it arrived (milliseconds).
     pub received_at: i64,
     pub event: Arc<Event>,
 }
 
-impl PreparedEvent {
-    pub fn seal(day: &DayKey, event: Event) -> Option<PreparedEvent> {
-        FreshEvent::new(event)?.seal(day)
-    }
-}
-
 impl PreparedOther {
+    /// Seals `raw` for a `webhook_events` row of `tenant_id` (`None`: of no tenant).
     pub fn seal(
         day: &DayKey,
+        tenant_id: Option<&TenantId>,
         reason: &str,
         field: Option<String>,
         phone_number_id: Option<String>,
         raw: &[u8],
     ) -> Result<PreparedOther, StorageError> {
         let id = uuid::Uuid::now_v7().to_string();
-        let payload_ct = day.key.seal(raw, id.as_bytes())?;
+        let tenant = tenant_id.map(TenantId::as_str).unwrap_or_default();
+        let payload_ct = day.key.seal(raw, &raw_place(tenant, &id))?;
         Ok(PreparedOther {
             id,
             reason: reason.to_string(),
@@ -137,19 +191,19 @@ impl PreparedOther {
 
 fixed_statement!(
     InsertOne = "INSERT INTO inbox \
-    (dedupe_key, tenant_id, phone_number_id, route_key, kind, payload_ct, received_at, \
+    (dedupe_bidx, tenant_id, phone_number_id, route_bidx, kind, payload_ct, received_at, \
      key_day) \
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_bidx) DO NOTHING RETURNING id"
 );
 
 fixed_statement!(
     InsertManyPg = "INSERT INTO inbox \
-    (dedupe_key, tenant_id, phone_number_id, route_key, kind, payload_ct, received_at, \
+    (dedupe_bidx, tenant_id, phone_number_id, route_bidx, kind, payload_ct, received_at, \
      key_day) \
     SELECT d, t, p, r, k, c, ?, y \
     FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::bytea[], \
         ?::text[]) AS v (d, t, p, r, k, c, y) \
-    ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
+    ON CONFLICT (dedupe_bidx) DO NOTHING RETURNING id, dedupe_bidx"
 );
 
 #[derive(QueryableByName)]
@@ -157,7 +211,7 @@ struct InsertedRow {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     id: i64,
     #[diesel(sql_type = diesel::sql_types::Text)]
-    dedupe_key: String,
+    dedupe_bidx: String,
 }
 
 #[derive(QueryableByName)]
@@ -175,11 +229,11 @@ pub fn insert_event(
     now_ms: i64,
 ) -> Result<Option<i64>, StorageError> {
     let statement = InsertOne::with(vec![
-        Bind::Text(&event.dedupe_key),
+        Bind::Text(&event.row.dedupe_bidx),
         Bind::Text(tenant_id.as_str()),
-        Bind::Text(&event.phone_number_id),
-        Bind::Text(&event.route_key),
-        Bind::Text(event.kind),
+        Bind::Text(&event.row.phone_number_id),
+        Bind::Text(&event.row.route_bidx),
+        Bind::Text(event.row.kind),
         Bind::Blob(&event.payload_ct),
         Bind::BigInt(now_ms),
         Bind::Text(&event.key_day),
@@ -189,7 +243,7 @@ pub fn insert_event(
 }
 
 /// Inserts many events, skipping those whose identity is already in the inbox;
-/// returns the new row id of each inserted dedupe key. PostgreSQL gets one statement
+/// returns the new row id of each inserted dedupe hash. PostgreSQL gets one statement
 /// for them all (each statement is a round trip); SQLite, in-process, one prepared
 /// statement run per row.
 pub fn insert_events(
@@ -205,27 +259,35 @@ pub fn insert_events(
         DbConn::Sqlite(_) => {
             for (tenant_id, event) in rows {
                 if let Some(id) = insert_event(conn, tenant_id, event, now_ms)? {
-                    inserted.insert(event.dedupe_key.clone(), id);
+                    inserted.insert(event.row.dedupe_bidx.clone(), id);
                 }
             }
         }
         DbConn::Pg(c) => {
             let statement = InsertManyPg::with(vec![
                 Bind::BigInt(now_ms),
-                Bind::TextArray(rows.iter().map(|(_, e)| e.dedupe_key.as_str()).collect()),
+                Bind::TextArray(
+                    rows.iter()
+                        .map(|(_, e)| e.row.dedupe_bidx.as_str())
+                        .collect(),
+                ),
                 Bind::TextArray(rows.iter().map(|(t, _)| t.as_str()).collect()),
                 Bind::TextArray(
                     rows.iter()
-                        .map(|(_, e)| e.phone_number_id.as_str())
+                        .map(|(_, e)| e.row.phone_number_id.as_str())
                         .collect(),
                 ),
-                Bind::TextArray(rows.iter().map(|(_, e)| e.route_key.as_str()).collect()),
-                Bind::TextArray(rows.iter().map(|(_, e)| e.kind).collect()),
+                Bind::TextArray(
+                    rows.iter()
+                        .map(|(_, e)| e.row.route_bidx.as_str())
+                        .collect(),
+                ),
+                Bind::TextArray(rows.iter().map(|(_, e)| e.row.kind).collect()),
                 Bind::BlobArray(rows.iter().map(|(_, e)| &e.payload_ct[..]).collect()),
                 Bind::TextArray(rows.iter().map(|(_, e)| e.key_day.as_str()).collect()),
             ]);
             let new_rows: Vec<InsertedRow> = statement.load(c)?;
-            inserted.extend(new_rows.into_iter().map(|row| (row.dedupe_key, row.id)));
+            inserted.extend(new_rows.into_iter().map(|row| (row.dedupe_bidx, row.id)));
         }
     }
     Ok(inserted)
@@ -233,24 +295,24 @@ pub fn insert_events(
 
 fixed_statement!(
     InsertProcessedOne = "INSERT INTO inbox \
-    (dedupe_key, tenant_id, phone_number_id, route_key, kind, payload_ct, received_at, \
+    (dedupe_bidx, tenant_id, phone_number_id, route_bidx, kind, payload_ct, received_at, \
      processed_at) \
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING"
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_bidx) DO NOTHING"
 );
 
 fixed_statement!(
     InsertProcessedManyPg = "INSERT INTO inbox \
-    (dedupe_key, tenant_id, phone_number_id, route_key, kind, payload_ct, received_at, \
+    (dedupe_bidx, tenant_id, phone_number_id, route_bidx, kind, payload_ct, received_at, \
      processed_at) \
     SELECT d, t, p, r, k, ?, ?, ? \
     FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[]) AS v (d, t, p, r, k) \
-    ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key"
+    ON CONFLICT (dedupe_bidx) DO NOTHING RETURNING dedupe_bidx"
 );
 
 #[derive(QueryableByName)]
 struct InsertedKey {
     #[diesel(sql_type = diesel::sql_types::Text)]
-    dedupe_key: String,
+    dedupe_bidx: String,
 }
 
 /// Inserts the rows of events applied as they arrive, already processed; returns the
@@ -270,10 +332,10 @@ pub fn insert_processed(
         DbConn::Sqlite(c) => {
             for (tenant_id, row) in rows {
                 let count = InsertProcessedOne::with(vec![
-                    Bind::Text(&row.dedupe_key),
+                    Bind::Text(&row.dedupe_bidx),
                     Bind::Text(tenant_id.as_str()),
                     Bind::Text(&row.phone_number_id),
-                    Bind::Text(&row.route_key),
+                    Bind::Text(&row.route_bidx),
                     Bind::Text(row.kind),
                     Bind::Blob(empty),
                     Bind::BigInt(now_ms),
@@ -281,7 +343,7 @@ pub fn insert_processed(
                 ])
                 .execute(c)?;
                 if count == 1 {
-                    inserted.insert(row.dedupe_key.clone());
+                    inserted.insert(row.dedupe_bidx.clone());
                 }
             }
         }
@@ -290,18 +352,18 @@ pub fn insert_processed(
                 Bind::Blob(empty),
                 Bind::BigInt(now_ms),
                 Bind::BigInt(now_ms),
-                Bind::TextArray(rows.iter().map(|(_, r)| r.dedupe_key.as_str()).collect()),
+                Bind::TextArray(rows.iter().map(|(_, r)| r.dedupe_bidx.as_str()).collect()),
                 Bind::TextArray(rows.iter().map(|(t, _)| t.as_str()).collect()),
                 Bind::TextArray(
                     rows.iter()
                         .map(|(_, r)| r.phone_number_id.as_str())
                         .collect(),
                 ),
-                Bind::TextArray(rows.iter().map(|(_, r)| r.route_key.as_str()).collect()),
+                Bind::TextArray(rows.iter().map(|(_, r)| r.route_bidx.as_str()).collect()),
                 Bind::TextArray(rows.iter().map(|(_, r)| r.kind).collect()),
             ])
             .load(c)?;
-            inserted.extend(keys.into_iter().map(|k| k.dedupe_key));
+            inserted.extend(keys.into_iter().map(|k| k.dedupe_bidx));
         }
     }
     Ok(inserted)
@@ -378,6 +440,7 @@ pub fn adopt_unrouted(
     let rows: Vec<Row> = on_backend!(conn, c => webhook_events::table
         .filter(webhook_events::reason.eq("unrouted"))
         .filter(webhook_events::phone_number_id.eq(phone_number_id))
+        .filter(webhook_events::tenant_id.is_null())
         .order((webhook_events::received_at, webhook_events::id))
         .select((webhook_events::id, webhook_events::received_at, webhook_events::payload_ct,
                  webhook_events::key_day))
@@ -386,38 +449,25 @@ pub fn adopt_unrouted(
     let mut adopted = 0;
     for (id, received_at, payload_ct, key_day) in rows {
         // Sealed again for the inbox under the key of the day it arrived, so it expires
-        // with that day. One that cannot be read back (its key destroyed, or sealed
-        // under another master key) stays where it is rather than keep the number
-        // from being registered.
-        let day = match &key_day {
-            Some(day) => keys.for_day(conn, keyring, day)?.map(|key| DayKey {
-                day: day.clone(),
-                key,
-            }),
-            None => None,
-        };
-        // One sealed before day keys: under the key of the day it arrived, made here
-        // when needed (the operator's transaction commits both).
-        let day = match day {
-            Some(day) => Some(day),
-            None => {
-                let day = super::raw_keys::day_of(received_at);
-                super::raw_keys::make_day_key(conn, keyring, &day, received_at)
-                    .ok()
-                    .map(|key| DayKey { day, key })
-            }
-        };
-        let Some(day) = day else {
+        // with that day. One that cannot be read back (its key destroyed) stays where
+        // it is rather than keep the number from being registered.
+        let Some(day) = key_day else {
             continue;
         };
-        let Some(prepared) =
-            open_payload(conn, keyring, &keys, key_day.as_deref(), &payload_ct, &id)
-                .ok()
-                .and_then(|plain| serde_json::from_slice::<Event>(&plain).ok())
-                .and_then(|event| PreparedEvent::seal(&day, event))
+        let Ok(Some(key)) = keys.for_day(conn, keyring, &day) else {
+            continue;
+        };
+        let day = DayKey { day, key };
+        let Some(event) = day
+            .key
+            .open(&payload_ct, &raw_place("", &id))
+            .ok()
+            .and_then(|plain| serde_json::from_slice::<Event>(&plain).ok())
+            .and_then(FreshEvent::new)
         else {
             continue;
         };
+        let prepared = event.seal(keyring, tenant_id, &day)?;
         if insert_event(conn, tenant_id, &prepared, received_at)?.is_some() {
             adopted += 1;
         }
@@ -426,38 +476,27 @@ pub fn adopt_unrouted(
     Ok(adopted)
 }
 
-/// Opens a raw payload: under its day's key, or under the master key's inbox key for
-/// one sealed before day keys (`key_day` NULL). The error says why it cannot be read.
+/// Opens an inbox payload under its day's key; the error says why it cannot be read.
 fn open_payload(
     conn: &mut DbConn,
     keyring: &Keyring,
     keys: &RawKeys,
     key_day: Option<&str>,
     payload_ct: &[u8],
-    aad: &str,
+    place: &Place<'_>,
 ) -> Result<Vec<u8>, String> {
-    let key: SealKey = match key_day {
-        None => keyring.inbox().clone(),
-        Some(day) => match keys.for_day(conn, keyring, day) {
-            Ok(Some(key)) => key,
-            Ok(None) => return Err(format!("the key of {day}'s raw payloads is destroyed")),
-            Err(e) => return Err(e.to_string()),
-        },
+    let Some(day) = key_day else {
+        return Err("it names no day key".into());
     };
-    key.open(payload_ct, aad.as_bytes())
-        .map_err(|e| e.to_string())
+    let key: SealKey = match keys.for_day(conn, keyring, day) {
+        Ok(Some(key)) => key,
+        Ok(None) => return Err(format!("the key of {day}'s raw payloads is destroyed")),
+        Err(e) => return Err(e.to_string()),
+    };
+    key.open(payload_ct, place).map_err(|e| e.to_string())
 }
 
-type PendingRow = (
-    i64,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    Vec<u8>,
-    Option<String>,
-);
+type PendingRow = (i64, String, String, String, i64, Vec<u8>, Option<String>);
 
 /// Pending rows read back: those that open, and those that do not (sealed under another
 /// key, damaged), by id with the reason, for the caller to park.
@@ -475,22 +514,25 @@ fn open_rows(conn: &mut DbConn, keyring: &Keyring, rows: Vec<PendingRow>) -> Pen
         ..PendingPage::default()
     };
     let keys = RawKeys::default();
-    for (id, dedupe_key, tenant_id, phone_number_id, route_key, received_at, payload_ct, key_day) in
-        rows
-    {
+    for (id, dedupe_bidx, tenant_id, phone_number_id, received_at, payload_ct, key_day) in rows {
+        let place = payload_place(&tenant_id, &dedupe_bidx);
         let opened = open_payload(
             conn,
             keyring,
             &keys,
             key_day.as_deref(),
             &payload_ct,
-            &dedupe_key,
+            &place,
         )
         .and_then(|plain| {
             serde_json::from_slice::<Event>(&plain).map_err(|e| format!("not an event: {e}"))
+        })
+        .and_then(|event| match event.identity.route_key() {
+            Some(route_key) => Ok((event, route_key)),
+            None => Err("the event names no contact".into()),
         });
         match opened {
-            Ok(event) => page.items.push(InboxItem {
+            Ok((event, route_key)) => page.items.push(InboxItem {
                 id,
                 tenant_id: TenantId(tenant_id),
                 phone_number_id,
@@ -520,13 +562,14 @@ pub fn pending(
         .filter(inbox::received_at.le(received_before))
         .order(inbox::id.asc())
         .limit(limit)
-        .select((inbox::id, inbox::dedupe_key, inbox::tenant_id, inbox::phone_number_id,
-                 inbox::route_key, inbox::received_at, inbox::payload_ct, inbox::key_day))
+        .select((inbox::id, inbox::dedupe_bidx, inbox::tenant_id, inbox::phone_number_id,
+                 inbox::received_at, inbox::payload_ct, inbox::key_day))
         .load(c))?;
     Ok(open_rows(conn, keyring, rows))
 }
 
-/// Unprocessed rows of one conversation actor (by its routing keys), oldest first.
+/// Unprocessed rows of one conversation actor (by its routing keys, in clear), oldest
+/// first.
 pub fn pending_for_routes(
     conn: &mut DbConn,
     keyring: &Keyring,
@@ -534,15 +577,19 @@ pub fn pending_for_routes(
     phone_number_id: &str,
     route_keys: &[String],
 ) -> Result<PendingPage, StorageError> {
+    let route_bidxs: Vec<String> = route_keys
+        .iter()
+        .map(|key| route_index(keyring, tenant_id, key))
+        .collect();
     let rows: Vec<PendingRow> = on_backend!(conn, c => inbox::table
         .filter(inbox::processed_at.is_null())
         .filter(inbox::parked_at.is_null())
         .filter(inbox::tenant_id.eq(tenant_id.as_str()))
         .filter(inbox::phone_number_id.eq(phone_number_id))
-        .filter(inbox::route_key.eq_any(route_keys))
+        .filter(inbox::route_bidx.eq_any(&route_bidxs))
         .order(inbox::id.asc())
-        .select((inbox::id, inbox::dedupe_key, inbox::tenant_id, inbox::phone_number_id,
-                 inbox::route_key, inbox::received_at, inbox::payload_ct, inbox::key_day))
+        .select((inbox::id, inbox::dedupe_bidx, inbox::tenant_id, inbox::phone_number_id,
+                 inbox::received_at, inbox::payload_ct, inbox::key_day))
         .load(c))?;
     Ok(open_rows(conn, keyring, rows))
 }
@@ -720,15 +767,18 @@ pub fn webhook_event_payloads(
     keyring: &Keyring,
     reason: &str,
 ) -> Result<Vec<Vec<u8>>, StorageError> {
-    let rows: Vec<(String, Vec<u8>, Option<String>)> = on_backend!(conn, c => webhook_events::table
+    type Row = (String, Option<String>, Vec<u8>, Option<String>);
+    let rows: Vec<Row> = on_backend!(conn, c => webhook_events::table
         .filter(webhook_events::reason.eq(reason))
         .order(webhook_events::id.desc())
-        .select((webhook_events::id, webhook_events::payload_ct, webhook_events::key_day))
+        .select((webhook_events::id, webhook_events::tenant_id, webhook_events::payload_ct,
+                 webhook_events::key_day))
         .load(c))?;
     let keys = RawKeys::default();
     rows.into_iter()
-        .map(|(id, ct, day)| {
-            open_payload(conn, keyring, &keys, day.as_deref(), &ct, &id)
+        .map(|(id, tenant, ct, day)| {
+            let place = raw_place(tenant.as_deref().unwrap_or_default(), &id);
+            open_payload(conn, keyring, &keys, day.as_deref(), &ct, &place)
                 .map_err(StorageError::Corrupt)
         })
         .collect()

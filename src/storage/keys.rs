@@ -51,18 +51,26 @@ pub fn insert_data_keys(
     Ok(())
 }
 
+/// The data key `key_id` of `tenant_id`; `None` once destroyed. A key of another
+/// tenant does not unwrap: its tenant is bound into its wrapping.
 pub(super) fn load_data_key(
     conn: &mut DbConn,
     keyring: &Keyring,
+    tenant_id: &TenantId,
     key_id: &str,
 ) -> Result<Option<SealKey>, StorageError> {
     let wrapped: Option<Option<Vec<u8>>> = on_backend!(conn, c => data_keys::table
         .find(key_id)
+        .filter(data_keys::tenant_id.eq(tenant_id.as_str()))
         .select(data_keys::wrapped_key)
         .first::<Option<Vec<u8>>>(c)
         .optional())?;
     match wrapped.flatten() {
-        Some(wrapped) => Ok(Some(keyring.unwrap_data_key(key_id, &wrapped)?)),
+        Some(wrapped) => Ok(Some(keyring.unwrap_data_key(
+            tenant_id.as_str(),
+            key_id,
+            &wrapped,
+        )?)),
         None => Ok(None),
     }
 }
@@ -71,12 +79,13 @@ pub(super) fn load_data_key(
 pub(super) fn load_keys<'a>(
     conn: &mut DbConn,
     keyring: &Keyring,
+    tenant_id: &TenantId,
     key_ids: impl Iterator<Item = &'a str>,
     cache: &mut HashMap<String, Option<SealKey>>,
 ) -> Result<(), StorageError> {
     for key_id in key_ids {
         if !cache.contains_key(key_id) {
-            let key = load_data_key(conn, keyring, key_id)?;
+            let key = load_data_key(conn, keyring, tenant_id, key_id)?;
             cache.insert(key_id.to_string(), key);
         }
     }

@@ -6,6 +6,7 @@ use diesel::prelude::*;
 
 use super::schema::{data_keys, inbox, master_key_check, phone_numbers, tenants, webhook_events};
 use super::{write_transaction, DbConn, StorageError};
+use crate::crypto::Keyring;
 use crate::on_backend;
 
 /// The check value recorded with the first key, if any.
@@ -33,15 +34,27 @@ pub fn holds_data(conn: &mut DbConn) -> Result<bool, StorageError> {
     }))
 }
 
-/// One wrapped data key, to test a key file against a database that holds data but no
+/// Tries one wrapped data key, to test a key file against a database that holds data but no
 /// check value yet (one made before check values were recorded).
-pub fn some_wrapped_data_key(conn: &mut DbConn) -> Result<Option<(String, Vec<u8>)>, StorageError> {
-    let found: Option<(String, Option<Vec<u8>>)> = on_backend!(conn, c => data_keys::table
+/// Returns whether `keyring` opens it.
+pub fn opens_a_data_key(conn: &mut DbConn, keyring: &Keyring) -> Result<bool, StorageError> {
+    type Row = (String, String, Option<Vec<u8>>);
+    let found: Option<Row> = on_backend!(conn, c => data_keys::table
         .filter(data_keys::wrapped_key.is_not_null())
-        .select((data_keys::id, data_keys::wrapped_key))
-        .first::<(String, Option<Vec<u8>>)>(c)
+        .select((data_keys::tenant_id, data_keys::id, data_keys::wrapped_key))
+        .first::<Row>(c)
         .optional())?;
-    Ok(found.and_then(|(id, wrapped)| Some((id, wrapped?))))
+    let Some((tenant_id, key_id, Some(wrapped))) = found else {
+        return Ok(true);
+    };
+    Ok(if crate::crypto::is_legacy(&wrapped) {
+        let place = crate::crypto::Place::new(&tenant_id, "data_keys", "wrapped_key", &key_id);
+        keyring.rewrap_legacy(&key_id, &wrapped, &place).is_ok()
+    } else {
+        keyring
+            .unwrap_data_key(&tenant_id, &key_id, &wrapped)
+            .is_ok()
+    })
 }
 
 /// Records `check_value` unless one is recorded already; returns the one in force

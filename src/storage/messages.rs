@@ -1,4 +1,6 @@
-//! Messages (`messages`) and their statuses (`status_events`). Inbound messages are
+//! Messages (`messages`) and their statuses (`status_events`). Meta's message ids are
+//! stored as keyed hashes (`wamid_bidx`, for lookups and uniqueness) beside their
+//! sealed form (`wamid_ct`, under the contact's key). Inbound messages are
 //! inserted so that a redelivery collides on (tenant, wamid) and changes nothing; a
 //! revoke that arrives before its message leaves a tombstone, which the late original
 //! completes without content; statuses only move forward. A conversation's messages
@@ -13,7 +15,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::apply::{MessageBundle, NewInbound};
+use super::apply::{content_place, wamid_place, MessageBundle, NewInbound};
 use super::fixed::{fixed_statement, Bind, ReturnedId, Sql};
 use super::keys::load_keys;
 use super::schema::{messages, status_events};
@@ -91,21 +93,21 @@ pub(super) fn move_conversation_messages(
 
 fixed_statement!(
     InsertInboundOne = "INSERT INTO messages \
-    (id, tenant_id, conversation_id, contact_id, wamid, direction, msg_type, sent_at, \
-     received_at, key_id, content_ct, ref_wamid) \
-    VALUES (?, ?, ?, ?, ?, 'inbound', ?, ?, ?, ?, ?, ?) \
-    ON CONFLICT (tenant_id, wamid) DO NOTHING"
+    (id, tenant_id, conversation_id, contact_id, wamid_bidx, wamid_ct, direction, msg_type, \
+     sent_at, received_at, key_id, content_ct) \
+    VALUES (?, ?, ?, ?, ?, ?, 'inbound', ?, ?, ?, ?, ?) \
+    ON CONFLICT (tenant_id, wamid_bidx) DO NOTHING"
 );
 
 fixed_statement!(
     InsertInboundManyPg = "INSERT INTO messages \
-    (id, tenant_id, conversation_id, contact_id, wamid, direction, msg_type, sent_at, \
-     received_at, key_id, content_ct, ref_wamid) \
-    SELECT i, t, cv, ct, w, 'inbound', ty, s, ?, k, c, r \
-    FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], \
-                ?::bigint[], ?::text[], ?::bytea[], ?::text[]) \
-        AS v (i, t, cv, ct, w, ty, s, k, c, r) \
-    ON CONFLICT (tenant_id, wamid) DO NOTHING RETURNING id"
+    (id, tenant_id, conversation_id, contact_id, wamid_bidx, wamid_ct, direction, msg_type, \
+     sent_at, received_at, key_id, content_ct) \
+    SELECT i, t, cv, ct, w, wc, 'inbound', ty, s, ?, k, c \
+    FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::bytea[], \
+                ?::text[], ?::bigint[], ?::text[], ?::bytea[]) \
+        AS v (i, t, cv, ct, w, wc, ty, s, k, c) \
+    ON CONFLICT (tenant_id, wamid_bidx) DO NOTHING RETURNING id"
 );
 
 /// An inbound message row, with the conversation it goes to.
@@ -135,13 +137,13 @@ pub(super) fn insert_inbound(
                     Bind::Text(row.tenant_id),
                     Bind::Text(row.conversation_id),
                     Bind::Text(m.contact_id.as_str()),
-                    Bind::Text(&m.wamid),
+                    Bind::Text(&m.wamid_bidx),
+                    Bind::Blob(&m.wamid_ct),
                     Bind::Text(&m.msg_type),
                     Bind::BigInt(m.sent_at),
                     Bind::BigInt(now_ms),
                     Bind::Text(m.key_id.as_str()),
                     Bind::Blob(&m.content_ct),
-                    Bind::OptText(m.ref_wamid.as_deref()),
                 ])
                 .execute(c)?;
                 if count == 1 {
@@ -157,12 +159,12 @@ pub(super) fn insert_inbound(
                 Bind::TextArray(rows.iter().map(|row| row.tenant_id).collect()),
                 Bind::TextArray(rows.iter().map(|row| row.conversation_id).collect()),
                 Bind::TextArray(messages().map(|m| m.contact_id.as_str()).collect()),
-                Bind::TextArray(messages().map(|m| m.wamid.as_str()).collect()),
+                Bind::TextArray(messages().map(|m| m.wamid_bidx.as_str()).collect()),
+                Bind::BlobArray(messages().map(|m| &m.wamid_ct[..]).collect()),
                 Bind::TextArray(messages().map(|m| m.msg_type.as_str()).collect()),
                 Bind::BigIntArray(messages().map(|m| m.sent_at).collect()),
                 Bind::TextArray(messages().map(|m| m.key_id.as_str()).collect()),
                 Bind::BlobArray(messages().map(|m| &m.content_ct[..]).collect()),
-                Bind::OptTextArray(messages().map(|m| m.ref_wamid.as_deref()).collect()),
             ])
             .load(c)?;
             inserted.extend(returned.into_iter().map(|row| row.id));
@@ -182,7 +184,7 @@ pub(super) fn complete_tombstone(
     let tenant = tenant_id.as_str();
     Ok(on_backend!(conn, c => diesel::update(messages::table
         .filter(messages::tenant_id.eq(tenant))
-        .filter(messages::wamid.eq(&m.wamid))
+        .filter(messages::wamid_bidx.eq(&m.wamid_bidx))
         .filter(messages::msg_type.is_null())
         .filter(messages::revoked_at.is_not_null()))
         .set((messages::msg_type.eq(&m.msg_type), messages::sent_at.eq(m.sent_at)))
@@ -195,7 +197,8 @@ pub(super) fn complete_tombstone(
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MessageView {
     pub id: String,
-    pub wamid: String,
+    /// `None` once the contact's key is destroyed.
+    pub wamid: Option<String>,
     pub direction: String,
     #[serde(rename = "type")]
     pub msg_type: Option<String>,
@@ -211,7 +214,7 @@ pub struct MessageView {
 
 type MessageRow = (
     String,
-    String,
+    (String, Option<Vec<u8>>),
     String,
     Option<String>,
     i64,
@@ -229,14 +232,16 @@ type MessageRow = (
 /// moves, so a message can be in both parts. ?1 conversation, ?2 cursor, ?3 limit,
 /// ?4 tenant.
 const LIST_MESSAGES_SQLITE: &str = "\
-    SELECT id, wamid, direction, msg_type, sent_at, status, key_id, content_ct, error_json, revoked_at \
-    FROM (SELECT m.id, m.wamid, m.direction, m.msg_type, m.sent_at, m.status, m.key_id, \
+    SELECT id, wamid_bidx, wamid_ct, direction, msg_type, sent_at, status, key_id, content_ct, \
+           error_json, revoked_at \
+    FROM (SELECT m.id, m.wamid_bidx, m.wamid_ct, m.direction, m.msg_type, m.sent_at, m.status, m.key_id, \
                  m.content_ct, m.error_json, m.revoked_at \
           FROM conversation_messages AS cm JOIN messages AS m ON m.id = cm.message_id \
           WHERE cm.conversation_id = ?1 AND cm.message_id > ?2 AND m.tenant_id = ?4 \
           ORDER BY cm.message_id LIMIT ?3) \
     UNION \
-    SELECT id, wamid, direction, msg_type, sent_at, status, key_id, content_ct, error_json, revoked_at \
+    SELECT id, wamid_bidx, wamid_ct, direction, msg_type, sent_at, status, key_id, content_ct, \
+           error_json, revoked_at \
     FROM messages \
     WHERE rowid > (SELECT indexed_through FROM conversation_index_state) \
       AND conversation_id = ?1 AND id > ?2 AND tenant_id = ?4 \
@@ -247,7 +252,9 @@ struct ListedMessage {
     #[diesel(sql_type = diesel::sql_types::Text)]
     id: String,
     #[diesel(sql_type = diesel::sql_types::Text)]
-    wamid: String,
+    wamid_bidx: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Binary>)]
+    wamid_ct: Option<Vec<u8>>,
     #[diesel(sql_type = diesel::sql_types::Text)]
     direction: String,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
@@ -270,7 +277,7 @@ impl ListedMessage {
     fn into_row(self) -> MessageRow {
         (
             self.id,
-            self.wamid,
+            (self.wamid_bidx, self.wamid_ct),
             self.direction,
             self.msg_type,
             self.sent_at,
@@ -310,7 +317,7 @@ pub fn list_messages(
                 .filter(messages::conversation_id.eq(conversation_id))
                 .select((
                     messages::id,
-                    messages::wamid,
+                    (messages::wamid_bidx, messages::wamid_ct),
                     messages::direction,
                     messages::msg_type,
                     messages::sent_at,
@@ -333,14 +340,16 @@ pub fn list_messages(
     load_keys(
         conn,
         keyring,
+        tenant_id,
         rows.iter().filter_map(|r| r.6.as_deref()),
         &mut keys,
     )?;
+    let tenant = tenant_id.as_str();
     rows.into_iter()
         .map(
             |(
                 id,
-                wamid,
+                (wamid_bidx, wamid_ct),
                 direction,
                 msg_type,
                 sent_at,
@@ -350,17 +359,23 @@ pub fn list_messages(
                 error_json,
                 revoked_at,
             )| {
-                let bundle: Option<MessageBundle> = match (
-                    key_id.and_then(|k| keys.get(&k).cloned().flatten()),
-                    content_ct,
-                ) {
+                // What does not open (its key destroyed, or a value moved here from
+                // another place) is shown as absent, as for contacts.
+                let key = key_id.and_then(|k| keys.get(&k).cloned().flatten());
+                let wamid = match (&key, wamid_ct) {
                     (Some(key), Some(ct)) => {
-                        let plain = key.open(&ct, id.as_bytes())?;
-                        Some(
+                        key.open_string(&ct, &wamid_place(tenant, &wamid_bidx)).ok()
+                    }
+                    _ => None,
+                };
+                let bundle: Option<MessageBundle> = match (key, content_ct) {
+                    (Some(key), Some(ct)) => match key.open(&ct, &content_place(tenant, &id)) {
+                        Ok(plain) => Some(
                             serde_json::from_slice(&plain)
                                 .map_err(|e| StorageError::Corrupt(format!("message {id}: {e}")))?,
-                        )
-                    }
+                        ),
+                        Err(_) => None,
+                    },
                     _ => None,
                 };
                 let error = error_json.and_then(|e| serde_json::from_str(&e).ok());
@@ -388,13 +403,15 @@ pub fn list_messages(
 /// Statuses recorded for a message (by wamid), oldest first; for tests and operators.
 pub fn status_history(
     conn: &mut DbConn,
+    keyring: &Keyring,
     tenant_id: &TenantId,
     wamid: &str,
 ) -> Result<Vec<(String, i64)>, StorageError> {
+    let wamid_bidx = keyring.wamid_index(tenant_id.as_str(), wamid);
     Ok(on_backend!(conn, c => status_events::table
         .inner_join(messages::table.on(messages::id.eq(status_events::message_id)))
         .filter(messages::tenant_id.eq(tenant_id.as_str()))
-        .filter(messages::wamid.eq(wamid))
+        .filter(messages::wamid_bidx.eq(&wamid_bidx))
         .select((status_events::status, status_events::occurred_at))
         .order(status_events::occurred_at.asc())
         .load(c))?)

@@ -19,6 +19,7 @@ pub mod master_key;
 pub mod messages;
 pub mod raw_keys;
 pub mod tenants;
+pub mod upgrade;
 pub mod writer;
 
 pub mod schema;

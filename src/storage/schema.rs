@@ -35,10 +35,10 @@ diesel::table! {
 diesel::table! {
     inbox (id) {
         id -> BigInt,
-        dedupe_key -> Text,
+        dedupe_bidx -> Text,
         tenant_id -> Text,
         phone_number_id -> Text,
-        route_key -> Text,
+        route_bidx -> Text,
         kind -> Text,
         payload_ct -> Binary,
         received_at -> BigInt,
@@ -100,14 +100,14 @@ diesel::table! {
         tenant_id -> Text,
         conversation_id -> Text,
         contact_id -> Text,
-        wamid -> Text,
+        wamid_bidx -> Text,
+        wamid_ct -> Nullable<Binary>,
         direction -> Text,
         msg_type -> Nullable<Text>,
         sent_at -> BigInt,
         received_at -> BigInt,
         key_id -> Nullable<Text>,
         content_ct -> Nullable<Binary>,
-        ref_wamid -> Nullable<Text>,
         status -> Nullable<Text>,
         status_at -> Nullable<BigInt>,
         error_json -> Nullable<Text>,
@@ -160,6 +160,13 @@ diesel::table! {
         wrapped_key -> Nullable<Binary>,
         created_at -> BigInt,
         destroyed_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    storage_upgrades (name) {
+        name -> Text,
+        done_at -> BigInt,
     }
 }
 

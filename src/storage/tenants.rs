@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::schema::{api_keys, phone_numbers, tenants};
 use super::{inbox, DbConn, StorageError};
-use crate::crypto::{self, Keyring};
+use crate::crypto::{self, Keyring, Place};
 use crate::ids::TenantId;
 use crate::on_backend;
 
@@ -16,6 +16,16 @@ pub struct Tenant {
     pub name: String,
     pub holder_email: String,
     pub created_at: i64,
+}
+
+/// Where a number's sealed access token lives.
+pub fn access_token_place<'a>(tenant_id: &'a str, phone_number_id: &'a str) -> Place<'a> {
+    Place::new(
+        tenant_id,
+        "phone_numbers",
+        "access_token_ct",
+        phone_number_id,
+    )
 }
 
 /// A tenant just created, with its API key shown this once.
@@ -232,7 +242,7 @@ pub fn add_phone_number(
         }
         let token_ct = keyring.secrets().seal(
             number.access_token.as_bytes(),
-            number.phone_number_id.as_bytes(),
+            &access_token_place(number.tenant_id, number.phone_number_id),
         )?;
         on_backend!(conn, c => diesel::insert_into(phone_numbers::table)
             .values((

@@ -19,7 +19,7 @@ use diesel::Connection;
 
 use super::conversation_index;
 use super::crm::{self, ApplyOp, ContactIdentifiers, ResolvedContact};
-use super::inbox::{self, InboxItem, PreparedEvent, PreparedOther};
+use super::inbox::{self, FreshEvent, InboxItem, PreparedEvent, PreparedOther};
 use super::raw_keys::{self, DayKey, RawKeys};
 use super::{tenants, DbConn, Pool, PooledConn, StorageError};
 use crate::clock::SharedClock;
@@ -27,6 +27,7 @@ use crate::crypto::{Keyring, NewDataKey};
 use crate::handoff::{self, Outbox, Reply};
 use crate::ids::{KeyId, TenantId};
 use crate::metrics::Metrics;
+use crate::whatsapp::OtherChange;
 
 /// What an ingest job committed.
 #[derive(Debug, Default)]
@@ -67,9 +68,12 @@ type MergedAway = Arc<std::sync::RwLock<std::collections::HashSet<String>>>;
 pub type Dispatcher = Box<dyn Fn(Vec<InboxItem>) + Send + Sync>;
 
 enum Job {
+    /// A webhook's content for the inbox and `webhook_events`, sealed here, where
+    /// each event's tenant is known, under `day`'s key.
     Ingest {
-        events: Vec<PreparedEvent>,
-        others: Vec<PreparedOther>,
+        day: DayKey,
+        events: Vec<FreshEvent>,
+        others: Vec<OtherChange>,
         reply: Reply<Result<IngestReceipt, StorageError>>,
     },
     Resolve {
@@ -220,15 +224,18 @@ fn gone() -> StorageError {
 }
 
 impl WriterHandle {
-    /// Commits a webhook's events; resolves once they are durable.
+    /// Commits a webhook's events and other content, sealed under `day`'s key (see
+    /// [`WriterHandle::day_key`]); resolves once they are durable.
     pub async fn ingest(
         &self,
-        events: Vec<PreparedEvent>,
-        others: Vec<PreparedOther>,
+        day: DayKey,
+        events: Vec<FreshEvent>,
+        others: Vec<OtherChange>,
     ) -> Result<IngestReceipt, StorageError> {
         let (reply, rx) = handoff::channel();
         self.tx
             .send_async(Job::Ingest {
+                day,
                 events,
                 others,
                 reply,
@@ -984,7 +991,7 @@ impl Writer {
         for ((index, (tenant_id, _)), exists) in resolves.iter().zip(exist) {
             if !exists {
                 let key_id = KeyId::generate();
-                let data_key = keyring.new_data_key(key_id.as_str())?;
+                let data_key = keyring.new_data_key(tenant_id.as_str(), key_id.as_str())?;
                 keys.insert(*index, ((*tenant_id).clone(), key_id, data_key));
             }
         }
@@ -1023,7 +1030,6 @@ impl Writer {
     ) -> Result<(Vec<Outcome>, Result<(), StorageError>), StorageError> {
         let keyring = self.keyring.clone();
         let merged_away = self.merged_away.clone();
-        let raw_keys = self.raw_keys.clone();
         let mut routes = std::mem::take(&mut self.routes);
         let result = {
             let conn = match self.connection() {
@@ -1037,15 +1043,19 @@ impl Writer {
                 point_lookups_only(conn)?;
                 // The inbox inserts of the batch first, then the actors' ops, each in
                 // multi-row statements; resolves one by one.
-                let parts: Vec<(&[PreparedEvent], &[PreparedOther])> = jobs
+                let parts: Vec<IngestPart<'_>> = jobs
                     .iter()
                     .filter_map(|job| match job {
-                        Job::Ingest { events, others, .. } => Some((&events[..], &others[..])),
+                        Job::Ingest {
+                            day,
+                            events,
+                            others,
+                            ..
+                        } => Some((day, &events[..], &others[..])),
                         _ => None,
                     })
                     .collect();
-                let mut receipts =
-                    ingest(conn, &keyring, &raw_keys, &mut routes, &parts, now)?.into_iter();
+                let mut receipts = ingest(conn, &keyring, &mut routes, &parts, now)?.into_iter();
                 let mut applied = apply_jobs(conn, jobs, &merged_away, now)?.into_iter();
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for (index, job) in jobs.iter_mut().enumerate() {
@@ -1457,7 +1467,7 @@ fn apply_jobs(
             ops.iter()
                 .map(|op| {
                     op.inbox_row_to_insert()
-                        .is_some_and(|row| !new_rows.remove(&row.dedupe_key))
+                        .is_some_and(|row| !new_rows.remove(&row.dedupe_bidx))
                 })
                 .collect()
         })
@@ -1491,9 +1501,7 @@ fn apply_jobs(
             let duplicate = ops
                 .iter()
                 .zip(taken)
-                .map(|(op, taken)| {
-                    taken || (redelivered.next().unwrap_or(false) && op.fresh_row().is_some())
-                })
+                .map(|(op, taken)| taken || (redelivered.next().unwrap_or(false) && op.is_fresh()))
                 .collect();
             ApplyReceipt {
                 conversation: done.conversation,
@@ -1503,14 +1511,18 @@ fn apply_jobs(
         .collect())
 }
 
+/// One webhook's content for [`ingest`]: the day key to seal it under, its events
+/// and its other content.
+type IngestPart<'a> = (&'a DayKey, &'a [FreshEvent], &'a [OtherChange]);
+
 /// Inserts the events and other content of several webhooks inside the batch
-/// transaction; one receipt per webhook, in order.
+/// transaction; one receipt per webhook, in order. Each is sealed for the tenant that
+/// owns its number (an event of a number no tenant owns is stored as unrouted).
 fn ingest(
     conn: &mut DbConn,
     keyring: &Keyring,
-    raw_keys: &RawKeys,
     routes: &mut HashMap<String, TenantId>,
-    parts: &[(&[PreparedEvent], &[PreparedOther])],
+    parts: &[IngestPart<'_>],
     now: i64,
 ) -> Result<Vec<IngestReceipt>, StorageError> {
     if parts.is_empty() {
@@ -1518,10 +1530,10 @@ fn ingest(
     }
     let unknown: Vec<&str> = parts
         .iter()
-        .flat_map(|(events, others)| {
+        .flat_map(|(_, events, others)| {
             events
                 .iter()
-                .map(|e| e.phone_number_id.as_str())
+                .map(|e| e.keys.phone_number_id.as_str())
                 .chain(others.iter().filter_map(|o| o.phone_number_id.as_deref()))
         })
         .filter(|pnid| !routes.contains_key(*pnid))
@@ -1531,25 +1543,38 @@ fn ingest(
             routes.insert(pnid, TenantId(tenant));
         }
     }
-    let routed: Vec<(&TenantId, &PreparedEvent)> = parts
+    // Per webhook, per event: sealed for its tenant's inbox, or `None` (unrouted).
+    let mut sealed: Vec<Vec<Option<(TenantId, PreparedEvent)>>> = Vec::with_capacity(parts.len());
+    for (day, events, _) in parts {
+        let mut of_part = Vec::with_capacity(events.len());
+        for event in events.iter() {
+            of_part.push(match routes.get(&event.keys.phone_number_id) {
+                Some(tenant_id) => Some((tenant_id.clone(), event.seal(keyring, tenant_id, day)?)),
+                None => None,
+            });
+        }
+        sealed.push(of_part);
+    }
+    let routed: Vec<(&TenantId, &PreparedEvent)> = sealed
         .iter()
-        .flat_map(|(events, _)| events.iter())
-        .filter_map(|e| routes.get(&e.phone_number_id).map(|t| (t, e)))
+        .flatten()
+        .flatten()
+        .map(|(tenant_id, prepared)| (tenant_id, prepared))
         .collect();
     let mut inserted = inbox::insert_events(conn, &routed, now)?;
     let mut receipts = Vec::with_capacity(parts.len());
-    for (events, others) in parts {
+    for ((day, events, others), sealed) in parts.iter().zip(&sealed) {
         let mut receipt = IngestReceipt::default();
-        for event in events.iter() {
-            match routes.get(&event.phone_number_id) {
+        for (event, sealed) in events.iter().zip(sealed) {
+            match sealed {
                 // The first of several identical events in the batch takes the row;
                 // the rest are duplicates.
-                Some(tenant_id) => match inserted.remove(&event.dedupe_key) {
+                Some((tenant_id, prepared)) => match inserted.remove(&prepared.row.dedupe_bidx) {
                     Some(id) => receipt.accepted.push(InboxItem {
                         id,
                         tenant_id: tenant_id.clone(),
-                        phone_number_id: event.phone_number_id.clone(),
-                        route_key: event.route_key.clone(),
+                        phone_number_id: event.keys.phone_number_id.clone(),
+                        route_key: event.keys.route_key.clone(),
                         received_at: now,
                         event: event.event.clone(),
                     }),
@@ -1558,26 +1583,12 @@ fn ingest(
                 None => {
                     let raw = serde_json::to_vec(event.event.as_ref())
                         .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                    // Under the key its inbox payload was sealed under: the day's.
-                    let day = match raw_keys.cached(&event.key_day) {
-                        Some(day) => day,
-                        None => DayKey {
-                            key: raw_keys
-                                .for_day(conn, keyring, &event.key_day)?
-                                .ok_or_else(|| {
-                                    StorageError::Corrupt(format!(
-                                        "no key for the raw payloads of {}",
-                                        event.key_day
-                                    ))
-                                })?,
-                            day: event.key_day.clone(),
-                        },
-                    };
                     let other = PreparedOther::seal(
-                        &day,
+                        day,
+                        None,
                         "unrouted",
-                        Some(event.kind.to_string()),
-                        Some(event.phone_number_id.clone()),
+                        Some(event.keys.kind.to_string()),
+                        Some(event.keys.phone_number_id.clone()),
                         &raw,
                     )?;
                     inbox::insert_other(conn, None, &other, now)?;
@@ -1587,7 +1598,15 @@ fn ingest(
         }
         for other in others.iter() {
             let tenant = other.phone_number_id.as_ref().and_then(|p| routes.get(p));
-            inbox::insert_other(conn, tenant, other, now)?;
+            let prepared = PreparedOther::seal(
+                day,
+                tenant,
+                other.reason,
+                other.field.clone(),
+                other.phone_number_id.clone(),
+                &other.raw,
+            )?;
+            inbox::insert_other(conn, tenant, &prepared, now)?;
             receipt.others += 1;
         }
         receipts.push(receipt);

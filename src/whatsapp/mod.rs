@@ -5,4 +5,4 @@
 pub mod signature;
 pub mod webhook;
 
-pub use webhook::{Event, EventKind, Identity, ParsedWebhook};
+pub use webhook::{Event, EventKind, Identity, OtherChange, ParsedWebhook};

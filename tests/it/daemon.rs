@@ -1032,11 +1032,17 @@ async fn the_operator_lists_and_retries_parked_events() {
     let mut beside =
         diesel::SqliteConnection::establish(db.dir.path().join("converra.db").to_str().unwrap())
             .unwrap();
+    let master_key = db.dir.path().join("master.key");
+    let keyring = converra::crypto::Keyring::load(&master_key)
+        .unwrap()
+        .unwrap();
+    let parked_bidx = keyring.wamid_index(tenant["tenant_id"].as_str().unwrap(), "wamid.park");
     beside
-        .batch_execute(
+        .batch_execute(&format!(
             "PRAGMA busy_timeout = 10000; CREATE TRIGGER refuse BEFORE INSERT ON messages \
-             WHEN NEW.wamid = 'wamid.park' BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
-        )
+             WHEN NEW.wamid_bidx = '{parked_bidx}' \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+        ))
         .unwrap();
     let body = text_webhook(NUMBER_A, "4916400", "wamid.park", "parked for a while");
     let signature = converra::whatsapp::signature::sign(APP_SECRET.as_bytes(), &body);
@@ -1133,7 +1139,9 @@ async fn process_a_backlog(rows: usize) -> (Duration, f64) {
             let prepared: Vec<converra::storage::inbox::PreparedEvent> = body
                 .iter()
                 .flat_map(|body| converra::whatsapp::webhook::parse(body).events)
-                .filter_map(|event| converra::storage::inbox::PreparedEvent::seal(&day, event))
+                .filter_map(|event| {
+                    converra::storage::inbox::PreparedEvent::seal(&keyring, &tenant_id, &day, event)
+                })
                 .collect();
             let routed: Vec<_> = prepared.iter().map(|p| (&tenant_id, p)).collect();
             conn.transaction::<_, converra::storage::StorageError, _>(|conn| {

@@ -40,8 +40,9 @@ async fn inbox_rows_left_unprocessed_are_processed_at_the_next_start() {
                     &format!("left {i}"),
                 );
                 for event in webhook::parse(&body).events {
-                    let prepared = PreparedEvent::seal(&day, event).unwrap();
-                    insert_event(&mut conn, &TenantId(app.a.id.clone()), &prepared, 1).unwrap();
+                    let tenant = TenantId(app.a.id.clone());
+                    let prepared = PreparedEvent::seal(&keyring, &tenant, &day, event).unwrap();
+                    insert_event(&mut conn, &tenant, &prepared, 1).unwrap();
                 }
             }
             assert_eq!(converra::storage::inbox::backlog(&mut conn).unwrap(), 5);
@@ -307,24 +308,9 @@ async fn an_event_whose_write_fails_waits_in_the_inbox_until_it_can_be_applied()
         let warm = text_webhook(NUMBER_A, "4915444", "wamid.first", "first");
         assert_eq!(app.post_signed(&warm).await.0, 200);
 
-        let (refuse, allow) = match backend {
-            Backend::Sqlite => (
-                "CREATE TRIGGER refuse BEFORE INSERT ON messages \
-                 WHEN NEW.wamid = 'wamid.refused' \
-                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
-                "DROP TRIGGER refuse;",
-            ),
-            Backend::Postgres(_) => (
-                "CREATE FUNCTION refuse_marked() RETURNS trigger AS $$ BEGIN \
-                 IF NEW.wamid = 'wamid.refused' THEN RAISE EXCEPTION 'injected failure'; \
-                 END IF; RETURN NEW; END $$ LANGUAGE plpgsql; \
-                 CREATE TRIGGER refuse BEFORE INSERT ON messages \
-                 FOR EACH ROW EXECUTE FUNCTION refuse_marked();",
-                "DROP TRIGGER refuse ON messages; DROP FUNCTION refuse_marked();",
-            ),
-        };
+        let (refuse, allow) = refusing_trigger(&app, &backend, "wamid.refused");
         let (_, pool) = app.pool();
-        pool.get().unwrap().batch_execute(refuse).unwrap();
+        pool.get().unwrap().batch_execute(&refuse).unwrap();
 
         let refused = text_webhook(NUMBER_A, "4915444", "wamid.refused", "refused");
         let (status, ack) = app.post_signed(&refused).await;
@@ -344,7 +330,7 @@ async fn an_event_whose_write_fails_waits_in_the_inbox_until_it_can_be_applied()
             "{backend:?}: the refused event waits in the inbox"
         );
 
-        pool.get().unwrap().batch_execute(allow).unwrap();
+        pool.get().unwrap().batch_execute(&allow).unwrap();
         let stored = app.wait_messages(&app.a, 3).await;
         assert!(
             stored.iter().any(|m| m["wamid"] == "wamid.refused"),
@@ -404,12 +390,15 @@ async fn a_panicking_writer_is_restarted_and_loses_nothing() {
     }
 }
 
-/// The SQL that makes inserting the message `wamid` fail for good, and undoes it.
-fn refusing_trigger(backend: &Backend, wamid: &str) -> (String, String) {
+/// The SQL that makes inserting the message `wamid` of `app`'s tenant A fail for good,
+/// and undoes it.
+fn refusing_trigger(app: &TestApp, backend: &Backend, wamid: &str) -> (String, String) {
+    let (keyring, _) = app.pool();
+    let wamid = keyring.wamid_index(&app.a.id, wamid);
     match backend {
         Backend::Sqlite => (
             format!(
-                "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.wamid = '{wamid}' \
+                "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.wamid_bidx = '{wamid}' \
                  BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
             ),
             "DROP TRIGGER refuse;".into(),
@@ -417,7 +406,7 @@ fn refusing_trigger(backend: &Backend, wamid: &str) -> (String, String) {
         Backend::Postgres(_) => (
             format!(
                 "CREATE FUNCTION refuse_marked() RETURNS trigger AS $$ BEGIN \
-                 IF NEW.wamid = '{wamid}' THEN RAISE EXCEPTION 'injected failure'; \
+                 IF NEW.wamid_bidx = '{wamid}' THEN RAISE EXCEPTION 'injected failure'; \
                  END IF; RETURN NEW; END $$ LANGUAGE plpgsql; \
                  CREATE TRIGGER refuse BEFORE INSERT ON messages \
                  FOR EACH ROW EXECUTE FUNCTION refuse_marked();"
@@ -438,7 +427,7 @@ async fn an_event_that_fails_for_good_is_parked_and_its_conversation_goes_on() {
             settings.actors.park_after_attempts = 3;
         })
         .await;
-        let (refuse, allow) = refusing_trigger(&backend, "wamid.bad");
+        let (refuse, allow) = refusing_trigger(&app, &backend, "wamid.bad");
         let (_, pool) = app.pool();
         pool.get().unwrap().batch_execute(&refuse).unwrap();
 
@@ -516,8 +505,9 @@ async fn unreadable_inbox_rows_are_parked_and_the_sweep_goes_on() {
                 let body = text_webhook(NUMBER_A, "4915222", &format!("wamid.row.{i}"), "x");
                 for event in webhook::parse(&body).events {
                     let key = if i == 2 { &foreign } else { &day };
-                    let prepared = PreparedEvent::seal(key, event).unwrap();
-                    insert_event(&mut conn, &TenantId(app.a.id.clone()), &prepared, 1).unwrap();
+                    let tenant = TenantId(app.a.id.clone());
+                    let prepared = PreparedEvent::seal(&keyring, &tenant, key, event).unwrap();
+                    insert_event(&mut conn, &tenant, &prepared, 1).unwrap();
                 }
             }
         }

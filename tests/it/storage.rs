@@ -52,7 +52,7 @@ fn rebuilding_messages_keeps_its_rows_and_their_statuses() {
             run(
                 &mut conn,
                 &format!(
-                    "INSERT INTO messages (id, tenant_id, conversation_id, contact_id, wamid, \
+                    "INSERT INTO messages (id, tenant_id, conversation_id, contact_id, wamid_bidx, \
                      direction, sent_at, received_at) \
                      VALUES ('{id}', 't1', 'v1', 'c1', '{wamid}', 'out', 1, 1)"
                 ),
@@ -242,20 +242,23 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
                 ..Default::default()
             };
             let plain = serde_json::to_vec(&bundle).unwrap();
+            let place =
+                converra::storage::apply::content_place(tenant.as_str(), message_id.as_str());
+            let (wamid_bidx, wamid_ct) = sealed_wamid(&keyring, &tenant, key, wamid);
             NewInbound {
                 origin: crm::Origin::Inbox(sent_at),
                 phone_number_id: NUMBER_A.into(),
                 contact_id: ContactId(contact.contact_id.0.clone()),
                 conversation_id: conversation.map(str::to_string),
-                content_ct: key.seal(&plain, message_id.as_str().as_bytes()).unwrap(),
+                content_ct: key.seal(&plain, &place).unwrap(),
                 message_id,
-                wamid: wamid.into(),
+                wamid_bidx,
+                wamid_ct,
                 msg_type: "text".into(),
                 sent_at,
                 inbound_at: sent_at,
                 key_id: contact.key_id.clone(),
-                ref_wamid: None,
-                is_revoke: false,
+                revokes: None,
             }
         };
         // A batch of the tenant's jobs, each a list of ops; what each job reports as its
@@ -284,8 +287,11 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
         let stale = inbound("wamid.4", 2_500, Some("merged-away"), &contact.key);
         let mut revoke = inbound("wamid.5", 4_000, Some(&conversation), &contact.key);
         revoke.msg_type = "revoke".into();
-        revoke.ref_wamid = Some("wamid.2".into());
-        revoke.is_revoke = true;
+        let (wamid_bidx, wamid_ct) = sealed_wamid(&keyring, &tenant, &contact.key, "wamid.2");
+        revoke.revokes = Some(converra::storage::apply::Revoked {
+            wamid_bidx,
+            wamid_ct,
+        });
         let job_1 = [ApplyOp::Inbound(second), ApplyOp::Inbound(redelivered)];
         let job_2 = [ApplyOp::Inbound(late), ApplyOp::Inbound(stale)];
         let job_3 = [ApplyOp::Inbound(revoke)];
@@ -343,7 +349,7 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
 
         let messages =
             crm::list_messages(&mut conn, &keyring, &tenant, &conversation, None, 50).unwrap();
-        let wamids: Vec<&str> = messages.iter().map(|m| m.wamid.as_str()).collect();
+        let wamids: Vec<&str> = messages.iter().filter_map(|m| m.wamid.as_deref()).collect();
         assert_eq!(
             wamids,
             ["wamid.1", "wamid.2", "wamid.3", "wamid.4", "wamid.5", "wamid.6", "wamid.7"],
@@ -402,6 +408,19 @@ fn a_batch_asks_which_contacts_exist_by_either_identifier_within_its_tenant() {
     }
 }
 
+/// Meta's id as an actor prepares it: its keyed hash, and the id sealed for the record.
+fn sealed_wamid(
+    keyring: &converra::crypto::Keyring,
+    tenant: &converra::ids::TenantId,
+    key: &converra::crypto::SealKey,
+    wamid: &str,
+) -> (String, Vec<u8>) {
+    let bidx = keyring.wamid_index(tenant.as_str(), wamid);
+    let place = converra::storage::apply::wamid_place(tenant.as_str(), &bidx);
+    let sealed = key.seal(wamid.as_bytes(), &place).unwrap();
+    (bidx, sealed)
+}
+
 /// Creates a contact the way the writer does: its data key committed first, then the
 /// contact resolved with it.
 fn new_contact(
@@ -412,7 +431,9 @@ fn new_contact(
 ) -> converra::storage::crm::ResolvedContact {
     use converra::storage::crm;
     let key_id = converra::ids::KeyId::generate();
-    let data_key = keyring.new_data_key(key_id.as_str()).unwrap();
+    let data_key = keyring
+        .new_data_key(tenant.as_str(), key_id.as_str())
+        .unwrap();
     crm::insert_data_key(conn, tenant, &key_id, &data_key.wrapped, 1).unwrap();
     crm::resolve_contact(conn, keyring, tenant, ids, Some((key_id, data_key)), 1).unwrap()
 }
@@ -433,7 +454,7 @@ fn a_conversation_lists_the_same_messages_indexed_or_not() {
         run(
             conn,
             &format!(
-                "INSERT INTO messages (id, tenant_id, conversation_id, contact_id, wamid, \
+                "INSERT INTO messages (id, tenant_id, conversation_id, contact_id, wamid_bidx, \
                  direction, sent_at, received_at) \
                  VALUES ('{id}', 't1', '{conversation}', 'c1', 'wamid.{id}', 'inbound', 1, 1)"
             ),
@@ -828,13 +849,14 @@ fn raw_payloads_expire_with_their_day_keys() {
         let later_day = first_day + 10 * DAY;
         let old_key = day_key(&mut conn, &keyring, first_day);
         let new_key = day_key(&mut conn, &keyring, later_day);
-        let other = |key| PreparedOther::seal(key, "not_json", None, None, b"raw bytes").unwrap();
+        let other =
+            |key| PreparedOther::seal(key, None, "not_json", None, None, b"raw bytes").unwrap();
         inbox::insert_other(&mut conn, None, &other(&old_key), first_day).unwrap();
         inbox::insert_other(&mut conn, None, &other(&new_key), later_day).unwrap();
         let body = text_webhook(NUMBER_A, "4915000", "wamid.raw.1", "waiting");
         let event = converra::whatsapp::webhook::parse(&body).events.remove(0);
-        let waiting = PreparedEvent::seal(&old_key, event).unwrap();
         let tenant = converra::ids::TenantId(tenant_a.id.clone());
+        let waiting = PreparedEvent::seal(&keyring, &tenant, &old_key, event).unwrap();
         let row = inbox::insert_event(&mut conn, &tenant, &waiting, first_day)
             .unwrap()
             .unwrap();

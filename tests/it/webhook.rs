@@ -586,10 +586,11 @@ async fn statuses_out_of_order_end_in_the_highest_state() {
             "delivered",
             "failed after delivered does not win"
         );
-        let (_, pool) = app.pool();
+        let (keyring, pool) = app.pool();
         let mut conn = pool.get().unwrap();
         let history = converra::storage::crm::status_history(
             &mut conn,
+            &keyring,
             &converra::ids::TenantId(app.a.id.clone()),
             "wamid.out.read",
         )
