@@ -67,6 +67,10 @@ pub struct DatabaseSettings {
     /// A file holding the URL (with its password), read in place of `url`.
     pub url_file: String,
     pub key_store_path: String,
+    /// PostgreSQL: a database of its own for the key store (empty = the data's).
+    pub key_store_url: String,
+    /// A file holding `key_store_url`, read in its place.
+    pub key_store_url_file: String,
     pub pool_size: u32,
     pub connect_timeout_secs: u64,
     pub statement_timeout_secs: u64,
@@ -162,6 +166,12 @@ impl Settings {
         if !self.database.url_file.is_empty() {
             self.database.url = read_secret("database.url_file", &self.database.url_file)?;
         }
+        if !self.database.key_store_url_file.is_empty() {
+            self.database.key_store_url = read_secret(
+                "database.key_store_url_file",
+                &self.database.key_store_url_file,
+            )?;
+        }
         if !self.whatsapp.app_secret_file.is_empty() {
             self.whatsapp.app_secret =
                 read_secret("whatsapp.app_secret_file", &self.whatsapp.app_secret_file)?;
@@ -198,8 +208,19 @@ impl Settings {
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
         }
-        crate::storage::DatabaseUrl::parse(&self.database.url)
+        let data = crate::storage::DatabaseUrl::parse(&self.database.url)
             .map_err(|e| invalid("database.url", e.to_string()))?;
+        if !self.database.key_store_url.is_empty() {
+            let keys = crate::storage::DatabaseUrl::parse(&self.database.key_store_url)
+                .map_err(|e| invalid("database.key_store_url", e.to_string()))?;
+            if data.backend_name() != "postgres" || keys.backend_name() != "postgres" {
+                return Err(invalid(
+                    "database.key_store_url",
+                    "a key store database of its own needs PostgreSQL for both the data \
+                     and the keys (SQLite's key store is the file database.key_store_path)",
+                ));
+            }
+        }
         if self.database.connect_timeout_secs == 0 {
             return Err(invalid(
                 "database.connect_timeout_secs",
@@ -306,6 +327,7 @@ impl Settings {
             }
         }
         copy.database.url = redact_url_password(&copy.database.url);
+        copy.database.key_store_url = redact_url_password(&copy.database.key_store_url);
         copy
     }
 
@@ -396,6 +418,7 @@ mod tests {
         let mut settings = Settings::defaults().expect("defaults");
         settings.whatsapp.app_secret = "s3cret".into();
         settings.database.url = "postgres://user:hunter2@db/converra".into();
+        settings.database.key_store_url = "postgres://keys:hunter2@vault/keys".into();
         let shown = serde_json::to_string(&settings.redacted()).expect("serialise");
         assert!(!shown.contains("s3cret"));
         assert!(!shown.contains("hunter2"));

@@ -53,6 +53,7 @@ use crate::actors::{Core, Hooks};
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::config::Settings;
 use crate::crypto::Keyring;
+use crate::storage::key_store::Vault;
 use crate::storage::writer::{self, WriterConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -121,20 +122,26 @@ impl RunOptions {
 
 /// Opens the database (applying migrations and the upgrades that need the master key)
 /// and the key ring, blocking.
-pub fn open_storage(settings: &Settings) -> Result<(Arc<Keyring>, storage::Pool), RunError> {
+pub fn open_storage(settings: &Settings) -> Result<(Arc<Vault>, storage::Pool), RunError> {
     let pool = storage::connect(settings)?;
     let mut conn = pool.get().map_err(storage::StorageError::from)?;
-    let keyring = unlock(settings, &mut conn)?;
-    storage::upgrade::run(&mut conn, &keyring, SystemClock.now_ms())?;
+    let key_store = storage::key_store::connect(settings, &mut conn)?;
+    let keyring = unlock(settings, &mut conn, key_store.as_ref())?;
+    let vault = Vault::new(keyring, key_store);
+    storage::upgrade::run(&mut conn, &vault, SystemClock.now_ms())?;
     drop(conn);
-    Ok((Arc::new(keyring), pool))
+    Ok((Arc::new(vault), pool))
 }
 
 /// The master key this database's data is sealed under: the key file, checked against
 /// the value recorded with the first key. A new key is made only for a database that
 /// holds nothing sealed yet; a missing or different file is refused, naming it and
 /// what to restore, since a new key would open none of the data.
-pub fn unlock(settings: &Settings, conn: &mut storage::DbConn) -> Result<Keyring, RunError> {
+pub fn unlock(
+    settings: &Settings,
+    conn: &mut storage::DbConn,
+    key_store: Option<&storage::Pool>,
+) -> Result<Keyring, RunError> {
     use storage::master_key;
     let path = Path::new(&settings.security.master_key_file);
     let shown = std::path::absolute(path)
@@ -146,7 +153,7 @@ pub fn unlock(settings: &Settings, conn: &mut storage::DbConn) -> Result<Keyring
         message,
     };
     let recorded = master_key::recorded(conn)?;
-    let holds_data = master_key::holds_data(conn)?;
+    let holds_data = master_key::holds_data(conn, key_store)?;
     let keyring = match Keyring::load(path)? {
         Some(keyring) => keyring,
         None if holds_data => {
@@ -178,7 +185,7 @@ pub fn unlock(settings: &Settings, conn: &mut storage::DbConn) -> Result<Keyring
         Some(_) => Err(mismatch()),
         None => {
             // Data from before check values were recorded: the key must open it.
-            if !master_key::opens_a_data_key(conn, &keyring)? {
+            if !master_key::opens_a_data_key(conn, key_store, &keyring)? {
                 return Err(mismatch());
             }
             let in_force = master_key::record(conn, keyring.check_value(), now)?;

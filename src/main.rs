@@ -158,7 +158,9 @@ fn run_command() -> anyhow::Result<()> {
             let manager = storage::DbManager::new(&settings)?;
             let mut conn = manager.establish()?;
             let applied = storage::run_migrations(&mut conn)?;
-            converra::unlock(&settings, &mut conn)?;
+            drop(conn);
+            // The key store's migrations, the master key check, the upgrades.
+            converra::open_storage(&settings)?;
             if applied.is_empty() {
                 println!("database is up to date");
             }
@@ -213,7 +215,10 @@ const OPERATOR_BUSY_TIMEOUT_MS: u64 = 60_000;
 
 fn operator_storage(
     settings: &Settings,
-) -> anyhow::Result<(Arc<converra::crypto::Keyring>, storage::PooledConn)> {
+) -> anyhow::Result<(
+    Arc<converra::storage::key_store::Vault>,
+    storage::PooledConn,
+)> {
     let mut settings = settings.clone();
     settings.database.sqlite_busy_timeout_ms = settings
         .database

@@ -20,9 +20,9 @@ use std::sync::Arc;
 
 use crate::clock::SharedClock;
 use crate::config::Settings;
-use crate::crypto::Keyring;
 use crate::ids::TenantId;
 use crate::metrics::Metrics;
+use crate::storage::key_store::Vault;
 use crate::storage::writer::WriterHandle;
 use crate::storage::Pool;
 use crate::whatsapp::Event;
@@ -55,7 +55,7 @@ pub struct Core {
     pub settings: Settings,
     pub pool: Pool,
     pub writer: WriterHandle,
-    pub keyring: Arc<Keyring>,
+    pub keyring: Arc<Vault>,
     pub clock: SharedClock,
     pub metrics: Arc<Metrics>,
     pub log: slog::Logger,

@@ -97,7 +97,7 @@ async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<TenantId, A
 
 async fn read<T: Send + 'static>(
     state: &AppState,
-    f: impl FnOnce(&mut storage::DbConn, &crate::crypto::Keyring) -> Result<T, StorageError>
+    f: impl FnOnce(&mut storage::DbConn, &crate::storage::key_store::Vault) -> Result<T, StorageError>
         + Send
         + 'static,
 ) -> Result<T, ApiError> {

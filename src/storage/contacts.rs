@@ -13,12 +13,13 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::conversations::join_conversation_times;
+use super::key_store::Vault;
 use super::keys::{insert_data_key, load_data_key, load_keys};
 use super::messages::move_conversation_messages;
 use super::schema::{contacts, conversations};
 use super::{DbConn, StorageError};
 use crate::clock::rfc3339;
-use crate::crypto::{Keyring, NewDataKey, Place, SealKey};
+use crate::crypto::{NewDataKey, Place, SealKey};
 use crate::ids::{ContactId, KeyId, TenantId};
 use crate::on_backend;
 
@@ -106,7 +107,7 @@ fn find_contacts(
 /// keys of the new ones first. One query per tenant.
 pub fn contacts_exist(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     wanted: &[(&TenantId, &ContactIdentifiers)],
 ) -> Result<Vec<bool>, StorageError> {
     let bidx = |tenant_id: &TenantId, field: &str, value: &Option<String>| {
@@ -169,7 +170,7 @@ pub fn contacts_exist(
 /// when a contact is created (the writer commits it to the key store beforehand).
 pub fn resolve_contact(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     tenant_id: &TenantId,
     ids: &ContactIdentifiers,
     new_key: Option<(KeyId, NewDataKey)>,
@@ -201,7 +202,7 @@ pub fn resolve_contact(
                 None => {
                     let key_id = KeyId::generate();
                     let data_key = keyring.new_data_key(tenant, key_id.as_str())?;
-                    insert_data_key(conn, tenant_id, &key_id, &data_key.wrapped, now_ms)?;
+                    insert_data_key(conn, keyring, tenant_id, &key_id, &data_key.wrapped, now_ms)?;
                     (key_id, data_key)
                 }
             };
@@ -305,7 +306,7 @@ fn contact_details(conn: &mut DbConn, id: &str) -> Result<ContactDetails, Storag
 /// caller gives it the identifiers it lacks) and the id of the contact merged away.
 fn merge_contacts(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     tenant_id: &TenantId,
     a: ContactKeys,
     b: ContactKeys,
@@ -442,7 +443,7 @@ type ContactRow = (
 
 pub fn list_contacts(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     tenant_id: &TenantId,
     after: Option<&str>,
     limit: i64,

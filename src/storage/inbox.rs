@@ -13,6 +13,7 @@ use std::sync::Arc;
 use diesel::prelude::*;
 
 use super::fixed::{fixed_statement, Bind, Sql};
+use super::key_store::Vault;
 use super::raw_keys::{DayKey, RawKeys};
 use super::schema::{inbox, webhook_events};
 use super::{DbConn, StorageError};
@@ -432,7 +433,7 @@ pub fn insert_other(
 /// unrouted ones, and one that cannot be read back stays among them.
 pub fn adopt_unrouted(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     tenant_id: &TenantId,
     phone_number_id: &str,
 ) -> Result<usize, StorageError> {
@@ -479,7 +480,7 @@ pub fn adopt_unrouted(
 /// Opens an inbox payload under its day's key; the error says why it cannot be read.
 fn open_payload(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     keys: &RawKeys,
     key_day: Option<&str>,
     payload_ct: &[u8],
@@ -508,7 +509,7 @@ pub struct PendingPage {
     pub last_id: Option<i64>,
 }
 
-fn open_rows(conn: &mut DbConn, keyring: &Keyring, rows: Vec<PendingRow>) -> PendingPage {
+fn open_rows(conn: &mut DbConn, keyring: &Vault, rows: Vec<PendingRow>) -> PendingPage {
     let mut page = PendingPage {
         last_id: rows.last().map(|row| row.0),
         ..PendingPage::default()
@@ -550,7 +551,7 @@ fn open_rows(conn: &mut DbConn, keyring: &Keyring, rows: Vec<PendingRow>) -> Pen
 /// after row `after_id`.
 pub fn pending(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     after_id: i64,
     received_before: i64,
     limit: i64,
@@ -572,7 +573,7 @@ pub fn pending(
 /// first.
 pub fn pending_for_routes(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     tenant_id: &TenantId,
     phone_number_id: &str,
     route_keys: &[String],
@@ -764,7 +765,7 @@ pub fn count_webhook_events(conn: &mut DbConn, reason: &str) -> Result<i64, Stor
 /// Opens the raw payload of stored non-event content, newest first.
 pub fn webhook_event_payloads(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     reason: &str,
 ) -> Result<Vec<Vec<u8>>, StorageError> {
     type Row = (String, Option<String>, Vec<u8>, Option<String>);

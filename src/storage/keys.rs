@@ -9,25 +9,28 @@ use std::collections::HashMap;
 
 use diesel::prelude::*;
 
+use super::key_store::Vault;
 use super::schema::data_keys;
 use super::{DbConn, StorageError};
-use crate::crypto::{Keyring, SealKey};
+use crate::crypto::SealKey;
 use crate::ids::{KeyId, TenantId};
 use crate::on_backend;
 
 pub fn insert_data_key(
     conn: &mut DbConn,
+    keyring: &Vault,
     tenant_id: &TenantId,
     key_id: &KeyId,
     wrapped: &[u8],
     now_ms: i64,
 ) -> Result<(), StorageError> {
-    insert_data_keys(conn, &[(tenant_id, key_id, wrapped)], now_ms)
+    insert_data_keys(conn, keyring, &[(tenant_id, key_id, wrapped)], now_ms)
 }
 
 /// Stores wrapped data keys, all in one statement.
 pub fn insert_data_keys(
     conn: &mut DbConn,
+    keyring: &Vault,
     keys: &[(&TenantId, &KeyId, &[u8])],
     now_ms: i64,
 ) -> Result<(), StorageError> {
@@ -45,26 +48,30 @@ pub fn insert_data_keys(
             )
         })
         .collect();
-    on_backend!(conn, c => diesel::insert_into(data_keys::table)
-        .values(&rows)
-        .execute(c))?;
-    Ok(())
+    keyring.with_store(conn, |conn| {
+        on_backend!(conn, c => diesel::insert_into(data_keys::table)
+            .values(&rows)
+            .execute(c))?;
+        Ok(())
+    })
 }
 
 /// The data key `key_id` of `tenant_id`; `None` once destroyed. A key of another
 /// tenant does not unwrap: its tenant is bound into its wrapping.
 pub(super) fn load_data_key(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     tenant_id: &TenantId,
     key_id: &str,
 ) -> Result<Option<SealKey>, StorageError> {
-    let wrapped: Option<Option<Vec<u8>>> = on_backend!(conn, c => data_keys::table
-        .find(key_id)
-        .filter(data_keys::tenant_id.eq(tenant_id.as_str()))
-        .select(data_keys::wrapped_key)
-        .first::<Option<Vec<u8>>>(c)
-        .optional())?;
+    let wrapped: Option<Option<Vec<u8>>> = keyring.with_store(conn, |conn| {
+        Ok(on_backend!(conn, c => data_keys::table
+            .find(key_id)
+            .filter(data_keys::tenant_id.eq(tenant_id.as_str()))
+            .select(data_keys::wrapped_key)
+            .first::<Option<Vec<u8>>>(c)
+            .optional())?)
+    })?;
     match wrapped.flatten() {
         Some(wrapped) => Ok(Some(keyring.unwrap_data_key(
             tenant_id.as_str(),
@@ -78,7 +85,7 @@ pub(super) fn load_data_key(
 /// Loads (and caches in `cache`) the keys named by `key_ids`; destroyed keys are absent.
 pub(super) fn load_keys<'a>(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     tenant_id: &TenantId,
     key_ids: impl Iterator<Item = &'a str>,
     cache: &mut HashMap<String, Option<SealKey>>,

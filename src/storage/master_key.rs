@@ -4,8 +4,9 @@
 
 use diesel::prelude::*;
 
+use super::key_store::with_key_store;
 use super::schema::{data_keys, inbox, master_key_check, phone_numbers, tenants, webhook_events};
-use super::{write_transaction, DbConn, StorageError};
+use super::{write_transaction, DbConn, Pool, StorageError};
 use crate::crypto::Keyring;
 use crate::on_backend;
 
@@ -19,31 +20,43 @@ pub fn recorded(conn: &mut DbConn) -> Result<Option<String>, StorageError> {
 
 /// Whether anything in the database was sealed under a master key (or names a tenant
 /// whose data would be): a database where a new key may be made holds none of this.
-pub fn holds_data(conn: &mut DbConn) -> Result<bool, StorageError> {
+pub fn holds_data(conn: &mut DbConn, key_store: Option<&Pool>) -> Result<bool, StorageError> {
     use diesel::dsl::exists;
     // EXISTS, not COUNT: this runs at every start and every operator command, and a
     // count would read a large inbox or key store whole.
-    Ok(on_backend!(conn, c => {
+    let data = on_backend!(conn, c => {
         diesel::select(exists(tenants::table.select(tenants::id))).get_result::<bool>(c)?
             || diesel::select(exists(phone_numbers::table.select(phone_numbers::phone_number_id)))
                 .get_result::<bool>(c)?
             || diesel::select(exists(inbox::table.select(inbox::id))).get_result::<bool>(c)?
             || diesel::select(exists(webhook_events::table.select(webhook_events::id)))
                 .get_result::<bool>(c)?
-            || diesel::select(exists(data_keys::table.select(data_keys::id))).get_result::<bool>(c)?
-    }))
+    });
+    Ok(data
+        || with_key_store(key_store, conn, |conn| {
+            Ok(
+                on_backend!(conn, c => diesel::select(exists(data_keys::table.select(data_keys::id)))
+                .get_result::<bool>(c))?,
+            )
+        })?)
 }
 
 /// Tries one wrapped data key, to test a key file against a database that holds data but no
 /// check value yet (one made before check values were recorded).
 /// Returns whether `keyring` opens it.
-pub fn opens_a_data_key(conn: &mut DbConn, keyring: &Keyring) -> Result<bool, StorageError> {
+pub fn opens_a_data_key(
+    conn: &mut DbConn,
+    key_store: Option<&Pool>,
+    keyring: &Keyring,
+) -> Result<bool, StorageError> {
     type Row = (String, String, Option<Vec<u8>>);
-    let found: Option<Row> = on_backend!(conn, c => data_keys::table
-        .filter(data_keys::wrapped_key.is_not_null())
-        .select((data_keys::tenant_id, data_keys::id, data_keys::wrapped_key))
-        .first::<Row>(c)
-        .optional())?;
+    let found: Option<Row> = with_key_store(key_store, conn, |conn| {
+        Ok(on_backend!(conn, c => data_keys::table
+            .filter(data_keys::wrapped_key.is_not_null())
+            .select((data_keys::tenant_id, data_keys::id, data_keys::wrapped_key))
+            .first::<Row>(c)
+            .optional())?)
+    })?;
     let Some((tenant_id, key_id, Some(wrapped))) = found else {
         return Ok(true);
     };

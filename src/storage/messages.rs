@@ -17,11 +17,11 @@ use serde_json::Value;
 
 use super::apply::{content_place, wamid_place, MessageBundle, NewInbound};
 use super::fixed::{fixed_statement, Bind, ReturnedId, Sql};
+use super::key_store::Vault;
 use super::keys::load_keys;
 use super::schema::{messages, status_events};
 use super::{DbConn, StorageError};
 use crate::clock::rfc3339;
-use crate::crypto::Keyring;
 use crate::ids::TenantId;
 use crate::on_backend;
 
@@ -292,7 +292,7 @@ impl ListedMessage {
 
 pub fn list_messages(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     tenant_id: &TenantId,
     conversation_id: &str,
     after: Option<&str>,
@@ -403,7 +403,7 @@ pub fn list_messages(
 /// Statuses recorded for a message (by wamid), oldest first; for tests and operators.
 pub fn status_history(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     tenant_id: &TenantId,
     wamid: &str,
 ) -> Result<Vec<(String, i64)>, StorageError> {

@@ -14,6 +14,7 @@ pub mod conversations;
 pub mod crm;
 mod fixed;
 pub mod inbox;
+pub mod key_store;
 pub mod keys;
 pub mod master_key;
 pub mod messages;
@@ -68,6 +69,9 @@ pub enum StorageError {
     Connect(String),
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The key store does not belong with this data, or is configured wrongly.
+    #[error("key store: {0}")]
+    KeyStore(String),
     #[error("migrations failed: {0}")]
     Migration(String),
     #[error("not found")]

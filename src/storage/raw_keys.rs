@@ -12,9 +12,10 @@ use std::sync::RwLock;
 
 use diesel::prelude::*;
 
+use super::key_store::Vault;
 use super::schema::{inbox, raw_keys, webhook_events};
 use super::{write_transaction, DbConn, StorageError};
-use crate::crypto::{Keyring, SealKey};
+use crate::crypto::SealKey;
 use crate::on_backend;
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -72,17 +73,19 @@ impl RawKeys {
     pub fn for_day(
         &self,
         conn: &mut DbConn,
-        keyring: &Keyring,
+        keyring: &Vault,
         day: &str,
     ) -> Result<Option<SealKey>, StorageError> {
         if let Some(known) = self.cached(day) {
             return Ok(Some(known.key));
         }
-        let wrapped: Option<Option<Vec<u8>>> = on_backend!(conn, c => raw_keys::table
-            .find(day)
-            .select(raw_keys::wrapped_key)
-            .first::<Option<Vec<u8>>>(c)
-            .optional())?;
+        let wrapped: Option<Option<Vec<u8>>> = keyring.with_store(conn, |conn| {
+            Ok(on_backend!(conn, c => raw_keys::table
+                .find(day)
+                .select(raw_keys::wrapped_key)
+                .first::<Option<Vec<u8>>>(c)
+                .optional())?)
+        })?;
         match wrapped.flatten() {
             Some(wrapped) => {
                 let key = keyring.unwrap_raw_key(day, &wrapped)?;
@@ -105,7 +108,18 @@ impl RawKeys {
 /// day's key first: the stored one holds.
 pub fn make_day_key(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
+    day: &str,
+    now_ms: i64,
+) -> Result<SealKey, StorageError> {
+    keyring.with_store(conn, |conn| {
+        make_day_key_in_store(conn, keyring, day, now_ms)
+    })
+}
+
+fn make_day_key_in_store(
+    conn: &mut DbConn,
+    keyring: &Vault,
     day: &str,
     now_ms: i64,
 ) -> Result<SealKey, StorageError> {
@@ -158,6 +172,7 @@ pub struct Expired {
 /// except the keys of days whose inbox rows still wait to be applied.
 pub fn expire(
     conn: &mut DbConn,
+    keyring: &Vault,
     keys: &RawKeys,
     now_ms: i64,
     keep_days: u32,
@@ -178,23 +193,28 @@ pub fn expire(
             .distinct()
             .load(c))?;
         let waiting: Vec<String> = waiting.into_iter().flatten().collect();
-        let doomed: Vec<String> = on_backend!(conn, c => raw_keys::table
-            .filter(raw_keys::day.lt(&kept_from_day))
-            .filter(raw_keys::destroyed_at.is_null())
-            .select(raw_keys::day)
-            .load(c))?;
-        let destroyed: Vec<String> = doomed
-            .into_iter()
-            .filter(|day| !waiting.contains(day))
-            .collect();
-        if !destroyed.is_empty() {
-            on_backend!(conn, c => diesel::update(raw_keys::table.filter(raw_keys::day.eq_any(&destroyed)))
-                .set((
-                    raw_keys::wrapped_key.eq(None::<Vec<u8>>),
-                    raw_keys::destroyed_at.eq(Some(now_ms)),
-                ))
-                .execute(c))?;
-        }
+        // After the payloads are gone (in the same transaction when the key store
+        // is the data's; otherwise a crash between leaves keys to destroy next time).
+        let destroyed = keyring.with_store(conn, |conn| {
+            let doomed: Vec<String> = on_backend!(conn, c => raw_keys::table
+                .filter(raw_keys::day.lt(&kept_from_day))
+                .filter(raw_keys::destroyed_at.is_null())
+                .select(raw_keys::day)
+                .load(c))?;
+            let destroyed: Vec<String> = doomed
+                .into_iter()
+                .filter(|day| !waiting.contains(day))
+                .collect();
+            if !destroyed.is_empty() {
+                on_backend!(conn, c => diesel::update(raw_keys::table.filter(raw_keys::day.eq_any(&destroyed)))
+                    .set((
+                        raw_keys::wrapped_key.eq(None::<Vec<u8>>),
+                        raw_keys::destroyed_at.eq(Some(now_ms)),
+                    ))
+                    .execute(c))?;
+            }
+            Ok(destroyed)
+        })?;
         let overdue: i64 = on_backend!(conn, c => inbox::table
             .filter(inbox::processed_at.is_null())
             .filter(inbox::received_at.lt(kept_from_ms))

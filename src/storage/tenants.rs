@@ -4,9 +4,10 @@
 use diesel::prelude::*;
 use serde::Serialize;
 
+use super::key_store::Vault;
 use super::schema::{api_keys, phone_numbers, tenants};
 use super::{inbox, DbConn, StorageError};
-use crate::crypto::{self, Keyring, Place};
+use crate::crypto::{self, Place};
 use crate::ids::TenantId;
 use crate::on_backend;
 
@@ -193,7 +194,7 @@ pub fn tenant_for_api_key(
 /// the tenant what Meta sent for the number before it was registered.
 pub fn add_phone_number(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     number: &NewPhoneNumber<'_>,
     now_ms: i64,
 ) -> Result<RegisteredNumber, StorageError> {

@@ -19,6 +19,7 @@ use diesel::prelude::*;
 use super::apply::{content_place, wamid_place};
 use super::contacts::contact_field;
 use super::inbox::{payload_place, raw_place};
+use super::key_store::Vault;
 use super::keys::load_data_key;
 use super::raw_keys::{day_of, make_day_key, RawKeys};
 use super::schema::{
@@ -26,7 +27,7 @@ use super::schema::{
 };
 use super::tenants::access_token_place;
 use super::{write_transaction, DbConn, StorageError};
-use crate::crypto::{is_legacy, Keyring, Place, SealKey};
+use crate::crypto::{is_legacy, Place, SealKey};
 use crate::ids::TenantId;
 use crate::on_backend;
 
@@ -49,7 +50,7 @@ pub struct Upgraded {
 /// log is emptied afterwards, so the file keeps no clear copy.
 pub fn run(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     now_ms: i64,
 ) -> Result<Option<Upgraded>, StorageError> {
     let sqlite = matches!(conn, DbConn::Sqlite(_));
@@ -68,7 +69,7 @@ pub fn run(
 
 fn upgrade_once(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     now_ms: i64,
 ) -> Result<Option<Upgraded>, StorageError> {
     write_transaction(conn, |conn| {
@@ -93,7 +94,7 @@ fn upgrade_once(
 
 fn sealed_places(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     now_ms: i64,
 ) -> Result<Upgraded, StorageError> {
     let mut upgraded = Upgraded {
@@ -110,7 +111,7 @@ fn sealed_places(
 }
 
 /// Data keys and day keys, wrapped again bound to their place.
-fn rewrap_keys(conn: &mut DbConn, keyring: &Keyring) -> Result<usize, StorageError> {
+fn rewrap_keys(conn: &mut DbConn, keyring: &Vault) -> Result<usize, StorageError> {
     let mut count = 0;
     type KeyRow = (String, String, Option<Vec<u8>>);
     let rows: Vec<KeyRow> = on_backend!(conn, c => data_keys::table
@@ -146,7 +147,7 @@ fn rewrap_keys(conn: &mut DbConn, keyring: &Keyring) -> Result<usize, StorageErr
 }
 
 /// Meta access tokens, sealed again bound to their place.
-fn reseal_tokens(conn: &mut DbConn, keyring: &Keyring) -> Result<usize, StorageError> {
+fn reseal_tokens(conn: &mut DbConn, keyring: &Vault) -> Result<usize, StorageError> {
     let rows: Vec<(String, String, Vec<u8>)> = on_backend!(conn, c => phone_numbers::table
         .select((phone_numbers::phone_number_id, phone_numbers::tenant_id,
                  phone_numbers::access_token_ct))
@@ -176,7 +177,7 @@ impl KeyCache {
     fn get(
         &mut self,
         conn: &mut DbConn,
-        keyring: &Keyring,
+        keyring: &Vault,
         tenant: &str,
         key_id: &str,
     ) -> Result<Option<SealKey>, StorageError> {
@@ -209,7 +210,7 @@ fn reseal(
 
 fn reseal_contacts(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     keys: &mut KeyCache,
 ) -> Result<usize, StorageError> {
     type Sealed = Option<Vec<u8>>;
@@ -261,7 +262,7 @@ fn reseal_contacts(
 /// its contact's for a record without content), its content sealed again.
 fn upgrade_messages(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     keys: &mut KeyCache,
 ) -> Result<usize, StorageError> {
     type Row = (
@@ -326,7 +327,7 @@ fn upgrade_messages(
 /// Called only for a payload that opened, so a named day's key exists.
 fn day_key(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     days: &RawKeys,
     key_day: Option<&str>,
     received_at: i64,
@@ -356,7 +357,7 @@ fn day_key(
 /// unreadable before the upgrade too, and stays as it was).
 fn open_legacy_raw(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     days: &RawKeys,
     key_day: Option<&str>,
     sealed: &[u8],
@@ -369,7 +370,7 @@ fn open_legacy_raw(
     Ok(key.and_then(|key| key.open_legacy(sealed, legacy_aad.as_bytes()).ok()))
 }
 
-fn upgrade_inbox(conn: &mut DbConn, keyring: &Keyring, now_ms: i64) -> Result<usize, StorageError> {
+fn upgrade_inbox(conn: &mut DbConn, keyring: &Vault, now_ms: i64) -> Result<usize, StorageError> {
     type Row = (i64, String, String, String, Vec<u8>, Option<String>, i64);
     let days = RawKeys::default();
     let mut after = 0;
@@ -428,7 +429,7 @@ fn upgrade_inbox(conn: &mut DbConn, keyring: &Keyring, now_ms: i64) -> Result<us
 
 fn reseal_raw_payloads(
     conn: &mut DbConn,
-    keyring: &Keyring,
+    keyring: &Vault,
     now_ms: i64,
 ) -> Result<usize, StorageError> {
     type Row = (String, Option<String>, Vec<u8>, Option<String>, i64);

@@ -20,6 +20,7 @@ use diesel::Connection;
 use super::conversation_index;
 use super::crm::{self, ApplyOp, ContactIdentifiers, ResolvedContact};
 use super::inbox::{self, FreshEvent, InboxItem, PreparedEvent, PreparedOther};
+use super::key_store::Vault;
 use super::raw_keys::{self, DayKey, RawKeys};
 use super::{tenants, DbConn, Pool, PooledConn, StorageError};
 use crate::clock::SharedClock;
@@ -346,11 +347,7 @@ impl WriterHandle {
 
     /// The key raw payloads arriving at `now_ms` are sealed under: the day's, made
     /// (and committed, by a write of its own) the first time the day needs it.
-    pub async fn day_key(
-        &self,
-        keyring: &Arc<Keyring>,
-        now_ms: i64,
-    ) -> Result<DayKey, StorageError> {
+    pub async fn day_key(&self, keyring: &Arc<Vault>, now_ms: i64) -> Result<DayKey, StorageError> {
         let day = raw_keys::day_of(now_ms);
         if let Some(known) = self.raw_keys.cached(&day) {
             return Ok(known);
@@ -416,7 +413,7 @@ impl BackgroundThread {
 /// what was queued is written; the others once every writer has stopped.
 pub fn spawn(
     pool: Pool,
-    keyring: Arc<Keyring>,
+    keyring: Arc<Vault>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
     config: WriterConfig,
@@ -528,7 +525,7 @@ pub fn spawn(
 struct Writer {
     pool: Pool,
     conn: Option<PooledConn>,
-    keyring: Arc<Keyring>,
+    keyring: Arc<Vault>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
     batch_max: usize,
@@ -1004,7 +1001,7 @@ impl Writer {
                 .values()
                 .map(|(tenant_id, key_id, data_key)| (tenant_id, key_id, &data_key.wrapped[..]))
                 .collect();
-            crm::insert_data_keys(conn, &rows, now)
+            crm::insert_data_keys(conn, &keyring, &rows, now)
         });
         if let Err(e) = committed {
             if e.is_transient() {
@@ -1255,10 +1252,14 @@ impl Writer {
             let parked = inbox::parked_count(conn)?;
             Ok((purged, backlog, parked))
         });
-        let (keys, keep_days) = (self.raw_keys.clone(), self.keep_raw_days);
+        let (keyring, keys, keep_days) = (
+            self.keyring.clone(),
+            self.raw_keys.clone(),
+            self.keep_raw_days,
+        );
         let expired = self
             .connection()
-            .and_then(|conn| raw_keys::expire(conn, &keys, now, keep_days));
+            .and_then(|conn| raw_keys::expire(conn, &keyring, &keys, now, keep_days));
         match expired {
             Ok(expired) => {
                 self.metrics

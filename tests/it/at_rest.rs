@@ -409,3 +409,92 @@ fn a_database_of_the_first_format_is_upgraded_in_place() {
         }
     }
 }
+
+/// Rows of `table` on `url`.
+fn count_rows(url: &str, table: &str) -> i64 {
+    use diesel::{Connection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = diesel::PgConnection::establish(url).unwrap();
+    let rows: Vec<Count> = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
+        .load(&mut conn)
+        .unwrap();
+    rows[0].n
+}
+
+/// On PostgreSQL the key store can be a database of its own (`database.key_store_url`):
+/// the keys go there and nowhere else, so a dump of the data's database holds none;
+/// the data without its key store, or a key store of its own beside keys left in the
+/// data's schema, is refused by name.
+#[actix_rt::test]
+async fn the_key_store_can_live_in_a_postgres_database_of_its_own() {
+    for backend in backends() {
+        let Backend::Postgres(_) = backend else {
+            continue;
+        };
+        let keys = TestDb::new(&backend);
+        let keys_url = keys.url.clone();
+        let app = TestApp::start_with(&backend, converra::actors::Hooks::default(), |s| {
+            s.database.key_store_url = keys_url.clone();
+        })
+        .await;
+        let body = webhook(vec![messages_change(
+            NUMBER_A,
+            vec![sender()],
+            vec![message("wamid.apart.1", "text", json!({"body": "apart"}))],
+        )]);
+        assert_eq!(app.post_signed(&body).await.0, 200);
+        let unrouted = webhook(vec![messages_change(
+            "999000999",
+            vec![sender()],
+            vec![message(
+                "wamid.apart.2",
+                "text",
+                json!({"body": "nobody's"}),
+            )],
+        )]);
+        assert_eq!(app.post_signed(&unrouted).await.0, 200);
+        app.wait_processed().await;
+        let messages = app.all_messages(&app.a).await;
+        assert_eq!(messages[0]["content"], json!({"body": "apart"}));
+        let contacts = app.all("/v1/contacts", &app.a.api_key).await;
+        assert_eq!(contacts[0]["wa_id"], PHONE);
+
+        let data_url = app.db.url.clone();
+        assert_eq!(count_rows(&keys.url, "keystore.data_keys"), 1);
+        assert!(count_rows(&keys.url, "keystore.raw_keys") >= 1);
+        assert_eq!(count_rows(&data_url, "keystore.data_keys"), 0);
+        assert_eq!(count_rows(&data_url, "keystore.raw_keys"), 0);
+
+        // The data without its key store.
+        let mut without = app.settings.clone();
+        without.database.key_store_url = String::new();
+        let err = converra::open_storage(&without).unwrap_err().to_string();
+        assert!(
+            err.contains("holds contacts") && err.contains("key_store_url"),
+            "{err}"
+        );
+        // A key store of its own while the data's schema still holds keys.
+        {
+            use diesel::connection::SimpleConnection;
+            use diesel::Connection;
+            let mut data = diesel::PgConnection::establish(&data_url).unwrap();
+            data.batch_execute(
+                "INSERT INTO keystore.data_keys (id, tenant_id, created_at) VALUES ('k', 't', 1)",
+            )
+            .unwrap();
+        }
+        let err = converra::open_storage(&app.settings)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Move them first"), "{err}");
+        // SQLite has no key store database of its own.
+        let mut sqlite = settings_for(&TestDb::new(&Backend::Sqlite));
+        sqlite.database.key_store_url = keys.url.clone();
+        let err = sqlite.validate().unwrap_err().to_string();
+        assert!(err.contains("database.key_store_url"), "{err}");
+    }
+}

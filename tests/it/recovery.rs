@@ -496,7 +496,9 @@ async fn unreadable_inbox_rows_are_parked_and_the_sweep_goes_on() {
         app.stop().await;
         {
             let (keyring, pool) = app.pool();
-            let stranger = converra::crypto::Keyring::from_master(&[9u8; 32]);
+            let stranger = converra::storage::key_store::Vault::attached(
+                converra::crypto::Keyring::from_master(&[9u8; 32]),
+            );
             let mut conn = pool.get().unwrap();
             let day = day_key(&mut conn, &keyring, 1);
             // A day whose key was wrapped under another master key.

@@ -425,7 +425,7 @@ fn sealed_wamid(
 /// contact resolved with it.
 fn new_contact(
     conn: &mut converra::storage::DbConn,
-    keyring: &converra::crypto::Keyring,
+    keyring: &converra::storage::key_store::Vault,
     tenant: &converra::ids::TenantId,
     ids: &converra::storage::crm::ContactIdentifiers,
 ) -> converra::storage::crm::ResolvedContact {
@@ -434,7 +434,7 @@ fn new_contact(
     let data_key = keyring
         .new_data_key(tenant.as_str(), key_id.as_str())
         .unwrap();
-    crm::insert_data_key(conn, tenant, &key_id, &data_key.wrapped, 1).unwrap();
+    crm::insert_data_key(conn, keyring, tenant, &key_id, &data_key.wrapped, 1).unwrap();
     crm::resolve_contact(conn, keyring, tenant, ids, Some((key_id, data_key)), 1).unwrap()
 }
 
@@ -463,7 +463,7 @@ fn a_conversation_lists_the_same_messages_indexed_or_not() {
     // Every page of two, then the ids in order.
     fn listed(
         conn: &mut storage::DbConn,
-        keyring: &converra::crypto::Keyring,
+        keyring: &converra::storage::key_store::Vault,
         conversation: &str,
     ) -> Vec<String> {
         let tenant = TenantId("t1".into());
@@ -867,7 +867,7 @@ fn raw_payloads_expire_with_their_day_keys() {
 
         let keys = RawKeys::default();
         let now = first_day + 31 * DAY;
-        let expired = raw_keys::expire(&mut conn, &keys, now, 30).unwrap();
+        let expired = raw_keys::expire(&mut conn, &keyring, &keys, now, 30).unwrap();
         assert_eq!(expired.deleted, 1, "the first day's stored payload");
         assert!(
             expired.destroyed.is_empty(),
@@ -878,7 +878,7 @@ fn raw_payloads_expire_with_their_day_keys() {
         assert_eq!(page.items.len(), 1, "the waiting event is still readable");
 
         inbox::mark_processed_many(&mut conn, &[row], now).unwrap();
-        let expired = raw_keys::expire(&mut conn, &keys, now, 30).unwrap();
+        let expired = raw_keys::expire(&mut conn, &keyring, &keys, now, 30).unwrap();
         assert_eq!(expired.destroyed, vec![old_key.day.clone()]);
         assert_eq!(expired.overdue, 0);
         assert!(keys
@@ -891,7 +891,8 @@ fn raw_payloads_expire_with_their_day_keys() {
             "the later day's payload is kept"
         );
 
-        let expired = raw_keys::expire(&mut conn, &keys, later_day + 31 * DAY, 30).unwrap();
+        let expired =
+            raw_keys::expire(&mut conn, &keyring, &keys, later_day + 31 * DAY, 30).unwrap();
         assert_eq!(expired.deleted, 1);
         assert_eq!(expired.destroyed, vec![new_key.day.clone()]);
     }

@@ -372,7 +372,7 @@ impl TestApp {
             .unwrap_or(0.0)
     }
 
-    pub fn pool(&self) -> (Arc<converra::crypto::Keyring>, storage::Pool) {
+    pub fn pool(&self) -> (Arc<converra::storage::key_store::Vault>, storage::Pool) {
         converra::open_storage(&self.settings).unwrap()
     }
 }
@@ -456,7 +456,7 @@ pub fn flood_webhooks(
 /// the writer makes it), for tests that write inbox rows themselves.
 pub fn day_key(
     conn: &mut storage::DbConn,
-    keyring: &converra::crypto::Keyring,
+    keyring: &converra::storage::key_store::Vault,
     at_ms: i64,
 ) -> storage::raw_keys::DayKey {
     let day = storage::raw_keys::day_of(at_ms);

@@ -1,0 +1,3 @@
+DROP TABLE keystore.raw_keys;
+DROP TABLE keystore.data_keys;
+DROP SCHEMA keystore;
