@@ -85,9 +85,11 @@ struct Args {
     /// Converra's database.sqlite_checkpoint_interval_ms (0 = its default).
     #[arg(long, default_value_t = 0)]
     checkpoint_ms: u64,
-    /// Message ids: "load" (`wamid.load.N`, in sending order) or "meta" (shaped like
-    /// Meta's: the contact's number, then a part that does not follow sending order).
-    #[arg(long, default_value = "load")]
+    /// Message ids: "meta" (shaped like Meta's: the contact's number, then a part that
+    /// does not follow sending order, as in production) or "load" (`wamid.load.N`, in
+    /// sending order: only the reference targets index them in that order, Converra
+    /// indexes a keyed hash of each).
+    #[arg(long, default_value = "meta")]
     wamids: String,
     /// With `--target all`: how many rounds of every target.
     #[arg(long, default_value_t = 3)]

@@ -6,7 +6,7 @@
 //! writer. Either way the webhook is answered only once all of it is durable.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use actix::Addr;
 
@@ -17,7 +17,7 @@ use crate::handoff;
 use crate::ids::TenantId;
 use crate::storage::inbox::FreshEvent;
 use crate::storage::writer::Delivered;
-use crate::storage::{tenants, StorageError};
+use crate::storage::StorageError;
 use crate::whatsapp::ParsedWebhook;
 
 /// What a webhook carried and what became of it; also the webhook's response body.
@@ -38,60 +38,26 @@ pub enum IntakeError {
     Storage(#[from] StorageError),
 }
 
-/// phone_number_id → owning tenant, for the numbers seen so far. Only owned numbers
-/// are cached: a number registered later is looked up again until it is found.
-#[derive(Default)]
-pub struct RouteCache {
-    owners: RwLock<HashMap<String, TenantId>>,
-}
-
-impl RouteCache {
-    fn cached(&self, phone_number_id: &str) -> Option<TenantId> {
-        self.owners
-            .read()
-            .ok()
-            .and_then(|owners| owners.get(phone_number_id).cloned())
+/// The owners of `numbers`: from the shared route cache, and from the database (off
+/// the async threads) for those it does not hold.
+async fn owners(
+    core: &Arc<Core>,
+    numbers: Vec<String>,
+) -> Result<HashMap<String, TenantId>, StorageError> {
+    let now = core.clock.now_ms();
+    let (mut found, missing) = core.routes.cached(numbers, now);
+    if missing.is_empty() {
+        return Ok(found);
     }
-
-    /// The owners of `numbers` (those that have one).
-    async fn owners(
-        &self,
-        core: &Arc<Core>,
-        numbers: Vec<String>,
-    ) -> Result<HashMap<String, TenantId>, StorageError> {
-        let mut found = HashMap::new();
-        let mut missing = Vec::new();
-        for number in numbers {
-            match self.cached(&number) {
-                Some(tenant) => {
-                    found.insert(number, tenant);
-                }
-                None => missing.push(number),
-            }
-        }
-        if missing.is_empty() {
-            return Ok(found);
-        }
-        let pool = core.pool.clone();
-        let looked_up = actix_web::rt::task::spawn_blocking(move || {
-            let mut conn = pool.get()?;
-            let numbers: Vec<&str> = missing.iter().map(String::as_str).collect();
-            tenants::owners_of_numbers(&mut conn, &numbers)
-        })
-        .await
-        .map_err(|e| StorageError::Unavailable(e.to_string()))??;
-        if let Ok(mut owners) = self.owners.write() {
-            for (number, tenant) in &looked_up {
-                owners.insert(number.clone(), TenantId(tenant.clone()));
-            }
-        }
-        found.extend(
-            looked_up
-                .into_iter()
-                .map(|(number, tenant)| (number, TenantId(tenant))),
-        );
-        Ok(found)
-    }
+    let core_for_lookup = core.clone();
+    let looked_up = actix_web::rt::task::spawn_blocking(move || {
+        let mut conn = core_for_lookup.pool.get()?;
+        core_for_lookup.routes.look_up(&mut conn, &missing, now)
+    })
+    .await
+    .map_err(|e| StorageError::Unavailable(e.to_string()))??;
+    found.extend(looked_up);
+    Ok(found)
 }
 
 /// Hands deliveries to their tenant actors: directly when the actor is running, else
@@ -127,7 +93,7 @@ pub async fn receive(
         .collect();
     numbers.sort_unstable();
     numbers.dedup();
-    let owners = core.routes.owners(core, numbers).await?;
+    let owners = owners(core, numbers).await?;
 
     let mut deliveries = Vec::new();
     let mut waiting = Vec::new();

@@ -37,6 +37,7 @@ pub mod logging;
 pub mod metrics;
 pub mod storage;
 pub mod systemd;
+pub mod telemetry;
 pub mod whatsapp;
 
 use std::future::Future;
@@ -219,13 +220,15 @@ pub async fn run(
     };
     let (keyring, pool) = opened?;
     let metrics = Arc::new(metrics::Metrics::new()?);
+    let routes = Arc::new(storage::routes::RouteCache::default());
     // The storage layer's background threads (writers, checkpointer, conversation
     // index), owned here: shutdown waits for each and names any that did not stop.
     let (writer, background) = writer::spawn(
         pool.clone(),
         keyring.clone(),
         options.clock.clone(),
-        metrics.clone(),
+        Arc::new(telemetry::MetricsReport(metrics.clone())),
+        routes.clone(),
         WriterConfig {
             batch_max: settings.database.write_batch_max,
             keep_processed_ms: (settings.inbox.keep_processed_secs * 1000) as i64,
@@ -255,7 +258,7 @@ pub async fn run(
         metrics,
         log: log.new(slog::o!("task" => "actors")),
         hooks: options.hooks,
-        routes: Default::default(),
+        routes,
         tenants: Default::default(),
         hosts: Default::default(),
     });

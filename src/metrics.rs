@@ -6,10 +6,6 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::storage::crm::ApplyOp;
-use crate::storage::writer::IngestReceipt;
-use crate::whatsapp::EventKind;
-
 pub struct Metrics {
     registry: Registry,
     /// Webhook POSTs by outcome: accepted, unsigned, forged, too_large, unavailable, ...
@@ -185,41 +181,6 @@ impl Metrics {
             wal_restart_seconds,
             registry,
         })
-    }
-
-    pub fn ingest_receipt(&self, receipt: &IngestReceipt) {
-        for item in &receipt.accepted {
-            match item.event.kind {
-                EventKind::Message => self.messages_ingested.inc(),
-                EventKind::Status => self.statuses_ingested.inc(),
-                EventKind::Preference => self.preferences_ingested.inc(),
-            }
-        }
-        self.duplicates.inc_by(receipt.duplicates as u64);
-        self.unrouted.inc_by(receipt.unrouted as u64);
-        self.raw_stored.inc_by(receipt.others as u64);
-    }
-
-    /// Counts an apply job: the ops applied, and its fresh events as ingested or as
-    /// duplicates (inbox rows are counted at ingest, [`Metrics::ingest_receipt`]).
-    pub fn apply_receipt(&self, ops: &[ApplyOp], duplicate: &[bool]) {
-        let mut applied = 0;
-        for (op, dup) in ops.iter().zip(duplicate) {
-            if *dup {
-                self.duplicates.inc();
-                continue;
-            }
-            applied += 1;
-            match op.fresh_kind() {
-                Some(kind) if kind == EventKind::Message.as_str() => self.messages_ingested.inc(),
-                Some(kind) if kind == EventKind::Status.as_str() => self.statuses_ingested.inc(),
-                Some(kind) if kind == EventKind::Preference.as_str() => {
-                    self.preferences_ingested.inc()
-                }
-                _ => {}
-            }
-        }
-        self.events_applied.inc_by(applied);
     }
 
     pub fn render(&self) -> String {

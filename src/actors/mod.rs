@@ -60,7 +60,8 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     pub log: slog::Logger,
     pub hooks: Hooks,
-    pub routes: crate::intake::RouteCache,
+    /// phone_number_id → owning tenant, shared with the writers.
+    pub routes: Arc<crate::storage::routes::RouteCache>,
     pub tenants: registry::TenantDirectory,
     /// The HTTP workers' threads, hosts of the tenant actors unless `actors.arbiters`
     /// gives them threads of their own.

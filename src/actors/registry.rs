@@ -260,6 +260,10 @@ impl Actor for Registry {
         let every = Duration::from_secs(self.core.settings.actors.sweep_interval_secs.max(1));
         ctx.run_interval(every, |actor, ctx| actor.sweep(ctx));
     }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        slog::info!(self.core.log, "background task stopped"; "background" => "inbox-sweep");
+    }
 }
 
 impl Supervised for Registry {

@@ -5,6 +5,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
+use super::views::{ContactItem, ConversationItem, MessageItem};
 use super::AppState;
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::TenantId;
@@ -118,6 +119,7 @@ pub async fn list_contacts(
         crm::list_contacts(conn, keyring, &tenant, cursor.as_deref(), limit)
     })
     .await?;
+    let items: Vec<ContactItem> = items.into_iter().map(ContactItem::from).collect();
     Ok(page(items, limit, |c| &c.id))
 }
 
@@ -133,6 +135,7 @@ pub async fn list_conversations(
         crm::list_conversations(conn, &tenant, cursor.as_deref(), limit)
     })
     .await?;
+    let items: Vec<ConversationItem> = items.into_iter().map(ConversationItem::from).collect();
     Ok(page(items, limit, |c| &c.id))
 }
 
@@ -167,5 +170,6 @@ pub async fn list_messages(
         ErrorCode::NotFound => ApiError::not_found("conversation"),
         _ => e,
     })?;
+    let items: Vec<MessageItem> = items.into_iter().map(MessageItem::from).collect();
     Ok(page(items, limit, |m| &m.id))
 }

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod ops;
+pub mod views;
 pub mod webhook;
 
 use std::sync::Arc;

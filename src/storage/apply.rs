@@ -14,12 +14,13 @@ use serde_json::Value;
 
 use super::conversations::{touch_conversations, upsert_conversation, Touch};
 use super::inbox::FreshRow;
-use super::messages::{complete_tombstone, insert_inbound, next_status, InboundRow};
+use super::messages::{complete_tombstone, insert_inbound, InboundRow, MessageState};
 use super::schema::{contacts, messages, status_events};
 use super::{DbConn, StorageError};
 use crate::crypto::Place;
 use crate::ids::{ContactId, KeyId, MessageId, TenantId};
 use crate::on_backend;
+use crate::whatsapp::EventKind;
 
 /// One unit of CRM work produced by a conversation actor; the writer applies a batch
 /// of them in one transaction, in order.
@@ -88,11 +89,11 @@ impl ApplyOp {
         }
     }
 
-    /// The kind of event a fresh op applies (`EventKind::as_str`), for counting.
-    pub fn fresh_kind(&self) -> Option<&'static str> {
+    /// The kind of event a fresh op applies, for counting.
+    pub fn fresh_kind(&self) -> Option<EventKind> {
         match self.origin()? {
             Origin::Fresh(row) => Some(row.kind),
-            Origin::FreshMessage => Some(crate::whatsapp::EventKind::Message.as_str()),
+            Origin::FreshMessage => Some(EventKind::Message),
             Origin::Inbox(_) => None,
         }
     }
@@ -379,7 +380,7 @@ pub(super) fn apply(
                             messages::received_at.eq(now_ms),
                             messages::revoked_at.eq(Some(m.sent_at)),
                         ))
-                        .on_conflict((messages::tenant_id, messages::wamid_bidx))
+                        .on_conflict(messages::wamid_bidx)
                         .do_nothing()
                         .execute(c))?;
                 }
@@ -427,15 +428,19 @@ pub(super) fn apply(
                     (id, None)
                 }
             };
-            if let Some(next) = next_status(current.as_deref(), &s.status) {
-                let error = if next == "failed" {
+            // A state the database does not know reads as none: the next one wins.
+            let current = current.as_deref().and_then(MessageState::parse);
+            let next = MessageState::parse(&s.status)
+                .and_then(|incoming| MessageState::after(current, incoming));
+            if let Some(next) = next {
+                let error = if next == MessageState::Failed {
                     s.error_json.as_deref()
                 } else {
                     None
                 };
                 on_backend!(conn, c => diesel::update(messages::table.find(&message_id))
                     .set((
-                        messages::status.eq(&next),
+                        messages::status.eq(next.as_str()),
                         messages::status_at.eq(s.occurred_at),
                         messages::error_json.eq(error),
                     ))

@@ -10,7 +10,6 @@
 use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
-use serde::Serialize;
 
 use super::conversations::join_conversation_times;
 use super::key_store::Vault;
@@ -18,7 +17,6 @@ use super::keys::{insert_data_key, load_data_key, load_keys};
 use super::messages::move_conversation_messages;
 use super::schema::{contacts, conversations};
 use super::{DbConn, StorageError};
-use crate::clock::rfc3339;
 use crate::crypto::{NewDataKey, Place, SealKey};
 use crate::ids::{ContactId, KeyId, TenantId};
 use crate::on_backend;
@@ -417,16 +415,18 @@ fn merge_contacts(
 // ---------------------------------------------------------------------------------
 // Reads for the tenant API
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ContactView {
+/// A contact as the tenant API reads it: identifiers and names opened (`None` where
+/// absent or unreadable), times in milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contact {
     pub id: String,
     pub wa_id: Option<String>,
     pub user_id: Option<String>,
     pub username: Option<String>,
     pub profile_name: Option<String>,
     pub marketing_opt_out: bool,
-    pub first_seen_at: String,
-    pub last_seen_at: String,
+    pub first_seen_at: i64,
+    pub last_seen_at: i64,
 }
 
 type ContactRow = (
@@ -447,7 +447,7 @@ pub fn list_contacts(
     tenant_id: &TenantId,
     after: Option<&str>,
     limit: i64,
-) -> Result<Vec<ContactView>, StorageError> {
+) -> Result<Vec<Contact>, StorageError> {
     let rows: Vec<ContactRow> = on_backend!(conn, c => {
         let mut query = contacts::table
             .filter(contacts::tenant_id.eq(tenant_id.as_str()))
@@ -480,14 +480,14 @@ pub fn list_contacts(
                     key.open_string(&ct, &contact_field(tenant, column, &id))
                         .ok()
                 };
-                Ok(ContactView {
+                Ok(Contact {
                     wa_id: open("wa_id_ct", wa),
                     user_id: open("user_id_ct", user),
                     username: open("username_ct", username),
                     profile_name: open("profile_name_ct", name),
                     marketing_opt_out: opt_out,
-                    first_seen_at: rfc3339(first),
-                    last_seen_at: rfc3339(last),
+                    first_seen_at: first,
+                    last_seen_at: last,
                     id,
                 })
             },

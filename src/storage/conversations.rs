@@ -8,12 +8,10 @@
 use std::collections::HashSet;
 
 use diesel::prelude::*;
-use serde::Serialize;
 
 use super::fixed::{fixed_statement, Bind, ReturnedId, Sql};
 use super::schema::conversations;
 use super::{DbConn, StorageError};
-use crate::clock::rfc3339;
 use crate::ids::{ContactId, ConversationId, TenantId};
 use crate::on_backend;
 
@@ -186,29 +184,30 @@ pub(super) fn touch_conversations(
 // ---------------------------------------------------------------------------------
 // Reads for the tenant API
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ConversationView {
+/// A conversation as the tenant API reads it, times in milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conversation {
     pub id: String,
     pub contact_id: String,
     pub phone_number_id: String,
-    pub opened_at: String,
-    pub last_inbound_at: Option<String>,
-    pub window_ends_at: Option<String>,
-    pub last_message_at: String,
+    pub opened_at: i64,
+    pub last_inbound_at: Option<i64>,
+    pub window_ends_at: Option<i64>,
+    pub last_message_at: i64,
 }
 
 type ConversationRow = (String, String, String, i64, Option<i64>, Option<i64>, i64);
 
-fn conversation_view(row: ConversationRow) -> ConversationView {
+fn conversation_view(row: ConversationRow) -> Conversation {
     let (id, contact_id, phone_number_id, opened, last_inbound, window, last_message) = row;
-    ConversationView {
+    Conversation {
         id,
         contact_id,
         phone_number_id,
-        opened_at: rfc3339(opened),
-        last_inbound_at: last_inbound.map(rfc3339),
-        window_ends_at: window.map(rfc3339),
-        last_message_at: rfc3339(last_message),
+        opened_at: opened,
+        last_inbound_at: last_inbound,
+        window_ends_at: window,
+        last_message_at: last_message,
     }
 }
 
@@ -217,7 +216,7 @@ pub fn list_conversations(
     tenant_id: &TenantId,
     after: Option<&str>,
     limit: i64,
-) -> Result<Vec<ConversationView>, StorageError> {
+) -> Result<Vec<Conversation>, StorageError> {
     let rows: Vec<ConversationRow> = on_backend!(conn, c => {
         let mut query = conversations::table
             .filter(conversations::tenant_id.eq(tenant_id.as_str()))

@@ -20,7 +20,7 @@ use super::{DbConn, StorageError};
 use crate::crypto::{Keyring, Place, SealKey};
 use crate::ids::TenantId;
 use crate::on_backend;
-use crate::whatsapp::Event;
+use crate::whatsapp::{Event, EventKind};
 
 /// A routable event on its way in, with its identity in clear: in memory only, the
 /// inbox stores it as keyed hashes ([`FreshRow`]).
@@ -38,7 +38,7 @@ pub struct EventKeys {
     pub dedupe_key: String,
     pub route_key: String,
     pub phone_number_id: String,
-    pub kind: &'static str,
+    pub kind: EventKind,
 }
 
 impl EventKeys {
@@ -77,7 +77,7 @@ pub struct FreshRow {
     pub dedupe_bidx: String,
     pub phone_number_id: String,
     pub route_bidx: String,
-    pub kind: &'static str,
+    pub kind: EventKind,
 }
 
 impl FreshEvent {
@@ -89,7 +89,7 @@ impl FreshEvent {
                 dedupe_key: event.dedupe_key(),
                 phone_number_id: event.phone_number_id.clone(),
                 route_key,
-                kind: event.kind.as_str(),
+                kind: event.kind,
             },
             event: Arc::new(event),
         })
@@ -234,7 +234,7 @@ pub fn insert_event(
         Bind::Text(tenant_id.as_str()),
         Bind::Text(&event.row.phone_number_id),
         Bind::Text(&event.row.route_bidx),
-        Bind::Text(event.row.kind),
+        Bind::Text(event.row.kind.as_str()),
         Bind::Blob(&event.payload_ct),
         Bind::BigInt(now_ms),
         Bind::Text(&event.key_day),
@@ -283,7 +283,7 @@ pub fn insert_events(
                         .map(|(_, e)| e.row.route_bidx.as_str())
                         .collect(),
                 ),
-                Bind::TextArray(rows.iter().map(|(_, e)| e.row.kind).collect()),
+                Bind::TextArray(rows.iter().map(|(_, e)| e.row.kind.as_str()).collect()),
                 Bind::BlobArray(rows.iter().map(|(_, e)| &e.payload_ct[..]).collect()),
                 Bind::TextArray(rows.iter().map(|(_, e)| e.key_day.as_str()).collect()),
             ]);
@@ -337,7 +337,7 @@ pub fn insert_processed(
                     Bind::Text(tenant_id.as_str()),
                     Bind::Text(&row.phone_number_id),
                     Bind::Text(&row.route_bidx),
-                    Bind::Text(row.kind),
+                    Bind::Text(row.kind.as_str()),
                     Bind::Blob(empty),
                     Bind::BigInt(now_ms),
                     Bind::BigInt(now_ms),
@@ -361,7 +361,7 @@ pub fn insert_processed(
                         .collect(),
                 ),
                 Bind::TextArray(rows.iter().map(|(_, r)| r.route_bidx.as_str()).collect()),
-                Bind::TextArray(rows.iter().map(|(_, r)| r.kind).collect()),
+                Bind::TextArray(rows.iter().map(|(_, r)| r.kind.as_str()).collect()),
             ])
             .load(c)?;
             inserted.extend(keys.into_iter().map(|k| k.dedupe_bidx));

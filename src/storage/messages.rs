@@ -12,7 +12,6 @@
 use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
-use serde::Serialize;
 use serde_json::Value;
 
 use super::apply::{content_place, wamid_place, MessageBundle, NewInbound};
@@ -21,35 +20,64 @@ use super::key_store::Vault;
 use super::keys::load_keys;
 use super::schema::{messages, status_events};
 use super::{DbConn, StorageError};
-use crate::clock::rfc3339;
 use crate::ids::TenantId;
 use crate::on_backend;
 
-/// The order of message states; `failed` is handled apart.
-fn status_rank(status: Option<&str>) -> Option<u8> {
-    match status {
-        None | Some("queued") => Some(0),
-        Some("sent") => Some(1),
-        Some("delivered") => Some(2),
-        Some("read") => Some(3),
-        Some("played") => Some(4),
-        _ => None,
-    }
+/// Where a message stands (`messages.status`, the API's `status` and `state`), in the
+/// order a message moves through them; `failed` is apart from that order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MessageState {
+    /// Accepted, not yet accepted by Meta.
+    Queued,
+    Sent,
+    Delivered,
+    Read,
+    /// A voice message listened to.
+    Played,
+    Failed,
 }
 
-/// The state a message moves to when `incoming` arrives, or `None` to stay: states
-/// only move forward (read never becomes delivered), `failed` is final, and a
-/// message that got past `sent` does not become failed.
-pub(super) fn next_status(current: Option<&str>, incoming: &str) -> Option<String> {
-    if current == Some("failed") {
-        return None;
+impl MessageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageState::Queued => "queued",
+            MessageState::Sent => "sent",
+            MessageState::Delivered => "delivered",
+            MessageState::Read => "read",
+            MessageState::Played => "played",
+            MessageState::Failed => "failed",
+        }
     }
-    let current_rank = status_rank(current)?;
-    if incoming == "failed" {
-        return (current_rank <= 1).then(|| "failed".to_string());
+
+    /// A state by its name; `None` for a status that moves no message (Meta's
+    /// `deleted`, or one it adds later).
+    pub fn parse(name: &str) -> Option<MessageState> {
+        [
+            MessageState::Queued,
+            MessageState::Sent,
+            MessageState::Delivered,
+            MessageState::Read,
+            MessageState::Played,
+            MessageState::Failed,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == name)
     }
-    let incoming_rank = status_rank(Some(incoming))?;
-    (incoming_rank > current_rank).then(|| incoming.to_string())
+
+    /// The state a message in `current` (`None`: no status yet) moves to when
+    /// `incoming` arrives, or `None` to stay: states only move forward (read never
+    /// becomes delivered), `failed` is final, and a message that got past `sent` does
+    /// not become failed.
+    pub fn after(current: Option<MessageState>, incoming: MessageState) -> Option<MessageState> {
+        let current = current.unwrap_or(MessageState::Queued);
+        match (current, incoming) {
+            (MessageState::Failed, _) => None,
+            (_, MessageState::Failed) => {
+                (current <= MessageState::Sent).then_some(MessageState::Failed)
+            }
+            _ => (incoming > current).then_some(incoming),
+        }
+    }
 }
 
 /// Gives every message of `conversation_id` the conversation `target` and the contact
@@ -96,7 +124,7 @@ fixed_statement!(
     (id, tenant_id, conversation_id, contact_id, wamid_bidx, wamid_ct, direction, msg_type, \
      sent_at, received_at, key_id, content_ct) \
     VALUES (?, ?, ?, ?, ?, ?, 'inbound', ?, ?, ?, ?, ?) \
-    ON CONFLICT (tenant_id, wamid_bidx) DO NOTHING"
+    ON CONFLICT (wamid_bidx) DO NOTHING"
 );
 
 fixed_statement!(
@@ -107,7 +135,7 @@ fixed_statement!(
     FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::bytea[], \
                 ?::text[], ?::bigint[], ?::text[], ?::bytea[]) \
         AS v (i, t, cv, ct, w, wc, ty, s, k, c) \
-    ON CONFLICT (tenant_id, wamid_bidx) DO NOTHING RETURNING id"
+    ON CONFLICT (wamid_bidx) DO NOTHING RETURNING id"
 );
 
 /// An inbound message row, with the conversation it goes to.
@@ -194,16 +222,17 @@ pub(super) fn complete_tombstone(
 // ---------------------------------------------------------------------------------
 // Reads for the tenant API
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct MessageView {
+/// A message as the tenant API reads it, its sealed parts opened (`None` where absent
+/// or unreadable: a deleted message's content, anything of a contact whose key is
+/// destroyed), Meta's timestamp in milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
     pub id: String,
-    /// `None` once the contact's key is destroyed.
     pub wamid: Option<String>,
     pub direction: String,
-    #[serde(rename = "type")]
     pub msg_type: Option<String>,
-    pub timestamp: String,
-    pub status: Option<String>,
+    pub sent_at: i64,
+    pub status: Option<MessageState>,
     pub content: Option<Value>,
     pub context: Option<Value>,
     pub referral: Option<Value>,
@@ -297,7 +326,7 @@ pub fn list_messages(
     conversation_id: &str,
     after: Option<&str>,
     limit: i64,
-) -> Result<Vec<MessageView>, StorageError> {
+) -> Result<Vec<StoredMessage>, StorageError> {
     let rows: Vec<MessageRow> = match conn {
         DbConn::Sqlite(c) => {
             use diesel::sql_types::{BigInt, Text};
@@ -381,13 +410,13 @@ pub fn list_messages(
                 let error = error_json.and_then(|e| serde_json::from_str(&e).ok());
                 let bundle = bundle.unwrap_or_default();
                 let has_content = !bundle.content.is_null();
-                Ok(MessageView {
+                Ok(StoredMessage {
                     id,
                     wamid,
                     direction,
                     msg_type,
-                    timestamp: rfc3339(sent_at),
-                    status,
+                    sent_at,
+                    status: status.as_deref().and_then(MessageState::parse),
                     content: has_content.then_some(bundle.content),
                     context: bundle.context,
                     referral: bundle.referral,
@@ -428,23 +457,26 @@ pub fn count_messages(conn: &mut DbConn, tenant_id: &TenantId) -> Result<i64, St
 
 #[cfg(test)]
 mod tests {
-    use super::next_status;
+    use super::MessageState::{self, *};
+
+    fn next(current: Option<&str>, incoming: &str) -> Option<&'static str> {
+        let current = current.map(|name| MessageState::parse(name).expect("a state"));
+        MessageState::after(current, MessageState::parse(incoming)?).map(MessageState::as_str)
+    }
 
     #[test]
     fn statuses_only_move_forward() {
-        assert_eq!(next_status(None, "sent").as_deref(), Some("sent"));
-        assert_eq!(next_status(Some("sent"), "read").as_deref(), Some("read"));
-        assert_eq!(next_status(Some("read"), "delivered"), None);
-        assert_eq!(
-            next_status(Some("read"), "played").as_deref(),
-            Some("played")
-        );
-        assert_eq!(
-            next_status(Some("sent"), "failed").as_deref(),
-            Some("failed")
-        );
-        assert_eq!(next_status(Some("delivered"), "failed"), None);
-        assert_eq!(next_status(Some("failed"), "read"), None);
-        assert_eq!(next_status(Some("sent"), "deleted"), None);
+        assert_eq!(next(None, "sent"), Some("sent"));
+        assert_eq!(next(Some("sent"), "read"), Some("read"));
+        assert_eq!(next(Some("read"), "delivered"), None);
+        assert_eq!(next(Some("read"), "played"), Some("played"));
+        assert_eq!(next(Some("sent"), "failed"), Some("failed"));
+        assert_eq!(next(Some("queued"), "failed"), Some("failed"));
+        assert_eq!(next(Some("delivered"), "failed"), None);
+        assert_eq!(next(Some("failed"), "read"), None);
+        assert_eq!(next(Some("sent"), "deleted"), None);
+        for state in [Queued, Sent, Delivered, Read, Played, Failed] {
+            assert_eq!(MessageState::parse(state.as_str()), Some(state));
+        }
     }
 }

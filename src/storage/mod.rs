@@ -19,6 +19,8 @@ pub mod keys;
 pub mod master_key;
 pub mod messages;
 pub mod raw_keys;
+pub mod report;
+pub mod routes;
 pub mod tenants;
 pub mod upgrade;
 pub mod writer;

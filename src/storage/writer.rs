@@ -22,13 +22,14 @@ use super::crm::{self, ApplyOp, ContactIdentifiers, ResolvedContact};
 use super::inbox::{self, FreshEvent, InboxItem, PreparedEvent, PreparedOther};
 use super::key_store::Vault;
 use super::raw_keys::{self, DayKey, RawKeys};
-use super::{tenants, DbConn, Pool, PooledConn, StorageError};
+use super::report::{EventCounts, WriterReport};
+use super::routes::RouteCache;
+use super::{DbConn, Pool, PooledConn, StorageError};
 use crate::clock::SharedClock;
 use crate::crypto::{Keyring, NewDataKey};
 use crate::handoff::{self, Outbox, Reply};
 use crate::ids::{KeyId, TenantId};
-use crate::metrics::Metrics;
-use crate::whatsapp::OtherChange;
+use crate::whatsapp::{EventKind, OtherChange};
 
 /// What an ingest job committed.
 #[derive(Debug, Default)]
@@ -37,6 +38,46 @@ pub struct IngestReceipt {
     pub duplicates: usize,
     pub unrouted: usize,
     pub others: usize,
+}
+
+impl IngestReceipt {
+    fn counts(&self) -> EventCounts {
+        let of_kind = |kind: EventKind| {
+            self.accepted
+                .iter()
+                .filter(|item| item.event.kind == kind)
+                .count() as u64
+        };
+        EventCounts {
+            messages: of_kind(EventKind::Message),
+            statuses: of_kind(EventKind::Status),
+            preferences: of_kind(EventKind::Preference),
+            duplicates: self.duplicates as u64,
+            unrouted: self.unrouted as u64,
+            stored_raw: self.others as u64,
+            applied: 0,
+        }
+    }
+}
+
+/// What an apply job's ops did: its fresh events as stored or as duplicates (inbox
+/// rows were counted when they were stored), and the ops applied.
+fn applied_counts(ops: &[ApplyOp], duplicate: &[bool]) -> EventCounts {
+    let mut counts = EventCounts::default();
+    for (op, dup) in ops.iter().zip(duplicate) {
+        if *dup {
+            counts.duplicates += 1;
+            continue;
+        }
+        counts.applied += 1;
+        match op.fresh_kind() {
+            Some(EventKind::Message) => counts.messages += 1,
+            Some(EventKind::Status) => counts.statuses += 1,
+            Some(EventKind::Preference) => counts.preferences += 1,
+            None => {}
+        }
+    }
+    counts
 }
 
 /// What an apply job committed.
@@ -415,7 +456,8 @@ pub fn spawn(
     pool: Pool,
     keyring: Arc<Vault>,
     clock: SharedClock,
-    metrics: Arc<Metrics>,
+    report: Arc<dyn WriterReport>,
+    routes: Arc<RouteCache>,
     config: WriterConfig,
     log: slog::Logger,
 ) -> std::io::Result<(WriterHandle, Vec<BackgroundThread>)> {
@@ -464,7 +506,7 @@ pub fn spawn(
         threads.push(spawn_index_reader(
             pool.clone(),
             shared.clone(),
-            metrics.clone(),
+            report.clone(),
             stopped.clone(),
             writers,
             log.clone(),
@@ -476,7 +518,7 @@ pub fn spawn(
             conn: None,
             keyring: keyring.clone(),
             clock: clock.clone(),
-            metrics: metrics.clone(),
+            report: report.clone(),
             batch_max: config.batch_max,
             keep_processed_ms: config.keep_processed_ms,
             // One writer purges; the others would only repeat it.
@@ -492,7 +534,7 @@ pub fn spawn(
             dispatcher: dispatcher.clone(),
             restart_wanted: restart_wanted.clone(),
             stopping: stopping.clone(),
-            routes: HashMap::new(),
+            routes: routes.clone(),
             ingest: VecDeque::new(),
             lanes: VecDeque::new(),
             queued: 0,
@@ -527,7 +569,7 @@ struct Writer {
     conn: Option<PooledConn>,
     keyring: Arc<Vault>,
     clock: SharedClock,
-    metrics: Arc<Metrics>,
+    report: Arc<dyn WriterReport>,
     batch_max: usize,
     keep_processed_ms: i64,
     maintains: bool,
@@ -547,7 +589,7 @@ struct Writer {
     /// Set by [`WriterHandle::stop`].
     stopping: Arc<AtomicBool>,
     /// phone_number_id → owning tenant (only owned numbers are cached).
-    routes: HashMap<String, TenantId>,
+    routes: Arc<RouteCache>,
     ingest: VecDeque<Job>,
     /// Actor jobs waiting, one queue per tenant, served round-robin.
     lanes: VecDeque<(TenantId, VecDeque<Job>)>,
@@ -623,7 +665,7 @@ struct IndexShared {
 fn spawn_index_reader(
     pool: Pool,
     shared: Arc<IndexShared>,
-    metrics: Arc<Metrics>,
+    report: Arc<dyn WriterReport>,
     stopped: Arc<AtomicUsize>,
     writers: usize,
     log: slog::Logger,
@@ -648,12 +690,12 @@ fn spawn_index_reader(
                     });
             match read {
                 Ok(Some(bulk)) => {
-                    metrics.conversation_index_tail.set(bulk.remaining() as i64);
+                    report.index_tail(bulk.remaining());
                     if let Ok(mut next) = shared.next.lock() {
                         *next = Some(bulk);
                     }
                 }
-                Ok(None) => metrics.conversation_index_tail.set(0),
+                Ok(None) => report.index_tail(0),
                 Err(e) => slog::debug!(log, "conversation index tail not read"; "error" => %e),
             }
         }
@@ -707,7 +749,7 @@ impl Writer {
                         .unwrap_or_default();
                     slog::error!(self.log, "writer panicked; restarting it, the jobs in hand failed";
                         "panic" => reason);
-                    self.metrics.writer_restarts.inc();
+                    self.report.writer_restarted();
                     self.conn = None;
                     self.ingest.clear();
                     self.lanes.clear();
@@ -948,8 +990,7 @@ impl Writer {
             // Every webhook and actor in the batch waited this long.
             slog::warn!(self.log, "slow write batch"; "ms" => took.as_millis(), "jobs" => batch_size);
         }
-        self.metrics.db_write_seconds.observe(took.as_secs_f64());
-        self.metrics.db_batch_jobs.observe(batch_size as f64);
+        self.report.batch_committed(took.as_secs_f64(), batch_size);
         self.answer_flushes(flushes);
     }
 
@@ -1027,12 +1068,11 @@ impl Writer {
     ) -> Result<(Vec<Outcome>, Result<(), StorageError>), StorageError> {
         let keyring = self.keyring.clone();
         let merged_away = self.merged_away.clone();
-        let mut routes = std::mem::take(&mut self.routes);
+        let routes = self.routes.clone();
         let result = {
             let conn = match self.connection() {
                 Ok(conn) => conn,
                 Err(e) => {
-                    self.routes = routes;
                     return Err(e);
                 }
             };
@@ -1052,7 +1092,7 @@ impl Writer {
                         _ => None,
                     })
                     .collect();
-                let mut receipts = ingest(conn, &keyring, &mut routes, &parts, now)?.into_iter();
+                let mut receipts = ingest(conn, &keyring, &routes, &parts, now)?.into_iter();
                 let mut applied = apply_jobs(conn, jobs, &merged_away, now)?.into_iter();
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for (index, job) in jobs.iter_mut().enumerate() {
@@ -1085,7 +1125,6 @@ impl Writer {
                 Ok((outcomes, indexed))
             })
         };
-        self.routes = routes;
         result
     }
 
@@ -1116,7 +1155,7 @@ impl Writer {
         for (job, result) in results {
             match (job, result) {
                 (Job::Ingest { reply, .. }, Ok(Outcome::Ingest(receipt))) => {
-                    self.metrics.ingest_receipt(&receipt);
+                    self.report.events_stored(receipt.counts());
                     dispatch.extend(receipt.accepted.iter().cloned());
                     outbox.push(reply, Ok(receipt));
                 }
@@ -1137,7 +1176,8 @@ impl Writer {
                     },
                     Ok(Outcome::Apply(receipt)),
                 ) => {
-                    self.metrics.apply_receipt(&ops, &receipt.duplicate);
+                    self.report
+                        .events_stored(applied_counts(&ops, &receipt.duplicate));
                     for (index, waiter) in waiters {
                         let duplicate = receipt.duplicate.get(index).copied().unwrap_or(false);
                         let delivered = if duplicate {
@@ -1182,7 +1222,7 @@ impl Writer {
             slog::debug!(self.log, "WAL restart skipped"; "error" => %e);
         }
         let took = started.elapsed();
-        self.metrics.wal_restart_seconds.observe(took.as_secs_f64());
+        self.report.wal_restarted(took.as_secs_f64());
         if took >= SLOW_WRITE {
             slog::warn!(self.log, "WAL restart held the writer"; "ms" => took.as_millis());
         }
@@ -1262,10 +1302,8 @@ impl Writer {
             .and_then(|conn| raw_keys::expire(conn, &keyring, &keys, now, keep_days));
         match expired {
             Ok(expired) => {
-                self.metrics
-                    .raw_payloads_deleted
-                    .inc_by(expired.deleted as u64);
-                self.metrics.inbox_overdue.set(expired.overdue);
+                self.report
+                    .raw_payloads_expired(expired.deleted, expired.overdue);
                 if expired.deleted > 0 || !expired.destroyed.is_empty() {
                     slog::info!(self.log, "raw payloads past inbox.keep_raw_days deleted";
                         "payloads" => expired.deleted, "keys_destroyed" => expired.destroyed.len());
@@ -1282,8 +1320,7 @@ impl Writer {
         }
         match result {
             Ok((purged, backlog, parked)) => {
-                self.metrics.inbox_backlog.set(backlog);
-                self.metrics.inbox_parked.set(parked);
+                self.report.inbox_levels(backlog, parked);
                 if purged > 0 {
                     slog::debug!(self.log, "purged processed inbox rows"; "rows" => purged);
                 }
@@ -1522,28 +1559,25 @@ type IngestPart<'a> = (&'a DayKey, &'a [FreshEvent], &'a [OtherChange]);
 fn ingest(
     conn: &mut DbConn,
     keyring: &Keyring,
-    routes: &mut HashMap<String, TenantId>,
+    routes: &RouteCache,
     parts: &[IngestPart<'_>],
     now: i64,
 ) -> Result<Vec<IngestReceipt>, StorageError> {
     if parts.is_empty() {
         return Ok(Vec::new());
     }
-    let unknown: Vec<&str> = parts
+    let mut numbers: Vec<String> = parts
         .iter()
         .flat_map(|(_, events, others)| {
             events
                 .iter()
-                .map(|e| e.keys.phone_number_id.as_str())
-                .chain(others.iter().filter_map(|o| o.phone_number_id.as_deref()))
+                .map(|e| e.keys.phone_number_id.clone())
+                .chain(others.iter().filter_map(|o| o.phone_number_id.clone()))
         })
-        .filter(|pnid| !routes.contains_key(*pnid))
         .collect();
-    if !unknown.is_empty() {
-        for (pnid, tenant) in tenants::owners_of_numbers(conn, &unknown)? {
-            routes.insert(pnid, TenantId(tenant));
-        }
-    }
+    numbers.sort_unstable();
+    numbers.dedup();
+    let routes = routes.owners(conn, numbers, now)?;
     // Per webhook, per event: sealed for its tenant's inbox, or `None` (unrouted).
     let mut sealed: Vec<Vec<Option<(TenantId, PreparedEvent)>>> = Vec::with_capacity(parts.len());
     for (day, events, _) in parts {
@@ -1588,7 +1622,7 @@ fn ingest(
                         day,
                         None,
                         "unrouted",
-                        Some(event.keys.kind.to_string()),
+                        Some(event.keys.kind.as_str().to_string()),
                         Some(event.keys.phone_number_id.clone()),
                         &raw,
                     )?;

@@ -5,3 +5,5 @@ ALTER TABLE inbox RENAME COLUMN dedupe_bidx TO dedupe_key;
 ALTER TABLE messages ADD COLUMN ref_wamid TEXT;
 ALTER TABLE messages DROP COLUMN wamid_ct;
 ALTER TABLE messages RENAME COLUMN wamid_bidx TO wamid;
+DROP INDEX messages_wamid_bidx;
+CREATE UNIQUE INDEX messages_wamid ON messages (tenant_id, wamid);

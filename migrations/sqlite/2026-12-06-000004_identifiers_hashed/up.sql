@@ -5,6 +5,10 @@
 -- rewrites them (storage::upgrade, which needs the master key), before it serves.
 -- The reply reference of a message stays only in its sealed content.
 ALTER TABLE messages RENAME COLUMN wamid TO wamid_bidx;
+-- The hash names its tenant, so it is unique on its own: the index every message
+-- inserts into at a random place stays small.
+DROP INDEX messages_wamid;
+CREATE UNIQUE INDEX messages_wamid_bidx ON messages (wamid_bidx);
 ALTER TABLE messages ADD COLUMN wamid_ct BLOB;
 ALTER TABLE messages DROP COLUMN ref_wamid;
 ALTER TABLE inbox RENAME COLUMN dedupe_key TO dedupe_bidx;

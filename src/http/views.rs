@@ -1,0 +1,100 @@
+//! What the tenant API shows of stored rows: the JSON shapes of the design's API
+//! tables, built from storage's records, times as RFC 3339.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::clock::rfc3339;
+use crate::storage::contacts::Contact;
+use crate::storage::conversations::Conversation;
+use crate::storage::messages::StoredMessage;
+
+#[derive(Debug, Serialize)]
+pub struct ContactItem {
+    pub id: String,
+    pub wa_id: Option<String>,
+    pub user_id: Option<String>,
+    pub username: Option<String>,
+    pub profile_name: Option<String>,
+    pub marketing_opt_out: bool,
+    pub first_seen_at: String,
+    pub last_seen_at: String,
+}
+
+impl From<Contact> for ContactItem {
+    fn from(c: Contact) -> Self {
+        ContactItem {
+            id: c.id,
+            wa_id: c.wa_id,
+            user_id: c.user_id,
+            username: c.username,
+            profile_name: c.profile_name,
+            marketing_opt_out: c.marketing_opt_out,
+            first_seen_at: rfc3339(c.first_seen_at),
+            last_seen_at: rfc3339(c.last_seen_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConversationItem {
+    pub id: String,
+    pub contact_id: String,
+    pub phone_number_id: String,
+    pub opened_at: String,
+    pub last_inbound_at: Option<String>,
+    /// When the customer-service window closes (24 hours after the last inbound).
+    pub window_ends_at: Option<String>,
+    pub last_message_at: String,
+}
+
+impl From<Conversation> for ConversationItem {
+    fn from(c: Conversation) -> Self {
+        ConversationItem {
+            id: c.id,
+            contact_id: c.contact_id,
+            phone_number_id: c.phone_number_id,
+            opened_at: rfc3339(c.opened_at),
+            last_inbound_at: c.last_inbound_at.map(rfc3339),
+            window_ends_at: c.window_ends_at.map(rfc3339),
+            last_message_at: rfc3339(c.last_message_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessageItem {
+    pub id: String,
+    pub wamid: Option<String>,
+    pub direction: String,
+    #[serde(rename = "type")]
+    pub msg_type: Option<String>,
+    pub timestamp: String,
+    pub status: Option<&'static str>,
+    /// The type's object as Meta sent it, e.g. `{"body": "hi"}` for text.
+    pub content: Option<Value>,
+    pub context: Option<Value>,
+    pub referral: Option<Value>,
+    pub errors: Option<Value>,
+    pub error: Option<Value>,
+    pub revoked: bool,
+}
+
+impl From<StoredMessage> for MessageItem {
+    fn from(m: StoredMessage) -> Self {
+        MessageItem {
+            id: m.id,
+            wamid: m.wamid,
+            direction: m.direction,
+            msg_type: m.msg_type,
+            timestamp: rfc3339(m.sent_at),
+            status: m.status.map(|s| s.as_str()),
+            content: m.content,
+            context: m.context,
+            referral: m.referral,
+            errors: m.errors,
+            error: m.error,
+            revoked: m.revoked,
+        }
+    }
+}

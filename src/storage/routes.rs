@@ -1,0 +1,115 @@
+//! Which tenant owns a business phone number: the one cache of `phone_numbers` that
+//! the webhook path (to deliver events) and the writers (to store what could not be
+//! delivered) share. Only owned numbers are cached: a number registered later is
+//! looked up again until it is found. An entry is trusted for [`ROUTE_TTL_MS`], so a
+//! number moved or released by another process (an operator command) is seen within
+//! that time; the daemon's own changes [`forget`](RouteCache::forget) at once.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use super::{tenants, DbConn, StorageError};
+use crate::ids::TenantId;
+
+/// How long an owner found in the database is trusted.
+pub const ROUTE_TTL_MS: i64 = 60_000;
+
+#[derive(Debug, Default)]
+pub struct RouteCache {
+    /// phone_number_id → (owner, when it was looked up).
+    owners: RwLock<HashMap<String, (TenantId, i64)>>,
+}
+
+impl RouteCache {
+    /// The owners of `numbers` known and fresh at `now_ms`, and the numbers to look up.
+    pub fn cached(
+        &self,
+        numbers: impl IntoIterator<Item = String>,
+        now_ms: i64,
+    ) -> (HashMap<String, TenantId>, Vec<String>) {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        let owners = self.owners.read().ok();
+        for number in numbers {
+            let fresh = owners
+                .as_ref()
+                .and_then(|owners| owners.get(&number))
+                .filter(|(_, at)| now_ms.saturating_sub(*at) < ROUTE_TTL_MS)
+                .map(|(tenant, _)| tenant.clone());
+            match fresh {
+                Some(tenant) => {
+                    found.insert(number, tenant);
+                }
+                None => missing.push(number),
+            }
+        }
+        (found, missing)
+    }
+
+    /// Looks `numbers` up in the database and remembers the owners found.
+    pub fn look_up(
+        &self,
+        conn: &mut DbConn,
+        numbers: &[String],
+        now_ms: i64,
+    ) -> Result<HashMap<String, TenantId>, StorageError> {
+        let asked: Vec<&str> = numbers.iter().map(String::as_str).collect();
+        let found: HashMap<String, TenantId> = tenants::owners_of_numbers(conn, &asked)?
+            .into_iter()
+            .map(|(number, tenant)| (number, TenantId(tenant)))
+            .collect();
+        if let Ok(mut owners) = self.owners.write() {
+            for number in numbers {
+                match found.get(number) {
+                    Some(tenant) => owners.insert(number.clone(), (tenant.clone(), now_ms)),
+                    // Released since it was cached.
+                    None => owners.remove(number),
+                };
+            }
+        }
+        Ok(found)
+    }
+
+    /// The owners of `numbers`, from the cache where fresh, else from the database.
+    pub fn owners(
+        &self,
+        conn: &mut DbConn,
+        numbers: impl IntoIterator<Item = String>,
+        now_ms: i64,
+    ) -> Result<HashMap<String, TenantId>, StorageError> {
+        let (mut found, missing) = self.cached(numbers, now_ms);
+        if !missing.is_empty() {
+            found.extend(self.look_up(conn, &missing, now_ms)?);
+        }
+        Ok(found)
+    }
+
+    /// Drops what is known of `phone_number_id` (the daemon moved or released it).
+    pub fn forget(&self, phone_number_id: &str) {
+        if let Ok(mut owners) = self.owners.write() {
+            owners.remove(phone_number_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_expire_and_can_be_forgotten() {
+        let cache = RouteCache::default();
+        if let Ok(mut owners) = cache.owners.write() {
+            owners.insert("n1".into(), (TenantId("t1".into()), 1_000));
+        }
+        let (found, missing) = cache.cached(["n1".to_string(), "n2".to_string()], 1_000);
+        assert_eq!(found.get("n1"), Some(&TenantId("t1".into())));
+        assert_eq!(missing, vec!["n2".to_string()]);
+        let (found, missing) = cache.cached(["n1".to_string()], 1_000 + ROUTE_TTL_MS);
+        assert!(found.is_empty(), "stale after the TTL");
+        assert_eq!(missing, vec!["n1".to_string()]);
+        cache.forget("n1");
+        let (found, _) = cache.cached(["n1".to_string()], 1_001);
+        assert!(found.is_empty(), "forgotten");
+    }
+}
