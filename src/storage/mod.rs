@@ -9,7 +9,6 @@
 
 pub mod apply;
 pub mod contacts;
-pub mod conversation_index;
 pub mod conversations;
 pub mod crm;
 mod fixed;
@@ -27,6 +26,8 @@ pub mod writer;
 
 pub mod schema;
 pub mod sqlite;
+
+pub use sqlite::conversation_index;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -25,11 +25,11 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use diesel::sqlite::SqliteConnection;
 
-use super::fixed::{fixed_statement, Bind, Sql};
-use super::schema::conversation_index_state;
+use crate::storage::fixed::{fixed_statement, Bind, Sql};
+use crate::storage::schema::conversation_index_state;
 #[cfg(any(test, feature = "testing"))]
-use super::DbConn;
-use super::StorageError;
+use crate::storage::DbConn;
+use crate::storage::StorageError;
 
 /// How often the tail is read for a bulk: about 15,000 messages at 15,000 a second.
 /// The bulk is sorted by conversation, so a conversation's new messages go into its

@@ -1,6 +1,14 @@
-//! SQLite-only file handling: what the daemon does to the database's file system
-//! without ever opening a database file itself (only SQLite may hold those: closing any
-//! other descriptor of them would drop SQLite's POSIX locks).
+//! SQLite-only machinery: the file system under the database (which the daemon never
+//! opens itself: closing any other descriptor of a database file would drop SQLite's
+//! POSIX locks), the background checkpointer that keeps the WAL bounded, and the
+//! conversation index the writer fills in bulk.
+
+pub mod checkpointer;
+pub mod conversation_index;
+mod indexer;
+
+pub(in crate::storage) use checkpointer::spawn_checkpointer;
+pub(in crate::storage) use indexer::{spawn_index_reader, ConversationIndexer, IndexShared};
 
 use std::os::fd::AsRawFd;
 use std::path::Path;

@@ -1,0 +1,523 @@
+//! A batch's transaction: the key store's new keys first, then every job's work in
+//! one transaction (the inbox inserts, the actors' ops in set-based statements, the
+//! resolves, any other write), retried job by job when it fails; and the writer's
+//! periodic maintenance.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use diesel::connection::SimpleConnection;
+use diesel::Connection;
+
+use super::queue::{Job, WriteOutput};
+use super::{ApplyReceipt, IngestReceipt, MergedAway, Writer, SLOW_WRITE};
+use crate::crypto::{Keyring, NewDataKey};
+use crate::ids::{KeyId, TenantId};
+use crate::storage::crm::{self, ApplyOp, ContactIdentifiers, ResolvedContact};
+use crate::storage::inbox::{self, FreshEvent, InboxItem, PreparedEvent, PreparedOther};
+use crate::storage::raw_keys::{self, DayKey};
+use crate::storage::routes::RouteCache;
+use crate::storage::sqlite::conversation_index;
+use crate::storage::{DbConn, PooledConn, StorageError};
+use crate::whatsapp::OtherChange;
+
+/// The result of one job inside a batch, held until the batch commits.
+pub(super) enum Outcome {
+    Ingest(IngestReceipt),
+    Resolve(ResolvedContact),
+    Apply(ApplyReceipt),
+    Write(WriteOutput),
+}
+
+impl Writer {
+    pub(in crate::storage) fn connection(&mut self) -> Result<&mut PooledConn, StorageError> {
+        if self.conn.is_none() {
+            let mut conn = match self.pool.get() {
+                Ok(conn) => conn,
+                Err(e) => {
+                    self.connect_failed = true;
+                    return Err(e.into());
+                }
+            };
+            self.connect_failed = false;
+            if let DbConn::Sqlite(c) = &mut *conn {
+                // Checkpoints are the checkpointer thread's work, off the commit path.
+                // The page cache keeps SQLite's default size (2 MiB) on purpose: at
+                // every commit SQLite truncates the cache to the database's size, and
+                // a B-tree rebalance parks pages at the lock-byte page number (1 GiB
+                // in), so that truncation walks the whole cache's hash table. With a
+                // 64 MiB cache it cost a tenth of the writer's time, more than the
+                // reads it saved.
+                c.batch_execute(
+                    "PRAGMA main.wal_autocheckpoint = 0; PRAGMA keystore.wal_autocheckpoint = 0;",
+                )?;
+            }
+            self.conn = Some(conn);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StorageError::Unavailable("no connection".into()))
+    }
+
+    pub(super) fn process(&mut self, batch: Vec<Job>, rx: &flume::Receiver<Job>) {
+        if batch.is_empty() {
+            return;
+        }
+        self.health.begin(self.index);
+        if let Some(hook) = &self.before_batch {
+            hook(self.index);
+        }
+        self.process_batch(batch, rx);
+        self.health.end(self.index);
+    }
+
+    fn process_batch(&mut self, batch: Vec<Job>, rx: &flume::Receiver<Job>) {
+        let started = Instant::now();
+        let now = self.clock.now_ms();
+        // Flush markers are answered after the work queued before them.
+        let (flushes, mut jobs): (Vec<Job>, Vec<Job>) =
+            batch.into_iter().partition(|j| matches!(j, Job::Flush(_)));
+        let mut new_keys = match self.prepare_keys(&jobs, now) {
+            Ok(keys) => keys,
+            Err(e) => {
+                self.fail_all(jobs, &e);
+                self.answer_flushes(flushes);
+                return;
+            }
+        };
+        let batch_size = jobs.len();
+        let slice = self.next_index_slice();
+        let result = self.run_batch(&mut jobs, &mut new_keys, now, slice.as_ref());
+        match result {
+            Ok((outcomes, indexed)) => {
+                if let Some(slice) = slice {
+                    self.index_slice_committed(slice, indexed);
+                }
+                self.finish(jobs.drain(..).zip(outcomes.into_iter().map(Ok)));
+            }
+            Err(e) if jobs.len() == 1 && !e.is_transient() => {
+                // The job's own error, as it is.
+                self.conn = None;
+                slog::warn!(self.log, "write failed"; "error" => %e);
+                self.finish(jobs.drain(..).zip(std::iter::once(Err(e))));
+            }
+            Err(e) if e.is_transient() => {
+                // The connection may be the casualty (a server restart, a terminated
+                // backend): the pool hands out a fresh one for the next batch.
+                self.conn = None;
+                slog::warn!(self.log, "write batch failed"; "error" => %e, "jobs" => batch_size);
+                self.fail_all(jobs, &e);
+                if self.connect_failed {
+                    // Each batch would wait out the pool's connect timeout in turn, and
+                    // the last webhook in the queue would wait for all of them: while
+                    // the database cannot be reached, everything waiting fails at once.
+                    let mut waiting: Vec<Job> = self.ingest.drain(..).collect();
+                    waiting.extend(self.lanes.drain(..).flat_map(|(_, lane)| lane));
+                    self.queued = 0;
+                    waiting.extend(rx.try_iter());
+                    self.fail_all(waiting, &e);
+                }
+            }
+            Err(e) => {
+                self.conn = None;
+                slog::warn!(self.log, "write batch failed, retrying its jobs one by one"; "error" => %e);
+                let mut results = Vec::with_capacity(jobs.len());
+                for job in jobs.iter_mut() {
+                    let one = self.run_batch(std::slice::from_mut(job), &mut new_keys, now, None);
+                    results.push(one.map(|(mut o, _)| o.remove(0)));
+                }
+                self.finish(jobs.drain(..).zip(results));
+            }
+        }
+        let took = started.elapsed();
+        if took >= SLOW_WRITE {
+            // Every webhook and actor in the batch waited this long.
+            slog::warn!(self.log, "slow write batch"; "ms" => took.as_millis(), "jobs" => batch_size);
+        }
+        self.report.batch_committed(took.as_secs_f64(), batch_size);
+        self.answer_flushes(flushes);
+    }
+
+    /// Data keys for contacts that a resolve job will create are committed to the key
+    /// store first, in a transaction of their own: a crash between the two leaves an
+    /// unused key, never data without its key.
+    fn prepare_keys(
+        &mut self,
+        jobs: &[Job],
+        now: i64,
+    ) -> Result<HashMap<usize, (KeyId, NewDataKey)>, StorageError> {
+        let keyring = self.keyring.clone();
+        let resolves: Vec<(usize, (&TenantId, &ContactIdentifiers))> = jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(index, job)| match job {
+                Job::Resolve { tenant_id, ids, .. } => Some((index, (tenant_id, ids))),
+                _ => None,
+            })
+            .collect();
+        if resolves.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let asked: Vec<(&TenantId, &ContactIdentifiers)> =
+            resolves.iter().map(|(_, asked)| *asked).collect();
+        let exist = crm::contacts_exist(self.connection()?, &keyring, &asked)?;
+        let mut keys = HashMap::new();
+        for ((index, (tenant_id, _)), exists) in resolves.iter().zip(exist) {
+            if !exists {
+                let key_id = KeyId::generate();
+                let data_key = keyring.new_data_key(tenant_id.as_str(), key_id.as_str())?;
+                keys.insert(*index, ((*tenant_id).clone(), key_id, data_key));
+            }
+        }
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let conn = self.connection()?;
+        let committed = conn.transaction::<_, StorageError, _>(|conn| {
+            let rows: Vec<(&TenantId, &KeyId, &[u8])> = keys
+                .values()
+                .map(|(tenant_id, key_id, data_key)| (tenant_id, key_id, &data_key.wrapped[..]))
+                .collect();
+            crm::insert_data_keys(conn, &keyring, &rows, now)
+        });
+        if let Err(e) = committed {
+            if e.is_transient() {
+                self.conn = None;
+            }
+            return Err(e);
+        }
+        Ok(keys
+            .into_iter()
+            .map(|(index, (_, key_id, key))| (index, (key_id, key)))
+            .collect())
+    }
+
+    /// Runs the jobs, and `slice` of the conversation index after them, in one
+    /// transaction; the slice in a savepoint of its own, so that its failure (returned
+    /// beside the outcomes) costs only the slice.
+    fn run_batch(
+        &mut self,
+        jobs: &mut [Job],
+        new_keys: &mut HashMap<usize, (KeyId, NewDataKey)>,
+        now: i64,
+        slice: Option<&conversation_index::Slice>,
+    ) -> Result<(Vec<Outcome>, Result<(), StorageError>), StorageError> {
+        let keyring = self.keyring.clone();
+        let merged_away = self.merged_away.clone();
+        let routes = self.routes.clone();
+        let result = {
+            let conn = match self.connection() {
+                Ok(conn) => conn,
+                Err(e) => {
+                    return Err(e);
+                }
+            };
+            conn.transaction::<_, StorageError, _>(|conn| {
+                point_lookups_only(conn)?;
+                // The inbox inserts of the batch first, then the actors' ops, each in
+                // multi-row statements; resolves one by one.
+                let parts: Vec<IngestPart<'_>> = jobs
+                    .iter()
+                    .filter_map(|job| match job {
+                        Job::Ingest {
+                            day,
+                            events,
+                            others,
+                            ..
+                        } => Some((day, &events[..], &others[..])),
+                        _ => None,
+                    })
+                    .collect();
+                let mut receipts = ingest(conn, &keyring, &routes, &parts, now)?.into_iter();
+                let mut applied = apply_jobs(conn, jobs, &merged_away, now)?.into_iter();
+                let mut outcomes = Vec::with_capacity(jobs.len());
+                for (index, job) in jobs.iter_mut().enumerate() {
+                    let outcome = match job {
+                        Job::Ingest { .. } => Outcome::Ingest(receipts.next().unwrap_or_default()),
+                        Job::Resolve { tenant_id, ids, .. } => {
+                            // A key prepared for this job is used at most once; if
+                            // another job in the batch created the contact, it stays
+                            // unused in the key store.
+                            let key = new_keys.remove(&index);
+                            Outcome::Resolve(crm::resolve_contact(
+                                conn, &keyring, tenant_id, ids, key, now,
+                            )?)
+                        }
+                        Job::Apply { .. } => Outcome::Apply(applied.next().unwrap_or_default()),
+                        Job::Write { work, .. } => Outcome::Write(work(conn)?),
+                        Job::Flush(_) => Outcome::Apply(ApplyReceipt::default()),
+                    };
+                    outcomes.push(outcome);
+                }
+                let indexed = match slice {
+                    Some(slice) => {
+                        conn.transaction::<_, StorageError, _>(|conn| match &mut **conn {
+                            DbConn::Sqlite(c) => conversation_index::index_in_transaction(c, slice),
+                            DbConn::Pg(_) => Ok(()),
+                        })
+                    }
+                    None => Ok(()),
+                };
+                Ok((outcomes, indexed))
+            })
+        };
+        result
+    }
+
+    pub(super) fn maintenance(&mut self) {
+        self.last_maintenance = Instant::now();
+        if !self.maintains {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let cutoff = now - self.keep_processed_ms;
+        let result = self.connection().and_then(|conn| {
+            let purged = inbox::purge_processed(conn, cutoff)?;
+            let backlog = inbox::backlog(conn)?;
+            let parked = inbox::parked_count(conn)?;
+            Ok((purged, backlog, parked))
+        });
+        let (keyring, keys, keep_days) = (
+            self.keyring.clone(),
+            self.raw_keys.clone(),
+            self.keep_raw_days,
+        );
+        let expired = self
+            .connection()
+            .and_then(|conn| raw_keys::expire(conn, &keyring, &keys, now, keep_days));
+        match expired {
+            Ok(expired) => {
+                self.report
+                    .raw_payloads_expired(expired.deleted, expired.overdue);
+                if expired.deleted > 0 || !expired.destroyed.is_empty() {
+                    slog::info!(self.log, "raw payloads past inbox.keep_raw_days deleted";
+                        "payloads" => expired.deleted, "keys_destroyed" => expired.destroyed.len());
+                }
+                if expired.overdue > 0 {
+                    slog::warn!(self.log, "inbox events older than inbox.keep_raw_days still wait; their days' keys are kept";
+                        "rows" => expired.overdue);
+                }
+            }
+            Err(e) => {
+                self.conn = None;
+                slog::warn!(self.log, "raw payload expiry failed"; "error" => %e);
+            }
+        }
+        match result {
+            Ok((purged, backlog, parked)) => {
+                self.report.inbox_levels(backlog, parked);
+                if purged > 0 {
+                    slog::debug!(self.log, "purged processed inbox rows"; "rows" => purged);
+                }
+            }
+            Err(e) => {
+                self.conn = None;
+                slog::warn!(self.log, "inbox maintenance failed"; "error" => %e);
+            }
+        }
+    }
+}
+
+/// PostgreSQL: plans the batch's statements with index lookups, never a sequential
+/// scan. Every statement the writer runs reaches its rows by key, but joined to a batch
+/// of unnested rows the planner judged a small, hot table (a thousand conversations)
+/// cheaper to read whole and hash: two sequential scans per batch once it held about
+/// fifteen conversations (seen with auto_explain), the largest part of PostgreSQL's
+/// CPU per message. `SET LOCAL` ends with the transaction.
+fn point_lookups_only(conn: &mut DbConn) -> Result<(), StorageError> {
+    if let DbConn::Pg(c) = conn {
+        c.batch_execute("SET LOCAL enable_seqscan = off")?;
+    }
+    Ok(())
+}
+
+/// Applies every actor job's ops of the batch together (see [`crm::apply_batch`]),
+/// less the fresh events whose inbox row exists already (redeliveries), and marks the
+/// inbox rows they came from processed; one receipt per apply job, in order.
+fn apply_jobs(
+    conn: &mut DbConn,
+    jobs: &[Job],
+    merged_away: &MergedAway,
+    now: i64,
+) -> Result<Vec<ApplyReceipt>, StorageError> {
+    let apply_jobs: Vec<(&TenantId, &[ApplyOp])> = jobs
+        .iter()
+        .filter_map(|job| match job {
+            Job::Apply { tenant_id, ops, .. } => Some((tenant_id, &ops[..])),
+            _ => None,
+        })
+        .collect();
+    // An actor may still hold a contact that a merge removed: its write fails as a
+    // whole (the batch is then retried job by job) and the actor resolves again.
+    // Merges happen only here, in the writers, so the ids they removed are known
+    // without asking the database (a query per batch cost 6% of the throughput).
+    if let Ok(gone) = merged_away.read() {
+        if !gone.is_empty() {
+            let stale = apply_jobs
+                .iter()
+                .flat_map(|(_, ops)| ops.iter().filter_map(|op| op.contact_id()))
+                .find(|id| gone.contains(id.as_str()));
+            if let Some(stale) = stale {
+                return Err(StorageError::ContactGone(stale.to_string()));
+            }
+        }
+    }
+    let fresh: Vec<(&TenantId, &inbox::FreshRow)> = apply_jobs
+        .iter()
+        .flat_map(|(tenant_id, ops)| {
+            ops.iter()
+                .filter_map(move |op| Some((*tenant_id, op.inbox_row_to_insert()?)))
+        })
+        .collect();
+    let mut new_rows = inbox::insert_processed(conn, &fresh, now)?;
+    // Per job and op: a fresh event whose row was there already. The first of
+    // identical fresh events in the batch takes the row.
+    let row_taken: Vec<Vec<bool>> = apply_jobs
+        .iter()
+        .map(|(_, ops)| {
+            ops.iter()
+                .map(|op| {
+                    op.inbox_row_to_insert()
+                        .is_some_and(|row| !new_rows.remove(&row.dedupe_bidx))
+                })
+                .collect()
+        })
+        .collect();
+    let applies: Vec<(&TenantId, Vec<&ApplyOp>)> = apply_jobs
+        .iter()
+        .zip(&row_taken)
+        .map(|((tenant_id, ops), taken)| {
+            let kept = ops
+                .iter()
+                .zip(taken)
+                .filter(|(_, taken)| !**taken)
+                .map(|(op, _)| op)
+                .collect();
+            (*tenant_id, kept)
+        })
+        .collect();
+    let applied = crm::apply_batch(conn, &applies, now)?;
+    let processed: Vec<i64> = applies
+        .iter()
+        .flat_map(|(_, ops)| ops.iter().filter_map(|op| op.inbox_id()))
+        .collect();
+    inbox::mark_processed_many(conn, &processed, now)?;
+    Ok(apply_jobs
+        .iter()
+        .zip(row_taken)
+        .zip(applied)
+        .map(|(((_, ops), taken), done)| {
+            // `done.redelivered` has one entry per op that was kept.
+            let mut redelivered = done.redelivered.into_iter();
+            let duplicate = ops
+                .iter()
+                .zip(taken)
+                .map(|(op, taken)| taken || (redelivered.next().unwrap_or(false) && op.is_fresh()))
+                .collect();
+            ApplyReceipt {
+                conversation: done.conversation,
+                duplicate,
+            }
+        })
+        .collect())
+}
+
+/// One webhook's content for [`ingest`]: the day key to seal it under, its events
+/// and its other content.
+type IngestPart<'a> = (&'a DayKey, &'a [FreshEvent], &'a [OtherChange]);
+
+/// Inserts the events and other content of several webhooks inside the batch
+/// transaction; one receipt per webhook, in order. Each is sealed for the tenant that
+/// owns its number (an event of a number no tenant owns is stored as unrouted).
+fn ingest(
+    conn: &mut DbConn,
+    keyring: &Keyring,
+    routes: &RouteCache,
+    parts: &[IngestPart<'_>],
+    now: i64,
+) -> Result<Vec<IngestReceipt>, StorageError> {
+    if parts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut numbers: Vec<String> = parts
+        .iter()
+        .flat_map(|(_, events, others)| {
+            events
+                .iter()
+                .map(|e| e.keys.phone_number_id.clone())
+                .chain(others.iter().filter_map(|o| o.phone_number_id.clone()))
+        })
+        .collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    let routes = routes.owners(conn, numbers, now)?;
+    // Per webhook, per event: sealed for its tenant's inbox, or `None` (unrouted).
+    let mut sealed: Vec<Vec<Option<(TenantId, PreparedEvent)>>> = Vec::with_capacity(parts.len());
+    for (day, events, _) in parts {
+        let mut of_part = Vec::with_capacity(events.len());
+        for event in events.iter() {
+            of_part.push(match routes.get(&event.keys.phone_number_id) {
+                Some(tenant_id) => Some((tenant_id.clone(), event.seal(keyring, tenant_id, day)?)),
+                None => None,
+            });
+        }
+        sealed.push(of_part);
+    }
+    let routed: Vec<(&TenantId, &PreparedEvent)> = sealed
+        .iter()
+        .flatten()
+        .flatten()
+        .map(|(tenant_id, prepared)| (tenant_id, prepared))
+        .collect();
+    let mut inserted = inbox::insert_events(conn, &routed, now)?;
+    let mut receipts = Vec::with_capacity(parts.len());
+    for ((day, events, others), sealed) in parts.iter().zip(&sealed) {
+        let mut receipt = IngestReceipt::default();
+        for (event, sealed) in events.iter().zip(sealed) {
+            match sealed {
+                // The first of several identical events in the batch takes the row;
+                // the rest are duplicates.
+                Some((tenant_id, prepared)) => match inserted.remove(&prepared.row.dedupe_bidx) {
+                    Some(id) => receipt.accepted.push(InboxItem {
+                        id,
+                        tenant_id: tenant_id.clone(),
+                        phone_number_id: event.keys.phone_number_id.clone(),
+                        route_key: event.keys.route_key.clone(),
+                        received_at: now,
+                        event: event.event.clone(),
+                    }),
+                    None => receipt.duplicates += 1,
+                },
+                None => {
+                    let raw = serde_json::to_vec(event.event.as_ref())
+                        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                    let other = PreparedOther::seal(
+                        day,
+                        None,
+                        "unrouted",
+                        Some(event.keys.kind.as_str().to_string()),
+                        Some(event.keys.phone_number_id.clone()),
+                        &raw,
+                    )?;
+                    inbox::insert_other(conn, None, &other, now)?;
+                    receipt.unrouted += 1;
+                }
+            }
+        }
+        for other in others.iter() {
+            let tenant = other.phone_number_id.as_ref().and_then(|p| routes.get(p));
+            let prepared = PreparedOther::seal(
+                day,
+                tenant,
+                other.reason,
+                other.field.clone(),
+                other.phone_number_id.clone(),
+                &other.raw,
+            )?;
+            inbox::insert_other(conn, tenant, &prepared, now)?;
+            receipt.others += 1;
+        }
+        receipts.push(receipt);
+    }
+    Ok(receipts)
+}

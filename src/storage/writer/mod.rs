@@ -1,0 +1,613 @@
+//! The writer: one thread that owns every database write and commits them in groups.
+//! Inbox inserts (ingest) and actor work (resolve contacts, apply events, the webhook's
+//! own events among them) queue here; each cycle takes all waiting ingest jobs and,
+//! round-robin across tenants, actor jobs up to `database.write_batch_max`, commits
+//! them in one transaction, then answers each job. So a webhook is acknowledged only
+//! after its batch is durable, one fsync serves many requests, and a flood from one
+//! tenant cannot starve the others.
+//!
+//! A job whose work fails is retried alone, so one bad job never fails its neighbours.//!
+//! The writer's parts: [`queue`] (the jobs, how they wait and are taken in batches),
+//! [`batch`] (a batch's transaction), [`replies`] (answering each job once its batch
+//! is durable); SQLite's checkpointer and conversation index are in `storage::sqlite`.
+
+mod batch;
+mod queue;
+mod replies;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::crm::{ApplyOp, ContactIdentifiers, ResolvedContact};
+use super::inbox::{FreshEvent, InboxItem};
+use super::key_store::Vault;
+use super::raw_keys::{self, DayKey, RawKeys};
+use super::report::WriterReport;
+use super::routes::RouteCache;
+use super::sqlite::{spawn_checkpointer, spawn_index_reader, ConversationIndexer, IndexShared};
+use super::{DbConn, Pool, PooledConn, StorageError};
+use crate::clock::SharedClock;
+use crate::handoff::{self, Reply};
+use crate::ids::TenantId;
+use crate::whatsapp::OtherChange;
+
+pub(in crate::storage) use queue::Job;
+use queue::{WriteOutput, WriteWork};
+
+/// What an ingest job committed.
+#[derive(Debug, Default)]
+pub struct IngestReceipt {
+    pub accepted: Vec<InboxItem>,
+    pub duplicates: usize,
+    pub unrouted: usize,
+    pub others: usize,
+}
+
+/// What an apply job committed.
+#[derive(Debug, Default)]
+pub struct ApplyReceipt {
+    /// The conversation the job's inbound messages went to, for the actor to cache.
+    pub conversation: Option<String>,
+    /// Per op: skipped because its fresh event had been delivered before.
+    pub duplicate: Vec<bool>,
+}
+
+/// What became of an event applied as it arrived, told to the webhook that carried it
+/// once the write is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    New,
+    /// Delivered before: nothing changed.
+    Duplicate,
+}
+
+/// Webhooks waiting on an apply job: the index of the op that applies their event, and
+/// where to tell them. Dropped unanswered when the write fails.
+pub type Waiters = Vec<(usize, Reply<Delivered>)>;
+
+/// Contacts merged into others since the writers started: a write naming one is
+/// refused as [`StorageError::ContactGone`].
+pub(in crate::storage) type MergedAway = Arc<std::sync::RwLock<std::collections::HashSet<String>>>;
+
+/// Receives committed inbox rows (the actor registry).
+pub type Dispatcher = Box<dyn Fn(Vec<InboxItem>) + Send + Sync>;
+
+/// What the writer threads show of their health: whether they run, and since when
+/// the batch each is writing started (a batch that never ends is a hung database).
+pub struct WriterHealth {
+    /// Writer threads whose loop is running (a panicked one is restarted in place).
+    running: AtomicUsize,
+    /// Per writer: milliseconds since `epoch` when its current batch began, 0 when it
+    /// is between batches.
+    busy_since: Vec<std::sync::atomic::AtomicU64>,
+    epoch: Instant,
+}
+
+impl WriterHealth {
+    fn new(writers: usize) -> WriterHealth {
+        WriterHealth {
+            running: AtomicUsize::new(0),
+            busy_since: (0..writers)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        // Never 0, which means idle.
+        (self.epoch.elapsed().as_millis() as u64).max(1)
+    }
+
+    fn begin(&self, writer: usize) {
+        if let Some(slot) = self.busy_since.get(writer) {
+            slot.store(self.now(), Ordering::SeqCst);
+        }
+    }
+
+    fn end(&self, writer: usize) {
+        if let Some(slot) = self.busy_since.get(writer) {
+            slot.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// Why the writer cannot take work, if it cannot: a thread is not running, or a
+    /// batch has been writing for longer than `limit` (the database does not answer).
+    pub fn problem(&self, limit: Duration) -> Option<String> {
+        let expected = self.busy_since.len();
+        let running = self.running.load(Ordering::SeqCst);
+        if running < expected {
+            return Some(format!(
+                "{} of {expected} writer threads are down",
+                expected - running
+            ));
+        }
+        let now = self.now();
+        let longest = self
+            .busy_since
+            .iter()
+            .map(|slot| slot.load(Ordering::SeqCst))
+            .filter(|since| *since != 0)
+            .map(|since| now.saturating_sub(since))
+            .max()?;
+        (Duration::from_millis(longest) > limit)
+            .then(|| format!("a write has been waiting for the database for {longest} ms"))
+    }
+}
+
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: flume::Sender<Job>,
+    health: Arc<WriterHealth>,
+    raw_keys: Arc<RawKeys>,
+    dispatcher: Arc<OnceLock<Dispatcher>>,
+    /// Set by [`WriterHandle::stop`]; the writer threads end once their queues are empty.
+    stopping: Arc<AtomicBool>,
+    writers: usize,
+}
+
+pub(super) fn gone() -> StorageError {
+    StorageError::Unavailable("the writer has stopped".into())
+}
+
+impl WriterHandle {
+    /// Commits a webhook's events and other content, sealed under `day`'s key (see
+    /// [`WriterHandle::day_key`]); resolves once they are durable.
+    pub async fn ingest(
+        &self,
+        day: DayKey,
+        events: Vec<FreshEvent>,
+        others: Vec<OtherChange>,
+    ) -> Result<IngestReceipt, StorageError> {
+        let (reply, rx) = handoff::channel();
+        self.tx
+            .send_async(Job::Ingest {
+                day,
+                events,
+                others,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    pub async fn resolve(
+        &self,
+        tenant_id: TenantId,
+        ids: ContactIdentifiers,
+    ) -> Result<ResolvedContact, StorageError> {
+        let (reply, rx) = handoff::channel();
+        self.tx
+            .send_async(Job::Resolve {
+                tenant_id,
+                ids,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Applies a conversation actor's ops in order, skipping fresh events delivered
+    /// before. The webhooks in `waiters` hear straight from the writer once the write
+    /// is durable, without waiting for the actor's turn.
+    pub async fn apply(
+        &self,
+        tenant_id: TenantId,
+        ops: Vec<ApplyOp>,
+        waiters: Waiters,
+    ) -> Result<ApplyReceipt, StorageError> {
+        let (reply, rx) = handoff::channel();
+        self.tx
+            .send_async(Job::Apply {
+                tenant_id,
+                ops,
+                waiters,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Runs `work` in the writer: in `tenant_id`'s serialised lane (after the writes
+    /// of that tenant queued before it; `None`: in the ingest lane, served first),
+    /// inside a transaction, grouped with other writes where it can be. `work` may run
+    /// twice (its batch failed and is retried job by job); only the committed run
+    /// counts.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        tenant_id: Option<TenantId>,
+        mut work: impl FnMut(&mut DbConn) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let (reply, rx) = handoff::channel();
+        let work: WriteWork = Box::new(move |conn| Ok(Box::new(work(conn)?) as WriteOutput));
+        self.tx
+            .send_async(Job::Write {
+                tenant_id,
+                work,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        let output = rx.await.map_err(|_| gone())??;
+        output
+            .downcast::<T>()
+            .map(|value| *value)
+            .map_err(|_| StorageError::Corrupt("a write returned another type".into()))
+    }
+
+    /// Waits until everything queued so far is written.
+    pub async fn flush(&self) {
+        let (reply, rx) = handoff::channel();
+        if self.tx.send_async(Job::Flush(reply)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Asks the writer threads to finish what is queued and end. The actors keep
+    /// handles (and the dispatcher keeps the actors) until the process ends, so the
+    /// threads cannot wait for every handle to go.
+    pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for _ in 0..self.writers {
+            // Wakes a writer waiting for work.
+            let (reply, _) = handoff::channel();
+            let _ = self.tx.send_async(Job::Flush(reply)).await;
+        }
+    }
+
+    /// Where committed inbox rows go; set once the actors are running.
+    pub fn set_dispatcher(&self, dispatcher: Dispatcher) {
+        let _ = self.dispatcher.set(dispatcher);
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.tx.len()
+    }
+
+    pub fn health(&self) -> &WriterHealth {
+        &self.health
+    }
+
+    /// The key raw payloads arriving at `now_ms` are sealed under: the day's, made
+    /// (and committed, by a write of its own) the first time the day needs it.
+    pub async fn day_key(&self, keyring: &Arc<Vault>, now_ms: i64) -> Result<DayKey, StorageError> {
+        let day = raw_keys::day_of(now_ms);
+        if let Some(known) = self.raw_keys.cached(&day) {
+            return Ok(known);
+        }
+        let (ring, wanted) = (keyring.clone(), day.clone());
+        let key = self
+            .write(None, move |conn| {
+                raw_keys::make_day_key(conn, &ring, &wanted, now_ms)
+            })
+            .await?;
+        let day_key = DayKey { day, key };
+        self.raw_keys.remember_committed(&day_key);
+        Ok(day_key)
+    }
+}
+
+/// Called at the start of every write batch with the writer's index; tests make it
+/// panic to show that a panicked writer is restarted.
+pub type BatchHook = Arc<dyn Fn(usize) + Send + Sync>;
+
+pub struct WriterConfig {
+    pub batch_max: usize,
+    pub keep_processed_ms: i64,
+    /// Writer threads; 0 = 1 for SQLite, 2 for PostgreSQL.
+    pub writers: usize,
+    /// SQLite: WAL pages (of 4 KiB) past which the WAL starts over.
+    pub wal_restart_pages: i64,
+    /// SQLite: the pause between two background checkpoints.
+    pub checkpoint_interval: Duration,
+    pub before_batch: Option<BatchHook>,
+    /// Raw payloads' days kept (`inbox.keep_raw_days`).
+    pub keep_raw_days: u32,
+}
+
+/// A thread of the storage layer's background work, by name, for shutdown to await.
+pub struct BackgroundThread {
+    pub name: String,
+    pub handle: JoinHandle<()>,
+}
+
+impl BackgroundThread {
+    pub(in crate::storage) fn spawn(
+        name: &str,
+        log: &slog::Logger,
+        work: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<BackgroundThread> {
+        let log = log.new(slog::o!("background" => name.to_string()));
+        let handle = std::thread::Builder::new()
+            .name(format!("converra-{name}"))
+            .spawn(move || {
+                work();
+                slog::info!(log, "background task stopped");
+            })?;
+        Ok(BackgroundThread {
+            name: name.to_string(),
+            handle,
+        })
+    }
+}
+
+/// Starts the writer threads and, on SQLite, the checkpointer and the conversation
+/// index reader, returned by name. The writers stop after [`WriterHandle::stop`] once
+/// what was queued is written; the others once every writer has stopped.
+pub fn spawn(
+    pool: Pool,
+    keyring: Arc<Vault>,
+    clock: SharedClock,
+    report: Arc<dyn WriterReport>,
+    routes: Arc<RouteCache>,
+    config: WriterConfig,
+    log: slog::Logger,
+) -> std::io::Result<(WriterHandle, Vec<BackgroundThread>)> {
+    // Bounded: when the database falls behind, webhook handlers wait here instead of
+    // memory growing without limit.
+    let capacity = config.batch_max.max(64) * 16;
+    let (tx, rx) = flume::bounded(capacity);
+    let dispatcher: Arc<OnceLock<Dispatcher>> = Arc::new(OnceLock::new());
+    let sqlite = pool
+        .get()
+        .map(|conn| matches!(*conn, DbConn::Sqlite(_)))
+        .unwrap_or(false);
+    let writers = match (config.writers, sqlite) {
+        (0, true) => 1,
+        (0, false) => 2,
+        (n, _) => n,
+    };
+    let stopping = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(WriterHealth::new(writers));
+    let raw_keys = Arc::new(RawKeys::default());
+    let merged_away = MergedAway::default();
+    let handle = WriterHandle {
+        tx,
+        health: health.clone(),
+        raw_keys: raw_keys.clone(),
+        dispatcher: dispatcher.clone(),
+        stopping: stopping.clone(),
+        writers,
+    };
+    let stopped = Arc::new(AtomicUsize::new(0));
+    let restart_wanted = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::with_capacity(writers + 2);
+    if sqlite {
+        threads.push(spawn_checkpointer(
+            pool.clone(),
+            stopped.clone(),
+            restart_wanted.clone(),
+            config.wal_restart_pages,
+            config.checkpoint_interval,
+            writers,
+            log.clone(),
+        )?);
+    }
+    let index_shared = sqlite.then(|| Arc::new(IndexShared::default()));
+    if let Some(shared) = &index_shared {
+        threads.push(spawn_index_reader(
+            pool.clone(),
+            shared.clone(),
+            report.clone(),
+            stopped.clone(),
+            writers,
+            log.clone(),
+        )?);
+    }
+    for index in 0..writers {
+        let mut writer = Writer {
+            pool: pool.clone(),
+            conn: None,
+            keyring: keyring.clone(),
+            clock: clock.clone(),
+            report: report.clone(),
+            batch_max: config.batch_max,
+            keep_processed_ms: config.keep_processed_ms,
+            // One writer purges; the others would only repeat it.
+            maintains: index == 0,
+            log: log.new(slog::o!("writer" => index)),
+            index,
+            health: health.clone(),
+            before_batch: config.before_batch.clone(),
+            merged_away: merged_away.clone(),
+            raw_keys: raw_keys.clone(),
+            keep_raw_days: config.keep_raw_days,
+            connect_failed: false,
+            dispatcher: dispatcher.clone(),
+            restart_wanted: restart_wanted.clone(),
+            stopping: stopping.clone(),
+            routes: routes.clone(),
+            ingest: VecDeque::new(),
+            lanes: VecDeque::new(),
+            queued: 0,
+            max_queued: capacity,
+            last_maintenance: Instant::now(),
+            conversation_index: (index == 0)
+                .then(|| index_shared.clone())
+                .flatten()
+                .map(|shared| ConversationIndexer { shared, bulk: None }),
+            arrivals: Arrivals {
+                since: Instant::now(),
+                jobs: 0,
+                rate: 0.0,
+            },
+        };
+        let rx = rx.clone();
+        let stopped = stopped.clone();
+        threads.push(BackgroundThread::spawn(
+            &format!("writer-{index}"),
+            &log,
+            move || {
+                writer.supervise(rx);
+                stopped.fetch_add(1, Ordering::SeqCst);
+            },
+        )?);
+    }
+    Ok((handle, threads))
+}
+
+pub(in crate::storage) struct Writer {
+    pub(in crate::storage) pool: Pool,
+    pub(in crate::storage) conn: Option<PooledConn>,
+    pub(in crate::storage) keyring: Arc<Vault>,
+    pub(in crate::storage) clock: SharedClock,
+    pub(in crate::storage) report: Arc<dyn WriterReport>,
+    pub(in crate::storage) batch_max: usize,
+    pub(in crate::storage) keep_processed_ms: i64,
+    pub(in crate::storage) maintains: bool,
+    pub(in crate::storage) log: slog::Logger,
+    /// This writer's place in [`WriterHealth`].
+    pub(in crate::storage) index: usize,
+    pub(in crate::storage) health: Arc<WriterHealth>,
+    pub(in crate::storage) before_batch: Option<BatchHook>,
+    pub(in crate::storage) merged_away: MergedAway,
+    pub(in crate::storage) raw_keys: Arc<RawKeys>,
+    pub(in crate::storage) keep_raw_days: u32,
+    /// The last attempt to get a connection failed: the database is unreachable.
+    pub(in crate::storage) connect_failed: bool,
+    pub(in crate::storage) dispatcher: Arc<OnceLock<Dispatcher>>,
+    /// Set by the checkpointer when the WAL should start over (SQLite).
+    pub(in crate::storage) restart_wanted: Arc<AtomicBool>,
+    /// Set by [`WriterHandle::stop`].
+    pub(in crate::storage) stopping: Arc<AtomicBool>,
+    /// phone_number_id → owning tenant (only owned numbers are cached).
+    pub(in crate::storage) routes: Arc<RouteCache>,
+    pub(in crate::storage) ingest: VecDeque<Job>,
+    /// Actor jobs waiting, one queue per tenant, served round-robin.
+    pub(in crate::storage) lanes: VecDeque<(TenantId, VecDeque<Job>)>,
+    /// Jobs in `ingest` and `lanes`, and how many they may hold.
+    pub(in crate::storage) queued: usize,
+    pub(in crate::storage) max_queued: usize,
+    pub(in crate::storage) last_maintenance: Instant,
+    /// SQLite, one writer: fills the conversation index in bulk.
+    pub(in crate::storage) conversation_index: Option<ConversationIndexer>,
+    pub(in crate::storage) arrivals: Arrivals,
+}
+
+/// Jobs counted since a moment, and the rate of the last whole second before it.
+pub(super) struct Arrivals {
+    pub(super) since: Instant,
+    pub(super) jobs: usize,
+    pub(super) rate: f64,
+}
+
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
+/// Woken from idle by a job, the writer waits up to [`GATHER_FOR`] for more, until it
+/// holds [`GATHER_JOBS`], before it writes, when jobs have been arriving at
+/// [`GATHER_FROM_RATE`] a second or more: at a moderate rate each batch otherwise
+/// carried 2-5 webhooks, and a batch's fixed costs (its commit and sync, the pages every
+/// batch writes) were most of the writer's CPU. At 10,000/s (SQLite FULL, eleven
+/// interleaved pairs) the writer's CPU per message fell from 44-47 to 33-36 µs and the
+/// server's from 100-104 to 85-95; p50 up to 0.9 ms higher; the client p99 is not
+/// resolved (lower in seven of eleven pairs, medians 19.9 against 17.2 ms). At 1,000/s
+/// waiting would only add its half millisecond to every webhook (p50 0.5-0.7 ms became
+/// 1.0-1.2), hence the rate. Under full load the writer is never idle, so it never
+/// waits.
+const GATHER_FOR: Duration = Duration::from_micros(500);
+const GATHER_JOBS: usize = 16;
+/// About two jobs expected within [`GATHER_FOR`].
+const GATHER_FROM_RATE: f64 = 4_000.0;
+/// A write that took this long is logged: the disk (or the database server) is
+/// struggling, and webhooks wait.
+pub(in crate::storage) const SLOW_WRITE: Duration = Duration::from_millis(100);
+
+impl Writer {
+    /// Runs the writer loop, restarting it after a panic. The jobs in its hands when
+    /// it panicked are dropped unanswered, which their callers see as "the writer is
+    /// unavailable" (a webhook answers 503 and Meta retries, an actor retries); the
+    /// connection it held is discarded, since it may be inside a transaction.
+    fn supervise(&mut self, rx: flume::Receiver<Job>) {
+        // Running from here to the loop's end, restarts included: only a thread that
+        // has ended counts as down.
+        self.health.running.fetch_add(1, Ordering::SeqCst);
+        loop {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.run(rx.clone());
+            }));
+            self.health.end(self.index);
+            match ran {
+                Ok(()) => {
+                    self.health.running.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+                Err(panic) => {
+                    let reason = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    slog::error!(self.log, "writer panicked; restarting it, the jobs in hand failed";
+                        "panic" => reason);
+                    self.report.writer_restarted();
+                    self.conn = None;
+                    self.ingest.clear();
+                    self.lanes.clear();
+                    self.queued = 0;
+                    if let Some(indexer) = self.conversation_index.as_mut() {
+                        indexer.bulk = None;
+                        indexer.publish_busy();
+                    }
+                    // A panic that repeats at once must not spin a core.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    fn run(&mut self, rx: flume::Receiver<Job>) {
+        loop {
+            let idle = self.ingest.is_empty() && self.lanes.is_empty();
+            if idle {
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(job) => {
+                        self.enqueue(job);
+                        if self.gathering() {
+                            self.gather(&rx);
+                        }
+                    }
+                    Err(flume::RecvTimeoutError::Timeout) => {
+                        self.maintenance();
+                        // Nothing else to do: the whole tail, not one slice.
+                        while self.index_conversations() {}
+                        continue;
+                    }
+                    Err(flume::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            // The writer's own queues hold at most as many jobs as the channel: past
+            // that, jobs wait in the channel, whose senders (webhook handlers, actors)
+            // then wait in turn, instead of memory growing without limit.
+            let room = self.max_queued.saturating_sub(self.queued);
+            for job in rx.try_iter().take(room) {
+                self.enqueue(job);
+            }
+            let batch = self.take_batch();
+            self.process(batch, &rx);
+            if self.restart_wanted.swap(false, Ordering::SeqCst) {
+                self.restart_wal();
+            }
+            if self.last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+                self.maintenance();
+            }
+            if self.stopping.load(Ordering::SeqCst)
+                && self.ingest.is_empty()
+                && self.lanes.is_empty()
+                && rx.is_empty()
+            {
+                break;
+            }
+        }
+        // Disconnected: everything queued has been taken; finish it.
+        while !self.ingest.is_empty() || !self.lanes.is_empty() {
+            let batch = self.take_batch();
+            self.process(batch, &rx);
+        }
+        slog::info!(self.log, "writer stopped");
+    }
+}
