@@ -15,11 +15,11 @@ use serde_json::Value;
 use super::conversations::{touch_conversations, upsert_conversation, Touch};
 use super::inbox::FreshRow;
 use super::messages::{complete_tombstone, insert_inbound, InboundRow, MessageState};
+use super::on_backend;
 use super::schema::{contacts, messages, status_events};
 use super::{DbConn, StorageError};
 use crate::crypto::Place;
 use crate::ids::{ContactId, KeyId, MessageId, TenantId};
-use crate::on_backend;
 use crate::whatsapp::EventKind;
 
 /// One unit of CRM work produced by a conversation actor; the writer applies a batch

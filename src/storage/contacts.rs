@@ -15,11 +15,11 @@ use super::conversations::join_conversation_times;
 use super::key_store::Vault;
 use super::keys::{insert_data_key, load_data_key, load_keys};
 use super::messages::move_conversation_messages;
+use super::on_backend;
 use super::schema::{contacts, conversations};
 use super::{DbConn, StorageError};
 use crate::crypto::{NewDataKey, Place, SealKey};
 use crate::ids::{ContactId, KeyId, TenantId};
-use crate::on_backend;
 
 /// Where a contact's sealed `column` lives (see [`Place`]); the conversation actor
 /// seals profile updates for it too.

@@ -10,10 +10,10 @@ use std::collections::HashSet;
 use diesel::prelude::*;
 
 use super::fixed::{fixed_statement, Bind, ReturnedId, Sql};
+use super::on_backend;
 use super::schema::conversations;
 use super::{DbConn, StorageError};
 use crate::ids::{ContactId, ConversationId, TenantId};
-use crate::on_backend;
 
 /// The customer-service window Meta opens with each inbound message.
 pub(super) const SERVICE_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;

@@ -14,12 +14,12 @@ use diesel::prelude::*;
 
 use super::fixed::{fixed_statement, Bind, Sql};
 use super::key_store::Vault;
+use super::on_backend;
 use super::raw_keys::{DayKey, RawKeys};
 use super::schema::{inbox, webhook_events};
 use super::{DbConn, StorageError};
 use crate::crypto::{Keyring, Place, SealKey};
 use crate::ids::TenantId;
-use crate::on_backend;
 use crate::whatsapp::{Event, EventKind};
 
 /// A routable event on its way in, with its identity in clear: in memory only, the

@@ -14,11 +14,11 @@ use diesel::prelude::*;
 use diesel::r2d2;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use super::on_backend;
 use super::schema::{contacts, data_keys, raw_keys};
 use super::{DatabaseUrl, DbConn, DbManager, Pool, StorageError};
 use crate::config::Settings;
 use crate::crypto::Keyring;
-use crate::on_backend;
 
 const KEY_STORE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/keystore");
 

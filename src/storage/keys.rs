@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use diesel::prelude::*;
 
 use super::key_store::Vault;
+use super::on_backend;
 use super::schema::data_keys;
 use super::{DbConn, StorageError};
 use crate::crypto::SealKey;
 use crate::ids::{KeyId, TenantId};
-use crate::on_backend;
 
 pub fn insert_data_key(
     conn: &mut DbConn,

@@ -5,10 +5,10 @@
 use diesel::prelude::*;
 
 use super::key_store::with_key_store;
+use super::on_backend;
 use super::schema::{data_keys, inbox, master_key_check, phone_numbers, tenants, webhook_events};
 use super::{write_transaction, DbConn, Pool, StorageError};
 use crate::crypto::Keyring;
-use crate::on_backend;
 
 /// The check value recorded with the first key, if any.
 pub fn recorded(conn: &mut DbConn) -> Result<Option<String>, StorageError> {

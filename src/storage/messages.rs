@@ -18,10 +18,10 @@ use super::apply::{content_place, wamid_place, MessageBundle, NewInbound};
 use super::fixed::{fixed_statement, Bind, ReturnedId, Sql};
 use super::key_store::Vault;
 use super::keys::load_keys;
+use super::on_backend;
 use super::schema::{messages, status_events};
 use super::{DbConn, StorageError};
 use crate::ids::TenantId;
-use crate::on_backend;
 
 /// Where a message stands (`messages.status`, the API's `status` and `state`), in the
 /// order a message moves through them; `failed` is apart from that order.

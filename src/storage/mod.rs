@@ -61,6 +61,9 @@ macro_rules! on_backend {
     };
 }
 
+/// Storage's own modules take the macro from here, not from the crate root.
+pub use crate::on_backend;
+
 pub type Pool = r2d2::Pool<DbManager>;
 pub type PooledConn = r2d2::PooledConnection<DbManager>;
 

@@ -13,10 +13,10 @@ use std::sync::RwLock;
 use diesel::prelude::*;
 
 use super::key_store::Vault;
+use super::on_backend;
 use super::schema::{inbox, raw_keys, webhook_events};
 use super::{write_transaction, DbConn, StorageError};
 use crate::crypto::SealKey;
-use crate::on_backend;
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 

@@ -5,11 +5,11 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::key_store::Vault;
+use super::on_backend;
 use super::schema::{api_keys, phone_numbers, tenants};
 use super::{inbox, DbConn, StorageError};
 use crate::crypto::{self, Place};
 use crate::ids::TenantId;
-use crate::on_backend;
 
 #[derive(Debug, Clone, Serialize, Queryable)]
 pub struct Tenant {

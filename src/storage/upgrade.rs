@@ -21,6 +21,7 @@ use super::contacts::contact_field;
 use super::inbox::{payload_place, raw_place};
 use super::key_store::Vault;
 use super::keys::load_data_key;
+use super::on_backend;
 use super::raw_keys::{day_of, make_day_key, RawKeys};
 use super::schema::{
     contacts, data_keys, inbox, messages, phone_numbers, raw_keys, storage_upgrades, webhook_events,
@@ -29,7 +30,6 @@ use super::tenants::access_token_place;
 use super::{write_transaction, DbConn, StorageError};
 use crate::crypto::{is_legacy, Place, SealKey};
 use crate::ids::TenantId;
-use crate::on_backend;
 
 const SEALED_PLACES: &str = "sealed-places";
 const PAGE: i64 = 1_000;

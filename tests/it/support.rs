@@ -171,6 +171,8 @@ pub struct TestApp {
     task: Option<tokio::task::JoinHandle<Result<(), converra::RunError>>>,
     /// Kept so the database outlives the server.
     pub db: TestDb,
+    /// The server's clock (the system's unless a test moves time itself).
+    pub clock: converra::clock::SharedClock,
 }
 
 impl TestApp {
@@ -198,8 +200,21 @@ impl TestApp {
             shutdown: None,
             task: None,
             db,
+            clock: Arc::new(converra::clock::SystemClock),
         };
         app.launch(hooks).await;
+        app
+    }
+
+    /// A server whose time moves only when `clock` is told to.
+    pub async fn start_with_clock(
+        backend: &Backend,
+        clock: Arc<converra::clock::ManualClock>,
+    ) -> TestApp {
+        let mut app = Self::start(backend).await;
+        app.stop().await;
+        app.clock = clock;
+        app.launch(Hooks::default()).await;
         app
     }
 
@@ -209,6 +224,7 @@ impl TestApp {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let mut options = converra::RunOptions::new(converra::logging::discard());
         options.hooks = hooks;
+        options.clock = self.clock.clone();
         let settings = self.settings.clone();
         self.task = Some(actix_rt::spawn(async move {
             converra::run(listener, settings, options, async {

@@ -1261,3 +1261,49 @@ async fn absurd_timestamps_are_applied_and_never_push_the_window_past_arrival() 
         );
     }
 }
+
+/// The phone-number route cache is trusted for a while, then read again: a number that
+/// another process moved to another tenant (an operator command) is routed to its new
+/// owner once the entry is older than its time to live. Time is the server's injectable
+/// clock, moved by the test.
+#[actix_rt::test]
+async fn a_number_moved_by_another_process_reaches_its_new_owner_after_the_cache_ttl() {
+    use converra::clock::Clock;
+    use diesel::connection::SimpleConnection;
+    for backend in backends() {
+        let clock = converra::clock::ManualClock::new(converra::clock::SystemClock.now_ms());
+        let app = TestApp::start_with_clock(&backend, clock.clone()).await;
+        let post = |wamid: &'static str| text_webhook(NUMBER_A, "4915600", wamid, "routed");
+        assert_eq!(app.post_signed(&post("wamid.route.1")).await.0, 200);
+        let (_, pool) = app.pool();
+        pool.get()
+            .unwrap()
+            .batch_execute(&format!(
+                "UPDATE phone_numbers SET tenant_id = '{}' WHERE phone_number_id = '{NUMBER_A}'",
+                app.b.id
+            ))
+            .unwrap();
+        assert_eq!(app.post_signed(&post("wamid.route.2")).await.0, 200);
+        clock.advance_ms(converra::storage::routes::ROUTE_TTL_MS);
+        assert_eq!(app.post_signed(&post("wamid.route.3")).await.0, 200);
+        app.wait_processed().await;
+        let wamids = |messages: Vec<Value>| -> Vec<String> {
+            let mut ids: Vec<String> = messages
+                .iter()
+                .filter_map(|m| m["wamid"].as_str().map(str::to_string))
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(
+            wamids(app.all_messages(&app.a).await),
+            vec!["wamid.route.1", "wamid.route.2"],
+            "{backend:?}: the cached owner within the time to live"
+        );
+        assert_eq!(
+            wamids(app.all_messages(&app.b).await),
+            vec!["wamid.route.3"],
+            "{backend:?}: the new owner after it"
+        );
+    }
+}
