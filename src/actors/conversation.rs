@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use serde::Deserialize;
@@ -138,7 +138,8 @@ pub struct ConversationActor {
     /// An idle report is on its way to the tenant.
     releasing: bool,
     received: u64,
-    last_active: Instant,
+    /// When it last received an event, on the daemon's clock (tests move it).
+    last_active_ms: i64,
     restarted: bool,
     log: slog::Logger,
 }
@@ -158,6 +159,7 @@ impl ConversationActor {
         phone_number_id: String,
         key: String,
     ) -> ConversationActor {
+        let now = core.clock.now_ms();
         let log = core.log.new(slog::o!(
             "tenant" => tenant_id.to_string(),
             "phone_number_id" => phone_number_id.clone()
@@ -181,7 +183,7 @@ impl ConversationActor {
             in_flight: false,
             releasing: false,
             received: 0,
-            last_active: Instant::now(),
+            last_active_ms: now,
             restarted: false,
             log,
         }
@@ -403,7 +405,7 @@ impl ConversationActor {
             }
         };
         self.in_flight = true;
-        self.last_active = Instant::now();
+        self.last_active_ms = self.core.clock.now_ms();
         let writer = self.core.writer.clone();
         let tenant_id = self.tenant_id.clone();
         match step {
@@ -619,10 +621,11 @@ impl Actor for ConversationActor {
         let idle_after = Duration::from_secs(self.core.settings.actors.idle_timeout_secs);
         let check_every =
             (idle_after / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let idle_after_ms = idle_after.as_millis() as i64;
         ctx.run_interval(check_every, move |actor, ctx| {
             let idle = !actor.in_flight
                 && actor.pending.is_empty()
-                && actor.last_active.elapsed() >= idle_after;
+                && actor.core.clock.now_ms() - actor.last_active_ms >= idle_after_ms;
             if !idle || actor.releasing {
                 return;
             }
@@ -669,7 +672,7 @@ impl Handler<ApplyInboxRow> for ConversationActor {
 
     fn handle(&mut self, msg: ApplyInboxRow, ctx: &mut Context<Self>) {
         self.received += 1;
-        self.last_active = Instant::now();
+        self.last_active_ms = self.core.clock.now_ms();
         let item = msg.0;
         self.push(
             Source::Inbox(item.id),
@@ -686,7 +689,7 @@ impl Handler<ApplyArrival> for ConversationActor {
 
     fn handle(&mut self, msg: ApplyArrival, ctx: &mut Context<Self>) {
         self.received += 1;
-        self.last_active = Instant::now();
+        self.last_active_ms = self.core.clock.now_ms();
         let Delivery { event, reply, .. } = msg.0;
         let route_key = event.keys.route_key.clone();
         // Keyed hashes cost: computed here, on the actors' threads, not the writer's.

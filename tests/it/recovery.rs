@@ -188,16 +188,23 @@ async fn a_database_outage_answers_503_then_recovers_without_loss() {
     app.wait_processed().await;
 }
 
+/// A conversation actor idle for `actors.idle_timeout_secs` (on the daemon's clock,
+/// moved by the test: the default five minutes) stops, and comes back when its
+/// conversation has news.
 #[actix_rt::test]
 async fn idle_conversation_actors_stop_and_come_back_on_demand() {
-    let app = TestApp::start_with(&Backend::Sqlite, Hooks::default(), |s| {
-        s.actors.idle_timeout_secs = 1
-    })
-    .await;
+    use converra::clock::Clock;
+    let clock = converra::clock::ManualClock::new(converra::clock::SystemClock.now_ms());
+    let app = TestApp::start_with_clock(&Backend::Sqlite, clock.clone()).await;
     app.post_signed(&text_webhook(NUMBER_A, "4915123", "wamid.idle.1", "one"))
         .await;
     app.wait_messages(&app.a, 1).await;
     assert_eq!(app.metric("converra_conversation_actors").await, 1.0);
+    // Well before the timeout nothing stops (the check runs every 5 s of real time).
+    clock.advance_ms(60_000);
+    actix_rt::time::sleep(std::time::Duration::from_millis(5_500)).await;
+    assert_eq!(app.metric("converra_conversation_actors").await, 1.0);
+    clock.advance_ms(app.settings.actors.idle_timeout_secs as i64 * 1000);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while app.metric("converra_conversation_actors").await > 0.0 {
         assert!(
