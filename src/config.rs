@@ -363,11 +363,14 @@ fn read_secret(key: &'static str, path: &str) -> Result<String, ConfigError> {
 /// `?sslpassword=...`).
 fn redact_url_password(raw: &str) -> String {
     let Ok(mut parsed) = url::Url::parse(raw) else {
-        // Not a URL the daemon would accept; it may still hold a password.
-        return if raw.to_ascii_lowercase().contains("password") {
-            REDACTED.to_string()
-        } else {
-            raw.to_string()
+        // Not a URL that parses; it may still hold a password, in its user part or
+        // its parameters.
+        if raw.to_ascii_lowercase().contains("password") {
+            return REDACTED.to_string();
+        }
+        return match (raw.split_once("://"), raw.rfind('@')) {
+            (Some((scheme, _)), Some(at)) => format!("{scheme}://{REDACTED}{}", &raw[at..]),
+            _ => raw.to_string(),
         };
     };
     if parsed.password().is_some() {
@@ -428,6 +431,7 @@ mod tests {
             "postgres://user@db/converra?sslmode=require&PASSWORD=hunter2",
             "postgres://user@db/converra?sslpassword=hunter2&password=hunter2",
             "postgres://us%20er:hunter2@db/converra",
+            "postgres://u:hunter2@[db/converra",
         ] {
             settings.database.url = url.into();
             let shown = settings.redacted().database.url;

@@ -219,6 +219,16 @@ fn operator_storage(
     Arc<converra::storage::key_store::Vault>,
     storage::PooledConn,
 )> {
+    // An operator command run from another directory (the default path is relative),
+    // or with other settings than the daemon's, would otherwise make a database and a
+    // master key of its own and change nothing the daemon sees.
+    if let Some(missing) = storage::missing_database(settings)? {
+        anyhow::bail!(
+            "there is no Converra database at {missing}: operator commands work on an \
+             existing one. Run them with the daemon's settings (from its directory, with \
+             --config, or CONVERRA__DATABASE__URL); `converra migrate` creates a new one"
+        );
+    }
     let mut settings = settings.clone();
     settings.database.sqlite_busy_timeout_ms = settings
         .database

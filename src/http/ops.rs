@@ -25,12 +25,18 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         slog::warn!(state.core.log, "readiness: the writer cannot take work"; "problem" => &problem);
         return Err(ApiError::field(ErrorCode::Unavailable, "writer", problem));
     }
-    let pool = state.core.pool.clone();
+    let (pool, vault) = (state.core.pool.clone(), state.core.keyring.clone());
     let started = std::time::Instant::now();
     // A database that accepts connections but never answers would hold the probe for
-    // ever: it gets as long as a connection may take to open.
+    // ever: it gets as long as a connection may take to open. A key store database of
+    // its own is asked too: without it no new contact can be created.
     let wait = Duration::from_secs(settings.database.connect_timeout_secs);
-    let ping = web::block(move || storage::with_conn(&pool, storage::ping));
+    let ping = web::block(move || {
+        storage::with_conn(&pool, |conn| {
+            storage::ping(conn)?;
+            vault.with_store(conn, storage::ping)
+        })
+    });
     tokio::time::timeout(wait, ping)
         .await
         .map_err(|_| ApiError::field(ErrorCode::Unavailable, "database", "database unreachable"))??

@@ -338,6 +338,39 @@ pub fn ping(conn: &mut DbConn) -> Result<(), StorageError> {
     on_backend!(conn, c => c.batch_execute("SELECT 1")).map_err(StorageError::from)
 }
 
+/// Where `settings` point when no Converra database is there yet (a SQLite file that
+/// does not exist, a PostgreSQL database no migration has run in), said for the
+/// operator: the absolute file path, or the URL without its password; `None` when
+/// the database exists.
+pub fn missing_database(settings: &Settings) -> Result<Option<String>, StorageError> {
+    let manager = DbManager::new(settings)?;
+    match manager.url() {
+        DatabaseUrl::Sqlite(path) => Ok((!path.exists()).then(|| {
+            std::path::absolute(path)
+                .unwrap_or_else(|_| path.clone())
+                .display()
+                .to_string()
+        })),
+        DatabaseUrl::Postgres(_) => {
+            #[derive(QueryableByName)]
+            struct Migrated {
+                #[diesel(sql_type = diesel::sql_types::Bool)]
+                migrated: bool,
+            }
+            let mut conn = manager.establish()?;
+            let DbConn::Pg(c) = &mut conn else {
+                return Ok(None);
+            };
+            let found: Vec<Migrated> = diesel::sql_query(
+                "SELECT to_regclass('public.__diesel_schema_migrations') IS NOT NULL AS migrated",
+            )
+            .load(c)?;
+            let migrated = found.first().is_some_and(|row| row.migrated);
+            Ok((!migrated).then(|| settings.redacted().database.url))
+        }
+    }
+}
+
 /// Connects once (so the operator sees the real error, not a pool timeout), builds
 /// the pool, and applies pending migrations.
 pub fn connect(settings: &Settings) -> Result<Pool, StorageError> {
@@ -354,16 +387,45 @@ pub fn connect(settings: &Settings) -> Result<Pool, StorageError> {
         .map_err(|e| StorageError::Connect(e.to_string()))
 }
 
-/// Applies every embedded migration not applied yet; returns their names.
+/// Applies every embedded migration not applied yet; returns their names. On
+/// PostgreSQL without the statement timeout: a migration that rebuilds an index of a
+/// large table may take longer than any webhook's statement should.
 pub fn run_migrations(conn: &mut DbConn) -> Result<Vec<String>, StorageError> {
-    if let DbConn::Sqlite(c) = conn {
-        check_key_store_belongs(c)?;
+    match conn {
+        DbConn::Sqlite(c) => {
+            check_key_store_belongs(c)?;
+            c.run_pending_migrations(SQLITE_MIGRATIONS)
+                .map(names)
+                .map_err(|e| StorageError::Migration(e.to_string()))
+        }
+        DbConn::Pg(c) => without_statement_timeout(c, |c| {
+            c.run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(names)
+                .map_err(|e| StorageError::Migration(e.to_string()))
+        }),
     }
-    let applied = match conn {
-        DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(names),
-        DbConn::Pg(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS).map(names),
-    };
-    applied.map_err(|e| StorageError::Migration(e.to_string()))
+}
+
+/// Runs `f` with PostgreSQL's statement timeout off, then puts the session's back.
+pub(crate) fn without_statement_timeout<T, E: From<diesel::result::Error>>(
+    c: &mut PgConnection,
+    f: impl FnOnce(&mut PgConnection) -> Result<T, E>,
+) -> Result<T, E> {
+    #[derive(QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        value: String,
+    }
+    let before: Vec<Setting> =
+        diesel::sql_query("SELECT current_setting('statement_timeout') AS value").load(c)?;
+    c.batch_execute("SET statement_timeout = 0")?;
+    let result = f(c);
+    if let Some(before) = before.first() {
+        let restore = diesel::sql_query("SELECT set_config('statement_timeout', $1, false)")
+            .bind::<diesel::sql_types::Text, _>(&before.value);
+        restore.execute(c)?;
+    }
+    result
 }
 
 #[derive(QueryableByName)]

@@ -27,7 +27,7 @@ use super::schema::{
     contacts, data_keys, inbox, messages, phone_numbers, raw_keys, storage_upgrades, webhook_events,
 };
 use super::tenants::access_token_place;
-use super::{write_transaction, DbConn, StorageError};
+use super::{without_statement_timeout, write_transaction, DbConn, StorageError};
 use crate::crypto::{is_legacy, Place, SealKey};
 use crate::ids::TenantId;
 
@@ -46,25 +46,29 @@ pub struct Upgraded {
 }
 
 /// Runs the upgrades this database has not had; `None` when there were none to run.
-/// On SQLite the values replaced are overwritten, not only freed, and the write-ahead
-/// log is emptied afterwards, so the file keeps no clear copy.
+/// Afterwards the tables it rewrote are rewritten whole, so the database keeps no
+/// copy of a replaced value in its free space: SQLite's file is vacuumed (its WAL
+/// emptied), PostgreSQL's tables are rebuilt (`VACUUM FULL`). That takes a while on a
+/// large database, once.
 pub fn run(
     conn: &mut DbConn,
     keyring: &Vault,
     now_ms: i64,
 ) -> Result<Option<Upgraded>, StorageError> {
-    let sqlite = matches!(conn, DbConn::Sqlite(_));
-    if sqlite {
-        conn.batch_execute("PRAGMA main.secure_delete = ON")?;
-    }
-    let upgraded = upgrade_once(conn, keyring, now_ms);
-    if sqlite {
-        conn.batch_execute("PRAGMA main.secure_delete = OFF")?;
-        if matches!(upgraded, Ok(Some(_))) {
-            conn.batch_execute("PRAGMA wal_checkpoint(TRUNCATE)")?;
+    let upgraded = upgrade_once(conn, keyring, now_ms)?;
+    if upgraded.is_some() {
+        match conn {
+            DbConn::Sqlite(c) => {
+                c.batch_execute("VACUUM main; PRAGMA wal_checkpoint(TRUNCATE);")?;
+            }
+            DbConn::Pg(c) => without_statement_timeout(c, |c| {
+                c.batch_execute(
+                    "VACUUM FULL messages, inbox, contacts, webhook_events, phone_numbers",
+                )
+            })?,
         }
     }
-    upgraded
+    Ok(upgraded)
 }
 
 fn upgrade_once(
@@ -110,8 +114,14 @@ fn sealed_places(
     Ok(upgraded)
 }
 
-/// Data keys and day keys, wrapped again bound to their place.
+/// Data keys and day keys, wrapped again bound to their place, wherever the key store
+/// is (in a key store database of its own, committed before the data's upgrade: run
+/// again, it finds them done and the data opens under them).
 fn rewrap_keys(conn: &mut DbConn, keyring: &Vault) -> Result<usize, StorageError> {
+    keyring.with_store(conn, |conn| rewrap_keys_in_store(conn, keyring))
+}
+
+fn rewrap_keys_in_store(conn: &mut DbConn, keyring: &Vault) -> Result<usize, StorageError> {
     let mut count = 0;
     type KeyRow = (String, String, Option<Vec<u8>>);
     let rows: Vec<KeyRow> = on_backend!(conn, c => data_keys::table

@@ -304,6 +304,18 @@ fn a_database_of_the_first_format_is_upgraded_in_place() {
                  ('m-old-2', '{t}', 'v-old', 'c-old', 'wamid.OLDFORMAT2', 'inbound', 2, 2, 2)"
             ),
         );
+        // Enough rows that the migration's and the upgrade's freed pages are not all
+        // reused: nothing of them may stay in the file.
+        run(
+            &mut conn,
+            format!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) \
+                 INSERT INTO messages (id, tenant_id, conversation_id, contact_id, wamid, \
+                 ref_wamid, direction, msg_type, sent_at, received_at) \
+                 SELECT 'm-zbulk-' || i, '{t}', 'v-old', 'c-old', 'wamid.OLDBULK' || i, \
+                 'wamid.OLDREF' || i, 'inbound', 'text', 3, 3 FROM n"
+            ),
+        );
         let waiting = text_webhook(NUMBER_A, PHONE, "wamid.OLDFORMAT3", "waiting");
         let event = converra::whatsapp::webhook::parse(&waiting)
             .events
@@ -349,7 +361,7 @@ fn a_database_of_the_first_format_is_upgraded_in_place() {
         let upgraded = storage::upgrade::run(&mut conn, &keyring, 1_764_000_000_000)
             .unwrap()
             .expect("an upgrade to run");
-        assert_eq!(upgraded.messages, 2, "{backend:?}");
+        assert_eq!(upgraded.messages, 3002, "{backend:?}");
         assert_eq!(upgraded.contacts, 1, "{backend:?}");
         assert_eq!(upgraded.inbox_rows, 1, "{backend:?}");
         assert_eq!(upgraded.raw_payloads, 1, "{backend:?}");
@@ -364,7 +376,7 @@ fn a_database_of_the_first_format_is_upgraded_in_place() {
         let old = contacts.iter().find(|c| c.id == "c-old").unwrap();
         assert_eq!(old.wa_id.as_deref(), Some(PHONE), "{backend:?}");
         assert_eq!(old.profile_name.as_deref(), Some(NAME), "{backend:?}");
-        let messages = crm::list_messages(&mut conn, &keyring, &tenant, "v-old", None, 10).unwrap();
+        let messages = crm::list_messages(&mut conn, &keyring, &tenant, "v-old", None, 2).unwrap();
         let wamids: Vec<Option<&str>> = messages.iter().map(|m| m.wamid.as_deref()).collect();
         assert_eq!(
             wamids,
@@ -403,6 +415,8 @@ fn a_database_of_the_first_format_is_upgraded_in_place() {
             "wamid.OLDFORMAT1",
             "wamid.OLDFORMAT2",
             "wamid.OLDFORMAT3",
+            "wamid.OLDBULK",
+            "wamid.OLDREF",
             PHONE,
         ] {
             assert!(!holds(&stored, needle), "{backend:?}: {needle} in clear");
@@ -496,5 +510,59 @@ async fn the_key_store_can_live_in_a_postgres_database_of_its_own() {
         sqlite.database.key_store_url = keys.url.clone();
         let err = sqlite.validate().unwrap_err().to_string();
         assert!(err.contains("database.key_store_url"), "{err}");
+    }
+}
+
+/// A first-format PostgreSQL database whose keys were moved to a key store database
+/// of its own before the new binary's first start: the upgrade re-wraps them there
+/// and the data opens.
+#[test]
+fn a_first_format_database_upgrades_with_its_key_store_apart() {
+    use diesel::{Connection, RunQueryDsl};
+    for backend in backends() {
+        let Backend::Postgres(_) = backend else {
+            continue;
+        };
+        let data = TestDb::new(&backend);
+        let keys = TestDb::new(&backend);
+        let mut settings = settings_for(&data);
+        settings.database.key_store_url = keys.url.clone();
+        let (tenant_a, _) = seed_tenants(&settings);
+        let (keyring, pool) = converra::open_storage(&settings).unwrap();
+        let mut conn = pool.get().unwrap();
+        assert_eq!(
+            storage::revert_last_migration(&mut conn).unwrap(),
+            "20261206000004"
+        );
+        let t = tenant_a.id.as_str();
+        let data_key = keyring.new_legacy_key("k-old").unwrap();
+        let sealed = data_key
+            .key
+            .seal_legacy(PHONE.as_bytes(), b"c-old")
+            .unwrap();
+        let mut key_db = diesel::PgConnection::establish(&keys.url).unwrap();
+        diesel::sql_query(format!(
+            "INSERT INTO keystore.data_keys (id, tenant_id, wrapped_key, created_at) \
+             VALUES ('k-old', '{t}', decode('{}', 'hex'), 1)",
+            hex::encode(&data_key.wrapped)
+        ))
+        .execute(&mut key_db)
+        .unwrap();
+        converra::on_backend!(&mut *conn, c => diesel::sql_query(format!(
+            "INSERT INTO contacts (id, tenant_id, key_id, wa_id_bidx, wa_id_ct, \
+             marketing_opt_out, first_seen_at, last_seen_at) \
+             VALUES ('c-old', '{t}', 'k-old', '{}', decode('{}', 'hex'), false, 1, 1)",
+            keyring.blind_index(t, "wa_id", PHONE),
+            hex::encode(&sealed)
+        ))
+        .execute(c))
+        .unwrap();
+        drop(conn);
+        drop(pool);
+        let (keyring, pool) = converra::open_storage(&settings).unwrap();
+        let mut conn = pool.get().unwrap();
+        let tenant = TenantId(t.to_string());
+        let contacts = crm::list_contacts(&mut conn, &keyring, &tenant, None, 10).unwrap();
+        assert_eq!(contacts[0].wa_id.as_deref(), Some(PHONE));
     }
 }

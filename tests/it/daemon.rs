@@ -91,6 +91,14 @@ impl Daemon {
     /// Creates a tenant and registers NUMBER_A for it, through the operator CLI as an
     /// operator would; returns `{"tenant_id", "api_key", ...}`.
     fn seed_tenant(&self, dir: &tempfile::TempDir, name: &str, access_token: &str) -> Value {
+        // Operator commands need the database to exist; `migrate` makes it (and does
+        // nothing to one the daemon made).
+        let migrated = self.command(&["migrate"]).output().unwrap();
+        assert!(
+            migrated.status.success(),
+            "{}",
+            String::from_utf8_lossy(&migrated.stderr)
+        );
         let email = format!("ops@{name}.example");
         let tenant = self.cli_json(&[
             "tenant",
@@ -1195,4 +1203,54 @@ async fn a_backlog_of_a_million_rows_is_processed_in_bounded_memory() {
     let (took, peak) = process_a_backlog(1_000_000).await;
     eprintln!("1,000,000 inbox rows processed in {took:?}, peak RSS {peak:.0} MiB");
     assert!(peak < 256.0, "peak RSS {peak:.0} MiB");
+}
+
+/// An operator command pointed at no Converra database (run from another directory
+/// with the default relative path, or at an empty PostgreSQL database) refuses, naming
+/// where it looked, and creates neither a database nor a master key.
+#[test]
+fn an_operator_command_pointed_at_no_database_refuses_and_creates_nothing() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "tenant",
+            "create",
+            "--name",
+            "Lost",
+            "--holder-email",
+            "a@b.example",
+        ])
+        .current_dir(empty.path())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a command made a database of its own"
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    let expected = empty.path().join("data/converra.db");
+    assert!(
+        said.contains("no Converra database") && said.contains(&expected.display().to_string()),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_dir(empty.path()).unwrap().count(),
+        0,
+        "nothing is created"
+    );
+    for backend in backends() {
+        let Backend::Postgres(_) = backend else {
+            continue;
+        };
+        let db = TestDb::new(&backend);
+        let out = Command::new(BIN)
+            .args(["tenant", "list"])
+            .current_dir(empty.path())
+            .env("CONVERRA__DATABASE__URL", &db.url)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("no Converra database"), "{said}");
+    }
 }

@@ -1,4 +1,5 @@
 -- The hashed values stay hashed: a hash cannot be turned back into its identifier.
+DROP INDEX webhook_events_key_day;
 DROP TABLE storage_upgrades;
 ALTER TABLE inbox RENAME COLUMN route_bidx TO route_key;
 ALTER TABLE inbox RENAME COLUMN dedupe_bidx TO dedupe_key;

@@ -18,3 +18,5 @@ CREATE TABLE storage_upgrades (
     name TEXT COLLATE "C" PRIMARY KEY NOT NULL,
     done_at BIGINT NOT NULL
 );
+-- Raw payloads expire by the day of their key (raw_keys::expire, every half minute).
+CREATE INDEX webhook_events_key_day ON webhook_events (key_day);

@@ -63,6 +63,7 @@ impl Writer {
         // Each job hears the same kind of error: a transient one stays transient, a
         // permanent one permanent, so no caller retries for ever what cannot succeed.
         let copy = || match error {
+            StorageError::Unavailable(reason) => StorageError::Unavailable(reason.clone()),
             e if e.is_transient() => StorageError::Unavailable(e.to_string()),
             StorageError::ContactGone(contact) => StorageError::ContactGone(contact.clone()),
             e => StorageError::Rejected(e.to_string()),
