@@ -124,10 +124,32 @@ impl RunOptions {
 /// Opens the database (applying migrations and the upgrades that need the master key)
 /// and the key ring, blocking.
 pub fn open_storage(settings: &Settings) -> Result<(Arc<Vault>, storage::Pool), RunError> {
+    open_storage_with(settings, KeyFile::MayCreate)
+}
+
+/// Whether opening storage may make the master key: the daemon and `migrate` may (for
+/// a database that holds nothing yet); operator commands only use the one there is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFile {
+    MayCreate,
+    MustExist,
+}
+
+/// [`open_storage`] for operator commands: the master key file must exist and match
+/// the recorded check value, even where the database holds nothing yet; a command run
+/// with other settings than the daemon's must not make a key of its own.
+pub fn open_existing_storage(settings: &Settings) -> Result<(Arc<Vault>, storage::Pool), RunError> {
+    open_storage_with(settings, KeyFile::MustExist)
+}
+
+fn open_storage_with(
+    settings: &Settings,
+    key_file: KeyFile,
+) -> Result<(Arc<Vault>, storage::Pool), RunError> {
     let pool = storage::connect(settings)?;
     let mut conn = pool.get().map_err(storage::StorageError::from)?;
     let key_store = storage::key_store::connect(settings, &mut conn)?;
-    let keyring = unlock(settings, &mut conn, key_store.as_ref())?;
+    let keyring = unlock(settings, &mut conn, key_store.as_ref(), key_file)?;
     let vault = Vault::new(keyring, key_store);
     storage::upgrade::run(&mut conn, &vault, SystemClock.now_ms())?;
     drop(conn);
@@ -142,6 +164,7 @@ pub fn unlock(
     settings: &Settings,
     conn: &mut storage::DbConn,
     key_store: Option<&storage::Pool>,
+    key_file: KeyFile,
 ) -> Result<Keyring, RunError> {
     use storage::master_key;
     let path = Path::new(&settings.security.master_key_file);
@@ -165,10 +188,18 @@ pub fn unlock(
                     .into(),
             ))
         }
+        None if key_file == KeyFile::MustExist => {
+            return Err(refuse(
+                "missing. Operator commands use the daemon's master key and make none: \
+                 run them with the daemon's settings (security.master_key_file), or run \
+                 `converra migrate` first for a new database"
+                    .into(),
+            ))
+        }
         None => Keyring::create(path)?,
     };
     let now = SystemClock.now_ms();
-    if !holds_data {
+    if !holds_data && key_file == KeyFile::MayCreate {
         // Nothing is sealed yet, so any key will do: this one is recorded.
         master_key::replace(conn, keyring.check_value(), now)?;
         return Ok(keyring);

@@ -234,7 +234,7 @@ fn operator_storage(
         .database
         .sqlite_busy_timeout_ms
         .max(OPERATOR_BUSY_TIMEOUT_MS);
-    let (keyring, pool) = converra::open_storage(&settings)?;
+    let (keyring, pool) = converra::open_existing_storage(&settings)?;
     let conn = pool.get().context("database connection")?;
     Ok((keyring, conn))
 }

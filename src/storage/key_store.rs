@@ -135,8 +135,11 @@ fn connect_separate(settings: &Settings, data: &mut DbConn) -> Result<Option<Poo
         other => other,
     })?;
     if let DbConn::Pg(c) = &mut first {
-        c.run_pending_migrations(KEY_STORE_MIGRATIONS)
-            .map_err(|e| StorageError::Migration(format!("key store: {e}")))?;
+        super::without_statement_timeout(c, |c| {
+            c.run_pending_migrations(KEY_STORE_MIGRATIONS)
+                .map(|_| ())
+                .map_err(|e| StorageError::Migration(format!("key store: {e}")))
+        })?;
     }
     let left_behind = on_backend!(data, c => {
         diesel::select(diesel::dsl::exists(data_keys::table.select(data_keys::id)))

@@ -163,10 +163,18 @@ impl DatabaseUrl {
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
             return Ok(DatabaseUrl::Postgres(raw.to_string()));
         }
-        let scheme = raw.split("://").next().unwrap_or(raw);
-        Err(StorageError::Url(format!(
-            "unsupported scheme {scheme:?}: use sqlite://PATH or postgres://USER@HOST/DB"
-        )))
+        // The rest may hold a password: only a scheme is named, and only one that
+        // parsed as one.
+        match raw.split_once("://") {
+            Some((scheme, _)) if scheme.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                Err(StorageError::Url(format!(
+                    "unsupported scheme {scheme:?}: use sqlite://PATH or postgres://USER@HOST/DB"
+                )))
+            }
+            _ => Err(StorageError::Url(
+                "not a database URL: use sqlite://PATH or postgres://USER@HOST/DB".into(),
+            )),
+        }
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -345,12 +353,27 @@ pub fn ping(conn: &mut DbConn) -> Result<(), StorageError> {
 pub fn missing_database(settings: &Settings) -> Result<Option<String>, StorageError> {
     let manager = DbManager::new(settings)?;
     match manager.url() {
-        DatabaseUrl::Sqlite(path) => Ok((!path.exists()).then(|| {
-            std::path::absolute(path)
+        DatabaseUrl::Sqlite(path) => {
+            let shown = std::path::absolute(path)
                 .unwrap_or_else(|_| path.clone())
                 .display()
-                .to_string()
-        })),
+                .to_string();
+            match path.try_exists() {
+                Ok(true) => Ok(None),
+                Ok(false) => {
+                    let key_store = settings.sqlite_key_store_path(path);
+                    if key_store.try_exists().unwrap_or(false) {
+                        return Err(StorageError::KeyStore(format!(
+                            "{} holds keys but the database {shown} is missing: restore \
+                             the database that belongs with it",
+                            key_store.display()
+                        )));
+                    }
+                    Ok(Some(shown))
+                }
+                Err(e) => Err(StorageError::Connect(format!("{shown}: {e}"))),
+            }
+        }
         DatabaseUrl::Postgres(_) => {
             #[derive(QueryableByName)]
             struct Migrated {
@@ -362,7 +385,7 @@ pub fn missing_database(settings: &Settings) -> Result<Option<String>, StorageEr
                 return Ok(None);
             };
             let found: Vec<Migrated> = diesel::sql_query(
-                "SELECT to_regclass('public.__diesel_schema_migrations') IS NOT NULL AS migrated",
+                "SELECT to_regclass('__diesel_schema_migrations') IS NOT NULL AS migrated",
             )
             .load(c)?;
             let migrated = found.first().is_some_and(|row| row.migrated);
@@ -420,12 +443,17 @@ pub(crate) fn without_statement_timeout<T, E: From<diesel::result::Error>>(
         diesel::sql_query("SELECT current_setting('statement_timeout') AS value").load(c)?;
     c.batch_execute("SET statement_timeout = 0")?;
     let result = f(c);
-    if let Some(before) = before.first() {
-        let restore = diesel::sql_query("SELECT set_config('statement_timeout', $1, false)")
-            .bind::<diesel::sql_types::Text, _>(&before.value);
-        restore.execute(c)?;
-    }
-    result
+    let restored = match before.first() {
+        Some(before) => diesel::sql_query("SELECT set_config('statement_timeout', $1, false)")
+            .bind::<diesel::sql_types::Text, _>(&before.value)
+            .execute(c)
+            .map(|_| ()),
+        None => Ok(()),
+    };
+    // The work's own error is the one to report.
+    let value = result?;
+    restored?;
+    Ok(value)
 }
 
 #[derive(QueryableByName)]

@@ -46,29 +46,63 @@ pub struct Upgraded {
 }
 
 /// Runs the upgrades this database has not had; `None` when there were none to run.
-/// Afterwards the tables it rewrote are rewritten whole, so the database keeps no
-/// copy of a replaced value in its free space: SQLite's file is vacuumed (its WAL
-/// emptied), PostgreSQL's tables are rebuilt (`VACUUM FULL`). That takes a while on a
-/// large database, once.
+/// Afterwards, as a step of its own (recorded, so one that fails or is interrupted is
+/// run again at the next start), the tables are rewritten whole so the database keeps
+/// no copy of a replaced value in its free space: SQLite's file is vacuumed (its WAL
+/// emptied; the space of a second copy of the file is needed meanwhile), PostgreSQL's
+/// tables rebuilt and their statistics taken again (`VACUUM (FULL, ANALYZE)`). That
+/// takes a while on a large database, once. Meanwhile SQLite overwrites what it frees.
 pub fn run(
     conn: &mut DbConn,
     keyring: &Vault,
     now_ms: i64,
 ) -> Result<Option<Upgraded>, StorageError> {
-    let upgraded = upgrade_once(conn, keyring, now_ms)?;
-    if upgraded.is_some() {
+    if let DbConn::Sqlite(c) = conn {
+        c.batch_execute("PRAGMA main.secure_delete = ON")?;
+    }
+    let upgraded = upgrade_once(conn, keyring, now_ms);
+    if let DbConn::Sqlite(c) = conn {
+        c.batch_execute("PRAGMA main.secure_delete = OFF")?;
+    }
+    let upgraded = upgraded?;
+    if !is_done(conn, VACUUMED)? {
         match conn {
-            DbConn::Sqlite(c) => {
-                c.batch_execute("VACUUM main; PRAGMA wal_checkpoint(TRUNCATE);")?;
-            }
+            DbConn::Sqlite(c) => c.batch_execute("VACUUM main")?,
             DbConn::Pg(c) => without_statement_timeout(c, |c| {
                 c.batch_execute(
-                    "VACUUM FULL messages, inbox, contacts, webhook_events, phone_numbers",
+                    "VACUUM (FULL, ANALYZE) messages, inbox, contacts, webhook_events, \
+                     phone_numbers",
                 )
             })?,
         }
+        mark_done(conn, VACUUMED, now_ms)?;
+        if let DbConn::Sqlite(c) = conn {
+            c.batch_execute("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        }
     }
     Ok(upgraded)
+}
+
+/// The rewrite that follows `sealed-places`.
+const VACUUMED: &str = "sealed-places-vacuumed";
+
+fn is_done(conn: &mut DbConn, name: &str) -> Result<bool, StorageError> {
+    let done: Option<String> = on_backend!(conn, c => storage_upgrades::table
+        .find(name)
+        .select(storage_upgrades::name)
+        .first(c)
+        .optional())?;
+    Ok(done.is_some())
+}
+
+fn mark_done(conn: &mut DbConn, name: &str, now_ms: i64) -> Result<(), StorageError> {
+    on_backend!(conn, c => diesel::insert_into(storage_upgrades::table)
+        .values((
+            storage_upgrades::name.eq(name),
+            storage_upgrades::done_at.eq(now_ms),
+        ))
+        .execute(c))?;
+    Ok(())
 }
 
 fn upgrade_once(
@@ -77,21 +111,11 @@ fn upgrade_once(
     now_ms: i64,
 ) -> Result<Option<Upgraded>, StorageError> {
     write_transaction(conn, |conn| {
-        let done: Option<String> = on_backend!(conn, c => storage_upgrades::table
-            .find(SEALED_PLACES)
-            .select(storage_upgrades::name)
-            .first(c)
-            .optional())?;
-        if done.is_some() {
+        if is_done(conn, SEALED_PLACES)? {
             return Ok(None);
         }
         let upgraded = sealed_places(conn, keyring, now_ms)?;
-        on_backend!(conn, c => diesel::insert_into(storage_upgrades::table)
-            .values((
-                storage_upgrades::name.eq(SEALED_PLACES),
-                storage_upgrades::done_at.eq(now_ms),
-            ))
-            .execute(c))?;
+        mark_done(conn, SEALED_PLACES, now_ms)?;
         Ok(Some(upgraded))
     })
 }

@@ -1238,6 +1238,38 @@ fn an_operator_command_pointed_at_no_database_refuses_and_creates_nothing() {
         0,
         "nothing is created"
     );
+    // A database that exists, but not its master key where the command looks: the
+    // command makes no key of its own, even though the database holds nothing yet.
+    let made = Command::new(BIN)
+        .arg("migrate")
+        .current_dir(empty.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let key_file = empty.path().join("data/master.key");
+    std::fs::remove_file(&key_file).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "tenant",
+            "create",
+            "--name",
+            "Lost",
+            "--holder-email",
+            "a@b.example",
+        ])
+        .current_dir(empty.path())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a command made a master key of its own"
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("master.key") && said.contains("missing"),
+        "{said}"
+    );
+    assert!(!key_file.exists(), "no key is made");
     for backend in backends() {
         let Backend::Postgres(_) = backend else {
             continue;
