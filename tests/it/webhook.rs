@@ -1307,3 +1307,74 @@ async fn a_number_moved_by_another_process_reaches_its_new_owner_after_the_cache
         );
     }
 }
+
+/// Tenant A's only conversation: its last inbound time and the end of its window.
+async fn window_of(app: &TestApp) -> (Value, Value) {
+    let conversations = app.all("/v1/conversations", &app.a.api_key).await;
+    assert_eq!(conversations.len(), 1);
+    (
+        conversations[0]["last_inbound_at"].clone(),
+        conversations[0]["window_ends_at"].clone(),
+    )
+}
+
+/// The customer-service window runs 24 hours from the latest inbound message, by
+/// Meta's timestamp, never from later than the webhook's arrival on the daemon's
+/// clock (here a manual one, moved by the test), so exact times can be asserted.
+#[actix_rt::test]
+async fn the_window_runs_24_hours_from_the_latest_inbound_never_past_arrival() {
+    const HOUR: i64 = 3_600_000;
+    let t0: i64 = 1_800_000_000_000; // 2027-01-15T08:00:00Z
+    for backend in backends() {
+        let clock = converra::clock::ManualClock::new(t0);
+        let app = TestApp::start_with_clock(&backend, clock.clone()).await;
+        let send = |wamid: &str, sent_ms: i64| {
+            let mut message = text("4915700", wamid, "timed");
+            message["timestamp"] = json!((sent_ms / 1000).to_string());
+            serde_json::to_vec(&envelope(vec![messages_change(
+                NUMBER_A,
+                vec![contact("4915700", "Win")],
+                vec![message],
+            )]))
+            .unwrap()
+        };
+        let at = |ms: i64| json!(converra::clock::rfc3339(ms));
+
+        assert_eq!(app.post_signed(&send("wamid.w.1", t0 - HOUR)).await.0, 200);
+        app.wait_processed().await;
+        assert_eq!(
+            window_of(&app).await,
+            (at(t0 - HOUR), at(t0 + 23 * HOUR)),
+            "{backend:?}"
+        );
+        // Stamped two hours ahead of the daemon's clock: counted from its arrival.
+        assert_eq!(
+            app.post_signed(&send("wamid.w.2", t0 + 2 * HOUR)).await.0,
+            200
+        );
+        app.wait_processed().await;
+        assert_eq!(
+            window_of(&app).await,
+            (at(t0), at(t0 + 24 * HOUR)),
+            "{backend:?}"
+        );
+        // An older message arriving late does not move the window back.
+        assert_eq!(
+            app.post_signed(&send("wamid.w.3", t0 - 5 * HOUR)).await.0,
+            200
+        );
+        clock.advance_ms(3 * HOUR);
+        assert_eq!(
+            app.post_signed(&send("wamid.w.4", t0 + 3 * HOUR - 60_000))
+                .await
+                .0,
+            200
+        );
+        app.wait_processed().await;
+        assert_eq!(
+            window_of(&app).await,
+            (at(t0 + 3 * HOUR - 60_000), at(t0 + 27 * HOUR - 60_000)),
+            "{backend:?}"
+        );
+    }
+}
