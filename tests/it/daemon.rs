@@ -1211,18 +1211,22 @@ async fn a_backlog_of_a_million_rows_is_processed_in_bounded_memory() {
 #[test]
 fn an_operator_command_pointed_at_no_database_refuses_and_creates_nothing() {
     let empty = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "tenant",
-            "create",
-            "--name",
-            "Lost",
-            "--holder-email",
-            "a@b.example",
-        ])
-        .current_dir(empty.path())
-        .output()
-        .unwrap();
+    let in_empty = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(empty.path())
+            .output()
+            .unwrap()
+    };
+    let create = [
+        "tenant",
+        "create",
+        "--name",
+        "Lost",
+        "--holder-email",
+        "a@b.example",
+    ];
+    let out = in_empty(&create);
     assert!(
         !out.status.success(),
         "a command made a database of its own"
@@ -1240,26 +1244,10 @@ fn an_operator_command_pointed_at_no_database_refuses_and_creates_nothing() {
     );
     // A database that exists, but not its master key where the command looks: the
     // command makes no key of its own, even though the database holds nothing yet.
-    let made = Command::new(BIN)
-        .arg("migrate")
-        .current_dir(empty.path())
-        .output()
-        .unwrap();
-    assert!(made.status.success());
+    assert!(in_empty(&["migrate"]).status.success());
     let key_file = empty.path().join("data/master.key");
     std::fs::remove_file(&key_file).unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "tenant",
-            "create",
-            "--name",
-            "Lost",
-            "--holder-email",
-            "a@b.example",
-        ])
-        .current_dir(empty.path())
-        .output()
-        .unwrap();
+    let out = in_empty(&create);
     assert!(
         !out.status.success(),
         "a command made a master key of its own"
