@@ -92,8 +92,12 @@ pub fn with_key_store<T>(
 /// while the data's `keystore` schema still holds keys (they are to be moved first).
 pub fn connect(settings: &Settings, data: &mut DbConn) -> Result<Option<Pool>, StorageError> {
     let separate = connect_separate(settings, data)?;
-    let has_contacts = on_backend!(data, c => diesel::select(diesel::dsl::exists(
-        contacts::table.select(contacts::id))).get_result::<bool>(c))?;
+    // SQLite's key store file is checked where it is attached (`run_migrations`).
+    let DbConn::Pg(pg) = &mut *data else {
+        return Ok(separate);
+    };
+    let has_contacts = diesel::select(diesel::dsl::exists(contacts::table.select(contacts::id)))
+        .get_result::<bool>(pg)?;
     if has_contacts {
         let has_keys = with_key_store(separate.as_ref(), data, |conn| {
             Ok(on_backend!(conn, c => diesel::select(diesel::dsl::exists(

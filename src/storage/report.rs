@@ -34,8 +34,3 @@ pub trait WriterReport: Send + Sync {
     /// Inbox rows waiting, and parked.
     fn inbox_levels(&self, _backlog: i64, _parked: i64) {}
 }
-
-/// A report that counts nothing (tools and tests that run a writer).
-pub struct Unreported;
-
-impl WriterReport for Unreported {}

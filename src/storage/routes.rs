@@ -3,7 +3,7 @@
 //! delivered) share. Only owned numbers are cached: a number registered later is
 //! looked up again until it is found. An entry is trusted for [`ROUTE_TTL_MS`], so a
 //! number moved or released by another process (an operator command) is seen within
-//! that time; the daemon's own changes [`forget`](RouteCache::forget) at once.
+//! that time.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -83,13 +83,6 @@ impl RouteCache {
         }
         Ok(found)
     }
-
-    /// Drops what is known of `phone_number_id` (the daemon moved or released it).
-    pub fn forget(&self, phone_number_id: &str) {
-        if let Ok(mut owners) = self.owners.write() {
-            owners.remove(phone_number_id);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -97,7 +90,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_expire_and_can_be_forgotten() {
+    fn entries_expire() {
         let cache = RouteCache::default();
         if let Ok(mut owners) = cache.owners.write() {
             owners.insert("n1".into(), (TenantId("t1".into()), 1_000));
@@ -108,8 +101,5 @@ mod tests {
         let (found, missing) = cache.cached(["n1".to_string()], 1_000 + ROUTE_TTL_MS);
         assert!(found.is_empty(), "stale after the TTL");
         assert_eq!(missing, vec!["n1".to_string()]);
-        cache.forget("n1");
-        let (found, _) = cache.cached(["n1".to_string()], 1_001);
-        assert!(found.is_empty(), "forgotten");
     }
 }
