@@ -937,7 +937,8 @@ fn main() {
                     .filter(|i| {
                         let wamid = wamid_for(**i, **i % 1000);
                         !tenants.iter().any(|tenant| {
-                            let bidx = keyring.wamid_index(tenant, &wamid);
+                            let bidx =
+                                keyring.wamid_index(tenant, &converra::ids::Wamid(wamid.clone()));
                             stored.contains(&((*tenant).clone(), bidx))
                         })
                     })

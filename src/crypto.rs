@@ -13,6 +13,8 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+use crate::ids::Wamid;
+
 /// The ciphertext format: version 2 binds a [`Place`]; version 1 bound a bare row id
 /// and is only opened to upgrade it (see `storage::upgrade`).
 const VERSION: u8 = 2;
@@ -357,8 +359,8 @@ impl Keyring {
     /// first 128 bits, which keep the unique index small (every message inserts into
     /// it at a random place) while a collision stays out of reach (about 2^64
     /// messages). The tenant is in the hash, so the index needs no tenant column.
-    pub fn wamid_index(&self, tenant_id: &str, wamid: &str) -> String {
-        let mut index = self.blind_index(tenant_id, "wamid", wamid);
+    pub fn wamid_index(&self, tenant_id: &str, wamid: &Wamid) -> String {
+        let mut index = self.blind_index(tenant_id, "wamid", wamid.as_str());
         index.truncate(32);
         index
     }

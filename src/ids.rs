@@ -1,4 +1,5 @@
-//! Id newtypes, so a tenant id is never passed where a contact id belongs.
+//! Id newtypes, so a tenant id is never passed where a contact id belongs, nor a
+//! conversation's id where Meta's message id (`wamid`) or phone number id does.
 
 use std::fmt;
 
@@ -12,10 +13,6 @@ macro_rules! id_type {
         pub struct $name(pub String);
 
         impl $name {
-            /// A new time-ordered id (UUID v7), so ids sort by creation.
-            pub fn generate() -> Self {
-                $name(uuid::Uuid::now_v7().to_string())
-            }
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -32,26 +29,72 @@ macro_rules! id_type {
                 $name(value)
             }
         }
+
+        impl From<&str> for $name {
+            fn from(value: &str) -> Self {
+                $name(value.to_string())
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
     };
 }
 
-id_type!(
+/// An id Converra gives its own rows.
+macro_rules! row_id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        id_type!($(#[$doc])* $name);
+
+        impl $name {
+            /// A new time-ordered id (UUID v7), so ids sort by creation.
+            pub fn generate() -> Self {
+                $name(uuid::Uuid::now_v7().to_string())
+            }
+        }
+    };
+}
+
+row_id_type!(
     /// A business customer of Converra.
     TenantId
 );
-id_type!(
+row_id_type!(
     /// A WhatsApp user as one tenant knows them.
     ContactId
 );
-id_type!(
+row_id_type!(
     /// One contact on one business phone number.
     ConversationId
 );
-id_type!(
+row_id_type!(
     /// A stored message (inbound or outbound); not Meta's `wamid`.
     MessageId
 );
-id_type!(
+row_id_type!(
     /// A per-contact data key in the key store.
     KeyId
+);
+id_type!(
+    /// A business phone number as Meta names it (`metadata.phone_number_id`).
+    PhoneNumberId
+);
+id_type!(
+    /// Meta's id of a WhatsApp message (`wamid...`), inbound or outbound.
+    Wamid
 );

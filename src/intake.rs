@@ -14,7 +14,7 @@ use crate::actors::conversation::Delivery;
 use crate::actors::registry::{Registry, StartTenantsAndRoute};
 use crate::actors::{tenant, Core};
 use crate::handoff;
-use crate::ids::TenantId;
+use crate::ids::{PhoneNumberId, TenantId};
 use crate::storage::inbox::FreshEvent;
 use crate::storage::writer::Delivered;
 use crate::storage::StorageError;
@@ -42,8 +42,8 @@ pub enum IntakeError {
 /// the async threads) for those it does not hold.
 async fn owners(
     core: &Arc<Core>,
-    numbers: Vec<String>,
-) -> Result<HashMap<String, TenantId>, StorageError> {
+    numbers: Vec<PhoneNumberId>,
+) -> Result<HashMap<PhoneNumberId, TenantId>, StorageError> {
     let now = core.clock.now_ms();
     let (mut found, missing) = core.routes.cached(numbers, now);
     if missing.is_empty() {
@@ -87,7 +87,7 @@ pub async fn receive(
         .map(FreshEvent::new)
         .collect::<Option<Vec<FreshEvent>>>()
         .ok_or(IntakeError::Unpreparable)?;
-    let mut numbers: Vec<String> = events
+    let mut numbers: Vec<PhoneNumberId> = events
         .iter()
         .map(|e| e.keys.phone_number_id.clone())
         .collect();

@@ -30,7 +30,7 @@ use super::tenant::{Idle, TenantActor};
 use super::Core;
 use crate::crypto::{Keyring, Place, SealKey};
 use crate::handoff::Reply;
-use crate::ids::{MessageId, TenantId};
+use crate::ids::{ConversationId, MessageId, PhoneNumberId, TenantId, Wamid};
 use crate::storage::apply::{content_place, wamid_place, Revoked};
 use crate::storage::contacts::contact_field;
 use crate::storage::crm::{
@@ -115,12 +115,12 @@ pub struct ConversationActor {
     core: Arc<Core>,
     tenant: Addr<TenantActor>,
     tenant_id: TenantId,
-    phone_number_id: String,
+    phone_number_id: PhoneNumberId,
     key: String,
     /// Shared, not copied, with each write built from it.
     contact: Option<Arc<ResolvedContact>>,
     /// The conversation of the cached contact on this number, once known.
-    conversation_id: Option<String>,
+    conversation_id: Option<ConversationId>,
     /// The profile name and username last written, to write them only on change.
     written_profile: Option<(Option<String>, Option<String>)>,
     /// When `last_seen_at` was last written for the cached contact.
@@ -156,13 +156,13 @@ impl ConversationActor {
         core: Arc<Core>,
         tenant: Addr<TenantActor>,
         tenant_id: TenantId,
-        phone_number_id: String,
+        phone_number_id: PhoneNumberId,
         key: String,
     ) -> ConversationActor {
         let now = core.clock.now_ms();
         let log = core.log.new(slog::o!(
             "tenant" => tenant_id.to_string(),
-            "phone_number_id" => phone_number_id.clone()
+            "phone_number_id" => phone_number_id.to_string()
         ));
         ConversationActor {
             core,
@@ -318,7 +318,7 @@ impl ConversationActor {
                         tenant_id: &self.tenant_id,
                         phone_number_id: &self.phone_number_id,
                         contact: &contact,
-                        conversation_id: self.conversation_id.as_deref(),
+                        conversation_id: self.conversation_id.as_ref(),
                         now: item.arrived_at,
                     },
                     &item.event,
@@ -746,22 +746,22 @@ fn clamped(sent_ms: i64, arrived_at: i64) -> i64 {
 struct OpContext<'a> {
     keyring: &'a Keyring,
     tenant_id: &'a TenantId,
-    phone_number_id: &'a str,
+    phone_number_id: &'a PhoneNumberId,
     contact: &'a ResolvedContact,
-    conversation_id: Option<&'a str>,
+    conversation_id: Option<&'a ConversationId>,
     /// When the event's webhook arrived.
     now: i64,
 }
 
 impl OpContext<'_> {
     /// Meta's id as stored: its keyed hash, and the id sealed for the record.
-    fn wamid(&self, wamid: &str) -> Option<(String, Vec<u8>)> {
+    fn wamid(&self, wamid: &Wamid) -> Option<(String, Vec<u8>)> {
         let tenant = self.tenant_id.as_str();
         let bidx = self.keyring.wamid_index(tenant, wamid);
         let sealed = self
             .contact
             .key
-            .seal(wamid.as_bytes(), &wamid_place(tenant, &bidx))
+            .seal(wamid.as_str().as_bytes(), &wamid_place(tenant, &bidx))
             .ok()?;
         Some((bidx, sealed))
     }
@@ -831,9 +831,9 @@ fn inbound_op(
     };
     ApplyOp::Inbound(NewInbound {
         origin,
-        phone_number_id: cx.phone_number_id.to_string(),
+        phone_number_id: cx.phone_number_id.clone(),
         contact_id: cx.contact.contact_id.clone(),
-        conversation_id: cx.conversation_id.map(str::to_string),
+        conversation_id: cx.conversation_id.cloned(),
         message_id,
         wamid_bidx,
         wamid_ct,
@@ -872,7 +872,7 @@ fn status_op(
     let (wamid_bidx, wamid_ct) = cx.wamid(&status.id)?;
     Some(NewStatus {
         origin,
-        phone_number_id: cx.phone_number_id.to_string(),
+        phone_number_id: cx.phone_number_id.clone(),
         contact_id: cx.contact.contact_id.clone(),
         wamid_bidx,
         wamid_ct,

@@ -10,7 +10,7 @@ use actix::prelude::*;
 
 use super::conversation::{self, ApplyInboxRow, ConversationActor, Delivery};
 use super::Core;
-use crate::ids::TenantId;
+use crate::ids::{PhoneNumberId, TenantId};
 use crate::storage::inbox::InboxItem;
 use crate::whatsapp::Identity;
 
@@ -59,18 +59,18 @@ impl TenantActor {
 
     fn conversation_key(
         &mut self,
-        phone_number_id: &str,
+        phone_number_id: &PhoneNumberId,
         route_key: &str,
         identity: &Identity,
     ) -> String {
         // Every event looks its names up, built in one reusable buffer; only a name not
         // seen before is stored.
-        let mut name = String::with_capacity(phone_number_id.len() + 80);
+        let mut name = String::with_capacity(phone_number_id.as_str().len() + 80);
         let mut unseen = Vec::new();
         let mut key = None;
         for (prefix, id) in identity.route_key_parts() {
             name.clear();
-            name.push_str(phone_number_id);
+            name.push_str(phone_number_id.as_str());
             name.push('|');
             name.push_str(prefix);
             name.push_str(id);
@@ -92,7 +92,7 @@ impl TenantActor {
     /// sent to it.
     fn conversation(
         &mut self,
-        phone_number_id: &str,
+        phone_number_id: &PhoneNumberId,
         route_key: &str,
         identity: &Identity,
         ctx: &mut Context<Self>,
@@ -106,7 +106,7 @@ impl TenantActor {
             let core = self.core.clone();
             let tenant = ctx.address();
             let tenant_id = self.tenant_id.clone();
-            let phone_number_id = phone_number_id.to_string();
+            let phone_number_id = phone_number_id.clone();
             Entry {
                 addr: Supervisor::start(move |_| {
                     ConversationActor::new(core, tenant, tenant_id, phone_number_id, key)

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::views::{ContactItem, ConversationItem, MessageItem};
 use super::AppState;
 use crate::error::{ApiError, ErrorCode};
-use crate::ids::TenantId;
+use crate::ids::{ConversationId, TenantId};
 use crate::storage::{self, crm, tenants, StorageError};
 
 const DEFAULT_LIMIT: i64 = 50;
@@ -120,7 +120,7 @@ pub async fn list_contacts(
     })
     .await?;
     let items: Vec<ContactItem> = items.into_iter().map(ContactItem::from).collect();
-    Ok(page(items, limit, |c| &c.id))
+    Ok(page(items, limit, |c| c.id.as_str()))
 }
 
 pub async fn list_conversations(
@@ -136,7 +136,7 @@ pub async fn list_conversations(
     })
     .await?;
     let items: Vec<ConversationItem> = items.into_iter().map(ConversationItem::from).collect();
-    Ok(page(items, limit, |c| &c.id))
+    Ok(page(items, limit, |c| c.id.as_str()))
 }
 
 pub async fn list_messages(
@@ -148,8 +148,8 @@ pub async fn list_messages(
     let tenant = authenticate(&state, &req).await?;
     let limit = query.limit()?;
     let cursor = query.cursor()?;
-    let conversation_id = path.into_inner();
-    if !is_id(&conversation_id) {
+    let conversation_id = ConversationId(path.into_inner());
+    if !is_id(conversation_id.as_str()) {
         return Err(ApiError::not_found("conversation"));
     }
     let items = read(&state, move |conn, keyring| {
@@ -171,5 +171,5 @@ pub async fn list_messages(
         _ => e,
     })?;
     let items: Vec<MessageItem> = items.into_iter().map(MessageItem::from).collect();
-    Ok(page(items, limit, |m| &m.id))
+    Ok(page(items, limit, |m| m.id.as_str()))
 }

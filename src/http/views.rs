@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::clock::rfc3339;
+use crate::ids::{ContactId, ConversationId, MessageId, PhoneNumberId, Wamid};
 use crate::storage::contacts::Contact;
 use crate::storage::conversations::Conversation;
 use crate::storage::messages::StoredMessage;
@@ -38,9 +39,9 @@ impl From<Contact> for ContactItem {
 
 #[derive(Debug, Serialize)]
 pub struct ConversationItem {
-    pub id: String,
-    pub contact_id: String,
-    pub phone_number_id: String,
+    pub id: ConversationId,
+    pub contact_id: ContactId,
+    pub phone_number_id: PhoneNumberId,
     pub opened_at: String,
     pub last_inbound_at: Option<String>,
     /// When the customer-service window closes (24 hours after the last inbound).
@@ -64,8 +65,8 @@ impl From<Conversation> for ConversationItem {
 
 #[derive(Debug, Serialize)]
 pub struct MessageItem {
-    pub id: String,
-    pub wamid: Option<String>,
+    pub id: MessageId,
+    pub wamid: Option<Wamid>,
     pub direction: String,
     #[serde(rename = "type")]
     pub msg_type: Option<String>,

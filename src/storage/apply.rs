@@ -19,7 +19,7 @@ use super::on_backend;
 use super::schema::{contacts, messages, status_events};
 use super::{DbConn, StorageError};
 use crate::crypto::Place;
-use crate::ids::{ContactId, KeyId, MessageId, TenantId};
+use crate::ids::{ContactId, ConversationId, KeyId, MessageId, PhoneNumberId, TenantId};
 use crate::whatsapp::EventKind;
 
 /// One unit of CRM work produced by a conversation actor; the writer applies a batch
@@ -107,10 +107,10 @@ impl ApplyOp {
 #[derive(Debug, Clone)]
 pub struct NewInbound {
     pub origin: Origin,
-    pub phone_number_id: String,
+    pub phone_number_id: PhoneNumberId,
     pub contact_id: ContactId,
     /// The conversation, when the actor already knows it (saves a lookup).
-    pub conversation_id: Option<String>,
+    pub conversation_id: Option<ConversationId>,
     pub message_id: MessageId,
     /// Meta's id as a keyed hash (see `Keyring::wamid_index`), and sealed for the
     /// record ([`wamid_place`]).
@@ -159,7 +159,7 @@ pub fn content_place<'a>(tenant_id: &'a str, message_id: &'a str) -> Place<'a> {
 #[derive(Debug, Clone)]
 pub struct NewStatus {
     pub origin: Origin,
-    pub phone_number_id: String,
+    pub phone_number_id: PhoneNumberId,
     pub contact_id: ContactId,
     pub wamid_bidx: String,
     /// The id sealed (under `key_id`, the contact's key) for the outbound record a
@@ -227,7 +227,7 @@ pub fn apply_batch(
             if let ApplyOp::Inbound(m) = op {
                 if let (Some(conversation), false) = (&m.conversation_id, m.is_revoke()) {
                     let at = latest
-                        .entry((tenant_id.as_str(), conversation))
+                        .entry((tenant_id.as_str(), conversation.as_str()))
                         .or_insert(m.inbound_at);
                     *at = (*at).max(m.inbound_at);
                 }
@@ -244,12 +244,12 @@ pub fn apply_batch(
         .collect();
     let existing = touch_conversations(conn, &touches)?;
     // The conversation of an op that goes in the set.
-    fn in_set<'o>(op: &'o ApplyOp, existing: &HashSet<String>) -> Option<&'o String> {
+    fn in_set<'o>(op: &'o ApplyOp, existing: &HashSet<String>) -> Option<&'o ConversationId> {
         match op {
             ApplyOp::Inbound(m) if !m.is_revoke() => m
                 .conversation_id
                 .as_ref()
-                .filter(|id| existing.contains(*id)),
+                .filter(|id| existing.contains(id.as_str())),
             _ => None,
         }
     }
@@ -259,7 +259,7 @@ pub fn apply_batch(
         .filter_map(|(tenant_id, op)| match (op, in_set(op, &existing)) {
             (ApplyOp::Inbound(message), Some(conversation_id)) => Some(InboundRow {
                 tenant_id: tenant_id.as_str(),
-                conversation_id,
+                conversation_id: conversation_id.as_str(),
                 message,
             }),
             _ => None,
@@ -298,7 +298,7 @@ pub fn apply_batch(
 #[derive(Debug, Default)]
 pub struct JobApplied {
     /// The conversation its inbound messages went to, for the actor to cache.
-    pub conversation: Option<String>,
+    pub conversation: Option<ConversationId>,
     /// Per op: an inbound message that was stored already (a redelivery).
     pub redelivered: Vec<bool>,
 }
@@ -307,7 +307,7 @@ pub struct JobApplied {
 #[derive(Debug, Default)]
 pub(super) struct Applied {
     /// The conversation an inbound message went to.
-    pub conversation: Option<String>,
+    pub conversation: Option<ConversationId>,
     /// An inbound message that was stored already.
     pub redelivered: bool,
 }
@@ -328,7 +328,7 @@ pub(super) fn apply(
                 Some(id) => {
                     let touch = Touch {
                         tenant_id: tenant,
-                        conversation_id: id,
+                        conversation_id: id.as_str(),
                         inbound_at: m.inbound_at,
                     };
                     touch_conversations(conn, &[touch])?.into_iter().next()
@@ -336,7 +336,7 @@ pub(super) fn apply(
                 None => None,
             };
             let conversation_id = match known {
-                Some(id) => id,
+                Some(id) => ConversationId(id),
                 None => upsert_conversation(
                     conn,
                     tenant_id,
@@ -351,7 +351,7 @@ pub(super) fn apply(
             // below) holds the place without content.
             let row = InboundRow {
                 tenant_id: tenant,
-                conversation_id: &conversation_id,
+                conversation_id: conversation_id.as_str(),
                 message: m,
             };
             let inserted = insert_inbound(conn, &[row], now_ms)?.len();
@@ -370,7 +370,7 @@ pub(super) fn apply(
                         .values((
                             messages::id.eq(MessageId::generate().as_str()),
                             messages::tenant_id.eq(tenant),
-                            messages::conversation_id.eq(&conversation_id),
+                            messages::conversation_id.eq(conversation_id.as_str()),
                             messages::contact_id.eq(m.contact_id.as_str()),
                             messages::wamid_bidx.eq(&original.wamid_bidx),
                             messages::wamid_ct.eq(&original.wamid_ct),
@@ -415,7 +415,7 @@ pub(super) fn apply(
                         .values((
                             messages::id.eq(&id),
                             messages::tenant_id.eq(tenant),
-                            messages::conversation_id.eq(&conversation_id),
+                            messages::conversation_id.eq(conversation_id.as_str()),
                             messages::contact_id.eq(s.contact_id.as_str()),
                             messages::wamid_bidx.eq(&s.wamid_bidx),
                             messages::direction.eq("outbound"),

@@ -13,7 +13,7 @@ use super::fixed::{fixed_statement, Bind, ReturnedId, Sql};
 use super::on_backend;
 use super::schema::conversations;
 use super::{DbConn, StorageError};
-use crate::ids::{ContactId, ConversationId, TenantId};
+use crate::ids::{ContactId, ConversationId, PhoneNumberId, TenantId};
 
 /// The customer-service window Meta opens with each inbound message.
 pub(super) const SERVICE_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
@@ -55,15 +55,15 @@ pub(super) fn join_conversation_times(
 pub(super) fn upsert_conversation(
     conn: &mut DbConn,
     tenant_id: &TenantId,
-    phone_number_id: &str,
+    phone_number_id: &PhoneNumberId,
     contact_id: &ContactId,
     inbound_at: Option<i64>,
     now_ms: i64,
-) -> Result<String, StorageError> {
+) -> Result<ConversationId, StorageError> {
     let tenant = tenant_id.as_str();
     let existing: Option<(String, Option<i64>, i64)> = on_backend!(conn, c => conversations::table
         .filter(conversations::tenant_id.eq(tenant))
-        .filter(conversations::phone_number_id.eq(phone_number_id))
+        .filter(conversations::phone_number_id.eq(phone_number_id.as_str()))
         .filter(conversations::contact_id.eq(contact_id.as_str()))
         .select((conversations::id, conversations::last_inbound_at, conversations::last_message_at))
         .first(c)
@@ -82,15 +82,15 @@ pub(super) fn upsert_conversation(
                     conversations::last_message_at.eq(last_message.max(message_at)),
                 ))
                 .execute(c))?;
-            Ok(id)
+            Ok(ConversationId(id))
         }
         None => {
-            let id = ConversationId::generate().0;
+            let id = ConversationId::generate();
             on_backend!(conn, c => diesel::insert_into(conversations::table)
                 .values((
-                    conversations::id.eq(&id),
+                    conversations::id.eq(id.as_str()),
                     conversations::tenant_id.eq(tenant),
-                    conversations::phone_number_id.eq(phone_number_id),
+                    conversations::phone_number_id.eq(phone_number_id.as_str()),
                     conversations::contact_id.eq(contact_id.as_str()),
                     conversations::opened_at.eq(now_ms),
                     conversations::last_inbound_at.eq(inbound_at),
@@ -187,9 +187,9 @@ pub(super) fn touch_conversations(
 /// A conversation as the tenant API reads it, times in milliseconds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conversation {
-    pub id: String,
-    pub contact_id: String,
-    pub phone_number_id: String,
+    pub id: ConversationId,
+    pub contact_id: ContactId,
+    pub phone_number_id: PhoneNumberId,
     pub opened_at: i64,
     pub last_inbound_at: Option<i64>,
     pub window_ends_at: Option<i64>,
@@ -201,9 +201,9 @@ type ConversationRow = (String, String, String, i64, Option<i64>, Option<i64>, i
 fn conversation_view(row: ConversationRow) -> Conversation {
     let (id, contact_id, phone_number_id, opened, last_inbound, window, last_message) = row;
     Conversation {
-        id,
-        contact_id,
-        phone_number_id,
+        id: ConversationId(id),
+        contact_id: ContactId(contact_id),
+        phone_number_id: PhoneNumberId(phone_number_id),
         opened_at: opened,
         last_inbound_at: last_inbound,
         window_ends_at: window,
@@ -238,11 +238,11 @@ pub fn list_conversations(
 pub fn conversation_exists(
     conn: &mut DbConn,
     tenant_id: &TenantId,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
 ) -> Result<bool, StorageError> {
     let n: i64 = on_backend!(conn, c => conversations::table
         .filter(conversations::tenant_id.eq(tenant_id.as_str()))
-        .filter(conversations::id.eq(conversation_id))
+        .filter(conversations::id.eq(conversation_id.as_str()))
         .count()
         .get_result(c))?;
     Ok(n > 0)

@@ -19,7 +19,7 @@ use super::raw_keys::{DayKey, RawKeys};
 use super::schema::{inbox, webhook_events};
 use super::{DbConn, StorageError};
 use crate::crypto::{Keyring, Place, SealKey};
-use crate::ids::TenantId;
+use crate::ids::{PhoneNumberId, TenantId};
 use crate::whatsapp::{Event, EventKind};
 
 /// A routable event on its way in, with its identity in clear: in memory only, the
@@ -37,7 +37,7 @@ pub struct FreshEvent {
 pub struct EventKeys {
     pub dedupe_key: String,
     pub route_key: String,
-    pub phone_number_id: String,
+    pub phone_number_id: PhoneNumberId,
     pub kind: EventKind,
 }
 
@@ -75,7 +75,7 @@ pub(super) fn raw_place<'a>(tenant_id: &'a str, id: &'a str) -> Place<'a> {
 #[derive(Debug, Clone)]
 pub struct FreshRow {
     pub dedupe_bidx: String,
-    pub phone_number_id: String,
+    pub phone_number_id: PhoneNumberId,
     pub route_bidx: String,
     pub kind: EventKind,
 }
@@ -158,7 +158,7 @@ pub struct PreparedOther {
 pub struct InboxItem {
     pub id: i64,
     pub tenant_id: TenantId,
-    pub phone_number_id: String,
+    pub phone_number_id: PhoneNumberId,
     /// The conversation's routing key, in clear (from the payload).
     pub route_key: String,
     /// When the webhook that carried it arrived (milliseconds).
@@ -232,7 +232,7 @@ pub fn insert_event(
     let statement = InsertOne::with(vec![
         Bind::Text(&event.row.dedupe_bidx),
         Bind::Text(tenant_id.as_str()),
-        Bind::Text(&event.row.phone_number_id),
+        Bind::Text(event.row.phone_number_id.as_str()),
         Bind::Text(&event.row.route_bidx),
         Bind::Text(event.row.kind.as_str()),
         Bind::Blob(&event.payload_ct),
@@ -335,7 +335,7 @@ pub fn insert_processed(
                 let count = InsertProcessedOne::with(vec![
                     Bind::Text(&row.dedupe_bidx),
                     Bind::Text(tenant_id.as_str()),
-                    Bind::Text(&row.phone_number_id),
+                    Bind::Text(row.phone_number_id.as_str()),
                     Bind::Text(&row.route_bidx),
                     Bind::Text(row.kind.as_str()),
                     Bind::Blob(empty),
@@ -536,7 +536,7 @@ fn open_rows(conn: &mut DbConn, keyring: &Vault, rows: Vec<PendingRow>) -> Pendi
             Ok((event, route_key)) => page.items.push(InboxItem {
                 id,
                 tenant_id: TenantId(tenant_id),
-                phone_number_id,
+                phone_number_id: PhoneNumberId(phone_number_id),
                 route_key,
                 received_at,
                 event: Arc::new(event),
@@ -575,7 +575,7 @@ pub fn pending_for_routes(
     conn: &mut DbConn,
     keyring: &Vault,
     tenant_id: &TenantId,
-    phone_number_id: &str,
+    phone_number_id: &PhoneNumberId,
     route_keys: &[String],
 ) -> Result<PendingPage, StorageError> {
     let route_bidxs: Vec<String> = route_keys
@@ -586,7 +586,7 @@ pub fn pending_for_routes(
         .filter(inbox::processed_at.is_null())
         .filter(inbox::parked_at.is_null())
         .filter(inbox::tenant_id.eq(tenant_id.as_str()))
-        .filter(inbox::phone_number_id.eq(phone_number_id))
+        .filter(inbox::phone_number_id.eq(phone_number_id.as_str()))
         .filter(inbox::route_bidx.eq_any(&route_bidxs))
         .order(inbox::id.asc())
         .select((inbox::id, inbox::dedupe_bidx, inbox::tenant_id, inbox::phone_number_id,

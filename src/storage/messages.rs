@@ -21,7 +21,7 @@ use super::keys::load_keys;
 use super::on_backend;
 use super::schema::{messages, status_events};
 use super::{DbConn, StorageError};
-use crate::ids::TenantId;
+use crate::ids::{ConversationId, MessageId, TenantId, Wamid};
 
 /// Where a message stands (`messages.status`, the API's `status` and `state`), in the
 /// order a message moves through them; `failed` is apart from that order.
@@ -227,8 +227,8 @@ pub(super) fn complete_tombstone(
 /// destroyed), Meta's timestamp in milliseconds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredMessage {
-    pub id: String,
-    pub wamid: Option<String>,
+    pub id: MessageId,
+    pub wamid: Option<Wamid>,
     pub direction: String,
     pub msg_type: Option<String>,
     pub sent_at: i64,
@@ -323,10 +323,11 @@ pub fn list_messages(
     conn: &mut DbConn,
     keyring: &Vault,
     tenant_id: &TenantId,
-    conversation_id: &str,
+    conversation_id: &ConversationId,
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<StoredMessage>, StorageError> {
+    let conversation_id = conversation_id.as_str();
     let rows: Vec<MessageRow> = match conn {
         DbConn::Sqlite(c) => {
             use diesel::sql_types::{BigInt, Text};
@@ -392,9 +393,10 @@ pub fn list_messages(
                 // another place) is shown as absent, as for contacts.
                 let key = key_id.and_then(|k| keys.get(&k).cloned().flatten());
                 let wamid = match (&key, wamid_ct) {
-                    (Some(key), Some(ct)) => {
-                        key.open_string(&ct, &wamid_place(tenant, &wamid_bidx)).ok()
-                    }
+                    (Some(key), Some(ct)) => key
+                        .open_string(&ct, &wamid_place(tenant, &wamid_bidx))
+                        .ok()
+                        .map(Wamid),
                     _ => None,
                 };
                 let bundle: Option<MessageBundle> = match (key, content_ct) {
@@ -411,7 +413,7 @@ pub fn list_messages(
                 let bundle = bundle.unwrap_or_default();
                 let has_content = !bundle.content.is_null();
                 Ok(StoredMessage {
-                    id,
+                    id: MessageId(id),
                     wamid,
                     direction,
                     msg_type,
@@ -434,7 +436,7 @@ pub fn status_history(
     conn: &mut DbConn,
     keyring: &Vault,
     tenant_id: &TenantId,
-    wamid: &str,
+    wamid: &Wamid,
 ) -> Result<Vec<(String, i64)>, StorageError> {
     let wamid_bidx = keyring.wamid_index(tenant_id.as_str(), wamid);
     Ok(on_backend!(conn, c => status_events::table

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use super::{tenants, DbConn, StorageError};
-use crate::ids::TenantId;
+use crate::ids::{PhoneNumberId, TenantId};
 
 /// How long an owner found in the database is trusted.
 pub const ROUTE_TTL_MS: i64 = 60_000;
@@ -17,16 +17,16 @@ pub const ROUTE_TTL_MS: i64 = 60_000;
 #[derive(Debug, Default)]
 pub struct RouteCache {
     /// phone_number_id → (owner, when it was looked up).
-    owners: RwLock<HashMap<String, (TenantId, i64)>>,
+    owners: RwLock<HashMap<PhoneNumberId, (TenantId, i64)>>,
 }
 
 impl RouteCache {
     /// The owners of `numbers` known and fresh at `now_ms`, and the numbers to look up.
     pub fn cached(
         &self,
-        numbers: impl IntoIterator<Item = String>,
+        numbers: impl IntoIterator<Item = PhoneNumberId>,
         now_ms: i64,
-    ) -> (HashMap<String, TenantId>, Vec<String>) {
+    ) -> (HashMap<PhoneNumberId, TenantId>, Vec<PhoneNumberId>) {
         let mut found = HashMap::new();
         let mut missing = Vec::new();
         let owners = self.owners.read().ok();
@@ -50,13 +50,13 @@ impl RouteCache {
     pub fn look_up(
         &self,
         conn: &mut DbConn,
-        numbers: &[String],
+        numbers: &[PhoneNumberId],
         now_ms: i64,
-    ) -> Result<HashMap<String, TenantId>, StorageError> {
-        let asked: Vec<&str> = numbers.iter().map(String::as_str).collect();
-        let found: HashMap<String, TenantId> = tenants::owners_of_numbers(conn, &asked)?
+    ) -> Result<HashMap<PhoneNumberId, TenantId>, StorageError> {
+        let asked: Vec<&str> = numbers.iter().map(PhoneNumberId::as_str).collect();
+        let found: HashMap<PhoneNumberId, TenantId> = tenants::owners_of_numbers(conn, &asked)?
             .into_iter()
-            .map(|(number, tenant)| (number, TenantId(tenant)))
+            .map(|(number, tenant)| (PhoneNumberId(number), TenantId(tenant)))
             .collect();
         if let Ok(mut owners) = self.owners.write() {
             for number in numbers {
@@ -74,9 +74,9 @@ impl RouteCache {
     pub fn owners(
         &self,
         conn: &mut DbConn,
-        numbers: impl IntoIterator<Item = String>,
+        numbers: impl IntoIterator<Item = PhoneNumberId>,
         now_ms: i64,
-    ) -> Result<HashMap<String, TenantId>, StorageError> {
+    ) -> Result<HashMap<PhoneNumberId, TenantId>, StorageError> {
         let (mut found, missing) = self.cached(numbers, now_ms);
         if !missing.is_empty() {
             found.extend(self.look_up(conn, &missing, now_ms)?);
@@ -95,11 +95,11 @@ mod tests {
         if let Ok(mut owners) = cache.owners.write() {
             owners.insert("n1".into(), (TenantId("t1".into()), 1_000));
         }
-        let (found, missing) = cache.cached(["n1".to_string(), "n2".to_string()], 1_000);
+        let (found, missing) = cache.cached(["n1".into(), "n2".into()], 1_000);
         assert_eq!(found.get("n1"), Some(&TenantId("t1".into())));
-        assert_eq!(missing, vec!["n2".to_string()]);
-        let (found, missing) = cache.cached(["n1".to_string()], 1_000 + ROUTE_TTL_MS);
+        assert_eq!(missing, vec![PhoneNumberId::from("n2")]);
+        let (found, missing) = cache.cached(["n1".into()], 1_000 + ROUTE_TTL_MS);
         assert!(found.is_empty(), "stale after the TTL");
-        assert_eq!(missing, vec!["n1".to_string()]);
+        assert_eq!(missing, vec![PhoneNumberId::from("n1")]);
     }
 }

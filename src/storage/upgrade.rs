@@ -29,7 +29,7 @@ use super::schema::{
 use super::tenants::access_token_place;
 use super::{without_statement_timeout, write_transaction, DbConn, StorageError};
 use crate::crypto::{is_legacy, Place, SealKey};
-use crate::ids::TenantId;
+use crate::ids::{TenantId, Wamid};
 
 const SEALED_PLACES: &str = "sealed-places";
 const PAGE: i64 = 1_000;
@@ -323,7 +323,7 @@ fn upgrade_messages(
         };
         after = last.0.clone();
         for (id, tenant, wamid, key_id, content_ct, contact_key_id) in page {
-            let bidx = keyring.wamid_index(&tenant, &wamid);
+            let bidx = keyring.wamid_index(&tenant, &Wamid(wamid.clone()));
             let key_id = key_id.or(contact_key_id);
             let key = match &key_id {
                 Some(key_id) => keys.get(conn, keyring, &tenant, key_id)?,

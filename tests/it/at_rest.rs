@@ -376,8 +376,12 @@ fn a_database_of_the_first_format_is_upgraded_in_place() {
         let old = contacts.iter().find(|c| c.id == "c-old").unwrap();
         assert_eq!(old.wa_id.as_deref(), Some(PHONE), "{backend:?}");
         assert_eq!(old.profile_name.as_deref(), Some(NAME), "{backend:?}");
-        let messages = crm::list_messages(&mut conn, &keyring, &tenant, "v-old", None, 2).unwrap();
-        let wamids: Vec<Option<&str>> = messages.iter().map(|m| m.wamid.as_deref()).collect();
+        let messages =
+            crm::list_messages(&mut conn, &keyring, &tenant, &"v-old".into(), None, 2).unwrap();
+        let wamids: Vec<Option<&str>> = messages
+            .iter()
+            .map(|m| m.wamid.as_ref().map(|w| w.as_str()))
+            .collect();
         assert_eq!(
             wamids,
             vec![Some("wamid.OLDFORMAT1"), Some("wamid.OLDFORMAT2")],

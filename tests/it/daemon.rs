@@ -1044,7 +1044,8 @@ async fn the_operator_lists_and_retries_parked_events() {
     let keyring = converra::crypto::Keyring::load(&master_key)
         .unwrap()
         .unwrap();
-    let parked_bidx = keyring.wamid_index(tenant["tenant_id"].as_str().unwrap(), "wamid.park");
+    let parked_bidx =
+        keyring.wamid_index(tenant["tenant_id"].as_str().unwrap(), &"wamid.park".into());
     beside
         .batch_execute(&format!(
             "PRAGMA busy_timeout = 10000; CREATE TRIGGER refuse BEFORE INSERT ON messages \

@@ -401,7 +401,7 @@ async fn a_panicking_writer_is_restarted_and_loses_nothing() {
 /// and undoes it.
 fn refusing_trigger(app: &TestApp, backend: &Backend, wamid: &str) -> (String, String) {
     let (keyring, _) = app.pool();
-    let wamid = keyring.wamid_index(&app.a.id, wamid);
+    let wamid = keyring.wamid_index(&app.a.id, &wamid.into());
     match backend {
         Backend::Sqlite => (
             format!(

@@ -220,7 +220,7 @@ fn a_bad_database_url_reports_the_real_reason() {
 #[test]
 fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
     use converra::crypto::SealKey;
-    use converra::ids::{ContactId, MessageId, TenantId};
+    use converra::ids::{ContactId, ConversationId, MessageId, TenantId, Wamid};
     use converra::storage::crm::{self, ApplyOp, ContactIdentifiers, NewInbound};
 
     for backend in backends() {
@@ -249,7 +249,7 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
                 origin: crm::Origin::Inbox(sent_at),
                 phone_number_id: NUMBER_A.into(),
                 contact_id: ContactId(contact.contact_id.0.clone()),
-                conversation_id: conversation.map(str::to_string),
+                conversation_id: conversation.map(ConversationId::from),
                 content_ct: key.seal(&plain, &place).unwrap(),
                 message_id,
                 wamid_bidx,
@@ -271,7 +271,7 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
                 .map(|ops| (tenant, ops.iter().collect()))
                 .collect()
         }
-        let reported = |outcomes: &[crm::JobApplied]| -> Vec<Option<String>> {
+        let reported = |outcomes: &[crm::JobApplied]| -> Vec<Option<ConversationId>> {
             outcomes.iter().map(|o| o.conversation.clone()).collect()
         };
         // The first message opens the conversation (op by op: it is not known yet).
@@ -280,12 +280,12 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
             crm::apply_batch(&mut conn, &[(&tenant, vec![&ApplyOp::Inbound(first)])], 5).unwrap();
         let conversation = opened[0].conversation.clone().expect("a conversation");
 
-        let second = inbound("wamid.2", 3_000, Some(&conversation), &contact.key);
-        let redelivered = inbound("wamid.2", 3_000, Some(&conversation), &contact.key);
-        let late = inbound("wamid.3", 2_000, Some(&conversation), &contact.key);
+        let second = inbound("wamid.2", 3_000, Some(conversation.as_str()), &contact.key);
+        let redelivered = inbound("wamid.2", 3_000, Some(conversation.as_str()), &contact.key);
+        let late = inbound("wamid.3", 2_000, Some(conversation.as_str()), &contact.key);
         // An actor that cached a conversation since merged away.
         let stale = inbound("wamid.4", 2_500, Some("merged-away"), &contact.key);
-        let mut revoke = inbound("wamid.5", 4_000, Some(&conversation), &contact.key);
+        let mut revoke = inbound("wamid.5", 4_000, Some(conversation.as_str()), &contact.key);
         revoke.msg_type = "revoke".into();
         let (wamid_bidx, wamid_ct) = sealed_wamid(&keyring, &tenant, &contact.key, "wamid.2");
         revoke.revokes = Some(converra::storage::apply::Revoked {
@@ -325,7 +325,7 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
         // A message that does not move the window (same second as the latest) leaves the
         // conversation's row alone, and the conversation is still known to exist; beside
         // it, one for a conversation merged away.
-        let same_second = inbound("wamid.6", 4_000, Some(&conversation), &contact.key);
+        let same_second = inbound("wamid.6", 4_000, Some(conversation.as_str()), &contact.key);
         let stale_again = inbound("wamid.7", 4_000, Some("merged-away"), &contact.key);
         let job_4 = [ApplyOp::Inbound(same_second)];
         let job_5 = [ApplyOp::Inbound(stale_again)];
@@ -349,7 +349,10 @@ fn a_batch_of_ops_ends_as_if_applied_one_by_one() {
 
         let messages =
             crm::list_messages(&mut conn, &keyring, &tenant, &conversation, None, 50).unwrap();
-        let wamids: Vec<&str> = messages.iter().filter_map(|m| m.wamid.as_deref()).collect();
+        let wamids: Vec<&str> = messages
+            .iter()
+            .filter_map(|m| m.wamid.as_ref().map(Wamid::as_str))
+            .collect();
         assert_eq!(
             wamids,
             ["wamid.1", "wamid.2", "wamid.3", "wamid.4", "wamid.5", "wamid.6", "wamid.7"],
@@ -415,7 +418,7 @@ fn sealed_wamid(
     key: &converra::crypto::SealKey,
     wamid: &str,
 ) -> (String, Vec<u8>) {
-    let bidx = keyring.wamid_index(tenant.as_str(), wamid);
+    let bidx = keyring.wamid_index(tenant.as_str(), &wamid.into());
     let place = converra::storage::apply::wamid_place(tenant.as_str(), &bidx);
     let sealed = key.seal(wamid.as_bytes(), &place).unwrap();
     (bidx, sealed)
@@ -473,13 +476,13 @@ fn a_conversation_lists_the_same_messages_indexed_or_not() {
                 conn,
                 keyring,
                 &tenant,
-                conversation,
+                &conversation.into(),
                 ids.last().map(String::as_str),
                 2,
             )
             .unwrap();
             let full = page.len() == 2;
-            ids.extend(page.into_iter().map(|m| m.id));
+            ids.extend(page.into_iter().map(|m| m.id.0));
             if !full {
                 return ids;
             }

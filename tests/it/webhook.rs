@@ -592,7 +592,7 @@ async fn statuses_out_of_order_end_in_the_highest_state() {
             &mut conn,
             &keyring,
             &converra::ids::TenantId(app.a.id.clone()),
-            "wamid.out.read",
+            &"wamid.out.read".into(),
         )
         .unwrap();
         assert_eq!(

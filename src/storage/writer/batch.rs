@@ -12,7 +12,7 @@ use diesel::Connection;
 use super::queue::{Job, WriteOutput};
 use super::{ApplyReceipt, IngestReceipt, MergedAway, Writer, SLOW_WRITE};
 use crate::crypto::{Keyring, NewDataKey};
-use crate::ids::{KeyId, TenantId};
+use crate::ids::{KeyId, PhoneNumberId, TenantId};
 use crate::storage::crm::{self, ApplyOp, ContactIdentifiers, ResolvedContact};
 use crate::storage::inbox::{self, FreshEvent, InboxItem, PreparedEvent, PreparedOther};
 use crate::storage::raw_keys::{self, DayKey};
@@ -439,7 +439,7 @@ fn ingest(
     if parts.is_empty() {
         return Ok(Vec::new());
     }
-    let mut numbers: Vec<String> = parts
+    let mut numbers: Vec<PhoneNumberId> = parts
         .iter()
         .flat_map(|(_, events, others)| {
             events
@@ -496,7 +496,7 @@ fn ingest(
                         None,
                         "unrouted",
                         Some(event.keys.kind.as_str().to_string()),
-                        Some(event.keys.phone_number_id.clone()),
+                        Some(event.keys.phone_number_id.to_string()),
                         &raw,
                     )?;
                     inbox::insert_other(conn, None, &other, now)?;
@@ -511,7 +511,7 @@ fn ingest(
                 tenant,
                 other.reason,
                 other.field.clone(),
-                other.phone_number_id.clone(),
+                other.phone_number_id.as_ref().map(PhoneNumberId::to_string),
                 &other.raw,
             )?;
             inbox::insert_other(conn, tenant, &prepared, now)?;

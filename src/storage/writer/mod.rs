@@ -31,7 +31,7 @@ use super::sqlite::{spawn_checkpointer, spawn_index_reader, ConversationIndexer,
 use super::{DbConn, Pool, PooledConn, StorageError};
 use crate::clock::SharedClock;
 use crate::handoff::{self, Reply};
-use crate::ids::TenantId;
+use crate::ids::{ConversationId, TenantId};
 use crate::whatsapp::OtherChange;
 
 pub(in crate::storage) use queue::Job;
@@ -50,7 +50,7 @@ pub struct IngestReceipt {
 #[derive(Debug, Default)]
 pub struct ApplyReceipt {
     /// The conversation the job's inbound messages went to, for the actor to cache.
-    pub conversation: Option<String>,
+    pub conversation: Option<ConversationId>,
     /// Per op: skipped because its fresh event had been delivered before.
     pub duplicate: Vec<bool>,
 }

@@ -7,11 +7,12 @@ use serde_json::Value;
 use super::envelope::MetaError;
 use super::lenient::*;
 use super::opt_str;
+use crate::ids::Wamid;
 
 /// An inbound message, every documented field typed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboundMessage {
-    pub id: String,
+    pub id: Wamid,
     pub from: Option<String>,
     pub from_user_id: Option<String>,
     /// Unix seconds.
@@ -31,7 +32,7 @@ pub struct Context {
     #[serde(default)]
     pub from: Option<String>,
     #[serde(default)]
-    pub id: Option<String>,
+    pub id: Option<Wamid>,
     #[serde(default)]
     pub forwarded: Option<bool>,
     #[serde(default)]
@@ -287,7 +288,7 @@ pub struct Button {
 /// `emoji` is absent when the user removed their reaction.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Reaction {
-    pub message_id: String,
+    pub message_id: Wamid,
     #[serde(default)]
     pub emoji: Option<String>,
 }
@@ -331,7 +332,7 @@ pub struct System {
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Edit {
-    pub original_message_id: String,
+    pub original_message_id: Wamid,
     /// The edited message (its type and content), as Meta sends it.
     #[serde(default)]
     pub message: Option<Value>,
@@ -339,7 +340,7 @@ pub struct Edit {
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Revoke {
-    pub original_message_id: String,
+    pub original_message_id: Wamid,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -362,7 +363,7 @@ impl InboundMessage {
             .and_then(|v| Vec::<MetaError>::deserialize(v).ok())
             .unwrap_or_default();
         Ok(InboundMessage {
-            id,
+            id: Wamid(id),
             from: opt_str(item, "from"),
             from_user_id: opt_str(item, "from_user_id"),
             timestamp,
@@ -376,7 +377,7 @@ impl InboundMessage {
     }
 
     /// The message this one acts on (the edited, revoked or reacted-to message).
-    pub fn refers_to(&self) -> Option<&str> {
+    pub fn refers_to(&self) -> Option<&Wamid> {
         match &self.content {
             MessageContent::Edit(edit) => Some(&edit.original_message_id),
             MessageContent::Revoke(revoke) => Some(&revoke.original_message_id),

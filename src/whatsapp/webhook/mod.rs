@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::ids::PhoneNumberId;
+
 pub use envelope::{ChangeValue, ErrorData, MetaError, Metadata, Profile, WebhookContact};
 pub use identity::Identity;
 pub use lenient::lenient_i64;
@@ -45,7 +47,7 @@ pub struct ParsedWebhook {
 pub struct OtherChange {
     /// `changes[].field`, when the body got that far.
     pub field: Option<String>,
-    pub phone_number_id: Option<String>,
+    pub phone_number_id: Option<PhoneNumberId>,
     /// Why it is not an event: `not_json`, `not_envelope`, `other_field`,
     /// `malformed_value`, `malformed_item`.
     pub reason: &'static str,
@@ -75,7 +77,7 @@ impl EventKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub kind: EventKind,
-    pub phone_number_id: String,
+    pub phone_number_id: PhoneNumberId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_phone_number: Option<String>,
     /// `entry[].id`: the WhatsApp Business Account.
@@ -154,12 +156,13 @@ fn parse_change(waba_id: &str, change: RawChange<'_>, parsed: &mut ParsedWebhook
     let raw = change.value.map_or("null", RawValue::get);
     let readable = without_nul(raw);
     // Kept raw, with the number it names when it names one.
-    let other = |reason: &'static str, phone_number_id: Option<String>, raw: Vec<u8>| OtherChange {
-        field: change.field.as_deref().map(text_without_nul),
-        phone_number_id,
-        reason,
-        raw,
-    };
+    let other =
+        |reason: &'static str, phone_number_id: Option<PhoneNumberId>, raw: Vec<u8>| OtherChange {
+            field: change.field.as_deref().map(text_without_nul),
+            phone_number_id,
+            reason,
+            raw,
+        };
     let whole_change = |reason: &'static str| {
         let phone_number_id = serde_json::from_str::<Value>(&readable)
             .ok()
@@ -167,7 +170,7 @@ fn parse_change(waba_id: &str, change: RawChange<'_>, parsed: &mut ParsedWebhook
                 value
                     .get("metadata")
                     .and_then(|m| m.get("phone_number_id"))
-                    .map(value_text)
+                    .map(|id| PhoneNumberId(value_text(id)))
             });
         other(reason, phone_number_id, raw.as_bytes().to_vec())
     };
@@ -182,7 +185,7 @@ fn parse_change(waba_id: &str, change: RawChange<'_>, parsed: &mut ParsedWebhook
             return;
         }
     };
-    let number = Some(value.metadata.phone_number_id.clone());
+    let number = Some(PhoneNumberId(value.metadata.phone_number_id.clone()));
     let item_raw = |item: &Value| serde_json::to_vec(item).unwrap_or_default();
     let (messages, statuses, preferences) = (
         std::mem::take(&mut value.messages),
@@ -192,7 +195,7 @@ fn parse_change(waba_id: &str, change: RawChange<'_>, parsed: &mut ParsedWebhook
     let had_items = !(messages.is_empty() && statuses.is_empty() && preferences.is_empty());
     let base = |kind: EventKind, identity: Identity, item: Value| Event {
         kind,
-        phone_number_id: value.metadata.phone_number_id.clone(),
+        phone_number_id: PhoneNumberId(value.metadata.phone_number_id.clone()),
         display_phone_number: value.metadata.display_phone_number.clone(),
         waba_id: text_without_nul(waba_id),
         identity,
@@ -445,7 +448,7 @@ mod tests {
         assert!(parsed
             .others
             .iter()
-            .all(|o| o.phone_number_id.as_deref() == Some("PN1")));
+            .all(|o| o.phone_number_id.as_ref().is_some_and(|p| p == "PN1")));
     }
 
     #[test]
@@ -461,8 +464,8 @@ mod tests {
         let reasons: Vec<_> = parsed.others.iter().map(|o| o.reason).collect();
         assert_eq!(reasons, ["other_field", "errors_only", "malformed_value"]);
         assert_eq!(parsed.others[0].raw, value.as_bytes());
-        assert_eq!(parsed.others[0].phone_number_id.as_deref(), Some("42"));
-        assert_eq!(parsed.others[1].phone_number_id.as_deref(), Some("PN2"));
+        assert_eq!(parsed.others[0].phone_number_id, Some("42".into()));
+        assert_eq!(parsed.others[1].phone_number_id, Some("PN2".into()));
         assert_eq!(parsed.others[2].phone_number_id, None);
     }
 
@@ -507,7 +510,7 @@ mod tests {
             InboundMessage::from_item(&json!({"id": "w2", "timestamp": "6", "type": "revoke",
             "revoke": {"original_message_id": "wamid.orig"}}))
             .expect("parse");
-        assert_eq!(revoke.refers_to(), Some("wamid.orig"));
+        assert_eq!(revoke.refers_to().map(|w| w.as_str()), Some("wamid.orig"));
         let status: Status = serde_json::from_value(json!({"id": "w", "status": "failed", "timestamp": 7,
             "errors": [{"code": 131047, "title": "Re-engagement message"}],
             "pricing": {"billable": false, "pricing_model": "PMP", "category": "service", "type": "free_customer_service"}}))

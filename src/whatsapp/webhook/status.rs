@@ -4,11 +4,12 @@ use serde::{Deserialize, Serialize};
 
 use super::envelope::MetaError;
 use super::lenient::*;
+use crate::ids::Wamid;
 
 /// A status of an outbound message.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Status {
-    pub id: String,
+    pub id: Wamid,
     pub status: String,
     #[serde(default, deserialize_with = "timestamp_or_zero")]
     pub timestamp: i64,
