@@ -81,9 +81,9 @@ impl MessageState {
 }
 
 /// Gives every message of `conversation_id` the conversation `target` and the contact
-/// `contact`. On SQLite the messages of a conversation are found through
-/// `conversation_messages` and the unindexed tail (see [`super::conversation_index`]);
-/// a trigger moves their index rows.
+/// `contact`. On SQLite the messages of a conversation are those its index and
+/// unindexed tail name (see [`super::conversation_index`]); a trigger moves their
+/// index rows.
 pub(super) fn move_conversation_messages(
     conn: &mut DbConn,
     conversation_id: &str,
@@ -93,19 +93,18 @@ pub(super) fn move_conversation_messages(
     use diesel::sql_types::Text;
     match conn {
         DbConn::Sqlite(c) => {
-            for found_by in [
-                "id IN (SELECT message_id FROM conversation_messages WHERE conversation_id = ?3)",
-                "rowid > (SELECT indexed_through FROM conversation_index_state) \
-                 AND conversation_id = ?3",
-            ] {
-                diesel::sql_query(format!(
-                    "UPDATE messages SET conversation_id = ?1, contact_id = ?2 WHERE {found_by}"
-                ))
+            const MOVE: &str = concat!(
+                "UPDATE messages SET conversation_id = ?4, contact_id = ?5 WHERE id IN (",
+                crate::message_ids_of_conversation!(),
+                ")"
+            );
+            diesel::sql_query(MOVE)
+                .bind::<Text, _>(conversation_id)
+                .bind::<Text, _>("")
+                .bind::<diesel::sql_types::BigInt, _>(-1_i64)
                 .bind::<Text, _>(target)
                 .bind::<Text, _>(contact)
-                .bind::<Text, _>(conversation_id)
                 .execute(c)?;
-            }
         }
         DbConn::Pg(c) => {
             diesel::update(messages::table.filter(messages::conversation_id.eq(conversation_id)))
@@ -254,27 +253,15 @@ type MessageRow = (
     Option<i64>,
 );
 
-/// SQLite: a conversation's messages after a cursor, from the conversation index and
-/// the unindexed tail in one statement (one snapshot: a bulk that moves messages from
-/// the tail into the index between two statements would otherwise show them twice or
-/// not at all). UNION, not UNION ALL: a bulk's slices are indexed before its mark
-/// moves, so a message can be in both parts. ?1 conversation, ?2 cursor, ?3 limit,
-/// ?4 tenant.
-const LIST_MESSAGES_SQLITE: &str = "\
-    SELECT id, wamid_bidx, wamid_ct, direction, msg_type, sent_at, status, key_id, content_ct, \
-           error_json, revoked_at \
-    FROM (SELECT m.id, m.wamid_bidx, m.wamid_ct, m.direction, m.msg_type, m.sent_at, m.status, m.key_id, \
-                 m.content_ct, m.error_json, m.revoked_at \
-          FROM conversation_messages AS cm JOIN messages AS m ON m.id = cm.message_id \
-          WHERE cm.conversation_id = ?1 AND cm.message_id > ?2 AND m.tenant_id = ?4 \
-          ORDER BY cm.message_id LIMIT ?3) \
-    UNION \
-    SELECT id, wamid_bidx, wamid_ct, direction, msg_type, sent_at, status, key_id, content_ct, \
-           error_json, revoked_at \
-    FROM messages \
-    WHERE rowid > (SELECT indexed_through FROM conversation_index_state) \
-      AND conversation_id = ?1 AND id > ?2 AND tenant_id = ?4 \
-    ORDER BY id LIMIT ?3";
+/// SQLite: a conversation's messages after a cursor (see
+/// [`super::conversation_index`]). ?1 conversation, ?2 cursor, ?3 limit, ?4 tenant.
+const LIST_MESSAGES_SQLITE: &str = concat!(
+    "SELECT id, wamid_bidx, wamid_ct, direction, msg_type, sent_at, status, key_id, content_ct, \
+            error_json, revoked_at \
+     FROM messages WHERE id IN (",
+    crate::message_ids_of_conversation!(),
+    ") AND tenant_id = ?4 ORDER BY id"
+);
 
 #[derive(QueryableByName)]
 struct ListedMessage {

@@ -554,6 +554,20 @@ pub fn revert_last_migration(conn: &mut DbConn) -> Result<String, StorageError> 
     reverted.map_err(|e| StorageError::Migration(e.to_string()))
 }
 
+#[cfg(any(test, feature = "testing"))]
+/// Reverts the applied migrations down to and including `version` (used to build a
+/// database of an earlier schema); the versions reverted, newest first.
+pub fn revert_migrations_through(
+    conn: &mut DbConn,
+    version: &str,
+) -> Result<Vec<String>, StorageError> {
+    let mut reverted = Vec::new();
+    while reverted.last().map(String::as_str) != Some(version) {
+        reverted.push(revert_last_migration(conn)?);
+    }
+    Ok(reverted)
+}
+
 fn names(versions: Vec<diesel::migration::MigrationVersion<'_>>) -> Vec<String> {
     versions.into_iter().map(|v| v.to_string()).collect()
 }

@@ -28,20 +28,6 @@ fn migrations_run_up_down_and_up_again() {
 /// conversation to its messages still holds.
 #[test]
 fn rebuilding_messages_keeps_its_rows_and_their_statuses() {
-    use diesel::RunQueryDsl;
-
-    #[derive(diesel::QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    fn count(conn: &mut storage::DbConn, table: &str) -> i64 {
-        let sql = format!("SELECT COUNT(*) AS n FROM {table}");
-        let rows: Vec<Count> =
-            converra::on_backend!(conn, c => diesel::sql_query(&sql).load(c)).unwrap();
-        rows[0].n
-    }
-
     for backend in backends() {
         let db = TestDb::new(&backend);
         let settings = settings_for(&db);
@@ -449,45 +435,12 @@ fn new_contact(
 /// lists through its index on messages and gives the same pages.
 #[test]
 fn a_conversation_lists_the_same_messages_indexed_or_not() {
-    use converra::ids::TenantId;
-    use converra::storage::{conversation_index, crm};
+    use converra::storage::conversation_index;
     use diesel::RunQueryDsl;
 
-    fn add_message(conn: &mut storage::DbConn, id: &str, conversation: &str) {
-        run(
-            conn,
-            &format!(
-                "INSERT INTO messages (id, tenant_id, conversation_id, contact_id, wamid_bidx, \
-                 direction, sent_at, received_at) \
-                 VALUES ('{id}', 't1', '{conversation}', 'c1', 'wamid.{id}', 'inbound', 1, 1)"
-            ),
-        );
-    }
-    // Every page of two, then the ids in order.
-    fn listed(
-        conn: &mut storage::DbConn,
-        keyring: &converra::storage::key_store::Vault,
-        conversation: &str,
-    ) -> Vec<String> {
-        let tenant = TenantId("t1".into());
-        let mut ids = Vec::new();
-        loop {
-            let page = crm::list_messages(
-                conn,
-                keyring,
-                &tenant,
-                &conversation.into(),
-                ids.last().map(String::as_str),
-                2,
-            )
-            .unwrap();
-            let full = page.len() == 2;
-            ids.extend(page.into_iter().map(|m| m.id.0));
-            if !full {
-                return ids;
-            }
-        }
-    }
+    let add_message = |conn: &mut storage::DbConn, id: &str, conversation: &str| {
+        add_message(conn, id, conversation, "c1", 1)
+    };
     let strings = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
 
     for backend in backends() {
@@ -616,6 +569,175 @@ fn a_conversation_lists_the_same_messages_indexed_or_not() {
     }
 }
 
+/// What erasure and retention do, deleting in bulk, works through SQLite's bulk
+/// conversation index exactly as through PostgreSQL's index on messages: a contact
+/// deleted takes every message of its conversations (indexed, in the unindexed tail,
+/// or in a bulk still going) and their index rows; messages past a retention period,
+/// deleted in one statement across conversations, leave the listings and the index;
+/// the bulk that was going finishes, and later messages (which may reuse the freed
+/// rowids) are listed and indexed.
+#[test]
+fn bulk_deletes_of_erasure_and_retention_work_through_the_conversation_index() {
+    use converra::storage::conversation_index;
+
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let settings = settings_for(&db);
+        let (keyring, pool) = converra::open_storage(&settings).unwrap();
+        let mut conn = pool.get().unwrap();
+        seed_rows(&mut conn, &["v1", "v2"]);
+        run(
+            &mut conn,
+            "INSERT INTO contacts (id, tenant_id, key_id, first_seen_at, last_seen_at) \
+             VALUES ('c2', 't1', 'k2', 1, 1)",
+        );
+        run(
+            &mut conn,
+            "INSERT INTO conversations (id, tenant_id, phone_number_id, contact_id, \
+             opened_at, last_message_at) VALUES ('v3', 't1', 'n-v3', 'c2', 1, 1)",
+        );
+        // Per conversation, 150 messages sent at 0..150: the first 80 indexed, the rest
+        // in the tail, of which one slice is indexed by a bulk that is not finished.
+        let ids = |v: &str, range: std::ops::Range<i64>| -> Vec<String> {
+            range.map(|i| format!("{v}-m{i:03}")).collect()
+        };
+        let add = |conn: &mut storage::DbConn, range: std::ops::Range<i64>| {
+            for (v, contact) in [("v1", "c1"), ("v2", "c1"), ("v3", "c2")] {
+                for (i, id) in range.clone().zip(ids(v, range.clone())) {
+                    add_message(conn, &id, v, contact, i);
+                }
+            }
+        };
+        add(&mut conn, 0..80);
+        conversation_index::index_all(&mut conn).unwrap();
+        add(&mut conn, 80..150);
+        let mut bulk = match &mut *conn {
+            storage::DbConn::Sqlite(c) => {
+                let mut bulk = conversation_index::begin_bulk(c).unwrap().expect("a tail");
+                conversation_index::index_slice(c, &mut bulk).unwrap();
+                assert!(!bulk.is_done());
+                Some(bulk)
+            }
+            _ => None,
+        };
+        assert_eq!(listed(&mut conn, &keyring, "v3"), ids("v3", 0..150));
+
+        // Erasure: the contact goes, and with it its conversations and their messages.
+        run(&mut conn, "DELETE FROM contacts WHERE id = 'c1'");
+        assert_eq!(
+            count(&mut conn, "messages WHERE contact_id = 'c1'"),
+            0,
+            "{backend:?}: every message of the erased contact is gone"
+        );
+        assert!(listed(&mut conn, &keyring, "v1").is_empty(), "{backend:?}");
+        assert!(listed(&mut conn, &keyring, "v2").is_empty(), "{backend:?}");
+        assert_eq!(
+            listed(&mut conn, &keyring, "v3"),
+            ids("v3", 0..150),
+            "{backend:?}: the other contact's conversation is whole"
+        );
+
+        // Retention: everything sent before 100 goes, in one statement.
+        run(
+            &mut conn,
+            "DELETE FROM messages WHERE tenant_id = 't1' AND sent_at < 100",
+        );
+        assert_eq!(
+            listed(&mut conn, &keyring, "v3"),
+            ids("v3", 100..150),
+            "{backend:?}: only what is within the period is left"
+        );
+
+        // The bulk that was going when both deletes ran finishes; later messages are
+        // listed before and after they are indexed.
+        if let (storage::DbConn::Sqlite(c), Some(bulk)) = (&mut *conn, bulk.as_mut()) {
+            while !bulk.is_done() {
+                conversation_index::index_slice(c, bulk).unwrap();
+            }
+        }
+        for (i, id) in (150..160).zip(ids("v3", 150..160)) {
+            add_message(&mut conn, &id, "v3", "c2", i);
+        }
+        assert_eq!(
+            listed(&mut conn, &keyring, "v3"),
+            ids("v3", 100..160),
+            "{backend:?}: later messages, in the tail"
+        );
+        conversation_index::index_all(&mut conn).unwrap();
+        assert_eq!(conversation_index::tail_len(&mut conn).unwrap(), 0);
+        assert_eq!(
+            listed(&mut conn, &keyring, "v3"),
+            ids("v3", 100..160),
+            "{backend:?}: later messages, indexed"
+        );
+        if matches!(backend, Backend::Sqlite) {
+            assert_eq!(
+                count(&mut conn, "conversation_messages"),
+                60,
+                "no index row outlives its message"
+            );
+        }
+    }
+}
+
+/// Both backends keep the same rules between messages and conversations: PostgreSQL
+/// with its foreign key, SQLite with triggers (its messages have no index on the
+/// conversation for a declared key to use): no message of a conversation that does
+/// not exist, none moved to one, no conversation renamed from under its messages, and
+/// a conversation deleted takes its messages.
+#[test]
+fn a_message_needs_its_conversation_on_both_backends() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let settings = settings_for(&db);
+        let (_, pool) = converra::open_storage(&settings).unwrap();
+        let mut conn = pool.get().unwrap();
+        seed_rows(&mut conn, &["v1", "v2"]);
+        add_message(&mut conn, "m1", "v1", "c1", 1);
+
+        let orphan = "INSERT INTO messages (id, tenant_id, conversation_id, contact_id, \
+                      wamid_bidx, direction, sent_at, received_at) \
+                      VALUES ('m2', 't1', 'nowhere', 'c1', 'wamid.m2', 'inbound', 1, 1)";
+        let refused = |result: Result<usize, diesel::result::Error>| match result {
+            Err(e) => e.to_string().to_lowercase().contains("foreign key"),
+            Ok(_) => false,
+        };
+        assert!(
+            refused(try_run(&mut conn, orphan)),
+            "{backend:?}: a message of no conversation is refused"
+        );
+        assert!(
+            refused(try_run(
+                &mut conn,
+                "UPDATE messages SET conversation_id = 'nowhere' WHERE id = 'm1'"
+            )),
+            "{backend:?}: a message moved to no conversation is refused"
+        );
+        assert!(
+            refused(try_run(
+                &mut conn,
+                "UPDATE conversations SET id = 'v9' WHERE id = 'v1'"
+            )),
+            "{backend:?}: a conversation with messages keeps its id"
+        );
+        run(
+            &mut conn,
+            "UPDATE conversations SET id = 'v9' WHERE id = 'v2'",
+        );
+        run(
+            &mut conn,
+            "UPDATE messages SET conversation_id = 'v9' WHERE id = 'm1'",
+        );
+        assert_eq!(count(&mut conn, "messages WHERE conversation_id = 'v9'"), 1);
+        run(&mut conn, "DELETE FROM conversations WHERE id = 'v9'");
+        assert_eq!(
+            count(&mut conn, "messages"),
+            0,
+            "{backend:?}: a deleted conversation takes its messages"
+        );
+    }
+}
+
 /// No SQLite connection leaves the pool with less durability than configured: the
 /// conversation index lowers `synchronous` on the writer's connection for a moment,
 /// and the pool puts it back on every checkout.
@@ -647,9 +769,76 @@ fn a_pooled_sqlite_connection_always_has_the_configured_synchronous() {
 }
 
 /// Runs one statement of raw SQL on either backend.
+/// The rows of `rows` (a table, with a WHERE clause if need be).
+fn count(conn: &mut storage::DbConn, rows: &str) -> i64 {
+    use diesel::RunQueryDsl;
+
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let sql = format!("SELECT COUNT(*) AS n FROM {rows}");
+    let rows: Vec<Count> =
+        converra::on_backend!(conn, c => diesel::sql_query(&sql).load(c)).unwrap();
+    rows[0].n
+}
+
+fn try_run(conn: &mut storage::DbConn, sql: &str) -> Result<usize, diesel::result::Error> {
+    use diesel::RunQueryDsl;
+    converra::on_backend!(conn, c => diesel::sql_query(sql).execute(c))
+}
+
 fn run(conn: &mut storage::DbConn, sql: &str) {
     use diesel::RunQueryDsl;
     converra::on_backend!(conn, c => diesel::sql_query(sql).execute(c)).unwrap();
+}
+
+/// Message `id` of tenant `t1` in `conversation`, from `contact`, sent at `sent_at`,
+/// written as a raw row.
+fn add_message(
+    conn: &mut storage::DbConn,
+    id: &str,
+    conversation: &str,
+    contact: &str,
+    sent_at: i64,
+) {
+    run(
+        conn,
+        &format!(
+            "INSERT INTO messages (id, tenant_id, conversation_id, contact_id, wamid_bidx, \
+             direction, sent_at, received_at) \
+             VALUES ('{id}', 't1', '{conversation}', '{contact}', 'wamid.{id}', 'inbound', \
+             {sent_at}, 1)"
+        ),
+    );
+}
+
+/// The ids of a conversation of tenant `t1` as the API lists them, page by page (two a
+/// page), in order.
+fn listed(
+    conn: &mut storage::DbConn,
+    keyring: &converra::storage::key_store::Vault,
+    conversation: &str,
+) -> Vec<String> {
+    let tenant = converra::ids::TenantId("t1".into());
+    let mut ids = Vec::new();
+    loop {
+        let page = converra::storage::crm::list_messages(
+            conn,
+            keyring,
+            &tenant,
+            &conversation.into(),
+            ids.last().map(String::as_str),
+            2,
+        )
+        .unwrap();
+        let full = page.len() == 2;
+        ids.extend(page.into_iter().map(|m| m.id.0));
+        if !full {
+            return ids;
+        }
+    }
 }
 
 /// Tenant `t1`, its contact `c1`, and a conversation of `c1` for each id (on number

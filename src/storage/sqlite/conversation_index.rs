@@ -13,10 +13,12 @@
 //! still written about once per bulk.
 //!
 //! Messages above `conversation_index_state.indexed_through` (by rowid) are the
-//! unindexed tail: readers take the index table plus the tail, in one statement, so
-//! one snapshot (see [`super::crm::list_messages`]). Triggers (the migration) keep the
-//! table in step with deletes and contact merges. PostgreSQL keeps its index on
-//! messages: nothing here runs there.
+//! unindexed tail. What the messages of a conversation are is defined once, in
+//! [`message_ids_of_conversation!`]: the index table plus the tail, in one statement,
+//! so one snapshot; the listing and the contact merge both select through it.
+//! Triggers (the migrations) keep the table in step with deletes, bulk ones included,
+//! and contact merges, and keep the foreign-key rules PostgreSQL declares. PostgreSQL
+//! keeps its index on messages: nothing here runs there.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -42,6 +44,26 @@ use crate::storage::StorageError;
 pub const BULK_EVERY: Duration = Duration::from_millis(1000);
 /// Messages indexed per transaction: under a millisecond of the write lock.
 pub const SLICE_ROWS: usize = 64;
+
+/// The one definition of a conversation's messages on SQLite, as SQL: the ids of
+/// conversation `?1`'s messages above `?2`, in order, at most `?3` (`-1`: all). Those
+/// the index lists and those of the unindexed tail in one statement, so one snapshot
+/// (a bulk that moves messages from the tail into the index between two statements
+/// would otherwise show them twice or not at all); UNION, not UNION ALL, since a
+/// bulk's slices are indexed before its mark moves, so a message can be in both.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! message_ids_of_conversation {
+    () => {
+        "SELECT message_id FROM (SELECT message_id FROM conversation_messages \
+             WHERE conversation_id = ?1 AND message_id > ?2 ORDER BY message_id LIMIT ?3) \
+         UNION \
+         SELECT id FROM messages \
+             WHERE rowid > (SELECT indexed_through FROM conversation_index_state) \
+             AND conversation_id = ?1 AND id > ?2 \
+         ORDER BY 1 LIMIT ?3"
+    };
+}
 
 /// The messages of the tail when a bulk began, sorted by conversation, not indexed yet.
 #[derive(Debug)]

@@ -1,0 +1,3 @@
+DROP TRIGGER conversations_keep_their_id;
+DROP TRIGGER messages_conversation_exists_on_move;
+DROP TRIGGER messages_conversation_exists;
