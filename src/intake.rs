@@ -11,7 +11,7 @@ use std::sync::Arc;
 use actix::Addr;
 
 use crate::actors::conversation::Delivery;
-use crate::actors::registry::{Registry, StartTenantsAndRoute};
+use crate::actors::registry::{send_to_tenant, Registry};
 use crate::actors::{tenant, Core};
 use crate::handoff;
 use crate::ids::{PhoneNumberId, TenantId};
@@ -60,14 +60,10 @@ async fn owners(
     Ok(found)
 }
 
-/// Hands deliveries to their tenant actors: directly when the actor is running, else
-/// through the registry, which starts it.
+/// Hands deliveries to their tenant actors.
 fn deliver(core: &Core, registry: &Addr<Registry>, deliveries: Vec<Delivery>) {
     for (tenant_id, deliveries) in crate::actors::by_tenant(deliveries, |d| &d.tenant_id) {
-        match core.tenants.get(&tenant_id) {
-            Some(tenant) => tenant.do_send(tenant::RouteArrivals(deliveries)),
-            None => registry.do_send(StartTenantsAndRoute(deliveries)),
-        }
+        send_to_tenant(core, registry, tenant_id, tenant::RouteArrivals(deliveries));
     }
 }
 

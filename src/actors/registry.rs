@@ -1,7 +1,8 @@
 //! The registry: starts tenant actors (on the HTTP workers' threads, or on arbiters of
-//! their own when `actors.arbiters` asks for them; round-robin) and routes
-//! to them the events of tenants whose actor is not running yet and the committed
-//! inbox rows; and sweeps the inbox for rows that were never processed: all of them at
+//! their own when `actors.arbiters` asks for them; round-robin) and hands them what is
+//! addressed to a tenant whose actor is not running yet ([`ToTenant`], events and
+//! commands alike; [`send_to_tenant`] goes straight to a running one), and the
+//! committed inbox rows; and sweeps the inbox for rows that were never processed: all of them at
 //! start-up, and periodically those older than `actors.sweep_min_age_secs`, as a
 //! safety net behind the live dispatch.
 
@@ -12,8 +13,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::conversation::Delivery;
-use super::tenant::{self, RouteInboxRows, TenantActor};
+use super::tenant::{RouteInboxRows, TenantActor};
 use super::Core;
 use crate::ids::TenantId;
 use crate::storage::inbox::{self, InboxItem};
@@ -80,10 +80,30 @@ impl ActorHosts {
     }
 }
 
-/// Events delivered as they arrive, to route to their tenants.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct StartTenantsAndRoute(pub Vec<Delivery>);
+/// Any message a tenant actor handles, for the registry to hand to that tenant's actor,
+/// starting it first if need be.
+pub struct ToTenant<M> {
+    pub tenant_id: TenantId,
+    pub message: M,
+}
+
+impl<M> Message for ToTenant<M> {
+    type Result = ();
+}
+
+/// Hands `message` to `tenant_id`'s actor: directly when it is running, else through
+/// the registry, which starts it. The one way anything reaches a tenant from outside
+/// the actors (a webhook's events today; the API's commands travel the same way).
+pub fn send_to_tenant<M>(core: &Core, registry: &Addr<Registry>, tenant_id: TenantId, message: M)
+where
+    M: Message<Result = ()> + Send + 'static,
+    TenantActor: Handler<M>,
+{
+    match core.tenants.get(&tenant_id) {
+        Some(tenant) => tenant.do_send(message),
+        None => registry.do_send(ToTenant { tenant_id, message }),
+    }
+}
 
 /// Liveness probe: answered with the number of tenant actors.
 #[derive(Message)]
@@ -184,11 +204,20 @@ impl Registry {
         }
     }
 
+    /// Hands `message` to the tenant's actor, started if need be.
+    fn hand<M>(&mut self, tenant_id: TenantId, message: M)
+    where
+        M: Message<Result = ()> + Send + 'static,
+        TenantActor: Handler<M>,
+    {
+        let tenant = self.tenant(&tenant_id);
+        tenant.do_send(message);
+        self.publish(tenant_id, tenant);
+    }
+
     fn route(&mut self, items: Vec<InboxItem>) {
         for (tenant_id, items) in super::by_tenant(items, |item| &item.tenant_id) {
-            let tenant = self.tenant(&tenant_id);
-            tenant.do_send(RouteInboxRows(items));
-            self.publish(tenant_id, tenant);
+            self.hand(tenant_id, RouteInboxRows(items));
         }
     }
 
@@ -280,14 +309,14 @@ impl Handler<DispatchInboxRows> for Registry {
     }
 }
 
-impl Handler<StartTenantsAndRoute> for Registry {
+impl<M> Handler<ToTenant<M>> for Registry
+where
+    M: Message<Result = ()> + Send + 'static,
+    TenantActor: Handler<M>,
+{
     type Result = ();
-    fn handle(&mut self, msg: StartTenantsAndRoute, _ctx: &mut Context<Self>) {
-        for (tenant_id, deliveries) in super::by_tenant(msg.0, |d| &d.tenant_id) {
-            let tenant = self.tenant(&tenant_id);
-            tenant.do_send(tenant::RouteArrivals(deliveries));
-            self.publish(tenant_id, tenant);
-        }
+    fn handle(&mut self, msg: ToTenant<M>, _ctx: &mut Context<Self>) {
+        self.hand(msg.tenant_id, msg.message);
     }
 }
 
