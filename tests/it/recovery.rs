@@ -188,6 +188,38 @@ async fn a_database_outage_answers_503_then_recovers_without_loss() {
     app.wait_processed().await;
 }
 
+/// The periodic sweep is a safety net behind the live dispatch: while the daemon runs,
+/// an inbox row that nothing dispatched (as a row another process wrote, or one whose
+/// dispatch was lost, would be) is left alone until it is `actors.sweep_min_age_secs`
+/// old on the daemon's clock, which the test moves, and then applied.
+#[actix_rt::test]
+async fn the_sweep_takes_an_undispatched_row_once_it_is_old_enough() {
+    use converra::clock::Clock;
+    let clock = converra::clock::ManualClock::new(converra::clock::SystemClock.now_ms());
+    let app = TestApp::start_with_clock(&Backend::Sqlite, clock.clone()).await;
+    {
+        let (keyring, pool) = app.pool();
+        let mut conn = pool.get().unwrap();
+        let day = day_key(&mut conn, &keyring, clock.now_ms());
+        let body = text_webhook(NUMBER_A, "4915778", "wamid.undispatched", "late");
+        for event in webhook::parse(&body).events {
+            let tenant = TenantId(app.a.id.clone());
+            let prepared = PreparedEvent::seal(&keyring, &tenant, &day, event).unwrap();
+            insert_event(&mut conn, &tenant, &prepared, clock.now_ms()).unwrap();
+        }
+    }
+    // The sweep runs every second of real time (the test's setting).
+    actix_rt::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    assert!(
+        app.all_messages(&app.a).await.is_empty(),
+        "a row younger than the sweep's minimum age is left to the live dispatch"
+    );
+    clock.advance_ms(app.settings.actors.sweep_min_age_secs as i64 * 1000);
+    let stored = app.wait_messages(&app.a, 1).await;
+    assert_eq!(stored[0]["wamid"], "wamid.undispatched");
+    app.wait_processed().await;
+}
+
 /// A conversation actor idle for `actors.idle_timeout_secs` (on the daemon's clock,
 /// moved by the test: the default five minutes) stops, and comes back when its
 /// conversation has news.
