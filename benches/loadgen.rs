@@ -91,6 +91,11 @@ struct Args {
     /// indexes a keyed hash of each).
     #[arg(long, default_value = "meta")]
     wamids: String,
+    /// How many contacts write, message `i` from contact `i % N`: 1,000 (the default)
+    /// keeps every conversation warm after the first second; a business's spread
+    /// (1,000,000) makes most messages open a new or cold conversation.
+    #[arg(long, default_value_t = 1000)]
+    contacts: usize,
     /// With `--target all`: how many rounds of every target.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -168,6 +173,7 @@ fn run_child(args: &Args) -> Option<(f64, String)> {
         .args(["--workers", &args.workers.to_string()])
         .args(["--arbiters", &args.arbiters.to_string()])
         .args(["--wamids", &args.wamids])
+        .args(["--contacts", &args.contacts.to_string()])
         .args(if args.timeline {
             &["--timeline"][..]
         } else {
@@ -252,6 +258,13 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 
 /// `--wamids meta`, set once at start.
 static META_WAMIDS: AtomicBool = AtomicBool::new(false);
+/// `--contacts`, set once at start.
+static CONTACTS: AtomicUsize = AtomicUsize::new(1000);
+
+/// The contact that sends message `i`.
+fn contact_of(i: usize) -> usize {
+    i % CONTACTS.load(Ordering::Relaxed).max(1)
+}
 
 /// The wamid of message `i`: `wamid.load.{i}`, or with `--wamids meta` shaped like
 /// Meta's (the contact's number, then a part that does not follow sending order), so
@@ -271,7 +284,7 @@ fn wamid_for(i: usize, contact: usize) -> String {
 }
 
 fn body_for(i: usize) -> (Vec<u8>, String) {
-    let c = i % 1000;
+    let c = contact_of(i);
     let wamid = wamid_for(i, c);
     // The message's send time, in whole seconds like Meta's.
     let now = std::time::SystemTime::now()
@@ -749,6 +762,7 @@ fn main() {
         return;
     }
     META_WAMIDS.store(args.wamids == "meta", Ordering::Relaxed);
+    CONTACTS.store(args.contacts, Ordering::Relaxed);
     let dir = tempfile::tempdir().unwrap();
     let mut settings = converra::config::Settings::defaults().unwrap();
     // Every target listens like the daemon (`server.listen_backlog`).
@@ -935,7 +949,7 @@ fn main() {
                     .acked
                     .iter()
                     .filter(|i| {
-                        let wamid = wamid_for(**i, **i % 1000);
+                        let wamid = wamid_for(**i, contact_of(**i));
                         !tenants.iter().any(|tenant| {
                             let bidx =
                                 keyring.wamid_index(tenant, &converra::ids::Wamid(wamid.clone()));
@@ -961,7 +975,7 @@ fn main() {
             results
                 .acked
                 .iter()
-                .filter(|i| !stored.contains(&wamid_for(**i, **i % 1000)))
+                .filter(|i| !stored.contains(&wamid_for(**i, contact_of(**i))))
                 .count()
         }),
     };
