@@ -104,6 +104,7 @@ pub struct SecuritySettings {
 pub struct ActorSettings {
     pub arbiters: usize,
     pub idle_timeout_secs: u64,
+    pub max_conversation_actors: usize,
     pub sweep_interval_secs: u64,
     pub sweep_min_age_secs: u64,
     pub retry_delay_ms: u64,
@@ -283,6 +284,12 @@ impl Settings {
         }
         if self.actors.idle_timeout_secs == 0 {
             return Err(invalid("actors.idle_timeout_secs", "must be at least 1"));
+        }
+        if self.actors.max_conversation_actors == 0 {
+            return Err(invalid(
+                "actors.max_conversation_actors",
+                "must be at least 1",
+            ));
         }
         if !(1..=3650).contains(&self.inbox.keep_raw_days) {
             return Err(invalid("inbox.keep_raw_days", "must be between 1 and 3650"));

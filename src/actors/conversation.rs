@@ -62,6 +62,12 @@ pub struct Delivery {
 #[rtype(result = "()")]
 pub struct ApplyArrival(pub Delivery);
 
+/// Its tenant needs room (`actors.max_conversation_actors`): stop if there is nothing
+/// to do, as when idle for `actors.idle_timeout_secs`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Release;
+
 /// Pending rows re-read from the inbox after a restart.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -609,6 +615,41 @@ impl ConversationActor {
     }
 }
 
+impl ConversationActor {
+    /// With nothing to do, asks its tenant to let it go, and stops if the tenant does
+    /// (it does not when events were sent meanwhile).
+    fn offer_release(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight || !self.pending.is_empty() || self.releasing {
+            return;
+        }
+        self.releasing = true;
+        let ask = self.tenant.send(Idle {
+            key: self.key.clone(),
+            received: self.received,
+        });
+        ctx.spawn(
+            async move { ask.await.unwrap_or(false) }
+                .into_actor(self)
+                .map(|released, actor, ctx| {
+                    actor.releasing = false;
+                    // The interval timer would keep the context alive forever, so an
+                    // actor its tenant let go of stops itself.
+                    if released {
+                        ctx.stop();
+                    }
+                }),
+        );
+    }
+}
+
+impl Handler<Release> for ConversationActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Release, ctx: &mut Context<Self>) {
+        self.offer_release(ctx);
+    }
+}
+
 impl Actor for ConversationActor {
     type Context = Context<Self>;
 
@@ -623,29 +664,9 @@ impl Actor for ConversationActor {
             (idle_after / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
         let idle_after_ms = idle_after.as_millis() as i64;
         ctx.run_interval(check_every, move |actor, ctx| {
-            let idle = !actor.in_flight
-                && actor.pending.is_empty()
-                && actor.core.clock.now_ms() - actor.last_active_ms >= idle_after_ms;
-            if !idle || actor.releasing {
-                return;
+            if actor.core.clock.now_ms() - actor.last_active_ms >= idle_after_ms {
+                actor.offer_release(ctx);
             }
-            actor.releasing = true;
-            let ask = actor.tenant.send(Idle {
-                key: actor.key.clone(),
-                received: actor.received,
-            });
-            ctx.spawn(
-                async move { ask.await.unwrap_or(false) }
-                    .into_actor(actor)
-                    .map(|released, actor, ctx| {
-                        actor.releasing = false;
-                        // The interval timer would keep the context alive forever, so an
-                        // actor its tenant let go of stops itself.
-                        if released {
-                            ctx.stop();
-                        }
-                    }),
-            );
         });
     }
 

@@ -2,13 +2,15 @@
 //! (business number, contact), starting it on demand. A contact may be named by its
 //! BSUID, its phone number or both; the tenant actor remembers which names it saw
 //! together so that all of a contact's events reach the same conversation actor.
+//! Conversation actors stop when idle for `actors.idle_timeout_secs`, or sooner, least
+//! recently used first, when more than `actors.max_conversation_actors` are running.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::conversation::{self, ApplyInboxRow, ConversationActor, Delivery};
+use super::conversation::{self, ApplyInboxRow, ConversationActor, Delivery, Release};
 use super::Core;
 use crate::ids::{PhoneNumberId, TenantId};
 use crate::storage::inbox::InboxItem;
@@ -37,6 +39,18 @@ pub struct Idle {
 struct Entry {
     addr: Addr<ConversationActor>,
     sent: u64,
+    /// Tells this actor from an earlier one of the same conversation.
+    generation: u64,
+    /// Its names in `aliases`.
+    names: Vec<String>,
+}
+
+/// A conversation in the eviction queue: its key, which actor, and how many events it
+/// had been sent when queued.
+struct Queued {
+    key: String,
+    generation: u64,
+    sent: u64,
 }
 
 pub struct TenantActor {
@@ -45,6 +59,9 @@ pub struct TenantActor {
     conversations: HashMap<String, Entry>,
     /// "number|u:BSUID" or "number|w:PHONE" → the conversation key it belongs to.
     aliases: HashMap<String, String>,
+    /// The running conversations, least recently queued first (see `make_room`).
+    by_age: VecDeque<Queued>,
+    next_generation: u64,
 }
 
 impl TenantActor {
@@ -54,15 +71,53 @@ impl TenantActor {
             tenant_id,
             conversations: HashMap::new(),
             aliases: HashMap::new(),
+            by_age: VecDeque::new(),
+            next_generation: 0,
         }
     }
 
+    /// With `actors.max_conversation_actors` running (all tenants together), asks the
+    /// least recently used of this tenant's conversation actors to stop, which it does
+    /// if it has nothing to do (through [`Idle`], as when it times out). The queue
+    /// gives each a second chance: one sent events since it was queued goes to the
+    /// back instead, so finding a candidate costs a step per conversation at most once
+    /// per use, not a scan of all of them.
+    fn make_room(&mut self) {
+        let limit = self.core.settings.actors.max_conversation_actors;
+        if self.core.metrics.conversation_actors.get() < limit as i64 {
+            return;
+        }
+        let mut chances = self.by_age.len();
+        while let Some(mut queued) = self.by_age.pop_front() {
+            let Some(entry) = self
+                .conversations
+                .get(&queued.key)
+                .filter(|entry| entry.generation == queued.generation)
+            else {
+                continue;
+            };
+            if entry.sent != queued.sent && chances > 0 {
+                chances -= 1;
+                queued.sent = entry.sent;
+                self.by_age.push_back(queued);
+                continue;
+            }
+            entry.addr.do_send(Release);
+            // It stays queued until it is gone: a busy one is asked again later.
+            queued.sent = entry.sent;
+            self.by_age.push_back(queued);
+            return;
+        }
+    }
+
+    /// The conversation an event belongs to, and the names of it not seen before
+    /// (stored with the conversation's entry, so they go with it).
     fn conversation_key(
         &mut self,
         phone_number_id: &PhoneNumberId,
         route_key: &str,
         identity: &Identity,
-    ) -> String {
+    ) -> (String, Vec<String>) {
         // Every event looks its names up, built in one reusable buffer; only a name not
         // seen before is stored.
         let mut name = String::with_capacity(phone_number_id.as_str().len() + 80);
@@ -82,10 +137,10 @@ impl TenantActor {
             }
         }
         let key = key.unwrap_or_else(|| format!("{phone_number_id}|{route_key}"));
-        for name in unseen {
-            self.aliases.insert(name, key.clone());
+        for name in &unseen {
+            self.aliases.insert(name.clone(), key.clone());
         }
-        key
+        (key, unseen)
     }
 
     /// The conversation actor for an event, started on demand; counts the event as
@@ -97,25 +152,38 @@ impl TenantActor {
         identity: &Identity,
         ctx: &mut Context<Self>,
     ) -> Addr<ConversationActor> {
-        let key = self.conversation_key(phone_number_id, route_key, identity);
+        let (key, names) = self.conversation_key(phone_number_id, route_key, identity);
         if let Some(entry) = self.conversations.get_mut(&key) {
             entry.sent += 1;
+            entry.names.extend(names);
             return entry.addr.clone();
         }
-        let entry = self.conversations.entry(key.clone()).or_insert_with(|| {
-            let core = self.core.clone();
-            let tenant = ctx.address();
-            let tenant_id = self.tenant_id.clone();
-            let phone_number_id = phone_number_id.clone();
-            Entry {
-                addr: Supervisor::start(move |_| {
-                    ConversationActor::new(core, tenant, tenant_id, phone_number_id, key)
-                }),
-                sent: 0,
-            }
+        self.make_room();
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let core = self.core.clone();
+        let tenant = ctx.address();
+        let tenant_id = self.tenant_id.clone();
+        let phone_number_id = phone_number_id.clone();
+        let actor_key = key.clone();
+        let addr = Supervisor::start(move |_| {
+            ConversationActor::new(core, tenant, tenant_id, phone_number_id, actor_key)
         });
-        entry.sent += 1;
-        entry.addr.clone()
+        self.conversations.insert(
+            key.clone(),
+            Entry {
+                addr: addr.clone(),
+                sent: 1,
+                generation,
+                names,
+            },
+        );
+        self.by_age.push_back(Queued {
+            key,
+            generation,
+            sent: 1,
+        });
+        addr
     }
 }
 
@@ -168,8 +236,21 @@ impl Handler<Idle> for TenantActor {
             .is_some_and(|entry| entry.sent == msg.received);
         if idle {
             // Dropping the last address stops the actor for good (no restart).
-            self.conversations.remove(&msg.key);
-            self.aliases.retain(|_, key| *key != msg.key);
+            if let Some(entry) = self.conversations.remove(&msg.key) {
+                for name in &entry.names {
+                    self.aliases.remove(name);
+                }
+            }
+            // Released ones leave the queue lazily; it is compacted before it can
+            // hold many more of them than running conversations.
+            if self.by_age.len() > 2 * self.conversations.len() + 64 {
+                let conversations = &self.conversations;
+                self.by_age.retain(|queued| {
+                    conversations
+                        .get(&queued.key)
+                        .is_some_and(|entry| entry.generation == queued.generation)
+                });
+            }
         }
         idle
     }

@@ -255,6 +255,43 @@ async fn idle_conversation_actors_stop_and_come_back_on_demand() {
 /// Backpressure and fairness: one tenant's flood does not starve another tenant. The
 /// writer serves tenants round-robin, so B's single message is applied while A's
 /// thousands are still being worked off.
+/// Memory follows `actors.max_conversation_actors`, not how many contacts wrote: past
+/// it, the least recently used idle conversation actor stops (long before its idle
+/// timeout), and its conversation comes back on demand with nothing lost.
+#[actix_rt::test]
+async fn conversation_actors_past_the_limit_stop_least_recently_used_first() {
+    let app = TestApp::start_with(&Backend::Sqlite, Hooks::default(), |settings| {
+        settings.actors.max_conversation_actors = 2;
+    })
+    .await;
+    let webhook = |n: usize, round: usize| {
+        text_webhook(
+            NUMBER_A,
+            &format!("49151000{n}"),
+            &format!("wamid.limit.{n}.{round}"),
+            "hello",
+        )
+    };
+    for n in 0..6 {
+        assert_eq!(app.post_signed(&webhook(n, 0)).await.0, 200);
+        app.wait_messages(&app.a, n + 1).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.metric("converra_conversation_actors").await > 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "more conversation actors than the limit stayed"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The first contact's actor was let go; its conversation comes back.
+    assert_eq!(app.post_signed(&webhook(0, 1)).await.0, 200);
+    let stored = app.wait_messages(&app.a, 7).await;
+    assert!(stored.iter().any(|m| m["wamid"] == "wamid.limit.0.1"));
+    assert_eq!(app.all("/v1/conversations", &app.a.api_key).await.len(), 6);
+    assert!(app.metric("converra_conversation_actors").await <= 3.0);
+}
+
 #[actix_rt::test]
 async fn a_flood_from_one_tenant_does_not_starve_another() {
     use converra::ids::TenantId;
