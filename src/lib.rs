@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 
-use crate::actors::registry::{DispatchInboxRows, Ping, Registry};
+use crate::actors::registry::{DispatchInboxRows, Ping, Registry, StopSweeping};
 use crate::actors::{Core, Hooks};
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::config::Settings;
@@ -268,6 +268,7 @@ pub async fn run(
             checkpoint_interval: std::time::Duration::from_millis(
                 settings.database.sqlite_checkpoint_interval_ms,
             ),
+            #[cfg(feature = "testing")]
             before_batch: options.hooks.before_write_batch.clone(),
             keep_raw_days: settings.inbox.keep_raw_days,
         },
@@ -308,10 +309,8 @@ pub async fn run(
         core: core.clone(),
         registry: registry.clone(),
     });
-    // One per core. Leaving a core to the database writer (the earlier default) was
-    // no faster at 64 concurrent webhooks and slower at 256, where a single worker on
-    // two cores became the bottleneck (closed loop, SQLite FULL, four interleaved
-    // pairs: 2 workers 6-19% more messages a second than 1).
+    // One per core: with a core left to the database writer, the single HTTP worker of
+    // a two-core machine is the bottleneck under load.
     let workers = match settings.server.workers {
         0 => cores.max(1),
         n => n,
@@ -381,6 +380,10 @@ pub async fn run(
         task.abort();
         slog::info!(log, "background task stopped"; "background" => "watchdog");
     }
+    if let Ok(Some(sweep)) = registry.send(StopSweeping).await {
+        let _ = sweep.await;
+    }
+    slog::info!(log, "background task stopped"; "background" => "inbox-sweep");
     for arbiter in &arbiters {
         arbiter.stop();
     }

@@ -314,6 +314,7 @@ impl ConversationActor {
                 break;
             }
             let built = catch_unwind(AssertUnwindSafe(|| {
+                #[cfg(feature = "testing")]
                 if let Some(hook) = &self.core.hooks.before_apply {
                     hook(&item.event);
                 }
@@ -472,7 +473,7 @@ impl ConversationActor {
                             actor.retry_later(e, ctx)
                         }
                         Err(e) => {
-                            // What we cached may be stale: resolve again before
+                            // What is cached may be stale: resolve again before
                             // retrying. A write of several events is retried one event
                             // at a time, so only the one that fails is held back.
                             actor.contact = None;

@@ -25,28 +25,34 @@ use crate::metrics::Metrics;
 use crate::storage::key_store::Vault;
 use crate::storage::writer::WriterHandle;
 use crate::storage::Pool;
-use crate::whatsapp::Event;
 
 /// A hook run before an event is applied.
-pub type EventHook = Arc<dyn Fn(&Event) + Send + Sync>;
+#[cfg(feature = "testing")]
+pub type EventHook = Arc<dyn Fn(&crate::whatsapp::Event) + Send + Sync>;
 
-/// Test-only injection points; empty in production.
+/// Test-only injection points: with the `testing` feature (which the integration
+/// tests enable) the places where a test makes an actor or a writer fail; without
+/// it, nothing, and nothing on the hot path looks for them.
 #[derive(Clone, Default)]
 pub struct Hooks {
     /// Called by a conversation actor before it applies an event; a panic here is
     /// handled exactly like a bug in the actor.
+    #[cfg(feature = "testing")]
     pub before_apply: Option<EventHook>,
     /// Called by a writer thread before each write batch; a panic here is handled
     /// exactly like a bug in the writer.
+    #[cfg(feature = "testing")]
     pub before_write_batch: Option<crate::storage::writer::BatchHook>,
 }
 
 impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hooks")
+        let mut hooks = f.debug_struct("Hooks");
+        #[cfg(feature = "testing")]
+        hooks
             .field("before_apply", &self.before_apply.is_some())
-            .field("before_write_batch", &self.before_write_batch.is_some())
-            .finish()
+            .field("before_write_batch", &self.before_write_batch.is_some());
+        hooks.finish()
     }
 }
 

@@ -7,7 +7,7 @@
 //! safety net behind the live dispatch.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -49,9 +49,8 @@ impl TenantDirectory {
 
 /// The HTTP workers' threads, where tenant actors run by default: a webhook's events then
 /// reach their actor on the thread that parsed them, or one hand-off away, instead of
-/// always crossing to a thread of the actors' own (measured at half load on 2 cores:
-/// a quarter less CPU on the HTTP and actor threads). Each worker registers its arbiter
-/// when it starts, a restarted one too.
+/// always crossing to a thread of the actors' own, which costs CPU on both sides.
+/// Each worker registers its arbiter when it starts, a restarted one too.
 #[derive(Default)]
 pub struct ActorHosts {
     arbiters: RwLock<Vec<ArbiterHandle>>,
@@ -126,11 +125,14 @@ const SWEEP_PAGE: i64 = 1_000;
 const SWEEP_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Waits (blocking) until at most a page of the rows dispatched so far is still
-/// unprocessed; `false` when that does not happen within [`SWEEP_PATIENCE`] or the
-/// database cannot be asked.
-fn wait_for_progress(core: &Core, through_id: i64, before: i64) -> bool {
+/// unprocessed; `false` when that does not happen within [`SWEEP_PATIENCE`], the
+/// database cannot be asked, or the daemon is stopping (`halted`).
+fn wait_for_progress(core: &Core, through_id: i64, before: i64, halted: &AtomicBool) -> bool {
     let deadline = std::time::Instant::now() + SWEEP_PATIENCE;
     loop {
+        if halted.load(Ordering::Relaxed) {
+            return false;
+        }
         let waiting = core
             .pool
             .get()
@@ -152,6 +154,10 @@ pub struct Registry {
     next_arbiter: usize,
     tenants: HashMap<TenantId, Addr<TenantActor>>,
     sweeping: bool,
+    /// The sweep running now, which shutdown awaits ([`StopSweeping`]).
+    sweep_task: Option<actix_web::rt::task::JoinHandle<()>>,
+    /// Set at shutdown: no sweep starts, and a running one stops after its page.
+    halted: Arc<AtomicBool>,
     /// The first sweep after start takes every pending row, whatever its age.
     recovered: bool,
 }
@@ -164,6 +170,8 @@ impl Registry {
             next_arbiter: 0,
             tenants: HashMap::new(),
             sweeping: false,
+            sweep_task: None,
+            halted: Arc::new(AtomicBool::new(false)),
             recovered: false,
         }
     }
@@ -222,10 +230,11 @@ impl Registry {
     }
 
     fn sweep(&mut self, ctx: &mut Context<Self>) {
-        if self.sweeping {
+        if self.sweeping || self.halted.load(Ordering::Relaxed) {
             return;
         }
         self.sweeping = true;
+        let halted = self.halted.clone();
         let core = self.core.clone();
         let min_age_ms = if self.recovered {
             (core.settings.actors.sweep_min_age_secs * 1000) as i64
@@ -237,12 +246,15 @@ impl Registry {
         // time, the next one only once the actors have worked through most of the
         // last: after an outage of hours the backlog may hold millions of rows, and
         // they must not all be in memory at once.
-        actix_web::rt::task::spawn_blocking(move || {
+        let task = actix_web::rt::task::spawn_blocking(move || {
             let before = core.clock.now_ms() - min_age_ms;
             let mut after_id = 0;
             let (mut total, mut unreadable) = (0usize, 0usize);
             loop {
-                if after_id > 0 && !wait_for_progress(&core, after_id, before) {
+                if halted.load(Ordering::Relaxed) {
+                    break;
+                }
+                if after_id > 0 && !wait_for_progress(&core, after_id, before, &halted) {
                     slog::info!(core.log, "inbox sweep paused: rows it dispatched are still being applied";
                         "rows" => total);
                     break;
@@ -277,6 +289,7 @@ impl Registry {
             }
             me.do_send(SweepDone);
         });
+        self.sweep_task = Some(task);
         self.recovered = true;
     }
 }
@@ -289,16 +302,26 @@ impl Actor for Registry {
         let every = Duration::from_secs(self.core.settings.actors.sweep_interval_secs.max(1));
         ctx.run_interval(every, |actor, ctx| actor.sweep(ctx));
     }
-
-    fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        slog::info!(self.core.log, "background task stopped"; "background" => "inbox-sweep");
-    }
 }
 
 impl Supervised for Registry {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         self.sweeping = false;
         self.recovered = false;
+    }
+}
+
+/// Shutdown: no sweep starts any more, a running one stops after its page; answered
+/// with the running sweep's task, for shutdown to await.
+#[derive(Message)]
+#[rtype(result = "Option<actix_web::rt::task::JoinHandle<()>>")]
+pub struct StopSweeping;
+
+impl Handler<StopSweeping> for Registry {
+    type Result = Option<actix_web::rt::task::JoinHandle<()>>;
+    fn handle(&mut self, _msg: StopSweeping, _ctx: &mut Context<Self>) -> Self::Result {
+        self.halted.store(true, Ordering::Relaxed);
+        self.sweep_task.take()
     }
 }
 

@@ -347,7 +347,7 @@ pub(super) fn apply(
                 )?,
             };
             // A redelivered message collides on (tenant, wamid) and changes nothing; so
-            // does a message its sender deleted before we saw it, whose tombstone (see
+            // does a message its sender deleted before it arrived, whose tombstone (see
             // below) holds the place without content.
             let row = InboundRow {
                 tenant_id: tenant,
@@ -364,7 +364,7 @@ pub(super) fn apply(
                     .set((messages::content_ct.eq(&none), messages::revoked_at.eq(Some(m.sent_at))))
                     .execute(c))?;
                 if erased == 0 {
-                    // Deleted before we saw it: a tombstone keeps the fact and makes the
+                    // Deleted before it arrived: a tombstone keeps the fact and makes the
                     // late original collide instead of storing its content.
                     on_backend!(conn, c => diesel::insert_into(messages::table)
                         .values((

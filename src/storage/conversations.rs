@@ -112,8 +112,8 @@ fixed_statement!(
 );
 
 // Rows whose window does not move are left alone: on PostgreSQL an update that changes
-// nothing still writes a new row version and its WAL (measured: 7% of the WAL bytes per
-// message). Every conversation that exists is returned, moved or not.
+// nothing still writes a new row version and its WAL. Every conversation that exists
+// is returned, moved or not.
 fixed_statement!(
     TouchManyPg = "WITH v AS (SELECT * FROM unnest(?::text[], ?::text[], ?::bigint[]) \
         AS v (id, tenant, at)), \

@@ -6,9 +6,8 @@
 //!
 //! SQL is written with `?` where a parameter goes; diesel writes each backend's
 //! placeholder. Each statement is a type of its own ([`fixed_statement!`]), so diesel
-//! finds its prepared form by type; keyed by SQL text, every execution built the SQL
-//! string and hashed it first (about 5% of the SQLite writer's time in a profile; the
-//! throughput change was within the noise).
+//! finds its prepared form by type; keyed by SQL text, every execution would build
+//! the SQL string and hash it first.
 
 use std::marker::PhantomData;
 

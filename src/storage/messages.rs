@@ -95,7 +95,7 @@ pub(super) fn move_conversation_messages(
         DbConn::Sqlite(c) => {
             const MOVE: &str = concat!(
                 "UPDATE messages SET conversation_id = ?4, contact_id = ?5 WHERE id IN (",
-                crate::message_ids_of_conversation!(),
+                super::conversation_index::message_ids_of_conversation!(),
                 ")"
             );
             diesel::sql_query(MOVE)
@@ -259,7 +259,7 @@ const LIST_MESSAGES_SQLITE: &str = concat!(
     "SELECT id, wamid_bidx, wamid_ct, direction, msg_type, sent_at, status, key_id, content_ct, \
             error_json, revoked_at \
      FROM messages WHERE id IN (",
-    crate::message_ids_of_conversation!(),
+    super::conversation_index::message_ids_of_conversation!(),
     ") AND tenant_id = ?4 ORDER BY id"
 );
 

@@ -516,13 +516,23 @@ async fn logs_never_carry_secrets_keys_or_message_bodies() {
         logs.contains("converra is ready"),
         "the daemon logged nothing: {logs}"
     );
-    // Shutdown awaits each background task, and each says it stopped.
-    for task in ["writer-0", "checkpoint", "conversation-index"] {
+    // Shutdown awaits each background task, and each says it stopped before the
+    // daemon says it did.
+    let stopped_at = logs
+        .find("converra stopped")
+        .unwrap_or_else(|| panic!("no final line: {logs}"));
+    for task in [
+        "writer-0",
+        "checkpoint",
+        "conversation-index",
+        "inbox-sweep",
+    ] {
         assert!(
-            logs.lines()
+            logs[..stopped_at]
+                .lines()
                 .any(|line| line.contains("background task stopped")
                     && line.contains(&format!("\"background\":\"{task}\""))),
-            "{task} did not report stopping: {logs}"
+            "{task} did not report stopping before the daemon did: {logs}"
         );
     }
     assert!(!logs.contains("background tasks still running"), "{logs}");

@@ -21,11 +21,10 @@ use crate::storage::{DbConn, Pool, StorageError};
 /// between two batches: the passive ones have already copied almost everything, so it
 /// pauses only for the remainder, and the WAL starts over in blocks the file already
 /// has. Taken from this thread instead, the RESTART would hold the write lock while
-/// the writer slept in its busy handler, which wakes at coarse steps (measured: p99
-/// 15-47 ms instead of 7-18 ms at half load). The pause grows with the size of the WAL
-/// and of the database; small and frequent restarts (the 16 MiB default: 1-2 ms, four
-/// times a second at full speed) measured better on p99 than large and rare ones
-/// (128 MiB: 12-32 ms every few seconds).
+/// the writer slept in its busy handler, which wakes at coarse steps, and the webhooks'
+/// tail latency would show it. The pause grows with the size of the WAL and of the
+/// database, so small and frequent restarts (the 16 MiB default) keep the tail lower
+/// than large and rare ones.
 pub(in crate::storage) fn spawn_checkpointer(
     pool: Pool,
     stopped: Arc<AtomicUsize>,

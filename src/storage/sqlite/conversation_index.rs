@@ -36,11 +36,9 @@ use crate::storage::StorageError;
 /// How often the tail is read for a bulk: about 15,000 messages at 15,000 a second.
 /// The bulk is sorted by conversation, so a conversation's new messages go into its
 /// last leaf together, one page written for all of them: the longer the wait, the
-/// more messages per page. Against every 250 ms, at 15,000 a second (SQLite FULL,
-/// seven interleaved pairs): writer CPU per message 20.4-21.3 against 22.4-24.1 µs,
-/// the checkpointer's 1.4-1.6 against 2.5-2.8, client p99 4.7-6.8 ms in six of seven
-/// runs against 6.2-36.9. The price is a longer unindexed tail for a listing to scan
-/// (about a second of messages).
+/// more messages per page, and the less the writer and the checkpointer spend per
+/// message (docs/performance.md). The price is a longer unindexed tail for a listing
+/// to scan (about a second of messages).
 pub const BULK_EVERY: Duration = Duration::from_millis(1000);
 /// Messages indexed per transaction: under a millisecond of the write lock.
 pub const SLICE_ROWS: usize = 64;
@@ -51,8 +49,6 @@ pub const SLICE_ROWS: usize = 64;
 /// (a bulk that moves messages from the tail into the index between two statements
 /// would otherwise show them twice or not at all); UNION, not UNION ALL, since a
 /// bulk's slices are indexed before its mark moves, so a message can be in both.
-#[macro_export]
-#[doc(hidden)]
 macro_rules! message_ids_of_conversation {
     () => {
         "SELECT message_id FROM (SELECT message_id FROM conversation_messages \
@@ -64,6 +60,7 @@ macro_rules! message_ids_of_conversation {
          ORDER BY 1 LIMIT ?3"
     };
 }
+pub(in crate::storage) use message_ids_of_conversation;
 
 /// The messages of the tail when a bulk began, sorted by conversation, not indexed yet.
 #[derive(Debug)]

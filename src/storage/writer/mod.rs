@@ -6,7 +6,8 @@
 //! after its batch is durable, one fsync serves many requests, and a flood from one
 //! tenant cannot starve the others.
 //!
-//! A job whose work fails is retried alone, so one bad job never fails its neighbours.//!
+//! A job whose work fails is retried alone, so one bad job never fails its neighbours.
+//!
 //! The writer's parts: [`queue`] (the jobs, how they wait and are taken in batches),
 //! [`batch`] (a batch's transaction), [`replies`] (answering each job once its batch
 //! is durable); SQLite's checkpointer and conversation index are in `storage::sqlite`.
@@ -295,6 +296,7 @@ impl WriterHandle {
 
 /// Called at the start of every write batch with the writer's index; tests make it
 /// panic to show that a panicked writer is restarted.
+#[cfg(feature = "testing")]
 pub type BatchHook = Arc<dyn Fn(usize) + Send + Sync>;
 
 pub struct WriterConfig {
@@ -306,6 +308,7 @@ pub struct WriterConfig {
     pub wal_restart_pages: i64,
     /// SQLite: the pause between two background checkpoints.
     pub checkpoint_interval: Duration,
+    #[cfg(feature = "testing")]
     pub before_batch: Option<BatchHook>,
     /// Raw payloads' days kept (`inbox.keep_raw_days`).
     pub keep_raw_days: u32,
@@ -414,6 +417,7 @@ pub fn spawn(
             log: log.new(slog::o!("writer" => index)),
             index,
             health: health.clone(),
+            #[cfg(feature = "testing")]
             before_batch: config.before_batch.clone(),
             merged_away: merged_away.clone(),
             raw_keys: raw_keys.clone(),
@@ -465,6 +469,7 @@ pub(in crate::storage) struct Writer {
     /// This writer's place in [`WriterHealth`].
     pub(in crate::storage) index: usize,
     pub(in crate::storage) health: Arc<WriterHealth>,
+    #[cfg(feature = "testing")]
     pub(in crate::storage) before_batch: Option<BatchHook>,
     pub(in crate::storage) merged_away: MergedAway,
     pub(in crate::storage) raw_keys: Arc<RawKeys>,
@@ -500,15 +505,11 @@ pub(super) struct Arrivals {
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
 /// Woken from idle by a job, the writer waits up to [`GATHER_FOR`] for more, until it
 /// holds [`GATHER_JOBS`], before it writes, when jobs have been arriving at
-/// [`GATHER_FROM_RATE`] a second or more: at a moderate rate each batch otherwise
-/// carried 2-5 webhooks, and a batch's fixed costs (its commit and sync, the pages every
-/// batch writes) were most of the writer's CPU. At 10,000/s (SQLite FULL, eleven
-/// interleaved pairs) the writer's CPU per message fell from 44-47 to 33-36 µs and the
-/// server's from 100-104 to 85-95; p50 up to 0.9 ms higher; the client p99 is not
-/// resolved (lower in seven of eleven pairs, medians 19.9 against 17.2 ms). At 1,000/s
-/// waiting would only add its half millisecond to every webhook (p50 0.5-0.7 ms became
-/// 1.0-1.2), hence the rate. Under full load the writer is never idle, so it never
-/// waits.
+/// [`GATHER_FROM_RATE`] a second or more: at a moderate rate each batch would
+/// otherwise carry a few webhooks, and a batch's fixed costs (its commit and sync, the
+/// pages every batch writes) would be most of the writer's CPU. Below that rate the
+/// wait would only add itself to every webhook. Under full load the writer is never
+/// idle, so it never waits. The figures are in docs/performance.md.
 const GATHER_FOR: Duration = Duration::from_micros(500);
 const GATHER_JOBS: usize = 16;
 /// About two jobs expected within [`GATHER_FOR`].

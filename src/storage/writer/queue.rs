@@ -60,14 +60,9 @@ impl Job {
     /// Rows of work, for sizing batches. Resolving a contact takes several statements
     /// one by one (lookups by each identifier, the new contact, its data key): on
     /// PostgreSQL several round trips, where a row of a set costs a fraction of one.
-    /// Counted as one row, a cold start that meets a thousand new contacts at once made
-    /// batches of hundreds of them, and every webhook waited behind them (p99 over the
-    /// first 12 s at 4,200/s: 150-200 ms); counted as 32, 30-35 ms. Measured again
-    /// once a batch asked which of its contacts exist, and stored their new data keys,
-    /// in one statement each (on a faster hour of the machine), 32 was the slowest
-    /// weight: the first second's p99 at 12,500/s on SQLite 76-394 ms counting 32,
-    /// 30-54 counting 4; on PostgreSQL at 8,000/s 502-808 against 340-431 ms, at
-    /// 4,200/s 263-322 against 149-232 ms (two runs each; 1 and 8 close to 4).
+    /// Counted as one row, a cold start that meets many new contacts at once makes
+    /// batches of hundreds of them and every webhook waits behind them; 4 gave the
+    /// lowest first-second p99 of the weights measured (docs/performance.md).
     pub(super) fn work(&self) -> usize {
         match self {
             Job::Ingest { events, others, .. } => events.len() + others.len(),
