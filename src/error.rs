@@ -29,6 +29,9 @@ pub enum ErrorCode {
     Internal,
     /// 409: valid, but against a rule of what is stored; the code names the rule.
     Conflict(&'static str),
+    /// 422 from a write's validation: the code names the rule the field broke
+    /// (`required`, `email`, ...).
+    Invalid(&'static str),
 }
 
 impl ErrorCode {
@@ -45,7 +48,7 @@ impl ErrorCode {
             ErrorCode::NotConfigured => "not_configured",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
-            ErrorCode::Conflict(rule) => rule,
+            ErrorCode::Conflict(rule) | ErrorCode::Invalid(rule) => rule,
         }
     }
 }
@@ -132,7 +135,7 @@ impl ResponseError for ApiError {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::InvalidField => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidField | ErrorCode::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::NotConfigured | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -161,9 +164,11 @@ impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> ApiError {
         match e {
             StorageError::NotFound => ApiError::not_found("resource"),
-            StorageError::Validation { field, message, .. } => {
-                ApiError::field(ErrorCode::InvalidField, field, message)
-            }
+            StorageError::Validation {
+                field,
+                rule,
+                message,
+            } => ApiError::field(ErrorCode::Invalid(rule), field, message),
             StorageError::Conflict { code, message } => {
                 ApiError::new(ErrorCode::Conflict(code), message)
             }
@@ -313,6 +318,7 @@ mod tests {
         });
         assert_eq!(invalid.status_code(), StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(invalid.field.as_deref(), Some("holder_email"));
+        assert_eq!(invalid.code.as_str(), "email", "the code names the rule");
     }
 
     #[test]

@@ -290,6 +290,10 @@ async fn conversation_actors_past_the_limit_stop_least_recently_used_first() {
     assert!(stored.iter().any(|m| m["wamid"] == "wamid.limit.0.1"));
     assert_eq!(app.all("/v1/conversations", &app.a.api_key).await.len(), 6);
     assert!(app.metric("converra_conversation_actors").await <= 3.0);
+    // Seven events, each applied once: the profile each new contact brought along is
+    // no event of its own.
+    app.wait_processed().await;
+    assert_eq!(app.metric("converra_events_applied_total").await, 7.0);
 }
 
 #[actix_rt::test]

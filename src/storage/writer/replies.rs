@@ -39,6 +39,10 @@ fn applied_counts(ops: &[ApplyOp], duplicate: &[bool]) -> EventCounts {
             counts.duplicates += 1;
             continue;
         }
+        // A profile update rides along with a conversation's events; it is none.
+        if matches!(op, ApplyOp::Profile(_)) {
+            continue;
+        }
         counts.applied += 1;
         match op.fresh_kind() {
             Some(EventKind::Message) => counts.messages += 1,
