@@ -29,6 +29,10 @@ pub(super) enum Outcome {
     Write(WriteOutput),
 }
 
+/// What a batch's transaction gives: each job's outcome (a generic write's refusal is
+/// its own), and how the conversation index's slice went.
+type BatchRun = (Vec<Result<Outcome, StorageError>>, Result<(), StorageError>);
+
 impl Writer {
     pub(in crate::storage) fn connection(&mut self) -> Result<&mut PooledConn, StorageError> {
         if self.conn.is_none() {
@@ -94,7 +98,7 @@ impl Writer {
                 if let Some(slice) = slice {
                     self.index_slice_committed(slice, indexed);
                 }
-                self.finish(jobs.drain(..).zip(outcomes.into_iter().map(Ok)));
+                self.finish(jobs.drain(..).zip(outcomes));
             }
             Err(e) if jobs.len() == 1 && !e.is_transient() => {
                 // The job's own error, as it is.
@@ -125,7 +129,7 @@ impl Writer {
                 let mut results = Vec::with_capacity(jobs.len());
                 for job in jobs.iter_mut() {
                     let one = self.run_batch(std::slice::from_mut(job), &mut new_keys, now, None);
-                    results.push(one.map(|(mut o, _)| o.remove(0)));
+                    results.push(one.and_then(|(mut o, _)| o.remove(0)));
                 }
                 self.finish(jobs.drain(..).zip(results));
             }
@@ -195,14 +199,15 @@ impl Writer {
 
     /// Runs the jobs, and `slice` of the conversation index after them, in one
     /// transaction; the slice in a savepoint of its own, so that its failure (returned
-    /// beside the outcomes) costs only the slice.
+    /// beside the outcomes) costs only the slice. So does each generic write: one that
+    /// refuses (a validation, a conflict) fails alone, and the batch goes on.
     fn run_batch(
         &mut self,
         jobs: &mut [Job],
         new_keys: &mut HashMap<usize, (KeyId, NewDataKey)>,
         now: i64,
         slice: Option<&conversation_index::Slice>,
-    ) -> Result<(Vec<Outcome>, Result<(), StorageError>), StorageError> {
+    ) -> Result<BatchRun, StorageError> {
         let keyring = self.keyring.clone();
         let merged_away = self.merged_away.clone();
         let routes = self.routes.clone();
@@ -234,19 +239,31 @@ impl Writer {
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for (index, job) in jobs.iter_mut().enumerate() {
                     let outcome = match job {
-                        Job::Ingest { .. } => Outcome::Ingest(receipts.next().unwrap_or_default()),
-                        Job::Resolve { tenant_id, ids, .. } => {
-                            // A key prepared for this job is used at most once; if
-                            // another job in the batch created the contact, it stays
-                            // unused in the key store.
-                            let key = new_keys.remove(&index);
-                            Outcome::Resolve(crm::resolve_contact(
-                                conn, &keyring, tenant_id, ids, key, now,
-                            )?)
+                        Job::Write { work, .. } => {
+                            match conn.transaction::<_, StorageError, _>(|conn| work(conn)) {
+                                Ok(output) => Ok(Outcome::Write(output)),
+                                Err(e) if e.is_transient() => return Err(e),
+                                Err(e) => Err(e),
+                            }
                         }
-                        Job::Apply { .. } => Outcome::Apply(applied.next().unwrap_or_default()),
-                        Job::Write { work, .. } => Outcome::Write(work(conn)?),
-                        Job::Flush(_) => Outcome::Apply(ApplyReceipt::default()),
+                        other => Ok(match other {
+                            Job::Ingest { .. } => {
+                                Outcome::Ingest(receipts.next().unwrap_or_default())
+                            }
+                            Job::Resolve { tenant_id, ids, .. } => {
+                                // A key prepared for this job is used at most once; if
+                                // another job in the batch created the contact, it stays
+                                // unused in the key store.
+                                let key = new_keys.remove(&index);
+                                Outcome::Resolve(crm::resolve_contact(
+                                    conn, &keyring, tenant_id, ids, key, now,
+                                )?)
+                            }
+                            Job::Apply { .. } => Outcome::Apply(applied.next().unwrap_or_default()),
+                            Job::Write { .. } | Job::Flush(_) => {
+                                Outcome::Apply(ApplyReceipt::default())
+                            }
+                        }),
                     };
                     outcomes.push(outcome);
                 }
