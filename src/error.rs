@@ -243,9 +243,15 @@ pub async fn request_ids<B: actix_web::body::MessageBody + 'static>(
     Ok(res.map_into_right_body())
 }
 
+/// A read on the blocking pool that did not return: it panicked (a bug), or the pool
+/// was gone (the server stopping). Either way a 500 whose cause is logged under the
+/// request id, not a 503 that would send the client back to the same bug.
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(_: actix_web::error::BlockingError) -> ApiError {
-        ApiError::new(ErrorCode::Unavailable, "the server is shutting down")
+        ApiError {
+            cause: Some("a blocking read panicked or was cancelled".into()),
+            ..ApiError::new(ErrorCode::Internal, "internal error")
+        }
     }
 }
 
