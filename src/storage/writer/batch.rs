@@ -239,6 +239,21 @@ impl Writer {
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for (index, job) in jobs.iter_mut().enumerate() {
                     let outcome = match job {
+                        Job::Ingest { .. } => {
+                            Ok(Outcome::Ingest(receipts.next().unwrap_or_default()))
+                        }
+                        Job::Resolve { tenant_id, ids, .. } => {
+                            // A key prepared for this job is used at most once; if
+                            // another job in the batch created the contact, it stays
+                            // unused in the key store.
+                            let key = new_keys.remove(&index);
+                            Ok(Outcome::Resolve(crm::resolve_contact(
+                                conn, &keyring, tenant_id, ids, key, now,
+                            )?))
+                        }
+                        Job::Apply { .. } => Ok(Outcome::Apply(applied.next().unwrap_or_default())),
+                        // In a savepoint: a refusal fails this job, not the batch; a
+                        // transient error (the connection) still fails the batch.
                         Job::Write { work, .. } => {
                             match conn.transaction::<_, StorageError, _>(|conn| work(conn)) {
                                 Ok(output) => Ok(Outcome::Write(output)),
@@ -246,24 +261,7 @@ impl Writer {
                                 Err(e) => Err(e),
                             }
                         }
-                        other => Ok(match other {
-                            Job::Ingest { .. } => {
-                                Outcome::Ingest(receipts.next().unwrap_or_default())
-                            }
-                            Job::Resolve { tenant_id, ids, .. } => {
-                                // A key prepared for this job is used at most once; if
-                                // another job in the batch created the contact, it stays
-                                // unused in the key store.
-                                let key = new_keys.remove(&index);
-                                Outcome::Resolve(crm::resolve_contact(
-                                    conn, &keyring, tenant_id, ids, key, now,
-                                )?)
-                            }
-                            Job::Apply { .. } => Outcome::Apply(applied.next().unwrap_or_default()),
-                            Job::Write { .. } | Job::Flush(_) => {
-                                Outcome::Apply(ApplyReceipt::default())
-                            }
-                        }),
+                        Job::Flush(_) => Ok(Outcome::Apply(ApplyReceipt::default())),
                     };
                     outcomes.push(outcome);
                 }
