@@ -395,7 +395,7 @@ pub(super) fn apply(
                 .filter(messages::tenant_id.eq(tenant))
                 .filter(messages::wamid_bidx.eq(&s.wamid_bidx))
                 .select((messages::id, messages::status))
-                .first(c)
+                .get_result(c)
                 .optional())?;
             let (message_id, current) = match found {
                 Some(found) => found,

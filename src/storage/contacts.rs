@@ -58,9 +58,9 @@ struct ContactKeys {
     user_id_bidx: Option<String>,
 }
 
-/// The contacts of a tenant known by a BSUID's or a phone number's blind index, in
-/// one query: (the one with the BSUID, the one with the phone number), which may be
-/// the same contact, or two that turn out to be one person.
+/// The contacts of a tenant known by a BSUID's or a phone number's blind index: (the
+/// one with the BSUID, the one with the phone number), which may be the same contact,
+/// or two that turn out to be one person.
 fn find_contacts(
     conn: &mut DbConn,
     tenant_id: &TenantId,
@@ -73,31 +73,35 @@ fn find_contacts(
         contacts::wa_id_bidx,
         contacts::user_id_bidx,
     );
-    let rows: Vec<ContactKeys> = on_backend!(conn, c => {
-        let query = contacts::table
-            .filter(contacts::tenant_id.eq(tenant_id.as_str()))
-            .select(columns)
-            .into_boxed();
-        let query = match (by_user_id, by_wa_id) {
-            (Some(user), Some(wa)) => query.filter(
-                contacts::user_id_bidx
-                    .eq(user)
-                    .or(contacts::wa_id_bidx.eq(wa)),
-            ),
-            (Some(user), None) => query.filter(contacts::user_id_bidx.eq(user)),
-            (None, Some(wa)) => query.filter(contacts::wa_id_bidx.eq(wa)),
-            (None, None) => return Ok((None, None)),
-        };
-        // Each blind index is unique per tenant: two rows at most.
-        query.limit(2).load::<ContactKeys>(c)
-    })?;
-    let with = |bidx: Option<&str>, of: fn(&ContactKeys) -> Option<&str>| {
-        bidx.and_then(|bidx| rows.iter().find(|row| of(row) == Some(bidx)).cloned())
+    // One point lookup per identifier: an `OR` of the two (each unique within the
+    // tenant) made SQLite read every contact of the tenant.
+    let by = |conn: &mut DbConn, user: Option<&str>, wa: Option<&str>| {
+        Ok::<_, StorageError>(on_backend!(conn, c => {
+            let query = contacts::table
+                .filter(contacts::tenant_id.eq(tenant_id.as_str()))
+                .select(columns)
+                .into_boxed();
+            let query = match (user, wa) {
+                (Some(user), _) => query.filter(contacts::user_id_bidx.eq(user)),
+                (None, Some(wa)) => query.filter(contacts::wa_id_bidx.eq(wa)),
+                (None, None) => return Ok(None),
+            };
+            query.get_result::<ContactKeys>(c).optional()
+        })?)
     };
-    Ok((
-        with(by_user_id, |row| row.user_id_bidx.as_deref()),
-        with(by_wa_id, |row| row.wa_id_bidx.as_deref()),
-    ))
+    let by_user = match by_user_id {
+        Some(user) => by(conn, Some(user), None)?,
+        None => None,
+    };
+    let by_wa = match by_wa_id {
+        // The contact found by its BSUID may be the one with this phone number too.
+        Some(wa) if by_user.as_ref().and_then(|c| c.wa_id_bidx.as_deref()) == Some(wa) => {
+            by_user.clone()
+        }
+        Some(wa) => by(conn, None, Some(wa))?,
+        None => None,
+    };
+    Ok((by_user, by_wa))
 }
 
 /// Per entry of `wanted` (a tenant and a contact's identifiers): whether resolving it
@@ -129,25 +133,30 @@ pub fn contacts_exist(
         users.extend(user.as_deref());
         phones.extend(phone.as_deref());
     }
+    // One query per identifier column, each a range of point lookups in its own
+    // unique index: an `OR` of the two made SQLite read every contact of the tenant,
+    // a cost that grew with the tenant's contacts.
     let mut known: HashMap<&str, HashSet<String>> = HashMap::new();
     for (tenant, (users, phones)) in asked {
-        if users.is_empty() && phones.is_empty() {
-            continue;
+        let mut found: Vec<Option<String>> = Vec::new();
+        if !users.is_empty() {
+            found.extend(on_backend!(conn, c => contacts::table
+                .filter(contacts::tenant_id.eq(tenant))
+                .filter(contacts::user_id_bidx.eq_any(&users))
+                .select(contacts::user_id_bidx)
+                .load::<Option<String>>(c))?);
         }
-        let found: Vec<(Option<String>, Option<String>)> = on_backend!(conn, c => contacts::table
-            .filter(contacts::tenant_id.eq(tenant))
-            .filter(
-                contacts::user_id_bidx
-                    .eq_any(&users)
-                    .or(contacts::wa_id_bidx.eq_any(&phones)),
-            )
-            .select((contacts::user_id_bidx, contacts::wa_id_bidx))
-            .load(c))?;
-        known.entry(tenant).or_default().extend(
-            found
-                .into_iter()
-                .flat_map(|(user, phone)| user.into_iter().chain(phone)),
-        );
+        if !phones.is_empty() {
+            found.extend(on_backend!(conn, c => contacts::table
+                .filter(contacts::tenant_id.eq(tenant))
+                .filter(contacts::wa_id_bidx.eq_any(&phones))
+                .select(contacts::wa_id_bidx)
+                .load::<Option<String>>(c))?);
+        }
+        known
+            .entry(tenant)
+            .or_default()
+            .extend(found.into_iter().flatten());
     }
     Ok(wanted
         .iter()
@@ -290,7 +299,7 @@ fn contact_details(conn: &mut DbConn, id: &str) -> Result<ContactDetails, Storag
             contacts::marketing_pref_at,
             contacts::first_seen_at,
         ))
-        .first::<ContactDetails>(c))?)
+        .get_result::<ContactDetails>(c))?)
 }
 
 /// Two contacts that turn out to be one person (a BSUID and a phone number first seen
@@ -349,7 +358,7 @@ fn merge_contacts(
             .filter(conversations::contact_id.eq(into))
             .filter(conversations::phone_number_id.eq(&phone_number_id))
             .select(conversations::id)
-            .first::<String>(c)
+            .get_result::<String>(c)
             .optional())?;
         match existing {
             // Messages are found through their conversation: messages.contact_id has

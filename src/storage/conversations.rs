@@ -35,7 +35,7 @@ pub(super) fn join_conversation_times(
                 conversations::window_ends_at,
                 conversations::last_message_at,
             ))
-            .first::<Times>(c))?)
+            .get_result::<Times>(c))?)
     };
     let (s, t) = (times(conn, source)?, times(conn, target)?);
     let later = |x: Option<i64>, y: Option<i64>| x.max(y);
@@ -66,7 +66,7 @@ pub(super) fn upsert_conversation(
         .filter(conversations::phone_number_id.eq(phone_number_id.as_str()))
         .filter(conversations::contact_id.eq(contact_id.as_str()))
         .select((conversations::id, conversations::last_inbound_at, conversations::last_message_at))
-        .first(c)
+        .get_result(c)
         .optional())?;
     let message_at = inbound_at.unwrap_or(now_ms);
     match existing {

@@ -654,7 +654,7 @@ pub fn record_failure(
         .find(id)
         .filter(inbox::processed_at.is_null())
         .select(inbox::attempts)
-        .first::<i32>(c)
+        .get_result::<i32>(c)
         .optional())?;
     let Some(attempts) = attempts else {
         return Ok(false);

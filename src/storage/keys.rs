@@ -69,7 +69,7 @@ pub(super) fn load_data_key(
             .find(key_id)
             .filter(data_keys::tenant_id.eq(tenant_id.as_str()))
             .select(data_keys::wrapped_key)
-            .first::<Option<Vec<u8>>>(c)
+            .get_result::<Option<Vec<u8>>>(c)
             .optional())?)
     })?;
     match wrapped.flatten() {

@@ -14,7 +14,7 @@ use crate::crypto::Keyring;
 pub fn recorded(conn: &mut DbConn) -> Result<Option<String>, StorageError> {
     Ok(on_backend!(conn, c => master_key_check::table
         .select(master_key_check::check_value)
-        .first::<String>(c)
+        .get_result::<String>(c)
         .optional())?)
 }
 
@@ -50,6 +50,8 @@ pub fn opens_a_data_key(
     keyring: &Keyring,
 ) -> Result<bool, StorageError> {
     type Row = (String, String, Option<Vec<u8>>);
+    // Any one of many rows: `LIMIT 1` (see `clippy.toml`; this runs once, at start).
+    #[allow(clippy::disallowed_methods)]
     let found: Option<Row> = with_key_store(key_store, conn, |conn| {
         Ok(on_backend!(conn, c => data_keys::table
             .filter(data_keys::wrapped_key.is_not_null())

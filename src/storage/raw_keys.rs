@@ -83,7 +83,7 @@ impl RawKeys {
             Ok(on_backend!(conn, c => raw_keys::table
                 .find(day)
                 .select(raw_keys::wrapped_key)
-                .first::<Option<Vec<u8>>>(c)
+                .get_result::<Option<Vec<u8>>>(c)
                 .optional())?)
         })?;
         match wrapped.flatten() {
@@ -127,7 +127,7 @@ fn make_day_key_in_store(
         Ok(on_backend!(conn, c => raw_keys::table
             .find(day)
             .select(raw_keys::wrapped_key)
-            .first::<Option<Vec<u8>>>(c)
+            .get_result::<Option<Vec<u8>>>(c)
             .optional())?)
     };
     if stored(conn)?.is_none() {

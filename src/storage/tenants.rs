@@ -163,7 +163,7 @@ pub fn get_tenant(conn: &mut DbConn, tenant_id: &TenantId) -> Result<Tenant, Sto
     on_backend!(conn, c => tenants::table
         .find(tenant_id.as_str())
         .select((tenants::id, tenants::name, tenants::holder_email, tenants::created_at))
-        .first::<Tenant>(c)
+        .get_result::<Tenant>(c)
         .optional())?
     .ok_or(StorageError::NotFound)
 }
@@ -185,7 +185,7 @@ pub fn tenant_for_api_key(
         .filter(api_keys::key_hash.eq(&hash))
         .filter(api_keys::revoked_at.is_null())
         .select(api_keys::tenant_id)
-        .first::<String>(c)
+        .get_result::<String>(c)
         .optional())?;
     Ok(found.map(TenantId))
 }
@@ -225,7 +225,7 @@ pub fn add_phone_number(
         let owner: Option<String> = on_backend!(conn, c => phone_numbers::table
             .find(number.phone_number_id)
             .select(phone_numbers::tenant_id)
-            .first::<String>(c)
+            .get_result::<String>(c)
             .optional())?;
         if let Some(owner) = owner {
             let whose = if owner == number.tenant_id {

@@ -90,7 +90,7 @@ fn is_done(conn: &mut DbConn, name: &str) -> Result<bool, StorageError> {
     let done: Option<String> = on_backend!(conn, c => storage_upgrades::table
         .find(name)
         .select(storage_upgrades::name)
-        .first(c)
+        .get_result(c)
         .optional())?;
     Ok(done.is_some())
 }

@@ -404,7 +404,7 @@ fn a_database_of_the_first_format_is_upgraded_in_place() {
             phone_numbers::table
                 .find(NUMBER_A)
                 .select(phone_numbers::access_token_ct)
-                .first(c)
+                .get_result(c)
         })
         .unwrap();
         let place = storage::tenants::access_token_place(t, NUMBER_A);

@@ -100,7 +100,7 @@ pub fn begin_bulk(c: &mut SqliteConnection) -> Result<Option<Bulk>, StorageError
             conversation_index_state::indexed_through,
             conversation_index_state::deletions,
         ))
-        .first(c)?;
+        .get_result(c)?;
     let mut tail: Vec<TailRow> =
         diesel::sql_query("SELECT conversation_id, id, rowid AS seq FROM messages WHERE rowid > ?")
             .bind::<BigInt, _>(indexed_through)
@@ -219,7 +219,7 @@ pub fn index_all(conn: &mut DbConn) -> Result<(), StorageError> {
         // A delete during the bulk leaves the mark: one more pass from it.
         let moved: i64 = conversation_index_state::table
             .select(conversation_index_state::indexed_through)
-            .first(c)?;
+            .get_result(c)?;
         if moved >= bulk.through {
             break;
         }
