@@ -139,6 +139,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::umask(0o077);
     }
+    converra::use_small_pages();
     match run_command() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,6 +3,13 @@
 //! batched into the next write. Content is sealed here, under the contact's data key,
 //! before it reaches the writer.
 //!
+//! Its contact is found before the first write: by reads alone when the contact exists
+//! and its identifiers need no linking ([`contacts::look_up_contact`]), and created by
+//! the write of its first events when it does not ([`NewContact`]: the key and the
+//! conversation id made here, so that the events are sealed under the key and go in
+//! with the writer's set-based statements). Only linking an identifier to a contact or
+//! merging two contacts takes a write of its own (the writer's resolve).
+//!
 //! Events reach it two ways. A webhook's events are delivered as they arrive
 //! ([`ApplyArrival`]): the write that applies them also writes their inbox rows, already
 //! processed, and the webhook is answered once it commits. Rows already in the inbox
@@ -32,7 +39,7 @@ use crate::crypto::{Keyring, Place, SealKey};
 use crate::handoff::Reply;
 use crate::ids::{ConversationId, MessageId, PhoneNumberId, TenantId, Wamid};
 use crate::storage::apply::{content_place, wamid_place, Revoked};
-use crate::storage::contacts::contact_field;
+use crate::storage::contacts::{self, contact_field, Lookup, NewContact};
 use crate::storage::crm::{
     ApplyOp, ContactIdentifiers, MessageBundle, NewInbound, NewPreference, NewStatus, Origin,
     ProfileUpdate, ResolvedContact,
@@ -72,6 +79,14 @@ pub struct Release;
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Reloaded(inbox::PendingPage);
+
+/// What a look-up gives the actor.
+enum Found {
+    Known(ResolvedContact, Option<ConversationId>),
+    /// None yet: this one, created by the next write.
+    New(Box<NewContact>, ResolvedContact),
+    NeedsWriter,
+}
 
 const MAX_BATCH: usize = 256;
 const MAX_PANICS_PER_EVENT: u32 = 3;
@@ -125,6 +140,10 @@ pub struct ConversationActor {
     key: String,
     /// Shared, not copied, with each write built from it.
     contact: Option<Arc<ResolvedContact>>,
+    /// `contact` is new: the next write creates it.
+    creating: Option<Box<NewContact>>,
+    /// A look-up found that the contact needs the writer (a link or a merge).
+    resolve_in_writer: bool,
     /// The conversation of the cached contact on this number, once known.
     conversation_id: Option<ConversationId>,
     /// The profile name and username last written, to write them only on change.
@@ -151,6 +170,9 @@ pub struct ConversationActor {
 }
 
 enum Step {
+    /// Find the contact with reads alone (see [`contacts::look_up_contact`]).
+    LookUp(ContactIdentifiers),
+    /// Resolve it in the writer: link its identifiers or merge two contacts.
     Resolve(ContactIdentifiers),
     /// The pending events applied (by seq; the i-th op applies the i-th), the ops, and
     /// the webhooks waiting on them.
@@ -177,6 +199,8 @@ impl ConversationActor {
             phone_number_id,
             key,
             contact: None,
+            creating: None,
+            resolve_in_writer: false,
             conversation_id: None,
             written_profile: None,
             seen_written_at: None,
@@ -294,9 +318,12 @@ impl ConversationActor {
     fn next_step(&mut self) -> Option<Result<Step, u64>> {
         let first = self.pending.front()?;
         if !self.covers(&first.event.identity) {
-            return Some(Ok(Step::Resolve(
-                self.identifiers_for(&first.event.identity),
-            )));
+            let ids = self.identifiers_for(&first.event.identity);
+            return Some(Ok(if self.resolve_in_writer {
+                Step::Resolve(ids)
+            } else {
+                Step::LookUp(ids)
+            }));
         }
         let contact = self.contact.clone()?;
         let mut seqs = Vec::new();
@@ -374,7 +401,13 @@ impl ConversationActor {
         let seen_stale = self
             .seen_written_at
             .is_none_or(|at| now - at >= SEEN_GRANULARITY_MS);
-        if changed.is_some() || seen_stale {
+        if let Some(new) = self.creating.as_mut() {
+            // A contact this write creates is inserted with its profile, seen now.
+            if let Some(p) = changed {
+                new.profile_name_ct = seal("profile_name_ct", &p.0);
+                new.username_ct = seal("username_ct", &p.1);
+            }
+        } else if changed.is_some() || seen_stale {
             ops.push(ApplyOp::Profile(ProfileUpdate {
                 contact_id: contact.contact_id.clone(),
                 profile_name_ct: changed.and_then(|p| seal("profile_name_ct", &p.0)),
@@ -416,39 +449,92 @@ impl ConversationActor {
         let writer = self.core.writer.clone();
         let tenant_id = self.tenant_id.clone();
         match step {
+            Step::LookUp(ids) => {
+                let core = self.core.clone();
+                let phone_number_id = self.phone_number_id.clone();
+                let now = core.clock.now_ms();
+                let fut = async move {
+                    let _permit = core
+                        .lookups
+                        .acquire()
+                        .await
+                        .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+                    let reader = core.clone();
+                    actix_web::rt::task::spawn_blocking(move || {
+                        let core = reader;
+                        let mut conn = core.pool.get()?;
+                        let found = contacts::look_up_contact(
+                            &mut conn,
+                            &core.keyring,
+                            &tenant_id,
+                            &phone_number_id,
+                            &ids,
+                        )?;
+                        Ok(match found {
+                            Lookup::Absent => {
+                                let (new, contact) =
+                                    NewContact::prepare(&core.keyring, &tenant_id, &ids, now)?;
+                                Found::New(Box::new(new), contact)
+                            }
+                            Lookup::Found(contact, conversation) => {
+                                Found::Known(contact, conversation)
+                            }
+                            Lookup::NeedsWriter => Found::NeedsWriter,
+                        })
+                    })
+                    .await
+                    .map_err(|e| StorageError::Unavailable(e.to_string()))?
+                };
+                ctx.spawn(fut.into_actor(self).map(|result, actor, ctx| {
+                    actor.in_flight = false;
+                    match result {
+                        Ok(Found::Known(contact, conversation)) => {
+                            actor.use_contact(contact, conversation, None, ctx)
+                        }
+                        Ok(Found::New(new, contact)) => {
+                            let conversation = new.conversation_id.clone();
+                            actor.use_contact(contact, conversation, Some(new), ctx)
+                        }
+                        Ok(Found::NeedsWriter) => {
+                            actor.resolve_in_writer = true;
+                            actor.pump(ctx);
+                        }
+                        Err(e) => actor.contact_failed(e, ctx),
+                    }
+                }));
+            }
             Step::Resolve(ids) => {
                 let fut = async move { writer.resolve(tenant_id, ids).await };
                 ctx.spawn(fut.into_actor(self).map(|result, actor, ctx| {
                     actor.in_flight = false;
                     match result {
                         Ok(contact) => {
+                            actor.resolve_in_writer = false;
                             let same = actor.contact.as_ref().map(|c| &c.contact_id)
                                 == Some(&contact.contact_id);
-                            if !same {
-                                actor.conversation_id = None;
-                            }
-                            actor.contact = Some(Arc::new(contact));
-                            actor.written_profile = None;
-                            actor.seen_written_at = None;
-                            actor.pump(ctx);
+                            let conversation = if same {
+                                actor.conversation_id.take()
+                            } else {
+                                None
+                            };
+                            actor.use_contact(contact, conversation, None, ctx);
                         }
-                        Err(e) if e.is_transient() => actor.retry_later(e, ctx),
-                        Err(e) => {
-                            // The first pending event names a contact that cannot be
-                            // resolved: that event fails, not the conversation.
-                            let front = actor.pending.front().map(|item| item.seq);
-                            match front {
-                                Some(seq) => actor.count_failure(seq, e, ctx),
-                                None => actor.retry_later(e, ctx),
-                            }
-                        }
+                        Err(e) => actor.contact_failed(e, ctx),
                     }
                 }));
             }
             Step::Apply(seqs, ops, waiters) => {
-                let fut = async move { writer.apply(tenant_id, ops, waiters).await };
+                let new_contact = self.creating.take();
+                let creates = new_contact.is_some();
+                let fut = async move { writer.apply(tenant_id, new_contact, ops, waiters).await };
                 ctx.spawn(fut.into_actor(self).map(move |result, actor, ctx| {
                     actor.in_flight = false;
+                    if result.is_err() && creates {
+                        // The contact was not created: look it up again (another
+                        // conversation may have created it), then retry.
+                        actor.contact = None;
+                        actor.conversation_id = None;
+                    }
                     match result {
                         Ok(receipt) => {
                             if receipt.conversation.is_some() {
@@ -457,9 +543,10 @@ impl ConversationActor {
                             actor.complete(&seqs, &receipt);
                             actor.pump(ctx);
                         }
-                        Err(StorageError::ContactGone(_)) => {
-                            // Merged into another contact by another conversation: the
-                            // next write resolves the survivor, at once.
+                        Err(StorageError::ContactStale(_)) => {
+                            // Merged into another contact by another conversation, or
+                            // (the contact this write was to create) created first by
+                            // another: the next step looks it up again, at once.
                             actor.contact = None;
                             actor.conversation_id = None;
                             actor.written_profile = None;
@@ -492,6 +579,42 @@ impl ConversationActor {
                     }
                 }));
             }
+        }
+    }
+
+    /// Caches the contact found (and its conversation on this number, if known) and goes
+    /// on; `new` when the next write creates it.
+    fn use_contact(
+        &mut self,
+        contact: ResolvedContact,
+        conversation: Option<ConversationId>,
+        new: Option<Box<NewContact>>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.conversation_id = conversation;
+        self.contact = Some(Arc::new(contact));
+        // A new contact's row is written seen now.
+        self.seen_written_at = new.as_ref().map(|new| new.seen_at);
+        self.creating = new;
+        self.written_profile = None;
+        self.pump(ctx);
+    }
+
+    /// Finding the contact failed: retried later when that may help; otherwise the
+    /// first pending event names a contact that cannot be resolved, and that event
+    /// fails, not the conversation.
+    fn contact_failed(&mut self, error: StorageError, ctx: &mut Context<Self>) {
+        if let StorageError::ContactStale(_) = error {
+            // Created or merged by another writer meanwhile: look it up again.
+            self.resolve_in_writer = false;
+            return self.pump(ctx);
+        }
+        if error.is_transient() {
+            return self.retry_later(error, ctx);
+        }
+        match self.pending.front().map(|item| item.seq) {
+            Some(seq) => self.count_failure(seq, error, ctx),
+            None => self.retry_later(error, ctx),
         }
     }
 

@@ -1,5 +1,7 @@
 //! Contacts (`contacts`): who a BSUID or a phone number belongs to. A contact is found
-//! by blind index (a keyed hash of the identifier), created when none is, linked to
+//! by blind index (a keyed hash of the identifier), with reads alone when that is all
+//! it takes ([`look_up_contact`]); created when none is, by the write that applies its
+//! first events ([`NewContact`]) or by the writer's resolve; linked to
 //! the identifier it lacks when both are seen together, and merged with another when
 //! the two turn out to be one person; identifiers and profile names are sealed under
 //! the contact's data key ([`super::keys`]). A merge moves the other contact's
@@ -18,8 +20,8 @@ use super::messages::move_conversation_messages;
 use super::on_backend;
 use super::schema::{contacts, conversations};
 use super::{DbConn, StorageError};
-use crate::crypto::{NewDataKey, Place, SealKey};
-use crate::ids::{ContactId, KeyId, TenantId};
+use crate::crypto::{Keyring, NewDataKey, Place, SealKey};
+use crate::ids::{ContactId, ConversationId, KeyId, PhoneNumberId, TenantId};
 
 /// Where a contact's sealed `column` lives (see [`Place`]); the conversation actor
 /// seals profile updates for it too.
@@ -48,6 +50,206 @@ pub struct ResolvedContact {
 pub struct ContactIdentifiers {
     pub user_id: Option<String>,
     pub wa_id: Option<String>,
+}
+
+impl ContactIdentifiers {
+    /// The blind indexes the database knows them by, in `tenant_id`.
+    pub fn indexes(&self, keyring: &Keyring, tenant_id: &TenantId) -> ContactIndexes {
+        let tenant = tenant_id.as_str();
+        ContactIndexes {
+            user_id: self
+                .user_id
+                .as_deref()
+                .map(|v| keyring.blind_index(tenant, "user_id", v)),
+            wa_id: self
+                .wa_id
+                .as_deref()
+                .map(|v| keyring.blind_index(tenant, "wa_id", v)),
+        }
+    }
+}
+
+/// A contact's identifiers as blind indexes (keyed hashes, unique per tenant).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContactIndexes {
+    pub user_id: Option<String>,
+    pub wa_id: Option<String>,
+}
+
+/// A contact created by the conversation actor that applies its first events, in the
+/// same write (no write of its own first): the row, and its data key wrapped for the
+/// key store, which the writer commits before the row. [`NewContact::prepare`] also
+/// gives the actor the contact with its key, to seal those events under.
+#[derive(Debug, Clone)]
+pub struct NewContact {
+    pub contact_id: ContactId,
+    pub key_id: KeyId,
+    pub wrapped_key: Vec<u8>,
+    pub indexes: ContactIndexes,
+    pub user_id_ct: Option<Vec<u8>>,
+    pub wa_id_ct: Option<Vec<u8>>,
+    /// The profile (sealed) that came with its first events.
+    pub profile_name_ct: Option<Vec<u8>>,
+    pub username_ct: Option<Vec<u8>>,
+    pub seen_at: i64,
+    /// Its conversation on the number of the write's inbound messages, opened by the
+    /// same write (they name it), so they go in with the batch's set-based statements.
+    pub conversation_id: Option<ConversationId>,
+}
+
+impl NewContact {
+    /// A new contact for `ids`, with a new data key and a conversation id for its
+    /// first conversation.
+    pub fn prepare(
+        keyring: &Keyring,
+        tenant_id: &TenantId,
+        ids: &ContactIdentifiers,
+        now_ms: i64,
+    ) -> Result<(NewContact, ResolvedContact), StorageError> {
+        let key_id = KeyId::generate();
+        let data_key = keyring.new_data_key(tenant_id.as_str(), key_id.as_str())?;
+        let indexes = ids.indexes(keyring, tenant_id);
+        let (mut new, contact) =
+            NewContact::with_key(tenant_id, ids, indexes, key_id, data_key, now_ms)?;
+        new.conversation_id = Some(ConversationId::generate());
+        Ok((new, contact))
+    }
+
+    fn with_key(
+        tenant_id: &TenantId,
+        ids: &ContactIdentifiers,
+        indexes: ContactIndexes,
+        key_id: KeyId,
+        data_key: NewDataKey,
+        now_ms: i64,
+    ) -> Result<(NewContact, ResolvedContact), StorageError> {
+        let contact_id = ContactId::generate();
+        let seal = |column, v: &Option<String>| -> Result<Option<Vec<u8>>, StorageError> {
+            v.as_deref()
+                .map(|v| {
+                    let place = contact_field(tenant_id.as_str(), column, contact_id.as_str());
+                    data_key.key.seal(v.as_bytes(), &place)
+                })
+                .transpose()
+                .map_err(StorageError::from)
+        };
+        let new = NewContact {
+            user_id_ct: seal("user_id_ct", &ids.user_id)?,
+            wa_id_ct: seal("wa_id_ct", &ids.wa_id)?,
+            contact_id: contact_id.clone(),
+            key_id: key_id.clone(),
+            wrapped_key: data_key.wrapped,
+            indexes,
+            profile_name_ct: None,
+            username_ct: None,
+            seen_at: now_ms,
+            conversation_id: None,
+        };
+        let resolved = ResolvedContact {
+            contact_id,
+            key_id,
+            key: data_key.key,
+            user_id: ids.user_id.clone(),
+            wa_id: ids.wa_id.clone(),
+            merged_away: None,
+        };
+        Ok((new, resolved))
+    }
+}
+
+/// Inserts a tenant's new contacts (their data keys are in the key store already),
+/// less any whose identifier a contact has already; returns the ids inserted.
+pub(in crate::storage) fn insert_contacts(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    new: &[&NewContact],
+) -> Result<HashSet<String>, StorageError> {
+    if new.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows: Vec<_> = new
+        .iter()
+        .map(|c| {
+            (
+                contacts::id.eq(c.contact_id.as_str()),
+                contacts::tenant_id.eq(tenant_id.as_str()),
+                contacts::key_id.eq(c.key_id.as_str()),
+                contacts::wa_id_bidx.eq(c.indexes.wa_id.as_deref()),
+                contacts::user_id_bidx.eq(c.indexes.user_id.as_deref()),
+                contacts::wa_id_ct.eq(c.wa_id_ct.as_deref()),
+                contacts::user_id_ct.eq(c.user_id_ct.as_deref()),
+                contacts::profile_name_ct.eq(c.profile_name_ct.as_deref()),
+                contacts::username_ct.eq(c.username_ct.as_deref()),
+                contacts::marketing_opt_out.eq(false),
+                contacts::first_seen_at.eq(c.seen_at),
+                contacts::last_seen_at.eq(c.seen_at),
+            )
+        })
+        .collect();
+    let inserted: Vec<String> = on_backend!(conn, c => diesel::insert_into(contacts::table)
+        .values(&rows)
+        .on_conflict_do_nothing()
+        .returning(contacts::id)
+        .get_results(c))?;
+    Ok(inserted.into_iter().collect())
+}
+
+/// What a read finds for a contact's identifiers, outside the writer.
+pub enum Lookup {
+    /// The contact every identifier given names, with its conversation on the number
+    /// asked about, if it has one.
+    Found(ResolvedContact, Option<ConversationId>),
+    /// No contact has any of the identifiers: the caller may create it
+    /// ([`NewContact`]).
+    Absent,
+    /// The identifiers need linking to a contact that lacks one, or name two contacts
+    /// to merge: the writer's work ([`resolve_contact`]).
+    NeedsWriter,
+}
+
+/// Finds the contact for `ids` with reads alone, when that is all it takes; see
+/// [`Lookup`]. A conversation actor asks this first: a contact that exists costs no
+/// write, and one that does not is created by the write of its first events.
+pub fn look_up_contact(
+    conn: &mut DbConn,
+    keyring: &Vault,
+    tenant_id: &TenantId,
+    phone_number_id: &PhoneNumberId,
+    ids: &ContactIdentifiers,
+) -> Result<Lookup, StorageError> {
+    let indexes = ids.indexes(keyring, tenant_id);
+    let found = match find_contacts(
+        conn,
+        tenant_id,
+        indexes.user_id.as_deref(),
+        indexes.wa_id.as_deref(),
+    )? {
+        (None, None) => return Ok(Lookup::Absent),
+        (Some(a), Some(b)) if a.id != b.id => return Ok(Lookup::NeedsWriter),
+        (Some(found), _) | (None, Some(found)) => found,
+    };
+    let lacks = |asked: &Option<String>, known: &Option<String>| asked.is_some() && known.is_none();
+    if lacks(&indexes.user_id, &found.user_id_bidx) || lacks(&indexes.wa_id, &found.wa_id_bidx) {
+        return Ok(Lookup::NeedsWriter);
+    }
+    let key = load_data_key(conn, keyring, tenant_id, &found.key_id)?
+        .ok_or_else(|| StorageError::Corrupt(format!("contact {} has no data key", found.id)))?;
+    let conversation: Option<String> = on_backend!(conn, c => conversations::table
+        .filter(conversations::tenant_id.eq(tenant_id.as_str()))
+        .filter(conversations::phone_number_id.eq(phone_number_id.as_str()))
+        .filter(conversations::contact_id.eq(&found.id))
+        .select(conversations::id)
+        .get_result(c)
+        .optional())?;
+    let contact = ResolvedContact {
+        contact_id: ContactId(found.id),
+        key_id: KeyId(found.key_id),
+        key,
+        user_id: ids.user_id.clone(),
+        wa_id: ids.wa_id.clone(),
+        merged_away: None,
+    };
+    Ok(Lookup::Found(contact, conversation.map(ConversationId)))
 }
 
 #[derive(Debug, Clone, Queryable)]
@@ -106,32 +308,35 @@ fn find_contacts(
 
 /// Per entry of `wanted` (a tenant and a contact's identifiers): whether resolving it
 /// finds a contact that exists, so that the writer can create and commit the data
-/// keys of the new ones first. One query per tenant.
+/// keys of the new ones first.
 pub fn contacts_exist(
     conn: &mut DbConn,
     keyring: &Vault,
     wanted: &[(&TenantId, &ContactIdentifiers)],
 ) -> Result<Vec<bool>, StorageError> {
-    let bidx = |tenant_id: &TenantId, field: &str, value: &Option<String>| {
-        value
-            .as_deref()
-            .map(|v| keyring.blind_index(tenant_id.as_str(), field, v))
-    };
-    let indexes: Vec<(Option<String>, Option<String>)> = wanted
+    let indexes: Vec<ContactIndexes> = wanted
         .iter()
-        .map(|(tenant_id, ids)| {
-            (
-                bidx(tenant_id, "user_id", &ids.user_id),
-                bidx(tenant_id, "wa_id", &ids.wa_id),
-            )
-        })
+        .map(|(tenant_id, ids)| ids.indexes(keyring, tenant_id))
         .collect();
-    // Each tenant's blind indexes, asked for in one query per tenant.
+    let asked: Vec<(&TenantId, &ContactIndexes)> = wanted
+        .iter()
+        .zip(&indexes)
+        .map(|((tenant_id, _), indexes)| (*tenant_id, indexes))
+        .collect();
+    indexes_exist(conn, &asked)
+}
+
+/// Per entry of `wanted` (a tenant and a contact's blind indexes): whether a contact
+/// has any of them. Two queries per tenant at most.
+fn indexes_exist(
+    conn: &mut DbConn,
+    wanted: &[(&TenantId, &ContactIndexes)],
+) -> Result<Vec<bool>, StorageError> {
     let mut asked: HashMap<&str, (Vec<&str>, Vec<&str>)> = HashMap::new();
-    for ((tenant_id, _), (user, phone)) in wanted.iter().zip(&indexes) {
+    for (tenant_id, indexes) in wanted {
         let (users, phones) = asked.entry(tenant_id.as_str()).or_default();
-        users.extend(user.as_deref());
-        phones.extend(phone.as_deref());
+        users.extend(indexes.user_id.as_deref());
+        phones.extend(indexes.wa_id.as_deref());
     }
     // One query per identifier column, each a range of point lookups in its own
     // unique index: an `OR` of the two made SQLite read every contact of the tenant,
@@ -160,10 +365,9 @@ pub fn contacts_exist(
     }
     Ok(wanted
         .iter()
-        .zip(&indexes)
-        .map(|((tenant_id, _), (user, phone))| {
+        .map(|(tenant_id, indexes)| {
             known.get(tenant_id.as_str()).is_some_and(|of_tenant| {
-                [user, phone]
+                [&indexes.user_id, &indexes.wa_id]
                     .into_iter()
                     .flatten()
                     .any(|bidx| of_tenant.contains(bidx))
@@ -184,14 +388,8 @@ pub fn resolve_contact(
     now_ms: i64,
 ) -> Result<ResolvedContact, StorageError> {
     let tenant = tenant_id.as_str();
-    let user_bidx = ids
-        .user_id
-        .as_deref()
-        .map(|v| keyring.blind_index(tenant, "user_id", v));
-    let wa_bidx = ids
-        .wa_id
-        .as_deref()
-        .map(|v| keyring.blind_index(tenant, "wa_id", v));
+    let indexes = ids.indexes(keyring, tenant_id);
+    let (user_bidx, wa_bidx) = (indexes.user_id.clone(), indexes.wa_id.clone());
     let (by_user, by_wa) =
         find_contacts(conn, tenant_id, user_bidx.as_deref(), wa_bidx.as_deref())?;
     let mut merged_away = None;
@@ -213,40 +411,14 @@ pub fn resolve_contact(
                     (key_id, data_key)
                 }
             };
-            let contact_id = ContactId::generate();
-            let seal = |column, v: &Option<String>| -> Result<Option<Vec<u8>>, StorageError> {
-                v.as_deref()
-                    .map(|v| {
-                        let place = contact_field(tenant, column, contact_id.as_str());
-                        data_key.key.seal(v.as_bytes(), &place)
-                    })
-                    .transpose()
-                    .map_err(StorageError::from)
-            };
-            let wa_ct = seal("wa_id_ct", &ids.wa_id)?;
-            let user_ct = seal("user_id_ct", &ids.user_id)?;
-            on_backend!(conn, c => diesel::insert_into(contacts::table)
-                .values((
-                    contacts::id.eq(contact_id.as_str()),
-                    contacts::tenant_id.eq(tenant),
-                    contacts::key_id.eq(key_id.as_str()),
-                    contacts::wa_id_bidx.eq(wa_bidx.as_deref()),
-                    contacts::user_id_bidx.eq(user_bidx.as_deref()),
-                    contacts::wa_id_ct.eq(wa_ct.as_deref()),
-                    contacts::user_id_ct.eq(user_ct.as_deref()),
-                    contacts::marketing_opt_out.eq(false),
-                    contacts::first_seen_at.eq(now_ms),
-                    contacts::last_seen_at.eq(now_ms),
-                ))
-                .execute(c))?;
-            return Ok(ResolvedContact {
-                contact_id,
-                key_id,
-                key: data_key.key,
-                user_id: ids.user_id.clone(),
-                wa_id: ids.wa_id.clone(),
-                merged_away: None,
-            });
+            let (new, resolved) =
+                NewContact::with_key(tenant_id, ids, indexes, key_id, data_key, now_ms)?;
+            if insert_contacts(conn, tenant_id, &[&new])?.is_empty() {
+                // Another writer created it since the lookup above (PostgreSQL runs
+                // several): the caller resolves again.
+                return Err(StorageError::ContactStale(new.contact_id.to_string()));
+            }
+            return Ok(resolved);
         }
     };
     let key = load_data_key(conn, keyring, tenant_id, &survivor.key_id)?

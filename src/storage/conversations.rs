@@ -103,6 +103,45 @@ pub(super) fn upsert_conversation(
     }
 }
 
+/// A conversation opened by the write that applies its first inbound messages.
+pub(in crate::storage) struct Opened<'a> {
+    pub id: &'a ConversationId,
+    pub tenant_id: &'a TenantId,
+    pub phone_number_id: &'a PhoneNumberId,
+    pub contact_id: &'a ContactId,
+    /// Its latest inbound message's time.
+    pub inbound_at: i64,
+}
+
+/// Inserts new conversations, in one statement.
+pub(in crate::storage) fn open_conversations(
+    conn: &mut DbConn,
+    opened: &[Opened<'_>],
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    if opened.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = opened
+        .iter()
+        .map(|o| {
+            (
+                conversations::id.eq(o.id.as_str()),
+                conversations::tenant_id.eq(o.tenant_id.as_str()),
+                conversations::phone_number_id.eq(o.phone_number_id.as_str()),
+                conversations::contact_id.eq(o.contact_id.as_str()),
+                conversations::opened_at.eq(now_ms),
+                conversations::last_inbound_at.eq(Some(o.inbound_at)),
+                conversations::window_ends_at
+                    .eq(Some(o.inbound_at.saturating_add(SERVICE_WINDOW_MS))),
+                conversations::last_message_at.eq(o.inbound_at),
+            )
+        })
+        .collect();
+    on_backend!(conn, c => diesel::insert_into(conversations::table).values(&rows).execute(c))?;
+    Ok(())
+}
+
 fixed_statement!(
     TouchOne = "UPDATE conversations SET \
     last_inbound_at = max(coalesce(last_inbound_at, ?), ?), \

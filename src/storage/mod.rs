@@ -100,10 +100,11 @@ pub enum StorageError {
     Crypto(#[from] crate::crypto::CryptoError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    /// A write named a contact that no longer exists (merged into another): the
-    /// caller resolves the contact again and retries at once.
-    #[error("contact {0} no longer exists (merged into another)")]
-    ContactGone(String),
+    /// A write named a contact that is not (or no longer) the one the database holds
+    /// for its identifiers: merged into another, or created first by another
+    /// conversation. The caller resolves the contact again and retries at once.
+    #[error("contact {0} is not current (merged into another, or created first elsewhere)")]
+    ContactStale(String),
     /// A copy of a permanent error for each job of a batch that failed together (the
     /// original is not `Clone`): the write will not succeed by retrying it as it is.
     #[error("{0}")]
@@ -235,10 +236,16 @@ impl DbManager {
                 // busy_timeout first: switching to WAL needs a lock another connection
                 // (the daemon, an operator command) may hold for a moment. WAL lets
                 // readers run beside the writer; FULL makes an acknowledged webhook
-                // survive power loss, NORMAL only a process crash.
+                // survive power loss, NORMAL only a process crash. Temporary storage in
+                // memory: a multi-row insert keeps a statement journal of every page it
+                // changes (to undo itself on a constraint error), which past 64 KiB
+                // SQLite otherwise moves to a temporary file, opened and written anew
+                // for each statement (a fifth of the writer's time with new contacts
+                // arriving).
                 conn.batch_execute(&format!(
                     "PRAGMA busy_timeout = {busy}; PRAGMA journal_mode = WAL; \
-                     PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;",
+                     PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; \
+                     PRAGMA temp_store = MEMORY;",
                     sync = self.synchronous,
                     busy = self.busy_timeout_ms
                 ))
@@ -269,9 +276,18 @@ impl DbManager {
                 // Set by the daemon itself, whatever the server's configuration says:
                 // a 200 to Meta must follow durability (synchronous_commit = off would
                 // answer before the commit reaches the disk), and no statement may
-                // hold a writer for ever.
+                // hold a writer for ever. Statements are planned with index lookups,
+                // never a sequential scan where an index serves: every statement
+                // Converra runs reaches its rows by key, but the planner judged small,
+                // hot tables cheaper to read whole (joined to a batch of unnested rows,
+                // a thousand conversations were scanned and hashed twice per batch:
+                // the largest part of PostgreSQL's CPU per message), and a prepared
+                // statement's plan, fixed after its fifth run, kept scanning a table
+                // that had been small then (every contact for each look-up) until an
+                // ANALYZE.
                 conn.batch_execute(&format!(
-                    "SET synchronous_commit = on; SET statement_timeout = '{}s';",
+                    "SET synchronous_commit = on; SET statement_timeout = '{}s'; \
+                     SET enable_seqscan = off;",
                     self.statement_timeout_secs
                 ))
                 .map_err(|e| StorageError::Connect(format!("postgres session settings: {e}")))?;

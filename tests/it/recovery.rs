@@ -617,3 +617,115 @@ async fn unreadable_inbox_rows_are_parked_and_the_sweep_goes_on() {
         );
     }
 }
+
+/// A contact first seen on two of a tenant's numbers at the same moment: each
+/// conversation actor finds no contact and creates it in the write of its message; the
+/// write that comes second finds the contact the first created, is refused, and its
+/// actor looks the contact up again. One contact with a conversation on each number,
+/// every message kept, nothing parked; and after a restart (every actor cold) the next
+/// messages find the same contact and conversations.
+#[actix_rt::test]
+async fn a_contact_first_seen_on_two_numbers_at_once_is_created_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    const SECOND_NUMBER: &str = "555002";
+    let armed = Arc::new(AtomicBool::new(false));
+    let hold = armed.clone();
+    // The first write after arming waits, so that both actors look the contact up
+    // before either has created it.
+    let hooks = Hooks {
+        before_write_batch: Some(Arc::new(move |_writer| {
+            if hold.swap(false, Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        })),
+        ..Hooks::default()
+    };
+    for backend in backends() {
+        let mut app = TestApp::start_with(&backend, hooks.clone(), |_| {}).await;
+        {
+            let (keyring, pool) = app.pool();
+            let mut conn = pool.get().unwrap();
+            storage::tenants::add_phone_number(
+                &mut conn,
+                &keyring,
+                &storage::tenants::NewPhoneNumber {
+                    tenant_id: &app.a.id,
+                    phone_number_id: SECOND_NUMBER,
+                    display_phone_number: "15550000002",
+                    waba_id: "WABA",
+                    access_token: "EAAG-second-token",
+                },
+                1,
+            )
+            .unwrap();
+        }
+        let people = ["4916000000001", "4916000000002", "4916000000003"];
+        for (i, from) in people.iter().enumerate() {
+            armed.store(true, Ordering::SeqCst);
+            let to_first = text_webhook(NUMBER_A, from, &format!("wamid.two.{i}.a"), "hi A");
+            let to_second = text_webhook(SECOND_NUMBER, from, &format!("wamid.two.{i}.b"), "hi B");
+            let (first, second) =
+                tokio::join!(app.post_signed(&to_first), app.post_signed(&to_second));
+            assert_eq!((first.0, second.0), (200, 200), "{backend:?}");
+        }
+        let check = |contacts: &[serde_json::Value], conversations: &[serde_json::Value]| {
+            assert_eq!(
+                contacts.len(),
+                people.len(),
+                "{backend:?}: one contact each"
+            );
+            assert_eq!(conversations.len(), 2 * people.len(), "{backend:?}");
+            for contact in contacts {
+                let numbers: HashSet<&str> = conversations
+                    .iter()
+                    .filter(|c| c["contact_id"] == contact["id"])
+                    .map(|c| c["phone_number_id"].as_str().unwrap())
+                    .collect();
+                assert_eq!(
+                    numbers,
+                    HashSet::from([NUMBER_A, SECOND_NUMBER]),
+                    "{backend:?}: a conversation on each number"
+                );
+            }
+        };
+        app.wait_messages(&app.a, 2 * people.len()).await;
+        let contacts = app.all("/v1/contacts", &app.a.api_key).await;
+        let conversations = app.all("/v1/conversations", &app.a.api_key).await;
+        check(&contacts, &conversations);
+        assert_eq!(
+            app.metric("converra_inbox_parked").await,
+            0.0,
+            "{backend:?}"
+        );
+
+        app.restart(Hooks::default()).await;
+        for (i, from) in people.iter().enumerate() {
+            for (number, side) in [(NUMBER_A, "a"), (SECOND_NUMBER, "b")] {
+                let body = text_webhook(number, from, &format!("wamid.cold.{i}.{side}"), "again");
+                assert_eq!(app.post_signed(&body).await.0, 200, "{backend:?}");
+            }
+        }
+        app.wait_messages(&app.a, 4 * people.len()).await;
+        let again = app.all("/v1/contacts", &app.a.api_key).await;
+        let ids = |list: &[serde_json::Value]| -> HashSet<String> {
+            list.iter()
+                .map(|c| c["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(
+            ids(&again),
+            ids(&contacts),
+            "{backend:?}: the same contacts"
+        );
+        let conversations_again = app.all("/v1/conversations", &app.a.api_key).await;
+        assert_eq!(
+            ids(&conversations_again),
+            ids(&conversations),
+            "{backend:?}: the same conversations"
+        );
+        check(&again, &conversations_again);
+        app.stop().await;
+    }
+}

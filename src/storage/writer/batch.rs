@@ -3,7 +3,7 @@
 //! resolves, any other write), retried job by job when it fails; and the writer's
 //! periodic maintenance.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use diesel::connection::SimpleConnection;
@@ -13,6 +13,8 @@ use super::queue::{Job, WriteOutput};
 use super::{ApplyReceipt, IngestReceipt, MergedAway, Writer, SLOW_WRITE};
 use crate::crypto::{Keyring, NewDataKey};
 use crate::ids::{KeyId, PhoneNumberId, TenantId};
+use crate::storage::contacts::{self, NewContact};
+use crate::storage::conversations;
 use crate::storage::crm::{self, ApplyOp, ContactIdentifiers, ResolvedContact};
 use crate::storage::inbox::{self, FreshEvent, InboxItem, PreparedEvent, PreparedOther};
 use crate::storage::raw_keys::{self, DayKey};
@@ -143,9 +145,10 @@ impl Writer {
         self.answer_flushes(flushes);
     }
 
-    /// Data keys for contacts that a resolve job will create are committed to the key
-    /// store first, in a transaction of their own: a crash between the two leaves an
-    /// unused key, never data without its key.
+    /// Data keys for contacts that a job will create (a resolve job's, made here; an
+    /// apply job's new contact's, made by its actor) are committed to the key store
+    /// first, in a transaction of their own: a crash between the two leaves an unused
+    /// key, never data without its key.
     fn prepare_keys(
         &mut self,
         jobs: &[Job],
@@ -160,29 +163,43 @@ impl Writer {
                 _ => None,
             })
             .collect();
-        if resolves.is_empty() {
+        let created: Vec<(&TenantId, &KeyId, &[u8])> = jobs
+            .iter()
+            .filter_map(|job| match job {
+                Job::Apply {
+                    tenant_id,
+                    new_contact: Some(new),
+                    ..
+                } => Some((tenant_id, &new.key_id, &new.wrapped_key[..])),
+                _ => None,
+            })
+            .collect();
+        if resolves.is_empty() && created.is_empty() {
             return Ok(HashMap::new());
         }
-        let asked: Vec<(&TenantId, &ContactIdentifiers)> =
-            resolves.iter().map(|(_, asked)| *asked).collect();
-        let exist = crm::contacts_exist(self.connection()?, &keyring, &asked)?;
         let mut keys = HashMap::new();
-        for ((index, (tenant_id, _)), exists) in resolves.iter().zip(exist) {
-            if !exists {
-                let key_id = KeyId::generate();
-                let data_key = keyring.new_data_key(tenant_id.as_str(), key_id.as_str())?;
-                keys.insert(*index, ((*tenant_id).clone(), key_id, data_key));
+        if !resolves.is_empty() {
+            let asked: Vec<(&TenantId, &ContactIdentifiers)> =
+                resolves.iter().map(|(_, asked)| *asked).collect();
+            let exist = crm::contacts_exist(self.connection()?, &keyring, &asked)?;
+            for ((index, (tenant_id, _)), exists) in resolves.iter().zip(exist) {
+                if !exists {
+                    let key_id = KeyId::generate();
+                    let data_key = keyring.new_data_key(tenant_id.as_str(), key_id.as_str())?;
+                    keys.insert(*index, ((*tenant_id).clone(), key_id, data_key));
+                }
             }
         }
-        if keys.is_empty() {
+        if keys.is_empty() && created.is_empty() {
             return Ok(HashMap::new());
         }
         let conn = self.connection()?;
         let committed = conn.transaction::<_, StorageError, _>(|conn| {
-            let rows: Vec<(&TenantId, &KeyId, &[u8])> = keys
+            let mut rows: Vec<(&TenantId, &KeyId, &[u8])> = keys
                 .values()
                 .map(|(tenant_id, key_id, data_key)| (tenant_id, key_id, &data_key.wrapped[..]))
                 .collect();
+            rows.extend(created.iter().copied());
             crm::insert_data_keys(conn, &keyring, &rows, now)
         });
         if let Err(e) = committed {
@@ -219,7 +236,6 @@ impl Writer {
                 }
             };
             conn.transaction::<_, StorageError, _>(|conn| {
-                point_lookups_only(conn)?;
                 // The inbox inserts of the batch first, then the actors' ops, each in
                 // multi-row statements; resolves one by one.
                 let parts: Vec<IngestPart<'_>> = jobs
@@ -235,7 +251,8 @@ impl Writer {
                     })
                     .collect();
                 let mut receipts = ingest(conn, &keyring, &routes, &parts, now)?.into_iter();
-                let mut applied = apply_jobs(conn, jobs, &merged_away, now)?.into_iter();
+                let (taken, applied) = apply_jobs(conn, jobs, &merged_away, now)?;
+                let mut applied = applied.into_iter();
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for (index, job) in jobs.iter_mut().enumerate() {
                     let outcome = match job {
@@ -250,6 +267,15 @@ impl Writer {
                             Ok(Outcome::Resolve(crm::resolve_contact(
                                 conn, &keyring, tenant_id, ids, key, now,
                             )?))
+                        }
+                        // Its new contact exists already (another conversation of the
+                        // contact, on another number, created it since the actor
+                        // looked): the actor looks it up again.
+                        Job::Apply {
+                            new_contact: Some(new),
+                            ..
+                        } if taken.contains(&index) => {
+                            Err(StorageError::ContactStale(new.contact_id.to_string()))
                         }
                         Job::Apply { .. } => Ok(Outcome::Apply(applied.next().unwrap_or_default())),
                         // In a savepoint: a refusal fails this job, not the batch; a
@@ -334,19 +360,6 @@ impl Writer {
     }
 }
 
-/// PostgreSQL: plans the batch's statements with index lookups, never a sequential
-/// scan. Every statement the writer runs reaches its rows by key, but joined to a batch
-/// of unnested rows the planner judged a small, hot table (a thousand conversations)
-/// cheaper to read whole and hash: two sequential scans per batch once it held about
-/// fifteen conversations (seen with auto_explain), the largest part of PostgreSQL's
-/// CPU per message. `SET LOCAL` ends with the transaction.
-fn point_lookups_only(conn: &mut DbConn) -> Result<(), StorageError> {
-    if let DbConn::Pg(c) = conn {
-        c.batch_execute("SET LOCAL enable_seqscan = off")?;
-    }
-    Ok(())
-}
-
 /// Applies every actor job's ops of the batch together (see [`crm::apply_batch`]),
 /// less the fresh events whose inbox row exists already (redeliveries), and marks the
 /// inbox rows they came from processed; one receipt per apply job, in order.
@@ -355,9 +368,80 @@ fn apply_jobs(
     jobs: &[Job],
     merged_away: &MergedAway,
     now: i64,
-) -> Result<Vec<ApplyReceipt>, StorageError> {
-    let apply_jobs: Vec<(&TenantId, &[ApplyOp])> = jobs
+) -> Result<(HashSet<usize>, Vec<ApplyReceipt>), StorageError> {
+    // The contacts these writes create, before the ops that name them; one statement
+    // per tenant. One that exists already is not inserted, and its job is left out.
+    let mut new_contacts: HashMap<&TenantId, Vec<&NewContact>> = HashMap::new();
+    for job in jobs {
+        if let Job::Apply {
+            tenant_id,
+            new_contact: Some(new),
+            ..
+        } = job
+        {
+            new_contacts.entry(tenant_id).or_default().push(new);
+        }
+    }
+    let mut inserted = HashSet::new();
+    for (tenant_id, new) in new_contacts {
+        inserted.extend(contacts::insert_contacts(conn, tenant_id, &new)?);
+    }
+    let taken: HashSet<usize> = jobs
         .iter()
+        .enumerate()
+        .filter_map(|(index, job)| match job {
+            Job::Apply {
+                new_contact: Some(new),
+                ..
+            } if !inserted.contains(new.contact_id.as_str()) => Some(index),
+            _ => None,
+        })
+        .collect();
+    // A new contact's first conversation, opened here: the job's inbound messages name
+    // it, so they go in with the set-based statements below.
+    let mut opened = Vec::new();
+    for (index, job) in jobs.iter().enumerate() {
+        let Job::Apply {
+            tenant_id,
+            new_contact: Some(new),
+            ops,
+            ..
+        } = job
+        else {
+            continue;
+        };
+        let Some(conversation_id) = new
+            .conversation_id
+            .as_ref()
+            .filter(|_| !taken.contains(&index))
+        else {
+            continue;
+        };
+        let inbound = ops.iter().filter_map(|op| match op {
+            ApplyOp::Inbound(m)
+                if !m.is_revoke() && m.conversation_id.as_ref() == Some(conversation_id) =>
+            {
+                Some(m)
+            }
+            _ => None,
+        });
+        if let Some(latest) = inbound.max_by_key(|m| m.inbound_at) {
+            opened.push(conversations::Opened {
+                id: conversation_id,
+                tenant_id,
+                phone_number_id: &latest.phone_number_id,
+                contact_id: &new.contact_id,
+                inbound_at: latest.inbound_at,
+            });
+        }
+    }
+    conversations::open_conversations(conn, &opened, now)?;
+    let kept = jobs
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| !taken.contains(index))
+        .map(|(_, job)| job);
+    let apply_jobs: Vec<(&TenantId, &[ApplyOp])> = kept
         .filter_map(|job| match job {
             Job::Apply { tenant_id, ops, .. } => Some((tenant_id, &ops[..])),
             _ => None,
@@ -374,7 +458,7 @@ fn apply_jobs(
                 .flat_map(|(_, ops)| ops.iter().filter_map(|op| op.contact_id()))
                 .find(|id| gone.contains(id.as_str()));
             if let Some(stale) = stale {
-                return Err(StorageError::ContactGone(stale.to_string()));
+                return Err(StorageError::ContactStale(stale.to_string()));
             }
         }
     }
@@ -418,7 +502,7 @@ fn apply_jobs(
         .flat_map(|(_, ops)| ops.iter().filter_map(|op| op.inbox_id()))
         .collect();
     inbox::mark_processed_many(conn, &processed, now)?;
-    Ok(apply_jobs
+    let receipts = apply_jobs
         .iter()
         .zip(row_taken)
         .zip(applied)
@@ -435,7 +519,8 @@ fn apply_jobs(
                 duplicate,
             }
         })
-        .collect())
+        .collect();
+    Ok((taken, receipts))
 }
 
 /// One webhook's content for [`ingest`]: the day key to seal it under, its events

@@ -22,6 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::contacts::NewContact;
 use super::crm::{ApplyOp, ContactIdentifiers, ResolvedContact};
 use super::inbox::{FreshEvent, InboxItem};
 use super::key_store::Vault;
@@ -70,7 +71,7 @@ pub enum Delivered {
 pub type Waiters = Vec<(usize, Reply<Delivered>)>;
 
 /// Contacts merged into others since the writers started: a write naming one is
-/// refused as [`StorageError::ContactGone`].
+/// refused as [`StorageError::ContactStale`].
 pub(in crate::storage) type MergedAway = Arc<std::sync::RwLock<std::collections::HashSet<String>>>;
 
 /// Receives committed inbox rows (the actor registry).
@@ -194,11 +195,15 @@ impl WriterHandle {
     }
 
     /// Applies a conversation actor's ops in order, skipping fresh events delivered
-    /// before. The webhooks in `waiters` hear straight from the writer once the write
-    /// is durable, without waiting for the actor's turn.
+    /// before; first creates `new_contact`, the contact they belong to, if given (its
+    /// key committed to the key store before the batch). A contact that another
+    /// conversation created meanwhile refuses the write as
+    /// [`StorageError::ContactStale`]. The webhooks in `waiters` hear straight from the
+    /// writer once the write is durable, without waiting for the actor's turn.
     pub async fn apply(
         &self,
         tenant_id: TenantId,
+        new_contact: Option<Box<NewContact>>,
         ops: Vec<ApplyOp>,
         waiters: Waiters,
     ) -> Result<ApplyReceipt, StorageError> {
@@ -206,6 +211,7 @@ impl WriterHandle {
         self.tx
             .send_async(Job::Apply {
                 tenant_id,
+                new_contact,
                 ops,
                 waiters,
                 reply,

@@ -10,6 +10,7 @@ use super::{
 };
 use crate::handoff::Reply;
 use crate::ids::TenantId;
+use crate::storage::contacts::NewContact;
 use crate::storage::crm::{ApplyOp, ContactIdentifiers, ResolvedContact};
 use crate::storage::inbox::FreshEvent;
 use crate::storage::raw_keys::DayKey;
@@ -33,6 +34,8 @@ pub(in crate::storage) enum Job {
     },
     Apply {
         tenant_id: TenantId,
+        /// The contact the ops belong to, when this write creates it.
+        new_contact: Option<Box<NewContact>>,
         ops: Vec<ApplyOp>,
         waiters: Waiters,
         reply: Reply<Result<ApplyReceipt, StorageError>>,
@@ -66,7 +69,10 @@ impl Job {
     pub(super) fn work(&self) -> usize {
         match self {
             Job::Ingest { events, others, .. } => events.len() + others.len(),
-            Job::Apply { ops, .. } => ops.len(),
+            // A new contact: its row and its key, one of each multi-row statement.
+            Job::Apply {
+                ops, new_contact, ..
+            } => ops.len() + usize::from(new_contact.is_some()),
             Job::Resolve { .. } => RESOLVE_WORK,
             Job::Write { .. } | Job::Flush(_) => 1,
         }

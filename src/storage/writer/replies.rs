@@ -69,7 +69,7 @@ impl Writer {
         let copy = || match error {
             StorageError::Unavailable(reason) => StorageError::Unavailable(reason.clone()),
             e if e.is_transient() => StorageError::Unavailable(e.to_string()),
-            StorageError::ContactGone(contact) => StorageError::ContactGone(contact.clone()),
+            StorageError::ContactStale(contact) => StorageError::ContactStale(contact.clone()),
             e => StorageError::Rejected(e.to_string()),
         };
         let mut outbox = Outbox::default();
