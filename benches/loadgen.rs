@@ -96,6 +96,9 @@ struct Args {
     /// (1,000,000) makes most messages open a new or cold conversation.
     #[arg(long, default_value_t = 1000)]
     contacts: usize,
+    /// Converra's actors.max_conversation_actors (0 = its default).
+    #[arg(long, default_value_t = 0)]
+    max_actors: usize,
     /// With `--target all`: how many rounds of every target.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -174,6 +177,7 @@ fn run_child(args: &Args) -> Option<(f64, String)> {
         .args(["--arbiters", &args.arbiters.to_string()])
         .args(["--wamids", &args.wamids])
         .args(["--contacts", &args.contacts.to_string()])
+        .args(["--max-actors", &args.max_actors.to_string()])
         .args(if args.timeline {
             &["--timeline"][..]
         } else {
@@ -246,6 +250,55 @@ fn run_half_load(args: &Args) {
             field(floor_line, "p50_ms").unwrap_or("?"),
             field(floor_line, "p99_ms").unwrap_or("?"),
             field(floor_line, "max_ms").unwrap_or("?"),
+        );
+    }
+}
+
+/// `--target spread`: the contact spread's measurement in one command. Each round runs
+/// Converra in the closed loop on each backend (SQLite with `--synchronous`, then
+/// PostgreSQL) twice, with the same options: warm (1,000 contacts: every conversation
+/// actor is running after the first second) and spread (`--contacts`: most messages
+/// open a new or cold conversation); then each backend's median of both, their ratio,
+/// and the spread runs' resident memory.
+fn run_spread(args: &Args) {
+    let backends = ["sqlite", "postgres"];
+    let mut runs: Vec<[Vec<(f64, String)>; 2]> = vec![Default::default(), Default::default()];
+    for _ in 0..args.rounds {
+        for (backend, runs) in backends.iter().zip(runs.iter_mut()) {
+            for (workload, contacts) in [(0, 1000), (1, args.contacts)] {
+                let run = Args {
+                    target: "converra".into(),
+                    backend: backend.to_string(),
+                    mode: "closed".into(),
+                    contacts,
+                    timeline: false,
+                    ..args.clone()
+                };
+                if let Some(result) = run_child(&run) {
+                    runs[workload].push(result);
+                }
+            }
+        }
+    }
+    println!(
+        "warm (1,000 contacts) against spread ({} contacts), median of {} rounds:",
+        args.contacts, args.rounds
+    );
+    for (backend, mut runs) in backends.iter().zip(runs) {
+        let median = |runs: &mut Vec<(f64, String)>| {
+            runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            runs.get(runs.len() / 2).cloned()
+        };
+        let (Some(warm), Some(spread)) = (median(&mut runs[0]), median(&mut runs[1])) else {
+            continue;
+        };
+        println!(
+            "backend={backend} warm_msg/s={:.0} spread_msg/s={:.0} ratio={:.2} spread_p99_ms={} spread_rss_mib={}",
+            warm.0,
+            spread.0,
+            spread.0 / warm.0,
+            field(&spread.1, "p99_ms").unwrap_or("?"),
+            field(&spread.1, "rss_mib").unwrap_or("?"),
         );
     }
 }
@@ -508,8 +561,10 @@ fn reference_db(args: &Args, dir: &std::path::Path) -> RefDb {
 #[derive(Default)]
 struct Results {
     /// (second of the run the request was sent in, latency in µs).
-    timeline: Vec<(u64, u64)>,
-    acked: Vec<usize>,
+    /// Kept small (12 bytes a request) because it is counted in the resident memory
+    /// reported: (second of the run, latency in µs) and the acknowledged requests.
+    timeline: Vec<(u32, u32)>,
+    acked: Vec<u32>,
     errors: usize,
     /// On-CPU nanoseconds of the client threads, each read by the thread as it ends.
     client_cpu_ns: u64,
@@ -557,13 +612,13 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                                             let (body, sig) = body_for(i);
                                             let t0 = Instant::now();
                                             let ok = send(&client, &url, body, sig).await;
-                                            let latency = t0.elapsed().as_micros() as u64;
+                                            let latency = t0.elapsed().as_micros() as u32;
                                             r.timeline.push((
-                                                t0.duration_since(started).as_secs(),
+                                                t0.duration_since(started).as_secs() as u32,
                                                 latency,
                                             ));
                                             if ok {
-                                                r.acked.push(i)
+                                                r.acked.push(i as u32)
                                             } else {
                                                 r.errors += 1
                                             }
@@ -622,13 +677,13 @@ fn run_clients(args: &Args, base: &str) -> (Results, Duration) {
                                     let (body, sig) = body_for(i);
                                     let ok = send(&client, &url, body, sig).await;
                                     let mut s = shared.lock().unwrap();
-                                    let latency = scheduled.elapsed().as_micros() as u64;
+                                    let latency = scheduled.elapsed().as_micros() as u32;
                                     s.timeline.push((
-                                        scheduled.duration_since(started).as_secs(),
+                                        scheduled.duration_since(started).as_secs() as u32,
                                         latency,
                                     ));
                                     if ok {
-                                        s.acked.push(i)
+                                        s.acked.push(i as u32)
                                     } else {
                                         s.errors += 1
                                     }
@@ -671,10 +726,13 @@ async fn send(client: &awc::Client, url: &str, body: Vec<u8>, sig: String) -> bo
     }
 }
 
-fn print_timeline(samples: &[(u64, u64)]) {
-    let mut by_second: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+fn print_timeline(samples: &[(u32, u32)]) {
+    let mut by_second: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
     for (second, latency) in samples {
-        by_second.entry(*second).or_default().push(*latency);
+        by_second
+            .entry(*second)
+            .or_default()
+            .push(u64::from(*latency));
     }
     for (second, mut lat) in by_second {
         lat.sort_unstable();
@@ -752,6 +810,8 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 fn main() {
+    // As the daemon does, so that the resident memory reported is what it would use.
+    converra::use_small_pages();
     let args = Args::parse();
     if args.target == "all" {
         run_all(&args);
@@ -759,6 +819,10 @@ fn main() {
     }
     if args.target == "half-load" {
         run_half_load(&args);
+        return;
+    }
+    if args.target == "spread" {
+        run_spread(&args);
         return;
     }
     META_WAMIDS.store(args.wamids == "meta", Ordering::Relaxed);
@@ -798,6 +862,9 @@ fn main() {
         // The daemon's defaults unless asked otherwise.
         settings.server.workers = args.workers;
         settings.actors.arbiters = args.arbiters;
+        if args.max_actors > 0 {
+            settings.actors.max_conversation_actors = args.max_actors;
+        }
         settings.log.level = std::env::var("LOADGEN_LOG").unwrap_or_else(|_| "error".into());
         let (keyring, pool) = converra::open_storage(&settings).unwrap();
         let mut conn = pool.get().unwrap();
@@ -898,6 +965,10 @@ fn main() {
         })
     };
     let (results, elapsed) = run_clients(&args, &base);
+    // Resident memory as the load ends, before the count of missing messages below
+    // loads every stored id: the server's, plus the clients' records (12 bytes per
+    // request sent, up to twice that while their lists grow).
+    let memory = resident_memory();
     let server_latency = warmup_snapshot
         .join()
         .ok()
@@ -911,8 +982,8 @@ fn main() {
     let mut lat: Vec<u64> = results
         .timeline
         .iter()
-        .filter(|(second, _)| *second >= args.warmup)
-        .map(|(_, latency)| *latency)
+        .filter(|(second, _)| u64::from(*second) >= args.warmup)
+        .map(|(_, latency)| u64::from(*latency))
         .collect();
     lat.sort_unstable();
     let rps = results.acked.len() as f64 / elapsed.as_secs_f64();
@@ -948,8 +1019,9 @@ fn main() {
                 results
                     .acked
                     .iter()
+                    .map(|i| *i as usize)
                     .filter(|i| {
-                        let wamid = wamid_for(**i, contact_of(**i));
+                        let wamid = wamid_for(*i, contact_of(*i));
                         !tenants.iter().any(|tenant| {
                             let bidx =
                                 keyring.wamid_index(tenant, &converra::ids::Wamid(wamid.clone()));
@@ -975,7 +1047,8 @@ fn main() {
             results
                 .acked
                 .iter()
-                .filter(|i| !stored.contains(&wamid_for(**i, contact_of(**i))))
+                .map(|i| *i as usize)
+                .filter(|i| !stored.contains(&wamid_for(*i, contact_of(*i))))
                 .count()
         }),
     };
@@ -1015,7 +1088,7 @@ fn main() {
         )
     };
     println!(
-        "target={} backend={} load=\"{}\" seconds={:.1} acked={} msg/s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} errors={} missing={} {} clients={:.1}",
+        "target={} backend={} load=\"{}\" seconds={:.1} acked={} msg/s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} errors={} missing={} {} clients={:.1} {}",
         args.target,
         backend,
         load,
@@ -1029,6 +1102,7 @@ fn main() {
         missing.map(|m| m.to_string()).unwrap_or_else(|| "n/a".into()),
         cpu_per_message(&cpu_before, &cpu_after, results.acked.len()),
         results.client_cpu_ns as f64 / 1000.0 / results.acked.len().max(1) as f64,
+        memory,
     );
     if let Some(summary) = server_latency {
         println!("  server-side (after the warm-up): {summary}");
@@ -1036,6 +1110,26 @@ fn main() {
     if let Some(summary) = batches {
         println!("  write batches (whole run): {summary}");
     }
+}
+
+/// This process's resident memory now and at its peak (`VmRSS`, `VmHWM`), in MiB.
+fn resident_memory() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mib = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| format!("{}", kib / 1024))
+            .unwrap_or_else(|| "?".into())
+    };
+    format!("rss_mib={} peak_rss_mib={}", mib("VmRSS:"), mib("VmHWM:"))
 }
 
 /// The cumulative bucket counts of `converra_webhook_seconds` (upper bound in seconds,
