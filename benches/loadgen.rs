@@ -811,7 +811,7 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 fn main() {
     // As the daemon does, so that the resident memory reported is what it would use.
-    converra::use_small_pages();
+    let _ = converra::use_small_pages();
     let args = Args::parse();
     if args.target == "all" {
         run_all(&args);

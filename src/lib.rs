@@ -76,12 +76,13 @@ pub enum RunError {
 /// memory: with transparent huge pages the allocator's segments are backed by 2 MiB
 /// pages, so a segment partly in use is resident whole (docs/performance.md measures
 /// the difference; throughput did not change).
-pub fn use_small_pages() {
+pub fn use_small_pages() -> std::io::Result<()> {
     // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process.
     #[cfg(target_os = "linux")]
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    Ok(())
 }
 
 /// Binds the listening socket with a backlog of `backlog` connections. std's `bind`
@@ -306,7 +307,12 @@ pub async fn run(
         routes,
         tenants: Default::default(),
         hosts: Default::default(),
-        lookups: tokio::sync::Semaphore::new(settings.database.pool_size as usize),
+        // The writers keep a connection each, and one more is left for the API.
+        lookups: tokio::sync::Semaphore::new(
+            (settings.database.pool_size as usize)
+                .saturating_sub(writer.writers() + 1)
+                .max(1),
+        ),
     });
     let registry = {
         let core = core.clone();

@@ -139,7 +139,10 @@ fn main() -> ExitCode {
     unsafe {
         libc::umask(0o077);
     }
-    converra::use_small_pages();
+    if let Err(e) = converra::use_small_pages() {
+        // Before logging is set up; the daemon runs, its memory less tightly bounded.
+        eprintln!("converra: transparent huge pages stay on ({e}); resident memory may exceed its configured bounds");
+    }
     match run_command() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -82,9 +82,11 @@ struct Reloaded(inbox::PendingPage);
 
 /// What a look-up gives the actor.
 enum Found {
+    /// The contact, and its conversation on this number if it has one.
     Known(ResolvedContact, Option<ConversationId>),
     /// None yet: this one, created by the next write.
     New(Box<NewContact>, ResolvedContact),
+    /// Its identifiers need linking, or two contacts merging: the writer's resolve.
     NeedsWriter,
 }
 
@@ -483,7 +485,9 @@ impl ConversationActor {
                         })
                     })
                     .await
-                    .map_err(|e| StorageError::Unavailable(e.to_string()))?
+                    // A look-up that panicked would panic again: the event fails
+                    // (and is parked in time), rather than be retried for ever.
+                    .map_err(|e| StorageError::Rejected(format!("contact look-up failed: {e}")))?
                 };
                 ctx.spawn(fut.into_actor(self).map(|result, actor, ctx| {
                     actor.in_flight = false;
@@ -805,6 +809,8 @@ impl Supervised for ConversationActor {
         // resolve the contact again from the database.
         self.in_flight = false;
         self.contact = None;
+        self.creating = None;
+        self.resolve_in_writer = false;
         self.conversation_id = None;
         self.written_profile = None;
         self.seen_written_at = None;

@@ -70,9 +70,11 @@ impl ContactIdentifiers {
 }
 
 /// A contact's identifiers as blind indexes (keyed hashes, unique per tenant).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ContactIndexes {
+    /// Of the BSUID (`user_id_bidx`).
     pub user_id: Option<String>,
+    /// Of the phone number (`wa_id_bidx`).
     pub wa_id: Option<String>,
 }
 
@@ -212,12 +214,12 @@ pub enum Lookup {
 /// write, and one that does not is created by the write of its first events.
 pub fn look_up_contact(
     conn: &mut DbConn,
-    keyring: &Vault,
+    vault: &Vault,
     tenant_id: &TenantId,
     phone_number_id: &PhoneNumberId,
     ids: &ContactIdentifiers,
 ) -> Result<Lookup, StorageError> {
-    let indexes = ids.indexes(keyring, tenant_id);
+    let indexes = ids.indexes(vault, tenant_id);
     let found = match find_contacts(
         conn,
         tenant_id,
@@ -232,8 +234,11 @@ pub fn look_up_contact(
     if lacks(&indexes.user_id, &found.user_id_bidx) || lacks(&indexes.wa_id, &found.wa_id_bidx) {
         return Ok(Lookup::NeedsWriter);
     }
-    let key = load_data_key(conn, keyring, tenant_id, &found.key_id)?
-        .ok_or_else(|| StorageError::Corrupt(format!("contact {} has no data key", found.id)))?;
+    // Reads are not one snapshot: a contact merged away or erased since the lookup
+    // above has no key now, and the writer's resolve sorts it out.
+    let Some(key) = load_data_key(conn, vault, tenant_id, &found.key_id)? else {
+        return Ok(Lookup::NeedsWriter);
+    };
     let conversation: Option<String> = on_backend!(conn, c => conversations::table
         .filter(conversations::tenant_id.eq(tenant_id.as_str()))
         .filter(conversations::phone_number_id.eq(phone_number_id.as_str()))
@@ -269,27 +274,30 @@ fn find_contacts(
     by_user_id: Option<&str>,
     by_wa_id: Option<&str>,
 ) -> Result<(Option<ContactKeys>, Option<ContactKeys>), StorageError> {
-    let columns = (
-        contacts::id,
-        contacts::key_id,
-        contacts::wa_id_bidx,
-        contacts::user_id_bidx,
-    );
-    // One point lookup per identifier: an `OR` of the two (each unique within the
-    // tenant) made SQLite read every contact of the tenant.
+    // One lookup per identifier, by its keyed hash alone: each hash is keyed by its
+    // tenant, so the index of that identifier is the only one a planner can use (an
+    // `OR` of both columns, or the tenant beside the hash, let SQLite and PostgreSQL
+    // read the tenant's contacts one by one instead). The tenant is checked here.
     let by = |conn: &mut DbConn, user: Option<&str>, wa: Option<&str>| {
-        Ok::<_, StorageError>(on_backend!(conn, c => {
+        let rows: Vec<(String, ContactKeys)> = on_backend!(conn, c => {
             let query = contacts::table
-                .filter(contacts::tenant_id.eq(tenant_id.as_str()))
-                .select(columns)
+                .select((
+                    contacts::tenant_id,
+                    (contacts::id, contacts::key_id, contacts::wa_id_bidx, contacts::user_id_bidx),
+                ))
                 .into_boxed();
             let query = match (user, wa) {
                 (Some(user), _) => query.filter(contacts::user_id_bidx.eq(user)),
                 (None, Some(wa)) => query.filter(contacts::wa_id_bidx.eq(wa)),
                 (None, None) => return Ok(None),
             };
-            query.get_result::<ContactKeys>(c).optional()
-        })?)
+            query.load(c)
+        })?;
+        Ok::<_, StorageError>(
+            rows.into_iter()
+                .find(|(tenant, _)| tenant == tenant_id.as_str())
+                .map(|(_, contact)| contact),
+        )
     };
     let by_user = match by_user_id {
         Some(user) => by(conn, Some(user), None)?,
@@ -338,30 +346,29 @@ fn indexes_exist(
         users.extend(indexes.user_id.as_deref());
         phones.extend(indexes.wa_id.as_deref());
     }
-    // One query per identifier column, each a range of point lookups in its own
-    // unique index: an `OR` of the two made SQLite read every contact of the tenant,
-    // a cost that grew with the tenant's contacts.
+    // One query per identifier column, by the keyed hashes alone (see
+    // `find_contacts`); the tenant is checked here.
     let mut known: HashMap<&str, HashSet<String>> = HashMap::new();
     for (tenant, (users, phones)) in asked {
-        let mut found: Vec<Option<String>> = Vec::new();
+        let mut found: Vec<(String, Option<String>)> = Vec::new();
         if !users.is_empty() {
             found.extend(on_backend!(conn, c => contacts::table
-                .filter(contacts::tenant_id.eq(tenant))
                 .filter(contacts::user_id_bidx.eq_any(&users))
-                .select(contacts::user_id_bidx)
-                .load::<Option<String>>(c))?);
+                .select((contacts::tenant_id, contacts::user_id_bidx))
+                .load::<(String, Option<String>)>(c))?);
         }
         if !phones.is_empty() {
             found.extend(on_backend!(conn, c => contacts::table
-                .filter(contacts::tenant_id.eq(tenant))
                 .filter(contacts::wa_id_bidx.eq_any(&phones))
-                .select(contacts::wa_id_bidx)
-                .load::<Option<String>>(c))?);
+                .select((contacts::tenant_id, contacts::wa_id_bidx))
+                .load::<(String, Option<String>)>(c))?);
         }
-        known
-            .entry(tenant)
-            .or_default()
-            .extend(found.into_iter().flatten());
+        known.entry(tenant).or_default().extend(
+            found
+                .into_iter()
+                .filter(|(of, _)| of == tenant)
+                .filter_map(|(_, bidx)| bidx),
+        );
     }
     Ok(wanted
         .iter()

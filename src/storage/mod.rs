@@ -236,16 +236,10 @@ impl DbManager {
                 // busy_timeout first: switching to WAL needs a lock another connection
                 // (the daemon, an operator command) may hold for a moment. WAL lets
                 // readers run beside the writer; FULL makes an acknowledged webhook
-                // survive power loss, NORMAL only a process crash. Temporary storage in
-                // memory: a multi-row insert keeps a statement journal of every page it
-                // changes (to undo itself on a constraint error), which past 64 KiB
-                // SQLite otherwise moves to a temporary file, opened and written anew
-                // for each statement (a fifth of the writer's time with new contacts
-                // arriving).
+                // survive power loss, NORMAL only a process crash.
                 conn.batch_execute(&format!(
                     "PRAGMA busy_timeout = {busy}; PRAGMA journal_mode = WAL; \
-                     PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; \
-                     PRAGMA temp_store = MEMORY;",
+                     PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;",
                     sync = self.synchronous,
                     busy = self.busy_timeout_ms
                 ))
@@ -278,13 +272,11 @@ impl DbManager {
                 // answer before the commit reaches the disk), and no statement may
                 // hold a writer for ever. Statements are planned with index lookups,
                 // never a sequential scan where an index serves: every statement
-                // Converra runs reaches its rows by key, but the planner judged small,
-                // hot tables cheaper to read whole (joined to a batch of unnested rows,
-                // a thousand conversations were scanned and hashed twice per batch:
-                // the largest part of PostgreSQL's CPU per message), and a prepared
-                // statement's plan, fixed after its fifth run, kept scanning a table
-                // that had been small then (every contact for each look-up) until an
-                // ANALYZE.
+                // Converra runs reaches its rows by key, but a planner that takes a
+                // table for small (joined to a batch of unnested rows, or grown since
+                // its statistics were taken, as a new tenant's tables are) reads it
+                // whole, and a prepared statement's plan, fixed after its fifth run,
+                // keeps doing so until the next ANALYZE (docs/performance.md).
                 conn.batch_execute(&format!(
                     "SET synchronous_commit = on; SET statement_timeout = '{}s'; \
                      SET enable_seqscan = off;",

@@ -156,6 +156,11 @@ pub(super) fn gone() -> StorageError {
 }
 
 impl WriterHandle {
+    /// How many writer threads run (each keeps a pooled connection).
+    pub fn writers(&self) -> usize {
+        self.writers
+    }
+
     /// Commits a webhook's events and other content, sealed under `day`'s key (see
     /// [`WriterHandle::day_key`]); resolves once they are durable.
     pub async fn ingest(

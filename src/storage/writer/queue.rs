@@ -69,7 +69,8 @@ impl Job {
     pub(super) fn work(&self) -> usize {
         match self {
             Job::Ingest { events, others, .. } => events.len() + others.len(),
-            // A new contact: its row and its key, one of each multi-row statement.
+            // A new contact: its key, its row and its first conversation, each a row
+            // of the batch's multi-row statements.
             Job::Apply {
                 ops, new_contact, ..
             } => ops.len() + usize::from(new_contact.is_some()),
