@@ -1089,3 +1089,89 @@ fn raw_payloads_expire_with_their_day_keys() {
         assert_eq!(expired.destroyed, vec![new_key.day.clone()]);
     }
 }
+
+/// A contact look-up (by an identifier's keyed hash) is planned through that
+/// identifier's index, and a tenant's listing through the tenant's, on both backends,
+/// whatever the planner knows of the table: PostgreSQL's sessions plan with index
+/// lookups only, which a fresh, never analysed table shows.
+#[test]
+fn contact_lookups_and_listings_are_planned_through_their_indexes() {
+    use diesel::RunQueryDsl;
+
+    #[derive(diesel::QueryableByName)]
+    struct PgPlan {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+    #[derive(diesel::QueryableByName)]
+    struct SqlitePlan {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        detail: String,
+    }
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let settings = settings_for(&db);
+        let (tenant_a, _) = seed_tenants(&settings);
+        let (_, pool) = converra::open_storage(&settings).unwrap();
+        let mut conn = pool.get().unwrap();
+        let plan = |conn: &mut storage::DbConn, query: &str| -> String {
+            match conn {
+                storage::DbConn::Pg(c) => diesel::sql_query(format!("EXPLAIN {query}"))
+                    .load::<PgPlan>(c)
+                    .unwrap()
+                    .into_iter()
+                    .map(|row| row.line)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                storage::DbConn::Sqlite(c) => {
+                    diesel::sql_query(format!("EXPLAIN QUERY PLAN {query}"))
+                        .load::<SqlitePlan>(c)
+                        .unwrap()
+                        .into_iter()
+                        .map(|row| row.detail)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                }
+            }
+        };
+        let tenant = &tenant_a.id;
+        for (query, index) in [
+            (
+                "SELECT tenant_id, id, key_id FROM contacts WHERE wa_id_bidx = 'h1'".to_string(),
+                "contacts_wa_id",
+            ),
+            (
+                "SELECT tenant_id, wa_id_bidx FROM contacts WHERE wa_id_bidx IN ('h1', 'h2')"
+                    .to_string(),
+                "contacts_wa_id",
+            ),
+            (
+                "SELECT tenant_id, id FROM contacts WHERE user_id_bidx = 'u1'".to_string(),
+                "contacts_user_id",
+            ),
+            (
+                format!(
+                    "SELECT id FROM contacts WHERE tenant_id = '{tenant}' ORDER BY id LIMIT 50"
+                ),
+                "contacts_tenant",
+            ),
+        ] {
+            let plan = plan(&mut conn, &query);
+            assert!(
+                plan.contains(index),
+                "{backend:?}: {query} is planned through {index}:\n{plan}"
+            );
+        }
+        if let storage::DbConn::Pg(c) = &mut *conn {
+            #[derive(diesel::QueryableByName)]
+            struct Setting {
+                #[diesel(sql_type = diesel::sql_types::Text)]
+                enable_seqscan: String,
+            }
+            let seen: Setting = diesel::sql_query("SHOW enable_seqscan")
+                .get_result(c)
+                .unwrap();
+            assert_eq!(seen.enable_seqscan, "off");
+        }
+    }
+}
