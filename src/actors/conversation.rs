@@ -451,62 +451,7 @@ impl ConversationActor {
         let writer = self.core.writer.clone();
         let tenant_id = self.tenant_id.clone();
         match step {
-            Step::LookUp(ids) => {
-                let core = self.core.clone();
-                let phone_number_id = self.phone_number_id.clone();
-                let now = core.clock.now_ms();
-                let fut = async move {
-                    let _permit = core
-                        .lookups
-                        .acquire()
-                        .await
-                        .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-                    let reader = core.clone();
-                    actix_web::rt::task::spawn_blocking(move || {
-                        let core = reader;
-                        let mut conn = core.pool.get()?;
-                        let found = contacts::look_up_contact(
-                            &mut conn,
-                            &core.keyring,
-                            &tenant_id,
-                            &phone_number_id,
-                            &ids,
-                        )?;
-                        Ok(match found {
-                            Lookup::Absent => {
-                                let (new, contact) =
-                                    NewContact::prepare(&core.keyring, &tenant_id, &ids, now)?;
-                                Found::New(Box::new(new), contact)
-                            }
-                            Lookup::Found(contact, conversation) => {
-                                Found::Known(contact, conversation)
-                            }
-                            Lookup::NeedsWriter => Found::NeedsWriter,
-                        })
-                    })
-                    .await
-                    // A look-up that panicked would panic again: the event fails
-                    // (and is parked in time), rather than be retried for ever.
-                    .map_err(|e| StorageError::Rejected(format!("contact look-up failed: {e}")))?
-                };
-                ctx.spawn(fut.into_actor(self).map(|result, actor, ctx| {
-                    actor.in_flight = false;
-                    match result {
-                        Ok(Found::Known(contact, conversation)) => {
-                            actor.use_contact(contact, conversation, None, ctx)
-                        }
-                        Ok(Found::New(new, contact)) => {
-                            let conversation = new.conversation_id.clone();
-                            actor.use_contact(contact, conversation, Some(new), ctx)
-                        }
-                        Ok(Found::NeedsWriter) => {
-                            actor.resolve_in_writer = true;
-                            actor.pump(ctx);
-                        }
-                        Err(e) => actor.contact_failed(e, ctx),
-                    }
-                }));
-            }
+            Step::LookUp(ids) => self.look_up(ids, ctx),
             Step::Resolve(ids) => {
                 let fut = async move { writer.resolve(tenant_id, ids).await };
                 ctx.spawn(fut.into_actor(self).map(|result, actor, ctx| {
@@ -584,6 +529,64 @@ impl ConversationActor {
                 }));
             }
         }
+    }
+
+    /// Looks the contact of `ids` up with reads (see [`contacts::look_up_contact`]) on a
+    /// blocking thread, at most `Core::lookups` at once; a new contact is made here.
+    fn look_up(&mut self, ids: ContactIdentifiers, ctx: &mut Context<Self>) {
+        let tenant_id = self.tenant_id.clone();
+        let core = self.core.clone();
+        let phone_number_id = self.phone_number_id.clone();
+        let now = core.clock.now_ms();
+        let fut = async move {
+            let _permit = core
+                .lookups
+                .acquire()
+                .await
+                .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+            let reader = core.clone();
+            actix_web::rt::task::spawn_blocking(move || {
+                let core = reader;
+                let mut conn = core.pool.get()?;
+                let found = contacts::look_up_contact(
+                    &mut conn,
+                    &core.keyring,
+                    &tenant_id,
+                    &phone_number_id,
+                    &ids,
+                )?;
+                Ok(match found {
+                    Lookup::Absent => {
+                        let (new, contact) =
+                            NewContact::prepare(&core.keyring, &tenant_id, &ids, now)?;
+                        Found::New(Box::new(new), contact)
+                    }
+                    Lookup::Found(contact, conversation) => Found::Known(contact, conversation),
+                    Lookup::NeedsWriter => Found::NeedsWriter,
+                })
+            })
+            .await
+            // A look-up that panicked would panic again: the event fails
+            // (and is parked in time), rather than be retried for ever.
+            .map_err(|e| StorageError::Rejected(format!("contact look-up failed: {e}")))?
+        };
+        ctx.spawn(fut.into_actor(self).map(|result, actor, ctx| {
+            actor.in_flight = false;
+            match result {
+                Ok(Found::Known(contact, conversation)) => {
+                    actor.use_contact(contact, conversation, None, ctx)
+                }
+                Ok(Found::New(new, contact)) => {
+                    let conversation = new.conversation_id.clone();
+                    actor.use_contact(contact, conversation, Some(new), ctx)
+                }
+                Ok(Found::NeedsWriter) => {
+                    actor.resolve_in_writer = true;
+                    actor.pump(ctx);
+                }
+                Err(e) => actor.contact_failed(e, ctx),
+            }
+        }));
     }
 
     /// Caches the contact found (and its conversation on this number, if known) and goes
