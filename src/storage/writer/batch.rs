@@ -367,75 +367,65 @@ impl Writer {
     }
 }
 
-/// Applies every actor job's ops of the batch together (see [`crm::apply_batch`]),
-/// less the fresh events whose inbox row exists already (redeliveries), and marks the
-/// inbox rows they came from processed; one receipt per apply job, in order.
-fn apply_jobs(
+/// Creates the contacts the batch's apply jobs bring (before the ops that name them;
+/// one statement per tenant), each with the first conversation its inbound messages
+/// name, so that they go in with the set-based statements. Returns the jobs whose
+/// contact exists already (another conversation created it since its actor looked):
+/// they are left out of the batch.
+fn create_contacts(
     conn: &mut DbConn,
     jobs: &[Job],
-    merged_away: &MergedAway,
     now: i64,
-) -> Result<(HashSet<usize>, Vec<ApplyReceipt>), StorageError> {
-    // The contacts these writes create, before the ops that name them; one statement
-    // per tenant. One that exists already is not inserted, and its job is left out.
-    let mut new_contacts: HashMap<&TenantId, Vec<&NewContact>> = HashMap::new();
-    for job in jobs {
-        if let Job::Apply {
-            tenant_id,
-            new_contact: Some(new),
-            ..
-        } = job
-        {
-            new_contacts.entry(tenant_id).or_default().push(new);
-        }
+) -> Result<HashSet<usize>, StorageError> {
+    let creating: Vec<(usize, &TenantId, &NewContact, &[ApplyOp])> = jobs
+        .iter()
+        .enumerate()
+        .filter_map(|(index, job)| match job {
+            Job::Apply {
+                tenant_id,
+                new_contact: Some(new),
+                ops,
+                ..
+            } => Some((index, tenant_id, &**new, &ops[..])),
+            _ => None,
+        })
+        .collect();
+    if creating.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut by_tenant: HashMap<&TenantId, Vec<&NewContact>> = HashMap::new();
+    for (_, tenant_id, new, _) in &creating {
+        by_tenant.entry(tenant_id).or_default().push(new);
     }
     let mut inserted = HashSet::new();
-    for (tenant_id, mut new) in new_contacts {
+    for (tenant_id, mut new) in by_tenant {
         // In one order for every writer (PostgreSQL runs two), so that two batches
         // creating the same contacts wait for each other instead of deadlocking.
         new.sort_by(|a, b| a.indexes.cmp(&b.indexes));
         inserted.extend(contacts::insert_contacts(conn, tenant_id, &new)?);
     }
-    let taken: HashSet<usize> = jobs
-        .iter()
-        .enumerate()
-        .filter_map(|(index, job)| match job {
-            Job::Apply {
-                new_contact: Some(new),
-                ..
-            } if !inserted.contains(new.contact_id.as_str()) => Some(index),
-            _ => None,
-        })
-        .collect();
-    // A new contact's first conversation, opened here: the job's inbound messages name
-    // it, so they go in with the set-based statements below.
+    let mut taken = HashSet::new();
     let mut opened = Vec::new();
-    for (index, job) in jobs.iter().enumerate() {
-        let Job::Apply {
-            tenant_id,
-            new_contact: Some(new),
-            ops,
-            ..
-        } = job
-        else {
+    for (index, tenant_id, new, ops) in creating {
+        if !inserted.contains(new.contact_id.as_str()) {
+            taken.insert(index);
+            continue;
+        }
+        let Some(conversation_id) = &new.conversation_id else {
             continue;
         };
-        let Some(conversation_id) = new
-            .conversation_id
-            .as_ref()
-            .filter(|_| !taken.contains(&index))
-        else {
-            continue;
-        };
-        let inbound = ops.iter().filter_map(|op| match op {
-            ApplyOp::Inbound(m)
-                if !m.is_revoke() && m.conversation_id.as_ref() == Some(conversation_id) =>
-            {
-                Some(m)
-            }
-            _ => None,
-        });
-        if let Some(latest) = inbound.max_by_key(|m| m.inbound_at) {
+        let latest = ops
+            .iter()
+            .filter_map(|op| match op {
+                ApplyOp::Inbound(m)
+                    if !m.is_revoke() && m.conversation_id.as_ref() == Some(conversation_id) =>
+                {
+                    Some(m)
+                }
+                _ => None,
+            })
+            .max_by_key(|m| m.inbound_at);
+        if let Some(latest) = latest {
             opened.push(conversations::Opened {
                 id: conversation_id,
                 tenant_id,
@@ -446,6 +436,21 @@ fn apply_jobs(
         }
     }
     conversations::open_conversations(conn, &opened, now)?;
+    Ok(taken)
+}
+
+/// Applies every actor job's ops of the batch together (see [`crm::apply_batch`]),
+/// less the fresh events whose inbox row exists already (redeliveries), and marks the
+/// inbox rows they came from processed, after creating the jobs' new contacts
+/// ([`create_contacts`]). Returns the jobs left out (their contact existed already)
+/// and one receipt per other apply job, in order.
+fn apply_jobs(
+    conn: &mut DbConn,
+    jobs: &[Job],
+    merged_away: &MergedAway,
+    now: i64,
+) -> Result<(HashSet<usize>, Vec<ApplyReceipt>), StorageError> {
+    let taken = create_contacts(conn, jobs, now)?;
     let kept = jobs
         .iter()
         .enumerate()
