@@ -80,6 +80,7 @@ pub struct DatabaseSettings {
     pub sqlite_checkpoint_interval_ms: u64,
     pub write_batch_max: usize,
     pub writers: usize,
+    pub readers: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +246,9 @@ impl Settings {
                     self.database.sqlite_synchronous
                 ),
             ));
+        }
+        if self.database.readers == 0 {
+            return Err(invalid("database.readers", "must be at least 1"));
         }
         if self.database.write_batch_max == 0 {
             return Err(invalid("database.write_batch_max", "must be at least 1"));

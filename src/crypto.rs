@@ -22,7 +22,7 @@ const LEGACY_VERSION: u8 = 1;
 const NONCE_LEN: usize = 24;
 const KEY_LEN: usize = 32;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CryptoError {
     #[error("master key file {path}: {message}")]
     MasterKey { path: String, message: String },

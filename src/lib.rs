@@ -288,6 +288,20 @@ pub async fn run(
         },
         log.new(slog::o!("task" => "writer")),
     )?;
+    // The contact readers keep a connection each while look-ups keep coming; the
+    // writers keep one each, and one more is left for the API.
+    let (readers, reader_threads) = storage::readers::spawn(
+        pool.clone(),
+        keyring.clone(),
+        settings.database.readers.min(
+            (settings.database.pool_size as usize)
+                .saturating_sub(writer.writers() + 1)
+                .max(1),
+        ),
+        &log.new(slog::o!("task" => "readers")),
+    )?;
+    let mut background = background;
+    background.extend(reader_threads);
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -307,12 +321,7 @@ pub async fn run(
         routes,
         tenants: Default::default(),
         hosts: Default::default(),
-        // The writers keep a connection each, and one more is left for the API.
-        lookups: tokio::sync::Semaphore::new(
-            (settings.database.pool_size as usize)
-                .saturating_sub(writer.writers() + 1)
-                .max(1),
-        ),
+        readers: readers.clone(),
     });
     let registry = {
         let core = core.clone();
@@ -409,6 +418,7 @@ pub async fn run(
     }
     drop(registry);
     drop(core);
+    readers.stop();
     writer.stop().await;
     drop(writer);
     let unfinished = actix_web::rt::task::spawn_blocking(move || {

@@ -4,7 +4,7 @@
 //! before it reaches the writer.
 //!
 //! Its contact is found before the first write: by reads alone when the contact exists
-//! and its identifiers need no linking ([`contacts::look_up_contact`]), and created by
+//! and its identifiers need no linking ([`crate::storage::contacts::look_up_contacts`]), and created by
 //! the write of its first events when it does not ([`NewContact`]: the key and the
 //! conversation id made here, so that the events are sealed under the key and go in
 //! with the writer's set-based statements). Only linking an identifier to a contact or
@@ -39,7 +39,7 @@ use crate::crypto::{Keyring, Place, SealKey};
 use crate::handoff::Reply;
 use crate::ids::{ConversationId, MessageId, PhoneNumberId, TenantId, Wamid};
 use crate::storage::apply::{content_place, wamid_place, Revoked};
-use crate::storage::contacts::{self, contact_field, Lookup, NewContact};
+use crate::storage::contacts::{contact_field, ContactQuestion, Lookup, NewContact};
 use crate::storage::crm::{
     ApplyOp, ContactIdentifiers, MessageBundle, NewInbound, NewPreference, NewStatus, Origin,
     ProfileUpdate, ResolvedContact,
@@ -172,7 +172,7 @@ pub struct ConversationActor {
 }
 
 enum Step {
-    /// Find the contact with reads alone (see [`contacts::look_up_contact`]).
+    /// Find the contact with reads alone (see [`crate::storage::contacts::look_up_contacts`]).
     LookUp(ContactIdentifiers),
     /// Resolve it in the writer: link its identifiers or merge two contacts.
     Resolve(ContactIdentifiers),
@@ -531,44 +531,31 @@ impl ConversationActor {
         }
     }
 
-    /// Looks the contact of `ids` up with reads (see [`contacts::look_up_contact`]) on a
-    /// blocking thread, at most `Core::lookups` at once; a new contact is made here.
+    /// Looks the contact of `ids` up with reads, in the contact readers' next batch
+    /// (see [`crate::storage::readers`]); a new contact is made here.
     fn look_up(&mut self, ids: ContactIdentifiers, ctx: &mut Context<Self>) {
-        let tenant_id = self.tenant_id.clone();
         let core = self.core.clone();
-        let phone_number_id = self.phone_number_id.clone();
         let now = core.clock.now_ms();
+        let question = ContactQuestion {
+            tenant_id: self.tenant_id.clone(),
+            phone_number_id: self.phone_number_id.clone(),
+            ids,
+        };
         let fut = async move {
-            let _permit = core
-                .lookups
-                .acquire()
-                .await
-                .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-            let reader = core.clone();
-            actix_web::rt::task::spawn_blocking(move || {
-                let core = reader;
-                let mut conn = core.pool.get()?;
-                let found = contacts::look_up_contact(
-                    &mut conn,
-                    &core.keyring,
-                    &tenant_id,
-                    &phone_number_id,
-                    &ids,
-                )?;
-                Ok(match found {
-                    Lookup::Absent => {
-                        let (new, contact) =
-                            NewContact::prepare(&core.keyring, &tenant_id, &ids, now)?;
-                        Found::New(Box::new(new), contact)
-                    }
-                    Lookup::Found(contact, conversation) => Found::Known(contact, conversation),
-                    Lookup::NeedsWriter => Found::NeedsWriter,
-                })
+            let found = core.readers.look_up(question.clone()).await?;
+            Ok(match found {
+                Lookup::Absent => {
+                    let (new, contact) = NewContact::prepare(
+                        &core.keyring,
+                        &question.tenant_id,
+                        &question.ids,
+                        now,
+                    )?;
+                    Found::New(Box::new(new), contact)
+                }
+                Lookup::Found(contact, conversation) => Found::Known(contact, conversation),
+                Lookup::NeedsWriter => Found::NeedsWriter,
             })
-            .await
-            // A look-up that panicked would panic again: the event fails
-            // (and is parked in time), rather than be retried for ever.
-            .map_err(|e| StorageError::Rejected(format!("contact look-up failed: {e}")))?
         };
         ctx.spawn(fut.into_actor(self).map(|result, actor, ctx| {
             actor.in_flight = false;

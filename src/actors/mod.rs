@@ -72,10 +72,8 @@ pub struct Core {
     /// The HTTP workers' threads, hosts of the tenant actors unless `actors.arbiters`
     /// gives them threads of their own.
     pub hosts: registry::ActorHosts,
-    /// Contact look-ups running at once, at most one per pooled connection: beyond
-    /// that they would only wait for a connection, each on a blocking thread of its
-    /// own (with its own allocator heap), where a permit is waited for without one.
-    pub lookups: tokio::sync::Semaphore,
+    /// Where conversation actors look their contacts up.
+    pub readers: crate::storage::readers::ContactReaders,
 }
 
 /// Groups `items` by the tenant each belongs to, keeping their order within a tenant.

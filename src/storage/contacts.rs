@@ -1,6 +1,6 @@
 //! Contacts (`contacts`): who a BSUID or a phone number belongs to. A contact is found
 //! by blind index (a keyed hash of the identifier), with reads alone when that is all
-//! it takes ([`look_up_contact`]); created when none is, by the write that applies its
+//! it takes ([`look_up_contacts`]); created when none is, by the write that applies its
 //! first events ([`NewContact`]) or by the writer's resolve; linked to
 //! the identifier it lacks when both are seen together, and merged with another when
 //! the two turn out to be one person; identifiers and profile names are sealed under
@@ -15,7 +15,7 @@ use diesel::prelude::*;
 
 use super::conversations::join_conversation_times;
 use super::key_store::Vault;
-use super::keys::{insert_data_key, load_data_key, load_keys};
+use super::keys::{insert_data_key, load_data_key, load_data_keys, load_keys};
 use super::messages::move_conversation_messages;
 use super::on_backend;
 use super::schema::{contacts, conversations};
@@ -209,52 +209,169 @@ pub enum Lookup {
     NeedsWriter,
 }
 
-/// Finds the contact for `ids` with reads alone, when that is all it takes; see
+/// A contact a conversation actor asks [`look_up_contacts`] for: its identifiers in a
+/// tenant, and the number whose conversation with it is wanted.
+#[derive(Debug, Clone)]
+pub struct ContactQuestion {
+    pub tenant_id: TenantId,
+    pub phone_number_id: PhoneNumberId,
+    pub ids: ContactIdentifiers,
+}
+
+/// Finds the contacts asked about with reads alone, when that is all it takes; see
 /// [`Lookup`]. A conversation actor asks this first: a contact that exists costs no
-/// write, and one that does not is created by the write of its first events.
-pub fn look_up_contact(
+/// write, and one that does not is created by the write of its first events. All the
+/// questions are answered with one query per identifier kind, one of the key store and
+/// one of conversations, however many they are: on PostgreSQL each query is a round
+/// trip, which a question asked alone would pay four times. One answer per question,
+/// in order; a key that does not open fails its own question only.
+pub fn look_up_contacts(
     conn: &mut DbConn,
     vault: &Vault,
-    tenant_id: &TenantId,
-    phone_number_id: &PhoneNumberId,
-    ids: &ContactIdentifiers,
-) -> Result<Lookup, StorageError> {
-    let indexes = ids.indexes(vault, tenant_id);
-    let found = match find_contacts(
-        conn,
-        tenant_id,
-        indexes.user_id.as_deref(),
-        indexes.wa_id.as_deref(),
-    )? {
-        (None, None) => return Ok(Lookup::Absent),
-        (Some(a), Some(b)) if a.id != b.id => return Ok(Lookup::NeedsWriter),
-        (Some(found), _) | (None, Some(found)) => found,
-    };
-    let lacks = |asked: &Option<String>, known: &Option<String>| asked.is_some() && known.is_none();
-    if lacks(&indexes.user_id, &found.user_id_bidx) || lacks(&indexes.wa_id, &found.wa_id_bidx) {
-        return Ok(Lookup::NeedsWriter);
+    questions: &[ContactQuestion],
+) -> Result<Vec<Result<Lookup, StorageError>>, StorageError> {
+    let indexes: Vec<ContactIndexes> = questions
+        .iter()
+        .map(|q| q.ids.indexes(vault, &q.tenant_id))
+        .collect();
+    let users: Vec<&str> = indexes
+        .iter()
+        .filter_map(|i| i.user_id.as_deref())
+        .collect();
+    let phones: Vec<&str> = indexes.iter().filter_map(|i| i.wa_id.as_deref()).collect();
+    // By each identifier's keyed hash alone (see `find_contacts`); tenants are checked
+    // below.
+    let select = (
+        contacts::tenant_id,
+        (
+            contacts::id,
+            contacts::key_id,
+            contacts::wa_id_bidx,
+            contacts::user_id_bidx,
+        ),
+    );
+    let mut rows: Vec<(String, ContactKeys)> = Vec::new();
+    if !users.is_empty() {
+        rows.extend(on_backend!(conn, c => contacts::table
+            .filter(contacts::user_id_bidx.eq_any(&users))
+            .select(select)
+            .load::<(String, ContactKeys)>(c))?);
     }
-    // Reads are not one snapshot: a contact merged away or erased since the lookup
-    // above has no key now, and the writer's resolve sorts it out.
-    let Some(key) = load_data_key(conn, vault, tenant_id, &found.key_id)? else {
-        return Ok(Lookup::NeedsWriter);
+    if !phones.is_empty() {
+        rows.extend(on_backend!(conn, c => contacts::table
+            .filter(contacts::wa_id_bidx.eq_any(&phones))
+            .select(select)
+            .load::<(String, ContactKeys)>(c))?);
+    }
+    let mut by_user: HashMap<(&str, &str), &ContactKeys> = HashMap::new();
+    let mut by_phone: HashMap<(&str, &str), &ContactKeys> = HashMap::new();
+    for (tenant, contact) in &rows {
+        if let Some(user) = contact.user_id_bidx.as_deref() {
+            by_user.insert((tenant.as_str(), user), contact);
+        }
+        if let Some(phone) = contact.wa_id_bidx.as_deref() {
+            by_phone.insert((tenant.as_str(), phone), contact);
+        }
+    }
+    let found: Vec<Option<&ContactKeys>> = questions
+        .iter()
+        .zip(&indexes)
+        .map(|(q, indexes)| {
+            let tenant = q.tenant_id.as_str();
+            let user = indexes
+                .user_id
+                .as_deref()
+                .and_then(|bidx| by_user.get(&(tenant, bidx)).copied());
+            let phone = indexes
+                .wa_id
+                .as_deref()
+                .and_then(|bidx| by_phone.get(&(tenant, bidx)).copied());
+            match (user, phone) {
+                (Some(a), Some(b)) if a.id != b.id => None,
+                (Some(found), _) | (None, Some(found)) => Some(found),
+                (None, None) => None,
+            }
+        })
+        .collect();
+    let wanted_keys: Vec<(&TenantId, &str)> = questions
+        .iter()
+        .zip(&found)
+        .filter_map(|(q, found)| Some((&q.tenant_id, found.as_ref()?.key_id.as_str())))
+        .collect();
+    let keys = load_data_keys(conn, vault, &wanted_keys)?;
+    let contact_ids: Vec<&str> = found.iter().flatten().map(|c| c.id.as_str()).collect();
+    let conversations: Vec<(String, String, String, String)> = if contact_ids.is_empty() {
+        Vec::new()
+    } else {
+        on_backend!(conn, c => conversations::table
+            .filter(conversations::contact_id.eq_any(&contact_ids))
+            .select((
+                conversations::contact_id,
+                conversations::tenant_id,
+                conversations::phone_number_id,
+                conversations::id,
+            ))
+            .load(c))?
     };
-    let conversation: Option<String> = on_backend!(conn, c => conversations::table
-        .filter(conversations::tenant_id.eq(tenant_id.as_str()))
-        .filter(conversations::phone_number_id.eq(phone_number_id.as_str()))
-        .filter(conversations::contact_id.eq(&found.id))
-        .select(conversations::id)
-        .get_result(c)
-        .optional())?;
-    let contact = ResolvedContact {
-        contact_id: ContactId(found.id),
-        key_id: KeyId(found.key_id),
-        key,
-        user_id: ids.user_id.clone(),
-        wa_id: ids.wa_id.clone(),
-        merged_away: None,
-    };
-    Ok(Lookup::Found(contact, conversation.map(ConversationId)))
+    let conversation_of: HashMap<(&str, &str, &str), &str> = conversations
+        .iter()
+        .map(|(contact, tenant, number, id)| {
+            (
+                (contact.as_str(), tenant.as_str(), number.as_str()),
+                id.as_str(),
+            )
+        })
+        .collect();
+    Ok(questions
+        .iter()
+        .zip(&indexes)
+        .zip(&found)
+        .map(|((q, indexes), found)| {
+            let Some(found) = found else {
+                let asked = |bidx: &Option<String>, map: &HashMap<(&str, &str), &ContactKeys>| {
+                    bidx.as_deref()
+                        .is_some_and(|bidx| map.contains_key(&(q.tenant_id.as_str(), bidx)))
+                };
+                // Nothing found is a new contact; two found are a merge.
+                return Ok(
+                    if asked(&indexes.user_id, &by_user) || asked(&indexes.wa_id, &by_phone) {
+                        Lookup::NeedsWriter
+                    } else {
+                        Lookup::Absent
+                    },
+                );
+            };
+            let lacks =
+                |asked: &Option<String>, known: &Option<String>| asked.is_some() && known.is_none();
+            if lacks(&indexes.user_id, &found.user_id_bidx)
+                || lacks(&indexes.wa_id, &found.wa_id_bidx)
+            {
+                return Ok(Lookup::NeedsWriter);
+            }
+            // Reads are not one snapshot: a contact merged away or erased since the
+            // lookup above has no key now, and the writer's resolve sorts it out.
+            let key = match keys.get(found.key_id.as_str()) {
+                Some(key) => key.clone()?,
+                None => return Ok(Lookup::NeedsWriter),
+            };
+            let conversation = conversation_of
+                .get(&(
+                    found.id.as_str(),
+                    q.tenant_id.as_str(),
+                    q.phone_number_id.as_str(),
+                ))
+                .map(|id| ConversationId(id.to_string()));
+            let contact = ResolvedContact {
+                contact_id: ContactId(found.id.clone()),
+                key_id: KeyId(found.key_id.clone()),
+                key,
+                user_id: q.ids.user_id.clone(),
+                wa_id: q.ids.wa_id.clone(),
+                merged_away: None,
+            };
+            Ok(Lookup::Found(contact, conversation))
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, Queryable)]
@@ -681,4 +798,148 @@ pub fn list_contacts(
             },
         )
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::storage::conversations::upsert_conversation;
+    use crate::storage::schema::data_keys;
+    use crate::storage::tenants;
+
+    fn wa(number: &str) -> ContactIdentifiers {
+        ContactIdentifiers {
+            user_id: None,
+            wa_id: Some(number.into()),
+        }
+    }
+
+    /// One batch of questions from two tenants gets each its own answer, in order: a
+    /// contact with its conversation on the number asked about (and without one on
+    /// another number), a contact unknown to the tenant asking (though another tenant
+    /// has the number), identifiers to link or to merge, a contact whose key is gone.
+    #[test]
+    fn a_batch_of_look_ups_answers_each_question_as_a_look_up_of_its_own() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = Settings::defaults().expect("defaults");
+        settings.database.url = format!("sqlite://{}", dir.path().join("c.db").display());
+        settings.security.master_key_file = dir.path().join("master.key").display().to_string();
+        let (vault, pool) = crate::open_storage(&settings).expect("storage");
+        let mut conn = pool.get().expect("connection");
+        let tenant = |conn: &mut DbConn, name: &str| {
+            TenantId(
+                tenants::create_tenant(conn, name, "owner@t.example", 1)
+                    .expect("tenant")
+                    .tenant_id,
+            )
+        };
+        let (a, b) = (tenant(&mut conn, "a"), tenant(&mut conn, "b"));
+        let resolve = |conn: &mut DbConn, ids: &ContactIdentifiers| {
+            resolve_contact(conn, &vault, &a, ids, None, 1).expect("contact")
+        };
+        let known = resolve(&mut conn, &wa("4915100000001"));
+        let number = PhoneNumberId("100".into());
+        let conversation =
+            upsert_conversation(&mut conn, &a, &number, &known.contact_id, Some(1), 1)
+                .expect("conversation");
+        let by_user = resolve(
+            &mut conn,
+            &ContactIdentifiers {
+                user_id: Some("US.1".into()),
+                wa_id: None,
+            },
+        );
+        resolve(&mut conn, &wa("4915100000003"));
+        let keyless = resolve(&mut conn, &wa("4915100000004"));
+        vault
+            .with_store(&mut conn, |conn| {
+                on_backend!(conn, c => diesel::update(data_keys::table.find(keyless.key_id.as_str()))
+                    .set(data_keys::wrapped_key.eq(None::<Vec<u8>>))
+                    .execute(c))?;
+                Ok(())
+            })
+            .expect("key destroyed");
+
+        let ask = |tenant_id: &TenantId, number: &str, ids: ContactIdentifiers| ContactQuestion {
+            tenant_id: tenant_id.clone(),
+            phone_number_id: PhoneNumberId(number.into()),
+            ids,
+        };
+        let questions = [
+            ask(&a, "100", wa("4915100000001")),
+            ask(&a, "200", wa("4915100000001")),
+            ask(&b, "100", wa("4915100000001")),
+            ask(&a, "100", wa("4915100000002")),
+            // The known contact's number with a BSUID it lacks: to link.
+            ask(
+                &a,
+                "100",
+                ContactIdentifiers {
+                    user_id: Some("US.9".into()),
+                    wa_id: Some("4915100000001".into()),
+                },
+            ),
+            // One contact's BSUID and another's number: to merge.
+            ask(
+                &a,
+                "100",
+                ContactIdentifiers {
+                    user_id: Some("US.1".into()),
+                    wa_id: Some("4915100000003".into()),
+                },
+            ),
+            ask(&a, "100", wa("4915100000004")),
+            ask(
+                &a,
+                "100",
+                ContactIdentifiers {
+                    user_id: Some("US.1".into()),
+                    wa_id: None,
+                },
+            ),
+        ];
+        let answers: Vec<Lookup> = look_up_contacts(&mut conn, &vault, &questions)
+            .expect("look-ups")
+            .into_iter()
+            .map(|answer| answer.expect("every key that exists opens"))
+            .collect();
+        let described: Vec<String> = answers
+            .iter()
+            .map(|answer| match answer {
+                Lookup::Found(contact, conversation) => format!(
+                    "found {} in {}",
+                    contact.contact_id.as_str(),
+                    conversation.as_ref().map_or("none", |c| c.as_str())
+                ),
+                Lookup::Absent => "absent".into(),
+                Lookup::NeedsWriter => "writer".into(),
+            })
+            .collect();
+        let found = |contact: &ResolvedContact, conversation: &str| {
+            format!("found {} in {conversation}", contact.contact_id.as_str())
+        };
+        assert_eq!(
+            described,
+            vec![
+                found(&known, conversation.as_str()),
+                found(&known, "none"),
+                "absent".into(),
+                "absent".into(),
+                "writer".into(),
+                "writer".into(),
+                "writer".into(),
+                found(&by_user, "none"),
+            ]
+        );
+        let Lookup::Found(contact, _) = &answers[0] else {
+            unreachable!("checked above")
+        };
+        let place = contact_field(a.as_str(), "test", "x");
+        let sealed = known.key.seal(b"under the key", &place).expect("sealed");
+        assert_eq!(
+            contact.key.open(&sealed, &place).expect("the same key"),
+            b"under the key"
+        );
+    }
 }

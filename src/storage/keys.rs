@@ -13,7 +13,7 @@ use super::key_store::Vault;
 use super::on_backend;
 use super::schema::data_keys;
 use super::{DbConn, StorageError};
-use crate::crypto::SealKey;
+use crate::crypto::{CryptoError, SealKey};
 use crate::ids::{KeyId, TenantId};
 
 pub fn insert_data_key(
@@ -80,6 +80,41 @@ pub(super) fn load_data_key(
         )?)),
         None => Ok(None),
     }
+}
+
+/// The data keys named in `wanted` (a tenant and a key id each), in one query; a key
+/// that is destroyed, or of another tenant, is absent, and one that does not unwrap
+/// is an error of its own entry (the others still open).
+pub(super) fn load_data_keys(
+    conn: &mut DbConn,
+    keyring: &Vault,
+    wanted: &[(&TenantId, &str)],
+) -> Result<HashMap<String, Result<SealKey, CryptoError>>, StorageError> {
+    if wanted.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<&str> = wanted.iter().map(|(_, key_id)| *key_id).collect();
+    let rows: Vec<(String, String, Option<Vec<u8>>)> = keyring.with_store(conn, |conn| {
+        Ok(on_backend!(conn, c => data_keys::table
+            .filter(data_keys::id.eq_any(&ids))
+            .select((data_keys::id, data_keys::tenant_id, data_keys::wrapped_key))
+            .load(c))?)
+    })?;
+    let tenants: HashMap<&str, &TenantId> = wanted
+        .iter()
+        .map(|(tenant_id, key_id)| (*key_id, *tenant_id))
+        .collect();
+    Ok(rows
+        .into_iter()
+        .filter_map(|(key_id, tenant, wrapped)| {
+            let tenant_id = tenants.get(key_id.as_str())?;
+            if tenant != tenant_id.as_str() {
+                return None;
+            }
+            let key = keyring.unwrap_data_key(tenant_id.as_str(), &key_id, &wrapped?);
+            Some((key_id, key))
+        })
+        .collect())
 }
 
 /// Loads (and caches in `cache`) the keys named by `key_ids`; destroyed keys are absent.

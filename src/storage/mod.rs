@@ -18,6 +18,7 @@ pub mod keys;
 pub mod master_key;
 pub mod messages;
 pub mod raw_keys;
+pub mod readers;
 pub mod report;
 pub mod routes;
 pub mod tenants;

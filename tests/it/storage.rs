@@ -1090,8 +1090,9 @@ fn raw_payloads_expire_with_their_day_keys() {
     }
 }
 
-/// A contact look-up (by an identifier's keyed hash) is planned through that
-/// identifier's index, and a tenant's listing through the tenant's, on both backends,
+/// A contact look-up (by an identifier's keyed hash, one or a batch) is planned through
+/// that identifier's index, the conversations of the contacts found through theirs,
+/// and a tenant's listing through the tenant's index, on both backends,
 /// whatever the planner knows of the table: PostgreSQL's sessions plan with index
 /// lookups only, which a fresh, never analysed table shows.
 #[test]
@@ -1148,6 +1149,16 @@ fn contact_lookups_and_listings_are_planned_through_their_indexes() {
             (
                 "SELECT tenant_id, id FROM contacts WHERE user_id_bidx = 'u1'".to_string(),
                 "contacts_user_id",
+            ),
+            (
+                "SELECT tenant_id, id FROM contacts WHERE user_id_bidx IN ('u1', 'u2')".to_string(),
+                "contacts_user_id",
+            ),
+            (
+                "SELECT id, tenant_id, phone_number_id FROM conversations \
+                 WHERE contact_id IN ('c1', 'c2')"
+                    .to_string(),
+                "conversations_contact",
             ),
             (
                 format!(

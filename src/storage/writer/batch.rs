@@ -705,14 +705,16 @@ mod tests {
         let (taken, _) = apply_jobs(&mut conn, &again, &merged_away, 6).expect("batch");
         assert_eq!(taken, HashSet::from([0]));
 
-        let known = contacts::look_up_contact(
-            &mut conn,
-            &vault,
-            &tenant_id,
-            &crate::ids::PhoneNumberId("100".into()),
-            &ids,
-        )
-        .expect("look-up");
+        let question = contacts::ContactQuestion {
+            tenant_id: tenant_id.clone(),
+            phone_number_id: crate::ids::PhoneNumberId("100".into()),
+            ids: ids.clone(),
+        };
+        let known = contacts::look_up_contacts(&mut conn, &vault, &[question])
+            .expect("look-up")
+            .pop()
+            .expect("one answer")
+            .expect("its key opens");
         match known {
             contacts::Lookup::Found(contact, None) => assert_eq!(contact.contact_id, created),
             _ => panic!("the contact the first job created"),
