@@ -1,7 +1,8 @@
 //! Everything that knows Meta's JSON: the webhook envelope and its payload types, the
-//! `X-Hub-Signature-256` check, and (later) the Graph API client. Nothing outside this
-//! module looks inside Meta's payloads.
+//! `X-Hub-Signature-256` check, and outbound messages (checked against Meta's limits,
+//! shaped for the Graph API). Nothing outside this module looks inside Meta's payloads.
 
+pub mod outbound;
 pub mod signature;
 pub mod webhook;
 
