@@ -45,7 +45,18 @@ pub struct Settings {
     pub security: SecuritySettings,
     pub actors: ActorSettings,
     pub inbox: InboxSettings,
+    pub outbound: OutboundSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundSettings {
+    pub default_mps: u32,
+    pub retry_base_ms: u64,
+    pub retry_deadline_secs: u64,
+    pub reconcile_secs: u64,
+    pub request_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +256,18 @@ impl Settings {
                     "{:?} is not \"full\" or \"normal\"",
                     self.database.sqlite_synchronous
                 ),
+            ));
+        }
+        if !(1..=1000).contains(&self.outbound.default_mps) {
+            return Err(invalid("outbound.default_mps", "must be from 1 to 1000"));
+        }
+        if self.outbound.retry_base_ms == 0 {
+            return Err(invalid("outbound.retry_base_ms", "must be at least 1"));
+        }
+        if self.outbound.request_timeout_secs == 0 {
+            return Err(invalid(
+                "outbound.request_timeout_secs",
+                "must be at least 1",
             ));
         }
         if self.database.readers == 0 {

@@ -322,12 +322,37 @@ pub async fn run(
         tenants: Default::default(),
         hosts: Default::default(),
         readers: readers.clone(),
+        senders: Default::default(),
     });
     let registry = {
         let core = core.clone();
         let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
         Supervisor::start(move |_| Registry::new(core, handles))
     };
+    // Sends accepted before a stop go on: each number with some starts its sender.
+    {
+        let core = core.clone();
+        actix::spawn(async move {
+            let pool = core.pool.clone();
+            let numbers = actix_web::rt::task::spawn_blocking(move || {
+                storage::with_conn(&pool, storage::outbox::numbers_with_pending_sends)
+            })
+            .await;
+            match numbers {
+                Ok(Ok(numbers)) => {
+                    for number in numbers {
+                        actors::sender::wake(&core, &number);
+                    }
+                }
+                Ok(Err(e)) => {
+                    slog::warn!(core.log, "reading the outbox at start failed"; "error" => %e)
+                }
+                Err(e) => {
+                    slog::warn!(core.log, "reading the outbox at start failed"; "error" => %e)
+                }
+            }
+        });
+    }
     {
         let registry = registry.clone();
         writer.set_dispatcher(Box::new(move |items| {

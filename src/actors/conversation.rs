@@ -1021,6 +1021,7 @@ fn status_op(
         status: status.status.clone(),
         occurred_at: ms(status.timestamp),
         error_json,
+        callback: status.biz_opaque_callback_data.clone(),
         detail_json: (!detail.is_empty()).then(|| Value::Object(detail).to_string()),
     })
 }

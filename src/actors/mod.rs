@@ -13,6 +13,7 @@
 
 pub mod conversation;
 pub mod registry;
+pub mod sender;
 pub mod tenant;
 
 use std::collections::HashMap;
@@ -74,6 +75,8 @@ pub struct Core {
     pub hosts: registry::ActorHosts,
     /// Where conversation actors look their contacts up.
     pub readers: crate::storage::readers::ContactReaders,
+    /// The business numbers' senders (outbound).
+    pub senders: sender::Senders,
 }
 
 /// Groups `items` by the tenant each belongs to, keeping their order within a tenant.

@@ -52,7 +52,7 @@ impl PageQuery {
 }
 
 /// Whether `text` has the shape of the ids Converra gives rows (UUIDs).
-fn is_id(text: &str) -> bool {
+pub(super) fn is_id(text: &str) -> bool {
     uuid::Uuid::try_parse(text).is_ok()
 }
 
@@ -73,7 +73,10 @@ where
 }
 
 /// Resolves the bearer key to its tenant.
-async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<TenantId, ApiError> {
+pub(super) async fn authenticate(
+    state: &AppState,
+    req: &HttpRequest,
+) -> Result<TenantId, ApiError> {
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -96,7 +99,7 @@ async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<TenantId, A
         .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))
 }
 
-async fn read<T: Send + 'static>(
+pub(super) async fn read<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&mut storage::DbConn, &crate::storage::key_store::Vault) -> Result<T, StorageError>
         + Send

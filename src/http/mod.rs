@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod ops;
+pub mod outbound;
 pub mod views;
 pub mod webhook;
 
@@ -41,6 +42,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             // The webhook path stays without it (it answers its own 500 with an id).
             .wrap(actix_web::middleware::from_fn(crate::error::request_ids))
             .service(resource("/contacts").route(web::get().to(api::list_contacts)))
+            .service(resource("/messages").route(web::post().to(outbound::send_message)))
+            .service(resource("/messages/{id}").route(web::get().to(outbound::get_message)))
             .service(resource("/conversations").route(web::get().to(api::list_conversations)))
             .service(
                 resource("/conversations/{id}/messages").route(web::get().to(api::list_messages)),

@@ -16,6 +16,7 @@ use super::conversations::{touch_conversations, upsert_conversation, Touch};
 use super::inbox::FreshRow;
 use super::messages::{complete_tombstone, insert_inbound, InboundRow, MessageState};
 use super::on_backend;
+use super::outbox;
 use super::schema::{contacts, messages, status_events};
 use super::{DbConn, StorageError};
 use crate::crypto::Place;
@@ -170,6 +171,9 @@ pub struct NewStatus {
     pub occurred_at: i64,
     /// Meta's first error, `{"code","title","message"}`, for failed messages.
     pub error_json: Option<String>,
+    /// Meta's echo of `biz_opaque_callback_data`: the id of the outbound send this
+    /// status is about, when Converra sent it.
+    pub callback: Option<String>,
     /// Errors, pricing and conversation objects of the event (no identifiers).
     pub detail_json: Option<String>,
 }
@@ -391,6 +395,20 @@ pub(super) fn apply(
             })
         }
         ApplyOp::Status(s) => {
+            if let Some(send_id) = &s.callback {
+                // Meta's echo of a send whose own result may not be stored yet (or was
+                // lost in a crash): it names the send, which takes the wamid now.
+                if outbox::is_pending(conn, tenant_id, send_id)? {
+                    outbox::record_accepted(
+                        conn,
+                        tenant_id,
+                        send_id,
+                        &s.wamid_bidx,
+                        &s.wamid_ct,
+                        now_ms,
+                    )?;
+                }
+            }
             let found: Option<(String, Option<String>)> = on_backend!(conn, c => messages::table
                 .filter(messages::tenant_id.eq(tenant))
                 .filter(messages::wamid_bidx.eq(&s.wamid_bidx))

@@ -17,6 +17,7 @@ pub mod key_store;
 pub mod keys;
 pub mod master_key;
 pub mod messages;
+pub mod outbox;
 pub mod raw_keys;
 pub mod readers;
 pub mod report;

@@ -78,6 +78,8 @@ diesel::table! {
         marketing_pref_at -> Nullable<BigInt>,
         first_seen_at -> BigInt,
         last_seen_at -> BigInt,
+        restricted_at -> Nullable<BigInt>,
+        objected_at -> Nullable<BigInt>,
     }
 }
 
@@ -190,3 +192,31 @@ diesel::allow_tables_to_appear_in_same_query!(
     status_events,
     conversation_messages,
 );
+
+diesel::table! {
+    outbox (id) {
+        id -> Text,
+        tenant_id -> Text,
+        phone_number_id -> Text,
+        contact_id -> Text,
+        kind -> Text,
+        key_id -> Text,
+        request_ct -> Binary,
+        state -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        accepted_at -> BigInt,
+        deadline_at -> BigInt,
+        error_json -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (tenant_id, key_bidx) {
+        tenant_id -> Text,
+        key_bidx -> Text,
+        request_hash -> Text,
+        outbox_id -> Text,
+        created_at -> BigInt,
+    }
+}

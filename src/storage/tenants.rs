@@ -303,3 +303,48 @@ pub fn owners_of_numbers(
         .select((phone_numbers::phone_number_id, phone_numbers::tenant_id))
         .load::<(String, String)>(c))?)
 }
+
+/// A number as its sender needs it: its tenant and its access token, opened.
+pub struct SendingNumber {
+    pub tenant_id: TenantId,
+    pub access_token: String,
+}
+
+/// The tenant and opened access token of `phone_number_id`; `None` when no tenant
+/// has registered it.
+pub fn sending_number(
+    conn: &mut DbConn,
+    keyring: &crypto::Keyring,
+    phone_number_id: &str,
+) -> Result<Option<SendingNumber>, StorageError> {
+    let row: Option<(String, Vec<u8>)> = on_backend!(conn, c => phone_numbers::table
+        .find(phone_number_id)
+        .select((phone_numbers::tenant_id, phone_numbers::access_token_ct))
+        .get_result(c)
+        .optional())?;
+    let Some((tenant_id, token_ct)) = row else {
+        return Ok(None);
+    };
+    let access_token = keyring
+        .secrets()
+        .open_string(&token_ct, &access_token_place(&tenant_id, phone_number_id))?;
+    Ok(Some(SendingNumber {
+        tenant_id: TenantId(tenant_id),
+        access_token,
+    }))
+}
+
+/// Whether `phone_number_id` is registered to `tenant_id`.
+pub fn owns_number(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    phone_number_id: &str,
+) -> Result<bool, StorageError> {
+    let found: Option<String> = on_backend!(conn, c => phone_numbers::table
+        .find(phone_number_id)
+        .filter(phone_numbers::tenant_id.eq(tenant_id.as_str()))
+        .select(phone_numbers::phone_number_id)
+        .get_result(c)
+        .optional())?;
+    Ok(found.is_some())
+}

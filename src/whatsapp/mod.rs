@@ -2,6 +2,7 @@
 //! `X-Hub-Signature-256` check, and outbound messages (checked against Meta's limits,
 //! shaped for the Graph API). Nothing outside this module looks inside Meta's payloads.
 
+pub mod graph;
 pub mod outbound;
 pub mod signature;
 pub mod webhook;

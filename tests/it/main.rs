@@ -8,6 +8,8 @@
 mod api;
 mod at_rest;
 mod daemon;
+mod fake_graph;
+mod outbound;
 mod recovery;
 mod storage;
 mod support;

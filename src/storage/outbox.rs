@@ -1,0 +1,556 @@
+//! The outbox (`outbox`, `idempotency_keys`): outbound sends committed before any call
+//! to Meta. Accepting a send writes the message's own row (`messages`, direction
+//! outbound, `queued`, its content sealed under the contact's key), its outbox row
+//! (Meta's request body, sealed likewise) and its idempotency key, in one transaction.
+//! The number's sender then takes due rows in the order they were accepted, one at a
+//! time per contact, and records each outcome here: Meta's wamid on the message (a
+//! status that came first, kept on a row of its own, is folded in), a retry's next
+//! time, or the failure with Meta's error.
+
+use diesel::prelude::*;
+
+use super::apply::{content_place, wamid_place, MessageBundle};
+use super::conversations::upsert_conversation;
+use super::key_store::Vault;
+use super::keys::load_data_key;
+use super::messages::MessageState;
+use super::on_backend;
+use super::schema::{contacts, conversations, idempotency_keys, messages, outbox, status_events};
+use super::{DbConn, StorageError};
+use crate::crypto::{Place, SealKey};
+use crate::ids::{ContactId, KeyId, MessageId, PhoneNumberId, TenantId, Wamid};
+
+/// Where a send's Meta request body is sealed.
+pub fn request_place<'a>(tenant_id: &'a str, outbox_id: &'a str) -> Place<'a> {
+    Place::new(tenant_id, "outbox", "request_ct", outbox_id)
+}
+
+/// Delivery states of an outbox row.
+pub const QUEUED: &str = "queued";
+/// Handed to Meta; its outcome not yet recorded (unknown after a crash).
+pub const SENDING: &str = "sending";
+pub const DONE: &str = "done";
+pub const FAILED: &str = "failed";
+
+/// A send the API has checked, ready to be stored.
+pub struct NewSend {
+    pub id: MessageId,
+    pub tenant_id: TenantId,
+    pub phone_number_id: PhoneNumberId,
+    pub contact_id: ContactId,
+    pub key_id: KeyId,
+    /// Meta's type name, or `read` for a read receipt (which has no message row).
+    pub kind: String,
+    /// Whether it may go only inside the contact's customer-service window.
+    pub needs_window: bool,
+    /// The type's object (the message's content) sealed, for the message row.
+    pub content_ct: Option<Vec<u8>>,
+    /// Meta's request body, sealed.
+    pub request_ct: Vec<u8>,
+    /// `Idempotency-Key` as a keyed hash, and the request's hash.
+    pub idempotency: Option<(String, String)>,
+    pub now_ms: i64,
+    pub deadline_ms: i64,
+}
+
+/// Why a send is refused (409), by the rule's code.
+pub const OUTSIDE_WINDOW: &str = "outside_window";
+pub const RESTRICTED: &str = "restricted";
+
+/// A send accepted now, or the first answer to its idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub id: String,
+    pub state: String,
+    pub replayed: bool,
+}
+
+/// The send an idempotency key was first used for: `Ok(None)` when unused; a key
+/// used with another body is refused.
+pub fn replay(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    key_bidx: &str,
+    request_hash: &str,
+) -> Result<Option<Accepted>, StorageError> {
+    let first: Option<(String, String)> = on_backend!(conn, c => idempotency_keys::table
+        .filter(idempotency_keys::tenant_id.eq(tenant_id.as_str()))
+        .filter(idempotency_keys::key_bidx.eq(key_bidx))
+        .select((idempotency_keys::request_hash, idempotency_keys::outbox_id))
+        .get_result(c)
+        .optional())?;
+    let Some((hash, id)) = first else {
+        return Ok(None);
+    };
+    if hash != request_hash {
+        return Err(StorageError::Validation {
+            field: "Idempotency-Key",
+            rule: "idempotency_key_reused",
+            message: "this Idempotency-Key was used for another request; nothing was sent".into(),
+        });
+    }
+    let state = send_state(conn, tenant_id, &id)?
+        .map(|s| s.state)
+        .unwrap_or_else(|| QUEUED.to_string());
+    Ok(Some(Accepted {
+        id,
+        state,
+        replayed: true,
+    }))
+}
+
+/// Stores an accepted send (see the module's doc), after checking what only the
+/// database knows: the contact is not restricted and, for a free-form message, its
+/// customer-service window on this number is open.
+pub fn accept(conn: &mut DbConn, send: &NewSend) -> Result<Accepted, StorageError> {
+    if let Some((key_bidx, hash)) = &send.idempotency {
+        if let Some(first) = replay(conn, &send.tenant_id, key_bidx, hash)? {
+            return Ok(first);
+        }
+    }
+    let tenant = send.tenant_id.as_str();
+    let restricted: Option<i64> = on_backend!(conn, c => contacts::table
+        .find(send.contact_id.as_str())
+        .filter(contacts::tenant_id.eq(tenant))
+        .select(contacts::restricted_at)
+        .get_result(c))?;
+    if restricted.is_some() {
+        return Err(StorageError::Conflict {
+            code: RESTRICTED,
+            message: "the contact's processing is restricted: nothing may be sent".into(),
+        });
+    }
+    if send.needs_window {
+        let window_ends_at: Option<Option<i64>> = on_backend!(conn, c => conversations::table
+            .filter(conversations::tenant_id.eq(tenant))
+            .filter(conversations::phone_number_id.eq(send.phone_number_id.as_str()))
+            .filter(conversations::contact_id.eq(send.contact_id.as_str()))
+            .select(conversations::window_ends_at)
+            .get_result(c)
+            .optional())?;
+        if window_ends_at
+            .flatten()
+            .is_none_or(|ends| ends <= send.now_ms)
+        {
+            return Err(StorageError::Conflict {
+                code: OUTSIDE_WINDOW,
+                message: "more than 24 hours since the contact's last message to this number \
+                          (or none yet): only a template may be sent"
+                    .into(),
+            });
+        }
+    }
+    let id = send.id.as_str();
+    if let Some(content_ct) = &send.content_ct {
+        let conversation_id = upsert_conversation(
+            conn,
+            &send.tenant_id,
+            &send.phone_number_id,
+            &send.contact_id,
+            None,
+            send.now_ms,
+        )?;
+        on_backend!(conn, c => diesel::insert_into(messages::table)
+            .values((
+                messages::id.eq(id),
+                messages::tenant_id.eq(tenant),
+                messages::conversation_id.eq(conversation_id.as_str()),
+                messages::contact_id.eq(send.contact_id.as_str()),
+                // Known by its own id until Meta gives it a wamid.
+                messages::wamid_bidx.eq(pending_wamid(id)),
+                messages::direction.eq("outbound"),
+                messages::msg_type.eq(&send.kind),
+                messages::sent_at.eq(send.now_ms),
+                messages::received_at.eq(send.now_ms),
+                messages::key_id.eq(send.key_id.as_str()),
+                messages::content_ct.eq(content_ct),
+                messages::status.eq(MessageState::Queued.as_str()),
+                messages::status_at.eq(send.now_ms),
+            ))
+            .execute(c))?;
+    }
+    on_backend!(conn, c => diesel::insert_into(outbox::table)
+        .values((
+            outbox::id.eq(id),
+            outbox::tenant_id.eq(tenant),
+            outbox::phone_number_id.eq(send.phone_number_id.as_str()),
+            outbox::contact_id.eq(send.contact_id.as_str()),
+            outbox::kind.eq(&send.kind),
+            outbox::key_id.eq(send.key_id.as_str()),
+            outbox::request_ct.eq(&send.request_ct),
+            outbox::state.eq(QUEUED),
+            outbox::attempts.eq(0),
+            outbox::next_attempt_at.eq(send.now_ms),
+            outbox::accepted_at.eq(send.now_ms),
+            outbox::deadline_at.eq(send.deadline_ms),
+        ))
+        .execute(c))?;
+    if let Some((key_bidx, hash)) = &send.idempotency {
+        on_backend!(conn, c => diesel::insert_into(idempotency_keys::table)
+            .values((
+                idempotency_keys::tenant_id.eq(tenant),
+                idempotency_keys::key_bidx.eq(key_bidx),
+                idempotency_keys::request_hash.eq(hash),
+                idempotency_keys::outbox_id.eq(id),
+                idempotency_keys::created_at.eq(send.now_ms),
+            ))
+            .execute(c))?;
+    }
+    Ok(Accepted {
+        id: id.to_string(),
+        state: QUEUED.to_string(),
+        replayed: false,
+    })
+}
+
+/// The placeholder a queued message is known by in `wamid_bidx` (unique, never a
+/// keyed hash's 32 hex digits).
+fn pending_wamid(id: &str) -> String {
+    format!("pending:{id}")
+}
+
+/// A send as the API shows it.
+#[derive(Debug, Clone)]
+pub struct SendState {
+    pub id: String,
+    pub state: String,
+    pub wamid: Option<String>,
+    pub error_json: Option<String>,
+}
+
+/// The state of send `id` of `tenant_id`: its message's (sent, delivered, read, ...),
+/// or for a read receipt its outbox row's.
+pub fn send_state(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    id: &str,
+) -> Result<Option<SendState>, StorageError> {
+    let row: Option<(String, String, Option<String>)> = on_backend!(conn, c => outbox::table
+        .find(id)
+        .filter(outbox::tenant_id.eq(tenant_id.as_str()))
+        .select((outbox::state, outbox::key_id, outbox::error_json))
+        .get_result(c)
+        .optional())?;
+    let message: Option<(Option<String>, Option<String>)> = on_backend!(conn, c => messages::table
+        .find(id)
+        .filter(messages::tenant_id.eq(tenant_id.as_str()))
+        .select((messages::status, messages::error_json))
+        .get_result(c)
+        .optional())?;
+    Ok(match (message, row) {
+        (Some((status, error_json)), _) => Some(SendState {
+            id: id.to_string(),
+            state: status.unwrap_or_else(|| QUEUED.to_string()),
+            wamid: None,
+            error_json,
+        }),
+        (None, Some((state, _, error_json))) => Some(SendState {
+            id: id.to_string(),
+            state: match state.as_str() {
+                DONE => "sent".to_string(),
+                SENDING => QUEUED.to_string(),
+                other => other.to_string(),
+            },
+            wamid: None,
+            error_json,
+        }),
+        (None, None) => None,
+    })
+}
+
+/// [`send_state`] with Meta's wamid opened (under the contact's key).
+pub fn send_state_opened(
+    conn: &mut DbConn,
+    vault: &Vault,
+    tenant_id: &TenantId,
+    id: &str,
+) -> Result<Option<SendState>, StorageError> {
+    let Some(mut state) = send_state(conn, tenant_id, id)? else {
+        return Ok(None);
+    };
+    let sealed: Option<(Option<Vec<u8>>, String, Option<String>)> = on_backend!(conn, c => messages::table
+            .find(id)
+            .filter(messages::tenant_id.eq(tenant_id.as_str()))
+            .select((messages::wamid_ct, messages::wamid_bidx, messages::key_id))
+            .get_result(c)
+            .optional())?;
+    if let Some((Some(wamid_ct), bidx, Some(key_id))) = sealed {
+        if let Some(key) = load_data_key(conn, vault, tenant_id, &key_id)? {
+            state.wamid = key
+                .open_string(&wamid_ct, &wamid_place(tenant_id.as_str(), &bidx))
+                .ok();
+        }
+    }
+    Ok(Some(state))
+}
+
+/// An outbox row as the sender takes it.
+#[derive(Debug, Clone, Queryable)]
+pub struct OutboxRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub contact_id: String,
+    pub kind: String,
+    pub key_id: String,
+    pub request_ct: Vec<u8>,
+    pub state: String,
+    pub attempts: i32,
+    pub next_attempt_at: i64,
+    pub deadline_at: i64,
+}
+
+/// The number's sends not yet done, in the order they were accepted (at most
+/// `limit`): queued ones and those whose outcome is not recorded.
+pub fn pending_sends(
+    conn: &mut DbConn,
+    phone_number_id: &PhoneNumberId,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, StorageError> {
+    Ok(on_backend!(conn, c => outbox::table
+        .filter(outbox::phone_number_id.eq(phone_number_id.as_str()))
+        .filter(outbox::state.eq_any([QUEUED, SENDING]))
+        .order(outbox::id.asc())
+        .limit(limit)
+        .select((
+            outbox::id,
+            outbox::tenant_id,
+            outbox::contact_id,
+            outbox::kind,
+            outbox::key_id,
+            outbox::request_ct,
+            outbox::state,
+            outbox::attempts,
+            outbox::next_attempt_at,
+            outbox::deadline_at,
+        ))
+        .load(c))?)
+}
+
+/// The numbers with sends not yet done (for the senders to start with).
+pub fn numbers_with_pending_sends(conn: &mut DbConn) -> Result<Vec<String>, StorageError> {
+    Ok(on_backend!(conn, c => outbox::table
+        .filter(outbox::state.eq_any([QUEUED, SENDING]))
+        .select(outbox::phone_number_id)
+        .distinct()
+        .load(c))?)
+}
+
+/// The data key a row is sealed under (`None` once destroyed: the contact was erased).
+pub fn row_key(
+    conn: &mut DbConn,
+    vault: &Vault,
+    row: &OutboxRow,
+) -> Result<Option<SealKey>, StorageError> {
+    load_data_key(conn, vault, &TenantId(row.tenant_id.clone()), &row.key_id)
+}
+
+/// Whether send `id` of `tenant_id` waits for Meta's answer (queued, or sent with its
+/// outcome unknown).
+pub fn is_pending(conn: &mut DbConn, tenant_id: &TenantId, id: &str) -> Result<bool, StorageError> {
+    let state: Option<String> = on_backend!(conn, c => outbox::table
+        .find(id)
+        .filter(outbox::tenant_id.eq(tenant_id.as_str()))
+        .select(outbox::state)
+        .get_result(c)
+        .optional())?;
+    Ok(state.is_some_and(|s| s == QUEUED || s == SENDING))
+}
+
+/// Marks a send as handed to Meta, before the call: after a crash its outcome is
+/// unknown, and it is reconciled before it is ever sent again.
+pub fn mark_sending(conn: &mut DbConn, id: &str) -> Result<(), StorageError> {
+    on_backend!(conn, c => diesel::update(outbox::table.find(id))
+        .set((outbox::state.eq(SENDING), outbox::attempts.eq(outbox::attempts + 1)))
+        .execute(c))?;
+    Ok(())
+}
+
+/// A send Meta accepted without a message of its own (a read receipt).
+pub fn record_done(conn: &mut DbConn, id: &str) -> Result<(), StorageError> {
+    on_backend!(conn, c => diesel::update(outbox::table.find(id))
+        .set((outbox::state.eq(DONE), outbox::error_json.eq(None::<String>)))
+        .execute(c))?;
+    Ok(())
+}
+
+/// Puts a send back in the queue, due at `next_attempt_at`.
+pub fn retry_at(
+    conn: &mut DbConn,
+    id: &str,
+    next_attempt_at: i64,
+    error_json: Option<&str>,
+) -> Result<(), StorageError> {
+    on_backend!(conn, c => diesel::update(outbox::table.find(id))
+        .filter(outbox::state.eq_any([QUEUED, SENDING]))
+        .set((
+            outbox::state.eq(QUEUED),
+            outbox::next_attempt_at.eq(next_attempt_at),
+            outbox::error_json.eq(error_json),
+        ))
+        .execute(c))?;
+    Ok(())
+}
+
+/// A send Meta refused for good (or past its deadline): the outbox row and the
+/// message fail with `error_json`.
+pub fn record_failed(
+    conn: &mut DbConn,
+    id: &str,
+    error_json: &str,
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    on_backend!(conn, c => diesel::update(outbox::table.find(id))
+        .set((outbox::state.eq(FAILED), outbox::error_json.eq(error_json)))
+        .execute(c))?;
+    on_backend!(conn, c => diesel::update(messages::table.find(id))
+        .filter(messages::status.eq(MessageState::Queued.as_str()))
+        .set((
+            messages::status.eq(MessageState::Failed.as_str()),
+            messages::status_at.eq(now_ms),
+            messages::error_json.eq(error_json),
+        ))
+        .execute(c))?;
+    Ok(())
+}
+
+/// Meta accepted send `id` as `wamid`: the outbox row is done and the message takes its
+/// wamid and moves to `sent`. A status of that wamid that came first left a row of its
+/// own (see [`super::apply`]): its state and status events move to this message, and
+/// that row goes. A send already recorded (reconciled from its status webhook) changes
+/// nothing.
+pub fn record_accepted(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    id: &str,
+    wamid_bidx: &str,
+    wamid_ct: &[u8],
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    let tenant = tenant_id.as_str();
+    on_backend!(conn, c => diesel::update(outbox::table.find(id))
+        .set((outbox::state.eq(DONE), outbox::error_json.eq(None::<String>)))
+        .execute(c))?;
+    let ours: Option<(String, Option<String>)> = on_backend!(conn, c => messages::table
+        .find(id)
+        .filter(messages::tenant_id.eq(tenant))
+        .select((messages::wamid_bidx, messages::status))
+        .get_result(c)
+        .optional())?;
+    let Some((current_bidx, status)) = ours else {
+        // A read receipt: no message of its own.
+        return Ok(());
+    };
+    if current_bidx == wamid_bidx {
+        return Ok(());
+    }
+    // (id, status, status_at, error_json)
+    type EarlyRow = (String, Option<String>, Option<i64>, Option<String>);
+    let early: Option<EarlyRow> = on_backend!(conn, c => messages::table
+            .filter(messages::tenant_id.eq(tenant))
+            .filter(messages::wamid_bidx.eq(wamid_bidx))
+            .select((messages::id, messages::status, messages::status_at, messages::error_json))
+            .get_result(c)
+            .optional())?;
+    let mut state = MessageState::after(
+        status.as_deref().and_then(MessageState::parse),
+        MessageState::Sent,
+    )
+    .or_else(|| status.as_deref().and_then(MessageState::parse))
+    .unwrap_or(MessageState::Sent);
+    let mut state_at = now_ms;
+    let mut error = None;
+    if let Some((early_id, early_status, early_at, early_error)) = early {
+        if let Some(next) = MessageState::after(
+            Some(state),
+            early_status
+                .as_deref()
+                .and_then(MessageState::parse)
+                .unwrap_or(state),
+        ) {
+            state = next;
+            state_at = early_at.unwrap_or(now_ms);
+            error = early_error;
+        }
+        on_backend!(conn, c => diesel::update(status_events::table
+                .filter(status_events::message_id.eq(&early_id)))
+            .set(status_events::message_id.eq(id))
+            .execute(c))?;
+        on_backend!(conn, c => diesel::delete(messages::table.find(&early_id)).execute(c))?;
+    }
+    on_backend!(conn, c => diesel::update(messages::table.find(id))
+        .set((
+            messages::wamid_bidx.eq(wamid_bidx),
+            messages::wamid_ct.eq(wamid_ct),
+            messages::status.eq(state.as_str()),
+            messages::status_at.eq(state_at),
+            messages::error_json.eq(error),
+        ))
+        .execute(c))?;
+    Ok(())
+}
+
+/// The wamid as stored: its keyed hash and the id sealed under the contact's key.
+pub fn seal_wamid(
+    vault: &Vault,
+    key: &SealKey,
+    tenant_id: &TenantId,
+    wamid: &str,
+) -> Result<(String, Vec<u8>), StorageError> {
+    let tenant = tenant_id.as_str();
+    let bidx = vault.wamid_index(tenant, &Wamid(wamid.to_string()));
+    let sealed = key.seal(wamid.as_bytes(), &wamid_place(tenant, &bidx))?;
+    Ok((bidx, sealed))
+}
+
+/// Seals a message's content (and the message it replies to) for its row, as an
+/// inbound message's is sealed ([`MessageBundle`]).
+pub fn seal_content(
+    key: &SealKey,
+    tenant_id: &TenantId,
+    id: &MessageId,
+    content: &serde_json::Value,
+    context: Option<&serde_json::Value>,
+) -> Result<Vec<u8>, StorageError> {
+    let bundle = MessageBundle {
+        content,
+        context,
+        referral: None,
+        errors: None,
+    };
+    let json = serde_json::to_vec(&bundle).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    Ok(key.seal(&json, &content_place(tenant_id.as_str(), id.as_str()))?)
+}
+
+/// The contact and data key of the message `wamid_bidx` of `tenant_id` (what a read
+/// receipt for it is sealed under); `None` when no such message is stored.
+pub fn message_contact(
+    conn: &mut DbConn,
+    vault: &Vault,
+    tenant_id: &TenantId,
+    wamid_bidx: &str,
+) -> Result<Option<(ContactId, KeyId, SealKey)>, StorageError> {
+    let found: Option<(String, Option<String>)> = on_backend!(conn, c => messages::table
+        .filter(messages::wamid_bidx.eq(wamid_bidx))
+        .filter(messages::tenant_id.eq(tenant_id.as_str()))
+        .select((messages::contact_id, messages::key_id))
+        .get_result(c)
+        .optional())?;
+    let Some((contact_id, Some(key_id))) = found else {
+        return Ok(None);
+    };
+    Ok(load_data_key(conn, vault, tenant_id, &key_id)?
+        .map(|key| (ContactId(contact_id), KeyId(key_id), key)))
+}
+
+/// Seals Meta's request body of send `id` for its outbox row.
+pub fn seal_request(
+    key: &SealKey,
+    tenant_id: &TenantId,
+    id: &MessageId,
+    body: &serde_json::Value,
+) -> Result<Vec<u8>, StorageError> {
+    Ok(key.seal(
+        body.to_string().as_bytes(),
+        &request_place(tenant_id.as_str(), id.as_str()),
+    )?)
+}

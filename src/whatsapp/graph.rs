@@ -1,0 +1,291 @@
+//! The Graph API client: sends a message (`POST {base}/{version}/{phone_number_id}/messages`
+//! with the number's bearer token) and tells what Meta's answer means for the send:
+//! accepted with a wamid, worth retrying (and how), final, a reason to pause the
+//! number, or unknown (the request may have reached Meta: reconcile before sending
+//! again). Meta's error codes are from its Cloud API error reference.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// What an error means for the send that met it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Try again after a backoff (network before sending, 5xx, throttling, Meta's
+    /// temporary errors).
+    Transient,
+    /// Meta's pair limit (131056): too many messages to this one user; that contact
+    /// waits (4^n seconds, Meta's advice), the number's other traffic goes on.
+    PairLimit,
+    /// Spam or ecosystem limits (131048, 131049, 131064): defer for hours.
+    Deferred,
+    /// Will not succeed as it is: the message fails with Meta's error.
+    Permanent,
+    /// The number's token or account is the problem: its sender pauses (nothing is
+    /// burnt) until an operator replaces the token.
+    Pause,
+    /// The request may have reached Meta (the connection broke or timed out after it
+    /// was sent): it is reconciled from Meta's status webhooks before any repeat.
+    Unknown,
+}
+
+/// Meta's refusal (or the network's), with what it means.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{class:?}: {message} (code {code:?}, subcode {subcode:?})")]
+pub struct GraphError {
+    pub class: ErrorClass,
+    pub http_status: Option<u16>,
+    pub code: Option<i64>,
+    pub subcode: Option<i64>,
+    pub title: Option<String>,
+    pub message: String,
+}
+
+impl GraphError {
+    fn network(class: ErrorClass, message: String) -> GraphError {
+        GraphError {
+            class,
+            http_status: None,
+            code: None,
+            subcode: None,
+            title: None,
+            message,
+        }
+    }
+
+    /// The error as the API shows it: Meta's `{"code", "title", "message"}` (with the
+    /// subcode when Meta gave one); a network error has no code.
+    pub fn to_json(&self) -> String {
+        let mut error = json!({
+            "code": self.code,
+            "title": self.title.clone().unwrap_or_else(|| "Graph API error".into()),
+            "message": self.message,
+        });
+        if let Some(subcode) = self.subcode {
+            error["error_subcode"] = json!(subcode);
+        }
+        error.to_string()
+    }
+}
+
+/// What a Meta error code means for a send.
+pub fn classify(code: i64) -> ErrorClass {
+    match code {
+        131_000 | 131_016 | 131_057 | 130_429 | 80_007 | 4 | 1 | 2 => ErrorClass::Transient,
+        131_056 => ErrorClass::PairLimit,
+        131_048 | 131_049 | 131_064 => ErrorClass::Deferred,
+        190 | 0 | 3 | 10 | 200..=299 | 368 | 131_031 | 131_042 => ErrorClass::Pause,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+#[derive(Deserialize)]
+struct Accepted {
+    #[serde(default)]
+    messages: Vec<AcceptedMessage>,
+    /// Mark-as-read answers `{"success": true}` and no message.
+    #[serde(default)]
+    success: bool,
+}
+
+#[derive(Deserialize)]
+struct AcceptedMessage {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: MetaError,
+}
+
+#[derive(Deserialize)]
+struct MetaError {
+    #[serde(default)]
+    message: String,
+    code: Option<i64>,
+    error_subcode: Option<i64>,
+    error_user_title: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    error_data: Option<Value>,
+}
+
+/// A client for one actix thread (awc's client is bound to the thread it was made on).
+pub struct GraphClient {
+    client: awc::Client,
+    base_url: String,
+    version: String,
+}
+
+impl GraphClient {
+    pub fn new(base_url: &str, version: &str, timeout: Duration) -> GraphClient {
+        GraphClient {
+            client: awc::Client::builder()
+                .timeout(timeout)
+                .disable_redirects()
+                .finish(),
+            base_url: base_url.trim_end_matches('/').to_string(),
+            version: version.to_string(),
+        }
+    }
+
+    /// Sends `body` from `phone_number_id`; Meta's wamid when accepted (`None` for a
+    /// read receipt, which Meta answers without one).
+    pub async fn send_message(
+        &self,
+        phone_number_id: &str,
+        access_token: &str,
+        body: &Value,
+    ) -> Result<Option<String>, GraphError> {
+        let url = format!(
+            "{}/{}/{}/messages",
+            self.base_url, self.version, phone_number_id
+        );
+        let mut response = self
+            .client
+            .post(url)
+            .bearer_auth(access_token)
+            .send_json(body)
+            .await
+            .map_err(|e| {
+                use awc::error::SendRequestError;
+                // Only a connection that was never made is known not to have reached
+                // Meta; anything later may have.
+                let class = match e {
+                    SendRequestError::Connect(_) | SendRequestError::Url(_) => {
+                        ErrorClass::Transient
+                    }
+                    _ => ErrorClass::Unknown,
+                };
+                GraphError::network(class, format!("Graph API request: {e}"))
+            })?;
+        let status = response.status();
+        let bytes = response.body().limit(1 << 20).await.map_err(|e| {
+            GraphError::network(ErrorClass::Unknown, format!("Graph API response: {e}"))
+        })?;
+        if status.is_success() {
+            let accepted: Accepted = serde_json::from_slice(&bytes).map_err(|e| {
+                GraphError::network(
+                    ErrorClass::Unknown,
+                    format!("Graph API answered {status} with an unexpected body: {e}"),
+                )
+            })?;
+            if accepted.messages.is_empty() && accepted.success {
+                return Ok(None);
+            }
+            return accepted
+                .messages
+                .into_iter()
+                .next()
+                .map(|m| m.id)
+                .filter(|id| !id.is_empty())
+                .map(Some)
+                .ok_or_else(|| {
+                    GraphError::network(
+                        ErrorClass::Unknown,
+                        "Graph API accepted the message without a message id".into(),
+                    )
+                });
+        }
+        Err(parse_error(status.as_u16(), &bytes))
+    }
+}
+
+/// Meta's error body (`{"error": {"message", "code", "error_subcode", ...}}`), classed;
+/// a body that is not Meta's is judged by the HTTP status alone.
+pub fn parse_error(http_status: u16, body: &[u8]) -> GraphError {
+    let by_status = if http_status >= 500 || http_status == 429 {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Permanent
+    };
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody { error }) => {
+            let details = error
+                .error_data
+                .as_ref()
+                .and_then(|d| d.get("details"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let class = match error.code {
+                Some(code) if http_status < 500 => classify(code),
+                Some(code) if classify(code) == ErrorClass::Pause => ErrorClass::Pause,
+                _ => by_status,
+            };
+            GraphError {
+                class,
+                http_status: Some(http_status),
+                code: error.code,
+                subcode: error.error_subcode,
+                title: error.error_user_title.or(error.kind),
+                message: details.unwrap_or(error.message),
+            }
+        }
+        Err(_) => GraphError {
+            class: by_status,
+            http_status: Some(http_status),
+            code: None,
+            subcode: None,
+            title: None,
+            message: format!(
+                "Graph API answered HTTP {http_status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metas_codes_mean_what_its_reference_says() {
+        for (code, class) in [
+            (131_000, ErrorClass::Transient),
+            (130_429, ErrorClass::Transient),
+            (80_007, ErrorClass::Transient),
+            (131_057, ErrorClass::Transient),
+            (131_056, ErrorClass::PairLimit),
+            (131_048, ErrorClass::Deferred),
+            (131_064, ErrorClass::Deferred),
+            (190, ErrorClass::Pause),
+            (200, ErrorClass::Pause),
+            (368, ErrorClass::Pause),
+            (131_042, ErrorClass::Pause),
+            (100, ErrorClass::Permanent),
+            (132_001, ErrorClass::Permanent),
+            (131_026, ErrorClass::Permanent),
+            (131_047, ErrorClass::Permanent),
+            (131_050, ErrorClass::Permanent),
+        ] {
+            assert_eq!(classify(code), class, "code {code}");
+        }
+    }
+
+    #[test]
+    fn an_error_body_is_read_as_meta_writes_it() {
+        let error = parse_error(
+            400,
+            br#"{"error":{"message":"(#131047) Re-engagement message","type":"OAuthException","code":131047,"error_data":{"messaging_product":"whatsapp","details":"Message failed to send because more than 24 hours have passed"},"fbtrace_id":"A"}}"#,
+        );
+        assert_eq!(error.class, ErrorClass::Permanent);
+        assert_eq!(error.code, Some(131_047));
+        assert_eq!(
+            error.message,
+            "Message failed to send because more than 24 hours have passed"
+        );
+        let shown: Value = serde_json::from_str(&error.to_json()).expect("json");
+        assert_eq!(shown["code"], json!(131_047));
+        assert_eq!(parse_error(503, b"busy").class, ErrorClass::Transient);
+        assert_eq!(
+            parse_error(
+                401,
+                br#"{"error":{"message":"bad token","code":190,"error_subcode":463}}"#
+            )
+            .class,
+            ErrorClass::Pause
+        );
+    }
+}

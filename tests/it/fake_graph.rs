@@ -1,0 +1,142 @@
+//! A fake of Meta's Graph API on 127.0.0.1 for the outbound tests: it checks what
+//! Meta's send endpoint checks (the path, a bearer token, `messaging_product`, a
+//! recipient), records each call with its arrival time, and answers as Meta does,
+//! `{"messaging_product", "contacts": [{"input", "wa_id"}], "messages": [{"id"}]}`,
+//! or with the errors a test queues, in Meta's error shape.
+
+use std::collections::VecDeque;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub path: String,
+    pub authorization: Option<String>,
+    pub body: Value,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    calls: Vec<Call>,
+    /// Answers to give before the default success, in order: (HTTP status, body).
+    scripted: VecDeque<(u16, Value)>,
+    accepted: u64,
+}
+
+#[derive(Clone)]
+pub struct FakeGraph {
+    pub base: String,
+    state: Arc<Mutex<State>>,
+    server: actix_web::dev::ServerHandle,
+}
+
+/// Meta's error body for `code`.
+pub fn meta_error(code: i64, message: &str) -> Value {
+    json!({"error": {"message": message, "type": "OAuthException", "code": code,
+        "error_data": {"messaging_product": "whatsapp", "details": message},
+        "fbtrace_id": "AbCdEf"}})
+}
+
+impl FakeGraph {
+    pub async fn start() -> FakeGraph {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(shared.clone()))
+                .route("/{version}/{number}/messages", web::post().to(send))
+        })
+        .workers(1)
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        FakeGraph {
+            base,
+            state,
+            server: handle,
+        }
+    }
+
+    /// The next answers, before the default success.
+    pub fn script(&self, answers: Vec<(u16, Value)>) {
+        self.state.lock().unwrap().scripted.extend(answers);
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    /// Waits until at least `n` calls have arrived.
+    pub async fn wait_calls(&self, n: usize) -> Vec<Call> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let calls = self.calls();
+            if calls.len() >= n {
+                return calls;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the fake Graph API got {} of {n} calls",
+                calls.len()
+            );
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(&self) {
+        self.server.stop(false).await;
+    }
+}
+
+async fn send(
+    state: web::Data<Arc<Mutex<State>>>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let authorization = req
+        .headers()
+        .get("Authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut state = state.lock().unwrap();
+    state.calls.push(Call {
+        path: req.path().to_string(),
+        authorization: authorization.clone(),
+        body: body.clone(),
+        at: Instant::now(),
+    });
+    if !authorization.is_some_and(|a| a.starts_with("Bearer ") && a.len() > 7) {
+        return HttpResponse::Unauthorized().json(meta_error(190, "Invalid OAuth access token"));
+    }
+    if body["messaging_product"] != "whatsapp" {
+        return HttpResponse::BadRequest().json(meta_error(100, "Invalid parameter"));
+    }
+    if let Some((status, answer)) = state.scripted.pop_front() {
+        return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+            .json(answer);
+    }
+    if body["status"] == "read" {
+        return HttpResponse::Ok().json(json!({"success": true}));
+    }
+    let to = body.get("to").or_else(|| body.get("recipient"));
+    if to.is_none() {
+        return HttpResponse::BadRequest().json(meta_error(100, "Invalid parameter: to"));
+    }
+    state.accepted += 1;
+    let wamid = format!("wamid.FAKE{}", state.accepted);
+    HttpResponse::Ok().json(json!({
+        "messaging_product": "whatsapp",
+        "contacts": [{"input": to, "wa_id": to}],
+        "messages": [{"id": wamid}],
+    }))
+}

@@ -1,0 +1,299 @@
+//! Outbound: the send API, the outbox and the number's sender, against a fake Graph
+//! API on 127.0.0.1 that answers as Meta documents.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::fake_graph::{meta_error, FakeGraph};
+use crate::support::*;
+
+const CUSTOMER: &str = "4915100000077";
+
+async fn app_with_graph(backend: &Backend, graph: &FakeGraph) -> TestApp {
+    let base = graph.base.clone();
+    TestApp::start_with(backend, Default::default(), move |settings| {
+        settings.whatsapp.graph_base_url = base;
+        settings.outbound.retry_base_ms = 50;
+        settings.outbound.reconcile_secs = 1;
+    })
+    .await
+}
+
+/// An inbound text stamped now, which opens the customer-service window.
+fn text_now(from: &str, wamid: &str) -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    serde_json::to_vec(&envelope(vec![messages_change(
+        NUMBER_A,
+        vec![contact(from, "Customer")],
+        vec![
+            json!({"from": from, "id": wamid, "timestamp": now.to_string(), "type": "text",
+            "text": {"body": "hello?"}}),
+        ],
+    )]))
+    .unwrap()
+}
+
+async fn post_message(
+    app: &TestApp,
+    api_key: &str,
+    body: &Value,
+    idempotency_key: Option<&str>,
+) -> (u16, Value) {
+    let mut req = app
+        .client
+        .post(format!("{}/v1/messages", app.base))
+        .insert_header(("Authorization", format!("Bearer {api_key}")));
+    if let Some(key) = idempotency_key {
+        req = req.insert_header(("Idempotency-Key", key));
+    }
+    let mut resp = req.send_json(body).await.unwrap();
+    let bytes = resp.body().await.unwrap();
+    (
+        resp.status().as_u16(),
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// Polls `GET /v1/messages/{id}` until its state is `state`.
+async fn wait_state(app: &TestApp, id: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = app
+            .get(&format!("/v1/messages/{id}"), Some(&app.a.api_key))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        if body["state"] == state {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "message {id} stayed {body} (waiting for {state})"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_reply_reaches_meta_as_documented_and_follows_its_status_webhooks() {
+    for backend in backends() {
+        let graph = FakeGraph::start().await;
+        let app = app_with_graph(&backend, &graph).await;
+        assert_eq!(
+            app.post_signed(&text_now(CUSTOMER, "wamid.in.1")).await.0,
+            200
+        );
+        app.wait_messages(&app.a, 1).await;
+
+        let send = json!({"from_phone_number_id": NUMBER_A, "to": CUSTOMER, "type": "text",
+            "text": {"body": "Your order has shipped.", "preview_url": false}});
+        let (status, accepted) = post_message(&app, &app.a.api_key, &send, None).await;
+        assert_eq!(status, 202, "{accepted}");
+        assert_eq!(accepted["state"], "queued");
+        let id = accepted["id"].as_str().unwrap().to_string();
+
+        let calls = graph.wait_calls(1).await;
+        assert_eq!(calls[0].path, format!("/v23.0/{NUMBER_A}/messages"));
+        assert_eq!(
+            calls[0].authorization.as_deref(),
+            Some("Bearer EAAG-test-token")
+        );
+        assert_eq!(
+            calls[0].body,
+            json!({"messaging_product": "whatsapp", "recipient_type": "individual",
+                "to": CUSTOMER, "biz_opaque_callback_data": id, "type": "text",
+                "text": {"body": "Your order has shipped.", "preview_url": false}})
+        );
+        let sent = wait_state(&app, &id, "sent").await;
+        assert_eq!(sent["wamid"], "wamid.FAKE1");
+        assert_eq!(sent["error"], Value::Null);
+
+        for status in ["delivered", "read"] {
+            let webhook = envelope(vec![statuses_change(
+                NUMBER_A,
+                vec![json!({"id": "wamid.FAKE1", "status": status,
+                    "timestamp": "1764000100", "recipient_id": CUSTOMER})],
+            )]);
+            let (code, _) = app
+                .post_signed(&serde_json::to_vec(&webhook).unwrap())
+                .await;
+            assert_eq!(code, 200);
+        }
+        wait_state(&app, &id, "read").await;
+        // The conversation lists the reply beside the customer's message, once.
+        let messages = app.all_messages(&app.a).await;
+        let outbound: Vec<&Value> = messages
+            .iter()
+            .filter(|m| m["direction"] == "outbound")
+            .collect();
+        assert_eq!(outbound.len(), 1, "{messages:?}");
+        assert_eq!(outbound[0]["id"], id.as_str());
+        assert_eq!(outbound[0]["status"], "read");
+        assert_eq!(outbound[0]["content"]["body"], "Your order has shipped.");
+        graph.stop().await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_send_is_refused_naming_the_field_or_the_rule_it_breaks() {
+    let graph = FakeGraph::start().await;
+    let app = app_with_graph(&Backend::Sqlite, &graph).await;
+    let text = |to: &str, body: &str| json!({"from_phone_number_id": NUMBER_A, "to": to, "type": "text", "text": {"body": body}});
+    let (status, body) = post_message(&app, &app.a.api_key, &text(CUSTOMER, ""), None).await;
+    assert_eq!(
+        (status, body["error"]["field"].clone()),
+        (422, json!("text.body"))
+    );
+    assert_eq!(body["error"]["code"], "invalid_field");
+    let too_long = "x".repeat(4097);
+    let (status, body) = post_message(&app, &app.a.api_key, &text(CUSTOMER, &too_long), None).await;
+    assert_eq!(
+        (status, body["error"]["field"].clone()),
+        (422, json!("text.body"))
+    );
+    // Another tenant's number is as unknown as one that does not exist.
+    let (status, body) = post_message(&app, &app.b.api_key, &text(CUSTOMER, "hi"), None).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (404, json!("not_found"))
+    );
+    // A contact who never wrote has no window: free-form is refused, a template goes.
+    let (status, body) = post_message(&app, &app.a.api_key, &text(CUSTOMER, "hi"), None).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (409, json!("outside_window"))
+    );
+    let template = json!({"from_phone_number_id": NUMBER_A, "to": CUSTOMER, "type": "template",
+        "template": {"name": "order_update", "language": {"code": "en_US"}}});
+    let (status, first) = post_message(&app, &app.a.api_key, &template, Some("order-42")).await;
+    assert_eq!(status, 202, "{first}");
+    // The same key again answers the first response and sends nothing more.
+    let (status, again) = post_message(&app, &app.a.api_key, &template, Some("order-42")).await;
+    assert_eq!((status, again["id"].clone()), (202, first["id"].clone()));
+    let mut other = template.clone();
+    other["template"]["name"] = json!("another");
+    let (status, body) = post_message(&app, &app.a.api_key, &other, Some("order-42")).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (422, json!("idempotency_key_reused"))
+    );
+    wait_state(&app, first["id"].as_str().unwrap(), "sent").await;
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(graph.calls().len(), 1, "one send for one idempotency key");
+    // Tenant B cannot see A's message.
+    let (status, _) = app
+        .get(
+            &format!("/v1/messages/{}", first["id"].as_str().unwrap()),
+            Some(&app.b.api_key),
+        )
+        .await;
+    assert_eq!(status, 404);
+    graph.stop().await;
+}
+
+#[actix_rt::test]
+async fn transient_errors_are_retried_permanent_ones_fail_and_a_bad_token_pauses_the_number() {
+    let graph = FakeGraph::start().await;
+    let app = app_with_graph(&Backend::Sqlite, &graph).await;
+    let template = |name: &str| {
+        json!({"from_phone_number_id": NUMBER_A, "to": CUSTOMER, "type": "template",
+            "template": {"name": name, "language": {"code": "en_US"}}})
+    };
+    graph.script(vec![
+        (500, json!({"error": {"message": "internal", "code": 1}})),
+        (400, meta_error(130_429, "Rate limit hit")),
+    ]);
+    let (_, first) = post_message(&app, &app.a.api_key, &template("one"), None).await;
+    let sent = wait_state(&app, first["id"].as_str().unwrap(), "sent").await;
+    assert!(sent["wamid"].as_str().unwrap().starts_with("wamid.FAKE"));
+    assert_eq!(graph.calls().len(), 3, "two failures, then the send");
+
+    graph.script(vec![(
+        400,
+        meta_error(132_001, "Template name does not exist"),
+    )]);
+    let (_, second) = post_message(&app, &app.a.api_key, &template("missing"), None).await;
+    let failed = wait_state(&app, second["id"].as_str().unwrap(), "failed").await;
+    assert_eq!(failed["error"]["code"], 132_001);
+    assert_eq!(failed["error"]["message"], "Template name does not exist");
+    assert_eq!(graph.calls().len(), 4, "a permanent error is not retried");
+
+    graph.script(vec![(
+        401,
+        meta_error(190, "Error validating access token"),
+    )]);
+    let (_, third) = post_message(&app, &app.a.api_key, &template("three"), None).await;
+    graph.wait_calls(5).await;
+    let (_, fourth) = post_message(&app, &app.a.api_key, &template("four"), None).await;
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(graph.calls().len(), 5, "a paused number sends nothing");
+    for id in [&third["id"], &fourth["id"]] {
+        let (_, state) = app
+            .get(
+                &format!("/v1/messages/{}", id.as_str().unwrap()),
+                Some(&app.a.api_key),
+            )
+            .await;
+        assert_eq!(state["state"], "queued", "{state}");
+    }
+    graph.stop().await;
+}
+
+/// With the number's limit at 20 messages a second, 60 sends take about 3 s of the
+/// fake's time, no second window holds more than the rate and its 5% burst (at least
+/// one message), and each contact's messages arrive in the order they were accepted.
+#[actix_rt::test]
+async fn sends_keep_the_numbers_pace_and_each_contacts_order() {
+    let graph = FakeGraph::start().await;
+    let base = graph.base.clone();
+    let app = TestApp::start_with(&Backend::Sqlite, Default::default(), move |settings| {
+        settings.whatsapp.graph_base_url = base;
+        settings.outbound.default_mps = 20;
+    })
+    .await;
+    let contacts: Vec<String> = (0..20).map(|i| format!("49151000010{i:02}")).collect();
+    let mut accepted: Vec<(String, String)> = Vec::new();
+    for round in 0..3 {
+        for to in &contacts {
+            let body = json!({"from_phone_number_id": NUMBER_A, "to": to, "type": "template",
+                "template": {"name": format!("step_{round}"), "language": {"code": "en_US"}}});
+            let (status, answer) = post_message(&app, &app.a.api_key, &body, None).await;
+            assert_eq!(status, 202, "{answer}");
+            accepted.push((to.clone(), answer["id"].as_str().unwrap().to_string()));
+        }
+    }
+    let calls = graph.wait_calls(60).await;
+    let first = calls[0].at;
+    let span = calls[59].at.duration_since(first);
+    assert!(
+        span >= Duration::from_millis(2_600),
+        "60 messages at 20/s took {span:?}"
+    );
+    for (i, call) in calls.iter().enumerate() {
+        let within: usize = calls[i..]
+            .iter()
+            .take_while(|later| later.at.duration_since(call.at) < Duration::from_secs(1))
+            .count();
+        assert!(
+            within <= 21,
+            "{within} messages within one second from call {i}"
+        );
+    }
+    for to in &contacts {
+        let sent: Vec<&str> = calls
+            .iter()
+            .filter(|c| c.body["to"] == to.as_str())
+            .map(|c| c.body["biz_opaque_callback_data"].as_str().unwrap())
+            .collect();
+        let expected: Vec<&str> = accepted
+            .iter()
+            .filter(|(contact, _)| contact == to)
+            .map(|(_, id)| id.as_str())
+            .collect();
+        assert_eq!(sent, expected, "the order of {to}'s messages");
+    }
+    graph.stop().await;
+}
