@@ -4,8 +4,9 @@
 //! before it reaches the writer.
 //!
 //! Its contact is found before the first write: by reads alone when the contact exists
-//! and its identifiers need no linking ([`crate::storage::contacts::look_up_contacts`]), and created by
-//! the write of its first events when it does not ([`NewContact`]: the key and the
+//! and its identifiers need no linking (the contact readers' batches,
+//! [`crate::storage::readers`]), and created by the write of its first events when it
+//! does not ([`NewContact`]: the key and the
 //! conversation id made here, so that the events are sealed under the key and go in
 //! with the writer's set-based statements). Only linking an identifier to a contact or
 //! merging two contacts takes a write of its own (the writer's resolve).

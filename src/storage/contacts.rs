@@ -350,7 +350,7 @@ pub fn look_up_contacts(
             }
             // Reads are not one snapshot: a contact merged away or erased since the
             // lookup above has no key now, and the writer's resolve sorts it out.
-            let key = match keys.get(found.key_id.as_str()) {
+            let key = match keys.get(&(q.tenant_id.0.clone(), found.key_id.clone())) {
                 Some(key) => key.clone()?,
                 None => return Ok(Lookup::NeedsWriter),
             };
@@ -861,6 +861,13 @@ mod tests {
             })
             .expect("key destroyed");
 
+        // A contact of B's that names A's key (damaged data) is not given A's key.
+        let borrower = resolve_contact(&mut conn, &vault, &b, &wa("4915100000009"), None, 1)
+            .expect("contact of b");
+        on_backend!(&mut *conn, c => diesel::update(contacts::table.find(borrower.contact_id.as_str()))
+            .set(contacts::key_id.eq(known.key_id.as_str()))
+            .execute(c))
+        .expect("key id replaced");
         let ask = |tenant_id: &TenantId, number: &str, ids: ContactIdentifiers| ContactQuestion {
             tenant_id: tenant_id.clone(),
             phone_number_id: PhoneNumberId(number.into()),
@@ -898,6 +905,7 @@ mod tests {
                     wa_id: None,
                 },
             ),
+            ask(&b, "100", wa("4915100000009")),
         ];
         let answers: Vec<Lookup> = look_up_contacts(&mut conn, &vault, &questions)
             .expect("look-ups")
@@ -930,6 +938,7 @@ mod tests {
                 "writer".into(),
                 "writer".into(),
                 found(&by_user, "none"),
+                "writer".into(),
             ]
         );
         let Lookup::Found(contact, _) = &answers[0] else {

@@ -5,7 +5,7 @@
 //! another, so opening anything sealed (a contact, a listed message) goes through
 //! `load_data_key` or `load_keys`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 
@@ -82,14 +82,18 @@ pub(super) fn load_data_key(
     }
 }
 
-/// The data keys named in `wanted` (a tenant and a key id each), in one query; a key
-/// that is destroyed, or of another tenant, is absent, and one that does not unwrap
-/// is an error of its own entry (the others still open).
+/// Data keys by (tenant, key id), each opened or the reason it did not open.
+pub(super) type OpenedKeys = HashMap<(String, String), Result<SealKey, CryptoError>>;
+
+/// The data keys named in `wanted` (a tenant and a key id each), in one query, by
+/// (tenant, key id); a key that is destroyed, or not of the tenant that asks for it, is
+/// absent, and one that does not unwrap is an error of its own entry (the others still
+/// open).
 pub(super) fn load_data_keys(
     conn: &mut DbConn,
     keyring: &Vault,
     wanted: &[(&TenantId, &str)],
-) -> Result<HashMap<String, Result<SealKey, CryptoError>>, StorageError> {
+) -> Result<OpenedKeys, StorageError> {
     if wanted.is_empty() {
         return Ok(HashMap::new());
     }
@@ -100,19 +104,16 @@ pub(super) fn load_data_keys(
             .select((data_keys::id, data_keys::tenant_id, data_keys::wrapped_key))
             .load(c))?)
     })?;
-    let tenants: HashMap<&str, &TenantId> = wanted
+    let asked: HashSet<(&str, &str)> = wanted
         .iter()
-        .map(|(tenant_id, key_id)| (*key_id, *tenant_id))
+        .map(|(tenant_id, key_id)| (tenant_id.as_str(), *key_id))
         .collect();
     Ok(rows
         .into_iter()
+        .filter(|(key_id, tenant, _)| asked.contains(&(tenant.as_str(), key_id.as_str())))
         .filter_map(|(key_id, tenant, wrapped)| {
-            let tenant_id = tenants.get(key_id.as_str())?;
-            if tenant != tenant_id.as_str() {
-                return None;
-            }
-            let key = keyring.unwrap_data_key(tenant_id.as_str(), &key_id, &wrapped?);
-            Some((key_id, key))
+            let key = keyring.unwrap_data_key(&tenant, &key_id, &wrapped?);
+            Some(((tenant, key_id), key))
         })
         .collect())
 }

@@ -1,10 +1,10 @@
 //! The contact readers: a few threads that answer the conversation actors' contact
 //! look-ups ([`contacts::look_up_contacts`]) in batches. Under a business's contact
-//! spread most messages start an actor that must find its contact first; asked one by
-//! one, each look-up took a pooled connection and four statements of its own (on
-//! PostgreSQL four round trips), and the look-ups, not the writes, bounded ingest. A
-//! reader takes every question waiting when it comes free, up to [`BATCH_MAX`], and
-//! answers them with one statement per table.
+//! spread most messages start an actor that must find its contact first, so look-ups
+//! are as frequent as messages; a look-up alone costs a pooled connection and up to
+//! four statements (on PostgreSQL, four round trips). A reader takes every question
+//! waiting when it comes free, up to [`BATCH_MAX`], and answers them all with one
+//! statement per identifier kind, one of the key store and one of conversations.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,7 +45,8 @@ impl ContactReaders {
             .map_err(|_| StorageError::Unavailable("a contact reader stopped".into()))?
     }
 
-    /// Tells the readers to stop once the questions already asked are answered.
+    /// Tells the readers to stop once no question has come for a moment (100 ms);
+    /// called when the actors that ask have stopped.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
     }
@@ -79,8 +80,9 @@ pub fn spawn(
 
 struct Reader {
     pool: Pool,
-    /// Kept between batches while questions keep coming (a checkout of the pool tests
-    /// the connection with a statement of its own); given back when idle.
+    /// Kept between batches while questions keep coming and the pool has connections
+    /// to spare (a checkout tests the connection with a statement of its own); given
+    /// back when idle.
     conn: Option<PooledConn>,
     vault: Arc<Vault>,
     stopping: Arc<AtomicBool>,
@@ -110,40 +112,72 @@ impl Reader {
     fn answer(&mut self, batch: Vec<Question>) {
         let (questions, replies): (Vec<ContactQuestion>, Vec<_>) =
             batch.into_iter().map(|q| (q.question, q.reply)).unzip();
-        let answers =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.look_up(&questions)));
         let mut outbox = Outbox::default();
-        match answers {
-            Ok(Ok(answers)) => {
+        match self.look_up_guarded(&questions) {
+            Ok(answers) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     outbox.push(reply, answer);
                 }
             }
-            Ok(Err(e)) => {
-                if e.is_transient() {
-                    self.conn = None;
+            // One question's rows may be what fails (or panics): alone, each gets its
+            // own answer, and the others are not failed with it.
+            Err(_) if questions.len() > 1 => {
+                for (question, reply) in questions.into_iter().zip(replies) {
+                    let answer = match self.look_up_guarded(std::slice::from_ref(&question)) {
+                        Ok(mut answers) => answers.pop().unwrap_or_else(|| {
+                            Err(StorageError::Rejected("no answer to a look-up".into()))
+                        }),
+                        Err(e) => Err(e),
+                    };
+                    outbox.push(reply, answer);
                 }
-                slog::warn!(self.log, "contact look-ups failed";
-                    "questions" => questions.len(), "error" => %e);
+            }
+            Err(e) => {
                 for reply in replies {
                     outbox.push(reply, Err(copy_of(&e)));
                 }
             }
-            Err(_) => {
-                // A look-up that panicked would panic again: its events fail (and
-                // are parked in time) rather than be retried for ever.
-                self.conn = None;
-                slog::error!(self.log, "contact look-ups panicked";
-                    "questions" => questions.len());
-                for reply in replies {
-                    outbox.push(
-                        reply,
-                        Err(StorageError::Rejected("contact look-up failed".into())),
-                    );
+        }
+        outbox.deliver();
+        // Kept only while the pool has a connection to spare: the writers' and the
+        // API's needs come first.
+        if self.pool.state().idle_connections == 0 {
+            self.conn = None;
+        }
+    }
+
+    /// [`Reader::look_up`], a panic caught as a final error; a transient error (the
+    /// connection kept may have died with its server) is tried once more on a fresh one.
+    fn look_up_guarded(
+        &mut self,
+        questions: &[ContactQuestion],
+    ) -> Result<Vec<Result<Lookup, StorageError>>, StorageError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let answers =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.look_up(questions)));
+            match answers {
+                Ok(Ok(answers)) => return Ok(answers),
+                Ok(Err(e)) if e.is_transient() && tries == 1 => self.conn = None,
+                Ok(Err(e)) => {
+                    if e.is_transient() {
+                        self.conn = None;
+                    }
+                    slog::warn!(self.log, "contact look-ups failed";
+                        "questions" => questions.len(), "error" => %e);
+                    return Err(e);
+                }
+                Err(_) => {
+                    // A look-up that panicked would panic again: its events fail (and
+                    // are parked in time) rather than be retried for ever.
+                    self.conn = None;
+                    slog::error!(self.log, "contact look-ups panicked";
+                        "questions" => questions.len());
+                    return Err(StorageError::Rejected("contact look-up failed".into()));
                 }
             }
         }
-        outbox.deliver();
     }
 
     fn look_up(
