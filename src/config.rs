@@ -57,6 +57,7 @@ pub struct OutboundSettings {
     pub retry_deadline_secs: u64,
     pub reconcile_secs: u64,
     pub request_timeout_secs: u64,
+    pub paused_recheck_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -122,6 +122,17 @@ enum NumberCommand {
         #[command(flatten)]
         output: Output,
     },
+    /// Replace a number's Graph API access token; the running daemon uses it at once
+    /// and a number paused for its token resumes.
+    Update {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        phone_number_id: String,
+        /// File holding the new access token.
+        #[arg(long)]
+        access_token_file: PathBuf,
+    },
     /// List phone numbers, of one tenant or all.
     List {
         #[arg(long)]
@@ -370,6 +381,26 @@ fn number(settings: Settings, command: NumberCommand) -> anyhow::Result<()> {
                     );
                 }
             }
+        }
+        NumberCommand::Update {
+            tenant,
+            phone_number_id,
+            access_token_file,
+        } => {
+            let token = std::fs::read_to_string(&access_token_file).with_context(|| {
+                format!(
+                    "cannot read --access-token-file {}",
+                    access_token_file.display()
+                )
+            })?;
+            tenants::replace_access_token(&mut conn, &keyring, &tenant, &phone_number_id, &token)
+                .map_err(|e| match e {
+                storage::StorageError::NotFound => {
+                    anyhow::anyhow!("tenant {tenant} has no phone number {phone_number_id}")
+                }
+                other => other.into(),
+            })?;
+            println!("access token of {phone_number_id} replaced");
         }
         NumberCommand::List { tenant, output } => {
             let tenant = tenant.map(TenantId);

@@ -36,6 +36,12 @@ pub struct Metrics {
     pub wal_restart_seconds: Histogram,
     /// Writer threads restarted after a panic.
     pub writer_restarts: IntCounter,
+    /// Outbound calls to Meta by outcome: sent, retried, failed, paused, unknown.
+    pub outbound_sends: IntCounterVec,
+    /// Sends the API refused by the rule's code (outside_window, restricted, ...).
+    pub outbound_refusals: IntCounterVec,
+    /// Numbers whose sender is paused for its token or account.
+    pub outbound_numbers_paused: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -113,7 +119,31 @@ impl Metrics {
             "SQLite: how long the writer paused between batches to start the WAL over",
             vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0],
         )?;
+        let outbound_sends = IntCounterVec::new(
+            Opts::new(
+                "outbound_sends_total",
+                "Calls to Meta's send endpoint by outcome (sent, retried, failed, paused, unknown)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(outbound_sends.clone()))?;
+        let outbound_refusals = IntCounterVec::new(
+            Opts::new(
+                "outbound_refusals_total",
+                "Sends refused by the API, by the rule they broke",
+            ),
+            &["code"],
+        )?;
+        registry.register(Box::new(outbound_refusals.clone()))?;
+        let outbound_numbers_paused = IntGauge::new(
+            "outbound_numbers_paused",
+            "Numbers whose sender is paused: Meta refused their token or account",
+        )?;
+        registry.register(Box::new(outbound_numbers_paused.clone()))?;
         Ok(Metrics {
+            outbound_sends,
+            outbound_refusals,
+            outbound_numbers_paused,
             writer_restarts: counter(
                 &registry,
                 "writer_restarts_total",

@@ -29,9 +29,6 @@ use crate::whatsapp::graph::{ErrorClass, GraphClient, GraphError};
 
 /// Rows read per scan of the outbox: more than the contacts one scan can start.
 const SCAN_ROWS: i64 = 1000;
-/// How long a paused number waits before it reads its token again (an operator may
-/// have replaced it).
-const PAUSED_RECHECK: Duration = Duration::from_secs(30);
 /// Spam and ecosystem limits: Meta asks for hours, not seconds.
 const DEFERRED_MS: i64 = 3 * 3600 * 1000;
 
@@ -117,7 +114,7 @@ impl SenderActor {
         }
     }
 
-    /// Reads the outbox (and, the first time or after a pause, the number's token).
+    /// Reads the outbox and the number's token.
     fn scan(&mut self, ctx: &mut Context<Self>) {
         if self.scanning {
             self.scan_again = true;
@@ -126,16 +123,13 @@ impl SenderActor {
         self.scanning = true;
         let core = self.core.clone();
         let number = self.number.clone();
-        let reload = self.credentials.is_none() || self.paused;
         let read = async move {
             let pool = core.pool.clone();
             let keyring = core.keyring.clone();
             actix_web::rt::task::spawn_blocking(move || {
                 storage::with_conn(&pool, |conn| {
-                    let credentials = match reload {
-                        true => tenants::sending_number(conn, &keyring, number.as_str())?,
-                        false => None,
-                    };
+                    // Read at every look, so that a replaced token is used at once.
+                    let credentials = tenants::sending_number(conn, &keyring, number.as_str())?;
                     let rows = outbox::pending_sends(conn, &number, SCAN_ROWS)?;
                     Ok((credentials, rows))
                 })
@@ -156,14 +150,13 @@ impl SenderActor {
                             slog::info!(actor.core.log, "sender resumed with a new token";
                                 "phone_number_id" => actor.number.as_str());
                             actor.paused = false;
+                            actor.core.metrics.outbound_numbers_paused.dec();
                         }
                         actor.credentials = Some(Rc::new(credentials));
                     }
                     if actor.paused {
-                        actor.scan_at(
-                            actor.core.clock.now_ms() + PAUSED_RECHECK.as_millis() as i64,
-                            ctx,
-                        );
+                        let recheck = actor.core.settings.outbound.paused_recheck_secs * 1000;
+                        actor.scan_at(actor.core.clock.now_ms() + recheck as i64, ctx);
                     } else {
                         actor.start_sends(rows, ctx);
                     }
@@ -293,8 +286,22 @@ impl SenderActor {
         ctx.spawn(
             sent.into_actor(self)
                 .map(move |sent, actor, ctx| match sent {
-                    Ok((Ok(None), _, row)) => actor.settle(&row, Settle::Done, ctx),
+                    Ok((Ok(None), _, row)) => {
+                        actor
+                            .core
+                            .metrics
+                            .outbound_sends
+                            .with_label_values(&["sent"])
+                            .inc();
+                        actor.settle(&row, Settle::Done, ctx)
+                    }
                     Ok((Ok(Some(wamid)), key, row)) => {
+                        actor
+                            .core
+                            .metrics
+                            .outbound_sends
+                            .with_label_values(&["sent"])
+                            .inc();
                         let sealed = outbox::seal_wamid(
                             &actor.core.keyring,
                             &key,
@@ -332,6 +339,17 @@ impl SenderActor {
 
     /// What an error of Meta's (or the network's) does to the send and the number.
     fn failed(&mut self, row: &OutboxRow, error: GraphError, ctx: &mut Context<Self>) {
+        let outcome = match error.class {
+            ErrorClass::Permanent => "failed",
+            ErrorClass::Pause => "paused",
+            ErrorClass::Unknown => "unknown",
+            _ => "retried",
+        };
+        self.core
+            .metrics
+            .outbound_sends
+            .with_label_values(&[outcome])
+            .inc();
         let now = self.core.clock.now_ms();
         let outbound = &self.core.settings.outbound;
         let attempts = u32::try_from(row.attempts.max(1)).unwrap_or(1);
@@ -358,6 +376,9 @@ impl SenderActor {
                 slog::error!(self.core.log, "number paused: Meta refused its token or account; replace the token to resume";
                     "phone_number_id" => self.number.as_str(), "code" => error.code,
                     "message" => &error.message);
+                if !self.paused {
+                    self.core.metrics.outbound_numbers_paused.inc();
+                }
                 self.paused = true;
                 Settle::RetryAt(now, Some(error.to_json()))
             }

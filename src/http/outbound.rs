@@ -72,7 +72,15 @@ pub async fn send_message(
         .write(Some(tenant.clone()), move |conn| {
             outbox::accept(conn, &send)
         })
-        .await?;
+        .await
+        .inspect_err(|e| {
+            if let crate::storage::StorageError::Conflict { code, .. } = e {
+                core.metrics
+                    .outbound_refusals
+                    .with_label_values(&[code])
+                    .inc();
+            }
+        })?;
     sender::wake(core, &request.from_phone_number_id);
     Ok(accepted(accepted_send.id, accepted_send.state))
 }

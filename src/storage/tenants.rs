@@ -348,3 +348,35 @@ pub fn owns_number(
         .optional())?;
     Ok(found.is_some())
 }
+
+/// Replaces the access token of `phone_number_id` of `tenant_id` (sealed as when the
+/// number was added). The running daemon's sender reads it at its next look at the
+/// outbox; a sender paused for its token resumes with it.
+pub fn replace_access_token(
+    conn: &mut DbConn,
+    keyring: &Vault,
+    tenant_id: &str,
+    phone_number_id: &str,
+    access_token: &str,
+) -> Result<(), StorageError> {
+    if access_token.trim().is_empty() {
+        return Err(StorageError::Validation {
+            field: "access_token",
+            rule: "required",
+            message: "the access token file is empty".into(),
+        });
+    }
+    let token_ct = keyring.secrets().seal(
+        access_token.trim().as_bytes(),
+        &access_token_place(tenant_id, phone_number_id),
+    )?;
+    let updated = on_backend!(conn, c => diesel::update(phone_numbers::table
+            .find(phone_number_id)
+            .filter(phone_numbers::tenant_id.eq(tenant_id)))
+        .set(phone_numbers::access_token_ct.eq(&token_ct))
+        .execute(c))?;
+    match updated {
+        0 => Err(StorageError::NotFound),
+        _ => Ok(()),
+    }
+}

@@ -16,6 +16,7 @@ async fn app_with_graph(backend: &Backend, graph: &FakeGraph) -> TestApp {
         settings.whatsapp.graph_base_url = base;
         settings.outbound.retry_base_ms = 50;
         settings.outbound.reconcile_secs = 1;
+        settings.outbound.paused_recheck_secs = 1;
     })
     .await
 }
@@ -166,6 +167,11 @@ async fn a_send_is_refused_naming_the_field_or_the_rule_it_breaks() {
         (status, body["error"]["code"].clone()),
         (409, json!("outside_window"))
     );
+    assert_eq!(
+        app.metric("converra_outbound_refusals_total{code=\"outside_window\"}")
+            .await,
+        1.0
+    );
     let template = json!({"from_phone_number_id": NUMBER_A, "to": CUSTOMER, "type": "template",
         "template": {"name": "order_update", "language": {"code": "en_US"}}});
     let (status, first) = post_message(&app, &app.a.api_key, &template, Some("order-42")).await;
@@ -230,6 +236,7 @@ async fn transient_errors_are_retried_permanent_ones_fail_and_a_bad_token_pauses
     let (_, fourth) = post_message(&app, &app.a.api_key, &template("four"), None).await;
     actix_rt::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(graph.calls().len(), 5, "a paused number sends nothing");
+    assert_eq!(app.metric("converra_outbound_numbers_paused").await, 1.0);
     for id in [&third["id"], &fourth["id"]] {
         let (_, state) = app
             .get(
@@ -239,6 +246,33 @@ async fn transient_errors_are_retried_permanent_ones_fail_and_a_bad_token_pauses
             .await;
         assert_eq!(state["state"], "queued", "{state}");
     }
+    // The operator replaces the token (converra number update): both go, in order.
+    let (vault, pool) = app.pool();
+    converra::storage::tenants::replace_access_token(
+        &mut pool.get().unwrap(),
+        &vault,
+        &app.a.id,
+        NUMBER_A,
+        "EAAG-new-token",
+    )
+    .unwrap();
+    for id in [&third["id"], &fourth["id"]] {
+        wait_state(&app, id.as_str().unwrap(), "sent").await;
+    }
+    let calls = graph.calls();
+    assert_eq!(calls.len(), 7);
+    assert_eq!(app.metric("converra_outbound_numbers_paused").await, 0.0);
+    assert_eq!(
+        app.metric("converra_outbound_sends_total{outcome=\"failed\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        calls[6].authorization.as_deref(),
+        Some("Bearer EAAG-new-token")
+    );
+    assert_eq!(calls[5].body["template"]["name"], "three");
+    assert_eq!(calls[6].body["template"]["name"], "four");
     graph.stop().await;
 }
 
