@@ -1285,3 +1285,141 @@ fn an_operator_command_pointed_at_no_database_refuses_and_creates_nothing() {
         assert!(said.contains("no Converra database"), "{said}");
     }
 }
+
+/// Kill the daemon while its outbox is busy and restart it: every send the API
+/// accepted reaches Meta (the fake Graph API) exactly once, each contact's in the
+/// order they were accepted. Meta's part is played as Meta plays it: every message it
+/// accepted is echoed by a `sent` status webhook naming the send
+/// (`biz_opaque_callback_data`), which is how the restarted daemon learns that a send
+/// in flight at the kill had reached Meta.
+#[actix_rt::test]
+async fn sigkill_with_a_busy_outbox_sends_every_accepted_message_once_in_order() {
+    use crate::fake_graph::FakeGraph;
+    use serde_json::json;
+    for backend in backends() {
+        let graph = FakeGraph::start().await;
+        // A slow Meta: the kill finds sends that reached it unanswered.
+        graph.set_delay(Duration::from_millis(300));
+        let db = TestDb::new(&backend);
+        let mut daemon = Daemon::new(&db.url, &db.dir);
+        daemon.env.extend([
+            (
+                "CONVERRA__WHATSAPP__GRAPH_BASE_URL".into(),
+                graph.base.clone(),
+            ),
+            ("CONVERRA__OUTBOUND__DEFAULT_MPS".into(), "40".into()),
+            ("CONVERRA__OUTBOUND__RECONCILE_SECS".into(), "3".into()),
+        ]);
+        let tenant = daemon.seed_tenant(&db.dir, "outbox", "EAAG-token");
+        let api_key = tenant["api_key"].as_str().unwrap().to_string();
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish();
+        let mut child = daemon.spawn();
+        daemon.wait_ready(&client).await;
+
+        const CONTACTS: usize = 10;
+        const PER_CONTACT: usize = 12;
+        let mut accepted: Vec<(String, String)> = Vec::new();
+        for round in 0..PER_CONTACT {
+            for c in 0..CONTACTS {
+                let to = format!("4917700000{c:02}");
+                let body = json!({"from_phone_number_id": NUMBER_A, "to": to,
+                    "type": "template", "template": {"name": format!("step_{round}"),
+                    "language": {"code": "en_US"}}});
+                let mut resp = client
+                    .post(format!("{}/v1/messages", daemon.base))
+                    .insert_header(("Authorization", format!("Bearer {api_key}")))
+                    .send_json(&body)
+                    .await
+                    .unwrap();
+                let answer: Value = serde_json::from_slice(&resp.body().await.unwrap()).unwrap();
+                assert_eq!(resp.status().as_u16(), 202, "{answer}");
+                accepted.push((to, answer["id"].as_str().unwrap().to_string()));
+            }
+        }
+        // At 40 a second the 120 sends take 3 s; kill a third of the way in.
+        graph.wait_calls(40).await;
+        child.kill().unwrap();
+        let _ = child.wait();
+        let before_kill = graph.calls().len();
+        assert!(
+            before_kill < accepted.len(),
+            "the outbox was done before the kill"
+        );
+
+        let _restarted = daemon.spawn();
+        daemon.wait_ready(&client).await;
+        // Meta's `sent` echo of each message it accepted, delivered once the daemon
+        // is back (Meta retries webhooks while it is down), and of each later one.
+        let url = format!("{}/webhooks/whatsapp", daemon.base);
+        let mut echoed = 0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let calls = graph.calls();
+            for (i, call) in calls.iter().enumerate().skip(echoed) {
+                let webhook = envelope(vec![statuses_change(
+                    NUMBER_A,
+                    vec![
+                        json!({"id": format!("wamid.FAKE{}", i + 1), "status": "sent",
+                        "timestamp": "1764000100", "recipient_id": call.body["to"],
+                        "biz_opaque_callback_data": call.body["biz_opaque_callback_data"]}),
+                    ],
+                )]);
+                let body = serde_json::to_vec(&webhook).unwrap();
+                let signature = converra::whatsapp::signature::sign(APP_SECRET.as_bytes(), &body);
+                let resp = client
+                    .post(&url)
+                    .insert_header(("X-Hub-Signature-256", signature))
+                    .send_body(body)
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status().as_u16(), 200);
+            }
+            echoed = calls.len();
+            let sent: HashSet<&str> = calls
+                .iter()
+                .filter_map(|c| c.body["biz_opaque_callback_data"].as_str())
+                .collect();
+            if accepted.iter().all(|(_, id)| sent.contains(id.as_str())) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} accepted sends reached Meta",
+                sent.len(),
+                accepted.len()
+            );
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Past the reconciliation time nothing is sent again.
+        actix_rt::time::sleep(Duration::from_secs(4)).await;
+        let calls = graph.calls();
+        let ids: Vec<&str> = calls
+            .iter()
+            .map(|c| c.body["biz_opaque_callback_data"].as_str().unwrap())
+            .collect();
+        let unique: HashSet<&str> = ids.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "{backend:?}: a send reached Meta twice"
+        );
+        assert_eq!(ids.len(), accepted.len());
+        for c in 0..CONTACTS {
+            let to = format!("4917700000{c:02}");
+            let order: Vec<&str> = calls
+                .iter()
+                .filter(|call| call.body["to"] == to.as_str())
+                .map(|call| call.body["biz_opaque_callback_data"].as_str().unwrap())
+                .collect();
+            let expected: Vec<&str> = accepted
+                .iter()
+                .filter(|(contact, _)| *contact == to)
+                .map(|(_, id)| id.as_str())
+                .collect();
+            assert_eq!(order, expected, "{backend:?}: the order of {to}'s messages");
+        }
+        graph.stop().await;
+    }
+}

@@ -26,6 +26,9 @@ struct State {
     /// Answers to give before the default success, in order: (HTTP status, body).
     scripted: VecDeque<(u16, Value)>,
     accepted: u64,
+    /// How long each answer takes after the call is recorded (a slow Meta, so that a
+    /// test can catch calls in flight).
+    delay: Duration,
 }
 
 #[derive(Clone)]
@@ -71,6 +74,11 @@ impl FakeGraph {
         self.state.lock().unwrap().scripted.extend(answers);
     }
 
+    /// Answers each call `delay` after it arrives.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
     pub fn calls(&self) -> Vec<Call> {
         self.state.lock().unwrap().calls.clone()
     }
@@ -102,13 +110,26 @@ async fn send(
     req: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (answer, delay) = answer(&state, &req, &body);
+    if !delay.is_zero() {
+        actix_rt::time::sleep(delay).await;
+    }
+    answer
+}
+
+fn answer(state: &Mutex<State>, req: &HttpRequest, body: &[u8]) -> (HttpResponse, Duration) {
+    let mut state = state.lock().unwrap();
+    let delay = state.delay;
+    (respond(&mut state, req, body), delay)
+}
+
+fn respond(state: &mut State, req: &HttpRequest, body: &[u8]) -> HttpResponse {
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let authorization = req
         .headers()
         .get("Authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let mut state = state.lock().unwrap();
     state.calls.push(Call {
         path: req.path().to_string(),
         authorization: authorization.clone(),
