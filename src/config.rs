@@ -58,6 +58,8 @@ pub struct OutboundSettings {
     pub reconcile_secs: u64,
     pub request_timeout_secs: u64,
     pub paused_recheck_secs: u64,
+    pub template_sync_secs: u64,
+    pub ca_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -265,6 +267,15 @@ impl Settings {
         if self.outbound.retry_base_ms == 0 {
             return Err(invalid("outbound.retry_base_ms", "must be at least 1"));
         }
+        if self.outbound.reconcile_secs == 0 {
+            return Err(invalid(
+                "outbound.reconcile_secs",
+                "must be at least 1 (0 would send again what Meta may have accepted)",
+            ));
+        }
+        if self.outbound.template_sync_secs == 0 {
+            return Err(invalid("outbound.template_sync_secs", "must be at least 1"));
+        }
         if self.outbound.request_timeout_secs == 0 {
             return Err(invalid(
                 "outbound.request_timeout_secs",
@@ -345,6 +356,13 @@ impl Settings {
             out.push((
                 "whatsapp.verify_token",
                 "not set: Meta's verification handshake is refused until it is",
+            ));
+        }
+        let ca_file = &self.outbound.ca_file;
+        if !ca_file.is_empty() && !std::path::Path::new(ca_file).exists() {
+            out.push((
+                "outbound.ca_file",
+                "does not exist: sends to the Graph API cannot check its certificate",
             ));
         }
         out

@@ -50,13 +50,18 @@ pub fn wake(core: &Arc<Core>, phone_number_id: &str) {
         Ok(running) => running,
         Err(poisoned) => poisoned.into_inner(),
     };
+    let start = || {
+        let core = core.clone();
+        let number = PhoneNumberId(phone_number_id.to_string());
+        Supervisor::start(move |_| SenderActor::new(core, number))
+    };
     let addr = running
         .entry(phone_number_id.to_string())
-        .or_insert_with(|| {
-            let core = core.clone();
-            let number = PhoneNumberId(phone_number_id.to_string());
-            Supervisor::start(move |_| SenderActor::new(core, number))
-        });
+        .or_insert_with(start);
+    if !addr.connected() {
+        // Its thread is gone (a worker that stopped): started again here.
+        *addr = start();
+    }
     addr.do_send(Wake);
 }
 
@@ -192,16 +197,36 @@ impl SenderActor {
     /// Starts the sends due now, the first pending row of each contact with nothing in
     /// flight, in the order they were accepted, as the pace allows.
     fn start_sends(&mut self, rows: Vec<OutboxRow>, ctx: &mut Context<Self>) {
+        let now = self.core.clock.now_ms();
+        let recheck_ms = (self.core.settings.outbound.paused_recheck_secs * 1000) as i64;
         let Some(credentials) = self.credentials.clone() else {
-            slog::warn!(self.core.log, "outbox rows for a number no tenant has";
-                "phone_number_id" => self.number.as_str(), "rows" => rows.len());
+            if !rows.is_empty() {
+                slog::warn!(self.core.log, "outbox rows for a number no tenant has";
+                    "phone_number_id" => self.number.as_str(), "rows" => rows.len());
+                self.scan_at(now + recheck_ms, ctx);
+            }
             return;
         };
-        let now = self.core.clock.now_ms();
+        let client = match self.client() {
+            Ok(client) => client,
+            Err(e) => {
+                slog::error!(self.core.log, "no Graph API client: nothing is sent";
+                    "phone_number_id" => self.number.as_str(), "error" => e);
+                self.scan_at(now + recheck_ms, ctx);
+                return;
+            }
+        };
         let reconcile_ms = (self.core.settings.outbound.reconcile_secs * 1000) as i64;
         let mut seen = HashSet::new();
         for row in rows {
             if !seen.insert(row.contact_id.clone()) || self.in_flight.contains(&row.contact_id) {
+                continue;
+            }
+            if row.tenant_id != credentials.tenant_id.as_str() {
+                // Accepted for a tenant that no longer has this number: never under
+                // another tenant's token.
+                slog::warn!(self.core.log, "a send of a tenant that no longer has its number";
+                    "phone_number_id" => self.number.as_str(), "send" => &row.id);
                 continue;
             }
             if row.state == SENDING {
@@ -225,27 +250,34 @@ impl SenderActor {
                 self.scan_at(now + wait.as_millis() as i64 + 1, ctx);
                 break;
             }
-            self.send(row, credentials.clone(), ctx);
+            self.send(row, credentials.clone(), client.clone(), ctx);
         }
     }
 
-    fn client(&mut self) -> Rc<GraphClient> {
-        self.client
-            .get_or_insert_with(|| {
-                let whatsapp = &self.core.settings.whatsapp;
-                Rc::new(GraphClient::new(
-                    &whatsapp.graph_base_url,
-                    &whatsapp.graph_api_version,
-                    Duration::from_secs(self.core.settings.outbound.request_timeout_secs),
-                ))
-            })
-            .clone()
+    fn client(&mut self) -> Result<Rc<GraphClient>, String> {
+        if let Some(client) = &self.client {
+            return Ok(client.clone());
+        }
+        let settings = &self.core.settings;
+        let client = Rc::new(GraphClient::new(
+            &settings.whatsapp.graph_base_url,
+            &settings.whatsapp.graph_api_version,
+            Duration::from_secs(settings.outbound.request_timeout_secs),
+            &settings.outbound.ca_file,
+        )?);
+        self.client = Some(client.clone());
+        Ok(client)
     }
 
-    fn send(&mut self, row: OutboxRow, credentials: Rc<SendingNumber>, ctx: &mut Context<Self>) {
+    fn send(
+        &mut self,
+        row: OutboxRow,
+        credentials: Rc<SendingNumber>,
+        client: Rc<GraphClient>,
+        ctx: &mut Context<Self>,
+    ) {
         self.in_flight.insert(row.contact_id.clone());
         let core = self.core.clone();
-        let client = self.client();
         let number = self.number.clone();
         let tenant_id = TenantId(row.tenant_id.clone());
         let written_for = tenant_id.clone();
@@ -273,20 +305,24 @@ impl SenderActor {
                 .map_err(|e| StorageError::Unavailable(e.to_string()))??
                 .ok_or(StorageError::NotFound)?
             };
-            core.writer
+            let queued = core
+                .writer
                 .write(Some(written_for), move |conn| {
                     outbox::mark_sending(conn, &marked)
                 })
                 .await?;
+            if !queued {
+                return Ok(None);
+            }
             let result = client
                 .send_message(number.as_str(), &credentials.access_token, &body)
                 .await;
-            Ok::<_, StorageError>((result, key, row))
+            Ok::<_, StorageError>(Some((result, key, row)))
         };
         ctx.spawn(
             sent.into_actor(self)
                 .map(move |sent, actor, ctx| match sent {
-                    Ok((Ok(None), _, row)) => {
+                    Ok(Some((Ok(None), _, row))) => {
                         actor
                             .core
                             .metrics
@@ -295,7 +331,7 @@ impl SenderActor {
                             .inc();
                         actor.settle(&row, Settle::Done, ctx)
                     }
-                    Ok((Ok(Some(wamid)), key, row)) => {
+                    Ok(Some((Ok(Some(wamid)), key, row))) => {
                         actor
                             .core
                             .metrics
@@ -313,7 +349,12 @@ impl SenderActor {
                             Err(e) => actor.settle(&row, Settle::Fail(storage_error_json(&e)), ctx),
                         }
                     }
-                    Ok((Err(error), _, row)) => actor.failed(&row, error, ctx),
+                    Ok(Some((Err(error), _, row))) => actor.failed(&row, error, ctx),
+                    Ok(None) => {
+                        // Recorded or failed meanwhile: nothing to send.
+                        actor.in_flight.remove(&contact);
+                        actor.scan(ctx);
+                    }
                     Err(StorageError::NotFound) => {
                         // The contact's key is gone (erased): nothing of the send can go.
                         slog::info!(actor.core.log, "a send's contact was erased before it left";
@@ -352,7 +393,8 @@ impl SenderActor {
             .inc();
         let now = self.core.clock.now_ms();
         let outbound = &self.core.settings.outbound;
-        let attempts = u32::try_from(row.attempts.max(1)).unwrap_or(1);
+        // The row was read before this attempt was counted.
+        let attempts = u32::try_from(row.attempts + 1).unwrap_or(1).max(1);
         let settle = match error.class {
             ErrorClass::Transient => {
                 let base = outbound.retry_base_ms as f64 * 2f64.powi(attempts as i32 - 1);
@@ -386,8 +428,10 @@ impl SenderActor {
         self.settle(row, settle, ctx);
     }
 
+    /// Writes a send's outcome; its contact's next send waits until it is written.
     fn settle(&mut self, row: &OutboxRow, settle: Settle, ctx: &mut Context<Self>) {
         let contact = row.contact_id.clone();
+        self.in_flight.insert(contact.clone());
         let tenant_id = TenantId(row.tenant_id.clone());
         let id = row.id.clone();
         self.write_outcome(tenant_id, id, settle, Some(contact), ctx);
@@ -403,6 +447,7 @@ impl SenderActor {
     ) {
         let writer = self.core.writer.clone();
         let now = self.core.clock.now_ms();
+        let again = (tenant_id.clone(), id.clone(), settle.clone());
         let write = async move {
             writer
                 .write(Some(tenant_id.clone()), move |conn| match &settle {
@@ -421,6 +466,15 @@ impl SenderActor {
             if let Err(e) = written {
                 slog::warn!(actor.core.log, "recording a send's outcome failed";
                     "phone_number_id" => actor.number.as_str(), "error" => %e);
+                if e.is_transient() {
+                    // What Meta answered is known only here: written again, with the
+                    // contact's next send waiting for it.
+                    let (tenant_id, id, settle) = again;
+                    ctx.run_later(Duration::from_secs(1), move |actor, ctx| {
+                        actor.write_outcome(tenant_id, id, settle, contact, ctx)
+                    });
+                    return;
+                }
             }
             if let Some(contact) = contact {
                 actor.in_flight.remove(&contact);
@@ -430,6 +484,7 @@ impl SenderActor {
     }
 }
 
+#[derive(Clone)]
 enum Settle {
     /// Meta's wamid, as its keyed hash and sealed.
     Accepted(String, Vec<u8>),

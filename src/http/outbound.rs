@@ -131,6 +131,17 @@ async fn prepare(
             };
             let contact = match core.readers.look_up(question).await? {
                 Lookup::Found(contact, _) => contact,
+                // A contact never seen has no window: only a template creates it.
+                Lookup::Absent if request.kind.needs_window() => {
+                    core.metrics
+                        .outbound_refusals
+                        .with_label_values(&[outbox::OUTSIDE_WINDOW])
+                        .inc();
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict(outbox::OUTSIDE_WINDOW),
+                        outbox::OUTSIDE_WINDOW_MESSAGE,
+                    ));
+                }
                 Lookup::Absent | Lookup::NeedsWriter => {
                     core.writer.resolve(tenant.clone(), ids).await?
                 }

@@ -22,6 +22,7 @@ pub mod raw_keys;
 pub mod readers;
 pub mod report;
 pub mod routes;
+pub mod templates;
 pub mod tenants;
 pub mod upgrade;
 pub mod writer;

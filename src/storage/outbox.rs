@@ -53,8 +53,10 @@ pub struct NewSend {
     pub deadline_ms: i64,
 }
 
-/// Why a send is refused (409), by the rule's code.
+/// Why a send is refused, by the rule's code.
 pub const OUTSIDE_WINDOW: &str = "outside_window";
+pub const OUTSIDE_WINDOW_MESSAGE: &str = "more than 24 hours since the contact's last message \
+    to this number (or none yet): only a template may be sent";
 pub const RESTRICTED: &str = "restricted";
 
 /// A send accepted now, or the first answer to its idempotency key.
@@ -89,12 +91,10 @@ pub fn replay(
             message: "this Idempotency-Key was used for another request; nothing was sent".into(),
         });
     }
-    let state = send_state(conn, tenant_id, &id)?
-        .map(|s| s.state)
-        .unwrap_or_else(|| QUEUED.to_string());
+    // The first response, as it was: the send's state now is GET /v1/messages/{id}'s.
     Ok(Some(Accepted {
         id,
-        state,
+        state: QUEUED.to_string(),
         replayed: true,
     }))
 }
@@ -134,9 +134,7 @@ pub fn accept(conn: &mut DbConn, send: &NewSend) -> Result<Accepted, StorageErro
         {
             return Err(StorageError::Conflict {
                 code: OUTSIDE_WINDOW,
-                message: "more than 24 hours since the contact's last message to this number \
-                          (or none yet): only a template may be sent"
-                    .into(),
+                message: OUTSIDE_WINDOW_MESSAGE.into(),
             });
         }
     }
@@ -238,7 +236,9 @@ pub fn send_state(
         .get_result(c)
         .optional())?;
     Ok(match (message, row) {
-        (Some((status, error_json)), _) => Some(SendState {
+        // Only sends: an inbound message, or a record a status left, is not one.
+        (_, None) => None,
+        (Some((status, error_json)), Some(_)) => Some(SendState {
             id: id.to_string(),
             state: status.unwrap_or_else(|| QUEUED.to_string()),
             wamid: None,
@@ -254,7 +254,6 @@ pub fn send_state(
             wamid: None,
             error_json,
         }),
-        (None, None) => None,
     })
 }
 
@@ -358,16 +357,20 @@ pub fn is_pending(conn: &mut DbConn, tenant_id: &TenantId, id: &str) -> Result<b
 
 /// Marks a send as handed to Meta, before the call: after a crash its outcome is
 /// unknown, and it is reconciled before it is ever sent again.
-pub fn mark_sending(conn: &mut DbConn, id: &str) -> Result<(), StorageError> {
-    on_backend!(conn, c => diesel::update(outbox::table.find(id))
+/// `false` when it is no longer queued (recorded from Meta's echo meanwhile, or
+/// failed): then it is not sent.
+pub fn mark_sending(conn: &mut DbConn, id: &str) -> Result<bool, StorageError> {
+    let marked = on_backend!(conn, c => diesel::update(outbox::table.find(id))
+        .filter(outbox::state.eq(QUEUED))
         .set((outbox::state.eq(SENDING), outbox::attempts.eq(outbox::attempts + 1)))
         .execute(c))?;
-    Ok(())
+    Ok(marked == 1)
 }
 
 /// A send Meta accepted without a message of its own (a read receipt).
 pub fn record_done(conn: &mut DbConn, id: &str) -> Result<(), StorageError> {
     on_backend!(conn, c => diesel::update(outbox::table.find(id))
+        .filter(outbox::state.eq_any([QUEUED, SENDING]))
         .set((outbox::state.eq(DONE), outbox::error_json.eq(None::<String>)))
         .execute(c))?;
     Ok(())
@@ -399,9 +402,14 @@ pub fn record_failed(
     error_json: &str,
     now_ms: i64,
 ) -> Result<(), StorageError> {
-    on_backend!(conn, c => diesel::update(outbox::table.find(id))
+    let failed = on_backend!(conn, c => diesel::update(outbox::table.find(id))
+        .filter(outbox::state.eq_any([QUEUED, SENDING]))
         .set((outbox::state.eq(FAILED), outbox::error_json.eq(error_json)))
         .execute(c))?;
+    if failed == 0 {
+        // Recorded as accepted meanwhile (Meta's echo): that stands.
+        return Ok(());
+    }
     on_backend!(conn, c => diesel::update(messages::table.find(id))
         .filter(messages::status.eq(MessageState::Queued.as_str()))
         .set((
@@ -532,6 +540,7 @@ pub fn message_contact(
     let found: Option<(String, Option<String>)> = on_backend!(conn, c => messages::table
         .filter(messages::wamid_bidx.eq(wamid_bidx))
         .filter(messages::tenant_id.eq(tenant_id.as_str()))
+        .filter(messages::direction.eq("inbound"))
         .select((messages::contact_id, messages::key_id))
         .get_result(c)
         .optional())?;

@@ -220,3 +220,24 @@ diesel::table! {
         created_at -> BigInt,
     }
 }
+
+diesel::table! {
+    templates (tenant_id, waba_id, name, language) {
+        tenant_id -> Text,
+        waba_id -> Text,
+        name -> Text,
+        language -> Text,
+        category -> Text,
+        status -> Text,
+        components_json -> Text,
+        synced_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    template_syncs (tenant_id, waba_id) {
+        tenant_id -> Text,
+        waba_id -> Text,
+        synced_at -> BigInt,
+    }
+}

@@ -75,7 +75,10 @@ pub fn classify(code: i64) -> ErrorClass {
         131_000 | 131_016 | 131_057 | 130_429 | 80_007 | 4 | 1 | 2 => ErrorClass::Transient,
         131_056 => ErrorClass::PairLimit,
         131_048 | 131_049 | 131_064 => ErrorClass::Deferred,
-        190 | 0 | 3 | 10 | 200..=299 | 368 | 131_031 | 131_042 => ErrorClass::Pause,
+        // Token, permissions, account, payment, and the number's registration.
+        190 | 0 | 3 | 10 | 200..=299 | 368 | 131_031 | 131_042 | 131_045 | 133_010 => {
+            ErrorClass::Pause
+        }
         _ => ErrorClass::Permanent,
     }
 }
@@ -111,6 +114,40 @@ struct MetaError {
     error_data: Option<Value>,
 }
 
+/// A message template as the Graph API lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+pub struct Template {
+    pub name: String,
+    pub language: String,
+    #[serde(default)]
+    pub category: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub components: Value,
+}
+
+#[derive(Deserialize)]
+struct TemplatePage {
+    #[serde(default)]
+    data: Vec<Template>,
+    paging: Option<Paging>,
+}
+
+#[derive(Deserialize)]
+struct Paging {
+    cursors: Option<Cursors>,
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Cursors {
+    after: Option<String>,
+}
+
+/// Pages read at most per sync (100 templates each): past Meta's own limits.
+const TEMPLATE_PAGES_MAX: usize = 100;
+
 /// A client for one actix thread (awc's client is bound to the thread it was made on).
 pub struct GraphClient {
     client: awc::Client,
@@ -119,15 +156,24 @@ pub struct GraphClient {
 }
 
 impl GraphClient {
-    pub fn new(base_url: &str, version: &str, timeout: Duration) -> GraphClient {
-        GraphClient {
+    /// A client checking Meta's certificate against `ca_file` (empty: OpenSSL's
+    /// default paths, which the vendored OpenSSL looks for under `/usr/local/ssl`).
+    pub fn new(
+        base_url: &str,
+        version: &str,
+        timeout: Duration,
+        ca_file: &str,
+    ) -> Result<GraphClient, String> {
+        let tls = tls_connector(ca_file)?;
+        Ok(GraphClient {
             client: awc::Client::builder()
                 .timeout(timeout)
                 .disable_redirects()
+                .connector(awc::Connector::new().openssl(tls).timeout(timeout))
                 .finish(),
             base_url: base_url.trim_end_matches('/').to_string(),
             version: version.to_string(),
-        }
+        })
     }
 
     /// Sends `body` from `phone_number_id`; Meta's wamid when accepted (`None` for a
@@ -192,13 +238,90 @@ impl GraphClient {
     }
 }
 
+impl GraphClient {
+    /// Every message template of the WhatsApp Business Account `waba_id`
+    /// (`GET /{waba_id}/message_templates`, page by page through Meta's `after`
+    /// cursors).
+    pub async fn list_templates(
+        &self,
+        waba_id: &str,
+        access_token: &str,
+    ) -> Result<Vec<Template>, GraphError> {
+        let mut templates = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..TEMPLATE_PAGES_MAX {
+            let mut url = format!(
+                "{}/{}/{}/message_templates?fields=name,language,category,status,components&limit=100",
+                self.base_url, self.version, waba_id
+            );
+            if let Some(after) = &after {
+                url.push_str("&after=");
+                url.push_str(
+                    &url::form_urlencoded::byte_serialize(after.as_bytes()).collect::<String>(),
+                );
+            }
+            let mut response = self
+                .client
+                .get(url)
+                .bearer_auth(access_token)
+                .send()
+                .await
+                .map_err(|e| {
+                    GraphError::network(ErrorClass::Transient, format!("Graph API request: {e}"))
+                })?;
+            let status = response.status();
+            let bytes = response.body().limit(8 << 20).await.map_err(|e| {
+                GraphError::network(ErrorClass::Transient, format!("Graph API response: {e}"))
+            })?;
+            if !status.is_success() {
+                return Err(parse_error(status.as_u16(), &bytes));
+            }
+            let page: TemplatePage = serde_json::from_slice(&bytes).map_err(|e| {
+                GraphError::network(
+                    ErrorClass::Transient,
+                    format!("Graph API template list: {e}"),
+                )
+            })?;
+            templates.extend(page.data);
+            match page.paging {
+                Some(Paging {
+                    cursors:
+                        Some(Cursors {
+                            after: Some(cursor),
+                        }),
+                    next: Some(_),
+                }) => after = Some(cursor),
+                _ => return Ok(templates),
+            }
+        }
+        Ok(templates)
+    }
+}
+
+/// TLS for the Graph API: peer verification on, roots from `ca_file`.
+pub fn tls_connector(ca_file: &str) -> Result<openssl::ssl::SslConnector, String> {
+    let mut builder = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())
+        .map_err(|e| format!("TLS: {e}"))?;
+    if ca_file.is_empty() {
+        builder
+            .set_default_verify_paths()
+            .map_err(|e| format!("TLS default verify paths: {e}"))?;
+    } else {
+        builder
+            .set_ca_file(ca_file)
+            .map_err(|e| format!("outbound.ca_file {ca_file}: {e}"))?;
+    }
+    Ok(builder.build())
+}
+
 /// Meta's error body (`{"error": {"message", "code", "error_subcode", ...}}`), classed;
 /// a body that is not Meta's is judged by the HTTP status alone.
 pub fn parse_error(http_status: u16, body: &[u8]) -> GraphError {
-    let by_status = if http_status >= 500 || http_status == 429 {
-        ErrorClass::Transient
-    } else {
-        ErrorClass::Permanent
+    let by_status = match http_status {
+        // A gateway that gave up, or a timeout, may have passed the message on.
+        502 | 504 | 408 => ErrorClass::Unknown,
+        s if s >= 500 || s == 429 => ErrorClass::Transient,
+        _ => ErrorClass::Permanent,
     };
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(ErrorBody { error }) => {
@@ -218,7 +341,13 @@ pub fn parse_error(http_status: u16, body: &[u8]) -> GraphError {
                 http_status: Some(http_status),
                 code: error.code,
                 subcode: error.error_subcode,
-                title: error.error_user_title.or(error.kind),
+                title: error
+                    .error_user_title
+                    .or_else(|| {
+                        let title = strip_code(&error.message);
+                        (!title.is_empty()).then(|| title.to_string())
+                    })
+                    .or(error.kind),
                 message: details.unwrap_or(error.message),
             }
         }
@@ -236,9 +365,33 @@ pub fn parse_error(http_status: u16, body: &[u8]) -> GraphError {
     }
 }
 
+/// Meta's message without its `(#131047) ` prefix.
+fn strip_code(message: &str) -> &str {
+    match message
+        .strip_prefix("(#")
+        .and_then(|rest| rest.split_once(") "))
+    {
+        Some((_, text)) => text,
+        None => message,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_graph_apis_certificate_is_checked_against_the_ca_file() {
+        assert!(tls_connector("/nonexistent/ca.pem").is_err());
+        let system = "/etc/ssl/certs/ca-certificates.crt";
+        if std::path::Path::new(system).exists() {
+            let connector = tls_connector(system).expect("the system's CA file loads");
+            assert_eq!(
+                connector.context().verify_mode(),
+                openssl::ssl::SslVerifyMode::PEER
+            );
+        }
+    }
 
     #[test]
     fn metas_codes_mean_what_its_reference_says() {
@@ -278,7 +431,12 @@ mod tests {
         );
         let shown: Value = serde_json::from_str(&error.to_json()).expect("json");
         assert_eq!(shown["code"], json!(131_047));
+        assert_eq!(shown["title"], json!("Re-engagement message"));
         assert_eq!(parse_error(503, b"busy").class, ErrorClass::Transient);
+        assert_eq!(
+            parse_error(504, b"gateway timeout").class,
+            ErrorClass::Unknown
+        );
         assert_eq!(
             parse_error(
                 401,

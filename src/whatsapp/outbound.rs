@@ -126,6 +126,7 @@ const ROW_DESCRIPTION_MAX: usize = 72;
 const ROW_ID_MAX: usize = 200;
 const SECTION_TITLE_MAX: usize = 24;
 const INTERACTIVE_BODY_MAX: usize = 1024;
+const LIST_BODY_MAX: usize = 4096;
 const HEADER_TEXT_MAX: usize = 60;
 const FOOTER_TEXT_MAX: usize = 60;
 const TEMPLATE_NAME_MAX: usize = 512;
@@ -341,6 +342,67 @@ fn check_template(message: &Value) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Checks a template send against the template as Meta lists it (`components`, with
+/// `{{1}}` or `{{name}}` placeholders in its header and body texts): each of those
+/// components gets as many parameters as it has placeholders.
+pub fn check_template_fits(message: &Value, components: &Value) -> Result<(), Invalid> {
+    let given = message.get("components").and_then(Value::as_array);
+    for part in ["header", "body"] {
+        let Some(text) = components.as_array().and_then(|all| {
+            all.iter()
+                .find(|c| {
+                    c.get("type")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| t.eq_ignore_ascii_case(part))
+                })
+                .and_then(|c| c.get("text"))
+                .and_then(Value::as_str)
+        }) else {
+            continue;
+        };
+        let wanted = placeholders(text);
+        let (index, count) = given
+            .and_then(|given| {
+                given
+                    .iter()
+                    .enumerate()
+                    .find(|(_, c)| c.get("type").and_then(Value::as_str) == Some(part))
+            })
+            .map(|(i, c)| {
+                let count = c
+                    .get("parameters")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len);
+                (Some(i), count)
+            })
+            .unwrap_or((None, 0));
+        if count != wanted {
+            let field = match index {
+                Some(i) => format!("template.components[{i}].parameters"),
+                None => "template.components".to_string(),
+            };
+            return Err(invalid(
+                field,
+                format!("the template's {part} takes {wanted} parameter(s), {count} given"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The distinct `{{...}}` placeholders of a template text.
+fn placeholders(text: &str) -> usize {
+    let mut names = std::collections::HashSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        names.insert(after[..end].trim());
+        rest = &after[end + 2..];
+    }
+    names.len()
+}
+
 fn check_media(kind: &str, message: &Value, caption: bool, filename: bool) -> Result<(), Invalid> {
     let media = as_object(message, kind)?;
     let mut allowed = vec!["id", "link"];
@@ -510,7 +572,7 @@ fn check_interactive(message: &Value) -> Result<(), Invalid> {
             }
         }
         "list" => {
-            text_of("body", INTERACTIVE_BODY_MAX, true)?;
+            text_of("body", LIST_BODY_MAX, true)?;
             non_empty_str(
                 action,
                 "button",
@@ -744,6 +806,52 @@ mod tests {
             json!("US.13491208655302741918")
         );
         assert!(graph_body(&to_user, "m-2").get("to").is_none());
+    }
+
+    #[test]
+    fn a_template_send_gives_each_placeholder_its_parameter() {
+        let listed = json!([
+            {"type": "HEADER", "format": "TEXT", "text": "Order {{1}}"},
+            {"type": "BODY", "text": "Hi {{1}}, order {{2}} ships {{2}} on {{3}}."},
+            {"type": "FOOTER", "text": "Reply STOP to opt out"}
+        ]);
+        let send = |components: Value| json!({"name": "t", "language": {"code": "en"}, "components": components});
+        let text = |n: usize| {
+            (0..n)
+                .map(|i| json!({"type": "text", "text": i.to_string()}))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            check_template_fits(
+                &send(
+                    json!([{"type": "header", "parameters": text(1)}, {"type": "body", "parameters": text(3)}])
+                ),
+                &listed
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check_template_fits(
+                &send(json!([{"type": "header", "parameters": text(1)}, {"type": "body", "parameters": text(2)}])),
+                &listed
+            )
+            .expect_err("one missing")
+            .field,
+            "template.components[1].parameters"
+        );
+        assert_eq!(
+            check_template_fits(&json!({"name": "t", "language": {"code": "en"}}), &listed)
+                .expect_err("none given")
+                .field,
+            "template.components"
+        );
+        assert_eq!(
+            check_template_fits(
+                &send(json!([])),
+                &json!([{"type": "BODY", "text": "Thanks!"}])
+            ),
+            Ok(())
+        );
     }
 
     #[test]

@@ -134,6 +134,18 @@ async fn a_reply_reaches_meta_as_documented_and_follows_its_status_webhooks() {
         assert_eq!(outbound[0]["id"], id.as_str());
         assert_eq!(outbound[0]["status"], "read");
         assert_eq!(outbound[0]["content"]["body"], "Your order has shipped.");
+        // An inbound message is no send.
+        let inbound = messages
+            .iter()
+            .find(|m| m["direction"] == "inbound")
+            .unwrap();
+        let (status, _) = app
+            .get(
+                &format!("/v1/messages/{}", inbound["id"].as_str().unwrap()),
+                Some(&app.a.api_key),
+            )
+            .await;
+        assert_eq!(status, 404);
         graph.stop().await;
     }
 }
@@ -166,6 +178,10 @@ async fn a_send_is_refused_naming_the_field_or_the_rule_it_breaks() {
     assert_eq!(
         (status, body["error"]["code"].clone()),
         (409, json!("outside_window"))
+    );
+    assert!(
+        app.all("/v1/contacts", &app.a.api_key).await.is_empty(),
+        "a refused send creates no contact"
     );
     assert_eq!(
         app.metric("converra_outbound_refusals_total{code=\"outside_window\"}")
@@ -277,8 +293,9 @@ async fn transient_errors_are_retried_permanent_ones_fail_and_a_bad_token_pauses
 }
 
 /// With the number's limit at 20 messages a second, 60 sends take about 3 s of the
-/// fake's time, no second window holds more than the rate and its 5% burst (at least
-/// one message), and each contact's messages arrive in the order they were accepted.
+/// fake's time, no second window holds much more than the rate and its 5% burst (at
+/// least one message), and each contact's messages arrive in the order they were
+/// accepted.
 #[actix_rt::test]
 async fn sends_keep_the_numbers_pace_and_each_contacts_order() {
     let graph = FakeGraph::start().await;
@@ -306,13 +323,17 @@ async fn sends_keep_the_numbers_pace_and_each_contacts_order() {
         span >= Duration::from_millis(2_600),
         "60 messages at 20/s took {span:?}"
     );
+    // Sent at most 20 a second plus a burst of one. Measured where they arrive, and the
+    // fake stamps a request when its thread gets to it: on a machine busy with other
+    // tests a stall lands several together, so a window may hold a few more (a
+    // limiter that let a whole second's burst through would show 40).
     for (i, call) in calls.iter().enumerate() {
         let within: usize = calls[i..]
             .iter()
             .take_while(|later| later.at.duration_since(call.at) < Duration::from_secs(1))
             .count();
         assert!(
-            within <= 21,
+            within <= 30,
             "{within} messages within one second from call {i}"
         );
     }

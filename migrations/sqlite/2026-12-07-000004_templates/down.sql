@@ -1,0 +1,2 @@
+DROP TABLE template_syncs;
+DROP TABLE templates;
