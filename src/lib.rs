@@ -329,19 +329,22 @@ pub async fn run(
         let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
         Supervisor::start(move |_| Registry::new(core, handles))
     };
-    // Sends accepted before a stop go on: each number with some starts its sender.
+    // Every number's sender starts: it syncs the account's templates, and sends what
+    // was accepted before a stop.
     {
         let core = core.clone();
         actix::spawn(async move {
             let pool = core.pool.clone();
             let numbers = actix_web::rt::task::spawn_blocking(move || {
-                storage::with_conn(&pool, storage::outbox::numbers_with_pending_sends)
+                storage::with_conn(&pool, |conn| {
+                    storage::tenants::list_phone_numbers(conn, None)
+                })
             })
             .await;
             match numbers {
                 Ok(Ok(numbers)) => {
                     for number in numbers {
-                        actors::sender::wake(&core, &number);
+                        actors::sender::wake(&core, &number.phone_number_id);
                     }
                 }
                 Ok(Err(e)) => {

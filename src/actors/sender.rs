@@ -82,6 +82,8 @@ pub struct SenderActor {
     paused: bool,
     /// The next scan, if one is waiting for a time.
     timer: Option<(i64, SpawnHandle)>,
+    /// When the account's templates were last synced (or tried).
+    templates_synced_at: Option<i64>,
 }
 
 impl SenderActor {
@@ -102,6 +104,7 @@ impl SenderActor {
             scan_again: false,
             paused: false,
             timer: None,
+            templates_synced_at: None,
         }
     }
 
@@ -194,6 +197,50 @@ impl SenderActor {
         self.timer = Some((at_ms, handle));
     }
 
+    /// Syncs the account's message templates when they are due (at start, then every
+    /// `outbound.template_sync_secs`), beside the sends.
+    fn sync_templates(
+        &mut self,
+        client: Rc<GraphClient>,
+        credentials: Rc<SendingNumber>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = self.core.clock.now_ms();
+        let every = (self.core.settings.outbound.template_sync_secs * 1000) as i64;
+        if self.templates_synced_at.is_some_and(|at| now - at < every) {
+            return;
+        }
+        self.templates_synced_at = Some(now);
+        let writer = self.core.writer.clone();
+        let sync = async move {
+            let listed = client
+                .list_templates(&credentials.waba_id, &credentials.access_token)
+                .await
+                .map_err(|e| e.to_string())?;
+            let count = listed.len();
+            let tenant_id = credentials.tenant_id.clone();
+            let waba_id = credentials.waba_id.clone();
+            writer
+                .write(Some(tenant_id.clone()), move |conn| {
+                    crate::storage::templates::replace_templates(
+                        conn, &tenant_id, &waba_id, &listed, now,
+                    )
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(count)
+        };
+        ctx.spawn(sync.into_actor(self).map(move |synced, actor, ctx| {
+            match synced {
+                Ok(count) => slog::info!(actor.core.log, "message templates synced";
+                    "phone_number_id" => actor.number.as_str(), "templates" => count),
+                Err(e) => slog::warn!(actor.core.log, "syncing message templates failed";
+                    "phone_number_id" => actor.number.as_str(), "error" => e),
+            }
+            actor.scan_at(actor.core.clock.now_ms() + every, ctx);
+        }));
+    }
+
     /// Starts the sends due now, the first pending row of each contact with nothing in
     /// flight, in the order they were accepted, as the pace allows.
     fn start_sends(&mut self, rows: Vec<OutboxRow>, ctx: &mut Context<Self>) {
@@ -217,6 +264,7 @@ impl SenderActor {
             }
         };
         let reconcile_ms = (self.core.settings.outbound.reconcile_secs * 1000) as i64;
+        self.sync_templates(client.clone(), credentials.clone(), ctx);
         let mut seen = HashSet::new();
         for row in rows {
             if !seen.insert(row.contact_id.clone()) || self.in_flight.contains(&row.contact_id) {

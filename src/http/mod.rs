@@ -44,6 +44,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(resource("/contacts").route(web::get().to(api::list_contacts)))
             .service(resource("/messages").route(web::post().to(outbound::send_message)))
             .service(resource("/messages/{id}").route(web::get().to(outbound::get_message)))
+            .service(resource("/templates").route(web::get().to(outbound::list_templates)))
             .service(resource("/conversations").route(web::get().to(api::list_conversations)))
             .service(
                 resource("/conversations/{id}/messages").route(web::get().to(api::list_messages)),

@@ -14,6 +14,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::ids::{MessageId, PhoneNumberId, TenantId, Wamid};
 use crate::storage::contacts::{ContactIdentifiers, ContactQuestion, Lookup};
 use crate::storage::outbox::{self, NewSend};
+use crate::storage::templates::{self, Known};
 use crate::storage::tenants;
 use crate::whatsapp::outbound::{self, Recipient, SendRequest, Target};
 
@@ -66,7 +67,9 @@ pub async fn send_message(
     if let Some(first) = replayed {
         return Ok(accepted(first.id, first.state));
     }
-    let send = prepare(&state, &tenant, &request, idempotency).await?;
+    let marketing = check_template(&state, &tenant, &request).await?;
+    let mut send = prepare(&state, &tenant, &request, idempotency).await?;
+    send.marketing = marketing;
     let accepted_send = core
         .writer
         .write(Some(tenant.clone()), move |conn| {
@@ -83,6 +86,78 @@ pub async fn send_message(
         })?;
     sender::wake(core, &request.from_phone_number_id);
     Ok(accepted(accepted_send.id, accepted_send.state))
+}
+
+/// A template send against the template synced for the number's account: it exists,
+/// is approved, and gets its parameters. Whether it is marketing. Before the first
+/// sync nothing is known and Meta judges it.
+async fn check_template(
+    state: &AppState,
+    tenant: &TenantId,
+    request: &SendRequest,
+) -> Result<bool, ApiError> {
+    if request.kind != outbound::OutboundKind::Template {
+        return Ok(false);
+    }
+    let name = request.message["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let language = request.message["language"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let known = {
+        let (tenant, number, name, language) = (
+            tenant.clone(),
+            request.from_phone_number_id.clone(),
+            name.clone(),
+            language.clone(),
+        );
+        read(state, move |conn, _| {
+            templates::template_for_number(conn, &tenant, &number, &name, &language)
+        })
+        .await?
+    };
+    let template = match known {
+        Known::Unsynced => return Ok(false),
+        Known::Missing => {
+            return Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "template.name",
+                format!("the number's account has no template {name:?} in {language:?}"),
+            ))
+        }
+        Known::Found(template) => template,
+    };
+    if template.status != "APPROVED" {
+        return Err(ApiError::field(
+            ErrorCode::InvalidField,
+            "template.name",
+            format!("template {name:?} is {}, not APPROVED", template.status),
+        ));
+    }
+    outbound::check_template_fits(&request.message, &template.components)
+        .map_err(|e| ApiError::field(ErrorCode::InvalidField, &e.field, e.message))?;
+    Ok(template.category.eq_ignore_ascii_case("MARKETING"))
+}
+
+#[derive(Serialize)]
+struct TemplatePage {
+    items: Vec<crate::whatsapp::graph::Template>,
+}
+
+/// `GET /v1/templates`: the tenant's templates as last synced from the Graph API.
+pub async fn list_templates(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = authenticate(&state, &req).await?;
+    let items = read(&state, move |conn, _| {
+        templates::list_templates(conn, &tenant)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(TemplatePage { items }))
 }
 
 fn accepted(id: String, state: String) -> HttpResponse {
@@ -189,6 +264,7 @@ async fn prepare(
         key_id,
         kind: request.kind.as_str().to_string(),
         needs_window: request.kind.needs_window(),
+        marketing: false,
         content_ct,
         request_ct,
         idempotency,

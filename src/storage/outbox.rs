@@ -43,6 +43,8 @@ pub struct NewSend {
     pub kind: String,
     /// Whether it may go only inside the contact's customer-service window.
     pub needs_window: bool,
+    /// A marketing template: not to a contact who opted out or objected.
+    pub marketing: bool,
     /// The type's object (the message's content) sealed, for the message row.
     pub content_ct: Option<Vec<u8>>,
     /// Meta's request body, sealed.
@@ -58,6 +60,8 @@ pub const OUTSIDE_WINDOW: &str = "outside_window";
 pub const OUTSIDE_WINDOW_MESSAGE: &str = "more than 24 hours since the contact's last message \
     to this number (or none yet): only a template may be sent";
 pub const RESTRICTED: &str = "restricted";
+pub const OPTED_OUT: &str = "opted_out";
+pub const OBJECTED: &str = "objected";
 
 /// A send accepted now, or the first answer to its idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,15 +113,28 @@ pub fn accept(conn: &mut DbConn, send: &NewSend) -> Result<Accepted, StorageErro
         }
     }
     let tenant = send.tenant_id.as_str();
-    let restricted: Option<i64> = on_backend!(conn, c => contacts::table
-        .find(send.contact_id.as_str())
-        .filter(contacts::tenant_id.eq(tenant))
-        .select(contacts::restricted_at)
-        .get_result(c))?;
+    let (restricted, objected, opted_out): (Option<i64>, Option<i64>, bool) = on_backend!(conn, c => contacts::table
+            .find(send.contact_id.as_str())
+            .filter(contacts::tenant_id.eq(tenant))
+            .select((contacts::restricted_at, contacts::objected_at, contacts::marketing_opt_out))
+            .get_result(c))?;
     if restricted.is_some() {
         return Err(StorageError::Conflict {
             code: RESTRICTED,
             message: "the contact's processing is restricted: nothing may be sent".into(),
+        });
+    }
+    if send.marketing && objected.is_some() {
+        return Err(StorageError::Conflict {
+            code: OBJECTED,
+            message: "the contact objected to marketing: no marketing template may be sent".into(),
+        });
+    }
+    if send.marketing && opted_out {
+        return Err(StorageError::Conflict {
+            code: OPTED_OUT,
+            message: "the contact stopped marketing messages: no marketing template may be sent"
+                .into(),
         });
     }
     if send.needs_window {

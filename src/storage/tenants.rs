@@ -307,6 +307,7 @@ pub fn owners_of_numbers(
 /// A number as its sender needs it: its tenant and its access token, opened.
 pub struct SendingNumber {
     pub tenant_id: TenantId,
+    pub waba_id: String,
     pub access_token: String,
 }
 
@@ -317,12 +318,12 @@ pub fn sending_number(
     keyring: &crypto::Keyring,
     phone_number_id: &str,
 ) -> Result<Option<SendingNumber>, StorageError> {
-    let row: Option<(String, Vec<u8>)> = on_backend!(conn, c => phone_numbers::table
+    let row: Option<(String, String, Vec<u8>)> = on_backend!(conn, c => phone_numbers::table
         .find(phone_number_id)
-        .select((phone_numbers::tenant_id, phone_numbers::access_token_ct))
+        .select((phone_numbers::tenant_id, phone_numbers::waba_id, phone_numbers::access_token_ct))
         .get_result(c)
         .optional())?;
-    let Some((tenant_id, token_ct)) = row else {
+    let Some((tenant_id, waba_id, token_ct)) = row else {
         return Ok(None);
     };
     let access_token = keyring
@@ -330,6 +331,7 @@ pub fn sending_number(
         .open_string(&token_ct, &access_token_place(&tenant_id, phone_number_id))?;
     Ok(Some(SendingNumber {
         tenant_id: TenantId(tenant_id),
+        waba_id,
         access_token,
     }))
 }

@@ -29,6 +29,8 @@ struct State {
     /// How long each answer takes after the call is recorded (a slow Meta, so that a
     /// test can catch calls in flight).
     delay: Duration,
+    /// The account's templates, listed two to a page; `None`: the listing fails.
+    templates: Option<Vec<Value>>,
 }
 
 #[derive(Clone)]
@@ -55,6 +57,10 @@ impl FakeGraph {
             App::new()
                 .app_data(web::Data::new(shared.clone()))
                 .route("/{version}/{number}/messages", web::post().to(send))
+                .route(
+                    "/{version}/{waba}/message_templates",
+                    web::get().to(list_templates),
+                )
         })
         .workers(1)
         .listen(listener)
@@ -72,6 +78,11 @@ impl FakeGraph {
     /// The next answers, before the default success.
     pub fn script(&self, answers: Vec<(u16, Value)>) {
         self.state.lock().unwrap().scripted.extend(answers);
+    }
+
+    /// The templates the account lists from now on.
+    pub fn set_templates(&self, templates: Vec<Value>) {
+        self.state.lock().unwrap().templates = Some(templates);
     }
 
     /// Answers each call `delay` after it arrives.
@@ -160,4 +171,26 @@ fn respond(state: &mut State, req: &HttpRequest, body: &[u8]) -> HttpResponse {
         "contacts": [{"input": to, "wa_id": to}],
         "messages": [{"id": wamid}],
     }))
+}
+
+/// Meta's template listing, two to a page, paged by the `after` cursor.
+async fn list_templates(
+    state: web::Data<Arc<Mutex<State>>>,
+    req: HttpRequest,
+    query: web::Query<std::collections::HashMap<String, String>>,
+) -> HttpResponse {
+    if !req.headers().contains_key("Authorization") {
+        return HttpResponse::Unauthorized().json(meta_error(190, "Invalid OAuth access token"));
+    }
+    let Some(templates) = state.lock().unwrap().templates.clone() else {
+        return HttpResponse::BadRequest().json(meta_error(100, "Unsupported get request"));
+    };
+    let start: usize = query.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+    let page: Vec<Value> = templates.iter().skip(start).take(2).cloned().collect();
+    let mut body = json!({"data": page});
+    if start + 2 < templates.len() {
+        body["paging"] = json!({"cursors": {"before": start.to_string(), "after": (start + 2).to_string()},
+            "next": "https://graph.facebook.com/next-page"});
+    }
+    HttpResponse::Ok().json(body)
 }

@@ -352,3 +352,100 @@ async fn sends_keep_the_numbers_pace_and_each_contacts_order() {
     }
     graph.stop().await;
 }
+
+/// Templates are synced from the account when the senders start (paged), listed by
+/// `GET /v1/templates`, and a template send is checked against them: it exists, is
+/// approved, gets its parameters; a marketing template does not go to a contact who
+/// stopped marketing messages, a utility one does.
+#[actix_rt::test]
+async fn template_sends_are_checked_against_the_synced_templates() {
+    for backend in backends() {
+        let graph = FakeGraph::start().await;
+        let template = |name: &str, category: &str, status: &str, body: &str| {
+            json!({"name": name, "language": "en_US", "category": category, "status": status,
+                "id": name, "components": [{"type": "BODY", "text": body}]})
+        };
+        graph.set_templates(vec![
+            template(
+                "order_update",
+                "UTILITY",
+                "APPROVED",
+                "Order {{1}} ships {{2}}.",
+            ),
+            template(
+                "spring_sale",
+                "MARKETING",
+                "APPROVED",
+                "20% off until {{1}}",
+            ),
+            template("draft", "MARKETING", "PENDING", "Soon"),
+        ]);
+        let app = app_with_graph(&backend, &graph).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let listed = loop {
+            let (status, body) = app.get("/v1/templates", Some(&app.a.api_key)).await;
+            assert_eq!(status, 200, "{body}");
+            if body["items"].as_array().unwrap().len() == 3 {
+                break body;
+            }
+            assert!(Instant::now() < deadline, "templates never synced: {body}");
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(listed["items"][0]["name"], "draft");
+        assert_eq!(listed["items"][1]["category"], "UTILITY");
+
+        // The customer stops marketing messages (Meta's user_preferences webhook).
+        let stop = serde_json::to_vec(&envelope(vec![json!({"field": "user_preferences", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "1", "phone_number_id": NUMBER_A},
+            "contacts": [{"wa_id": CUSTOMER, "profile": {"name": "C"}}],
+            "user_preferences": [{"wa_id": CUSTOMER, "detail": "User requested to stop marketing messages",
+                "category": "marketing_messages", "value": "stop", "timestamp": 1764000000}]}})]))
+        .unwrap();
+        assert_eq!(app.post_signed(&stop).await.0, 200);
+        app.wait_processed().await;
+
+        let send = |name: &str, parameters: Vec<&str>| {
+            let parameters: Vec<Value> = parameters
+                .into_iter()
+                .map(|p| json!({"type": "text", "text": p}))
+                .collect();
+            json!({"from_phone_number_id": NUMBER_A, "to": CUSTOMER, "type": "template",
+                "template": {"name": name, "language": {"code": "en_US"},
+                    "components": [{"type": "body", "parameters": parameters}]}})
+        };
+        for (body, status, code, field) in [
+            (
+                send("unknown", vec![]),
+                422,
+                "invalid_field",
+                "template.name",
+            ),
+            (send("draft", vec![]), 422, "invalid_field", "template.name"),
+            (
+                send("order_update", vec!["42"]),
+                422,
+                "invalid_field",
+                "template.components[0].parameters",
+            ),
+            (send("spring_sale", vec!["Sunday"]), 409, "opted_out", ""),
+        ] {
+            let (got, answer) = post_message(&app, &app.a.api_key, &body, None).await;
+            assert_eq!(got, status, "{body}: {answer}");
+            assert_eq!(answer["error"]["code"], code, "{answer}");
+            if !field.is_empty() {
+                assert_eq!(answer["error"]["field"], field, "{answer}");
+            }
+        }
+        let (status, answer) = post_message(
+            &app,
+            &app.a.api_key,
+            &send("order_update", vec!["42", "today"]),
+            None,
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+        wait_state(&app, answer["id"].as_str().unwrap(), "sent").await;
+        graph.stop().await;
+    }
+}
