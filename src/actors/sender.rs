@@ -29,6 +29,8 @@ use crate::whatsapp::graph::{ErrorClass, GraphClient, GraphError};
 
 /// Rows read per scan of the outbox: more than the contacts one scan can start.
 const SCAN_ROWS: i64 = 1000;
+/// Meta's code for a user who stopped marketing messages.
+const MARKETING_STOPPED: i64 = 131_050;
 /// Spam and ecosystem limits: Meta asks for hours, not seconds.
 const DEFERRED_MS: i64 = 3 * 3600 * 1000;
 
@@ -461,6 +463,9 @@ impl SenderActor {
                 now + (outbound.reconcile_secs * 1000) as i64,
                 Some(error.to_json()),
             ),
+            ErrorClass::Permanent if error.code == Some(MARKETING_STOPPED) => {
+                Settle::FailOptedOut(error.to_json(), row.contact_id.clone())
+            }
             ErrorClass::Permanent => Settle::Fail(error.to_json()),
             ErrorClass::Pause => {
                 slog::error!(self.core.log, "number paused: Meta refused its token or account; replace the token to resume";
@@ -507,6 +512,10 @@ impl SenderActor {
                         outbox::retry_at(conn, &id, *at, error.as_deref())
                     }
                     Settle::Fail(error) => outbox::record_failed(conn, &id, error, now),
+                    Settle::FailOptedOut(error, contact) => {
+                        outbox::record_failed(conn, &id, error, now)?;
+                        outbox::record_marketing_stop(conn, &tenant_id, contact, now)
+                    }
                 })
                 .await
         };
@@ -540,6 +549,8 @@ enum Settle {
     Done,
     RetryAt(i64, Option<String>),
     Fail(String),
+    /// Failed because the user stopped marketing messages: the contact opted out.
+    FailOptedOut(String, String),
 }
 
 /// `base_ms` give or take a quarter, so that sends failed together do not retry together.

@@ -580,3 +580,18 @@ pub fn seal_request(
         &request_place(tenant_id.as_str(), id.as_str()),
     )?)
 }
+
+/// Meta refused a send because the user stopped marketing messages (131050): the
+/// contact is marked opted out, as Meta's own `user_preferences` webhook would.
+pub fn record_marketing_stop(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    contact_id: &str,
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    on_backend!(conn, c => diesel::update(contacts::table.find(contact_id))
+        .filter(contacts::tenant_id.eq(tenant_id.as_str()))
+        .set((contacts::marketing_opt_out.eq(true), contacts::marketing_pref_at.eq(now_ms)))
+        .execute(c))?;
+    Ok(())
+}

@@ -235,23 +235,39 @@ async fn transient_errors_are_retried_permanent_ones_fail_and_a_bad_token_pauses
 
     graph.script(vec![(
         400,
+        meta_error(
+            131_050,
+            "Unable to deliver: the user stopped marketing messages",
+        ),
+    )]);
+    let (_, stopped) = post_message(&app, &app.a.api_key, &template("promo"), None).await;
+    let failed = wait_state(&app, stopped["id"].as_str().unwrap(), "failed").await;
+    assert_eq!(failed["error"]["code"], 131_050);
+    let contacts = app.all("/v1/contacts", &app.a.api_key).await;
+    assert_eq!(
+        contacts[0]["marketing_opt_out"], true,
+        "131050 records the opt-out"
+    );
+
+    graph.script(vec![(
+        400,
         meta_error(132_001, "Template name does not exist"),
     )]);
     let (_, second) = post_message(&app, &app.a.api_key, &template("missing"), None).await;
     let failed = wait_state(&app, second["id"].as_str().unwrap(), "failed").await;
     assert_eq!(failed["error"]["code"], 132_001);
     assert_eq!(failed["error"]["message"], "Template name does not exist");
-    assert_eq!(graph.calls().len(), 4, "a permanent error is not retried");
+    assert_eq!(graph.calls().len(), 5, "a permanent error is not retried");
 
     graph.script(vec![(
         401,
         meta_error(190, "Error validating access token"),
     )]);
     let (_, third) = post_message(&app, &app.a.api_key, &template("three"), None).await;
-    graph.wait_calls(5).await;
+    graph.wait_calls(6).await;
     let (_, fourth) = post_message(&app, &app.a.api_key, &template("four"), None).await;
     actix_rt::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(graph.calls().len(), 5, "a paused number sends nothing");
+    assert_eq!(graph.calls().len(), 6, "a paused number sends nothing");
     assert_eq!(app.metric("converra_outbound_numbers_paused").await, 1.0);
     for id in [&third["id"], &fourth["id"]] {
         let (_, state) = app
@@ -276,19 +292,19 @@ async fn transient_errors_are_retried_permanent_ones_fail_and_a_bad_token_pauses
         wait_state(&app, id.as_str().unwrap(), "sent").await;
     }
     let calls = graph.calls();
-    assert_eq!(calls.len(), 7);
+    assert_eq!(calls.len(), 8);
     assert_eq!(app.metric("converra_outbound_numbers_paused").await, 0.0);
     assert_eq!(
         app.metric("converra_outbound_sends_total{outcome=\"failed\"}")
             .await,
-        1.0
+        2.0
     );
     assert_eq!(
-        calls[6].authorization.as_deref(),
+        calls[7].authorization.as_deref(),
         Some("Bearer EAAG-new-token")
     );
-    assert_eq!(calls[5].body["template"]["name"], "three");
-    assert_eq!(calls[6].body["template"]["name"], "four");
+    assert_eq!(calls[6].body["template"]["name"], "three");
+    assert_eq!(calls[7].body["template"]["name"], "four");
     graph.stop().await;
 }
 
