@@ -1357,15 +1357,20 @@ async fn sigkill_with_a_busy_outbox_sends_every_accepted_message_once_in_order()
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let calls = graph.calls();
-            for (i, call) in calls.iter().enumerate().skip(echoed) {
-                let webhook = envelope(vec![statuses_change(
-                    NUMBER_A,
-                    vec![
-                        json!({"id": format!("wamid.FAKE{}", i + 1), "status": "sent",
+            // Meta batches statuses: one webhook carries every echo due, so that the
+            // sends in flight at the kill hear theirs well within the reconciliation.
+            let statuses: Vec<Value> = calls
+                .iter()
+                .enumerate()
+                .skip(echoed)
+                .map(|(i, call)| {
+                    json!({"id": format!("wamid.FAKE{}", i + 1), "status": "sent",
                         "timestamp": "1764000100", "recipient_id": call.body["to"],
-                        "biz_opaque_callback_data": call.body["biz_opaque_callback_data"]}),
-                    ],
-                )]);
+                        "biz_opaque_callback_data": call.body["biz_opaque_callback_data"]})
+                })
+                .collect();
+            if !statuses.is_empty() {
+                let webhook = envelope(vec![statuses_change(NUMBER_A, statuses)]);
                 let body = serde_json::to_vec(&webhook).unwrap();
                 let signature = converra::whatsapp::signature::sign(APP_SECRET.as_bytes(), &body);
                 let resp = client
