@@ -326,6 +326,12 @@ fn tenant(settings: Settings, command: TenantCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An access token from the file an operator named (kept out of the shell history).
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --access-token-file {}", path.display()))
+}
+
 fn number(settings: Settings, command: NumberCommand) -> anyhow::Result<()> {
     let (keyring, mut conn) = operator_storage(&settings)?;
     match command {
@@ -337,12 +343,7 @@ fn number(settings: Settings, command: NumberCommand) -> anyhow::Result<()> {
             access_token_file,
             output,
         } => {
-            let token = std::fs::read_to_string(&access_token_file).with_context(|| {
-                format!(
-                    "cannot read --access-token-file {}",
-                    access_token_file.display()
-                )
-            })?;
+            let token = read_token(&access_token_file)?;
             let registered = tenants::add_phone_number(
                 &mut conn,
                 &keyring,
@@ -387,12 +388,7 @@ fn number(settings: Settings, command: NumberCommand) -> anyhow::Result<()> {
             phone_number_id,
             access_token_file,
         } => {
-            let token = std::fs::read_to_string(&access_token_file).with_context(|| {
-                format!(
-                    "cannot read --access-token-file {}",
-                    access_token_file.display()
-                )
-            })?;
+            let token = read_token(&access_token_file)?;
             tenants::replace_access_token(&mut conn, &keyring, &tenant, &phone_number_id, &token)
                 .map_err(|e| match e {
                 storage::StorageError::NotFound => {

@@ -373,21 +373,11 @@ impl SenderActor {
             sent.into_actor(self)
                 .map(move |sent, actor, ctx| match sent {
                     Ok(Some((Ok(None), _, row))) => {
-                        actor
-                            .core
-                            .metrics
-                            .outbound_sends
-                            .with_label_values(&["sent"])
-                            .inc();
+                        actor.count_sent();
                         actor.settle(&row, Settle::Done, ctx)
                     }
                     Ok(Some((Ok(Some(wamid)), key, row))) => {
-                        actor
-                            .core
-                            .metrics
-                            .outbound_sends
-                            .with_label_values(&["sent"])
-                            .inc();
+                        actor.count_sent();
                         let sealed = outbox::seal_wamid(
                             &actor.core.keyring,
                             &key,
@@ -426,6 +416,14 @@ impl SenderActor {
                     }
                 }),
         );
+    }
+
+    fn count_sent(&self) {
+        self.core
+            .metrics
+            .outbound_sends
+            .with_label_values(&["sent"])
+            .inc();
     }
 
     /// What an error of Meta's (or the network's) does to the send and the number.
