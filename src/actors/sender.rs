@@ -27,7 +27,7 @@ use crate::storage::tenants::{self, SendingNumber};
 use crate::storage::{self, StorageError};
 use crate::whatsapp::graph::{ErrorClass, GraphClient, GraphError};
 
-/// Rows read per scan of the outbox: more than the contacts one scan can start.
+/// Sends read per scan of the outbox (each a different contact's).
 const SCAN_ROWS: i64 = 1000;
 /// Meta's code for a user who stopped marketing messages.
 const MARKETING_STOPPED: i64 = 131_050;
@@ -133,6 +133,7 @@ impl SenderActor {
         self.scanning = true;
         let core = self.core.clone();
         let number = self.number.clone();
+        let now = core.clock.now_ms();
         let read = async move {
             let pool = core.pool.clone();
             let keyring = core.keyring.clone();
@@ -140,8 +141,8 @@ impl SenderActor {
                 storage::with_conn(&pool, |conn| {
                     // Read at every look, so that a replaced token is used at once.
                     let credentials = tenants::sending_number(conn, &keyring, number.as_str())?;
-                    let rows = outbox::pending_sends(conn, &number, SCAN_ROWS)?;
-                    Ok((credentials, rows))
+                    let due = outbox::due_sends(conn, &number, now, SCAN_ROWS)?;
+                    Ok((credentials, due))
                 })
             })
             .await
@@ -150,7 +151,7 @@ impl SenderActor {
         ctx.spawn(read.into_actor(self).map(|read, actor, ctx| {
             actor.scanning = false;
             match read {
-                Ok((credentials, rows)) => {
+                Ok((credentials, (rows, next_due))) => {
                     if let Some(credentials) = credentials {
                         let changed = actor
                             .credentials
@@ -168,6 +169,9 @@ impl SenderActor {
                         let recheck = actor.core.settings.outbound.paused_recheck_secs * 1000;
                         actor.scan_at(actor.core.clock.now_ms() + recheck as i64, ctx);
                     } else {
+                        if let Some(next_due) = next_due {
+                            actor.scan_at(next_due, ctx);
+                        }
                         actor.start_sends(rows, ctx);
                     }
                 }

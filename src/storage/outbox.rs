@@ -315,16 +315,38 @@ pub struct OutboxRow {
     pub deadline_at: i64,
 }
 
-/// The number's sends not yet done, in the order they were accepted (at most
-/// `limit`): queued ones and those whose outcome is not recorded.
-pub fn pending_sends(
+/// The number's sends that may go now: of each contact's pending sends only the first
+/// (a contact's messages leave in order), and of those the ones due (their time has
+/// come, their deadline has passed, or their outcome is not recorded), in the order
+/// they were accepted, at most `limit`; and when the next of the others falls due. A
+/// backlog waiting for its time holds up no one else's sends.
+pub fn due_sends(
     conn: &mut DbConn,
     phone_number_id: &PhoneNumberId,
+    now_ms: i64,
     limit: i64,
-) -> Result<Vec<OutboxRow>, StorageError> {
-    Ok(on_backend!(conn, c => outbox::table
-        .filter(outbox::phone_number_id.eq(phone_number_id.as_str()))
-        .filter(outbox::state.eq_any([QUEUED, SENDING]))
+) -> Result<(Vec<OutboxRow>, Option<i64>), StorageError> {
+    let earlier = diesel::alias!(outbox as earlier);
+    let number = phone_number_id.as_str();
+    let pending = [QUEUED, SENDING];
+    let heads = || {
+        outbox::table
+            .filter(outbox::phone_number_id.eq(number))
+            .filter(outbox::state.eq_any(pending))
+            .filter(diesel::dsl::not(diesel::dsl::exists(
+                earlier
+                    .filter(earlier.field(outbox::phone_number_id).eq(number))
+                    .filter(earlier.field(outbox::contact_id).eq(outbox::contact_id))
+                    .filter(earlier.field(outbox::state).eq_any(pending))
+                    .filter(earlier.field(outbox::id).lt(outbox::id)),
+            )))
+    };
+    let due = outbox::next_attempt_at
+        .le(now_ms)
+        .or(outbox::deadline_at.le(now_ms))
+        .or(outbox::state.eq(SENDING));
+    let rows: Vec<OutboxRow> = on_backend!(conn, c => heads()
+        .filter(due)
         .order(outbox::id.asc())
         .limit(limit)
         .select((
@@ -339,16 +361,12 @@ pub fn pending_sends(
             outbox::next_attempt_at,
             outbox::deadline_at,
         ))
-        .load(c))?)
-}
-
-/// The numbers with sends not yet done (for the senders to start with).
-pub fn numbers_with_pending_sends(conn: &mut DbConn) -> Result<Vec<String>, StorageError> {
-    Ok(on_backend!(conn, c => outbox::table
-        .filter(outbox::state.eq_any([QUEUED, SENDING]))
-        .select(outbox::phone_number_id)
-        .distinct()
-        .load(c))?)
+        .load(c))?;
+    let next: Option<i64> = on_backend!(conn, c => heads()
+        .filter(outbox::next_attempt_at.gt(now_ms))
+        .select(diesel::dsl::min(outbox::next_attempt_at))
+        .get_result(c))?;
+    Ok((rows, next))
 }
 
 /// The data key a row is sealed under (`None` once destroyed: the contact was erased).
@@ -594,4 +612,79 @@ pub fn record_marketing_stop(
         .set((contacts::marketing_opt_out.eq(true), contacts::marketing_pref_at.eq(now_ms)))
         .execute(c))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::storage::contacts::{resolve_contact, ContactIdentifiers};
+    use crate::storage::tenants;
+
+    /// Of each contact only the first pending send may go, and only when due; a contact
+    /// whose first send waits holds up its own later ones and no one else's.
+    #[test]
+    fn a_send_goes_when_it_is_due_and_first_of_its_contact() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = Settings::defaults().expect("defaults");
+        settings.database.url = format!("sqlite://{}", dir.path().join("o.db").display());
+        settings.security.master_key_file = dir.path().join("master.key").display().to_string();
+        let (vault, pool) = crate::open_storage(&settings).expect("storage");
+        let mut conn = pool.get().expect("connection");
+        let tenant = TenantId(
+            tenants::create_tenant(&mut conn, "t", "owner@t.example", 1)
+                .expect("tenant")
+                .tenant_id,
+        );
+        let number = PhoneNumberId("100".into());
+        let contact = |conn: &mut DbConn, wa: &str| {
+            let ids = ContactIdentifiers {
+                user_id: None,
+                wa_id: Some(wa.into()),
+            };
+            resolve_contact(conn, &vault, &tenant, &ids, None, 1).expect("contact")
+        };
+        let (x, y) = (
+            contact(&mut conn, "4915100000001"),
+            contact(&mut conn, "4915100000002"),
+        );
+        let queue = |conn: &mut DbConn, of: &ContactId, key: &KeyId, due: i64| {
+            let id = MessageId::generate();
+            let send = NewSend {
+                id: id.clone(),
+                tenant_id: tenant.clone(),
+                phone_number_id: number.clone(),
+                contact_id: of.clone(),
+                key_id: key.clone(),
+                kind: "read".into(),
+                needs_window: false,
+                marketing: false,
+                content_ct: None,
+                request_ct: vec![1],
+                idempotency: None,
+                now_ms: 10,
+                deadline_ms: 1_000_000,
+            };
+            accept(conn, &send).expect("accepted");
+            retry_at(conn, id.as_str(), due, None).expect("due time");
+            id
+        };
+        let x_first = queue(&mut conn, &x.contact_id, &x.key_id, 500);
+        let _x_second = queue(&mut conn, &x.contact_id, &x.key_id, 100);
+        let y_first = queue(&mut conn, &y.contact_id, &y.key_id, 100);
+        let _y_second = queue(&mut conn, &y.contact_id, &y.key_id, 100);
+
+        let (rows, next) = due_sends(&mut conn, &number, 200, 10).expect("due");
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, vec![y_first.as_str()], "x waits for its first send");
+        assert_eq!(next, Some(500));
+        let (rows, _) = due_sends(&mut conn, &number, 600, 10).expect("due");
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, vec![x_first.as_str(), y_first.as_str()]);
+        assert!(mark_sending(&mut conn, y_first.as_str()).expect("marked"));
+        assert!(
+            !mark_sending(&mut conn, y_first.as_str()).expect("not twice"),
+            "a send already in flight is not marked again"
+        );
+    }
 }

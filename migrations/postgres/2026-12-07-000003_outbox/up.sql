@@ -19,6 +19,8 @@ CREATE TABLE outbox (
     error_json TEXT
 );
 CREATE INDEX outbox_number ON outbox (phone_number_id, state, id);
+-- A contact's earlier pending sends (a send goes only when it is its contact's first).
+CREATE INDEX outbox_number_contact ON outbox (phone_number_id, contact_id, id);
 CREATE INDEX outbox_contact ON outbox (contact_id);
 
 -- A send request's Idempotency-Key (a keyed hash), scoped to the tenant: a replay
