@@ -24,12 +24,40 @@ struct SendAnswer {
     state: String,
 }
 
+/// The largest send request taken: far above what Meta's limits let any message be.
+const SEND_BODY_MAX: usize = 256 * 1024;
+
+/// The request body, refused with the JSON error shape past [`SEND_BODY_MAX`].
+async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
+    use futures_util::StreamExt;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::field(
+                ErrorCode::InvalidField,
+                "body",
+                format!("the body could not be read: {e}"),
+            )
+        })?;
+        if body.len() + chunk.len() > SEND_BODY_MAX {
+            return Err(ApiError::field(
+                ErrorCode::PayloadTooLarge,
+                "body",
+                format!("the body exceeds the limit of {SEND_BODY_MAX} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 pub async fn send_message(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
+    let body = read_body(payload).await?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::field(ErrorCode::InvalidField, "body", format!("not JSON: {e}")))?;
     let request = outbound::parse_send(&value)

@@ -155,6 +155,13 @@ async fn a_send_is_refused_naming_the_field_or_the_rule_it_breaks() {
     let graph = FakeGraph::start().await;
     let app = app_with_graph(&Backend::Sqlite, &graph).await;
     let text = |to: &str, body: &str| json!({"from_phone_number_id": NUMBER_A, "to": to, "type": "text", "text": {"body": body}});
+    let huge = text(CUSTOMER, &"x".repeat(300 * 1024));
+    let (status, body) = post_message(&app, &app.a.api_key, &huge, None).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (413, json!("payload_too_large")),
+        "{body}"
+    );
     let (status, body) = post_message(&app, &app.a.api_key, &text(CUSTOMER, ""), None).await;
     assert_eq!(
         (status, body["error"]["field"].clone()),
