@@ -803,7 +803,6 @@ pub fn list_contacts(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
     use crate::storage::conversations::upsert_conversation;
     use crate::storage::schema::data_keys;
     use crate::storage::tenants;
@@ -822,10 +821,7 @@ mod tests {
     #[test]
     fn a_batch_of_look_ups_answers_each_question_as_a_look_up_of_its_own() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut settings = Settings::defaults().expect("defaults");
-        settings.database.url = format!("sqlite://{}", dir.path().join("c.db").display());
-        settings.security.master_key_file = dir.path().join("master.key").display().to_string();
-        let (vault, pool) = crate::open_storage(&settings).expect("storage");
+        let (vault, pool) = crate::storage::test_storage(dir.path());
         let mut conn = pool.get().expect("connection");
         let tenant = |conn: &mut DbConn, name: &str| {
             TenantId(

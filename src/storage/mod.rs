@@ -624,6 +624,15 @@ pub fn with_conn<T>(
     f(&mut conn)
 }
 
+/// A SQLite database and master key in `dir`, migrated, for the storage unit tests.
+#[cfg(test)]
+pub(crate) fn test_storage(dir: &std::path::Path) -> (std::sync::Arc<key_store::Vault>, Pool) {
+    let mut settings = crate::config::Settings::defaults().expect("defaults");
+    settings.database.url = format!("sqlite://{}", dir.join("test.db").display());
+    settings.security.master_key_file = dir.join("master.key").display().to_string();
+    crate::open_storage(&settings).expect("storage")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

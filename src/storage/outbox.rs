@@ -617,7 +617,6 @@ pub fn record_marketing_stop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
     use crate::storage::contacts::{resolve_contact, ContactIdentifiers};
     use crate::storage::tenants;
 
@@ -626,10 +625,7 @@ mod tests {
     #[test]
     fn a_send_goes_when_it_is_due_and_first_of_its_contact() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut settings = Settings::defaults().expect("defaults");
-        settings.database.url = format!("sqlite://{}", dir.path().join("o.db").display());
-        settings.security.master_key_file = dir.path().join("master.key").display().to_string();
-        let (vault, pool) = crate::open_storage(&settings).expect("storage");
+        let (vault, pool) = crate::storage::test_storage(dir.path());
         let mut conn = pool.get().expect("connection");
         let tenant = TenantId(
             tenants::create_tenant(&mut conn, "t", "owner@t.example", 1)

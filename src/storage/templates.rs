@@ -97,7 +97,7 @@ pub fn template_for_number(
     if synced.is_none() {
         return Ok(Known::Unsynced);
     }
-    let found: Option<(String, String, String, String, String)> = on_backend!(conn, c => templates::table
+    let found: Option<TemplateRow> = on_backend!(conn, c => templates::table
         .filter(templates::tenant_id.eq(tenant))
         .filter(templates::waba_id.eq(&waba))
         .filter(templates::name.eq(name))
@@ -107,14 +107,7 @@ pub fn template_for_number(
         .optional())?;
     Ok(match found {
         None => Known::Missing,
-        Some((name, language, category, status, components)) => Known::Found(Template {
-            name,
-            language,
-            category,
-            status,
-            components: serde_json::from_str(&components)
-                .map_err(|e| StorageError::Corrupt(format!("template components: {e}")))?,
-        }),
+        Some(row) => Known::Found(template_of(row)?),
     })
 }
 
@@ -123,21 +116,26 @@ pub fn list_templates(
     conn: &mut DbConn,
     tenant_id: &TenantId,
 ) -> Result<Vec<Template>, StorageError> {
-    let rows: Vec<(String, String, String, String, String)> = on_backend!(conn, c => templates::table
+    let rows: Vec<TemplateRow> = on_backend!(conn, c => templates::table
         .filter(templates::tenant_id.eq(tenant_id.as_str()))
         .order((templates::name.asc(), templates::language.asc(), templates::waba_id.asc()))
         .select((templates::name, templates::language, templates::category, templates::status, templates::components_json))
         .load(c))?;
-    rows.into_iter()
-        .map(|(name, language, category, status, components)| {
-            Ok(Template {
-                name,
-                language,
-                category,
-                status,
-                components: serde_json::from_str(&components)
-                    .map_err(|e| StorageError::Corrupt(format!("template components: {e}")))?,
-            })
-        })
-        .collect()
+    rows.into_iter().map(template_of).collect()
+}
+
+/// A stored template: (name, language, category, status, components as JSON).
+type TemplateRow = (String, String, String, String, String);
+
+fn template_of(
+    (name, language, category, status, components): TemplateRow,
+) -> Result<Template, StorageError> {
+    Ok(Template {
+        name,
+        language,
+        category,
+        status,
+        components: serde_json::from_str(&components)
+            .map_err(|e| StorageError::Corrupt(format!("template components: {e}")))?,
+    })
 }

@@ -641,7 +641,6 @@ fn ingest(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
     use crate::storage::crm::ContactIdentifiers;
     use crate::storage::tenants;
 
@@ -663,10 +662,7 @@ mod tests {
     #[test]
     fn a_contact_created_twice_is_created_once_and_the_other_write_left_out() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut settings = Settings::defaults().expect("defaults");
-        settings.database.url = format!("sqlite://{}", dir.path().join("c.db").display());
-        settings.security.master_key_file = dir.path().join("master.key").display().to_string();
-        let (vault, pool) = crate::open_storage(&settings).expect("storage");
+        let (vault, pool) = crate::storage::test_storage(dir.path());
         let mut conn = pool.get().expect("connection");
         let tenant = tenants::create_tenant(&mut conn, "t", "owner@t.example", 1)
             .expect("tenant")
