@@ -184,6 +184,28 @@ impl From<StorageError> for ApiError {
     }
 }
 
+impl From<crate::actors::submit::SendRefused> for ApiError {
+    fn from(e: crate::actors::submit::SendRefused) -> ApiError {
+        use crate::actors::submit::SendRefused;
+        match e {
+            SendRefused::Invalid(invalid) => {
+                ApiError::field(ErrorCode::InvalidField, &invalid.field, invalid.message)
+            }
+            SendRefused::UnknownNumber => ApiError::field(
+                ErrorCode::NotFound,
+                "from_phone_number_id",
+                "no phone number of yours has this id",
+            ),
+            SendRefused::UnknownMessage => ApiError::field(
+                ErrorCode::NotFound,
+                "message_id",
+                "no inbound message of yours has this id",
+            ),
+            SendRefused::Storage(e) => e.into(),
+        }
+    }
+}
+
 /// When the answer is a 500, logs its cause under a request id and puts the id in the
 /// JSON body and the `X-Request-Id` header, so an operator finds the log line a user
 /// reports. The id is the caller's `X-Request-Id` when it sent a well-formed one (a

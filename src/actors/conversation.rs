@@ -17,6 +17,10 @@
 //! (left by a crash, or stored there because delivery failed) come as [`ApplyInboxRow`] and
 //! are marked processed by the write that applies them.
 //!
+//! Sends to the contact come as [`Submit`]: accepted into the outbox one at a time, in
+//! the order they came (see [`super::submit`]), beside the events, under the contact
+//! this actor holds when it is stored.
+//!
 //! A panic while handling an event is caught at this boundary and turned into a stop,
 //! so the supervisor restarts the actor. A delivered event that panicked, or whose
 //! write failed, is handed back (its reply is dropped) and its webhook stores it in
@@ -34,6 +38,7 @@ use actix::prelude::*;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::submit::{self, Submit};
 use super::tenant::{Idle, TenantActor};
 use super::Core;
 use crate::crypto::{Keyring, Place, SealKey};
@@ -145,6 +150,8 @@ pub struct ConversationActor {
     contact: Option<Arc<ResolvedContact>>,
     /// `contact` is new: the next write creates it.
     creating: Option<Box<NewContact>>,
+    /// `contact` is in the database (not only about to be created by a write).
+    contact_stored: bool,
     /// A look-up found that the contact needs the writer (a link or a merge).
     resolve_in_writer: bool,
     /// The conversation of the cached contact on this number, once known.
@@ -154,6 +161,9 @@ pub struct ConversationActor {
     /// When `last_seen_at` was last written for the cached contact.
     seen_written_at: Option<i64>,
     pending: VecDeque<Pending>,
+    /// Sends to accept into the outbox, in the order they came; one at a time.
+    submits: VecDeque<Submit>,
+    submitting: bool,
     /// The inbox rows among `pending`.
     pending_ids: HashSet<i64>,
     next_seq: u64,
@@ -203,11 +213,14 @@ impl ConversationActor {
             key,
             contact: None,
             creating: None,
+            contact_stored: false,
             resolve_in_writer: false,
             conversation_id: None,
             written_profile: None,
             seen_written_at: None,
             pending: VecDeque::new(),
+            submits: VecDeque::new(),
+            submitting: false,
             pending_ids: HashSet::new(),
             next_seq: 0,
             route_keys: HashSet::new(),
@@ -487,6 +500,7 @@ impl ConversationActor {
                     }
                     match result {
                         Ok(receipt) => {
+                            actor.contact_stored = actor.contact.is_some();
                             if receipt.conversation.is_some() {
                                 actor.conversation_id = receipt.conversation.clone();
                             }
@@ -590,6 +604,7 @@ impl ConversationActor {
         self.contact = Some(Arc::new(contact));
         // A new contact's row is written seen now.
         self.seen_written_at = new.as_ref().map(|new| new.seen_at);
+        self.contact_stored = new.is_none();
         self.creating = new;
         self.written_profile = None;
         self.pump(ctx);
@@ -738,7 +753,12 @@ impl ConversationActor {
     /// With nothing to do, asks its tenant to let it go, and stops if the tenant does
     /// (it does not when events were sent meanwhile).
     fn offer_release(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight || !self.pending.is_empty() || self.releasing {
+        if self.in_flight
+            || !self.pending.is_empty()
+            || self.submitting
+            || !self.submits.is_empty()
+            || self.releasing
+        {
             return;
         }
         self.releasing = true;
@@ -777,6 +797,7 @@ impl Actor for ConversationActor {
         if self.restarted {
             self.reload_pending(ctx);
             self.pump(ctx);
+            self.pump_submits(ctx);
         }
         let idle_after = Duration::from_secs(self.core.settings.actors.idle_timeout_secs);
         let check_every =
@@ -799,7 +820,9 @@ impl Supervised for ConversationActor {
         // In-flight futures died with the old context; forget what they were doing and
         // resolve the contact again from the database.
         self.in_flight = false;
+        self.submitting = false;
         self.contact = None;
+        self.contact_stored = false;
         self.creating = None;
         self.resolve_in_writer = false;
         self.conversation_id = None;
@@ -844,6 +867,41 @@ impl Handler<ApplyArrival> for ConversationActor {
         let now = self.core.clock.now_ms();
         self.push(source, &route_key, now, event.event);
         self.pump(ctx);
+    }
+}
+
+impl ConversationActor {
+    /// Accepts the next send into the outbox once the one before it is stored, under
+    /// the contact this actor holds when it is the send's and is stored.
+    fn pump_submits(&mut self, ctx: &mut Context<Self>) {
+        if self.submitting {
+            return;
+        }
+        let Some(Submit { order, reply }) = self.submits.pop_front() else {
+            return;
+        };
+        self.submitting = true;
+        self.last_active_ms = self.core.clock.now_ms();
+        let known = self
+            .contact
+            .clone()
+            .filter(|_| self.contact_stored && self.covers(&order.identity()));
+        let accept = submit::accept(self.core.clone(), order, known);
+        ctx.spawn(accept.into_actor(self).map(move |accepted, actor, ctx| {
+            reply.send(accepted);
+            actor.submitting = false;
+            actor.pump_submits(ctx);
+        }));
+    }
+}
+
+impl Handler<Submit> for ConversationActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) {
+        self.received += 1;
+        self.submits.push_back(msg);
+        self.pump_submits(ctx);
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod conversation;
 pub mod registry;
 pub mod sender;
+pub mod submit;
 pub mod tenant;
 
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ use crate::ids::TenantId;
 use crate::metrics::Metrics;
 use crate::storage::key_store::Vault;
 use crate::storage::writer::WriterHandle;
-use crate::storage::Pool;
+use crate::storage::{Pool, StorageError};
 
 /// A hook run before an event is applied.
 #[cfg(feature = "testing")]
@@ -77,6 +78,22 @@ pub struct Core {
     pub readers: crate::storage::readers::ContactReaders,
     /// The business numbers' senders (outbound).
     pub senders: sender::Senders,
+}
+
+impl Core {
+    /// A read on the pool, off the async threads.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut crate::storage::DbConn, &Vault) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let pool = self.pool.clone();
+        let keyring = self.keyring.clone();
+        actix_web::rt::task::spawn_blocking(move || {
+            crate::storage::with_conn(&pool, |conn| f(conn, &keyring))
+        })
+        .await
+        .map_err(|e| StorageError::Unavailable(e.to_string()))?
+    }
 }
 
 /// Groups `items` by the tenant each belongs to, keeping their order within a tenant.

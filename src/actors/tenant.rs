@@ -1,5 +1,6 @@
-//! One actor per tenant: routes each event (delivered, or an inbox row) to the conversation actor of its
-//! (business number, contact), starting it on demand. A contact may be named by its
+//! One actor per tenant: routes each event (delivered, or an inbox row) and each send
+//! ([`Submit`]) to the conversation actor of its (business number, contact), starting
+//! it on demand. A contact may be named by its
 //! BSUID, its phone number or both; the tenant actor remembers which names it saw
 //! together so that all of a contact's events reach the same conversation actor.
 //! Conversation actors stop when idle for `actors.idle_timeout_secs`, or sooner, least
@@ -11,9 +12,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::conversation::{self, ApplyInboxRow, ConversationActor, Delivery, Release};
+use super::submit::Submit;
 use super::Core;
 use crate::ids::{PhoneNumberId, TenantId};
 use crate::storage::inbox::InboxItem;
+use crate::storage::StorageError;
 use crate::whatsapp::Identity;
 
 /// Committed inbox rows of this tenant.
@@ -223,6 +226,25 @@ impl Handler<RouteArrivals> for TenantActor {
             );
             addr.do_send(conversation::ApplyArrival(delivery));
         }
+    }
+}
+
+impl Handler<Submit> for TenantActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) {
+        let identity = msg.order.identity();
+        let Some(route_key) = identity.route_key() else {
+            msg.reply.send(Err(StorageError::Validation {
+                field: "to",
+                rule: "required",
+                message: "the send names no recipient".into(),
+            }));
+            return;
+        };
+        let number = msg.order.phone_number_id();
+        let addr = self.conversation(&number, &route_key, &identity, ctx);
+        addr.do_send(msg);
     }
 }
 

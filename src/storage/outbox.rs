@@ -10,6 +10,7 @@
 use diesel::prelude::*;
 
 use super::apply::{content_place, wamid_place, MessageBundle};
+use super::contacts::{contact_field, ContactIdentifiers};
 use super::conversations::upsert_conversation;
 use super::key_store::Vault;
 use super::keys::load_data_key;
@@ -564,26 +565,43 @@ pub fn seal_content(
     Ok(key.seal(&json, &content_place(tenant_id.as_str(), id.as_str()))?)
 }
 
-/// The contact and data key of the message `wamid_bidx` of `tenant_id` (what a read
-/// receipt for it is sealed under); `None` when no such message is stored.
-pub fn message_contact(
+/// Who sent the inbound message `wamid_bidx` names: its contact's identifiers, opened
+/// under the contact's key. A read receipt goes through that contact's conversation.
+/// `None` when the tenant has no such inbound message or its contact was erased.
+pub fn message_sender(
     conn: &mut DbConn,
     vault: &Vault,
     tenant_id: &TenantId,
     wamid_bidx: &str,
-) -> Result<Option<(ContactId, KeyId, SealKey)>, StorageError> {
-    let found: Option<(String, Option<String>)> = on_backend!(conn, c => messages::table
-        .filter(messages::wamid_bidx.eq(wamid_bidx))
-        .filter(messages::tenant_id.eq(tenant_id.as_str()))
-        .filter(messages::direction.eq("inbound"))
-        .select((messages::contact_id, messages::key_id))
-        .get_result(c)
-        .optional())?;
-    let Some((contact_id, Some(key_id))) = found else {
+) -> Result<Option<ContactIdentifiers>, StorageError> {
+    let tenant = tenant_id.as_str();
+    // The contact's id and key id, its user id and phone number sealed.
+    type Sender = (String, String, Option<Vec<u8>>, Option<Vec<u8>>);
+    let found: Option<Sender> = on_backend!(conn, c => messages::table
+            .inner_join(contacts::table.on(contacts::id.eq(messages::contact_id)))
+            .filter(messages::wamid_bidx.eq(wamid_bidx))
+            .filter(messages::tenant_id.eq(tenant))
+            .filter(messages::direction.eq("inbound"))
+            .filter(contacts::tenant_id.eq(tenant))
+            .select((contacts::id, contacts::key_id, contacts::user_id_ct, contacts::wa_id_ct))
+            .get_result(c)
+            .optional())?;
+    let Some((contact_id, key_id, user_id_ct, wa_id_ct)) = found else {
         return Ok(None);
     };
-    Ok(load_data_key(conn, vault, tenant_id, &key_id)?
-        .map(|key| (ContactId(contact_id), KeyId(key_id), key)))
+    let Some(key) = load_data_key(conn, vault, tenant_id, &key_id)? else {
+        return Ok(None);
+    };
+    let open = |column, ct: Option<Vec<u8>>| -> Result<Option<String>, StorageError> {
+        ct.map(|ct| key.open_string(&ct, &contact_field(tenant, column, &contact_id)))
+            .transpose()
+            .map_err(StorageError::from)
+    };
+    let ids = ContactIdentifiers {
+        user_id: open("user_id_ct", user_id_ct)?,
+        wa_id: open("wa_id_ct", wa_id_ct)?,
+    };
+    Ok((ids.user_id.is_some() || ids.wa_id.is_some()).then_some(ids))
 }
 
 /// Seals Meta's request body of send `id` for its outbox row.

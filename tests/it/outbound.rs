@@ -146,6 +146,23 @@ async fn a_reply_reaches_meta_as_documented_and_follows_its_status_webhooks() {
             )
             .await;
         assert_eq!(status, 404);
+
+        // Mark-as-read of the customer's message goes in Meta's own shape, through
+        // the same outbox; another tenant's message, or none, is not found.
+        let read = json!({"from_phone_number_id": NUMBER_A, "status": "read",
+            "message_id": "wamid.in.1"});
+        let (status, accepted) = post_message(&app, &app.a.api_key, &read, None).await;
+        assert_eq!(status, 202, "{accepted}");
+        let calls = graph.wait_calls(2).await;
+        assert_eq!(
+            calls[1].body,
+            json!({"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.in.1"})
+        );
+        let unknown = json!({"from_phone_number_id": NUMBER_A, "status": "read",
+            "message_id": "wamid.in.none"});
+        let (status, refused) = post_message(&app, &app.a.api_key, &unknown, None).await;
+        assert_eq!(status, 404, "{refused}");
+        assert_eq!(refused["error"]["field"], "message_id");
         graph.stop().await;
     }
 }

@@ -1,0 +1,310 @@
+//! Sends on their way to the outbox, from the API today and from automations alike.
+//! [`send`] checks what needs no conversation (the number is the tenant's, the first
+//! answer to an idempotency key, a template against the one synced from Meta), then
+//! hands the order down registry → tenant → conversation ([`Submit`]) to the actor of
+//! the number and the contact. That actor accepts its orders one at a time, in the
+//! order they came, so a contact's messages are stored, and leave, in that order;
+//! [`accept`] checks the rules only the database knows (restriction, opt-out,
+//! objection, the customer-service window) in the write that stores the send, and the
+//! number's sender is woken once it is committed.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::registry::{send_to_tenant, Registry};
+use super::{sender, Core};
+use crate::handoff::{self, Reply};
+use crate::ids::{MessageId, PhoneNumberId, TenantId, Wamid};
+use crate::storage::contacts::{ContactIdentifiers, ContactQuestion, Lookup, ResolvedContact};
+use crate::storage::outbox::{self, Accepted, NewSend};
+use crate::storage::templates::{self, Known};
+use crate::storage::{tenants, StorageError};
+use crate::whatsapp::outbound::{self, Invalid, OutboundKind, Recipient, SendRequest, Target};
+use crate::whatsapp::Identity;
+
+/// A checked send, addressed to its conversation.
+pub struct SendOrder {
+    pub tenant_id: TenantId,
+    pub request: SendRequest,
+    /// The contact it goes to (for a read receipt, the sender of the message read).
+    pub contact: ContactIdentifiers,
+    /// `Idempotency-Key` as a keyed hash, and the request's hash.
+    pub idempotency: Option<(String, String)>,
+    /// A marketing template: not to a contact who opted out or objected.
+    pub marketing: bool,
+}
+
+impl SendOrder {
+    /// The contact as an identity, to route the order by.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            user_id: self.contact.user_id.clone(),
+            wa_id: self.contact.wa_id.clone(),
+            ..Identity::default()
+        }
+    }
+
+    pub fn phone_number_id(&self) -> PhoneNumberId {
+        PhoneNumberId(self.request.from_phone_number_id.clone())
+    }
+}
+
+/// A send for a conversation's contact, to accept into the outbox after the ones
+/// before it. `reply` hears the outcome; dropped unanswered (the actor restarted),
+/// nothing was stored.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Submit {
+    pub order: SendOrder,
+    pub reply: Reply<Result<Accepted, StorageError>>,
+}
+
+/// Why a send was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SendRefused {
+    /// Meta would refuse it, or the template does not fit the synced one.
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    #[error("no phone number of yours has this id")]
+    UnknownNumber,
+    #[error("no inbound message of yours has this id")]
+    UnknownMessage,
+    /// A rule of the outbox (`StorageError::Conflict`), a reused idempotency key, or
+    /// the database.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Accepts `request` from `tenant_id` into the outbox, through its conversation
+/// actor; `idempotency` is the `Idempotency-Key` and the hash of the request it came
+/// with.
+pub async fn send(
+    core: &Arc<Core>,
+    registry: &Addr<Registry>,
+    tenant_id: TenantId,
+    request: SendRequest,
+    idempotency: Option<(String, String)>,
+) -> Result<Accepted, SendRefused> {
+    let idempotency = idempotency.map(|(key, hash)| {
+        let bidx = core
+            .keyring
+            .blind_index(tenant_id.as_str(), "idempotency_key", &key);
+        (bidx, hash)
+    });
+    let replayed = {
+        let (tenant, number, idempotency) = (
+            tenant_id.clone(),
+            request.from_phone_number_id.clone(),
+            idempotency.clone(),
+        );
+        core.read(move |conn, _| {
+            if !tenants::owns_number(conn, &tenant, &number)? {
+                return Ok(None);
+            }
+            match &idempotency {
+                Some((bidx, hash)) => outbox::replay(conn, &tenant, bidx, hash).map(Some),
+                None => Ok(Some(None)),
+            }
+        })
+        .await?
+    };
+    match replayed {
+        None => return Err(SendRefused::UnknownNumber),
+        Some(Some(first)) => return Ok(first),
+        Some(None) => {}
+    }
+    let marketing = check_template(core, &tenant_id, &request).await?;
+    let contact = match &request.to {
+        Target::Recipient(Recipient::WaId(wa_id)) => ContactIdentifiers {
+            user_id: None,
+            wa_id: Some(wa_id.clone()),
+        },
+        Target::Recipient(Recipient::UserId(user_id)) => ContactIdentifiers {
+            user_id: Some(user_id.clone()),
+            wa_id: None,
+        },
+        Target::ReadReceipt { message_id } => {
+            let bidx = core
+                .keyring
+                .wamid_index(tenant_id.as_str(), &Wamid(message_id.clone()));
+            let tenant = tenant_id.clone();
+            core.read(move |conn, vault| outbox::message_sender(conn, vault, &tenant, &bidx))
+                .await?
+                .ok_or(SendRefused::UnknownMessage)?
+        }
+    };
+    let order = SendOrder {
+        tenant_id: tenant_id.clone(),
+        request,
+        contact,
+        idempotency,
+        marketing,
+    };
+    let (reply, answer) = handoff::channel();
+    send_to_tenant(core, registry, tenant_id, Submit { order, reply });
+    let accepted = answer.await.map_err(|_| {
+        StorageError::Unavailable(
+            "the conversation restarted before the send was stored; send it again".into(),
+        )
+    })??;
+    Ok(accepted)
+}
+
+/// A template send against the template synced for the number's account: it exists,
+/// is approved, and gets its parameters. Whether it is marketing. Before the first
+/// sync nothing is known and Meta judges it.
+async fn check_template(
+    core: &Core,
+    tenant_id: &TenantId,
+    request: &SendRequest,
+) -> Result<bool, SendRefused> {
+    if request.kind != OutboundKind::Template {
+        return Ok(false);
+    }
+    let name = request.message["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let language = request.message["language"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let known = {
+        let (tenant, number, name, language) = (
+            tenant_id.clone(),
+            request.from_phone_number_id.clone(),
+            name.clone(),
+            language.clone(),
+        );
+        core.read(move |conn, _| {
+            templates::template_for_number(conn, &tenant, &number, &name, &language)
+        })
+        .await?
+    };
+    let invalid = |message: String| Invalid {
+        field: "template.name".into(),
+        message,
+    };
+    let template = match known {
+        Known::Unsynced => return Ok(false),
+        Known::Missing => {
+            return Err(invalid(format!(
+                "the number's account has no template {name:?} in {language:?}"
+            ))
+            .into())
+        }
+        Known::Found(template) => template,
+    };
+    if template.status != "APPROVED" {
+        return Err(invalid(format!(
+            "template {name:?} is {}, not APPROVED",
+            template.status
+        ))
+        .into());
+    }
+    outbound::check_template_fits(&request.message, &template.components)?;
+    Ok(template.category.eq_ignore_ascii_case("MARKETING"))
+}
+
+/// Stores `order` in the outbox (run by its conversation actor, one order at a time),
+/// under `known`, the contact the actor holds when it is the order's and stored; else
+/// the contact is looked up, or created for a template. Counts a refusal by its rule
+/// and wakes the number's sender.
+pub(super) async fn accept(
+    core: Arc<Core>,
+    order: SendOrder,
+    known: Option<Arc<ResolvedContact>>,
+) -> Result<Accepted, StorageError> {
+    let number = order.phone_number_id();
+    let accepted = store(&core, order, known).await;
+    match &accepted {
+        Ok(accepted) if !accepted.replayed => sender::wake(&core, number.as_str()),
+        Err(StorageError::Conflict { code, .. }) => core
+            .metrics
+            .outbound_refusals
+            .with_label_values(&[code])
+            .inc(),
+        _ => {}
+    }
+    accepted
+}
+
+async fn store(
+    core: &Core,
+    order: SendOrder,
+    known: Option<Arc<ResolvedContact>>,
+) -> Result<Accepted, StorageError> {
+    let contact = match known {
+        Some(contact) => contact,
+        None => Arc::new(find_contact(core, &order).await?),
+    };
+    let send = new_send(core, &order, &contact)?;
+    core.writer
+        .write(Some(order.tenant_id.clone()), move |conn| {
+            outbox::accept(conn, &send)
+        })
+        .await
+}
+
+/// The order's contact: found, or created for a template (a contact never seen on the
+/// number has no window, so nothing else may open a conversation with them).
+async fn find_contact(core: &Core, order: &SendOrder) -> Result<ResolvedContact, StorageError> {
+    let question = ContactQuestion {
+        tenant_id: order.tenant_id.clone(),
+        phone_number_id: order.phone_number_id(),
+        ids: order.contact.clone(),
+    };
+    match core.readers.look_up(question).await? {
+        Lookup::Found(contact, _) => Ok(contact),
+        Lookup::Absent if order.request.kind.needs_window() => Err(StorageError::Conflict {
+            code: outbox::OUTSIDE_WINDOW,
+            message: outbox::OUTSIDE_WINDOW_MESSAGE.into(),
+        }),
+        Lookup::Absent | Lookup::NeedsWriter => {
+            core.writer
+                .resolve(order.tenant_id.clone(), order.contact.clone())
+                .await
+        }
+    }
+}
+
+/// The send as stored: Meta's body and the content, sealed under the contact's key.
+fn new_send(
+    core: &Core,
+    order: &SendOrder,
+    contact: &ResolvedContact,
+) -> Result<NewSend, StorageError> {
+    let request = &order.request;
+    let tenant_id = &order.tenant_id;
+    let id = MessageId::generate();
+    let body = outbound::graph_body(request, id.as_str());
+    let request_ct = outbox::seal_request(&contact.key, tenant_id, &id, &body)?;
+    let content_ct = match request.kind {
+        OutboundKind::Read => None,
+        _ => Some(outbox::seal_content(
+            &contact.key,
+            tenant_id,
+            &id,
+            &request.message,
+            request.context.as_ref(),
+        )?),
+    };
+    let now = core.clock.now_ms();
+    let deadline = now + (core.settings.outbound.retry_deadline_secs * 1000) as i64;
+    Ok(NewSend {
+        id,
+        tenant_id: tenant_id.clone(),
+        phone_number_id: order.phone_number_id(),
+        contact_id: contact.contact_id.clone(),
+        key_id: contact.key_id.clone(),
+        kind: request.kind.as_str().to_string(),
+        needs_window: request.kind.needs_window(),
+        marketing: order.marketing,
+        content_ct,
+        request_ct,
+        idempotency: order.idempotency.clone(),
+        now_ms: now,
+        deadline_ms: deadline,
+    })
+}
