@@ -1,43 +1,63 @@
-//! One sender per business phone number: takes the number's outbox rows in the order
-//! the API accepted them and sends them to Meta, at most one in flight per contact
-//! (so a contact's messages leave in order, and one contact's backlog takes its turn
-//! beside the others'), paced evenly at the number's throughput with a burst of at
+//! One sender per business phone number: sends the number's outbox rows to Meta in the
+//! order they were accepted, at most one in flight per contact (so a contact's
+//! messages leave in order, and one contact's backlog takes its turn beside the
+//! others', round robin), paced evenly at the number's throughput with a burst of at
 //! most 5% of it (Meta counts per second: a whole second of burst on top of the rate
 //! would exceed it). Each outcome is written before the contact's next message goes:
 //! Meta's wamid, a retry's time (backoff with jitter, by what Meta's code means), the
 //! failure, or a pause of the number when its token or account is the problem.
+//!
+//! The sender holds the number's pending sends in memory, by contact: a send its
+//! conversation actor has just stored arrives with its body ([`queue`]), and a scan of
+//! the outbox (at start, every `outbound.paused_recheck_secs` as a safety net, and
+//! whenever it holds fewer than half of [`HELD_MAX`] after more were waiting) adds the
+//! ones it does not hold. A send then costs no read of the database: two writes (in
+//! flight, then its outcome), group-committed with the writer's other work. Past
+//! [`HELD_MAX`] sends, the rest wait in the outbox, in order, for a later scan.
 //!
 //! A row marked `sending` when the sender starts was in flight when the daemon
 //! stopped: Meta may have accepted it. It waits `outbound.reconcile_secs` for Meta's
 //! status webhook, which echoes its id and records it as sent; only then is it sent
 //! again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::Core;
+use crate::crypto::SealKey;
 use crate::ids::{PhoneNumberId, TenantId};
 use crate::storage::outbox::{self, OutboxRow, SENDING};
 use crate::storage::tenants::{self, SendingNumber};
-use crate::storage::{self, StorageError};
+use crate::storage::StorageError;
 use crate::whatsapp::graph::{ErrorClass, GraphClient, GraphError};
 
-/// Sends read per scan of the outbox (each a different contact's).
-const SCAN_ROWS: i64 = 1000;
+/// The most sends a sender holds in memory (about a kilobyte each when scanned).
+const HELD_MAX: usize = 5_000;
 /// Meta's code for a user who stopped marketing messages.
 const MARKETING_STOPPED: i64 = 131_050;
 /// Spam and ecosystem limits: Meta asks for hours, not seconds.
 const DEFERRED_MS: i64 = 3 * 3600 * 1000;
 
-/// New sends may be due.
+/// Look at the outbox now (the sender starts if it is not running).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Wake;
+
+/// A send just stored, with Meta's body and the key it is sealed under.
+pub struct Fresh {
+    pub row: OutboxRow,
+    pub key: SealKey,
+    pub body: Value,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Queue(Box<Fresh>);
 
 /// The running senders, by number.
 #[derive(Default)]
@@ -45,9 +65,9 @@ pub struct Senders {
     running: Mutex<HashMap<String, Addr<SenderActor>>>,
 }
 
-/// Tells the sender of `phone_number_id` to look at its outbox, starting it (on the
-/// calling thread's arbiter) when it is not running.
-pub fn wake(core: &Arc<Core>, phone_number_id: &str) {
+/// The sender of `phone_number_id`, started (on the calling thread's arbiter) when it
+/// is not running.
+fn sender(core: &Arc<Core>, phone_number_id: &str) -> Addr<SenderActor> {
     let mut running = match core.senders.running.lock() {
         Ok(running) => running,
         Err(poisoned) => poisoned.into_inner(),
@@ -64,7 +84,24 @@ pub fn wake(core: &Arc<Core>, phone_number_id: &str) {
         // Its thread is gone (a worker that stopped): started again here.
         *addr = start();
     }
-    addr.do_send(Wake);
+    addr.clone()
+}
+
+/// Tells the sender of `phone_number_id` to look at its outbox.
+pub fn wake(core: &Arc<Core>, phone_number_id: &str) {
+    sender(core, phone_number_id).do_send(Wake);
+}
+
+/// Hands a send just stored to its number's sender.
+pub fn queue(core: &Arc<Core>, fresh: Fresh, phone_number_id: &str) {
+    sender(core, phone_number_id).do_send(Queue(Box::new(fresh)));
+}
+
+/// A pending send as held: its row, and its key and body once opened.
+#[derive(Clone)]
+struct Held {
+    row: OutboxRow,
+    opened: Option<(SealKey, Rc<Value>)>,
 }
 
 pub struct SenderActor {
@@ -77,13 +114,29 @@ pub struct SenderActor {
     burst: f64,
     tokens: f64,
     refilled_at: std::time::Instant,
+    /// Pending sends by contact, in the order they were accepted.
+    queues: HashMap<String, VecDeque<Held>>,
+    /// The ids held in `queues`.
+    held: HashSet<String>,
+    /// Contacts whose first send may go now, in turn (each at most once).
+    ready: VecDeque<String>,
+    in_ready: HashSet<String>,
+    /// Contacts whose first send waits for a time, by that time.
+    later: BTreeSet<(i64, String)>,
+    later_timer: Option<(i64, SpawnHandle)>,
+    /// Set while the pace makes sends wait for a token.
+    pace_timer: Option<SpawnHandle>,
     /// Contacts with a send in flight (its outcome not yet written).
     in_flight: HashSet<String>,
+    /// Sends with ids above this were not held when the outbox last had more than
+    /// [`HELD_MAX`]: they wait for a scan, so that none goes before an earlier one.
+    held_through: Option<String>,
     scanning: bool,
     scan_again: bool,
+    /// Sends handed over, or finished, while a scan reads: the scan's rows are older.
+    during_scan: Vec<Fresh>,
+    finished_during_scan: HashSet<String>,
     paused: bool,
-    /// The next scan, if one is waiting for a time.
-    timer: Option<(i64, SpawnHandle)>,
     /// When the account's templates were last synced (or tried).
     templates_synced_at: Option<i64>,
 }
@@ -101,11 +154,20 @@ impl SenderActor {
             burst,
             tokens: burst,
             refilled_at: std::time::Instant::now(),
+            queues: HashMap::new(),
+            held: HashSet::new(),
+            ready: VecDeque::new(),
+            in_ready: HashSet::new(),
+            later: BTreeSet::new(),
+            later_timer: None,
+            pace_timer: None,
             in_flight: HashSet::new(),
+            held_through: None,
             scanning: false,
             scan_again: false,
+            during_scan: Vec::new(),
+            finished_during_scan: HashSet::new(),
             paused: false,
-            timer: None,
             templates_synced_at: None,
         }
     }
@@ -124,87 +186,439 @@ impl SenderActor {
         }
     }
 
-    /// Reads the outbox and the number's token.
+    /// Reads the number's token and the outbox's pending sends, adding those not held.
     fn scan(&mut self, ctx: &mut Context<Self>) {
         if self.scanning {
             self.scan_again = true;
             return;
         }
         self.scanning = true;
-        let core = self.core.clone();
+        self.finished_during_scan.clear();
         let number = self.number.clone();
-        let now = core.clock.now_ms();
+        let core = self.core.clone();
         let read = async move {
-            let pool = core.pool.clone();
-            let keyring = core.keyring.clone();
-            actix_web::rt::task::spawn_blocking(move || {
-                storage::with_conn(&pool, |conn| {
-                    // Read at every look, so that a replaced token is used at once.
-                    let credentials = tenants::sending_number(conn, &keyring, number.as_str())?;
-                    let due = outbox::due_sends(conn, &number, now, SCAN_ROWS)?;
-                    Ok((credentials, due))
-                })
+            core.read(move |conn, keyring| {
+                // Read at every scan, so that a replaced token is used.
+                let credentials = tenants::sending_number(conn, keyring, number.as_str())?;
+                let rows = outbox::pending_sends(conn, &number, HELD_MAX as i64)?;
+                Ok((credentials, rows))
             })
             .await
-            .map_err(|e| StorageError::Unavailable(e.to_string()))?
         };
         ctx.spawn(read.into_actor(self).map(|read, actor, ctx| {
             actor.scanning = false;
             match read {
-                Ok((credentials, (rows, next_due))) => {
-                    if let Some(credentials) = credentials {
-                        let changed = actor
-                            .credentials
-                            .as_ref()
-                            .is_none_or(|c| c.access_token != credentials.access_token);
-                        if actor.paused && changed {
-                            slog::info!(actor.core.log, "sender resumed with a new token";
-                                "phone_number_id" => actor.number.as_str());
-                            actor.paused = false;
-                            actor.core.metrics.outbound_numbers_paused.dec();
-                        }
-                        actor.credentials = Some(Rc::new(credentials));
-                    }
-                    if actor.paused {
-                        let recheck = actor.core.settings.outbound.paused_recheck_secs * 1000;
-                        actor.scan_at(actor.core.clock.now_ms() + recheck as i64, ctx);
-                    } else {
-                        if let Some(next_due) = next_due {
-                            actor.scan_at(next_due, ctx);
-                        }
-                        actor.start_sends(rows, ctx);
-                    }
+                Ok((credentials, rows)) => {
+                    actor.use_credentials(credentials, ctx);
+                    actor.merge_scan(rows);
                 }
                 Err(e) => {
                     slog::warn!(actor.core.log, "reading the outbox failed";
                         "phone_number_id" => actor.number.as_str(), "error" => %e);
-                    actor.scan_at(actor.core.clock.now_ms() + 1000, ctx);
+                    for fresh in std::mem::take(&mut actor.during_scan) {
+                        actor.add(fresh);
+                    }
+                    ctx.run_later(Duration::from_secs(1), |actor, ctx| actor.scan(ctx));
                 }
             }
+            actor.dispatch(ctx);
             if std::mem::take(&mut actor.scan_again) {
                 actor.scan(ctx);
             }
         }));
     }
 
-    /// Schedules a scan at `at_ms` (unless one is due sooner).
-    fn scan_at(&mut self, at_ms: i64, ctx: &mut Context<Self>) {
-        if let Some((due, handle)) = self.timer {
-            if due <= at_ms {
+    /// Takes the number's token and tenant as read; resumes a paused number whose
+    /// token was replaced; syncs the templates when due.
+    fn use_credentials(&mut self, credentials: Option<SendingNumber>, ctx: &mut Context<Self>) {
+        let Some(credentials) = credentials else {
+            if !self.queues.is_empty() {
+                slog::warn!(self.core.log, "outbox rows for a number no tenant has";
+                    "phone_number_id" => self.number.as_str(), "contacts" => self.queues.len());
+            }
+            self.credentials = None;
+            return;
+        };
+        let changed = self
+            .credentials
+            .as_ref()
+            .is_none_or(|c| c.access_token != credentials.access_token);
+        if self.paused && changed {
+            slog::info!(self.core.log, "sender resumed with a new token";
+                "phone_number_id" => self.number.as_str());
+            self.paused = false;
+            self.core.metrics.outbound_numbers_paused.dec();
+        }
+        let credentials = Rc::new(credentials);
+        self.credentials = Some(credentials.clone());
+        match self.client() {
+            Ok(client) => self.sync_templates(client, credentials, ctx),
+            Err(e) => slog::error!(self.core.log, "no Graph API client: nothing is sent";
+                "phone_number_id" => self.number.as_str(), "error" => e),
+        }
+    }
+
+    /// Adds the scanned rows not held (a row finished while the scan read is not one
+    /// of them), then the sends handed over meanwhile.
+    fn merge_scan(&mut self, rows: Vec<OutboxRow>) {
+        let complete = rows.len() < HELD_MAX;
+        let last = rows.last().map(|row| row.id.clone());
+        for row in rows {
+            if self.held.len() >= HELD_MAX {
+                break;
+            }
+            if self.held.contains(&row.id) || self.finished_during_scan.contains(&row.id) {
+                continue;
+            }
+            self.hold(Held { row, opened: None });
+        }
+        self.finished_during_scan.clear();
+        self.held_through = if complete { None } else { last };
+        for fresh in std::mem::take(&mut self.during_scan) {
+            self.add(fresh);
+        }
+    }
+
+    /// A send handed over by its conversation actor.
+    fn add(&mut self, fresh: Fresh) {
+        if self.held.contains(&fresh.row.id) {
+            return;
+        }
+        let beyond = self
+            .held_through
+            .as_ref()
+            .is_some_and(|through| fresh.row.id > *through);
+        if beyond || self.held.len() >= HELD_MAX {
+            // Earlier sends wait in the outbox: this one follows them there.
+            if self.held_through.is_none() {
+                self.held_through = self.held.iter().max().cloned();
+            }
+            return;
+        }
+        let Fresh { row, key, body } = fresh;
+        self.hold(Held {
+            row,
+            opened: Some((key, Rc::new(body))),
+        });
+    }
+
+    /// Puts a send in its contact's queue, in order of acceptance.
+    fn hold(&mut self, held: Held) {
+        let contact = held.row.contact_id.clone();
+        self.held.insert(held.row.id.clone());
+        let queue = self.queues.entry(contact.clone()).or_default();
+        let at = queue
+            .iter()
+            .rposition(|other| other.row.id < held.row.id)
+            .map_or(0, |i| i + 1);
+        queue.insert(at, held);
+        if at == 0 {
+            self.requeue(&contact);
+        }
+    }
+
+    /// Puts `contact` in turn when its first send may go now, or waits for its time.
+    fn requeue(&mut self, contact: &str) {
+        if self.in_flight.contains(contact) {
+            return;
+        }
+        let Some(head) = self.queues.get(contact).and_then(VecDeque::front) else {
+            self.queues.remove(contact);
+            return;
+        };
+        let now = self.core.clock.now_ms();
+        let row = &head.row;
+        if row.state == SENDING || row.next_attempt_at <= now || row.deadline_at <= now {
+            if self.in_ready.insert(contact.to_string()) {
+                self.ready.push_back(contact.to_string());
+            }
+        } else {
+            let at = row.next_attempt_at.min(row.deadline_at);
+            self.later.insert((at, contact.to_string()));
+        }
+    }
+
+    /// Arms the timer for the earliest contact waiting for its time.
+    fn arm_later(&mut self, ctx: &mut Context<Self>) {
+        let Some((at, _)) = self.later.first() else {
+            return;
+        };
+        let at = *at;
+        if let Some((due, handle)) = self.later_timer {
+            if due <= at {
                 return;
             }
             ctx.cancel_future(handle);
         }
-        let wait = (at_ms - self.core.clock.now_ms()).max(1) as u64;
+        let wait = (at - self.core.clock.now_ms()).max(1) as u64;
         let handle = ctx.run_later(Duration::from_millis(wait), |actor, ctx| {
-            actor.timer = None;
-            actor.scan(ctx);
+            actor.later_timer = None;
+            let now = actor.core.clock.now_ms();
+            while let Some((at, contact)) = actor.later.first().cloned() {
+                if at > now {
+                    break;
+                }
+                actor.later.remove(&(at, contact.clone()));
+                actor.requeue(&contact);
+            }
+            actor.dispatch(ctx);
         });
-        self.timer = Some((at_ms, handle));
+        self.later_timer = Some((at, handle));
+    }
+
+    /// Starts the sends that may go now, contact by contact in turn, as the pace allows.
+    fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        if self.held_through.is_some() && self.held.len() < HELD_MAX / 2 {
+            // More sends wait in the outbox.
+            self.scan(ctx);
+        }
+        self.arm_later(ctx);
+        if self.paused {
+            return;
+        }
+        let Some(credentials) = self.credentials.clone() else {
+            return;
+        };
+        let now = self.core.clock.now_ms();
+        let reconcile_ms = (self.core.settings.outbound.reconcile_secs * 1000) as i64;
+        let mut batch = Vec::new();
+        while let Some(contact) = self.ready.pop_front() {
+            self.in_ready.remove(&contact);
+            if self.in_flight.contains(&contact) {
+                continue;
+            }
+            let Some(head) = self.queues.get(&contact).and_then(VecDeque::front).cloned() else {
+                self.queues.remove(&contact);
+                continue;
+            };
+            let row = &head.row;
+            if row.tenant_id != credentials.tenant_id.as_str() {
+                // Accepted for a tenant that no longer has this number: never under
+                // another tenant's token. It stays in the outbox for the operator.
+                slog::warn!(self.core.log, "a send of a tenant that no longer has its number";
+                    "phone_number_id" => self.number.as_str(), "send" => &row.id);
+                self.forget(&contact, &row.id);
+                self.requeue(&contact);
+                continue;
+            }
+            if row.state == SENDING {
+                // In flight when the daemon stopped: Meta may have it.
+                self.settle(row, Settle::RetryAt(now + reconcile_ms, None), ctx);
+                continue;
+            }
+            if now >= row.deadline_at {
+                let error = json!({
+                    "code": "deadline_exceeded",
+                    "message": "Meta did not accept the message before outbound.retry_deadline_secs",
+                });
+                self.settle(row, Settle::Fail(error.to_string()), ctx);
+                continue;
+            }
+            if row.next_attempt_at > now {
+                self.requeue(&contact);
+                continue;
+            }
+            if let Some(wait) = self.take_token() {
+                self.in_ready.insert(contact.clone());
+                self.ready.push_front(contact);
+                self.pace_after(wait, ctx);
+                break;
+            }
+            self.in_flight.insert(contact);
+            batch.push(head);
+        }
+        self.arm_later(ctx);
+        if !batch.is_empty() {
+            self.start(batch, credentials, ctx);
+        }
+    }
+
+    /// Dispatches again once the pace has a token.
+    fn pace_after(&mut self, wait: Duration, ctx: &mut Context<Self>) {
+        if self.pace_timer.is_some() {
+            return;
+        }
+        let handle = ctx.run_later(wait, |actor, ctx| {
+            actor.pace_timer = None;
+            actor.dispatch(ctx);
+        });
+        self.pace_timer = Some(handle);
+    }
+
+    /// Opens the sends of `batch` not opened yet, marks them all in flight with one
+    /// write, then calls Meta for each one marked.
+    fn start(&mut self, batch: Vec<Held>, credentials: Rc<SendingNumber>, ctx: &mut Context<Self>) {
+        let client = match self.client() {
+            Ok(client) => client,
+            Err(e) => {
+                slog::error!(self.core.log, "no Graph API client: nothing is sent";
+                    "phone_number_id" => self.number.as_str(), "error" => e);
+                for held in batch {
+                    self.in_flight.remove(&held.row.contact_id);
+                    self.requeue(&held.row.contact_id);
+                }
+                return;
+            }
+        };
+        let core = self.core.clone();
+        let tenant_id = credentials.tenant_id.clone();
+        let contacts: Vec<String> = batch
+            .iter()
+            .map(|held| held.row.contact_id.clone())
+            .collect();
+        let prepared = async move {
+            let closed: Vec<OutboxRow> = batch
+                .iter()
+                .filter(|held| held.opened.is_none())
+                .map(|held| held.row.clone())
+                .collect();
+            let mut opened = if closed.is_empty() {
+                HashMap::new()
+            } else {
+                core.read(move |conn, keyring| open_rows(conn, keyring, closed))
+                    .await?
+            };
+            let mut ready = Vec::with_capacity(batch.len());
+            let mut erased = Vec::new();
+            for held in batch {
+                let opened = match held.opened {
+                    Some((key, body)) => Some((key, (*body).clone())),
+                    None => opened.remove(&held.row.id).flatten(),
+                };
+                match opened {
+                    Some((key, body)) => ready.push((held.row, key, body)),
+                    None => erased.push(held.row),
+                }
+            }
+            let ids: Vec<String> = ready.iter().map(|(row, _, _)| row.id.clone()).collect();
+            let marked = core
+                .writer
+                .write(Some(tenant_id), move |conn| {
+                    outbox::mark_sending(conn, &ids)
+                })
+                .await?;
+            let marked: HashSet<String> = marked.into_iter().collect();
+            Ok::<_, StorageError>((ready, erased, marked))
+        };
+        ctx.spawn(prepared.into_actor(self).map(move |prepared, actor, ctx| {
+            let (ready, erased, marked) = match prepared {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    slog::warn!(actor.core.log, "preparing sends failed";
+                        "phone_number_id" => actor.number.as_str(), "error" => %e);
+                    ctx.run_later(Duration::from_secs(1), move |actor, ctx| {
+                        for contact in &contacts {
+                            actor.in_flight.remove(contact);
+                            actor.requeue(contact);
+                        }
+                        actor.dispatch(ctx);
+                    });
+                    return;
+                }
+            };
+            for row in erased {
+                // The contact's key is gone (erased): nothing of the send can go.
+                slog::info!(actor.core.log, "a send's contact was erased before it left";
+                    "send" => &row.id);
+                let error = json!({"code": "erased", "message": "the contact was erased"});
+                actor.settle(&row, Settle::Fail(error.to_string()), ctx);
+            }
+            for (mut row, key, body) in ready {
+                if !marked.contains(&row.id) {
+                    // Recorded or failed meanwhile: nothing to send.
+                    actor.in_flight.remove(&row.contact_id);
+                    actor.forget(&row.contact_id, &row.id);
+                    actor.requeue(&row.contact_id);
+                    continue;
+                }
+                row.attempts += 1;
+                row.state = SENDING.to_string();
+                actor.call(row, key, body, client.clone(), credentials.clone(), ctx);
+            }
+            actor.dispatch(ctx);
+        }));
+    }
+
+    /// Calls Meta with one send (already marked in flight) and records the outcome.
+    fn call(
+        &mut self,
+        row: OutboxRow,
+        key: SealKey,
+        body: Value,
+        client: Rc<GraphClient>,
+        credentials: Rc<SendingNumber>,
+        ctx: &mut Context<Self>,
+    ) {
+        let number = self.number.clone();
+        let sent = async move {
+            client
+                .send_message(number.as_str(), &credentials.access_token, &body)
+                .await
+        };
+        ctx.spawn(
+            sent.into_actor(self)
+                .map(move |sent, actor, ctx| match sent {
+                    Ok(None) => {
+                        actor.count_sent();
+                        actor.settle(&row, Settle::Done, ctx)
+                    }
+                    Ok(Some(wamid)) => {
+                        actor.count_sent();
+                        let sealed = outbox::seal_wamid(
+                            &actor.core.keyring,
+                            &key,
+                            &TenantId(row.tenant_id.clone()),
+                            &wamid,
+                        );
+                        match sealed {
+                            Ok((bidx, ct)) => actor.settle(&row, Settle::Accepted(bidx, ct), ctx),
+                            Err(e) => actor.settle(&row, Settle::Fail(storage_error_json(&e)), ctx),
+                        }
+                    }
+                    Err(error) => actor.failed(&row, error, ctx),
+                }),
+        );
+    }
+
+    /// Drops a send from what is held (it is finished, or not this sender's).
+    fn forget(&mut self, contact: &str, id: &str) {
+        if let Some(queue) = self.queues.get_mut(contact) {
+            queue.retain(|held| held.row.id != id);
+            if queue.is_empty() {
+                self.queues.remove(contact);
+            }
+        }
+        self.held.remove(id);
+        if self.scanning {
+            self.finished_during_scan.insert(id.to_string());
+        }
+    }
+
+    fn client(&mut self) -> Result<Rc<GraphClient>, String> {
+        if let Some(client) = &self.client {
+            return Ok(client.clone());
+        }
+        let settings = &self.core.settings;
+        let client = Rc::new(GraphClient::new(
+            &settings.whatsapp.graph_base_url,
+            &settings.whatsapp.graph_api_version,
+            Duration::from_secs(settings.outbound.request_timeout_secs),
+            &settings.outbound.ca_file,
+        )?);
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    fn count_sent(&self) {
+        self.core
+            .metrics
+            .outbound_sends
+            .with_label_values(&["sent"])
+            .inc();
     }
 
     /// Syncs the account's message templates when they are due (at start, then every
-    /// `outbound.template_sync_secs`), beside the sends.
+    /// `outbound.template_sync_secs`, checked at each scan), beside the sends.
     fn sync_templates(
         &mut self,
         client: Rc<GraphClient>,
@@ -236,198 +650,15 @@ impl SenderActor {
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>(count)
         };
-        ctx.spawn(sync.into_actor(self).map(move |synced, actor, ctx| {
-            match synced {
-                Ok(count) => slog::info!(actor.core.log, "message templates synced";
-                    "phone_number_id" => actor.number.as_str(), "templates" => count),
-                Err(e) => slog::warn!(actor.core.log, "syncing message templates failed";
-                    "phone_number_id" => actor.number.as_str(), "error" => e),
-            }
-            actor.scan_at(actor.core.clock.now_ms() + every, ctx);
-        }));
-    }
-
-    /// Starts the sends due now, the first pending row of each contact with nothing in
-    /// flight, in the order they were accepted, as the pace allows.
-    fn start_sends(&mut self, rows: Vec<OutboxRow>, ctx: &mut Context<Self>) {
-        let now = self.core.clock.now_ms();
-        let recheck_ms = (self.core.settings.outbound.paused_recheck_secs * 1000) as i64;
-        let Some(credentials) = self.credentials.clone() else {
-            if !rows.is_empty() {
-                slog::warn!(self.core.log, "outbox rows for a number no tenant has";
-                    "phone_number_id" => self.number.as_str(), "rows" => rows.len());
-                self.scan_at(now + recheck_ms, ctx);
-            }
-            return;
-        };
-        let client = match self.client() {
-            Ok(client) => client,
-            Err(e) => {
-                slog::error!(self.core.log, "no Graph API client: nothing is sent";
-                    "phone_number_id" => self.number.as_str(), "error" => e);
-                self.scan_at(now + recheck_ms, ctx);
-                return;
-            }
-        };
-        let reconcile_ms = (self.core.settings.outbound.reconcile_secs * 1000) as i64;
-        self.sync_templates(client.clone(), credentials.clone(), ctx);
-        let mut seen = HashSet::new();
-        for row in rows {
-            if !seen.insert(row.contact_id.clone()) || self.in_flight.contains(&row.contact_id) {
-                continue;
-            }
-            if row.tenant_id != credentials.tenant_id.as_str() {
-                // Accepted for a tenant that no longer has this number: never under
-                // another tenant's token.
-                slog::warn!(self.core.log, "a send of a tenant that no longer has its number";
-                    "phone_number_id" => self.number.as_str(), "send" => &row.id);
-                continue;
-            }
-            if row.state == SENDING {
-                // In flight when the daemon stopped: Meta may have it.
-                self.settle(&row, Settle::RetryAt(now + reconcile_ms, None), ctx);
-                continue;
-            }
-            if now >= row.deadline_at {
-                let error = json!({
-                    "code": "deadline_exceeded",
-                    "message": "Meta did not accept the message before outbound.retry_deadline_secs",
-                });
-                self.settle(&row, Settle::Fail(error.to_string()), ctx);
-                continue;
-            }
-            if row.next_attempt_at > now {
-                self.scan_at(row.next_attempt_at, ctx);
-                continue;
-            }
-            if let Some(wait) = self.take_token() {
-                self.scan_at(now + wait.as_millis() as i64 + 1, ctx);
-                break;
-            }
-            self.send(row, credentials.clone(), client.clone(), ctx);
-        }
-    }
-
-    fn client(&mut self) -> Result<Rc<GraphClient>, String> {
-        if let Some(client) = &self.client {
-            return Ok(client.clone());
-        }
-        let settings = &self.core.settings;
-        let client = Rc::new(GraphClient::new(
-            &settings.whatsapp.graph_base_url,
-            &settings.whatsapp.graph_api_version,
-            Duration::from_secs(settings.outbound.request_timeout_secs),
-            &settings.outbound.ca_file,
-        )?);
-        self.client = Some(client.clone());
-        Ok(client)
-    }
-
-    fn send(
-        &mut self,
-        row: OutboxRow,
-        credentials: Rc<SendingNumber>,
-        client: Rc<GraphClient>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.in_flight.insert(row.contact_id.clone());
-        let core = self.core.clone();
-        let number = self.number.clone();
-        let tenant_id = TenantId(row.tenant_id.clone());
-        let written_for = tenant_id.clone();
-        let id = row.id.clone();
-        let marked = id.clone();
-        let contact = row.contact_id.clone();
-        let sent = async move {
-            let (key, body) = {
-                let pool = core.pool.clone();
-                let keyring = core.keyring.clone();
-                let row = row.clone();
-                actix_web::rt::task::spawn_blocking(move || {
-                    storage::with_conn(&pool, |conn| {
-                        let Some(key) = outbox::row_key(conn, &keyring, &row)? else {
-                            return Ok(None);
-                        };
-                        let place = outbox::request_place(&row.tenant_id, &row.id);
-                        let body = key.open(&row.request_ct, &place)?;
-                        let body: serde_json::Value = serde_json::from_slice(&body)
-                            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                        Ok(Some((key, body)))
-                    })
-                })
-                .await
-                .map_err(|e| StorageError::Unavailable(e.to_string()))??
-                .ok_or(StorageError::NotFound)?
-            };
-            let queued = core
-                .writer
-                .write(Some(written_for), move |conn| {
-                    outbox::mark_sending(conn, &marked)
-                })
-                .await?;
-            if !queued {
-                return Ok(None);
-            }
-            let result = client
-                .send_message(number.as_str(), &credentials.access_token, &body)
-                .await;
-            Ok::<_, StorageError>(Some((result, key, row)))
-        };
         ctx.spawn(
-            sent.into_actor(self)
-                .map(move |sent, actor, ctx| match sent {
-                    Ok(Some((Ok(None), _, row))) => {
-                        actor.count_sent();
-                        actor.settle(&row, Settle::Done, ctx)
-                    }
-                    Ok(Some((Ok(Some(wamid)), key, row))) => {
-                        actor.count_sent();
-                        let sealed = outbox::seal_wamid(
-                            &actor.core.keyring,
-                            &key,
-                            &TenantId(row.tenant_id.clone()),
-                            &wamid,
-                        );
-                        match sealed {
-                            Ok((bidx, ct)) => actor.settle(&row, Settle::Accepted(bidx, ct), ctx),
-                            Err(e) => actor.settle(&row, Settle::Fail(storage_error_json(&e)), ctx),
-                        }
-                    }
-                    Ok(Some((Err(error), _, row))) => actor.failed(&row, error, ctx),
-                    Ok(None) => {
-                        // Recorded or failed meanwhile: nothing to send.
-                        actor.in_flight.remove(&contact);
-                        actor.scan(ctx);
-                    }
-                    Err(StorageError::NotFound) => {
-                        // The contact's key is gone (erased): nothing of the send can go.
-                        slog::info!(actor.core.log, "a send's contact was erased before it left";
-                    "send" => %id);
-                        let error = json!({"code": "erased", "message": "the contact was erased"});
-                        actor.write_outcome(
-                            tenant_id,
-                            id,
-                            Settle::Fail(error.to_string()),
-                            Some(contact),
-                            ctx,
-                        );
-                    }
-                    Err(e) => {
-                        slog::warn!(actor.core.log, "preparing a send failed";
-                    "send" => %id, "error" => %e);
-                        actor.in_flight.remove(&contact);
-                        actor.scan_at(actor.core.clock.now_ms() + 1000, ctx);
-                    }
+            sync.into_actor(self)
+                .map(|synced, actor, _ctx| match synced {
+                    Ok(count) => slog::info!(actor.core.log, "message templates synced";
+                "phone_number_id" => actor.number.as_str(), "templates" => count),
+                    Err(e) => slog::warn!(actor.core.log, "syncing message templates failed";
+                "phone_number_id" => actor.number.as_str(), "error" => e),
                 }),
         );
-    }
-
-    fn count_sent(&self) {
-        self.core
-            .metrics
-            .outbound_sends
-            .with_label_values(&["sent"])
-            .inc();
     }
 
     /// What an error of Meta's (or the network's) does to the send and the number.
@@ -445,8 +676,8 @@ impl SenderActor {
             .inc();
         let now = self.core.clock.now_ms();
         let outbound = &self.core.settings.outbound;
-        // The row was read before this attempt was counted.
-        let attempts = u32::try_from(row.attempts + 1).unwrap_or(1).max(1);
+        // This attempt is counted in the row.
+        let attempts = u32::try_from(row.attempts).unwrap_or(1).max(1);
         let settle = match error.class {
             ErrorClass::Transient => {
                 let base = outbound.retry_base_ms as f64 * 2f64.powi(attempts as i32 - 1);
@@ -466,7 +697,7 @@ impl SenderActor {
                 Some(error.to_json()),
             ),
             ErrorClass::Permanent if error.code == Some(MARKETING_STOPPED) => {
-                Settle::FailOptedOut(error.to_json(), row.contact_id.clone())
+                Settle::FailOptedOut(error.to_json())
             }
             ErrorClass::Permanent => Settle::Fail(error.to_json()),
             ErrorClass::Pause => {
@@ -485,27 +716,19 @@ impl SenderActor {
 
     /// Writes a send's outcome; its contact's next send waits until it is written.
     fn settle(&mut self, row: &OutboxRow, settle: Settle, ctx: &mut Context<Self>) {
-        let contact = row.contact_id.clone();
-        self.in_flight.insert(contact.clone());
-        let tenant_id = TenantId(row.tenant_id.clone());
-        let id = row.id.clone();
-        self.write_outcome(tenant_id, id, settle, Some(contact), ctx);
+        self.in_flight.insert(row.contact_id.clone());
+        self.write_outcome(row.clone(), settle, ctx);
     }
 
-    fn write_outcome(
-        &mut self,
-        tenant_id: TenantId,
-        id: String,
-        settle: Settle,
-        contact: Option<String>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn write_outcome(&mut self, row: OutboxRow, settle: Settle, ctx: &mut Context<Self>) {
         let writer = self.core.writer.clone();
         let now = self.core.clock.now_ms();
-        let again = (tenant_id.clone(), id.clone(), settle.clone());
+        let tenant_id = TenantId(row.tenant_id.clone());
+        let (id, contact) = (row.id.clone(), row.contact_id.clone());
+        let written = settle.clone();
         let write = async move {
             writer
-                .write(Some(tenant_id.clone()), move |conn| match &settle {
+                .write(Some(tenant_id.clone()), move |conn| match &written {
                     Settle::Accepted(bidx, ct) => {
                         outbox::record_accepted(conn, &tenant_id, &id, bidx, ct, now)
                     }
@@ -514,9 +737,9 @@ impl SenderActor {
                         outbox::retry_at(conn, &id, *at, error.as_deref())
                     }
                     Settle::Fail(error) => outbox::record_failed(conn, &id, error, now),
-                    Settle::FailOptedOut(error, contact) => {
+                    Settle::FailOptedOut(error) => {
                         outbox::record_failed(conn, &id, error, now)?;
-                        outbox::record_marketing_stop(conn, &tenant_id, contact, now)
+                        outbox::record_marketing_stop(conn, &tenant_id, &contact, now)
                     }
                 })
                 .await
@@ -528,19 +751,73 @@ impl SenderActor {
                 if e.is_transient() {
                     // What Meta answered is known only here: written again, with the
                     // contact's next send waiting for it.
-                    let (tenant_id, id, settle) = again;
                     ctx.run_later(Duration::from_secs(1), move |actor, ctx| {
-                        actor.write_outcome(tenant_id, id, settle, contact, ctx)
+                        actor.write_outcome(row, settle, ctx)
                     });
                     return;
                 }
             }
-            if let Some(contact) = contact {
-                actor.in_flight.remove(&contact);
-            }
-            actor.scan(ctx);
+            actor.finish(&row, &settle);
+            actor.dispatch(ctx);
         }));
     }
+
+    /// Its outcome written, a send leaves what is held, or waits for its retry; its
+    /// contact's next send takes its turn.
+    fn finish(&mut self, row: &OutboxRow, settle: &Settle) {
+        let contact = &row.contact_id;
+        self.in_flight.remove(contact);
+        match settle {
+            Settle::RetryAt(at, _) => {
+                let head = self
+                    .queues
+                    .get_mut(contact)
+                    .and_then(|queue| queue.front_mut())
+                    .filter(|head| head.row.id == row.id);
+                if let Some(head) = head {
+                    head.row.next_attempt_at = *at;
+                    head.row.attempts = row.attempts;
+                    head.row.state = outbox::QUEUED.to_string();
+                }
+            }
+            _ => self.forget(contact, &row.id),
+        }
+        self.requeue(contact);
+    }
+}
+
+/// Opens each of `rows` with its contact's key: Meta's body, and the key for Meta's
+/// wamid; `None` for a row whose key is gone (the contact was erased).
+fn open_rows(
+    conn: &mut crate::storage::DbConn,
+    keyring: &crate::storage::key_store::Vault,
+    rows: Vec<OutboxRow>,
+) -> Result<HashMap<String, Option<(SealKey, Value)>>, StorageError> {
+    let mut keys: HashMap<(String, String), Option<SealKey>> = HashMap::new();
+    let mut opened = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let slot = (row.tenant_id.clone(), row.key_id.clone());
+        let key = match keys.get(&slot) {
+            Some(key) => key.clone(),
+            None => {
+                let key = outbox::row_key(conn, keyring, &row)?;
+                keys.insert(slot, key.clone());
+                key
+            }
+        };
+        let body = match key {
+            Some(key) => {
+                let place = outbox::request_place(&row.tenant_id, &row.id);
+                let body = key.open(&row.request_ct, &place)?;
+                let body: Value = serde_json::from_slice(&body)
+                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                Some((key, body))
+            }
+            None => None,
+        };
+        opened.insert(row.id, body);
+    }
+    Ok(opened)
 }
 
 #[derive(Clone)]
@@ -552,7 +829,7 @@ enum Settle {
     RetryAt(i64, Option<String>),
     Fail(String),
     /// Failed because the user stopped marketing messages: the contact opted out.
-    FailOptedOut(String, String),
+    FailOptedOut(String),
 }
 
 /// `base_ms` give or take a quarter, so that sends failed together do not retry together.
@@ -572,17 +849,22 @@ impl Actor for SenderActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.scan(ctx);
+        // The safety net behind the sends handed over, and the paused number's look
+        // for a replaced token.
+        let every = Duration::from_secs(self.core.settings.outbound.paused_recheck_secs.max(1));
+        ctx.run_interval(every, |actor, ctx| actor.scan(ctx));
     }
 }
 
 impl Supervised for SenderActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        // Whatever was in flight is in `sending` and reconciled like after a restart.
-        self.in_flight.clear();
-        self.scanning = false;
-        self.scan_again = false;
-        self.timer = None;
-        self.client = None;
+        // Whatever was in flight is in `sending` and reconciled like after a restart;
+        // everything held is read again.
+        let number = self.number.clone();
+        let core = self.core.clone();
+        let paused = self.paused;
+        *self = SenderActor::new(core, number);
+        self.paused = paused;
     }
 }
 
@@ -591,5 +873,18 @@ impl Handler<Wake> for SenderActor {
 
     fn handle(&mut self, _msg: Wake, ctx: &mut Context<Self>) {
         self.scan(ctx);
+    }
+}
+
+impl Handler<Queue> for SenderActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Queue, ctx: &mut Context<Self>) {
+        if self.scanning {
+            self.during_scan.push(*msg.0);
+            return;
+        }
+        self.add(*msg.0);
+        self.dispatch(ctx);
     }
 }

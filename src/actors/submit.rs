@@ -17,7 +17,7 @@ use super::{sender, Core};
 use crate::handoff::{self, Reply};
 use crate::ids::{MessageId, PhoneNumberId, TenantId, Wamid};
 use crate::storage::contacts::{ContactIdentifiers, ContactQuestion, Lookup, ResolvedContact};
-use crate::storage::outbox::{self, Accepted, NewSend};
+use crate::storage::outbox::{self, Accepted, NewSend, OutboxRow};
 use crate::storage::templates::{self, Known};
 use crate::storage::{tenants, StorageError};
 use crate::whatsapp::outbound::{self, Invalid, OutboundKind, Recipient, SendRequest, Target};
@@ -217,34 +217,43 @@ pub(super) async fn accept(
     known: Option<Arc<ResolvedContact>>,
 ) -> Result<Accepted, StorageError> {
     let number = order.phone_number_id();
-    let accepted = store(&core, order, known).await;
-    match &accepted {
-        Ok(accepted) if !accepted.replayed => sender::wake(&core, number.as_str()),
-        Err(StorageError::Conflict { code, .. }) => core
-            .metrics
-            .outbound_refusals
-            .with_label_values(&[code])
-            .inc(),
-        _ => {}
+    match store(&core, order, known).await {
+        Ok((accepted, fresh)) => {
+            if !accepted.replayed {
+                sender::queue(&core, fresh, number.as_str());
+            }
+            Ok(accepted)
+        }
+        Err(e) => {
+            if let StorageError::Conflict { code, .. } = &e {
+                core.metrics
+                    .outbound_refusals
+                    .with_label_values(&[code])
+                    .inc();
+            }
+            Err(e)
+        }
     }
-    accepted
 }
 
+/// The send stored, and as its number's sender takes it.
 async fn store(
     core: &Core,
     order: SendOrder,
     known: Option<Arc<ResolvedContact>>,
-) -> Result<Accepted, StorageError> {
+) -> Result<(Accepted, sender::Fresh), StorageError> {
     let contact = match known {
         Some(contact) => contact,
         None => Arc::new(find_contact(core, &order).await?),
     };
-    let send = new_send(core, &order, &contact)?;
-    core.writer
+    let (send, fresh) = new_send(core, &order, &contact)?;
+    let accepted = core
+        .writer
         .write(Some(order.tenant_id.clone()), move |conn| {
             outbox::accept(conn, &send)
         })
-        .await
+        .await?;
+    Ok((accepted, fresh))
 }
 
 /// The order's contact: found, or created for a template (a contact never seen on the
@@ -269,12 +278,13 @@ async fn find_contact(core: &Core, order: &SendOrder) -> Result<ResolvedContact,
     }
 }
 
-/// The send as stored: Meta's body and the content, sealed under the contact's key.
+/// The send as stored (Meta's body and the content, sealed under the contact's key),
+/// and as its sender will take it once stored.
 fn new_send(
     core: &Core,
     order: &SendOrder,
     contact: &ResolvedContact,
-) -> Result<NewSend, StorageError> {
+) -> Result<(NewSend, sender::Fresh), StorageError> {
     let request = &order.request;
     let tenant_id = &order.tenant_id;
     let id = MessageId::generate();
@@ -292,7 +302,24 @@ fn new_send(
     };
     let now = core.clock.now_ms();
     let deadline = now + (core.settings.outbound.retry_deadline_secs * 1000) as i64;
-    Ok(NewSend {
+    let fresh = sender::Fresh {
+        row: OutboxRow {
+            id: id.to_string(),
+            tenant_id: tenant_id.to_string(),
+            contact_id: contact.contact_id.to_string(),
+            kind: request.kind.as_str().to_string(),
+            key_id: contact.key_id.to_string(),
+            // Opened already: `body`.
+            request_ct: Vec::new(),
+            state: outbox::QUEUED.to_string(),
+            attempts: 0,
+            next_attempt_at: now,
+            deadline_at: deadline,
+        },
+        key: contact.key.clone(),
+        body,
+    };
+    let send = NewSend {
         id,
         tenant_id: tenant_id.clone(),
         phone_number_id: order.phone_number_id(),
@@ -306,5 +333,6 @@ fn new_send(
         idempotency: order.idempotency.clone(),
         now_ms: now,
         deadline_ms: deadline,
-    })
+    };
+    Ok((send, fresh))
 }

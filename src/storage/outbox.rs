@@ -316,38 +316,16 @@ pub struct OutboxRow {
     pub deadline_at: i64,
 }
 
-/// The number's sends that may go now: of each contact's pending sends only the first
-/// (a contact's messages leave in order), and of those the ones due (their time has
-/// come, their deadline has passed, or their outcome is not recorded), in the order
-/// they were accepted, at most `limit`; and when the next of the others falls due. A
-/// backlog waiting for its time holds up no one else's sends.
-pub fn due_sends(
+/// The number's pending sends (queued, or in flight with their outcome unknown) in
+/// the order they were accepted, at most `limit`.
+pub fn pending_sends(
     conn: &mut DbConn,
     phone_number_id: &PhoneNumberId,
-    now_ms: i64,
     limit: i64,
-) -> Result<(Vec<OutboxRow>, Option<i64>), StorageError> {
-    let earlier = diesel::alias!(outbox as earlier);
-    let number = phone_number_id.as_str();
-    let pending = [QUEUED, SENDING];
-    let heads = || {
-        outbox::table
-            .filter(outbox::phone_number_id.eq(number))
-            .filter(outbox::state.eq_any(pending))
-            .filter(diesel::dsl::not(diesel::dsl::exists(
-                earlier
-                    .filter(earlier.field(outbox::phone_number_id).eq(number))
-                    .filter(earlier.field(outbox::contact_id).eq(outbox::contact_id))
-                    .filter(earlier.field(outbox::state).eq_any(pending))
-                    .filter(earlier.field(outbox::id).lt(outbox::id)),
-            )))
-    };
-    let due = outbox::next_attempt_at
-        .le(now_ms)
-        .or(outbox::deadline_at.le(now_ms))
-        .or(outbox::state.eq(SENDING));
-    let rows: Vec<OutboxRow> = on_backend!(conn, c => heads()
-        .filter(due)
+) -> Result<Vec<OutboxRow>, StorageError> {
+    Ok(on_backend!(conn, c => outbox::table
+        .filter(outbox::phone_number_id.eq(phone_number_id.as_str()))
+        .filter(outbox::state.eq_any([QUEUED, SENDING]))
         .order(outbox::id.asc())
         .limit(limit)
         .select((
@@ -362,12 +340,7 @@ pub fn due_sends(
             outbox::next_attempt_at,
             outbox::deadline_at,
         ))
-        .load(c))?;
-    let next: Option<i64> = on_backend!(conn, c => heads()
-        .filter(outbox::next_attempt_at.gt(now_ms))
-        .select(diesel::dsl::min(outbox::next_attempt_at))
-        .get_result(c))?;
-    Ok((rows, next))
+        .load(c))?)
 }
 
 /// The data key a row is sealed under (`None` once destroyed: the contact was erased).
@@ -391,16 +364,21 @@ pub fn is_pending(conn: &mut DbConn, tenant_id: &TenantId, id: &str) -> Result<b
     Ok(state.is_some_and(|s| s == QUEUED || s == SENDING))
 }
 
-/// Marks a send as handed to Meta, before the call: after a crash its outcome is
-/// unknown, and it is reconciled before it is ever sent again.
-/// `false` when it is no longer queued (recorded from Meta's echo meanwhile, or
-/// failed): then it is not sent.
-pub fn mark_sending(conn: &mut DbConn, id: &str) -> Result<bool, StorageError> {
-    let marked = on_backend!(conn, c => diesel::update(outbox::table.find(id))
-        .filter(outbox::state.eq(QUEUED))
-        .set((outbox::state.eq(SENDING), outbox::attempts.eq(outbox::attempts + 1)))
-        .execute(c))?;
-    Ok(marked == 1)
+/// Marks sends `ids` as handed to Meta (and counts the attempt), each only if it is
+/// still queued; the ones marked. A send recorded meanwhile (Meta's echo came first, or
+/// it failed) is not sent again.
+pub fn mark_sending(conn: &mut DbConn, ids: &[String]) -> Result<Vec<String>, StorageError> {
+    let mut marked = Vec::with_capacity(ids.len());
+    for id in ids {
+        let updated = on_backend!(conn, c => diesel::update(outbox::table.find(id))
+            .filter(outbox::state.eq(QUEUED))
+            .set((outbox::state.eq(SENDING), outbox::attempts.eq(outbox::attempts + 1)))
+            .execute(c))?;
+        if updated == 1 {
+            marked.push(id.clone());
+        }
+    }
+    Ok(marked)
 }
 
 /// A send Meta accepted without a message of its own (a read receipt).
@@ -638,10 +616,11 @@ mod tests {
     use crate::storage::contacts::{resolve_contact, ContactIdentifiers};
     use crate::storage::tenants;
 
-    /// Of each contact only the first pending send may go, and only when due; a contact
-    /// whose first send waits holds up its own later ones and no one else's.
+    /// The sender reads a number's pending sends in the order they were accepted, with
+    /// their due times; a send is marked in flight once, and a finished one is no
+    /// longer pending.
     #[test]
-    fn a_send_goes_when_it_is_due_and_first_of_its_contact() {
+    fn pending_sends_come_in_acceptance_order_and_are_marked_in_flight_once() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (vault, pool) = crate::storage::test_storage(dir.path());
         let mut conn = pool.get().expect("connection");
@@ -684,21 +663,47 @@ mod tests {
             id
         };
         let x_first = queue(&mut conn, &x.contact_id, &x.key_id, 500);
-        let _x_second = queue(&mut conn, &x.contact_id, &x.key_id, 100);
-        let y_first = queue(&mut conn, &y.contact_id, &y.key_id, 100);
-        let _y_second = queue(&mut conn, &y.contact_id, &y.key_id, 100);
 
-        let (rows, next) = due_sends(&mut conn, &number, 200, 10).expect("due");
+        let x_second = queue(&mut conn, &x.contact_id, &x.key_id, 100);
+        let y_first = queue(&mut conn, &y.contact_id, &y.key_id, 100);
+        let y_second = queue(&mut conn, &y.contact_id, &y.key_id, 100);
+        let other_number = PhoneNumberId("200".into());
+        assert!(pending_sends(&mut conn, &other_number, 10)
+            .expect("pending")
+            .is_empty());
+
+        let rows = pending_sends(&mut conn, &number, 10).expect("pending");
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, vec![y_first.as_str()], "x waits for its first send");
-        assert_eq!(next, Some(500));
-        let (rows, _) = due_sends(&mut conn, &number, 600, 10).expect("due");
-        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, vec![x_first.as_str(), y_first.as_str()]);
-        assert!(mark_sending(&mut conn, y_first.as_str()).expect("marked"));
+        let order = [&x_first, &x_second, &y_first, &y_second].map(|id| id.as_str());
+        assert_eq!(ids, order);
+        let due: Vec<i64> = rows.iter().map(|r| r.next_attempt_at).collect();
+        assert_eq!(due, vec![500, 100, 100, 100]);
+        assert_eq!(
+            pending_sends(&mut conn, &number, 2).expect("pending").len(),
+            2
+        );
+
+        let both = vec![y_first.to_string(), y_second.to_string()];
+        assert_eq!(mark_sending(&mut conn, &both).expect("marked"), both);
         assert!(
-            !mark_sending(&mut conn, y_first.as_str()).expect("not twice"),
+            mark_sending(&mut conn, &both)
+                .expect("not twice")
+                .is_empty(),
             "a send already in flight is not marked again"
+        );
+        record_done(&mut conn, y_first.as_str()).expect("done");
+        let rows = pending_sends(&mut conn, &number, 10).expect("pending");
+        let states: Vec<(&str, &str, i32)> = rows
+            .iter()
+            .map(|r| (r.id.as_str(), r.state.as_str(), r.attempts))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                (x_first.as_str(), QUEUED, 0),
+                (x_second.as_str(), QUEUED, 0),
+                (y_second.as_str(), SENDING, 1)
+            ]
         );
     }
 }
