@@ -42,6 +42,8 @@ pub struct Metrics {
     pub outbound_refusals: IntCounterVec,
     /// Numbers whose sender is paused for its token or account.
     pub outbound_numbers_paused: IntGauge,
+    /// Meta's rate and spam limits met, by what waits (`number` or `send`) and code.
+    pub outbound_deferrals: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -140,7 +142,16 @@ impl Metrics {
             "Numbers whose sender is paused: Meta refused their token or account",
         )?;
         registry.register(Box::new(outbound_numbers_paused.clone()))?;
+        let outbound_deferrals = IntCounterVec::new(
+            Opts::new(
+                "outbound_deferrals_total",
+                "Meta's rate or spam limits met: what waits (the whole number, or one send) and Meta's code",
+            ),
+            &["scope", "code"],
+        )?;
+        registry.register(Box::new(outbound_deferrals.clone()))?;
         Ok(Metrics {
+            outbound_deferrals,
             outbound_sends,
             outbound_refusals,
             outbound_numbers_paused,

@@ -137,6 +137,10 @@ pub struct SenderActor {
     during_scan: Vec<Fresh>,
     finished_during_scan: HashSet<String>,
     paused: bool,
+    /// Meta's limits on the number (rate or spam): nothing goes before this time.
+    held_until: Option<i64>,
+    /// Rate-limit answers in a row: each makes the number wait longer.
+    throttles: u32,
     /// When the account's templates were last synced (or tried).
     templates_synced_at: Option<i64>,
 }
@@ -168,6 +172,8 @@ impl SenderActor {
             during_scan: Vec::new(),
             finished_during_scan: HashSet::new(),
             paused: false,
+            held_until: None,
+            throttles: 0,
             templates_synced_at: None,
         }
     }
@@ -380,6 +386,13 @@ impl SenderActor {
             return;
         };
         let now = self.core.clock.now_ms();
+        if let Some(until) = self.held_until {
+            if now < until {
+                self.pace_after(Duration::from_millis((until - now) as u64), ctx);
+                return;
+            }
+            self.held_until = None;
+        }
         let reconcile_ms = (self.core.settings.outbound.reconcile_secs * 1000) as i64;
         let mut batch = Vec::new();
         while let Some(contact) = self.ready.pop_front() {
@@ -550,6 +563,7 @@ impl SenderActor {
         ctx: &mut Context<Self>,
     ) {
         let number = self.number.clone();
+        let used = credentials.clone();
         let sent = async move {
             client
                 .send_message(number.as_str(), &credentials.access_token, &body)
@@ -564,6 +578,7 @@ impl SenderActor {
                     }
                     Ok(Some(wamid)) => {
                         actor.count_sent();
+                        actor.throttles = 0;
                         let sealed = outbox::seal_wamid(
                             &actor.core.keyring,
                             &key,
@@ -575,7 +590,7 @@ impl SenderActor {
                             Err(e) => actor.settle(&row, Settle::Fail(storage_error_json(&e)), ctx),
                         }
                     }
-                    Err(error) => actor.failed(&row, error, ctx),
+                    Err(error) => actor.failed(&row, error, &used.access_token, ctx),
                 }),
         );
     }
@@ -662,7 +677,8 @@ impl SenderActor {
     }
 
     /// What an error of Meta's (or the network's) does to the send and the number.
-    fn failed(&mut self, row: &OutboxRow, error: GraphError, ctx: &mut Context<Self>) {
+    /// `token` is the access token the call was made with.
+    fn failed(&mut self, row: &OutboxRow, error: GraphError, token: &str, ctx: &mut Context<Self>) {
         let outcome = match error.class {
             ErrorClass::Permanent => "failed",
             ErrorClass::Pause => "paused",
@@ -687,9 +703,28 @@ impl SenderActor {
                 let wait = 4f64.powi(attempts as i32) * 1000.0;
                 Settle::RetryAt(now + jittered(wait.min(3_600_000.0)), Some(error.to_json()))
             }
+            ErrorClass::Throttled => {
+                // Meta counts the number's (or the account's, or the app's) calls: the
+                // whole number waits, longer each time in a row.
+                let wait = outbound.retry_base_ms as f64 * 2f64.powi(self.throttles.min(12) as i32);
+                let until = now + jittered(wait.min(60_000.0));
+                self.throttles += 1;
+                self.hold_number_until(until, &error);
+                Settle::RetryAt(until, Some(error.to_json()))
+            }
+            ErrorClass::NumberDeferred => {
+                let until = now + DEFERRED_MS;
+                slog::error!(self.core.log, "Meta's spam rate limit: the number's sends wait for hours";
+                    "phone_number_id" => self.number.as_str(), "code" => error.code,
+                    "message" => &error.message, "until_ms" => until);
+                self.hold_number_until(until, &error);
+                Settle::RetryAt(until, Some(error.to_json()))
+            }
             ErrorClass::Deferred => {
-                slog::warn!(self.core.log, "Meta deferred a send (spam or ecosystem limit)";
-                    "phone_number_id" => self.number.as_str(), "code" => error.code);
+                slog::warn!(self.core.log, "Meta deferred a send for hours (a limit on this user)";
+                    "phone_number_id" => self.number.as_str(), "code" => error.code,
+                    "send" => &row.id);
+                self.count_deferral("send", &error);
                 Settle::RetryAt(now + DEFERRED_MS, Some(error.to_json()))
             }
             ErrorClass::Unknown => Settle::RetryAt(
@@ -700,6 +735,15 @@ impl SenderActor {
                 Settle::FailOptedOut(error.to_json())
             }
             ErrorClass::Permanent => Settle::Fail(error.to_json()),
+            ErrorClass::Pause
+                if self
+                    .credentials
+                    .as_ref()
+                    .is_some_and(|c| c.access_token != token) =>
+            {
+                // Refused under a token since replaced: tried again with the new one.
+                Settle::RetryAt(now, Some(error.to_json()))
+            }
             ErrorClass::Pause => {
                 slog::error!(self.core.log, "number paused: Meta refused its token or account; replace the token to resume";
                     "phone_number_id" => self.number.as_str(), "code" => error.code,
@@ -712,6 +756,23 @@ impl SenderActor {
             }
         };
         self.settle(row, settle, ctx);
+    }
+
+    /// Holds every send of the number until `until_ms` (Meta's limit on the number).
+    fn hold_number_until(&mut self, until_ms: i64, error: &GraphError) {
+        self.count_deferral("number", error);
+        self.held_until = Some(self.held_until.map_or(until_ms, |at| at.max(until_ms)));
+    }
+
+    fn count_deferral(&self, scope: &str, error: &GraphError) {
+        let code = error
+            .code
+            .map_or_else(|| "http".to_string(), |c| c.to_string());
+        self.core
+            .metrics
+            .outbound_deferrals
+            .with_label_values(&[scope, &code])
+            .inc();
     }
 
     /// Writes a send's outcome; its contact's next send waits until it is written.

@@ -15,10 +15,16 @@ pub enum ErrorClass {
     /// Try again after a backoff (network before sending, 5xx, throttling, Meta's
     /// temporary errors).
     Transient,
+    /// Meta's rate limits (130429 the number's throughput, 80007 the business
+    /// account's, 4 the app's, or HTTP 429): the whole number backs off, then goes on.
+    Throttled,
     /// Meta's pair limit (131056): too many messages to this one user; that contact
     /// waits (4^n seconds, Meta's advice), the number's other traffic goes on.
     PairLimit,
-    /// Spam or ecosystem limits (131048, 131049, 131064): defer for hours.
+    /// The number's spam rate limit (131048): the whole number defers for hours.
+    NumberDeferred,
+    /// Ecosystem limits on this user (131049 marketing messages, 131064): this send
+    /// defers for hours.
     Deferred,
     /// Will not succeed as it is: the message fails with Meta's error.
     Permanent,
@@ -72,9 +78,11 @@ impl GraphError {
 /// What a Meta error code means for a send.
 pub fn classify(code: i64) -> ErrorClass {
     match code {
-        131_000 | 131_016 | 131_057 | 130_429 | 80_007 | 4 | 1 | 2 => ErrorClass::Transient,
+        131_000 | 131_016 | 131_057 | 1 | 2 => ErrorClass::Transient,
+        130_429 | 80_007 | 4 => ErrorClass::Throttled,
         131_056 => ErrorClass::PairLimit,
-        131_048 | 131_049 | 131_064 => ErrorClass::Deferred,
+        131_048 => ErrorClass::NumberDeferred,
+        131_049 | 131_064 => ErrorClass::Deferred,
         // Token, permissions, account, payment, and the number's registration.
         190 | 0 | 3 | 10 | 200..=299 | 368 | 131_031 | 131_042 | 131_045 | 133_010 => {
             ErrorClass::Pause
@@ -320,7 +328,8 @@ pub fn parse_error(http_status: u16, body: &[u8]) -> GraphError {
     let by_status = match http_status {
         // A gateway that gave up, or a timeout, may have passed the message on.
         502 | 504 | 408 => ErrorClass::Unknown,
-        s if s >= 500 || s == 429 => ErrorClass::Transient,
+        429 => ErrorClass::Throttled,
+        s if s >= 500 => ErrorClass::Transient,
         _ => ErrorClass::Permanent,
     };
     match serde_json::from_slice::<ErrorBody>(body) {
@@ -397,11 +406,13 @@ mod tests {
     fn metas_codes_mean_what_its_reference_says() {
         for (code, class) in [
             (131_000, ErrorClass::Transient),
-            (130_429, ErrorClass::Transient),
-            (80_007, ErrorClass::Transient),
+            (130_429, ErrorClass::Throttled),
+            (80_007, ErrorClass::Throttled),
+            (4, ErrorClass::Throttled),
             (131_057, ErrorClass::Transient),
             (131_056, ErrorClass::PairLimit),
-            (131_048, ErrorClass::Deferred),
+            (131_048, ErrorClass::NumberDeferred),
+            (131_049, ErrorClass::Deferred),
             (131_064, ErrorClass::Deferred),
             (190, ErrorClass::Pause),
             (200, ErrorClass::Pause),
@@ -433,6 +444,7 @@ mod tests {
         assert_eq!(shown["code"], json!(131_047));
         assert_eq!(shown["title"], json!("Re-engagement message"));
         assert_eq!(parse_error(503, b"busy").class, ErrorClass::Transient);
+        assert_eq!(parse_error(429, b"slow down").class, ErrorClass::Throttled);
         assert_eq!(
             parse_error(504, b"gateway timeout").class,
             ErrorClass::Unknown

@@ -489,3 +489,100 @@ async fn template_sends_are_checked_against_the_synced_templates() {
         graph.stop().await;
     }
 }
+
+/// Meta's rate limits hold the whole number for a moment, then everything goes; its
+/// spam limit holds the number for hours; a limit on one user holds only that send.
+#[actix_rt::test]
+async fn metas_limits_hold_the_number_or_only_the_send_they_name() {
+    let graph = FakeGraph::start().await;
+    let app = app_with_graph(&Backend::Sqlite, &graph).await;
+    let template = |to: &str| {
+        json!({"from_phone_number_id": NUMBER_A, "to": to, "type": "template",
+            "template": {"name": "notice", "language": {"code": "en_US"}}})
+    };
+    let send = |to: &'static str| {
+        let app = &app;
+        let body = template(to);
+        async move {
+            let (status, accepted) = post_message(app, &app.a.api_key, &body, None).await;
+            assert_eq!(status, 202, "{accepted}");
+            accepted["id"].as_str().unwrap().to_string()
+        }
+    };
+    let (one, two, three, four) = (
+        "4915100000101",
+        "4915100000102",
+        "4915100000103",
+        "4915100000104",
+    );
+
+    // 130429: the number is over its throughput. Its next send, to someone else,
+    // waits with it (retry_base_ms is 50 here, give or take a quarter).
+    graph.script(vec![(400, meta_error(130_429, "Rate limit hit"))]);
+    let first = send(one).await;
+    graph.wait_calls(1).await;
+    let second = send(two).await;
+    wait_state(&app, &first, "sent").await;
+    wait_state(&app, &second, "sent").await;
+    let calls = graph.calls();
+    assert_eq!(
+        calls.len(),
+        3,
+        "the throttled send once more, and the other"
+    );
+    assert!(
+        calls[1].at.duration_since(calls[0].at) >= Duration::from_millis(35),
+        "the number waited after Meta's rate limit"
+    );
+    assert_eq!(
+        app.metric("converra_outbound_deferrals_total{code=\"130429\",scope=\"number\"}")
+            .await,
+        1.0
+    );
+
+    // 131049: a limit on this user's marketing messages holds that send only.
+    graph.script(vec![(
+        400,
+        meta_error(
+            131_049,
+            "This message was not delivered to maintain healthy ecosystem engagement",
+        ),
+    )]);
+    let held = send(one).await;
+    graph.wait_calls(4).await;
+    let other = send(two).await;
+    wait_state(&app, &other, "sent").await;
+    let (_, state) = app
+        .get(&format!("/v1/messages/{held}"), Some(&app.a.api_key))
+        .await;
+    assert_eq!(state["state"], "queued", "deferred for hours: {state}");
+    assert_eq!(
+        app.metric("converra_outbound_deferrals_total{code=\"131049\",scope=\"send\"}")
+            .await,
+        1.0
+    );
+
+    // 131048: the number's spam rate limit holds all its sends for hours.
+    graph.script(vec![(400, meta_error(131_048, "Spam rate limit hit"))]);
+    let spam = send(three).await;
+    graph.wait_calls(6).await;
+    let after = send(four).await;
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        graph.calls().len(),
+        6,
+        "nothing leaves a number Meta deferred"
+    );
+    for id in [&spam, &after] {
+        let (_, state) = app
+            .get(&format!("/v1/messages/{id}"), Some(&app.a.api_key))
+            .await;
+        assert_eq!(state["state"], "queued", "{state}");
+    }
+    assert_eq!(
+        app.metric("converra_outbound_deferrals_total{code=\"131048\",scope=\"number\"}")
+            .await,
+        1.0
+    );
+    graph.stop().await;
+}
