@@ -120,6 +120,10 @@ pub async fn receive(
         }
     }
 
+    if !parsed.account.is_empty() {
+        // Applied before the webhook is answered: a failure makes Meta send it again.
+        crate::actors::sender::apply_account_updates(core, parsed.account).await?;
+    }
     if for_inbox.is_empty() && parsed.others.is_empty() {
         return Ok(receipt);
     }

@@ -32,9 +32,11 @@ use super::Core;
 use crate::crypto::SealKey;
 use crate::ids::{PhoneNumberId, TenantId};
 use crate::storage::outbox::{self, OutboxRow, SENDING};
+use crate::storage::templates;
 use crate::storage::tenants::{self, SendingNumber};
 use crate::storage::StorageError;
 use crate::whatsapp::graph::{ErrorClass, GraphClient, GraphError};
+use crate::whatsapp::webhook::AccountUpdate;
 
 /// The most sends a sender holds in memory (about a kilobyte each when scanned).
 const HELD_MAX: usize = 5_000;
@@ -85,6 +87,75 @@ fn sender(core: &Arc<Core>, phone_number_id: &str) -> Addr<SenderActor> {
         *addr = start();
     }
     addr.clone()
+}
+
+/// The account's templates changed in a way a sync must pick up (a template Meta
+/// announced that is not synced yet).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SyncTemplates(String);
+
+/// Acts on updates of business accounts from Meta's webhooks: a template's status is
+/// stored (an unknown template makes the account's senders sync), a number's new
+/// throughput is stored and its sender paces by it from its next look.
+pub async fn apply_account_updates(
+    core: &Arc<Core>,
+    updates: Vec<AccountUpdate>,
+) -> Result<(), StorageError> {
+    let (unsynced, numbers) = core
+        .writer
+        .write(None, move |conn| {
+            let (mut unsynced, mut numbers) = (Vec::new(), Vec::new());
+            for update in &updates {
+                match update {
+                    AccountUpdate::TemplateStatus {
+                        waba_id,
+                        name,
+                        language,
+                        status,
+                    } => {
+                        let changed = templates::set_template_status(
+                            conn,
+                            waba_id,
+                            name,
+                            language.as_deref(),
+                            status,
+                        )?;
+                        if changed == 0 {
+                            unsynced.push(waba_id.clone());
+                        }
+                    }
+                    AccountUpdate::Throughput {
+                        waba_id,
+                        display_phone_number,
+                        mps,
+                    } => numbers.extend(tenants::set_throughput(
+                        conn,
+                        waba_id,
+                        display_phone_number,
+                        *mps,
+                    )?),
+                }
+            }
+            Ok((unsynced, numbers))
+        })
+        .await?;
+    for number in numbers {
+        slog::info!(core.log, "Meta raised a number's throughput"; "phone_number_id" => &number);
+        wake(core, &number);
+    }
+    if !unsynced.is_empty() {
+        let running: Vec<Addr<SenderActor>> = match core.senders.running.lock() {
+            Ok(running) => running.values().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
+        };
+        for waba_id in unsynced {
+            for sender in &running {
+                sender.do_send(SyncTemplates(waba_id.clone()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Tells the sender of `phone_number_id` to look at its outbox.
@@ -178,6 +249,15 @@ impl SenderActor {
         }
     }
 
+    /// Paces at `rate` messages a second from now on.
+    fn set_rate(&mut self, rate: f64) {
+        if rate != self.rate {
+            self.rate = rate;
+            self.burst = (rate * 0.05).max(1.0);
+            self.tokens = self.tokens.min(self.burst);
+        }
+    }
+
     /// Takes a token of the pace; `None` when there is one, else how long until there is.
     fn take_token(&mut self) -> Option<Duration> {
         let now = std::time::Instant::now();
@@ -255,6 +335,12 @@ impl SenderActor {
             self.paused = false;
             self.core.metrics.outbound_numbers_paused.dec();
         }
+        let rate = credentials
+            .throughput_mps
+            .and_then(|mps| u32::try_from(mps).ok())
+            .filter(|mps| *mps > 0)
+            .unwrap_or(self.core.settings.outbound.default_mps);
+        self.set_rate(f64::from(rate));
         let credentials = Rc::new(credentials);
         self.credentials = Some(credentials.clone());
         match self.client() {
@@ -934,6 +1020,23 @@ impl Handler<Wake> for SenderActor {
 
     fn handle(&mut self, _msg: Wake, ctx: &mut Context<Self>) {
         self.scan(ctx);
+    }
+}
+
+impl Handler<SyncTemplates> for SenderActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SyncTemplates, ctx: &mut Context<Self>) {
+        let Some(credentials) = self.credentials.clone() else {
+            return;
+        };
+        if credentials.waba_id != msg.0 {
+            return;
+        }
+        self.templates_synced_at = None;
+        if let Ok(client) = self.client() {
+            self.sync_templates(client, credentials, ctx);
+        }
     }
 }
 

@@ -29,6 +29,7 @@ diesel::table! {
         waba_id -> Text,
         access_token_ct -> Binary,
         created_at -> BigInt,
+        throughput_mps -> Nullable<Integer>,
     }
 }
 

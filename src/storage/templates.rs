@@ -11,6 +11,28 @@ use super::{DbConn, StorageError};
 use crate::ids::TenantId;
 use crate::whatsapp::graph::Template;
 
+/// Meta's new status of template `name` (in `language`, or in every language when Meta
+/// names none) of account `waba_id`; how many synced templates it changed (none: the
+/// template is not synced yet).
+pub fn set_template_status(
+    conn: &mut DbConn,
+    waba_id: &str,
+    name: &str,
+    language: Option<&str>,
+    status: &str,
+) -> Result<usize, StorageError> {
+    Ok(on_backend!(conn, c => {
+        let mut update = diesel::update(templates::table)
+            .filter(templates::waba_id.eq(waba_id))
+            .filter(templates::name.eq(name))
+            .into_boxed();
+        if let Some(language) = language {
+            update = update.filter(templates::language.eq(language));
+        }
+        update.set(templates::status.eq(status)).execute(c)
+    })?)
+}
+
 /// Replaces the templates of `waba_id` with those listed now.
 pub fn replace_templates(
     conn: &mut DbConn,

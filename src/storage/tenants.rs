@@ -309,6 +309,8 @@ pub struct SendingNumber {
     pub tenant_id: TenantId,
     pub waba_id: String,
     pub access_token: String,
+    /// Messages a second Meta allows it, when Meta said (else the configured default).
+    pub throughput_mps: Option<i32>,
 }
 
 /// The tenant and opened access token of `phone_number_id`; `None` when no tenant
@@ -318,12 +320,13 @@ pub fn sending_number(
     keyring: &crypto::Keyring,
     phone_number_id: &str,
 ) -> Result<Option<SendingNumber>, StorageError> {
-    let row: Option<(String, String, Vec<u8>)> = on_backend!(conn, c => phone_numbers::table
+    let row: Option<(String, String, Vec<u8>, Option<i32>)> = on_backend!(conn, c => phone_numbers::table
         .find(phone_number_id)
-        .select((phone_numbers::tenant_id, phone_numbers::waba_id, phone_numbers::access_token_ct))
+        .select((phone_numbers::tenant_id, phone_numbers::waba_id, phone_numbers::access_token_ct,
+                 phone_numbers::throughput_mps))
         .get_result(c)
         .optional())?;
-    let Some((tenant_id, waba_id, token_ct)) = row else {
+    let Some((tenant_id, waba_id, token_ct, throughput_mps)) = row else {
         return Ok(None);
     };
     let access_token = keyring
@@ -333,7 +336,37 @@ pub fn sending_number(
         tenant_id: TenantId(tenant_id),
         waba_id,
         access_token,
+        throughput_mps,
     }))
+}
+
+/// Meta's throughput for the number of account `waba_id` shown as
+/// `display_phone_number` (compared by its digits: Meta sends `15550783881`, an
+/// operator may have written `+1 555 078 3881`); the ids of the numbers changed.
+pub fn set_throughput(
+    conn: &mut DbConn,
+    waba_id: &str,
+    display_phone_number: &str,
+    mps: i32,
+) -> Result<Vec<String>, StorageError> {
+    let digits = |shown: &str| -> String { shown.chars().filter(char::is_ascii_digit).collect() };
+    let wanted = digits(display_phone_number);
+    let numbers: Vec<(String, String)> = on_backend!(conn, c => phone_numbers::table
+        .filter(phone_numbers::waba_id.eq(waba_id))
+        .select((phone_numbers::phone_number_id, phone_numbers::display_phone_number))
+        .load(c))?;
+    let ids: Vec<String> = numbers
+        .into_iter()
+        .filter(|(_, shown)| !wanted.is_empty() && digits(shown) == wanted)
+        .map(|(id, _)| id)
+        .collect();
+    if !ids.is_empty() {
+        on_backend!(conn, c => diesel::update(phone_numbers::table
+                .filter(phone_numbers::phone_number_id.eq_any(&ids)))
+            .set(phone_numbers::throughput_mps.eq(mps))
+            .execute(c))?;
+    }
+    Ok(ids)
 }
 
 /// Whether `phone_number_id` is registered to `tenant_id`.

@@ -486,8 +486,116 @@ async fn template_sends_are_checked_against_the_synced_templates() {
         .await;
         assert_eq!(status, 202, "{answer}");
         wait_state(&app, answer["id"].as_str().unwrap(), "sent").await;
+
+        // Meta pauses the template (message_template_status_update): refused at once.
+        let status_update = |name: &str, event: &str| {
+            serde_json::to_vec(&envelope(vec![
+                json!({"field": "message_template_status_update",
+                "value": {"event": event, "message_template_id": 1,
+                    "message_template_name": name, "message_template_language": "en_US",
+                    "reason": "NONE"}}),
+            ]))
+            .unwrap()
+        };
+        assert_eq!(
+            app.post_signed(&status_update("order_update", "PAUSED"))
+                .await
+                .0,
+            200
+        );
+        let (status, answer) = post_message(
+            &app,
+            &app.a.api_key,
+            &send("order_update", vec!["42", "today"]),
+            None,
+        )
+        .await;
+        assert_eq!(status, 422, "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("PAUSED"),
+            "{answer}"
+        );
+        // A template approved that was never synced: the account is synced again.
+        graph.set_templates(vec![
+            template(
+                "order_update",
+                "UTILITY",
+                "PAUSED",
+                "Order {{1}} ships {{2}}.",
+            ),
+            template(
+                "spring_sale",
+                "MARKETING",
+                "APPROVED",
+                "20% off until {{1}}",
+            ),
+            template("draft", "MARKETING", "PENDING", "Soon"),
+            template("welcome_back", "UTILITY", "APPROVED", "Welcome back"),
+        ]);
+        assert_eq!(
+            app.post_signed(&status_update("welcome_back", "APPROVED"))
+                .await
+                .0,
+            200
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, body) = app.get("/v1/templates", Some(&app.a.api_key)).await;
+            if body["items"].as_array().unwrap().len() == 4 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the new template never synced: {body}"
+            );
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
         graph.stop().await;
     }
+}
+
+/// Meta raises a number's throughput (phone_number_quality_update, THROUGHPUT_UPGRADE):
+/// its sender paces at 1,000 messages a second instead of the default 80.
+#[actix_rt::test]
+async fn a_throughput_upgrade_from_meta_raises_the_numbers_pace() {
+    let graph = FakeGraph::start().await;
+    let app = app_with_graph(&Backend::Sqlite, &graph).await;
+    let upgrade = serde_json::to_vec(&envelope(vec![
+        json!({"field": "phone_number_quality_update",
+        "value": {"display_phone_number": "15550000000", "event": "THROUGHPUT_UPGRADE",
+            "current_limit": "TIER_UNLIMITED"}}),
+    ]))
+    .unwrap();
+    assert_eq!(app.post_signed(&upgrade).await.0, 200);
+    // Its sender reads the new pace when it looks at the outbox (the webhook wakes it).
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    let sends = 200;
+    let posts = (0..sends).map(|i| {
+        let body = json!({"from_phone_number_id": NUMBER_A, "to": format!("49151000{i:05}"),
+            "type": "template", "template": {"name": "notice", "language": {"code": "en_US"}}});
+        let app = &app;
+        async move {
+            let (status, accepted) = post_message(app, &app.a.api_key, &body, None).await;
+            assert_eq!(status, 202, "{accepted}");
+        }
+    });
+    futures_util::future::join_all(posts).await;
+    let calls = graph.wait_calls(sends).await;
+    // At 80 a second no second holds more than 84 sends (the pace and its 5% burst).
+    let busiest = (0..calls.len())
+        .map(|i| {
+            calls[i..]
+                .iter()
+                .take_while(|c| c.at.duration_since(calls[i].at) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(busiest > 120, "at most {busiest} sends in a second");
+    graph.stop().await;
 }
 
 /// Meta's rate limits hold the whole number for a moment, then everything goes; its

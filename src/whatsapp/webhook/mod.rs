@@ -12,6 +12,7 @@
 //! `context` that is no object, ...) reads as absent instead of failing the item: the
 //! item is applied and the part is kept as sent, so nothing Meta sent is dropped.
 
+mod account;
 mod envelope;
 mod identity;
 mod lenient;
@@ -26,6 +27,7 @@ use serde_json::Value;
 
 use crate::ids::PhoneNumberId;
 
+pub use account::{account_update, AccountUpdate, UPGRADED_MPS};
 pub use envelope::{ChangeValue, ErrorData, MetaError, Metadata, Profile, WebhookContact};
 pub use identity::Identity;
 pub use lenient::lenient_i64;
@@ -40,6 +42,8 @@ use identity::{message_identity, preference_identity, status_identity};
 pub struct ParsedWebhook {
     pub events: Vec<Event>,
     pub others: Vec<OtherChange>,
+    /// Account-level updates to act on (their changes are in `others` too).
+    pub account: Vec<AccountUpdate>,
 }
 
 /// A change (or a whole body) that is not a routable event: stored raw and counted.
@@ -175,6 +179,11 @@ fn parse_change(waba_id: &str, change: RawChange<'_>, parsed: &mut ParsedWebhook
         other(reason, phone_number_id, raw.as_bytes().to_vec())
     };
     if field != "messages" && field != "user_preferences" {
+        if let Ok(value) = serde_json::from_str::<Value>(&readable) {
+            parsed
+                .account
+                .extend(account_update(waba_id, field, &value));
+        }
         parsed.others.push(whole_change("other_field"));
         return;
     }
