@@ -168,6 +168,13 @@ pub fn queue(core: &Arc<Core>, fresh: Fresh, phone_number_id: &str) {
     sender(core, phone_number_id).do_send(Queue(Box::new(fresh)));
 }
 
+/// A send opened and marked in flight, waiting for its token.
+struct Primed {
+    row: OutboxRow,
+    key: SealKey,
+    body: Value,
+}
+
 /// A pending send as held: its row, and its key and body once opened.
 #[derive(Clone)]
 struct Held {
@@ -197,6 +204,9 @@ pub struct SenderActor {
     later_timer: Option<(i64, SpawnHandle)>,
     /// Set while the pace makes sends wait for a token.
     pace_timer: Option<SpawnHandle>,
+    /// Sends being opened and marked in flight, and those marked, waiting for tokens.
+    priming: usize,
+    primed: VecDeque<Primed>,
     /// Contacts with a send in flight (its outcome not yet written).
     in_flight: HashSet<String>,
     /// Sends with ids above this were not held when the outbox last had more than
@@ -236,6 +246,8 @@ impl SenderActor {
             later: BTreeSet::new(),
             later_timer: None,
             pace_timer: None,
+            priming: 0,
+            primed: VecDeque::new(),
             in_flight: HashSet::new(),
             held_through: None,
             scanning: false,
@@ -480,8 +492,14 @@ impl SenderActor {
             self.held_until = None;
         }
         let reconcile_ms = (self.core.settings.outbound.reconcile_secs * 1000) as i64;
+        // Sends are made ready (opened, marked in flight) ahead of the pace, a turn's
+        // worth at a time, so that each leaves when its token comes, not a write later.
+        let ahead = 2 * (self.burst as usize).max(1);
         let mut batch = Vec::new();
-        while let Some(contact) = self.ready.pop_front() {
+        while self.primed.len() + self.priming + batch.len() < ahead {
+            let Some(contact) = self.ready.pop_front() else {
+                break;
+            };
             self.in_ready.remove(&contact);
             if self.in_flight.contains(&contact) {
                 continue;
@@ -517,18 +535,41 @@ impl SenderActor {
                 self.requeue(&contact);
                 continue;
             }
-            if let Some(wait) = self.take_token() {
-                self.in_ready.insert(contact.clone());
-                self.ready.push_front(contact);
-                self.pace_after(wait, ctx);
-                break;
-            }
             self.in_flight.insert(contact);
             batch.push(head);
         }
         self.arm_later(ctx);
         if !batch.is_empty() {
+            self.priming += batch.len();
             self.start(batch, credentials, ctx);
+        }
+        self.release(ctx);
+    }
+
+    /// Calls Meta with the sends made ready, each when the pace gives it a token.
+    fn release(&mut self, ctx: &mut Context<Self>) {
+        if self.primed.is_empty() || self.paused || self.held_until.is_some() {
+            return;
+        }
+        let Some(credentials) = self.credentials.clone() else {
+            return;
+        };
+        let client = match self.client() {
+            Ok(client) => client,
+            Err(e) => {
+                slog::error!(self.core.log, "no Graph API client: nothing is sent";
+                    "phone_number_id" => self.number.as_str(), "error" => e);
+                return;
+            }
+        };
+        while !self.primed.is_empty() {
+            if let Some(wait) = self.take_token() {
+                self.pace_after(wait, ctx);
+                break;
+            }
+            if let Some(Primed { row, key, body }) = self.primed.pop_front() {
+                self.call(row, key, body, client.clone(), credentials.clone(), ctx);
+            }
         }
     }
 
@@ -544,21 +585,10 @@ impl SenderActor {
         self.pace_timer = Some(handle);
     }
 
-    /// Opens the sends of `batch` not opened yet, marks them all in flight with one
-    /// write, then calls Meta for each one marked.
+    /// Opens the sends of `batch` not opened yet and marks them all in flight with one
+    /// write; the ones marked wait for their tokens ([`Self::release`]).
     fn start(&mut self, batch: Vec<Held>, credentials: Rc<SendingNumber>, ctx: &mut Context<Self>) {
-        let client = match self.client() {
-            Ok(client) => client,
-            Err(e) => {
-                slog::error!(self.core.log, "no Graph API client: nothing is sent";
-                    "phone_number_id" => self.number.as_str(), "error" => e);
-                for held in batch {
-                    self.in_flight.remove(&held.row.contact_id);
-                    self.requeue(&held.row.contact_id);
-                }
-                return;
-            }
-        };
+        let count = batch.len();
         let core = self.core.clone();
         let tenant_id = credentials.tenant_id.clone();
         let contacts: Vec<String> = batch
@@ -600,6 +630,7 @@ impl SenderActor {
             Ok::<_, StorageError>((ready, erased, marked))
         };
         ctx.spawn(prepared.into_actor(self).map(move |prepared, actor, ctx| {
+            actor.priming -= count;
             let (ready, erased, marked) = match prepared {
                 Ok(prepared) => prepared,
                 Err(e) => {
@@ -632,7 +663,7 @@ impl SenderActor {
                 }
                 row.attempts += 1;
                 row.state = SENDING.to_string();
-                actor.call(row, key, body, client.clone(), credentials.clone(), ctx);
+                actor.primed.push_back(Primed { row, key, body });
             }
             actor.dispatch(ctx);
         }));
