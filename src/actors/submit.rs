@@ -92,29 +92,53 @@ pub async fn send(
             .blind_index(tenant_id.as_str(), "idempotency_key", &key);
         (bidx, hash)
     });
-    let replayed = {
-        let (tenant, number, idempotency) = (
-            tenant_id.clone(),
-            request.from_phone_number_id.clone(),
-            idempotency.clone(),
-        );
+    // What needs the database, in one read: the number is the tenant's (unless the
+    // route cache knows), an idempotency key's first answer, the synced template.
+    let number = PhoneNumberId(request.from_phone_number_id.clone());
+    let now = core.clock.now_ms();
+    let cached_owner = core.routes.cached([number.clone()], now).0.remove(&number);
+    if cached_owner
+        .as_ref()
+        .is_some_and(|owner| *owner != tenant_id)
+    {
+        return Err(SendRefused::UnknownNumber);
+    }
+    let template = template_named(&request);
+    let checked = if cached_owner.is_none() || idempotency.is_some() || template.is_some() {
+        let (tenant, idempotency, template) =
+            (tenant_id.clone(), idempotency.clone(), template.clone());
+        let owner_known = cached_owner.is_some();
         core.read(move |conn, _| {
-            if !tenants::owns_number(conn, &tenant, &number)? {
-                return Ok(None);
+            if !owner_known && !tenants::owns_number(conn, &tenant, number.as_str())? {
+                return Ok(Checked::UnknownNumber);
             }
-            match &idempotency {
-                Some((bidx, hash)) => outbox::replay(conn, &tenant, bidx, hash).map(Some),
-                None => Ok(Some(None)),
+            if let Some((bidx, hash)) = &idempotency {
+                if let Some(first) = outbox::replay(conn, &tenant, bidx, hash)? {
+                    return Ok(Checked::Replayed(first));
+                }
             }
+            let known = match &template {
+                Some((name, language)) => Some(templates::template_for_number(
+                    conn,
+                    &tenant,
+                    number.as_str(),
+                    name,
+                    language,
+                )?),
+                None => None,
+            };
+            Ok(Checked::New(known))
         })
         .await?
+    } else {
+        Checked::New(None)
     };
-    match replayed {
-        None => return Err(SendRefused::UnknownNumber),
-        Some(Some(first)) => return Ok(first),
-        Some(None) => {}
-    }
-    let marketing = check_template(core, &tenant_id, &request).await?;
+    let marketing = match checked {
+        Checked::UnknownNumber => return Err(SendRefused::UnknownNumber),
+        Checked::Replayed(first) => return Ok(first),
+        Checked::New(Some(known)) => judge_template(&request, known)?,
+        Checked::New(None) => false,
+    };
     let contact = match &request.to {
         Target::Recipient(Recipient::WaId(wa_id)) => ContactIdentifiers {
             user_id: None,
@@ -151,37 +175,32 @@ pub async fn send(
     Ok(accepted)
 }
 
+/// What the database says of a send before it goes to its conversation.
+enum Checked {
+    UnknownNumber,
+    /// The first answer to its idempotency key.
+    Replayed(Accepted),
+    /// A new send, with the template it names as synced (for a template send).
+    New(Option<Known>),
+}
+
+/// The name and language of the template a template send names.
+fn template_named(request: &SendRequest) -> Option<(String, String)> {
+    if request.kind != OutboundKind::Template {
+        return None;
+    }
+    let text = |value: &serde_json::Value| value.as_str().unwrap_or_default().to_string();
+    Some((
+        text(&request.message["name"]),
+        text(&request.message["language"]["code"]),
+    ))
+}
+
 /// A template send against the template synced for the number's account: it exists,
 /// is approved, and gets its parameters. Whether it is marketing. Before the first
 /// sync nothing is known and Meta judges it.
-async fn check_template(
-    core: &Core,
-    tenant_id: &TenantId,
-    request: &SendRequest,
-) -> Result<bool, SendRefused> {
-    if request.kind != OutboundKind::Template {
-        return Ok(false);
-    }
-    let name = request.message["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let language = request.message["language"]["code"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let known = {
-        let (tenant, number, name, language) = (
-            tenant_id.clone(),
-            request.from_phone_number_id.clone(),
-            name.clone(),
-            language.clone(),
-        );
-        core.read(move |conn, _| {
-            templates::template_for_number(conn, &tenant, &number, &name, &language)
-        })
-        .await?
-    };
+fn judge_template(request: &SendRequest, known: Known) -> Result<bool, SendRefused> {
+    let (name, language) = template_named(request).unwrap_or_default();
     let invalid = |message: String| Invalid {
         field: "template.name".into(),
         message,
