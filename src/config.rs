@@ -60,6 +60,10 @@ pub struct OutboundSettings {
     pub paused_recheck_secs: u64,
     pub template_sync_secs: u64,
     pub ca_file: String,
+    pub opt_out_keywords: Vec<String>,
+    pub opt_in_keywords: Vec<String>,
+    pub opt_out_reply: String,
+    pub opt_in_reply: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -263,6 +267,21 @@ impl Settings {
         }
         if !(1..=1000).contains(&self.outbound.default_mps) {
             return Err(invalid("outbound.default_mps", "must be from 1 to 1000"));
+        }
+        let keyword = |words: &[String]| words.iter().all(|w| !w.trim().is_empty());
+        if !keyword(&self.outbound.opt_out_keywords) || !keyword(&self.outbound.opt_in_keywords) {
+            return Err(invalid(
+                "outbound.opt_out_keywords",
+                "a keyword may not be empty (opt_out_keywords, opt_in_keywords)",
+            ));
+        }
+        if self.outbound.opt_out_reply.trim().is_empty()
+            || self.outbound.opt_in_reply.trim().is_empty()
+        {
+            return Err(invalid(
+                "outbound.opt_out_reply",
+                "the confirmations may not be empty (opt_out_reply, opt_in_reply)",
+            ));
         }
         if self.outbound.retry_base_ms == 0 {
             return Err(invalid("outbound.retry_base_ms", "must be at least 1"));

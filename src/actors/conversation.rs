@@ -38,7 +38,7 @@ use actix::prelude::*;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::submit::{self, Submit};
+use super::submit::{self, SendOrder, Submit};
 use super::tenant::{Idle, TenantActor};
 use super::Core;
 use crate::crypto::{Keyring, Place, SealKey};
@@ -53,6 +53,7 @@ use crate::storage::crm::{
 use crate::storage::inbox::{self, FreshEvent, FreshRow, InboxItem};
 use crate::storage::writer::{ApplyReceipt, Delivered, Waiters};
 use crate::storage::StorageError;
+use crate::whatsapp::outbound::{self, Recipient};
 use crate::whatsapp::webhook::{InboundMessage, MessageContent, Status, UserPreference};
 use crate::whatsapp::{Event, EventKind, Identity};
 
@@ -189,7 +190,8 @@ enum Step {
     Resolve(ContactIdentifiers),
     /// The pending events applied (by seq; the i-th op applies the i-th), the ops, and
     /// the webhooks waiting on them.
-    Apply(Vec<u64>, Vec<ApplyOp>, Waiters),
+    /// With it, the opt-out keywords found: (the message's op, opted out or in).
+    Apply(Vec<u64>, Vec<ApplyOp>, Waiters, Vec<(usize, bool)>),
 }
 
 impl ConversationActor {
@@ -347,6 +349,8 @@ impl ConversationActor {
         let mut profile: Option<(Option<String>, Option<String>)> = None;
         let mut unusable = Vec::new();
         let mut waiting = Vec::new();
+        let mut keywords = Vec::new();
+        let mut derived = Vec::new();
         let most = if first.seq <= self.isolate_through {
             1
         } else {
@@ -384,6 +388,17 @@ impl ConversationActor {
                 Ok(op) => ops.push(op),
                 Err(_) => return Some(Err(item.seq)),
             }
+            if item.event.kind == EventKind::Message {
+                if let Some(opted_out) = preference_keyword(&self.core, &item.event.item) {
+                    keywords.push((ops.len() - 1, opted_out));
+                    derived.push(ApplyOp::Preference(NewPreference {
+                        origin: None,
+                        contact_id: contact.contact_id.clone(),
+                        marketing_opt_out: Some(opted_out),
+                        occurred_at: message_time(&item.event.item, item.arrived_at),
+                    }));
+                }
+            }
             if matches!(item.source, Source::Fresh { .. }) {
                 waiting.push((ops.len() - 1, item.seq));
             }
@@ -401,6 +416,8 @@ impl ConversationActor {
                 return self.next_step();
             }
         }
+        // After the events' own ops, whose places match `seqs`.
+        ops.extend(derived);
         let now = self.core.clock.now_ms();
         let changed = profile
             .as_ref()
@@ -445,7 +462,7 @@ impl ConversationActor {
                 }
             }
         }
-        Some(Ok(Step::Apply(seqs, ops, waiters)))
+        Some(Ok(Step::Apply(seqs, ops, waiters, keywords)))
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
@@ -486,7 +503,7 @@ impl ConversationActor {
                     }
                 }));
             }
-            Step::Apply(seqs, ops, waiters) => {
+            Step::Apply(seqs, ops, waiters, keywords) => {
                 let new_contact = self.creating.take();
                 let creates = new_contact.is_some();
                 let fut = async move { writer.apply(tenant_id, new_contact, ops, waiters).await };
@@ -501,6 +518,12 @@ impl ConversationActor {
                     match result {
                         Ok(receipt) => {
                             actor.contact_stored = actor.contact.is_some();
+                            for (index, opted_out) in keywords {
+                                // Confirmed once: not for a message Meta sent again.
+                                if !receipt.duplicate.get(index).copied().unwrap_or(false) {
+                                    actor.confirm_preference(opted_out, ctx);
+                                }
+                            }
                             if receipt.conversation.is_some() {
                                 actor.conversation_id = receipt.conversation.clone();
                             }
@@ -895,6 +918,42 @@ impl ConversationActor {
     }
 }
 
+impl ConversationActor {
+    /// Confirms a contact's opt-out or opt-in keyword with the configured reply: the one
+    /// message that still goes to a contact who opted out. It goes through the outbox
+    /// like any send, after the sends before it.
+    fn confirm_preference(&mut self, opted_out: bool, ctx: &mut Context<Self>) {
+        let Some(contact) = self.contact.clone() else {
+            return;
+        };
+        let outbound = &self.core.settings.outbound;
+        let body = if opted_out {
+            &outbound.opt_out_reply
+        } else {
+            &outbound.opt_in_reply
+        };
+        let to = match (&contact.wa_id, &contact.user_id) {
+            (Some(wa_id), _) => Recipient::WaId(wa_id.clone()),
+            (None, Some(user_id)) => Recipient::UserId(user_id.clone()),
+            (None, None) => return,
+        };
+        let order = SendOrder {
+            tenant_id: self.tenant_id.clone(),
+            request: outbound::text_request(self.phone_number_id.as_str(), to, body),
+            contact: ContactIdentifiers {
+                user_id: contact.user_id.clone(),
+                wa_id: contact.wa_id.clone(),
+            },
+            idempotency: None,
+            marketing: false,
+        };
+        // No one waits for the answer; a refusal (the contact is restricted) is counted.
+        let (reply, _unheard) = crate::handoff::channel();
+        self.submits.push_back(Submit { order, reply });
+        self.pump_submits(ctx);
+    }
+}
+
 impl Handler<Submit> for ConversationActor {
     type Result = ();
 
@@ -968,6 +1027,27 @@ impl OpContext<'_> {
 }
 
 /// Turns one event into the write that applies it.
+/// Whether an inbound message is an opt-out keyword (`Some(true)`), an opt-in one
+/// (`Some(false)`), or neither: the whole text, case aside.
+fn preference_keyword(core: &Core, item: &Value) -> Option<bool> {
+    let text = InboundMessage::text_body(item)?.trim();
+    let outbound = &core.settings.outbound;
+    let says = |words: &[String]| words.iter().any(|w| w.trim().eq_ignore_ascii_case(text));
+    if says(&outbound.opt_out_keywords) {
+        Some(true)
+    } else if says(&outbound.opt_in_keywords) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// When a message was sent by Meta's `timestamp`, never later than it arrived.
+fn message_time(item: &Value, arrived_at: i64) -> i64 {
+    let sent = InboundMessage::from_item(item).map_or(arrived_at, |m| ms(m.timestamp));
+    clamped(sent, arrived_at)
+}
+
 fn build_op(origin: Origin, cx: &OpContext<'_>, event: &Event) -> ApplyOp {
     match event.kind {
         EventKind::Message => match InboundMessage::from_item(&event.item) {
@@ -983,7 +1063,7 @@ fn build_op(origin: Origin, cx: &OpContext<'_>, event: &Event) -> ApplyOp {
         },
         EventKind::Preference => match UserPreference::deserialize(&event.item) {
             Ok(preference) => ApplyOp::Preference(NewPreference {
-                origin,
+                origin: Some(origin),
                 contact_id: cx.contact.contact_id.clone(),
                 marketing_opt_out: preference.marketing_opt_out(),
                 occurred_at: clamped(ms(preference.timestamp), cx.now),

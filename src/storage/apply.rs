@@ -68,7 +68,7 @@ impl ApplyOp {
         match self {
             ApplyOp::Inbound(m) => Some(&m.origin),
             ApplyOp::Status(s) => Some(&s.origin),
-            ApplyOp::Preference(p) => Some(&p.origin),
+            ApplyOp::Preference(p) => p.origin.as_ref(),
             ApplyOp::Done { origin } => Some(origin),
             ApplyOp::Profile(_) => None,
         }
@@ -180,7 +180,8 @@ pub struct NewStatus {
 
 #[derive(Debug, Clone)]
 pub struct NewPreference {
-    pub origin: Origin,
+    /// `None` for a preference the actor derived (an opt-out keyword in a message).
+    pub origin: Option<Origin>,
     pub contact_id: ContactId,
     pub marketing_opt_out: Option<bool>,
     pub occurred_at: i64,

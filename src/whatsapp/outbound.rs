@@ -131,6 +131,17 @@ const HEADER_TEXT_MAX: usize = 60;
 const FOOTER_TEXT_MAX: usize = 60;
 const TEMPLATE_NAME_MAX: usize = 512;
 
+/// A plain text message from `phone_number_id` to `to` (an automation's reply).
+pub fn text_request(phone_number_id: &str, to: Recipient, body: &str) -> SendRequest {
+    SendRequest {
+        from_phone_number_id: phone_number_id.to_string(),
+        kind: OutboundKind::Text,
+        to: Target::Recipient(to),
+        message: json!({"body": body, "preview_url": false}),
+        context: None,
+    }
+}
+
 /// Checks a send request (`POST /v1/messages`): Meta's fields for its type, or Meta's
 /// own mark-as-read shape `{"status": "read", "message_id"}`.
 pub fn parse_send(body: &Value) -> Result<SendRequest, Invalid> {

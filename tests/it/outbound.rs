@@ -694,3 +694,62 @@ async fn metas_limits_hold_the_number_or_only_the_send_they_name() {
     );
     graph.stop().await;
 }
+
+/// STOP (or an equivalent, case aside) opts the contact out of marketing and is
+/// confirmed once; START opts them in again, confirmed likewise; a redelivered STOP
+/// and a sentence that only contains the word change nothing.
+#[actix_rt::test]
+async fn stop_and_start_keywords_set_the_contacts_preference_and_are_confirmed_once() {
+    let graph = FakeGraph::start().await;
+    let app = app_with_graph(&Backend::Sqlite, &graph).await;
+    let says = |wamid: &str, text: &str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        serde_json::to_vec(&envelope(vec![messages_change(
+            NUMBER_A,
+            vec![contact(CUSTOMER, "Customer")],
+            vec![
+                json!({"from": CUSTOMER, "id": wamid, "timestamp": now.to_string(),
+                "type": "text", "text": {"body": text}}),
+            ],
+        )]))
+        .unwrap()
+    };
+    async fn opted_out(app: &TestApp) -> bool {
+        let contacts = app.all("/v1/contacts", &app.a.api_key).await;
+        contacts[0]["marketing_opt_out"].as_bool().unwrap()
+    }
+    let defaults = converra::config::Settings::defaults().unwrap().outbound;
+
+    assert_eq!(app.post_signed(&says("wamid.kw.1", "Stop")).await.0, 200);
+    let calls = graph.wait_calls(1).await;
+    assert_eq!(calls[0].body["to"], CUSTOMER);
+    assert_eq!(
+        calls[0].body["text"]["body"],
+        defaults.opt_out_reply.as_str()
+    );
+    assert!(opted_out(&app).await);
+    // Meta delivers the same message again: no second confirmation.
+    assert_eq!(app.post_signed(&says("wamid.kw.1", "Stop")).await.0, 200);
+    assert_eq!(
+        app.post_signed(&says("wamid.kw.2", "please stop the noise"))
+            .await
+            .0,
+        200
+    );
+    app.wait_messages(&app.a, 2).await;
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(graph.calls().len(), 1, "one confirmation for one STOP");
+    assert!(opted_out(&app).await);
+
+    assert_eq!(app.post_signed(&says("wamid.kw.3", " start ")).await.0, 200);
+    let calls = graph.wait_calls(2).await;
+    assert_eq!(
+        calls[1].body["text"]["body"],
+        defaults.opt_in_reply.as_str()
+    );
+    assert!(!opted_out(&app).await);
+    graph.stop().await;
+}

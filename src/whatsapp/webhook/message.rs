@@ -348,6 +348,14 @@ pub struct Revoke {
 pub struct ItemError(String);
 
 impl InboundMessage {
+    /// The body of a text message item, as the user wrote it; `None` for other types.
+    pub fn text_body(item: &Value) -> Option<&str> {
+        match item.get("type").and_then(Value::as_str) {
+            Some("text") => item.get("text")?.get("body")?.as_str(),
+            _ => None,
+        }
+    }
+
     pub fn from_item(item: &Value) -> Result<InboundMessage, ItemError> {
         let id = opt_str(item, "id").ok_or_else(|| ItemError("no id".into()))?;
         let type_name = opt_str(item, "type").unwrap_or_else(|| "unknown".to_string());
