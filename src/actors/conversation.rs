@@ -909,12 +909,38 @@ impl ConversationActor {
             .contact
             .clone()
             .filter(|_| self.contact_stored && self.covers(&order.identity()));
+        let used_known = known.is_some();
         let accept = submit::accept(self.core.clone(), order, known);
-        ctx.spawn(accept.into_actor(self).map(move |accepted, actor, ctx| {
-            reply.send(accepted);
-            actor.submitting = false;
-            actor.pump_submits(ctx);
-        }));
+        ctx.spawn(
+            accept
+                .into_actor(self)
+                .map(move |(accepted, contact), actor, ctx| {
+                    match (&accepted, contact) {
+                        // A contact found for a send is kept for the next ones (and the events),
+                        // unless the actor has one already.
+                        (Ok(_), Some(contact)) if actor.contact.is_none() && !actor.in_flight => {
+                            actor.contact = Some(contact);
+                            actor.contact_stored = true;
+                            actor.conversation_id = None;
+                            actor.written_profile = None;
+                            actor.seen_written_at = None;
+                        }
+                        // The contact held may be stale (merged away): found again next time.
+                        (Err(e), _)
+                            if used_known
+                                && !actor.in_flight
+                                && !matches!(e, StorageError::Conflict { .. }) =>
+                        {
+                            actor.contact = None;
+                            actor.contact_stored = false;
+                        }
+                        _ => {}
+                    }
+                    reply.send(accepted);
+                    actor.submitting = false;
+                    actor.pump_submits(ctx);
+                }),
+        );
     }
 }
 

@@ -229,43 +229,50 @@ fn judge_template(request: &SendRequest, known: Known) -> Result<bool, SendRefus
 /// Stores `order` in the outbox (run by its conversation actor, one order at a time),
 /// under `known`, the contact the actor holds when it is the order's and stored; else
 /// the contact is looked up, or created for a template. Counts a refusal by its rule
-/// and wakes the number's sender.
+/// and hands the send to the number's sender. With the answer, the contact it was
+/// stored under, for the actor to keep.
 pub(super) async fn accept(
     core: Arc<Core>,
     order: SendOrder,
     known: Option<Arc<ResolvedContact>>,
-) -> Result<Accepted, StorageError> {
+) -> (Result<Accepted, StorageError>, Option<Arc<ResolvedContact>>) {
     let number = order.phone_number_id();
-    match store(&core, order, known).await {
+    let contact = match known {
+        Some(contact) => contact,
+        None => match find_contact(&core, &order).await {
+            Ok(contact) => Arc::new(contact),
+            Err(e) => return (Err(refused(&core, e)), None),
+        },
+    };
+    match store(&core, order, &contact).await {
         Ok((accepted, fresh)) => {
             if !accepted.replayed {
                 sender::queue(&core, fresh, number.as_str());
             }
-            Ok(accepted)
+            (Ok(accepted), Some(contact))
         }
-        Err(e) => {
-            if let StorageError::Conflict { code, .. } = &e {
-                core.metrics
-                    .outbound_refusals
-                    .with_label_values(&[code])
-                    .inc();
-            }
-            Err(e)
-        }
+        Err(e) => (Err(refused(&core, e)), None),
     }
+}
+
+/// Counts a refusal by its rule.
+fn refused(core: &Core, e: StorageError) -> StorageError {
+    if let StorageError::Conflict { code, .. } = &e {
+        core.metrics
+            .outbound_refusals
+            .with_label_values(&[code])
+            .inc();
+    }
+    e
 }
 
 /// The send stored, and as its number's sender takes it.
 async fn store(
     core: &Core,
     order: SendOrder,
-    known: Option<Arc<ResolvedContact>>,
+    contact: &ResolvedContact,
 ) -> Result<(Accepted, sender::Fresh), StorageError> {
-    let contact = match known {
-        Some(contact) => contact,
-        None => Arc::new(find_contact(core, &order).await?),
-    };
-    let (send, fresh) = new_send(core, &order, &contact)?;
+    let (send, fresh) = new_send(core, &order, contact)?;
     let accepted = core
         .writer
         .write(Some(order.tenant_id.clone()), move |conn| {
