@@ -283,23 +283,37 @@ impl Settings {
                 "the confirmations may not be empty (opt_out_reply, opt_in_reply)",
             ));
         }
-        if self.outbound.retry_base_ms == 0 {
-            return Err(invalid("outbound.retry_base_ms", "must be at least 1"));
-        }
-        if self.outbound.reconcile_secs == 0 {
-            return Err(invalid(
-                "outbound.reconcile_secs",
-                "must be at least 1 (0 would send again what Meta may have accepted)",
-            ));
-        }
-        if self.outbound.template_sync_secs == 0 {
-            return Err(invalid("outbound.template_sync_secs", "must be at least 1"));
-        }
-        if self.outbound.request_timeout_secs == 0 {
-            return Err(invalid(
+        // Every time below is bounded, so that it stays far inside i64 in milliseconds.
+        const DAY: u64 = 86_400;
+        let outbound = &self.outbound;
+        for (key, value, most) in [
+            (
+                "outbound.retry_deadline_secs",
+                outbound.retry_deadline_secs,
+                365 * DAY,
+            ),
+            ("outbound.retry_base_ms", outbound.retry_base_ms, 3_600_000),
+            ("outbound.reconcile_secs", outbound.reconcile_secs, 7 * DAY),
+            (
+                "outbound.template_sync_secs",
+                outbound.template_sync_secs,
+                30 * DAY,
+            ),
+            (
                 "outbound.request_timeout_secs",
-                "must be at least 1",
-            ));
+                outbound.request_timeout_secs,
+                3_600,
+            ),
+            (
+                "outbound.paused_recheck_secs",
+                outbound.paused_recheck_secs,
+                DAY,
+            ),
+        ] {
+            // reconcile_secs at 0 would send again what Meta may have accepted.
+            if !(1..=most).contains(&value) {
+                return Err(invalid(key, format!("must be from 1 to {most}")));
+            }
         }
         if self.database.readers == 0 {
             return Err(invalid("database.readers", "must be at least 1"));
@@ -535,6 +549,21 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("database.sqlite_checkpoint_interval_ms"),
+            "{err}"
+        );
+        // A time whose milliseconds would overflow (or nearly) is refused.
+        let mut settings = Settings::defaults().expect("defaults");
+        settings.outbound.retry_deadline_secs = 100_000_000_000_000_000;
+        let err = settings.validate().expect_err("a deadline past a year");
+        assert!(
+            err.to_string().contains("outbound.retry_deadline_secs"),
+            "{err}"
+        );
+        let mut settings = Settings::defaults().expect("defaults");
+        settings.outbound.opt_out_keywords = vec![" ".into()];
+        let err = settings.validate().expect_err("an empty keyword");
+        assert!(
+            err.to_string().contains("outbound.opt_out_keywords"),
             "{err}"
         );
     }

@@ -71,6 +71,15 @@ pub enum RunError {
     MasterKey { path: String, message: String },
 }
 
+/// What a caught panic said (its message, when it gave one).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 /// Keeps this process's memory in ordinary pages. The daemon's memory is bounded by
 /// configuration (actors, caches, connections), and the bound must hold for resident
 /// memory: with transparent huge pages the allocator's segments are backed by 2 MiB

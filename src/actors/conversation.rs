@@ -911,36 +911,57 @@ impl ConversationActor {
             .filter(|_| self.contact_stored && self.covers(&order.identity()));
         let used_known = known.is_some();
         let accept = submit::accept(self.core.clone(), order, known);
-        ctx.spawn(
-            accept
-                .into_actor(self)
-                .map(move |(accepted, contact), actor, ctx| {
-                    match (&accepted, contact) {
-                        // A contact found for a send is kept for the next ones (and the events),
-                        // unless the actor has one already.
-                        (Ok(_), Some(contact)) if actor.contact.is_none() && !actor.in_flight => {
-                            actor.contact = Some(contact);
-                            actor.contact_stored = true;
-                            actor.conversation_id = None;
-                            actor.written_profile = None;
-                            actor.seen_written_at = None;
-                        }
-                        // The contact held may be stale (merged away): found again next time.
-                        (Err(e), _)
-                            if used_known
-                                && !actor.in_flight
-                                && !matches!(e, StorageError::Conflict { .. }) =>
-                        {
-                            actor.contact = None;
-                            actor.contact_stored = false;
-                        }
-                        _ => {}
-                    }
-                    reply.send(accepted);
-                    actor.submitting = false;
-                    actor.pump_submits(ctx);
-                }),
-        );
+        // Its own task, not the actor's: if the actor restarts meanwhile, the send is
+        // still stored and answered.
+        let me = ctx.address();
+        actix::spawn(async move {
+            let (accepted, contact) = accept.await;
+            let held_failed = used_known
+                && matches!(&accepted, Err(e) if !matches!(e, StorageError::Conflict { .. }));
+            reply.send(accepted);
+            me.do_send(Submitted {
+                contact,
+                held_failed,
+            });
+        });
+    }
+}
+
+/// A send was accepted into the outbox (or refused): the next may go.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Submitted {
+    /// The contact it was stored under.
+    contact: Option<Arc<ResolvedContact>>,
+    /// It failed under the contact this actor held, for another reason than a rule.
+    held_failed: bool,
+}
+
+impl Handler<Submitted> for ConversationActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Submitted, ctx: &mut Context<Self>) {
+        if !self.in_flight {
+            match msg.contact {
+                // A contact found for a send is kept for the next ones (and the
+                // events), unless the actor has one already.
+                Some(contact) if self.contact.is_none() => {
+                    self.contact = Some(contact);
+                    self.contact_stored = true;
+                    self.conversation_id = None;
+                    self.written_profile = None;
+                    self.seen_written_at = None;
+                }
+                // The contact held may be stale: found again next time.
+                None if msg.held_failed => {
+                    self.contact = None;
+                    self.contact_stored = false;
+                }
+                _ => {}
+            }
+        }
+        self.submitting = false;
+        self.pump_submits(ctx);
     }
 }
 
@@ -973,8 +994,18 @@ impl ConversationActor {
             idempotency: None,
             marketing: false,
         };
-        // No one waits for the answer; a refusal (the contact is restricted) is counted.
-        let (reply, _unheard) = crate::handoff::channel();
+        // No one else waits for the answer: a refusal (the contact is restricted) is
+        // counted, any other failure logged.
+        let (reply, answer) = crate::handoff::channel();
+        let log = self.log.clone();
+        actix::spawn(async move {
+            if let Ok(Err(e)) = answer.await {
+                if !matches!(e, StorageError::Conflict { .. }) {
+                    slog::warn!(log, "an opt-out or opt-in confirmation was not stored";
+                        "error" => %e);
+                }
+            }
+        });
         self.submits.push_back(Submit { order, reply });
         self.pump_submits(ctx);
     }

@@ -92,7 +92,7 @@ impl Core {
             crate::storage::with_conn(&pool, |conn| f(conn, &keyring))
         })
         .await
-        .map_err(|e| StorageError::Unavailable(e.to_string()))?
+        .map_err(|e| StorageError::Panicked(e.to_string()))?
     }
 }
 

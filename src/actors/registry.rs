@@ -109,6 +109,7 @@ where
 #[rtype(result = "usize")]
 pub struct Ping;
 
+/// A sweep of the inbox finished: the next may start.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct SweepDone;

@@ -57,6 +57,7 @@ pub struct Fresh {
     pub body: Value,
 }
 
+/// A send just stored, to hold and send in its turn.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Queue(Box<Fresh>);
@@ -1031,6 +1032,14 @@ impl Actor for SenderActor {
         // for a replaced token.
         let every = Duration::from_secs(self.core.settings.outbound.paused_recheck_secs.max(1));
         ctx.run_interval(every, |actor, ctx| actor.scan(ctx));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        // What it held stays in the outbox; sends in flight are reconciled at the
+        // next start.
+        slog::info!(self.core.log, "sender stopped";
+            "phone_number_id" => self.number.as_str(), "held" => self.held.len(),
+            "in_flight" => self.in_flight.len());
     }
 }
 

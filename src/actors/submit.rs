@@ -169,7 +169,9 @@ pub async fn send(
     send_to_tenant(core, registry, tenant_id, Submit { order, reply });
     let accepted = answer.await.map_err(|_| {
         StorageError::Unavailable(
-            "the conversation restarted before the send was stored; send it again".into(),
+            "the send's conversation stopped before it answered: the send may or may not be \
+             stored; retry with the same Idempotency-Key"
+                .into(),
         )
     })??;
     Ok(accepted)
@@ -236,22 +238,41 @@ pub(super) async fn accept(
     order: SendOrder,
     known: Option<Arc<ResolvedContact>>,
 ) -> (Result<Accepted, StorageError>, Option<Arc<ResolvedContact>>) {
+    use futures_util::FutureExt;
     let number = order.phone_number_id();
-    let contact = match known {
-        Some(contact) => contact,
-        None => match find_contact(&core, &order).await {
-            Ok(contact) => Arc::new(contact),
-            Err(e) => return (Err(refused(&core, e)), None),
-        },
-    };
-    match store(&core, order, &contact).await {
-        Ok((accepted, fresh)) => {
+    let stored = std::panic::AssertUnwindSafe(async {
+        let mut known = known;
+        // Twice at most: a contact held may have been merged into another meanwhile.
+        for _ in 0..2 {
+            let contact = match known.take() {
+                Some(contact) => contact,
+                None => Arc::new(find_contact(&core, &order).await?),
+            };
+            match store(&core, &order, &contact).await {
+                Ok((accepted, fresh)) => return Ok((accepted, fresh, contact)),
+                Err(StorageError::ContactStale(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StorageError::ContactStale(
+            "the contact changed twice while the send was stored".into(),
+        ))
+    })
+    .catch_unwind()
+    .await;
+    match stored {
+        Ok(Ok((accepted, fresh, contact))) => {
             if !accepted.replayed {
                 sender::queue(&core, fresh, number.as_str());
             }
             (Ok(accepted), Some(contact))
         }
-        Err(e) => (Err(refused(&core, e)), None),
+        Ok(Err(e)) => (Err(refused(&core, e)), None),
+        Err(panic) => {
+            let cause = crate::panic_message(&panic);
+            slog::error!(core.log, "storing a send panicked"; "cause" => &cause);
+            (Err(StorageError::Panicked(cause)), None)
+        }
     }
 }
 
@@ -269,10 +290,10 @@ fn refused(core: &Core, e: StorageError) -> StorageError {
 /// The send stored, and as its number's sender takes it.
 async fn store(
     core: &Core,
-    order: SendOrder,
+    order: &SendOrder,
     contact: &ResolvedContact,
 ) -> Result<(Accepted, sender::Fresh), StorageError> {
-    let (send, fresh) = new_send(core, &order, contact)?;
+    let (send, fresh) = new_send(core, order, contact)?;
     let accepted = core
         .writer
         .write(Some(order.tenant_id.clone()), move |conn| {

@@ -112,6 +112,10 @@ pub enum StorageError {
     /// original is not `Clone`): the write will not succeed by retrying it as it is.
     #[error("{0}")]
     Rejected(String),
+    /// Work on the blocking pool or in a task that panicked (a bug) or was cancelled:
+    /// a 500 with its cause logged, not a database outage.
+    #[error("a storage task did not finish: {0}")]
+    Panicked(String),
 }
 
 impl From<r2d2::PoolError> for StorageError {

@@ -114,11 +114,16 @@ pub fn accept(conn: &mut DbConn, send: &NewSend) -> Result<Accepted, StorageErro
         }
     }
     let tenant = send.tenant_id.as_str();
-    let (restricted, objected, opted_out): (Option<i64>, Option<i64>, bool) = on_backend!(conn, c => contacts::table
+    let found: Option<(Option<i64>, Option<i64>, bool)> = on_backend!(conn, c => contacts::table
             .find(send.contact_id.as_str())
             .filter(contacts::tenant_id.eq(tenant))
             .select((contacts::restricted_at, contacts::objected_at, contacts::marketing_opt_out))
-            .get_result(c))?;
+            .get_result(c)
+            .optional())?;
+    // Merged into another contact since the caller found it: found again, then retried.
+    let Some((restricted, objected, opted_out)) = found else {
+        return Err(StorageError::ContactStale(send.contact_id.to_string()));
+    };
     if restricted.is_some() {
         return Err(StorageError::Conflict {
             code: RESTRICTED,

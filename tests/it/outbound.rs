@@ -242,94 +242,96 @@ async fn a_send_is_refused_naming_the_field_or_the_rule_it_breaks() {
 
 #[actix_rt::test]
 async fn transient_errors_are_retried_permanent_ones_fail_and_a_bad_token_pauses_the_number() {
-    let graph = FakeGraph::start().await;
-    let app = app_with_graph(&Backend::Sqlite, &graph).await;
-    let template = |name: &str| {
-        json!({"from_phone_number_id": NUMBER_A, "to": CUSTOMER, "type": "template",
+    for backend in backends() {
+        let graph = FakeGraph::start().await;
+        let app = app_with_graph(&backend, &graph).await;
+        let template = |name: &str| {
+            json!({"from_phone_number_id": NUMBER_A, "to": CUSTOMER, "type": "template",
             "template": {"name": name, "language": {"code": "en_US"}}})
-    };
-    graph.script(vec![
-        (500, json!({"error": {"message": "internal", "code": 1}})),
-        (400, meta_error(130_429, "Rate limit hit")),
-    ]);
-    let (_, first) = post_message(&app, &app.a.api_key, &template("one"), None).await;
-    let sent = wait_state(&app, first["id"].as_str().unwrap(), "sent").await;
-    assert!(sent["wamid"].as_str().unwrap().starts_with("wamid.FAKE"));
-    assert_eq!(graph.calls().len(), 3, "two failures, then the send");
+        };
+        graph.script(vec![
+            (500, json!({"error": {"message": "internal", "code": 1}})),
+            (400, meta_error(130_429, "Rate limit hit")),
+        ]);
+        let (_, first) = post_message(&app, &app.a.api_key, &template("one"), None).await;
+        let sent = wait_state(&app, first["id"].as_str().unwrap(), "sent").await;
+        assert!(sent["wamid"].as_str().unwrap().starts_with("wamid.FAKE"));
+        assert_eq!(graph.calls().len(), 3, "two failures, then the send");
 
-    graph.script(vec![(
-        400,
-        meta_error(
-            131_050,
-            "Unable to deliver: the user stopped marketing messages",
-        ),
-    )]);
-    let (_, stopped) = post_message(&app, &app.a.api_key, &template("promo"), None).await;
-    let failed = wait_state(&app, stopped["id"].as_str().unwrap(), "failed").await;
-    assert_eq!(failed["error"]["code"], 131_050);
-    let contacts = app.all("/v1/contacts", &app.a.api_key).await;
-    assert_eq!(
-        contacts[0]["marketing_opt_out"], true,
-        "131050 records the opt-out"
-    );
+        graph.script(vec![(
+            400,
+            meta_error(
+                131_050,
+                "Unable to deliver: the user stopped marketing messages",
+            ),
+        )]);
+        let (_, stopped) = post_message(&app, &app.a.api_key, &template("promo"), None).await;
+        let failed = wait_state(&app, stopped["id"].as_str().unwrap(), "failed").await;
+        assert_eq!(failed["error"]["code"], 131_050);
+        let contacts = app.all("/v1/contacts", &app.a.api_key).await;
+        assert_eq!(
+            contacts[0]["marketing_opt_out"], true,
+            "131050 records the opt-out"
+        );
 
-    graph.script(vec![(
-        400,
-        meta_error(132_001, "Template name does not exist"),
-    )]);
-    let (_, second) = post_message(&app, &app.a.api_key, &template("missing"), None).await;
-    let failed = wait_state(&app, second["id"].as_str().unwrap(), "failed").await;
-    assert_eq!(failed["error"]["code"], 132_001);
-    assert_eq!(failed["error"]["message"], "Template name does not exist");
-    assert_eq!(graph.calls().len(), 5, "a permanent error is not retried");
+        graph.script(vec![(
+            400,
+            meta_error(132_001, "Template name does not exist"),
+        )]);
+        let (_, second) = post_message(&app, &app.a.api_key, &template("missing"), None).await;
+        let failed = wait_state(&app, second["id"].as_str().unwrap(), "failed").await;
+        assert_eq!(failed["error"]["code"], 132_001);
+        assert_eq!(failed["error"]["message"], "Template name does not exist");
+        assert_eq!(graph.calls().len(), 5, "a permanent error is not retried");
 
-    graph.script(vec![(
-        401,
-        meta_error(190, "Error validating access token"),
-    )]);
-    let (_, third) = post_message(&app, &app.a.api_key, &template("three"), None).await;
-    graph.wait_calls(6).await;
-    let (_, fourth) = post_message(&app, &app.a.api_key, &template("four"), None).await;
-    actix_rt::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(graph.calls().len(), 6, "a paused number sends nothing");
-    assert_eq!(app.metric("converra_outbound_numbers_paused").await, 1.0);
-    for id in [&third["id"], &fourth["id"]] {
-        let (_, state) = app
-            .get(
-                &format!("/v1/messages/{}", id.as_str().unwrap()),
-                Some(&app.a.api_key),
-            )
-            .await;
-        assert_eq!(state["state"], "queued", "{state}");
+        graph.script(vec![(
+            401,
+            meta_error(190, "Error validating access token"),
+        )]);
+        let (_, third) = post_message(&app, &app.a.api_key, &template("three"), None).await;
+        graph.wait_calls(6).await;
+        let (_, fourth) = post_message(&app, &app.a.api_key, &template("four"), None).await;
+        actix_rt::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(graph.calls().len(), 6, "a paused number sends nothing");
+        assert_eq!(app.metric("converra_outbound_numbers_paused").await, 1.0);
+        for id in [&third["id"], &fourth["id"]] {
+            let (_, state) = app
+                .get(
+                    &format!("/v1/messages/{}", id.as_str().unwrap()),
+                    Some(&app.a.api_key),
+                )
+                .await;
+            assert_eq!(state["state"], "queued", "{state}");
+        }
+        // The operator replaces the token (converra number update): both go, in order.
+        let (vault, pool) = app.pool();
+        converra::storage::tenants::replace_access_token(
+            &mut pool.get().unwrap(),
+            &vault,
+            &app.a.id,
+            NUMBER_A,
+            "EAAG-new-token",
+        )
+        .unwrap();
+        for id in [&third["id"], &fourth["id"]] {
+            wait_state(&app, id.as_str().unwrap(), "sent").await;
+        }
+        let calls = graph.calls();
+        assert_eq!(calls.len(), 8);
+        assert_eq!(app.metric("converra_outbound_numbers_paused").await, 0.0);
+        assert_eq!(
+            app.metric("converra_outbound_sends_total{outcome=\"failed\"}")
+                .await,
+            2.0
+        );
+        assert_eq!(
+            calls[7].authorization.as_deref(),
+            Some("Bearer EAAG-new-token")
+        );
+        assert_eq!(calls[6].body["template"]["name"], "three");
+        assert_eq!(calls[7].body["template"]["name"], "four");
+        graph.stop().await;
     }
-    // The operator replaces the token (converra number update): both go, in order.
-    let (vault, pool) = app.pool();
-    converra::storage::tenants::replace_access_token(
-        &mut pool.get().unwrap(),
-        &vault,
-        &app.a.id,
-        NUMBER_A,
-        "EAAG-new-token",
-    )
-    .unwrap();
-    for id in [&third["id"], &fourth["id"]] {
-        wait_state(&app, id.as_str().unwrap(), "sent").await;
-    }
-    let calls = graph.calls();
-    assert_eq!(calls.len(), 8);
-    assert_eq!(app.metric("converra_outbound_numbers_paused").await, 0.0);
-    assert_eq!(
-        app.metric("converra_outbound_sends_total{outcome=\"failed\"}")
-            .await,
-        2.0
-    );
-    assert_eq!(
-        calls[7].authorization.as_deref(),
-        Some("Bearer EAAG-new-token")
-    );
-    assert_eq!(calls[6].body["template"]["name"], "three");
-    assert_eq!(calls[7].body["template"]["name"], "four");
-    graph.stop().await;
 }
 
 /// With the number's limit at 20 messages a second, 60 sends take about 3 s of the
@@ -602,97 +604,99 @@ async fn a_throughput_upgrade_from_meta_raises_the_numbers_pace() {
 /// spam limit holds the number for hours; a limit on one user holds only that send.
 #[actix_rt::test]
 async fn metas_limits_hold_the_number_or_only_the_send_they_name() {
-    let graph = FakeGraph::start().await;
-    let app = app_with_graph(&Backend::Sqlite, &graph).await;
-    let template = |to: &str| {
-        json!({"from_phone_number_id": NUMBER_A, "to": to, "type": "template",
+    for backend in backends() {
+        let graph = FakeGraph::start().await;
+        let app = app_with_graph(&backend, &graph).await;
+        let template = |to: &str| {
+            json!({"from_phone_number_id": NUMBER_A, "to": to, "type": "template",
             "template": {"name": "notice", "language": {"code": "en_US"}}})
-    };
-    let send = |to: &'static str| {
-        let app = &app;
-        let body = template(to);
-        async move {
-            let (status, accepted) = post_message(app, &app.a.api_key, &body, None).await;
-            assert_eq!(status, 202, "{accepted}");
-            accepted["id"].as_str().unwrap().to_string()
-        }
-    };
-    let (one, two, three, four) = (
-        "4915100000101",
-        "4915100000102",
-        "4915100000103",
-        "4915100000104",
-    );
+        };
+        let send = |to: &'static str| {
+            let app = &app;
+            let body = template(to);
+            async move {
+                let (status, accepted) = post_message(app, &app.a.api_key, &body, None).await;
+                assert_eq!(status, 202, "{accepted}");
+                accepted["id"].as_str().unwrap().to_string()
+            }
+        };
+        let (one, two, three, four) = (
+            "4915100000101",
+            "4915100000102",
+            "4915100000103",
+            "4915100000104",
+        );
 
-    // 130429: the number is over its throughput. Its next send, to someone else,
-    // waits with it (retry_base_ms is 50 here, give or take a quarter).
-    graph.script(vec![(400, meta_error(130_429, "Rate limit hit"))]);
-    let first = send(one).await;
-    graph.wait_calls(1).await;
-    let second = send(two).await;
-    wait_state(&app, &first, "sent").await;
-    wait_state(&app, &second, "sent").await;
-    let calls = graph.calls();
-    assert_eq!(
-        calls.len(),
-        3,
-        "the throttled send once more, and the other"
-    );
-    assert!(
-        calls[1].at.duration_since(calls[0].at) >= Duration::from_millis(35),
-        "the number waited after Meta's rate limit"
-    );
-    assert_eq!(
-        app.metric("converra_outbound_deferrals_total{code=\"130429\",scope=\"number\"}")
-            .await,
-        1.0
-    );
+        // 130429: the number is over its throughput. Its next send, to someone else,
+        // waits with it (retry_base_ms is 50 here, give or take a quarter).
+        graph.script(vec![(400, meta_error(130_429, "Rate limit hit"))]);
+        let first = send(one).await;
+        graph.wait_calls(1).await;
+        let second = send(two).await;
+        wait_state(&app, &first, "sent").await;
+        wait_state(&app, &second, "sent").await;
+        let calls = graph.calls();
+        assert_eq!(
+            calls.len(),
+            3,
+            "the throttled send once more, and the other"
+        );
+        assert!(
+            calls[1].at.duration_since(calls[0].at) >= Duration::from_millis(35),
+            "the number waited after Meta's rate limit"
+        );
+        assert_eq!(
+            app.metric("converra_outbound_deferrals_total{code=\"130429\",scope=\"number\"}")
+                .await,
+            1.0
+        );
 
-    // 131049: a limit on this user's marketing messages holds that send only.
-    graph.script(vec![(
-        400,
-        meta_error(
-            131_049,
-            "This message was not delivered to maintain healthy ecosystem engagement",
-        ),
-    )]);
-    let held = send(one).await;
-    graph.wait_calls(4).await;
-    let other = send(two).await;
-    wait_state(&app, &other, "sent").await;
-    let (_, state) = app
-        .get(&format!("/v1/messages/{held}"), Some(&app.a.api_key))
-        .await;
-    assert_eq!(state["state"], "queued", "deferred for hours: {state}");
-    assert_eq!(
-        app.metric("converra_outbound_deferrals_total{code=\"131049\",scope=\"send\"}")
-            .await,
-        1.0
-    );
-
-    // 131048: the number's spam rate limit holds all its sends for hours.
-    graph.script(vec![(400, meta_error(131_048, "Spam rate limit hit"))]);
-    let spam = send(three).await;
-    graph.wait_calls(6).await;
-    let after = send(four).await;
-    actix_rt::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        graph.calls().len(),
-        6,
-        "nothing leaves a number Meta deferred"
-    );
-    for id in [&spam, &after] {
+        // 131049: a limit on this user's marketing messages holds that send only.
+        graph.script(vec![(
+            400,
+            meta_error(
+                131_049,
+                "This message was not delivered to maintain healthy ecosystem engagement",
+            ),
+        )]);
+        let held = send(one).await;
+        graph.wait_calls(4).await;
+        let other = send(two).await;
+        wait_state(&app, &other, "sent").await;
         let (_, state) = app
-            .get(&format!("/v1/messages/{id}"), Some(&app.a.api_key))
+            .get(&format!("/v1/messages/{held}"), Some(&app.a.api_key))
             .await;
-        assert_eq!(state["state"], "queued", "{state}");
+        assert_eq!(state["state"], "queued", "deferred for hours: {state}");
+        assert_eq!(
+            app.metric("converra_outbound_deferrals_total{code=\"131049\",scope=\"send\"}")
+                .await,
+            1.0
+        );
+
+        // 131048: the number's spam rate limit holds all its sends for hours.
+        graph.script(vec![(400, meta_error(131_048, "Spam rate limit hit"))]);
+        let spam = send(three).await;
+        graph.wait_calls(6).await;
+        let after = send(four).await;
+        actix_rt::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            graph.calls().len(),
+            6,
+            "nothing leaves a number Meta deferred"
+        );
+        for id in [&spam, &after] {
+            let (_, state) = app
+                .get(&format!("/v1/messages/{id}"), Some(&app.a.api_key))
+                .await;
+            assert_eq!(state["state"], "queued", "{state}");
+        }
+        assert_eq!(
+            app.metric("converra_outbound_deferrals_total{code=\"131048\",scope=\"number\"}")
+                .await,
+            1.0
+        );
+        graph.stop().await;
     }
-    assert_eq!(
-        app.metric("converra_outbound_deferrals_total{code=\"131048\",scope=\"number\"}")
-            .await,
-        1.0
-    );
-    graph.stop().await;
 }
 
 /// STOP (or an equivalent, case aside) opts the contact out of marketing and is
@@ -700,56 +704,112 @@ async fn metas_limits_hold_the_number_or_only_the_send_they_name() {
 /// and a sentence that only contains the word change nothing.
 #[actix_rt::test]
 async fn stop_and_start_keywords_set_the_contacts_preference_and_are_confirmed_once() {
-    let graph = FakeGraph::start().await;
-    let app = app_with_graph(&Backend::Sqlite, &graph).await;
-    let says = |wamid: &str, text: &str| {
+    for backend in backends() {
+        let graph = FakeGraph::start().await;
+        let app = app_with_graph(&backend, &graph).await;
+        let says = |wamid: &str, text: &str| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            serde_json::to_vec(&envelope(vec![messages_change(
+                NUMBER_A,
+                vec![contact(CUSTOMER, "Customer")],
+                vec![
+                    json!({"from": CUSTOMER, "id": wamid, "timestamp": now.to_string(),
+                "type": "text", "text": {"body": text}}),
+                ],
+            )]))
+            .unwrap()
+        };
+        async fn opted_out(app: &TestApp) -> bool {
+            let contacts = app.all("/v1/contacts", &app.a.api_key).await;
+            contacts[0]["marketing_opt_out"].as_bool().unwrap()
+        }
+        let defaults = converra::config::Settings::defaults().unwrap().outbound;
+
+        assert_eq!(app.post_signed(&says("wamid.kw.1", "Stop")).await.0, 200);
+        let calls = graph.wait_calls(1).await;
+        assert_eq!(calls[0].body["to"], CUSTOMER);
+        assert_eq!(
+            calls[0].body["text"]["body"],
+            defaults.opt_out_reply.as_str()
+        );
+        assert!(opted_out(&app).await);
+        // Meta delivers the same message again: no second confirmation.
+        assert_eq!(app.post_signed(&says("wamid.kw.1", "Stop")).await.0, 200);
+        assert_eq!(
+            app.post_signed(&says("wamid.kw.2", "please stop the noise"))
+                .await
+                .0,
+            200
+        );
+        app.wait_messages(&app.a, 2).await;
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(graph.calls().len(), 1, "one confirmation for one STOP");
+        assert!(opted_out(&app).await);
+
+        assert_eq!(app.post_signed(&says("wamid.kw.3", " start ")).await.0, 200);
+        let calls = graph.wait_calls(2).await;
+        assert_eq!(
+            calls[1].body["text"]["body"],
+            defaults.opt_in_reply.as_str()
+        );
+        assert!(!opted_out(&app).await);
+        graph.stop().await;
+    }
+}
+
+/// A send to a contact merged into another since its conversation last looked it up
+/// is stored under the contact that remains, not refused.
+#[actix_rt::test]
+async fn a_send_after_a_merge_goes_to_the_contact_that_remains() {
+    for backend in backends() {
+        let graph = FakeGraph::start().await;
+        let app = app_with_graph(&backend, &graph).await;
+        const BSUID: &str = "US.13491208655302741918";
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            .as_secs();
-        serde_json::to_vec(&envelope(vec![messages_change(
-            NUMBER_A,
-            vec![contact(CUSTOMER, "Customer")],
-            vec![
-                json!({"from": CUSTOMER, "id": wamid, "timestamp": now.to_string(),
-                "type": "text", "text": {"body": text}}),
-            ],
-        )]))
-        .unwrap()
-    };
-    async fn opted_out(app: &TestApp) -> bool {
-        let contacts = app.all("/v1/contacts", &app.a.api_key).await;
-        contacts[0]["marketing_opt_out"].as_bool().unwrap()
+            .as_secs()
+            .to_string();
+        let webhook = |contact: Value, message: Value| {
+            serde_json::to_vec(&envelope(vec![messages_change(
+                NUMBER_A,
+                vec![contact],
+                vec![message],
+            )]))
+            .unwrap()
+        };
+        // First seen by the BSUID alone, then by the number alone: two contacts.
+        let by_user = webhook(
+            json!({"user_id": BSUID, "profile": {"name": "Kim"}}),
+            json!({"from_user_id": BSUID, "id": "wamid.m1", "timestamp": now,
+                "type": "text", "text": {"body": "hi"}}),
+        );
+        assert_eq!(app.post_signed(&by_user).await.0, 200);
+        app.wait_messages(&app.a, 1).await;
+        assert_eq!(
+            app.post_signed(&text_now(CUSTOMER, "wamid.m2")).await.0,
+            200
+        );
+        app.wait_messages(&app.a, 2).await;
+        let reply = json!({"from_phone_number_id": NUMBER_A, "to": CUSTOMER, "type": "text",
+            "text": {"body": "Hello"}});
+        let (status, first) = post_message(&app, &app.a.api_key, &reply, None).await;
+        assert_eq!(status, 202, "{first}");
+        // A message naming both: the later contact is merged into the earlier one.
+        let both = webhook(
+            json!({"user_id": BSUID, "wa_id": CUSTOMER, "profile": {"name": "Kim"}}),
+            json!({"from": CUSTOMER, "from_user_id": BSUID, "id": "wamid.m3",
+                "timestamp": now, "type": "text", "text": {"body": "both"}}),
+        );
+        assert_eq!(app.post_signed(&both).await.0, 200);
+        app.wait_processed().await;
+        assert_eq!(app.all("/v1/contacts", &app.a.api_key).await.len(), 1);
+        let (status, second) = post_message(&app, &app.a.api_key, &reply, None).await;
+        assert_eq!(status, 202, "{second}");
+        wait_state(&app, second["id"].as_str().unwrap(), "sent").await;
+        graph.stop().await;
     }
-    let defaults = converra::config::Settings::defaults().unwrap().outbound;
-
-    assert_eq!(app.post_signed(&says("wamid.kw.1", "Stop")).await.0, 200);
-    let calls = graph.wait_calls(1).await;
-    assert_eq!(calls[0].body["to"], CUSTOMER);
-    assert_eq!(
-        calls[0].body["text"]["body"],
-        defaults.opt_out_reply.as_str()
-    );
-    assert!(opted_out(&app).await);
-    // Meta delivers the same message again: no second confirmation.
-    assert_eq!(app.post_signed(&says("wamid.kw.1", "Stop")).await.0, 200);
-    assert_eq!(
-        app.post_signed(&says("wamid.kw.2", "please stop the noise"))
-            .await
-            .0,
-        200
-    );
-    app.wait_messages(&app.a, 2).await;
-    actix_rt::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(graph.calls().len(), 1, "one confirmation for one STOP");
-    assert!(opted_out(&app).await);
-
-    assert_eq!(app.post_signed(&says("wamid.kw.3", " start ")).await.0, 200);
-    let calls = graph.wait_calls(2).await;
-    assert_eq!(
-        calls[1].body["text"]["body"],
-        defaults.opt_in_reply.as_str()
-    );
-    assert!(!opted_out(&app).await);
-    graph.stop().await;
 }

@@ -549,11 +549,7 @@ impl Writer {
                     return;
                 }
                 Err(panic) => {
-                    let reason = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
+                    let reason = crate::panic_message(&*panic);
                     slog::error!(self.log, "writer panicked; restarting it, the jobs in hand failed";
                         "panic" => reason);
                     self.report.writer_restarted();
