@@ -60,6 +60,7 @@ pub struct OutboundSettings {
     pub paused_recheck_secs: u64,
     pub template_sync_secs: u64,
     pub ca_file: String,
+    pub keep_finished_secs: u64,
     pub opt_out_keywords: Vec<String>,
     pub opt_in_keywords: Vec<String>,
     pub opt_out_reply: String,
@@ -308,6 +309,11 @@ impl Settings {
                 "outbound.paused_recheck_secs",
                 outbound.paused_recheck_secs,
                 DAY,
+            ),
+            (
+                "outbound.keep_finished_secs",
+                outbound.keep_finished_secs,
+                365 * DAY,
             ),
         ] {
             // reconcile_secs at 0 would send again what Meta may have accepted.

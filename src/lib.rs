@@ -286,6 +286,7 @@ pub async fn run(
         WriterConfig {
             batch_max: settings.database.write_batch_max,
             keep_processed_ms: (settings.inbox.keep_processed_secs * 1000) as i64,
+            keep_finished_sends_ms: (settings.outbound.keep_finished_secs * 1000) as i64,
             writers: settings.database.writers,
             wal_restart_pages: (settings.database.sqlite_wal_restart_mib * 256) as i64,
             checkpoint_interval: std::time::Duration::from_millis(

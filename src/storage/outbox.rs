@@ -252,16 +252,25 @@ pub fn send_state(
         .select((outbox::state, outbox::key_id, outbox::error_json))
         .get_result(c)
         .optional())?;
-    let message: Option<(Option<String>, Option<String>)> = on_backend!(conn, c => messages::table
+    let message: Option<(Option<String>, Option<String>, String)> = on_backend!(conn, c => messages::table
         .find(id)
         .filter(messages::tenant_id.eq(tenant_id.as_str()))
-        .select((messages::status, messages::error_json))
+        .select((messages::status, messages::error_json, messages::direction))
         .get_result(c)
         .optional())?;
     Ok(match (message, row) {
-        // Only sends: an inbound message, or a record a status left, is not one.
+        // Only sends: an inbound message, or a record a status left, is not one. A
+        // finished send whose outbox row has expired is known by its message row.
+        (Some((status, error_json, direction)), None) if direction == "outbound" => {
+            Some(SendState {
+                id: id.to_string(),
+                state: status.unwrap_or_else(|| QUEUED.to_string()),
+                wamid: None,
+                error_json,
+            })
+        }
         (_, None) => None,
-        (Some((status, error_json)), Some(_)) => Some(SendState {
+        (Some((status, error_json, _)), Some(_)) => Some(SendState {
             id: id.to_string(),
             state: status.unwrap_or_else(|| QUEUED.to_string()),
             wamid: None,
@@ -346,6 +355,31 @@ pub fn pending_sends(
             outbox::deadline_at,
         ))
         .load(c))?)
+}
+
+/// Rows deleted per expiry at most, so one pass never holds the writer long.
+const PURGE_ROWS: i64 = 10_000;
+
+/// Deletes finished sends (sent or failed) accepted before `before_ms`, and
+/// idempotency keys made before it; how many of each. A deleted send's state stays on
+/// its message row, where `GET /v1/messages/{id}` finds it; a read receipt has none.
+pub fn purge_finished(conn: &mut DbConn, before_ms: i64) -> Result<(usize, usize), StorageError> {
+    let finished: Vec<String> = on_backend!(conn, c => outbox::table
+        .filter(outbox::state.eq_any([DONE, FAILED]))
+        .filter(outbox::accepted_at.lt(before_ms))
+        .select(outbox::id)
+        .limit(PURGE_ROWS)
+        .load(c))?;
+    let mut sends = 0;
+    for chunk in finished.chunks(500) {
+        sends += on_backend!(conn, c => diesel::delete(outbox::table
+                .filter(outbox::id.eq_any(chunk)))
+            .execute(c))?;
+    }
+    let keys = on_backend!(conn, c => diesel::delete(idempotency_keys::table
+            .filter(idempotency_keys::created_at.lt(before_ms)))
+        .execute(c))?;
+    Ok((sends, keys))
 }
 
 /// The data key a row is sealed under (`None` once destroyed: the contact was erased).
@@ -710,5 +744,65 @@ mod tests {
                 (y_second.as_str(), SENDING, 1)
             ]
         );
+    }
+
+    /// A finished send leaves the outbox after its time, and its state is still read
+    /// from its message; a send still queued stays, and so does a newer key.
+    #[test]
+    fn finished_sends_and_old_idempotency_keys_expire() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (vault, pool) = crate::storage::test_storage(dir.path());
+        let mut conn = pool.get().expect("connection");
+        let tenant = TenantId(
+            tenants::create_tenant(&mut conn, "t", "owner@t.example", 1)
+                .expect("tenant")
+                .tenant_id,
+        );
+        let ids = ContactIdentifiers {
+            user_id: None,
+            wa_id: Some("4915100000001".into()),
+        };
+        let contact = resolve_contact(&mut conn, &vault, &tenant, &ids, None, 1).expect("contact");
+        let send = |conn: &mut DbConn, at: i64, key: &str| {
+            let id = MessageId::generate();
+            let new = NewSend {
+                id: id.clone(),
+                tenant_id: tenant.clone(),
+                phone_number_id: PhoneNumberId("100".into()),
+                contact_id: contact.contact_id.clone(),
+                key_id: contact.key_id.clone(),
+                kind: "template".into(),
+                needs_window: false,
+                marketing: false,
+                content_ct: Some(vec![1]),
+                request_ct: vec![1],
+                idempotency: Some((key.to_string(), "hash".into())),
+                now_ms: at,
+                deadline_ms: at + 1_000,
+            };
+            accept(conn, &new).expect("accepted");
+            id
+        };
+        let old_done = send(&mut conn, 10, "k1");
+        let old_queued = send(&mut conn, 20, "k2");
+        let new_done = send(&mut conn, 500, "k3");
+        record_failed(&mut conn, old_done.as_str(), "{}", 30).expect("failed");
+        record_failed(&mut conn, new_done.as_str(), "{}", 510).expect("failed");
+
+        assert_eq!(purge_finished(&mut conn, 100).expect("purged"), (1, 2));
+        let pending = pending_sends(&mut conn, &PhoneNumberId("100".into()), 10).expect("rows");
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].id, old_queued.as_str());
+        let state = send_state(&mut conn, &tenant, old_done.as_str())
+            .expect("read")
+            .expect("still a send");
+        assert_eq!(state.state, "failed");
+        // The newer key still answers; the expired one is free again.
+        assert!(replay(&mut conn, &tenant, "k3", "hash")
+            .expect("replay")
+            .is_some());
+        assert!(replay(&mut conn, &tenant, "k1", "hash")
+            .expect("replay")
+            .is_none());
     }
 }

@@ -17,6 +17,7 @@ use crate::storage::contacts::{self, NewContact};
 use crate::storage::conversations;
 use crate::storage::crm::{self, ApplyOp, ContactIdentifiers, ResolvedContact};
 use crate::storage::inbox::{self, FreshEvent, InboxItem, PreparedEvent, PreparedOther};
+use crate::storage::outbox;
 use crate::storage::raw_keys::{self, DayKey};
 use crate::storage::routes::RouteCache;
 use crate::storage::sqlite::conversation_index;
@@ -326,6 +327,21 @@ impl Writer {
             let parked = inbox::parked_count(conn)?;
             Ok((purged, backlog, parked))
         });
+        let finished_before = now - self.keep_finished_sends_ms;
+        match self
+            .connection()
+            .and_then(|conn| outbox::purge_finished(conn, finished_before))
+        {
+            Ok((sends, keys)) if sends + keys > 0 => {
+                slog::debug!(self.log, "finished sends and idempotency keys expired";
+                    "sends" => sends, "keys" => keys);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.conn = None;
+                slog::warn!(self.log, "expiring finished sends failed"; "error" => %e);
+            }
+        }
         let (keyring, keys, keep_days) = (
             self.keyring.clone(),
             self.raw_keys.clone(),

@@ -313,6 +313,8 @@ pub type BatchHook = Arc<dyn Fn(usize) + Send + Sync>;
 pub struct WriterConfig {
     pub batch_max: usize,
     pub keep_processed_ms: i64,
+    /// Finished outbox rows and idempotency keys older than this are deleted.
+    pub keep_finished_sends_ms: i64,
     /// Writer threads; 0 = 1 for SQLite, 2 for PostgreSQL.
     pub writers: usize,
     /// SQLite: WAL pages (of 4 KiB) past which the WAL starts over.
@@ -423,6 +425,7 @@ pub fn spawn(
             report: report.clone(),
             batch_max: config.batch_max,
             keep_processed_ms: config.keep_processed_ms,
+            keep_finished_sends_ms: config.keep_finished_sends_ms,
             // One writer purges; the others would only repeat it.
             maintains: index == 0,
             log: log.new(slog::o!("writer" => index)),
@@ -475,6 +478,7 @@ pub(in crate::storage) struct Writer {
     pub(in crate::storage) report: Arc<dyn WriterReport>,
     pub(in crate::storage) batch_max: usize,
     pub(in crate::storage) keep_processed_ms: i64,
+    pub(in crate::storage) keep_finished_sends_ms: i64,
     pub(in crate::storage) maintains: bool,
     pub(in crate::storage) log: slog::Logger,
     /// This writer's place in [`WriterHealth`].

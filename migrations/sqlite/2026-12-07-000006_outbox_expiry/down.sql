@@ -1,0 +1,2 @@
+DROP INDEX idempotency_keys_created;
+DROP INDEX outbox_finished;
