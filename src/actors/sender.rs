@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 use super::Core;
 use crate::crypto::SealKey;
 use crate::ids::{PhoneNumberId, TenantId};
-use crate::storage::outbox::{self, OutboxRow, SENDING};
+use crate::storage::outbox::{self, OutboxRow, OutboxState};
 use crate::storage::templates;
 use crate::storage::tenants::{self, SendingNumber};
 use crate::storage::StorageError;
@@ -433,7 +433,8 @@ impl SenderActor {
         };
         let now = self.core.clock.now_ms();
         let row = &head.row;
-        if row.state == SENDING || row.next_attempt_at <= now || row.deadline_at <= now {
+        if row.state == OutboxState::Sending || row.next_attempt_at <= now || row.deadline_at <= now
+        {
             if self.in_ready.insert(contact.to_string()) {
                 self.ready.push_back(contact.to_string());
             }
@@ -519,7 +520,7 @@ impl SenderActor {
                 self.requeue(&contact);
                 continue;
             }
-            if row.state == SENDING {
+            if row.state == OutboxState::Sending {
                 // In flight when the daemon stopped: Meta may have it.
                 self.settle(row, Settle::RetryAt(now + reconcile_ms, None), ctx);
                 continue;
@@ -663,7 +664,7 @@ impl SenderActor {
                     continue;
                 }
                 row.attempts += 1;
-                row.state = SENDING.to_string();
+                row.state = OutboxState::Sending;
                 actor.primed.push_back(Primed { row, key, body });
             }
             actor.dispatch(ctx);
@@ -956,7 +957,7 @@ impl SenderActor {
                 if let Some(head) = head {
                     head.row.next_attempt_at = *at;
                     head.row.attempts = row.attempts;
-                    head.row.state = outbox::QUEUED.to_string();
+                    head.row.state = OutboxState::Queued;
                 }
             }
             _ => self.forget(contact, &row.id),

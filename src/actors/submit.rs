@@ -358,7 +358,7 @@ fn new_send(
             key_id: contact.key_id.to_string(),
             // Opened already: `body`.
             request_ct: Vec::new(),
-            state: outbox::QUEUED.to_string(),
+            state: outbox::OutboxState::Queued,
             attempts: 0,
             next_attempt_at: now,
             deadline_at: deadline,

@@ -26,12 +26,49 @@ pub fn request_place<'a>(tenant_id: &'a str, outbox_id: &'a str) -> Place<'a> {
     Place::new(tenant_id, "outbox", "request_ct", outbox_id)
 }
 
-/// Delivery states of an outbox row.
-pub const QUEUED: &str = "queued";
-/// Handed to Meta; its outcome not yet recorded (unknown after a crash).
-pub const SENDING: &str = "sending";
-pub const DONE: &str = "done";
-pub const FAILED: &str = "failed";
+/// Where an outbox row stands (its `state` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxState {
+    /// Waiting for its turn (or its retry's time).
+    Queued,
+    /// Handed to Meta; its outcome not yet recorded (unknown after a crash).
+    Sending,
+    /// Meta accepted it.
+    Done,
+    /// Meta refused it for good, or its deadline passed.
+    Failed,
+}
+
+impl OutboxState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OutboxState::Queued => "queued",
+            OutboxState::Sending => "sending",
+            OutboxState::Done => "done",
+            OutboxState::Failed => "failed",
+        }
+    }
+
+    fn parse(state: &str) -> Result<OutboxState, StorageError> {
+        Ok(match state {
+            QUEUED => OutboxState::Queued,
+            SENDING => OutboxState::Sending,
+            DONE => OutboxState::Done,
+            FAILED => OutboxState::Failed,
+            other => {
+                return Err(StorageError::Corrupt(format!(
+                    "outbox state {other:?} is none of Converra's"
+                )))
+            }
+        })
+    }
+}
+
+// The states as the queries write them.
+const QUEUED: &str = OutboxState::Queued.as_str();
+const SENDING: &str = OutboxState::Sending.as_str();
+const DONE: &str = OutboxState::Done.as_str();
+const FAILED: &str = OutboxState::Failed.as_str();
 
 /// A send the API has checked, ready to be stored.
 pub struct NewSend {
@@ -99,7 +136,7 @@ pub fn replay(
     // The first response, as it was: the send's state now is GET /v1/messages/{id}'s.
     Ok(Some(Accepted {
         id,
-        state: QUEUED.to_string(),
+        state: MessageState::Queued.as_str().to_string(),
         replayed: true,
     }))
 }
@@ -219,7 +256,7 @@ pub fn accept(conn: &mut DbConn, send: &NewSend) -> Result<Accepted, StorageErro
     }
     Ok(Accepted {
         id: id.to_string(),
-        state: QUEUED.to_string(),
+        state: MessageState::Queued.as_str().to_string(),
         replayed: false,
     })
 }
@@ -264,7 +301,7 @@ pub fn send_state(
         (Some((status, error_json, direction)), None) if direction == "outbound" => {
             Some(SendState {
                 id: id.to_string(),
-                state: status.unwrap_or_else(|| QUEUED.to_string()),
+                state: status.unwrap_or_else(|| MessageState::Queued.as_str().to_string()),
                 wamid: None,
                 error_json,
             })
@@ -272,15 +309,15 @@ pub fn send_state(
         (_, None) => None,
         (Some((status, error_json, _)), Some(_)) => Some(SendState {
             id: id.to_string(),
-            state: status.unwrap_or_else(|| QUEUED.to_string()),
+            state: status.unwrap_or_else(|| MessageState::Queued.as_str().to_string()),
             wamid: None,
             error_json,
         }),
         (None, Some((state, _, error_json))) => Some(SendState {
             id: id.to_string(),
             state: match state.as_str() {
-                DONE => "sent".to_string(),
-                SENDING => QUEUED.to_string(),
+                DONE => MessageState::Sent.as_str().to_string(),
+                SENDING => MessageState::Queued.as_str().to_string(),
                 other => other.to_string(),
             },
             wamid: None,
@@ -316,7 +353,7 @@ pub fn send_state_opened(
 }
 
 /// An outbox row as the sender takes it.
-#[derive(Debug, Clone, Queryable)]
+#[derive(Debug, Clone)]
 pub struct OutboxRow {
     pub id: String,
     pub tenant_id: String,
@@ -324,7 +361,7 @@ pub struct OutboxRow {
     pub kind: String,
     pub key_id: String,
     pub request_ct: Vec<u8>,
-    pub state: String,
+    pub state: OutboxState,
     pub attempts: i32,
     pub next_attempt_at: i64,
     pub deadline_at: i64,
@@ -337,7 +374,19 @@ pub fn pending_sends(
     phone_number_id: &PhoneNumberId,
     limit: i64,
 ) -> Result<Vec<OutboxRow>, StorageError> {
-    Ok(on_backend!(conn, c => outbox::table
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        Vec<u8>,
+        String,
+        i32,
+        i64,
+        i64,
+    );
+    let rows: Vec<Row> = on_backend!(conn, c => outbox::table
         .filter(outbox::phone_number_id.eq(phone_number_id.as_str()))
         .filter(outbox::state.eq_any([QUEUED, SENDING]))
         .order(outbox::id.asc())
@@ -354,7 +403,36 @@ pub fn pending_sends(
             outbox::next_attempt_at,
             outbox::deadline_at,
         ))
-        .load(c))?)
+        .load(c))?;
+    rows.into_iter()
+        .map(
+            |(
+                id,
+                tenant_id,
+                contact_id,
+                kind,
+                key_id,
+                request_ct,
+                state,
+                attempts,
+                next,
+                deadline,
+            )| {
+                Ok(OutboxRow {
+                    id,
+                    tenant_id,
+                    contact_id,
+                    kind,
+                    key_id,
+                    request_ct,
+                    state: OutboxState::parse(&state)?,
+                    attempts,
+                    next_attempt_at: next,
+                    deadline_at: deadline,
+                })
+            },
+        )
+        .collect()
 }
 
 /// Rows deleted per expiry at most, so one pass never holds the writer long.
@@ -732,16 +810,16 @@ mod tests {
         );
         record_done(&mut conn, y_first.as_str()).expect("done");
         let rows = pending_sends(&mut conn, &number, 10).expect("pending");
-        let states: Vec<(&str, &str, i32)> = rows
+        let states: Vec<(&str, OutboxState, i32)> = rows
             .iter()
-            .map(|r| (r.id.as_str(), r.state.as_str(), r.attempts))
+            .map(|r| (r.id.as_str(), r.state, r.attempts))
             .collect();
         assert_eq!(
             states,
             vec![
-                (x_first.as_str(), QUEUED, 0),
-                (x_second.as_str(), QUEUED, 0),
-                (y_second.as_str(), SENDING, 1)
+                (x_first.as_str(), OutboxState::Queued, 0),
+                (x_second.as_str(), OutboxState::Queued, 0),
+                (y_second.as_str(), OutboxState::Sending, 1)
             ]
         );
     }
