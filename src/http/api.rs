@@ -9,7 +9,8 @@ use super::views::{ContactItem, ConversationItem, MessageItem};
 use super::AppState;
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::{ConversationId, TenantId};
-use crate::storage::{self, crm, tenants, StorageError};
+use crate::storage::contacts::ContactFilter;
+use crate::storage::{self, contact_crm, crm, tenants, StorageError};
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
@@ -110,16 +111,63 @@ pub(super) async fn read<T: Send + 'static>(
     Ok(web::block(move || storage::with_conn(&pool, |conn| f(conn, &keyring))).await??)
 }
 
+/// The contact listing's query: a page, and what to search by (all must match).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+    wa_id: Option<String>,
+    user_id: Option<String>,
+    tag: Option<String>,
+    /// `name:value`.
+    attribute: Option<String>,
+}
+
 pub async fn list_contacts(
     state: web::Data<AppState>,
     req: HttpRequest,
-    query: web::Query<PageQuery>,
+    query: web::Query<ContactQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
-    let limit = query.limit()?;
-    let cursor = query.cursor()?;
+    let query = query.into_inner();
+    let paging = PageQuery {
+        limit: query.limit.clone(),
+        cursor: query.cursor.clone(),
+    };
+    let limit = paging.limit()?;
+    let cursor = paging.cursor()?;
+    let keyring = &state.core.keyring;
+    let ids = crm::ContactIdentifiers {
+        user_id: query.user_id.clone(),
+        wa_id: query.wa_id.clone(),
+    }
+    .indexes(keyring, &tenant);
+    let mut labels = Vec::new();
+    if let Some(tag) = &query.tag {
+        let tag = contact_crm::normalize_tag(tag)
+            .map_err(|_| ApiError::field(ErrorCode::InvalidField, "tag", "not a tag"))?;
+        labels.push(contact_crm::tag_label(keyring, &tenant, &tag));
+    }
+    if let Some(attribute) = &query.attribute {
+        let (name, value) = attribute.split_once(':').ok_or_else(|| {
+            ApiError::field(ErrorCode::InvalidField, "attribute", "must be name:value")
+        })?;
+        labels.push(contact_crm::attribute_label(
+            keyring,
+            &tenant,
+            name.trim(),
+            value,
+        ));
+    }
+    let filter = ContactFilter {
+        wa_id_bidx: ids.wa_id,
+        user_id_bidx: ids.user_id,
+        labels,
+        id: None,
+    };
     let items = read(&state, move |conn, keyring| {
-        crm::list_contacts(conn, keyring, &tenant, cursor.as_deref(), limit)
+        crm::list_contacts(conn, keyring, &tenant, &filter, cursor.as_deref(), limit)
     })
     .await?;
     let items: Vec<ContactItem> = items.into_iter().map(ContactItem::from).collect();

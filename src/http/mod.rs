@@ -2,6 +2,7 @@
 //! the writer or read through the pool; state and ordering live in the actors.
 
 pub mod api;
+pub mod crm;
 pub mod ops;
 pub mod outbound;
 pub mod views;
@@ -42,6 +43,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             // The webhook path stays without it (it answers its own 500 with an id).
             .wrap(actix_web::middleware::from_fn(crate::error::request_ids))
             .service(resource("/contacts").route(web::get().to(api::list_contacts)))
+            .service(
+                resource("/contacts/{id}")
+                    .route(web::get().to(crm::get_contact))
+                    .route(web::patch().to(crm::update_contact)),
+            )
+            .service(
+                resource("/conversations/{id}/close")
+                    .route(web::post().to(crm::close_conversation)),
+            )
+            .service(
+                resource("/conversations/{id}/reopen")
+                    .route(web::post().to(crm::reopen_conversation)),
+            )
             .service(resource("/messages").route(web::post().to(outbound::send_message)))
             .service(resource("/messages/{id}").route(web::get().to(outbound::get_message)))
             .service(resource("/templates").route(web::get().to(outbound::list_templates)))

@@ -20,6 +20,10 @@ pub struct ContactItem {
     pub marketing_opt_out: bool,
     pub first_seen_at: String,
     pub last_seen_at: String,
+    /// The business's own record of the contact.
+    pub display_name: Option<String>,
+    pub tags: Vec<String>,
+    pub attributes: std::collections::BTreeMap<String, Value>,
 }
 
 impl From<Contact> for ContactItem {
@@ -33,6 +37,9 @@ impl From<Contact> for ContactItem {
             marketing_opt_out: c.marketing_opt_out,
             first_seen_at: rfc3339(c.first_seen_at),
             last_seen_at: rfc3339(c.last_seen_at),
+            display_name: c.record.display_name,
+            tags: c.record.tags,
+            attributes: c.record.attributes,
         }
     }
 }
@@ -47,6 +54,8 @@ pub struct ConversationItem {
     /// When the customer-service window closes (24 hours after the last inbound).
     pub window_ends_at: Option<String>,
     pub last_message_at: String,
+    /// Set while the business has it closed.
+    pub closed_at: Option<String>,
 }
 
 impl From<Conversation> for ConversationItem {
@@ -59,6 +68,7 @@ impl From<Conversation> for ConversationItem {
             last_inbound_at: c.last_inbound_at.map(rfc3339),
             window_ends_at: c.window_ends_at.map(rfc3339),
             last_message_at: rfc3339(c.last_message_at),
+            closed_at: c.closed_at.map(rfc3339),
         }
     }
 }

@@ -13,12 +13,13 @@ use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 
+use super::contact_crm::{merge_records, open_record, store_record, ContactRecord};
 use super::conversations::join_conversation_times;
 use super::key_store::Vault;
 use super::keys::{insert_data_key, load_data_key, load_data_keys, load_keys};
 use super::messages::move_conversation_messages;
 use super::on_backend;
-use super::schema::{contacts, conversations};
+use super::schema::{contact_labels, contacts, conversations};
 use super::{DbConn, StorageError};
 use crate::crypto::{Keyring, NewDataKey, Place, SealKey};
 use crate::ids::{ContactId, ConversationId, KeyId, PhoneNumberId, TenantId};
@@ -673,8 +674,33 @@ fn merge_contacts(
             }
         }
     }
+    // The business's records of both, read before the other's row (and its labels) go.
+    let records: Vec<(String, Option<Vec<u8>>)> = on_backend!(conn, c => contacts::table
+        .filter(contacts::id.eq_any([into, from]))
+        .select((contacts::id, contacts::crm_ct))
+        .load(c))?;
     // Deleted first: its blind indexes are unique and may pass to the survivor.
     on_backend!(conn, c => diesel::delete(contacts::table.find(from)).execute(c))?;
+    let sealed_record = |id: &str| {
+        records
+            .iter()
+            .find(|(of, _)| of == id)
+            .and_then(|(_, ct)| ct.clone())
+    };
+    if let Some(gone_ct) = sealed_record(from) {
+        let keys = (
+            load_data_key(conn, keyring, tenant_id, &removed.key_id)?,
+            load_data_key(conn, keyring, tenant_id, &survivor.key_id)?,
+        );
+        if let (Some(old_key), Some(new_key)) = keys {
+            let gone = open_record(&old_key, tenant, from, &gone_ct).unwrap_or_default();
+            let kept = sealed_record(into)
+                .and_then(|ct| open_record(&new_key, tenant, into, &ct))
+                .unwrap_or_default();
+            let merged = merge_records(kept, gone);
+            store_record(conn, keyring, tenant_id, into, &new_key, &merged)?;
+        }
+    }
     let mut reseal = |column, sealed: &Option<Vec<u8>>| -> Result<Option<Vec<u8>>, StorageError> {
         let Some(sealed) = sealed else {
             return Ok(None);
@@ -721,7 +747,7 @@ fn merge_contacts(
 // Reads for the tenant API
 
 /// A contact as the tenant API reads it: identifiers and names opened (`None` where
-/// absent or unreadable), times in milliseconds.
+/// absent or unreadable), the business's record, times in milliseconds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Contact {
     pub id: String,
@@ -732,6 +758,19 @@ pub struct Contact {
     pub marketing_opt_out: bool,
     pub first_seen_at: i64,
     pub last_seen_at: i64,
+    pub record: ContactRecord,
+}
+
+/// Which of the tenant's contacts a listing shows: all, or those with every one of
+/// these keyed hashes (an identifier, tags, attribute values; see
+/// [`super::contact_crm`]).
+#[derive(Debug, Clone, Default)]
+pub struct ContactFilter {
+    pub wa_id_bidx: Option<String>,
+    pub user_id_bidx: Option<String>,
+    pub labels: Vec<String>,
+    /// One contact, by id.
+    pub id: Option<String>,
 }
 
 type ContactRow = (
@@ -744,31 +783,48 @@ type ContactRow = (
     bool,
     i64,
     i64,
+    Option<Vec<u8>>,
 );
 
 pub fn list_contacts(
     conn: &mut DbConn,
     keyring: &Vault,
     tenant_id: &TenantId,
+    filter: &ContactFilter,
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Contact>, StorageError> {
+    let tenant = tenant_id.as_str();
     let rows: Vec<ContactRow> = on_backend!(conn, c => {
         let mut query = contacts::table
-            .filter(contacts::tenant_id.eq(tenant_id.as_str()))
+            .filter(contacts::tenant_id.eq(tenant))
             .select((contacts::id, contacts::key_id, contacts::wa_id_ct, contacts::user_id_ct,
                      contacts::username_ct, contacts::profile_name_ct, contacts::marketing_opt_out,
-                     contacts::first_seen_at, contacts::last_seen_at))
+                     contacts::first_seen_at, contacts::last_seen_at, contacts::crm_ct))
             .order(contacts::id.asc())
             .limit(limit)
             .into_boxed();
         if let Some(after) = after {
             query = query.filter(contacts::id.gt(after));
         }
+        if let Some(id) = &filter.id {
+            query = query.filter(contacts::id.eq(id));
+        }
+        if let Some(bidx) = &filter.wa_id_bidx {
+            query = query.filter(contacts::wa_id_bidx.eq(bidx));
+        }
+        if let Some(bidx) = &filter.user_id_bidx {
+            query = query.filter(contacts::user_id_bidx.eq(bidx));
+        }
+        for label in &filter.labels {
+            query = query.filter(contacts::id.eq_any(contact_labels::table
+                .filter(contact_labels::tenant_id.eq(tenant))
+                .filter(contact_labels::label_bidx.eq(label))
+                .select(contact_labels::contact_id)));
+        }
         query.load(c)
     })?;
     let mut keys = HashMap::new();
-    let tenant = tenant_id.as_str();
     load_keys(
         conn,
         keyring,
@@ -778,12 +834,16 @@ pub fn list_contacts(
     )?;
     rows.into_iter()
         .map(
-            |(id, key_id, wa, user, username, name, opt_out, first, last)| {
+            |(id, key_id, wa, user, username, name, opt_out, first, last, crm)| {
                 let key = keys.get(&key_id).and_then(Option::as_ref);
                 let open = |column, ct: Option<Vec<u8>>| -> Option<String> {
                     let (key, ct) = (key?, ct?);
                     key.open_string(&ct, &contact_field(tenant, column, &id))
                         .ok()
+                };
+                let record = match (key, crm) {
+                    (Some(key), Some(ct)) => open_record(key, tenant, &id, &ct).unwrap_or_default(),
+                    _ => ContactRecord::default(),
                 };
                 Ok(Contact {
                     wa_id: open("wa_id_ct", wa),
@@ -793,6 +853,7 @@ pub fn list_contacts(
                     marketing_opt_out: opt_out,
                     first_seen_at: first,
                     last_seen_at: last,
+                    record,
                     id,
                 })
             },

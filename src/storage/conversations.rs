@@ -82,6 +82,13 @@ pub(super) fn upsert_conversation(
                     conversations::last_message_at.eq(last_message.max(message_at)),
                 ))
                 .execute(c))?;
+            if inbound_at.is_some() {
+                // The contact wrote again: a conversation the business closed opens.
+                on_backend!(conn, c => diesel::update(conversations::table.find(&id))
+                    .filter(conversations::closed_at.is_not_null())
+                    .set(conversations::closed_at.eq(None::<i64>))
+                    .execute(c))?;
+            }
             Ok(ConversationId(id))
         }
         None => {
@@ -146,22 +153,25 @@ fixed_statement!(
     TouchOne = "UPDATE conversations SET \
     last_inbound_at = max(coalesce(last_inbound_at, ?), ?), \
     window_ends_at = max(coalesce(last_inbound_at, ?), ?) + ?, \
-    last_message_at = max(last_message_at, ?) \
+    last_message_at = max(last_message_at, ?), \
+    closed_at = NULL \
     WHERE id = ? AND tenant_id = ?"
 );
 
-// Rows whose window does not move are left alone: on PostgreSQL an update that changes
-// nothing still writes a new row version and its WAL. Every conversation that exists
-// is returned, moved or not.
+// Rows whose window does not move (and that are not closed) are left alone: on
+// PostgreSQL an update that changes nothing still writes a new row version and its
+// WAL. Every conversation that exists is returned, moved or not.
 fixed_statement!(
     TouchManyPg = "WITH v AS (SELECT * FROM unnest(?::text[], ?::text[], ?::bigint[]) \
         AS v (id, tenant, at)), \
     moved AS (UPDATE conversations AS c SET \
         last_inbound_at = GREATEST(c.last_inbound_at, v.at), \
         window_ends_at = GREATEST(c.last_inbound_at, v.at) + ?, \
-        last_message_at = GREATEST(c.last_message_at, v.at) \
+        last_message_at = GREATEST(c.last_message_at, v.at), \
+        closed_at = NULL \
         FROM v WHERE c.id = v.id AND c.tenant_id = v.tenant \
-        AND (c.last_inbound_at IS NULL OR c.last_inbound_at < v.at OR c.last_message_at < v.at)) \
+        AND (c.last_inbound_at IS NULL OR c.last_inbound_at < v.at OR c.last_message_at < v.at \
+            OR c.closed_at IS NOT NULL)) \
     SELECT c.id FROM conversations AS c JOIN v ON c.id = v.id AND c.tenant_id = v.tenant"
 );
 
@@ -233,12 +243,23 @@ pub struct Conversation {
     pub last_inbound_at: Option<i64>,
     pub window_ends_at: Option<i64>,
     pub last_message_at: i64,
+    /// When the business closed it (a new message from the contact opens it again).
+    pub closed_at: Option<i64>,
 }
 
-type ConversationRow = (String, String, String, i64, Option<i64>, Option<i64>, i64);
+type ConversationRow = (
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    Option<i64>,
+);
 
 fn conversation_view(row: ConversationRow) -> Conversation {
-    let (id, contact_id, phone_number_id, opened, last_inbound, window, last_message) = row;
+    let (id, contact_id, phone_number_id, opened, last_inbound, window, last_message, closed) = row;
     Conversation {
         id: ConversationId(id),
         contact_id: ContactId(contact_id),
@@ -247,6 +268,7 @@ fn conversation_view(row: ConversationRow) -> Conversation {
         last_inbound_at: last_inbound,
         window_ends_at: window,
         last_message_at: last_message,
+        closed_at: closed,
     }
 }
 
@@ -261,7 +283,8 @@ pub fn list_conversations(
             .filter(conversations::tenant_id.eq(tenant_id.as_str()))
             .select((conversations::id, conversations::contact_id, conversations::phone_number_id,
                      conversations::opened_at, conversations::last_inbound_at,
-                     conversations::window_ends_at, conversations::last_message_at))
+                     conversations::window_ends_at, conversations::last_message_at,
+                     conversations::closed_at))
             .order(conversations::id.asc())
             .limit(limit)
             .into_boxed();
@@ -271,6 +294,34 @@ pub fn list_conversations(
         query.load(c)
     })?;
     Ok(rows.into_iter().map(conversation_view).collect())
+}
+
+/// Closes conversation `conversation_id` of `tenant_id` at `closed_at`, or opens it
+/// (`None`); the conversation as it now is, `None` when the tenant has no such one.
+pub fn set_closed(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    conversation_id: &ConversationId,
+    closed_at: Option<i64>,
+) -> Result<Option<Conversation>, StorageError> {
+    let tenant = tenant_id.as_str();
+    let id = conversation_id.as_str();
+    let changed = on_backend!(conn, c => diesel::update(conversations::table
+            .find(id)
+            .filter(conversations::tenant_id.eq(tenant)))
+        .set(conversations::closed_at.eq(closed_at))
+        .execute(c))?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    let row: ConversationRow = on_backend!(conn, c => conversations::table
+        .find(id)
+        .select((conversations::id, conversations::contact_id, conversations::phone_number_id,
+                 conversations::opened_at, conversations::last_inbound_at,
+                 conversations::window_ends_at, conversations::last_message_at,
+                 conversations::closed_at))
+        .get_result(c))?;
+    Ok(Some(conversation_view(row)))
 }
 
 /// Whether the conversation exists for this tenant (another tenant's is "not found").

@@ -81,6 +81,7 @@ diesel::table! {
         last_seen_at -> BigInt,
         restricted_at -> Nullable<BigInt>,
         objected_at -> Nullable<BigInt>,
+        crm_ct -> Nullable<Binary>,
     }
 }
 
@@ -94,6 +95,7 @@ diesel::table! {
         last_inbound_at -> Nullable<BigInt>,
         window_ends_at -> Nullable<BigInt>,
         last_message_at -> BigInt,
+        closed_at -> Nullable<BigInt>,
     }
 }
 
@@ -192,6 +194,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     messages,
     status_events,
     conversation_messages,
+    contact_labels,
 );
 
 diesel::table! {
@@ -240,5 +243,13 @@ diesel::table! {
         tenant_id -> Text,
         waba_id -> Text,
         synced_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    contact_labels (tenant_id, label_bidx, contact_id) {
+        tenant_id -> Text,
+        label_bidx -> Text,
+        contact_id -> Text,
     }
 }

@@ -1,6 +1,6 @@
 //! The tenant read API: authentication, scoping and pagination.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::support::*;
 
@@ -285,5 +285,140 @@ async fn a_server_error_carries_a_request_id_and_no_cause() {
             .await
             .unwrap();
         assert_eq!(resp.headers().get("X-Request-Id").unwrap(), mine.as_str());
+    }
+}
+
+/// A business keeps its own record of a contact (display name, tags, attributes),
+/// finds contacts by it or by their number, and closes and reopens conversations; a
+/// new message from the contact opens a closed conversation; another tenant sees none
+/// of it.
+#[actix_rt::test]
+async fn the_crm_records_contacts_finds_them_and_closes_conversations() {
+    for backend in backends() {
+        let app = TestApp::start(&backend).await;
+        let (anna, ben) = ("4915100000201", "4915100000202");
+        app.post_signed(&text_webhook(NUMBER_A, anna, "wamid.c1", "hi"))
+            .await;
+        app.post_signed(&text_webhook(NUMBER_A, ben, "wamid.c2", "hi"))
+            .await;
+        app.wait_messages(&app.a, 2).await;
+        let contacts = app.all("/v1/contacts", &app.a.api_key).await;
+        let id_of = |wa_id: &str| {
+            contacts.iter().find(|c| c["wa_id"] == wa_id).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let (anna_id, ben_id) = (id_of(anna), id_of(ben));
+        let key = app.a.api_key.clone();
+
+        let record = json!({"display_name": "Anna K.", "tags": ["vip", "Berlin", "vip"],
+            "attributes": {"plan": "gold", "orders": 3}});
+        let (status, body) = app
+            .send_json("PATCH", &format!("/v1/contacts/{anna_id}"), &key, &record)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["display_name"], "Anna K.");
+        assert_eq!(body["tags"], json!(["vip", "Berlin"]));
+        assert_eq!(body["attributes"], json!({"orders": 3, "plan": "gold"}));
+        assert_eq!(body["wa_id"], anna);
+
+        let found = |query: &'static str| {
+            let (app, key) = (&app, key.clone());
+            async move {
+                app.all(&format!("/v1/contacts?{query}"), &key)
+                    .await
+                    .iter()
+                    .map(|c| c["id"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(found("tag=VIP").await, vec![anna_id.clone()]);
+        assert_eq!(found("attribute=plan:gold").await, vec![anna_id.clone()]);
+        assert_eq!(found("attribute=orders:3").await, vec![anna_id.clone()]);
+        assert_eq!(
+            found("tag=vip&attribute=plan:silver").await,
+            Vec::<String>::new()
+        );
+        assert_eq!(found("wa_id=4915100000202").await, vec![ben_id.clone()]);
+        assert!(found("tag=none").await.is_empty());
+
+        // Each field given replaces its own; the others stay.
+        let (status, body) = app
+            .send_json(
+                "PATCH",
+                &format!("/v1/contacts/{anna_id}"),
+                &key,
+                &json!({"tags": []}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["tags"], json!([]));
+        assert_eq!(body["display_name"], "Anna K.");
+        assert!(found("tag=vip").await.is_empty());
+        let (status, body) = app
+            .get(&format!("/v1/contacts/{anna_id}"), Some(&key))
+            .await;
+        assert_eq!((status, &body["attributes"]["plan"]), (200, &json!("gold")));
+
+        // Refusals name the field; another tenant's contact is not found.
+        for (patch, field) in [
+            (json!({"tags": "vip"}), "tags"),
+            (
+                json!({"attributes": {"plan": {"nested": true}}}),
+                "attributes",
+            ),
+            (json!({"nickname": "x"}), "body"),
+        ] {
+            let (status, body) = app
+                .send_json("PATCH", &format!("/v1/contacts/{anna_id}"), &key, &patch)
+                .await;
+            assert_eq!(status, 422, "{body}");
+            assert_eq!(body["error"]["field"], field, "{body}");
+        }
+        let (status, _) = app
+            .send_json(
+                "PATCH",
+                &format!("/v1/contacts/{anna_id}"),
+                &app.b.api_key,
+                &json!({"display_name": "x"}),
+            )
+            .await;
+        assert_eq!(status, 404);
+        let (status, _) = app
+            .get(&format!("/v1/contacts/{anna_id}"), Some(&app.b.api_key))
+            .await;
+        assert_eq!(status, 404);
+
+        // Close Anna's conversation; her next message opens it again.
+        let conversations = app.all("/v1/conversations", &key).await;
+        let conversation = conversations
+            .iter()
+            .find(|c| c["contact_id"] == anna_id.as_str())
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let close = format!("/v1/conversations/{conversation}/close");
+        let (status, _) = app
+            .send_json("POST", &close, &app.b.api_key, &json!({}))
+            .await;
+        assert_eq!(status, 404, "another tenant's conversation");
+        let (status, body) = app.send_json("POST", &close, &key, &json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["closed_at"].is_string(), "{body}");
+        let reopen = format!("/v1/conversations/{conversation}/reopen");
+        let (status, body) = app.send_json("POST", &reopen, &key, &json!({})).await;
+        assert_eq!((status, &body["closed_at"]), (200, &Value::Null));
+        app.send_json("POST", &close, &key, &json!({})).await;
+        app.post_signed(&text_webhook(NUMBER_A, anna, "wamid.c3", "me again"))
+            .await;
+        app.wait_messages(&app.a, 3).await;
+        let conversations = app.all("/v1/conversations", &key).await;
+        let mine = conversations
+            .iter()
+            .find(|c| c["id"] == conversation.as_str())
+            .unwrap();
+        assert_eq!(mine["closed_at"], Value::Null, "{mine}");
     }
 }

@@ -370,7 +370,9 @@ fn a_database_of_the_first_format_is_upgraded_in_place() {
         );
 
         let tenant = TenantId(t.to_string());
-        let contacts = crm::list_contacts(&mut conn, &keyring, &tenant, None, 10).unwrap();
+        let contacts =
+            crm::list_contacts(&mut conn, &keyring, &tenant, &Default::default(), None, 10)
+                .unwrap();
         let old = contacts.iter().find(|c| c.id == "c-old").unwrap();
         assert_eq!(old.wa_id.as_deref(), Some(PHONE), "{backend:?}");
         assert_eq!(old.profile_name.as_deref(), Some(NAME), "{backend:?}");
@@ -562,7 +564,9 @@ fn a_first_format_database_upgrades_with_its_key_store_apart() {
         let (keyring, pool) = converra::open_storage(&settings).unwrap();
         let mut conn = pool.get().unwrap();
         let tenant = TenantId(t.to_string());
-        let contacts = crm::list_contacts(&mut conn, &keyring, &tenant, None, 10).unwrap();
+        let contacts =
+            crm::list_contacts(&mut conn, &keyring, &tenant, &Default::default(), None, 10)
+                .unwrap();
         assert_eq!(contacts[0].wa_id.as_deref(), Some(PHONE));
     }
 }

@@ -761,7 +761,8 @@ async fn stop_and_start_keywords_set_the_contacts_preference_and_are_confirmed_o
 }
 
 /// A send to a contact merged into another since its conversation last looked it up
-/// is stored under the contact that remains, not refused.
+/// is stored under the contact that remains, not refused; the business's record of the
+/// contact merged away passes to the one that remains.
 #[actix_rt::test]
 async fn a_send_after_a_merge_goes_to_the_contact_that_remains() {
     for backend in backends() {
@@ -798,6 +799,16 @@ async fn a_send_after_a_merge_goes_to_the_contact_that_remains() {
             "text": {"body": "Hello"}});
         let (status, first) = post_message(&app, &app.a.api_key, &reply, None).await;
         assert_eq!(status, 202, "{first}");
+        // The business tags the contact it knows by number.
+        let by_number = app
+            .all("/v1/contacts?wa_id=4915100000077", &app.a.api_key)
+            .await;
+        let tagged = format!("/v1/contacts/{}", by_number[0]["id"].as_str().unwrap());
+        let record = json!({"tags": ["vip"], "attributes": {"plan": "gold"}});
+        let (status, body) = app
+            .send_json("PATCH", &tagged, &app.a.api_key, &record)
+            .await;
+        assert_eq!(status, 200, "{body}");
         // A message naming both: the later contact is merged into the earlier one.
         let both = webhook(
             json!({"user_id": BSUID, "wa_id": CUSTOMER, "profile": {"name": "Kim"}}),
@@ -806,7 +817,15 @@ async fn a_send_after_a_merge_goes_to_the_contact_that_remains() {
         );
         assert_eq!(app.post_signed(&both).await.0, 200);
         app.wait_processed().await;
-        assert_eq!(app.all("/v1/contacts", &app.a.api_key).await.len(), 1);
+        let contacts = app.all("/v1/contacts", &app.a.api_key).await;
+        assert_eq!(contacts.len(), 1);
+        // What the business recorded about the merged-away contact stays.
+        assert_eq!(contacts[0]["tags"], json!(["vip"]), "{contacts:?}");
+        assert_eq!(contacts[0]["attributes"]["plan"], "gold");
+        assert_eq!(
+            app.all("/v1/contacts?tag=vip", &app.a.api_key).await.len(),
+            1
+        );
         let (status, second) = post_message(&app, &app.a.api_key, &reply, None).await;
         assert_eq!(status, 202, "{second}");
         wait_state(&app, second["id"].as_str().unwrap(), "sent").await;

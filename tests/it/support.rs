@@ -302,6 +302,27 @@ impl TestApp {
         (resp.status().as_u16(), value)
     }
 
+    /// A JSON request with any method, as a tenant.
+    pub async fn send_json(
+        &self,
+        method: &str,
+        path: &str,
+        api_key: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        let method = actix_web::http::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut resp = self
+            .client
+            .request(method, format!("{}{}", self.base, path))
+            .insert_header(("Authorization", format!("Bearer {api_key}")))
+            .send_json(body)
+            .await
+            .unwrap();
+        let bytes = resp.body().limit(16 << 20).await.unwrap();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (resp.status().as_u16(), value)
+    }
+
     pub async fn get_text(&self, path: &str) -> String {
         let mut resp = self
             .client
