@@ -993,6 +993,7 @@ impl ConversationActor {
             },
             idempotency: None,
             marketing: false,
+            automation: true,
         };
         // No one else waits for the answer: a refusal (the contact is restricted) is
         // counted, any other failure logged.

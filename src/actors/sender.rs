@@ -916,9 +916,9 @@ impl SenderActor {
                     Settle::RetryAt(at, error) => {
                         outbox::retry_at(conn, &id, *at, error.as_deref())
                     }
-                    Settle::Fail(error) => outbox::record_failed(conn, &id, error, now),
+                    Settle::Fail(error) => outbox::record_failed(conn, &tenant_id, &id, error, now),
                     Settle::FailOptedOut(error) => {
-                        outbox::record_failed(conn, &id, error, now)?;
+                        outbox::record_failed(conn, &tenant_id, &id, error, now)?;
                         outbox::record_marketing_stop(conn, &tenant_id, &contact, now)
                     }
                 })

@@ -33,6 +33,8 @@ pub struct SendOrder {
     pub idempotency: Option<(String, String)>,
     /// A marketing template: not to a contact who opted out or objected.
     pub marketing: bool,
+    /// Sent by an automation (counted as its run).
+    pub automation: bool,
 }
 
 impl SendOrder {
@@ -164,6 +166,7 @@ pub async fn send(
         contact,
         idempotency,
         marketing,
+        automation: false,
     };
     let (reply, answer) = handoff::channel();
     send_to_tenant(core, registry, tenant_id, Submit { order, reply });
@@ -375,6 +378,7 @@ fn new_send(
         kind: request.kind.as_str().to_string(),
         needs_window: request.kind.needs_window(),
         marketing: order.marketing,
+        automation: order.automation,
         content_ct,
         request_ct,
         idempotency: order.idempotency.clone(),

@@ -5,6 +5,7 @@ pub mod api;
 pub mod crm;
 pub mod ops;
 pub mod outbound;
+pub mod usage;
 pub mod views;
 pub mod webhook;
 
@@ -59,6 +60,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(resource("/messages").route(web::post().to(outbound::send_message)))
             .service(resource("/messages/{id}").route(web::get().to(outbound::get_message)))
             .service(resource("/templates").route(web::get().to(outbound::list_templates)))
+            .service(resource("/usage").route(web::get().to(usage::get_usage)))
             .service(resource("/conversations").route(web::get().to(api::list_conversations)))
             .service(
                 resource("/conversations/{id}/messages").route(web::get().to(api::list_messages)),

@@ -26,6 +26,7 @@ pub mod routes;
 pub mod templates;
 pub mod tenants;
 pub mod upgrade;
+pub mod usage;
 pub mod writer;
 
 pub mod schema;

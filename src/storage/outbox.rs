@@ -17,6 +17,7 @@ use super::keys::load_data_key;
 use super::messages::MessageState;
 use super::on_backend;
 use super::schema::{contacts, conversations, idempotency_keys, messages, outbox, status_events};
+use super::usage;
 use super::{DbConn, StorageError};
 use crate::crypto::{Place, SealKey};
 use crate::ids::{ContactId, KeyId, MessageId, PhoneNumberId, TenantId, Wamid};
@@ -83,6 +84,8 @@ pub struct NewSend {
     pub needs_window: bool,
     /// A marketing template: not to a contact who opted out or objected.
     pub marketing: bool,
+    /// Sent by an automation (counted as its run).
+    pub automation: bool,
     /// The type's object (the message's content) sealed, for the message row.
     pub content_ct: Option<Vec<u8>>,
     /// Meta's request body, sealed.
@@ -243,6 +246,16 @@ pub fn accept(conn: &mut DbConn, send: &NewSend) -> Result<Accepted, StorageErro
             outbox::deadline_at.eq(send.deadline_ms),
         ))
         .execute(c))?;
+    usage::add(
+        conn,
+        tenant,
+        send.now_ms,
+        &format!("{}{}", usage::OUTBOUND_PREFIX, send.kind),
+        1,
+    )?;
+    if send.automation {
+        usage::add(conn, tenant, send.now_ms, usage::AUTOMATION_RUNS, 1)?;
+    }
     if let Some((key_bidx, hash)) = &send.idempotency {
         on_backend!(conn, c => diesel::insert_into(idempotency_keys::table)
             .values((
@@ -529,6 +542,7 @@ pub fn retry_at(
 /// message fail with `error_json`.
 pub fn record_failed(
     conn: &mut DbConn,
+    tenant_id: &TenantId,
     id: &str,
     error_json: &str,
     now_ms: i64,
@@ -541,6 +555,7 @@ pub fn record_failed(
         // Recorded as accepted meanwhile (Meta's echo): that stands.
         return Ok(());
     }
+    usage::add(conn, tenant_id.as_str(), now_ms, usage::FAILURES, 1)?;
     on_backend!(conn, c => diesel::update(messages::table.find(id))
         .filter(messages::status.eq(MessageState::Queued.as_str()))
         .set((
@@ -769,6 +784,7 @@ mod tests {
                 kind: "read".into(),
                 needs_window: false,
                 marketing: false,
+                automation: false,
                 content_ct: None,
                 request_ct: vec![1],
                 idempotency: None,
@@ -852,6 +868,7 @@ mod tests {
                 kind: "template".into(),
                 needs_window: false,
                 marketing: false,
+                automation: false,
                 content_ct: Some(vec![1]),
                 request_ct: vec![1],
                 idempotency: Some((key.to_string(), "hash".into())),
@@ -864,8 +881,8 @@ mod tests {
         let old_done = send(&mut conn, 10, "k1");
         let old_queued = send(&mut conn, 20, "k2");
         let new_done = send(&mut conn, 500, "k3");
-        record_failed(&mut conn, old_done.as_str(), "{}", 30).expect("failed");
-        record_failed(&mut conn, new_done.as_str(), "{}", 510).expect("failed");
+        record_failed(&mut conn, &tenant, old_done.as_str(), "{}", 30).expect("failed");
+        record_failed(&mut conn, &tenant, new_done.as_str(), "{}", 510).expect("failed");
 
         assert_eq!(purge_finished(&mut conn, 100).expect("purged"), (1, 2));
         let pending = pending_sends(&mut conn, &PhoneNumberId("100".into()), 10).expect("rows");

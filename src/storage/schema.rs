@@ -253,3 +253,12 @@ diesel::table! {
         contact_id -> Text,
     }
 }
+
+diesel::table! {
+    usage_daily (tenant_id, day, metric) {
+        tenant_id -> Text,
+        day -> BigInt,
+        metric -> Text,
+        count -> BigInt,
+    }
+}

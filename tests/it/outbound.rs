@@ -832,3 +832,91 @@ async fn a_send_after_a_merge_goes_to_the_contact_that_remains() {
         graph.stop().await;
     }
 }
+
+/// Each day's usage is counted as it happens: inbound messages (a redelivery once),
+/// sends by kind, automation runs, failures; another tenant sees none of it.
+#[actix_rt::test]
+async fn usage_is_counted_per_tenant_and_day() {
+    for backend in backends() {
+        let graph = FakeGraph::start().await;
+        let app = app_with_graph(&backend, &graph).await;
+        let key = app.a.api_key.clone();
+        assert_eq!(
+            app.post_signed(&text_now(CUSTOMER, "wamid.u1")).await.0,
+            200
+        );
+        assert_eq!(
+            app.post_signed(&text_now(CUSTOMER, "wamid.u1")).await.0,
+            200
+        );
+        app.wait_messages(&app.a, 1).await;
+        let reply = json!({"from_phone_number_id": NUMBER_A, "to": CUSTOMER, "type": "text",
+            "text": {"body": "Thanks!"}});
+        let (status, sent) = post_message(&app, &key, &reply, None).await;
+        assert_eq!(status, 202, "{sent}");
+        wait_state(&app, sent["id"].as_str().unwrap(), "sent").await;
+        graph.script(vec![(
+            400,
+            meta_error(132_001, "Template name does not exist"),
+        )]);
+        let template = json!({"from_phone_number_id": NUMBER_A, "to": CUSTOMER,
+            "type": "template", "template": {"name": "gone", "language": {"code": "en_US"}}});
+        let (_, failed) = post_message(&app, &key, &template, None).await;
+        wait_state(&app, failed["id"].as_str().unwrap(), "failed").await;
+        // STOP: an inbound message, and its confirmation an automation's send.
+        assert_eq!(
+            app.post_signed(&text_now(CUSTOMER, "wamid.u2")).await.0,
+            200
+        );
+        let stop = {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                .to_string();
+            serde_json::to_vec(&envelope(vec![messages_change(
+                NUMBER_A,
+                vec![contact(CUSTOMER, "Customer")],
+                vec![json!({"from": CUSTOMER, "id": "wamid.u3", "timestamp": now,
+                    "type": "text", "text": {"body": "STOP"}})],
+            )]))
+            .unwrap()
+        };
+        assert_eq!(app.post_signed(&stop).await.0, 200);
+        graph.wait_calls(3).await;
+
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let today = loop {
+            let (status, body) = app.get("/v1/usage", Some(&key)).await;
+            assert_eq!(status, 200, "{body}");
+            let items = body["items"].as_array().unwrap().clone();
+            if items.len() == 1 && items[0]["automation_runs"] == 1 {
+                break items[0].clone();
+            }
+            assert!(Instant::now() < deadline, "usage never counted: {body}");
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(today["inbound"], 3, "{today}");
+        assert_eq!(
+            today["outbound"],
+            json!({"template": 1, "text": 2}),
+            "{today}"
+        );
+        assert_eq!(today["failures"], 1, "{today}");
+        let date = today["date"].as_str().unwrap().to_string();
+        let (status, body) = app
+            .get(&format!("/v1/usage?from={date}&to={date}"), Some(&key))
+            .await;
+        assert_eq!(
+            (status, body["items"][0]["inbound"].clone()),
+            (200, json!(3))
+        );
+
+        let (status, body) = app.get("/v1/usage", Some(&app.b.api_key)).await;
+        assert_eq!((status, body["items"].clone()), (200, json!([])));
+        let (status, body) = app.get("/v1/usage?from=yesterday", Some(&key)).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["error"]["field"], "from");
+        graph.stop().await;
+    }
+}

@@ -17,10 +17,10 @@ use crate::storage::contacts::{self, NewContact};
 use crate::storage::conversations;
 use crate::storage::crm::{self, ApplyOp, ContactIdentifiers, ResolvedContact};
 use crate::storage::inbox::{self, FreshEvent, InboxItem, PreparedEvent, PreparedOther};
-use crate::storage::outbox;
 use crate::storage::raw_keys::{self, DayKey};
 use crate::storage::routes::RouteCache;
 use crate::storage::sqlite::conversation_index;
+use crate::storage::{outbox, usage};
 use crate::storage::{DbConn, PooledConn, StorageError};
 use crate::whatsapp::OtherChange;
 
@@ -533,7 +533,7 @@ fn apply_jobs(
         .flat_map(|(_, ops)| ops.iter().filter_map(|op| op.inbox_id()))
         .collect();
     inbox::mark_processed_many(conn, &processed, now)?;
-    let receipts = apply_jobs
+    let receipts: Vec<ApplyReceipt> = apply_jobs
         .iter()
         .zip(row_taken)
         .zip(applied)
@@ -551,6 +551,24 @@ fn apply_jobs(
             }
         })
         .collect();
+    // Each tenant's new inbound messages, counted in the same transaction.
+    let mut inbound: Vec<(&str, i64)> = Vec::new();
+    for ((tenant_id, ops), receipt) in apply_jobs.iter().zip(&receipts) {
+        let new = ops
+            .iter()
+            .zip(&receipt.duplicate)
+            .filter(|(op, duplicate)| {
+                matches!(op, ApplyOp::Inbound(m) if !m.is_revoke()) && !**duplicate
+            })
+            .count() as i64;
+        match inbound.iter_mut().find(|(t, _)| *t == tenant_id.as_str()) {
+            Some((_, n)) => *n += new,
+            None => inbound.push((tenant_id.as_str(), new)),
+        }
+    }
+    for (tenant_id, new) in inbound {
+        usage::add(conn, tenant_id, now, usage::INBOUND, new)?;
+    }
     Ok((taken, receipts))
 }
 

@@ -1,0 +1,113 @@
+//! `GET /v1/usage`: the tenant's daily usage counters (UTC days), from `from` to `to`
+//! (`YYYY-MM-DD`, both included; by default the last 30 days): inbound messages, sends
+//! accepted by kind, automation runs and failed sends. Days without any are left out.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+use super::api::{authenticate, read};
+use super::AppState;
+use crate::error::{ApiError, ErrorCode};
+use crate::storage::usage;
+
+/// The longest range one call reads.
+const MAX_DAYS: i64 = 366;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+#[derive(Serialize, Default)]
+struct UsageDay {
+    date: String,
+    inbound: i64,
+    outbound: BTreeMap<String, i64>,
+    automation_runs: i64,
+    failures: i64,
+}
+
+#[derive(Serialize)]
+struct UsagePage {
+    items: Vec<UsageDay>,
+}
+
+/// The Julian day of 1970-01-01: days are counted from it.
+const EPOCH_JULIAN_DAY: i64 = 2_440_588;
+
+/// Days since 1970-01-01 of `YYYY-MM-DD`.
+fn parse_day(field: &'static str, text: &str) -> Result<i64, ApiError> {
+    let bad = || ApiError::field(ErrorCode::InvalidField, field, "must be a date, YYYY-MM-DD");
+    let mut parts = text.split('-');
+    let (Some(year), Some(month), Some(day), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let year: i32 = year.parse().map_err(|_| bad())?;
+    let month: u8 = month.parse().map_err(|_| bad())?;
+    let day: u8 = day.parse().map_err(|_| bad())?;
+    let month = time::Month::try_from(month).map_err(|_| bad())?;
+    let date = time::Date::from_calendar_date(year, month, day).map_err(|_| bad())?;
+    Ok(i64::from(date.to_julian_day()) - EPOCH_JULIAN_DAY)
+}
+
+fn date_of(day: i64) -> String {
+    let julian = i32::try_from(day + EPOCH_JULIAN_DAY).unwrap_or(0);
+    time::Date::from_julian_day(julian)
+        .map(|d| d.to_string())
+        .unwrap_or_default()
+}
+
+pub async fn get_usage(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<UsageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = authenticate(&state, &req).await?;
+    let today = usage::day_of(state.core.clock.now_ms());
+    let to = match &query.to {
+        Some(to) => parse_day("to", to)?,
+        None => today,
+    };
+    let from = match &query.from {
+        Some(from) => parse_day("from", from)?,
+        None => to - 29,
+    };
+    if from > to || to - from >= MAX_DAYS {
+        return Err(ApiError::field(
+            ErrorCode::InvalidField,
+            "from",
+            format!("from must not be after to, and the range at most {MAX_DAYS} days"),
+        ));
+    }
+    let rows = read(&state, move |conn, _| usage::usage(conn, &tenant, from, to)).await?;
+    let mut days: Vec<UsageDay> = Vec::new();
+    for (day, metric, count) in rows {
+        let date = date_of(day);
+        if days.last().is_none_or(|last| last.date != date) {
+            days.push(UsageDay {
+                date,
+                ..UsageDay::default()
+            });
+        }
+        let Some(entry) = days.last_mut() else {
+            continue;
+        };
+        match metric.as_str() {
+            usage::INBOUND => entry.inbound += count,
+            usage::AUTOMATION_RUNS => entry.automation_runs += count,
+            usage::FAILURES => entry.failures += count,
+            other => {
+                if let Some(kind) = other.strip_prefix(usage::OUTBOUND_PREFIX) {
+                    *entry.outbound.entry(kind.to_string()).or_default() += count;
+                }
+            }
+        }
+    }
+    Ok(HttpResponse::Ok().json(UsagePage { items: days }))
+}
