@@ -1088,7 +1088,10 @@ impl OpContext<'_> {
 /// Whether an inbound message is an opt-out keyword (`Some(true)`), an opt-in one
 /// (`Some(false)`), or neither: the whole text, case aside.
 fn preference_keyword(core: &Core, item: &Value) -> Option<bool> {
-    let text = InboundMessage::text_body(item)?.trim();
+    // "Stop." and "STOP!" mean STOP.
+    let text = InboundMessage::text_body(item)?
+        .trim()
+        .trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace());
     let outbound = &core.settings.outbound;
     let says = |words: &[String]| words.iter().any(|w| w.trim().eq_ignore_ascii_case(text));
     if says(&outbound.opt_out_keywords) {

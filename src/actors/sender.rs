@@ -367,18 +367,26 @@ impl SenderActor {
     /// of them), then the sends handed over meanwhile.
     fn merge_scan(&mut self, rows: Vec<OutboxRow>) {
         let complete = rows.len() < HELD_MAX;
-        let last = rows.last().map(|row| row.id.clone());
+        // The last row looked at: every pending send up to it is held now.
+        let mut last = None;
+        let mut all_looked_at = true;
         for row in rows {
             if self.held.len() >= HELD_MAX {
+                all_looked_at = false;
                 break;
             }
+            last = Some(row.id.clone());
             if self.held.contains(&row.id) || self.finished_during_scan.contains(&row.id) {
                 continue;
             }
             self.hold(Held { row, opened: None });
         }
         self.finished_during_scan.clear();
-        self.held_through = if complete { None } else { last };
+        self.held_through = if complete && all_looked_at {
+            None
+        } else {
+            last.or_else(|| self.held.iter().max().cloned())
+        };
         for fresh in std::mem::take(&mut self.during_scan) {
             self.add(fresh);
         }
@@ -622,10 +630,11 @@ impl SenderActor {
                 }
             }
             let ids: Vec<String> = ready.iter().map(|(row, _, _)| row.id.clone()).collect();
+            let now = core.clock.now_ms();
             let marked = core
                 .writer
                 .write(Some(tenant_id), move |conn| {
-                    outbox::mark_sending(conn, &ids)
+                    outbox::mark_sending(conn, &ids, now)
                 })
                 .await?;
             let marked: HashSet<String> = marked.into_iter().collect();

@@ -203,7 +203,7 @@ fn template_named(request: &SendRequest) -> Option<(String, String)> {
 
 /// A template send against the template synced for the number's account: it exists,
 /// is approved, and gets its parameters. Whether it is marketing. Before the first
-/// sync nothing is known and Meta judges it.
+/// sync Meta judges the rest, and the template counts as marketing.
 fn judge_template(request: &SendRequest, known: Known) -> Result<bool, SendRefused> {
     let (name, language) = template_named(request).unwrap_or_default();
     let invalid = |message: String| Invalid {
@@ -211,7 +211,9 @@ fn judge_template(request: &SendRequest, known: Known) -> Result<bool, SendRefus
         message,
     };
     let template = match known {
-        Known::Unsynced => return Ok(false),
+        // Its category is unknown until the account is synced: judged as marketing,
+        // so that nothing unknown reaches a contact who opted out or objected.
+        Known::Unsynced => return Ok(true),
         Known::Missing => {
             return Err(invalid(format!(
                 "the number's account has no template {name:?} in {language:?}"

@@ -138,9 +138,16 @@ pub async fn list_contacts(
     let limit = paging.limit()?;
     let cursor = paging.cursor()?;
     let keyring = &state.core.keyring;
+    // A number as a business writes it (`+49 151 …`) is the wa_id's digits.
+    let wa_id = query.wa_id.as_ref().map(|number| {
+        number
+            .chars()
+            .filter(|c| !matches!(c, '+' | ' ' | '-' | '(' | ')'))
+            .collect::<String>()
+    });
     let ids = crm::ContactIdentifiers {
         user_id: query.user_id.clone(),
-        wa_id: query.wa_id.clone(),
+        wa_id,
     }
     .indexes(keyring, &tenant);
     let mut labels = Vec::new();

@@ -55,13 +55,14 @@ pub async fn update_contact(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
     let id = path.into_inner();
     if !is_id(&id) {
         return Err(ApiError::not_found("contact"));
     }
+    let body = super::outbound::read_body(payload).await?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::field(ErrorCode::InvalidField, "body", format!("not JSON: {e}")))?;
     let change = RecordChange::from_json(&value)?;

@@ -25,7 +25,7 @@ struct SendAnswer {
 const SEND_BODY_MAX: usize = 256 * 1024;
 
 /// The request body, refused with the JSON error shape past [`SEND_BODY_MAX`].
-async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
+pub(super) async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
     use futures_util::StreamExt;
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {

@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::conversations::{touch_conversations, upsert_conversation, Touch};
+use super::conversations::{reopen_conversations, touch_conversations, upsert_conversation, Touch};
 use super::inbox::FreshRow;
 use super::messages::{complete_tombstone, insert_inbound, InboundRow, MessageState};
 use super::on_backend;
@@ -272,6 +272,8 @@ pub fn apply_batch(
         .collect();
     let inserted = insert_inbound(conn, &rows, now_ms)?;
     let mut outcomes = Vec::with_capacity(jobs.len());
+    // The conversations new inbound messages went to.
+    let mut written_to: Vec<String> = Vec::new();
     for (tenant_id, ops) in jobs {
         let mut outcome = JobApplied {
             conversation: None,
@@ -289,6 +291,13 @@ pub fn apply_batch(
                 }
                 _ => apply(conn, tenant_id, op, now_ms)?,
             };
+            if let (ApplyOp::Inbound(m), Some(conversation), false) =
+                (op, &applied.conversation, applied.redelivered)
+            {
+                if !m.is_revoke() {
+                    written_to.push(conversation.as_str().to_string());
+                }
+            }
             if applied.conversation.is_some() {
                 outcome.conversation = applied.conversation;
             }
@@ -296,6 +305,10 @@ pub fn apply_batch(
         }
         outcomes.push(outcome);
     }
+    written_to.sort_unstable();
+    written_to.dedup();
+    let written_to: Vec<&str> = written_to.iter().map(String::as_str).collect();
+    reopen_conversations(conn, &written_to)?;
     Ok(outcomes)
 }
 

@@ -69,14 +69,17 @@ impl RecordChange {
                     change.display_name = Some(match value {
                         Value::Null => None,
                         Value::String(name) if name.trim().is_empty() => None,
-                        Value::String(name) if name.chars().count() <= MAX_NAME_CHARS => {
+                        Value::String(name)
+                            if name.chars().count() <= MAX_NAME_CHARS
+                                && !name.chars().any(char::is_control) =>
+                        {
                             Some(name.trim().to_string())
                         }
                         _ => {
                             return Err(invalid(
                                 "display_name",
                                 format!(
-                                "must be a string of at most {MAX_NAME_CHARS} characters, or null"
+                                "must be a string of at most {MAX_NAME_CHARS} characters, without control characters, or null"
                             ),
                             ))
                         }
@@ -118,7 +121,8 @@ fn tags(value: &Value) -> Result<Vec<String>, StorageError> {
             .as_str()
             .ok_or_else(|| invalid("tags", "must be an array of strings"))
             .and_then(normalize_tag)?;
-        if !tags.contains(&tag) {
+        // Tags are searched case aside: one of each.
+        if !tags.iter().any(|t| t.to_lowercase() == tag.to_lowercase()) {
             tags.push(tag);
         }
     }
@@ -143,12 +147,16 @@ fn attributes(value: &Value) -> Result<BTreeMap<String, Value>, StorageError> {
     }
     let mut attributes = BTreeMap::new();
     for (name, value) in object {
-        let name = normalize_tag(name).map_err(|_| {
-            invalid(
-                "attributes",
-                format!("each name must be 1 to {MAX_TAG_CHARS} characters"),
-            )
-        })?;
+        // A name is searched as `name:value`: it holds no colon.
+        let name = normalize_tag(name)
+            .ok()
+            .filter(|name| !name.contains(':'))
+            .ok_or_else(|| {
+                invalid(
+                    "attributes",
+                    format!("each name must be 1 to {MAX_TAG_CHARS} characters, without a colon"),
+                )
+            })?;
         let fits = match value {
             Value::String(text) => text.chars().count() <= MAX_ATTRIBUTE_VALUE_CHARS,
             Value::Number(_) | Value::Bool(_) => true,

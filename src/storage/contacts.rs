@@ -19,7 +19,7 @@ use super::key_store::Vault;
 use super::keys::{insert_data_key, load_data_key, load_data_keys, load_keys};
 use super::messages::move_conversation_messages;
 use super::on_backend;
-use super::schema::{contact_labels, contacts, conversations};
+use super::schema::{contact_labels, contacts, conversations, outbox};
 use super::{DbConn, StorageError};
 use crate::crypto::{Keyring, NewDataKey, Place, SealKey};
 use crate::ids::{ContactId, ConversationId, KeyId, PhoneNumberId, TenantId};
@@ -679,6 +679,11 @@ fn merge_contacts(
         .filter(contacts::id.eq_any([into, from]))
         .select((contacts::id, contacts::crm_ct))
         .load(c))?;
+    // Its sends, pending or finished, are the survivor's now (they stay sealed under
+    // the key they were sealed with, which the key store keeps).
+    on_backend!(conn, c => diesel::update(outbox::table.filter(outbox::contact_id.eq(from)))
+        .set(outbox::contact_id.eq(into))
+        .execute(c))?;
     // Deleted first: its blind indexes are unique and may pass to the survivor.
     on_backend!(conn, c => diesel::delete(contacts::table.find(from)).execute(c))?;
     let sealed_record = |id: &str| {

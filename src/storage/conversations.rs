@@ -82,13 +82,6 @@ pub(super) fn upsert_conversation(
                     conversations::last_message_at.eq(last_message.max(message_at)),
                 ))
                 .execute(c))?;
-            if inbound_at.is_some() {
-                // The contact wrote again: a conversation the business closed opens.
-                on_backend!(conn, c => diesel::update(conversations::table.find(&id))
-                    .filter(conversations::closed_at.is_not_null())
-                    .set(conversations::closed_at.eq(None::<i64>))
-                    .execute(c))?;
-            }
             Ok(ConversationId(id))
         }
         None => {
@@ -153,25 +146,22 @@ fixed_statement!(
     TouchOne = "UPDATE conversations SET \
     last_inbound_at = max(coalesce(last_inbound_at, ?), ?), \
     window_ends_at = max(coalesce(last_inbound_at, ?), ?) + ?, \
-    last_message_at = max(last_message_at, ?), \
-    closed_at = NULL \
+    last_message_at = max(last_message_at, ?) \
     WHERE id = ? AND tenant_id = ?"
 );
 
-// Rows whose window does not move (and that are not closed) are left alone: on
-// PostgreSQL an update that changes nothing still writes a new row version and its
-// WAL. Every conversation that exists is returned, moved or not.
+// Rows whose window does not move are left alone: on PostgreSQL an update that changes
+// nothing still writes a new row version and its WAL. Every conversation that exists
+// is returned, moved or not.
 fixed_statement!(
     TouchManyPg = "WITH v AS (SELECT * FROM unnest(?::text[], ?::text[], ?::bigint[]) \
         AS v (id, tenant, at)), \
     moved AS (UPDATE conversations AS c SET \
         last_inbound_at = GREATEST(c.last_inbound_at, v.at), \
         window_ends_at = GREATEST(c.last_inbound_at, v.at) + ?, \
-        last_message_at = GREATEST(c.last_message_at, v.at), \
-        closed_at = NULL \
+        last_message_at = GREATEST(c.last_message_at, v.at) \
         FROM v WHERE c.id = v.id AND c.tenant_id = v.tenant \
-        AND (c.last_inbound_at IS NULL OR c.last_inbound_at < v.at OR c.last_message_at < v.at \
-            OR c.closed_at IS NOT NULL)) \
+        AND (c.last_inbound_at IS NULL OR c.last_inbound_at < v.at OR c.last_message_at < v.at)) \
     SELECT c.id FROM conversations AS c JOIN v ON c.id = v.id AND c.tenant_id = v.tenant"
 );
 
@@ -322,6 +312,19 @@ pub fn set_closed(
                  conversations::closed_at))
         .get_result(c))?;
     Ok(Some(conversation_view(row)))
+}
+
+/// Opens the conversations among `ids` the business closed: their contacts wrote
+/// again (a new message, not a redelivery).
+pub(super) fn reopen_conversations(conn: &mut DbConn, ids: &[&str]) -> Result<(), StorageError> {
+    for chunk in ids.chunks(500) {
+        on_backend!(conn, c => diesel::update(conversations::table
+                .filter(conversations::id.eq_any(chunk))
+                .filter(conversations::closed_at.is_not_null()))
+            .set(conversations::closed_at.eq(None::<i64>))
+            .execute(c))?;
+    }
+    Ok(())
 }
 
 /// Whether the conversation exists for this tenant (another tenant's is "not found").

@@ -244,6 +244,7 @@ pub fn accept(conn: &mut DbConn, send: &NewSend) -> Result<Accepted, StorageErro
             outbox::next_attempt_at.eq(send.now_ms),
             outbox::accepted_at.eq(send.now_ms),
             outbox::deadline_at.eq(send.deadline_ms),
+            outbox::marketing.eq(send.marketing),
         ))
         .execute(c))?;
     usage::add(
@@ -467,9 +468,40 @@ pub fn purge_finished(conn: &mut DbConn, before_ms: i64) -> Result<(usize, usize
                 .filter(outbox::id.eq_any(chunk)))
             .execute(c))?;
     }
-    let keys = on_backend!(conn, c => diesel::delete(idempotency_keys::table
-            .filter(idempotency_keys::created_at.lt(before_ms)))
-        .execute(c))?;
+    // A key whose send still waits stays: a client's retry must not send it twice.
+    let old: Vec<(String, String, String)> = on_backend!(conn, c => idempotency_keys::table
+        .filter(idempotency_keys::created_at.lt(before_ms))
+        .select((idempotency_keys::tenant_id, idempotency_keys::key_bidx, idempotency_keys::outbox_id))
+        .limit(PURGE_ROWS)
+        .load(c))?;
+    let mut waiting = std::collections::HashSet::new();
+    for chunk in old.chunks(500) {
+        let ids: Vec<&str> = chunk.iter().map(|(_, _, id)| id.as_str()).collect();
+        let pending: Vec<String> = on_backend!(conn, c => outbox::table
+            .filter(outbox::id.eq_any(&ids))
+            .filter(outbox::state.eq_any([QUEUED, SENDING]))
+            .select(outbox::id)
+            .load(c))?;
+        waiting.extend(pending);
+    }
+    let mut by_tenant: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+    for (tenant, bidx, id) in &old {
+        if !waiting.contains(id) {
+            by_tenant
+                .entry(tenant.as_str())
+                .or_default()
+                .push(bidx.as_str());
+        }
+    }
+    let mut keys = 0;
+    for (tenant, bidxs) in by_tenant {
+        for chunk in bidxs.chunks(500) {
+            keys += on_backend!(conn, c => diesel::delete(idempotency_keys::table
+                    .filter(idempotency_keys::tenant_id.eq(tenant))
+                    .filter(idempotency_keys::key_bidx.eq_any(chunk)))
+                .execute(c))?;
+        }
+    }
     Ok((sends, keys))
 }
 
@@ -495,11 +527,46 @@ pub fn is_pending(conn: &mut DbConn, tenant_id: &TenantId, id: &str) -> Result<b
 }
 
 /// Marks sends `ids` as handed to Meta (and counts the attempt), each only if it is
-/// still queued; the ones marked. A send recorded meanwhile (Meta's echo came first, or
-/// it failed) is not sent again.
-pub fn mark_sending(conn: &mut DbConn, ids: &[String]) -> Result<Vec<String>, StorageError> {
+/// still queued and may still go; the ones marked. A send recorded meanwhile (Meta's
+/// echo came first, or it failed) is not sent again; one whose contact was restricted
+/// since, or opted out of or objected to marketing (for a marketing template), fails
+/// with that rule's code.
+pub fn mark_sending(
+    conn: &mut DbConn,
+    ids: &[String],
+    now_ms: i64,
+) -> Result<Vec<String>, StorageError> {
     let mut marked = Vec::with_capacity(ids.len());
     for id in ids {
+        // The send's tenant and whether it is marketing; the contact's restriction,
+        // objection and opt-out.
+        type Rules = (String, bool, Option<i64>, Option<i64>, bool);
+        let rules: Option<Rules> = on_backend!(conn, c => outbox::table
+            .inner_join(contacts::table.on(contacts::id.eq(outbox::contact_id)))
+            .filter(outbox::id.eq(id))
+            .select((outbox::tenant_id, outbox::marketing, contacts::restricted_at,
+                     contacts::objected_at, contacts::marketing_opt_out))
+            .get_result(c)
+            .optional())?;
+        if let Some((tenant, marketing, restricted, objected, opted_out)) = rules {
+            let refused = if restricted.is_some() {
+                Some((
+                    RESTRICTED,
+                    "the contact's processing is restricted: nothing may be sent",
+                ))
+            } else if marketing && objected.is_some() {
+                Some((OBJECTED, "the contact objected to marketing"))
+            } else if marketing && opted_out {
+                Some((OPTED_OUT, "the contact stopped marketing messages"))
+            } else {
+                None
+            };
+            if let Some((code, message)) = refused {
+                let error = serde_json::json!({"code": code, "message": message}).to_string();
+                record_failed(conn, &TenantId(tenant), id, &error, now_ms)?;
+                continue;
+            }
+        }
         let updated = on_backend!(conn, c => diesel::update(outbox::table.find(id))
             .filter(outbox::state.eq(QUEUED))
             .set((outbox::state.eq(SENDING), outbox::attempts.eq(outbox::attempts + 1)))
@@ -817,9 +884,9 @@ mod tests {
         );
 
         let both = vec![y_first.to_string(), y_second.to_string()];
-        assert_eq!(mark_sending(&mut conn, &both).expect("marked"), both);
+        assert_eq!(mark_sending(&mut conn, &both, 50).expect("marked"), both);
         assert!(
-            mark_sending(&mut conn, &both)
+            mark_sending(&mut conn, &both, 50)
                 .expect("not twice")
                 .is_empty(),
             "a send already in flight is not marked again"
@@ -841,7 +908,8 @@ mod tests {
     }
 
     /// A finished send leaves the outbox after its time, and its state is still read
-    /// from its message; a send still queued stays, and so does a newer key.
+    /// from its message; a send still queued stays, with its key, and so does a newer
+    /// key.
     #[test]
     fn finished_sends_and_old_idempotency_keys_expire() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -884,7 +952,9 @@ mod tests {
         record_failed(&mut conn, &tenant, old_done.as_str(), "{}", 30).expect("failed");
         record_failed(&mut conn, &tenant, new_done.as_str(), "{}", 510).expect("failed");
 
-        assert_eq!(purge_finished(&mut conn, 100).expect("purged"), (1, 2));
+        // k2's send still waits: its key stays, so a client's retry sends nothing twice.
+        assert_eq!(purge_finished(&mut conn, 100).expect("purged"), (1, 1));
+        assert!(replay(&mut conn, &tenant, "k2", "hash").expect("replay").is_some());
         let pending = pending_sends(&mut conn, &PhoneNumberId("100".into()), 10).expect("rows");
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].id, old_queued.as_str());

@@ -195,6 +195,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     status_events,
     conversation_messages,
     contact_labels,
+    outbox,
 );
 
 diesel::table! {
@@ -212,6 +213,7 @@ diesel::table! {
         accepted_at -> BigInt,
         deadline_at -> BigInt,
         error_json -> Nullable<Text>,
+        marketing -> Bool,
     }
 }
 

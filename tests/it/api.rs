@@ -312,7 +312,7 @@ async fn the_crm_records_contacts_finds_them_and_closes_conversations() {
         let (anna_id, ben_id) = (id_of(anna), id_of(ben));
         let key = app.a.api_key.clone();
 
-        let record = json!({"display_name": "Anna K.", "tags": ["vip", "Berlin", "vip"],
+        let record = json!({"display_name": "Anna K.", "tags": ["vip", "Berlin", "VIP"],
             "attributes": {"plan": "gold", "orders": 3}});
         let (status, body) = app
             .send_json("PATCH", &format!("/v1/contacts/{anna_id}"), &key, &record)
@@ -341,6 +341,7 @@ async fn the_crm_records_contacts_finds_them_and_closes_conversations() {
             Vec::<String>::new()
         );
         assert_eq!(found("wa_id=4915100000202").await, vec![ben_id.clone()]);
+        assert_eq!(found("wa_id=%2B4915100000202").await, vec![ben_id.clone()]);
         assert!(found("tag=none").await.is_empty());
 
         // Each field given replaces its own; the others stay.
@@ -369,6 +370,8 @@ async fn the_crm_records_contacts_finds_them_and_closes_conversations() {
                 "attributes",
             ),
             (json!({"nickname": "x"}), "body"),
+            (json!({"display_name": "x\u{0}\u{1b}[31m"}), "display_name"),
+            (json!({"attributes": {"a:b": "c"}}), "attributes"),
         ] {
             let (status, body) = app
                 .send_json("PATCH", &format!("/v1/contacts/{anna_id}"), &key, &patch)
@@ -411,6 +414,17 @@ async fn the_crm_records_contacts_finds_them_and_closes_conversations() {
         let (status, body) = app.send_json("POST", &reopen, &key, &json!({})).await;
         assert_eq!((status, &body["closed_at"]), (200, &Value::Null));
         app.send_json("POST", &close, &key, &json!({})).await;
+        // Meta delivering her first message again is no new message: still closed.
+        let (_, receipt) = app
+            .post_signed(&text_webhook(NUMBER_A, anna, "wamid.c1", "hi"))
+            .await;
+        assert_eq!(receipt["duplicates"], 1, "{receipt}");
+        let conversations = app.all("/v1/conversations", &key).await;
+        let mine = conversations
+            .iter()
+            .find(|c| c["id"] == conversation.as_str())
+            .unwrap();
+        assert!(mine["closed_at"].is_string(), "{mine}");
         app.post_signed(&text_webhook(NUMBER_A, anna, "wamid.c3", "me again"))
             .await;
         app.wait_messages(&app.a, 3).await;

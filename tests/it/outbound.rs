@@ -245,10 +245,13 @@ async fn transient_errors_are_retried_permanent_ones_fail_and_a_bad_token_pauses
     for backend in backends() {
         let graph = FakeGraph::start().await;
         let app = app_with_graph(&backend, &graph).await;
-        let template = |name: &str| {
-            json!({"from_phone_number_id": NUMBER_A, "to": CUSTOMER, "type": "template",
+        let to = |customer: &str, name: &str| {
+            json!({"from_phone_number_id": NUMBER_A, "to": customer, "type": "template",
             "template": {"name": name, "language": {"code": "en_US"}}})
         };
+        let template = |name: &str| to(CUSTOMER, name);
+        // The one who opts out below; the later sends go to someone else.
+        let other = |name: &str| to("4915100000088", name);
         graph.script(vec![
             (500, json!({"error": {"message": "internal", "code": 1}})),
             (400, meta_error(130_429, "Rate limit hit")),
@@ -273,12 +276,20 @@ async fn transient_errors_are_retried_permanent_ones_fail_and_a_bad_token_pauses
             contacts[0]["marketing_opt_out"], true,
             "131050 records the opt-out"
         );
+        // Before the account's templates are synced a template's category is unknown:
+        // none goes to a contact who opted out.
+        let (status, refused) =
+            post_message(&app, &app.a.api_key, &template("unknown_kind"), None).await;
+        assert_eq!(
+            (status, &refused["error"]["code"]),
+            (409, &json!("opted_out"))
+        );
 
         graph.script(vec![(
             400,
             meta_error(132_001, "Template name does not exist"),
         )]);
-        let (_, second) = post_message(&app, &app.a.api_key, &template("missing"), None).await;
+        let (_, second) = post_message(&app, &app.a.api_key, &other("missing"), None).await;
         let failed = wait_state(&app, second["id"].as_str().unwrap(), "failed").await;
         assert_eq!(failed["error"]["code"], 132_001);
         assert_eq!(failed["error"]["message"], "Template name does not exist");
@@ -288,9 +299,9 @@ async fn transient_errors_are_retried_permanent_ones_fail_and_a_bad_token_pauses
             401,
             meta_error(190, "Error validating access token"),
         )]);
-        let (_, third) = post_message(&app, &app.a.api_key, &template("three"), None).await;
+        let (_, third) = post_message(&app, &app.a.api_key, &other("three"), None).await;
         graph.wait_calls(6).await;
-        let (_, fourth) = post_message(&app, &app.a.api_key, &template("four"), None).await;
+        let (_, fourth) = post_message(&app, &app.a.api_key, &other("four"), None).await;
         actix_rt::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(graph.calls().len(), 6, "a paused number sends nothing");
         assert_eq!(app.metric("converra_outbound_numbers_paused").await, 1.0);
@@ -728,7 +739,7 @@ async fn stop_and_start_keywords_set_the_contacts_preference_and_are_confirmed_o
         }
         let defaults = converra::config::Settings::defaults().unwrap().outbound;
 
-        assert_eq!(app.post_signed(&says("wamid.kw.1", "Stop")).await.0, 200);
+        assert_eq!(app.post_signed(&says("wamid.kw.1", "Stop.")).await.0, 200);
         let calls = graph.wait_calls(1).await;
         assert_eq!(calls[0].body["to"], CUSTOMER);
         assert_eq!(
@@ -737,7 +748,7 @@ async fn stop_and_start_keywords_set_the_contacts_preference_and_are_confirmed_o
         );
         assert!(opted_out(&app).await);
         // Meta delivers the same message again: no second confirmation.
-        assert_eq!(app.post_signed(&says("wamid.kw.1", "Stop")).await.0, 200);
+        assert_eq!(app.post_signed(&says("wamid.kw.1", "Stop.")).await.0, 200);
         assert_eq!(
             app.post_signed(&says("wamid.kw.2", "please stop the noise"))
                 .await
@@ -829,6 +840,50 @@ async fn a_send_after_a_merge_goes_to_the_contact_that_remains() {
         let (status, second) = post_message(&app, &app.a.api_key, &reply, None).await;
         assert_eq!(status, 202, "{second}");
         wait_state(&app, second["id"].as_str().unwrap(), "sent").await;
+
+        // A send still waiting (its number paused) when its contact is merged away
+        // goes, once the number resumes, to the contact that remains.
+        const OTHER_BSUID: &str = "US.55501234567890";
+        const OTHER_PHONE: &str = "4915100000078";
+        let by_user = webhook(
+            json!({"user_id": OTHER_BSUID, "profile": {"name": "Lu"}}),
+            json!({"from_user_id": OTHER_BSUID, "id": "wamid.m4", "timestamp": now,
+                "type": "text", "text": {"body": "hi"}}),
+        );
+        assert_eq!(app.post_signed(&by_user).await.0, 200);
+        app.wait_messages(&app.a, 4).await;
+        assert_eq!(
+            app.post_signed(&text_now(OTHER_PHONE, "wamid.m5")).await.0,
+            200
+        );
+        app.wait_messages(&app.a, 5).await;
+        let calls_before = graph.calls().len();
+        graph.script(vec![(
+            401,
+            meta_error(190, "Error validating access token"),
+        )]);
+        let waiting = json!({"from_phone_number_id": NUMBER_A, "to": OTHER_PHONE,
+            "type": "text", "text": {"body": "Still there?"}});
+        let (status, held) = post_message(&app, &app.a.api_key, &waiting, None).await;
+        assert_eq!(status, 202, "{held}");
+        graph.wait_calls(calls_before + 1).await;
+        let both = webhook(
+            json!({"user_id": OTHER_BSUID, "wa_id": OTHER_PHONE, "profile": {"name": "Lu"}}),
+            json!({"from": OTHER_PHONE, "from_user_id": OTHER_BSUID, "id": "wamid.m6",
+                "timestamp": now, "type": "text", "text": {"body": "both"}}),
+        );
+        assert_eq!(app.post_signed(&both).await.0, 200);
+        app.wait_processed().await;
+        let (vault, pool) = app.pool();
+        converra::storage::tenants::replace_access_token(
+            &mut pool.get().unwrap(),
+            &vault,
+            &app.a.id,
+            NUMBER_A,
+            "EAAG-new-token",
+        )
+        .unwrap();
+        wait_state(&app, held["id"].as_str().unwrap(), "sent").await;
         graph.stop().await;
     }
 }
@@ -917,6 +972,68 @@ async fn usage_is_counted_per_tenant_and_day() {
         let (status, body) = app.get("/v1/usage?from=yesterday", Some(&key)).await;
         assert_eq!(status, 422, "{body}");
         assert_eq!(body["error"]["field"], "from");
+        graph.stop().await;
+    }
+}
+
+/// The rules are checked again when a send leaves: a marketing template accepted
+/// before its contact opted out (it waited on a paused number) fails with
+/// `opted_out` instead of reaching the contact; the opt-out's confirmation goes.
+#[actix_rt::test]
+async fn a_marketing_send_waiting_when_its_contact_opts_out_never_leaves() {
+    for backend in backends() {
+        let graph = FakeGraph::start().await;
+        let app = app_with_graph(&backend, &graph).await;
+        assert_eq!(
+            app.post_signed(&text_now(CUSTOMER, "wamid.w1")).await.0,
+            200
+        );
+        app.wait_messages(&app.a, 1).await;
+        // Templates are not synced here: their category is unknown, so marketing.
+        graph.script(vec![(
+            401,
+            meta_error(190, "Error validating access token"),
+        )]);
+        let promo = json!({"from_phone_number_id": NUMBER_A, "to": CUSTOMER,
+            "type": "template", "template": {"name": "promo", "language": {"code": "en_US"}}});
+        let (status, waiting) = post_message(&app, &app.a.api_key, &promo, None).await;
+        assert_eq!(status, 202, "{waiting}");
+        graph.wait_calls(1).await;
+        let stop = {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                .to_string();
+            serde_json::to_vec(&envelope(vec![messages_change(
+                NUMBER_A,
+                vec![contact(CUSTOMER, "Customer")],
+                vec![json!({"from": CUSTOMER, "id": "wamid.w2", "timestamp": now,
+                    "type": "text", "text": {"body": "STOP"}})],
+            )]))
+            .unwrap()
+        };
+        assert_eq!(app.post_signed(&stop).await.0, 200);
+        app.wait_messages(&app.a, 2).await;
+        let (vault, pool) = app.pool();
+        converra::storage::tenants::replace_access_token(
+            &mut pool.get().unwrap(),
+            &vault,
+            &app.a.id,
+            NUMBER_A,
+            "EAAG-new-token",
+        )
+        .unwrap();
+        let failed = wait_state(&app, waiting["id"].as_str().unwrap(), "failed").await;
+        assert_eq!(failed["error"]["code"], "opted_out", "{failed}");
+        let calls = graph.wait_calls(2).await;
+        assert_eq!(
+            calls[1].body["type"], "text",
+            "only the confirmation: {:?}",
+            calls[1]
+        );
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(graph.calls().len(), 2, "the template never left");
         graph.stop().await;
     }
 }
