@@ -219,6 +219,9 @@ pub struct SenderActor {
     during_scan: Vec<Fresh>,
     finished_during_scan: HashSet<String>,
     paused: bool,
+    /// A scan read the pause stored (`phone_numbers.paused_at`): once a later one finds
+    /// it gone, the operator has updated the number.
+    pause_recorded: bool,
     /// Meta's limits on the number (rate or spam): nothing goes before this time.
     held_until: Option<i64>,
     /// Rate-limit answers in a row: each makes the number wait longer.
@@ -256,6 +259,7 @@ impl SenderActor {
             during_scan: Vec::new(),
             finished_during_scan: HashSet::new(),
             paused: false,
+            pause_recorded: false,
             held_until: None,
             throttles: 0,
             templates_synced_at: None,
@@ -342,11 +346,26 @@ impl SenderActor {
             .credentials
             .as_ref()
             .is_none_or(|c| c.access_token != credentials.access_token);
-        if self.paused && changed {
-            slog::info!(self.core.log, "sender resumed with a new token";
+        if credentials.paused_at.is_some() {
+            // Stored paused (before a restart, say): paused until the number is updated.
+            if !self.paused {
+                slog::warn!(self.core.log, "number paused: update it to resume";
+                    "phone_number_id" => self.number.as_str());
+                self.paused = true;
+                self.core.metrics.outbound_numbers_paused.inc();
+            }
+            self.pause_recorded = true;
+        } else if self.paused && (self.pause_recorded || changed) {
+            // The operator updated the number (which clears the stored pause), or its
+            // token.
+            slog::info!(self.core.log, "sender resumed: the number was updated";
                 "phone_number_id" => self.number.as_str());
             self.paused = false;
+            self.pause_recorded = false;
             self.core.metrics.outbound_numbers_paused.dec();
+        }
+        if let Some(until) = credentials.held_until {
+            self.held_until = Some(self.held_until.map_or(until, |at| at.max(until)));
         }
         let rate = credentials
             .throughput_mps
@@ -846,6 +865,7 @@ impl SenderActor {
                     "phone_number_id" => self.number.as_str(), "code" => error.code,
                     "message" => &error.message, "until_ms" => until);
                 self.hold_number_until(until, &error);
+                self.record_hold(Hold::Until(until), ctx);
                 Settle::RetryAt(until, Some(error.to_json()))
             }
             ErrorClass::Deferred => {
@@ -878,12 +898,36 @@ impl SenderActor {
                     "message" => &error.message);
                 if !self.paused {
                     self.core.metrics.outbound_numbers_paused.inc();
+                    self.paused = true;
+                    self.pause_recorded = false;
+                    self.record_hold(Hold::Paused(now), ctx);
                 }
-                self.paused = true;
                 Settle::RetryAt(now, Some(error.to_json()))
             }
         };
         self.settle(row, settle, ctx);
+    }
+
+    /// Stores a pause or a spam hold of the number, so that a restart keeps it. A pause
+    /// is lifted only once a scan has read it stored and a later one finds it gone.
+    fn record_hold(&mut self, hold: Hold, ctx: &mut Context<Self>) {
+        let writer = self.core.writer.clone();
+        let number = self.number.clone();
+        let tenant_id = self.credentials.as_ref().map(|c| c.tenant_id.clone());
+        let write = async move {
+            writer
+                .write(tenant_id, move |conn| match hold {
+                    Hold::Paused(at) => tenants::set_number_paused(conn, number.as_str(), Some(at)),
+                    Hold::Until(until) => tenants::set_number_held(conn, number.as_str(), until),
+                })
+                .await
+        };
+        ctx.spawn(write.into_actor(self).map(|written, actor, _ctx| {
+            if let Err(e) = written {
+                slog::warn!(actor.core.log, "storing the number's pause or hold failed";
+                    "phone_number_id" => actor.number.as_str(), "error" => %e);
+            }
+        }));
     }
 
     /// Holds every send of the number until `until_ms` (Meta's limit on the number).
@@ -1007,6 +1051,13 @@ fn open_rows(
         opened.insert(row.id, body);
     }
     Ok(opened)
+}
+
+/// What stops a number's sends: a pause (since), or Meta's spam hold (until).
+#[derive(Clone, Copy)]
+enum Hold {
+    Paused(i64),
+    Until(i64),
 }
 
 #[derive(Clone)]

@@ -954,7 +954,9 @@ mod tests {
 
         // k2's send still waits: its key stays, so a client's retry sends nothing twice.
         assert_eq!(purge_finished(&mut conn, 100).expect("purged"), (1, 1));
-        assert!(replay(&mut conn, &tenant, "k2", "hash").expect("replay").is_some());
+        assert!(replay(&mut conn, &tenant, "k2", "hash")
+            .expect("replay")
+            .is_some());
         let pending = pending_sends(&mut conn, &PhoneNumberId("100".into()), 10).expect("rows");
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].id, old_queued.as_str());

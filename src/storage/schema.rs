@@ -30,6 +30,8 @@ diesel::table! {
         access_token_ct -> Binary,
         created_at -> BigInt,
         throughput_mps -> Nullable<Integer>,
+        paused_at -> Nullable<BigInt>,
+        held_until -> Nullable<BigInt>,
     }
 }
 

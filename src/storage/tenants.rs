@@ -311,6 +311,35 @@ pub struct SendingNumber {
     pub access_token: String,
     /// Messages a second Meta allows it, when Meta said (else the configured default).
     pub throughput_mps: Option<i32>,
+    /// When its sender paused for its token or account (until the number is updated).
+    pub paused_at: Option<i64>,
+    /// Meta's spam limit: nothing goes before this time.
+    pub held_until: Option<i64>,
+}
+
+/// Records that the sender of `phone_number_id` paused at `paused_at` (`None`: it
+/// goes on).
+pub fn set_number_paused(
+    conn: &mut DbConn,
+    phone_number_id: &str,
+    paused_at: Option<i64>,
+) -> Result<(), StorageError> {
+    on_backend!(conn, c => diesel::update(phone_numbers::table.find(phone_number_id))
+        .set(phone_numbers::paused_at.eq(paused_at))
+        .execute(c))?;
+    Ok(())
+}
+
+/// Records that nothing leaves `phone_number_id` before `held_until`.
+pub fn set_number_held(
+    conn: &mut DbConn,
+    phone_number_id: &str,
+    held_until: i64,
+) -> Result<(), StorageError> {
+    on_backend!(conn, c => diesel::update(phone_numbers::table.find(phone_number_id))
+        .set(phone_numbers::held_until.eq(Some(held_until)))
+        .execute(c))?;
+    Ok(())
 }
 
 /// The tenant and opened access token of `phone_number_id`; `None` when no tenant
@@ -320,13 +349,21 @@ pub fn sending_number(
     keyring: &crypto::Keyring,
     phone_number_id: &str,
 ) -> Result<Option<SendingNumber>, StorageError> {
-    let row: Option<(String, String, Vec<u8>, Option<i32>)> = on_backend!(conn, c => phone_numbers::table
+    type Row = (
+        String,
+        String,
+        Vec<u8>,
+        Option<i32>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let row: Option<Row> = on_backend!(conn, c => phone_numbers::table
         .find(phone_number_id)
         .select((phone_numbers::tenant_id, phone_numbers::waba_id, phone_numbers::access_token_ct,
-                 phone_numbers::throughput_mps))
+                 phone_numbers::throughput_mps, phone_numbers::paused_at, phone_numbers::held_until))
         .get_result(c)
         .optional())?;
-    let Some((tenant_id, waba_id, token_ct, throughput_mps)) = row else {
+    let Some((tenant_id, waba_id, token_ct, throughput_mps, paused_at, held_until)) = row else {
         return Ok(None);
     };
     let access_token = keyring
@@ -337,6 +374,8 @@ pub fn sending_number(
         waba_id,
         access_token,
         throughput_mps,
+        paused_at,
+        held_until,
     }))
 }
 
@@ -405,10 +444,11 @@ pub fn replace_access_token(
         access_token.trim().as_bytes(),
         &access_token_place(tenant_id, phone_number_id),
     )?;
+    // Updating the number resumes its sender: the operator dealt with what paused it.
     let updated = on_backend!(conn, c => diesel::update(phone_numbers::table
             .find(phone_number_id)
             .filter(phone_numbers::tenant_id.eq(tenant_id)))
-        .set(phone_numbers::access_token_ct.eq(&token_ct))
+        .set((phone_numbers::access_token_ct.eq(&token_ct), phone_numbers::paused_at.eq(None::<i64>)))
         .execute(c))?;
     match updated {
         0 => Err(StorageError::NotFound),

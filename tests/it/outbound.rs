@@ -1037,3 +1037,51 @@ async fn a_marketing_send_waiting_when_its_contact_opts_out_never_leaves() {
         graph.stop().await;
     }
 }
+
+/// A number paused for its token or account stays paused across a restart, and the
+/// operator's update of the number resumes it, even with the same token (an account
+/// problem is fixed at Meta, not in the token).
+#[actix_rt::test]
+async fn a_paused_number_stays_paused_across_a_restart_until_it_is_updated() {
+    for backend in backends() {
+        let graph = FakeGraph::start().await;
+        let mut app = app_with_graph(&backend, &graph).await;
+        graph.script(vec![(
+            400,
+            meta_error(131_042, "Business eligibility payment issue"),
+        )]);
+        let template = json!({"from_phone_number_id": NUMBER_A, "to": CUSTOMER,
+            "type": "template", "template": {"name": "notice", "language": {"code": "en_US"}}});
+        let (_, first) = post_message(&app, &app.a.api_key, &template, None).await;
+        graph.wait_calls(1).await;
+        // Let the pause be stored.
+        actix_rt::time::sleep(Duration::from_millis(1500)).await;
+        app.restart(Default::default()).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while app.metric("converra_outbound_numbers_paused").await != 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "the restarted daemon forgot the pause"
+            );
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            graph.calls().len(),
+            1,
+            "a paused number sends nothing after a restart"
+        );
+        let (vault, pool) = app.pool();
+        converra::storage::tenants::replace_access_token(
+            &mut pool.get().unwrap(),
+            &vault,
+            &app.a.id,
+            NUMBER_A,
+            "EAAG-test-token",
+        )
+        .unwrap();
+        wait_state(&app, first["id"].as_str().unwrap(), "sent").await;
+        assert_eq!(app.metric("converra_outbound_numbers_paused").await, 0.0);
+        graph.stop().await;
+    }
+}

@@ -1,0 +1,2 @@
+ALTER TABLE phone_numbers DROP COLUMN held_until;
+ALTER TABLE phone_numbers DROP COLUMN paused_at;
