@@ -175,6 +175,7 @@ fn open_storage_with(
     let keyring = unlock(settings, &mut conn, key_store.as_ref(), key_file)?;
     let vault = Vault::new(keyring, key_store);
     storage::upgrade::run(&mut conn, &vault, SystemClock.now_ms())?;
+    storage::conversations::note_closed_conversations(&mut conn)?;
     drop(conn);
     Ok((Arc::new(vault), pool))
 }

@@ -5,6 +5,8 @@
 //! times when their contacts merge, and the tenant API's conversation listing. Lookups
 //! and listings are scoped by tenant.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::collections::HashSet;
 
 use diesel::prelude::*;
@@ -296,6 +298,9 @@ pub fn set_closed(
 ) -> Result<Option<Conversation>, StorageError> {
     let tenant = tenant_id.as_str();
     let id = conversation_id.as_str();
+    if closed_at.is_some() {
+        ANY_CLOSED.store(true, Ordering::Relaxed);
+    }
     let changed = on_backend!(conn, c => diesel::update(conversations::table
             .find(id)
             .filter(conversations::tenant_id.eq(tenant)))
@@ -314,9 +319,28 @@ pub fn set_closed(
     Ok(Some(conversation_view(row)))
 }
 
+/// Whether any conversation may be closed (in any database this process opened):
+/// until one is, a batch of messages costs no statement to open closed ones. Set when
+/// a database with closed conversations is opened, and by every close.
+static ANY_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Notes whether the database holds closed conversations (at start-up).
+pub fn note_closed_conversations(conn: &mut DbConn) -> Result<(), StorageError> {
+    let closed: bool = on_backend!(conn, c => diesel::select(diesel::dsl::exists(
+            conversations::table.filter(conversations::closed_at.is_not_null())))
+        .get_result(c))?;
+    if closed {
+        ANY_CLOSED.store(true, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
 /// Opens the conversations among `ids` the business closed: their contacts wrote
 /// again (a new message, not a redelivery).
 pub(super) fn reopen_conversations(conn: &mut DbConn, ids: &[&str]) -> Result<(), StorageError> {
+    if !ANY_CLOSED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
     for chunk in ids.chunks(500) {
         on_backend!(conn, c => diesel::update(conversations::table
                 .filter(conversations::id.eq_any(chunk))

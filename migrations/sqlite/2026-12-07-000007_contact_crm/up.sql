@@ -11,3 +11,4 @@ CREATE TABLE contact_labels (
 CREATE INDEX contact_labels_contact ON contact_labels (contact_id);
 -- A conversation the business closed; a new message from the contact opens it again.
 ALTER TABLE conversations ADD COLUMN closed_at BIGINT;
+CREATE INDEX conversations_closed ON conversations (closed_at) WHERE closed_at IS NOT NULL;
