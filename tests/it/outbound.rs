@@ -23,6 +23,11 @@ async fn app_with_graph(backend: &Backend, graph: &FakeGraph) -> TestApp {
 
 /// An inbound text stamped now, which opens the customer-service window.
 fn text_now(from: &str, wamid: &str) -> Vec<u8> {
+    text_now_saying(from, wamid, "hello?")
+}
+
+/// An inbound text saying `body`, stamped now.
+fn text_now_saying(from: &str, wamid: &str, body: &str) -> Vec<u8> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -32,7 +37,7 @@ fn text_now(from: &str, wamid: &str) -> Vec<u8> {
         vec![contact(from, "Customer")],
         vec![
             json!({"from": from, "id": wamid, "timestamp": now.to_string(), "type": "text",
-            "text": {"body": "hello?"}}),
+            "text": {"body": body}}),
         ],
     )]))
     .unwrap()
@@ -718,21 +723,7 @@ async fn stop_and_start_keywords_set_the_contacts_preference_and_are_confirmed_o
     for backend in backends() {
         let graph = FakeGraph::start().await;
         let app = app_with_graph(&backend, &graph).await;
-        let says = |wamid: &str, text: &str| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs();
-            serde_json::to_vec(&envelope(vec![messages_change(
-                NUMBER_A,
-                vec![contact(CUSTOMER, "Customer")],
-                vec![
-                    json!({"from": CUSTOMER, "id": wamid, "timestamp": now.to_string(),
-                "type": "text", "text": {"body": text}}),
-                ],
-            )]))
-            .unwrap()
-        };
+        let says = |wamid: &str, text: &str| text_now_saying(CUSTOMER, wamid, text);
         async fn opted_out(app: &TestApp) -> bool {
             let contacts = app.all("/v1/contacts", &app.a.api_key).await;
             contacts[0]["marketing_opt_out"].as_bool().unwrap()
@@ -923,20 +914,7 @@ async fn usage_is_counted_per_tenant_and_day() {
             app.post_signed(&text_now(CUSTOMER, "wamid.u2")).await.0,
             200
         );
-        let stop = {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-                .to_string();
-            serde_json::to_vec(&envelope(vec![messages_change(
-                NUMBER_A,
-                vec![contact(CUSTOMER, "Customer")],
-                vec![json!({"from": CUSTOMER, "id": "wamid.u3", "timestamp": now,
-                    "type": "text", "text": {"body": "STOP"}})],
-            )]))
-            .unwrap()
-        };
+        let stop = text_now_saying(CUSTOMER, "wamid.u3", "STOP");
         assert_eq!(app.post_signed(&stop).await.0, 200);
         graph.wait_calls(3).await;
 
@@ -999,20 +977,7 @@ async fn a_marketing_send_waiting_when_its_contact_opts_out_never_leaves() {
         let (status, waiting) = post_message(&app, &app.a.api_key, &promo, None).await;
         assert_eq!(status, 202, "{waiting}");
         graph.wait_calls(1).await;
-        let stop = {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-                .to_string();
-            serde_json::to_vec(&envelope(vec![messages_change(
-                NUMBER_A,
-                vec![contact(CUSTOMER, "Customer")],
-                vec![json!({"from": CUSTOMER, "id": "wamid.w2", "timestamp": now,
-                    "type": "text", "text": {"body": "STOP"}})],
-            )]))
-            .unwrap()
-        };
+        let stop = text_now_saying(CUSTOMER, "wamid.w2", "STOP");
         assert_eq!(app.post_signed(&stop).await.0, 200);
         app.wait_messages(&app.a, 2).await;
         let (vault, pool) = app.pool();
