@@ -1,6 +1,7 @@
 //! Time as a dependency: the 24-hour window, deadlines and retention all read the clock
 //! through [`Clock`], so tests can move time instead of sleeping.
 
+#[cfg(any(test, feature = "testing"))]
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,10 +23,12 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that only moves when told to.
+/// A clock that only moves when told to (tests of time).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default)]
 pub struct ManualClock(AtomicI64);
 
+#[cfg(any(test, feature = "testing"))]
 impl ManualClock {
     pub fn new(start_ms: i64) -> Arc<ManualClock> {
         Arc::new(ManualClock(AtomicI64::new(start_ms)))
@@ -35,6 +38,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.0.load(Ordering::SeqCst)

@@ -49,7 +49,8 @@ pub fn root(settings: &LogSettings) -> (Logger, slog_async::AsyncGuard) {
     (Logger::root(drain, o!("service" => "converra")), guard)
 }
 
-/// A logger that discards everything, for tests and tools.
+/// A logger that discards everything, for tests.
+#[cfg(any(test, feature = "testing"))]
 pub fn discard() -> Logger {
     Logger::root(slog::Discard, o!())
 }

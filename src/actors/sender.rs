@@ -126,6 +126,23 @@ pub async fn apply_account_updates(
                             unsynced.push(waba_id.clone());
                         }
                     }
+                    AccountUpdate::TemplateCategory {
+                        waba_id,
+                        name,
+                        language,
+                        category,
+                    } => {
+                        let changed = templates::set_template_category(
+                            conn,
+                            waba_id,
+                            name,
+                            language.as_deref(),
+                            category,
+                        )?;
+                        if changed == 0 {
+                            unsynced.push(waba_id.clone());
+                        }
+                    }
                     AccountUpdate::Throughput {
                         waba_id,
                         display_phone_number,

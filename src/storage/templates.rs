@@ -33,6 +33,27 @@ pub fn set_template_status(
     })?)
 }
 
+/// Meta's new category of template `name` (in `language`, or every language) of
+/// account `waba_id`; how many synced templates it changed.
+pub fn set_template_category(
+    conn: &mut DbConn,
+    waba_id: &str,
+    name: &str,
+    language: Option<&str>,
+    category: &str,
+) -> Result<usize, StorageError> {
+    Ok(on_backend!(conn, c => {
+        let mut update = diesel::update(templates::table)
+            .filter(templates::waba_id.eq(waba_id))
+            .filter(templates::name.eq(name))
+            .into_boxed();
+        if let Some(language) = language {
+            update = update.filter(templates::language.eq(language));
+        }
+        update.set(templates::category.eq(category)).execute(c)
+    })?)
+}
+
 /// Replaces the templates of `waba_id` with those listed now.
 pub fn replace_templates(
     conn: &mut DbConn,

@@ -505,6 +505,27 @@ async fn template_sends_are_checked_against_the_synced_templates() {
         assert_eq!(status, 202, "{answer}");
         wait_state(&app, answer["id"].as_str().unwrap(), "sent").await;
 
+        // Meta moves it to marketing (template_category_update): the customer, who
+        // stopped marketing messages, no longer gets it.
+        let moved =
+            serde_json::to_vec(&envelope(vec![json!({"field": "template_category_update",
+            "value": {"message_template_id": 1, "message_template_name": "order_update",
+                "message_template_language": "en_US", "previous_category": "UTILITY",
+                "new_category": "MARKETING"}})]))
+            .unwrap();
+        assert_eq!(app.post_signed(&moved).await.0, 200);
+        let (status, answer) = post_message(
+            &app,
+            &app.a.api_key,
+            &send("order_update", vec!["42", "today"]),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, &answer["error"]["code"]),
+            (409, &json!("opted_out")),
+            "{answer}"
+        );
         // Meta pauses the template (message_template_status_update): refused at once.
         let status_update = |name: &str, event: &str| {
             serde_json::to_vec(&envelope(vec![

@@ -1,6 +1,7 @@
 //! Updates of a WhatsApp Business Account as a whole (`entry[].id` is the account, not
 //! a number) that Converra acts on: a message template's new status
-//! (`message_template_status_update`) and a number's higher throughput
+//! (`message_template_status_update`) or category (`template_category_update`, once the
+//! change is made) and a number's higher throughput
 //! (`phone_number_quality_update`, `THROUGHPUT_UPGRADE`). The change is also kept raw,
 //! like every change that is not a conversation's event.
 
@@ -21,6 +22,14 @@ pub enum AccountUpdate {
         language: Option<String>,
         status: String,
     },
+    /// A template of account `waba_id` is now of `category` (`MARKETING`, `UTILITY`,
+    /// `AUTHENTICATION`).
+    TemplateCategory {
+        waba_id: String,
+        name: String,
+        language: Option<String>,
+        category: String,
+    },
     /// The number of account `waba_id` shown as `display_phone_number` may send
     /// `mps` messages a second.
     Throughput {
@@ -40,6 +49,15 @@ pub fn account_update(waba_id: &str, field: &str, value: &Value) -> Option<Accou
             language: opt_str(value, "message_template_language"),
             status: opt_str(value, "event")?.to_ascii_uppercase(),
         }),
+        // A change made (`previous_category` given); a coming one is only announced.
+        "template_category_update" if opt_str(value, "previous_category").is_some() => {
+            Some(AccountUpdate::TemplateCategory {
+                waba_id: waba_id.to_string(),
+                name: opt_str(value, "message_template_name")?,
+                language: opt_str(value, "message_template_language"),
+                category: opt_str(value, "new_category")?.to_ascii_uppercase(),
+            })
+        }
         "phone_number_quality_update"
             if opt_str(value, "event").as_deref() == Some("THROUGHPUT_UPGRADE") =>
         {
@@ -81,6 +99,25 @@ mod tests {
                 display_phone_number: "15550783881".into(),
                 mps: UPGRADED_MPS,
             })
+        );
+        let moved = json!({"message_template_id": 1, "message_template_name": "order_update",
+            "message_template_language": "en_US", "previous_category": "UTILITY",
+            "new_category": "MARKETING"});
+        assert_eq!(
+            account_update("WABA", "template_category_update", &moved),
+            Some(AccountUpdate::TemplateCategory {
+                waba_id: "WABA".into(),
+                name: "order_update".into(),
+                language: Some("en_US".into()),
+                category: "MARKETING".into(),
+            })
+        );
+        let coming = json!({"message_template_id": 1, "message_template_name": "order_update",
+            "message_template_language": "en_US", "correct_category": "MARKETING",
+            "new_category": "UTILITY", "category_update_timestamp": 1764000000});
+        assert_eq!(
+            account_update("WABA", "template_category_update", &coming),
+            None
         );
         // A messaging-limit change is not a throughput change; a status without a name
         // names nothing.
