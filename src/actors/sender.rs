@@ -32,7 +32,7 @@ use super::Core;
 use crate::crypto::SealKey;
 use crate::ids::{PhoneNumberId, TenantId};
 use crate::storage::outbox::{self, OutboxRow, OutboxState};
-use crate::storage::templates;
+use crate::storage::templates::{self, TemplateChange};
 use crate::storage::tenants::{self, SendingNumber};
 use crate::storage::StorageError;
 use crate::whatsapp::graph::{ErrorClass, GraphClient, GraphError};
@@ -115,12 +115,12 @@ pub async fn apply_account_updates(
                         language,
                         status,
                     } => {
-                        let changed = templates::set_template_status(
+                        let changed = templates::update_template(
                             conn,
                             waba_id,
                             name,
                             language.as_deref(),
-                            status,
+                            TemplateChange::Status(status),
                         )?;
                         if changed == 0 {
                             unsynced.push(waba_id.clone());
@@ -132,12 +132,12 @@ pub async fn apply_account_updates(
                         language,
                         category,
                     } => {
-                        let changed = templates::set_template_category(
+                        let changed = templates::update_template(
                             conn,
                             waba_id,
                             name,
                             language.as_deref(),
-                            category,
+                            TemplateChange::Category(category),
                         )?;
                         if changed == 0 {
                             unsynced.push(waba_id.clone());

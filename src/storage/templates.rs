@@ -11,36 +11,24 @@ use super::{DbConn, StorageError};
 use crate::ids::TenantId;
 use crate::whatsapp::graph::Template;
 
-/// Meta's new status of template `name` (in `language`, or in every language when Meta
-/// names none) of account `waba_id`; how many synced templates it changed (none: the
-/// template is not synced yet).
-pub fn set_template_status(
-    conn: &mut DbConn,
-    waba_id: &str,
-    name: &str,
-    language: Option<&str>,
-    status: &str,
-) -> Result<usize, StorageError> {
-    Ok(on_backend!(conn, c => {
-        let mut update = diesel::update(templates::table)
-            .filter(templates::waba_id.eq(waba_id))
-            .filter(templates::name.eq(name))
-            .into_boxed();
-        if let Some(language) = language {
-            update = update.filter(templates::language.eq(language));
-        }
-        update.set(templates::status.eq(status)).execute(c)
-    })?)
+/// What Meta changed of a synced template.
+#[derive(Debug, Clone, Copy)]
+pub enum TemplateChange<'a> {
+    /// Its status (`APPROVED`, `PAUSED`, ...).
+    Status(&'a str),
+    /// Its category (`MARKETING`, `UTILITY`, ...).
+    Category(&'a str),
 }
 
-/// Meta's new category of template `name` (in `language`, or every language) of
-/// account `waba_id`; how many synced templates it changed.
-pub fn set_template_category(
+/// Applies Meta's `change` to template `name` (in `language`, or in every language
+/// when Meta names none) of account `waba_id`; how many synced templates it changed
+/// (none: the template is not synced yet).
+pub fn update_template(
     conn: &mut DbConn,
     waba_id: &str,
     name: &str,
     language: Option<&str>,
-    category: &str,
+    change: TemplateChange<'_>,
 ) -> Result<usize, StorageError> {
     Ok(on_backend!(conn, c => {
         let mut update = diesel::update(templates::table)
@@ -50,7 +38,12 @@ pub fn set_template_category(
         if let Some(language) = language {
             update = update.filter(templates::language.eq(language));
         }
-        update.set(templates::category.eq(category)).execute(c)
+        match change {
+            TemplateChange::Status(status) => update.set(templates::status.eq(status)).execute(c),
+            TemplateChange::Category(category) => {
+                update.set(templates::category.eq(category)).execute(c)
+            }
+        }
     })?)
 }
 
