@@ -98,3 +98,7 @@ id_type!(
     /// Meta's id of a WhatsApp message (`wamid...`), inbound or outbound.
     Wamid
 );
+row_id_type!(
+    /// A tenant's automation (a keyword rule, the welcome, the away message).
+    AutomationId
+);

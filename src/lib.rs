@@ -25,6 +25,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::await_holding_lock)]
 
 pub mod actors;
+pub mod automation;
 pub mod clock;
 pub mod config;
 pub mod crypto;
@@ -334,6 +335,7 @@ pub async fn run(
         hosts: Default::default(),
         readers: readers.clone(),
         senders: Default::default(),
+        automations: crate::automation::AutomationBook::new(settings.outbound.clone()),
     });
     let registry = {
         let core = core.clone();

@@ -78,6 +78,8 @@ pub struct Core {
     pub readers: crate::storage::readers::ContactReaders,
     /// The business numbers' senders (outbound).
     pub senders: sender::Senders,
+    /// Each tenant's automations and settings, loaded once and kept until they change.
+    pub automations: crate::automation::AutomationBook,
 }
 
 impl Core {

@@ -16,6 +16,7 @@ use super::registry::{send_to_tenant, Registry};
 use super::{sender, Core};
 use crate::handoff::{self, Reply};
 use crate::ids::{MessageId, PhoneNumberId, TenantId, Wamid};
+use crate::storage::automations::AutomationRun;
 use crate::storage::contacts::{ContactIdentifiers, ContactQuestion, Lookup, ResolvedContact};
 use crate::storage::outbox::{self, Accepted, NewSend, OutboxRow};
 use crate::storage::templates::{self, Known};
@@ -31,10 +32,11 @@ pub struct SendOrder {
     pub contact: ContactIdentifiers,
     /// `Idempotency-Key` as a keyed hash, and the request's hash.
     pub idempotency: Option<(String, String)>,
-    /// A marketing template: not to a contact who opted out or objected.
+    /// A marketing template, or an automation's reply other than a confirmation: not
+    /// to a contact who opted out or objected.
     pub marketing: bool,
-    /// Sent by an automation (counted as its run).
-    pub automation: bool,
+    /// Sent by an automation: the run to record with it.
+    pub automation: Option<AutomationRun>,
 }
 
 impl SendOrder {
@@ -166,7 +168,7 @@ pub async fn send(
         contact,
         idempotency,
         marketing,
-        automation: false,
+        automation: None,
     };
     let (reply, answer) = handoff::channel();
     send_to_tenant(core, registry, tenant_id, Submit { order, reply });
@@ -281,9 +283,13 @@ pub(super) async fn accept(
     }
 }
 
-/// Counts a refusal by its rule.
+/// Counts a refusal by its rule (an automation held back by its cooldown was not
+/// refused: it did not run).
 fn refused(core: &Core, e: StorageError) -> StorageError {
     if let StorageError::Conflict { code, .. } = &e {
+        if *code == outbox::AUTOMATION_HELD_BACK {
+            return e;
+        }
         core.metrics
             .outbound_refusals
             .with_label_values(&[code])
@@ -380,7 +386,7 @@ fn new_send(
         kind: request.kind.as_str().to_string(),
         needs_window: request.kind.needs_window(),
         marketing: order.marketing,
-        automation: order.automation,
+        automation: order.automation.clone(),
         content_ct,
         request_ct,
         idempotency: order.idempotency.clone(),

@@ -19,12 +19,12 @@ const MAX_LIMIT: i64 = 500;
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// Read as text, so that any bad value is refused naming `limit`.
-    limit: Option<String>,
-    cursor: Option<String>,
+    pub(super) limit: Option<String>,
+    pub(super) cursor: Option<String>,
 }
 
 impl PageQuery {
-    fn limit(&self) -> Result<i64, ApiError> {
+    pub(super) fn limit(&self) -> Result<i64, ApiError> {
         let Some(limit) = &self.limit else {
             return Ok(DEFAULT_LIMIT);
         };
@@ -40,7 +40,7 @@ impl PageQuery {
 
     /// A cursor is a `next_cursor` this API gave out, which is always an id; anything
     /// else is refused here rather than compared in the database.
-    fn cursor(&self) -> Result<Option<String>, ApiError> {
+    pub(super) fn cursor(&self) -> Result<Option<String>, ApiError> {
         match &self.cursor {
             Some(cursor) if !is_id(cursor) => Err(ApiError::field(
                 ErrorCode::InvalidField,
@@ -63,7 +63,7 @@ struct Page<T> {
     next_cursor: Option<String>,
 }
 
-fn page<T>(items: Vec<T>, limit: i64, id: impl Fn(&T) -> &str) -> HttpResponse
+pub(super) fn page<T>(items: Vec<T>, limit: i64, id: impl Fn(&T) -> &str) -> HttpResponse
 where
     T: Serialize,
 {

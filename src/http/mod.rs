@@ -2,6 +2,7 @@
 //! the writer or read through the pool; state and ordering live in the actors.
 
 pub mod api;
+pub mod automations;
 pub mod crm;
 pub mod ops;
 pub mod outbound;
@@ -61,6 +62,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(resource("/messages/{id}").route(web::get().to(outbound::get_message)))
             .service(resource("/templates").route(web::get().to(outbound::list_templates)))
             .service(resource("/usage").route(web::get().to(usage::get_usage)))
+            .service(
+                resource("/automations")
+                    .route(web::get().to(automations::list))
+                    .route(web::post().to(automations::create)),
+            )
+            // Before `/automations/{id}`, which would take "runs" for an id.
+            .service(resource("/automations/runs").route(web::get().to(automations::runs)))
+            .service(
+                resource("/automations/{id}")
+                    .route(web::get().to(automations::get))
+                    .route(web::put().to(automations::replace))
+                    .route(web::delete().to(automations::delete)),
+            )
+            .service(
+                resource("/settings")
+                    .route(web::get().to(automations::get_settings))
+                    .route(web::put().to(automations::put_settings)),
+            )
             .service(resource("/conversations").route(web::get().to(api::list_conversations)))
             .service(
                 resource("/conversations/{id}/messages").route(web::get().to(api::list_messages)),

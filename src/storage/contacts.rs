@@ -19,7 +19,7 @@ use super::key_store::Vault;
 use super::keys::{insert_data_key, load_data_key, load_data_keys, load_keys};
 use super::messages::move_conversation_messages;
 use super::on_backend;
-use super::schema::{contact_labels, contacts, conversations, outbox};
+use super::schema::{automation_runs, contact_labels, contacts, conversations, outbox};
 use super::{DbConn, StorageError};
 use crate::crypto::{Keyring, NewDataKey, Place, SealKey};
 use crate::ids::{ContactId, ConversationId, KeyId, PhoneNumberId, TenantId};
@@ -683,6 +683,11 @@ fn merge_contacts(
     // the key they were sealed with, which the key store keeps).
     on_backend!(conn, c => diesel::update(outbox::table.filter(outbox::contact_id.eq(from)))
         .set(outbox::contact_id.eq(into))
+        .execute(c))?;
+    // Its automation runs too: a welcome already sent, a cooldown running, stay so.
+    on_backend!(conn, c => diesel::update(automation_runs::table
+            .filter(automation_runs::contact_id.eq(from)))
+        .set(automation_runs::contact_id.eq(into))
         .execute(c))?;
     // Deleted first: its blind indexes are unique and may pass to the survivor.
     on_backend!(conn, c => diesel::delete(contacts::table.find(from)).execute(c))?;

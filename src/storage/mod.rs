@@ -8,6 +8,7 @@
 //! [`writer`] thread (all writes, group-committed) or `web::block` (reads).
 
 pub mod apply;
+pub mod automations;
 pub mod contact_crm;
 pub mod contacts;
 pub mod conversations;

@@ -10,6 +10,7 @@
 use diesel::prelude::*;
 
 use super::apply::{content_place, wamid_place, MessageBundle};
+use super::automations::{self, AutomationRun};
 use super::contacts::{contact_field, ContactIdentifiers};
 use super::conversations::upsert_conversation;
 use super::key_store::Vault;
@@ -82,10 +83,11 @@ pub struct NewSend {
     pub kind: String,
     /// Whether it may go only inside the contact's customer-service window.
     pub needs_window: bool,
-    /// A marketing template: not to a contact who opted out or objected.
+    /// A marketing template, or an automation's reply other than a confirmation: not
+    /// to a contact who opted out or objected.
     pub marketing: bool,
-    /// Sent by an automation (counted as its run).
-    pub automation: bool,
+    /// Sent by an automation: its run, recorded (and its cooldown checked) here.
+    pub automation: Option<AutomationRun>,
     /// The type's object (the message's content) sealed, for the message row.
     pub content_ct: Option<Vec<u8>>,
     /// Meta's request body, sealed.
@@ -103,6 +105,9 @@ pub const OUTSIDE_WINDOW_MESSAGE: &str = "more than 24 hours since the contact's
 pub const RESTRICTED: &str = "restricted";
 pub const OPTED_OUT: &str = "opted_out";
 pub const OBJECTED: &str = "objected";
+/// An automation's cooldown for the contact has not passed, or a welcome was sent
+/// already: nothing is stored, and no run recorded.
+pub const AUTOMATION_HELD_BACK: &str = "automation_held_back";
 
 /// A send accepted now, or the first answer to its idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,18 +175,30 @@ pub fn accept(conn: &mut DbConn, send: &NewSend) -> Result<Accepted, StorageErro
             message: "the contact's processing is restricted: nothing may be sent".into(),
         });
     }
+    let what = if send.automation.is_some() {
+        "no automation may answer"
+    } else {
+        "no marketing template may be sent"
+    };
     if send.marketing && objected.is_some() {
         return Err(StorageError::Conflict {
             code: OBJECTED,
-            message: "the contact objected to marketing: no marketing template may be sent".into(),
+            message: format!("the contact objected to marketing: {what}"),
         });
     }
     if send.marketing && opted_out {
         return Err(StorageError::Conflict {
             code: OPTED_OUT,
-            message: "the contact stopped marketing messages: no marketing template may be sent"
-                .into(),
+            message: format!("the contact stopped marketing messages: {what}"),
         });
+    }
+    if let Some(run) = &send.automation {
+        if automations::held_back(conn, run, &send.contact_id, send.now_ms)? {
+            return Err(StorageError::Conflict {
+                code: AUTOMATION_HELD_BACK,
+                message: "the automation ran for this contact within its cooldown".into(),
+            });
+        }
     }
     if send.needs_window {
         let window_ends_at: Option<Option<i64>> = on_backend!(conn, c => conversations::table
@@ -254,8 +271,17 @@ pub fn accept(conn: &mut DbConn, send: &NewSend) -> Result<Accepted, StorageErro
         &format!("{}{}", usage::OUTBOUND_PREFIX, send.kind),
         1,
     )?;
-    if send.automation {
+    if let Some(run) = &send.automation {
         usage::add(conn, tenant, send.now_ms, usage::AUTOMATION_RUNS, 1)?;
+        automations::record_run(
+            conn,
+            &send.tenant_id,
+            run,
+            &send.contact_id,
+            Some(id),
+            automations::ACCEPTED,
+            send.now_ms,
+        )?;
     }
     if let Some((key_bidx, hash)) = &send.idempotency {
         on_backend!(conn, c => diesel::insert_into(idempotency_keys::table)
@@ -851,7 +877,7 @@ mod tests {
                 kind: "read".into(),
                 needs_window: false,
                 marketing: false,
-                automation: false,
+                automation: None,
                 content_ct: None,
                 request_ct: vec![1],
                 idempotency: None,
@@ -936,7 +962,7 @@ mod tests {
                 kind: "template".into(),
                 needs_window: false,
                 marketing: false,
-                automation: false,
+                automation: None,
                 content_ct: Some(vec![1]),
                 request_ct: vec![1],
                 idempotency: Some((key.to_string(), "hash".into())),

@@ -266,3 +266,35 @@ diesel::table! {
         count -> BigInt,
     }
 }
+
+diesel::table! {
+    automations (id) {
+        id -> Text,
+        tenant_id -> Text,
+        position -> BigInt,
+        definition_json -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    automation_runs (id) {
+        id -> Text,
+        tenant_id -> Text,
+        automation_id -> Nullable<Text>,
+        kind -> Text,
+        contact_id -> Text,
+        message_id -> Nullable<Text>,
+        outcome -> Text,
+        ran_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    tenant_settings (tenant_id) {
+        tenant_id -> Text,
+        settings_json -> Text,
+        updated_at -> BigInt,
+    }
+}

@@ -44,7 +44,7 @@ impl OutboundKind {
         }
     }
 
-    fn parse(name: &str) -> Option<OutboundKind> {
+    pub fn parse(name: &str) -> Option<OutboundKind> {
         Some(match name {
             "text" => OutboundKind::Text,
             "template" => OutboundKind::Template,

@@ -7,6 +7,7 @@
 
 mod api;
 mod at_rest;
+mod automations;
 mod daemon;
 mod fake_graph;
 mod outbound;

@@ -211,7 +211,17 @@ impl TestApp {
         backend: &Backend,
         clock: Arc<converra::clock::ManualClock>,
     ) -> TestApp {
-        let mut app = Self::start(backend).await;
+        Self::start_with_clock_and(backend, clock, |_| {}).await
+    }
+
+    /// A server whose time moves only when `clock` is told to, with its settings
+    /// changed by `tweak`.
+    pub async fn start_with_clock_and(
+        backend: &Backend,
+        clock: Arc<converra::clock::ManualClock>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> TestApp {
+        let mut app = Self::start_with(backend, Hooks::default(), tweak).await;
         app.stop().await;
         app.clock = clock;
         app.launch(Hooks::default()).await;

@@ -38,9 +38,12 @@ use actix::prelude::*;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::submit::{self, SendOrder, Submit};
+mod answers;
+
+use super::submit::{self, Submit};
 use super::tenant::{Idle, TenantActor};
 use super::Core;
+use crate::automation::TenantAutomations;
 use crate::crypto::{Keyring, Place, SealKey};
 use crate::handoff::Reply;
 use crate::ids::{ConversationId, MessageId, PhoneNumberId, TenantId, Wamid};
@@ -53,7 +56,6 @@ use crate::storage::crm::{
 use crate::storage::inbox::{self, FreshEvent, FreshRow, InboxItem};
 use crate::storage::writer::{ApplyReceipt, Delivered, Waiters};
 use crate::storage::StorageError;
-use crate::whatsapp::outbound::{self, Recipient};
 use crate::whatsapp::webhook::{InboundMessage, MessageContent, Status, UserPreference};
 use crate::whatsapp::{Event, EventKind, Identity};
 
@@ -165,6 +167,12 @@ pub struct ConversationActor {
     /// Sends to accept into the outbox, in the order they came; one at a time.
     submits: VecDeque<Submit>,
     submitting: bool,
+    /// Inbound messages stored, waiting for their automation to be chosen (in order).
+    answers: VecDeque<answers::Inbound>,
+    /// A read for the welcome is in flight.
+    answering: bool,
+    /// Whether the next inbound message is the contact's first.
+    welcome: answers::Welcome,
     /// The inbox rows among `pending`.
     pending_ids: HashSet<i64>,
     next_seq: u64,
@@ -190,8 +198,15 @@ enum Step {
     Resolve(ContactIdentifiers),
     /// The pending events applied (by seq; the i-th op applies the i-th), the ops, and
     /// the webhooks waiting on them.
-    /// With it, the opt-out keywords found: (the message's op, opted out or in).
-    Apply(Vec<u64>, Vec<ApplyOp>, Waiters, Vec<(usize, bool)>),
+    /// With it, the inbound messages an automation may answer, and the tenant's
+    /// automations they are judged by.
+    Apply(
+        Vec<u64>,
+        Vec<ApplyOp>,
+        Waiters,
+        Vec<answers::Inbound>,
+        Arc<TenantAutomations>,
+    ),
 }
 
 impl ConversationActor {
@@ -223,6 +238,9 @@ impl ConversationActor {
             pending: VecDeque::new(),
             submits: VecDeque::new(),
             submitting: false,
+            answers: VecDeque::new(),
+            answering: false,
+            welcome: answers::Welcome::Unknown,
             pending_ids: HashSet::new(),
             next_seq: 0,
             route_keys: HashSet::new(),
@@ -333,7 +351,7 @@ impl ConversationActor {
     /// Decides the next write: resolve the contact, or apply the longest run of
     /// pending events the cached contact covers. `Err(seq)` names an event that
     /// panicked.
-    fn next_step(&mut self) -> Option<Result<Step, u64>> {
+    fn next_step(&mut self, automations: &Arc<TenantAutomations>) -> Option<Result<Step, u64>> {
         let first = self.pending.front()?;
         if !self.covers(&first.event.identity) {
             let ids = self.identifiers_for(&first.event.identity);
@@ -349,7 +367,7 @@ impl ConversationActor {
         let mut profile: Option<(Option<String>, Option<String>)> = None;
         let mut unusable = Vec::new();
         let mut waiting = Vec::new();
-        let mut keywords = Vec::new();
+        let mut inbound = Vec::new();
         let mut derived = Vec::new();
         let most = if first.seq <= self.isolate_through {
             1
@@ -389,14 +407,25 @@ impl ConversationActor {
                 Err(_) => return Some(Err(item.seq)),
             }
             if item.event.kind == EventKind::Message {
-                if let Some(opted_out) = preference_keyword(&self.core, &item.event.item) {
-                    keywords.push((ops.len() - 1, opted_out));
+                let text = InboundMessage::text_body(&item.event.item);
+                let keyword = text.and_then(|t| automations.settings.preference_keyword(t));
+                let sent_at = message_time(&item.event.item, item.arrived_at);
+                if let Some(opted_out) = keyword {
                     derived.push(ApplyOp::Preference(NewPreference {
                         origin: None,
                         contact_id: contact.contact_id.clone(),
                         marketing_opt_out: Some(opted_out),
-                        occurred_at: message_time(&item.event.item, item.arrived_at),
+                        occurred_at: sent_at,
                     }));
+                }
+                if keyword.is_some() || automations.has_rules() {
+                    inbound.push(answers::Inbound {
+                        index: ops.len() - 1,
+                        keyword,
+                        text: text.map(str::to_string),
+                        sent_at,
+                        arrived_at: item.arrived_at,
+                    });
                 }
             }
             if matches!(item.source, Source::Fresh { .. }) {
@@ -413,7 +442,7 @@ impl ConversationActor {
         if !unusable.is_empty() {
             self.pending.retain(|item| !unusable.contains(&item.seq));
             if seqs.is_empty() {
-                return self.next_step();
+                return self.next_step(automations);
             }
         }
         // After the events' own ops, whose places match `seqs`.
@@ -462,14 +491,28 @@ impl ConversationActor {
                 }
             }
         }
-        Some(Ok(Step::Apply(seqs, ops, waiters, keywords)))
+        Some(Ok(Step::Apply(
+            seqs,
+            ops,
+            waiters,
+            inbound,
+            automations.clone(),
+        )))
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
         if self.in_flight {
             return;
         }
-        let step = match self.next_step() {
+        // The tenant's keywords and automations are known before its messages are
+        // judged: loaded once, the first time.
+        let Some(automations) = self.core.automations.peek(&self.tenant_id) else {
+            if !self.pending.is_empty() {
+                self.load_automations(ctx);
+            }
+            return;
+        };
+        let step = match self.next_step(&automations) {
             None => return,
             Some(Ok(step)) => step,
             Some(Err(panicked)) => {
@@ -503,7 +546,7 @@ impl ConversationActor {
                     }
                 }));
             }
-            Step::Apply(seqs, ops, waiters, keywords) => {
+            Step::Apply(seqs, ops, waiters, inbound, automations) => {
                 let new_contact = self.creating.take();
                 let creates = new_contact.is_some();
                 let fut = async move { writer.apply(tenant_id, new_contact, ops, waiters).await };
@@ -518,12 +561,7 @@ impl ConversationActor {
                     match result {
                         Ok(receipt) => {
                             actor.contact_stored = actor.contact.is_some();
-                            for (index, opted_out) in keywords {
-                                // Confirmed once: not for a message Meta sent again.
-                                if !receipt.duplicate.get(index).copied().unwrap_or(false) {
-                                    actor.confirm_preference(opted_out, ctx);
-                                }
-                            }
+                            actor.answer(inbound, &receipt.duplicate, automations, creates, ctx);
                             if receipt.conversation.is_some() {
                                 actor.conversation_id = receipt.conversation.clone();
                             }
@@ -965,53 +1003,6 @@ impl Handler<Submitted> for ConversationActor {
     }
 }
 
-impl ConversationActor {
-    /// Confirms a contact's opt-out or opt-in keyword with the configured reply: the one
-    /// message that still goes to a contact who opted out. It goes through the outbox
-    /// like any send, after the sends before it.
-    fn confirm_preference(&mut self, opted_out: bool, ctx: &mut Context<Self>) {
-        let Some(contact) = self.contact.clone() else {
-            return;
-        };
-        let outbound = &self.core.settings.outbound;
-        let body = if opted_out {
-            &outbound.opt_out_reply
-        } else {
-            &outbound.opt_in_reply
-        };
-        let to = match (&contact.wa_id, &contact.user_id) {
-            (Some(wa_id), _) => Recipient::WaId(wa_id.clone()),
-            (None, Some(user_id)) => Recipient::UserId(user_id.clone()),
-            (None, None) => return,
-        };
-        let order = SendOrder {
-            tenant_id: self.tenant_id.clone(),
-            request: outbound::text_request(self.phone_number_id.as_str(), to, body),
-            contact: ContactIdentifiers {
-                user_id: contact.user_id.clone(),
-                wa_id: contact.wa_id.clone(),
-            },
-            idempotency: None,
-            marketing: false,
-            automation: true,
-        };
-        // No one else waits for the answer: a refusal (the contact is restricted) is
-        // counted, any other failure logged.
-        let (reply, answer) = crate::handoff::channel();
-        let log = self.log.clone();
-        actix::spawn(async move {
-            if let Ok(Err(e)) = answer.await {
-                if !matches!(e, StorageError::Conflict { .. }) {
-                    slog::warn!(log, "an opt-out or opt-in confirmation was not stored";
-                        "error" => %e);
-                }
-            }
-        });
-        self.submits.push_back(Submit { order, reply });
-        self.pump_submits(ctx);
-    }
-}
-
 impl Handler<Submit> for ConversationActor {
     type Result = ();
 
@@ -1085,24 +1076,6 @@ impl OpContext<'_> {
 }
 
 /// Turns one event into the write that applies it.
-/// Whether an inbound message is an opt-out keyword (`Some(true)`), an opt-in one
-/// (`Some(false)`), or neither: the whole text, case aside.
-fn preference_keyword(core: &Core, item: &Value) -> Option<bool> {
-    // "Stop." and "STOP!" mean STOP.
-    let text = InboundMessage::text_body(item)?
-        .trim()
-        .trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace());
-    let outbound = &core.settings.outbound;
-    let says = |words: &[String]| words.iter().any(|w| w.trim().eq_ignore_ascii_case(text));
-    if says(&outbound.opt_out_keywords) {
-        Some(true)
-    } else if says(&outbound.opt_in_keywords) {
-        Some(false)
-    } else {
-        None
-    }
-}
-
 /// When a message was sent by Meta's `timestamp`, never later than it arrived.
 fn message_time(item: &Value, arrived_at: i64) -> i64 {
     let sent = InboundMessage::from_item(item).map_or(arrived_at, |m| ms(m.timestamp));
