@@ -46,7 +46,17 @@ pub struct Settings {
     pub actors: ActorSettings,
     pub inbox: InboxSettings,
     pub outbound: OutboundSettings,
+    pub media: MediaSettings,
     pub log: LogSettings,
+}
+
+/// Fetching the media of inbound messages from Meta.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSettings {
+    pub concurrency: usize,
+    pub retry_base_ms: u64,
+    pub retry_deadline_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -320,6 +330,18 @@ impl Settings {
             if !(1..=most).contains(&value) {
                 return Err(invalid(key, format!("must be from 1 to {most}")));
             }
+        }
+        if !(1..=64).contains(&self.media.concurrency) {
+            return Err(invalid("media.concurrency", "must be from 1 to 64"));
+        }
+        if !(1..=3_600_000).contains(&self.media.retry_base_ms) {
+            return Err(invalid("media.retry_base_ms", "must be from 1 to 3600000"));
+        }
+        if !(1..=30 * DAY).contains(&self.media.retry_deadline_secs) {
+            return Err(invalid(
+                "media.retry_deadline_secs",
+                format!("must be from 1 to {}", 30 * DAY),
+            ));
         }
         if self.database.readers == 0 {
             return Err(invalid("database.readers", "must be at least 1"));

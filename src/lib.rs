@@ -336,12 +336,17 @@ pub async fn run(
         readers: readers.clone(),
         senders: Default::default(),
         automations: crate::automation::AutomationBook::new(settings.outbound.clone()),
+        media_wanted: Default::default(),
     });
     let registry = {
         let core = core.clone();
         let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
         Supervisor::start(move |_| Registry::new(core, handles))
     };
+    {
+        let core = core.clone();
+        Supervisor::start(move |_| actors::media::MediaFetcher::new(core));
+    }
     // Every number's sender starts: it syncs the account's templates, and sends what
     // was accepted before a stop.
     {

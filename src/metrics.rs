@@ -44,6 +44,8 @@ pub struct Metrics {
     pub outbound_numbers_paused: IntGauge,
     /// Meta's rate and spam limits met, by what waits (`number` or `send`) and code.
     pub outbound_deferrals: IntCounterVec,
+    /// Media fetches from Meta by outcome: fetched, retried, failed.
+    pub media_fetches: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -150,7 +152,16 @@ impl Metrics {
             &["scope", "code"],
         )?;
         registry.register(Box::new(outbound_deferrals.clone()))?;
+        let media_fetches = IntCounterVec::new(
+            Opts::new(
+                "media_fetches_total",
+                "Attempts to fetch an inbound message's media from Meta, by outcome: fetched, retried, failed",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(media_fetches.clone()))?;
         Ok(Metrics {
+            media_fetches,
             outbound_deferrals,
             outbound_sends,
             outbound_refusals,

@@ -12,6 +12,7 @@
 //! a restarted actor and re-dispatched by the registry's sweeper.
 
 pub mod conversation;
+pub mod media;
 pub mod registry;
 pub mod sender;
 pub mod submit;
@@ -80,6 +81,8 @@ pub struct Core {
     pub senders: sender::Senders,
     /// Each tenant's automations and settings, loaded once and kept until they change.
     pub automations: crate::automation::AutomationBook,
+    /// Set when a write stored media to fetch: the media fetcher looks at once.
+    pub media_wanted: std::sync::atomic::AtomicBool,
 }
 
 impl Core {

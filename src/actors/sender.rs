@@ -1090,7 +1090,7 @@ enum Settle {
 }
 
 /// `base_ms` give or take a quarter, so that sends failed together do not retry together.
-fn jittered(base_ms: f64) -> i64 {
+pub(super) fn jittered(base_ms: f64) -> i64 {
     let mut byte = [0u8; 1];
     rand::fill(&mut byte[..]);
     let factor = 0.75 + f64::from(byte[0]) / 255.0 * 0.5;

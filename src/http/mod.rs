@@ -4,6 +4,7 @@
 pub mod api;
 pub mod automations;
 pub mod crm;
+pub mod media;
 pub mod ops;
 pub mod outbound;
 pub mod usage;
@@ -60,6 +61,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             )
             .service(resource("/messages").route(web::post().to(outbound::send_message)))
             .service(resource("/messages/{id}").route(web::get().to(outbound::get_message)))
+            .service(resource("/messages/{id}/media").route(web::get().to(media::get_media)))
             .service(resource("/templates").route(web::get().to(outbound::list_templates)))
             .service(resource("/usage").route(web::get().to(usage::get_usage)))
             .service(

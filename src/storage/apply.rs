@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::conversations::{reopen_conversations, touch_conversations, upsert_conversation, Touch};
 use super::inbox::FreshRow;
+use super::media;
 use super::messages::{complete_tombstone, insert_inbound, InboundRow, MessageState};
 use super::on_backend;
 use super::outbox;
@@ -274,6 +275,7 @@ pub fn apply_batch(
     let mut outcomes = Vec::with_capacity(jobs.len());
     // The conversations new inbound messages went to.
     let mut written_to: Vec<String> = Vec::new();
+    let mut new_media = Vec::new();
     for (tenant_id, ops) in jobs {
         let mut outcome = JobApplied {
             conversation: None,
@@ -282,11 +284,12 @@ pub fn apply_batch(
         for op in ops.iter().copied() {
             let applied = match (op, in_set(op, &existing)) {
                 (ApplyOp::Inbound(m), Some(conversation_id)) => {
-                    let redelivered = !inserted.contains(m.message_id.as_str())
-                        && complete_tombstone(conn, tenant_id, m)? == 0;
+                    let stored = inserted.contains(m.message_id.as_str());
+                    let redelivered = !stored && complete_tombstone(conn, tenant_id, m)? == 0;
                     Applied {
                         conversation: Some(conversation_id.clone()),
                         redelivered,
+                        stored,
                     }
                 }
                 _ => apply(conn, tenant_id, op, now_ms)?,
@@ -296,6 +299,18 @@ pub fn apply_batch(
             {
                 if !m.is_revoke() {
                     written_to.push(conversation.as_str().to_string());
+                }
+            }
+            // Media is fetched for a message stored now, not for a redelivery or a
+            // message its sender deleted first (whose tombstone it completed).
+            if let (ApplyOp::Inbound(m), true) = (op, applied.stored) {
+                if media::is_media(&m.msg_type) {
+                    new_media.push(media::NewMedia {
+                        message_id: m.message_id.as_str(),
+                        tenant_id: tenant_id.as_str(),
+                        phone_number_id: m.phone_number_id.as_str(),
+                        kind: &m.msg_type,
+                    });
                 }
             }
             if applied.conversation.is_some() {
@@ -309,6 +324,7 @@ pub fn apply_batch(
     written_to.dedup();
     let written_to: Vec<&str> = written_to.iter().map(String::as_str).collect();
     reopen_conversations(conn, &written_to)?;
+    media::enqueue(conn, &new_media, now_ms)?;
     Ok(outcomes)
 }
 
@@ -328,6 +344,8 @@ pub(super) struct Applied {
     pub conversation: Option<ConversationId>,
     /// An inbound message that was stored already.
     pub redelivered: bool,
+    /// An inbound message stored now, under its own id.
+    pub stored: bool,
 }
 
 /// Applies one op; idempotent, so a redelivered or re-dispatched event changes nothing.
@@ -406,6 +424,7 @@ pub(super) fn apply(
             Ok(Applied {
                 conversation: Some(conversation_id),
                 redelivered,
+                stored: inserted == 1,
             })
         }
         ApplyOp::Status(s) => {

@@ -18,6 +18,7 @@ pub mod inbox;
 pub mod key_store;
 pub mod keys;
 pub mod master_key;
+pub mod media;
 pub mod messages;
 pub mod outbox;
 pub mod raw_keys;

@@ -198,6 +198,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     conversation_messages,
     contact_labels,
     outbox,
+    media_downloads,
 );
 
 diesel::table! {
@@ -298,3 +299,23 @@ diesel::table! {
         updated_at -> BigInt,
     }
 }
+
+diesel::table! {
+    media_downloads (message_id) {
+        message_id -> Text,
+        tenant_id -> Text,
+        phone_number_id -> Text,
+        kind -> Text,
+        state -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        created_at -> BigInt,
+        mime_type -> Nullable<Text>,
+        file_size -> Nullable<BigInt>,
+        content_ct -> Nullable<Binary>,
+        error_json -> Nullable<Text>,
+        fetched_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::joinable!(media_downloads -> messages (message_id));

@@ -49,7 +49,7 @@ pub struct GraphError {
 }
 
 impl GraphError {
-    fn network(class: ErrorClass, message: String) -> GraphError {
+    pub(super) fn network(class: ErrorClass, message: String) -> GraphError {
         GraphError {
             class,
             http_status: None,
@@ -158,9 +158,9 @@ const TEMPLATE_PAGES_MAX: usize = 100;
 
 /// A client for one actix thread (awc's client is bound to the thread it was made on).
 pub struct GraphClient {
-    client: awc::Client,
-    base_url: String,
-    version: String,
+    pub(super) client: awc::Client,
+    pub(super) base_url: String,
+    pub(super) version: String,
 }
 
 impl GraphClient {

@@ -3,6 +3,7 @@
 //! shaped for the Graph API). Nothing outside this module looks inside Meta's payloads.
 
 pub mod graph;
+pub mod media;
 pub mod outbound;
 pub mod signature;
 pub mod webhook;

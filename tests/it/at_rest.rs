@@ -31,7 +31,7 @@ fn sender() -> Value {
 /// Everything the database holds, as bytes to search: on SQLite its files (the data
 /// and the key store, with their write-ahead logs), on PostgreSQL every row of every
 /// table as text (bytea shown as hex).
-fn everything_stored(db: &TestDb, conn: &mut storage::DbConn) -> Vec<u8> {
+pub(crate) fn everything_stored(db: &TestDb, conn: &mut storage::DbConn) -> Vec<u8> {
     use diesel::RunQueryDsl;
     #[derive(diesel::QueryableByName)]
     struct Text {

@@ -31,6 +31,12 @@ struct State {
     delay: Duration,
     /// The account's templates, listed two to a page; `None`: the listing fails.
     templates: Option<Vec<Value>>,
+    /// Media by id: (MIME type, the file, the size Meta claims).
+    media: std::collections::HashMap<String, (String, Vec<u8>, usize)>,
+    /// Answers to `GET /{media_id}` before the default, in order.
+    media_scripted: VecDeque<(u16, Value)>,
+    /// Media calls: (path, authorization).
+    media_calls: Vec<(String, Option<String>)>,
 }
 
 #[derive(Clone)]
@@ -56,6 +62,8 @@ impl FakeGraph {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(shared.clone()))
+                .route("/media-files/{id}", web::get().to(media_file))
+                .route("/{version}/{media_id}", web::get().to(media_info))
                 .route("/{version}/{number}/messages", web::post().to(send))
                 .route(
                     "/{version}/{waba}/message_templates",
@@ -83,6 +91,26 @@ impl FakeGraph {
     /// The templates the account lists from now on.
     pub fn set_templates(&self, templates: Vec<Value>) {
         self.state.lock().unwrap().templates = Some(templates);
+    }
+
+    /// A media file users send, by Meta's media id; `claimed_size` is the size Meta's
+    /// media answer gives.
+    pub fn add_media(&self, id: &str, mime_type: &str, bytes: Vec<u8>, claimed_size: usize) {
+        self.state
+            .lock()
+            .unwrap()
+            .media
+            .insert(id.to_string(), (mime_type.to_string(), bytes, claimed_size));
+    }
+
+    /// The next answers to `GET /{media_id}`, before the default.
+    pub fn script_media(&self, answers: Vec<(u16, Value)>) {
+        self.state.lock().unwrap().media_scripted.extend(answers);
+    }
+
+    /// The media calls so far: (path, authorization header).
+    pub fn media_calls(&self) -> Vec<(String, Option<String>)> {
+        self.state.lock().unwrap().media_calls.clone()
     }
 
     /// Answers each call `delay` after it arrives.
@@ -193,4 +221,72 @@ async fn list_templates(
             "next": "https://graph.facebook.com/next-page"});
     }
     HttpResponse::Ok().json(body)
+}
+
+/// Meta's `GET /{media_id}`: the file's temporary URL and facts.
+async fn media_info(
+    state: web::Data<Arc<Mutex<State>>>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    let (_, id) = path.into_inner();
+    let mut state = state.lock().unwrap();
+    let authorization = req
+        .headers()
+        .get("Authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    state
+        .media_calls
+        .push((req.path().to_string(), authorization.clone()));
+    if !authorization.is_some_and(|a| a.starts_with("Bearer ") && a.len() > 7) {
+        return HttpResponse::Unauthorized().json(meta_error(190, "Invalid OAuth access token"));
+    }
+    if let Some((status, answer)) = state.media_scripted.pop_front() {
+        return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+            .json(answer);
+    }
+    let Some((mime_type, bytes, claimed)) = state.media.get(&id).cloned() else {
+        return HttpResponse::BadRequest().json(meta_error(
+            100,
+            "Unsupported get request. Object with ID does not exist",
+        ));
+    };
+    let host = req.connection_info().host().to_string();
+    use sha2::Digest;
+    HttpResponse::Ok().json(json!({
+        "messaging_product": "whatsapp",
+        "url": format!("http://{host}/media-files/{id}"),
+        "mime_type": mime_type,
+        "sha256": hex::encode(sha2::Sha256::digest(&bytes)),
+        "file_size": claimed.to_string(),
+        "id": id,
+    }))
+}
+
+/// The file behind a media URL, for a bearer token only (as Meta's lookaside host).
+async fn media_file(
+    state: web::Data<Arc<Mutex<State>>>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> HttpResponse {
+    let id = path.into_inner();
+    let mut state = state.lock().unwrap();
+    let authorization = req
+        .headers()
+        .get("Authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    state
+        .media_calls
+        .push((req.path().to_string(), authorization.clone()));
+    if !authorization.is_some_and(|a| a.starts_with("Bearer ")) {
+        return HttpResponse::NotFound().finish();
+    }
+    match state.media.get(&id) {
+        Some((mime_type, bytes, _)) => HttpResponse::Ok()
+            .content_type(mime_type.as_str())
+            .body(bytes.clone()),
+        None => HttpResponse::NotFound().finish(),
+    }
 }

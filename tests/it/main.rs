@@ -10,6 +10,7 @@ mod at_rest;
 mod automations;
 mod daemon;
 mod fake_graph;
+mod media;
 mod outbound;
 mod recovery;
 mod storage;

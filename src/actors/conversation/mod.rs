@@ -31,6 +31,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +55,7 @@ use crate::storage::crm::{
     ProfileUpdate, ResolvedContact,
 };
 use crate::storage::inbox::{self, FreshEvent, FreshRow, InboxItem};
+use crate::storage::media;
 use crate::storage::writer::{ApplyReceipt, Delivered, Waiters};
 use crate::storage::StorageError;
 use crate::whatsapp::webhook::{InboundMessage, MessageContent, Status, UserPreference};
@@ -173,6 +175,8 @@ pub struct ConversationActor {
     answering: bool,
     /// Whether the next inbound message is the contact's first.
     welcome: answers::Welcome,
+    /// A write in flight stores media to fetch: the fetcher is woken once it commits.
+    stores_media: bool,
     /// The inbox rows among `pending`.
     pending_ids: HashSet<i64>,
     next_seq: u64,
@@ -241,6 +245,7 @@ impl ConversationActor {
             answers: VecDeque::new(),
             answering: false,
             welcome: answers::Welcome::Unknown,
+            stores_media: false,
             pending_ids: HashSet::new(),
             next_seq: 0,
             route_keys: HashSet::new(),
@@ -403,7 +408,12 @@ impl ConversationActor {
                     unusable.push(item.seq);
                     continue;
                 }
-                Ok(op) => ops.push(op),
+                Ok(op) => {
+                    if matches!(&op, ApplyOp::Inbound(m) if media::is_media(&m.msg_type)) {
+                        self.stores_media = true;
+                    }
+                    ops.push(op)
+                }
                 Err(_) => return Some(Err(item.seq)),
             }
             if item.event.kind == EventKind::Message {
@@ -561,6 +571,9 @@ impl ConversationActor {
                     match result {
                         Ok(receipt) => {
                             actor.contact_stored = actor.contact.is_some();
+                            if std::mem::take(&mut actor.stores_media) {
+                                actor.core.media_wanted.store(true, Ordering::Release);
+                            }
                             actor.answer(inbound, &receipt.duplicate, automations, creates, ctx);
                             if receipt.conversation.is_some() {
                                 actor.conversation_id = receipt.conversation.clone();

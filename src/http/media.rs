@@ -1,0 +1,55 @@
+//! `GET /v1/messages/{id}/media`: the file of an inbound media message, as fetched from
+//! Meta, with its MIME type. While it is being fetched the answer is 409
+//! `media_pending`; a fetch given up is 409 `media_failed` with Meta's error.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::api::{authenticate, is_id, read};
+use super::AppState;
+use crate::error::{ApiError, ErrorCode};
+use crate::storage::media::{self, DONE, PENDING};
+
+pub async fn get_media(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = authenticate(&state, &req).await?;
+    let id = path.into_inner();
+    let not_found = || ApiError::new(ErrorCode::NotFound, "no media message of yours has this id");
+    if !is_id(&id) {
+        return Err(not_found());
+    }
+    let stored = read(&state, move |conn, vault| {
+        media::stored_media(conn, vault, &tenant, &id)
+    })
+    .await?
+    .ok_or_else(not_found)?;
+    match (stored.state.as_str(), stored.content) {
+        (DONE, Some(content)) => Ok(HttpResponse::Ok()
+            .content_type(
+                stored
+                    .mime_type
+                    .filter(|m| {
+                        m.contains('/') && actix_web::http::header::HeaderValue::from_str(m).is_ok()
+                    })
+                    .unwrap_or_else(|| "application/octet-stream".into()),
+            )
+            .body(content)),
+        (DONE, None) => Err(ApiError::new(
+            ErrorCode::Conflict("media_unreadable"),
+            "the media's key is gone (its contact was erased)",
+        )),
+        (PENDING, _) => Err(ApiError::new(
+            ErrorCode::Conflict("media_pending"),
+            "the media is being fetched from Meta; try again shortly",
+        )),
+        _ => Err(ApiError::new(
+            ErrorCode::Conflict("media_failed"),
+            format!(
+                "the media could not be fetched from Meta: {}",
+                stored.error_json.unwrap_or_default()
+            ),
+        )),
+    }
+}
