@@ -467,3 +467,126 @@ async fn bad_automations_and_settings_are_refused_naming_the_field() {
         "{error}"
     );
 }
+
+/// A contact whose processing is restricted gets nothing at all (no send, no
+/// automation, no confirmation); one who objected gets no marketing template and no
+/// automation, but a utility template and a service reply still go. The flags are set
+/// in the database here, as the compliance actor sets them.
+#[actix_rt::test]
+async fn restricted_and_objected_contacts_are_refused_with_the_rule_named() {
+    for backend in backends() {
+        let graph = FakeGraph::start().await;
+        let template = |name: &str, category: &str| {
+            json!({"name": name, "language": "en_US", "category": category,
+                "status": "APPROVED", "id": name, "components": [{"type": "BODY", "text": "Hi"}]})
+        };
+        graph.set_templates(vec![
+            template("sale", "MARKETING"),
+            template("receipt", "UTILITY"),
+        ]);
+        let app = TestApp::start_with(&backend, Default::default(), tweak(&graph)).await;
+        let key = app.a.api_key.clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while app.get("/v1/templates", Some(&key)).await.1["items"]
+            .as_array()
+            .is_none_or(|t| t.len() < 2)
+        {
+            assert!(Instant::now() < deadline, "templates never synced");
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        create(&app, &key, keyword("ping", "exact", "ping", "pong")).await;
+        const RITA: &str = "4915100000007";
+        const OSCAR: &str = "4915100000008";
+        let t = now_secs();
+        app.post_signed(&says_at(RITA, "wamid.r1", "hello", t))
+            .await;
+        app.post_signed(&says_at(OSCAR, "wamid.o1", "hello", t))
+            .await;
+        app.wait_messages(&app.a, 2).await;
+        let (_, pool) = app.pool();
+        let mut conn = pool.get().unwrap();
+        let contacts = app.all("/v1/contacts", &key).await;
+        let id_of = |wa_id: &str| {
+            contacts.iter().find(|c| c["wa_id"] == wa_id).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let run = |conn: &mut converra::storage::DbConn, sql: String| {
+            use diesel::RunQueryDsl;
+            converra::on_backend!(conn, c => diesel::sql_query(sql).execute(c)).unwrap();
+        };
+        run(
+            &mut conn,
+            format!(
+                "UPDATE contacts SET restricted_at = 1 WHERE id = '{}'",
+                id_of(RITA)
+            ),
+        );
+        run(
+            &mut conn,
+            format!(
+                "UPDATE contacts SET objected_at = 1 WHERE id = '{}'",
+                id_of(OSCAR)
+            ),
+        );
+        let send = |to: &str, body: Value| {
+            let mut send = body;
+            send["from_phone_number_id"] = json!(NUMBER_A);
+            send["to"] = json!(to);
+            send
+        };
+        let text = json!({"type": "text", "text": {"body": "a reply"}});
+        let sale = json!({"type": "template",
+            "template": {"name": "sale", "language": {"code": "en_US"}}});
+        let receipt = json!({"type": "template",
+            "template": {"name": "receipt", "language": {"code": "en_US"}}});
+        for (to, body, expected) in [
+            (RITA, text.clone(), Some("restricted")),
+            (RITA, receipt.clone(), Some("restricted")),
+            (OSCAR, sale.clone(), Some("objected")),
+            (OSCAR, receipt.clone(), None),
+            (OSCAR, text.clone(), None),
+        ] {
+            let (status, answer) = app
+                .send_json("POST", "/v1/messages", &key, &send(to, body.clone()))
+                .await;
+            match expected {
+                Some(code) => {
+                    assert_eq!(status, 409, "{to} {body}: {answer}");
+                    assert_eq!(answer["error"]["code"], code, "{answer}");
+                }
+                None => assert_eq!(status, 202, "{to} {body}: {answer}"),
+            }
+        }
+        // Their messages set off no automation, and STOP from Rita is not confirmed.
+        app.post_signed(&says_at(RITA, "wamid.r2", "ping", t)).await;
+        app.post_signed(&says_at(RITA, "wamid.r3", "STOP", t)).await;
+        app.post_signed(&says_at(OSCAR, "wamid.o2", "ping", t))
+            .await;
+        let runs = wait_runs(&app, "", |runs| runs.len() >= 3).await;
+        let mut outcomes: Vec<(&str, &str)> = runs
+            .iter()
+            .map(|r| (r["kind"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+            .collect();
+        outcomes.sort();
+        assert_eq!(
+            outcomes,
+            [
+                ("keyword", "objected"),
+                ("keyword", "restricted"),
+                ("opt_out", "restricted")
+            ],
+            "{runs:?}"
+        );
+        // Oscar got the utility template and the reply; Rita got nothing.
+        let calls = graph.wait_calls(2).await;
+        assert!(calls.iter().all(|c| c.body["to"] == OSCAR), "{calls:?}");
+        // Two by the API, two by automations.
+        let refusals = app
+            .metric("converra_outbound_refusals_total{code=\"restricted\"}")
+            .await;
+        assert_eq!(refusals, 4.0, "refusals counted");
+        graph.stop().await;
+    }
+}
