@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use converra::clock::{rfc3339, Clock, SystemClock};
 use converra::config::Settings;
 use converra::ids::TenantId;
-use converra::storage::{self, tenants};
+use converra::storage::{self, messaging_limits, tenants};
 
 /// Every webhook allocates and frees many small values (JSON trees, strings, actor
 /// envelopes) across threads, which mimalloc does with less CPU than glibc's
@@ -122,8 +122,9 @@ enum NumberCommand {
         #[command(flatten)]
         output: Output,
     },
-    /// Replace a number's Graph API access token; the running daemon uses it at once
-    /// and a number paused for its token resumes.
+    /// Replace a number's Graph API access token (the running daemon uses it at once
+    /// and a number paused for its token resumes), group it into a business
+    /// portfolio, or set its portfolio's messaging limit.
     Update {
         #[arg(long)]
         tenant: String,
@@ -131,7 +132,15 @@ enum NumberCommand {
         phone_number_id: String,
         /// File holding the new access token.
         #[arg(long)]
-        access_token_file: PathBuf,
+        access_token_file: Option<PathBuf>,
+        /// The business portfolio whose messaging limit the number shares (its
+        /// WhatsApp Business Account's own when not grouped; "" ungroups it).
+        #[arg(long)]
+        portfolio_id: Option<String>,
+        /// The portfolio's messaging limit: unique users reached in 24 hours by
+        /// business-initiated messages (-1: unlimited), until Meta announces another.
+        #[arg(long, allow_hyphen_values = true)]
+        messaging_limit: Option<i64>,
     },
     /// List phone numbers, of one tenant or all.
     List {
@@ -387,22 +396,81 @@ fn number(settings: Settings, command: NumberCommand) -> anyhow::Result<()> {
             tenant,
             phone_number_id,
             access_token_file,
+            portfolio_id,
+            messaging_limit,
         } => {
-            let token = read_token(&access_token_file)?;
-            tenants::replace_access_token(&mut conn, &keyring, &tenant, &phone_number_id, &token)
-                .map_err(|e| match e {
+            if access_token_file.is_none() && portfolio_id.is_none() && messaging_limit.is_none() {
+                anyhow::bail!(
+                    "nothing to update: give --access-token-file, --portfolio-id or --messaging-limit"
+                );
+            }
+            if messaging_limit.is_some_and(|limit| limit < -1) {
+                anyhow::bail!("--messaging-limit must be -1 (unlimited) or a number of users");
+            }
+            let not_found = |e: storage::StorageError| match e {
                 storage::StorageError::NotFound => {
                     anyhow::anyhow!("tenant {tenant} has no phone number {phone_number_id}")
                 }
                 other => other.into(),
-            })?;
-            println!("access token of {phone_number_id} replaced");
+            };
+            if let Some(file) = &access_token_file {
+                let token = read_token(file)?;
+                tenants::replace_access_token(
+                    &mut conn,
+                    &keyring,
+                    &tenant,
+                    &phone_number_id,
+                    &token,
+                )
+                .map_err(not_found)?;
+                println!("access token of {phone_number_id} replaced");
+            }
+            if let Some(portfolio) = &portfolio_id {
+                let portfolio = Some(portfolio.trim()).filter(|p| !p.is_empty());
+                messaging_limits::set_portfolio(&mut conn, &tenant, &phone_number_id, portfolio)
+                    .map_err(not_found)?;
+                println!(
+                    "{phone_number_id} shares the messaging limit of {}",
+                    portfolio.unwrap_or("its WhatsApp Business Account")
+                );
+            }
+            if let Some(limit) = messaging_limit {
+                let portfolio = messaging_limits::portfolio_of(&mut conn, &phone_number_id)?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("tenant {tenant} has no phone number {phone_number_id}")
+                    })?;
+                messaging_limits::set_limit(
+                    &mut conn,
+                    &portfolio,
+                    limit,
+                    "operator",
+                    SystemClock.now_ms(),
+                )?;
+                println!("messaging limit of portfolio {portfolio} set to {limit}");
+            }
         }
         NumberCommand::List { tenant, output } => {
             let tenant = tenant.map(TenantId);
             let all = tenants::list_phone_numbers(&mut conn, tenant.as_ref())?;
+            let portfolios =
+                messaging_limits::portfolios(&mut conn, tenant.as_ref(), SystemClock.now_ms())?;
+            let portfolio_of = |number: &str| {
+                portfolios
+                    .iter()
+                    .find(|p| p.phone_number_ids.iter().any(|n| n == number))
+            };
             if output.json {
-                println!("{}", serde_json::to_string(&all)?);
+                let listed: Vec<serde_json::Value> = all
+                    .iter()
+                    .map(|n| {
+                        let mut value = serde_json::json!(n);
+                        if let Some(p) = portfolio_of(&n.phone_number_id) {
+                            value["portfolio"] = serde_json::json!(p);
+                        }
+                        value
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string(&listed)?);
             } else {
                 print_table(
                     &[
@@ -410,14 +478,28 @@ fn number(settings: Settings, command: NumberCommand) -> anyhow::Result<()> {
                         "tenant_id",
                         "display_phone_number",
                         "waba_id",
+                        "portfolio_id",
+                        "messaging_limit",
+                        "reached_24h",
+                        "waiting",
                     ],
                     all.into_iter()
                         .map(|n| {
+                            let p = portfolio_of(&n.phone_number_id);
+                            let limit = match p.and_then(|p| p.messaging_limit) {
+                                None => "unknown".to_string(),
+                                Some(-1) => "unlimited".to_string(),
+                                Some(limit) => limit.to_string(),
+                            };
                             vec![
                                 n.phone_number_id,
                                 n.tenant_id,
                                 n.display_phone_number,
                                 n.waba_id,
+                                p.map(|p| p.portfolio_id.clone()).unwrap_or_default(),
+                                limit,
+                                p.map(|p| p.reached.to_string()).unwrap_or_default(),
+                                p.map(|p| p.waiting.to_string()).unwrap_or_default(),
                             ]
                         })
                         .collect(),

@@ -2,8 +2,8 @@
 //! not share counters), served as text on `/metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -46,6 +46,8 @@ pub struct Metrics {
     pub outbound_deferrals: IntCounterVec,
     /// Media fetches from Meta by outcome: fetched, retried, failed.
     pub media_fetches: IntCounterVec,
+    /// Sends waiting for room in their portfolio's messaging limit, by number.
+    pub messaging_limit_waiting: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -160,7 +162,16 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(media_fetches.clone()))?;
+        let messaging_limit_waiting = IntGaugeVec::new(
+            Opts::new(
+                "messaging_limit_waiting",
+                "Sends waiting for room in their business portfolio's messaging limit, by number",
+            ),
+            &["phone_number_id"],
+        )?;
+        registry.register(Box::new(messaging_limit_waiting.clone()))?;
         Ok(Metrics {
+            messaging_limit_waiting,
             media_fetches,
             outbound_deferrals,
             outbound_sends,

@@ -31,6 +31,7 @@ use serde_json::{json, Value};
 use super::Core;
 use crate::crypto::SealKey;
 use crate::ids::{PhoneNumberId, TenantId};
+use crate::storage::messaging_limits;
 use crate::storage::outbox::{self, OutboxRow, OutboxState};
 use crate::storage::templates::{self, TemplateChange};
 use crate::storage::tenants::{self, SendingNumber};
@@ -44,6 +45,9 @@ const HELD_MAX: usize = 5_000;
 const MARKETING_STOPPED: i64 = 131_050;
 /// Spam and ecosystem limits: Meta asks for hours, not seconds.
 const DEFERRED_MS: i64 = 3 * 3600 * 1000;
+/// A send waiting for room in its portfolio's messaging limit looks again this often
+/// (the moving window frees room as the users reached 24 hours ago drop out).
+const LIMIT_RECHECK_MS: i64 = 30_000;
 
 /// Look at the outbox now (the sender starts if it is not running).
 #[derive(Message)]
@@ -98,15 +102,18 @@ struct SyncTemplates(String);
 
 /// Acts on updates of business accounts from Meta's webhooks: a template's status is
 /// stored (an unknown template makes the account's senders sync), a number's new
-/// throughput is stored and its sender paces by it from its next look.
+/// throughput is stored and its sender paces by it from its next look, a portfolio's
+/// messaging limit is stored and the senders of its numbers try what waited for it.
 pub async fn apply_account_updates(
     core: &Arc<Core>,
     updates: Vec<AccountUpdate>,
 ) -> Result<(), StorageError> {
-    let (unsynced, numbers) = core
+    let now = core.clock.now_ms();
+    let (unsynced, numbers, limited, changed_limits) = core
         .writer
         .write(None, move |conn| {
             let (mut unsynced, mut numbers) = (Vec::new(), Vec::new());
+            let (mut limited, mut changed_limits) = (Vec::new(), Vec::new());
             for update in &updates {
                 match update {
                     AccountUpdate::TemplateStatus {
@@ -153,13 +160,27 @@ pub async fn apply_account_updates(
                         display_phone_number,
                         *mps,
                     )?),
+                    AccountUpdate::MessagingLimit { waba_id, limit } => {
+                        limited.extend(messaging_limits::set_limit_of_account(
+                            conn, waba_id, *limit, now,
+                        )?);
+                        changed_limits.push((waba_id.clone(), *limit));
+                    }
                 }
             }
-            Ok((unsynced, numbers))
+            Ok((unsynced, numbers, limited, changed_limits))
         })
         .await?;
     for number in numbers {
         slog::info!(core.log, "Meta raised a number's throughput"; "phone_number_id" => &number);
+        wake(core, &number);
+    }
+    for (waba_id, limit) in changed_limits {
+        slog::info!(core.log, "Meta set a business portfolio's messaging limit";
+            "waba_id" => waba_id, "messaging_limit" => limit);
+    }
+    // Their senders try the sends waiting for room again.
+    for number in limited {
         wake(core, &number);
     }
     if !unsynced.is_empty() {
@@ -245,6 +266,8 @@ pub struct SenderActor {
     throttles: u32,
     /// When the account's templates were last synced (or tried).
     templates_synced_at: Option<i64>,
+    /// Contacts whose first send waits for room in the portfolio's messaging limit.
+    limited: HashSet<String>,
 }
 
 impl SenderActor {
@@ -280,6 +303,7 @@ impl SenderActor {
             held_until: None,
             throttles: 0,
             templates_synced_at: None,
+            limited: HashSet::new(),
         }
     }
 
@@ -570,10 +594,19 @@ impl SenderActor {
                 continue;
             }
             if now >= row.deadline_at {
-                let error = json!({
-                    "code": "deadline_exceeded",
-                    "message": "Meta did not accept the message before outbound.retry_deadline_secs",
-                });
+                let error = if self.limited.remove(&contact) {
+                    self.count_limited();
+                    json!({
+                        "code": messaging_limits::MESSAGING_LIMIT,
+                        "message": "the business portfolio's messaging limit left no room for \
+                            this user before outbound.retry_deadline_secs",
+                    })
+                } else {
+                    json!({
+                        "code": "deadline_exceeded",
+                        "message": "Meta did not accept the message before outbound.retry_deadline_secs",
+                    })
+                };
                 self.settle(row, Settle::Fail(error.to_string()), ctx);
                 continue;
             }
@@ -667,18 +700,17 @@ impl SenderActor {
             }
             let ids: Vec<String> = ready.iter().map(|(row, _, _)| row.id.clone()).collect();
             let now = core.clock.now_ms();
-            let marked = core
+            let marking = core
                 .writer
                 .write(Some(tenant_id), move |conn| {
                     outbox::mark_sending(conn, &ids, now)
                 })
                 .await?;
-            let marked: HashSet<String> = marked.into_iter().collect();
-            Ok::<_, StorageError>((ready, erased, marked))
+            Ok::<_, StorageError>((ready, erased, marking))
         };
         ctx.spawn(prepared.into_actor(self).map(move |prepared, actor, ctx| {
             actor.priming -= count;
-            let (ready, erased, marked) = match prepared {
+            let (ready, erased, marking) = match prepared {
                 Ok(prepared) => prepared,
                 Err(e) => {
                     slog::warn!(actor.core.log, "preparing sends failed";
@@ -700,7 +732,20 @@ impl SenderActor {
                 let error = json!({"code": "erased", "message": "the contact was erased"});
                 actor.settle(&row, Settle::Fail(error.to_string()), ctx);
             }
+            if let Some((portfolio, limit)) = &marking.reached {
+                slog::warn!(actor.core.log,
+                    "a business portfolio reached its messaging limit: business-initiated \
+                     messages to new users wait for room";
+                    "portfolio_id" => portfolio, "messaging_limit" => limit,
+                    "phone_number_id" => actor.number.as_str());
+            }
+            let limited: HashSet<&String> = marking.limited.iter().collect();
+            let marked: HashSet<&String> = marking.marked.iter().collect();
             for (mut row, key, body) in ready {
+                if limited.contains(&row.id) {
+                    actor.wait_for_budget(&row);
+                    continue;
+                }
                 if !marked.contains(&row.id) {
                     // Recorded or failed meanwhile: nothing to send.
                     actor.in_flight.remove(&row.contact_id);
@@ -708,10 +753,14 @@ impl SenderActor {
                     actor.requeue(&row.contact_id);
                     continue;
                 }
+                if actor.limited.remove(&row.contact_id) {
+                    actor.count_limited();
+                }
                 row.attempts += 1;
                 row.state = OutboxState::Sending;
                 actor.primed.push_back(Primed { row, key, body });
             }
+            actor.count_limited();
             actor.dispatch(ctx);
         }));
     }
@@ -757,6 +806,53 @@ impl SenderActor {
                     Err(error) => actor.failed(&row, error, &used.access_token, ctx),
                 }),
         );
+    }
+
+    /// A business-initiated send its portfolio's budget has no room for: it stays
+    /// first of its contact's queue and is tried again after [`LIMIT_RECHECK_MS`] (or
+    /// at once when the limit rises), while the number's other contacts go on.
+    fn wait_for_budget(&mut self, row: &OutboxRow) {
+        let contact = row.contact_id.clone();
+        self.in_flight.remove(&contact);
+        let again = self.core.clock.now_ms() + LIMIT_RECHECK_MS;
+        if let Some(head) = self
+            .queues
+            .get_mut(&contact)
+            .and_then(VecDeque::front_mut)
+            .filter(|head| head.row.id == row.id)
+        {
+            head.row.next_attempt_at = again;
+        }
+        self.limited.insert(contact.clone());
+        self.requeue(&contact);
+    }
+
+    /// Tries the sends waiting for their portfolio's budget again now (its limit rose).
+    fn retry_limited(&mut self) {
+        let now = self.core.clock.now_ms();
+        for contact in std::mem::take(&mut self.limited) {
+            self.later.retain(|(_, waiting)| *waiting != contact);
+            if let Some(head) = self.queues.get_mut(&contact).and_then(VecDeque::front_mut) {
+                head.row.next_attempt_at = head.row.next_attempt_at.min(now);
+            }
+            self.requeue(&contact);
+        }
+        self.count_limited();
+    }
+
+    /// `converra_messaging_limit_waiting` of the number: the sends of contacts whose
+    /// first send waits for the budget.
+    fn count_limited(&self) {
+        let waiting: usize = self
+            .limited
+            .iter()
+            .filter_map(|contact| self.queues.get(contact).map(VecDeque::len))
+            .sum();
+        self.core
+            .metrics
+            .messaging_limit_waiting
+            .with_label_values(&[self.number.as_str()])
+            .set(waiting as i64);
     }
 
     /// Drops a send from what is held (it is finished, or not this sender's).
@@ -1137,6 +1233,8 @@ impl Handler<Wake> for SenderActor {
     type Result = ();
 
     fn handle(&mut self, _msg: Wake, ctx: &mut Context<Self>) {
+        // The portfolio's limit may have risen.
+        self.retry_limited();
         self.scan(ctx);
     }
 }

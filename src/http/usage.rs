@@ -1,6 +1,7 @@
 //! `GET /v1/usage`: the tenant's daily usage counters (UTC days), from `from` to `to`
 //! (`YYYY-MM-DD`, both included; by default the last 30 days): inbound messages, sends
 //! accepted by kind, automation runs and failed sends. Days without any are left out.
+//! Beside them, each business portfolio's messaging limit as it stands now.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::api::{authenticate, read};
 use super::AppState;
 use crate::error::{ApiError, ErrorCode};
-use crate::storage::usage;
+use crate::storage::{messaging_limits, usage};
 
 /// The longest range one call reads.
 const MAX_DAYS: i64 = 366;
@@ -34,6 +35,9 @@ struct UsageDay {
 #[derive(Serialize)]
 struct UsagePage {
     items: Vec<UsageDay>,
+    /// Each business portfolio of the tenant's numbers now: its messaging limit, the
+    /// users reached in the moving 24 hours, and the sends waiting for room.
+    portfolios: Vec<messaging_limits::PortfolioUsage>,
 }
 
 /// The Julian day of 1970-01-01: days are counted from it.
@@ -85,7 +89,14 @@ pub async fn get_usage(
             format!("from must not be after to, and the range at most {MAX_DAYS} days"),
         ));
     }
-    let rows = read(&state, move |conn, _| usage::usage(conn, &tenant, from, to)).await?;
+    let now = state.core.clock.now_ms();
+    let (rows, portfolios) = read(&state, move |conn, _| {
+        Ok((
+            usage::usage(conn, &tenant, from, to)?,
+            messaging_limits::portfolios(conn, Some(&tenant), now)?,
+        ))
+    })
+    .await?;
     let mut days: Vec<UsageDay> = Vec::new();
     for (day, metric, count) in rows {
         let date = date_of(day);
@@ -109,5 +120,8 @@ pub async fn get_usage(
             }
         }
     }
-    Ok(HttpResponse::Ok().json(UsagePage { items: days }))
+    Ok(HttpResponse::Ok().json(UsagePage {
+        items: days,
+        portfolios,
+    }))
 }

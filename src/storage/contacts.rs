@@ -19,7 +19,9 @@ use super::key_store::Vault;
 use super::keys::{insert_data_key, load_data_key, load_data_keys, load_keys};
 use super::messages::move_conversation_messages;
 use super::on_backend;
-use super::schema::{automation_runs, contact_labels, contacts, conversations, outbox};
+use super::schema::{
+    automation_runs, contact_labels, contacts, conversations, outbox, portfolio_reach,
+};
 use super::{DbConn, StorageError};
 use crate::crypto::{Keyring, NewDataKey, Place, SealKey};
 use crate::ids::{ContactId, ConversationId, KeyId, PhoneNumberId, TenantId};
@@ -683,6 +685,19 @@ fn merge_contacts(
     // the key they were sealed with, which the key store keeps).
     on_backend!(conn, c => diesel::update(outbox::table.filter(outbox::contact_id.eq(from)))
         .set(outbox::contact_id.eq(into))
+        .execute(c))?;
+    // The budgets that reached it count one user (the survivor's reach is kept).
+    let survivors: Vec<String> = on_backend!(conn, c => portfolio_reach::table
+        .filter(portfolio_reach::contact_id.eq(into))
+        .select(portfolio_reach::portfolio_id)
+        .load(c))?;
+    on_backend!(conn, c => diesel::delete(portfolio_reach::table
+            .filter(portfolio_reach::contact_id.eq(from))
+            .filter(portfolio_reach::portfolio_id.eq_any(&survivors)))
+        .execute(c))?;
+    on_backend!(conn, c => diesel::update(portfolio_reach::table
+            .filter(portfolio_reach::contact_id.eq(from)))
+        .set(portfolio_reach::contact_id.eq(into))
         .execute(c))?;
     // Its automation runs too: a welcome already sent, a cooldown running, stay so.
     on_backend!(conn, c => diesel::update(automation_runs::table

@@ -20,6 +20,7 @@ pub mod keys;
 pub mod master_key;
 pub mod media;
 pub mod messages;
+pub mod messaging_limits;
 pub mod outbox;
 pub mod raw_keys;
 pub mod readers;

@@ -16,6 +16,7 @@ use super::conversations::upsert_conversation;
 use super::key_store::Vault;
 use super::keys::load_data_key;
 use super::messages::MessageState;
+use super::messaging_limits;
 use super::on_backend;
 use super::schema::{contacts, conversations, idempotency_keys, messages, outbox, status_events};
 use super::usage;
@@ -67,7 +68,7 @@ impl OutboxState {
 }
 
 // The states as the queries write them.
-const QUEUED: &str = OutboxState::Queued.as_str();
+pub(super) const QUEUED: &str = OutboxState::Queued.as_str();
 const SENDING: &str = OutboxState::Sending.as_str();
 const DONE: &str = OutboxState::Done.as_str();
 const FAILED: &str = OutboxState::Failed.as_str();
@@ -552,29 +553,55 @@ pub fn is_pending(conn: &mut DbConn, tenant_id: &TenantId, id: &str) -> Result<b
     Ok(state.is_some_and(|s| s == QUEUED || s == SENDING))
 }
 
-/// Marks sends `ids` as handed to Meta (and counts the attempt), each only if it is
-/// still queued and may still go; the ones marked. A send recorded meanwhile (Meta's
+/// What [`mark_sending`] did with the sends it was given.
+#[derive(Debug, Default)]
+pub struct Marking {
+    /// Marked in flight: to send.
+    pub marked: Vec<String>,
+    /// Left queued: business-initiated, to a user the portfolio's full budget has no
+    /// room for (see [`messaging_limits`]).
+    pub limited: Vec<String>,
+    /// The portfolio whose budget this marking found full for the first time, and its
+    /// limit.
+    pub reached: Option<(String, i64)>,
+}
+
+/// Marks sends `ids` (all of one number) as handed to Meta (and counts the attempt),
+/// each only if it is still queued and may still go. A send recorded meanwhile (Meta's
 /// echo came first, or it failed) is not sent again; one whose contact was restricted
-/// since, or opted out of or objected to marketing (for a marketing template), fails
-/// with that rule's code.
+/// since, or opted out of or objected to marketing (for a marketing send), fails with
+/// that rule's code. A template to a user without an open customer-service window uses
+/// the portfolio's messaging limit: it is counted, or left queued when the budget is
+/// full (failed `messaging_limit` past its deadline).
 pub fn mark_sending(
     conn: &mut DbConn,
     ids: &[String],
     now_ms: i64,
-) -> Result<Vec<String>, StorageError> {
-    let mut marked = Vec::with_capacity(ids.len());
+) -> Result<Marking, StorageError> {
+    let mut marking = Marking {
+        marked: Vec::with_capacity(ids.len()),
+        ..Marking::default()
+    };
+    // The number's budget, read at its first business-initiated send.
+    let mut budget: Option<messaging_limits::Budget> = None;
     for id in ids {
-        // The send's tenant and whether it is marketing; the contact's restriction,
-        // objection and opt-out.
-        type Rules = (String, bool, Option<i64>, Option<i64>, bool);
+        // The send's tenant, kind, number, contact, deadline and whether it is
+        // marketing; the contact's restriction, objection and opt-out.
+        type Rules = (
+            (String, String, String, String, i64, bool),
+            (Option<i64>, Option<i64>, bool),
+        );
         let rules: Option<Rules> = on_backend!(conn, c => outbox::table
             .inner_join(contacts::table.on(contacts::id.eq(outbox::contact_id)))
             .filter(outbox::id.eq(id))
-            .select((outbox::tenant_id, outbox::marketing, contacts::restricted_at,
-                     contacts::objected_at, contacts::marketing_opt_out))
+            .select(((outbox::tenant_id, outbox::kind, outbox::phone_number_id,
+                      outbox::contact_id, outbox::deadline_at, outbox::marketing),
+                     (contacts::restricted_at, contacts::objected_at,
+                      contacts::marketing_opt_out)))
             .get_result(c)
             .optional())?;
-        if let Some((tenant, marketing, restricted, objected, opted_out)) = rules {
+        if let Some(((tenant, kind, number, contact, deadline, marketing), contact_rules)) = rules {
+            let (restricted, objected, opted_out) = contact_rules;
             let refused = if restricted.is_some() {
                 Some((
                     RESTRICTED,
@@ -592,16 +619,72 @@ pub fn mark_sending(
                 record_failed(conn, &TenantId(tenant), id, &error, now_ms)?;
                 continue;
             }
+            if kind == "template" && !window_open(conn, &tenant, &number, &contact, now_ms)? {
+                if budget.is_none() {
+                    if let Some(portfolio) = messaging_limits::portfolio_of(conn, &number)? {
+                        budget = Some(messaging_limits::budget(conn, &portfolio, now_ms)?);
+                    }
+                }
+                if let Some(budget) = budget.as_mut() {
+                    let portfolio = budget.portfolio_id.clone();
+                    let counted = messaging_limits::reached(conn, &portfolio, &contact, now_ms)?;
+                    if !counted && budget.full() {
+                        if !budget.reached_before {
+                            budget.reached_before = true;
+                            messaging_limits::note_reached(conn, &portfolio, now_ms)?;
+                            marking.reached = Some((portfolio, budget.limit.unwrap_or_default()));
+                        }
+                        if now_ms >= deadline {
+                            let error = serde_json::json!({
+                                "code": messaging_limits::MESSAGING_LIMIT,
+                                "message": "the business portfolio's messaging limit left no room \
+                                    for this user before outbound.retry_deadline_secs",
+                            });
+                            record_failed(conn, &TenantId(tenant), id, &error.to_string(), now_ms)?;
+                        } else {
+                            on_backend!(conn, c => diesel::update(outbox::table.find(id))
+                                .filter(outbox::limit_held_since.is_null())
+                                .set(outbox::limit_held_since.eq(Some(now_ms)))
+                                .execute(c))?;
+                            marking.limited.push(id.clone());
+                        }
+                        continue;
+                    }
+                    messaging_limits::reach(conn, &portfolio, &contact, now_ms)?;
+                    if !counted {
+                        budget.used += 1;
+                    }
+                }
+            }
         }
         let updated = on_backend!(conn, c => diesel::update(outbox::table.find(id))
             .filter(outbox::state.eq(QUEUED))
-            .set((outbox::state.eq(SENDING), outbox::attempts.eq(outbox::attempts + 1)))
+            .set((outbox::state.eq(SENDING), outbox::attempts.eq(outbox::attempts + 1),
+                  outbox::limit_held_since.eq(None::<i64>)))
             .execute(c))?;
         if updated == 1 {
-            marked.push(id.clone());
+            marking.marked.push(id.clone());
         }
     }
-    Ok(marked)
+    Ok(marking)
+}
+
+/// Whether the contact's customer-service window on the number is open at `now_ms`.
+fn window_open(
+    conn: &mut DbConn,
+    tenant_id: &str,
+    phone_number_id: &str,
+    contact_id: &str,
+    now_ms: i64,
+) -> Result<bool, StorageError> {
+    let ends: Option<Option<i64>> = on_backend!(conn, c => conversations::table
+        .filter(conversations::tenant_id.eq(tenant_id))
+        .filter(conversations::phone_number_id.eq(phone_number_id))
+        .filter(conversations::contact_id.eq(contact_id))
+        .select(conversations::window_ends_at)
+        .get_result(c)
+        .optional())?;
+    Ok(ends.flatten().is_some_and(|ends| ends > now_ms))
 }
 
 /// A send Meta accepted without a message of its own (a read receipt).
@@ -910,10 +993,14 @@ mod tests {
         );
 
         let both = vec![y_first.to_string(), y_second.to_string()];
-        assert_eq!(mark_sending(&mut conn, &both, 50).expect("marked"), both);
+        assert_eq!(
+            mark_sending(&mut conn, &both, 50).expect("marked").marked,
+            both
+        );
         assert!(
             mark_sending(&mut conn, &both, 50)
                 .expect("not twice")
+                .marked
                 .is_empty(),
             "a send already in flight is not marked again"
         );

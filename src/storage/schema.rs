@@ -32,6 +32,7 @@ diesel::table! {
         throughput_mps -> Nullable<Integer>,
         paused_at -> Nullable<BigInt>,
         held_until -> Nullable<BigInt>,
+        portfolio_id -> Nullable<Text>,
     }
 }
 
@@ -217,6 +218,7 @@ diesel::table! {
         deadline_at -> BigInt,
         error_json -> Nullable<Text>,
         marketing -> Bool,
+        limit_held_since -> Nullable<BigInt>,
     }
 }
 
@@ -319,3 +321,21 @@ diesel::table! {
 }
 
 diesel::joinable!(media_downloads -> messages (message_id));
+
+diesel::table! {
+    messaging_limits (portfolio_id) {
+        portfolio_id -> Text,
+        messaging_limit -> BigInt,
+        source -> Text,
+        updated_at -> BigInt,
+        reached_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    portfolio_reach (portfolio_id, contact_id) {
+        portfolio_id -> Text,
+        contact_id -> Text,
+        reached_at -> BigInt,
+    }
+}

@@ -11,6 +11,7 @@ mod automations;
 mod daemon;
 mod fake_graph;
 mod media;
+mod messaging_limit;
 mod outbound;
 mod recovery;
 mod storage;

@@ -1,9 +1,11 @@
 //! Updates of a WhatsApp Business Account as a whole (`entry[].id` is the account, not
 //! a number) that Converra acts on: a message template's new status
 //! (`message_template_status_update`) or category (`template_category_update`, once the
-//! change is made) and a number's higher throughput
-//! (`phone_number_quality_update`, `THROUGHPUT_UPGRADE`). The change is also kept raw,
-//! like every change that is not a conversation's event.
+//! change is made), a number's higher throughput (`phone_number_quality_update`,
+//! `THROUGHPUT_UPGRADE`), and the business portfolio's messaging limit
+//! (`business_capability_update`'s integer `max_daily_conversations_per_business`, or
+//! the same field of `phone_number_quality_update` as a tier, `TIER_2K`). The change is
+//! also kept raw, like every change that is not a conversation's event.
 
 use serde_json::Value;
 
@@ -37,37 +39,96 @@ pub enum AccountUpdate {
         display_phone_number: String,
         mps: i32,
     },
+    /// The portfolio of account `waba_id` may reach `limit` unique users in a moving
+    /// 24 hours with business-initiated messages (-1: unlimited).
+    MessagingLimit { waba_id: String, limit: i64 },
 }
 
-/// What Converra acts on in change `field` of account `waba_id`; `None` for
-/// everything else (kept raw all the same).
-pub fn account_update(waba_id: &str, field: &str, value: &Value) -> Option<AccountUpdate> {
+/// A messaging limit as Meta writes it: an integer (-1 unlimited), or a tier.
+fn messaging_limit(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64().filter(|n| *n >= -1),
+        Value::String(tier) => match tier.as_str() {
+            "TIER_50" => Some(50),
+            "TIER_250" => Some(250),
+            "TIER_1K" => Some(1_000),
+            "TIER_2K" => Some(2_000),
+            "TIER_10K" => Some(10_000),
+            "TIER_100K" => Some(100_000),
+            "TIER_UNLIMITED" => Some(-1),
+            digits => digits.parse().ok().filter(|n: &i64| *n >= -1),
+        },
+        _ => None,
+    }
+}
+
+/// What Converra acts on in change `field` of account `waba_id` (nothing for
+/// everything else, which is kept raw all the same).
+pub fn account_update(waba_id: &str, field: &str, value: &Value) -> Vec<AccountUpdate> {
+    let waba = || waba_id.to_string();
+    let limit = || {
+        value
+            .get("max_daily_conversations_per_business")
+            .and_then(messaging_limit)
+            .map(|limit| AccountUpdate::MessagingLimit {
+                waba_id: waba(),
+                limit,
+            })
+    };
     match field {
-        "message_template_status_update" => Some(AccountUpdate::TemplateStatus {
-            waba_id: waba_id.to_string(),
-            name: opt_str(value, "message_template_name")?,
-            language: opt_str(value, "message_template_language"),
-            status: opt_str(value, "event")?.to_ascii_uppercase(),
-        }),
+        "message_template_status_update" => (|| {
+            Some(AccountUpdate::TemplateStatus {
+                waba_id: waba(),
+                name: opt_str(value, "message_template_name")?,
+                language: opt_str(value, "message_template_language"),
+                status: opt_str(value, "event")?.to_ascii_uppercase(),
+            })
+        })()
+        .into_iter()
+        .collect(),
         // A change made (`previous_category` given); a coming one is only announced.
-        "template_category_update" if opt_str(value, "previous_category").is_some() => {
+        "template_category_update" if opt_str(value, "previous_category").is_some() => (|| {
             Some(AccountUpdate::TemplateCategory {
-                waba_id: waba_id.to_string(),
+                waba_id: waba(),
                 name: opt_str(value, "message_template_name")?,
                 language: opt_str(value, "message_template_language"),
                 category: opt_str(value, "new_category")?.to_ascii_uppercase(),
             })
+        })()
+        .into_iter()
+        .collect(),
+        "business_capability_update" => limit().into_iter().collect(),
+        "phone_number_quality_update" => {
+            let event = opt_str(value, "event");
+            let throughput = event.as_deref() == Some("THROUGHPUT_UPGRADE");
+            let mut updates = Vec::new();
+            if throughput {
+                if let Some(display_phone_number) = opt_str(value, "display_phone_number") {
+                    updates.push(AccountUpdate::Throughput {
+                        waba_id: waba(),
+                        display_phone_number,
+                        mps: UPGRADED_MPS,
+                    });
+                }
+            }
+            // The portfolio's limit; a throughput event's `current_limit` is the
+            // throughput, not a limit, and the older field is read only for a
+            // messaging-limit event.
+            match limit() {
+                Some(update) => updates.push(update),
+                None if !throughput => {
+                    updates.extend(value.get("current_limit").and_then(messaging_limit).map(
+                        |limit| AccountUpdate::MessagingLimit {
+                            waba_id: waba(),
+                            limit,
+                        },
+                    ))
+                }
+                None => {}
+            }
+            updates
         }
-        "phone_number_quality_update"
-            if opt_str(value, "event").as_deref() == Some("THROUGHPUT_UPGRADE") =>
-        {
-            Some(AccountUpdate::Throughput {
-                waba_id: waba_id.to_string(),
-                display_phone_number: opt_str(value, "display_phone_number")?,
-                mps: UPGRADED_MPS,
-            })
-        }
-        _ => None,
+        _ => Vec::new(),
     }
 }
 
@@ -83,41 +144,41 @@ mod tests {
             "reason": "NONE"});
         assert_eq!(
             account_update("WABA", "message_template_status_update", &status),
-            Some(AccountUpdate::TemplateStatus {
+            vec![AccountUpdate::TemplateStatus {
                 waba_id: "WABA".into(),
                 name: "order_update".into(),
                 language: Some("en_US".into()),
                 status: "APPROVED".into(),
-            })
+            }]
         );
         let upgrade = json!({"display_phone_number": "15550783881",
             "event": "THROUGHPUT_UPGRADE", "current_limit": "TIER_UNLIMITED"});
         assert_eq!(
             account_update("WABA", "phone_number_quality_update", &upgrade),
-            Some(AccountUpdate::Throughput {
+            vec![AccountUpdate::Throughput {
                 waba_id: "WABA".into(),
                 display_phone_number: "15550783881".into(),
                 mps: UPGRADED_MPS,
-            })
+            }]
         );
         let moved = json!({"message_template_id": 1, "message_template_name": "order_update",
             "message_template_language": "en_US", "previous_category": "UTILITY",
             "new_category": "MARKETING"});
         assert_eq!(
             account_update("WABA", "template_category_update", &moved),
-            Some(AccountUpdate::TemplateCategory {
+            vec![AccountUpdate::TemplateCategory {
                 waba_id: "WABA".into(),
                 name: "order_update".into(),
                 language: Some("en_US".into()),
                 category: "MARKETING".into(),
-            })
+            }]
         );
         let coming = json!({"message_template_id": 1, "message_template_name": "order_update",
             "message_template_language": "en_US", "correct_category": "MARKETING",
             "new_category": "UTILITY", "category_update_timestamp": 1764000000});
         assert_eq!(
             account_update("WABA", "template_category_update", &coming),
-            None
+            vec![]
         );
         // A messaging-limit change is not a throughput change; a status without a name
         // names nothing.
@@ -125,7 +186,29 @@ mod tests {
             "old_limit": "TIER_1K", "current_limit": "TIER_10K"});
         assert_eq!(
             account_update("WABA", "phone_number_quality_update", &limit),
-            None
+            vec![AccountUpdate::MessagingLimit {
+                waba_id: "WABA".into(),
+                limit: 10_000
+            }]
+        );
+        let tiered = json!({"display_phone_number": "15550783881", "event": "UPGRADE",
+            "old_limit": "TIER_1K", "current_limit": "TIER_10K",
+            "max_daily_conversations_per_business": "TIER_2K"});
+        assert_eq!(
+            account_update("WABA", "phone_number_quality_update", &tiered),
+            vec![AccountUpdate::MessagingLimit {
+                waba_id: "WABA".into(),
+                limit: 2_000
+            }]
+        );
+        let capability = json!({"max_daily_conversation_per_phone": 1000,
+            "max_phone_numbers_per_business": 2, "max_daily_conversations_per_business": -1});
+        assert_eq!(
+            account_update("WABA", "business_capability_update", &capability),
+            vec![AccountUpdate::MessagingLimit {
+                waba_id: "WABA".into(),
+                limit: -1
+            }]
         );
         assert_eq!(
             account_update(
@@ -133,7 +216,7 @@ mod tests {
                 "message_template_status_update",
                 &json!({"event": "APPROVED"})
             ),
-            None
+            vec![]
         );
     }
 }
