@@ -70,6 +70,8 @@ struct Queue(Box<Fresh>);
 #[derive(Default)]
 pub struct Senders {
     running: Mutex<HashMap<String, Addr<SenderActor>>>,
+    /// Each tenant's turn to count against its messaging limits.
+    marking_turns: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The sender of `phone_number_id`, started (on the calling thread's arbiter) when it
@@ -195,6 +197,16 @@ pub async fn apply_account_updates(
         }
     }
     Ok(())
+}
+
+/// The turn a tenant's senders take to mark templates in flight, so that two counts
+/// of one messaging-limit budget never run at once.
+fn marking_turn(core: &Core, tenant_id: &TenantId) -> Arc<tokio::sync::Mutex<()>> {
+    let mut turns = match core.senders.marking_turns.lock() {
+        Ok(turns) => turns,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    turns.entry(tenant_id.clone()).or_default().clone()
 }
 
 /// Tells the sender of `phone_number_id` to look at its outbox.
@@ -699,6 +711,12 @@ impl SenderActor {
                 }
             }
             let ids: Vec<String> = ready.iter().map(|(row, _, _)| row.id.clone()).collect();
+            // A template may count against its portfolio's messaging limit: the
+            // tenant's numbers count one batch at a time.
+            let _turn = match ready.iter().any(|(row, _, _)| row.kind == "template") {
+                true => Some(marking_turn(&core, &tenant_id).lock_owned().await),
+                false => None,
+            };
             let now = core.clock.now_ms();
             let marking = core
                 .writer

@@ -55,18 +55,15 @@ impl Budget {
     }
 }
 
-/// The budget of `portfolio_id` at `now_ms`. On PostgreSQL the limit's row is locked
-/// until the transaction ends: its writer threads may run two writes of one tenant at
-/// once, and two counts of one budget must not both see the last free place.
+/// The budget of `portfolio_id` at `now_ms`. Two counts of one budget must not run
+/// at once (PostgreSQL's writer threads may run two writes of one tenant together): the
+/// senders take their tenant's turn first ([`crate::actors::sender`]).
 pub fn budget(conn: &mut DbConn, portfolio_id: &str, now_ms: i64) -> Result<Budget, StorageError> {
-    let query = messaging_limits::table.find(portfolio_id).select((
-        messaging_limits::messaging_limit,
-        messaging_limits::reached_at,
-    ));
-    let limit: Option<(i64, Option<i64>)> = match conn {
-        DbConn::Sqlite(c) => query.get_result(c).optional()?,
-        DbConn::Pg(c) => query.for_update().get_result(c).optional()?,
-    };
+    let limit: Option<(i64, Option<i64>)> = on_backend!(conn, c => messaging_limits::table
+        .find(portfolio_id)
+        .select((messaging_limits::messaging_limit, messaging_limits::reached_at))
+        .get_result(c)
+        .optional())?;
     let used: i64 = on_backend!(conn, c => portfolio_reach::table
         .filter(portfolio_reach::portfolio_id.eq(portfolio_id))
         .filter(portfolio_reach::reached_at.gt(now_ms - WINDOW_MS))
