@@ -435,6 +435,9 @@ fn number(settings: Settings, command: NumberCommand) -> anyhow::Result<()> {
                 );
             }
             if let Some(limit) = messaging_limit {
+                if !tenants::owns_number(&mut conn, &TenantId(tenant.clone()), &phone_number_id)? {
+                    bail!("tenant {tenant} has no phone number {phone_number_id}");
+                }
                 let portfolio = messaging_limits::portfolio_of(&mut conn, &phone_number_id)?
                     .ok_or_else(|| {
                         anyhow::anyhow!("tenant {tenant} has no phone number {phone_number_id}")

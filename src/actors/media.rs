@@ -34,6 +34,8 @@ pub struct MediaFetcher {
     client: Option<Rc<GraphClient>>,
     /// Messages whose media is being fetched now.
     in_flight: HashSet<String>,
+    /// A read of the due downloads is on its way: no second one starts.
+    reading: bool,
     ticks: u32,
 }
 
@@ -43,6 +45,7 @@ impl MediaFetcher {
             core,
             client: None,
             in_flight: HashSet::new(),
+            reading: false,
             ticks: 0,
         }
     }
@@ -64,15 +67,24 @@ impl MediaFetcher {
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
         self.ticks += 1;
+        if self.reading {
+            return;
+        }
         let woken = self.core.media_wanted.swap(false, Ordering::AcqRel);
         if !woken && self.ticks < RESCAN_TICKS {
             return;
         }
         self.ticks = 0;
-        let room = self.core.settings.media.concurrency - self.in_flight.len().min(64);
+        let room = self
+            .core
+            .settings
+            .media
+            .concurrency
+            .saturating_sub(self.in_flight.len());
         if room == 0 {
             return;
         }
+        self.reading = true;
         let core = self.core.clone();
         let now = core.clock.now_ms();
         let fut = async move {
@@ -81,6 +93,13 @@ impl MediaFetcher {
         };
         ctx.spawn(fut.into_actor(self).map(move |due, actor, ctx| match due {
             Ok(jobs) => {
+                actor.reading = false;
+                let room = actor
+                    .core
+                    .settings
+                    .media
+                    .concurrency
+                    .saturating_sub(actor.in_flight.len());
                 let fresh: Vec<MediaJob> = jobs
                     .into_iter()
                     .filter(|job| !actor.in_flight.contains(&job.message_id))
@@ -90,8 +109,10 @@ impl MediaFetcher {
                     actor.start(job, ctx);
                 }
             }
-            Err(e) => slog::warn!(actor.core.log, "reading due media downloads failed";
-                "error" => %e),
+            Err(e) => {
+                actor.reading = false;
+                slog::warn!(actor.core.log, "reading due media downloads failed"; "error" => %e)
+            }
         }));
     }
 
@@ -131,6 +152,7 @@ impl Actor for MediaFetcher {
 impl Supervised for MediaFetcher {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         self.in_flight.clear();
+        self.reading = false;
         self.client = None;
     }
 }

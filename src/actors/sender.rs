@@ -367,6 +367,7 @@ impl SenderActor {
                 Ok((credentials, rows)) => {
                     actor.use_credentials(credentials, ctx);
                     actor.merge_scan(rows);
+                    actor.count_limited();
                 }
                 Err(e) => {
                     slog::warn!(actor.core.log, "reading the outbox failed";
@@ -490,6 +491,10 @@ impl SenderActor {
     /// Puts a send in its contact's queue, in order of acceptance.
     fn hold(&mut self, held: Held) {
         let contact = held.row.contact_id.clone();
+        if held.row.limit_held {
+            // Found waiting for its portfolio's budget (before a restart, say).
+            self.limited.insert(contact.clone());
+        }
         self.held.insert(held.row.id.clone());
         let queue = self.queues.entry(contact.clone()).or_default();
         let at = queue
@@ -848,7 +853,21 @@ impl SenderActor {
     /// Tries the sends waiting for their portfolio's budget again now (its limit rose).
     fn retry_limited(&mut self) {
         let now = self.core.clock.now_ms();
-        for contact in std::mem::take(&mut self.limited) {
+        // In the order their waiting sends were accepted.
+        let mut waiting: Vec<(String, String)> = std::mem::take(&mut self.limited)
+            .into_iter()
+            .map(|contact| {
+                let first = self
+                    .queues
+                    .get(&contact)
+                    .and_then(VecDeque::front)
+                    .map(|held| held.row.id.clone())
+                    .unwrap_or_default();
+                (first, contact)
+            })
+            .collect();
+        waiting.sort();
+        for (_, contact) in waiting {
             self.later.retain(|(_, waiting)| *waiting != contact);
             if let Some(head) = self.queues.get_mut(&contact).and_then(VecDeque::front_mut) {
                 head.row.next_attempt_at = head.row.next_attempt_at.min(now);

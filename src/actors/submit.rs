@@ -373,6 +373,7 @@ fn new_send(
             attempts: 0,
             next_attempt_at: now,
             deadline_at: deadline,
+            limit_held: false,
         },
         key: contact.key.clone(),
         body,

@@ -208,8 +208,10 @@ impl Effective {
     /// (`Some(false)`), or neither; case and surrounding punctuation aside ("Stop."
     /// and "STOP!" mean STOP).
     pub fn preference_keyword(&self, text: &str) -> Option<bool> {
-        let text = text.trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace());
-        let says = |words: &[String]| words.iter().any(|w| w.trim().eq_ignore_ascii_case(text));
+        let text = text
+            .trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace())
+            .to_lowercase();
+        let says = |words: &[String]| words.iter().any(|w| w.trim().to_lowercase() == text);
         if says(&self.opt_out_keywords) {
             Some(true)
         } else if says(&self.opt_in_keywords) {
@@ -379,5 +381,8 @@ mod tests {
         assert_eq!(settings.preference_keyword("halt!"), Some(true));
         assert_eq!(settings.preference_keyword("STOP"), None);
         assert_eq!(settings.preference_keyword("start"), Some(false));
+        let russian = effective(serde_json::json!({"opt_out_keywords": ["СТОП", "ARRÊT"]}));
+        assert_eq!(russian.preference_keyword("стоп"), Some(true));
+        assert_eq!(russian.preference_keyword("Arrêt !"), Some(true));
     }
 }

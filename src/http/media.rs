@@ -26,7 +26,10 @@ pub async fn get_media(
     .await?
     .ok_or_else(not_found)?;
     match (stored.state.as_str(), stored.content) {
+        // Served as a download, never rendered by a browser as the type a user claimed.
         (DONE, Some(content)) => Ok(HttpResponse::Ok()
+            .insert_header(("X-Content-Type-Options", "nosniff"))
+            .insert_header(("Content-Disposition", "attachment"))
             .content_type(
                 stored
                     .mime_type

@@ -221,17 +221,39 @@ pub fn put_settings(
 }
 
 /// What the conversation actors match messages against: the tenant's settings and
-/// its automations, compiled.
+/// its automations, compiled, with the ids of those that could not be read (left out,
+/// so that one unreadable row never holds up the tenant's messages).
 pub fn load(
     conn: &mut DbConn,
     tenant_id: &TenantId,
-) -> Result<(TenantSettings, Vec<Rule>), StorageError> {
-    let settings = settings(conn, tenant_id)?;
-    let rules = list(conn, tenant_id)?
-        .into_iter()
-        .filter_map(|a| Rule::compile(a.id.0, a.definition))
-        .collect();
-    Ok((settings, rules))
+) -> Result<(TenantSettings, Vec<Rule>, Vec<String>), StorageError> {
+    let mut unreadable = Vec::new();
+    let settings = match settings(conn, tenant_id) {
+        Ok(settings) => settings,
+        Err(StorageError::Corrupt(_)) => {
+            unreadable.push("settings".to_string());
+            TenantSettings::default()
+        }
+        Err(e) => return Err(e),
+    };
+    let rows: Vec<Row> = on_backend!(conn, c => automations::table
+        .filter(automations::tenant_id.eq(tenant_id.as_str()))
+        .order((automations::position.asc(), automations::id.asc()))
+        .select((automations::id, automations::position, automations::definition_json,
+                 automations::created_at, automations::updated_at))
+        .load(c))?;
+    let mut rules = Vec::new();
+    for row in rows {
+        let id = row.0.clone();
+        match stored(row)
+            .ok()
+            .and_then(|a| Rule::compile(a.id.0, a.definition))
+        {
+            Some(rule) => rules.push(rule),
+            None => unreadable.push(id),
+        }
+    }
+    Ok((settings, rules, unreadable))
 }
 
 /// Whether `run` may not run for the contact now: its cooldown since the rule's last

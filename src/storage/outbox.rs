@@ -406,6 +406,8 @@ pub struct OutboxRow {
     pub attempts: i32,
     pub next_attempt_at: i64,
     pub deadline_at: i64,
+    /// It waits for room in its portfolio's messaging limit.
+    pub limit_held: bool,
 }
 
 /// The number's pending sends (queued, or in flight with their outcome unknown) in
@@ -426,6 +428,7 @@ pub fn pending_sends(
         i32,
         i64,
         i64,
+        Option<i64>,
     );
     let rows: Vec<Row> = on_backend!(conn, c => outbox::table
         .filter(outbox::phone_number_id.eq(phone_number_id.as_str()))
@@ -443,6 +446,7 @@ pub fn pending_sends(
             outbox::attempts,
             outbox::next_attempt_at,
             outbox::deadline_at,
+            outbox::limit_held_since,
         ))
         .load(c))?;
     rows.into_iter()
@@ -458,6 +462,7 @@ pub fn pending_sends(
                 attempts,
                 next,
                 deadline,
+                limit_held_since,
             )| {
                 Ok(OutboxRow {
                     id,
@@ -470,6 +475,7 @@ pub fn pending_sends(
                     attempts,
                     next_attempt_at: next,
                     deadline_at: deadline,
+                    limit_held: limit_held_since.is_some(),
                 })
             },
         )
@@ -585,6 +591,9 @@ pub fn mark_sending(
     // The number's budget, read at its first business-initiated send.
     let mut budget: Option<messaging_limits::Budget> = None;
     for id in ids {
+        // The user this send reaches for its portfolio's budget, and whether they
+        // were counted in the window already.
+        let mut reaches: Option<(String, String, bool)> = None;
         // The send's tenant, kind, number, contact, deadline and whether it is
         // marketing; the contact's restriction, objection and opt-out.
         type Rules = (
@@ -650,10 +659,7 @@ pub fn mark_sending(
                         }
                         continue;
                     }
-                    messaging_limits::reach(conn, &portfolio, &contact, now_ms)?;
-                    if !counted {
-                        budget.used += 1;
-                    }
+                    reaches = Some((portfolio, contact.clone(), counted));
                 }
             }
         }
@@ -664,6 +670,14 @@ pub fn mark_sending(
             .execute(c))?;
         if updated == 1 {
             marking.marked.push(id.clone());
+            // Counted once it is certain to go.
+            if let (Some((portfolio, contact, counted)), Some(budget)) = (reaches, budget.as_mut())
+            {
+                messaging_limits::reach(conn, &portfolio, &contact, now_ms)?;
+                if !counted {
+                    budget.used += 1;
+                }
+            }
         }
     }
     Ok(marking)

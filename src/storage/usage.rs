@@ -12,7 +12,8 @@ use crate::ids::TenantId;
 
 /// Inbound messages applied.
 pub const INBOUND: &str = "inbound";
-/// Automation runs that sent something (a confirmation, a rule's reply).
+/// Automation runs (a confirmation, a rule's reply), whether their reply was stored
+/// or refused by a rule (an automation held back by its cooldown did not run).
 pub const AUTOMATION_RUNS: &str = "automation_runs";
 /// Sends that failed for good.
 pub const FAILURES: &str = "failures";

@@ -8,6 +8,9 @@ use sha2::{Digest, Sha256};
 
 use super::graph::{parse_error, ErrorClass, GraphClient, GraphError};
 
+/// The longest one media download may take.
+const DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Meta's largest file for each media type (Cloud API reference, media).
 pub fn max_bytes(kind: &str) -> usize {
     const MB: usize = 1024 * 1024;
@@ -109,9 +112,12 @@ impl GraphClient {
                 info.file_size.unwrap_or_default()
             )));
         }
+        // A file of up to 100 MB gets time enough at a modest rate: the client's
+        // timeout is for Meta's short answers.
         let mut response = self
             .client
             .get(&info.url)
+            .timeout(DOWNLOAD_TIMEOUT)
             .bearer_auth(access_token)
             .send()
             .await

@@ -401,6 +401,9 @@ async fn a_tenants_own_keywords_stop_and_start_its_automations() {
         );
         assert_eq!(refused["automation_id"], ping["id"]);
         assert_eq!(refused["message_id"], Value::Null);
+        // Every run counts in the tenant's usage, the refused one too.
+        let (_, usage) = app.get("/v1/usage", Some(&key)).await;
+        assert_eq!(usage["items"][0]["automation_runs"], 4, "{usage}");
         graph.stop().await;
     }
 }

@@ -620,7 +620,8 @@ async fn a_throughput_upgrade_from_meta_raises_the_numbers_pace() {
     let upgrade = serde_json::to_vec(&envelope(vec![
         json!({"field": "phone_number_quality_update",
         "value": {"display_phone_number": "15550000000", "event": "THROUGHPUT_UPGRADE",
-            "current_limit": "TIER_UNLIMITED"}}),
+            "current_limit": "TIER_UNLIMITED",
+            "max_daily_conversations_per_business": "TIER_UNLIMITED"}}),
     ]))
     .unwrap();
     assert_eq!(app.post_signed(&upgrade).await.0, 200);
@@ -649,6 +650,13 @@ async fn a_throughput_upgrade_from_meta_raises_the_numbers_pace() {
         .max()
         .unwrap();
     assert!(busiest > 120, "at most {busiest} sends in a second");
+    // A throughput event is not a messaging limit: the portfolio's stays unknown.
+    let (_, usage) = app.get("/v1/usage", Some(&app.a.api_key)).await;
+    assert_eq!(
+        usage["portfolios"][0]["messaging_limit"],
+        Value::Null,
+        "{usage}"
+    );
     graph.stop().await;
 }
 

@@ -14,7 +14,7 @@ use crate::automation::{Choice, RunKind, TenantAutomations};
 use crate::ids::AutomationId;
 use crate::storage::automations::{self, AutomationRun};
 use crate::storage::contacts::ContactIdentifiers;
-use crate::storage::{outbox, StorageError};
+use crate::storage::{outbox, usage, StorageError};
 use crate::whatsapp::outbound::{self, Recipient, SendRequest};
 
 /// An inbound message just stored that an automation may answer.
@@ -46,11 +46,17 @@ impl ConversationActor {
         let fut = async move {
             let read_core = core.clone();
             let tenant = tenant_id.clone();
+            let log = read_core.log.clone();
             core.automations
                 .get(&tenant_id, move || async move {
-                    read_core
+                    let (settings, rules, unreadable) = read_core
                         .read(move |conn, _| automations::load(conn, &tenant))
-                        .await
+                        .await?;
+                    if !unreadable.is_empty() {
+                        slog::error!(log, "automations or settings of a tenant are unreadable \
+                            and left out"; "unreadable" => unreadable.join(", "));
+                    }
+                    Ok((settings, rules))
                 })
                 .await
         };
@@ -230,6 +236,7 @@ impl ConversationActor {
                     let recorded = core
                         .writer
                         .write(Some(tenant_id), move |conn| {
+                            usage::add(conn, tenant.as_str(), now, usage::AUTOMATION_RUNS, 1)?;
                             automations::record_run(
                                 conn,
                                 &tenant,

@@ -99,34 +99,36 @@ pub fn account_update(waba_id: &str, field: &str, value: &Value) -> Vec<AccountU
         .collect(),
         "business_capability_update" => limit().into_iter().collect(),
         "phone_number_quality_update" => {
-            let event = opt_str(value, "event");
-            let throughput = event.as_deref() == Some("THROUGHPUT_UPGRADE");
-            let mut updates = Vec::new();
-            if throughput {
-                if let Some(display_phone_number) = opt_str(value, "display_phone_number") {
-                    updates.push(AccountUpdate::Throughput {
-                        waba_id: waba(),
-                        display_phone_number,
-                        mps: UPGRADED_MPS,
-                    });
-                }
+            // A throughput event is about the number's pace: its limit fields (and
+            // `TIER_UNLIMITED`) are the throughput, not the portfolio's messaging limit.
+            if opt_str(value, "event").is_some_and(|e| e.starts_with("THROUGHPUT")) {
+                return match opt_str(value, "display_phone_number") {
+                    Some(display_phone_number)
+                        if opt_str(value, "event").as_deref() == Some("THROUGHPUT_UPGRADE") =>
+                    {
+                        vec![AccountUpdate::Throughput {
+                            waba_id: waba(),
+                            display_phone_number,
+                            mps: UPGRADED_MPS,
+                        }]
+                    }
+                    _ => Vec::new(),
+                };
             }
-            // The portfolio's limit; a throughput event's `current_limit` is the
-            // throughput, not a limit, and the older field is read only for a
-            // messaging-limit event.
-            match limit() {
-                Some(update) => updates.push(update),
-                None if !throughput => {
-                    updates.extend(value.get("current_limit").and_then(messaging_limit).map(
-                        |limit| AccountUpdate::MessagingLimit {
+            // A messaging-limit event: the portfolio's limit, or (an older event) the
+            // field it replaced.
+            limit()
+                .or_else(|| {
+                    value
+                        .get("current_limit")
+                        .and_then(messaging_limit)
+                        .map(|limit| AccountUpdate::MessagingLimit {
                             waba_id: waba(),
                             limit,
-                        },
-                    ))
-                }
-                None => {}
-            }
-            updates
+                        })
+                })
+                .into_iter()
+                .collect()
         }
         _ => Vec::new(),
     }
@@ -152,7 +154,8 @@ mod tests {
             }]
         );
         let upgrade = json!({"display_phone_number": "15550783881",
-            "event": "THROUGHPUT_UPGRADE", "current_limit": "TIER_UNLIMITED"});
+            "event": "THROUGHPUT_UPGRADE", "current_limit": "TIER_UNLIMITED",
+            "max_daily_conversations_per_business": "TIER_UNLIMITED"});
         assert_eq!(
             account_update("WABA", "phone_number_quality_update", &upgrade),
             vec![AccountUpdate::Throughput {
