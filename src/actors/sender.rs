@@ -687,6 +687,7 @@ impl SenderActor {
         let count = batch.len();
         let core = self.core.clone();
         let tenant_id = credentials.tenant_id.clone();
+        let limit_enforced = credentials.limit_enforced;
         let contacts: Vec<String> = batch
             .iter()
             .map(|held| held.row.contact_id.clone())
@@ -716,9 +717,13 @@ impl SenderActor {
                 }
             }
             let ids: Vec<String> = ready.iter().map(|(row, _, _)| row.id.clone()).collect();
-            // A template may count against its portfolio's messaging limit: the
-            // tenant's numbers count one batch at a time.
-            let _turn = match ready.iter().any(|(row, _, _)| row.kind == "template") {
+            // A template may count against its portfolio's enforced messaging limit:
+            // where several writer threads could run two counts of one budget at once
+            // (PostgreSQL), the tenant's numbers count one batch at a time.
+            let _turn = match limit_enforced
+                && core.writer.writers() > 1
+                && ready.iter().any(|(row, _, _)| row.kind == "template")
+            {
                 true => Some(marking_turn(&core, &tenant_id).lock_owned().await),
                 false => None,
             };

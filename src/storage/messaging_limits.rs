@@ -55,26 +55,69 @@ impl Budget {
     }
 }
 
-/// The budget of `portfolio_id` at `now_ms`. Two counts of one budget must not run
-/// at once (PostgreSQL's writer threads may run two writes of one tenant together): the
-/// senders take their tenant's turn first ([`crate::actors::sender`]).
+/// The budget of `portfolio_id` at `now_ms`. Two counts of one enforced budget must
+/// not run at once (PostgreSQL's writer threads may run two writes of one tenant
+/// together): there, the senders take their tenant's turn first
+/// ([`crate::actors::sender`]).
 pub fn budget(conn: &mut DbConn, portfolio_id: &str, now_ms: i64) -> Result<Budget, StorageError> {
     let limit: Option<(i64, Option<i64>)> = on_backend!(conn, c => messaging_limits::table
         .find(portfolio_id)
         .select((messaging_limits::messaging_limit, messaging_limits::reached_at))
         .get_result(c)
         .optional())?;
-    let used: i64 = on_backend!(conn, c => portfolio_reach::table
-        .filter(portfolio_reach::portfolio_id.eq(portfolio_id))
-        .filter(portfolio_reach::reached_at.gt(now_ms - WINDOW_MS))
-        .count()
-        .get_result(c))?;
+    // Counted only where a limit is enforced, and only as far as the limit: whether
+    // the budget is full is all a send needs to know.
+    let used = match limit {
+        Some((limit, _)) if limit >= 0 => {
+            let ids: Vec<String> = on_backend!(conn, c => portfolio_reach::table
+                .filter(portfolio_reach::portfolio_id.eq(portfolio_id))
+                .filter(portfolio_reach::reached_at.gt(now_ms - WINDOW_MS))
+                .select(portfolio_reach::contact_id)
+                .limit(limit)
+                .load(c))?;
+            ids.len() as i64
+        }
+        _ => 0,
+    };
     Ok(Budget {
         portfolio_id: portfolio_id.to_string(),
         limit: limit.map(|(l, _)| l),
         used,
         reached_before: limit.is_some_and(|(_, reached)| reached.is_some()),
     })
+}
+
+impl Budget {
+    /// Whether a limit is enforced (known and not unlimited).
+    pub fn enforced(&self) -> bool {
+        self.limit.is_some_and(|limit| limit >= 0)
+    }
+}
+
+/// Whether `phone_number_id`'s portfolio has a limit to enforce.
+pub fn enforced_for(conn: &mut DbConn, phone_number_id: &str) -> Result<bool, StorageError> {
+    let Some(portfolio) = portfolio_of(conn, phone_number_id)? else {
+        return Ok(false);
+    };
+    let limit: Option<i64> = on_backend!(conn, c => messaging_limits::table
+        .find(&portfolio)
+        .select(messaging_limits::messaging_limit)
+        .get_result(c)
+        .optional())?;
+    Ok(limit.is_some_and(|limit| limit >= 0))
+}
+
+/// The users `portfolio_id` reached in the window.
+pub fn reached_count(
+    conn: &mut DbConn,
+    portfolio_id: &str,
+    now_ms: i64,
+) -> Result<i64, StorageError> {
+    Ok(on_backend!(conn, c => portfolio_reach::table
+        .filter(portfolio_reach::portfolio_id.eq(portfolio_id))
+        .filter(portfolio_reach::reached_at.gt(now_ms - WINDOW_MS))
+        .count()
+        .get_result(c))?)
 }
 
 /// Whether the portfolio reached `contact_id` in the window (another message to them
@@ -258,7 +301,7 @@ pub fn portfolios(
     for p in &mut out {
         let budget = budget(conn, &p.portfolio_id, now_ms)?;
         p.messaging_limit = budget.limit;
-        p.reached = budget.used;
+        p.reached = reached_count(conn, &p.portfolio_id, now_ms)?;
         p.waiting = on_backend!(conn, c => outbox::table
             .filter(outbox::phone_number_id.eq_any(&p.phone_number_ids))
             .filter(outbox::state.eq(super::outbox::QUEUED))

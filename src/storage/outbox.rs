@@ -628,12 +628,20 @@ pub fn mark_sending(
                 record_failed(conn, &TenantId(tenant), id, &error, now_ms)?;
                 continue;
             }
-            if kind == "template" && !window_open(conn, &tenant, &number, &contact, now_ms)? {
-                if budget.is_none() {
-                    if let Some(portfolio) = messaging_limits::portfolio_of(conn, &number)? {
-                        budget = Some(messaging_limits::budget(conn, &portfolio, now_ms)?);
-                    }
+            if kind == "template" && budget.is_none() {
+                if let Some(portfolio) = messaging_limits::portfolio_of(conn, &number)? {
+                    budget = Some(messaging_limits::budget(conn, &portfolio, now_ms)?);
                 }
+            }
+            // Counted while a limit is known and enforced (an unknown or unlimited one
+            // costs a send nothing).
+            let enforced = budget
+                .as_ref()
+                .is_some_and(messaging_limits::Budget::enforced);
+            if kind == "template"
+                && enforced
+                && !window_open(conn, &tenant, &number, &contact, now_ms)?
+            {
                 if let Some(budget) = budget.as_mut() {
                     let portfolio = budget.portfolio_id.clone();
                     let counted = messaging_limits::reached(conn, &portfolio, &contact, now_ms)?;
