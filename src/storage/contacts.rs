@@ -686,7 +686,18 @@ fn merge_contacts(
     on_backend!(conn, c => diesel::update(outbox::table.filter(outbox::contact_id.eq(from)))
         .set(outbox::contact_id.eq(into))
         .execute(c))?;
-    // The budgets that reached it count one user (the survivor's reach is kept).
+    // The budgets that reached both count one user, reached when either was last.
+    let reached: Vec<(String, i64)> = on_backend!(conn, c => portfolio_reach::table
+        .filter(portfolio_reach::contact_id.eq(from))
+        .select((portfolio_reach::portfolio_id, portfolio_reach::reached_at))
+        .load(c))?;
+    for (portfolio, reached_at) in &reached {
+        on_backend!(conn, c => diesel::update(portfolio_reach::table
+                .find((portfolio, into))
+                .filter(portfolio_reach::reached_at.lt(reached_at)))
+            .set(portfolio_reach::reached_at.eq(reached_at))
+            .execute(c))?;
+    }
     let survivors: Vec<String> = on_backend!(conn, c => portfolio_reach::table
         .filter(portfolio_reach::contact_id.eq(into))
         .select(portfolio_reach::portfolio_id)

@@ -582,8 +582,10 @@ async fn restricted_and_objected_contacts_are_refused_with_the_rule_named() {
             ],
             "{runs:?}"
         );
-        // Oscar got the utility template and the reply; Rita got nothing.
+        // Oscar got the utility template and the reply; Rita got nothing (every send
+        // to her was refused, as the runs recorded after the refusals show).
         let calls = graph.wait_calls(2).await;
+        assert_eq!(calls.len(), 2, "{calls:?}");
         assert!(calls.iter().all(|c| c.body["to"] == OSCAR), "{calls:?}");
         // Two by the API, two by automations.
         let refusals = app

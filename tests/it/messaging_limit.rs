@@ -194,8 +194,15 @@ async fn templates_to_new_users_stop_at_the_limit_and_go_when_it_rises() {
         }
         assert_eq!(queued, 10);
 
-        // Meta raises the limit: the 10 go.
-        assert_eq!(app.post_signed(&capability("WABA", 2000)).await.0, 200);
+        // Meta raises the limit (a number's messaging-limit event names the
+        // portfolio's new tier): the 10 go.
+        let upgrade = serde_json::to_vec(&envelope(vec![json!({
+            "field": "phone_number_quality_update",
+            "value": {"display_phone_number": "15550000000", "event": "UPGRADE",
+                "old_limit": "TIER_250", "current_limit": "TIER_2K",
+                "max_daily_conversations_per_business": "TIER_2K"}})]))
+        .unwrap();
+        assert_eq!(app.post_signed(&upgrade).await.0, 200);
         graph.wait_calls(263).await;
         let p = wait_portfolio(&app, &key, NUMBER_A, |p| p["waiting"] == 0).await;
         assert_eq!(
