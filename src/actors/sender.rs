@@ -915,13 +915,7 @@ impl SenderActor {
         if let Some(client) = &self.client {
             return Ok(client.clone());
         }
-        let settings = &self.core.settings;
-        let client = Rc::new(GraphClient::new(
-            &settings.whatsapp.graph_base_url,
-            &settings.whatsapp.graph_api_version,
-            Duration::from_secs(settings.outbound.request_timeout_secs),
-            &settings.outbound.ca_file,
-        )?);
+        let client = Rc::new(GraphClient::from_settings(&self.core.settings)?);
         self.client = Some(client.clone());
         Ok(client)
     }

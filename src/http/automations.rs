@@ -56,9 +56,7 @@ fn refused(e: FieldError) -> ApiError {
 
 /// A checked automation body and the position it asks for.
 async fn definition(payload: web::Payload) -> Result<(Definition, Option<i64>), ApiError> {
-    let body = super::outbound::read_body(payload).await?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::field(ErrorCode::InvalidField, "body", format!("not JSON: {e}")))?;
+    let value = super::outbound::read_json(payload).await?;
     let definition = Definition::from_json(&value).map_err(refused)?;
     let position = rules::position(&value).map_err(refused)?;
     Ok((definition, position))
@@ -268,9 +266,7 @@ pub async fn put_settings(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
-    let body = super::outbound::read_body(payload).await?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::field(ErrorCode::InvalidField, "body", format!("not JSON: {e}")))?;
+    let value = super::outbound::read_json(payload).await?;
     let settings = TenantSettings::from_json(&value).map_err(refused)?;
     let now = state.core.clock.now_ms();
     let written = tenant.clone();

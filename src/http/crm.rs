@@ -4,7 +4,6 @@
 //! tenant, and another tenant's rows are "not found".
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::Value;
 
 use super::api::{authenticate, is_id, read};
 use super::views::{ContactItem, ConversationItem};
@@ -62,9 +61,7 @@ pub async fn update_contact(
     if !is_id(&id) {
         return Err(ApiError::not_found("contact"));
     }
-    let body = super::outbound::read_body(payload).await?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::field(ErrorCode::InvalidField, "body", format!("not JSON: {e}")))?;
+    let value = super::outbound::read_json(payload).await?;
     let change = RecordChange::from_json(&value)?;
     let keyring = state.core.keyring.clone();
     let (written_tenant, written_id) = (tenant.clone(), id.clone());

@@ -48,15 +48,20 @@ pub(super) async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut
     Ok(body)
 }
 
+/// The request body as JSON, refused naming `body` when it is not.
+pub(super) async fn read_json(payload: web::Payload) -> Result<Value, ApiError> {
+    let body = read_body(payload).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::field(ErrorCode::InvalidField, "body", format!("not JSON: {e}")))
+}
+
 pub async fn send_message(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
-    let body = read_body(payload).await?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::field(ErrorCode::InvalidField, "body", format!("not JSON: {e}")))?;
+    let value = read_json(payload).await?;
     let request = outbound::parse_send(&value)
         .map_err(|e| ApiError::field(ErrorCode::InvalidField, &e.field, e.message))?;
     let idempotency = idempotency_key(&req)?.map(|key| {

@@ -184,6 +184,45 @@ impl GraphClient {
         })
     }
 
+    /// The client the configuration describes (`whatsapp.graph_base_url`,
+    /// `graph_api_version`, `outbound.request_timeout_secs`, `outbound.ca_file`).
+    pub fn from_settings(settings: &crate::config::Settings) -> Result<GraphClient, String> {
+        GraphClient::new(
+            &settings.whatsapp.graph_base_url,
+            &settings.whatsapp.graph_api_version,
+            Duration::from_secs(settings.outbound.request_timeout_secs),
+            &settings.outbound.ca_file,
+        )
+    }
+
+    /// `GET url` with the bearer token: the body of a success (at most `limit` bytes),
+    /// else Meta's error. A GET changes nothing at Meta, so every failure is worth
+    /// retrying unless Meta's answer says otherwise.
+    pub(super) async fn get_ok(
+        &self,
+        url: &str,
+        access_token: &str,
+        limit: usize,
+    ) -> Result<actix_web::web::Bytes, GraphError> {
+        let mut response = self
+            .client
+            .get(url)
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .map_err(|e| {
+                GraphError::network(ErrorClass::Transient, format!("Graph API request: {e}"))
+            })?;
+        let status = response.status();
+        let bytes = response.body().limit(limit).await.map_err(|e| {
+            GraphError::network(ErrorClass::Transient, format!("Graph API response: {e}"))
+        })?;
+        if !status.is_success() {
+            return Err(parse_error(status.as_u16(), &bytes));
+        }
+        Ok(bytes)
+    }
+
     /// Sends `body` from `phone_number_id`; Meta's wamid when accepted (`None` for a
     /// read receipt, which Meta answers without one).
     pub async fn send_message(
@@ -268,22 +307,7 @@ impl GraphClient {
                     &url::form_urlencoded::byte_serialize(after.as_bytes()).collect::<String>(),
                 );
             }
-            let mut response = self
-                .client
-                .get(url)
-                .bearer_auth(access_token)
-                .send()
-                .await
-                .map_err(|e| {
-                    GraphError::network(ErrorClass::Transient, format!("Graph API request: {e}"))
-                })?;
-            let status = response.status();
-            let bytes = response.body().limit(8 << 20).await.map_err(|e| {
-                GraphError::network(ErrorClass::Transient, format!("Graph API response: {e}"))
-            })?;
-            if !status.is_success() {
-                return Err(parse_error(status.as_u16(), &bytes));
-            }
+            let bytes = self.get_ok(&url, access_token, 8 << 20).await?;
             let page: TemplatePage = serde_json::from_slice(&bytes).map_err(|e| {
                 GraphError::network(
                     ErrorClass::Transient,

@@ -64,22 +64,7 @@ impl GraphClient {
             return Err(permanent(format!("{media_id:?} is not a media id")));
         }
         let url = format!("{}/{}/{}", self.base_url, self.version, media_id);
-        let mut response = self
-            .client
-            .get(url)
-            .bearer_auth(access_token)
-            .send()
-            .await
-            .map_err(|e| {
-                GraphError::network(ErrorClass::Transient, format!("Graph API request: {e}"))
-            })?;
-        let status = response.status();
-        let bytes = response.body().limit(64 * 1024).await.map_err(|e| {
-            GraphError::network(ErrorClass::Transient, format!("Graph API response: {e}"))
-        })?;
-        if !status.is_success() {
-            return Err(parse_error(status.as_u16(), &bytes));
-        }
+        let bytes = self.get_ok(&url, access_token, 64 * 1024).await?;
         let info: InfoBody = serde_json::from_slice(&bytes).map_err(|e| {
             GraphError::network(
                 ErrorClass::Transient,
