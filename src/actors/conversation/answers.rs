@@ -82,19 +82,12 @@ impl ConversationActor {
         if created_contact {
             self.welcome = Welcome::First;
         }
-        for message in inbound {
-            if duplicate.get(message.index).copied().unwrap_or(false) {
-                continue;
-            }
-            match message.keyword {
-                Some(opted_out) => {
-                    // Whatever the keyword, the contact has written now.
-                    self.welcome = Welcome::NotFirst;
-                    self.confirm_preference(opted_out, &automations, ctx);
-                }
-                None => self.answers.push_back(message),
-            }
-        }
+        // In the order the messages came, confirmations and replies alike.
+        self.answers.extend(
+            inbound
+                .into_iter()
+                .filter(|message| !duplicate.get(message.index).copied().unwrap_or(false)),
+        );
         if !self.answers.is_empty() {
             self.next_answer(automations, ctx);
         }
@@ -107,7 +100,10 @@ impl ConversationActor {
             let Some(message) = self.answers.front() else {
                 return;
             };
-            if self.welcome == Welcome::Unknown && automations.welcomes() {
+            if message.keyword.is_none()
+                && self.welcome == Welcome::Unknown
+                && automations.welcomes()
+            {
                 let Some(contact) = self.contact.clone() else {
                     self.answers.clear();
                     return;
@@ -136,8 +132,11 @@ impl ConversationActor {
                 return;
             };
             let first = self.welcome == Welcome::First;
+            // Whatever it said, the contact has written now.
             self.welcome = Welcome::NotFirst;
-            if let Some(choice) =
+            if let Some(opted_out) = message.keyword {
+                self.confirm_preference(opted_out, &automations, ctx);
+            } else if let Some(choice) =
                 automations.choose(message.text.as_deref(), message.sent_at, first)
             {
                 self.run_automation(choice, ctx);
