@@ -33,6 +33,11 @@ fn says_at(from: &str, wamid: &str, body: &str, at_secs: i64) -> Vec<u8> {
     .unwrap()
 }
 
+/// The server's clock, in milliseconds.
+fn clock_now(app: &TestApp) -> i64 {
+    app.clock.now_ms()
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -331,6 +336,19 @@ async fn the_away_message_answers_outside_business_hours_in_the_tenants_time_zon
         assert_eq!(
             wait_texts(&graph, EVE, 2).await[1],
             "We are closed; back at nine."
+        );
+
+        // Tuesday 08:45 in Berlin, more than a day after Dora's away message: its
+        // cooldown has passed, and she gets it again.
+        let tuesday = secs(start_ms) + 86_400 + 900;
+        clock.advance_ms(tuesday * 1000 - clock_now(&app));
+        app.post_signed(&says_at(DORA, "wamid.d4", "open yet?", tuesday))
+            .await;
+        app.post_signed(&says_at(DORA, "wamid.d5", "ping", tuesday))
+            .await;
+        assert_eq!(
+            wait_texts(&graph, DORA, 4).await[2..],
+            ["We are closed; back at nine.", "pong"]
         );
         graph.stop().await;
     }
