@@ -311,3 +311,71 @@ pub fn portfolios(
     }
     Ok(out)
 }
+
+/// Rows deleted per purge at most, so one pass never holds the writer long.
+const PURGE_ROWS: i64 = 10_000;
+
+/// Forgets the users reached before the window (they use no budget any more); how
+/// many.
+pub fn purge_reach(conn: &mut DbConn, now_ms: i64) -> Result<usize, StorageError> {
+    let cutoff = now_ms - WINDOW_MS;
+    let old: Vec<(String, String)> = on_backend!(conn, c => portfolio_reach::table
+        .filter(portfolio_reach::reached_at.le(cutoff))
+        .select((portfolio_reach::portfolio_id, portfolio_reach::contact_id))
+        .limit(PURGE_ROWS)
+        .load(c))?;
+    let mut by_portfolio: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (portfolio, contact) in &old {
+        by_portfolio.entry(portfolio).or_default().push(contact);
+    }
+    let mut deleted = 0;
+    for (portfolio, contacts) in by_portfolio {
+        for chunk in contacts.chunks(500) {
+            deleted += on_backend!(conn, c => diesel::delete(portfolio_reach::table
+                    .filter(portfolio_reach::portfolio_id.eq(portfolio))
+                    .filter(portfolio_reach::contact_id.eq_any(chunk))
+                    .filter(portfolio_reach::reached_at.le(cutoff)))
+                .execute(c))?;
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A user counts for 24 hours after they were last reached, and is forgotten
+    /// after; reaching them again moves their time on.
+    #[test]
+    fn users_count_for_the_moving_window_and_are_forgotten_after() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_, pool) = crate::storage::test_storage(dir.path());
+        let mut conn = pool.get().expect("connection");
+        set_limit(&mut conn, "P", 2, "operator", 0).expect("limit");
+        let hour = 3_600_000;
+        reach(&mut conn, "P", "a", 0).expect("reach");
+        reach(&mut conn, "P", "b", hour).expect("reach");
+        let budget_at = |conn: &mut DbConn, at: i64| budget(conn, "P", at).expect("budget");
+        assert!(budget_at(&mut conn, 2 * hour).full());
+        // A is out of the window 24 hours after they were reached.
+        assert!(!budget_at(&mut conn, WINDOW_MS).full());
+        assert!(reached(&mut conn, "P", "b", WINDOW_MS).expect("reached"));
+        assert!(!reached(&mut conn, "P", "a", WINDOW_MS).expect("reached"));
+        // Reached again, B counts 24 hours from then.
+        reach(&mut conn, "P", "b", 20 * hour).expect("reach");
+        assert_eq!(
+            purge_reach(&mut conn, WINDOW_MS + 2 * hour).expect("purge"),
+            1
+        );
+        assert_eq!(
+            reached_count(&mut conn, "P", WINDOW_MS + 2 * hour).expect("count"),
+            1
+        );
+        assert_eq!(
+            purge_reach(&mut conn, WINDOW_MS + 20 * hour).expect("purge"),
+            1
+        );
+        assert_eq!(reached_count(&mut conn, "P", 0).expect("count"), 0);
+    }
+}

@@ -17,6 +17,7 @@ use crate::storage::contacts::{self, NewContact};
 use crate::storage::conversations;
 use crate::storage::crm::{self, ApplyOp, ContactIdentifiers, ResolvedContact};
 use crate::storage::inbox::{self, FreshEvent, InboxItem, PreparedEvent, PreparedOther};
+use crate::storage::messaging_limits;
 use crate::storage::raw_keys::{self, DayKey};
 use crate::storage::routes::RouteCache;
 use crate::storage::sqlite::conversation_index;
@@ -340,6 +341,20 @@ impl Writer {
             Err(e) => {
                 self.conn = None;
                 slog::warn!(self.log, "expiring finished sends failed"; "error" => %e);
+            }
+        }
+        match self
+            .connection()
+            .and_then(|conn| messaging_limits::purge_reach(conn, now))
+        {
+            Ok(0) => {}
+            Ok(users) => {
+                slog::debug!(self.log, "users out of the messaging limit's window forgotten";
+                    "users" => users);
+            }
+            Err(e) => {
+                self.conn = None;
+                slog::warn!(self.log, "forgetting users out of the window failed"; "error" => %e);
             }
         }
         let (keyring, keys, keep_days) = (
