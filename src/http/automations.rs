@@ -96,6 +96,16 @@ fn not_found() -> ApiError {
     ApiError::not_found("automation")
 }
 
+/// The automation id of the path; anything not shaped like one is "not found".
+fn automation_id(path: web::Path<String>) -> Result<String, ApiError> {
+    let id = path.into_inner();
+    if is_id(&id) {
+        Ok(id)
+    } else {
+        Err(not_found())
+    }
+}
+
 /// `GET /v1/automations/{id}`.
 pub async fn get(
     state: web::Data<AppState>,
@@ -103,10 +113,7 @@ pub async fn get(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
-    let id = path.into_inner();
-    if !is_id(&id) {
-        return Err(not_found());
-    }
+    let id = automation_id(path)?;
     let found = read(&state, move |conn, _| automations::get(conn, &tenant, &id))
         .await?
         .ok_or_else(not_found)?;
@@ -121,10 +128,7 @@ pub async fn replace(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
-    let id = path.into_inner();
-    if !is_id(&id) {
-        return Err(not_found());
-    }
+    let id = automation_id(path)?;
     let (definition, position) = definition(payload).await?;
     let now = state.core.clock.now_ms();
     let written = tenant.clone();
@@ -147,10 +151,7 @@ pub async fn delete(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
-    let id = path.into_inner();
-    if !is_id(&id) {
-        return Err(not_found());
-    }
+    let id = automation_id(path)?;
     let written = tenant.clone();
     let deleted = state
         .core
