@@ -47,7 +47,35 @@ pub struct Settings {
     pub inbox: InboxSettings,
     pub outbound: OutboundSettings,
     pub media: MediaSettings,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
+}
+
+/// How long each category of data is kept (the operator's defaults; a tenant can set
+/// its own through `/v1/retention`) and how the scheduler sweeps what is past it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    pub sweep_interval_secs: u64,
+    pub batch_size: u32,
+    pub batch_pause_ms: u64,
+    /// No tenant may keep audit records for less than this.
+    pub audit_min_days: u32,
+    pub days: RetentionDays,
+}
+
+/// Days kept, per category of data (see [`crate::retention::Category`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionDays {
+    pub messages: u32,
+    pub media: u32,
+    pub raw_payloads: u32,
+    pub automation_runs: u32,
+    pub technical: u32,
+    pub closed_conversations: u32,
+    pub exports: u32,
+    pub audit: u32,
 }
 
 /// Fetching the media of inbound messages from Meta.
@@ -399,6 +427,52 @@ impl Settings {
         }
         if self.actors.sweep_interval_secs == 0 {
             return Err(invalid("actors.sweep_interval_secs", "must be at least 1"));
+        }
+        self.validate_retention()
+    }
+
+    fn validate_retention(&self) -> Result<(), ConfigError> {
+        use crate::retention::{Category, MAX_DAYS};
+        let retention = &self.retention;
+        if !(1..=7 * 86_400).contains(&retention.sweep_interval_secs) {
+            return Err(invalid(
+                "retention.sweep_interval_secs",
+                "must be from 1 to 604800",
+            ));
+        }
+        if !(1..=10_000).contains(&retention.batch_size) {
+            return Err(invalid("retention.batch_size", "must be from 1 to 10000"));
+        }
+        if retention.batch_pause_ms > 60_000 {
+            return Err(invalid("retention.batch_pause_ms", "must be at most 60000"));
+        }
+        if retention.audit_min_days > MAX_DAYS {
+            return Err(invalid(
+                "retention.audit_min_days",
+                format!("must be at most {MAX_DAYS}"),
+            ));
+        }
+        for category in Category::ALL {
+            let days = category.operator_default(retention);
+            if days > MAX_DAYS {
+                return Err(invalid(
+                    category.config_key(),
+                    format!("must be at most {MAX_DAYS}"),
+                ));
+            }
+        }
+        if retention.days.audit < retention.audit_min_days {
+            return Err(invalid(
+                "retention.days.audit",
+                "must be at least retention.audit_min_days",
+            ));
+        }
+        if retention.days.raw_payloads > self.inbox.keep_raw_days {
+            return Err(invalid(
+                "retention.days.raw_payloads",
+                "must be at most inbox.keep_raw_days (raw payloads' day keys are \
+                 destroyed then, for every tenant)",
+            ));
         }
         Ok(())
     }

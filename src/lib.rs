@@ -36,6 +36,7 @@ pub mod ids;
 pub mod intake;
 pub mod logging;
 pub mod metrics;
+pub mod retention;
 pub mod storage;
 pub mod systemd;
 pub mod telemetry;
@@ -347,6 +348,10 @@ pub async fn run(
         let core = core.clone();
         Supervisor::start(move |_| actors::media::MediaFetcher::new(core));
     }
+    let scheduler = {
+        let core = core.clone();
+        Supervisor::start(move |_| actors::scheduler::Scheduler::new(core))
+    };
     // Every number's sender starts: it syncs the account's templates, and sends what
     // was accepted before a stop.
     {
@@ -459,6 +464,11 @@ pub async fn run(
         let _ = sweep.await;
     }
     slog::info!(log, "background task stopped"; "background" => "inbox-sweep");
+    // The retention sweep writes through the writer: it stops (after its batch) first.
+    if let Ok(Some(sweep)) = scheduler.send(actors::scheduler::StopScheduler).await {
+        let _ = sweep.await;
+    }
+    slog::info!(log, "background task stopped"; "background" => "scheduler");
     for arbiter in &arbiters {
         arbiter.stop();
     }

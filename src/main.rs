@@ -49,6 +49,25 @@ enum Command {
     /// Inbox events parked after failing for good.
     #[command(subcommand)]
     Inbox(InboxCommand),
+    /// Retention: data past its period.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Run one retention sweep now (as the daemon's scheduler does) and print what it
+    /// deleted, summed over the tenants it swept.
+    Run {
+        /// Delete nothing; print (and record) what a sweep would delete.
+        #[arg(long)]
+        dry_run: bool,
+        /// Sweep one tenant only.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -203,6 +222,7 @@ fn run_command() -> anyhow::Result<()> {
         Command::Tenant(command) => tenant(settings, command),
         Command::Number(command) => number(settings, command),
         Command::Inbox(command) => inbox(settings, command),
+        Command::Retention(command) => retention(settings, command),
     }
 }
 
@@ -509,6 +529,97 @@ fn number(settings: Settings, command: NumberCommand) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// Shows a sweep's progress on a terminal, on one line of stderr.
+struct SweepProgress {
+    shown: bool,
+    rows: u64,
+}
+
+impl converra::retention::sweep::Progress for SweepProgress {
+    fn batch(&mut self, tenant_id: &TenantId, category: converra::retention::Category, rows: u64) {
+        use std::io::Write as _;
+        self.rows += rows;
+        if self.shown {
+            let mut err = std::io::stderr();
+            let _ = write!(
+                err,
+                "\r\x1b[Ktenant {tenant_id}: {} ({} rows so far)",
+                category.as_str(),
+                self.rows
+            );
+            let _ = err.flush();
+        }
+    }
+}
+
+fn retention(settings: Settings, command: RetentionCommand) -> anyhow::Result<()> {
+    use converra::retention::sweep::{self, ConnectionLane, Options};
+    use std::io::IsTerminal as _;
+    let RetentionCommand::Run {
+        dry_run,
+        tenant,
+        output,
+    } = command;
+    let (_, conn) = operator_storage(&settings)?;
+    let lane = ConnectionLane::new(conn);
+    let tenants: Vec<TenantId> = {
+        use sweep::Lane as _;
+        let all = lane.write(&TenantId(String::new()), tenants::list_tenants)?;
+        match tenant {
+            Some(wanted) => {
+                if !all.iter().any(|t| t.id == wanted) {
+                    bail!("no tenant with id {wanted}");
+                }
+                vec![TenantId(wanted)]
+            }
+            None => all.into_iter().map(|t| TenantId(t.id)).collect(),
+        }
+    };
+    let mut progress = SweepProgress {
+        shown: std::io::stderr().is_terminal(),
+        rows: 0,
+    };
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let report = sweep::sweep_all(
+        &lane,
+        &settings.retention,
+        &tenants,
+        || SystemClock.now_ms(),
+        &Options::from_settings(&settings.retention, dry_run),
+        &std::sync::atomic::AtomicBool::new(false),
+        &mut progress,
+        &log,
+    )?;
+    if progress.shown {
+        eprintln!();
+    }
+    if let Some((tenant, error)) = report.failed.first() {
+        bail!(
+            "the sweep of {} tenant(s) failed, tenant {tenant} first: {error}",
+            report.failed.len()
+        );
+    }
+    if output.json {
+        println!(
+            "{}",
+            serde_json::json!({"dry_run": dry_run, "tenants": report.runs.len(), "deleted": report.deleted})
+        );
+    } else {
+        let verb = if dry_run { "would delete" } else { "deleted" };
+        println!("{} tenant(s) swept; {verb}:", report.runs.len());
+        print_table(
+            &["category", "rows"],
+            report
+                .deleted
+                .0
+                .iter()
+                .map(|(category, rows)| vec![category.clone(), rows.to_string()])
+                .collect(),
+        );
     }
     Ok(())
 }

@@ -48,6 +48,10 @@ pub struct Metrics {
     pub media_fetches: IntCounterVec,
     /// Sends waiting for room in their portfolio's messaging limit, by number.
     pub messaging_limit_waiting: IntGaugeVec,
+    /// Rows the retention sweeps deleted, by category.
+    pub retention_deleted: IntCounterVec,
+    /// Retention sweeps (of every tenant) by outcome: finished, incomplete, stopped.
+    pub retention_sweeps: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -170,7 +174,25 @@ impl Metrics {
             &["phone_number_id"],
         )?;
         registry.register(Box::new(messaging_limit_waiting.clone()))?;
+        let retention_deleted = IntCounterVec::new(
+            Opts::new(
+                "retention_deleted_total",
+                "Rows the retention sweeps deleted as past their period, by category",
+            ),
+            &["category"],
+        )?;
+        registry.register(Box::new(retention_deleted.clone()))?;
+        let retention_sweeps = IntCounterVec::new(
+            Opts::new(
+                "retention_sweeps_total",
+                "Retention sweeps by outcome: finished, incomplete (a tenant's failed; the next sweep carries on), stopped",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(retention_sweeps.clone()))?;
         Ok(Metrics {
+            retention_deleted,
+            retention_sweeps,
             messaging_limit_waiting,
             media_fetches,
             outbound_deferrals,

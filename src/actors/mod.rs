@@ -14,6 +14,7 @@
 pub mod conversation;
 pub mod media;
 pub mod registry;
+pub mod scheduler;
 pub mod sender;
 pub mod submit;
 pub mod tenant;

@@ -7,6 +7,7 @@ pub mod crm;
 pub mod media;
 pub mod ops;
 pub mod outbound;
+pub mod retention;
 pub mod usage;
 pub mod views;
 pub mod webhook;
@@ -77,6 +78,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .route(web::put().to(automations::replace))
                     .route(web::delete().to(automations::delete)),
             )
+            .service(
+                resource("/retention")
+                    .route(web::get().to(retention::get_policies))
+                    .route(web::put().to(retention::put_policies)),
+            )
+            .service(resource("/retention/runs").route(web::get().to(retention::runs)))
             .service(
                 resource("/settings")
                     .route(web::get().to(automations::get_settings))

@@ -25,6 +25,7 @@ pub mod outbox;
 pub mod raw_keys;
 pub mod readers;
 pub mod report;
+pub mod retention;
 pub mod routes;
 pub mod templates;
 pub mod tenants;

@@ -72,6 +72,10 @@ pub(super) const QUEUED: &str = OutboxState::Queued.as_str();
 const SENDING: &str = OutboxState::Sending.as_str();
 const DONE: &str = OutboxState::Done.as_str();
 const FAILED: &str = OutboxState::Failed.as_str();
+/// The states a send ends in.
+pub(super) const FINISHED: [&str; 2] = [DONE, FAILED];
+/// The states of a send not yet finished.
+pub(super) const UNFINISHED: [&str; 2] = [QUEUED, SENDING];
 
 /// A send the API has checked, ready to be stored.
 pub struct NewSend {
@@ -432,7 +436,7 @@ pub fn pending_sends(
     );
     let rows: Vec<Row> = on_backend!(conn, c => outbox::table
         .filter(outbox::phone_number_id.eq(phone_number_id.as_str()))
-        .filter(outbox::state.eq_any([QUEUED, SENDING]))
+        .filter(outbox::state.eq_any(UNFINISHED))
         .order(outbox::id.asc())
         .limit(limit)
         .select((
@@ -490,7 +494,7 @@ const PURGE_ROWS: i64 = 10_000;
 /// its message row, where `GET /v1/messages/{id}` finds it; a read receipt has none.
 pub fn purge_finished(conn: &mut DbConn, before_ms: i64) -> Result<(usize, usize), StorageError> {
     let finished: Vec<String> = on_backend!(conn, c => outbox::table
-        .filter(outbox::state.eq_any([DONE, FAILED]))
+        .filter(outbox::state.eq_any(FINISHED))
         .filter(outbox::accepted_at.lt(before_ms))
         .select(outbox::id)
         .limit(PURGE_ROWS)
@@ -512,7 +516,7 @@ pub fn purge_finished(conn: &mut DbConn, before_ms: i64) -> Result<(usize, usize
         let ids: Vec<&str> = chunk.iter().map(|(_, _, id)| id.as_str()).collect();
         let pending: Vec<String> = on_backend!(conn, c => outbox::table
             .filter(outbox::id.eq_any(&ids))
-            .filter(outbox::state.eq_any([QUEUED, SENDING]))
+            .filter(outbox::state.eq_any(UNFINISHED))
             .select(outbox::id)
             .load(c))?;
         waiting.extend(pending);
@@ -712,7 +716,7 @@ fn window_open(
 /// A send Meta accepted without a message of its own (a read receipt).
 pub fn record_done(conn: &mut DbConn, id: &str) -> Result<(), StorageError> {
     on_backend!(conn, c => diesel::update(outbox::table.find(id))
-        .filter(outbox::state.eq_any([QUEUED, SENDING]))
+        .filter(outbox::state.eq_any(UNFINISHED))
         .set((outbox::state.eq(DONE), outbox::error_json.eq(None::<String>)))
         .execute(c))?;
     Ok(())
@@ -726,7 +730,7 @@ pub fn retry_at(
     error_json: Option<&str>,
 ) -> Result<(), StorageError> {
     on_backend!(conn, c => diesel::update(outbox::table.find(id))
-        .filter(outbox::state.eq_any([QUEUED, SENDING]))
+        .filter(outbox::state.eq_any(UNFINISHED))
         .set((
             outbox::state.eq(QUEUED),
             outbox::next_attempt_at.eq(next_attempt_at),
@@ -746,7 +750,7 @@ pub fn record_failed(
     now_ms: i64,
 ) -> Result<(), StorageError> {
     let failed = on_backend!(conn, c => diesel::update(outbox::table.find(id))
-        .filter(outbox::state.eq_any([QUEUED, SENDING]))
+        .filter(outbox::state.eq_any(UNFINISHED))
         .set((outbox::state.eq(FAILED), outbox::error_json.eq(error_json)))
         .execute(c))?;
     if failed == 0 {

@@ -200,6 +200,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     contact_labels,
     outbox,
     media_downloads,
+    idempotency_keys,
 );
 
 diesel::table! {
@@ -337,5 +338,25 @@ diesel::table! {
         portfolio_id -> Text,
         contact_id -> Text,
         reached_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    retention_policies (tenant_id, category) {
+        tenant_id -> Text,
+        category -> Text,
+        days -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    retention_runs (id) {
+        id -> Text,
+        tenant_id -> Text,
+        started_at -> BigInt,
+        finished_at -> Nullable<BigInt>,
+        dry_run -> Bool,
+        deleted_json -> Text,
     }
 }

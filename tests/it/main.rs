@@ -14,6 +14,7 @@ mod media;
 mod messaging_limit;
 mod outbound;
 mod recovery;
+mod retention;
 mod storage;
 mod support;
 mod webhook;

@@ -253,6 +253,29 @@ impl WriterHandle {
             .map_err(|_| StorageError::Corrupt("a write returned another type".into()))
     }
 
+    /// [`WriterHandle::write`] for a thread that may block (never an async one): the
+    /// retention sweep's, which runs beside the runtime.
+    pub fn write_blocking<T: Send + 'static>(
+        &self,
+        tenant_id: Option<TenantId>,
+        mut work: impl FnMut(&mut DbConn) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let (reply, rx) = handoff::channel();
+        let work: WriteWork = Box::new(move |conn| Ok(Box::new(work(conn)?) as WriteOutput));
+        self.tx
+            .send(Job::Write {
+                tenant_id,
+                work,
+                reply,
+            })
+            .map_err(|_| gone())?;
+        let output = rx.blocking_recv().map_err(|_| gone())??;
+        output
+            .downcast::<T>()
+            .map(|value| *value)
+            .map_err(|_| StorageError::Corrupt("a write returned another type".into()))
+    }
+
     /// Waits until everything queued so far is written.
     pub async fn flush(&self) {
         let (reply, rx) = handoff::channel();

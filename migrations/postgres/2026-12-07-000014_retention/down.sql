@@ -1,0 +1,3 @@
+DROP INDEX messages_age;
+DROP TABLE retention_runs;
+DROP TABLE retention_policies;

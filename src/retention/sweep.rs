@@ -1,0 +1,207 @@
+//! A retention sweep: for each tenant and category, what is past the tenant's period
+//! goes, a bounded batch per transaction with a pause between batches, so live traffic
+//! keeps its pace. Each batch adds what it deleted to the run's record in its own
+//! transaction; a sweep interrupted (a crash, a stop) leaves its record unfinished and
+//! the next sweep of the tenant carries on under it, so the end result and the counts
+//! are those of an uninterrupted sweep. A dry run deletes nothing and records what a
+//! real run would delete.
+//!
+//! The same sweep runs in the daemon (the scheduler, through the writer: in the
+//! tenant's lane, between its other writes) and in `converra retention run` (on a
+//! connection of its own); [`Lane`] is where its transactions run.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::{Category, Deleted, DAY_MS};
+use crate::config::RetentionSettings;
+use crate::ids::TenantId;
+use crate::storage::retention::{self as store, RunRecord};
+use crate::storage::{DbConn, StorageError};
+
+/// Where a sweep's transactions run. Called from a thread that may block.
+pub trait Lane {
+    /// Runs `work` in a transaction of the tenant's; `work` may run again if its
+    /// transaction failed and was retried.
+    fn write<T: Send + 'static>(
+        &self,
+        tenant_id: &TenantId,
+        work: impl FnMut(&mut DbConn) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError>;
+}
+
+/// How a sweep runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub dry_run: bool,
+    pub batch_size: u32,
+    pub batch_pause: Duration,
+}
+
+impl Options {
+    pub fn from_settings(settings: &RetentionSettings, dry_run: bool) -> Options {
+        Options {
+            dry_run,
+            batch_size: settings.batch_size,
+            batch_pause: Duration::from_millis(settings.batch_pause_ms),
+        }
+    }
+}
+
+/// What a sweep tells as it goes: the tenant, the category, the rows so far.
+pub trait Progress {
+    fn batch(&mut self, tenant_id: &TenantId, category: Category, rows: u64);
+}
+
+impl Progress for () {
+    fn batch(&mut self, _: &TenantId, _: Category, _: u64) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Asked to stop between two batches; the run stays unfinished, for the next sweep.
+    #[error("the sweep was stopped before it finished")]
+    Stopped,
+}
+
+/// Sweeps one tenant: finishes its interrupted run if there is one, else records a
+/// new one; returns the finished record.
+pub fn sweep_tenant<L: Lane>(
+    lane: &L,
+    settings: &RetentionSettings,
+    tenant_id: &TenantId,
+    now_ms: impl Fn() -> i64,
+    options: &Options,
+    stop: &AtomicBool,
+    progress: &mut dyn Progress,
+) -> Result<RunRecord, SweepError> {
+    let tenant = tenant_id.clone();
+    let dry_run = options.dry_run;
+    let started = now_ms();
+    let (policies, run_id) = lane.write(tenant_id, move |conn| {
+        let policies = store::policies(conn, &tenant)?;
+        let interrupted = match dry_run {
+            true => None,
+            false => store::unfinished_run(conn, &tenant)?,
+        };
+        let run_id = match interrupted {
+            Some(run) => run.id,
+            None => {
+                let id = uuid::Uuid::now_v7().to_string();
+                store::start_run(conn, &tenant, &id, dry_run, started)?;
+                id
+            }
+        };
+        Ok((policies, run_id))
+    })?;
+    for category in Category::ALL {
+        let days = policies.days(category, settings);
+        let cutoff = now_ms().saturating_sub(i64::from(days).saturating_mul(DAY_MS));
+        if dry_run {
+            let (tenant, run) = (tenant_id.clone(), run_id.clone());
+            let rows = lane.write(tenant_id, move |conn| {
+                let rows = store::count_expired(conn, &tenant, category, cutoff)?;
+                store::count_into_run(conn, &run, category, rows)?;
+                Ok(rows)
+            })?;
+            progress.batch(tenant_id, category, rows);
+            continue;
+        }
+        let limit = i64::from(options.batch_size.max(1));
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return Err(SweepError::Stopped);
+            }
+            let (tenant, run) = (tenant_id.clone(), run_id.clone());
+            let rows = lane.write(tenant_id, move |conn| {
+                let rows = store::delete_expired(conn, &tenant, category, cutoff, limit)?;
+                if rows > 0 {
+                    store::count_into_run(conn, &run, category, rows)?;
+                }
+                Ok(rows)
+            })?;
+            if rows == 0 {
+                break;
+            }
+            progress.batch(tenant_id, category, rows);
+            if !options.batch_pause.is_zero() {
+                std::thread::sleep(options.batch_pause);
+            }
+        }
+    }
+    let finished = now_ms();
+    Ok(lane.write(tenant_id, move |conn| {
+        store::finish_run(conn, &run_id, finished)
+    })?)
+}
+
+/// What a sweep over several tenants did.
+#[derive(Debug)]
+pub struct Report {
+    pub runs: Vec<RunRecord>,
+    /// Summed over the runs.
+    pub deleted: Deleted,
+    /// Tenants whose sweep failed (the next sweep carries on with them).
+    pub failed: Vec<(TenantId, StorageError)>,
+}
+
+/// Sweeps each tenant in turn. A tenant whose sweep fails is logged and skipped: the
+/// others still get theirs.
+#[allow(clippy::too_many_arguments)]
+pub fn sweep_all<L: Lane>(
+    lane: &L,
+    settings: &RetentionSettings,
+    tenants: &[TenantId],
+    now_ms: impl Fn() -> i64,
+    options: &Options,
+    stop: &AtomicBool,
+    progress: &mut dyn Progress,
+    log: &slog::Logger,
+) -> Result<Report, SweepError> {
+    let mut report = Report {
+        runs: Vec::with_capacity(tenants.len()),
+        deleted: Deleted::zero(),
+        failed: Vec::new(),
+    };
+    for tenant_id in tenants {
+        match sweep_tenant(lane, settings, tenant_id, &now_ms, options, stop, progress) {
+            Ok(run) => {
+                report.deleted.merge(&run.deleted);
+                report.runs.push(run);
+            }
+            Err(SweepError::Stopped) => return Err(SweepError::Stopped),
+            Err(SweepError::Storage(e)) => {
+                slog::warn!(log, "the retention sweep of a tenant failed; the next sweep tries again";
+                    "tenant" => tenant_id.as_str(), "error" => %e);
+                report.failed.push((tenant_id.clone(), e));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// A connection of its own as a sweep's lane (the operator command): each batch is a
+/// write transaction, which on SQLite waits its turn behind the daemon's writes.
+pub struct ConnectionLane<C>(std::sync::Mutex<C>);
+
+impl<C> ConnectionLane<C> {
+    pub fn new(conn: C) -> ConnectionLane<C> {
+        ConnectionLane(std::sync::Mutex::new(conn))
+    }
+}
+
+impl<C: std::ops::DerefMut<Target = DbConn>> Lane for ConnectionLane<C> {
+    fn write<T: Send + 'static>(
+        &self,
+        _tenant_id: &TenantId,
+        mut work: impl FnMut(&mut DbConn) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let mut conn = self
+            .0
+            .lock()
+            .map_err(|_| StorageError::Panicked("a sweep's connection".into()))?;
+        crate::storage::write_transaction(&mut conn, |conn| work(conn))
+    }
+}

@@ -1,0 +1,388 @@
+//! Retention in the database: each tenant's own periods (`retention_policies`), the
+//! rows of a category past its period (counted, or deleted a bounded batch at a time)
+//! and the record of every sweep (`retention_runs`).
+
+use diesel::prelude::*;
+
+use super::on_backend;
+use super::schema::{
+    automation_runs, conversations, idempotency_keys, inbox, media_downloads, messages, outbox,
+    retention_policies, retention_runs, usage_daily, webhook_events,
+};
+use super::{DbConn, StorageError};
+use crate::ids::TenantId;
+use crate::retention::{Category, Changes, Deleted, Policies};
+
+/// The tenant's own periods (a category missing follows the operator's default).
+pub fn policies(conn: &mut DbConn, tenant_id: &TenantId) -> Result<Policies, StorageError> {
+    let rows: Vec<(String, i64)> = on_backend!(conn, c => retention_policies::table
+        .filter(retention_policies::tenant_id.eq(tenant_id.as_str()))
+        .select((retention_policies::category, retention_policies::days))
+        .load(c))?;
+    let mut policies = Policies::default();
+    for (name, days) in rows {
+        // A category this build does not know (written by a newer one) is left alone.
+        if let (Some(category), Ok(days)) = (Category::parse(&name), u32::try_from(days)) {
+            policies.days.insert(category, days);
+        }
+    }
+    Ok(policies)
+}
+
+/// Sets the categories in `changes`; `None` returns one to the operator's default.
+pub fn change_policies(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    changes: &Changes,
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    for (category, days) in changes {
+        let name = category.as_str();
+        match days {
+            Some(days) => {
+                let days = i64::from(*days);
+                on_backend!(conn, c => diesel::insert_into(retention_policies::table)
+                    .values((
+                        retention_policies::tenant_id.eq(tenant_id.as_str()),
+                        retention_policies::category.eq(name),
+                        retention_policies::days.eq(days),
+                        retention_policies::updated_at.eq(now_ms),
+                    ))
+                    .on_conflict((retention_policies::tenant_id, retention_policies::category))
+                    .do_update()
+                    .set((
+                        retention_policies::days.eq(days),
+                        retention_policies::updated_at.eq(now_ms),
+                    ))
+                    .execute(c))?;
+            }
+            None => {
+                on_backend!(conn, c => diesel::delete(retention_policies::table
+                    .filter(retention_policies::tenant_id.eq(tenant_id.as_str()))
+                    .filter(retention_policies::category.eq(name)))
+                    .execute(c))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many rows of `category` of the tenant are older than `cutoff_ms`.
+pub fn count_expired(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    category: Category,
+    cutoff_ms: i64,
+) -> Result<u64, StorageError> {
+    let tenant = tenant_id.as_str();
+    let count: i64 = match category {
+        Category::Messages => on_backend!(conn, c => messages::table
+            .filter(messages::tenant_id.eq(tenant))
+            .filter(messages::sent_at.lt(cutoff_ms))
+            .count()
+            .get_result(c))?,
+        Category::Media => on_backend!(conn, c => media_downloads::table
+            .filter(media_downloads::tenant_id.eq(tenant))
+            .filter(media_downloads::created_at.lt(cutoff_ms))
+            .count()
+            .get_result(c))?,
+        Category::ClosedConversations => on_backend!(conn, c => conversations::table
+            .filter(conversations::tenant_id.eq(tenant))
+            .filter(conversations::closed_at.lt(cutoff_ms))
+            .count()
+            .get_result(c))?,
+        Category::RawPayloads => {
+            let processed: i64 = on_backend!(conn, c => inbox::table
+                .filter(inbox::tenant_id.eq(tenant))
+                .filter(inbox::processed_at.is_not_null())
+                .filter(inbox::received_at.lt(cutoff_ms))
+                .count()
+                .get_result(c))?;
+            let stored_raw: i64 = on_backend!(conn, c => webhook_events::table
+                .filter(webhook_events::tenant_id.eq(tenant))
+                .filter(webhook_events::received_at.lt(cutoff_ms))
+                .count()
+                .get_result(c))?;
+            processed + stored_raw
+        }
+        Category::AutomationRuns => {
+            let runs: i64 = on_backend!(conn, c => automation_runs::table
+                .filter(automation_runs::tenant_id.eq(tenant))
+                .filter(automation_runs::ran_at.lt(cutoff_ms))
+                .count()
+                .get_result(c))?;
+            let usage: i64 = on_backend!(conn, c => usage_daily::table
+                .filter(usage_daily::tenant_id.eq(tenant))
+                .filter(usage_daily::day.lt(whole_days_before(cutoff_ms)))
+                .count()
+                .get_result(c))?;
+            runs + usage
+        }
+        Category::Technical => {
+            let sends: i64 = on_backend!(conn, c => outbox::table
+                .filter(outbox::tenant_id.eq(tenant))
+                .filter(outbox::state.eq_any(super::outbox::FINISHED))
+                .filter(outbox::accepted_at.lt(cutoff_ms))
+                .count()
+                .get_result(c))?;
+            let keys: i64 = on_backend!(conn, c => idempotency_keys::table
+                .filter(idempotency_keys::tenant_id.eq(tenant))
+                .filter(idempotency_keys::created_at.lt(cutoff_ms))
+                .filter(diesel::dsl::not(idempotency_keys::outbox_id.eq_any(outbox::table
+                    .filter(outbox::state.eq_any(super::outbox::UNFINISHED))
+                    .select(outbox::id))))
+                .count()
+                .get_result(c))?;
+            sends + keys
+        }
+        // Kept by the compliance work, which does not store them yet.
+        Category::Exports | Category::Audit => 0,
+    };
+    Ok(count.max(0) as u64)
+}
+
+/// A usage day counts as past `cutoff_ms` once all of it is.
+fn whole_days_before(cutoff_ms: i64) -> i64 {
+    super::usage::day_of(cutoff_ms)
+}
+
+/// Deletes at most `limit` rows of `category` of the tenant older than `cutoff_ms`
+/// (what goes with them by foreign key, a message's statuses and media, a
+/// conversation's messages, is not counted); returns how many. 0: none are left.
+/// Deletes the rows `$select` (a query of `$table`'s `$key`, with its limit) finds:
+/// read first, then deleted by key, since a `DELETE` cannot carry a `LIMIT` on both
+/// backends.
+macro_rules! delete_rows {
+    ($conn:expr, $table:ident, $key:ident: $ty:ty, $select:expr) => {{
+        let keys: Vec<$ty> = on_backend!($conn, c => $select.load(c))?;
+        match keys.is_empty() {
+            true => 0,
+            false => on_backend!($conn, c => diesel::delete($table::table
+                .filter($table::$key.eq_any(&keys)))
+                .execute(c))?,
+        }
+    }};
+}
+
+pub fn delete_expired(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    category: Category,
+    cutoff_ms: i64,
+    limit: i64,
+) -> Result<u64, StorageError> {
+    let tenant = tenant_id.as_str();
+    let deleted = match category {
+        Category::Messages => delete_rows!(conn, messages, id: String, messages::table
+                .filter(messages::tenant_id.eq(tenant))
+                .filter(messages::sent_at.lt(cutoff_ms))
+                .select(messages::id)
+                .limit(limit)),
+        Category::Media => {
+            delete_rows!(conn, media_downloads, message_id: String, media_downloads::table
+                .filter(media_downloads::tenant_id.eq(tenant))
+                .filter(media_downloads::created_at.lt(cutoff_ms))
+                .select(media_downloads::message_id)
+                .limit(limit))
+        }
+        Category::ClosedConversations => {
+            delete_rows!(conn, conversations, id: String, conversations::table
+                .filter(conversations::tenant_id.eq(tenant))
+                .filter(conversations::closed_at.lt(cutoff_ms))
+                .select(conversations::id)
+                .limit(limit))
+        }
+        Category::RawPayloads => {
+            let processed = delete_rows!(conn, inbox, id: i64, inbox::table
+                    .filter(inbox::tenant_id.eq(tenant))
+                    .filter(inbox::processed_at.is_not_null())
+                    .filter(inbox::received_at.lt(cutoff_ms))
+                    .select(inbox::id)
+                    .limit(limit));
+            if processed > 0 {
+                processed
+            } else {
+                delete_rows!(conn, webhook_events, id: String, webhook_events::table
+                        .filter(webhook_events::tenant_id.eq(tenant))
+                        .filter(webhook_events::received_at.lt(cutoff_ms))
+                        .select(webhook_events::id)
+                        .limit(limit))
+            }
+        }
+        Category::AutomationRuns => {
+            let runs = delete_rows!(conn, automation_runs, id: String, automation_runs::table
+                    .filter(automation_runs::tenant_id.eq(tenant))
+                    .filter(automation_runs::ran_at.lt(cutoff_ms))
+                    .select(automation_runs::id)
+                    .limit(limit));
+            if runs > 0 {
+                runs
+            } else {
+                // A handful of rows a day per tenant: one statement.
+                on_backend!(conn, c => diesel::delete(usage_daily::table
+                    .filter(usage_daily::tenant_id.eq(tenant))
+                    .filter(usage_daily::day.lt(whole_days_before(cutoff_ms))))
+                    .execute(c))?
+            }
+        }
+        Category::Technical => {
+            let sends = delete_rows!(conn, outbox, id: String, outbox::table
+                    .filter(outbox::tenant_id.eq(tenant))
+                    .filter(outbox::state.eq_any(super::outbox::FINISHED))
+                    .filter(outbox::accepted_at.lt(cutoff_ms))
+                    .select(outbox::id)
+                    .limit(limit));
+            if sends > 0 {
+                sends
+            } else {
+                // A key whose send still waits stays: a client's retry must not send
+                // it twice.
+                let keys: Vec<String> = on_backend!(conn, c => idempotency_keys::table
+                    .filter(idempotency_keys::tenant_id.eq(tenant))
+                    .filter(idempotency_keys::created_at.lt(cutoff_ms))
+                    .filter(diesel::dsl::not(idempotency_keys::outbox_id.eq_any(outbox::table
+                        .filter(outbox::state.eq_any(super::outbox::UNFINISHED))
+                        .select(outbox::id))))
+                    .select(idempotency_keys::key_bidx)
+                    .limit(limit)
+                    .load(c))?;
+                on_backend!(conn, c => diesel::delete(idempotency_keys::table
+                    .filter(idempotency_keys::tenant_id.eq(tenant))
+                    .filter(idempotency_keys::key_bidx.eq_any(&keys)))
+                    .execute(c))?
+            }
+        }
+        Category::Exports | Category::Audit => 0,
+    };
+    Ok(deleted as u64)
+}
+
+/// One sweep of one tenant, as recorded.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub dry_run: bool,
+    pub deleted: Deleted,
+}
+
+type RunRow = (String, String, i64, Option<i64>, bool, String);
+
+fn run_record(row: RunRow) -> Result<RunRecord, StorageError> {
+    let (id, tenant_id, started_at, finished_at, dry_run, json) = row;
+    let deleted = serde_json::from_str(&json)
+        .map_err(|e| StorageError::Corrupt(format!("retention run {id}: {e}")))?;
+    Ok(RunRecord {
+        id,
+        tenant_id,
+        started_at,
+        finished_at,
+        dry_run,
+        deleted,
+    })
+}
+
+/// The tenant's sweep a crash interrupted, if any: the next sweep finishes it.
+pub fn unfinished_run(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+) -> Result<Option<RunRecord>, StorageError> {
+    // Rare (once per sweep of a tenant): the limit's re-preparation does not matter.
+    let row: Option<RunRow> = on_backend!(conn, c => retention_runs::table
+        .filter(retention_runs::tenant_id.eq(tenant_id.as_str()))
+        .filter(retention_runs::finished_at.is_null())
+        .filter(retention_runs::dry_run.eq(false))
+        .order(retention_runs::id.asc())
+        .select((retention_runs::id, retention_runs::tenant_id, retention_runs::started_at,
+                 retention_runs::finished_at, retention_runs::dry_run,
+                 retention_runs::deleted_json))
+        .limit(1)
+        .load(c))?
+    .into_iter()
+    .next();
+    row.map(run_record).transpose()
+}
+
+/// Records a sweep of the tenant starting.
+pub fn start_run(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    id: &str,
+    dry_run: bool,
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    let json = serde_json::to_string(&Deleted::zero())
+        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    on_backend!(conn, c => diesel::insert_into(retention_runs::table)
+        .values((
+            retention_runs::id.eq(id),
+            retention_runs::tenant_id.eq(tenant_id.as_str()),
+            retention_runs::started_at.eq(now_ms),
+            retention_runs::dry_run.eq(dry_run),
+            retention_runs::deleted_json.eq(&json),
+        ))
+        .execute(c))?;
+    Ok(())
+}
+
+/// Adds `rows` of `category` to the run's counts, in the transaction that deleted
+/// them, so the record never disagrees with the data.
+pub fn count_into_run(
+    conn: &mut DbConn,
+    run_id: &str,
+    category: Category,
+    rows: u64,
+) -> Result<(), StorageError> {
+    let json: String = on_backend!(conn, c => retention_runs::table
+        .find(run_id)
+        .select(retention_runs::deleted_json)
+        .get_result(c))?;
+    let mut deleted: Deleted = serde_json::from_str(&json)
+        .map_err(|e| StorageError::Corrupt(format!("retention run {run_id}: {e}")))?;
+    deleted.add(category, rows);
+    let json = serde_json::to_string(&deleted).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    on_backend!(conn, c => diesel::update(retention_runs::table.find(run_id))
+        .set(retention_runs::deleted_json.eq(&json))
+        .execute(c))?;
+    Ok(())
+}
+
+/// Marks the run finished; returns its record.
+pub fn finish_run(conn: &mut DbConn, run_id: &str, now_ms: i64) -> Result<RunRecord, StorageError> {
+    on_backend!(conn, c => diesel::update(retention_runs::table.find(run_id))
+        .set(retention_runs::finished_at.eq(Some(now_ms)))
+        .execute(c))?;
+    let row: RunRow = on_backend!(conn, c => retention_runs::table
+        .find(run_id)
+        .select((retention_runs::id, retention_runs::tenant_id, retention_runs::started_at,
+                 retention_runs::finished_at, retention_runs::dry_run,
+                 retention_runs::deleted_json))
+        .get_result(c))?;
+    run_record(row)
+}
+
+/// The tenant's sweeps, newest first, after `cursor` (a run id given out before).
+pub fn runs(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<Vec<RunRecord>, StorageError> {
+    let rows: Vec<RunRow> = on_backend!(conn, c => {
+        let mut query = retention_runs::table
+            .filter(retention_runs::tenant_id.eq(tenant_id.as_str()))
+            .order(retention_runs::id.desc())
+            .limit(limit)
+            .select((retention_runs::id, retention_runs::tenant_id, retention_runs::started_at,
+                     retention_runs::finished_at, retention_runs::dry_run,
+                     retention_runs::deleted_json))
+            .into_boxed();
+        if let Some(cursor) = cursor {
+            query = query.filter(retention_runs::id.lt(cursor));
+        }
+        query.load(c)
+    })?;
+    rows.into_iter().map(run_record).collect()
+}
