@@ -19,7 +19,7 @@ use crate::support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_converra");
 
 /// A running daemon, killed when dropped: a failing test must not leave one behind.
-struct Running(Child);
+pub(crate) struct Running(pub(crate) Child);
 
 impl std::ops::Deref for Running {
     type Target = Child;
@@ -42,13 +42,13 @@ impl Drop for Running {
     }
 }
 
-struct Daemon {
-    env: Vec<(String, String)>,
-    base: String,
+pub(crate) struct Daemon {
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) base: String,
 }
 
 impl Daemon {
-    fn new(db_url: &str, dir: &tempfile::TempDir) -> Daemon {
+    pub(crate) fn new(db_url: &str, dir: &tempfile::TempDir) -> Daemon {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -71,14 +71,14 @@ impl Daemon {
         }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd
     }
 
-    fn cli_json(&self, args: &[&str]) -> Value {
+    pub(crate) fn cli_json(&self, args: &[&str]) -> Value {
         let out = self.command(args).output().unwrap();
         assert!(
             out.status.success(),
@@ -90,7 +90,12 @@ impl Daemon {
 
     /// Creates a tenant and registers NUMBER_A for it, through the operator CLI as an
     /// operator would; returns `{"tenant_id", "api_key", ...}`.
-    fn seed_tenant(&self, dir: &tempfile::TempDir, name: &str, access_token: &str) -> Value {
+    pub(crate) fn seed_tenant(
+        &self,
+        dir: &tempfile::TempDir,
+        name: &str,
+        access_token: &str,
+    ) -> Value {
         // Operator commands need the database to exist; `migrate` makes it (and does
         // nothing to one the daemon made).
         let migrated = self.command(&["migrate"]).output().unwrap();
@@ -129,7 +134,7 @@ impl Daemon {
         tenant
     }
 
-    fn spawn(&self) -> Running {
+    pub(crate) fn spawn(&self) -> Running {
         Running(
             self.command(&["serve"])
                 .stdout(Stdio::null())
@@ -156,7 +161,7 @@ impl Daemon {
         )
     }
 
-    async fn wait_ready(&self, client: &awc::Client) {
+    pub(crate) async fn wait_ready(&self, client: &awc::Client) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(resp) = client.get(format!("{}/readyz", self.base)).send().await {
@@ -269,14 +274,14 @@ async fn crash_and_recover(backend: &Backend) {
     let _ = restarted.wait();
 }
 
-struct ApiReader {
-    client: awc::Client,
-    base: String,
-    key: String,
+pub(crate) struct ApiReader {
+    pub(crate) client: awc::Client,
+    pub(crate) base: String,
+    pub(crate) key: String,
 }
 
 impl ApiReader {
-    async fn page(&self, path: &str) -> Value {
+    pub(crate) async fn page(&self, path: &str) -> Value {
         let mut resp = self
             .client
             .get(format!("{}{}", self.base, path))
@@ -287,7 +292,7 @@ impl ApiReader {
         serde_json::from_slice(&resp.body().limit(64 << 20).await.unwrap()).unwrap()
     }
 
-    async fn all(&self, path: &str) -> Vec<Value> {
+    pub(crate) async fn all(&self, path: &str) -> Vec<Value> {
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -304,7 +309,7 @@ impl ApiReader {
         }
     }
 
-    async fn all_wamids(&self) -> Vec<String> {
+    pub(crate) async fn all_wamids(&self) -> Vec<String> {
         let mut wamids = Vec::new();
         for conversation in self.all("/v1/conversations").await {
             let id = conversation["id"].as_str().unwrap();

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::daemon::{ApiReader, Daemon};
 use crate::support::*;
 
 const DAY_MS: i64 = 86_400_000;
@@ -338,5 +339,176 @@ async fn a_closed_conversation_goes_with_its_messages_after_its_period() {
         assert_eq!(left.len(), 1, "{left:?}");
         assert_ne!(left[0]["id"], closing);
         assert_eq!(app.all_messages(&app.a).await.len(), 1);
+    }
+}
+
+/// Posts a signed webhook to a daemon run as its own process.
+async fn post_to(client: &awc::Client, daemon: &Daemon, body: Vec<u8>) {
+    let signature = converra::whatsapp::signature::sign(APP_SECRET.as_bytes(), &body);
+    let resp = client
+        .post(format!("{}/webhooks/whatsapp", daemon.base))
+        .insert_header(("X-Hub-Signature-256", signature))
+        .insert_header(("Content-Type", "application/json"))
+        .send_body(body)
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Ten messages past the default period (365 days), two inside it.
+async fn old_and_new(client: &awc::Client, daemon: &Daemon, reader: &ApiReader) {
+    let now = now_ms();
+    for i in 0..10 {
+        let body = text_at(
+            NUMBER_A,
+            "4915100000009",
+            &format!("wamid.OLD{i}"),
+            now - 400 * DAY_MS,
+        );
+        post_to(client, daemon, body).await;
+    }
+    for i in 0..2 {
+        let body = text_at(
+            NUMBER_A,
+            "4915100000009",
+            &format!("wamid.NEW{i}"),
+            now - DAY_MS,
+        );
+        post_to(client, daemon, body).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reader.all_wamids().await.len() < 12 {
+        assert!(Instant::now() < deadline, "the messages were not stored");
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_dry_run_counts_what_the_real_run_then_deletes_beside_the_running_daemon() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let daemon = Daemon::new(&db.url, &db.dir);
+        let tenant = daemon.seed_tenant(&db.dir, "keeper", "EAAG-token");
+        let tenant_id = tenant["tenant_id"].as_str().unwrap().to_string();
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish();
+        let _running = daemon.spawn();
+        daemon.wait_ready(&client).await;
+        let reader = ApiReader {
+            client: client.clone(),
+            base: daemon.base.clone(),
+            key: tenant["api_key"].as_str().unwrap().to_string(),
+        };
+        old_and_new(&client, &daemon, &reader).await;
+
+        let dry = daemon.cli_json(&["retention", "run", "--dry-run", "--json"]);
+        assert_eq!(dry["dry_run"], true, "{dry}");
+        assert_eq!(dry["deleted"]["messages"], 10, "{dry}");
+        assert_eq!(
+            reader.all_wamids().await.len(),
+            12,
+            "a dry run deletes nothing"
+        );
+
+        let unknown = daemon
+            .command(&["retention", "run", "--tenant", "no-such-tenant"])
+            .output()
+            .unwrap();
+        assert!(!unknown.status.success());
+        assert!(String::from_utf8_lossy(&unknown.stderr).contains("no tenant with id"));
+
+        let real = daemon.cli_json(&["retention", "run", "--tenant", &tenant_id, "--json"]);
+        assert_eq!(real["dry_run"], false, "{real}");
+        assert_eq!(real["deleted"], dry["deleted"], "the counts agree");
+        let mut left = reader.all_wamids().await;
+        left.sort();
+        assert_eq!(left, ["wamid.NEW0", "wamid.NEW1"]);
+
+        // Both runs are on the tenant's record.
+        let runs = reader.page("/v1/retention/runs").await;
+        let runs = runs["items"].as_array().unwrap();
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert_eq!(runs[0]["dry_run"], false);
+        assert_eq!(runs[1]["dry_run"], true);
+        assert_eq!(runs[0]["deleted"]["messages"], 10);
+    }
+}
+
+#[actix_rt::test]
+async fn a_sweep_killed_mid_way_is_finished_by_the_next_under_the_same_record() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let mut daemon = Daemon::new(&db.url, &db.dir);
+        for (key, value) in [
+            ("CONVERRA__RETENTION__SWEEP_INTERVAL_SECS", "1"),
+            // One row a batch, slowly: the kill lands in the middle.
+            ("CONVERRA__RETENTION__BATCH_SIZE", "1"),
+            ("CONVERRA__RETENTION__BATCH_PAUSE_MS", "300"),
+        ] {
+            daemon.env.push((key.into(), value.into()));
+        }
+        let tenant = daemon.seed_tenant(&db.dir, "crash", "EAAG-token");
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish();
+        let mut running = daemon.spawn();
+        daemon.wait_ready(&client).await;
+        let reader = ApiReader {
+            client: client.clone(),
+            base: daemon.base.clone(),
+            key: tenant["api_key"].as_str().unwrap().to_string(),
+        };
+        old_and_new(&client, &daemon, &reader).await;
+
+        // Killed once a sweep has deleted some of the ten, not all.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let interrupted = loop {
+            let runs = reader.page("/v1/retention/runs").await;
+            let partial = runs["items"].as_array().unwrap().iter().find(|r| {
+                r["finished_at"].is_null()
+                    && (2..10).contains(&r["deleted"]["messages"].as_u64().unwrap_or(0))
+            });
+            if let Some(run) = partial {
+                break run.clone();
+            }
+            assert!(Instant::now() < deadline, "no sweep under way: {runs}");
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        };
+        running.0.kill().unwrap();
+        let _ = running.0.wait();
+
+        let _restarted = daemon.spawn();
+        daemon.wait_ready(&client).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let finished = loop {
+            let runs = reader.page("/v1/retention/runs").await;
+            let same = runs["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["id"] == interrupted["id"] && !r["finished_at"].is_null())
+                .cloned();
+            if let Some(run) = same {
+                break run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sweep was not finished: {runs}"
+            );
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        };
+        // As an uninterrupted sweep ends: the ten counted once, the two kept.
+        assert_eq!(finished["deleted"]["messages"], 10, "{finished}");
+        let mut left = reader.all_wamids().await;
+        left.sort();
+        assert_eq!(left, ["wamid.NEW0", "wamid.NEW1"]);
     }
 }
