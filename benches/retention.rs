@@ -1,0 +1,345 @@
+//! Retention benchmark: how fast the scheduler's sweep deletes what is past its period.
+//!
+//! ```sh
+//! cargo bench --bench retention -- --messages 10000000 --tenants 100
+//! cargo bench --bench retention -- --messages 10000000 --tenants 100 --backend postgres
+//! ```
+//!
+//! A fresh database (a temporary SQLite file, or with `--backend postgres` a new
+//! database on CONVERRA_TEST_DATABASE_URL or the local server) gets `--tenants`
+//! tenants, each with one number and `--contacts` contacts, each contact one
+//! conversation, and `--messages` text messages spread evenly over them, filled in by
+//! SQL the way the daemon stores them (sealed content of 120 bytes, on SQLite the
+//! conversation index filled in). Every other message is 400 days old, past the
+//! default period of 365 days; the rest are a day old. Then the daemon starts
+//! in-process (`converra::run`) with `retention.sweep_interval_secs = 1`,
+//! `retention.batch_size = --batch` and `retention.batch_pause_ms = --pause-ms`, and
+//! the benchmark waits until each tenant's sweep has finished. The result line
+//! (`target=retention`): rows deleted, the sweep's span (from the first tenant's
+//! sweep starting to the last one's finishing, by their records) and rows/s.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use diesel::prelude::*;
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// sqlite or postgres (postgres uses CONVERRA_TEST_DATABASE_URL or the local server)
+    #[arg(long, default_value = "sqlite")]
+    backend: String,
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    #[arg(long, default_value_t = 100)]
+    tenants: u64,
+    /// Contacts per tenant (one conversation each).
+    #[arg(long, default_value_t = 100)]
+    contacts: u64,
+    /// retention.batch_size
+    #[arg(long, default_value_t = 10_000)]
+    batch: u32,
+    /// retention.batch_pause_ms
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
+}
+
+const DAY_MS: i64 = 86_400_000;
+/// Rows filled in per statement, so that progress shows and no statement is huge.
+const FILL_CHUNK: u64 = 1_000_000;
+
+fn pg_admin_url() -> String {
+    std::env::var("CONVERRA_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+}
+
+fn pg_database_name() -> String {
+    format!("converra_bench_retention_{}", std::process::id())
+}
+
+fn pg_admin() -> PgConnection {
+    PgConnection::establish(&pg_admin_url()).expect("postgres")
+}
+
+fn fresh_pg_database() -> String {
+    let name = pg_database_name();
+    let mut conn = pg_admin();
+    // One statement each: PostgreSQL refuses CREATE/DROP DATABASE in a batch.
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .unwrap();
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .unwrap();
+    let mut url = url::Url::parse(&pg_admin_url()).unwrap();
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+fn drop_pg_database() {
+    let _ = diesel::sql_query(format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        pg_database_name()
+    ))
+    .execute(&mut pg_admin());
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Fills in contacts, conversations and messages with SQL, the tenants' ids given.
+fn fill(conn: &mut converra::storage::DbConn, args: &Args, tenants: &[String]) {
+    let sqlite = matches!(conn, converra::storage::DbConn::Sqlite(_));
+    let now = now_ms();
+    let (old, recent) = (now - 400 * DAY_MS, now - DAY_MS);
+    // The tenants' ids in a table of their own, numbered, so SQL can spread rows.
+    let mut ddl =
+        String::from("CREATE TABLE bench_tenants (n BIGINT PRIMARY KEY, id TEXT NOT NULL);");
+    for (n, id) in tenants.iter().enumerate() {
+        ddl.push_str(&format!("INSERT INTO bench_tenants VALUES ({n}, '{id}');"));
+    }
+    // The contacts' key, so the key store is the data's (the daemon checks that at start).
+    ddl.push_str(&format!(
+        "INSERT INTO keystore.data_keys (id, tenant_id, wrapped_key, created_at) VALUES ('key', '{}', {}, {now});",
+        tenants[0],
+        if sqlite { "zeroblob(60)" } else { "decode(repeat('00', 60), 'hex')" }
+    ));
+    run(conn, &ddl);
+    let series = |from: u64, to: u64| -> String {
+        match sqlite {
+            true => format!(
+                "WITH RECURSIVE seq(n) AS (SELECT {from} UNION ALL SELECT n + 1 FROM seq WHERE n < {}) ",
+                to - 1
+            ),
+            false => String::new(),
+        }
+    };
+    let from_series = |from: u64, to: u64| -> String {
+        match sqlite {
+            true => "FROM seq".to_string(),
+            false => format!(
+                "FROM generate_series({from}::bigint, {}::bigint) AS seq(n)",
+                to - 1
+            ),
+        }
+    };
+    let blob = match sqlite {
+        true => "zeroblob(120)",
+        false => "decode(repeat('00', 120), 'hex')",
+    };
+    let pad = |expr: &str, width: usize| match sqlite {
+        true => format!("printf('%0{width}d', {expr})"),
+        false => format!("lpad(({expr})::text, {width}, '0')"),
+    };
+    let parties = args.tenants * args.contacts;
+    // Contact k of tenant t is party t * contacts + k.
+    run(
+        conn,
+        &format!(
+            "{} INSERT INTO contacts (id, tenant_id, key_id, wa_id_bidx, marketing_opt_out, \
+             first_seen_at, last_seen_at) SELECT 'k' || {}, t.id, 'key', 'wa' || {}, false, {now}, {now} \
+             {} JOIN bench_tenants t ON t.n = seq.n / {}",
+            series(0, parties),
+            pad("seq.n", 9),
+            pad("seq.n", 9),
+            from_series(0, parties),
+            args.contacts
+        ),
+    );
+    run(
+        conn,
+        &format!(
+            "{} INSERT INTO conversations (id, tenant_id, phone_number_id, contact_id, opened_at, \
+             last_message_at) SELECT 'c' || {}, t.id, 'num' || t.n, 'k' || {}, {now}, {now} \
+             {} JOIN bench_tenants t ON t.n = seq.n / {}",
+            series(0, parties),
+            pad("seq.n", 9),
+            pad("seq.n", 9),
+            from_series(0, parties),
+            args.contacts
+        ),
+    );
+    let started = Instant::now();
+    let mut from = 0;
+    while from < args.messages {
+        let to = (from + FILL_CHUNK).min(args.messages);
+        // Message n: tenant n % tenants, its contact (n / tenants) % contacts; even
+        // ones old, odd ones recent.
+        let party = format!(
+            "(seq.n % {tenants}) * {contacts} + (seq.n / {tenants}) % {contacts}",
+            tenants = args.tenants,
+            contacts = args.contacts
+        );
+        run(
+            conn,
+            &format!(
+                "{} INSERT INTO messages (id, tenant_id, conversation_id, contact_id, wamid_bidx, \
+                 direction, msg_type, sent_at, received_at, key_id, content_ct) \
+                 SELECT 'm' || {id}, t.id, 'c' || {party}, 'k' || {party}, 'w' || {id}, 'inbound', \
+                 'text', CASE WHEN seq.n % 2 = 0 THEN {old} ELSE {recent} END + seq.n / 1000, \
+                 {now}, 'key', {blob} \
+                 {} JOIN bench_tenants t ON t.n = seq.n % {}",
+                series(from, to),
+                from_series(from, to),
+                args.tenants,
+                id = pad("seq.n", 12),
+                party = pad(&party, 9),
+            ),
+        );
+        from = to;
+        eprintln!(
+            "filled {from} of {} messages ({:.0} s)",
+            args.messages,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if sqlite {
+        // As the writer's bulk index leaves it: every message listed by conversation.
+        run(
+            conn,
+            "INSERT INTO conversation_messages (conversation_id, message_id) \
+             SELECT conversation_id, id FROM messages ORDER BY conversation_id, id; \
+             UPDATE conversation_index_state SET indexed_through = (SELECT max(rowid) FROM messages);",
+        );
+    } else {
+        run(conn, "VACUUM ANALYZE");
+    }
+    run(conn, "DROP TABLE bench_tenants");
+}
+
+fn run(conn: &mut converra::storage::DbConn, sql: &str) {
+    use diesel::connection::SimpleConnection;
+    match conn {
+        converra::storage::DbConn::Sqlite(c) => c.batch_execute(sql),
+        converra::storage::DbConn::Pg(c) => c.batch_execute(sql),
+    }
+    .unwrap_or_else(|e| panic!("{e}: {sql}"));
+}
+
+fn main() {
+    let args = Args::parse();
+    assert!(args.tenants >= 1 && args.contacts >= 1 && args.messages >= 2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = converra::config::Settings::defaults().unwrap();
+    settings.database.url = match args.backend.as_str() {
+        "postgres" => fresh_pg_database(),
+        "sqlite" => format!("sqlite://{}", dir.path().join("converra.db").display()),
+        other => panic!("--backend {other}: sqlite or postgres"),
+    };
+    settings.security.master_key_file = dir.path().join("master.key").display().to_string();
+    settings.whatsapp.app_secret = "retention-bench-secret".into();
+    settings.log.level = std::env::var("RETENTION_LOG").unwrap_or_else(|_| "error".into());
+    settings.retention.sweep_interval_secs = 1;
+    settings.retention.batch_size = args.batch;
+    settings.retention.batch_pause_ms = args.pause_ms;
+
+    let (keyring, pool) = converra::open_storage(&settings).unwrap();
+    let tenants: Vec<String> = {
+        let mut conn = pool.get().unwrap();
+        let tenants: Vec<String> = (0..args.tenants)
+            .map(|n| {
+                let tenant = converra::storage::tenants::create_tenant(
+                    &mut conn,
+                    &format!("tenant-{n}"),
+                    "ops@retention.example",
+                    0,
+                )
+                .unwrap();
+                converra::storage::tenants::add_phone_number(
+                    &mut conn,
+                    &keyring,
+                    &converra::storage::tenants::NewPhoneNumber {
+                        tenant_id: &tenant.tenant_id,
+                        phone_number_id: &format!("num{n}"),
+                        display_phone_number: "15550000000",
+                        waba_id: "WABA",
+                        access_token: "EAAG-bench",
+                    },
+                    0,
+                )
+                .unwrap();
+                tenant.tenant_id
+            })
+            .collect();
+        fill(&mut conn, &args, &tenants);
+        tenants
+    };
+    drop(pool);
+
+    let listener = converra::listen("127.0.0.1:0", settings.server.listen_backlog).unwrap();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let daemon = {
+        let settings = settings.clone();
+        std::thread::spawn(move || {
+            actix::System::new().block_on(async move {
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                std::thread::spawn(move || {
+                    let _ = stop_rx.recv();
+                    let _ = tx.send(());
+                });
+                let (log, _guard) = converra::logging::root(&settings.log);
+                converra::run(listener, settings, converra::RunOptions::new(log), async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+            })
+        })
+    };
+
+    // Each tenant's first finished sweep, read from the records.
+    let (_, pool) = converra::open_storage(&settings).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    let runs = loop {
+        let runs: Vec<converra::storage::retention::RunRecord> = tenants
+            .iter()
+            .filter_map(|t| {
+                converra::storage::with_conn(&pool, |conn| {
+                    converra::storage::retention::runs(
+                        conn,
+                        &converra::ids::TenantId(t.clone()),
+                        None,
+                        500,
+                    )
+                })
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.finished_at.is_some() && !r.dry_run)
+                .min_by(|a, b| a.id.cmp(&b.id))
+            })
+            .collect();
+        if runs.len() == tenants.len() {
+            break runs;
+        }
+        assert!(Instant::now() < deadline, "the sweep did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = stop_tx.send(());
+    let _ = daemon.join();
+    if args.backend == "postgres" {
+        drop_pg_database();
+    }
+    let deleted: u64 = runs.iter().map(|r| r.deleted.total()).sum();
+    let first = runs.iter().map(|r| r.started_at).min().unwrap();
+    let last = runs.iter().filter_map(|r| r.finished_at).max().unwrap();
+    let seconds = ((last - first) as f64 / 1000.0).max(0.001);
+    println!(
+        "target=retention backend={} messages={} tenants={} batch={} pause_ms={} deleted={deleted} seconds={seconds:.1} rows_per_s={:.0}",
+        args.backend,
+        args.messages,
+        args.tenants,
+        args.batch,
+        args.pause_ms,
+        deleted as f64 / seconds
+    );
+    assert_eq!(
+        deleted,
+        args.messages.div_ceil(2),
+        "every old message deleted, once"
+    );
+}
