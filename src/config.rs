@@ -48,7 +48,18 @@ pub struct Settings {
     pub outbound: OutboundSettings,
     pub media: MediaSettings,
     pub retention: RetentionSettings,
+    pub scheduler: SchedulerSettings,
     pub log: LogSettings,
+}
+
+/// The scheduler's own timers (the retention sweep's is `retention.sweep_interval_secs`,
+/// the inbox sweep's `actors.sweep_interval_secs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// Upkeep: processed inbox rows, finished sends, the messaging limit's old reach,
+    /// raw payloads past `inbox.keep_raw_days` with their day keys.
+    pub upkeep_interval_secs: u64,
 }
 
 /// How long each category of data is kept (the operator's defaults; a tenant can set
@@ -432,6 +443,12 @@ impl Settings {
     }
 
     fn validate_retention(&self) -> Result<(), ConfigError> {
+        if !(1..=86_400).contains(&self.scheduler.upkeep_interval_secs) {
+            return Err(invalid(
+                "scheduler.upkeep_interval_secs",
+                "must be from 1 to 86400",
+            ));
+        }
         use crate::retention::{Category, MAX_DAYS};
         let retention = &self.retention;
         if !(1..=7 * 86_400).contains(&retention.sweep_interval_secs) {

@@ -288,8 +288,6 @@ pub async fn run(
         routes.clone(),
         WriterConfig {
             batch_max: settings.database.write_batch_max,
-            keep_processed_ms: (settings.inbox.keep_processed_secs * 1000) as i64,
-            keep_finished_sends_ms: (settings.outbound.keep_finished_secs * 1000) as i64,
             writers: settings.database.writers,
             wal_restart_pages: (settings.database.sqlite_wal_restart_mib * 256) as i64,
             checkpoint_interval: std::time::Duration::from_millis(
@@ -297,7 +295,6 @@ pub async fn run(
             ),
             #[cfg(feature = "testing")]
             before_batch: options.hooks.before_write_batch.clone(),
-            keep_raw_days: settings.inbox.keep_raw_days,
         },
         log.new(slog::o!("task" => "writer")),
     )?;
@@ -349,8 +346,8 @@ pub async fn run(
         Supervisor::start(move |_| actors::media::MediaFetcher::new(core));
     }
     let scheduler = {
-        let core = core.clone();
-        Supervisor::start(move |_| actors::scheduler::Scheduler::new(core))
+        let (core, registry) = (core.clone(), registry.clone());
+        Supervisor::start(move |_| actors::scheduler::Scheduler::new(core, registry))
     };
     // Every number's sender starts: it syncs the account's templates, and sends what
     // was accepted before a stop.
@@ -460,15 +457,16 @@ pub async fn run(
         task.abort();
         slog::info!(log, "background task stopped"; "background" => "watchdog");
     }
-    if let Ok(Some(sweep)) = registry.send(StopSweeping).await {
-        let _ = sweep.await;
-    }
-    slog::info!(log, "background task stopped"; "background" => "inbox-sweep");
-    // The retention sweep writes through the writer: it stops (after its batch) first.
+    // The scheduler's duties write through the writer: they stop (the retention sweep
+    // after its batch) before it does, and ask the registry for no more inbox sweeps.
     if let Ok(Some(sweep)) = scheduler.send(actors::scheduler::StopScheduler).await {
         let _ = sweep.await;
     }
     slog::info!(log, "background task stopped"; "background" => "scheduler");
+    if let Ok(Some(sweep)) = registry.send(StopSweeping).await {
+        let _ = sweep.await;
+    }
+    slog::info!(log, "background task stopped"; "background" => "inbox-sweep");
     for arbiter in &arbiters {
         arbiter.stop();
     }

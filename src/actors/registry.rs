@@ -3,8 +3,8 @@
 //! addressed to a tenant whose actor is not running yet ([`ToTenant`], events and
 //! commands alike; [`send_to_tenant`] goes straight to a running one), and the
 //! committed inbox rows; and sweeps the inbox for rows that were never processed: all of them at
-//! start-up, and periodically those older than `actors.sweep_min_age_secs`, as a
-//! safety net behind the live dispatch.
+//! start-up, and then on the scheduler's timer those older than
+//! `actors.sweep_min_age_secs`, as a safety net behind the live dispatch.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -298,10 +298,23 @@ impl Registry {
 impl Actor for Registry {
     type Context = Context<Self>;
 
+    /// The first sweep takes every pending row at once; the scheduler asks for the
+    /// next ones ([`SweepInbox`]).
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.sweep(ctx);
-        let every = Duration::from_secs(self.core.settings.actors.sweep_interval_secs.max(1));
-        ctx.run_interval(every, |actor, ctx| actor.sweep(ctx));
+    }
+}
+
+/// Sweep the inbox for rows never processed, unless a sweep runs already (the
+/// scheduler's timer, every `actors.sweep_interval_secs`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SweepInbox;
+
+impl Handler<SweepInbox> for Registry {
+    type Result = ();
+    fn handle(&mut self, _msg: SweepInbox, ctx: &mut Context<Self>) {
+        self.sweep(ctx);
     }
 }
 

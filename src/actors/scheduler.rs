@@ -1,8 +1,16 @@
-//! The scheduler: one supervised actor that runs the daemon's timed duties. Today
-//! that is the retention sweep, every `retention.sweep_interval_secs` (the first a
-//! minute at most after start, so that a sweep a crash interrupted is finished soon).
-//! The sweep runs on a thread of its own, writing through the writer in each tenant's
-//! lane, a bounded batch at a time; one sweep runs at a time.
+//! The scheduler: one supervised actor that runs the daemon's timed duties, each on
+//! its timer from the configuration, each idempotent (a restart in the middle, or a
+//! duty that overlaps itself, does no harm):
+//! - the retention sweep, every `retention.sweep_interval_secs` (the first a minute at
+//!   most after start, so that a sweep a crash interrupted is finished soon), on a
+//!   thread of its own, writing through the writer in each tenant's lane a bounded
+//!   batch at a time; one runs at a time;
+//! - the inbox sweep, every `actors.sweep_interval_secs`: the registry looks for
+//!   inbox rows never processed;
+//! - upkeep, every `scheduler.upkeep_interval_secs`: processed inbox rows past
+//!   `inbox.keep_processed_secs`, finished sends past `outbound.keep_finished_secs`,
+//!   users out of the messaging limit's 24 hours, and raw payloads past
+//!   `inbox.keep_raw_days` with their day keys.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,6 +18,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use super::registry::{Registry, SweepInbox};
 use super::Core;
 use crate::ids::TenantId;
 use crate::retention::sweep::{self, Lane, Options, SweepError};
@@ -21,18 +30,36 @@ const FIRST_SWEEP_WITHIN: Duration = Duration::from_secs(60);
 
 pub struct Scheduler {
     core: Arc<Core>,
+    registry: Addr<Registry>,
     /// The sweep running now, for shutdown to await.
     sweeping: Option<actix_web::rt::task::JoinHandle<()>>,
+    /// Upkeep is running: the next tick waits for it.
+    upkeeping: bool,
     stop: Arc<AtomicBool>,
 }
 
 impl Scheduler {
-    pub fn new(core: Arc<Core>) -> Scheduler {
+    pub fn new(core: Arc<Core>, registry: Addr<Registry>) -> Scheduler {
         Scheduler {
             core,
+            registry,
             sweeping: None,
+            upkeeping: false,
             stop: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    fn upkeep(&mut self, ctx: &mut Context<Self>) {
+        if self.upkeeping || self.stop.load(Ordering::Acquire) {
+            return;
+        }
+        self.upkeeping = true;
+        let core = self.core.clone();
+        ctx.spawn(
+            upkeep(core)
+                .into_actor(self)
+                .map(|_, actor, _| actor.upkeeping = false),
+        );
     }
 
     fn start_sweep(&mut self) {
@@ -58,11 +85,20 @@ impl Actor for Scheduler {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let every = Duration::from_secs(self.core.settings.retention.sweep_interval_secs);
+        let settings = &self.core.settings;
+        let every = Duration::from_secs(settings.retention.sweep_interval_secs);
         ctx.run_later(every.min(FIRST_SWEEP_WITHIN), |actor, _| {
             actor.start_sweep()
         });
         ctx.run_interval(every, |actor, _| actor.start_sweep());
+        let every = Duration::from_secs(settings.actors.sweep_interval_secs.max(1));
+        ctx.run_interval(every, |actor, _| {
+            if !actor.stop.load(Ordering::Acquire) {
+                actor.registry.do_send(SweepInbox);
+            }
+        });
+        let every = Duration::from_secs(settings.scheduler.upkeep_interval_secs);
+        ctx.run_interval(every, |actor, ctx| actor.upkeep(ctx));
     }
 }
 
@@ -169,4 +205,83 @@ fn retention_sweep(core: &Core, stop: &AtomicBool) {
         .retention_sweeps
         .with_label_values(&[outcome])
         .inc();
+}
+
+/// One round of upkeep, each part a write of its own; a part that fails is logged and
+/// tried again next time.
+async fn upkeep(core: Arc<Core>) {
+    use crate::storage::{inbox, messaging_limits, outbox, raw_keys};
+    let now = core.clock.now_ms();
+    let settings = &core.settings;
+    let processed_before = now - (settings.inbox.keep_processed_secs * 1000) as i64;
+    let inbox_levels = core
+        .writer
+        .write(None, move |conn| {
+            let purged = inbox::purge_processed(conn, processed_before)?;
+            Ok((purged, inbox::backlog(conn)?, inbox::parked_count(conn)?))
+        })
+        .await;
+    match inbox_levels {
+        Ok((purged, backlog, parked)) => {
+            core.metrics.inbox_backlog.set(backlog);
+            core.metrics.inbox_parked.set(parked);
+            if purged > 0 {
+                slog::debug!(core.log, "processed inbox rows purged"; "rows" => purged);
+            }
+        }
+        Err(e) => slog::warn!(core.log, "purging processed inbox rows failed"; "error" => %e),
+    }
+    let finished_before = now - (settings.outbound.keep_finished_secs * 1000) as i64;
+    match core
+        .writer
+        .write(None, move |conn| {
+            outbox::purge_finished(conn, finished_before)
+        })
+        .await
+    {
+        Ok((sends, keys)) if sends + keys > 0 => {
+            slog::debug!(core.log, "finished sends and idempotency keys expired";
+                "sends" => sends, "keys" => keys);
+        }
+        Ok(_) => {}
+        Err(e) => slog::warn!(core.log, "expiring finished sends failed"; "error" => %e),
+    }
+    match core
+        .writer
+        .write(None, move |conn| messaging_limits::purge_reach(conn, now))
+        .await
+    {
+        Ok(0) => {}
+        Ok(users) => slog::debug!(core.log, "users out of the messaging limit's window forgotten";
+            "users" => users),
+        Err(e) => slog::warn!(core.log, "forgetting users out of the window failed"; "error" => %e),
+    }
+    let (keyring, keys, keep_days) = (
+        core.keyring.clone(),
+        core.writer.raw_keys().clone(),
+        settings.inbox.keep_raw_days,
+    );
+    match core
+        .writer
+        .write(None, move |conn| {
+            raw_keys::expire(conn, &keyring, &keys, now, keep_days)
+        })
+        .await
+    {
+        Ok(expired) => {
+            core.metrics
+                .raw_payloads_deleted
+                .inc_by(expired.deleted as u64);
+            core.metrics.inbox_overdue.set(expired.overdue);
+            if expired.deleted > 0 || !expired.destroyed.is_empty() {
+                slog::info!(core.log, "raw payloads past inbox.keep_raw_days deleted";
+                    "payloads" => expired.deleted, "keys_destroyed" => expired.destroyed.len());
+            }
+            if expired.overdue > 0 {
+                slog::warn!(core.log, "inbox events older than inbox.keep_raw_days still wait; their days' keys are kept";
+                    "rows" => expired.overdue);
+            }
+        }
+        Err(e) => slog::warn!(core.log, "raw payload expiry failed"; "error" => %e),
+    }
 }

@@ -28,7 +28,8 @@ pub enum Category {
     RawPayloads,
     /// Automation runs and the daily usage counts.
     AutomationRuns,
-    /// Finished sends (with their delivery errors) and idempotency keys.
+    /// Finished sends (with their delivery errors), idempotency keys and the
+    /// sweeps' own records.
     Technical,
     /// Conversations closed through the API, with their messages.
     ClosedConversations,

@@ -15,7 +15,7 @@ use diesel::prelude::*;
 use super::key_store::Vault;
 use super::on_backend;
 use super::schema::{inbox, raw_keys, webhook_events};
-use super::{write_transaction, DbConn, StorageError};
+use super::{DbConn, StorageError};
 use crate::crypto::SealKey;
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -179,7 +179,8 @@ pub fn expire(
 ) -> Result<Expired, StorageError> {
     let kept_from_ms = now_ms.saturating_sub(i64::from(keep_days).saturating_mul(DAY_MS));
     let kept_from_day = day_of(kept_from_ms);
-    let expired = write_transaction(conn, |conn| {
+    // A savepoint inside the writer's batch; a transaction of its own elsewhere.
+    let expired = conn.transaction::<_, StorageError, _>(|conn| {
         let deleted = on_backend!(conn, c => diesel::delete(webhook_events::table.filter(
             webhook_events::key_day.lt(&kept_from_day).or(
                 webhook_events::key_day.is_null().and(webhook_events::received_at.lt(kept_from_ms)),

@@ -133,7 +133,12 @@ pub fn count_expired(
                     .select(outbox::id))))
                 .count()
                 .get_result(c))?;
-            sends + keys
+            let runs: i64 = on_backend!(conn, c => retention_runs::table
+                .filter(retention_runs::tenant_id.eq(tenant))
+                .filter(retention_runs::finished_at.lt(cutoff_ms))
+                .count()
+                .get_result(c))?;
+            sends + keys + runs
         }
         // Kept by the compliance work, which does not store them yet.
         Category::Exports | Category::Audit => 0,
@@ -246,10 +251,20 @@ pub fn delete_expired(
                     .select(idempotency_keys::key_bidx)
                     .limit(limit)
                     .load(c))?;
-                on_backend!(conn, c => diesel::delete(idempotency_keys::table
+                let deleted = on_backend!(conn, c => diesel::delete(idempotency_keys::table
                     .filter(idempotency_keys::tenant_id.eq(tenant))
                     .filter(idempotency_keys::key_bidx.eq_any(&keys)))
-                    .execute(c))?
+                    .execute(c))?;
+                if deleted > 0 {
+                    deleted
+                } else {
+                    // The sweeps' own records, finished before the period.
+                    delete_rows!(conn, retention_runs, id: String, retention_runs::table
+                        .filter(retention_runs::tenant_id.eq(tenant))
+                        .filter(retention_runs::finished_at.lt(cutoff_ms))
+                        .select(retention_runs::id)
+                        .limit(limit))
+                }
             }
         }
         Category::Exports | Category::Audit => 0,

@@ -512,3 +512,40 @@ async fn a_sweep_killed_mid_way_is_finished_by_the_next_under_the_same_record() 
         assert_eq!(left, ["wamid.NEW0", "wamid.NEW1"]);
     }
 }
+
+#[actix_rt::test]
+async fn upkeep_deletes_raw_payloads_past_their_days_on_its_timer() {
+    for backend in backends() {
+        let start = 1_900_000_000_000;
+        let clock = converra::clock::ManualClock::new(start);
+        let app = TestApp::start_with_clock_and(&backend, clock.clone(), |settings| {
+            settings.scheduler.upkeep_interval_secs = 1;
+            settings.inbox.keep_raw_days = 2;
+            settings.retention.days.raw_payloads = 2;
+        })
+        .await;
+        // Signed but not an update Converra knows: stored raw, sealed under the day's key.
+        let body = serde_json::to_vec(&json!({"object": "whatsapp_business_account",
+            "entry": [{"id": "WABA", "changes": [{"field": "some_new_field",
+            "value": {"note": "kept raw"}}]}]}))
+        .unwrap();
+        let (status, answer) = app.post_signed(&body).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["stored_raw"], 1, "{answer}");
+        let deleted = "converra_raw_payloads_deleted_total";
+        // Two days on, still kept; past them, the next upkeep deletes it.
+        clock.advance_ms(2 * DAY_MS);
+        actix_rt::time::sleep(Duration::from_millis(2_500)).await;
+        assert_eq!(app.metric(deleted).await, 0.0);
+        clock.advance_ms(DAY_MS);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while app.metric(deleted).await < 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "upkeep did not delete the raw payload"
+            );
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(app.metric(deleted).await, 1.0);
+    }
+}

@@ -121,6 +121,7 @@ pub fn settings_for(db: &TestDb) -> Settings {
     // The default: the actors on the HTTP workers' threads.
     settings.actors.arbiters = 0;
     settings.actors.sweep_interval_secs = 1;
+    settings.scheduler.upkeep_interval_secs = 1;
     settings.actors.sweep_min_age_secs = 5;
     settings.actors.retry_delay_ms = 50;
     settings.log.level = "warning".into();

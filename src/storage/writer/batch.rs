@@ -1,7 +1,6 @@
 //! A batch's transaction: the key store's new keys first, then every job's work in
 //! one transaction (the inbox inserts, the actors' ops in set-based statements, the
-//! resolves, any other write), retried job by job when it fails; and the writer's
-//! periodic maintenance.
+//! resolves, any other write), retried job by job when it fails.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -17,11 +16,10 @@ use crate::storage::contacts::{self, NewContact};
 use crate::storage::conversations;
 use crate::storage::crm::{self, ApplyOp, ContactIdentifiers, ResolvedContact};
 use crate::storage::inbox::{self, FreshEvent, InboxItem, PreparedEvent, PreparedOther};
-use crate::storage::messaging_limits;
-use crate::storage::raw_keys::{self, DayKey};
+use crate::storage::raw_keys::DayKey;
 use crate::storage::routes::RouteCache;
 use crate::storage::sqlite::conversation_index;
-use crate::storage::{outbox, usage};
+use crate::storage::usage;
 use crate::storage::{DbConn, PooledConn, StorageError};
 use crate::whatsapp::OtherChange;
 
@@ -313,88 +311,6 @@ impl Writer {
             })
         };
         result
-    }
-
-    pub(super) fn maintenance(&mut self) {
-        self.last_maintenance = Instant::now();
-        if !self.maintains {
-            return;
-        }
-        let now = self.clock.now_ms();
-        let cutoff = now - self.keep_processed_ms;
-        let result = self.connection().and_then(|conn| {
-            let purged = inbox::purge_processed(conn, cutoff)?;
-            let backlog = inbox::backlog(conn)?;
-            let parked = inbox::parked_count(conn)?;
-            Ok((purged, backlog, parked))
-        });
-        let finished_before = now - self.keep_finished_sends_ms;
-        match self
-            .connection()
-            .and_then(|conn| outbox::purge_finished(conn, finished_before))
-        {
-            Ok((sends, keys)) if sends + keys > 0 => {
-                slog::debug!(self.log, "finished sends and idempotency keys expired";
-                    "sends" => sends, "keys" => keys);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                self.conn = None;
-                slog::warn!(self.log, "expiring finished sends failed"; "error" => %e);
-            }
-        }
-        match self
-            .connection()
-            .and_then(|conn| messaging_limits::purge_reach(conn, now))
-        {
-            Ok(0) => {}
-            Ok(users) => {
-                slog::debug!(self.log, "users out of the messaging limit's window forgotten";
-                    "users" => users);
-            }
-            Err(e) => {
-                self.conn = None;
-                slog::warn!(self.log, "forgetting users out of the window failed"; "error" => %e);
-            }
-        }
-        let (keyring, keys, keep_days) = (
-            self.keyring.clone(),
-            self.raw_keys.clone(),
-            self.keep_raw_days,
-        );
-        let expired = self
-            .connection()
-            .and_then(|conn| raw_keys::expire(conn, &keyring, &keys, now, keep_days));
-        match expired {
-            Ok(expired) => {
-                self.report
-                    .raw_payloads_expired(expired.deleted, expired.overdue);
-                if expired.deleted > 0 || !expired.destroyed.is_empty() {
-                    slog::info!(self.log, "raw payloads past inbox.keep_raw_days deleted";
-                        "payloads" => expired.deleted, "keys_destroyed" => expired.destroyed.len());
-                }
-                if expired.overdue > 0 {
-                    slog::warn!(self.log, "inbox events older than inbox.keep_raw_days still wait; their days' keys are kept";
-                        "rows" => expired.overdue);
-                }
-            }
-            Err(e) => {
-                self.conn = None;
-                slog::warn!(self.log, "raw payload expiry failed"; "error" => %e);
-            }
-        }
-        match result {
-            Ok((purged, backlog, parked)) => {
-                self.report.inbox_levels(backlog, parked);
-                if purged > 0 {
-                    slog::debug!(self.log, "purged processed inbox rows"; "rows" => purged);
-                }
-            }
-            Err(e) => {
-                self.conn = None;
-                slog::warn!(self.log, "inbox maintenance failed"; "error" => %e);
-            }
-        }
     }
 }
 

@@ -305,6 +305,11 @@ impl WriterHandle {
         self.tx.len()
     }
 
+    /// The cache of raw payloads' day keys, for their expiry to evict destroyed ones.
+    pub fn raw_keys(&self) -> &Arc<RawKeys> {
+        &self.raw_keys
+    }
+
     pub fn health(&self) -> &WriterHealth {
         &self.health
     }
@@ -335,9 +340,6 @@ pub type BatchHook = Arc<dyn Fn(usize) + Send + Sync>;
 
 pub struct WriterConfig {
     pub batch_max: usize,
-    pub keep_processed_ms: i64,
-    /// Finished outbox rows and idempotency keys older than this are deleted.
-    pub keep_finished_sends_ms: i64,
     /// Writer threads; 0 = 1 for SQLite, 2 for PostgreSQL.
     pub writers: usize,
     /// SQLite: WAL pages (of 4 KiB) past which the WAL starts over.
@@ -346,8 +348,6 @@ pub struct WriterConfig {
     pub checkpoint_interval: Duration,
     #[cfg(feature = "testing")]
     pub before_batch: Option<BatchHook>,
-    /// Raw payloads' days kept (`inbox.keep_raw_days`).
-    pub keep_raw_days: u32,
 }
 
 /// A thread of the storage layer's background work, by name, for shutdown to await.
@@ -447,18 +447,12 @@ pub fn spawn(
             clock: clock.clone(),
             report: report.clone(),
             batch_max: config.batch_max,
-            keep_processed_ms: config.keep_processed_ms,
-            keep_finished_sends_ms: config.keep_finished_sends_ms,
-            // One writer purges; the others would only repeat it.
-            maintains: index == 0,
             log: log.new(slog::o!("writer" => index)),
             index,
             health: health.clone(),
             #[cfg(feature = "testing")]
             before_batch: config.before_batch.clone(),
             merged_away: merged_away.clone(),
-            raw_keys: raw_keys.clone(),
-            keep_raw_days: config.keep_raw_days,
             connect_failed: false,
             dispatcher: dispatcher.clone(),
             restart_wanted: restart_wanted.clone(),
@@ -468,7 +462,6 @@ pub fn spawn(
             lanes: VecDeque::new(),
             queued: 0,
             max_queued: capacity,
-            last_maintenance: Instant::now(),
             conversation_index: (index == 0)
                 .then(|| index_shared.clone())
                 .flatten()
@@ -500,9 +493,6 @@ pub(in crate::storage) struct Writer {
     pub(in crate::storage) clock: SharedClock,
     pub(in crate::storage) report: Arc<dyn WriterReport>,
     pub(in crate::storage) batch_max: usize,
-    pub(in crate::storage) keep_processed_ms: i64,
-    pub(in crate::storage) keep_finished_sends_ms: i64,
-    pub(in crate::storage) maintains: bool,
     pub(in crate::storage) log: slog::Logger,
     /// This writer's place in [`WriterHealth`].
     pub(in crate::storage) index: usize,
@@ -510,8 +500,6 @@ pub(in crate::storage) struct Writer {
     #[cfg(feature = "testing")]
     pub(in crate::storage) before_batch: Option<BatchHook>,
     pub(in crate::storage) merged_away: MergedAway,
-    pub(in crate::storage) raw_keys: Arc<RawKeys>,
-    pub(in crate::storage) keep_raw_days: u32,
     /// The last attempt to get a connection failed: the database is unreachable.
     pub(in crate::storage) connect_failed: bool,
     pub(in crate::storage) dispatcher: Arc<OnceLock<Dispatcher>>,
@@ -527,7 +515,6 @@ pub(in crate::storage) struct Writer {
     /// Jobs in `ingest` and `lanes`, and how many they may hold.
     pub(in crate::storage) queued: usize,
     pub(in crate::storage) max_queued: usize,
-    pub(in crate::storage) last_maintenance: Instant,
     /// SQLite, one writer: fills the conversation index in bulk.
     pub(in crate::storage) conversation_index: Option<ConversationIndexer>,
     pub(in crate::storage) arrivals: Arrivals,
@@ -540,7 +527,6 @@ pub(super) struct Arrivals {
     pub(super) rate: f64,
 }
 
-const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
 /// Woken from idle by a job, the writer waits up to [`GATHER_FOR`] for more, until it
 /// holds [`GATHER_JOBS`], before it writes, when jobs have been arriving at
 /// [`GATHER_FROM_RATE`] a second or more: at a moderate rate each batch would
@@ -607,7 +593,6 @@ impl Writer {
                         }
                     }
                     Err(flume::RecvTimeoutError::Timeout) => {
-                        self.maintenance();
                         // Nothing else to do: the whole tail, not one slice.
                         while self.index_conversations() {}
                         continue;
@@ -626,9 +611,6 @@ impl Writer {
             self.process(batch, &rx);
             if self.restart_wanted.swap(false, Ordering::SeqCst) {
                 self.restart_wal();
-            }
-            if self.last_maintenance.elapsed() >= MAINTENANCE_EVERY {
-                self.maintenance();
             }
             if self.stopping.load(Ordering::SeqCst)
                 && self.ingest.is_empty()
