@@ -9,9 +9,10 @@
 //! database on CONVERRA_TEST_DATABASE_URL or the local server) gets `--tenants`
 //! tenants, each with one number and `--contacts` contacts, each contact one
 //! conversation, and `--messages` text messages spread evenly over them, filled in by
-//! SQL the way the daemon stores them (sealed content of 120 bytes, on SQLite the
-//! conversation index filled in). Every other message is 400 days old, past the
-//! default period of 365 days; the rest are a day old. Then the daemon starts
+//! SQL the way the daemon stores them (time-ordered ids, sealed content of 120 bytes,
+//! on SQLite the conversation index filled in). Every other message is 400 days old,
+//! past the default period of 365 days; the rest are a day old; the two lie
+//! interleaved, so that deleting the old ones writes every page. Then the daemon starts
 //! in-process (`converra::run`) with `retention.sweep_interval_secs = 1`,
 //! `retention.batch_size = --batch` and `retention.batch_pause_ms = --pause-ms`, and
 //! the benchmark waits until each tenant's sweep has finished. The result line
@@ -175,14 +176,23 @@ fn fill(conn: &mut converra::storage::DbConn, args: &Args, tenants: &[String]) {
             tenants = args.tenants,
             contacts = args.contacts
         );
+        // Arrival: the message's time. Ids are time-ordered as the daemon's are
+        // (UUID v7: the arrival's milliseconds first).
+        let at = format!("(CASE WHEN seq.n % 2 = 0 THEN {old} ELSE {recent} END + seq.n / 1000)");
+        let uuid = match sqlite {
+            true => format!("printf('%08x-%04x-7000-8000-%012x', {at} >> 16, {at} & 65535, seq.n)"),
+            false => format!(
+                "lpad(to_hex({at} >> 16), 8, '0') || '-' || lpad(to_hex({at} & 65535), 4, '0') \
+                 || '-7000-8000-' || lpad(to_hex(seq.n), 12, '0')"
+            ),
+        };
         run(
             conn,
             &format!(
                 "{} INSERT INTO messages (id, tenant_id, conversation_id, contact_id, wamid_bidx, \
                  direction, msg_type, sent_at, received_at, key_id, content_ct) \
-                 SELECT 'm' || {id}, t.id, 'c' || {party}, 'k' || {party}, 'w' || {id}, 'inbound', \
-                 'text', CASE WHEN seq.n % 2 = 0 THEN {old} ELSE {recent} END + seq.n / 1000, \
-                 {now}, 'key', {blob} \
+                 SELECT {uuid}, t.id, 'c' || {party}, 'k' || {party}, 'w' || {id}, 'inbound', \
+                 'text', {at}, {at}, 'key', {blob} \
                  {} JOIN bench_tenants t ON t.n = seq.n % {}",
                 series(from, to),
                 from_series(from, to),

@@ -457,8 +457,8 @@ impl Settings {
                 "must be from 1 to 604800",
             ));
         }
-        if !(1..=10_000).contains(&retention.batch_size) {
-            return Err(invalid("retention.batch_size", "must be from 1 to 10000"));
+        if !(1..=100_000).contains(&retention.batch_size) {
+            return Err(invalid("retention.batch_size", "must be from 1 to 100000"));
         }
         if retention.batch_pause_ms > 60_000 {
             return Err(invalid("retention.batch_pause_ms", "must be at most 60000"));

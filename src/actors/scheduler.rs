@@ -134,6 +134,13 @@ impl Lane for WriterLane {
     ) -> Result<T, StorageError> {
         self.0.write_blocking(Some(tenant_id.clone()), work)
     }
+
+    fn write_across<T: Send + 'static>(
+        &self,
+        work: impl FnMut(&mut DbConn) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        self.0.write_blocking(None, work)
+    }
 }
 
 /// Counts each batch in the metrics as it is deleted.

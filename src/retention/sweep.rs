@@ -13,7 +13,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::{Category, Deleted, DAY_MS};
+use std::collections::HashMap;
+
+use super::{Category, Deleted, Policies, DAY_MS};
 use crate::config::RetentionSettings;
 use crate::ids::TenantId;
 use crate::storage::retention::{self as store, RunRecord};
@@ -26,6 +28,12 @@ pub trait Lane {
     fn write<T: Send + 'static>(
         &self,
         tenant_id: &TenantId,
+        work: impl FnMut(&mut DbConn) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError>;
+
+    /// Runs `work` in a transaction that spans tenants.
+    fn write_across<T: Send + 'static>(
+        &self,
         work: impl FnMut(&mut DbConn) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError>;
 }
@@ -66,20 +74,21 @@ pub enum SweepError {
     Stopped,
 }
 
-/// Sweeps one tenant: finishes its interrupted run if there is one, else records a
-/// new one; returns the finished record.
-pub fn sweep_tenant<L: Lane>(
+/// A tenant's sweep under way: its periods and the record its counts go to.
+struct Opened {
+    tenant_id: TenantId,
+    policies: Policies,
+    run_id: String,
+}
+
+/// Finds the tenant's run a crash interrupted, else records a new one.
+fn open_run<L: Lane>(
     lane: &L,
-    settings: &RetentionSettings,
     tenant_id: &TenantId,
-    now_ms: impl Fn() -> i64,
-    options: &Options,
-    stop: &AtomicBool,
-    progress: &mut dyn Progress,
-) -> Result<RunRecord, SweepError> {
+    dry_run: bool,
+    started: i64,
+) -> Result<Opened, StorageError> {
     let tenant = tenant_id.clone();
-    let dry_run = options.dry_run;
-    let started = now_ms();
     let (policies, run_id) = lane.write(tenant_id, move |conn| {
         let policies = store::policies(conn, &tenant)?;
         let interrupted = match dry_run {
@@ -96,10 +105,52 @@ pub fn sweep_tenant<L: Lane>(
         };
         Ok((policies, run_id))
     })?;
+    Ok(Opened {
+        tenant_id: tenant_id.clone(),
+        policies,
+        run_id,
+    })
+}
+
+fn cutoff(now_ms: i64, days: u32) -> i64 {
+    now_ms.saturating_sub(i64::from(days).saturating_mul(DAY_MS))
+}
+
+/// Sweeps one tenant: finishes its interrupted run if there is one, else records a
+/// new one; returns the finished record.
+pub fn sweep_tenant<L: Lane>(
+    lane: &L,
+    settings: &RetentionSettings,
+    tenant_id: &TenantId,
+    now_ms: impl Fn() -> i64,
+    options: &Options,
+    stop: &AtomicBool,
+    progress: &mut dyn Progress,
+) -> Result<RunRecord, SweepError> {
+    let opened = open_run(lane, tenant_id, options.dry_run, now_ms())?;
+    sweep_categories(lane, settings, opened, &now_ms, options, stop, progress)
+}
+
+/// Every category of one tenant, in [`Category::ALL`]'s order; then the run is
+/// finished.
+fn sweep_categories<L: Lane>(
+    lane: &L,
+    settings: &RetentionSettings,
+    opened: Opened,
+    now_ms: &impl Fn() -> i64,
+    options: &Options,
+    stop: &AtomicBool,
+    progress: &mut dyn Progress,
+) -> Result<RunRecord, SweepError> {
+    let Opened {
+        tenant_id,
+        policies,
+        run_id,
+    } = opened;
+    let tenant_id = &tenant_id;
     for category in Category::ALL {
-        let days = policies.days(category, settings);
-        let cutoff = now_ms().saturating_sub(i64::from(days).saturating_mul(DAY_MS));
-        if dry_run {
+        let cutoff = cutoff(now_ms(), policies.days(category, settings));
+        if options.dry_run {
             let (tenant, run) = (tenant_id.clone(), run_id.clone());
             let rows = lane.write(tenant_id, move |conn| {
                 let rows = store::count_expired(conn, &tenant, category, cutoff)?;
@@ -126,15 +177,79 @@ pub fn sweep_tenant<L: Lane>(
                 break;
             }
             progress.batch(tenant_id, category, rows);
-            if !options.batch_pause.is_zero() {
-                std::thread::sleep(options.batch_pause);
-            }
+            pause(options);
         }
     }
     let finished = now_ms();
     Ok(lane.write(tenant_id, move |conn| {
         store::finish_run(conn, &run_id, finished)
     })?)
+}
+
+fn pause(options: &Options) {
+    if !options.batch_pause.is_zero() {
+        std::thread::sleep(options.batch_pause);
+    }
+}
+
+/// The messages of every tenant swept in one pass, in id order (ids are time-ordered,
+/// so this is arrival order, the order rows lie in): a window of messages at a time,
+/// each checked against its own tenant's period. Tenants' messages lie interleaved,
+/// so deleting them tenant by tenant would write most pages once per tenant; a
+/// window writes each page once. The pass covers messages that arrived before the
+/// latest of the tenants' cutoffs; a message whose timestamp is older than its
+/// arrival by more than that (a late delivery) is left to the tenant's own sweep,
+/// which follows and finds it through the index by age.
+fn messages_pass<L: Lane>(
+    lane: &L,
+    settings: &RetentionSettings,
+    opened: &[Opened],
+    now_ms: i64,
+    options: &Options,
+    stop: &AtomicBool,
+    progress: &mut dyn Progress,
+) -> Result<(), SweepError> {
+    let cutoffs: HashMap<String, (i64, String)> = opened
+        .iter()
+        .map(|o| {
+            let days = o.policies.days(Category::Messages, settings);
+            (
+                o.tenant_id.0.clone(),
+                (cutoff(now_ms, days), o.run_id.clone()),
+            )
+        })
+        .collect();
+    let Some(latest) = cutoffs.values().map(|(cutoff, _)| *cutoff).max() else {
+        return Ok(());
+    };
+    let cutoffs = std::sync::Arc::new(cutoffs);
+    let below = store::first_id_at(latest);
+    let window = i64::from(options.batch_size.max(1));
+    let mut after = String::new();
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return Err(SweepError::Stopped);
+        }
+        let (from, below, cutoffs) = (after.clone(), below.clone(), cutoffs.clone());
+        let (last, deleted) = lane.write_across(move |conn| {
+            let (last, deleted) =
+                store::delete_expired_messages(conn, &from, &below, window, &cutoffs)?;
+            for (tenant, rows) in &deleted {
+                if let Some((_, run)) = cutoffs.get(tenant) {
+                    store::count_into_run(conn, run, Category::Messages, *rows)?;
+                }
+            }
+            Ok((last, deleted))
+        })?;
+        for (tenant, rows) in deleted {
+            progress.batch(&TenantId(tenant), Category::Messages, rows);
+        }
+        match last {
+            Some(last) => after = last,
+            None => return Ok(()),
+        }
+        pause(options);
+    }
 }
 
 /// What a sweep over several tenants did.
@@ -165,8 +280,32 @@ pub fn sweep_all<L: Lane>(
         deleted: Deleted::zero(),
         failed: Vec::new(),
     };
+    let started = now_ms();
+    let mut opened = Vec::with_capacity(tenants.len());
     for tenant_id in tenants {
-        match sweep_tenant(lane, settings, tenant_id, &now_ms, options, stop, progress) {
+        match open_run(lane, tenant_id, options.dry_run, started) {
+            Ok(run) => opened.push(run),
+            Err(e) => {
+                slog::warn!(log, "the retention sweep of a tenant failed; the next sweep tries again";
+                    "tenant" => tenant_id.as_str(), "error" => %e);
+                report.failed.push((tenant_id.clone(), e));
+            }
+        }
+    }
+    if !options.dry_run {
+        // A failed pass leaves its rows to each tenant's own sweep below.
+        match messages_pass(lane, settings, &opened, now_ms(), options, stop, progress) {
+            Err(SweepError::Stopped) => return Err(SweepError::Stopped),
+            Err(SweepError::Storage(e)) => {
+                slog::warn!(log, "the retention sweep's pass over messages failed; each tenant's own sweep goes on";
+                    "error" => %e);
+            }
+            Ok(()) => {}
+        }
+    }
+    for run in opened {
+        let tenant_id = run.tenant_id.clone();
+        match sweep_categories(lane, settings, run, &now_ms, options, stop, progress) {
             Ok(run) => {
                 report.deleted.merge(&run.deleted);
                 report.runs.push(run);
@@ -175,7 +314,7 @@ pub fn sweep_all<L: Lane>(
             Err(SweepError::Storage(e)) => {
                 slog::warn!(log, "the retention sweep of a tenant failed; the next sweep tries again";
                     "tenant" => tenant_id.as_str(), "error" => %e);
-                report.failed.push((tenant_id.clone(), e));
+                report.failed.push((tenant_id, e));
             }
         }
     }
@@ -203,5 +342,12 @@ impl<C: std::ops::DerefMut<Target = DbConn>> Lane for ConnectionLane<C> {
             .lock()
             .map_err(|_| StorageError::Panicked("a sweep's connection".into()))?;
         crate::storage::write_transaction(&mut conn, |conn| work(conn))
+    }
+
+    fn write_across<T: Send + 'static>(
+        &self,
+        work: impl FnMut(&mut DbConn) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        self.write(&TenantId(String::new()), work)
     }
 }

@@ -160,12 +160,14 @@ fn whole_days_before(cutoff_ms: i64) -> i64 {
 macro_rules! delete_rows {
     ($conn:expr, $table:ident, $key:ident: $ty:ty, $select:expr) => {{
         let keys: Vec<$ty> = on_backend!($conn, c => $select.load(c))?;
-        match keys.is_empty() {
-            true => 0,
-            false => on_backend!($conn, c => diesel::delete($table::table
-                .filter($table::$key.eq_any(&keys)))
-                .execute(c))?,
+        let mut deleted = 0;
+        // A few hundred keys a statement keep every backend's limit on bound values.
+        for chunk in keys.chunks(500) {
+            deleted += on_backend!($conn, c => diesel::delete($table::table
+                .filter($table::$key.eq_any(chunk)))
+                .execute(c))?;
         }
+        deleted
     }};
 }
 
@@ -251,10 +253,13 @@ pub fn delete_expired(
                     .select(idempotency_keys::key_bidx)
                     .limit(limit)
                     .load(c))?;
-                let deleted = on_backend!(conn, c => diesel::delete(idempotency_keys::table
-                    .filter(idempotency_keys::tenant_id.eq(tenant))
-                    .filter(idempotency_keys::key_bidx.eq_any(&keys)))
-                    .execute(c))?;
+                let mut deleted = 0;
+                for chunk in keys.chunks(500) {
+                    deleted += on_backend!(conn, c => diesel::delete(idempotency_keys::table
+                        .filter(idempotency_keys::tenant_id.eq(tenant))
+                        .filter(idempotency_keys::key_bidx.eq_any(chunk)))
+                        .execute(c))?;
+                }
                 if deleted > 0 {
                     deleted
                 } else {
@@ -270,6 +275,56 @@ pub fn delete_expired(
         Category::Exports | Category::Audit => 0,
     };
     Ok(deleted as u64)
+}
+
+/// The smallest time-ordered id (UUID v7, as Converra gives its rows) made at `ms`
+/// or later: ids below it were made before.
+pub fn first_id_at(ms: i64) -> String {
+    let ms = ms.max(0);
+    format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff)
+}
+
+/// One window of the pass over every tenant's messages: at most `window` messages in
+/// id order after `after` and below `below`; those past their tenant's cutoff (in
+/// `cutoffs`, by tenant id; other tenants' are left alone) are deleted. Returns the
+/// last id looked at (None: the pass is done) and the rows deleted per tenant.
+pub fn delete_expired_messages<R>(
+    conn: &mut DbConn,
+    after: &str,
+    below: &str,
+    window: i64,
+    cutoffs: &std::collections::HashMap<String, (i64, R)>,
+) -> Result<(Option<String>, Vec<(String, u64)>), StorageError> {
+    let rows: Vec<(String, String, i64)> = on_backend!(conn, c => messages::table
+        .filter(messages::id.gt(after))
+        .filter(messages::id.lt(below))
+        .order(messages::id.asc())
+        .limit(window)
+        .select((messages::id, messages::tenant_id, messages::sent_at))
+        .load(c))?;
+    let Some(last) = rows.last().map(|(id, _, _)| id.clone()) else {
+        return Ok((None, Vec::new()));
+    };
+    let mut per_tenant: std::collections::BTreeMap<String, u64> = Default::default();
+    let doomed: Vec<String> = rows
+        .into_iter()
+        .filter(|(_, tenant, sent_at)| {
+            cutoffs
+                .get(tenant)
+                .is_some_and(|(cutoff, _)| *sent_at < *cutoff)
+        })
+        .map(|(id, tenant, _)| {
+            *per_tenant.entry(tenant).or_default() += 1;
+            id
+        })
+        .collect();
+    // A few hundred keys a statement keep every backend's limit on bound values.
+    for chunk in doomed.chunks(500) {
+        on_backend!(conn, c => diesel::delete(messages::table
+            .filter(messages::id.eq_any(chunk)))
+            .execute(c))?;
+    }
+    Ok((Some(last), per_tenant.into_iter().collect()))
 }
 
 /// One sweep of one tenant, as recorded.
