@@ -484,13 +484,6 @@ impl Settings {
                 "must be at least retention.audit_min_days",
             ));
         }
-        if retention.days.raw_payloads > self.inbox.keep_raw_days {
-            return Err(invalid(
-                "retention.days.raw_payloads",
-                "must be at most inbox.keep_raw_days (raw payloads' day keys are \
-                 destroyed then, for every tenant)",
-            ));
-        }
         Ok(())
     }
 

@@ -586,7 +586,7 @@ fn retention(settings: Settings, command: RetentionCommand) -> anyhow::Result<()
     let log = slog::Logger::root(slog::Discard, slog::o!());
     let report = sweep::sweep_all(
         &lane,
-        &settings.retention,
+        &settings,
         &tenants,
         || SystemClock.now_ms(),
         &Options::from_settings(&settings.retention, dry_run),

@@ -35,14 +35,4 @@ impl WriterReport for MetricsReport {
     fn writer_restarted(&self) {
         self.0.writer_restarts.inc();
     }
-
-    fn raw_payloads_expired(&self, deleted: usize, overdue: i64) {
-        self.0.raw_payloads_deleted.inc_by(deleted as u64);
-        self.0.inbox_overdue.set(overdue);
-    }
-
-    fn inbox_levels(&self, backlog: i64, parked: i64) {
-        self.0.inbox_backlog.set(backlog);
-        self.0.inbox_parked.set(parked);
-    }
 }

@@ -105,6 +105,8 @@ impl Actor for Scheduler {
 impl Supervised for Scheduler {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         slog::warn!(self.core.log, "the scheduler restarts");
+        // The context's futures, upkeep among them, are gone with the old context.
+        self.upkeeping = false;
     }
 }
 
@@ -175,8 +177,8 @@ fn retention_sweep(core: &Core, stop: &AtomicBool) {
             return;
         }
     };
-    let settings = &core.settings.retention;
-    let options = Options::from_settings(settings, false);
+    let settings = &core.settings;
+    let options = Options::from_settings(&settings.retention, false);
     let clock = core.clock.clone();
     let swept = sweep::sweep_all(
         &WriterLane(core.writer.clone()),

@@ -31,13 +31,13 @@ struct PoliciesView {
 
 async fn policies_view(state: &AppState, tenant: TenantId) -> Result<HttpResponse, ApiError> {
     let policies = read(state, move |conn, _| retention::policies(conn, &tenant)).await?;
-    let settings = &state.core.settings.retention;
+    let settings = &state.core.settings;
     let categories = Category::ALL
         .into_iter()
         .map(|category| {
             let period = Period {
                 days: policies.days.get(&category).copied(),
-                default_days: category.operator_default(settings),
+                default_days: category.operator_default(&settings.retention),
                 effective_days: policies.days(category, settings),
             };
             (category.as_str(), period)

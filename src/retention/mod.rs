@@ -135,12 +135,20 @@ pub struct Bounds {
 pub type Changes = BTreeMap<Category, Option<u32>>;
 
 impl Policies {
-    /// The period in force for `category`: the tenant's own, else the operator's.
-    pub fn days(&self, category: Category, settings: &RetentionSettings) -> u32 {
-        self.days
+    /// The period in force for `category`: the tenant's own, else the operator's,
+    /// within the operator's bounds as they stand now (a period set before the
+    /// operator changed them follows them).
+    pub fn days(&self, category: Category, settings: &crate::config::Settings) -> u32 {
+        let days = self
+            .days
             .get(&category)
             .copied()
-            .unwrap_or_else(|| category.operator_default(settings))
+            .unwrap_or_else(|| category.operator_default(&settings.retention));
+        match category {
+            Category::RawPayloads => days.min(settings.inbox.keep_raw_days),
+            Category::Audit => days.max(settings.retention.audit_min_days),
+            _ => days,
+        }
     }
 
     /// Reads `{"categories": {"messages": {"days": 30}, "media": {"days": null}}}`;

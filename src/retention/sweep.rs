@@ -16,7 +16,7 @@ use std::time::Duration;
 use std::collections::HashMap;
 
 use super::{Category, Deleted, Policies, DAY_MS};
-use crate::config::RetentionSettings;
+use crate::config::{RetentionSettings, Settings};
 use crate::ids::TenantId;
 use crate::storage::retention::{self as store, RunRecord};
 use crate::storage::{DbConn, StorageError};
@@ -120,7 +120,7 @@ fn cutoff(now_ms: i64, days: u32) -> i64 {
 /// new one; returns the finished record.
 pub fn sweep_tenant<L: Lane>(
     lane: &L,
-    settings: &RetentionSettings,
+    settings: &Settings,
     tenant_id: &TenantId,
     now_ms: impl Fn() -> i64,
     options: &Options,
@@ -135,7 +135,7 @@ pub fn sweep_tenant<L: Lane>(
 /// finished.
 fn sweep_categories<L: Lane>(
     lane: &L,
-    settings: &RetentionSettings,
+    settings: &Settings,
     opened: Opened,
     now_ms: &impl Fn() -> i64,
     options: &Options,
@@ -177,7 +177,7 @@ fn sweep_categories<L: Lane>(
                 break;
             }
             progress.batch(tenant_id, category, rows);
-            pause(options);
+            pause(options, stop);
         }
     }
     let finished = now_ms();
@@ -186,9 +186,15 @@ fn sweep_categories<L: Lane>(
     })?)
 }
 
-fn pause(options: &Options) {
-    if !options.batch_pause.is_zero() {
-        std::thread::sleep(options.batch_pause);
+/// The pause between batches, cut short by a stop.
+fn pause(options: &Options, stop: &AtomicBool) {
+    let until = std::time::Instant::now() + options.batch_pause;
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || stop.load(Ordering::Acquire) {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
 
@@ -202,7 +208,7 @@ fn pause(options: &Options) {
 /// which follows and finds it through the index by age.
 fn messages_pass<L: Lane>(
     lane: &L,
-    settings: &RetentionSettings,
+    settings: &Settings,
     opened: &[Opened],
     now_ms: i64,
     options: &Options,
@@ -224,31 +230,30 @@ fn messages_pass<L: Lane>(
     };
     let cutoffs = std::sync::Arc::new(cutoffs);
     let below = store::first_id_at(latest);
-    let window = i64::from(options.batch_size.max(1));
+    let size = i64::from(options.batch_size.max(1));
     let mut after = String::new();
     loop {
         if stop.load(Ordering::Acquire) {
             return Err(SweepError::Stopped);
         }
         let (from, below, cutoffs) = (after.clone(), below.clone(), cutoffs.clone());
-        let (last, deleted) = lane.write_across(move |conn| {
-            let (last, deleted) =
-                store::delete_expired_messages(conn, &from, &below, window, &cutoffs)?;
-            for (tenant, rows) in &deleted {
+        let window = lane.write_across(move |conn| {
+            let window = store::delete_expired_messages(conn, &from, &below, size, &cutoffs)?;
+            for (tenant, rows) in &window.deleted {
                 if let Some((_, run)) = cutoffs.get(tenant) {
                     store::count_into_run(conn, run, Category::Messages, *rows)?;
                 }
             }
-            Ok((last, deleted))
+            Ok(window)
         })?;
-        for (tenant, rows) in deleted {
+        for (tenant, rows) in window.deleted {
             progress.batch(&TenantId(tenant), Category::Messages, rows);
         }
-        match last {
+        match window.last {
             Some(last) => after = last,
             None => return Ok(()),
         }
-        pause(options);
+        pause(options, stop);
     }
 }
 
@@ -267,7 +272,7 @@ pub struct Report {
 #[allow(clippy::too_many_arguments)]
 pub fn sweep_all<L: Lane>(
     lane: &L,
-    settings: &RetentionSettings,
+    settings: &Settings,
     tenants: &[TenantId],
     now_ms: impl Fn() -> i64,
     options: &Options,

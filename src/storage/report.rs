@@ -28,9 +28,4 @@ pub trait WriterReport: Send + Sync {
     fn index_tail(&self, _rows: usize) {}
     /// A writer thread panicked and was started again.
     fn writer_restarted(&self) {}
-    /// Raw payloads deleted past `inbox.keep_raw_days`, and inbox rows still waiting
-    /// from before then.
-    fn raw_payloads_expired(&self, _deleted: usize, _overdue: i64) {}
-    /// Inbox rows waiting, and parked.
-    fn inbox_levels(&self, _backlog: i64, _parked: i64) {}
 }

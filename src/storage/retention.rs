@@ -79,10 +79,16 @@ pub fn count_expired(
         Category::Messages => on_backend!(conn, c => messages::table
             .filter(messages::tenant_id.eq(tenant))
             .filter(messages::sent_at.lt(cutoff_ms))
+            // A send still queued or in flight keeps its message until it ends.
+            .filter(diesel::dsl::not(diesel::dsl::exists(outbox::table
+                .filter(outbox::id.eq(messages::id))
+                .filter(outbox::state.eq_any(super::outbox::UNFINISHED)))))
             .count()
             .get_result(c))?,
         Category::Media => on_backend!(conn, c => media_downloads::table
             .filter(media_downloads::tenant_id.eq(tenant))
+            // A download still pending is in use: only its outcome can go.
+            .filter(media_downloads::state.ne(super::media::PENDING))
             .filter(media_downloads::created_at.lt(cutoff_ms))
             .count()
             .get_result(c))?,
@@ -128,20 +134,23 @@ pub fn count_expired(
             let keys: i64 = on_backend!(conn, c => idempotency_keys::table
                 .filter(idempotency_keys::tenant_id.eq(tenant))
                 .filter(idempotency_keys::created_at.lt(cutoff_ms))
-                .filter(diesel::dsl::not(idempotency_keys::outbox_id.eq_any(outbox::table
-                    .filter(outbox::state.eq_any(super::outbox::UNFINISHED))
-                    .select(outbox::id))))
+                .filter(diesel::dsl::not(diesel::dsl::exists(outbox::table
+                    .filter(outbox::id.eq(idempotency_keys::outbox_id))
+                    .filter(outbox::state.eq_any(super::outbox::UNFINISHED)))))
                 .count()
                 .get_result(c))?;
-            let runs: i64 = on_backend!(conn, c => retention_runs::table
-                .filter(retention_runs::tenant_id.eq(tenant))
-                .filter(retention_runs::finished_at.lt(cutoff_ms))
-                .count()
-                .get_result(c))?;
-            sends + keys + runs
+            sends + keys
         }
+        // The sweeps' own records: what was deleted when, the audit of retention.
+        Category::Audit => on_backend!(conn, c => retention_runs::table
+            .filter(retention_runs::tenant_id.eq(tenant))
+            .filter(retention_runs::finished_at.lt(cutoff_ms)
+                .or(retention_runs::finished_at.is_null()
+                    .and(retention_runs::started_at.lt(cutoff_ms))))
+            .count()
+            .get_result(c))?,
         // Kept by the compliance work, which does not store them yet.
-        Category::Exports | Category::Audit => 0,
+        Category::Exports => 0,
     };
     Ok(count.max(0) as u64)
 }
@@ -183,11 +192,17 @@ pub fn delete_expired(
         Category::Messages => delete_rows!(conn, messages, id: String, messages::table
                 .filter(messages::tenant_id.eq(tenant))
                 .filter(messages::sent_at.lt(cutoff_ms))
+                // A send still queued or in flight keeps its message until it ends.
+                .filter(diesel::dsl::not(diesel::dsl::exists(outbox::table
+                    .filter(outbox::id.eq(messages::id))
+                    .filter(outbox::state.eq_any(super::outbox::UNFINISHED)))))
                 .select(messages::id)
                 .limit(limit)),
         Category::Media => {
             delete_rows!(conn, media_downloads, message_id: String, media_downloads::table
                 .filter(media_downloads::tenant_id.eq(tenant))
+                // A download still pending is in use: only its outcome can go.
+                .filter(media_downloads::state.ne(super::media::PENDING))
                 .filter(media_downloads::created_at.lt(cutoff_ms))
                 .select(media_downloads::message_id)
                 .limit(limit))
@@ -247,9 +262,9 @@ pub fn delete_expired(
                 let keys: Vec<String> = on_backend!(conn, c => idempotency_keys::table
                     .filter(idempotency_keys::tenant_id.eq(tenant))
                     .filter(idempotency_keys::created_at.lt(cutoff_ms))
-                    .filter(diesel::dsl::not(idempotency_keys::outbox_id.eq_any(outbox::table
-                        .filter(outbox::state.eq_any(super::outbox::UNFINISHED))
-                        .select(outbox::id))))
+                    .filter(diesel::dsl::not(diesel::dsl::exists(outbox::table
+                    .filter(outbox::id.eq(idempotency_keys::outbox_id))
+                    .filter(outbox::state.eq_any(super::outbox::UNFINISHED)))))
                     .select(idempotency_keys::key_bidx)
                     .limit(limit)
                     .load(c))?;
@@ -260,19 +275,17 @@ pub fn delete_expired(
                         .filter(idempotency_keys::key_bidx.eq_any(chunk)))
                         .execute(c))?;
                 }
-                if deleted > 0 {
-                    deleted
-                } else {
-                    // The sweeps' own records, finished before the period.
-                    delete_rows!(conn, retention_runs, id: String, retention_runs::table
-                        .filter(retention_runs::tenant_id.eq(tenant))
-                        .filter(retention_runs::finished_at.lt(cutoff_ms))
-                        .select(retention_runs::id)
-                        .limit(limit))
-                }
+                deleted
             }
         }
-        Category::Exports | Category::Audit => 0,
+        Category::Audit => delete_rows!(conn, retention_runs, id: String, retention_runs::table
+            .filter(retention_runs::tenant_id.eq(tenant))
+            .filter(retention_runs::finished_at.lt(cutoff_ms)
+                .or(retention_runs::finished_at.is_null()
+                    .and(retention_runs::started_at.lt(cutoff_ms))))
+            .select(retention_runs::id)
+            .limit(limit)),
+        Category::Exports => 0,
     };
     Ok(deleted as u64)
 }
@@ -284,17 +297,25 @@ pub fn first_id_at(ms: i64) -> String {
     format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff)
 }
 
+/// What one window of the pass over messages did.
+pub struct Window {
+    /// The last id looked at; None: the pass is done.
+    pub last: Option<String>,
+    /// Rows deleted, per tenant.
+    pub deleted: Vec<(String, u64)>,
+}
+
 /// One window of the pass over every tenant's messages: at most `window` messages in
 /// id order after `after` and below `below`; those past their tenant's cutoff (in
-/// `cutoffs`, by tenant id; other tenants' are left alone) are deleted. Returns the
-/// last id looked at (None: the pass is done) and the rows deleted per tenant.
+/// `cutoffs`, by tenant id; other tenants' are left alone) are deleted, except those
+/// whose send is still queued or in flight.
 pub fn delete_expired_messages<R>(
     conn: &mut DbConn,
     after: &str,
     below: &str,
     window: i64,
     cutoffs: &std::collections::HashMap<String, (i64, R)>,
-) -> Result<(Option<String>, Vec<(String, u64)>), StorageError> {
+) -> Result<Window, StorageError> {
     let rows: Vec<(String, String, i64)> = on_backend!(conn, c => messages::table
         .filter(messages::id.gt(after))
         .filter(messages::id.lt(below))
@@ -303,7 +324,10 @@ pub fn delete_expired_messages<R>(
         .select((messages::id, messages::tenant_id, messages::sent_at))
         .load(c))?;
     let Some(last) = rows.last().map(|(id, _, _)| id.clone()) else {
-        return Ok((None, Vec::new()));
+        return Ok(Window {
+            last: None,
+            deleted: Vec::new(),
+        });
     };
     let mut per_tenant: std::collections::BTreeMap<String, u64> = Default::default();
     let doomed: Vec<String> = rows
@@ -318,13 +342,36 @@ pub fn delete_expired_messages<R>(
             id
         })
         .collect();
+    // A send still queued or in flight keeps its message until it ends.
+    let mut sending: std::collections::HashSet<String> = Default::default();
+    for chunk in doomed.chunks(500) {
+        let found: Vec<(String, String)> = on_backend!(conn, c => outbox::table
+            .filter(outbox::id.eq_any(chunk))
+            .filter(outbox::state.eq_any(super::outbox::UNFINISHED))
+            .select((outbox::id, outbox::tenant_id))
+            .load(c))?;
+        for (id, tenant) in found {
+            if let Some(rows) = per_tenant.get_mut(&tenant) {
+                *rows -= 1;
+            }
+            sending.insert(id);
+        }
+    }
+    let doomed: Vec<String> = doomed
+        .into_iter()
+        .filter(|id| !sending.contains(id))
+        .collect();
+    per_tenant.retain(|_, rows| *rows > 0);
     // A few hundred keys a statement keep every backend's limit on bound values.
     for chunk in doomed.chunks(500) {
         on_backend!(conn, c => diesel::delete(messages::table
             .filter(messages::id.eq_any(chunk)))
             .execute(c))?;
     }
-    Ok((Some(last), per_tenant.into_iter().collect()))
+    Ok(Window {
+        last: Some(last),
+        deleted: per_tenant.into_iter().collect(),
+    })
 }
 
 /// One sweep of one tenant, as recorded.
@@ -405,10 +452,19 @@ pub fn count_into_run(
     category: Category,
     rows: u64,
 ) -> Result<(), StorageError> {
-    let json: String = on_backend!(conn, c => retention_runs::table
-        .find(run_id)
-        .select(retention_runs::deleted_json)
-        .get_result(c))?;
+    // Locked on PostgreSQL, so that two sweeps adding to one record (the daemon's and
+    // an operator's) both count; SQLite's writes are serial already.
+    let json: String = match conn {
+        DbConn::Pg(c) => retention_runs::table
+            .find(run_id)
+            .select(retention_runs::deleted_json)
+            .for_update()
+            .get_result(c)?,
+        DbConn::Sqlite(c) => retention_runs::table
+            .find(run_id)
+            .select(retention_runs::deleted_json)
+            .get_result(c)?,
+    };
     let mut deleted: Deleted = serde_json::from_str(&json)
         .map_err(|e| StorageError::Corrupt(format!("retention run {run_id}: {e}")))?;
     deleted.add(category, rows);

@@ -549,3 +549,141 @@ async fn upkeep_deletes_raw_payloads_past_their_days_on_its_timer() {
         assert_eq!(app.metric(deleted).await, 1.0);
     }
 }
+
+/// Waits for a finished, real sweep of tenant A that started after `after_ms`.
+async fn sweep_after(app: &TestApp, after_ms: i64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, runs) = app.get("/v1/retention/runs", Some(&app.a.api_key)).await;
+        let done = runs["items"].as_array().unwrap().iter().find(|r| {
+            !r["finished_at"].is_null()
+                && r["dry_run"] == false
+                && time::OffsetDateTime::parse(
+                    r["started_at"].as_str().unwrap(),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64 > after_ms)
+                .unwrap_or(false)
+        });
+        if let Some(run) = done {
+            return run.clone();
+        }
+        assert!(Instant::now() < deadline, "no sweep finished: {runs}");
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn zero_days_deletes_at_once_what_is_done_and_nothing_still_in_use() {
+    for backend in backends() {
+        let app = TestApp::start_with(&backend, Default::default(), |settings| {
+            settings.retention.sweep_interval_secs = 1;
+            settings.retention.batch_pause_ms = 0;
+            // Meta cannot be reached: the send and the media download stay unfinished.
+            settings.whatsapp.graph_base_url = "http://127.0.0.1:9".into();
+            settings.outbound.retry_base_ms = 60_000;
+            settings.media.retry_base_ms = 60_000;
+        })
+        .await;
+        let customer = "4915100000021";
+        let now = now_ms();
+        app.post_signed(&text_at(NUMBER_A, customer, "wamid.IN", now - 1_000))
+            .await;
+        app.wait_messages(&app.a, 1).await;
+        let image = serde_json::to_vec(&envelope(vec![messages_change(
+            NUMBER_A,
+            vec![contact(customer, "Customer")],
+            vec![json!({"from": customer, "id": "wamid.IMG",
+                "timestamp": (now / 1000).to_string(), "type": "image",
+                "image": {"id": "7001", "mime_type": "image/jpeg", "sha256": "x"}})],
+        )]))
+        .unwrap();
+        app.post_signed(&image).await;
+        let raw = serde_json::to_vec(&json!({"object": "whatsapp_business_account",
+            "entry": [{"id": "WABA", "changes": [{"field": "some_new_field",
+            "value": {"metadata": {"phone_number_id": NUMBER_A}}}]}]}))
+        .unwrap();
+        app.post_signed(&raw).await;
+        let send = json!({"from_phone_number_id": NUMBER_A, "to": customer, "type": "text",
+            "text": {"body": "on its way"}});
+        let sent = |key: &'static str| {
+            let (app, send) = (&app, send.clone());
+            async move {
+                let mut resp = app
+                    .client
+                    .post(format!("{}/v1/messages", app.base))
+                    .insert_header(("Authorization", format!("Bearer {}", app.a.api_key)))
+                    .insert_header(("Idempotency-Key", key))
+                    .send_json(&send)
+                    .await
+                    .unwrap();
+                let body: Value = serde_json::from_slice(&resp.body().await.unwrap()).unwrap();
+                (resp.status().as_u16(), body)
+            }
+        };
+        let (status, queued) = sent("retry-me").await;
+        assert_eq!(status, 202, "{queued}");
+        let messages = app.wait_messages(&app.a, 3).await;
+        let image_id = messages.iter().find(|m| m["wamid"] == "wamid.IMG").unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        // Media, raw payloads, technical data: nothing kept after processing.
+        let set_at = now_ms();
+        let (status, body) = put_policy(
+            &app,
+            &app.a,
+            json!({"categories": {"media": {"days": 0}, "raw_payloads": {"days": 0},
+                "technical": {"days": 0}, "automation_runs": {"days": 0}}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        sweep_after(&app, set_at).await;
+        let run = sweep_after(&app, now_ms()).await;
+        let _ = run;
+        let (_, runs) = app.get("/v1/retention/runs", Some(&app.a.api_key)).await;
+        let raw_deleted: u64 = runs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["deleted"]["raw_payloads"].as_u64().unwrap())
+            .sum();
+        assert_eq!(raw_deleted, 1, "the raw payload went: {runs}");
+        // The download Meta has not answered is still wanted.
+        let (status, body) = app
+            .get(
+                &format!("/v1/messages/{image_id}/media"),
+                Some(&app.a.api_key),
+            )
+            .await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], "media_pending", "{body}");
+        // The idempotency key of a send still waiting still answers with that send.
+        let (status, again) = sent("retry-me").await;
+        assert_eq!(status, 202, "{again}");
+        assert_eq!(again["id"], queued["id"]);
+
+        // Messages: the inbound ones go; the send still waiting keeps its message.
+        let set_at = now_ms();
+        let (status, body) = put_policy(
+            &app,
+            &app.a,
+            json!({"categories": {"messages": {"days": 0}}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        sweep_after(&app, set_at).await;
+        let left: Vec<Value> = app.all_messages(&app.a).await;
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0]["id"], queued["id"]);
+        assert_eq!(left[0]["direction"], "outbound");
+        let (status, body) = app
+            .get(
+                &format!("/v1/messages/{}", queued["id"].as_str().unwrap()),
+                Some(&app.a.api_key),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
