@@ -3,6 +3,8 @@
 //! ```sh
 //! cargo bench --bench retention -- --messages 10000000 --tenants 100
 //! cargo bench --bench retention -- --messages 10000000 --tenants 100 --backend postgres
+//! # beside ingest at 5,000 webhooks a second (10 s without the sweep, then with it):
+//! cargo bench --bench retention -- --messages 10000000 --tenants 100 --ingest-rate 5000
 //! ```
 //!
 //! A fresh database (a temporary SQLite file, or with `--backend postgres` a new
@@ -17,7 +19,9 @@
 //! `retention.batch_size = --batch` and `retention.batch_pause_ms = --pause-ms`, and
 //! the benchmark waits until each tenant's sweep has finished. The result line
 //! (`target=retention`): rows deleted, the sweep's span (from the first tenant's
-//! sweep starting to the last one's finishing, by their records) and rows/s.
+//! sweep starting to the last one's finishing, by their records) and rows/s; with
+//! `--ingest-rate`, the webhooks' p99 (open loop, from each one's scheduled time)
+//! before the sweep and while it runs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -44,6 +48,13 @@ struct Args {
     /// retention.batch_pause_ms
     #[arg(long, default_value_t = 0)]
     pause_ms: u64,
+    /// Webhooks a second to tenant 0's number beside the sweep (0: none): first for
+    /// `--baseline` seconds before the sweep starts, then while it runs; the p99 of
+    /// both is reported.
+    #[arg(long, default_value_t = 0)]
+    ingest_rate: u64,
+    #[arg(long, default_value_t = 10)]
+    baseline: u64,
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -231,6 +242,75 @@ fn run(conn: &mut converra::storage::DbConn, sql: &str) {
     .unwrap_or_else(|e| panic!("{e}: {sql}"));
 }
 
+/// A signed text webhook to tenant 0's number, from one of 1,000 contacts.
+fn webhook(i: u64, secret: &str) -> (Vec<u8>, String) {
+    let now = now_ms() / 1000;
+    let c = i % 1000;
+    let body = format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"WABA","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550000000","phone_number_id":"num0"}},"contacts":[{{"wa_id":"49170{c:05}","profile":{{"name":"Load {c}"}}}}],"messages":[{{"from":"49170{c:05}","id":"wamid.ingest.{i}","timestamp":"{now}","type":"text","text":{{"body":"beside the sweep {i}"}}}}]}}}}]}}]}}"#
+    );
+    let signature = converra::whatsapp::signature::sign(secret.as_bytes(), body.as_bytes());
+    (body.into_bytes(), signature)
+}
+
+/// Webhooks at `rate` a second (open loop: latency from each one's scheduled time)
+/// until `until` is set; returns the latencies in µs and the failures.
+fn ingest(
+    base: String,
+    secret: String,
+    rate: u64,
+    first: u64,
+    until: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<u64>, u64) {
+    actix_rt::System::new().block_on(async move {
+        let client = awc::Client::builder()
+            .connector(awc::Connector::new().limit(256))
+            .timeout(Duration::from_secs(30))
+            .finish();
+        let url = format!("{base}/webhooks/whatsapp");
+        let results = std::rc::Rc::new(std::cell::RefCell::new((Vec::new(), 0u64)));
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for k in 0u64.. {
+            if until.load(std::sync::atomic::Ordering::Acquire) {
+                break;
+            }
+            let scheduled = start + interval.mul_f64(k as f64);
+            actix_rt::time::sleep_until(scheduled.into()).await;
+            let (body, signature) = webhook(first + k, &secret);
+            let (client, url, results) = (client.clone(), url.clone(), results.clone());
+            while tasks.try_join_next().is_some() {}
+            tasks.spawn_local(async move {
+                let ok = client
+                    .post(url)
+                    .insert_header(("X-Hub-Signature-256", signature))
+                    .insert_header(("Content-Type", "application/json"))
+                    .send_body(body)
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
+                let mut r = results.borrow_mut();
+                r.0.push(scheduled.elapsed().as_micros() as u64);
+                if !ok {
+                    r.1 += 1;
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let r = results.borrow();
+        (r.0.clone(), r.1)
+    })
+}
+
+fn p99_ms(latencies: &mut [u64]) -> f64 {
+    if latencies.is_empty() {
+        return 0.0;
+    }
+    latencies.sort_unstable();
+    latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)] as f64 / 1000.0
+}
+
 fn main() {
     let args = Args::parse();
     assert!(args.tenants >= 1 && args.contacts >= 1 && args.messages >= 2);
@@ -244,7 +324,12 @@ fn main() {
     settings.security.master_key_file = dir.path().join("master.key").display().to_string();
     settings.whatsapp.app_secret = "retention-bench-secret".into();
     settings.log.level = std::env::var("RETENTION_LOG").unwrap_or_else(|_| "error".into());
-    settings.retention.sweep_interval_secs = 1;
+    // Beside ingest, the first sweep waits for the baseline (it comes within the
+    // interval, at most a minute after start).
+    settings.retention.sweep_interval_secs = match args.ingest_rate {
+        0 => 1,
+        _ => (args.baseline + 5).min(60),
+    };
     settings.retention.batch_size = args.batch;
     settings.retention.batch_pause_ms = args.pause_ms;
 
@@ -282,6 +367,7 @@ fn main() {
     drop(pool);
 
     let listener = converra::listen("127.0.0.1:0", settings.server.listen_backlog).unwrap();
+    let address = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let daemon = {
         let settings = settings.clone();
@@ -301,6 +387,40 @@ fn main() {
             })
         })
     };
+
+    let ingesting = (args.ingest_rate > 0).then(|| {
+        let base = format!("http://{}", address);
+        let (secret, rate, baseline) = (
+            settings.whatsapp.app_secret.clone(),
+            args.ingest_rate,
+            args.baseline,
+        );
+        let swept = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = swept.clone();
+        let thread = std::thread::spawn(move || {
+            // Ready first: the daemon answers.
+            std::thread::sleep(Duration::from_millis(500));
+            let stop_baseline = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stopper = stop_baseline.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(3 + baseline));
+                stopper.store(true, std::sync::atomic::Ordering::Release);
+            });
+            // A warm-up first, left out: the connections open, the contacts and their
+            // conversation actors start.
+            let warm = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let warmed = warm.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(3));
+                warmed.store(true, std::sync::atomic::Ordering::Release);
+            });
+            let _ = ingest(base.clone(), secret.clone(), rate, 200_000_000, warm);
+            let before = ingest(base.clone(), secret.clone(), rate, 0, stop_baseline);
+            let during = ingest(base, secret, rate, 100_000_000, flag);
+            (before, during)
+        });
+        (swept, thread)
+    });
 
     // Each tenant's first finished sweep, read from the records.
     let (_, pool) = converra::open_storage(&settings).unwrap();
@@ -329,6 +449,18 @@ fn main() {
         assert!(Instant::now() < deadline, "the sweep did not finish");
         std::thread::sleep(Duration::from_millis(200));
     };
+    let ingest_line = ingesting.map(|(swept, thread)| {
+        swept.store(true, std::sync::atomic::Ordering::Release);
+        let ((mut before, before_failed), (mut during, during_failed)) = thread.join().unwrap();
+        format!(
+            " ingest_rate={} ingest_p99_ms_before={:.2} ingest_p99_ms_during={:.2} ingest_sent={} ingest_failed={}",
+            args.ingest_rate,
+            p99_ms(&mut before),
+            p99_ms(&mut during),
+            before.len() + during.len(),
+            before_failed + during_failed
+        )
+    });
     let _ = stop_tx.send(());
     let _ = daemon.join();
     if args.backend == "postgres" {
@@ -339,13 +471,14 @@ fn main() {
     let last = runs.iter().filter_map(|r| r.finished_at).max().unwrap();
     let seconds = ((last - first) as f64 / 1000.0).max(0.001);
     println!(
-        "target=retention backend={} messages={} tenants={} batch={} pause_ms={} deleted={deleted} seconds={seconds:.1} rows_per_s={:.0}",
+        "target=retention backend={} messages={} tenants={} batch={} pause_ms={} deleted={deleted} seconds={seconds:.1} rows_per_s={:.0}{}",
         args.backend,
         args.messages,
         args.tenants,
         args.batch,
         args.pause_ms,
-        deleted as f64 / seconds
+        deleted as f64 / seconds,
+        ingest_line.unwrap_or_default()
     );
     assert_eq!(
         deleted,
