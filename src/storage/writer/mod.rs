@@ -155,6 +155,31 @@ pub(super) fn gone() -> StorageError {
     StorageError::Unavailable("the writer has stopped".into())
 }
 
+type WriteReply = tokio::sync::oneshot::Receiver<Result<WriteOutput, StorageError>>;
+
+/// A generic write as the writer's job, and where its answer comes.
+fn write_job<T: Send + 'static>(
+    tenant_id: Option<TenantId>,
+    mut work: impl FnMut(&mut DbConn) -> Result<T, StorageError> + Send + 'static,
+) -> (Job, WriteReply) {
+    let (reply, rx) = handoff::channel();
+    let work: WriteWork = Box::new(move |conn| Ok(Box::new(work(conn)?) as WriteOutput));
+    let job = Job::Write {
+        tenant_id,
+        work,
+        reply,
+    };
+    (job, rx)
+}
+
+/// A generic write's answer, as the type its work returned.
+fn written<T: 'static>(answer: Result<WriteOutput, StorageError>) -> Result<T, StorageError> {
+    answer?
+        .downcast::<T>()
+        .map(|value| *value)
+        .map_err(|_| StorageError::Corrupt("a write returned another type".into()))
+}
+
 impl WriterHandle {
     /// How many writer threads run (each keeps a pooled connection).
     pub fn writers(&self) -> usize {
@@ -234,23 +259,11 @@ impl WriterHandle {
     pub async fn write<T: Send + 'static>(
         &self,
         tenant_id: Option<TenantId>,
-        mut work: impl FnMut(&mut DbConn) -> Result<T, StorageError> + Send + 'static,
+        work: impl FnMut(&mut DbConn) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
-        let (reply, rx) = handoff::channel();
-        let work: WriteWork = Box::new(move |conn| Ok(Box::new(work(conn)?) as WriteOutput));
-        self.tx
-            .send_async(Job::Write {
-                tenant_id,
-                work,
-                reply,
-            })
-            .await
-            .map_err(|_| gone())?;
-        let output = rx.await.map_err(|_| gone())??;
-        output
-            .downcast::<T>()
-            .map(|value| *value)
-            .map_err(|_| StorageError::Corrupt("a write returned another type".into()))
+        let (job, rx) = write_job(tenant_id, work);
+        self.tx.send_async(job).await.map_err(|_| gone())?;
+        written(rx.await.map_err(|_| gone())?)
     }
 
     /// [`WriterHandle::write`] for a thread that may block (never an async one): the
@@ -258,22 +271,11 @@ impl WriterHandle {
     pub fn write_blocking<T: Send + 'static>(
         &self,
         tenant_id: Option<TenantId>,
-        mut work: impl FnMut(&mut DbConn) -> Result<T, StorageError> + Send + 'static,
+        work: impl FnMut(&mut DbConn) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
-        let (reply, rx) = handoff::channel();
-        let work: WriteWork = Box::new(move |conn| Ok(Box::new(work(conn)?) as WriteOutput));
-        self.tx
-            .send(Job::Write {
-                tenant_id,
-                work,
-                reply,
-            })
-            .map_err(|_| gone())?;
-        let output = rx.blocking_recv().map_err(|_| gone())??;
-        output
-            .downcast::<T>()
-            .map(|value| *value)
-            .map_err(|_| StorageError::Corrupt("a write returned another type".into()))
+        let (job, rx) = write_job(tenant_id, work);
+        self.tx.send(job).map_err(|_| gone())?;
+        written(rx.blocking_recv().map_err(|_| gone())?)
     }
 
     /// Waits until everything queued so far is written.
