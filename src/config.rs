@@ -487,10 +487,17 @@ impl Settings {
         Ok(())
     }
 
-    /// What a running server still lacks to accept webhooks, as (key, reason) pairs;
-    /// `serve` starts anyway and refuses webhooks with a message naming the key.
+    /// What a running server still lacks to accept webhooks (`serve` starts anyway
+    /// and refuses webhooks with a message naming the key), or a value that will not
+    /// do what it says, as (key, reason) pairs.
     pub fn warnings(&self) -> Vec<(&'static str, &'static str)> {
         let mut out = Vec::new();
+        if self.retention.days.raw_payloads > self.inbox.keep_raw_days {
+            out.push((
+                "retention.days.raw_payloads",
+                "longer than inbox.keep_raw_days, which is what raw payloads are kept",
+            ));
+        }
         if self.whatsapp.app_secret.is_empty() {
             out.push((
                 "whatsapp.app_secret",

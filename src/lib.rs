@@ -460,8 +460,8 @@ pub async fn run(
     // The scheduler's duties write through the writer: they stop (the retention sweep
     // after its batch) before it does, and ask the registry for no more inbox sweeps.
     if let Ok(Some(sweep)) = scheduler.send(actors::scheduler::StopScheduler).await {
-        // It stops after the batch in hand; a database that does not answer is the
-        // watchdog's to notice, not a reason to hang here.
+        // It stops after the batch in hand; a database that does not answer must not
+        // hold the shutdown here (the writer's stop then fails the sweep's write).
         if tokio::time::timeout(BACKGROUND_STOP_TIMEOUT, sweep)
             .await
             .is_err()

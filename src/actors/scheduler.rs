@@ -3,8 +3,8 @@
 //! duty that overlaps itself, does no harm):
 //! - the retention sweep, every `retention.sweep_interval_secs` (the first a minute at
 //!   most after start, so that a sweep a crash interrupted is finished soon), on a
-//!   thread of its own, writing through the writer in each tenant's lane a bounded
-//!   batch at a time; one runs at a time;
+//!   thread of its own, writing through the writer a bounded batch at a time; one
+//!   runs at a time;
 //! - the inbox sweep, every `actors.sweep_interval_secs`: the registry looks for
 //!   inbox rows never processed;
 //! - upkeep, every `scheduler.upkeep_interval_secs`: processed inbox rows past

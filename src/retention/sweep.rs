@@ -128,62 +128,94 @@ pub fn sweep_tenant<L: Lane>(
     progress: &mut dyn Progress,
 ) -> Result<RunRecord, SweepError> {
     let opened = open_run(lane, tenant_id, options.dry_run, now_ms())?;
-    sweep_categories(lane, settings, opened, &now_ms, options, stop, progress)
+    sweep_categories(
+        lane,
+        settings,
+        opened,
+        &[],
+        &now_ms,
+        options,
+        stop,
+        progress,
+    )
 }
 
-/// Every category of one tenant, in [`Category::ALL`]'s order; then the run is
-/// finished.
+/// Every category of one tenant not in `done`, in [`Category::ALL`]'s order; then
+/// the run is finished.
+#[allow(clippy::too_many_arguments)]
 fn sweep_categories<L: Lane>(
     lane: &L,
     settings: &Settings,
     opened: Opened,
+    done: &[Category],
     now_ms: &impl Fn() -> i64,
     options: &Options,
     stop: &AtomicBool,
     progress: &mut dyn Progress,
 ) -> Result<RunRecord, SweepError> {
-    let Opened {
-        tenant_id,
-        policies,
-        run_id,
-    } = opened;
-    let tenant_id = &tenant_id;
     for category in Category::ALL {
-        let cutoff = cutoff(now_ms(), policies.days(category, settings));
-        if options.dry_run {
-            let (tenant, run) = (tenant_id.clone(), run_id.clone());
-            let rows = lane.write(tenant_id, move |conn| {
-                let rows = store::count_expired(conn, &tenant, category, cutoff)?;
-                store::count_into_run(conn, &run, category, rows)?;
-                Ok(rows)
-            })?;
-            progress.batch(tenant_id, category, rows);
-            continue;
-        }
-        let limit = i64::from(options.batch_size.max(1));
-        loop {
-            if stop.load(Ordering::Acquire) {
-                return Err(SweepError::Stopped);
-            }
-            let (tenant, run) = (tenant_id.clone(), run_id.clone());
-            let rows = lane.write(tenant_id, move |conn| {
-                let rows = store::delete_expired(conn, &tenant, category, cutoff, limit)?;
-                if rows > 0 {
-                    store::count_into_run(conn, &run, category, rows)?;
-                }
-                Ok(rows)
-            })?;
-            if rows == 0 {
-                break;
-            }
-            progress.batch(tenant_id, category, rows);
-            pause(options, stop);
+        if !done.contains(&category) {
+            sweep_category(
+                lane,
+                settings,
+                &opened,
+                category,
+                now_ms(),
+                options,
+                stop,
+                progress,
+            )?;
         }
     }
-    let finished = now_ms();
-    Ok(lane.write(tenant_id, move |conn| {
+    let (finished, run_id) = (now_ms(), opened.run_id);
+    Ok(lane.write(&opened.tenant_id, move |conn| {
         store::finish_run(conn, &run_id, finished)
     })?)
+}
+
+/// One category of one tenant: counted (dry), or deleted a batch at a time.
+#[allow(clippy::too_many_arguments)]
+fn sweep_category<L: Lane>(
+    lane: &L,
+    settings: &Settings,
+    opened: &Opened,
+    category: Category,
+    now_ms: i64,
+    options: &Options,
+    stop: &AtomicBool,
+    progress: &mut dyn Progress,
+) -> Result<(), SweepError> {
+    let tenant_id = &opened.tenant_id;
+    let cutoff = cutoff(now_ms, opened.policies.days(category, settings));
+    if options.dry_run {
+        let (tenant, run) = (tenant_id.clone(), opened.run_id.clone());
+        let rows = lane.write(tenant_id, move |conn| {
+            let rows = store::count_expired(conn, &tenant, category, cutoff)?;
+            store::count_into_run(conn, &run, category, rows)?;
+            Ok(rows)
+        })?;
+        progress.batch(tenant_id, category, rows);
+        return Ok(());
+    }
+    let limit = i64::from(options.batch_size.max(1));
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return Err(SweepError::Stopped);
+        }
+        let (tenant, run) = (tenant_id.clone(), opened.run_id.clone());
+        let rows = lane.write(tenant_id, move |conn| {
+            let rows = store::delete_expired(conn, &tenant, category, cutoff, limit)?;
+            if rows > 0 {
+                store::count_into_run(conn, &run, category, rows)?;
+            }
+            Ok(rows)
+        })?;
+        if rows == 0 {
+            return Ok(());
+        }
+        progress.batch(tenant_id, category, rows);
+        pause(options, stop);
+    }
 }
 
 /// The pause between batches, cut short by a stop.
@@ -206,15 +238,33 @@ fn pause(options: &Options, stop: &AtomicBool) {
 /// latest of the tenants' cutoffs; a message whose timestamp is older than its
 /// arrival by more than that (a late delivery) is left to the tenant's own sweep,
 /// which follows and finds it through the index by age.
+///
+/// The pass reads every message older than the latest cutoff, kept ones included, so
+/// it runs only when more than a batch of messages is due; a sweep that finds a
+/// trickle (the hourly sweep after the first) leaves it to the tenants' own sweeps.
 fn messages_pass<L: Lane>(
     lane: &L,
     settings: &Settings,
     opened: &[Opened],
-    now_ms: i64,
+    now_ms: &impl Fn() -> i64,
     options: &Options,
     stop: &AtomicBool,
     progress: &mut dyn Progress,
 ) -> Result<(), SweepError> {
+    let now_ms = now_ms();
+    let mut due = 0;
+    for o in opened {
+        let (tenant, cutoff) = (
+            o.tenant_id.clone(),
+            cutoff(now_ms, o.policies.days(Category::Messages, settings)),
+        );
+        due += lane.write(&o.tenant_id, move |conn| {
+            store::count_expired(conn, &tenant, Category::Messages, cutoff)
+        })?;
+    }
+    if due <= u64::from(options.batch_size) {
+        return Ok(());
+    }
     let cutoffs: HashMap<String, (i64, String)> = opened
         .iter()
         .map(|o| {
@@ -297,9 +347,32 @@ pub fn sweep_all<L: Lane>(
             }
         }
     }
+    // Media before the messages that would take it along, so each row is counted
+    // under its own category, as a dry run counts it.
+    let mut ready = Vec::with_capacity(opened.len());
+    for run in opened {
+        match sweep_category(
+            lane,
+            settings,
+            &run,
+            Category::Media,
+            now_ms(),
+            options,
+            stop,
+            progress,
+        ) {
+            Ok(()) => ready.push(run),
+            Err(SweepError::Stopped) => return Err(SweepError::Stopped),
+            Err(SweepError::Storage(e)) => {
+                slog::warn!(log, "the retention sweep of a tenant failed; the next sweep tries again";
+                    "tenant" => run.tenant_id.as_str(), "error" => %e);
+                report.failed.push((run.tenant_id, e));
+            }
+        }
+    }
     if !options.dry_run {
         // A failed pass leaves its rows to each tenant's own sweep below.
-        match messages_pass(lane, settings, &opened, now_ms(), options, stop, progress) {
+        match messages_pass(lane, settings, &ready, &now_ms, options, stop, progress) {
             Err(SweepError::Stopped) => return Err(SweepError::Stopped),
             Err(SweepError::Storage(e)) => {
                 slog::warn!(log, "the retention sweep's pass over messages failed; each tenant's own sweep goes on";
@@ -308,9 +381,18 @@ pub fn sweep_all<L: Lane>(
             Ok(()) => {}
         }
     }
-    for run in opened {
+    for run in ready {
         let tenant_id = run.tenant_id.clone();
-        match sweep_categories(lane, settings, run, &now_ms, options, stop, progress) {
+        match sweep_categories(
+            lane,
+            settings,
+            run,
+            &[Category::Media],
+            &now_ms,
+            options,
+            stop,
+            progress,
+        ) {
             Ok(run) => {
                 report.deleted.merge(&run.deleted);
                 report.runs.push(run);

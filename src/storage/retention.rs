@@ -144,8 +144,11 @@ pub fn count_expired(
         // The sweeps' own records: what was deleted when, the audit of retention.
         Category::Audit => on_backend!(conn, c => retention_runs::table
             .filter(retention_runs::tenant_id.eq(tenant))
+            // A real run never finished is the next sweep's to finish (perhaps this
+            // one's); a dry run never finished (stopped) goes by its start.
             .filter(retention_runs::finished_at.lt(cutoff_ms)
                 .or(retention_runs::finished_at.is_null()
+                    .and(retention_runs::dry_run.eq(true))
                     .and(retention_runs::started_at.lt(cutoff_ms))))
             .count()
             .get_result(c))?,
@@ -168,7 +171,10 @@ fn whole_days_before(cutoff_ms: i64) -> i64 {
 /// backends.
 macro_rules! delete_rows {
     ($conn:expr, $table:ident, $key:ident: $ty:ty, $select:expr) => {{
-        let keys: Vec<$ty> = on_backend!($conn, c => $select.load(c))?;
+        let mut keys: Vec<$ty> = on_backend!($conn, c => $select.load(c))?;
+        // In key order, as the pass over messages takes them: two sweeps at once (the
+        // daemon's and an operator's) then lock rows in the same order.
+        keys.sort_unstable();
         let mut deleted = 0;
         // A few hundred keys a statement keep every backend's limit on bound values.
         for chunk in keys.chunks(500) {
@@ -280,8 +286,11 @@ pub fn delete_expired(
         }
         Category::Audit => delete_rows!(conn, retention_runs, id: String, retention_runs::table
             .filter(retention_runs::tenant_id.eq(tenant))
+            // A real run never finished is the next sweep's to finish (perhaps this
+            // one's); a dry run never finished (stopped) goes by its start.
             .filter(retention_runs::finished_at.lt(cutoff_ms)
                 .or(retention_runs::finished_at.is_null()
+                    .and(retention_runs::dry_run.eq(true))
                     .and(retention_runs::started_at.lt(cutoff_ms))))
             .select(retention_runs::id)
             .limit(limit)),
@@ -329,7 +338,6 @@ pub fn delete_expired_messages<R>(
             deleted: Vec::new(),
         });
     };
-    let mut per_tenant: std::collections::BTreeMap<String, u64> = Default::default();
     let doomed: Vec<String> = rows
         .into_iter()
         .filter(|(_, tenant, sent_at)| {
@@ -337,36 +345,34 @@ pub fn delete_expired_messages<R>(
                 .get(tenant)
                 .is_some_and(|(cutoff, _)| *sent_at < *cutoff)
         })
-        .map(|(id, tenant, _)| {
-            *per_tenant.entry(tenant).or_default() += 1;
-            id
-        })
+        .map(|(id, _, _)| id)
         .collect();
     // A send still queued or in flight keeps its message until it ends.
     let mut sending: std::collections::HashSet<String> = Default::default();
     for chunk in doomed.chunks(500) {
-        let found: Vec<(String, String)> = on_backend!(conn, c => outbox::table
+        let found: Vec<String> = on_backend!(conn, c => outbox::table
             .filter(outbox::id.eq_any(chunk))
             .filter(outbox::state.eq_any(super::outbox::UNFINISHED))
-            .select((outbox::id, outbox::tenant_id))
+            .select(outbox::id)
             .load(c))?;
-        for (id, tenant) in found {
-            if let Some(rows) = per_tenant.get_mut(&tenant) {
-                *rows -= 1;
-            }
-            sending.insert(id);
-        }
+        sending.extend(found);
     }
     let doomed: Vec<String> = doomed
         .into_iter()
         .filter(|id| !sending.contains(id))
         .collect();
-    per_tenant.retain(|_, rows| *rows > 0);
-    // A few hundred keys a statement keep every backend's limit on bound values.
+    // Counted by what the deletes return: a row another sweep took meanwhile is not
+    // counted twice. A few hundred keys a statement keep every backend's limit on
+    // bound values; in id order, as every deleter here takes rows.
+    let mut per_tenant: std::collections::BTreeMap<String, u64> = Default::default();
     for chunk in doomed.chunks(500) {
-        on_backend!(conn, c => diesel::delete(messages::table
+        let gone: Vec<String> = on_backend!(conn, c => diesel::delete(messages::table
             .filter(messages::id.eq_any(chunk)))
-            .execute(c))?;
+            .returning(messages::tenant_id)
+            .get_results(c))?;
+        for tenant in gone {
+            *per_tenant.entry(tenant).or_default() += 1;
+        }
     }
     Ok(Window {
         last: Some(last),
