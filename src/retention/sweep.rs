@@ -1,19 +1,21 @@
 //! A retention sweep: for each tenant and category, what is past the tenant's period
 //! goes, a bounded batch per transaction with a pause between batches, so live traffic
-//! keeps its pace. Each batch adds what it deleted to the run's record in its own
-//! transaction; a sweep interrupted (a crash, a stop) leaves its record unfinished and
-//! the next sweep of the tenant carries on under it, so the end result and the counts
-//! are those of an uninterrupted sweep. A dry run deletes nothing and records what a
-//! real run would delete.
+//! keeps its pace. Each tenant's media goes first; then, when more than a batch of
+//! messages is due, one pass over every tenant's messages ([`messages_pass`]); then
+//! each tenant's other categories. Each batch adds what it deleted to the run's record
+//! in its own transaction; a sweep interrupted (a crash, a stop) leaves its record
+//! unfinished and the next sweep of the tenant carries on under it, so the end result
+//! and the counts are those of an uninterrupted sweep. A dry run deletes nothing and
+//! records what a real run would delete.
 //!
-//! The same sweep runs in the daemon (the scheduler, through the writer: in the
-//! tenant's lane, between its other writes) and in `converra retention run` (on a
-//! connection of its own); [`Lane`] is where its transactions run.
-
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+//! The same sweep runs in the daemon (the scheduler, through the writer: a tenant's
+//! batches in its lane between its other writes, the pass in the lane of work that
+//! spans tenants) and in `converra retention run` (on a connection of its own);
+//! [`Lane`] is where its transactions run.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use super::{Category, Deleted, Policies, DAY_MS};
 use crate::config::{RetentionSettings, Settings};
