@@ -687,3 +687,92 @@ async fn zero_days_deletes_at_once_what_is_done_and_nothing_still_in_use() {
         assert_eq!(status, 200, "{body}");
     }
 }
+
+#[actix_rt::test]
+async fn a_fetched_download_counts_as_media_in_a_dry_run_and_in_the_real_one() {
+    use converra::retention::sweep::{self, ConnectionLane, Options};
+    for backend in backends() {
+        let graph = crate::fake_graph::FakeGraph::start().await;
+        let base = graph.base.clone();
+        let app = TestApp::start_with(&backend, Default::default(), move |settings| {
+            settings.whatsapp.graph_base_url = base;
+            settings.media.retry_base_ms = 50;
+            // The daemon's own first sweep comes after this test.
+            settings.retention.sweep_interval_secs = 3600;
+        })
+        .await;
+        graph.add_media("7001", "image/jpeg", b"photo".to_vec(), 5);
+        let customer = "4915100000031";
+        let now = now_ms();
+        app.post_signed(&text_at(NUMBER_A, customer, "wamid.T1", now - 2_000))
+            .await;
+        let image = serde_json::to_vec(&envelope(vec![messages_change(
+            NUMBER_A,
+            vec![contact(customer, "Customer")],
+            vec![json!({"from": customer, "id": "wamid.IMG",
+                "timestamp": ((now - 1_000) / 1000).to_string(), "type": "image",
+                "image": {"id": "7001", "mime_type": "image/jpeg", "sha256": "x"}})],
+        )]))
+        .unwrap();
+        app.post_signed(&image).await;
+        let messages = app.wait_messages(&app.a, 2).await;
+        let image_id = messages.iter().find(|m| m["wamid"] == "wamid.IMG").unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, _) = app
+                .get(
+                    &format!("/v1/messages/{image_id}/media"),
+                    Some(&app.a.api_key),
+                )
+                .await;
+            if status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the image was not fetched");
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, body) = put_policy(
+            &app,
+            &app.a,
+            json!({"categories": {"messages": {"days": 0}, "media": {"days": 0}}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+
+        // Batches of one: the two messages due take the pass over every tenant's
+        // messages, which must not take the download along uncounted.
+        let mut settings = app.settings.clone();
+        settings.retention.batch_size = 1;
+        settings.retention.batch_pause_ms = 0;
+        let tenant = converra::ids::TenantId(app.a.id.clone());
+        let (_, pool) = app.pool();
+        let lane = ConnectionLane::new(pool.get().unwrap());
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let run = |dry_run: bool| {
+            sweep::sweep_all(
+                &lane,
+                &settings,
+                std::slice::from_ref(&tenant),
+                now_ms,
+                &Options::from_settings(&settings.retention, dry_run),
+                &stop,
+                &mut (),
+                &log,
+            )
+            .unwrap()
+        };
+        let dry = run(true);
+        assert_eq!(dry.deleted.0["media"], 1, "{:?}", dry.deleted);
+        assert_eq!(dry.deleted.0["messages"], 2, "{:?}", dry.deleted);
+        let real = run(false);
+        assert_eq!(
+            real.deleted, dry.deleted,
+            "the real run deletes what the dry run counted"
+        );
+        assert!(app.all_messages(&app.a).await.is_empty());
+    }
+}
