@@ -67,6 +67,87 @@ pub fn change_policies(
     Ok(())
 }
 
+/// A table's rows of the tenant past the cutoff, written once for the count (a dry
+/// run) and for the delete (a real run), so the two never disagree.
+macro_rules! expired {
+    (messages, $tenant:expr, $cutoff:expr) => {
+        messages::table
+            .filter(messages::tenant_id.eq($tenant))
+            .filter(messages::sent_at.lt($cutoff))
+            // A send still queued or in flight keeps its message until it ends.
+            .filter(diesel::dsl::not(diesel::dsl::exists(
+                outbox::table
+                    .filter(outbox::id.eq(messages::id))
+                    .filter(outbox::state.eq_any(super::outbox::UNFINISHED)),
+            )))
+    };
+    (media_downloads, $tenant:expr, $cutoff:expr) => {
+        media_downloads::table
+            .filter(media_downloads::tenant_id.eq($tenant))
+            // A download still pending is in use: only its outcome can go.
+            .filter(media_downloads::state.ne(super::media::PENDING))
+            .filter(media_downloads::created_at.lt($cutoff))
+    };
+    (conversations, $tenant:expr, $cutoff:expr) => {
+        conversations::table
+            .filter(conversations::tenant_id.eq($tenant))
+            .filter(conversations::closed_at.lt($cutoff))
+    };
+    (inbox, $tenant:expr, $cutoff:expr) => {
+        inbox::table
+            .filter(inbox::tenant_id.eq($tenant))
+            .filter(inbox::processed_at.is_not_null())
+            .filter(inbox::received_at.lt($cutoff))
+    };
+    (webhook_events, $tenant:expr, $cutoff:expr) => {
+        webhook_events::table
+            .filter(webhook_events::tenant_id.eq($tenant))
+            .filter(webhook_events::received_at.lt($cutoff))
+    };
+    (automation_runs, $tenant:expr, $cutoff:expr) => {
+        automation_runs::table
+            .filter(automation_runs::tenant_id.eq($tenant))
+            .filter(automation_runs::ran_at.lt($cutoff))
+    };
+    (usage_daily, $tenant:expr, $cutoff:expr) => {
+        usage_daily::table
+            .filter(usage_daily::tenant_id.eq($tenant))
+            .filter(usage_daily::day.lt(whole_days_before($cutoff)))
+    };
+    (outbox, $tenant:expr, $cutoff:expr) => {
+        outbox::table
+            .filter(outbox::tenant_id.eq($tenant))
+            .filter(outbox::state.eq_any(super::outbox::FINISHED))
+            .filter(outbox::accepted_at.lt($cutoff))
+    };
+    (idempotency_keys, $tenant:expr, $cutoff:expr) => {
+        idempotency_keys::table
+            .filter(idempotency_keys::tenant_id.eq($tenant))
+            .filter(idempotency_keys::created_at.lt($cutoff))
+            // A key whose send still waits stays: a client's retry must not send it
+            // twice.
+            .filter(diesel::dsl::not(diesel::dsl::exists(
+                outbox::table
+                    .filter(outbox::id.eq(idempotency_keys::outbox_id))
+                    .filter(outbox::state.eq_any(super::outbox::UNFINISHED)),
+            )))
+    };
+    (retention_runs, $tenant:expr, $cutoff:expr) => {
+        retention_runs::table
+            .filter(retention_runs::tenant_id.eq($tenant))
+            // A real run never finished is the next sweep's to finish (perhaps this
+            // one's); a dry run never finished (stopped) goes by its start.
+            .filter(
+                retention_runs::finished_at
+                    .lt($cutoff)
+                    .or(retention_runs::finished_at
+                        .is_null()
+                        .and(retention_runs::dry_run.eq(true))
+                        .and(retention_runs::started_at.lt($cutoff))),
+            )
+    };
+}
+
 /// How many rows of `category` of the tenant are older than `cutoff_ms`.
 pub fn count_expired(
     conn: &mut DbConn,
@@ -75,83 +156,22 @@ pub fn count_expired(
     cutoff_ms: i64,
 ) -> Result<u64, StorageError> {
     let tenant = tenant_id.as_str();
-    let count: i64 = match category {
-        Category::Messages => on_backend!(conn, c => messages::table
-            .filter(messages::tenant_id.eq(tenant))
-            .filter(messages::sent_at.lt(cutoff_ms))
-            // A send still queued or in flight keeps its message until it ends.
-            .filter(diesel::dsl::not(diesel::dsl::exists(outbox::table
-                .filter(outbox::id.eq(messages::id))
-                .filter(outbox::state.eq_any(super::outbox::UNFINISHED)))))
-            .count()
-            .get_result(c))?,
-        Category::Media => on_backend!(conn, c => media_downloads::table
-            .filter(media_downloads::tenant_id.eq(tenant))
-            // A download still pending is in use: only its outcome can go.
-            .filter(media_downloads::state.ne(super::media::PENDING))
-            .filter(media_downloads::created_at.lt(cutoff_ms))
-            .count()
-            .get_result(c))?,
-        Category::ClosedConversations => on_backend!(conn, c => conversations::table
-            .filter(conversations::tenant_id.eq(tenant))
-            .filter(conversations::closed_at.lt(cutoff_ms))
-            .count()
-            .get_result(c))?,
-        Category::RawPayloads => {
-            let processed: i64 = on_backend!(conn, c => inbox::table
-                .filter(inbox::tenant_id.eq(tenant))
-                .filter(inbox::processed_at.is_not_null())
-                .filter(inbox::received_at.lt(cutoff_ms))
-                .count()
-                .get_result(c))?;
-            let stored_raw: i64 = on_backend!(conn, c => webhook_events::table
-                .filter(webhook_events::tenant_id.eq(tenant))
-                .filter(webhook_events::received_at.lt(cutoff_ms))
-                .count()
-                .get_result(c))?;
-            processed + stored_raw
-        }
-        Category::AutomationRuns => {
-            let runs: i64 = on_backend!(conn, c => automation_runs::table
-                .filter(automation_runs::tenant_id.eq(tenant))
-                .filter(automation_runs::ran_at.lt(cutoff_ms))
-                .count()
-                .get_result(c))?;
-            let usage: i64 = on_backend!(conn, c => usage_daily::table
-                .filter(usage_daily::tenant_id.eq(tenant))
-                .filter(usage_daily::day.lt(whole_days_before(cutoff_ms)))
-                .count()
-                .get_result(c))?;
-            runs + usage
-        }
-        Category::Technical => {
-            let sends: i64 = on_backend!(conn, c => outbox::table
-                .filter(outbox::tenant_id.eq(tenant))
-                .filter(outbox::state.eq_any(super::outbox::FINISHED))
-                .filter(outbox::accepted_at.lt(cutoff_ms))
-                .count()
-                .get_result(c))?;
-            let keys: i64 = on_backend!(conn, c => idempotency_keys::table
-                .filter(idempotency_keys::tenant_id.eq(tenant))
-                .filter(idempotency_keys::created_at.lt(cutoff_ms))
-                .filter(diesel::dsl::not(diesel::dsl::exists(outbox::table
-                    .filter(outbox::id.eq(idempotency_keys::outbox_id))
-                    .filter(outbox::state.eq_any(super::outbox::UNFINISHED)))))
-                .count()
-                .get_result(c))?;
-            sends + keys
-        }
+    macro_rules! count {
+        ($table:ident) => {{
+            let rows: i64 =
+                on_backend!(conn, c => expired!($table, tenant, cutoff_ms).count().get_result(c))?;
+            rows
+        }};
+    }
+    let count = match category {
+        Category::Messages => count!(messages),
+        Category::Media => count!(media_downloads),
+        Category::ClosedConversations => count!(conversations),
+        Category::RawPayloads => count!(inbox) + count!(webhook_events),
+        Category::AutomationRuns => count!(automation_runs) + count!(usage_daily),
+        Category::Technical => count!(outbox) + count!(idempotency_keys),
         // The sweeps' own records: what was deleted when, the audit of retention.
-        Category::Audit => on_backend!(conn, c => retention_runs::table
-            .filter(retention_runs::tenant_id.eq(tenant))
-            // A real run never finished is the next sweep's to finish (perhaps this
-            // one's); a dry run never finished (stopped) goes by its start.
-            .filter(retention_runs::finished_at.lt(cutoff_ms)
-                .or(retention_runs::finished_at.is_null()
-                    .and(retention_runs::dry_run.eq(true))
-                    .and(retention_runs::started_at.lt(cutoff_ms))))
-            .count()
-            .get_result(c))?,
+        Category::Audit => count!(retention_runs),
         // Kept by the compliance work, which does not store them yet.
         Category::Exports => 0,
     };
@@ -163,22 +183,24 @@ fn whole_days_before(cutoff_ms: i64) -> i64 {
     super::usage::day_of(cutoff_ms)
 }
 
-/// Deletes at most `limit` rows of `category` of the tenant older than `cutoff_ms`
-/// (what goes with them by foreign key, a message's statuses and media, a
-/// conversation's messages, is not counted); returns how many. 0: none are left.
-/// Deletes the rows `$select` (a query of `$table`'s `$key`, with its limit) finds:
+/// Deletes at most `limit` of `$table`'s expired rows of the tenant: their `$key`s
 /// read first, then deleted by key, since a `DELETE` cannot carry a `LIMIT` on both
-/// backends.
-macro_rules! delete_rows {
-    ($conn:expr, $table:ident, $key:ident: $ty:ty, $select:expr) => {{
-        let mut keys: Vec<$ty> = on_backend!($conn, c => $select.load(c))?;
+/// backends. Returns how many.
+macro_rules! delete_expired_rows {
+    ($conn:expr, $table:ident, $key:ident: $ty:ty, $tenant:expr, $cutoff:expr, $limit:expr) => {{
+        let mut keys: Vec<$ty> = on_backend!($conn, c => expired!($table, $tenant, $cutoff)
+            .select($table::$key)
+            .limit($limit)
+            .load(c))?;
         // In key order, as the pass over messages takes them: two sweeps at once (the
         // daemon's and an operator's) then lock rows in the same order.
         keys.sort_unstable();
         let mut deleted = 0;
         // A few hundred keys a statement keep every backend's limit on bound values.
         for chunk in keys.chunks(500) {
+            // The tenant again: idempotency keys are unique only within one.
             deleted += on_backend!($conn, c => diesel::delete($table::table
+                .filter($table::tenant_id.eq($tenant))
                 .filter($table::$key.eq_any(chunk)))
                 .execute(c))?;
         }
@@ -186,6 +208,10 @@ macro_rules! delete_rows {
     }};
 }
 
+/// Deletes at most `limit` rows of `category` of the tenant older than `cutoff_ms`
+/// (what goes with them by foreign key, a message's statuses and media, a
+/// conversation's messages, is not counted); returns how many. 0: none are left.
+/// A category of two tables empties the first before the second.
 pub fn delete_expired(
     conn: &mut DbConn,
     tenant_id: &TenantId,
@@ -194,106 +220,30 @@ pub fn delete_expired(
     limit: i64,
 ) -> Result<u64, StorageError> {
     let tenant = tenant_id.as_str();
+    macro_rules! delete {
+        ($table:ident, $key:ident: $ty:ty) => {
+            delete_expired_rows!(conn, $table, $key: $ty, tenant, cutoff_ms, limit)
+        };
+    }
     let deleted = match category {
-        Category::Messages => delete_rows!(conn, messages, id: String, messages::table
-                .filter(messages::tenant_id.eq(tenant))
-                .filter(messages::sent_at.lt(cutoff_ms))
-                // A send still queued or in flight keeps its message until it ends.
-                .filter(diesel::dsl::not(diesel::dsl::exists(outbox::table
-                    .filter(outbox::id.eq(messages::id))
-                    .filter(outbox::state.eq_any(super::outbox::UNFINISHED)))))
-                .select(messages::id)
-                .limit(limit)),
-        Category::Media => {
-            delete_rows!(conn, media_downloads, message_id: String, media_downloads::table
-                .filter(media_downloads::tenant_id.eq(tenant))
-                // A download still pending is in use: only its outcome can go.
-                .filter(media_downloads::state.ne(super::media::PENDING))
-                .filter(media_downloads::created_at.lt(cutoff_ms))
-                .select(media_downloads::message_id)
-                .limit(limit))
-        }
-        Category::ClosedConversations => {
-            delete_rows!(conn, conversations, id: String, conversations::table
-                .filter(conversations::tenant_id.eq(tenant))
-                .filter(conversations::closed_at.lt(cutoff_ms))
-                .select(conversations::id)
-                .limit(limit))
-        }
-        Category::RawPayloads => {
-            let processed = delete_rows!(conn, inbox, id: i64, inbox::table
-                    .filter(inbox::tenant_id.eq(tenant))
-                    .filter(inbox::processed_at.is_not_null())
-                    .filter(inbox::received_at.lt(cutoff_ms))
-                    .select(inbox::id)
-                    .limit(limit));
-            if processed > 0 {
-                processed
-            } else {
-                delete_rows!(conn, webhook_events, id: String, webhook_events::table
-                        .filter(webhook_events::tenant_id.eq(tenant))
-                        .filter(webhook_events::received_at.lt(cutoff_ms))
-                        .select(webhook_events::id)
-                        .limit(limit))
-            }
-        }
-        Category::AutomationRuns => {
-            let runs = delete_rows!(conn, automation_runs, id: String, automation_runs::table
-                    .filter(automation_runs::tenant_id.eq(tenant))
-                    .filter(automation_runs::ran_at.lt(cutoff_ms))
-                    .select(automation_runs::id)
-                    .limit(limit));
-            if runs > 0 {
-                runs
-            } else {
-                // A handful of rows a day per tenant: one statement.
-                on_backend!(conn, c => diesel::delete(usage_daily::table
-                    .filter(usage_daily::tenant_id.eq(tenant))
-                    .filter(usage_daily::day.lt(whole_days_before(cutoff_ms))))
-                    .execute(c))?
-            }
-        }
-        Category::Technical => {
-            let sends = delete_rows!(conn, outbox, id: String, outbox::table
-                    .filter(outbox::tenant_id.eq(tenant))
-                    .filter(outbox::state.eq_any(super::outbox::FINISHED))
-                    .filter(outbox::accepted_at.lt(cutoff_ms))
-                    .select(outbox::id)
-                    .limit(limit));
-            if sends > 0 {
-                sends
-            } else {
-                // A key whose send still waits stays: a client's retry must not send
-                // it twice.
-                let keys: Vec<String> = on_backend!(conn, c => idempotency_keys::table
-                    .filter(idempotency_keys::tenant_id.eq(tenant))
-                    .filter(idempotency_keys::created_at.lt(cutoff_ms))
-                    .filter(diesel::dsl::not(diesel::dsl::exists(outbox::table
-                    .filter(outbox::id.eq(idempotency_keys::outbox_id))
-                    .filter(outbox::state.eq_any(super::outbox::UNFINISHED)))))
-                    .select(idempotency_keys::key_bidx)
-                    .limit(limit)
-                    .load(c))?;
-                let mut deleted = 0;
-                for chunk in keys.chunks(500) {
-                    deleted += on_backend!(conn, c => diesel::delete(idempotency_keys::table
-                        .filter(idempotency_keys::tenant_id.eq(tenant))
-                        .filter(idempotency_keys::key_bidx.eq_any(chunk)))
-                        .execute(c))?;
-                }
-                deleted
-            }
-        }
-        Category::Audit => delete_rows!(conn, retention_runs, id: String, retention_runs::table
-            .filter(retention_runs::tenant_id.eq(tenant))
-            // A real run never finished is the next sweep's to finish (perhaps this
-            // one's); a dry run never finished (stopped) goes by its start.
-            .filter(retention_runs::finished_at.lt(cutoff_ms)
-                .or(retention_runs::finished_at.is_null()
-                    .and(retention_runs::dry_run.eq(true))
-                    .and(retention_runs::started_at.lt(cutoff_ms))))
-            .select(retention_runs::id)
-            .limit(limit)),
+        Category::Messages => delete!(messages, id: String),
+        Category::Media => delete!(media_downloads, message_id: String),
+        Category::ClosedConversations => delete!(conversations, id: String),
+        Category::RawPayloads => match delete!(inbox, id: i64) {
+            0 => delete!(webhook_events, id: String),
+            processed => processed,
+        },
+        Category::AutomationRuns => match delete!(automation_runs, id: String) {
+            // A handful of rows a day per tenant: one statement.
+            0 => on_backend!(conn, c => diesel::delete(expired!(usage_daily, tenant, cutoff_ms))
+                .execute(c))?,
+            runs => runs,
+        },
+        Category::Technical => match delete!(outbox, id: String) {
+            0 => delete!(idempotency_keys, key_bidx: String),
+            sends => sends,
+        },
+        Category::Audit => delete!(retention_runs, id: String),
         Category::Exports => 0,
     };
     Ok(deleted as u64)

@@ -138,26 +138,31 @@ async fn periods_are_read_and_set_per_tenant_and_a_bad_one_names_its_field() {
     }
 }
 
-/// Waits for a finished, real sweep of the tenant newer than `after` (a run id).
-async fn next_run(app: &TestApp, tenant: &Tenant, after: Option<&str>) -> Value {
+/// Waits for a finished, real sweep of the tenant that `wanted` accepts; the newest.
+async fn finished_run(app: &TestApp, tenant: &Tenant, wanted: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, runs) = app.get("/v1/retention/runs", Some(&tenant.api_key)).await;
         assert_eq!(status, 200, "{runs}");
-        let newest = runs["items"]
+        let found = runs["items"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|r| !r["finished_at"].is_null() && r["dry_run"] == false)
-            .cloned();
-        if let Some(run) = newest {
-            if after.is_none_or(|after| run["id"].as_str().unwrap() > after) {
-                return run;
-            }
+            .find(|r| !r["finished_at"].is_null() && r["dry_run"] == false && wanted(r));
+        if let Some(run) = found {
+            return run.clone();
         }
         assert!(Instant::now() < deadline, "no sweep finished: {runs}");
         actix_rt::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits for a finished, real sweep of the tenant newer than `after` (a run id).
+async fn next_run(app: &TestApp, tenant: &Tenant, after: Option<&str>) -> Value {
+    finished_run(app, tenant, |run| {
+        after.is_none_or(|after| run["id"].as_str().unwrap() > after)
+    })
+    .await
 }
 
 #[actix_rt::test]
@@ -552,25 +557,14 @@ async fn upkeep_deletes_raw_payloads_past_their_days_on_its_timer() {
 
 /// Waits for a finished, real sweep of tenant A that started after `after_ms`.
 async fn sweep_after(app: &TestApp, after_ms: i64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, runs) = app.get("/v1/retention/runs", Some(&app.a.api_key)).await;
-        let done = runs["items"].as_array().unwrap().iter().find(|r| {
-            !r["finished_at"].is_null()
-                && r["dry_run"] == false
-                && time::OffsetDateTime::parse(
-                    r["started_at"].as_str().unwrap(),
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64 > after_ms)
-                .unwrap_or(false)
-        });
-        if let Some(run) = done {
-            return run.clone();
-        }
-        assert!(Instant::now() < deadline, "no sweep finished: {runs}");
-        actix_rt::time::sleep(Duration::from_millis(100)).await;
-    }
+    finished_run(app, &app.a, |run| {
+        time::OffsetDateTime::parse(
+            run["started_at"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .is_ok_and(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64 > after_ms)
+    })
+    .await
 }
 
 #[actix_rt::test]
