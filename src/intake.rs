@@ -13,8 +13,8 @@ use actix::Addr;
 use crate::actors::conversation::Delivery;
 use crate::actors::registry::{send_to_tenant, Registry};
 use crate::actors::{tenant, Core};
-use crate::handoff;
 use crate::ids::{PhoneNumberId, TenantId};
+use crate::storage::handoff;
 use crate::storage::inbox::FreshEvent;
 use crate::storage::writer::Delivered;
 use crate::storage::StorageError;
@@ -55,7 +55,7 @@ async fn owners(
         core_for_lookup.routes.look_up(&mut conn, &missing, now)
     })
     .await
-    .map_err(|e| StorageError::Unavailable(e.to_string()))??;
+    .map_err(|e| StorageError::Panicked(e.to_string()))??;
     found.extend(looked_up);
     Ok(found)
 }

@@ -30,7 +30,6 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;
-pub mod handoff;
 pub mod http;
 pub mod ids;
 pub mod intake;
@@ -71,15 +70,6 @@ pub enum RunError {
     Io(#[from] std::io::Error),
     #[error("master key file {path}: {message}")]
     MasterKey { path: String, message: String },
-}
-
-/// What a caught panic said (its message, when it gave one).
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Keeps this process's memory in ordinary pages. The daemon's memory is bounded by
@@ -332,7 +322,7 @@ pub async fn run(
         tenants: Default::default(),
         hosts: Default::default(),
         readers: readers.clone(),
-        senders: Default::default(),
+        senders: actors::sender::Senders::new(Arbiter::current()),
         automations: crate::automation::AutomationBook::new(settings.outbound.clone()),
         media_wanted: Default::default(),
     });
@@ -341,10 +331,10 @@ pub async fn run(
         let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
         Supervisor::start(move |_| Registry::new(core, handles))
     };
-    {
+    let media_fetcher = {
         let core = core.clone();
-        Supervisor::start(move |_| actors::media::MediaFetcher::new(core));
-    }
+        Supervisor::start(move |_| actors::media::MediaFetcher::new(core))
+    };
     let scheduler = {
         let (core, registry) = (core.clone(), registry.clone());
         Supervisor::start(move |_| actors::scheduler::Scheduler::new(core, registry))
@@ -457,6 +447,33 @@ pub async fn run(
         task.abort();
         slog::info!(log, "background task stopped"; "background" => "watchdog");
     }
+    // Sends and downloads in flight end, their outcomes written, before the writer
+    // stops; nothing new starts (what waits is durable and goes at the next start).
+    if tokio::time::timeout(BACKGROUND_STOP_TIMEOUT, core.senders.finish())
+        .await
+        .is_err()
+    {
+        slog::warn!(
+            log,
+            "sends still in flight at exit; they are reconciled at the next start"
+        );
+    }
+    slog::info!(log, "background task stopped"; "background" => "senders");
+    let fetching = async {
+        if let Ok(done) = media_fetcher.send(actors::FinishWork).await {
+            let _ = done.await;
+        }
+    };
+    if tokio::time::timeout(BACKGROUND_STOP_TIMEOUT, fetching)
+        .await
+        .is_err()
+    {
+        slog::warn!(
+            log,
+            "media downloads still in flight at exit; they are fetched again at the next start"
+        );
+    }
+    slog::info!(log, "background task stopped"; "background" => "media-fetcher");
     // The scheduler's duties write through the writer: they stop (the retention sweep
     // after its batch) before it does, and ask the registry for no more inbox sweeps.
     if let Ok(Some(sweep)) = scheduler.send(actors::scheduler::StopScheduler).await {

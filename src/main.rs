@@ -488,7 +488,8 @@ fn number(settings: Settings, command: NumberCommand) -> anyhow::Result<()> {
                     .map(|n| {
                         let mut value = serde_json::json!(n);
                         if let Some(p) = portfolio_of(&n.phone_number_id) {
-                            value["portfolio"] = serde_json::json!(p);
+                            let view = converra::http::usage::PortfolioView::from(p.clone());
+                            value["portfolio"] = serde_json::json!(view);
                         }
                         value
                     })

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::Core;
+use super::{when_idle, Core, FinishWork};
 use crate::storage::media::{self, MediaJob};
 use crate::storage::StorageError;
 use crate::whatsapp::graph::{ErrorClass, GraphClient, GraphError};
@@ -37,6 +37,8 @@ pub struct MediaFetcher {
     /// A read of the due downloads is on its way: no second one starts.
     reading: bool,
     ticks: u32,
+    /// Shutdown asked it to start no download ([`FinishWork`]).
+    finishing: bool,
 }
 
 impl MediaFetcher {
@@ -47,6 +49,7 @@ impl MediaFetcher {
             in_flight: HashSet::new(),
             reading: false,
             ticks: 0,
+            finishing: false,
         }
     }
 
@@ -61,7 +64,7 @@ impl MediaFetcher {
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
         self.ticks += 1;
-        if self.reading {
+        if self.reading || self.finishing {
             return;
         }
         let woken = self.core.media_wanted.swap(false, Ordering::AcqRel);
@@ -111,6 +114,10 @@ impl MediaFetcher {
     }
 
     fn start(&mut self, job: MediaJob, ctx: &mut Context<Self>) {
+        if self.finishing {
+            // Stays due; fetched after the next start.
+            return;
+        }
         let client = match self.client() {
             Ok(client) => client,
             Err(e) => {
@@ -140,6 +147,17 @@ impl Actor for MediaFetcher {
         // What waited across a stop is looked for at once.
         self.ticks = RESCAN_TICKS;
         ctx.run_interval(TICK, |actor, ctx| actor.tick(ctx));
+    }
+}
+
+impl Handler<FinishWork> for MediaFetcher {
+    type Result = MessageResult<FinishWork>;
+
+    fn handle(&mut self, _msg: FinishWork, ctx: &mut Context<Self>) -> Self::Result {
+        self.finishing = true;
+        MessageResult(when_idle(ctx, |fetcher: &MediaFetcher| {
+            fetcher.in_flight.is_empty() && !fetcher.reading
+        }))
     }
 }
 

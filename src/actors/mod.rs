@@ -21,6 +21,9 @@ pub mod tenant;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
 
 use crate::clock::SharedClock;
 use crate::config::Settings;
@@ -58,6 +61,33 @@ impl std::fmt::Debug for Hooks {
             .field("before_write_batch", &self.before_write_batch.is_some());
         hooks.finish()
     }
+}
+
+/// Asks an actor whose work calls out (a number's sender, the media fetcher) to start
+/// nothing new; the answer is told when the work in its hands has ended, for shutdown
+/// to await. What it had not started stays durable and goes at the next start.
+#[derive(Message)]
+#[rtype(result = "tokio::sync::oneshot::Receiver<()>")]
+pub struct FinishWork;
+
+/// How often an actor finishing its work looks whether it has.
+const FINISH_POLL: Duration = Duration::from_millis(20);
+
+/// A receiver told once `idle` holds for the actor, which looks every [`FINISH_POLL`].
+fn when_idle<A>(ctx: &mut Context<A>, idle: fn(&A) -> bool) -> tokio::sync::oneshot::Receiver<()>
+where
+    A: Actor<Context = Context<A>>,
+{
+    let (done, told) = tokio::sync::oneshot::channel();
+    let mut done = Some(done);
+    ctx.run_interval(FINISH_POLL, move |actor, _| {
+        if done.is_some() && idle(actor) {
+            if let Some(done) = done.take() {
+                let _ = done.send(());
+            }
+        }
+    });
+    told
 }
 
 /// What every actor shares.

@@ -14,10 +14,10 @@ use actix::prelude::*;
 
 use super::registry::{send_to_tenant, Registry};
 use super::{sender, Core};
-use crate::handoff::{self, Reply};
 use crate::ids::{MessageId, PhoneNumberId, TenantId, Wamid};
 use crate::storage::automations::AutomationRun;
 use crate::storage::contacts::{ContactIdentifiers, ContactQuestion, Lookup, ResolvedContact};
+use crate::storage::handoff::{self, Reply};
 use crate::storage::outbox::{self, Accepted, NewSend, OutboxRow};
 use crate::storage::templates::{self, Known};
 use crate::storage::{tenants, StorageError};
@@ -276,7 +276,7 @@ pub(super) async fn accept(
         }
         Ok(Err(e)) => (Err(refused(&core, e)), None),
         Err(panic) => {
-            let cause = crate::panic_message(&panic);
+            let cause = crate::storage::panic_message(&panic);
             slog::error!(core.log, "storing a send panicked"; "cause" => &cause);
             (Err(StorageError::Panicked(cause)), None)
         }

@@ -10,7 +10,7 @@ use super::AppState;
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::{ConversationId, TenantId};
 use crate::storage::contacts::ContactFilter;
-use crate::storage::{self, contact_crm, crm, tenants, StorageError};
+use crate::storage::{self, contact_crm, contacts, conversations, messages, tenants, StorageError};
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
@@ -145,7 +145,7 @@ pub async fn list_contacts(
             .filter(|c| !matches!(c, '+' | ' ' | '-' | '(' | ')'))
             .collect::<String>()
     });
-    let ids = crm::ContactIdentifiers {
+    let ids = contacts::ContactIdentifiers {
         user_id: query.user_id.clone(),
         wa_id,
     }
@@ -174,7 +174,7 @@ pub async fn list_contacts(
         id: None,
     };
     let items = read(&state, move |conn, keyring| {
-        crm::list_contacts(conn, keyring, &tenant, &filter, cursor.as_deref(), limit)
+        contacts::list_contacts(conn, keyring, &tenant, &filter, cursor.as_deref(), limit)
     })
     .await?;
     let items: Vec<ContactItem> = items.into_iter().map(ContactItem::from).collect();
@@ -190,7 +190,7 @@ pub async fn list_conversations(
     let limit = query.limit()?;
     let cursor = query.cursor()?;
     let items = read(&state, move |conn, _| {
-        crm::list_conversations(conn, &tenant, cursor.as_deref(), limit)
+        conversations::list_conversations(conn, &tenant, cursor.as_deref(), limit)
     })
     .await?;
     let items: Vec<ConversationItem> = items.into_iter().map(ConversationItem::from).collect();
@@ -211,10 +211,10 @@ pub async fn list_messages(
         return Err(ApiError::not_found("conversation"));
     }
     let items = read(&state, move |conn, keyring| {
-        if !crm::conversation_exists(conn, &tenant, &conversation_id)? {
+        if !conversations::conversation_exists(conn, &tenant, &conversation_id)? {
             return Err(StorageError::NotFound);
         }
-        crm::list_messages(
+        messages::list_messages(
             conn,
             keyring,
             &tenant,

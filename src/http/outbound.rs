@@ -79,7 +79,7 @@ pub async fn send_message(
 
 #[derive(Serialize)]
 struct TemplatePage {
-    items: Vec<crate::whatsapp::graph::Template>,
+    items: Vec<crate::whatsapp::Template>,
 }
 
 /// `GET /v1/templates`: the tenant's templates as last synced from the Graph API.

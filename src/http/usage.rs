@@ -37,7 +37,32 @@ struct UsagePage {
     items: Vec<UsageDay>,
     /// Each business portfolio of the tenant's numbers now: its messaging limit, the
     /// users reached in the moving 24 hours, and the sends waiting for room.
-    portfolios: Vec<messaging_limits::PortfolioUsage>,
+    portfolios: Vec<PortfolioView>,
+}
+
+/// A business portfolio as the API and `converra number list --json` show it.
+#[derive(Serialize)]
+pub struct PortfolioView {
+    pub portfolio_id: String,
+    pub phone_number_ids: Vec<String>,
+    /// `null`: unknown (not enforced); -1: unlimited.
+    pub messaging_limit: Option<i64>,
+    /// Users reached in the last 24 hours.
+    pub reached: i64,
+    /// Sends waiting for room in the budget.
+    pub waiting: i64,
+}
+
+impl From<messaging_limits::PortfolioUsage> for PortfolioView {
+    fn from(p: messaging_limits::PortfolioUsage) -> PortfolioView {
+        PortfolioView {
+            portfolio_id: p.portfolio_id,
+            phone_number_ids: p.phone_number_ids,
+            messaging_limit: p.messaging_limit,
+            reached: p.reached,
+            waiting: p.waiting,
+        }
+    }
 }
 
 /// The Julian day of 1970-01-01: days are counted from it.
@@ -122,6 +147,6 @@ pub async fn get_usage(
     }
     Ok(HttpResponse::Ok().json(UsagePage {
         items: days,
-        portfolios,
+        portfolios: portfolios.into_iter().map(PortfolioView::from).collect(),
     }))
 }

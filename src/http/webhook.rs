@@ -185,6 +185,12 @@ pub async fn receive(
                 "an event could not be prepared for storage",
             ))
         }
+        Err(IntakeError::Storage(e)) if !e.is_transient() => {
+            // Not the database being away: a 500 whose cause is logged with the
+            // request id (Meta retries it all the same).
+            outcome("failed");
+            Err(ApiError::from(e))
+        }
         Err(IntakeError::Storage(e)) => {
             outcome("unavailable");
             slog::warn!(core.log, "webhook not committed; answered 503 so Meta retries"; "error" => %e);

@@ -9,7 +9,6 @@
 
 use diesel::prelude::*;
 use diesel::upsert::excluded;
-use serde::Serialize;
 
 use super::on_backend;
 use super::schema::{messaging_limits, outbox, phone_numbers, portfolio_reach};
@@ -92,19 +91,6 @@ impl Budget {
     pub fn enforced(&self) -> bool {
         self.limit.is_some_and(|limit| limit >= 0)
     }
-}
-
-/// Whether `phone_number_id`'s portfolio has a limit to enforce.
-pub fn enforced_for(conn: &mut DbConn, phone_number_id: &str) -> Result<bool, StorageError> {
-    let Some(portfolio) = portfolio_of(conn, phone_number_id)? else {
-        return Ok(false);
-    };
-    let limit: Option<i64> = on_backend!(conn, c => messaging_limits::table
-        .find(&portfolio)
-        .select(messaging_limits::messaging_limit)
-        .get_result(c)
-        .optional())?;
-    Ok(limit.is_some_and(|limit| limit >= 0))
 }
 
 /// The users `portfolio_id` reached in the window.
@@ -255,8 +241,8 @@ pub fn set_portfolio(
     }
 }
 
-/// A portfolio as the API and `converra number list` show it.
-#[derive(Debug, Clone, Serialize)]
+/// A portfolio's numbers and where its budget stands.
+#[derive(Debug, Clone)]
 pub struct PortfolioUsage {
     pub portfolio_id: String,
     pub phone_number_ids: Vec<String>,

@@ -12,8 +12,8 @@ pub mod automations;
 pub mod contact_crm;
 pub mod contacts;
 pub mod conversations;
-pub mod crm;
 mod fixed;
+pub mod handoff;
 pub mod inbox;
 pub mod key_store;
 pub mod keys;
@@ -114,14 +114,25 @@ pub enum StorageError {
     /// conversation. The caller resolves the contact again and retries at once.
     #[error("contact {0} is not current (merged into another, or created first elsewhere)")]
     ContactStale(String),
-    /// A copy of a permanent error for each job of a batch that failed together (the
-    /// original is not `Clone`): the write will not succeed by retrying it as it is.
+    /// A copy, for each job of a batch that failed together, of an error diesel
+    /// cannot copy (see [`StorageError::copy`]): retrying the write as it is will not
+    /// succeed.
     #[error("{0}")]
     Rejected(String),
     /// Work on the blocking pool or in a task that panicked (a bug) or was cancelled:
     /// a 500 with its cause logged, not a database outage.
     #[error("a storage task did not finish: {0}")]
     Panicked(String),
+}
+
+/// What a caught panic said (its message, when it gave one). The writer and reader
+/// threads catch their panics to keep serving; the actors use it for theirs.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 impl From<r2d2::PoolError> for StorageError {
@@ -131,6 +142,52 @@ impl From<r2d2::PoolError> for StorageError {
 }
 
 impl StorageError {
+    /// The same error again, of the same kind, for each of the jobs or questions of a
+    /// batch that failed together: a transient error stays transient, a conflict a
+    /// conflict, a database error keeps its kind and message. Only diesel's own errors
+    /// outside the database (a query that cannot be built, a row that cannot be read)
+    /// become [`StorageError::Rejected`] with their message.
+    pub fn copy(&self) -> StorageError {
+        use diesel::result::Error;
+        match self {
+            StorageError::Url(m) => StorageError::Url(m.clone()),
+            StorageError::Connect(m) => StorageError::Connect(m.clone()),
+            StorageError::Unavailable(m) => StorageError::Unavailable(m.clone()),
+            StorageError::KeyStore(m) => StorageError::KeyStore(m.clone()),
+            StorageError::Migration(m) => StorageError::Migration(m.clone()),
+            StorageError::NotFound => StorageError::NotFound,
+            StorageError::Validation {
+                field,
+                rule,
+                message,
+            } => StorageError::Validation {
+                field,
+                rule,
+                message: message.clone(),
+            },
+            StorageError::Conflict { code, message } => StorageError::Conflict {
+                code,
+                message: message.clone(),
+            },
+            StorageError::Query(Error::DatabaseError(kind, info)) => StorageError::Query(
+                Error::DatabaseError(*kind, Box::new(info.message().to_string())),
+            ),
+            StorageError::Query(Error::NotFound) => StorageError::Query(Error::NotFound),
+            StorageError::Query(Error::BrokenTransactionManager) => {
+                StorageError::Query(Error::BrokenTransactionManager)
+            }
+            StorageError::Query(Error::RollbackTransaction) => {
+                StorageError::Query(Error::RollbackTransaction)
+            }
+            StorageError::Query(e) => StorageError::Rejected(e.to_string()),
+            StorageError::Crypto(e) => StorageError::Crypto(e.clone()),
+            StorageError::Corrupt(m) => StorageError::Corrupt(m.clone()),
+            StorageError::ContactStale(c) => StorageError::ContactStale(c.clone()),
+            StorageError::Rejected(m) => StorageError::Rejected(m.clone()),
+            StorageError::Panicked(m) => StorageError::Panicked(m.clone()),
+        }
+    }
+
     /// Whether retrying later may succeed (the database is down or busy), as opposed
     /// to a request that will never succeed.
     pub fn is_transient(&self) -> bool {

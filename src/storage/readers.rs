@@ -14,7 +14,7 @@ use super::contacts::{self, ContactQuestion, Lookup};
 use super::key_store::Vault;
 use super::writer::BackgroundThread;
 use super::{Pool, PooledConn, StorageError};
-use crate::handoff::{self, Outbox, Reply};
+use crate::storage::handoff::{self, Outbox, Reply};
 
 /// The most questions one batch answers: enough to amortise its statements, few enough
 /// that SQLite's `IN` lists stay short and no one waits behind a long batch.
@@ -125,7 +125,7 @@ impl Reader {
                 for (question, reply) in questions.into_iter().zip(replies) {
                     let answer = match self.look_up_guarded(std::slice::from_ref(&question)) {
                         Ok(mut answers) => answers.pop().unwrap_or_else(|| {
-                            Err(StorageError::Rejected("no answer to a look-up".into()))
+                            Err(StorageError::Corrupt("a look-up gave no answer".into()))
                         }),
                         Err(e) => Err(e),
                     };
@@ -134,7 +134,7 @@ impl Reader {
             }
             Err(e) => {
                 for reply in replies {
-                    outbox.push(reply, Err(copy_of(&e)));
+                    outbox.push(reply, Err(e.copy()));
                 }
             }
         }
@@ -168,13 +168,16 @@ impl Reader {
                         "questions" => questions.len(), "error" => %e);
                     return Err(e);
                 }
-                Err(_) => {
+                Err(panic) => {
                     // A look-up that panicked would panic again: its events fail (and
                     // are parked in time) rather than be retried for ever.
                     self.conn = None;
+                    let reason = super::panic_message(&*panic);
                     slog::error!(self.log, "contact look-ups panicked";
-                        "questions" => questions.len());
-                    return Err(StorageError::Rejected("contact look-up failed".into()));
+                        "questions" => questions.len(), "panic" => &reason);
+                    return Err(StorageError::Panicked(format!(
+                        "a contact look-up: {reason}"
+                    )));
                 }
             }
         }
@@ -189,15 +192,5 @@ impl Reader {
             empty => empty.insert(self.pool.get()?),
         };
         contacts::look_up_contacts(conn, &self.vault, questions)
-    }
-}
-
-/// The error of a batch, for each of its questions: transient ones stay transient
-/// (the actors retry later), any other is final for each.
-fn copy_of(e: &StorageError) -> StorageError {
-    if e.is_transient() {
-        StorageError::Unavailable(e.to_string())
-    } else {
-        StorageError::Rejected(e.to_string())
     }
 }

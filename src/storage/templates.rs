@@ -9,7 +9,7 @@ use super::on_backend;
 use super::schema::{phone_numbers, template_syncs, templates};
 use super::{DbConn, StorageError};
 use crate::ids::TenantId;
-use crate::whatsapp::graph::Template;
+use crate::whatsapp::Template;
 
 /// What Meta changed of a synced template.
 #[derive(Debug, Clone, Copy)]

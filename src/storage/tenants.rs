@@ -315,8 +315,6 @@ pub struct SendingNumber {
     pub paused_at: Option<i64>,
     /// Meta's spam limit: nothing goes before this time.
     pub held_until: Option<i64>,
-    /// Its business portfolio has a messaging limit to enforce.
-    pub limit_enforced: bool,
 }
 
 /// Records that the sender of `phone_number_id` paused at `paused_at` (`None`: it
@@ -371,7 +369,6 @@ pub fn sending_number(
     let access_token = keyring
         .secrets()
         .open_string(&token_ct, &access_token_place(&tenant_id, phone_number_id))?;
-    let limit_enforced = super::messaging_limits::enforced_for(conn, phone_number_id)?;
     Ok(Some(SendingNumber {
         tenant_id: TenantId(tenant_id),
         waba_id,
@@ -379,7 +376,6 @@ pub fn sending_number(
         throughput_mps,
         paused_at,
         held_until,
-        limit_enforced,
     }))
 }
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::Template;
+
 /// What an error means for the send that met it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -120,19 +122,6 @@ struct MetaError {
     #[serde(rename = "type")]
     kind: Option<String>,
     error_data: Option<Value>,
-}
-
-/// A message template as the Graph API lists it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
-pub struct Template {
-    pub name: String,
-    pub language: String,
-    #[serde(default)]
-    pub category: String,
-    #[serde(default)]
-    pub status: String,
-    #[serde(default)]
-    pub components: Value,
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,8 @@ pub mod graph;
 pub mod media;
 pub mod outbound;
 pub mod signature;
+pub mod template;
 pub mod webhook;
 
+pub use template::Template;
 pub use webhook::{Event, EventKind, Identity, OtherChange, ParsedWebhook};

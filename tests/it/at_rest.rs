@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use converra::ids::TenantId;
-use converra::storage::{self, crm, inbox};
+use converra::storage::{self, contacts, inbox, messages};
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -371,13 +371,14 @@ fn a_database_of_the_first_format_is_upgraded_in_place() {
 
         let tenant = TenantId(t.to_string());
         let contacts =
-            crm::list_contacts(&mut conn, &keyring, &tenant, &Default::default(), None, 10)
+            contacts::list_contacts(&mut conn, &keyring, &tenant, &Default::default(), None, 10)
                 .unwrap();
         let old = contacts.iter().find(|c| c.id == "c-old").unwrap();
         assert_eq!(old.wa_id.as_deref(), Some(PHONE), "{backend:?}");
         assert_eq!(old.profile_name.as_deref(), Some(NAME), "{backend:?}");
         let messages =
-            crm::list_messages(&mut conn, &keyring, &tenant, &"v-old".into(), None, 2).unwrap();
+            messages::list_messages(&mut conn, &keyring, &tenant, &"v-old".into(), None, 2)
+                .unwrap();
         let wamids: Vec<Option<&str>> = messages
             .iter()
             .map(|m| m.wamid.as_ref().map(|w| w.as_str()))
@@ -565,7 +566,7 @@ fn a_first_format_database_upgrades_with_its_key_store_apart() {
         let mut conn = pool.get().unwrap();
         let tenant = TenantId(t.to_string());
         let contacts =
-            crm::list_contacts(&mut conn, &keyring, &tenant, &Default::default(), None, 10)
+            contacts::list_contacts(&mut conn, &keyring, &tenant, &Default::default(), None, 10)
                 .unwrap();
         assert_eq!(contacts[0].wa_id.as_deref(), Some(PHONE));
     }

@@ -383,7 +383,7 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
     let (_, pool) = converra::open_storage(&settings).unwrap();
     let mut conn = pool.get().unwrap();
     assert_eq!(converra::storage::inbox::backlog(&mut conn).unwrap(), 0);
-    let stored = converra::storage::crm::count_messages(
+    let stored = converra::storage::messages::count_messages(
         &mut conn,
         &converra::ids::TenantId(tenant["tenant_id"].as_str().unwrap().into()),
     )

@@ -299,7 +299,7 @@ async fn conversation_actors_past_the_limit_stop_least_recently_used_first() {
 #[actix_rt::test]
 async fn a_flood_from_one_tenant_does_not_starve_another() {
     use converra::ids::TenantId;
-    use converra::storage::crm::count_messages;
+    use converra::storage::messages::count_messages;
     // A small cycle makes "B waits a few cycles, not the flood" measurable: B needs
     // three (ingest, contact, message), the flood needs about a hundred.
     let app = TestApp::start_with(&Backend::Sqlite, Hooks::default(), |s| {

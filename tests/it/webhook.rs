@@ -588,7 +588,7 @@ async fn statuses_out_of_order_end_in_the_highest_state() {
         );
         let (keyring, pool) = app.pool();
         let mut conn = pool.get().unwrap();
-        let history = converra::storage::crm::status_history(
+        let history = converra::storage::messages::status_history(
             &mut conn,
             &keyring,
             &converra::ids::TenantId(app.a.id.clone()),

@@ -222,7 +222,7 @@ impl ConversationActor {
             marketing,
             automation: Some(run.clone()),
         };
-        let (reply, answer) = crate::handoff::channel();
+        let (reply, answer) = crate::storage::handoff::channel();
         let (core, log, tenant_id) = (self.core.clone(), self.log.clone(), self.tenant_id.clone());
         actix::spawn(async move {
             match answer.await {

@@ -46,14 +46,14 @@ use super::tenant::{Idle, TenantActor};
 use super::Core;
 use crate::automation::TenantAutomations;
 use crate::crypto::{Keyring, Place, SealKey};
-use crate::handoff::Reply;
 use crate::ids::{ConversationId, MessageId, PhoneNumberId, TenantId, Wamid};
 use crate::storage::apply::{content_place, wamid_place, Revoked};
-use crate::storage::contacts::{contact_field, ContactQuestion, Lookup, NewContact};
-use crate::storage::crm::{
-    ApplyOp, ContactIdentifiers, MessageBundle, NewInbound, NewPreference, NewStatus, Origin,
-    ProfileUpdate, ResolvedContact,
+use crate::storage::apply::{
+    ApplyOp, MessageBundle, NewInbound, NewPreference, NewStatus, Origin, ProfileUpdate,
 };
+use crate::storage::contacts::{contact_field, ContactQuestion, Lookup, NewContact};
+use crate::storage::contacts::{ContactIdentifiers, ResolvedContact};
+use crate::storage::handoff::Reply;
 use crate::storage::inbox::{self, FreshEvent, FreshRow, InboxItem};
 use crate::storage::media;
 use crate::storage::writer::{ApplyReceipt, Delivered, Waiters};

@@ -12,10 +12,11 @@ use super::queue::{Job, WriteOutput};
 use super::{ApplyReceipt, IngestReceipt, MergedAway, Writer, SLOW_WRITE};
 use crate::crypto::{Keyring, NewDataKey};
 use crate::ids::{KeyId, PhoneNumberId, TenantId};
-use crate::storage::contacts::{self, NewContact};
+use crate::storage::apply::{self, ApplyOp};
+use crate::storage::contacts::{self, ContactIdentifiers, NewContact, ResolvedContact};
 use crate::storage::conversations;
-use crate::storage::crm::{self, ApplyOp, ContactIdentifiers, ResolvedContact};
 use crate::storage::inbox::{self, FreshEvent, InboxItem, PreparedEvent, PreparedOther};
+use crate::storage::keys;
 use crate::storage::raw_keys::DayKey;
 use crate::storage::routes::RouteCache;
 use crate::storage::sqlite::conversation_index;
@@ -188,7 +189,7 @@ impl Writer {
         if !resolves.is_empty() {
             let asked: Vec<(&TenantId, &ContactIdentifiers)> =
                 resolves.iter().map(|(_, asked)| *asked).collect();
-            let exist = crm::contacts_exist(self.connection()?, &keyring, &asked)?;
+            let exist = contacts::contacts_exist(self.connection()?, &keyring, &asked)?;
             for ((index, (tenant_id, _)), exists) in resolves.iter().zip(exist) {
                 if !exists {
                     let key_id = KeyId::generate();
@@ -207,7 +208,7 @@ impl Writer {
                 .map(|(tenant_id, key_id, data_key)| (tenant_id, key_id, &data_key.wrapped[..]))
                 .collect();
             rows.extend(created.iter().copied());
-            crm::insert_data_keys(conn, &keyring, &rows, now)
+            keys::insert_data_keys(conn, &keyring, &rows, now)
         });
         if let Err(e) = committed {
             if e.is_transient() {
@@ -271,7 +272,7 @@ impl Writer {
                             // another job in the batch created the contact, it stays
                             // unused in the key store.
                             let key = new_keys.remove(&index);
-                            Ok(Outcome::Resolve(crm::resolve_contact(
+                            Ok(Outcome::Resolve(contacts::resolve_contact(
                                 conn, &keyring, tenant_id, ids, key, now,
                             )?))
                         }
@@ -386,7 +387,7 @@ fn create_contacts(
     Ok(taken)
 }
 
-/// Applies every actor job's ops of the batch together (see [`crm::apply_batch`]),
+/// Applies every actor job's ops of the batch together (see [`apply::apply_batch`]),
 /// less the fresh events whose inbox row exists already (redeliveries), and marks the
 /// inbox rows they came from processed, after creating the jobs' new contacts
 /// ([`create_contacts`]). Returns the jobs left out (their contact existed already)
@@ -458,7 +459,7 @@ fn apply_jobs(
             (*tenant_id, kept)
         })
         .collect();
-    let applied = crm::apply_batch(conn, &applies, now)?;
+    let applied = apply::apply_batch(conn, &applies, now)?;
     let processed: Vec<i64> = applies
         .iter()
         .flat_map(|(_, ops)| ops.iter().filter_map(|op| op.inbox_id()))
@@ -606,7 +607,7 @@ fn ingest(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::crm::ContactIdentifiers;
+    use crate::storage::contacts::ContactIdentifiers;
     use crate::storage::tenants;
 
     /// A write that creates a contact: no ops, only the contact.
@@ -616,7 +617,7 @@ mod tests {
             new_contact: Some(Box::new(new)),
             ops: Vec::new(),
             waiters: Vec::new(),
-            reply: crate::handoff::channel().0,
+            reply: crate::storage::handoff::channel().0,
         }
     }
 
@@ -646,7 +647,7 @@ mod tests {
             let new = NewContact::prepare(&vault, &tenant_id, ids, 5)
                 .expect("prepared")
                 .0;
-            crm::insert_data_key(conn, &vault, &tenant_id, &new.key_id, &new.wrapped_key, 5)
+            keys::insert_data_key(conn, &vault, &tenant_id, &new.key_id, &new.wrapped_key, 5)
                 .expect("key");
             new
         };

@@ -1,4 +1,6 @@
-//! The writer: one thread that owns every database write and commits them in groups.
+//! The writer: the threads that own every database write and commit them in groups
+//! (one on SQLite, by default two on PostgreSQL, each with its own queue; a tenant's
+//! writes always go to the same one, so they run in the order they were queued).
 //! Inbox inserts (ingest) and actor work (resolve contacts, apply events, the webhook's
 //! own events among them) queue here; each cycle takes all waiting ingest jobs and,
 //! round-robin across tenants, actor jobs up to `database.write_batch_max`, commits
@@ -22,8 +24,9 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::apply::ApplyOp;
 use super::contacts::NewContact;
-use super::crm::{ApplyOp, ContactIdentifiers, ResolvedContact};
+use super::contacts::{ContactIdentifiers, ResolvedContact};
 use super::inbox::{FreshEvent, InboxItem};
 use super::key_store::Vault;
 use super::raw_keys::{self, DayKey, RawKeys};
@@ -32,8 +35,8 @@ use super::routes::RouteCache;
 use super::sqlite::{spawn_checkpointer, spawn_index_reader, ConversationIndexer, IndexShared};
 use super::{DbConn, Pool, PooledConn, StorageError};
 use crate::clock::SharedClock;
-use crate::handoff::{self, Reply};
 use crate::ids::{ConversationId, TenantId};
+use crate::storage::handoff::{self, Reply};
 use crate::whatsapp::OtherChange;
 
 pub(in crate::storage) use queue::Job;
@@ -142,7 +145,13 @@ impl WriterHealth {
 
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: flume::Sender<Job>,
+    /// One queue per writer thread. A tenant's writes always go to the same writer,
+    /// so they are serialised even where several writers run (PostgreSQL); writes of
+    /// no tenant (ingest) go to the writer with the shortest queue.
+    queues: Arc<[flume::Sender<Job>]>,
+    /// Where the search for the shortest queue starts, turning, so that equal queues
+    /// share the work.
+    next_queue: Arc<AtomicUsize>,
     health: Arc<WriterHealth>,
     raw_keys: Arc<RawKeys>,
     dispatcher: Arc<OnceLock<Dispatcher>>,
@@ -186,6 +195,27 @@ impl WriterHandle {
         self.writers
     }
 
+    /// The queue of the writer that takes `tenant_id`'s writes: always the same one
+    /// for a tenant; for writes of no tenant, the shortest.
+    fn queue(&self, tenant_id: Option<&TenantId>) -> &flume::Sender<Job> {
+        let count = self.queues.len();
+        let index = match tenant_id {
+            Some(tenant) => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(tenant, &mut hasher);
+                (std::hash::Hasher::finish(&hasher) % count as u64) as usize
+            }
+            None => {
+                let start = self.next_queue.fetch_add(1, Ordering::Relaxed);
+                (0..count)
+                    .map(|offset| (start + offset) % count)
+                    .min_by_key(|index| self.queues[*index].len())
+                    .unwrap_or(0)
+            }
+        };
+        &self.queues[index]
+    }
+
     /// Commits a webhook's events and other content, sealed under `day`'s key (see
     /// [`WriterHandle::day_key`]); resolves once they are durable.
     pub async fn ingest(
@@ -195,7 +225,7 @@ impl WriterHandle {
         others: Vec<OtherChange>,
     ) -> Result<IngestReceipt, StorageError> {
         let (reply, rx) = handoff::channel();
-        self.tx
+        self.queue(None)
             .send_async(Job::Ingest {
                 day,
                 events,
@@ -213,7 +243,7 @@ impl WriterHandle {
         ids: ContactIdentifiers,
     ) -> Result<ResolvedContact, StorageError> {
         let (reply, rx) = handoff::channel();
-        self.tx
+        self.queue(Some(&tenant_id))
             .send_async(Job::Resolve {
                 tenant_id,
                 ids,
@@ -238,7 +268,7 @@ impl WriterHandle {
         waiters: Waiters,
     ) -> Result<ApplyReceipt, StorageError> {
         let (reply, rx) = handoff::channel();
-        self.tx
+        self.queue(Some(&tenant_id))
             .send_async(Job::Apply {
                 tenant_id,
                 new_contact,
@@ -261,8 +291,9 @@ impl WriterHandle {
         tenant_id: Option<TenantId>,
         work: impl FnMut(&mut DbConn) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
+        let queue = self.queue(tenant_id.as_ref()).clone();
         let (job, rx) = write_job(tenant_id, work);
-        self.tx.send_async(job).await.map_err(|_| gone())?;
+        queue.send_async(job).await.map_err(|_| gone())?;
         written(rx.await.map_err(|_| gone())?)
     }
 
@@ -273,16 +304,19 @@ impl WriterHandle {
         tenant_id: Option<TenantId>,
         work: impl FnMut(&mut DbConn) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
+        let queue = self.queue(tenant_id.as_ref()).clone();
         let (job, rx) = write_job(tenant_id, work);
-        self.tx.send(job).map_err(|_| gone())?;
+        queue.send(job).map_err(|_| gone())?;
         written(rx.blocking_recv().map_err(|_| gone())?)
     }
 
-    /// Waits until everything queued so far is written.
+    /// Waits until everything queued so far is written, by every writer.
     pub async fn flush(&self) {
-        let (reply, rx) = handoff::channel();
-        if self.tx.send_async(Job::Flush(reply)).await.is_ok() {
-            let _ = rx.await;
+        for queue in self.queues.iter() {
+            let (reply, rx) = handoff::channel();
+            if queue.send_async(Job::Flush(reply)).await.is_ok() {
+                let _ = rx.await;
+            }
         }
     }
 
@@ -291,10 +325,10 @@ impl WriterHandle {
     /// threads cannot wait for every handle to go.
     pub async fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        for _ in 0..self.writers {
+        for queue in self.queues.iter() {
             // Wakes a writer waiting for work.
             let (reply, _) = handoff::channel();
-            let _ = self.tx.send_async(Job::Flush(reply)).await;
+            let _ = queue.send_async(Job::Flush(reply)).await;
         }
     }
 
@@ -304,7 +338,7 @@ impl WriterHandle {
     }
 
     pub fn queue_len(&self) -> usize {
-        self.tx.len()
+        self.queues.iter().map(|queue| queue.len()).sum()
     }
 
     /// The cache of raw payloads' day keys, for their expiry to evict destroyed ones.
@@ -393,7 +427,6 @@ pub fn spawn(
     // Bounded: when the database falls behind, webhook handlers wait here instead of
     // memory growing without limit.
     let capacity = config.batch_max.max(64) * 16;
-    let (tx, rx) = flume::bounded(capacity);
     let dispatcher: Arc<OnceLock<Dispatcher>> = Arc::new(OnceLock::new());
     let sqlite = pool
         .get()
@@ -408,8 +441,11 @@ pub fn spawn(
     let health = Arc::new(WriterHealth::new(writers));
     let raw_keys = Arc::new(RawKeys::default());
     let merged_away = MergedAway::default();
+    let (queues, receivers): (Vec<_>, Vec<_>) =
+        (0..writers).map(|_| flume::bounded(capacity)).unzip();
     let handle = WriterHandle {
-        tx,
+        queues: queues.into(),
+        next_queue: Arc::new(AtomicUsize::new(0)),
         health: health.clone(),
         raw_keys: raw_keys.clone(),
         dispatcher: dispatcher.clone(),
@@ -441,7 +477,7 @@ pub fn spawn(
             log.clone(),
         )?);
     }
-    for index in 0..writers {
+    for (index, rx) in receivers.into_iter().enumerate() {
         let mut writer = Writer {
             pool: pool.clone(),
             conn: None,
@@ -474,7 +510,6 @@ pub fn spawn(
                 rate: 0.0,
             },
         };
-        let rx = rx.clone();
         let stopped = stopped.clone();
         threads.push(BackgroundThread::spawn(
             &format!("writer-{index}"),
@@ -564,7 +599,7 @@ impl Writer {
                     return;
                 }
                 Err(panic) => {
-                    let reason = crate::panic_message(&*panic);
+                    let reason = crate::storage::panic_message(&*panic);
                     slog::error!(self.log, "writer panicked; restarting it, the jobs in hand failed";
                         "panic" => reason);
                     self.report.writer_restarted();

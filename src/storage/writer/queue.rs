@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use super::{
     ApplyReceipt, IngestReceipt, Waiters, Writer, GATHER_FOR, GATHER_FROM_RATE, GATHER_JOBS,
 };
-use crate::handoff::Reply;
 use crate::ids::TenantId;
+use crate::storage::apply::ApplyOp;
 use crate::storage::contacts::NewContact;
-use crate::storage::crm::{ApplyOp, ContactIdentifiers, ResolvedContact};
+use crate::storage::contacts::{ContactIdentifiers, ResolvedContact};
+use crate::storage::handoff::Reply;
 use crate::storage::inbox::FreshEvent;
 use crate::storage::raw_keys::DayKey;
 use crate::storage::{DbConn, StorageError};

@@ -4,8 +4,8 @@
 use super::batch::Outcome;
 use super::queue::Job;
 use super::{Delivered, IngestReceipt, Writer};
-use crate::handoff::Outbox;
-use crate::storage::crm::ApplyOp;
+use crate::storage::apply::ApplyOp;
+use crate::storage::handoff::Outbox;
 use crate::storage::report::EventCounts;
 use crate::storage::StorageError;
 use crate::whatsapp::EventKind;
@@ -64,14 +64,9 @@ impl Writer {
     }
 
     pub(super) fn fail_all(&self, jobs: Vec<Job>, error: &StorageError) {
-        // Each job hears the same kind of error: a transient one stays transient, a
+        // Each job hears the same error: a transient one stays transient, a
         // permanent one permanent, so no caller retries for ever what cannot succeed.
-        let copy = || match error {
-            StorageError::Unavailable(reason) => StorageError::Unavailable(reason.clone()),
-            e if e.is_transient() => StorageError::Unavailable(e.to_string()),
-            StorageError::ContactStale(contact) => StorageError::ContactStale(contact.clone()),
-            e => StorageError::Rejected(e.to_string()),
-        };
+        let copy = || error.copy();
         let mut outbox = Outbox::default();
         for job in jobs {
             match job {
