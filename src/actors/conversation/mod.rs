@@ -28,6 +28,10 @@
 //! pending rows (nothing was marked processed); one that panics three times is set
 //! aside (it stays unprocessed in the inbox, visible in the backlog metric) so it
 //! cannot wedge the conversation.
+//!
+//! Its parts: `contact` (finding the contact), `ops` (events into the writer's
+//! ops, sealed), `submits` (sends into the outbox), `recovery` (failed writes,
+//! panics, re-reading the inbox), `answers` (automations' replies).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -36,29 +40,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use serde::Deserialize;
-use serde_json::{json, Value};
 
 mod answers;
+mod contact;
+mod ops;
+mod recovery;
+mod submits;
 
-use super::submit::{self, Submit};
+use ops::{build_op, message_time, OpContext};
+
+use super::submit::Submit;
 use super::tenant::{Idle, TenantActor};
 use super::Core;
 use crate::automation::TenantAutomations;
-use crate::crypto::{Keyring, Place, SealKey};
-use crate::ids::{ConversationId, MessageId, PhoneNumberId, TenantId, Wamid};
-use crate::storage::apply::{content_place, wamid_place, Revoked};
-use crate::storage::apply::{
-    ApplyOp, MessageBundle, NewInbound, NewPreference, NewStatus, Origin, ProfileUpdate,
-};
-use crate::storage::contacts::{contact_field, ContactQuestion, Lookup, NewContact};
+use crate::ids::{ConversationId, PhoneNumberId, TenantId};
+use crate::storage::apply::{ApplyOp, NewPreference, Origin, ProfileUpdate};
+use crate::storage::contacts::{contact_field, NewContact};
 use crate::storage::contacts::{ContactIdentifiers, ResolvedContact};
 use crate::storage::handoff::Reply;
-use crate::storage::inbox::{self, FreshEvent, FreshRow, InboxItem};
+use crate::storage::inbox::{FreshEvent, FreshRow, InboxItem};
 use crate::storage::media;
 use crate::storage::writer::{ApplyReceipt, Delivered, Waiters};
 use crate::storage::StorageError;
-use crate::whatsapp::webhook::{InboundMessage, MessageContent, Status, UserPreference};
+use crate::whatsapp::webhook::InboundMessage;
 use crate::whatsapp::{Event, EventKind, Identity};
 
 /// An inbox row for this conversation.
@@ -85,11 +89,6 @@ pub struct ApplyArrival(pub Delivery);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Release;
-
-/// Pending rows re-read from the inbox after a restart.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Reloaded(inbox::PendingPage);
 
 /// What a look-up gives the actor.
 enum Found {
@@ -619,208 +618,6 @@ impl ConversationActor {
             }
         }
     }
-
-    /// Looks the contact of `ids` up with reads, in the contact readers' next batch
-    /// (see [`crate::storage::readers`]); a new contact is made here.
-    fn look_up(&mut self, ids: ContactIdentifiers, ctx: &mut Context<Self>) {
-        let core = self.core.clone();
-        let now = core.clock.now_ms();
-        let question = ContactQuestion {
-            tenant_id: self.tenant_id.clone(),
-            phone_number_id: self.phone_number_id.clone(),
-            ids,
-        };
-        let fut = async move {
-            let found = core.readers.look_up(question.clone()).await?;
-            Ok(match found {
-                Lookup::Absent => {
-                    let (new, contact) = NewContact::prepare(
-                        &core.keyring,
-                        &question.tenant_id,
-                        &question.ids,
-                        now,
-                    )?;
-                    Found::New(Box::new(new), contact)
-                }
-                Lookup::Found(contact, conversation) => Found::Known(contact, conversation),
-                Lookup::NeedsWriter => Found::NeedsWriter,
-            })
-        };
-        ctx.spawn(fut.into_actor(self).map(|result, actor, ctx| {
-            actor.in_flight = false;
-            match result {
-                Ok(Found::Known(contact, conversation)) => {
-                    actor.use_contact(contact, conversation, None, ctx)
-                }
-                Ok(Found::New(new, contact)) => {
-                    let conversation = new.conversation_id.clone();
-                    actor.use_contact(contact, conversation, Some(new), ctx)
-                }
-                Ok(Found::NeedsWriter) => {
-                    actor.resolve_in_writer = true;
-                    actor.pump(ctx);
-                }
-                Err(e) => actor.contact_failed(e, ctx),
-            }
-        }));
-    }
-
-    /// Caches the contact found (and its conversation on this number, if known) and goes
-    /// on; `new` when the next write creates it.
-    fn use_contact(
-        &mut self,
-        contact: ResolvedContact,
-        conversation: Option<ConversationId>,
-        new: Option<Box<NewContact>>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.conversation_id = conversation;
-        self.contact = Some(Arc::new(contact));
-        // A new contact's row is written seen now.
-        self.seen_written_at = new.as_ref().map(|new| new.seen_at);
-        self.contact_stored = new.is_none();
-        self.creating = new;
-        self.written_profile = None;
-        self.pump(ctx);
-    }
-
-    /// Finding the contact failed: retried later when that may help; otherwise the
-    /// first pending event names a contact that cannot be resolved, and that event
-    /// fails, not the conversation.
-    fn contact_failed(&mut self, error: StorageError, ctx: &mut Context<Self>) {
-        if let StorageError::ContactStale(_) = error {
-            // Created or merged by another writer meanwhile: look it up again.
-            self.resolve_in_writer = false;
-            return self.pump(ctx);
-        }
-        if error.is_transient() {
-            return self.retry_later(error, ctx);
-        }
-        match self.pending.front().map(|item| item.seq) {
-            Some(seq) => self.count_failure(seq, error, ctx),
-            None => self.retry_later(error, ctx),
-        }
-    }
-
-    /// Event `seq` failed for a reason retrying cannot cure. An inbox row counts the
-    /// attempt (in the database, so a restart does not reset it) and is parked after
-    /// `actors.park_after_attempts`, out of the conversation's way; a delivered event
-    /// goes back to its webhook, which stores it in the inbox, where it is counted.
-    fn count_failure(&mut self, seq: u64, error: StorageError, ctx: &mut Context<Self>) {
-        let inbox_id = self
-            .pending
-            .iter()
-            .find(|item| item.seq == seq)
-            .and_then(|item| match item.source {
-                Source::Inbox(id) => Some(id),
-                Source::Fresh { .. } => None,
-            });
-        let Some(inbox_id) = inbox_id else {
-            self.retry_later(error, ctx);
-            return;
-        };
-        let reason = error.to_string();
-        let park_after =
-            i32::try_from(self.core.settings.actors.park_after_attempts).unwrap_or(i32::MAX);
-        let now = self.core.clock.now_ms();
-        let writer = self.core.writer.clone();
-        let tenant_id = self.tenant_id.clone();
-        self.in_flight = true;
-        let recorded = async move {
-            writer
-                .write(Some(tenant_id), move |conn| {
-                    let parked = inbox::record_failure(conn, inbox_id, &reason, park_after, now)?;
-                    Ok((parked, inbox::parked_count(conn)?))
-                })
-                .await
-        };
-        ctx.spawn(recorded.into_actor(self).map(move |recorded, actor, ctx| {
-            actor.in_flight = false;
-            match recorded {
-                Ok((true, parked)) => {
-                    slog::error!(actor.log, "event keeps failing; parked for the operator";
-                        "inbox_id" => inbox_id, "error" => %error);
-                    actor.core.metrics.inbox_parked.set(parked);
-                    actor.pending.retain(|item| item.seq != seq);
-                    actor.pending_ids.remove(&inbox_id);
-                    actor.pump(ctx);
-                }
-                _ => actor.retry_later(error, ctx),
-            }
-        }));
-    }
-
-    fn retry_later(&mut self, error: StorageError, ctx: &mut Context<Self>) {
-        slog::warn!(self.log, "conversation write failed; will retry"; "error" => %error);
-        self.hand_back_deliveries();
-        let delay = Duration::from_millis(self.core.settings.actors.retry_delay_ms.max(10));
-        ctx.run_later(delay, |actor, ctx| actor.pump(ctx));
-    }
-
-    fn on_panic(&mut self, seq: u64, ctx: &mut Context<Self>) {
-        self.core.metrics.actor_restarts.inc();
-        let Some(position) = self.pending.iter().position(|item| item.seq == seq) else {
-            ctx.stop();
-            return;
-        };
-        match self.pending[position].source {
-            Source::Fresh { .. } => {
-                slog::error!(self.log, "conversation actor panicked on a delivered event; restarting, the event goes to the inbox");
-                self.pending.remove(position);
-            }
-            Source::Inbox(inbox_id) => {
-                let count = self.panics.entry(inbox_id).or_insert(0);
-                *count += 1;
-                if *count >= MAX_PANICS_PER_EVENT {
-                    slog::error!(self.log, "event keeps crashing its actor; parked for the operator";
-                        "inbox_id" => inbox_id);
-                    super::park_inbox_rows(
-                        &self.core,
-                        vec![(
-                            inbox_id,
-                            format!("the conversation actor panicked {count} times on it"),
-                        )],
-                    );
-                    self.pending.remove(position);
-                    self.pending_ids.remove(&inbox_id);
-                    self.panics.remove(&inbox_id);
-                } else {
-                    slog::error!(self.log, "conversation actor panicked; restarting"; "inbox_id" => inbox_id);
-                }
-            }
-        }
-        // Stopping hands the actor to its supervisor, which restarts it.
-        ctx.stop();
-    }
-
-    fn reload_pending(&mut self, ctx: &mut Context<Self>) {
-        let core = self.core.clone();
-        let tenant_id = self.tenant_id.clone();
-        let phone_number_id = self.phone_number_id.clone();
-        let route_keys: Vec<String> = self.route_keys.iter().cloned().collect();
-        let me = ctx.address();
-        actix_web::rt::task::spawn_blocking(move || {
-            let rows = core
-                .pool
-                .get()
-                .map_err(StorageError::from)
-                .and_then(|mut conn| {
-                    inbox::pending_for_routes(
-                        &mut conn,
-                        &core.keyring,
-                        &tenant_id,
-                        &phone_number_id,
-                        &route_keys,
-                    )
-                });
-            match rows {
-                Ok(rows) => me.do_send(Reloaded(rows)),
-                Err(e) => {
-                    slog::warn!(core.log, "re-reading pending inbox rows failed"; "error" => %e)
-                }
-            }
-        });
-    }
 }
 
 impl ConversationActor {
@@ -942,272 +739,4 @@ impl Handler<ApplyArrival> for ConversationActor {
         self.push(source, &route_key, now, event.event);
         self.pump(ctx);
     }
-}
-
-impl ConversationActor {
-    /// Accepts the next send into the outbox once the one before it is stored, under
-    /// the contact this actor holds when it is the send's and is stored.
-    fn pump_submits(&mut self, ctx: &mut Context<Self>) {
-        if self.submitting {
-            return;
-        }
-        let Some(Submit { order, reply }) = self.submits.pop_front() else {
-            return;
-        };
-        self.submitting = true;
-        self.last_active_ms = self.core.clock.now_ms();
-        let known = self
-            .contact
-            .clone()
-            .filter(|_| self.contact_stored && self.covers(&order.identity()));
-        let used_known = known.is_some();
-        let accept = submit::accept(self.core.clone(), order, known);
-        // Its own task, not the actor's: if the actor restarts meanwhile, the send is
-        // still stored and answered.
-        let me = ctx.address();
-        actix::spawn(async move {
-            let (accepted, contact) = accept.await;
-            let held_failed = used_known
-                && matches!(&accepted, Err(e) if !matches!(e, StorageError::Conflict { .. }));
-            reply.send(accepted);
-            me.do_send(Submitted {
-                contact,
-                held_failed,
-            });
-        });
-    }
-}
-
-/// A send was accepted into the outbox (or refused): the next may go.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Submitted {
-    /// The contact it was stored under.
-    contact: Option<Arc<ResolvedContact>>,
-    /// It failed under the contact this actor held, for another reason than a rule.
-    held_failed: bool,
-}
-
-impl Handler<Submitted> for ConversationActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Submitted, ctx: &mut Context<Self>) {
-        if !self.in_flight {
-            match msg.contact {
-                // A contact found for a send is kept for the next ones (and the
-                // events), unless the actor has one already.
-                Some(contact) if self.contact.is_none() => {
-                    self.contact = Some(contact);
-                    self.contact_stored = true;
-                    self.conversation_id = None;
-                    self.written_profile = None;
-                    self.seen_written_at = None;
-                }
-                // The contact held may be stale: found again next time.
-                None if msg.held_failed => {
-                    self.contact = None;
-                    self.contact_stored = false;
-                }
-                _ => {}
-            }
-        }
-        self.submitting = false;
-        self.pump_submits(ctx);
-    }
-}
-
-impl Handler<Submit> for ConversationActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) {
-        self.received += 1;
-        self.submits.push_back(msg);
-        self.pump_submits(ctx);
-    }
-}
-
-impl Handler<Reloaded> for ConversationActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Reloaded, ctx: &mut Context<Self>) {
-        let page = msg.0;
-        if !page.unreadable.is_empty() {
-            super::park_inbox_rows(&self.core, page.unreadable);
-        }
-        for item in page.items {
-            self.push(
-                Source::Inbox(item.id),
-                &item.route_key,
-                item.received_at,
-                item.event,
-            );
-        }
-        self.pending.make_contiguous().sort_by_key(Pending::order);
-        self.pump(ctx);
-    }
-}
-
-/// Meta's timestamp (seconds) in milliseconds, kept as sent, however absurd.
-fn ms(seconds: i64) -> i64 {
-    seconds.saturating_mul(1000)
-}
-
-/// Meta's timestamp as Converra's own arithmetic uses it (the 24-hour window, the
-/// message's age, which preference is the later): never after the webhook's arrival,
-/// and the arrival itself when the timestamp is no moment at all (0 or before).
-fn clamped(sent_ms: i64, arrived_at: i64) -> i64 {
-    if sent_ms > 0 && sent_ms <= arrived_at {
-        sent_ms
-    } else {
-        arrived_at
-    }
-}
-
-/// What building an op needs besides its event.
-struct OpContext<'a> {
-    keyring: &'a Keyring,
-    tenant_id: &'a TenantId,
-    phone_number_id: &'a PhoneNumberId,
-    contact: &'a ResolvedContact,
-    conversation_id: Option<&'a ConversationId>,
-    /// When the event's webhook arrived.
-    now: i64,
-}
-
-impl OpContext<'_> {
-    /// Meta's id as stored: its keyed hash, and the id sealed for the record.
-    fn wamid(&self, wamid: &Wamid) -> Option<(String, Vec<u8>)> {
-        let tenant = self.tenant_id.as_str();
-        let bidx = self.keyring.wamid_index(tenant, wamid);
-        let sealed = self
-            .contact
-            .key
-            .seal(wamid.as_str().as_bytes(), &wamid_place(tenant, &bidx))
-            .ok()?;
-        Some((bidx, sealed))
-    }
-}
-
-/// Turns one event into the write that applies it.
-/// When a message was sent by Meta's `timestamp`, never later than it arrived.
-fn message_time(item: &Value, arrived_at: i64) -> i64 {
-    let sent = InboundMessage::from_item(item).map_or(arrived_at, |m| ms(m.timestamp));
-    clamped(sent, arrived_at)
-}
-
-fn build_op(origin: Origin, cx: &OpContext<'_>, event: &Event) -> ApplyOp {
-    match event.kind {
-        EventKind::Message => match InboundMessage::from_item(&event.item) {
-            Ok(message) => inbound_op(origin, cx, event, &message),
-            Err(_) => ApplyOp::Done { origin },
-        },
-        EventKind::Status => match Status::deserialize(&event.item) {
-            Ok(status) => match status_op(origin.clone(), cx, &status, &event.item) {
-                Some(op) => ApplyOp::Status(op),
-                None => ApplyOp::Done { origin },
-            },
-            Err(_) => ApplyOp::Done { origin },
-        },
-        EventKind::Preference => match UserPreference::deserialize(&event.item) {
-            Ok(preference) => ApplyOp::Preference(NewPreference {
-                origin: Some(origin),
-                contact_id: cx.contact.contact_id.clone(),
-                marketing_opt_out: preference.marketing_opt_out(),
-                occurred_at: clamped(ms(preference.timestamp), cx.now),
-            }),
-            Err(_) => ApplyOp::Done { origin },
-        },
-    }
-}
-
-fn inbound_op(
-    origin: Origin,
-    cx: &OpContext<'_>,
-    event: &Event,
-    message: &InboundMessage,
-) -> ApplyOp {
-    let message_id = MessageId::generate();
-    let raw = &event.item;
-    let optional = |name: &str| raw.get(name).filter(|v| !v.is_null());
-    let bundle = MessageBundle {
-        content: &message.content_raw,
-        context: optional("context"),
-        referral: optional("referral"),
-        errors: optional("errors"),
-    };
-    let tenant = cx.tenant_id.as_str();
-    let sealed = seal_json(
-        &cx.contact.key,
-        &bundle,
-        &content_place(tenant, message_id.as_str()),
-    );
-    let (Some(content_ct), Some((wamid_bidx, wamid_ct))) = (sealed, cx.wamid(&message.id)) else {
-        return ApplyOp::Done { origin };
-    };
-    // A reply's reference stays in its sealed context; a deletion's is needed to
-    // find the message it deletes.
-    let revokes = match (&message.content, message.refers_to()) {
-        (MessageContent::Revoke(_), Some(original)) => match cx.wamid(original) {
-            Some((wamid_bidx, wamid_ct)) => Some(Revoked {
-                wamid_bidx,
-                wamid_ct,
-            }),
-            None => return ApplyOp::Done { origin },
-        },
-        _ => None,
-    };
-    ApplyOp::Inbound(NewInbound {
-        origin,
-        phone_number_id: cx.phone_number_id.clone(),
-        contact_id: cx.contact.contact_id.clone(),
-        conversation_id: cx.conversation_id.cloned(),
-        message_id,
-        wamid_bidx,
-        wamid_ct,
-        msg_type: message.type_name.clone(),
-        sent_at: ms(message.timestamp),
-        inbound_at: clamped(ms(message.timestamp), cx.now),
-        key_id: cx.contact.key_id.clone(),
-        content_ct,
-        revokes,
-    })
-}
-
-fn seal_json(key: &SealKey, value: &impl serde::Serialize, place: &Place<'_>) -> Option<Vec<u8>> {
-    let plain = serde_json::to_vec(value).ok()?;
-    key.seal(&plain, place).ok()
-}
-
-/// `raw` is the status item as Meta sent it: its errors, pricing and conversation are
-/// recorded from it, so a field the typed view does not know, or a part in a shape it
-/// could not read, is kept too.
-fn status_op(
-    origin: Origin,
-    cx: &OpContext<'_>,
-    status: &Status,
-    raw: &Value,
-) -> Option<NewStatus> {
-    let error_json = status
-        .errors
-        .first()
-        .map(|e| json!({"code": e.code, "title": e.title, "message": e.message}).to_string());
-    let detail: serde_json::Map<String, Value> = ["errors", "pricing", "conversation"]
-        .into_iter()
-        .filter_map(|part| Some((part.to_string(), raw.get(part)?.clone())))
-        .filter(|(_, value)| !value.is_null())
-        .collect();
-    let (wamid_bidx, wamid_ct) = cx.wamid(&status.id)?;
-    Some(NewStatus {
-        origin,
-        phone_number_id: cx.phone_number_id.clone(),
-        contact_id: cx.contact.contact_id.clone(),
-        wamid_bidx,
-        wamid_ct,
-        key_id: cx.contact.key_id.clone(),
-        status: status.status.clone(),
-        occurred_at: ms(status.timestamp),
-        error_json,
-        callback: status.biz_opaque_callback_data.clone(),
-        detail_json: (!detail.is_empty()).then(|| Value::Object(detail).to_string()),
-    })
 }
