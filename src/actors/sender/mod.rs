@@ -20,9 +20,9 @@
 //! status webhook, which echoes its id and records it as sent; only then is it sent
 //! again.
 //!
-//! Its parts: [`held`] (the sends it holds and their turns), [`pace`] (which go now,
-//! and the call to Meta), [`outcome`] (what Meta's answer means for the send and the
-//! number), [`account`] (templates and limits of the business account).
+//! Its parts: `held` (the sends it holds and their turns), `pace` (which go now,
+//! and the call to Meta), `outcome` (what Meta's answer means for the send and the
+//! number), `account` (templates and limits of the business account).
 
 mod account;
 mod held;

@@ -455,11 +455,7 @@ fn as_array<'a>(value: &'a Value, path: &str) -> Result<&'a Vec<Value>, Invalid>
         .ok_or_else(|| invalid(path, "must be a JSON array"))
 }
 
-fn only_fields(
-    object: &Map<String, Value>,
-    path: &str,
-    allowed: &[&str],
-) -> Result<(), Invalid> {
+fn only_fields(object: &Map<String, Value>, path: &str, allowed: &[&str]) -> Result<(), Invalid> {
     match object.keys().find(|key| !allowed.contains(&key.as_str())) {
         Some(key) => Err(invalid(
             format!("{path}.{key}"),
@@ -498,11 +494,7 @@ pub(super) fn non_empty_str<'a>(
     Ok(text)
 }
 
-fn optional_bool(
-    object: &Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<(), Invalid> {
+fn optional_bool(object: &Map<String, Value>, key: &str, path: &str) -> Result<(), Invalid> {
     match object.get(key) {
         None | Some(Value::Bool(_)) => Ok(()),
         Some(_) => Err(invalid(path, "must be true or false")),
