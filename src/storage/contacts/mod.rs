@@ -1,0 +1,207 @@
+//! Contacts (`contacts`): who a BSUID or a phone number belongs to. A contact is found
+//! by blind index (a keyed hash of the identifier), with reads alone when that is all
+//! it takes ([`look_up_contacts`]); created when none is, by the write that applies its
+//! first events ([`NewContact`]) or by the writer's resolve; linked to
+//! the identifier it lacks when both are seen together, and merged with another when
+//! the two turn out to be one person; identifiers and profile names are sealed under
+//! the contact's data key ([`super::keys`]). A merge moves the other contact's
+//! conversations and messages through [`super::conversations`] and
+//! [`super::messages`]. Also the tenant API's contact listing. Lookups and listings are
+//! scoped by tenant.
+
+mod listing;
+mod lookup;
+mod resolve;
+
+pub use listing::{list_contacts, Contact, ContactFilter};
+pub use lookup::{contacts_exist, look_up_contacts, ContactQuestion, Lookup};
+pub use resolve::resolve_contact;
+
+use std::collections::HashSet;
+
+use diesel::prelude::*;
+
+use super::on_backend;
+use super::schema::contacts;
+use super::{DbConn, StorageError};
+use crate::crypto::{Keyring, NewDataKey, Place, SealKey};
+use crate::ids::{ContactId, ConversationId, KeyId, TenantId};
+
+/// Where a contact's sealed `column` lives (see [`Place`]); the conversation actor
+/// seals profile updates for it too.
+pub fn contact_field<'a>(
+    tenant_id: &'a str,
+    column: &'static str,
+    contact_id: &'a str,
+) -> Place<'a> {
+    Place::new(tenant_id, "contacts", column, contact_id)
+}
+
+/// A contact as a conversation actor needs it: ids and the unwrapped data key.
+#[derive(Debug, Clone)]
+pub struct ResolvedContact {
+    pub contact_id: ContactId,
+    pub key_id: KeyId,
+    pub key: SealKey,
+    pub user_id: Option<String>,
+    pub wa_id: Option<String>,
+    /// The contact this resolution merged into the resolved one, and deleted.
+    pub merged_away: Option<ContactId>,
+}
+
+/// The identifiers a contact is resolved by.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContactIdentifiers {
+    pub user_id: Option<String>,
+    pub wa_id: Option<String>,
+}
+
+impl ContactIdentifiers {
+    /// The blind indexes the database knows them by, in `tenant_id`.
+    pub fn indexes(&self, keyring: &Keyring, tenant_id: &TenantId) -> ContactIndexes {
+        let tenant = tenant_id.as_str();
+        ContactIndexes {
+            user_id: self
+                .user_id
+                .as_deref()
+                .map(|v| keyring.blind_index(tenant, "user_id", v)),
+            wa_id: self
+                .wa_id
+                .as_deref()
+                .map(|v| keyring.blind_index(tenant, "wa_id", v)),
+        }
+    }
+}
+
+/// A contact's identifiers as blind indexes (keyed hashes, unique per tenant).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ContactIndexes {
+    /// Of the BSUID (`user_id_bidx`).
+    pub user_id: Option<String>,
+    /// Of the phone number (`wa_id_bidx`).
+    pub wa_id: Option<String>,
+}
+
+/// A contact created by the conversation actor that applies its first events, in the
+/// same write (no write of its own first): the row, and its data key wrapped for the
+/// key store, which the writer commits before the row. [`NewContact::prepare`] also
+/// gives the actor the contact with its key, to seal those events under.
+#[derive(Debug, Clone)]
+pub struct NewContact {
+    pub contact_id: ContactId,
+    pub key_id: KeyId,
+    pub wrapped_key: Vec<u8>,
+    pub indexes: ContactIndexes,
+    pub user_id_ct: Option<Vec<u8>>,
+    pub wa_id_ct: Option<Vec<u8>>,
+    /// The profile (sealed) that came with its first events.
+    pub profile_name_ct: Option<Vec<u8>>,
+    pub username_ct: Option<Vec<u8>>,
+    pub seen_at: i64,
+    /// Its conversation on the number of the write's inbound messages, opened by the
+    /// same write (they name it), so they go in with the batch's set-based statements.
+    pub conversation_id: Option<ConversationId>,
+}
+
+impl NewContact {
+    /// A new contact for `ids`, with a new data key and a conversation id for its
+    /// first conversation.
+    pub fn prepare(
+        keyring: &Keyring,
+        tenant_id: &TenantId,
+        ids: &ContactIdentifiers,
+        now_ms: i64,
+    ) -> Result<(NewContact, ResolvedContact), StorageError> {
+        let key_id = KeyId::generate();
+        let data_key = keyring.new_data_key(tenant_id.as_str(), key_id.as_str())?;
+        let indexes = ids.indexes(keyring, tenant_id);
+        let (mut new, contact) =
+            NewContact::with_key(tenant_id, ids, indexes, key_id, data_key, now_ms)?;
+        new.conversation_id = Some(ConversationId::generate());
+        Ok((new, contact))
+    }
+
+    fn with_key(
+        tenant_id: &TenantId,
+        ids: &ContactIdentifiers,
+        indexes: ContactIndexes,
+        key_id: KeyId,
+        data_key: NewDataKey,
+        now_ms: i64,
+    ) -> Result<(NewContact, ResolvedContact), StorageError> {
+        let contact_id = ContactId::generate();
+        let seal = |column, v: &Option<String>| -> Result<Option<Vec<u8>>, StorageError> {
+            v.as_deref()
+                .map(|v| {
+                    let place = contact_field(tenant_id.as_str(), column, contact_id.as_str());
+                    data_key.key.seal(v.as_bytes(), &place)
+                })
+                .transpose()
+                .map_err(StorageError::from)
+        };
+        let new = NewContact {
+            user_id_ct: seal("user_id_ct", &ids.user_id)?,
+            wa_id_ct: seal("wa_id_ct", &ids.wa_id)?,
+            contact_id: contact_id.clone(),
+            key_id: key_id.clone(),
+            wrapped_key: data_key.wrapped,
+            indexes,
+            profile_name_ct: None,
+            username_ct: None,
+            seen_at: now_ms,
+            conversation_id: None,
+        };
+        let resolved = ResolvedContact {
+            contact_id,
+            key_id,
+            key: data_key.key,
+            user_id: ids.user_id.clone(),
+            wa_id: ids.wa_id.clone(),
+            merged_away: None,
+        };
+        Ok((new, resolved))
+    }
+}
+
+/// Inserts a tenant's new contacts (their data keys are in the key store already),
+/// less any whose identifier a contact has already; returns the ids inserted.
+pub(in crate::storage) fn insert_contacts(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    new: &[&NewContact],
+) -> Result<HashSet<String>, StorageError> {
+    if new.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows: Vec<_> = new
+        .iter()
+        .map(|c| {
+            (
+                contacts::id.eq(c.contact_id.as_str()),
+                contacts::tenant_id.eq(tenant_id.as_str()),
+                contacts::key_id.eq(c.key_id.as_str()),
+                contacts::wa_id_bidx.eq(c.indexes.wa_id.as_deref()),
+                contacts::user_id_bidx.eq(c.indexes.user_id.as_deref()),
+                contacts::wa_id_ct.eq(c.wa_id_ct.as_deref()),
+                contacts::user_id_ct.eq(c.user_id_ct.as_deref()),
+                contacts::profile_name_ct.eq(c.profile_name_ct.as_deref()),
+                contacts::username_ct.eq(c.username_ct.as_deref()),
+                contacts::marketing_opt_out.eq(false),
+                contacts::first_seen_at.eq(c.seen_at),
+                contacts::last_seen_at.eq(c.seen_at),
+            )
+        })
+        .collect();
+    let inserted: Vec<String> = on_backend!(conn, c => diesel::insert_into(contacts::table)
+        .values(&rows)
+        .on_conflict_do_nothing()
+        .returning(contacts::id)
+        .get_results(c))?;
+    Ok(inserted.into_iter().collect())
+}
+
+// ---------------------------------------------------------------------------------
+// Reads for the tenant API
+
+#[cfg(test)]
+mod tests;
