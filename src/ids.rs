@@ -53,6 +53,17 @@ macro_rules! id_type {
                 &self.0
             }
         }
+
+        impl slog::Value for $name {
+            fn serialize(
+                &self,
+                _record: &slog::Record,
+                key: slog::Key,
+                serializer: &mut dyn slog::Serializer,
+            ) -> slog::Result {
+                serializer.emit_str(key, &self.0)
+            }
+        }
     };
 }
 

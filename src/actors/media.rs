@@ -19,6 +19,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::{when_idle, Core, FinishWork};
+use crate::ids::MessageId;
 use crate::storage::media::{self, MediaJob};
 use crate::storage::StorageError;
 use crate::whatsapp::graph::{ErrorClass, GraphClient, GraphError};
@@ -33,7 +34,7 @@ pub struct MediaFetcher {
     core: Arc<Core>,
     client: Option<Rc<GraphClient>>,
     /// Messages whose media is being fetched now.
-    in_flight: HashSet<String>,
+    in_flight: HashSet<MessageId>,
     /// A read of the due downloads is on its way: no second one starts.
     reading: bool,
     ticks: u32,
@@ -193,7 +194,7 @@ async fn fetch(core: Arc<Core>, client: Rc<GraphClient>, job: MediaJob) {
     };
     core.metrics.media_fetches.with_label_values(&[label]).inc();
     let written = job.clone();
-    let tenant = crate::ids::TenantId(job.tenant_id.clone());
+    let tenant = job.tenant_id.clone();
     let result = match outcome {
         Outcome::Fetched {
             mime_type,

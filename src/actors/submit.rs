@@ -362,9 +362,9 @@ fn new_send(
     let deadline = now + (core.settings.outbound.retry_deadline_secs * 1000) as i64;
     let fresh = sender::Fresh {
         row: OutboxRow {
-            id: id.to_string(),
-            tenant_id: tenant_id.to_string(),
-            contact_id: contact.contact_id.to_string(),
+            id: id.clone(),
+            tenant_id: tenant_id.clone(),
+            contact_id: contact.contact_id.clone(),
             kind: request.kind.as_str().to_string(),
             key_id: contact.key_id.to_string(),
             // Opened already: `body`.

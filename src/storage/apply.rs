@@ -435,7 +435,7 @@ pub(super) fn apply(
                     outbox::record_accepted(
                         conn,
                         tenant_id,
-                        send_id,
+                        &MessageId::from(send_id.as_str()),
                         &s.wamid_bidx,
                         &s.wamid_ct,
                         now_ms,

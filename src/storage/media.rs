@@ -13,7 +13,7 @@ use super::on_backend;
 use super::schema::{media_downloads, messages};
 use super::{tenants, DbConn, StorageError};
 use crate::crypto::{Place, SealKey};
-use crate::ids::TenantId;
+use crate::ids::{MessageId, PhoneNumberId, TenantId};
 
 /// Meta's message types that carry a media id.
 pub const MEDIA_KINDS: [&str; 5] = ["image", "audio", "video", "document", "sticker"];
@@ -71,9 +71,9 @@ pub(super) fn enqueue(
 /// A media download to do.
 #[derive(Debug, Clone)]
 pub struct MediaJob {
-    pub message_id: String,
-    pub tenant_id: String,
-    pub phone_number_id: String,
+    pub message_id: MessageId,
+    pub tenant_id: TenantId,
+    pub phone_number_id: PhoneNumberId,
     pub kind: String,
     pub attempts: i32,
     pub created_at: i64,
@@ -95,9 +95,9 @@ pub fn due(conn: &mut DbConn, now_ms: i64, limit: i64) -> Result<Vec<MediaJob>, 
         .into_iter()
         .map(
             |(message_id, tenant_id, phone_number_id, kind, attempts, created_at)| MediaJob {
-                message_id,
-                tenant_id,
-                phone_number_id,
+                message_id: MessageId(message_id),
+                tenant_id: TenantId(tenant_id),
+                phone_number_id: PhoneNumberId(phone_number_id),
                 kind,
                 attempts,
                 created_at,
@@ -121,9 +121,9 @@ pub fn source(
     vault: &Vault,
     job: &MediaJob,
 ) -> Result<Option<MediaSource>, StorageError> {
-    let tenant_id = TenantId(job.tenant_id.clone());
+    let tenant_id = job.tenant_id.clone();
     let row: Option<(Option<String>, Option<Vec<u8>>)> = on_backend!(conn, c => messages::table
-        .find(&job.message_id)
+        .find(job.message_id.as_str())
         .select((messages::key_id, messages::content_ct))
         .get_result(c)
         .optional())?;
@@ -133,16 +133,19 @@ pub fn source(
     let Some(key) = load_data_key(conn, vault, &tenant_id, &key_id)? else {
         return Ok(None);
     };
-    let plain = key.open(&content_ct, &content_place(&job.tenant_id, &job.message_id))?;
+    let plain = key.open(
+        &content_ct,
+        &content_place(job.tenant_id.as_str(), job.message_id.as_str()),
+    )?;
     let bundle: MessageBundle = serde_json::from_slice(&plain)
         .map_err(|e| StorageError::Corrupt(format!("message {}: {e}", job.message_id)))?;
     let Some(media_id) = bundle.content.get("id").and_then(Value::as_str) else {
         return Ok(None);
     };
-    let Some(number) = tenants::sending_number(conn, vault, &job.phone_number_id)? else {
+    let Some(number) = tenants::sending_number(conn, vault, job.phone_number_id.as_str())? else {
         return Ok(None);
     };
-    if number.tenant_id.as_str() != job.tenant_id {
+    if number.tenant_id != job.tenant_id {
         return Ok(None);
     }
     Ok(Some(MediaSource {
@@ -154,7 +157,10 @@ pub fn source(
 
 /// The fetched file sealed under the message's key, for [`store_fetched`].
 pub fn seal_file(job: &MediaJob, key: &SealKey, bytes: &[u8]) -> Result<Vec<u8>, StorageError> {
-    Ok(key.seal(bytes, &media_place(&job.tenant_id, &job.message_id))?)
+    Ok(key.seal(
+        bytes,
+        &media_place(job.tenant_id.as_str(), job.message_id.as_str()),
+    )?)
 }
 
 /// Stores the fetched file, sealed by [`seal_file`].
@@ -166,7 +172,7 @@ pub fn store_fetched(
     sealed: &[u8],
     now_ms: i64,
 ) -> Result<(), StorageError> {
-    on_backend!(conn, c => diesel::update(media_downloads::table.find(&job.message_id))
+    on_backend!(conn, c => diesel::update(media_downloads::table.find(job.message_id.as_str()))
         .set((
             media_downloads::state.eq(DONE),
             media_downloads::attempts.eq(job.attempts + 1),
@@ -192,7 +198,7 @@ pub fn attempt_failed(
     } else {
         FAILED
     };
-    on_backend!(conn, c => diesel::update(media_downloads::table.find(&job.message_id))
+    on_backend!(conn, c => diesel::update(media_downloads::table.find(job.message_id.as_str()))
         .set((
             media_downloads::state.eq(state),
             media_downloads::attempts.eq(job.attempts + 1),

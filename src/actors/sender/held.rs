@@ -8,6 +8,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::{Fresh, Held, SenderActor, HELD_MAX};
+use crate::ids::{ContactId, MessageId};
 use crate::storage::outbox::{self, OutboxRow, OutboxState};
 use crate::storage::tenants::{self, SendingNumber};
 
@@ -185,7 +186,7 @@ impl SenderActor {
     }
 
     /// Puts `contact` in turn when its first send may go now, or waits for its time.
-    pub(super) fn requeue(&mut self, contact: &str) {
+    pub(super) fn requeue(&mut self, contact: &ContactId) {
         if self.in_flight.contains(contact) {
             return;
         }
@@ -197,12 +198,12 @@ impl SenderActor {
         let row = &head.row;
         if row.state == OutboxState::Sending || row.next_attempt_at <= now || row.deadline_at <= now
         {
-            if self.in_ready.insert(contact.to_string()) {
-                self.ready.push_back(contact.to_string());
+            if self.in_ready.insert(contact.clone()) {
+                self.ready.push_back(contact.clone());
             }
         } else {
             let at = row.next_attempt_at.min(row.deadline_at);
-            self.later.insert((at, contact.to_string()));
+            self.later.insert((at, contact.clone()));
         }
     }
 
@@ -235,16 +236,16 @@ impl SenderActor {
     }
 
     /// Drops a send from what is held (it is finished, or not this sender's).
-    pub(super) fn forget(&mut self, contact: &str, id: &str) {
+    pub(super) fn forget(&mut self, contact: &ContactId, id: &MessageId) {
         if let Some(queue) = self.queues.get_mut(contact) {
-            queue.retain(|held| held.row.id != id);
+            queue.retain(|held| held.row.id != *id);
             if queue.is_empty() {
                 self.queues.remove(contact);
             }
         }
         self.held.remove(id);
         if self.scanning {
-            self.finished_during_scan.insert(id.to_string());
+            self.finished_during_scan.insert(id.clone());
         }
     }
 }

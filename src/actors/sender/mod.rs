@@ -45,7 +45,7 @@ use serde_json::Value;
 
 use super::{when_idle, Core, FinishWork};
 use crate::crypto::SealKey;
-use crate::ids::PhoneNumberId;
+use crate::ids::{ContactId, MessageId, PhoneNumberId};
 use crate::storage::outbox::OutboxRow;
 use crate::storage::tenants::SendingNumber;
 use crate::whatsapp::graph::GraphClient;
@@ -181,14 +181,14 @@ pub struct SenderActor {
     tokens: f64,
     refilled_at: std::time::Instant,
     /// Pending sends by contact, in the order they were accepted.
-    queues: HashMap<String, VecDeque<Held>>,
+    queues: HashMap<ContactId, VecDeque<Held>>,
     /// The ids held in `queues`.
-    held: HashSet<String>,
+    held: HashSet<MessageId>,
     /// Contacts whose first send may go now, in turn (each at most once).
-    ready: VecDeque<String>,
-    in_ready: HashSet<String>,
+    ready: VecDeque<ContactId>,
+    in_ready: HashSet<ContactId>,
     /// Contacts whose first send waits for a time, by that time.
-    later: BTreeSet<(i64, String)>,
+    later: BTreeSet<(i64, ContactId)>,
     later_timer: Option<(i64, SpawnHandle)>,
     /// Set while the pace makes sends wait for a token.
     pace_timer: Option<SpawnHandle>,
@@ -196,15 +196,15 @@ pub struct SenderActor {
     priming: usize,
     primed: VecDeque<Primed>,
     /// Contacts with a send in flight (its outcome not yet written).
-    in_flight: HashSet<String>,
+    in_flight: HashSet<ContactId>,
     /// Sends with ids above this were not held when the outbox last had more than
     /// [`HELD_MAX`]: they wait for a scan, so that none goes before an earlier one.
-    held_through: Option<String>,
+    held_through: Option<MessageId>,
     scanning: bool,
     scan_again: bool,
     /// Sends handed over, or finished, while a scan reads: the scan's rows are older.
     during_scan: Vec<Fresh>,
-    finished_during_scan: HashSet<String>,
+    finished_during_scan: HashSet<MessageId>,
     paused: bool,
     /// Shutdown asked it to start nothing new ([`FinishWork`]).
     finishing: bool,
@@ -218,7 +218,7 @@ pub struct SenderActor {
     /// When the account's templates were last synced (or tried).
     templates_synced_at: Option<i64>,
     /// Contacts whose first send waits for room in the portfolio's messaging limit.
-    limited: HashSet<String>,
+    limited: HashSet<ContactId>,
 }
 
 impl SenderActor {

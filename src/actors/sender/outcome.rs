@@ -9,7 +9,7 @@ use actix::prelude::*;
 use serde_json::json;
 
 use super::{SenderActor, DEFERRED_MS, LIMIT_RECHECK_MS, MARKETING_STOPPED};
-use crate::ids::TenantId;
+use crate::ids::{ContactId, MessageId};
 use crate::storage::outbox::{self, OutboxRow, OutboxState};
 use crate::storage::tenants::{self};
 use crate::storage::StorageError;
@@ -70,15 +70,14 @@ impl SenderActor {
     pub(super) fn retry_limited(&mut self) {
         let now = self.core.clock.now_ms();
         // In the order their waiting sends were accepted.
-        let mut waiting: Vec<(String, String)> = std::mem::take(&mut self.limited)
+        let mut waiting: Vec<(Option<MessageId>, ContactId)> = std::mem::take(&mut self.limited)
             .into_iter()
             .map(|contact| {
                 let first = self
                     .queues
                     .get(&contact)
                     .and_then(VecDeque::front)
-                    .map(|held| held.row.id.clone())
-                    .unwrap_or_default();
+                    .map(|held| held.row.id.clone());
                 (first, contact)
             })
             .collect();
@@ -252,7 +251,7 @@ impl SenderActor {
     ) {
         let writer = self.core.writer.clone();
         let now = self.core.clock.now_ms();
-        let tenant_id = TenantId(row.tenant_id.clone());
+        let tenant_id = row.tenant_id.clone();
         let (id, contact) = (row.id.clone(), row.contact_id.clone());
         let written = settle.clone();
         let write = async move {

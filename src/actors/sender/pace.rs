@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::outcome::{storage_error_json, Settle};
 use super::{Held, Primed, SenderActor, HELD_MAX};
 use crate::crypto::SealKey;
-use crate::ids::TenantId;
+use crate::ids::{ContactId, MessageId, TenantId};
 use crate::storage::messaging_limits;
 use crate::storage::outbox::{self, OutboxRow, OutboxState};
 use crate::storage::tenants::SendingNumber;
@@ -24,8 +24,8 @@ fn open_rows(
     conn: &mut crate::storage::DbConn,
     keyring: &crate::storage::key_store::Vault,
     rows: Vec<OutboxRow>,
-) -> Result<HashMap<String, Option<(SealKey, Value)>>, StorageError> {
-    let mut keys: HashMap<(String, String), Option<SealKey>> = HashMap::new();
+) -> Result<HashMap<MessageId, Option<(SealKey, Value)>>, StorageError> {
+    let mut keys: HashMap<(TenantId, String), Option<SealKey>> = HashMap::new();
     let mut opened = HashMap::with_capacity(rows.len());
     for row in rows {
         let slot = (row.tenant_id.clone(), row.key_id.clone());
@@ -39,7 +39,7 @@ fn open_rows(
         };
         let body = match key {
             Some(key) => {
-                let place = outbox::request_place(&row.tenant_id, &row.id);
+                let place = outbox::request_place(row.tenant_id.as_str(), row.id.as_str());
                 let body = key.open(&row.request_ct, &place)?;
                 let body: Value = serde_json::from_slice(&body)
                     .map_err(|e| StorageError::Corrupt(e.to_string()))?;
@@ -216,7 +216,7 @@ impl SenderActor {
         let count = batch.len();
         let core = self.core.clone();
         let tenant_id = credentials.tenant_id.clone();
-        let contacts: Vec<String> = batch
+        let contacts: Vec<ContactId> = batch
             .iter()
             .map(|held| held.row.contact_id.clone())
             .collect();
@@ -244,7 +244,7 @@ impl SenderActor {
                     None => erased.push(held.row),
                 }
             }
-            let ids: Vec<String> = ready.iter().map(|(row, _, _)| row.id.clone()).collect();
+            let ids: Vec<MessageId> = ready.iter().map(|(row, _, _)| row.id.clone()).collect();
             // A template may count against its portfolio's enforced messaging limit;
             // the tenant's writes run one at a time (one writer takes them all), so
             // two counts of one budget never overlap.
@@ -288,8 +288,8 @@ impl SenderActor {
                     "portfolio_id" => portfolio, "messaging_limit" => limit,
                     "phone_number_id" => actor.number.as_str());
             }
-            let limited: HashSet<&String> = marking.limited.iter().collect();
-            let marked: HashSet<&String> = marking.marked.iter().collect();
+            let limited: HashSet<&MessageId> = marking.limited.iter().collect();
+            let marked: HashSet<&MessageId> = marking.marked.iter().collect();
             for (mut row, key, body) in ready {
                 if limited.contains(&row.id) {
                     actor.wait_for_budget(&row);
@@ -341,12 +341,8 @@ impl SenderActor {
                     Ok(Some(wamid)) => {
                         actor.count_sent();
                         actor.throttles = 0;
-                        let sealed = outbox::seal_wamid(
-                            &actor.core.keyring,
-                            &key,
-                            &TenantId(row.tenant_id.clone()),
-                            &wamid,
-                        );
+                        let sealed =
+                            outbox::seal_wamid(&actor.core.keyring, &key, &row.tenant_id, &wamid);
                         match sealed {
                             Ok((bidx, ct)) => actor.settle(&row, Settle::Accepted(bidx, ct), ctx),
                             Err(e) => actor.settle(&row, Settle::Fail(storage_error_json(&e)), ctx),

@@ -5,7 +5,7 @@
 use diesel::prelude::*;
 
 use super::{DONE, FAILED, FINISHED, OBJECTED, OPTED_OUT, QUEUED, RESTRICTED, SENDING, UNFINISHED};
-use crate::ids::TenantId;
+use crate::ids::{ContactId, MessageId, TenantId};
 use crate::storage::messages::MessageState;
 use crate::storage::messaging_limits;
 use crate::storage::on_backend;
@@ -19,10 +19,10 @@ use crate::storage::{DbConn, StorageError};
 #[derive(Debug, Default)]
 pub struct Marking {
     /// Marked in flight: to send.
-    pub marked: Vec<String>,
+    pub marked: Vec<MessageId>,
     /// Left queued: business-initiated, to a user the portfolio's full budget has no
     /// room for (see [`messaging_limits`]).
-    pub limited: Vec<String>,
+    pub limited: Vec<MessageId>,
     /// The portfolio whose budget this marking found full for the first time, and its
     /// limit.
     pub reached: Option<(String, i64)>,
@@ -37,7 +37,7 @@ pub struct Marking {
 /// full (failed `messaging_limit` past its deadline).
 pub fn mark_sending(
     conn: &mut DbConn,
-    ids: &[String],
+    ids: &[MessageId],
     now_ms: i64,
 ) -> Result<Marking, StorageError> {
     let mut marking = Marking {
@@ -46,7 +46,8 @@ pub fn mark_sending(
     };
     // The number's budget, read at its first business-initiated send.
     let mut budget: Option<messaging_limits::Budget> = None;
-    for id in ids {
+    for message_id in ids {
+        let id = message_id.as_str();
         // The user this send reaches for its portfolio's budget, and whether they
         // were counted in the window already.
         let mut reaches: Option<(String, String, bool)> = None;
@@ -81,7 +82,7 @@ pub fn mark_sending(
             };
             if let Some((code, message)) = refused {
                 let error = serde_json::json!({"code": code, "message": message}).to_string();
-                record_failed(conn, &TenantId(tenant), id, &error, now_ms)?;
+                record_failed(conn, &TenantId(tenant), message_id, &error, now_ms)?;
                 continue;
             }
             if kind == "template" && budget.is_none() {
@@ -113,13 +114,19 @@ pub fn mark_sending(
                                 "message": "the business portfolio's messaging limit left no room \
                                     for this user before outbound.retry_deadline_secs",
                             });
-                            record_failed(conn, &TenantId(tenant), id, &error.to_string(), now_ms)?;
+                            record_failed(
+                                conn,
+                                &TenantId(tenant),
+                                message_id,
+                                &error.to_string(),
+                                now_ms,
+                            )?;
                         } else {
                             on_backend!(conn, c => diesel::update(outbox::table.find(id))
                                 .filter(outbox::limit_held_since.is_null())
                                 .set(outbox::limit_held_since.eq(Some(now_ms)))
                                 .execute(c))?;
-                            marking.limited.push(id.clone());
+                            marking.limited.push(message_id.clone());
                         }
                         continue;
                     }
@@ -133,7 +140,7 @@ pub fn mark_sending(
                   outbox::limit_held_since.eq(None::<i64>)))
             .execute(c))?;
         if updated == 1 {
-            marking.marked.push(id.clone());
+            marking.marked.push(message_id.clone());
             // Counted once it is certain to go.
             if let (Some((portfolio, contact, counted)), Some(budget)) = (reaches, budget.as_mut())
             {
@@ -166,7 +173,8 @@ fn window_open(
 }
 
 /// A send Meta accepted without a message of its own (a read receipt).
-pub fn record_done(conn: &mut DbConn, id: &str) -> Result<(), StorageError> {
+pub fn record_done(conn: &mut DbConn, id: &MessageId) -> Result<(), StorageError> {
+    let id = id.as_str();
     on_backend!(conn, c => diesel::update(outbox::table.find(id))
         .filter(outbox::state.eq_any(UNFINISHED))
         .set((outbox::state.eq(DONE), outbox::error_json.eq(None::<String>)))
@@ -177,10 +185,11 @@ pub fn record_done(conn: &mut DbConn, id: &str) -> Result<(), StorageError> {
 /// Puts a send back in the queue, due at `next_attempt_at`.
 pub fn retry_at(
     conn: &mut DbConn,
-    id: &str,
+    id: &MessageId,
     next_attempt_at: i64,
     error_json: Option<&str>,
 ) -> Result<(), StorageError> {
+    let id = id.as_str();
     on_backend!(conn, c => diesel::update(outbox::table.find(id))
         .filter(outbox::state.eq_any(UNFINISHED))
         .set((
@@ -197,10 +206,11 @@ pub fn retry_at(
 pub fn record_failed(
     conn: &mut DbConn,
     tenant_id: &TenantId,
-    id: &str,
+    id: &MessageId,
     error_json: &str,
     now_ms: i64,
 ) -> Result<(), StorageError> {
+    let id = id.as_str();
     let failed = on_backend!(conn, c => diesel::update(outbox::table.find(id))
         .filter(outbox::state.eq_any(UNFINISHED))
         .set((outbox::state.eq(FAILED), outbox::error_json.eq(error_json)))
@@ -229,11 +239,12 @@ pub fn record_failed(
 pub fn record_accepted(
     conn: &mut DbConn,
     tenant_id: &TenantId,
-    id: &str,
+    id: &MessageId,
     wamid_bidx: &str,
     wamid_ct: &[u8],
     now_ms: i64,
 ) -> Result<(), StorageError> {
+    let id = id.as_str();
     let tenant = tenant_id.as_str();
     on_backend!(conn, c => diesel::update(outbox::table.find(id))
         .set((outbox::state.eq(DONE), outbox::error_json.eq(None::<String>)))
@@ -302,10 +313,10 @@ pub fn record_accepted(
 pub fn record_marketing_stop(
     conn: &mut DbConn,
     tenant_id: &TenantId,
-    contact_id: &str,
+    contact_id: &ContactId,
     now_ms: i64,
 ) -> Result<(), StorageError> {
-    on_backend!(conn, c => diesel::update(contacts::table.find(contact_id))
+    on_backend!(conn, c => diesel::update(contacts::table.find(contact_id.as_str()))
         .filter(contacts::tenant_id.eq(tenant_id.as_str()))
         .set((contacts::marketing_opt_out.eq(true), contacts::marketing_pref_at.eq(now_ms)))
         .execute(c))?;

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 
 use super::{OutboxState, DONE, QUEUED, SENDING, UNFINISHED};
 use crate::crypto::SealKey;
-use crate::ids::{PhoneNumberId, TenantId};
+use crate::ids::{ContactId, MessageId, PhoneNumberId, TenantId};
 use crate::storage::apply::wamid_place;
 use crate::storage::key_store::Vault;
 use crate::storage::keys::load_data_key;
@@ -102,9 +102,9 @@ pub fn send_state_opened(
 /// An outbox row as the sender takes it.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
-    pub id: String,
-    pub tenant_id: String,
-    pub contact_id: String,
+    pub id: MessageId,
+    pub tenant_id: TenantId,
+    pub contact_id: ContactId,
     pub kind: String,
     pub key_id: String,
     pub request_ct: Vec<u8>,
@@ -171,9 +171,9 @@ pub fn pending_sends(
                 limit_held_since,
             )| {
                 Ok(OutboxRow {
-                    id,
-                    tenant_id,
-                    contact_id,
+                    id: MessageId(id),
+                    tenant_id: TenantId(tenant_id),
+                    contact_id: ContactId(contact_id),
                     kind,
                     key_id,
                     request_ct,
@@ -194,7 +194,7 @@ pub fn row_key(
     vault: &Vault,
     row: &OutboxRow,
 ) -> Result<Option<SealKey>, StorageError> {
-    load_data_key(conn, vault, &TenantId(row.tenant_id.clone()), &row.key_id)
+    load_data_key(conn, vault, &row.tenant_id, &row.key_id)
 }
 
 /// Whether send `id` of `tenant_id` waits for Meta's answer (queued, or sent with its

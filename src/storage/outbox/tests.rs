@@ -46,7 +46,7 @@ fn pending_sends_come_in_acceptance_order_and_are_marked_in_flight_once() {
             deadline_ms: 1_000_000,
         };
         accept(conn, &send).expect("accepted");
-        retry_at(conn, id.as_str(), due, None).expect("due time");
+        retry_at(conn, &id, due, None).expect("due time");
         id
     };
     let x_first = queue(&mut conn, &x.contact_id, &x.key_id, 500);
@@ -70,7 +70,7 @@ fn pending_sends_come_in_acceptance_order_and_are_marked_in_flight_once() {
         2
     );
 
-    let both = vec![y_first.to_string(), y_second.to_string()];
+    let both = vec![y_first.clone(), y_second.clone()];
     assert_eq!(
         mark_sending(&mut conn, &both, 50).expect("marked").marked,
         both
@@ -82,7 +82,7 @@ fn pending_sends_come_in_acceptance_order_and_are_marked_in_flight_once() {
             .is_empty(),
         "a send already in flight is not marked again"
     );
-    record_done(&mut conn, y_first.as_str()).expect("done");
+    record_done(&mut conn, &y_first).expect("done");
     let rows = pending_sends(&mut conn, &number, 10).expect("pending");
     let states: Vec<(&str, OutboxState, i32)> = rows
         .iter()
@@ -140,8 +140,8 @@ fn finished_sends_and_old_idempotency_keys_expire() {
     let old_done = send(&mut conn, 10, "k1");
     let old_queued = send(&mut conn, 20, "k2");
     let new_done = send(&mut conn, 500, "k3");
-    record_failed(&mut conn, &tenant, old_done.as_str(), "{}", 30).expect("failed");
-    record_failed(&mut conn, &tenant, new_done.as_str(), "{}", 510).expect("failed");
+    record_failed(&mut conn, &tenant, &old_done, "{}", 30).expect("failed");
+    record_failed(&mut conn, &tenant, &new_done, "{}", 510).expect("failed");
 
     // k2's send still waits: its key stays, so a client's retry sends nothing twice.
     assert_eq!(purge_finished(&mut conn, 100).expect("purged"), (1, 1));
