@@ -1,9 +1,11 @@
 //! Which tenant owns a business phone number: the one cache of `phone_numbers` that
 //! the webhook path (to deliver events) and the writers (to store what could not be
-//! delivered) share. Only owned numbers are cached: a number registered later is
-//! looked up again until it is found. An entry is trusted for [`ROUTE_TTL_MS`], so a
-//! number moved or released by another process (an operator command) is seen within
-//! that time.
+//! delivered) share. Only owned numbers are cached: a number registered later (by the
+//! operator's command, in another process) is looked up again until it is found, so
+//! it routes at once. A registered number never changes owner (`converra number add`
+//! refuses a number registered to anyone). An entry is still trusted only for
+//! [`ROUTE_TTL_MS`], so that a number released by another process is seen within that
+//! time.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
