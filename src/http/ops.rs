@@ -39,7 +39,8 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     });
     tokio::time::timeout(wait, ping)
         .await
-        .map_err(|_| ApiError::field(ErrorCode::Unavailable, "database", "database unreachable"))??
+        .map_err(|_| ApiError::field(ErrorCode::Unavailable, "database", "database unreachable"))?
+        .map_err(|e| ApiError::internal_logged(&state.core.log, &format!("readiness check: {e}")))?
         .map_err(|e| {
             // The driver's message names hosts and users: the log has it, the
             // unauthenticated caller does not.

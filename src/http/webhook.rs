@@ -187,9 +187,12 @@ pub async fn receive(
         }
         Err(IntakeError::Storage(e)) if !e.is_transient() => {
             // Not the database being away: a 500 whose cause is logged with the
-            // request id (Meta retries it all the same).
+            // request id it carries (Meta retries it all the same).
             outcome("failed");
-            Err(ApiError::from(e))
+            Err(ApiError::internal_logged(
+                &core.log,
+                &format!("webhook not committed: {e}"),
+            ))
         }
         Err(IntakeError::Storage(e)) => {
             outcome("unavailable");

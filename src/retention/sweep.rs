@@ -118,30 +118,6 @@ fn cutoff(now_ms: i64, days: u32) -> i64 {
     now_ms.saturating_sub(i64::from(days).saturating_mul(DAY_MS))
 }
 
-/// Sweeps one tenant: finishes its interrupted run if there is one, else records a
-/// new one; returns the finished record.
-pub fn sweep_tenant<L: Lane>(
-    lane: &L,
-    settings: &Settings,
-    tenant_id: &TenantId,
-    now_ms: impl Fn() -> i64,
-    options: &Options,
-    stop: &AtomicBool,
-    progress: &mut dyn Progress,
-) -> Result<RunRecord, SweepError> {
-    let opened = open_run(lane, tenant_id, options.dry_run, now_ms())?;
-    sweep_categories(
-        lane,
-        settings,
-        opened,
-        &[],
-        &now_ms,
-        options,
-        stop,
-        progress,
-    )
-}
-
 /// Every category of one tenant not in `done`, in [`Category::ALL`]'s order; then
 /// the run is finished.
 #[allow(clippy::too_many_arguments)]

@@ -19,7 +19,7 @@ use super::fixed::{fixed_statement, Bind, ReturnedId, Sql};
 use super::key_store::Vault;
 use super::keys::load_keys;
 use super::on_backend;
-use super::schema::{messages, status_events};
+use super::schema::messages;
 use super::{DbConn, StorageError};
 use crate::ids::{ConversationId, MessageId, TenantId, Wamid};
 
@@ -418,7 +418,8 @@ pub fn list_messages(
         .collect()
 }
 
-/// Statuses recorded for a message (by wamid), oldest first; for tests and operators.
+/// Statuses recorded for a message (by wamid), oldest first; for the tests.
+#[cfg(any(test, feature = "testing"))]
 pub fn status_history(
     conn: &mut DbConn,
     keyring: &Vault,
@@ -426,6 +427,7 @@ pub fn status_history(
     wamid: &Wamid,
 ) -> Result<Vec<(String, i64)>, StorageError> {
     let wamid_bidx = keyring.wamid_index(tenant_id.as_str(), wamid);
+    use super::schema::status_events;
     Ok(on_backend!(conn, c => status_events::table
         .inner_join(messages::table.on(messages::id.eq(status_events::message_id)))
         .filter(messages::tenant_id.eq(tenant_id.as_str()))

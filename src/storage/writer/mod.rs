@@ -1,6 +1,9 @@
 //! The writer: the threads that own every database write and commit them in groups
-//! (one on SQLite, by default two on PostgreSQL, each with its own queue; a tenant's
-//! writes always go to the same one, so they run in the order they were queued).
+//! (one on SQLite, by default two on PostgreSQL, each with its own queue). A tenant's
+//! generic writes ([`WriterHandle::write`]) always go to the same one, so they run in
+//! the order they were queued; ingest and the conversation actors' resolves and
+//! applies (each actor has one in flight) go to the writer with the shortest queue, so
+//! one busy tenant's traffic still uses every writer.
 //! Inbox inserts (ingest) and actor work (resolve contacts, apply events, the webhook's
 //! own events among them) queue here; each cycle takes all waiting ingest jobs and,
 //! round-robin across tenants, actor jobs up to `database.write_batch_max`, commits
@@ -145,9 +148,9 @@ impl WriterHealth {
 
 #[derive(Clone)]
 pub struct WriterHandle {
-    /// One queue per writer thread. A tenant's writes always go to the same writer,
-    /// so they are serialised even where several writers run (PostgreSQL); writes of
-    /// no tenant (ingest) go to the writer with the shortest queue.
+    /// One queue per writer thread. A tenant's generic writes always go to the same
+    /// writer, so they are serialised even where several writers run (PostgreSQL);
+    /// the rest go to the writer with the shortest queue.
     queues: Arc<[flume::Sender<Job>]>,
     /// Where the search for the shortest queue starts, turning, so that equal queues
     /// share the work.
@@ -195,8 +198,8 @@ impl WriterHandle {
         self.writers
     }
 
-    /// The queue of the writer that takes `tenant_id`'s writes: always the same one
-    /// for a tenant; for writes of no tenant, the shortest.
+    /// The queue of the writer that takes `tenant_id`'s generic writes: always the
+    /// same one for a tenant; `None`: the shortest.
     fn queue(&self, tenant_id: Option<&TenantId>) -> &flume::Sender<Job> {
         let count = self.queues.len();
         let index = match tenant_id {
@@ -243,7 +246,7 @@ impl WriterHandle {
         ids: ContactIdentifiers,
     ) -> Result<ResolvedContact, StorageError> {
         let (reply, rx) = handoff::channel();
-        self.queue(Some(&tenant_id))
+        self.queue(None)
             .send_async(Job::Resolve {
                 tenant_id,
                 ids,
@@ -268,7 +271,7 @@ impl WriterHandle {
         waiters: Waiters,
     ) -> Result<ApplyReceipt, StorageError> {
         let (reply, rx) = handoff::channel();
-        self.queue(Some(&tenant_id))
+        self.queue(None)
             .send_async(Job::Apply {
                 tenant_id,
                 new_contact,
