@@ -49,7 +49,23 @@ pub struct Settings {
     pub media: MediaSettings,
     pub retention: RetentionSettings,
     pub scheduler: SchedulerSettings,
+    pub email: EmailSettings,
     pub log: LogSettings,
+}
+
+/// The SMTP server emails to account holders go through, and how a delivery that
+/// fails for now is retried.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    /// `smtp://HOST:PORT` or `smtps://HOST:PORT`, credentials in the URL; empty: emails
+    /// wait in the email outbox.
+    pub smtp_url: String,
+    pub smtp_url_file: String,
+    pub from: String,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub timeout_secs: u64,
 }
 
 /// The scheduler's own timers (the retention sweep's is `retention.sweep_interval_secs`,
@@ -246,6 +262,9 @@ impl Settings {
             self.whatsapp.app_secret =
                 read_secret("whatsapp.app_secret_file", &self.whatsapp.app_secret_file)?;
         }
+        if !self.email.smtp_url_file.is_empty() {
+            self.email.smtp_url = read_secret("email.smtp_url_file", &self.email.smtp_url_file)?;
+        }
         if !self.whatsapp.verify_token_file.is_empty() {
             self.whatsapp.verify_token = read_secret(
                 "whatsapp.verify_token_file",
@@ -439,7 +458,39 @@ impl Settings {
         if self.actors.sweep_interval_secs == 0 {
             return Err(invalid("actors.sweep_interval_secs", "must be at least 1"));
         }
+        self.validate_email()?;
         self.validate_retention()
+    }
+
+    fn validate_email(&self) -> Result<(), ConfigError> {
+        let email = &self.email;
+        if !email.smtp_url.is_empty() {
+            match url::Url::parse(&email.smtp_url) {
+                Ok(url) if matches!(url.scheme(), "smtp" | "smtps") && url.host().is_some() => {}
+                _ => {
+                    return Err(invalid(
+                        "email.smtp_url",
+                        "must be smtp://HOST:PORT or smtps://HOST:PORT",
+                    ))
+                }
+            }
+        }
+        if email.from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(invalid(
+                "email.from",
+                "must be an email address, optionally with a name: Name <address>",
+            ));
+        }
+        if email.retry_base_ms == 0 || email.retry_max_ms < email.retry_base_ms {
+            return Err(invalid(
+                "email.retry_max_ms",
+                "email.retry_base_ms must be at least 1 and retry_max_ms at least retry_base_ms",
+            ));
+        }
+        if !(1..=600).contains(&email.timeout_secs) {
+            return Err(invalid("email.timeout_secs", "must be from 1 to 600"));
+        }
+        Ok(())
     }
 
     fn validate_retention(&self) -> Result<(), ConfigError> {
@@ -510,6 +561,12 @@ impl Settings {
                 "not set: Meta's verification handshake is refused until it is",
             ));
         }
+        if self.email.smtp_url.is_empty() {
+            out.push((
+                "email.smtp_url",
+                "not set: emails to account holders wait in the email outbox until it is",
+            ));
+        }
         let ca_file = &self.outbound.ca_file;
         if !ca_file.is_empty() && !std::path::Path::new(ca_file).exists() {
             out.push((
@@ -533,6 +590,7 @@ impl Settings {
         }
         copy.database.url = redact_url_password(&copy.database.url);
         copy.database.key_store_url = redact_url_password(&copy.database.key_store_url);
+        copy.email.smtp_url = redact_url_password(&copy.email.smtp_url);
         copy
     }
 

@@ -27,8 +27,10 @@
 pub mod actors;
 pub mod automation;
 pub mod clock;
+pub mod compliance;
 pub mod config;
 pub mod crypto;
+pub mod email;
 pub mod error;
 pub mod http;
 pub mod ids;
@@ -335,6 +337,10 @@ pub async fn run(
         let core = core.clone();
         Supervisor::start(move |_| actors::media::MediaFetcher::new(core))
     };
+    let mailer = {
+        let core = core.clone();
+        Supervisor::start(move |_| actors::mailer::Mailer::new(core))
+    };
     let scheduler = {
         let (core, registry) = (core.clone(), registry.clone());
         Supervisor::start(move |_| actors::scheduler::Scheduler::new(core, registry))
@@ -447,53 +453,36 @@ pub async fn run(
         task.abort();
         slog::info!(log, "background task stopped"; "background" => "watchdog");
     }
-    // Sends and downloads in flight end, their outcomes written, before the writer
-    // stops; nothing new starts (what waits is durable and goes at the next start).
-    if tokio::time::timeout(BACKGROUND_STOP_TIMEOUT, core.senders.finish())
-        .await
-        .is_err()
-    {
-        slog::warn!(
-            log,
-            "sends still in flight at exit; they are reconciled at the next start"
-        );
-    }
-    slog::info!(log, "background task stopped"; "background" => "senders");
-    let fetching = async {
-        if let Ok(done) = media_fetcher.send(actors::FinishWork).await {
+    // The actors whose work calls out or writes on its own: sends, downloads and
+    // emails in flight end with their outcomes written, before the writer stops;
+    // nothing new starts (what waits is durable and goes at the next start). Then the
+    // scheduler (the retention sweep stops after its batch) and the inbox sweep.
+    let finish = |addr: Recipient<actors::FinishWork>| async move {
+        if let Ok(done) = addr.send(actors::FinishWork).await {
             let _ = done.await;
         }
     };
-    if tokio::time::timeout(BACKGROUND_STOP_TIMEOUT, fetching)
-        .await
-        .is_err()
-    {
-        slog::warn!(
-            log,
-            "media downloads still in flight at exit; they are fetched again at the next start"
-        );
-    }
-    slog::info!(log, "background task stopped"; "background" => "media-fetcher");
-    // The scheduler's duties write through the writer: they stop (the retention sweep
-    // after its batch) before it does, and ask the registry for no more inbox sweeps.
-    if let Ok(Some(sweep)) = scheduler.send(actors::scheduler::StopScheduler).await {
-        // It stops after the batch in hand; a database that does not answer must not
-        // hold the shutdown here (the writer's stop then fails the sweep's write).
-        if tokio::time::timeout(BACKGROUND_STOP_TIMEOUT, sweep)
-            .await
-            .is_err()
-        {
-            slog::warn!(
-                log,
-                "the retention sweep did not stop in time; its run resumes at the next start"
-            );
+    stop_task(&log, "senders", "reconciled", core.senders.finish()).await;
+    stop_task(
+        &log,
+        "media-fetcher",
+        "fetched again",
+        finish(media_fetcher.recipient()),
+    )
+    .await;
+    stop_task(&log, "mailer", "retried", finish(mailer.recipient())).await;
+    let sweep = async {
+        if let Ok(Some(sweep)) = scheduler.send(actors::scheduler::StopScheduler).await {
+            let _ = sweep.await;
         }
-    }
-    slog::info!(log, "background task stopped"; "background" => "scheduler");
-    if let Ok(Some(sweep)) = registry.send(StopSweeping).await {
-        let _ = sweep.await;
-    }
-    slog::info!(log, "background task stopped"; "background" => "inbox-sweep");
+    };
+    stop_task(&log, "scheduler", "resumed", sweep).await;
+    let inbox_sweep = async {
+        if let Ok(Some(sweep)) = registry.send(StopSweeping).await {
+            let _ = sweep.await;
+        }
+    };
+    stop_task(&log, "inbox-sweep", "resumed", inbox_sweep).await;
     for arbiter in &arbiters {
         arbiter.stop();
     }
@@ -522,9 +511,22 @@ pub async fn run(
     Ok(())
 }
 
-/// How long shutdown waits for the background threads once the writers are told to
-/// stop (they finish what is queued first).
+/// How long shutdown waits for each background task, and for the background threads
+/// once the writers are told to stop (they finish what is queued first).
 const BACKGROUND_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits up to [`BACKGROUND_STOP_TIMEOUT`] for background task `name` to stop, and logs
+/// whether it did; one that did not leaves its work to be `left` at the next start (a
+/// database that does not answer must not hold the shutdown).
+async fn stop_task(log: &slog::Logger, name: &str, left: &str, stopped: impl Future<Output = ()>) {
+    match tokio::time::timeout(BACKGROUND_STOP_TIMEOUT, stopped).await {
+        Ok(()) => slog::info!(log, "background task stopped"; "background" => name),
+        Err(_) => {
+            slog::warn!(log, "background task did not stop in time; its work is {} at the next start", left;
+            "background" => name)
+        }
+    }
+}
 
 /// How long one write batch may wait for the database before the writer counts as
 /// stuck: every statement is bounded by the statement timeout and getting a connection

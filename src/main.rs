@@ -52,6 +52,31 @@ enum Command {
     /// Retention: data past its period.
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Notices to the account holders of every tenant, by email.
+    #[command(subcommand)]
+    Notice(NoticeCommand),
+}
+
+#[derive(Subcommand)]
+enum NoticeCommand {
+    /// Email a notice (a merger, a sale of assets, a change of sub-processors, ...) to
+    /// the account holder of every tenant; the daemon delivers it, retrying while the
+    /// SMTP server is away, and each tenant's audit log records it.
+    Send {
+        /// The email's subject.
+        #[arg(long)]
+        subject: String,
+        /// The notice's text (plain text; paragraphs separated by blank lines).
+        #[arg(long)]
+        body_file: PathBuf,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List notices and where their emails stand: queued, sent, failed.
+    List {
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -223,6 +248,7 @@ fn run_command() -> anyhow::Result<()> {
         Command::Number(command) => number(settings, command),
         Command::Inbox(command) => inbox(settings, command),
         Command::Retention(command) => retention(settings, command),
+        Command::Notice(command) => notice(settings, command),
     }
 }
 
@@ -302,6 +328,84 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     for row in rows {
         println!("{}", line(row));
     }
+}
+
+fn notice(settings: Settings, command: NoticeCommand) -> anyhow::Result<()> {
+    use converra::storage::email;
+    let (_, mut conn) = operator_storage(&settings)?;
+    match command {
+        NoticeCommand::Send {
+            subject,
+            body_file,
+            output,
+        } => {
+            if subject.trim().is_empty() {
+                bail!("--subject must not be empty");
+            }
+            let body = std::fs::read_to_string(&body_file)
+                .with_context(|| format!("reading --body-file {}", body_file.display()))?;
+            if body.trim().is_empty() {
+                bail!("--body-file {} is empty", body_file.display());
+            }
+            let names: std::collections::HashMap<String, String> =
+                tenants::list_tenants(&mut conn)?
+                    .into_iter()
+                    .map(|t| (t.id, t.name))
+                    .collect();
+            let mut emails = Vec::new();
+            for (tenant_id, holder) in email::account_holders(&mut conn)? {
+                let name = names.get(tenant_id.as_str()).map_or("", String::as_str);
+                emails.push(converra::email::notice(
+                    &tenant_id, name, &holder, &subject, &body,
+                )?);
+            }
+            let domain = converra::email::message_domain(&settings.email.from);
+            let notice_id =
+                email::queue_notice(&mut conn, &subject, &emails, &domain, SystemClock.now_ms())?;
+            if output.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": notice_id, "emails": emails.len()})
+                );
+            } else {
+                println!(
+                    "notice {notice_id} queued for {} account holders",
+                    emails.len()
+                );
+            }
+        }
+        NoticeCommand::List { output } => {
+            let all = email::notices(&mut conn)?;
+            if output.json {
+                let listed: Vec<serde_json::Value> = all
+                    .iter()
+                    .map(|n| {
+                        serde_json::json!({"id": n.id, "subject": n.subject,
+                            "created_at": rfc3339(n.created_at), "queued": n.queued,
+                            "sent": n.sent, "failed": n.failed})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string(&listed)?);
+            } else {
+                print_table(
+                    &["id", "subject", "created_at", "queued", "sent", "failed"],
+                    all.into_iter()
+                        .map(|n| {
+                            vec![
+                                n.id,
+                                n.subject,
+                                rfc3339(n.created_at),
+                                n.queued.to_string(),
+                                n.sent.to_string(),
+                                n.failed.to_string(),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn tenant(settings: Settings, command: TenantCommand) -> anyhow::Result<()> {

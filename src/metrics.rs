@@ -46,6 +46,8 @@ pub struct Metrics {
     pub outbound_deferrals: IntCounterVec,
     /// Media fetches from Meta by outcome: fetched, retried, failed.
     pub media_fetches: IntCounterVec,
+    /// Delivery attempts of emails to account holders, by outcome: sent, retried, failed.
+    pub emails: IntCounterVec,
     /// Sends waiting for room in their portfolio's messaging limit, by number.
     pub messaging_limit_waiting: IntGaugeVec,
     /// Rows the retention sweeps deleted, by category.
@@ -166,6 +168,14 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(media_fetches.clone()))?;
+        let emails = IntCounterVec::new(
+            Opts::new(
+                "emails_total",
+                "Delivery attempts of emails to account holders, by outcome: sent, retried, failed",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(emails.clone()))?;
         let messaging_limit_waiting = IntGaugeVec::new(
             Opts::new(
                 "messaging_limit_waiting",
@@ -195,6 +205,7 @@ impl Metrics {
             retention_sweeps,
             messaging_limit_waiting,
             media_fetches,
+            emails,
             outbound_deferrals,
             outbound_sends,
             outbound_refusals,

@@ -12,6 +12,7 @@
 //! a restarted actor and re-dispatched by the registry's sweeper.
 
 pub mod conversation;
+pub mod mailer;
 pub mod media;
 pub mod registry;
 pub mod scheduler;

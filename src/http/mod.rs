@@ -2,6 +2,7 @@
 //! the writer or read through the pool; state and ordering live in the actors.
 
 pub mod api;
+pub mod audit;
 pub mod automations;
 pub mod crm;
 pub mod media;
@@ -84,6 +85,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .route(web::put().to(retention::put_policies)),
             )
             .service(resource("/retention/runs").route(web::get().to(retention::runs)))
+            .service(resource("/audit").route(web::get().to(audit::entries)))
             .service(
                 resource("/settings")
                     .route(web::get().to(automations::get_settings))

@@ -8,10 +8,12 @@
 //! [`writer`] thread (all writes, group-committed) or `web::block` (reads).
 
 pub mod apply;
+pub mod audit;
 pub mod automations;
 pub mod contact_crm;
 pub mod contacts;
 pub mod conversations;
+pub mod email;
 mod fixed;
 pub mod handoff;
 pub mod inbox;

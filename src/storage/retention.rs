@@ -6,8 +6,9 @@ use diesel::prelude::*;
 
 use super::on_backend;
 use super::schema::{
-    automation_runs, conversations, idempotency_keys, inbox, media_downloads, messages, outbox,
-    retention_policies, retention_runs, usage_daily, webhook_events,
+    audit_log, automation_runs, conversations, email_outbox, idempotency_keys, inbox,
+    media_downloads, messages, outbox, retention_policies, retention_runs, usage_daily,
+    webhook_events,
 };
 use super::{DbConn, StorageError};
 use crate::ids::TenantId;
@@ -30,12 +31,29 @@ pub fn policies(conn: &mut DbConn, tenant_id: &TenantId) -> Result<Policies, Sto
 }
 
 /// Sets the categories in `changes`; `None` returns one to the operator's default.
+/// The tenant's audit log records the change.
 pub fn change_policies(
     conn: &mut DbConn,
     tenant_id: &TenantId,
     changes: &Changes,
     now_ms: i64,
 ) -> Result<(), StorageError> {
+    let detail: serde_json::Map<String, serde_json::Value> = changes
+        .iter()
+        .map(|(category, days)| (category.as_str().to_string(), serde_json::json!(days)))
+        .collect();
+    super::audit::append(
+        conn,
+        &super::audit::NewEntry {
+            tenant_id,
+            actor: super::audit::Actor::Api,
+            action: "retention_policy_changed",
+            request_id: None,
+            contact_id: None,
+            detail: serde_json::Value::Object(detail),
+        },
+        now_ms,
+    )?;
     for (category, days) in changes {
         let name = category.as_str();
         match days {
@@ -132,6 +150,17 @@ macro_rules! expired {
                     .filter(outbox::state.eq_any(super::outbox::UNFINISHED)),
             )))
     };
+    (audit_log, $tenant:expr, $cutoff:expr) => {
+        audit_log::table
+            .filter(audit_log::tenant_id.eq($tenant))
+            .filter(audit_log::at.lt($cutoff))
+    };
+    (email_outbox, $tenant:expr, $cutoff:expr) => {
+        email_outbox::table
+            .filter(email_outbox::tenant_id.eq($tenant))
+            .filter(email_outbox::state.eq_any(super::email::FINISHED))
+            .filter(email_outbox::created_at.lt($cutoff))
+    };
     (retention_runs, $tenant:expr, $cutoff:expr) => {
         retention_runs::table
             .filter(retention_runs::tenant_id.eq($tenant))
@@ -169,9 +198,9 @@ pub fn count_expired(
         Category::ClosedConversations => count!(conversations),
         Category::RawPayloads => count!(inbox) + count!(webhook_events),
         Category::AutomationRuns => count!(automation_runs) + count!(usage_daily),
-        Category::Technical => count!(outbox) + count!(idempotency_keys),
-        // The sweeps' own records: what was deleted when, the audit of retention.
-        Category::Audit => count!(retention_runs),
+        Category::Technical => count!(outbox) + count!(idempotency_keys) + count!(email_outbox),
+        // The audit log, and the sweeps' own records (what was deleted when).
+        Category::Audit => count!(audit_log) + count!(retention_runs),
         // Kept by the compliance work, which does not store them yet.
         Category::Exports => 0,
     };
@@ -240,10 +269,16 @@ pub fn delete_expired(
             runs => runs,
         },
         Category::Technical => match delete!(outbox, id: String) {
-            0 => delete!(idempotency_keys, key_bidx: String),
+            0 => match delete!(idempotency_keys, key_bidx: String) {
+                0 => delete!(email_outbox, id: String),
+                keys => keys,
+            },
             sends => sends,
         },
-        Category::Audit => delete!(retention_runs, id: String),
+        Category::Audit => match delete!(audit_log, id: String) {
+            0 => delete!(retention_runs, id: String),
+            entries => entries,
+        },
         Category::Exports => 0,
     };
     Ok(deleted as u64)

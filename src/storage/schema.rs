@@ -360,3 +360,44 @@ diesel::table! {
         deleted_json -> Text,
     }
 }
+
+diesel::table! {
+    audit_log (id) {
+        id -> Text,
+        tenant_id -> Text,
+        at -> BigInt,
+        actor -> Text,
+        action -> Text,
+        request_id -> Nullable<Text>,
+        contact_id -> Nullable<Text>,
+        detail_json -> Text,
+    }
+}
+
+diesel::table! {
+    notices (id) {
+        id -> Text,
+        subject -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    email_outbox (id) {
+        id -> Text,
+        tenant_id -> Text,
+        notice_id -> Nullable<Text>,
+        event -> Text,
+        recipient -> Text,
+        subject -> Text,
+        text_body -> Text,
+        html_body -> Text,
+        message_id -> Text,
+        state -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        last_error -> Nullable<Text>,
+        created_at -> BigInt,
+        sent_at -> Nullable<BigInt>,
+    }
+}

@@ -530,6 +530,10 @@ async fn logs_never_carry_secrets_keys_or_message_bodies() {
         "writer-0",
         "checkpoint",
         "conversation-index",
+        "senders",
+        "media-fetcher",
+        "mailer",
+        "scheduler",
         "inbox-sweep",
     ] {
         assert!(
@@ -541,6 +545,7 @@ async fn logs_never_carry_secrets_keys_or_message_bodies() {
         );
     }
     assert!(!logs.contains("background tasks still running"), "{logs}");
+    assert!(!logs.contains("did not stop in time"), "{logs}");
     for secret in [
         APP_SECRET,
         secret_body,

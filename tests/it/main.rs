@@ -8,6 +8,7 @@
 mod api;
 mod at_rest;
 mod automations;
+mod compliance;
 mod daemon;
 mod fake_graph;
 mod media;
@@ -15,6 +16,7 @@ mod messaging_limit;
 mod outbound;
 mod recovery;
 mod retention;
+mod smtp;
 mod storage;
 mod support;
 mod webhook;

@@ -1,0 +1,3 @@
+DROP TABLE email_outbox;
+DROP TABLE notices;
+DROP TABLE audit_log;
