@@ -50,7 +50,30 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub scheduler: SchedulerSettings,
     pub email: EmailSettings,
+    pub compliance: ComplianceSettings,
     pub log: LogSettings,
+}
+
+/// Compliance deadlines: the days that are not working days besides weekends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComplianceSettings {
+    /// YYYY-MM-DD.
+    pub holidays: Vec<String>,
+}
+
+impl ComplianceSettings {
+    /// The holidays as dates (those that do not parse were refused by validation).
+    pub fn holiday_dates(&self) -> Vec<time::Date> {
+        self.holidays
+            .iter()
+            .filter_map(|day| parse_day(day))
+            .collect()
+    }
+}
+
+fn parse_day(text: &str) -> Option<time::Date> {
+    time::Date::parse(text, &time::format_description::well_known::Iso8601::DATE).ok()
 }
 
 /// The SMTP server emails to account holders go through, and how a delivery that
@@ -459,7 +482,20 @@ impl Settings {
             return Err(invalid("actors.sweep_interval_secs", "must be at least 1"));
         }
         self.validate_email()?;
+        self.validate_compliance()?;
         self.validate_retention()
+    }
+
+    fn validate_compliance(&self) -> Result<(), ConfigError> {
+        for day in &self.compliance.holidays {
+            if parse_day(day).is_none() {
+                return Err(invalid(
+                    "compliance.holidays",
+                    format!("{day:?} is not a date (YYYY-MM-DD)"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_email(&self) -> Result<(), ConfigError> {

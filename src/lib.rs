@@ -327,6 +327,7 @@ pub async fn run(
         senders: actors::sender::Senders::new(Arbiter::current()),
         automations: crate::automation::AutomationBook::new(settings.outbound.clone()),
         media_wanted: Default::default(),
+        compliance_wanted: Default::default(),
     });
     let registry = {
         let core = core.clone();
@@ -340,6 +341,10 @@ pub async fn run(
     let mailer = {
         let core = core.clone();
         Supervisor::start(move |_| actors::mailer::Mailer::new(core))
+    };
+    let compliance = {
+        let core = core.clone();
+        Supervisor::start(move |_| actors::compliance::ComplianceActor::new(core))
     };
     let scheduler = {
         let (core, registry) = (core.clone(), registry.clone());
@@ -468,6 +473,13 @@ pub async fn run(
         "media-fetcher",
         "fetched again",
         finish(media_fetcher.recipient()),
+    )
+    .await;
+    stop_task(
+        &log,
+        "compliance",
+        "resumed",
+        finish(compliance.recipient()),
     )
     .await;
     stop_task(&log, "mailer", "retried", finish(mailer.recipient())).await;

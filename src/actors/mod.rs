@@ -11,6 +11,7 @@
 //! loses nothing: a delivery it held goes to the inbox, and inbox rows are re-read by
 //! a restarted actor and re-dispatched by the registry's sweeper.
 
+pub mod compliance;
 pub mod conversation;
 pub mod mailer;
 pub mod media;
@@ -115,6 +116,8 @@ pub struct Core {
     pub automations: crate::automation::AutomationBook,
     /// Set when a write stored media to fetch: the media fetcher looks at once.
     pub media_wanted: std::sync::atomic::AtomicBool,
+    /// Set when a privacy request was submitted: the compliance actor looks at once.
+    pub compliance_wanted: std::sync::atomic::AtomicBool,
 }
 
 impl Core {

@@ -8,6 +8,13 @@
 
 use time::{Date, Duration, Month, Weekday};
 
+/// The UTC day of `ms` (milliseconds since the epoch).
+pub fn day_of(ms: i64) -> Date {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .map(|t| t.date())
+        .unwrap_or(Date::MIN)
+}
+
 /// Whether `day` is a working day: not a Saturday, a Sunday or one of `holidays`.
 pub fn is_working_day(day: Date, holidays: &[Date]) -> bool {
     !matches!(day.weekday(), Weekday::Saturday | Weekday::Sunday) && !holidays.contains(&day)

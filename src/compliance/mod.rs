@@ -1,4 +1,6 @@
 //! The privacy policy's promises to businesses and their customers, kept by the daemon:
-//! the deadlines of data-subject requests and privacy enquiries ([`dates`]).
+//! data-subject requests ([`requests`], executed by the compliance actor) and their
+//! deadlines ([`dates`]).
 
 pub mod dates;
+pub mod requests;

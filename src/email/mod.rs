@@ -27,6 +27,8 @@ fn templates() -> &'static Environment<'static> {
         for (name, source) in [
             ("notice.txt", include_str!("templates/notice.txt")),
             ("notice.html", include_str!("templates/notice.html")),
+            ("request.txt", include_str!("templates/request.txt")),
+            ("request.html", include_str!("templates/request.html")),
         ] {
             let _ = env.add_template(name, source);
         }
@@ -68,6 +70,79 @@ pub fn notice(
         subject: subject.to_string(),
         text_body: render("notice.txt", values.clone())?,
         html_body: render("notice.html", values)?,
+    })
+}
+
+/// What happened to a data-subject request, for its account holder's email.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestEvent {
+    Received,
+    Completed,
+    Rejected,
+}
+
+impl RequestEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestEvent::Received => "received",
+            RequestEvent::Completed => "completed",
+            RequestEvent::Rejected => "rejected",
+        }
+    }
+}
+
+/// A data-subject request as its email names it: ids, kind and dates, never the
+/// subject's identifier or data.
+pub struct RequestFacts<'a> {
+    pub request_id: &'a str,
+    pub kind: &'a str,
+    /// RFC 3339.
+    pub received: &'a str,
+    /// YYYY-MM-DD.
+    pub due: &'a str,
+    pub reason: Option<&'a str>,
+}
+
+/// The account holder's email about `event` of a data-subject request. The Subject
+/// names the event, the kind and the request id.
+pub fn request_event(
+    tenant_id: &TenantId,
+    tenant_name: &str,
+    recipient: &str,
+    event: RequestEvent,
+    facts: &RequestFacts<'_>,
+) -> Result<NewEmail, EmailError> {
+    let subject = format!(
+        "Privacy request {}: {} {}",
+        event.as_str(),
+        facts.kind,
+        facts.request_id
+    );
+    let sentence = match event {
+        RequestEvent::Received => format!(
+            "Converra received a {} request for one of your contacts and runs it by itself; it is due by {}.",
+            facts.kind, facts.due
+        ),
+        RequestEvent::Completed => format!("The {} request is completed.", facts.kind),
+        RequestEvent::Rejected => format!("The {} request was rejected.", facts.kind),
+    };
+    let values = context! {
+        tenant_name => tenant_name,
+        subject => &subject,
+        sentence => sentence,
+        request_id => facts.request_id,
+        kind => facts.kind,
+        received => facts.received,
+        due => facts.due,
+        reason => facts.reason,
+    };
+    Ok(NewEmail {
+        tenant_id: tenant_id.clone(),
+        event: format!("request_{}", event.as_str()),
+        recipient: recipient.to_string(),
+        text_body: render("request.txt", values.clone())?,
+        html_body: render("request.html", values)?,
+        subject,
     })
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::api::{authenticate, page, read, PageQuery};
 use super::AppState;
-use crate::clock::rfc3339;
+use crate::clock::rfc3339_ms as rfc3339;
 use crate::error::ApiError;
 use crate::storage::audit::{self, Entry};
 

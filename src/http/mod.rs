@@ -8,6 +8,7 @@ pub mod crm;
 pub mod media;
 pub mod ops;
 pub mod outbound;
+pub mod privacy;
 pub mod retention;
 pub mod usage;
 pub mod views;
@@ -86,6 +87,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             )
             .service(resource("/retention/runs").route(web::get().to(retention::runs)))
             .service(resource("/audit").route(web::get().to(audit::entries)))
+            .service(
+                resource("/privacy/requests")
+                    .route(web::get().to(privacy::list))
+                    .route(web::post().to(privacy::submit)),
+            )
+            .service(resource("/privacy/requests/{id}").route(web::get().to(privacy::get)))
+            .service(resource("/privacy/requests/{id}/lift").route(web::post().to(privacy::lift)))
             .service(
                 resource("/settings")
                     .route(web::get().to(automations::get_settings))

@@ -24,6 +24,7 @@ pub mod media;
 pub mod messages;
 pub mod messaging_limits;
 pub mod outbox;
+pub mod privacy;
 pub mod raw_keys;
 pub mod readers;
 pub mod report;

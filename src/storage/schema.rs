@@ -401,3 +401,20 @@ diesel::table! {
         sent_at -> Nullable<BigInt>,
     }
 }
+
+diesel::table! {
+    privacy_requests (id) {
+        id -> Text,
+        tenant_id -> Text,
+        kind -> Text,
+        state -> Text,
+        subject_bidx -> Text,
+        contact_id -> Nullable<Text>,
+        received_at -> BigInt,
+        due_on -> Text,
+        extended_due_on -> Nullable<Text>,
+        completed_at -> Nullable<BigInt>,
+        reason -> Nullable<Text>,
+        lifted_at -> Nullable<BigInt>,
+    }
+}

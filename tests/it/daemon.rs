@@ -532,6 +532,7 @@ async fn logs_never_carry_secrets_keys_or_message_bodies() {
         "conversation-index",
         "senders",
         "media-fetcher",
+        "compliance",
         "mailer",
         "scheduler",
         "inbox-sweep",

@@ -247,18 +247,24 @@ fn parse_read(fields: &Map<String, Value>, from: &str) -> Result<SendRequest, In
 /// `to`: a phone number in international format (digits, an optional leading `+`),
 /// or a BSUID (a country code, a period, then Meta's id: `US.13491208655302741918`).
 fn parse_recipient(fields: &Map<String, Value>) -> Result<Recipient, Invalid> {
-    let to = required_str(fields, "to", "to")?.trim();
-    if is_bsuid(to) {
-        return Ok(Recipient::UserId(to.to_string()));
+    recipient_of(required_str(fields, "to", "to")?).ok_or_else(|| {
+        invalid(
+            "to",
+            "must be a phone number in international format (digits) or a user_id (BSUID)",
+        )
+    })
+}
+
+/// A WhatsApp user as a business names them: a phone number in international format
+/// (digits, an optional `+`), which is the wa_id, or a BSUID (`user_id`).
+pub fn recipient_of(text: &str) -> Option<Recipient> {
+    let text = text.trim();
+    if is_bsuid(text) {
+        return Some(Recipient::UserId(text.to_string()));
     }
-    let digits = to.strip_prefix('+').unwrap_or(to);
-    if (6..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Ok(Recipient::WaId(digits.to_string()));
-    }
-    Err(invalid(
-        "to",
-        "must be a phone number in international format (digits) or a user_id (BSUID)",
-    ))
+    let digits = text.strip_prefix('+').unwrap_or(text);
+    ((6..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| Recipient::WaId(digits.to_string()))
 }
 
 fn is_bsuid(text: &str) -> bool {

@@ -1,0 +1,21 @@
+-- Data-subject requests a business forwards for one of its contacts, executed one at
+-- a time per tenant in the order received (the order of their time-ordered ids).
+-- The subject is named by the keyed hash of its identifier, never in clear; the
+-- contact it resolved to, once found. Dates are days (YYYY-MM-DD): the deadline is a
+-- calendar day.
+CREATE TABLE privacy_requests (
+    id TEXT PRIMARY KEY NOT NULL,
+    tenant_id TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    subject_bidx TEXT NOT NULL,
+    contact_id TEXT,
+    received_at BIGINT NOT NULL,
+    due_on TEXT NOT NULL,
+    extended_due_on TEXT,
+    completed_at BIGINT,
+    reason TEXT,
+    lifted_at BIGINT
+);
+CREATE INDEX privacy_requests_open ON privacy_requests (state, id);
+CREATE INDEX privacy_requests_tenant ON privacy_requests (tenant_id, id);

@@ -1,0 +1,324 @@
+//! The tenant API's data-subject requests (`/v1/privacy/requests`): a business
+//! forwards its customer's request, having verified them; Converra takes it into the
+//! tenant's queue and runs it by itself ([`crate::actors::compliance`]). The subject
+//! is named by wa_id or user_id, never shown back: a request names its contact by id.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::api::{authenticate, is_id, page, read, PageQuery};
+use super::outbound::read_json;
+use super::AppState;
+use crate::clock::rfc3339_ms as rfc3339;
+use crate::compliance::{dates, requests};
+use crate::error::{ApiError, ErrorCode};
+use crate::ids::TenantId;
+use crate::storage::privacy::{self, Kind, Request, State};
+use crate::whatsapp::outbound::{recipient_of, Recipient};
+
+#[derive(Serialize)]
+struct RequestView {
+    id: String,
+    kind: &'static str,
+    state: &'static str,
+    contact_id: Option<String>,
+    received_at: String,
+    /// The end of the day it is due (UTC).
+    due_at: String,
+    extended_due_at: Option<String>,
+    /// Whole days left until it is due; negative once overdue (open requests only).
+    days_left: Option<i64>,
+    completed_at: Option<String>,
+    reason: Option<String>,
+    lifted_at: Option<String>,
+}
+
+/// The end (UTC) of day `day` (YYYY-MM-DD), as RFC 3339.
+fn end_of(day: &str) -> String {
+    format!("{day}T23:59:59.999Z")
+}
+
+fn view(request: Request, today: time::Date) -> RequestView {
+    let open = matches!(request.state, State::Received | State::InProgress);
+    let days_left = time::Date::parse(
+        request.due_on(),
+        &time::format_description::well_known::Iso8601::DATE,
+    )
+    .ok()
+    .filter(|_| open)
+    .map(|due| (due - today).whole_days());
+    RequestView {
+        kind: request.kind.as_str(),
+        state: request.state.as_str(),
+        contact_id: request.contact_id.map(|c| c.0),
+        received_at: rfc3339(request.received_at),
+        due_at: end_of(&request.due_on),
+        extended_due_at: request.extended_due_on.as_deref().map(end_of),
+        days_left,
+        completed_at: request.completed_at.map(rfc3339),
+        reason: request.reason,
+        lifted_at: request.lifted_at.map(rfc3339),
+        id: request.id,
+    }
+}
+
+/// The subject's blind index, from the request's `wa_id` or `user_id` (one of them).
+fn subject_of(
+    state: &AppState,
+    tenant: &str,
+    body: &serde_json::Map<String, Value>,
+) -> Result<String, ApiError> {
+    let text = |field: &'static str| -> Result<Option<&str>, ApiError> {
+        match body.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) if !text.trim().is_empty() => Ok(Some(text)),
+            Some(_) => Err(ApiError::field(
+                ErrorCode::InvalidField,
+                field,
+                format!("{field} must be a non-empty string"),
+            )),
+        }
+    };
+    let keyring = &state.core.keyring;
+    match (text("wa_id")?, text("user_id")?) {
+        (Some(wa_id), None) => match recipient_of(wa_id) {
+            Some(Recipient::WaId(wa_id)) => Ok(keyring.blind_index(tenant, "wa_id", &wa_id)),
+            _ => Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "wa_id",
+                "wa_id must be a phone number in international format (digits)",
+            )),
+        },
+        (None, Some(user_id)) => match recipient_of(user_id) {
+            Some(Recipient::UserId(user_id)) => {
+                Ok(keyring.blind_index(tenant, "user_id", &user_id))
+            }
+            _ => Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "user_id",
+                "user_id must be a BSUID as Meta gives it (CC.alphanumeric)",
+            )),
+        },
+        (Some(_), Some(_)) => Err(ApiError::field(
+            ErrorCode::InvalidField,
+            "user_id",
+            "name the subject by wa_id or by user_id, not both",
+        )),
+        (None, None) => Err(ApiError::field(
+            ErrorCode::InvalidField,
+            "wa_id",
+            "the subject is required: wa_id or user_id",
+        )),
+    }
+}
+
+/// `POST /v1/privacy/requests`.
+pub async fn submit(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = authenticate(&state, &req).await?;
+    let body = read_json(payload).await?;
+    let Value::Object(body) = body else {
+        return Err(ApiError::field(
+            ErrorCode::InvalidField,
+            "body",
+            "must be a JSON object",
+        ));
+    };
+    if let Some(unknown) = body
+        .keys()
+        .find(|key| !["kind", "wa_id", "user_id"].contains(&key.as_str()))
+    {
+        return Err(ApiError::field(
+            ErrorCode::InvalidField,
+            unknown,
+            format!("{unknown} is not a field of a privacy request"),
+        ));
+    }
+    let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+    let kind = body
+        .get("kind")
+        .and_then(Value::as_str)
+        .and_then(Kind::parse)
+        .ok_or_else(|| {
+            ApiError::field(
+                ErrorCode::InvalidField,
+                "kind",
+                format!("kind must be one of {}", kinds.join(", ")),
+            )
+        })?;
+    if !requests::executes(kind) {
+        return Err(ApiError::field(
+            ErrorCode::InvalidField,
+            "kind",
+            format!(
+                "{} requests are not available yet; restriction and objection are",
+                kind.as_str()
+            ),
+        ));
+    }
+    let subject = subject_of(&state, tenant.as_str(), &body)?;
+    let holidays = state.core.settings.compliance.holiday_dates();
+    let domain = crate::email::message_domain(&state.core.settings.email.from);
+    let now = state.core.clock.now_ms();
+    let written = tenant.clone();
+    let request = state
+        .core
+        .writer
+        .write(Some(tenant), move |conn| {
+            requests::submit(
+                conn,
+                &written,
+                kind,
+                subject.clone(),
+                &holidays,
+                &domain,
+                now,
+            )
+        })
+        .await?;
+    state
+        .core
+        .compliance_wanted
+        .store(true, std::sync::atomic::Ordering::Release);
+    let today = dates::day_of(now);
+    Ok(HttpResponse::Created().json(view(request, today)))
+}
+
+/// The caller's tenant, and the request id of the path (any id that is not one of
+/// Converra's is not found).
+async fn caller_and_request(
+    state: &AppState,
+    req: &HttpRequest,
+    id: web::Path<String>,
+) -> Result<(TenantId, String), ApiError> {
+    let tenant = authenticate(state, req).await?;
+    let id = id.into_inner();
+    if !is_id(&id) {
+        return Err(ApiError::not_found("privacy request"));
+    }
+    Ok((tenant, id))
+}
+
+/// `GET /v1/privacy/requests/{id}`.
+pub async fn get(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, id) = caller_and_request(&state, &req, id).await?;
+    let found = read(&state, move |conn, _| privacy::get(conn, &tenant, &id)).await?;
+    let request = found.ok_or_else(|| ApiError::not_found("privacy request"))?;
+    let today = dates::day_of(state.core.clock.now_ms());
+    Ok(HttpResponse::Ok().json(view(request, today)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+    /// `open`: received or in progress only.
+    state: Option<String>,
+    /// `true`: open requests past their due day only.
+    overdue: Option<String>,
+}
+
+/// `GET /v1/privacy/requests`: the tenant's requests, newest first, with the days
+/// left for the open ones.
+pub async fn list(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = authenticate(&state, &req).await?;
+    let query = query.into_inner();
+    let open_only = match query.state.as_deref() {
+        None => false,
+        Some("open") => true,
+        Some(_) => {
+            return Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "state",
+                "state must be open (or left out for all)",
+            ))
+        }
+    };
+    let overdue = match query.overdue.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "overdue",
+                "overdue must be true or false",
+            ))
+        }
+    };
+    let paging = PageQuery {
+        limit: query.limit,
+        cursor: query.cursor,
+    };
+    let (limit, cursor) = (paging.limit()?, paging.cursor()?);
+    let found = read(&state, move |conn, _| {
+        privacy::list(
+            conn,
+            &tenant,
+            open_only || overdue,
+            cursor.as_deref(),
+            limit,
+        )
+    })
+    .await?;
+    let today = dates::day_of(state.core.clock.now_ms());
+    // The page is cut by the database; the overdue ones of it are kept (a page may
+    // hold fewer than `limit`, and `next_cursor` goes on from the page's last row).
+    let next_cursor = (found.len() as i64 == limit)
+        .then(|| found.last().map(|r| r.id.clone()))
+        .flatten();
+    let items: Vec<RequestView> = found
+        .into_iter()
+        .map(|r| view(r, today))
+        .filter(|v| !overdue || v.days_left.is_some_and(|left| left < 0))
+        .collect();
+    if overdue {
+        return Ok(HttpResponse::Ok().json(serde_json::json!({
+            "items": items, "next_cursor": next_cursor
+        })));
+    }
+    Ok(page(items, limit, |v| &v.id))
+}
+
+/// `POST /v1/privacy/requests/{id}/lift`: ends a completed restriction or objection.
+pub async fn lift(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, id) = caller_and_request(&state, &req, id).await?;
+    let now = state.core.clock.now_ms();
+    let written = tenant.clone();
+    let lifted = state
+        .core
+        .writer
+        .write(Some(tenant), move |conn| {
+            let request =
+                privacy::get(conn, &written, &id)?.ok_or(crate::storage::StorageError::NotFound)?;
+            let liftable = matches!(request.kind, Kind::Restriction | Kind::Objection);
+            if !liftable || request.state != State::Completed || request.lifted_at.is_some() {
+                return Err(crate::storage::StorageError::Conflict {
+                    code: "not_liftable",
+                    message:
+                        "only a completed restriction or objection not lifted yet can be lifted"
+                            .into(),
+                });
+            }
+            privacy::lift(conn, &request, now)
+        })
+        .await?;
+    let today = dates::day_of(now);
+    Ok(HttpResponse::Ok().json(view(lifted, today)))
+}

@@ -1,0 +1,412 @@
+//! Data-subject requests (`privacy_requests`): taken into the tenant's queue (their
+//! time-ordered id and `received_at` stamped by the write that stores them), then
+//! executed one at a time per tenant by the compliance actor, each state change
+//! written with its audit entry and its email to the account holder in one
+//! transaction. The subject is kept as the keyed hash of its identifier.
+
+use diesel::prelude::*;
+
+use super::audit::{self, Actor};
+use super::email::{self, NewEmail};
+use super::on_backend;
+use super::schema::{contacts, privacy_requests};
+use super::{DbConn, StorageError};
+use crate::ids::{ContactId, TenantId};
+
+/// The kinds of request the privacy policy names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Access,
+    Portability,
+    Rectification,
+    Erasure,
+    Restriction,
+    Objection,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::Access,
+        Kind::Portability,
+        Kind::Rectification,
+        Kind::Erasure,
+        Kind::Restriction,
+        Kind::Objection,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Access => "access",
+            Kind::Portability => "portability",
+            Kind::Rectification => "rectification",
+            Kind::Erasure => "erasure",
+            Kind::Restriction => "restriction",
+            Kind::Objection => "objection",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+}
+
+/// Where a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Received,
+    InProgress,
+    Completed,
+    Rejected,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Received => "received",
+            State::InProgress => "in_progress",
+            State::Completed => "completed",
+            State::Rejected => "rejected",
+        }
+    }
+
+    fn parse(text: &str) -> Result<State, StorageError> {
+        match text {
+            "received" => Ok(State::Received),
+            "in_progress" => Ok(State::InProgress),
+            "completed" => Ok(State::Completed),
+            "rejected" => Ok(State::Rejected),
+            other => Err(StorageError::Corrupt(format!(
+                "privacy request state {other}"
+            ))),
+        }
+    }
+}
+
+const OPEN: [&str; 2] = ["received", "in_progress"];
+
+/// A request as stored.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub kind: Kind,
+    pub state: State,
+    pub subject_bidx: String,
+    pub contact_id: Option<ContactId>,
+    pub received_at: i64,
+    pub due_on: String,
+    pub extended_due_on: Option<String>,
+    pub completed_at: Option<i64>,
+    pub reason: Option<String>,
+    pub lifted_at: Option<i64>,
+}
+
+impl Request {
+    /// The day it is due: the extended one when there is one.
+    pub fn due_on(&self) -> &str {
+        self.extended_due_on.as_deref().unwrap_or(&self.due_on)
+    }
+}
+
+type Row = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+);
+
+fn request(row: Row) -> Result<Request, StorageError> {
+    let (
+        id,
+        tenant,
+        kind,
+        state,
+        subject_bidx,
+        contact,
+        received_at,
+        due_on,
+        extended,
+        done,
+        reason,
+        lifted,
+    ) = row;
+    Ok(Request {
+        kind: Kind::parse(&kind)
+            .ok_or_else(|| StorageError::Corrupt(format!("privacy request {id}: kind {kind}")))?,
+        state: State::parse(&state)?,
+        id,
+        tenant_id: TenantId(tenant),
+        subject_bidx,
+        contact_id: contact.map(ContactId),
+        received_at,
+        due_on,
+        extended_due_on: extended,
+        completed_at: done,
+        reason,
+        lifted_at: lifted,
+    })
+}
+
+macro_rules! columns {
+    () => {
+        (
+            privacy_requests::id,
+            privacy_requests::tenant_id,
+            privacy_requests::kind,
+            privacy_requests::state,
+            privacy_requests::subject_bidx,
+            privacy_requests::contact_id,
+            privacy_requests::received_at,
+            privacy_requests::due_on,
+            privacy_requests::extended_due_on,
+            privacy_requests::completed_at,
+            privacy_requests::reason,
+            privacy_requests::lifted_at,
+        )
+    };
+}
+
+/// A request to take into the tenant's queue.
+pub struct NewRequest<'a> {
+    pub tenant_id: &'a TenantId,
+    pub kind: Kind,
+    pub subject_bidx: String,
+    /// The day it is due, from the day it is received.
+    pub due_on: &'a dyn Fn(i64) -> String,
+    /// The account holder's email that it was received, from the request's id.
+    pub received_email: &'a dyn Fn(&Request) -> Result<NewEmail, StorageError>,
+    pub message_domain: &'a str,
+}
+
+/// Stores `new` at the end of its tenant's queue (its id and `received_at` stamped
+/// here, in the order the writes commit), with its audit entry and the email that it
+/// was received.
+pub fn submit(
+    conn: &mut DbConn,
+    new: &NewRequest<'_>,
+    now_ms: i64,
+) -> Result<Request, StorageError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let due_on = (new.due_on)(now_ms);
+    on_backend!(conn, c => diesel::insert_into(privacy_requests::table)
+        .values((
+            privacy_requests::id.eq(&id),
+            privacy_requests::tenant_id.eq(new.tenant_id.as_str()),
+            privacy_requests::kind.eq(new.kind.as_str()),
+            privacy_requests::state.eq(State::Received.as_str()),
+            privacy_requests::subject_bidx.eq(&new.subject_bidx),
+            privacy_requests::received_at.eq(now_ms),
+            privacy_requests::due_on.eq(&due_on),
+        ))
+        .execute(c))?;
+    let stored = get(conn, new.tenant_id, &id)?.ok_or(StorageError::NotFound)?;
+    record(conn, &stored, Actor::Api, "request_received", now_ms)?;
+    email::queue(
+        conn,
+        &(new.received_email)(&stored)?,
+        None,
+        new.message_domain,
+        now_ms,
+    )?;
+    Ok(stored)
+}
+
+/// The tenant's request `id`.
+pub fn get(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    id: &str,
+) -> Result<Option<Request>, StorageError> {
+    let row: Option<Row> = on_backend!(conn, c => privacy_requests::table
+        .filter(privacy_requests::tenant_id.eq(tenant_id.as_str()))
+        .filter(privacy_requests::id.eq(id))
+        .select(columns!())
+        .get_result(c)
+        .optional())?;
+    row.map(request).transpose()
+}
+
+/// The tenant's requests, newest first, before `cursor`; only the open ones
+/// (received, in progress) when `open_only`.
+pub fn list(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    open_only: bool,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Request>, StorageError> {
+    let rows: Vec<Row> = on_backend!(conn, c => {
+        let mut query = privacy_requests::table
+            .filter(privacy_requests::tenant_id.eq(tenant_id.as_str()))
+            .order(privacy_requests::id.desc())
+            .limit(limit)
+            .select(columns!())
+            .into_boxed();
+        if open_only {
+            query = query.filter(privacy_requests::state.eq_any(OPEN));
+        }
+        if let Some(cursor) = cursor {
+            query = query.filter(privacy_requests::id.lt(cursor));
+        }
+        query.load(c)
+    })?;
+    rows.into_iter().map(request).collect()
+}
+
+/// Each tenant's next request to execute: its oldest open one.
+pub fn next_per_tenant(conn: &mut DbConn) -> Result<Vec<Request>, StorageError> {
+    let rows: Vec<Row> = on_backend!(conn, c => privacy_requests::table
+        .filter(privacy_requests::state.eq_any(OPEN))
+        .order(privacy_requests::id.asc())
+        .select(columns!())
+        .load(c))?;
+    let mut next: Vec<Request> = Vec::new();
+    for row in rows {
+        let request = request(row)?;
+        if !next.iter().any(|r| r.tenant_id == request.tenant_id) {
+            next.push(request);
+        }
+    }
+    Ok(next)
+}
+
+/// The tenant's contact known by `subject_bidx` (of a wa_id or a BSUID).
+pub fn find_subject(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    subject_bidx: &str,
+) -> Result<Option<ContactId>, StorageError> {
+    let found: Option<String> = on_backend!(conn, c => contacts::table
+        .filter(contacts::tenant_id.eq(tenant_id.as_str()))
+        .filter(contacts::wa_id_bidx.eq(subject_bidx).or(contacts::user_id_bidx.eq(subject_bidx)))
+        .select(contacts::id)
+        .limit(1)
+        .get_result(c)
+        .optional())?;
+    Ok(found.map(ContactId))
+}
+
+/// Moves `request` to in progress, naming the contact it concerns.
+pub fn start(
+    conn: &mut DbConn,
+    request: &Request,
+    contact_id: Option<&ContactId>,
+    now_ms: i64,
+) -> Result<Request, StorageError> {
+    on_backend!(conn, c => diesel::update(privacy_requests::table.find(&request.id))
+        .filter(privacy_requests::state.eq(State::Received.as_str()))
+        .set((
+            privacy_requests::state.eq(State::InProgress.as_str()),
+            privacy_requests::contact_id.eq(contact_id.map(ContactId::as_str)),
+        ))
+        .execute(c))?;
+    let started = get(conn, &request.tenant_id, &request.id)?.ok_or(StorageError::NotFound)?;
+    record(conn, &started, Actor::Compliance, "request_started", now_ms)?;
+    Ok(started)
+}
+
+/// Restricts or lifts the restriction of the processing of `contact_id`'s data
+/// (restriction), or records or lifts its objection to marketing (objection).
+pub fn set_contact_flag(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    contact_id: &ContactId,
+    kind: Kind,
+    since: Option<i64>,
+) -> Result<(), StorageError> {
+    let contact = contacts::table
+        .filter(contacts::tenant_id.eq(tenant_id.as_str()))
+        .filter(contacts::id.eq(contact_id.as_str()));
+    match kind {
+        Kind::Restriction => on_backend!(conn, c => diesel::update(contact)
+            .set(contacts::restricted_at.eq(since))
+            .execute(c))?,
+        Kind::Objection => on_backend!(conn, c => diesel::update(contact)
+            .set(contacts::objected_at.eq(since))
+            .execute(c))?,
+        other => {
+            return Err(StorageError::Corrupt(format!(
+                "{} is not a flag of the contact",
+                other.as_str()
+            )))
+        }
+    };
+    Ok(())
+}
+
+/// Ends `request`: completed, or rejected with `reason`; its audit entry and the
+/// account holder's email go with it.
+pub fn finish(
+    conn: &mut DbConn,
+    request: &Request,
+    reason: Option<&str>,
+    email: &dyn Fn(&Request) -> Result<NewEmail, StorageError>,
+    message_domain: &str,
+    now_ms: i64,
+) -> Result<Request, StorageError> {
+    let state = if reason.is_some() {
+        State::Rejected
+    } else {
+        State::Completed
+    };
+    on_backend!(conn, c => diesel::update(privacy_requests::table.find(&request.id))
+        .filter(privacy_requests::state.eq_any(OPEN))
+        .set((
+            privacy_requests::state.eq(state.as_str()),
+            privacy_requests::completed_at.eq(Some(now_ms)),
+            privacy_requests::reason.eq(reason),
+        ))
+        .execute(c))?;
+    let finished = get(conn, &request.tenant_id, &request.id)?.ok_or(StorageError::NotFound)?;
+    let action = match state {
+        State::Rejected => "request_rejected",
+        _ => "request_completed",
+    };
+    record(conn, &finished, Actor::Compliance, action, now_ms)?;
+    email::queue(conn, &email(&finished)?, None, message_domain, now_ms)?;
+    Ok(finished)
+}
+
+/// Lifts a completed restriction or objection: the contact is processed as before.
+pub fn lift(conn: &mut DbConn, request: &Request, now_ms: i64) -> Result<Request, StorageError> {
+    if let Some(contact) = &request.contact_id {
+        set_contact_flag(conn, &request.tenant_id, contact, request.kind, None)?;
+    }
+    on_backend!(conn, c => diesel::update(privacy_requests::table.find(&request.id))
+        .filter(privacy_requests::lifted_at.is_null())
+        .set(privacy_requests::lifted_at.eq(Some(now_ms)))
+        .execute(c))?;
+    let lifted = get(conn, &request.tenant_id, &request.id)?.ok_or(StorageError::NotFound)?;
+    record(conn, &lifted, Actor::Api, "request_lifted", now_ms)?;
+    Ok(lifted)
+}
+
+fn record(
+    conn: &mut DbConn,
+    request: &Request,
+    actor: Actor,
+    action: &str,
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    audit::append(
+        conn,
+        &audit::NewEntry {
+            tenant_id: &request.tenant_id,
+            actor,
+            action,
+            request_id: Some(&request.id),
+            contact_id: request.contact_id.as_ref().map(ContactId::as_str),
+            detail: serde_json::json!({"kind": request.kind.as_str(), "state": request.state.as_str()}),
+        },
+        now_ms,
+    )?;
+    Ok(())
+}
