@@ -36,7 +36,11 @@ pub struct Mailer {
     finishing: Arc<AtomicBool>,
 }
 
+/// How many times the record of a sent email is tried before the batch gives up.
+const RECORD_TRIES: u32 = 30;
+
 /// What became of one delivery attempt.
+#[derive(Clone)]
 enum Outcome {
     Sent,
     /// Tried again later, with the reason.
@@ -98,7 +102,21 @@ impl Mailer {
                     break;
                 }
                 let outcome = deliver(&core, &transport, &email).await;
-                record(&core, &email, outcome).await?;
+                // An email the server took must not go again because its record
+                // failed: the record is tried again for a while first.
+                let mut tries = 0;
+                loop {
+                    match record(&core, &email, outcome.clone()).await {
+                        Ok(()) => break,
+                        Err(e) if matches!(outcome, Outcome::Sent) && tries < RECORD_TRIES => {
+                            tries += 1;
+                            slog::warn!(core.log, "recording a sent email failed; trying again";
+                                "email" => &email.id, "error" => %e);
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             }
             Ok::<_, StorageError>(())
         };

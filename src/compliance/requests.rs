@@ -77,6 +77,8 @@ pub fn submit(
 
 /// The first step of `request`: in progress, its subject found (or not).
 pub fn start(conn: &mut DbConn, request: &Request, now_ms: i64) -> Result<Request, StorageError> {
+    let request =
+        &privacy::get(conn, &request.tenant_id, &request.id)?.ok_or(StorageError::NotFound)?;
     if request.state != State::Received {
         return Ok(request.clone());
     }
@@ -92,6 +94,12 @@ pub fn run(
     message_domain: &str,
     now_ms: i64,
 ) -> Result<Request, StorageError> {
+    // As stored now: a request ended meanwhile (looked at twice) is left as it is.
+    let request =
+        &privacy::get(conn, &request.tenant_id, &request.id)?.ok_or(StorageError::NotFound)?;
+    if request.state != State::InProgress {
+        return Ok(request.clone());
+    }
     let reason = match (&request.contact_id, request.kind) {
         (None, _) => Some("unknown_subject"),
         (Some(contact), kind @ (Kind::Restriction | Kind::Objection)) => {

@@ -163,12 +163,14 @@ pub async fn submit(
     let subject = subject_of(&state, tenant.as_str(), &body)?;
     let holidays = state.core.settings.compliance.holiday_dates();
     let domain = crate::email::message_domain(&state.core.settings.email.from);
-    let now = state.core.clock.now_ms();
     let written = tenant.clone();
+    let clock = state.core.clock.clone();
     let request = state
         .core
         .writer
         .write(Some(tenant), move |conn| {
+            // Stamped where the request takes its place in the tenant's queue.
+            let now = clock.now_ms();
             requests::submit(
                 conn,
                 &written,
@@ -180,6 +182,7 @@ pub async fn submit(
             )
         })
         .await?;
+    let now = state.core.clock.now_ms();
     state
         .core
         .compliance_wanted

@@ -301,7 +301,7 @@ pub fn start(
     contact_id: Option<&ContactId>,
     now_ms: i64,
 ) -> Result<Request, StorageError> {
-    on_backend!(conn, c => diesel::update(privacy_requests::table.find(&request.id))
+    let moved = on_backend!(conn, c => diesel::update(privacy_requests::table.find(&request.id))
         .filter(privacy_requests::state.eq(State::Received.as_str()))
         .set((
             privacy_requests::state.eq(State::InProgress.as_str()),
@@ -309,7 +309,10 @@ pub fn start(
         ))
         .execute(c))?;
     let started = get(conn, &request.tenant_id, &request.id)?.ok_or(StorageError::NotFound)?;
-    record(conn, &started, Actor::Compliance, "request_started", now_ms)?;
+    // Started before (a second look at the same request): recorded once.
+    if moved == 1 {
+        record(conn, &started, Actor::Compliance, "request_started", now_ms)?;
+    }
     Ok(started)
 }
 
@@ -357,7 +360,7 @@ pub fn finish(
     } else {
         State::Completed
     };
-    on_backend!(conn, c => diesel::update(privacy_requests::table.find(&request.id))
+    let ended = on_backend!(conn, c => diesel::update(privacy_requests::table.find(&request.id))
         .filter(privacy_requests::state.eq_any(OPEN))
         .set((
             privacy_requests::state.eq(state.as_str()),
@@ -366,6 +369,10 @@ pub fn finish(
         ))
         .execute(c))?;
     let finished = get(conn, &request.tenant_id, &request.id)?.ok_or(StorageError::NotFound)?;
+    if ended == 0 {
+        // Ended before: its audit entry and email went then.
+        return Ok(finished);
+    }
     let action = match state {
         State::Rejected => "request_rejected",
         _ => "request_completed",
@@ -375,10 +382,22 @@ pub fn finish(
     Ok(finished)
 }
 
-/// Lifts a completed restriction or objection: the contact is processed as before.
+/// Lifts a completed restriction or objection: the contact is processed as before,
+/// unless another completed request of the same kind, not lifted, still holds it.
 pub fn lift(conn: &mut DbConn, request: &Request, now_ms: i64) -> Result<Request, StorageError> {
     if let Some(contact) = &request.contact_id {
-        set_contact_flag(conn, &request.tenant_id, contact, request.kind, None)?;
+        let others: i64 = on_backend!(conn, c => privacy_requests::table
+            .filter(privacy_requests::tenant_id.eq(request.tenant_id.as_str()))
+            .filter(privacy_requests::contact_id.eq(contact.as_str()))
+            .filter(privacy_requests::kind.eq(request.kind.as_str()))
+            .filter(privacy_requests::state.eq(State::Completed.as_str()))
+            .filter(privacy_requests::lifted_at.is_null())
+            .filter(privacy_requests::id.ne(&request.id))
+            .count()
+            .get_result(c))?;
+        if others == 0 {
+            set_contact_flag(conn, &request.tenant_id, contact, request.kind, None)?;
+        }
     }
     on_backend!(conn, c => diesel::update(privacy_requests::table.find(&request.id))
         .filter(privacy_requests::lifted_at.is_null())

@@ -394,9 +394,12 @@ async fn a_restriction_blocks_sends_until_lifted_and_every_step_is_told_and_audi
         );
         for email in &emails {
             assert_eq!(email.to, vec!["owner@tenant-a.example"], "{backend:?}");
+            // Quoted-printable soft line breaks undone, so a split number is seen.
+            let text = email.data.replace("=\r\n", "");
+            assert!(!text.contains(SUBJECT), "{backend:?}: no wa_id in an email");
             assert!(
-                !email.data.contains(SUBJECT),
-                "{backend:?}: no wa_id in an email"
+                text.contains(&id) || text.contains(&unknown_id),
+                "{backend:?}"
             );
         }
 
