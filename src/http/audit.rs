@@ -3,20 +3,13 @@
 //! anywhere in the API) changes or deletes one.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::api::{authenticate, page, read, PageQuery};
 use super::AppState;
 use crate::clock::rfc3339_ms as rfc3339;
 use crate::error::ApiError;
 use crate::storage::audit::{self, Entry};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditQuery {
-    limit: Option<String>,
-    cursor: Option<String>,
-}
 
 #[derive(Serialize)]
 struct EntryView {
@@ -46,14 +39,9 @@ impl From<Entry> for EntryView {
 pub async fn entries(
     state: web::Data<AppState>,
     req: HttpRequest,
-    query: web::Query<AuditQuery>,
+    paging: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
-    let query = query.into_inner();
-    let paging = PageQuery {
-        limit: query.limit,
-        cursor: query.cursor,
-    };
     let (limit, cursor) = (paging.limit()?, paging.cursor()?);
     let items = read(&state, move |conn, _| {
         audit::entries(conn, &tenant, cursor.as_deref(), limit)

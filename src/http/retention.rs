@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::api::{authenticate, page, read, PageQuery};
 use super::AppState;
@@ -89,13 +89,6 @@ pub async fn put_policies(
     policies_view(&state, tenant).await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunQuery {
-    limit: Option<String>,
-    cursor: Option<String>,
-}
-
 #[derive(Serialize)]
 struct RunView {
     id: String,
@@ -122,14 +115,9 @@ impl From<RunRecord> for RunView {
 pub async fn runs(
     state: web::Data<AppState>,
     req: HttpRequest,
-    query: web::Query<RunQuery>,
+    paging: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
-    let query = query.into_inner();
-    let paging = PageQuery {
-        limit: query.limit,
-        cursor: query.cursor,
-    };
     let (limit, cursor) = (paging.limit()?, paging.cursor()?);
     let items = read(&state, move |conn, _| {
         retention::runs(conn, &tenant, cursor.as_deref(), limit)
