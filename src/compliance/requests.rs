@@ -13,8 +13,8 @@ use super::dates;
 use crate::clock::rfc3339_ms as rfc3339;
 use crate::email::{self, RequestEvent, RequestFacts};
 use crate::ids::TenantId;
-use crate::storage::email::NewEmail;
-use crate::storage::privacy::{self, Kind, NewRequest, Request, State};
+use crate::storage::email as storage_email;
+use crate::storage::privacy::{self, Kind, Request, State};
 use crate::storage::{tenants, DbConn, StorageError};
 
 /// The kinds Converra executes today.
@@ -22,12 +22,15 @@ pub fn executes(kind: Kind) -> bool {
     matches!(kind, Kind::Restriction | Kind::Objection)
 }
 
-/// The account holder's email about `event` of `request`.
-fn holder_email(
-    tenant: &tenants::Tenant,
+/// Queues the account holder's email about `event` of `request`.
+fn tell_holder(
+    conn: &mut DbConn,
     request: &Request,
     event: RequestEvent,
-) -> Result<NewEmail, StorageError> {
+    message_domain: &str,
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    let tenant = tenants::get_tenant(conn, &request.tenant_id)?;
     let received = rfc3339(request.received_at);
     let facts = RequestFacts {
         request_id: &request.id,
@@ -36,7 +39,7 @@ fn holder_email(
         due: request.due_on(),
         reason: request.reason.as_deref(),
     };
-    email::request_event(
+    let email = email::request_event(
         &request.tenant_id,
         &tenant.name,
         &tenant.holder_email,
@@ -44,7 +47,9 @@ fn holder_email(
         &facts,
     )
     // A template that does not render is a bug of this build: the write cannot succeed.
-    .map_err(|e| StorageError::Rejected(e.to_string()))
+    .map_err(|e| StorageError::Rejected(e.to_string()))?;
+    storage_email::queue(conn, &email, None, message_domain, now_ms)?;
+    Ok(())
 }
 
 /// Takes a request of `kind` for the subject known by `subject_bidx` into the
@@ -58,21 +63,16 @@ pub fn submit(
     message_domain: &str,
     now_ms: i64,
 ) -> Result<Request, StorageError> {
-    let due_on = |now_ms: i64| dates::request_due(dates::day_of(now_ms), holidays).to_string();
-    let tenant = tenants::get_tenant(conn, tenant_id)?;
-    let received_email = |request: &Request| holder_email(&tenant, request, RequestEvent::Received);
-    privacy::submit(
+    let due_on = dates::request_due(dates::day_of(now_ms), holidays).to_string();
+    let request = privacy::submit(conn, tenant_id, kind, &subject_bidx, &due_on, now_ms)?;
+    tell_holder(
         conn,
-        &NewRequest {
-            tenant_id,
-            kind,
-            subject_bidx,
-            due_on: &due_on,
-            received_email: &received_email,
-            message_domain,
-        },
+        &request,
+        RequestEvent::Received,
+        message_domain,
         now_ms,
-    )
+    )?;
+    Ok(request)
 }
 
 /// The first step of `request`: in progress, its subject found (or not).
@@ -112,14 +112,11 @@ pub fn run(
         Some(_) => RequestEvent::Rejected,
         None => RequestEvent::Completed,
     };
-    let tenant = tenants::get_tenant(conn, &request.tenant_id)?;
-    let finished_email = |finished: &Request| holder_email(&tenant, finished, event);
-    privacy::finish(
-        conn,
-        request,
-        reason,
-        &finished_email,
-        message_domain,
-        now_ms,
-    )
+    match privacy::finish(conn, request, reason, now_ms)? {
+        Some(finished) => {
+            tell_holder(conn, &finished, event, message_domain, now_ms)?;
+            Ok(finished)
+        }
+        None => privacy::get(conn, &request.tenant_id, &request.id)?.ok_or(StorageError::NotFound),
+    }
 }

@@ -7,7 +7,6 @@
 use diesel::prelude::*;
 
 use super::audit::{self, Actor};
-use super::email::{self, NewEmail};
 use super::on_backend;
 use super::schema::{contacts, privacy_requests};
 use super::{DbConn, StorageError};
@@ -174,48 +173,31 @@ macro_rules! columns {
     };
 }
 
-/// A request to take into the tenant's queue.
-pub struct NewRequest<'a> {
-    pub tenant_id: &'a TenantId,
-    pub kind: Kind,
-    pub subject_bidx: String,
-    /// The day it is due, from the day it is received.
-    pub due_on: &'a dyn Fn(i64) -> String,
-    /// The account holder's email that it was received, from the request's id.
-    pub received_email: &'a dyn Fn(&Request) -> Result<NewEmail, StorageError>,
-    pub message_domain: &'a str,
-}
-
-/// Stores `new` at the end of its tenant's queue (its id and `received_at` stamped
-/// here, in the order the writes commit), with its audit entry and the email that it
-/// was received.
+/// Stores a request of `kind` for the subject known by `subject_bidx` at the end of
+/// the tenant's queue (its id and `received_at` stamped here, in the order the writes
+/// commit), due on `due_on` (YYYY-MM-DD), with its audit entry.
 pub fn submit(
     conn: &mut DbConn,
-    new: &NewRequest<'_>,
+    tenant_id: &TenantId,
+    kind: Kind,
+    subject_bidx: &str,
+    due_on: &str,
     now_ms: i64,
 ) -> Result<Request, StorageError> {
     let id = uuid::Uuid::now_v7().to_string();
-    let due_on = (new.due_on)(now_ms);
     on_backend!(conn, c => diesel::insert_into(privacy_requests::table)
         .values((
             privacy_requests::id.eq(&id),
-            privacy_requests::tenant_id.eq(new.tenant_id.as_str()),
-            privacy_requests::kind.eq(new.kind.as_str()),
+            privacy_requests::tenant_id.eq(tenant_id.as_str()),
+            privacy_requests::kind.eq(kind.as_str()),
             privacy_requests::state.eq(State::Received.as_str()),
-            privacy_requests::subject_bidx.eq(&new.subject_bidx),
+            privacy_requests::subject_bidx.eq(subject_bidx),
             privacy_requests::received_at.eq(now_ms),
-            privacy_requests::due_on.eq(&due_on),
+            privacy_requests::due_on.eq(due_on),
         ))
         .execute(c))?;
-    let stored = get(conn, new.tenant_id, &id)?.ok_or(StorageError::NotFound)?;
+    let stored = get(conn, tenant_id, &id)?.ok_or(StorageError::NotFound)?;
     record(conn, &stored, Actor::Api, "request_received", now_ms)?;
-    email::queue(
-        conn,
-        &(new.received_email)(&stored)?,
-        None,
-        new.message_domain,
-        now_ms,
-    )?;
     Ok(stored)
 }
 
@@ -345,16 +327,14 @@ pub fn set_contact_flag(
     Ok(())
 }
 
-/// Ends `request`: completed, or rejected with `reason`; its audit entry and the
-/// account holder's email go with it.
+/// Ends `request`: completed, or rejected with `reason`, with its audit entry. `None`
+/// when it had ended before (a second look at the same request).
 pub fn finish(
     conn: &mut DbConn,
     request: &Request,
     reason: Option<&str>,
-    email: &dyn Fn(&Request) -> Result<NewEmail, StorageError>,
-    message_domain: &str,
     now_ms: i64,
-) -> Result<Request, StorageError> {
+) -> Result<Option<Request>, StorageError> {
     let state = if reason.is_some() {
         State::Rejected
     } else {
@@ -368,18 +348,16 @@ pub fn finish(
             privacy_requests::reason.eq(reason),
         ))
         .execute(c))?;
-    let finished = get(conn, &request.tenant_id, &request.id)?.ok_or(StorageError::NotFound)?;
     if ended == 0 {
-        // Ended before: its audit entry and email went then.
-        return Ok(finished);
+        return Ok(None);
     }
+    let finished = get(conn, &request.tenant_id, &request.id)?.ok_or(StorageError::NotFound)?;
     let action = match state {
         State::Rejected => "request_rejected",
         _ => "request_completed",
     };
     record(conn, &finished, Actor::Compliance, action, now_ms)?;
-    email::queue(conn, &email(&finished)?, None, message_domain, now_ms)?;
-    Ok(finished)
+    Ok(Some(finished))
 }
 
 /// Lifts a completed restriction or objection: the contact is processed as before,
