@@ -55,6 +55,19 @@ enum Command {
     /// Notices to the account holders of every tenant, by email.
     #[command(subcommand)]
     Notice(NoticeCommand),
+    /// Erasures of data subjects.
+    #[command(subcommand)]
+    Erasure(ErasureCommand),
+}
+
+#[derive(Subcommand)]
+enum ErasureCommand {
+    /// After restoring a data backup: erase again every subject the key store records
+    /// as erased (their keys stayed destroyed; their restored rows go now).
+    Reapply {
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -249,6 +262,7 @@ fn run_command() -> anyhow::Result<()> {
         Command::Inbox(command) => inbox(settings, command),
         Command::Retention(command) => retention(settings, command),
         Command::Notice(command) => notice(settings, command),
+        Command::Erasure(command) => erasure(settings, command),
     }
 }
 
@@ -659,6 +673,33 @@ impl converra::retention::sweep::Progress for SweepProgress {
             let _ = err.flush();
         }
     }
+}
+
+fn erasure(settings: Settings, command: ErasureCommand) -> anyhow::Result<()> {
+    let ErasureCommand::Reapply { output } = command;
+    let (vault, mut conn) = operator_storage(&settings)?;
+    let batch = i64::from(settings.retention.batch_size);
+    let done = converra::storage::erasure::reapply_all(&mut conn, &vault, batch)?;
+    if output.json {
+        println!(
+            "{}",
+            serde_json::json!({"records": done.records, "contacts_found": done.contacts_found,
+                "deleted": done.deleted, "compacted": done.compacted})
+        );
+    } else {
+        println!(
+            "{} erasure record(s); {} erased contact(s) found in the data again; deleted:",
+            done.records, done.contacts_found
+        );
+        print_table(
+            &["rows", "count"],
+            done.deleted
+                .iter()
+                .map(|(what, rows)| vec![what.to_string(), rows.to_string()])
+                .collect(),
+        );
+    }
+    Ok(())
 }
 
 fn retention(settings: Settings, command: RetentionCommand) -> anyhow::Result<()> {

@@ -3,18 +3,26 @@
 //! ([`crate::compliance::requests`]). Each step (started, then done) is a write in
 //! the tenant's lane with its audit entry, so a crash resumes at the step it stopped
 //! before. It looks for work when a request is submitted and every few seconds.
+//!
+//! An erasure has more steps: the writers are told to refuse the contact, its keys
+//! are destroyed, the conversation actor holding it drops it, its rows go in batches
+//! (`retention.batch_size` at a time, `retention.batch_pause_ms` apart, each in the
+//! tenant's lane so other tenants' writes go between), and the database compacts what
+//! it freed ([`crate::storage::erasure`]).
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
+use super::conversation::ForgetContact;
 use super::{when_idle, Core, FinishWork};
 use crate::compliance::requests;
 use crate::ids::TenantId;
-use crate::storage::privacy::{self, Request};
+use crate::storage::erasure;
+use crate::storage::privacy::{self, Kind, Request};
 use crate::storage::StorageError;
 
 /// How often the actor looks whether a request woke it.
@@ -29,8 +37,9 @@ pub struct ComplianceActor {
     busy: HashSet<TenantId>,
     reading: bool,
     ticks: u32,
-    /// Shutdown asked it to start no step ([`FinishWork`]).
-    finishing: bool,
+    /// Shutdown asked it to start no step ([`FinishWork`]); an erasure stops between
+    /// two batches.
+    finishing: Arc<AtomicBool>,
 }
 
 impl ComplianceActor {
@@ -40,13 +49,13 @@ impl ComplianceActor {
             busy: HashSet::new(),
             reading: false,
             ticks: RESCAN_TICKS,
-            finishing: false,
+            finishing: Arc::new(AtomicBool::new(false)),
         }
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
         self.ticks += 1;
-        if self.reading || self.finishing {
+        if self.reading || self.finishing.load(Ordering::Acquire) {
             return;
         }
         let woken = self.core.compliance_wanted.swap(false, Ordering::AcqRel);
@@ -62,7 +71,9 @@ impl ComplianceActor {
             match next {
                 Ok(next) => {
                     for request in next {
-                        if !actor.finishing && actor.busy.insert(request.tenant_id.clone()) {
+                        if !actor.finishing.load(Ordering::Acquire)
+                            && actor.busy.insert(request.tenant_id.clone())
+                        {
                             actor.execute(request, ctx);
                         }
                     }
@@ -81,6 +92,7 @@ impl ComplianceActor {
         let tenant = request.tenant_id.clone();
         let done_tenant = tenant.clone();
         let domain = crate::email::message_domain(&core.settings.email.from);
+        let finishing = self.finishing.clone();
         let steps = async move {
             let now = core.clock.now_ms();
             let started = core
@@ -89,18 +101,26 @@ impl ComplianceActor {
                     requests::start(conn, &request, now)
                 })
                 .await?;
+            if started.kind == Kind::Erasure && !erase(&core, &started, &finishing).await? {
+                return Ok(None);
+            }
             let now = core.clock.now_ms();
+            let keep_raw_days = core.settings.inbox.keep_raw_days;
             core.writer
                 .write(Some(tenant), move |conn| {
-                    requests::run(conn, &started, &domain, now)
+                    requests::run(conn, &started, &domain, keep_raw_days, now)
                 })
                 .await
+                .map(Some)
         };
         ctx.spawn(steps.into_actor(self).map(
-            move |done: Result<Request, StorageError>, actor, _| {
+            move |done: Result<Option<Request>, StorageError>, actor, _| {
                 actor.busy.remove(&done_tenant);
                 match done {
-                    Ok(request) => {
+                    // Stopped between two batches by shutdown: resumed at the next start.
+                    Ok(None) => slog::info!(actor.core.log, "privacy request paused for shutdown";
+                        "tenant" => &done_tenant),
+                    Ok(Some(request)) => {
                         slog::info!(actor.core.log, "privacy request done";
                             "request" => &request.id, "kind" => request.kind.as_str(),
                             "state" => request.state.as_str());
@@ -114,6 +134,74 @@ impl ComplianceActor {
             },
         ));
     }
+}
+
+/// An erasure's steps after the first (see the module's doc). Returns whether it
+/// ran to the end; `false` when shutdown stopped it between two batches.
+async fn erase(
+    core: &Arc<Core>,
+    request: &Request,
+    finishing: &AtomicBool,
+) -> Result<bool, StorageError> {
+    let tenant = request.tenant_id.clone();
+    if let Some(contact) = &request.contact_id {
+        // Before its keys go: a write from an actor still holding it fails from now on.
+        core.writer.contact_gone(contact);
+    }
+    let vault = core.keyring.clone();
+    let now = core.clock.now_ms();
+    let shredding = request.clone();
+    let shredded = core
+        .writer
+        .write(Some(tenant.clone()), move |conn| {
+            requests::shred(conn, &vault, &shredding, now)
+        })
+        .await?;
+    let Some((record, mut progress)) = shredded else {
+        return Ok(true);
+    };
+    slog::info!(core.log, "erasure: the subject's keys are destroyed";
+        "request" => &request.id, "tenant" => &tenant);
+    if let (Some(contact), Some(addr)) = (&request.contact_id, core.tenants.get(&tenant)) {
+        addr.do_send(ForgetContact(contact.clone()));
+    }
+    let batch = i64::from(core.settings.retention.batch_size);
+    let pause = Duration::from_millis(core.settings.retention.batch_pause_ms);
+    let record = Arc::new(record);
+    loop {
+        if finishing.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let (erasing, record, before) = (request.clone(), record.clone(), progress.clone());
+        let (more, after) = core
+            .writer
+            .write(Some(tenant.clone()), move |conn| {
+                let mut progress = before.clone();
+                let more = requests::erase_batch(conn, &erasing, &record, &mut progress, batch)?;
+                Ok((more, progress))
+            })
+            .await?;
+        progress = after;
+        if !more {
+            break;
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    // What the deletes freed still sits in SQLite's WAL or PostgreSQL's dead rows.
+    // Readers can hold a checkpoint back for a moment: a few tries, then the regular
+    // checkpoints and autovacuum take it over.
+    for attempt in 1..=3 {
+        match core.read(|conn, _| erasure::compact(conn)).await {
+            Ok(()) => break,
+            Err(e) if attempt == 3 => {
+                slog::warn!(core.log, "erasure: compacting the database failed"; "error" => %e)
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    Ok(true)
 }
 
 impl Actor for ComplianceActor {
@@ -137,7 +225,7 @@ impl Handler<FinishWork> for ComplianceActor {
     type Result = MessageResult<FinishWork>;
 
     fn handle(&mut self, _msg: FinishWork, ctx: &mut Context<Self>) -> Self::Result {
-        self.finishing = true;
+        self.finishing.store(true, Ordering::Release);
         MessageResult(when_idle(ctx, |actor: &ComplianceActor| {
             actor.busy.is_empty() && !actor.reading
         }))

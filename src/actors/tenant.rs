@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::conversation::{self, ApplyInboxRow, ConversationActor, Delivery, Release};
+use super::conversation::{
+    self, ApplyInboxRow, ConversationActor, Delivery, ForgetContact, Release,
+};
 use super::submit::Submit;
 use super::Core;
 use crate::ids::{PhoneNumberId, TenantId};
@@ -245,6 +247,18 @@ impl Handler<Submit> for TenantActor {
         let number = msg.order.phone_number_id();
         let addr = self.conversation(&number, &route_key, &identity, ctx);
         addr.do_send(msg);
+    }
+}
+
+impl Handler<ForgetContact> for TenantActor {
+    type Result = ();
+
+    /// Erasure is rare: every running conversation hears it, and the one holding the
+    /// contact drops it.
+    fn handle(&mut self, msg: ForgetContact, _ctx: &mut Context<Self>) {
+        for entry in self.conversations.values() {
+            entry.addr.do_send(ForgetContact(msg.0.clone()));
+        }
     }
 }
 

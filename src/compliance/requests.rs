@@ -6,20 +6,97 @@
 //! Restriction and objection set the contact's flag that the send and automation
 //! paths obey (`restricted` refuses everything, `objected` marketing); lifting the
 //! request clears it. A subject the tenant never saw is rejected (`unknown_subject`).
-//! Access, portability, rectification and erasure are refused when submitted: they
-//! are not built yet.
+//!
+//! Erasure has steps of its own between the two ([`shred`], then [`erase_batch`]
+//! until nothing is left; see [`crate::storage::erasure`]); its outcome, written with
+//! each step, counts what went. A subject the tenant never saw completes: its raw
+//! inbox rows, if any, go all the same.
+//!
+//! Access, portability and rectification are refused when submitted: they are not
+//! built yet.
+
+use serde_json::{json, Value};
 
 use super::dates;
 use crate::clock::rfc3339_ms as rfc3339;
 use crate::email::{self, RequestEvent, RequestFacts};
 use crate::ids::TenantId;
 use crate::storage::email as storage_email;
-use crate::storage::privacy::{self, Kind, Request, State};
+use crate::storage::erasure::{self, ErasureRecord, Progress};
+use crate::storage::key_store::Vault;
+use crate::storage::privacy::{self, Kind, Request, State, Subject};
 use crate::storage::{tenants, DbConn, StorageError};
 
 /// The kinds Converra executes today.
 pub fn executes(kind: Kind) -> bool {
-    matches!(kind, Kind::Restriction | Kind::Objection)
+    matches!(kind, Kind::Restriction | Kind::Objection | Kind::Erasure)
+}
+
+/// `request` as stored now, or `None` when it is no longer in progress (ended
+/// meanwhile: looked at twice).
+fn in_progress(conn: &mut DbConn, request: &Request) -> Result<Option<Request>, StorageError> {
+    let request =
+        privacy::get(conn, &request.tenant_id, &request.id)?.ok_or(StorageError::NotFound)?;
+    Ok((request.state == State::InProgress).then_some(request))
+}
+
+/// Erasure's first step: the subject unreadable everywhere (see
+/// [`erasure::shred`]). Returns the erasure record to delete its rows by, and the
+/// rows counted as deleted so far (a crash may have stopped an earlier pass).
+pub fn shred(
+    conn: &mut DbConn,
+    vault: &Vault,
+    request: &Request,
+    now_ms: i64,
+) -> Result<Option<(ErasureRecord, Progress)>, StorageError> {
+    let Some(request) = in_progress(conn, request)? else {
+        return Ok(None);
+    };
+    let subject = erasure::Subject {
+        request_id: &request.id,
+        tenant_id: &request.tenant_id,
+        contact_id: request.contact_id.as_ref(),
+        subject_bidx: &request.subject_bidx,
+        route_bidx: request.route_bidx.as_deref(),
+    };
+    let shredded = erasure::shred(conn, vault, &subject, now_ms)?;
+    let mut progress = Progress::default();
+    match &request.outcome {
+        Some(outcome) => {
+            // Resumed: the counts of the batches that committed before.
+            if let Some(deleted) = outcome.get("deleted").and_then(Value::as_object) {
+                for (what, rows) in deleted {
+                    if let (Some(what), Some(rows)) = (erasure::counted(what), rows.as_u64()) {
+                        progress.deleted.insert(what, rows);
+                    }
+                }
+            }
+        }
+        None => {
+            let outcome = json!({"keys_destroyed": shredded.keys_destroyed, "deleted": {}});
+            privacy::set_outcome(conn, &request, &outcome)?;
+        }
+    }
+    Ok(Some((shredded.record, progress)))
+}
+
+/// One batch of an erasure's rows (see [`erasure::erase_batch`]), its count written to
+/// the request's outcome in the same transaction. Returns whether rows are left.
+pub fn erase_batch(
+    conn: &mut DbConn,
+    request: &Request,
+    record: &ErasureRecord,
+    progress: &mut Progress,
+    limit: i64,
+) -> Result<bool, StorageError> {
+    let Some(request) = in_progress(conn, request)? else {
+        return Ok(false);
+    };
+    let more = erasure::erase_batch(conn, record, progress, limit)?;
+    let mut outcome = request.outcome.clone().unwrap_or_else(|| json!({}));
+    outcome["deleted"] = json!(progress.deleted);
+    privacy::set_outcome(conn, &request, &outcome)?;
+    Ok(more)
 }
 
 /// Queues the account holder's email about `event` of `request`.
@@ -52,19 +129,19 @@ fn tell_holder(
     Ok(())
 }
 
-/// Takes a request of `kind` for the subject known by `subject_bidx` into the
+/// Takes a request of `kind` for `subject` into the
 /// tenant's queue, due one calendar month later on a working day.
 pub fn submit(
     conn: &mut DbConn,
     tenant_id: &TenantId,
     kind: Kind,
-    subject_bidx: String,
+    subject: &Subject,
     holidays: &[time::Date],
     message_domain: &str,
     now_ms: i64,
 ) -> Result<Request, StorageError> {
     let due_on = dates::request_due(dates::day_of(now_ms), holidays).to_string();
-    let request = privacy::submit(conn, tenant_id, kind, &subject_bidx, &due_on, now_ms)?;
+    let request = privacy::submit(conn, tenant_id, kind, subject, &due_on, now_ms)?;
     tell_holder(
         conn,
         &request,
@@ -86,21 +163,31 @@ pub fn start(conn: &mut DbConn, request: &Request, now_ms: i64) -> Result<Reques
     privacy::start(conn, request, contact.as_ref(), now_ms)
 }
 
-/// The second step of `request` (in progress): its kind's work, then completed or
-/// rejected with the account holder told.
+/// The last step of `request` (in progress): its kind's work (an erasure's was done
+/// by the steps before), then completed or rejected with the account holder told.
+/// `keep_raw_days` is how long raw payloads stay readable under their day's key.
 pub fn run(
     conn: &mut DbConn,
     request: &Request,
     message_domain: &str,
+    keep_raw_days: u32,
     now_ms: i64,
 ) -> Result<Request, StorageError> {
     // As stored now: a request ended meanwhile (looked at twice) is left as it is.
-    let request =
-        &privacy::get(conn, &request.tenant_id, &request.id)?.ok_or(StorageError::NotFound)?;
-    if request.state != State::InProgress {
-        return Ok(request.clone());
-    }
+    let Some(request) = &in_progress(conn, request)? else {
+        return privacy::get(conn, &request.tenant_id, &request.id)?.ok_or(StorageError::NotFound);
+    };
+    let mut outcome = request.outcome.clone();
     let reason = match (&request.contact_id, request.kind) {
+        (_, Kind::Erasure) => {
+            // Raw payloads that name no subject (unrouted updates) are not found by
+            // it: they become unreadable when their day's key is destroyed.
+            let unreadable_by =
+                dates::day_of(now_ms) + time::Duration::days(i64::from(keep_raw_days) + 1);
+            let outcome = outcome.get_or_insert_with(|| json!({}));
+            outcome["raw_payloads_unreadable_by"] = json!(unreadable_by.to_string());
+            None
+        }
         (None, _) => Some("unknown_subject"),
         (Some(contact), kind @ (Kind::Restriction | Kind::Objection)) => {
             privacy::set_contact_flag(conn, &request.tenant_id, contact, kind, Some(now_ms))?;
@@ -112,7 +199,7 @@ pub fn run(
         Some(_) => RequestEvent::Rejected,
         None => RequestEvent::Completed,
     };
-    match privacy::finish(conn, request, reason, now_ms)? {
+    match privacy::finish(conn, request, reason, outcome.as_ref(), now_ms)? {
         Some(finished) => {
             tell_holder(conn, &finished, event, message_domain, now_ms)?;
             Ok(finished)

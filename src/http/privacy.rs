@@ -14,7 +14,7 @@ use crate::clock::rfc3339_ms as rfc3339;
 use crate::compliance::{dates, requests};
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::TenantId;
-use crate::storage::privacy::{self, Kind, Request, State};
+use crate::storage::privacy::{self, Kind, Request, State, Subject};
 use crate::whatsapp::outbound::{recipient_of, Recipient};
 
 #[derive(Serialize)]
@@ -32,6 +32,10 @@ struct RequestView {
     completed_at: Option<String>,
     reason: Option<String>,
     lifted_at: Option<String>,
+    /// What it did, for the kinds that say (an erasure: keys destroyed, rows deleted,
+    /// and the day raw payloads that name no subject become unreadable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<Value>,
 }
 
 /// The end (UTC) of day `day` (YYYY-MM-DD), as RFC 3339.
@@ -59,16 +63,17 @@ fn view(request: Request, today: time::Date) -> RequestView {
         completed_at: request.completed_at.map(rfc3339),
         reason: request.reason,
         lifted_at: request.lifted_at.map(rfc3339),
+        outcome: request.outcome,
         id: request.id,
     }
 }
 
-/// The subject's blind index, from the request's `wa_id` or `user_id` (one of them).
+/// The subject's keyed hashes, from the request's `wa_id` or `user_id` (one of them).
 fn subject_of(
     state: &AppState,
-    tenant: &str,
+    tenant: &TenantId,
     body: &serde_json::Map<String, Value>,
-) -> Result<String, ApiError> {
+) -> Result<Subject, ApiError> {
     let text = |field: &'static str| -> Result<Option<&str>, ApiError> {
         match body.get(field) {
             None | Some(Value::Null) => Ok(None),
@@ -83,7 +88,7 @@ fn subject_of(
     let keyring = &state.core.keyring;
     match (text("wa_id")?, text("user_id")?) {
         (Some(wa_id), None) => match recipient_of(wa_id) {
-            Some(Recipient::WaId(wa_id)) => Ok(keyring.blind_index(tenant, "wa_id", &wa_id)),
+            Some(Recipient::WaId(wa_id)) => Ok(Subject::of_wa_id(keyring, tenant, &wa_id)),
             _ => Err(ApiError::field(
                 ErrorCode::InvalidField,
                 "wa_id",
@@ -91,9 +96,7 @@ fn subject_of(
             )),
         },
         (None, Some(user_id)) => match recipient_of(user_id) {
-            Some(Recipient::UserId(user_id)) => {
-                Ok(keyring.blind_index(tenant, "user_id", &user_id))
-            }
+            Some(Recipient::UserId(user_id)) => Ok(Subject::of_user_id(keyring, tenant, &user_id)),
             _ => Err(ApiError::field(
                 ErrorCode::InvalidField,
                 "user_id",
@@ -155,12 +158,12 @@ pub async fn submit(
             ErrorCode::InvalidField,
             "kind",
             format!(
-                "{} requests are not available yet; restriction and objection are",
+                "{} requests are not available yet; erasure, restriction and objection are",
                 kind.as_str()
             ),
         ));
     }
-    let subject = subject_of(&state, tenant.as_str(), &body)?;
+    let subject = subject_of(&state, &tenant, &body)?;
     let holidays = state.core.settings.compliance.holiday_dates();
     let domain = crate::email::message_domain(&state.core.settings.email.from);
     let written = tenant.clone();
@@ -171,15 +174,7 @@ pub async fn submit(
         .write(Some(tenant), move |conn| {
             // Stamped where the request takes its place in the tenant's queue.
             let now = clock.now_ms();
-            requests::submit(
-                conn,
-                &written,
-                kind,
-                subject.clone(),
-                &holidays,
-                &domain,
-                now,
-            )
+            requests::submit(conn, &written, kind, &subject, &holidays, &domain, now)
         })
         .await?;
     let now = state.core.clock.now_ms();

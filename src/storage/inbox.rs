@@ -784,3 +784,25 @@ pub fn webhook_event_payloads(
         })
         .collect()
 }
+
+#[cfg(any(test, feature = "testing"))]
+/// Every inbox payload of `tenant_id` that still opens, processed or not.
+pub fn readable_payloads(
+    conn: &mut DbConn,
+    keyring: &Vault,
+    tenant_id: &TenantId,
+) -> Result<Vec<Vec<u8>>, StorageError> {
+    type Row = (String, Vec<u8>, Option<String>);
+    let rows: Vec<Row> = on_backend!(conn, c => inbox::table
+        .filter(inbox::tenant_id.eq(tenant_id.as_str()))
+        .select((inbox::dedupe_bidx, inbox::payload_ct, inbox::key_day))
+        .load(c))?;
+    let keys = RawKeys::default();
+    Ok(rows
+        .into_iter()
+        .filter_map(|(dedupe_bidx, ct, day)| {
+            let place = payload_place(tenant_id.as_str(), &dedupe_bidx);
+            open_payload(conn, keyring, &keys, day.as_deref(), &ct, &place).ok()
+        })
+        .collect())
+}

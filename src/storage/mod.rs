@@ -14,6 +14,7 @@ pub mod contact_crm;
 pub mod contacts;
 pub mod conversations;
 pub mod email;
+pub mod erasure;
 mod fixed;
 pub mod handoff;
 pub mod inbox;

@@ -7,9 +7,11 @@
 use diesel::prelude::*;
 
 use super::audit::{self, Actor};
+use super::inbox::route_index;
 use super::on_backend;
 use super::schema::{contacts, privacy_requests};
 use super::{DbConn, StorageError};
+use crate::crypto::Keyring;
 use crate::ids::{ContactId, TenantId};
 
 /// The kinds of request the privacy policy names.
@@ -81,6 +83,32 @@ impl State {
     }
 }
 
+/// A request's subject as keyed hashes: of its identifier (`wa_id_bidx` or
+/// `user_id_bidx` of its contact) and of its routing key (its raw inbox rows).
+#[derive(Debug, Clone)]
+pub struct Subject {
+    pub bidx: String,
+    pub route_bidx: String,
+}
+
+impl Subject {
+    /// The subject known by phone number `wa_id` (digits) in `tenant_id`.
+    pub fn of_wa_id(keyring: &Keyring, tenant_id: &TenantId, wa_id: &str) -> Subject {
+        Subject {
+            bidx: keyring.blind_index(tenant_id.as_str(), "wa_id", wa_id),
+            route_bidx: route_index(keyring, tenant_id, &format!("w:{wa_id}")),
+        }
+    }
+
+    /// The subject known by BSUID `user_id` in `tenant_id`.
+    pub fn of_user_id(keyring: &Keyring, tenant_id: &TenantId, user_id: &str) -> Subject {
+        Subject {
+            bidx: keyring.blind_index(tenant_id.as_str(), "user_id", user_id),
+            route_bidx: route_index(keyring, tenant_id, &format!("u:{user_id}")),
+        }
+    }
+}
+
 const OPEN: [&str; 2] = ["received", "in_progress"];
 
 /// A request as stored.
@@ -98,6 +126,10 @@ pub struct Request {
     pub completed_at: Option<i64>,
     pub reason: Option<String>,
     pub lifted_at: Option<i64>,
+    /// The keyed hash of the routing key the request named (`w:` wa_id, `u:` BSUID).
+    pub route_bidx: Option<String>,
+    /// What the request did, where it says (counts, dates; never content).
+    pub outcome: Option<serde_json::Value>,
 }
 
 impl Request {
@@ -120,6 +152,8 @@ type Row = (
     Option<i64>,
     Option<String>,
     Option<i64>,
+    Option<String>,
+    Option<String>,
 );
 
 fn request(row: Row) -> Result<Request, StorageError> {
@@ -136,7 +170,13 @@ fn request(row: Row) -> Result<Request, StorageError> {
         done,
         reason,
         lifted,
+        route_bidx,
+        outcome,
     ) = row;
+    let outcome = outcome
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|e| StorageError::Corrupt(format!("privacy request {id}: outcome: {e}")))?;
     Ok(Request {
         kind: Kind::parse(&kind)
             .ok_or_else(|| StorageError::Corrupt(format!("privacy request {id}: kind {kind}")))?,
@@ -151,6 +191,8 @@ fn request(row: Row) -> Result<Request, StorageError> {
         completed_at: done,
         reason,
         lifted_at: lifted,
+        route_bidx,
+        outcome,
     })
 }
 
@@ -169,6 +211,8 @@ macro_rules! columns {
             privacy_requests::completed_at,
             privacy_requests::reason,
             privacy_requests::lifted_at,
+            privacy_requests::route_bidx,
+            privacy_requests::outcome_json,
         )
     };
 }
@@ -180,7 +224,7 @@ pub fn submit(
     conn: &mut DbConn,
     tenant_id: &TenantId,
     kind: Kind,
-    subject_bidx: &str,
+    subject: &Subject,
     due_on: &str,
     now_ms: i64,
 ) -> Result<Request, StorageError> {
@@ -191,7 +235,8 @@ pub fn submit(
             privacy_requests::tenant_id.eq(tenant_id.as_str()),
             privacy_requests::kind.eq(kind.as_str()),
             privacy_requests::state.eq(State::Received.as_str()),
-            privacy_requests::subject_bidx.eq(subject_bidx),
+            privacy_requests::subject_bidx.eq(&subject.bidx),
+            privacy_requests::route_bidx.eq(&subject.route_bidx),
             privacy_requests::received_at.eq(now_ms),
             privacy_requests::due_on.eq(due_on),
         ))
@@ -327,12 +372,14 @@ pub fn set_contact_flag(
     Ok(())
 }
 
-/// Ends `request`: completed, or rejected with `reason`, with its audit entry. `None`
-/// when it had ended before (a second look at the same request).
+/// Ends `request`: completed, or rejected with `reason`, with what it did (`outcome`)
+/// and its audit entry. `None` when it had ended before (a second look at the same
+/// request).
 pub fn finish(
     conn: &mut DbConn,
     request: &Request,
     reason: Option<&str>,
+    outcome: Option<&serde_json::Value>,
     now_ms: i64,
 ) -> Result<Option<Request>, StorageError> {
     let state = if reason.is_some() {
@@ -346,6 +393,7 @@ pub fn finish(
             privacy_requests::state.eq(state.as_str()),
             privacy_requests::completed_at.eq(Some(now_ms)),
             privacy_requests::reason.eq(reason),
+            privacy_requests::outcome_json.eq(outcome.map(|o| o.to_string())),
         ))
         .execute(c))?;
     if ended == 0 {
@@ -358,6 +406,19 @@ pub fn finish(
     };
     record(conn, &finished, Actor::Compliance, action, now_ms)?;
     Ok(Some(finished))
+}
+
+/// Writes what `request` (in progress) has done so far.
+pub fn set_outcome(
+    conn: &mut DbConn,
+    request: &Request,
+    outcome: &serde_json::Value,
+) -> Result<(), StorageError> {
+    on_backend!(conn, c => diesel::update(privacy_requests::table.find(&request.id))
+        .filter(privacy_requests::tenant_id.eq(request.tenant_id.as_str()))
+        .set(privacy_requests::outcome_json.eq(Some(outcome.to_string())))
+        .execute(c))?;
+    Ok(())
 }
 
 /// Lifts a completed restriction or objection: the contact is processed as before,

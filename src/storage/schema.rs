@@ -172,6 +172,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    keystore.erasures (request_id) {
+        request_id -> Text,
+        tenant_id -> Text,
+        contact_id -> Nullable<Text>,
+        subject_bidx -> Text,
+        route_bidxs -> Text,
+        erased_at -> BigInt,
+    }
+}
+
+diesel::table! {
     storage_upgrades (name) {
         name -> Text,
         done_at -> BigInt,
@@ -416,5 +427,7 @@ diesel::table! {
         completed_at -> Nullable<BigInt>,
         reason -> Nullable<Text>,
         lifted_at -> Nullable<BigInt>,
+        route_bidx -> Nullable<Text>,
+        outcome_json -> Nullable<Text>,
     }
 }

@@ -252,7 +252,7 @@ async fn an_email_waits_out_a_server_that_is_down_then_refusing_and_is_delivered
 /// The subject of the requests below: a contact of tenant A.
 const SUBJECT: &str = "4915100000001";
 
-async fn wait_state(app: &TestApp, tenant: &Tenant, id: &str, state: &str) -> Value {
+pub(crate) async fn wait_state(app: &TestApp, tenant: &Tenant, id: &str, state: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (status, request) = app
@@ -270,7 +270,7 @@ async fn wait_state(app: &TestApp, tenant: &Tenant, id: &str, state: &str) -> Va
     }
 }
 
-fn text_to(to: &str) -> Value {
+pub(crate) fn text_to(to: &str) -> Value {
     json!({"from_phone_number_id": NUMBER_A, "to": to, "type": "text",
         "text": {"body": "Your order has shipped"}})
 }
@@ -438,7 +438,7 @@ async fn a_restriction_blocks_sends_until_lifted_and_every_step_is_told_and_audi
 async fn a_privacy_request_is_refused_naming_the_field() {
     let app = TestApp::start(&Backend::Sqlite).await;
     for (body, field) in [
-        (json!({"kind": "erasure", "wa_id": SUBJECT}), "kind"),
+        (json!({"kind": "access", "wa_id": SUBJECT}), "kind"),
         (json!({"kind": "forget", "wa_id": SUBJECT}), "kind"),
         (json!({"kind": "restriction"}), "wa_id"),
         (json!({"kind": "restriction", "wa_id": "call me"}), "wa_id"),

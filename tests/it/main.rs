@@ -10,6 +10,7 @@ mod at_rest;
 mod automations;
 mod compliance;
 mod daemon;
+mod erasure;
 mod fake_graph;
 mod media;
 mod messaging_limit;

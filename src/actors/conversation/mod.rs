@@ -53,7 +53,7 @@ use super::submit::Submit;
 use super::tenant::{Idle, TenantActor};
 use super::Core;
 use crate::automation::TenantAutomations;
-use crate::ids::{ConversationId, PhoneNumberId, TenantId};
+use crate::ids::{ContactId, ConversationId, PhoneNumberId, TenantId};
 use crate::storage::apply::{ApplyOp, NewPreference, Origin, ProfileUpdate};
 use crate::storage::contacts::{contact_field, NewContact};
 use crate::storage::contacts::{ContactIdentifiers, ResolvedContact};
@@ -89,6 +89,12 @@ pub struct ApplyArrival(pub Delivery);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Release;
+
+/// The contact was erased: drop it, its key included, if it is the one held (the
+/// next event finds its contact again, a new one), and stop if idle.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ForgetContact(pub ContactId);
 
 /// What a look-up gives the actor.
 enum Found {
@@ -649,6 +655,23 @@ impl ConversationActor {
                     }
                 }),
         );
+    }
+}
+
+impl Handler<ForgetContact> for ConversationActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ForgetContact, ctx: &mut Context<Self>) {
+        let held = self.contact.as_ref().map(|contact| &contact.contact_id);
+        if held == Some(&msg.0) {
+            self.contact = None;
+            self.contact_stored = false;
+            self.resolve_in_writer = false;
+            self.conversation_id = None;
+            self.written_profile = None;
+            self.seen_written_at = None;
+            self.offer_release(ctx);
+        }
     }
 }
 

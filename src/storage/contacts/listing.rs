@@ -65,6 +65,7 @@ pub fn list_contacts(
     let rows: Vec<ContactRow> = on_backend!(conn, c => {
         let mut query = contacts::table
             .filter(contacts::tenant_id.eq(tenant))
+            .filter(super::not_erased())
             .select((contacts::id, contacts::key_id, contacts::wa_id_ct, contacts::user_id_ct,
                      contacts::username_ct, contacts::profile_name_ct, contacts::marketing_opt_out,
                      contacts::first_seen_at, contacts::last_seen_at, contacts::crm_ct))

@@ -37,6 +37,19 @@ pub fn contact_field<'a>(
     Place::new(tenant_id, "contacts", column, contact_id)
 }
 
+/// Contacts not being erased. An erased contact's row loses its identifiers at once
+/// (see [`crate::storage::erasure`]) and waits only for its other rows to go; every
+/// other contact has at least one identifier.
+#[allow(clippy::type_complexity)]
+pub fn not_erased() -> diesel::dsl::Or<
+    diesel::dsl::IsNotNull<contacts::wa_id_bidx>,
+    diesel::dsl::IsNotNull<contacts::user_id_bidx>,
+> {
+    contacts::wa_id_bidx
+        .is_not_null()
+        .or(contacts::user_id_bidx.is_not_null())
+}
+
 /// A contact as a conversation actor needs it: ids and the unwrapped data key.
 #[derive(Debug, Clone)]
 pub struct ResolvedContact {

@@ -177,10 +177,12 @@ pub fn accept(conn: &mut DbConn, send: &NewSend) -> Result<Accepted, StorageErro
     let found: Option<(Option<i64>, Option<i64>, bool)> = on_backend!(conn, c => contacts::table
             .find(send.contact_id.as_str())
             .filter(contacts::tenant_id.eq(tenant))
+            .filter(crate::storage::contacts::not_erased())
             .select((contacts::restricted_at, contacts::objected_at, contacts::marketing_opt_out))
             .get_result(c)
             .optional())?;
-    // Merged into another contact since the caller found it: found again, then retried.
+    // Merged into another contact, or erased, since the caller found it: found again,
+    // then retried.
     let Some((restricted, objected, opted_out)) = found else {
         return Err(StorageError::ContactStale(send.contact_id.to_string()));
     };

@@ -38,7 +38,7 @@ use super::routes::RouteCache;
 use super::sqlite::{spawn_checkpointer, spawn_index_reader, ConversationIndexer, IndexShared};
 use super::{DbConn, Pool, PooledConn, StorageError};
 use crate::clock::SharedClock;
-use crate::ids::{ConversationId, TenantId};
+use crate::ids::{ContactId, ConversationId, TenantId};
 use crate::storage::handoff::{self, Reply};
 use crate::whatsapp::OtherChange;
 
@@ -76,8 +76,8 @@ pub enum Delivered {
 /// where to tell them. Dropped unanswered when the write fails.
 pub type Waiters = Vec<(usize, Reply<Delivered>)>;
 
-/// Contacts merged into others since the writers started: a write naming one is
-/// refused as [`StorageError::ContactStale`].
+/// Contacts merged into others, or erased, since the writers started: a write naming
+/// one is refused as [`StorageError::ContactStale`], and its actor resolves again.
 pub(in crate::storage) type MergedAway = Arc<std::sync::RwLock<std::collections::HashSet<String>>>;
 
 /// Receives committed inbox rows (the actor registry).
@@ -161,6 +161,8 @@ pub struct WriterHandle {
     /// Set by [`WriterHandle::stop`]; the writer threads end once their queues are empty.
     stopping: Arc<AtomicBool>,
     writers: usize,
+    /// Shared with the writers (see [`MergedAway`]).
+    gone_contacts: MergedAway,
 }
 
 pub(super) fn gone() -> StorageError {
@@ -193,6 +195,14 @@ fn written<T: 'static>(answer: Result<WriteOutput, StorageError>) -> Result<T, S
 }
 
 impl WriterHandle {
+    /// From now on a write naming `contact_id` (held by an actor from before its
+    /// erasure) is refused, so the actor drops what it held and resolves again.
+    pub fn contact_gone(&self, contact_id: &ContactId) {
+        if let Ok(mut gone) = self.gone_contacts.write() {
+            gone.insert(contact_id.to_string());
+        }
+    }
+
     /// How many writer threads run (each keeps a pooled connection).
     pub fn writers(&self) -> usize {
         self.writers
@@ -454,6 +464,7 @@ pub fn spawn(
         dispatcher: dispatcher.clone(),
         stopping: stopping.clone(),
         writers,
+        gone_contacts: merged_away.clone(),
     };
     let stopped = Arc::new(AtomicUsize::new(0));
     let restart_wanted = Arc::new(AtomicBool::new(false));

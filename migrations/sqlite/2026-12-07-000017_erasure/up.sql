@@ -1,0 +1,18 @@
+-- Erasure. The contact erased keeps its row, emptied of every identifier and sealed
+-- value (a contact without identifiers is one being erased), until its last other row
+-- has gone in batches; nothing finds it or writes to it meanwhile. A request keeps the
+-- keyed hash of its subject's routing key (the raw inbox rows it finds), and what it
+-- did (counts, never content).
+ALTER TABLE privacy_requests ADD COLUMN route_bidx TEXT;
+ALTER TABLE privacy_requests ADD COLUMN outcome_json TEXT;
+-- The erasure records live with the keys, not the data: a data backup restored after
+-- an erasure is reconciled against them (`converra erasure reapply`). Identifiers
+-- only as keyed hashes.
+CREATE TABLE keystore.erasures (
+    request_id TEXT PRIMARY KEY NOT NULL,
+    tenant_id TEXT NOT NULL,
+    contact_id TEXT,
+    subject_bidx TEXT NOT NULL,
+    route_bidxs TEXT NOT NULL,
+    erased_at BIGINT NOT NULL
+);

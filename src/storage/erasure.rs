@@ -1,0 +1,592 @@
+//! Erasure of a data subject: first the subject is made unreadable everywhere at once
+//! ([`shred`]: the contact's data keys destroyed in the key store, its row emptied of
+//! every identifier and sealed value, an erasure record kept with the keys), then its
+//! rows go in bounded batches ([`erase_batch`]), so a subject with a long history
+//! never holds a writer for long. The erasure records (keyed hashes only) let a data
+//! backup restored afterwards be reconciled ([`reapply_all`]): the keys did not come
+//! back with it, and its rows go again.
+
+use std::collections::BTreeMap;
+
+use diesel::prelude::*;
+
+use super::audit::{self, Actor};
+use super::inbox::route_index;
+use super::key_store::Vault;
+use super::on_backend;
+use super::schema::{
+    automation_runs, contact_labels, contacts, conversations, data_keys, erasures,
+    idempotency_keys, inbox, messages, outbox, portfolio_reach,
+};
+use super::{DbConn, StorageError};
+use crate::ids::{ContactId, TenantId};
+
+/// An erasure as the key store records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErasureRecord {
+    pub request_id: String,
+    pub tenant_id: TenantId,
+    /// The contact erased; `None` for a subject the tenant never saw.
+    pub contact_id: Option<ContactId>,
+    pub subject_bidx: String,
+    /// The keyed hashes of the subject's routing keys: its raw inbox rows carry them.
+    pub route_bidxs: Vec<String>,
+    pub erased_at: i64,
+}
+
+/// What [`shred`] did.
+#[derive(Debug, Clone)]
+pub struct Shredded {
+    pub record: ErasureRecord,
+    /// Data keys destroyed by this call (0 when a crash had it done before).
+    pub keys_destroyed: usize,
+}
+
+/// The subject of an erasure, as its request names it.
+pub struct Subject<'a> {
+    pub request_id: &'a str,
+    pub tenant_id: &'a TenantId,
+    pub contact_id: Option<&'a ContactId>,
+    pub subject_bidx: &'a str,
+    /// The keyed hash of the routing key the request named (its wa_id or BSUID).
+    pub route_bidx: Option<&'a str>,
+}
+
+type RecordRow = (String, String, Option<String>, String, String, i64);
+
+fn record_of(row: RecordRow) -> Result<ErasureRecord, StorageError> {
+    let (request_id, tenant, contact, subject_bidx, routes, erased_at) = row;
+    let route_bidxs = serde_json::from_str(&routes)
+        .map_err(|e| StorageError::Corrupt(format!("erasure {request_id}: route_bidxs: {e}")))?;
+    Ok(ErasureRecord {
+        request_id,
+        tenant_id: TenantId(tenant),
+        contact_id: contact.map(ContactId),
+        subject_bidx,
+        route_bidxs,
+        erased_at,
+    })
+}
+
+macro_rules! record_columns {
+    () => {
+        (
+            erasures::request_id,
+            erasures::tenant_id,
+            erasures::contact_id,
+            erasures::subject_bidx,
+            erasures::route_bidxs,
+            erasures::erased_at,
+        )
+    };
+}
+
+/// The erasure record of `request_id`, if it was written.
+fn find_record(
+    conn: &mut DbConn,
+    vault: &Vault,
+    request_id: &str,
+) -> Result<Option<ErasureRecord>, StorageError> {
+    let row: Option<RecordRow> = vault.with_store(conn, |ks| {
+        Ok(on_backend!(ks, c => erasures::table
+            .find(request_id)
+            .select(record_columns!())
+            .get_result(c)
+            .optional())?)
+    })?;
+    row.map(record_of).transpose()
+}
+
+/// Every erasure record, oldest first, after `after` (a request id), at most `limit`.
+pub fn records(
+    conn: &mut DbConn,
+    vault: &Vault,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<ErasureRecord>, StorageError> {
+    let rows: Vec<RecordRow> = vault.with_store(conn, |ks| {
+        Ok(on_backend!(ks, c => erasures::table
+            .filter(erasures::request_id.gt(after))
+            .order(erasures::request_id.asc())
+            .limit(limit)
+            .select(record_columns!())
+            .load(c))?)
+    })?;
+    rows.into_iter().map(record_of).collect()
+}
+
+/// The routing keys' hashes of `contact_id`, from its identifiers opened with its own
+/// key (before that key is destroyed).
+fn contact_route_bidxs(
+    conn: &mut DbConn,
+    vault: &Vault,
+    tenant_id: &TenantId,
+    contact_id: &ContactId,
+) -> Result<Vec<String>, StorageError> {
+    // The key id, and the wa_id and BSUID sealed.
+    type Sealed = (String, Option<Vec<u8>>, Option<Vec<u8>>);
+    let row: Option<Sealed> = on_backend!(conn, c => contacts::table
+        .find(contact_id.as_str())
+        .filter(contacts::tenant_id.eq(tenant_id.as_str()))
+        .select((contacts::key_id, contacts::wa_id_ct, contacts::user_id_ct))
+        .get_result(c)
+        .optional())?;
+    let Some((key_id, wa_id_ct, user_id_ct)) = row else {
+        return Ok(Vec::new());
+    };
+    let Some(key) = super::keys::load_data_key(conn, vault, tenant_id, &key_id)? else {
+        return Ok(Vec::new());
+    };
+    let mut routes = Vec::new();
+    for (prefix, column, sealed) in [
+        ("w:", "wa_id_ct", wa_id_ct),
+        ("u:", "user_id_ct", user_id_ct),
+    ] {
+        let Some(sealed) = sealed else { continue };
+        let place = super::contacts::contact_field(tenant_id.as_str(), column, contact_id.as_str());
+        // One that does not open names no route: its rows are found through the other.
+        if let Ok(id) = key.open_string(&sealed, &place) {
+            routes.push(route_index(vault, tenant_id, &format!("{prefix}{id}")));
+        }
+    }
+    Ok(routes)
+}
+
+/// The data keys anything of `contact_id` is sealed under: its own, and those of
+/// contacts merged into it, which its messages and sends keep.
+fn contact_key_ids(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    contact_id: &ContactId,
+) -> Result<Vec<String>, StorageError> {
+    let tenant = tenant_id.as_str();
+    let contact = contact_id.as_str();
+    let mut keys: Vec<String> = on_backend!(conn, c => contacts::table
+        .find(contact)
+        .filter(contacts::tenant_id.eq(tenant))
+        .select(contacts::key_id)
+        .load(c))?;
+    let of_messages: Vec<Option<String>> = on_backend!(conn, c => messages::table
+        .filter(messages::contact_id.eq(contact))
+        .filter(messages::tenant_id.eq(tenant))
+        .select(messages::key_id)
+        .distinct()
+        .load(c))?;
+    let of_sends: Vec<String> = on_backend!(conn, c => outbox::table
+        .filter(outbox::contact_id.eq(contact))
+        .filter(outbox::tenant_id.eq(tenant))
+        .select(outbox::key_id)
+        .distinct()
+        .load(c))?;
+    keys.extend(of_messages.into_iter().flatten());
+    keys.extend(of_sends);
+    keys.sort_unstable();
+    keys.dedup();
+    Ok(keys)
+}
+
+/// Makes the subject unreadable: records the erasure with the keys, destroys every
+/// data key its data is sealed under, and empties its contact row of identifiers and
+/// sealed values (a contact without identifiers is one being erased: nothing finds it
+/// or writes to it), with its audit entry. Run again after a crash, it finds its record and does the rest.
+pub fn shred(
+    conn: &mut DbConn,
+    vault: &Vault,
+    subject: &Subject<'_>,
+    now_ms: i64,
+) -> Result<Shredded, StorageError> {
+    let tenant_id = subject.tenant_id;
+    let record = match find_record(conn, vault, subject.request_id)? {
+        Some(record) => record,
+        None => {
+            // The routes first: once the key is gone, the identifiers cannot be read.
+            let mut route_bidxs: Vec<String> =
+                subject.route_bidx.map(str::to_string).into_iter().collect();
+            if let Some(contact_id) = subject.contact_id {
+                route_bidxs.extend(contact_route_bidxs(conn, vault, tenant_id, contact_id)?);
+            }
+            route_bidxs.sort_unstable();
+            route_bidxs.dedup();
+            let record = ErasureRecord {
+                request_id: subject.request_id.to_string(),
+                tenant_id: tenant_id.clone(),
+                contact_id: subject.contact_id.cloned(),
+                subject_bidx: subject.subject_bidx.to_string(),
+                route_bidxs,
+                erased_at: now_ms,
+            };
+            let routes = serde_json::to_string(&record.route_bidxs)
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            vault.with_store(conn, |ks| {
+                on_backend!(ks, c => diesel::insert_into(erasures::table)
+                    .values((
+                        erasures::request_id.eq(&record.request_id),
+                        erasures::tenant_id.eq(tenant_id.as_str()),
+                        erasures::contact_id.eq(record.contact_id.as_ref().map(ContactId::as_str)),
+                        erasures::subject_bidx.eq(&record.subject_bidx),
+                        erasures::route_bidxs.eq(&routes),
+                        erasures::erased_at.eq(now_ms),
+                    ))
+                    .execute(c))?;
+                Ok(())
+            })?;
+            record
+        }
+    };
+    let mut keys_destroyed = 0;
+    if let Some(contact_id) = &record.contact_id {
+        let keys = contact_key_ids(conn, tenant_id, contact_id)?;
+        keys_destroyed = destroy_data_keys(conn, vault, tenant_id, &keys, now_ms)?;
+        on_backend!(conn, c => diesel::update(contacts::table
+            .find(contact_id.as_str())
+            .filter(contacts::tenant_id.eq(tenant_id.as_str())))
+            .set((
+                contacts::wa_id_bidx.eq(None::<String>),
+                contacts::user_id_bidx.eq(None::<String>),
+                contacts::wa_id_ct.eq(None::<Vec<u8>>),
+                contacts::user_id_ct.eq(None::<Vec<u8>>),
+                contacts::username_ct.eq(None::<Vec<u8>>),
+                contacts::profile_name_ct.eq(None::<Vec<u8>>),
+                contacts::crm_ct.eq(None::<Vec<u8>>),
+            ))
+            .execute(c))?;
+    }
+    audit::append(
+        conn,
+        &audit::NewEntry {
+            tenant_id,
+            actor: Actor::Compliance,
+            action: "subject_keys_destroyed",
+            request_id: Some(subject.request_id),
+            contact_id: record.contact_id.as_ref().map(ContactId::as_str),
+            detail: serde_json::json!({"keys_destroyed": keys_destroyed}),
+        },
+        now_ms,
+    )?;
+    Ok(Shredded {
+        record,
+        keys_destroyed,
+    })
+}
+
+/// Destroys the tenant's data keys `key_ids` (those not destroyed before); returns how
+/// many it destroyed.
+fn destroy_data_keys(
+    conn: &mut DbConn,
+    vault: &Vault,
+    tenant_id: &TenantId,
+    key_ids: &[String],
+    now_ms: i64,
+) -> Result<usize, StorageError> {
+    vault.with_store(conn, |ks| {
+        let mut destroyed = 0;
+        for chunk in key_ids.chunks(500) {
+            destroyed += on_backend!(ks, c => diesel::update(data_keys::table
+                .filter(data_keys::id.eq_any(chunk))
+                .filter(data_keys::tenant_id.eq(tenant_id.as_str()))
+                .filter(data_keys::destroyed_at.is_null()))
+                .set((
+                    data_keys::wrapped_key.eq(None::<Vec<u8>>),
+                    data_keys::destroyed_at.eq(Some(now_ms)),
+                ))
+                .execute(c))?;
+        }
+        Ok(destroyed)
+    })
+}
+
+/// Where a pass of [`erase_batch`] stands: the raw inbox is gone through by id ranges,
+/// since nothing indexes it by subject.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// The inbox ids up to this one are done.
+    pub inbox_after: i64,
+    /// The highest inbox id when the pass over the inbox began.
+    pub inbox_end: Option<i64>,
+    /// Rows deleted so far, by what they were.
+    pub deleted: BTreeMap<&'static str, u64>,
+}
+
+/// What [`Progress::deleted`] counts, by the names the counts are kept under.
+const COUNTED: [&str; 7] = [
+    "messages",
+    "sends",
+    "automation_runs",
+    "raw_payloads",
+    "labels",
+    "conversations",
+    "contacts",
+];
+
+/// The name [`Progress::deleted`] counts `what` under, if it is one.
+pub fn counted(what: &str) -> Option<&'static str> {
+    COUNTED.into_iter().find(|name| *name == what)
+}
+
+impl Progress {
+    fn count(&mut self, what: &'static str, rows: usize) -> bool {
+        if rows > 0 {
+            *self.deleted.entry(what).or_default() += rows as u64;
+        }
+        rows > 0
+    }
+}
+
+/// How many inbox ids one batch goes through.
+const INBOX_WINDOW: i64 = 20_000;
+
+/// Deletes the next batch (at most `limit` rows of a table, or one window of the
+/// inbox) of what `record` erases: the contact's messages (with their statuses,
+/// media and sends), its remaining sends, automation runs, raw inbox rows received up
+/// to the erasure, labels and reach, conversations, and last its contact row. Returns
+/// whether anything is left. On SQLite what it deletes is overwritten in place
+/// (`secure_delete`).
+pub fn erase_batch(
+    conn: &mut DbConn,
+    record: &ErasureRecord,
+    progress: &mut Progress,
+    limit: i64,
+) -> Result<bool, StorageError> {
+    if let DbConn::Sqlite(c) = conn {
+        diesel::connection::SimpleConnection::batch_execute(c, "PRAGMA main.secure_delete = ON")?;
+    }
+    let more = erase_some(conn, record, progress, limit);
+    if let DbConn::Sqlite(c) = conn {
+        diesel::connection::SimpleConnection::batch_execute(c, "PRAGMA main.secure_delete = OFF")?;
+    }
+    more
+}
+
+fn erase_some(
+    conn: &mut DbConn,
+    record: &ErasureRecord,
+    progress: &mut Progress,
+    limit: i64,
+) -> Result<bool, StorageError> {
+    let tenant = record.tenant_id.as_str();
+    if let Some(contact_id) = &record.contact_id {
+        let contact = contact_id.as_str();
+        let ids: Vec<String> = on_backend!(conn, c => messages::table
+            .filter(messages::contact_id.eq(contact))
+            .filter(messages::tenant_id.eq(tenant))
+            .order(messages::id.asc())
+            .limit(limit)
+            .select(messages::id)
+            .load(c))?;
+        if !ids.is_empty() {
+            for chunk in ids.chunks(500) {
+                on_backend!(conn, c => diesel::delete(idempotency_keys::table
+                    .filter(idempotency_keys::tenant_id.eq(tenant))
+                    .filter(idempotency_keys::outbox_id.eq_any(chunk)))
+                    .execute(c))?;
+                let sends = on_backend!(conn, c => diesel::delete(outbox::table
+                    .filter(outbox::id.eq_any(chunk)))
+                    .execute(c))?;
+                progress.count("sends", sends);
+                let runs = on_backend!(conn, c => diesel::delete(automation_runs::table
+                    .filter(automation_runs::tenant_id.eq(tenant))
+                    .filter(automation_runs::message_id.eq_any(chunk)))
+                    .execute(c))?;
+                progress.count("automation_runs", runs);
+                // Statuses and media go with their message (foreign keys).
+                let gone = on_backend!(conn, c => diesel::delete(messages::table
+                    .filter(messages::id.eq_any(chunk)))
+                    .execute(c))?;
+                progress.count("messages", gone);
+            }
+            return Ok(true);
+        }
+        let sends: Vec<String> = on_backend!(conn, c => outbox::table
+            .filter(outbox::contact_id.eq(contact))
+            .filter(outbox::tenant_id.eq(tenant))
+            .limit(limit)
+            .select(outbox::id)
+            .load(c))?;
+        if !sends.is_empty() {
+            for chunk in sends.chunks(500) {
+                on_backend!(conn, c => diesel::delete(idempotency_keys::table
+                    .filter(idempotency_keys::tenant_id.eq(tenant))
+                    .filter(idempotency_keys::outbox_id.eq_any(chunk)))
+                    .execute(c))?;
+                let gone = on_backend!(conn, c => diesel::delete(outbox::table
+                    .filter(outbox::id.eq_any(chunk)))
+                    .execute(c))?;
+                progress.count("sends", gone);
+            }
+            return Ok(true);
+        }
+        let runs: Vec<String> = on_backend!(conn, c => automation_runs::table
+            .filter(automation_runs::contact_id.eq(contact))
+            .filter(automation_runs::tenant_id.eq(tenant))
+            .limit(limit)
+            .select(automation_runs::id)
+            .load(c))?;
+        if !runs.is_empty() {
+            let gone = on_backend!(conn, c => diesel::delete(automation_runs::table
+                .filter(automation_runs::id.eq_any(&runs)))
+                .execute(c))?;
+            progress.count("automation_runs", gone);
+            return Ok(true);
+        }
+    }
+    if !record.route_bidxs.is_empty() {
+        let end = match progress.inbox_end {
+            Some(end) => end,
+            None => {
+                let end: Option<i64> = on_backend!(conn, c => inbox::table
+                    .select(diesel::dsl::max(inbox::id))
+                    .get_result(c))?;
+                *progress.inbox_end.insert(end.unwrap_or(0))
+            }
+        };
+        if progress.inbox_after < end {
+            let upto = (progress.inbox_after + INBOX_WINDOW).min(end);
+            // Rows received after the erasure are the subject writing again: new data.
+            let gone = on_backend!(conn, c => diesel::delete(inbox::table
+                .filter(inbox::id.gt(progress.inbox_after))
+                .filter(inbox::id.le(upto))
+                .filter(inbox::tenant_id.eq(tenant))
+                .filter(inbox::route_bidx.eq_any(&record.route_bidxs))
+                .filter(inbox::received_at.le(record.erased_at)))
+                .execute(c))?;
+            progress.count("raw_payloads", gone);
+            progress.inbox_after = upto;
+            return Ok(true);
+        }
+    }
+    let Some(contact_id) = &record.contact_id else {
+        return Ok(false);
+    };
+    let contact = contact_id.as_str();
+    let labels = on_backend!(conn, c => diesel::delete(contact_labels::table
+        .filter(contact_labels::tenant_id.eq(tenant))
+        .filter(contact_labels::contact_id.eq(contact)))
+        .execute(c))?;
+    progress.count("labels", labels);
+    on_backend!(conn, c => diesel::delete(portfolio_reach::table
+        .filter(portfolio_reach::contact_id.eq(contact)))
+        .execute(c))?;
+    let conversations = on_backend!(conn, c => diesel::delete(conversations::table
+        .filter(conversations::tenant_id.eq(tenant))
+        .filter(conversations::contact_id.eq(contact)))
+        .execute(c))?;
+    progress.count("conversations", conversations);
+    let contacts = on_backend!(conn, c => diesel::delete(contacts::table
+        .filter(contacts::tenant_id.eq(tenant))
+        .filter(contacts::id.eq(contact)))
+        .execute(c))?;
+    progress.count("contacts", contacts);
+    Ok(false)
+}
+
+/// Brings a restored data backup back in line with one erasure record: the contact it
+/// erased loses its identifiers and sealed values again (its keys, in the key store,
+/// stayed destroyed), and [`erase_batch`] then removes its rows. Returns whether the
+/// contact was there.
+pub fn reapply(conn: &mut DbConn, record: &ErasureRecord) -> Result<bool, StorageError> {
+    let Some(contact_id) = &record.contact_id else {
+        return Ok(false);
+    };
+    let found = on_backend!(conn, c => diesel::update(contacts::table
+        .find(contact_id.as_str())
+        .filter(contacts::tenant_id.eq(record.tenant_id.as_str())))
+        .set((
+            contacts::wa_id_bidx.eq(None::<String>),
+            contacts::user_id_bidx.eq(None::<String>),
+            contacts::wa_id_ct.eq(None::<Vec<u8>>),
+            contacts::user_id_ct.eq(None::<Vec<u8>>),
+            contacts::username_ct.eq(None::<Vec<u8>>),
+            contacts::profile_name_ct.eq(None::<Vec<u8>>),
+            contacts::crm_ct.eq(None::<Vec<u8>>),
+        ))
+        .execute(c))?;
+    Ok(found > 0)
+}
+
+/// After an erasure's rows are gone, what the database still holds of them in its
+/// files: SQLite's WAL is copied back and truncated (what it deleted was overwritten
+/// in place); PostgreSQL's touched tables are vacuumed, so their dead rows' space is
+/// reclaimed and reused. Runs on a connection of its own, outside any transaction.
+pub fn compact(conn: &mut DbConn) -> Result<(), StorageError> {
+    match conn {
+        DbConn::Sqlite(c) => {
+            #[derive(QueryableByName)]
+            struct Checkpoint {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                busy: i64,
+            }
+            let done: Vec<Checkpoint> =
+                diesel::sql_query("PRAGMA main.wal_checkpoint(TRUNCATE)").load(c)?;
+            if done.first().is_some_and(|row| row.busy != 0) {
+                return Err(StorageError::Unavailable(
+                    "the WAL checkpoint after an erasure was blocked by readers".into(),
+                ));
+            }
+            Ok(())
+        }
+        DbConn::Pg(c) => {
+            super::without_statement_timeout(c, |c| {
+                diesel::connection::SimpleConnection::batch_execute(
+                    c,
+                    "VACUUM messages, status_events, media_downloads, outbox, idempotency_keys, \
+                     automation_runs, inbox, contact_labels, portfolio_reach, conversations, \
+                     contacts",
+                )
+            })?;
+            Ok(())
+        }
+    }
+}
+
+/// What [`reapply_all`] found and did.
+#[derive(Debug, Default)]
+pub struct Reapplied {
+    /// Erasure records gone through.
+    pub records: usize,
+    /// Of their contacts, those the database held again.
+    pub contacts_found: usize,
+    /// Rows deleted, by what they were.
+    pub deleted: BTreeMap<&'static str, u64>,
+    /// Whether the database was compacted afterwards (SQLite: not while readers held
+    /// the WAL back; its regular checkpoints then do it).
+    pub compacted: bool,
+}
+
+/// Reconciles the data with every erasure record of the key store (after a data
+/// backup was restored): each record's contact is emptied again and its rows deleted,
+/// `batch` rows of a table per transaction, then the database compacted. Rows of a
+/// subject that wrote again after its erasure (a new contact) are not touched.
+pub fn reapply_all(
+    conn: &mut DbConn,
+    vault: &Vault,
+    batch: i64,
+) -> Result<Reapplied, StorageError> {
+    let mut done = Reapplied::default();
+    let mut after = String::new();
+    loop {
+        let page = records(conn, vault, &after, 100)?;
+        let Some(last) = page.last() else { break };
+        after.clone_from(&last.request_id);
+        for record in &page {
+            done.records += 1;
+            if super::write_transaction(conn, |conn| reapply(conn, record))? {
+                done.contacts_found += 1;
+            }
+            let mut progress = Progress::default();
+            while super::write_transaction(conn, |conn| {
+                erase_batch(conn, record, &mut progress, batch)
+            })? {}
+            for (what, rows) in progress.deleted {
+                *done.deleted.entry(what).or_default() += rows;
+            }
+        }
+    }
+    if done.deleted.values().any(|rows| *rows > 0) {
+        done.compacted = match compact(conn) {
+            Ok(()) => true,
+            Err(StorageError::Unavailable(_)) => false,
+            Err(e) => return Err(e),
+        };
+    }
+    Ok(done)
+}

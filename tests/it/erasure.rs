@@ -1,0 +1,375 @@
+//! Erasure: after a business forwards its customer's erasure request, nothing of the
+//! subject can be read anywhere (its keys are destroyed, its rows deleted, its raw
+//! webhook payloads gone), other contacts and tenants keep everything, the subject can
+//! write again as a new contact, and a data backup restored afterwards is brought back
+//! in line by `converra erasure reapply`.
+
+use std::time::Duration;
+
+use converra::clock::{Clock, SystemClock};
+use converra::crypto::Place;
+use converra::ids::TenantId;
+use converra::storage::{self, inbox, schema};
+use diesel::prelude::*;
+use serde_json::{json, Value};
+
+use crate::at_rest::everything_stored;
+use crate::compliance::{text_to, wait_state};
+use crate::smtp::SmtpSink;
+use crate::support::*;
+
+const SUBJECT: &str = "4915100000077";
+const SUBJECT_NAME: &str = "Erika Vanishing";
+const OTHER: &str = "4915100000088";
+const TEXTS: [&str; 3] = [
+    "first confidential words",
+    "second confidential words",
+    "third confidential words",
+];
+
+fn now_secs() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string()
+}
+
+/// One webhook of `from` (with its profile name) on `number`: a text of now.
+fn webhook_from(number: &str, from: &str, name: &str, wamid: &str, body: &str) -> Vec<u8> {
+    let mut message = text(from, wamid, body);
+    message["timestamp"] = json!(now_secs());
+    serde_json::to_vec(&envelope(vec![messages_change(
+        number,
+        vec![contact(from, name)],
+        vec![message],
+    )]))
+    .unwrap()
+}
+
+fn holds(haystack: &[u8], needle: &str) -> bool {
+    let hex = hex::encode(needle);
+    [needle.as_bytes(), hex.as_bytes()]
+        .iter()
+        .any(|n| haystack.windows(n.len()).any(|w| w == *n))
+}
+
+async fn erase(app: &TestApp, tenant: &Tenant, wa_id: &str) -> Value {
+    let (status, received) = app
+        .send_json(
+            "POST",
+            "/v1/privacy/requests",
+            &tenant.api_key,
+            &json!({"kind": "erasure", "wa_id": wa_id}),
+        )
+        .await;
+    assert_eq!(status, 201, "{received}");
+    let id = received["id"].as_str().unwrap().to_string();
+    wait_state(app, tenant, &id, "completed").await
+}
+
+async fn contact_ids(app: &TestApp, tenant: &Tenant, wa_id: &str) -> Vec<String> {
+    let (status, listed) = app
+        .get(
+            &format!("/v1/contacts?wa_id={wa_id}"),
+            Some(&tenant.api_key),
+        )
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Rows of `contact_id` left in the tables that name contacts.
+fn rows_of(conn: &mut storage::DbConn, contact_id: &str) -> Vec<(&'static str, i64)> {
+    use schema::*;
+    macro_rules! count {
+        ($table:ident) => {
+            converra::on_backend!(conn, c => $table::table
+                .filter($table::contact_id.eq(contact_id))
+                .count()
+                .get_result::<i64>(c))
+            .unwrap()
+        };
+    }
+    let own: i64 = converra::on_backend!(conn, c => contacts::table
+        .filter(contacts::id.eq(contact_id))
+        .count()
+        .get_result::<i64>(c))
+    .unwrap();
+    vec![
+        ("contacts", own),
+        ("conversations", count!(conversations)),
+        ("messages", count!(messages)),
+        ("outbox", count!(outbox)),
+        ("automation_runs", count!(automation_runs)),
+        ("contact_labels", count!(contact_labels)),
+    ]
+}
+
+/// A sealed message of the subject, as stored before the erasure: its id, key id and
+/// ciphertext.
+fn sealed_message(conn: &mut storage::DbConn, contact_id: &str) -> (String, String, Vec<u8>) {
+    use schema::messages;
+    let (id, key, ct): (String, Option<String>, Option<Vec<u8>>) =
+        converra::on_backend!(conn, c => messages::table
+            .filter(messages::contact_id.eq(contact_id))
+            .filter(messages::content_ct.is_not_null())
+            .select((messages::id, messages::key_id, messages::content_ct))
+            .limit(1)
+            .get_result(c))
+        .unwrap();
+    (id, key.unwrap(), ct.unwrap())
+}
+
+/// The data keys of `tenant` as the key store holds them: (id, wrapped key).
+fn data_keys(
+    conn: &mut storage::DbConn,
+    vault: &converra::storage::key_store::Vault,
+    tenant: &str,
+) -> Vec<(String, Option<Vec<u8>>)> {
+    use schema::data_keys;
+    vault
+        .with_store(conn, |ks| {
+            Ok(converra::on_backend!(ks, c => data_keys::table
+                .filter(data_keys::tenant_id.eq(tenant))
+                .select((data_keys::id, data_keys::wrapped_key))
+                .load(c))?)
+        })
+        .unwrap()
+}
+
+/// The subject's contact, messages, send, labels and raw payloads go; its keys are
+/// destroyed, so its old ciphertext opens under no key; nothing readable anywhere
+/// holds its phone number, name or words. Another contact of the tenant and the same
+/// phone number at another tenant keep everything. The account holder hears of it,
+/// the audit log records it without the phone number, and the subject can write
+/// again as a new contact. A second erasure of the same subject completes.
+#[actix_rt::test]
+async fn an_erasure_leaves_nothing_of_the_subject_readable_and_touches_nothing_else() {
+    for backend in backends() {
+        let sink = SmtpSink::start();
+        let app = TestApp::start_with(&backend, Default::default(), |settings| {
+            settings.email.smtp_url = format!("smtp://127.0.0.1:{}", sink.port);
+            settings.email.retry_base_ms = 100;
+            settings.email.retry_max_ms = 400;
+            // Small batches: the erasure takes many.
+            settings.retention.batch_size = 2;
+            settings.retention.batch_pause_ms = 0;
+            settings.actors.sweep_interval_secs = 1;
+        })
+        .await;
+        let tenant_a = TenantId(app.a.id.clone());
+        let (vault, pool) = app.pool();
+        let mut conn = pool.get().unwrap();
+        // A message that waited in the inbox (as when the daemon was busy): its raw
+        // payload is kept, sealed under its day's key, after it is applied.
+        let day = day_key(&mut conn, &vault, SystemClock.now_ms());
+        for (from, name, wamid, words) in [
+            (SUBJECT, SUBJECT_NAME, "wamid.erase.raw", TEXTS[2]),
+            (OTHER, "Otto Stays", "wamid.keep.raw", "words that waited"),
+        ] {
+            let mut waited = text(from, wamid, words);
+            waited["timestamp"] = json!(now_secs());
+            let body = envelope(vec![messages_change(
+                NUMBER_A,
+                vec![contact(from, name)],
+                vec![waited],
+            )]);
+            let events =
+                converra::whatsapp::webhook::parse(&serde_json::to_vec(&body).unwrap()).events;
+            for event in events {
+                let prepared = inbox::PreparedEvent::seal(&vault, &tenant_a, &day, event).unwrap();
+                inbox::insert_event(&mut conn, &tenant_a, &prepared, SystemClock.now_ms()).unwrap();
+            }
+        }
+        for (i, words) in TEXTS[..2].iter().enumerate() {
+            let body = webhook_from(
+                NUMBER_A,
+                SUBJECT,
+                SUBJECT_NAME,
+                &format!("wamid.erase.{i}"),
+                words,
+            );
+            assert_eq!(app.post_signed(&body).await.0, 200);
+        }
+        let kept = webhook_from(
+            NUMBER_A,
+            OTHER,
+            "Otto Stays",
+            "wamid.keep.0",
+            "words that stay",
+        );
+        assert_eq!(app.post_signed(&kept).await.0, 200);
+        let elsewhere = webhook_from(
+            NUMBER_B,
+            SUBJECT,
+            SUBJECT_NAME,
+            "wamid.b.0",
+            "tenant b words",
+        );
+        assert_eq!(app.post_signed(&elsewhere).await.0, 200);
+        app.wait_messages(&app.a, 5).await;
+        app.wait_messages(&app.b, 1).await;
+        let subject_id = contact_ids(&app, &app.a, SUBJECT).await.remove(0);
+        let (status, tagged) = app
+            .send_json(
+                "PATCH",
+                &format!("/v1/contacts/{subject_id}"),
+                &app.a.api_key,
+                &json!({"tags": ["vip"], "attributes": {"city": "Hamburg"}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{backend:?}: {tagged}");
+        let (status, sent) = app
+            .send_json("POST", "/v1/messages", &app.a.api_key, &text_to(SUBJECT))
+            .await;
+        assert_eq!(status, 202, "{backend:?}: {sent}");
+
+        let (message_id, key_id, sealed) = sealed_message(&mut conn, &subject_id);
+        let before = rows_of(&mut conn, &subject_id);
+        assert!(
+            before
+                .iter()
+                .all(|(table, n)| *n > 0 || *table == "automation_runs"),
+            "{backend:?}: the subject has rows everywhere before: {before:?}"
+        );
+
+        let done = erase(&app, &app.a, SUBJECT).await;
+        let outcome = &done["outcome"];
+        assert!(
+            outcome["keys_destroyed"].as_u64().unwrap() >= 1,
+            "{backend:?}: {done}"
+        );
+        assert_eq!(outcome["deleted"]["messages"], 4, "{backend:?}: {done}");
+        assert_eq!(outcome["deleted"]["contacts"], 1, "{backend:?}: {done}");
+        assert_eq!(outcome["deleted"]["raw_payloads"], 1, "{backend:?}: {done}");
+        assert!(
+            outcome["raw_payloads_unreadable_by"].is_string(),
+            "{backend:?}: {done}"
+        );
+
+        // Nothing of the subject is left in a table that names contacts.
+        for (table, rows) in rows_of(&mut conn, &subject_id) {
+            assert_eq!(rows, 0, "{backend:?}: {table} still holds the subject");
+        }
+        // Its key is destroyed, and its old ciphertext opens under no key left.
+        let keys = data_keys(&mut conn, &vault, &app.a.id);
+        let destroyed = keys.iter().find(|(id, _)| *id == key_id).unwrap();
+        assert!(destroyed.1.is_none(), "{backend:?}: the key is destroyed");
+        let place = Place::new(&app.a.id, "messages", "content_ct", &message_id);
+        for (id, wrapped) in keys.iter().filter_map(|(id, w)| Some((id, w.as_ref()?))) {
+            let key = vault.unwrap_data_key(&app.a.id, id, wrapped).unwrap();
+            assert!(
+                key.open(&sealed, &place).is_err(),
+                "{backend:?}: opened under {id}"
+            );
+        }
+        // Nothing readable holds it: the raw inbox opened with the day keys still
+        // alive, and every byte the database stores.
+        let raw = inbox::readable_payloads(&mut conn, &vault, &tenant_a).unwrap();
+        assert!(
+            !raw.is_empty(),
+            "{backend:?}: the other contact's payloads are read"
+        );
+        let needles = [SUBJECT, SUBJECT_NAME, TEXTS[0], TEXTS[1], TEXTS[2]];
+        for payload in &raw {
+            for needle in needles {
+                assert!(
+                    !holds(payload, needle),
+                    "{backend:?}: {needle} in a raw payload"
+                );
+            }
+        }
+        let stored = everything_stored(&app.db, &mut conn);
+        for needle in needles {
+            assert!(!holds(&stored, needle), "{backend:?}: {needle} in clear");
+        }
+        drop(conn);
+
+        // The rest is untouched: the other contact, and tenant B's contact of the
+        // same number.
+        let mut left: Vec<String> = app
+            .all_messages(&app.a)
+            .await
+            .iter()
+            .map(|m| {
+                m["content"]["body"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["words that stay", "words that waited"],
+            "{backend:?}"
+        );
+        let at_b = app.all_messages(&app.b).await;
+        assert_eq!(at_b.len(), 1, "{backend:?}");
+        assert_eq!(at_b[0]["content"]["body"], "tenant b words", "{backend:?}");
+        assert_eq!(
+            contact_ids(&app, &app.b, SUBJECT).await.len(),
+            1,
+            "{backend:?}"
+        );
+        assert!(
+            contact_ids(&app, &app.a, SUBJECT).await.is_empty(),
+            "{backend:?}"
+        );
+
+        // The audit log records it, by ids only.
+        let log = app.all("/v1/audit", &app.a.api_key).await;
+        let id = done["id"].as_str().unwrap();
+        assert!(
+            log.iter()
+                .any(|e| e["action"] == "subject_keys_destroyed" && e["request_id"] == id),
+            "{backend:?}: {log:?}"
+        );
+        assert!(
+            !serde_json::to_string(&log).unwrap().contains(SUBJECT),
+            "{backend:?}"
+        );
+        let emails = sink.wait_for(2, Duration::from_secs(20)).await;
+        let mut subjects: Vec<String> = emails
+            .iter()
+            .map(|e| e.header("Subject").unwrap_or_default())
+            .collect();
+        subjects.sort();
+        assert_eq!(
+            subjects,
+            vec![
+                format!("Privacy request completed: erasure {id}"),
+                format!("Privacy request received: erasure {id}"),
+            ],
+            "{backend:?}"
+        );
+
+        // The subject writes again: a new contact, its message kept.
+        let again = webhook_from(
+            NUMBER_A,
+            SUBJECT,
+            SUBJECT_NAME,
+            "wamid.erase.new",
+            "back again",
+        );
+        assert_eq!(app.post_signed(&again).await.0, 200);
+        app.wait_messages(&app.a, 3).await;
+        let new_ids = contact_ids(&app, &app.a, SUBJECT).await;
+        assert_eq!(new_ids.len(), 1, "{backend:?}");
+        assert_ne!(new_ids[0], subject_id, "{backend:?}: a new contact");
+
+        // A subject the tenant never saw: completes with nothing found.
+        let unknown = erase(&app, &app.a, "4915199999999").await;
+        assert_eq!(
+            unknown["outcome"]["deleted"],
+            json!({}),
+            "{backend:?}: {unknown}"
+        );
+    }
+}
