@@ -12,7 +12,7 @@ use crate::smtp::SmtpSink;
 use crate::support::*;
 
 /// The daemon's settings for emails through `port`, retrying fast.
-fn with_smtp(daemon: &mut Daemon, port: u16) {
+pub(crate) fn with_smtp(daemon: &mut Daemon, port: u16) {
     for (key, value) in [
         (
             "CONVERRA__EMAIL__SMTP_URL",

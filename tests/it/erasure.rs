@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::at_rest::everything_stored;
 use crate::compliance::{text_to, wait_state};
+use crate::daemon::{ApiReader, Daemon};
 use crate::smtp::SmtpSink;
 use crate::support::*;
 
@@ -371,5 +372,418 @@ async fn an_erasure_leaves_nothing_of_the_subject_readable_and_touches_nothing_e
             json!({}),
             "{backend:?}: {unknown}"
         );
+    }
+}
+
+/// The real binary, through its HTTP API.
+struct Client {
+    http: awc::Client,
+    base: String,
+    key: String,
+}
+
+impl Client {
+    fn new(daemon: &Daemon, tenant: &Value) -> Client {
+        Client {
+            http: awc::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .finish(),
+            base: daemon.base.clone(),
+            key: tenant["api_key"].as_str().unwrap().to_string(),
+        }
+    }
+
+    async fn webhook(&self, body: Vec<u8>) {
+        let signature = converra::whatsapp::signature::sign(APP_SECRET.as_bytes(), &body);
+        let resp = self
+            .http
+            .post(format!("{}/webhooks/whatsapp", self.base))
+            .insert_header(("X-Hub-Signature-256", signature))
+            .send_body(body)
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let request = self
+            .http
+            .request(
+                awc::http::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{path}", self.base),
+            )
+            .insert_header(("Authorization", format!("Bearer {}", self.key)));
+        let mut resp = match body {
+            Some(body) => request.send_json(&body).await.unwrap(),
+            None => request.send().await.unwrap(),
+        };
+        let bytes = resp.body().limit(64 << 20).await.unwrap();
+        (
+            resp.status().as_u16(),
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Everything the API shows of the tenant's contacts and messages, as one text.
+    async fn everything_shown(&self) -> String {
+        let reader = self.reader();
+        let mut shown = serde_json::to_string(&reader.all("/v1/contacts").await).unwrap();
+        for conversation in reader.all("/v1/conversations").await {
+            let id = conversation["id"].as_str().unwrap();
+            let messages = reader
+                .all(&format!("/v1/conversations/{id}/messages"))
+                .await;
+            shown.push_str(&serde_json::to_string(&messages).unwrap());
+        }
+        shown
+    }
+
+    fn reader(&self) -> ApiReader {
+        ApiReader {
+            client: self.http.clone(),
+            base: self.base.clone(),
+            key: self.key.clone(),
+        }
+    }
+
+    async fn wait_messages(&self, count: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.reader().all_wamids().await.len() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "messages never stored"
+            );
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_state(&self, id: &str, state: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, request) = self
+                .call("GET", &format!("/v1/privacy/requests/{id}"), None)
+                .await;
+            assert_eq!(status, 200, "{request}");
+            if request["state"] == state {
+                return request;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} never became {state}: {request}"
+            );
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The data (not the key store) as a backup holds it: SQLite's data file with its
+/// WAL, or a `pg_dump` of everything but the `keystore` schema.
+fn back_up(db: &TestDb, to: &std::path::Path) {
+    match db.postgres() {
+        None => {
+            for suffix in ["", "-wal"] {
+                let from = db.dir.path().join(format!("converra.db{suffix}"));
+                if from.exists() {
+                    std::fs::copy(&from, to.join(format!("converra.db{suffix}"))).unwrap();
+                }
+            }
+        }
+        Some(_) => {
+            let dumped = std::process::Command::new("pg_dump")
+                .args(["--format=custom", "--exclude-schema=keystore", "--file"])
+                .arg(to.join("data.dump"))
+                .arg(&db.url)
+                .status()
+                .unwrap();
+            assert!(dumped.success());
+        }
+    }
+}
+
+fn restore(db: &TestDb, from: &std::path::Path) {
+    match db.postgres() {
+        None => {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(db.dir.path().join(format!("converra.db{suffix}")));
+            }
+            for suffix in ["", "-wal"] {
+                let backup = from.join(format!("converra.db{suffix}"));
+                if backup.exists() {
+                    std::fs::copy(&backup, db.dir.path().join(format!("converra.db{suffix}")))
+                        .unwrap();
+                }
+            }
+        }
+        Some(_) => {
+            let restored = std::process::Command::new("pg_restore")
+                .args(["--clean", "--if-exists", "--no-owner", "--dbname"])
+                .arg(&db.url)
+                .arg(from.join("data.dump"))
+                .status()
+                .unwrap();
+            assert!(restored.success());
+        }
+    }
+}
+
+/// A data backup taken before an erasure and restored after it: the key store was
+/// not restored, so the subject's restored rows open under no key and nothing the API
+/// shows holds them; `converra erasure reapply` then deletes them, and leaves the
+/// other contact and the subject's new contact (it wrote again) alone.
+#[actix_rt::test]
+async fn a_backup_restored_after_an_erasure_shows_nothing_of_the_subject_and_reapply_removes_it() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let backup = tempfile::tempdir().unwrap();
+        let daemon = Daemon::new(&db.url, &db.dir);
+        let tenant = daemon.seed_tenant(&db.dir, "restore", "EAAG-token");
+        let api = Client::new(&daemon, &tenant);
+        let running = daemon.spawn();
+        daemon.wait_ready(&api.http).await;
+        for (i, words) in TEXTS.iter().enumerate() {
+            api.webhook(webhook_from(
+                NUMBER_A,
+                SUBJECT,
+                SUBJECT_NAME,
+                &format!("wamid.r.{i}"),
+                words,
+            ))
+            .await;
+        }
+        api.webhook(webhook_from(
+            NUMBER_A,
+            OTHER,
+            "Otto Stays",
+            "wamid.r.keep",
+            "words that stay",
+        ))
+        .await;
+        api.wait_messages(4).await;
+        drop(running);
+        back_up(&db, backup.path());
+
+        let running = daemon.spawn();
+        daemon.wait_ready(&api.http).await;
+        let (status, request) = api
+            .call(
+                "POST",
+                "/v1/privacy/requests",
+                Some(json!({"kind": "erasure", "wa_id": SUBJECT})),
+            )
+            .await;
+        assert_eq!(status, 201, "{backend:?}: {request}");
+        api.wait_state(request["id"].as_str().unwrap(), "completed")
+            .await;
+        drop(running);
+        restore(&db, backup.path());
+
+        // Restored, before the reapply: the rows are back, unreadable.
+        let running = daemon.spawn();
+        daemon.wait_ready(&api.http).await;
+        let contacts = api.reader().all("/v1/contacts").await;
+        assert_eq!(
+            contacts.len(),
+            2,
+            "{backend:?}: the restored rows are back: {contacts:?}"
+        );
+        let shown = api.everything_shown().await;
+        for needle in [SUBJECT, SUBJECT_NAME, TEXTS[0], TEXTS[1], TEXTS[2]] {
+            assert!(
+                !shown.contains(needle),
+                "{backend:?}: {needle} readable after the restore"
+            );
+        }
+        assert!(shown.contains("words that stay"), "{backend:?}: {shown}");
+        drop(running);
+
+        let reapplied = daemon.cli_json(&["erasure", "reapply", "--json"]);
+        assert_eq!(reapplied["records"], 1, "{backend:?}: {reapplied}");
+        assert_eq!(reapplied["contacts_found"], 1, "{backend:?}: {reapplied}");
+        assert_eq!(
+            reapplied["deleted"]["messages"], 3,
+            "{backend:?}: {reapplied}"
+        );
+
+        let _running = daemon.spawn();
+        daemon.wait_ready(&api.http).await;
+        let contacts = api.reader().all("/v1/contacts").await;
+        assert_eq!(contacts.len(), 1, "{backend:?}: {contacts:?}");
+        assert_eq!(contacts[0]["wa_id"], OTHER, "{backend:?}");
+        // The subject writes again: a contact of its own, which a second reapply keeps.
+        api.webhook(webhook_from(
+            NUMBER_A,
+            SUBJECT,
+            SUBJECT_NAME,
+            "wamid.r.new",
+            "back again",
+        ))
+        .await;
+        api.wait_messages(2).await;
+        let again = daemon.cli_json(&["erasure", "reapply", "--json"]);
+        assert_eq!(again["contacts_found"], 0, "{backend:?}: {again}");
+        let shown = api.everything_shown().await;
+        assert!(shown.contains("back again"), "{backend:?}: {shown}");
+    }
+}
+
+/// 50 requests of one tenant submitted at once (objections, and erasures of five
+/// contacts with a history each, deleted in small batches), the daemon SIGKILLed
+/// while they run: after the restart every request completes, each started and
+/// completed exactly once and strictly one after the other in the order received,
+/// each told to the account holder once, and the erased contacts are gone.
+#[actix_rt::test]
+async fn fifty_requests_run_one_at_a_time_and_a_sigkill_midway_loses_and_repeats_none() {
+    for backend in backends() {
+        let sink = SmtpSink::start();
+        let db = TestDb::new(&backend);
+        let mut daemon = Daemon::new(&db.url, &db.dir);
+        crate::compliance::with_smtp(&mut daemon, sink.port);
+        for (key, value) in [
+            ("CONVERRA__RETENTION__BATCH_SIZE", "4"),
+            ("CONVERRA__RETENTION__BATCH_PAUSE_MS", "20"),
+        ] {
+            daemon.env.push((key.into(), value.into()));
+        }
+        let tenant = daemon.seed_tenant(&db.dir, "fifty", "EAAG-token");
+        let api = Client::new(&daemon, &tenant);
+        let mut running = daemon.spawn();
+        daemon.wait_ready(&api.http).await;
+        let erased: Vec<String> = (0..5).map(|i| format!("49151000001{i:02}")).collect();
+        const OBJECTOR: &str = "4915100000200";
+        for subject in erased.iter().map(String::as_str).chain([OBJECTOR]) {
+            let messages: Vec<Value> = (0..20)
+                .map(|n| text(subject, &format!("wamid.{subject}.{n}"), "some words"))
+                .collect();
+            let body = envelope(vec![messages_change(
+                NUMBER_A,
+                vec![contact(subject, "Someone")],
+                messages,
+            )]);
+            api.webhook(serde_json::to_vec(&body).unwrap()).await;
+        }
+        api.wait_messages(120).await;
+
+        let submitted = futures_util::future::join_all((0..50).map(|i| {
+            let body = match i % 10 {
+                0 => json!({"kind": "erasure", "wa_id": erased[i / 10]}),
+                _ => json!({"kind": "objection", "wa_id": OBJECTOR}),
+            };
+            api.call("POST", "/v1/privacy/requests", Some(body))
+        }))
+        .await;
+        let mut ids: Vec<String> = submitted
+            .iter()
+            .map(|(status, request)| {
+                assert_eq!(*status, 201, "{backend:?}: {request}");
+                request["id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        ids.sort();
+        // Killed once a few have completed, while most are still open.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let page = api
+                .reader()
+                .page("/v1/privacy/requests?state=open&limit=100")
+                .await;
+            let open = page["items"].as_array().unwrap().len();
+            if open <= 45 {
+                assert!(open > 0, "{backend:?}: all done before the kill");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend:?}: no progress"
+            );
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        running.kill().unwrap();
+        let _ = running.wait();
+
+        let _running = daemon.spawn();
+        daemon.wait_ready(&api.http).await;
+        let mut finished = Vec::new();
+        for id in &ids {
+            finished.push(api.wait_state(id, "completed").await);
+        }
+        let completed: Vec<&str> = finished
+            .iter()
+            .map(|r| r["completed_at"].as_str().unwrap())
+            .collect();
+        assert!(
+            completed.windows(2).all(|w| w[0] <= w[1]),
+            "{backend:?}: in the order received: {completed:?}"
+        );
+        let log = api.reader().all("/v1/audit").await;
+        let mut steps: Vec<(String, String)> = log
+            .iter()
+            .filter(|e| e["action"] == "request_started" || e["action"] == "request_completed")
+            .map(|e| {
+                (
+                    e["action"].as_str().unwrap().to_string(),
+                    e["request_id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        steps.reverse();
+        let expected: Vec<(String, String)> = ids
+            .iter()
+            .flat_map(|id| {
+                [
+                    ("request_started".to_string(), id.clone()),
+                    ("request_completed".to_string(), id.clone()),
+                ]
+            })
+            .collect();
+        assert_eq!(
+            steps, expected,
+            "{backend:?}: each once, strictly one at a time"
+        );
+        let contacts = api.reader().all("/v1/contacts").await;
+        assert_eq!(contacts.len(), 1, "{backend:?}: {contacts:?}");
+        assert_eq!(contacts[0]["wa_id"], OBJECTOR, "{backend:?}");
+        for request in finished.iter().filter(|r| r["kind"] == "erasure") {
+            assert_eq!(
+                request["outcome"]["deleted"]["messages"], 20,
+                "{backend:?}: {request}"
+            );
+        }
+
+        // One received and one completed email per request: an email is queued with
+        // the step that it tells of, and keeps its Message-ID if sent again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let told = loop {
+            let mut told: std::collections::HashMap<String, std::collections::HashSet<String>> =
+                Default::default();
+            for email in sink.wait_for(usize::MAX, Duration::from_millis(200)).await {
+                told.entry(email.header("Subject").unwrap_or_default())
+                    .or_default()
+                    .insert(email.header("Message-ID").unwrap_or_default());
+            }
+            if told.len() >= 100 || std::time::Instant::now() > deadline {
+                break told;
+            }
+        };
+        for id in &ids {
+            for event in ["received", "completed"] {
+                let with_id: Vec<_> = told
+                    .iter()
+                    .filter(|(subject, _)| {
+                        subject.starts_with(&format!("Privacy request {event}"))
+                            && subject.ends_with(id.as_str())
+                    })
+                    .collect();
+                assert_eq!(
+                    with_id.len(),
+                    1,
+                    "{backend:?}: {event} of {id}: {with_id:?}"
+                );
+                assert_eq!(
+                    with_id[0].1.len(),
+                    1,
+                    "{backend:?}: {event} of {id} queued once"
+                );
+            }
+        }
     }
 }
