@@ -28,7 +28,9 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use diesel::prelude::*;
+
+mod support;
+use support::{now_ms, p99_ms, run};
 
 #[derive(Parser, Debug, Clone)]
 struct Args {
@@ -60,49 +62,6 @@ struct Args {
 const DAY_MS: i64 = 86_400_000;
 /// Rows filled in per statement, so that progress shows and no statement is huge.
 const FILL_CHUNK: u64 = 1_000_000;
-
-fn pg_admin_url() -> String {
-    std::env::var("CONVERRA_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
-}
-
-fn pg_database_name() -> String {
-    format!("converra_bench_retention_{}", std::process::id())
-}
-
-fn pg_admin() -> PgConnection {
-    PgConnection::establish(&pg_admin_url()).expect("postgres")
-}
-
-fn fresh_pg_database() -> String {
-    let name = pg_database_name();
-    let mut conn = pg_admin();
-    // One statement each: PostgreSQL refuses CREATE/DROP DATABASE in a batch.
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .unwrap();
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .unwrap();
-    let mut url = url::Url::parse(&pg_admin_url()).unwrap();
-    url.set_path(&format!("/{name}"));
-    url.to_string()
-}
-
-fn drop_pg_database() {
-    let _ = diesel::sql_query(format!(
-        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-        pg_database_name()
-    ))
-    .execute(&mut pg_admin());
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 /// Fills in contacts, conversations and messages with SQL, the tenants' ids given.
 fn fill(conn: &mut converra::storage::DbConn, args: &Args, tenants: &[String]) {
@@ -233,94 +192,12 @@ fn fill(conn: &mut converra::storage::DbConn, args: &Args, tenants: &[String]) {
     run(conn, "DROP TABLE bench_tenants");
 }
 
-fn run(conn: &mut converra::storage::DbConn, sql: &str) {
-    use diesel::connection::SimpleConnection;
-    match conn {
-        converra::storage::DbConn::Sqlite(c) => c.batch_execute(sql),
-        converra::storage::DbConn::Pg(c) => c.batch_execute(sql),
-    }
-    .unwrap_or_else(|e| panic!("{e}: {sql}"));
-}
-
-/// A signed text webhook to tenant 0's number, from one of 1,000 contacts.
-fn webhook(i: u64, secret: &str) -> (Vec<u8>, String) {
-    let now = now_ms() / 1000;
-    let c = i % 1000;
-    let body = format!(
-        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"WABA","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550000000","phone_number_id":"num0"}},"contacts":[{{"wa_id":"49170{c:05}","profile":{{"name":"Load {c}"}}}}],"messages":[{{"from":"49170{c:05}","id":"wamid.ingest.{i}","timestamp":"{now}","type":"text","text":{{"body":"beside the sweep {i}"}}}}]}}}}]}}]}}"#
-    );
-    let signature = converra::whatsapp::signature::sign(secret.as_bytes(), body.as_bytes());
-    (body.into_bytes(), signature)
-}
-
-/// Webhooks at `rate` a second (open loop: latency from each one's scheduled time)
-/// until `until` is set; returns the latencies in µs and the failures.
-fn ingest(
-    base: String,
-    secret: String,
-    rate: u64,
-    first: u64,
-    until: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> (Vec<u64>, u64) {
-    actix_rt::System::new().block_on(async move {
-        let client = awc::Client::builder()
-            .connector(awc::Connector::new().limit(256))
-            .timeout(Duration::from_secs(30))
-            .finish();
-        let url = format!("{base}/webhooks/whatsapp");
-        let results = std::rc::Rc::new(std::cell::RefCell::new((Vec::new(), 0u64)));
-        let interval = Duration::from_secs_f64(1.0 / rate as f64);
-        let start = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for k in 0u64.. {
-            if until.load(std::sync::atomic::Ordering::Acquire) {
-                break;
-            }
-            let scheduled = start + interval.mul_f64(k as f64);
-            actix_rt::time::sleep_until(scheduled.into()).await;
-            let (body, signature) = webhook(first + k, &secret);
-            let (client, url, results) = (client.clone(), url.clone(), results.clone());
-            while tasks.try_join_next().is_some() {}
-            tasks.spawn_local(async move {
-                let ok = client
-                    .post(url)
-                    .insert_header(("X-Hub-Signature-256", signature))
-                    .insert_header(("Content-Type", "application/json"))
-                    .send_body(body)
-                    .await
-                    .map(|r| r.status().is_success())
-                    .unwrap_or(false);
-                let mut r = results.borrow_mut();
-                r.0.push(scheduled.elapsed().as_micros() as u64);
-                if !ok {
-                    r.1 += 1;
-                }
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-        let r = results.borrow();
-        (r.0.clone(), r.1)
-    })
-}
-
-fn p99_ms(latencies: &mut [u64]) -> f64 {
-    if latencies.is_empty() {
-        return 0.0;
-    }
-    latencies.sort_unstable();
-    latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)] as f64 / 1000.0
-}
-
 fn main() {
     let args = Args::parse();
     assert!(args.tenants >= 1 && args.contacts >= 1 && args.messages >= 2);
     let dir = tempfile::tempdir().unwrap();
     let mut settings = converra::config::Settings::defaults().unwrap();
-    settings.database.url = match args.backend.as_str() {
-        "postgres" => fresh_pg_database(),
-        "sqlite" => format!("sqlite://{}", dir.path().join("converra.db").display()),
-        other => panic!("--backend {other}: sqlite or postgres"),
-    };
+    settings.database.url = support::fresh_database(&args.backend, "retention", dir.path());
     settings.security.master_key_file = dir.path().join("master.key").display().to_string();
     settings.whatsapp.app_secret = "retention-bench-secret".into();
     settings.log.level = std::env::var("RETENTION_LOG").unwrap_or_else(|_| "error".into());
@@ -366,60 +243,15 @@ fn main() {
     };
     drop(pool);
 
-    let listener = converra::listen("127.0.0.1:0", settings.server.listen_backlog).unwrap();
-    let address = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let daemon = {
-        let settings = settings.clone();
-        std::thread::spawn(move || {
-            actix::System::new().block_on(async move {
-                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-                std::thread::spawn(move || {
-                    let _ = stop_rx.recv();
-                    let _ = tx.send(());
-                });
-                let (log, _guard) = converra::logging::root(&settings.log);
-                converra::run(listener, settings, converra::RunOptions::new(log), async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-            })
-        })
-    };
-
+    let (address, stop_tx, daemon) = support::start_daemon(&settings);
     let ingesting = (args.ingest_rate > 0).then(|| {
-        let base = format!("http://{}", address);
-        let (secret, rate, baseline) = (
+        support::ingest_beside(
+            format!("http://{address}"),
+            "num0".into(),
             settings.whatsapp.app_secret.clone(),
             args.ingest_rate,
             args.baseline,
-        );
-        let swept = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = swept.clone();
-        let thread = std::thread::spawn(move || {
-            // Ready first: the daemon answers.
-            std::thread::sleep(Duration::from_millis(500));
-            let stop_baseline = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let stopper = stop_baseline.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_secs(3 + baseline));
-                stopper.store(true, std::sync::atomic::Ordering::Release);
-            });
-            // A warm-up first, left out: the connections open, the contacts and their
-            // conversation actors start.
-            let warm = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let warmed = warm.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_secs(3));
-                warmed.store(true, std::sync::atomic::Ordering::Release);
-            });
-            let _ = ingest(base.clone(), secret.clone(), rate, 200_000_000, warm);
-            let before = ingest(base.clone(), secret.clone(), rate, 0, stop_baseline);
-            let during = ingest(base, secret, rate, 100_000_000, flag);
-            (before, during)
-        });
-        (swept, thread)
+        )
     });
 
     // Each tenant's first finished sweep, read from the records.
@@ -463,9 +295,7 @@ fn main() {
     });
     let _ = stop_tx.send(());
     let _ = daemon.join();
-    if args.backend == "postgres" {
-        drop_pg_database();
-    }
+    support::drop_database(&args.backend, "retention");
     let deleted: u64 = runs.iter().map(|r| r.deleted.total()).sum();
     let first = runs.iter().map(|r| r.started_at).min().unwrap();
     let last = runs.iter().filter_map(|r| r.finished_at).max().unwrap();

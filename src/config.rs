@@ -60,6 +60,10 @@ pub struct Settings {
 pub struct ComplianceSettings {
     /// YYYY-MM-DD.
     pub holidays: Vec<String>,
+    /// An erasure deletes its subject's rows this many a table per write, with
+    /// `erasure_batch_pause_ms` between writes, so other tenants' webhooks wait little.
+    pub erasure_batch_size: u32,
+    pub erasure_batch_pause_ms: u64,
 }
 
 impl ComplianceSettings {
@@ -487,6 +491,18 @@ impl Settings {
     }
 
     fn validate_compliance(&self) -> Result<(), ConfigError> {
+        if !(1..=100_000).contains(&self.compliance.erasure_batch_size) {
+            return Err(invalid(
+                "compliance.erasure_batch_size",
+                "must be from 1 to 100000",
+            ));
+        }
+        if self.compliance.erasure_batch_pause_ms > 60_000 {
+            return Err(invalid(
+                "compliance.erasure_batch_pause_ms",
+                "must be at most 60000",
+            ));
+        }
         for day in &self.compliance.holidays {
             if parse_day(day).is_none() {
                 return Err(invalid(

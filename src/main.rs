@@ -678,7 +678,7 @@ impl converra::retention::sweep::Progress for SweepProgress {
 fn erasure(settings: Settings, command: ErasureCommand) -> anyhow::Result<()> {
     let ErasureCommand::Reapply { output } = command;
     let (vault, mut conn) = operator_storage(&settings)?;
-    let batch = i64::from(settings.retention.batch_size);
+    let batch = i64::from(settings.compliance.erasure_batch_size);
     let done = converra::storage::erasure::reapply_all(&mut conn, &vault, batch)?;
     if output.json {
         println!(

@@ -6,7 +6,7 @@
 //!
 //! An erasure has more steps: the writers are told to refuse the contact, its keys
 //! are destroyed, the conversation actor holding it drops it, its rows go in batches
-//! (`retention.batch_size` at a time, `retention.batch_pause_ms` apart, each in the
+//! (`compliance.erasure_batch_size` at a time, `erasure_batch_pause_ms` apart, in the
 //! tenant's lane so other tenants' writes go between), and the database compacts what
 //! it freed ([`crate::storage::erasure`]).
 
@@ -57,6 +57,12 @@ impl ComplianceActor {
         self.ticks += 1;
         if self.reading || self.finishing.load(Ordering::Acquire) {
             return;
+        }
+        #[cfg(feature = "testing")]
+        if let Some(hold) = &self.core.hooks.hold_compliance {
+            if hold.load(Ordering::Acquire) {
+                return;
+            }
         }
         let woken = self.core.compliance_wanted.swap(false, Ordering::AcqRel);
         if !woken && self.ticks < RESCAN_TICKS {
@@ -165,8 +171,8 @@ async fn erase(
     if let (Some(contact), Some(addr)) = (&request.contact_id, core.tenants.get(&tenant)) {
         addr.do_send(ForgetContact(contact.clone()));
     }
-    let batch = i64::from(core.settings.retention.batch_size);
-    let pause = Duration::from_millis(core.settings.retention.batch_pause_ms);
+    let batch = i64::from(core.settings.compliance.erasure_batch_size);
+    let pause = Duration::from_millis(core.settings.compliance.erasure_batch_pause_ms);
     let record = Arc::new(record);
     loop {
         if finishing.load(Ordering::Acquire) {

@@ -52,6 +52,9 @@ pub struct Hooks {
     /// exactly like a bug in the writer.
     #[cfg(feature = "testing")]
     pub before_write_batch: Option<crate::storage::writer::BatchHook>,
+    /// While set, the compliance actor starts no step: requests stay as submitted.
+    #[cfg(feature = "testing")]
+    pub hold_compliance: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -60,7 +63,8 @@ impl std::fmt::Debug for Hooks {
         #[cfg(feature = "testing")]
         hooks
             .field("before_apply", &self.before_apply.is_some())
-            .field("before_write_batch", &self.before_write_batch.is_some());
+            .field("before_write_batch", &self.before_write_batch.is_some())
+            .field("hold_compliance", &self.hold_compliance.is_some());
         hooks.finish()
     }
 }

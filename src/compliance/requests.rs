@@ -99,11 +99,13 @@ pub fn erase_batch(
     Ok(more)
 }
 
-/// Queues the account holder's email about `event` of `request`.
+/// Queues the account holder's email about `event` of `request`, with `reason` (a
+/// rejection's, an extension's) where there is one.
 fn tell_holder(
     conn: &mut DbConn,
     request: &Request,
     event: RequestEvent,
+    reason: Option<&str>,
     message_domain: &str,
     now_ms: i64,
 ) -> Result<(), StorageError> {
@@ -114,7 +116,7 @@ fn tell_holder(
         kind: request.kind.as_str(),
         received: &received,
         due: request.due_on(),
-        reason: request.reason.as_deref(),
+        reason,
     };
     let email = email::request_event(
         &request.tenant_id,
@@ -146,10 +148,71 @@ pub fn submit(
         conn,
         &request,
         RequestEvent::Received,
+        None,
         message_domain,
         now_ms,
     )?;
     Ok(request)
+}
+
+/// Extends the deadline of the tenant's request `id` by `months` (1 or 2, checked by
+/// the caller), as GDPR art. 12(3) allows: once, while it is open and its original
+/// due day has not passed; the account holder is told, with `reason`.
+#[allow(clippy::too_many_arguments)]
+pub fn extend(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    id: &str,
+    months: u32,
+    reason: &str,
+    holidays: &[time::Date],
+    message_domain: &str,
+    now_ms: i64,
+) -> Result<Request, StorageError> {
+    let request = privacy::get(conn, tenant_id, id)?.ok_or(StorageError::NotFound)?;
+    let refused = |code: &'static str, message: String| StorageError::Conflict { code, message };
+    if !matches!(request.state, State::Received | State::InProgress) {
+        return Err(refused(
+            "not_open",
+            format!(
+                "the request is {}: only an open request can be extended",
+                request.state.as_str()
+            ),
+        ));
+    }
+    if request.extended_due_on.is_some() {
+        return Err(refused(
+            "already_extended",
+            "the request was extended before: a request is extended once".into(),
+        ));
+    }
+    if dates::day_of(now_ms).to_string() > request.due_on {
+        return Err(refused(
+            "extension_too_late",
+            format!(
+                "a request is extended before its original due day ({}) has passed",
+                request.due_on
+            ),
+        ));
+    }
+    let extended_due = dates::extended_due(dates::day_of(request.received_at), months, holidays);
+    let Some(extended) =
+        privacy::extend(conn, &request, &extended_due.to_string(), months, now_ms)?
+    else {
+        return Err(refused(
+            "already_extended",
+            "the request was extended or ended meanwhile".into(),
+        ));
+    };
+    tell_holder(
+        conn,
+        &extended,
+        RequestEvent::Extended,
+        Some(reason),
+        message_domain,
+        now_ms,
+    )?;
+    Ok(extended)
 }
 
 /// The first step of `request`: in progress, its subject found (or not).
@@ -201,7 +264,15 @@ pub fn run(
     };
     match privacy::finish(conn, request, reason, outcome.as_ref(), now_ms)? {
         Some(finished) => {
-            tell_holder(conn, &finished, event, message_domain, now_ms)?;
+            let reason = finished.reason.clone();
+            tell_holder(
+                conn,
+                &finished,
+                event,
+                reason.as_deref(),
+                message_domain,
+                now_ms,
+            )?;
             Ok(finished)
         }
         None => privacy::get(conn, &request.tenant_id, &request.id)?.ok_or(StorageError::NotFound),

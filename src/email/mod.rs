@@ -77,6 +77,7 @@ pub fn notice(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestEvent {
     Received,
+    Extended,
     Completed,
     Rejected,
 }
@@ -85,6 +86,7 @@ impl RequestEvent {
     pub fn as_str(self) -> &'static str {
         match self {
             RequestEvent::Received => "received",
+            RequestEvent::Extended => "extended",
             RequestEvent::Completed => "completed",
             RequestEvent::Rejected => "rejected",
         }
@@ -121,6 +123,10 @@ pub fn request_event(
     let sentence = match event {
         RequestEvent::Received => format!(
             "Converra received a {} request for one of your contacts and runs it by itself; it is due by {}.",
+            facts.kind, facts.due
+        ),
+        RequestEvent::Extended => format!(
+            "The deadline of the {} request is extended: it is now due by {}.",
             facts.kind, facts.due
         ),
         RequestEvent::Completed => format!("The {} request is completed.", facts.kind),

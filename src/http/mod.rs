@@ -95,6 +95,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(resource("/privacy/requests/{id}").route(web::get().to(privacy::get)))
             .service(resource("/privacy/requests/{id}/lift").route(web::post().to(privacy::lift)))
             .service(
+                resource("/privacy/requests/{id}/extend").route(web::post().to(privacy::extend)),
+            )
+            .service(
                 resource("/settings")
                     .route(web::get().to(automations::get_settings))
                     .route(web::put().to(automations::put_settings)),

@@ -290,6 +290,78 @@ pub async fn list(
     Ok(page(items, limit, |v| &v.id))
 }
 
+/// `POST /v1/privacy/requests/{id}/extend` with `{"months": 1 or 2, "reason"}`: moves
+/// an open request's deadline, once, before its original due day has passed; the
+/// account holder is emailed the reason.
+pub async fn extend(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, id) = caller_and_request(&state, &req, id).await?;
+    let body = read_json(payload).await?;
+    let Value::Object(body) = body else {
+        return Err(ApiError::field(
+            ErrorCode::InvalidField,
+            "body",
+            "must be a JSON object",
+        ));
+    };
+    if let Some(unknown) = body
+        .keys()
+        .find(|key| !["months", "reason"].contains(&key.as_str()))
+    {
+        return Err(ApiError::field(
+            ErrorCode::InvalidField,
+            unknown,
+            format!("{unknown} is not a field of an extension"),
+        ));
+    }
+    let months = match body.get("months").and_then(Value::as_u64) {
+        Some(months @ (1 | 2)) => months as u32,
+        _ => {
+            return Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "months",
+                "months must be 1 or 2: a deadline is extended by up to two months",
+            ))
+        }
+    };
+    let reason = match body.get("reason").and_then(Value::as_str).map(str::trim) {
+        Some(reason) if !reason.is_empty() && reason.chars().count() <= 1000 => reason.to_string(),
+        _ => {
+            return Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "reason",
+                "reason is required: a non-empty text of at most 1000 characters, emailed to the account holder",
+            ))
+        }
+    };
+    let holidays = state.core.settings.compliance.holiday_dates();
+    let domain = crate::email::message_domain(&state.core.settings.email.from);
+    let clock = state.core.clock.clone();
+    let written = tenant.clone();
+    let extended = state
+        .core
+        .writer
+        .write(Some(tenant), move |conn| {
+            requests::extend(
+                conn,
+                &written,
+                &id,
+                months,
+                &reason,
+                &holidays,
+                &domain,
+                clock.now_ms(),
+            )
+        })
+        .await?;
+    let today = dates::day_of(state.core.clock.now_ms());
+    Ok(HttpResponse::Ok().json(view(extended, today)))
+}
+
 /// `POST /v1/privacy/requests/{id}/lift`: ends a completed restriction or objection.
 pub async fn lift(
     state: web::Data<AppState>,

@@ -408,6 +408,42 @@ pub fn finish(
     Ok(Some(finished))
 }
 
+/// Moves the deadline of `request` (open, not extended before) to `extended_due_on`
+/// (YYYY-MM-DD), `months` after its original one, with its audit entry. `None` when
+/// it was extended or ended meanwhile.
+pub fn extend(
+    conn: &mut DbConn,
+    request: &Request,
+    extended_due_on: &str,
+    months: u32,
+    now_ms: i64,
+) -> Result<Option<Request>, StorageError> {
+    let moved = on_backend!(conn, c => diesel::update(privacy_requests::table.find(&request.id))
+        .filter(privacy_requests::tenant_id.eq(request.tenant_id.as_str()))
+        .filter(privacy_requests::state.eq_any(OPEN))
+        .filter(privacy_requests::extended_due_on.is_null())
+        .set(privacy_requests::extended_due_on.eq(Some(extended_due_on)))
+        .execute(c))?;
+    if moved == 0 {
+        return Ok(None);
+    }
+    let extended = get(conn, &request.tenant_id, &request.id)?.ok_or(StorageError::NotFound)?;
+    audit::append(
+        conn,
+        &audit::NewEntry {
+            tenant_id: &extended.tenant_id,
+            actor: Actor::Api,
+            action: "request_extended",
+            request_id: Some(&extended.id),
+            contact_id: extended.contact_id.as_ref().map(ContactId::as_str),
+            detail: serde_json::json!({"kind": extended.kind.as_str(), "months": months,
+                "extended_due_on": extended_due_on}),
+        },
+        now_ms,
+    )?;
+    Ok(Some(extended))
+}
+
 /// Writes what `request` (in progress) has done so far.
 pub fn set_outcome(
     conn: &mut DbConn,

@@ -530,3 +530,114 @@ async fn concurrent_requests_of_a_tenant_complete_one_at_a_time_in_order() {
         assert_eq!(order, expected, "{backend:?}: strictly one at a time");
     }
 }
+
+async fn submit_erasure(app: &TestApp, wa_id: &str) -> (u16, Value) {
+    app.send_json(
+        "POST",
+        "/v1/privacy/requests",
+        &app.a.api_key,
+        &json!({"kind": "erasure", "wa_id": wa_id}),
+    )
+    .await
+}
+
+async fn extend(app: &TestApp, id: &str, body: Value) -> (u16, Value) {
+    app.send_json(
+        "POST",
+        &format!("/v1/privacy/requests/{id}/extend"),
+        &app.a.api_key,
+        &body,
+    )
+    .await
+}
+
+/// A request's deadline is extended once, by one or two months counted from its
+/// original due day, while it is open and before that day has passed; the account
+/// holder is emailed the reason. Received on 31 January 2027: due on 28 February, a
+/// Sunday, so Monday 1 March; extended by a month, 28 March, a Sunday, so 29 March.
+#[actix_rt::test]
+async fn an_open_request_is_extended_once_before_its_due_day_with_the_reason_emailed() {
+    // 2027-01-31T10:00:00Z
+    let clock = converra::clock::ManualClock::new(1_801_389_600_000);
+    let hold = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sink = SmtpSink::start();
+    let hooks = converra::actors::Hooks {
+        hold_compliance: Some(hold.clone()),
+        ..Default::default()
+    };
+    let app = TestApp::start_with_clock_hooks(&Backend::Sqlite, clock.clone(), hooks, |settings| {
+        settings.email.smtp_url = format!("smtp://127.0.0.1:{}", sink.port);
+        settings.email.retry_base_ms = 100;
+        settings.email.retry_max_ms = 400;
+    })
+    .await;
+    let (status, first) = submit_erasure(&app, "4915100000301").await;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(first["due_at"], "2027-03-01T23:59:59.999Z");
+    let id = first["id"].as_str().unwrap().to_string();
+    for (body, field) in [
+        (json!({"months": 3, "reason": "many systems"}), "months"),
+        (json!({"months": 0, "reason": "many systems"}), "months"),
+        (json!({"months": 1}), "reason"),
+        (json!({"months": 1, "reason": "  "}), "reason"),
+        (json!({"months": 1, "reason": "x", "note": "y"}), "note"),
+    ] {
+        let (status, refused) = extend(&app, &id, body.clone()).await;
+        assert_eq!(status, 422, "{body}: {refused}");
+        assert_eq!(refused["error"]["field"], field, "{body}: {refused}");
+    }
+    let reason = "The subject's data spans three archived systems";
+    let (status, extended) = extend(&app, &id, json!({"months": 1, "reason": reason})).await;
+    assert_eq!(status, 200, "{extended}");
+    assert_eq!(extended["extended_due_at"], "2027-03-29T23:59:59.999Z");
+    assert_eq!(
+        extended["due_at"], "2027-03-01T23:59:59.999Z",
+        "the original stays"
+    );
+    let (status, again) = extend(&app, &id, json!({"months": 1, "reason": reason})).await;
+    assert_eq!(status, 409, "{again}");
+    assert_eq!(again["error"]["code"], "already_extended");
+    let (status, _) = app
+        .send_json(
+            "POST",
+            &format!("/v1/privacy/requests/{id}/extend"),
+            &app.b.api_key,
+            &json!({"months": 1, "reason": reason}),
+        )
+        .await;
+    assert_eq!(status, 404, "another tenant's request");
+
+    // Past its original due day, a request is not extended any more.
+    let (_, late) = submit_erasure(&app, "4915100000302").await;
+    let late_id = late["id"].as_str().unwrap().to_string();
+    clock.advance_ms(31 * 86_400_000);
+    let (status, refused) = extend(&app, &late_id, json!({"months": 2, "reason": reason})).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"]["code"], "extension_too_late");
+
+    // Run: an ended request is not extended.
+    hold.store(false, std::sync::atomic::Ordering::Release);
+    wait_state(&app, &app.a, &id, "completed").await;
+    let (status, ended) = extend(&app, &id, json!({"months": 1, "reason": reason})).await;
+    assert_eq!(status, 409, "{ended}");
+    assert_eq!(ended["error"]["code"], "not_open");
+
+    let emails = sink.wait_for(5, Duration::from_secs(20)).await;
+    let told = emails
+        .iter()
+        .find(|e| {
+            e.header("Subject").as_deref()
+                == Some(&format!("Privacy request extended: erasure {id}"))
+        })
+        .unwrap_or_else(|| panic!("no extension email"));
+    let text = told.data.replace("=\r\n", "");
+    assert!(text.contains(reason), "the reason is in the email");
+    assert!(
+        text.contains("2027-03-29"),
+        "the new due day is in the email"
+    );
+    let log = app.all("/v1/audit", &app.a.api_key).await;
+    assert!(log
+        .iter()
+        .any(|e| e["action"] == "request_extended" && e["request_id"] == id.as_str()));
+}

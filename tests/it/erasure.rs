@@ -159,8 +159,8 @@ async fn an_erasure_leaves_nothing_of_the_subject_readable_and_touches_nothing_e
             settings.email.retry_base_ms = 100;
             settings.email.retry_max_ms = 400;
             // Small batches: the erasure takes many.
-            settings.retention.batch_size = 2;
-            settings.retention.batch_pause_ms = 0;
+            settings.compliance.erasure_batch_size = 2;
+            settings.compliance.erasure_batch_pause_ms = 0;
             settings.actors.sweep_interval_secs = 1;
         })
         .await;
@@ -639,8 +639,8 @@ async fn fifty_requests_run_one_at_a_time_and_a_sigkill_midway_loses_and_repeats
         let mut daemon = Daemon::new(&db.url, &db.dir);
         crate::compliance::with_smtp(&mut daemon, sink.port);
         for (key, value) in [
-            ("CONVERRA__RETENTION__BATCH_SIZE", "4"),
-            ("CONVERRA__RETENTION__BATCH_PAUSE_MS", "20"),
+            ("CONVERRA__COMPLIANCE__ERASURE_BATCH_SIZE", "4"),
+            ("CONVERRA__COMPLIANCE__ERASURE_BATCH_PAUSE_MS", "20"),
         ] {
             daemon.env.push((key.into(), value.into()));
         }

@@ -222,10 +222,20 @@ impl TestApp {
         clock: Arc<converra::clock::ManualClock>,
         tweak: impl FnOnce(&mut Settings),
     ) -> TestApp {
+        Self::start_with_clock_hooks(backend, clock, Hooks::default(), tweak).await
+    }
+
+    /// [`TestApp::start_with_clock_and`] with `hooks`.
+    pub async fn start_with_clock_hooks(
+        backend: &Backend,
+        clock: Arc<converra::clock::ManualClock>,
+        hooks: Hooks,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> TestApp {
         let mut app = Self::start_with(backend, Hooks::default(), tweak).await;
         app.stop().await;
         app.clock = clock;
-        app.launch(Hooks::default()).await;
+        app.launch(hooks).await;
         app
     }
 
