@@ -43,7 +43,7 @@ struct Args {
     #[arg(long, default_value_t = 200)]
     batch: u32,
     /// compliance.erasure_batch_pause_ms
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 50)]
     pause_ms: u64,
     /// Webhooks a second to the other tenant (0: none): first for `--baseline` seconds
     /// before the erasure, then while it runs.

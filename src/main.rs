@@ -58,6 +58,27 @@ enum Command {
     /// Erasures of data subjects.
     #[command(subcommand)]
     Erasure(ErasureCommand),
+    /// A tenant's contacts.
+    #[command(subcommand)]
+    Contact(ContactCommand),
+}
+
+#[derive(Subcommand)]
+enum ContactCommand {
+    /// Mark a contact a minor: its data is erased promptly, through an erasure request
+    /// the running daemon executes (its outcome keeps the reason).
+    Minor {
+        #[arg(long)]
+        tenant: String,
+        /// The contact's phone number, international format.
+        #[arg(long)]
+        wa_id: String,
+        /// Why: kept with the erasure request.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -263,6 +284,7 @@ fn run_command() -> anyhow::Result<()> {
         Command::Retention(command) => retention(settings, command),
         Command::Notice(command) => notice(settings, command),
         Command::Erasure(command) => erasure(settings, command),
+        Command::Contact(command) => contact(settings, command),
     }
 }
 
@@ -673,6 +695,54 @@ impl converra::retention::sweep::Progress for SweepProgress {
             let _ = err.flush();
         }
     }
+}
+
+fn contact(settings: Settings, command: ContactCommand) -> anyhow::Result<()> {
+    use converra::storage::privacy::{self, Subject};
+    use converra::whatsapp::outbound::{recipient_of, Recipient};
+    let ContactCommand::Minor {
+        tenant,
+        wa_id,
+        reason,
+        output,
+    } = command;
+    let Some(Recipient::WaId(wa_id)) = recipient_of(&wa_id) else {
+        bail!("--wa-id must be a phone number in international format (digits)");
+    };
+    if reason.trim().is_empty() {
+        bail!("--reason must not be empty");
+    }
+    let (vault, mut conn) = operator_storage(&settings)?;
+    let tenant = TenantId(tenant);
+    let subject = Subject::of_wa_id(&vault, &tenant, &wa_id);
+    let Some(contact) = privacy::find_subject(&mut conn, &tenant, &subject.bidx)? else {
+        bail!("tenant {tenant} has no contact with that wa_id");
+    };
+    let request = storage::write_transaction(&mut conn, |conn| {
+        converra::compliance::requests::erase_minor(
+            conn,
+            &tenant,
+            contact.as_str(),
+            reason.trim(),
+            &settings.compliance.holiday_dates(),
+            &converra::email::message_domain(&settings.email.from),
+            SystemClock.now_ms(),
+        )
+    })?;
+    if output.json {
+        println!(
+            "{}",
+            serde_json::json!({"request_id": request.id, "contact_id": contact.as_str(),
+                "kind": request.kind.as_str(), "state": request.state.as_str()})
+        );
+    } else {
+        println!(
+            "contact {} marked a minor; erasure request {} queued",
+            contact.as_str(),
+            request.id
+        );
+    }
+    Ok(())
 }
 
 fn erasure(settings: Settings, command: ErasureCommand) -> anyhow::Result<()> {

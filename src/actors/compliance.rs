@@ -157,6 +157,7 @@ async fn erase(
     let vault = core.keyring.clone();
     let now = core.clock.now_ms();
     let shredding = request.clone();
+    let began = std::time::Instant::now();
     let shredded = core
         .writer
         .write(Some(tenant.clone()), move |conn| {
@@ -167,7 +168,7 @@ async fn erase(
         return Ok(true);
     };
     slog::info!(core.log, "erasure: the subject's keys are destroyed";
-        "request" => &request.id, "tenant" => &tenant);
+        "request" => &request.id, "tenant" => &tenant, "ms" => began.elapsed().as_millis());
     if let (Some(contact), Some(addr)) = (&request.contact_id, core.tenants.get(&tenant)) {
         addr.do_send(ForgetContact(contact.clone()));
     }
@@ -198,9 +199,14 @@ async fn erase(
     // What the deletes freed still sits in SQLite's WAL or PostgreSQL's dead rows.
     // Readers can hold a checkpoint back for a moment: a few tries, then the regular
     // checkpoints and autovacuum take it over.
+    let compacting = std::time::Instant::now();
     for attempt in 1..=3 {
         match core.read(|conn, _| erasure::compact(conn)).await {
-            Ok(()) => break,
+            Ok(()) => {
+                slog::info!(core.log, "erasure: the database is compacted";
+                    "request" => &request.id, "ms" => compacting.elapsed().as_millis());
+                break;
+            }
             Err(e) if attempt == 3 => {
                 slog::warn!(core.log, "erasure: compacting the database failed"; "error" => %e)
             }

@@ -61,21 +61,19 @@ pub fn shred(
     };
     let shredded = erasure::shred(conn, vault, &subject, now_ms)?;
     let mut progress = Progress::default();
-    match &request.outcome {
-        Some(outcome) => {
-            // Resumed: the counts of the batches that committed before.
-            if let Some(deleted) = outcome.get("deleted").and_then(Value::as_object) {
-                for (what, rows) in deleted {
-                    if let (Some(what), Some(rows)) = (erasure::counted(what), rows.as_u64()) {
-                        progress.deleted.insert(what, rows);
-                    }
-                }
+    let mut outcome = request.outcome.clone().unwrap_or_else(|| json!({}));
+    // Resumed: the counts of the batches that committed before.
+    if let Some(deleted) = outcome.get("deleted").and_then(Value::as_object) {
+        for (what, rows) in deleted {
+            if let (Some(what), Some(rows)) = (erasure::counted(what), rows.as_u64()) {
+                progress.deleted.insert(what, rows);
             }
         }
-        None => {
-            let outcome = json!({"keys_destroyed": shredded.keys_destroyed, "deleted": {}});
-            privacy::set_outcome(conn, &request, &outcome)?;
-        }
+    }
+    if outcome.get("keys_destroyed").is_none() {
+        outcome["keys_destroyed"] = json!(shredded.keys_destroyed);
+        outcome["deleted"] = json!({});
+        privacy::set_outcome(conn, &request, &outcome)?;
     }
     Ok(Some((shredded.record, progress)))
 }
@@ -142,8 +140,58 @@ pub fn submit(
     message_domain: &str,
     now_ms: i64,
 ) -> Result<Request, StorageError> {
+    submit_with(
+        conn,
+        tenant_id,
+        kind,
+        subject,
+        None,
+        holidays,
+        message_domain,
+        now_ms,
+    )
+}
+
+/// Erases the tenant's contact `contact_id`, marked a minor for `reason`: an erasure
+/// request of its own, through the same path, its outcome saying why. `NotFound`
+/// when there is no such contact.
+pub fn erase_minor(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    contact_id: &str,
+    reason: &str,
+    holidays: &[time::Date],
+    message_domain: &str,
+    now_ms: i64,
+) -> Result<Request, StorageError> {
+    let subject =
+        privacy::subject_of_contact(conn, tenant_id, contact_id)?.ok_or(StorageError::NotFound)?;
+    let why = json!({"minor": {"reason": reason}});
+    submit_with(
+        conn,
+        tenant_id,
+        Kind::Erasure,
+        &subject,
+        Some(&why),
+        holidays,
+        message_domain,
+        now_ms,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn submit_with(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    kind: Kind,
+    subject: &Subject,
+    outcome: Option<&Value>,
+    holidays: &[time::Date],
+    message_domain: &str,
+    now_ms: i64,
+) -> Result<Request, StorageError> {
     let due_on = dates::request_due(dates::day_of(now_ms), holidays).to_string();
-    let request = privacy::submit(conn, tenant_id, kind, subject, &due_on, now_ms)?;
+    let request = privacy::submit(conn, tenant_id, kind, subject, &due_on, outcome, now_ms)?;
     tell_holder(
         conn,
         &request,

@@ -54,6 +54,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .route(web::get().to(crm::get_contact))
                     .route(web::patch().to(crm::update_contact)),
             )
+            .service(resource("/contacts/{id}/minor").route(web::post().to(privacy::mark_minor)))
             .service(
                 resource("/conversations/{id}/close")
                     .route(web::post().to(crm::close_conversation)),

@@ -123,24 +123,7 @@ pub async fn submit(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
-    let body = read_json(payload).await?;
-    let Value::Object(body) = body else {
-        return Err(ApiError::field(
-            ErrorCode::InvalidField,
-            "body",
-            "must be a JSON object",
-        ));
-    };
-    if let Some(unknown) = body
-        .keys()
-        .find(|key| !["kind", "wa_id", "user_id"].contains(&key.as_str()))
-    {
-        return Err(ApiError::field(
-            ErrorCode::InvalidField,
-            unknown,
-            format!("{unknown} is not a field of a privacy request"),
-        ));
-    }
+    let body = object_of(payload, &["kind", "wa_id", "user_id"], "a privacy request").await?;
     let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
     let kind = body
         .get("kind")
@@ -300,24 +283,7 @@ pub async fn extend(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, id) = caller_and_request(&state, &req, id).await?;
-    let body = read_json(payload).await?;
-    let Value::Object(body) = body else {
-        return Err(ApiError::field(
-            ErrorCode::InvalidField,
-            "body",
-            "must be a JSON object",
-        ));
-    };
-    if let Some(unknown) = body
-        .keys()
-        .find(|key| !["months", "reason"].contains(&key.as_str()))
-    {
-        return Err(ApiError::field(
-            ErrorCode::InvalidField,
-            unknown,
-            format!("{unknown} is not a field of an extension"),
-        ));
-    }
+    let body = object_of(payload, &["months", "reason"], "an extension").await?;
     let months = match body.get("months").and_then(Value::as_u64) {
         Some(months @ (1 | 2)) => months as u32,
         _ => {
@@ -328,16 +294,7 @@ pub async fn extend(
             ))
         }
     };
-    let reason = match body.get("reason").and_then(Value::as_str).map(str::trim) {
-        Some(reason) if !reason.is_empty() && reason.chars().count() <= 1000 => reason.to_string(),
-        _ => {
-            return Err(ApiError::field(
-                ErrorCode::InvalidField,
-                "reason",
-                "reason is required: a non-empty text of at most 1000 characters, emailed to the account holder",
-            ))
-        }
-    };
+    let reason = reason_of(&body, "emailed to the account holder")?;
     let holidays = state.core.settings.compliance.holiday_dates();
     let domain = crate::email::message_domain(&state.core.settings.email.from);
     let clock = state.core.clock.clone();
@@ -360,6 +317,90 @@ pub async fn extend(
         .await?;
     let today = dates::day_of(state.core.clock.now_ms());
     Ok(HttpResponse::Ok().json(view(extended, today)))
+}
+
+/// A JSON object's `reason`: required, a non-empty text of at most 1000 characters.
+fn reason_of(body: &serde_json::Map<String, Value>, what: &str) -> Result<String, ApiError> {
+    match body.get("reason").and_then(Value::as_str).map(str::trim) {
+        Some(reason) if !reason.is_empty() && reason.chars().count() <= 1000 => {
+            Ok(reason.to_string())
+        }
+        _ => Err(ApiError::field(
+            ErrorCode::InvalidField,
+            "reason",
+            format!("reason is required: a non-empty text of at most 1000 characters, {what}"),
+        )),
+    }
+}
+
+/// A request body: a JSON object of `allowed` fields only.
+async fn object_of(
+    payload: web::Payload,
+    allowed: &[&str],
+    what: &str,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let Value::Object(body) = read_json(payload).await? else {
+        return Err(ApiError::field(
+            ErrorCode::InvalidField,
+            "body",
+            "must be a JSON object",
+        ));
+    };
+    if let Some(unknown) = body.keys().find(|key| !allowed.contains(&key.as_str())) {
+        return Err(ApiError::field(
+            ErrorCode::InvalidField,
+            unknown,
+            format!("{unknown} is not a field of {what}"),
+        ));
+    }
+    Ok(body)
+}
+
+/// `POST /v1/contacts/{id}/minor` with `{"reason"}`: the contact is a minor, so its
+/// data is erased promptly, through an erasure request whose outcome says why
+/// (202: it runs by itself).
+pub async fn mark_minor(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = authenticate(&state, &req).await?;
+    let contact_id = path.into_inner();
+    if !is_id(&contact_id) {
+        return Err(ApiError::not_found("contact"));
+    }
+    let body = object_of(payload, &["reason"], "a minor's marking").await?;
+    let reason = reason_of(&body, "kept with the erasure")?;
+    let holidays = state.core.settings.compliance.holiday_dates();
+    let domain = crate::email::message_domain(&state.core.settings.email.from);
+    let clock = state.core.clock.clone();
+    let written = tenant.clone();
+    let request = state
+        .core
+        .writer
+        .write(Some(tenant), move |conn| {
+            requests::erase_minor(
+                conn,
+                &written,
+                &contact_id,
+                &reason,
+                &holidays,
+                &domain,
+                clock.now_ms(),
+            )
+        })
+        .await
+        .map_err(|e| match e {
+            crate::storage::StorageError::NotFound => ApiError::not_found("contact"),
+            other => other.into(),
+        })?;
+    state
+        .core
+        .compliance_wanted
+        .store(true, std::sync::atomic::Ordering::Release);
+    let today = dates::day_of(state.core.clock.now_ms());
+    Ok(HttpResponse::Accepted().json(view(request, today)))
 }
 
 /// `POST /v1/privacy/requests/{id}/lift`: ends a completed restriction or objection.

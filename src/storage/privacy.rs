@@ -88,7 +88,9 @@ impl State {
 #[derive(Debug, Clone)]
 pub struct Subject {
     pub bidx: String,
-    pub route_bidx: String,
+    /// `None` when the subject is named by its contact (its routing keys are read from
+    /// the contact when it is erased).
+    pub route_bidx: Option<String>,
 }
 
 impl Subject {
@@ -96,7 +98,7 @@ impl Subject {
     pub fn of_wa_id(keyring: &Keyring, tenant_id: &TenantId, wa_id: &str) -> Subject {
         Subject {
             bidx: keyring.blind_index(tenant_id.as_str(), "wa_id", wa_id),
-            route_bidx: route_index(keyring, tenant_id, &format!("w:{wa_id}")),
+            route_bidx: Some(route_index(keyring, tenant_id, &format!("w:{wa_id}"))),
         }
     }
 
@@ -104,7 +106,7 @@ impl Subject {
     pub fn of_user_id(keyring: &Keyring, tenant_id: &TenantId, user_id: &str) -> Subject {
         Subject {
             bidx: keyring.blind_index(tenant_id.as_str(), "user_id", user_id),
-            route_bidx: route_index(keyring, tenant_id, &format!("u:{user_id}")),
+            route_bidx: Some(route_index(keyring, tenant_id, &format!("u:{user_id}"))),
         }
     }
 }
@@ -217,15 +219,17 @@ macro_rules! columns {
     };
 }
 
-/// Stores a request of `kind` for the subject known by `subject_bidx` at the end of
-/// the tenant's queue (its id and `received_at` stamped here, in the order the writes
-/// commit), due on `due_on` (YYYY-MM-DD), with its audit entry.
+/// Stores a request of `kind` for `subject` at the end of the tenant's queue (its id
+/// and `received_at` stamped here, in the order the writes commit), due on `due_on`
+/// (YYYY-MM-DD), with what it starts from (`outcome`: a minor's erasure says why) and
+/// its audit entry.
 pub fn submit(
     conn: &mut DbConn,
     tenant_id: &TenantId,
     kind: Kind,
     subject: &Subject,
     due_on: &str,
+    outcome: Option<&serde_json::Value>,
     now_ms: i64,
 ) -> Result<Request, StorageError> {
     let id = uuid::Uuid::now_v7().to_string();
@@ -239,6 +243,7 @@ pub fn submit(
             privacy_requests::route_bidx.eq(&subject.route_bidx),
             privacy_requests::received_at.eq(now_ms),
             privacy_requests::due_on.eq(due_on),
+            privacy_requests::outcome_json.eq(outcome.map(|o| o.to_string())),
         ))
         .execute(c))?;
     let stored = get(conn, tenant_id, &id)?.ok_or(StorageError::NotFound)?;
@@ -303,6 +308,27 @@ pub fn next_per_tenant(conn: &mut DbConn) -> Result<Vec<Request>, StorageError> 
         }
     }
     Ok(next)
+}
+
+/// The subject that is the tenant's contact `contact_id` (not being erased), by the
+/// keyed hash of its BSUID, else of its phone number.
+pub fn subject_of_contact(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    contact_id: &str,
+) -> Result<Option<Subject>, StorageError> {
+    let found: Option<(Option<String>, Option<String>)> = on_backend!(conn, c => contacts::table
+        .find(contact_id)
+        .filter(contacts::tenant_id.eq(tenant_id.as_str()))
+        .select((contacts::user_id_bidx, contacts::wa_id_bidx))
+        .get_result(c)
+        .optional())?;
+    Ok(found
+        .and_then(|(user, wa)| user.or(wa))
+        .map(|bidx| Subject {
+            bidx,
+            route_bidx: None,
+        }))
 }
 
 /// The tenant's contact known by `subject_bidx` (of a wa_id or a BSUID).

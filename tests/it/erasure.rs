@@ -787,3 +787,131 @@ async fn fifty_requests_run_one_at_a_time_and_a_sigkill_midway_loses_and_repeats
         }
     }
 }
+
+/// A contact marked a minor, through the API or the operator's CLI, is erased through
+/// the erasure path, the request's outcome keeping why; a contact that is not there
+/// is 404, and a marking without a reason is refused naming it.
+#[actix_rt::test]
+async fn a_contact_marked_a_minor_is_erased_with_the_reason_kept() {
+    for backend in backends() {
+        let app = TestApp::start(&backend).await;
+        for (i, (from, name)) in [(SUBJECT, SUBJECT_NAME), (OTHER, "Otto Stays")]
+            .iter()
+            .enumerate()
+        {
+            let body = webhook_from(NUMBER_A, from, name, &format!("wamid.minor.{i}"), TEXTS[i]);
+            assert_eq!(app.post_signed(&body).await.0, 200);
+        }
+        app.wait_messages(&app.a, 2).await;
+        let minor = contact_ids(&app, &app.a, SUBJECT).await.remove(0);
+        let path = format!("/v1/contacts/{minor}/minor");
+        let (status, refused) = app
+            .send_json("POST", &path, &app.a.api_key, &json!({}))
+            .await;
+        assert_eq!(status, 422, "{backend:?}: {refused}");
+        assert_eq!(refused["error"]["field"], "reason", "{backend:?}");
+        let (status, _) = app
+            .send_json("POST", &path, &app.b.api_key, &json!({"reason": "x"}))
+            .await;
+        assert_eq!(status, 404, "{backend:?}: another tenant's contact");
+        let reason = "said to be 15 in the conversation";
+        let (status, request) = app
+            .send_json("POST", &path, &app.a.api_key, &json!({"reason": reason}))
+            .await;
+        assert_eq!(status, 202, "{backend:?}: {request}");
+        assert_eq!(request["kind"], "erasure", "{backend:?}");
+        let done = wait_state(&app, &app.a, request["id"].as_str().unwrap(), "completed").await;
+        assert_eq!(done["contact_id"], minor.as_str(), "{backend:?}");
+        assert_eq!(
+            done["outcome"]["minor"]["reason"], reason,
+            "{backend:?}: {done}"
+        );
+        assert_eq!(
+            done["outcome"]["deleted"]["messages"], 1,
+            "{backend:?}: {done}"
+        );
+        assert!(
+            contact_ids(&app, &app.a, SUBJECT).await.is_empty(),
+            "{backend:?}"
+        );
+        assert_eq!(
+            contact_ids(&app, &app.a, OTHER).await.len(),
+            1,
+            "{backend:?}"
+        );
+        let (status, _) = app
+            .send_json("POST", &path, &app.a.api_key, &json!({"reason": reason}))
+            .await;
+        assert_eq!(status, 404, "{backend:?}: an erased contact is gone");
+    }
+}
+
+/// The operator marks a minor with `converra contact minor`; the running daemon
+/// erases the contact.
+#[actix_rt::test]
+async fn the_operator_marks_a_minor_and_the_daemon_erases_the_contact() {
+    let db = TestDb::new(&Backend::Sqlite);
+    let daemon = Daemon::new(&db.url, &db.dir);
+    let tenant = daemon.seed_tenant(&db.dir, "minors", "EAAG-token");
+    let api = Client::new(&daemon, &tenant);
+    let _running = daemon.spawn();
+    daemon.wait_ready(&api.http).await;
+    api.webhook(webhook_from(
+        NUMBER_A,
+        SUBJECT,
+        SUBJECT_NAME,
+        "wamid.m.0",
+        TEXTS[0],
+    ))
+    .await;
+    api.webhook(webhook_from(
+        NUMBER_A,
+        OTHER,
+        "Otto Stays",
+        "wamid.m.1",
+        "words that stay",
+    ))
+    .await;
+    api.wait_messages(2).await;
+    let marked = daemon.cli_json(&[
+        "contact",
+        "minor",
+        "--tenant",
+        tenant["tenant_id"].as_str().unwrap(),
+        "--wa-id",
+        &format!("+{SUBJECT}"),
+        "--reason",
+        "the parent wrote in",
+        "--json",
+    ]);
+    assert_eq!(marked["kind"], "erasure", "{marked}");
+    let done = api
+        .wait_state(marked["request_id"].as_str().unwrap(), "completed")
+        .await;
+    assert_eq!(
+        done["outcome"]["minor"]["reason"], "the parent wrote in",
+        "{done}"
+    );
+    let contacts = api.reader().all("/v1/contacts").await;
+    assert_eq!(contacts.len(), 1, "{contacts:?}");
+    assert_eq!(contacts[0]["wa_id"], OTHER);
+    let unknown = daemon
+        .command(&[
+            "contact",
+            "minor",
+            "--tenant",
+            tenant["tenant_id"].as_str().unwrap(),
+            "--wa-id",
+            SUBJECT,
+            "--reason",
+            "again",
+        ])
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no contact with that wa_id"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+}
