@@ -112,9 +112,10 @@ impl ComplianceActor {
             }
             let now = core.clock.now_ms();
             let keep_raw_days = core.settings.inbox.keep_raw_days;
+            let vault = core.keyring.clone();
             core.writer
                 .write(Some(tenant), move |conn| {
-                    requests::run(conn, &started, &domain, keep_raw_days, now)
+                    requests::run(conn, &vault, &started, &domain, keep_raw_days, now)
                 })
                 .await
                 .map(Some)

@@ -12,8 +12,10 @@
 //! each step, counts what went. A subject the tenant never saw completes: its raw
 //! inbox rows, if any, go all the same.
 //!
-//! Access, portability and rectification are refused when submitted: they are not
-//! built yet.
+//! A rectification applies the changes kept on its request
+//! ([`crate::storage::rectification`]); the audit names the fields, not the values.
+//!
+//! Access and portability are refused when submitted: they are not built yet.
 
 use serde_json::{json, Value};
 
@@ -21,15 +23,20 @@ use super::dates;
 use crate::clock::rfc3339_ms as rfc3339;
 use crate::email::{self, RequestEvent, RequestFacts};
 use crate::ids::TenantId;
+use crate::storage::audit;
 use crate::storage::email as storage_email;
 use crate::storage::erasure::{self, ErasureRecord, Progress};
 use crate::storage::key_store::Vault;
 use crate::storage::privacy::{self, Kind, Request, State, Subject};
+use crate::storage::rectification;
 use crate::storage::{tenants, DbConn, StorageError};
 
 /// The kinds Converra executes today.
 pub fn executes(kind: Kind) -> bool {
-    matches!(kind, Kind::Restriction | Kind::Objection | Kind::Erasure)
+    matches!(
+        kind,
+        Kind::Restriction | Kind::Objection | Kind::Erasure | Kind::Rectification
+    )
 }
 
 /// `request` as stored now, or `None` when it is no longer in progress (ended
@@ -179,6 +186,34 @@ pub fn erase_minor(
     )
 }
 
+/// Takes a rectification of `subject`'s contact fields into the tenant's queue, its
+/// `changes` (checked by [`rectification::Changes::from_json`]) kept sealed under the contact's key
+/// until it runs.
+#[allow(clippy::too_many_arguments)]
+pub fn submit_rectification(
+    conn: &mut DbConn,
+    vault: &Vault,
+    tenant_id: &TenantId,
+    subject: &Subject,
+    changes: &Value,
+    holidays: &[time::Date],
+    message_domain: &str,
+    now_ms: i64,
+) -> Result<Request, StorageError> {
+    let request = submit_with(
+        conn,
+        tenant_id,
+        Kind::Rectification,
+        subject,
+        None,
+        holidays,
+        message_domain,
+        now_ms,
+    )?;
+    rectification::keep_changes(conn, vault, &request, changes)?;
+    Ok(request)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn submit_with(
     conn: &mut DbConn,
@@ -279,6 +314,7 @@ pub fn start(conn: &mut DbConn, request: &Request, now_ms: i64) -> Result<Reques
 /// `keep_raw_days` is how long raw payloads stay readable under their day's key.
 pub fn run(
     conn: &mut DbConn,
+    vault: &Vault,
     request: &Request,
     message_domain: &str,
     keep_raw_days: u32,
@@ -300,6 +336,31 @@ pub fn run(
             None
         }
         (None, _) => Some("unknown_subject"),
+        (Some(contact), Kind::Rectification) => {
+            let applied = erasure::overwriting_freed(conn, |conn| {
+                rectification::apply(conn, vault, request, contact)
+            })?;
+            match applied {
+                Some(fields) => {
+                    audit::append(
+                        conn,
+                        &audit::NewEntry {
+                            tenant_id: &request.tenant_id,
+                            actor: audit::Actor::Compliance,
+                            action: "contact_rectified",
+                            request_id: Some(&request.id),
+                            contact_id: Some(contact.as_str()),
+                            detail: json!({"fields": fields}),
+                        },
+                        now_ms,
+                    )?;
+                    None
+                }
+                // Never kept (the contact appeared after the request), or sealed under
+                // a key destroyed since (the contact was erased).
+                None => Some("changes_unreadable"),
+            }
+        }
         (Some(contact), kind @ (Kind::Restriction | Kind::Objection)) => {
             privacy::set_contact_flag(conn, &request.tenant_id, contact, kind, Some(now_ms))?;
             None

@@ -15,6 +15,7 @@ use crate::compliance::{dates, requests};
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::TenantId;
 use crate::storage::privacy::{self, Kind, Request, State, Subject};
+use crate::storage::rectification::Changes;
 use crate::whatsapp::outbound::{recipient_of, Recipient};
 
 #[derive(Serialize)]
@@ -123,7 +124,12 @@ pub async fn submit(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
-    let body = object_of(payload, &["kind", "wa_id", "user_id"], "a privacy request").await?;
+    let body = object_of(
+        payload,
+        &["kind", "wa_id", "user_id", "changes"],
+        "a privacy request",
+    )
+    .await?;
     let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
     let kind = body
         .get("kind")
@@ -141,23 +147,51 @@ pub async fn submit(
             ErrorCode::InvalidField,
             "kind",
             format!(
-                "{} requests are not available yet; erasure, restriction and objection are",
+                "{} requests are not available yet; erasure, rectification, restriction and objection are",
                 kind.as_str()
             ),
         ));
     }
+    // A rectification names its changes; no other kind has any.
+    let changes = match (kind, body.get("changes")) {
+        (Kind::Rectification, Some(changes)) => {
+            Changes::from_json(changes)?;
+            Some(changes.clone())
+        }
+        (Kind::Rectification, None) => {
+            return Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "changes",
+                "a rectification names its changes, e.g. {\"profile_name\": \"...\"}",
+            ))
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "changes",
+                "only a rectification has changes",
+            ))
+        }
+        (_, None) => None,
+    };
     let subject = subject_of(&state, &tenant, &body)?;
     let holidays = state.core.settings.compliance.holiday_dates();
     let domain = crate::email::message_domain(&state.core.settings.email.from);
     let written = tenant.clone();
     let clock = state.core.clock.clone();
+    let vault = state.core.keyring.clone();
     let request = state
         .core
         .writer
         .write(Some(tenant), move |conn| {
             // Stamped where the request takes its place in the tenant's queue.
             let now = clock.now_ms();
-            requests::submit(conn, &written, kind, &subject, &holidays, &domain, now)
+            match &changes {
+                Some(changes) => requests::submit_rectification(
+                    conn, &vault, &written, &subject, changes, &holidays, &domain, now,
+                ),
+                None => requests::submit(conn, &written, kind, &subject, &holidays, &domain, now),
+            }
         })
         .await?;
     let now = state.core.clock.now_ms();

@@ -347,14 +347,25 @@ pub fn erase_batch(
     progress: &mut Progress,
     limit: i64,
 ) -> Result<bool, StorageError> {
+    overwriting_freed(conn, |conn| erase_some(conn, record, progress, limit))
+}
+
+/// Runs `f` with SQLite overwriting what it frees (`secure_delete`), so a deleted or
+/// replaced value leaves no copy in the file's free space; PostgreSQL's dead rows go
+/// with the vacuum.
+pub fn overwriting_freed<T>(
+    conn: &mut DbConn,
+    f: impl FnOnce(&mut DbConn) -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    use diesel::connection::SimpleConnection;
     if let DbConn::Sqlite(c) = conn {
-        diesel::connection::SimpleConnection::batch_execute(c, "PRAGMA main.secure_delete = ON")?;
+        c.batch_execute("PRAGMA main.secure_delete = ON")?;
     }
-    let more = erase_some(conn, record, progress, limit);
+    let done = f(conn);
     if let DbConn::Sqlite(c) = conn {
-        diesel::connection::SimpleConnection::batch_execute(c, "PRAGMA main.secure_delete = OFF")?;
+        c.batch_execute("PRAGMA main.secure_delete = OFF")?;
     }
-    more
+    done
 }
 
 fn erase_some(

@@ -28,6 +28,7 @@ pub mod outbox;
 pub mod privacy;
 pub mod raw_keys;
 pub mod readers;
+pub mod rectification;
 pub mod report;
 pub mod retention;
 pub mod routes;

@@ -429,5 +429,7 @@ diesel::table! {
         lifted_at -> Nullable<BigInt>,
         route_bidx -> Nullable<Text>,
         outcome_json -> Nullable<Text>,
+        changes_ct -> Nullable<Binary>,
+        changes_key_id -> Nullable<Text>,
     }
 }

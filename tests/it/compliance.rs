@@ -641,3 +641,119 @@ async fn an_open_request_is_extended_once_before_its_due_day_with_the_reason_ema
         .iter()
         .any(|e| e["action"] == "request_extended" && e["request_id"] == id.as_str()));
 }
+
+/// A rectification corrects the contact fields it names, through the queue like any
+/// request; the audit log names the fields, never a value; the changes do not stay on
+/// the request once applied. Bad changes are refused naming the field; a subject the
+/// tenant never saw is rejected.
+#[actix_rt::test]
+async fn a_rectification_corrects_the_named_fields_and_keeps_no_value_anywhere_else() {
+    for backend in backends() {
+        let app = TestApp::start(&backend).await;
+        let body = envelope(vec![messages_change(
+            NUMBER_A,
+            vec![contact(SUBJECT, "Wrong Name")],
+            vec![text(SUBJECT, "wamid.rectify.1", "hello")],
+        )]);
+        app.post_signed(&serde_json::to_vec(&body).unwrap()).await;
+        app.wait_messages(&app.a, 1).await;
+        for (body, field) in [
+            (
+                json!({"kind": "rectification", "wa_id": SUBJECT}),
+                "changes",
+            ),
+            (
+                json!({"kind": "rectification", "wa_id": SUBJECT, "changes": {}}),
+                "changes",
+            ),
+            (
+                json!({"kind": "rectification", "wa_id": SUBJECT, "changes": {"wa_id": "1"}}),
+                "changes",
+            ),
+            (
+                json!({"kind": "rectification", "wa_id": SUBJECT, "changes": {"profile_name": 5}}),
+                "changes.profile_name",
+            ),
+            (
+                json!({"kind": "rectification", "wa_id": SUBJECT, "changes": {"tags": "vip"}}),
+                "changes.tags",
+            ),
+            (
+                json!({"kind": "restriction", "wa_id": SUBJECT, "changes": {"username": "x"}}),
+                "changes",
+            ),
+        ] {
+            let (status, refused) = app
+                .send_json("POST", "/v1/privacy/requests", &app.a.api_key, &body)
+                .await;
+            assert_eq!(status, 422, "{backend:?}: {body}: {refused}");
+            assert_eq!(refused["error"]["field"], field, "{backend:?}: {body}");
+        }
+        let (status, submitted) = app
+            .send_json(
+                "POST",
+                "/v1/privacy/requests",
+                &app.a.api_key,
+                &json!({"kind": "rectification", "wa_id": SUBJECT, "changes": {
+                    "profile_name": "Right Name", "display_name": "Anna R.", "tags": ["vip"]}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{backend:?}: {submitted}");
+        let id = submitted["id"].as_str().unwrap().to_string();
+        let done = wait_state(&app, &app.a, &id, "completed").await;
+        let contact_id = done["contact_id"].as_str().unwrap();
+        let (status, corrected) = app
+            .get(&format!("/v1/contacts/{contact_id}"), Some(&app.a.api_key))
+            .await;
+        assert_eq!(status, 200, "{backend:?}");
+        assert_eq!(corrected["profile_name"], "Right Name", "{backend:?}");
+        assert_eq!(corrected["display_name"], "Anna R.", "{backend:?}");
+        assert_eq!(corrected["tags"], json!(["vip"]), "{backend:?}");
+
+        let log = app.all("/v1/audit", &app.a.api_key).await;
+        let rectified = log
+            .iter()
+            .find(|e| e["action"] == "contact_rectified" && e["request_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{backend:?}: {log:?}"));
+        assert_eq!(
+            rectified["detail"]["fields"],
+            json!(["profile_name", "display_name", "tags"]),
+            "{backend:?}"
+        );
+        let logged = serde_json::to_string(&log).unwrap();
+        for value in ["Right Name", "Wrong Name", "Anna R.", SUBJECT] {
+            assert!(
+                !logged.contains(value),
+                "{backend:?}: {value} in the audit log"
+            );
+        }
+        // Nothing of the changes stays on the request.
+        let (_, pool) = app.pool();
+        let mut conn = pool.get().unwrap();
+        let kept: Option<Vec<u8>> = {
+            use converra::storage::schema::privacy_requests;
+            use diesel::prelude::*;
+            converra::on_backend!(&mut *conn, c => privacy_requests::table
+                .find(&id)
+                .select(privacy_requests::changes_ct)
+                .get_result(c))
+            .unwrap()
+        };
+        assert!(
+            kept.is_none(),
+            "{backend:?}: the changes are emptied once applied"
+        );
+
+        let (_, unknown) = app
+            .send_json(
+                "POST",
+                "/v1/privacy/requests",
+                &app.a.api_key,
+                &json!({"kind": "rectification", "wa_id": "4915199999999",
+                    "changes": {"profile_name": "Nobody"}}),
+            )
+            .await;
+        let rejected = wait_state(&app, &app.a, unknown["id"].as_str().unwrap(), "rejected").await;
+        assert_eq!(rejected["reason"], "unknown_subject", "{backend:?}");
+    }
+}

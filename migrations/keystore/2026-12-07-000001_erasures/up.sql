@@ -1,5 +1,5 @@
--- The erasure records, with the keys they go with (see the data migration of the
--- same name).
+-- The erasure records, with the keys they go with (see the data migration
+-- 2026-12-07-000017_erasure_and_rectification).
 CREATE TABLE keystore.erasures (
     request_id TEXT COLLATE "C" PRIMARY KEY NOT NULL,
     tenant_id TEXT COLLATE "C" NOT NULL,
