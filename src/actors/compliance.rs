@@ -202,7 +202,7 @@ async fn erase(
     // checkpoints and autovacuum take it over.
     let compacting = std::time::Instant::now();
     for attempt in 1..=3 {
-        match core.read(|conn, _| erasure::compact(conn)).await {
+        match core.read(erasure::compact).await {
             Ok(()) => {
                 slog::info!(core.log, "erasure: the database is compacted";
                     "request" => &request.id, "ms" => compacting.elapsed().as_millis());

@@ -56,9 +56,16 @@ pub fn shred(
     request: &Request,
     now_ms: i64,
 ) -> Result<Option<(ErasureRecord, Progress)>, StorageError> {
-    let Some(request) = in_progress(conn, request)? else {
+    let Some(mut request) = in_progress(conn, request)? else {
         return Ok(None);
     };
+    // Merged into another contact since it started: the erasure follows the subject.
+    if let Some(found) = privacy::find_subject(conn, &request.tenant_id, &request.subject_bidx)? {
+        if request.contact_id.as_ref() != Some(&found) {
+            privacy::set_contact(conn, &request, &found)?;
+            request.contact_id = Some(found);
+        }
+    }
     let subject = erasure::Subject {
         request_id: &request.id,
         tenant_id: &request.tenant_id,

@@ -288,6 +288,24 @@ pub fn list_conversations(
     Ok(rows.into_iter().map(conversation_view).collect())
 }
 
+/// The conversations of the tenant's contact `contact_id`, oldest first.
+pub fn of_contact(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    contact_id: &ContactId,
+) -> Result<Vec<Conversation>, StorageError> {
+    let rows: Vec<ConversationRow> = on_backend!(conn, c => conversations::table
+        .filter(conversations::tenant_id.eq(tenant_id.as_str()))
+        .filter(conversations::contact_id.eq(contact_id.as_str()))
+        .select((conversations::id, conversations::contact_id, conversations::phone_number_id,
+                 conversations::opened_at, conversations::last_inbound_at,
+                 conversations::window_ends_at, conversations::last_message_at,
+                 conversations::closed_at))
+        .order(conversations::id.asc())
+        .load(c))?;
+    Ok(rows.into_iter().map(conversation_view).collect())
+}
+
 /// Closes conversation `conversation_id` of `tenant_id` at `closed_at`, or opens it
 /// (`None`); the conversation as it now is, `None` when the tenant has no such one.
 pub fn set_closed(

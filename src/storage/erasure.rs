@@ -152,6 +152,100 @@ fn contact_route_bidxs(
     Ok(routes)
 }
 
+/// The conversations of `contact_id`: its messages are found through them (messages
+/// carry no index by contact).
+fn conversation_ids(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    contact_id: &ContactId,
+) -> Result<Vec<String>, StorageError> {
+    Ok(on_backend!(conn, c => conversations::table
+        .filter(conversations::contact_id.eq(contact_id.as_str()))
+        .filter(conversations::tenant_id.eq(tenant_id.as_str()))
+        .select(conversations::id)
+        .load(c))?)
+}
+
+#[derive(QueryableByName)]
+struct Found {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    value: Option<String>,
+}
+
+/// SQLite: the key ids of a conversation's messages, through the conversation index
+/// and its unindexed tail (see [`super::sqlite::conversation_index`]).
+const CONVERSATION_KEYS_SQLITE: &str = "SELECT DISTINCT m.key_id AS value \
+     FROM conversation_messages cm JOIN messages m ON m.id = cm.message_id \
+     WHERE cm.conversation_id = ?1 \
+     UNION SELECT DISTINCT key_id AS value FROM messages \
+     WHERE rowid > (SELECT indexed_through FROM conversation_index_state) \
+     AND conversation_id = ?1";
+
+/// SQLite: up to ?3 message ids of conversation ?1 (?2: after, empty for all).
+const CONVERSATION_MESSAGES_SQLITE: &str = concat!(
+    "SELECT message_id AS value FROM (",
+    super::sqlite::conversation_index::message_ids_of_conversation!(),
+    ")"
+);
+
+/// The key ids of the messages of `conversations`.
+fn message_key_ids(
+    conn: &mut DbConn,
+    conversations: &[String],
+) -> Result<Vec<String>, StorageError> {
+    let mut keys = Vec::new();
+    match conn {
+        DbConn::Sqlite(c) => {
+            for conversation in conversations {
+                let found: Vec<Found> = diesel::sql_query(CONVERSATION_KEYS_SQLITE)
+                    .bind::<diesel::sql_types::Text, _>(conversation)
+                    .load(c)?;
+                keys.extend(found.into_iter().filter_map(|f| f.value));
+            }
+        }
+        DbConn::Pg(c) => {
+            let found: Vec<Option<String>> = messages::table
+                .filter(messages::conversation_id.eq_any(conversations))
+                .select(messages::key_id)
+                .distinct()
+                .load(c)?;
+            keys.extend(found.into_iter().flatten());
+        }
+    }
+    Ok(keys)
+}
+
+/// Up to `limit` ids of the messages of `conversations`.
+fn message_ids(
+    conn: &mut DbConn,
+    conversations: &[String],
+    limit: i64,
+) -> Result<Vec<String>, StorageError> {
+    match conn {
+        DbConn::Sqlite(c) => {
+            let mut ids = Vec::new();
+            for conversation in conversations {
+                let left = limit - ids.len() as i64;
+                if left <= 0 {
+                    break;
+                }
+                let found: Vec<Found> = diesel::sql_query(CONVERSATION_MESSAGES_SQLITE)
+                    .bind::<diesel::sql_types::Text, _>(conversation)
+                    .bind::<diesel::sql_types::Text, _>("")
+                    .bind::<diesel::sql_types::BigInt, _>(left)
+                    .load(c)?;
+                ids.extend(found.into_iter().filter_map(|f| f.value));
+            }
+            Ok(ids)
+        }
+        DbConn::Pg(c) => Ok(messages::table
+            .filter(messages::conversation_id.eq_any(conversations))
+            .select(messages::id)
+            .limit(limit)
+            .load(c)?),
+    }
+}
+
 /// The data keys anything of `contact_id` is sealed under: its own, and those of
 /// contacts merged into it, which its messages and sends keep.
 fn contact_key_ids(
@@ -166,19 +260,14 @@ fn contact_key_ids(
         .filter(contacts::tenant_id.eq(tenant))
         .select(contacts::key_id)
         .load(c))?;
-    let of_messages: Vec<Option<String>> = on_backend!(conn, c => messages::table
-        .filter(messages::contact_id.eq(contact))
-        .filter(messages::tenant_id.eq(tenant))
-        .select(messages::key_id)
-        .distinct()
-        .load(c))?;
+    let conversations = conversation_ids(conn, tenant_id, contact_id)?;
+    keys.extend(message_key_ids(conn, &conversations)?);
     let of_sends: Vec<String> = on_backend!(conn, c => outbox::table
         .filter(outbox::contact_id.eq(contact))
         .filter(outbox::tenant_id.eq(tenant))
         .select(outbox::key_id)
         .distinct()
         .load(c))?;
-    keys.extend(of_messages.into_iter().flatten());
     keys.extend(of_sends);
     keys.sort_unstable();
     keys.dedup();
@@ -196,8 +285,8 @@ pub fn shred(
     now_ms: i64,
 ) -> Result<Shredded, StorageError> {
     let tenant_id = subject.tenant_id;
-    let record = match find_record(conn, vault, subject.request_id)? {
-        Some(record) => record,
+    let (record, recorded) = match find_record(conn, vault, subject.request_id)? {
+        Some(record) => (record, false),
         None => {
             // The routes first: once the key is gone, the identifiers cannot be read.
             let mut route_bidxs: Vec<String> =
@@ -230,7 +319,7 @@ pub fn shred(
                     .execute(c))?;
                 Ok(())
             })?;
-            record
+            (record, true)
         }
     };
     let mut keys_destroyed = 0;
@@ -251,18 +340,21 @@ pub fn shred(
             ))
             .execute(c))?;
     }
-    audit::append(
-        conn,
-        &audit::NewEntry {
-            tenant_id,
-            actor: Actor::Compliance,
-            action: "subject_keys_destroyed",
-            request_id: Some(subject.request_id),
-            contact_id: record.contact_id.as_ref().map(ContactId::as_str),
-            detail: serde_json::json!({"keys_destroyed": keys_destroyed}),
-        },
-        now_ms,
-    )?;
+    // Once, with the record: a step resumed after a crash finds the keys gone.
+    if recorded {
+        audit::append(
+            conn,
+            &audit::NewEntry {
+                tenant_id,
+                actor: Actor::Compliance,
+                action: "subject_keys_destroyed",
+                request_id: Some(subject.request_id),
+                contact_id: record.contact_id.as_ref().map(ContactId::as_str),
+                detail: serde_json::json!({"keys_destroyed": keys_destroyed}),
+            },
+            now_ms,
+        )?;
+    }
     Ok(Shredded {
         record,
         keys_destroyed,
@@ -332,13 +424,16 @@ impl Progress {
     }
 }
 
-/// How many inbox ids one batch goes through.
+/// How many inbox ids one statement goes through.
 const INBOX_WINDOW: i64 = 20_000;
+/// How many inbox ids one write goes through at most.
+const INBOX_STEP: i64 = 200_000;
 
-/// Deletes the next batch (at most `limit` rows of a table, or one window of the
-/// inbox) of what `record` erases: the contact's messages (with their statuses,
-/// media and sends), its remaining sends, automation runs, raw inbox rows received up
-/// to the erasure, labels and reach, conversations, and last its contact row. Returns
+/// Deletes the next batch (a step of the pass over the inbox, or at most `limit` rows
+/// of a table) of what `record` erases: the subject's raw inbox rows received up to
+/// the erasure, the contact's messages (with their statuses, media and sends), its
+/// remaining sends, automation runs, labels and reach, conversations, and last its
+/// contact row. Returns
 /// whether anything is left. On SQLite what it deletes is overwritten in place
 /// (`secure_delete`).
 pub fn erase_batch(
@@ -375,100 +470,69 @@ fn erase_some(
     limit: i64,
 ) -> Result<bool, StorageError> {
     let tenant = record.tenant_id.as_str();
-    if let Some(contact_id) = &record.contact_id {
-        let contact = contact_id.as_str();
-        let ids: Vec<String> = on_backend!(conn, c => messages::table
-            .filter(messages::contact_id.eq(contact))
-            .filter(messages::tenant_id.eq(tenant))
-            // In index order: sorting by id would read every message left each time.
-            .limit(limit)
-            .select(messages::id)
-            .load(c))?;
-        if !ids.is_empty() {
-            for chunk in ids.chunks(500) {
-                on_backend!(conn, c => diesel::delete(idempotency_keys::table
-                    .filter(idempotency_keys::tenant_id.eq(tenant))
-                    .filter(idempotency_keys::outbox_id.eq_any(chunk)))
-                    .execute(c))?;
-                let sends = on_backend!(conn, c => diesel::delete(outbox::table
-                    .filter(outbox::id.eq_any(chunk)))
-                    .execute(c))?;
-                progress.count("sends", sends);
-                let runs = on_backend!(conn, c => diesel::delete(automation_runs::table
-                    .filter(automation_runs::tenant_id.eq(tenant))
-                    .filter(automation_runs::message_id.eq_any(chunk)))
-                    .execute(c))?;
-                progress.count("automation_runs", runs);
-                // Statuses and media go with their message (foreign keys).
-                let gone = on_backend!(conn, c => diesel::delete(messages::table
-                    .filter(messages::id.eq_any(chunk)))
-                    .execute(c))?;
-                progress.count("messages", gone);
-            }
-            return Ok(true);
-        }
-        let sends: Vec<String> = on_backend!(conn, c => outbox::table
-            .filter(outbox::contact_id.eq(contact))
-            .filter(outbox::tenant_id.eq(tenant))
-            .limit(limit)
-            .select(outbox::id)
-            .load(c))?;
-        if !sends.is_empty() {
-            for chunk in sends.chunks(500) {
-                on_backend!(conn, c => diesel::delete(idempotency_keys::table
-                    .filter(idempotency_keys::tenant_id.eq(tenant))
-                    .filter(idempotency_keys::outbox_id.eq_any(chunk)))
-                    .execute(c))?;
-                let gone = on_backend!(conn, c => diesel::delete(outbox::table
-                    .filter(outbox::id.eq_any(chunk)))
-                    .execute(c))?;
-                progress.count("sends", gone);
-            }
-            return Ok(true);
-        }
-        let runs: Vec<String> = on_backend!(conn, c => automation_runs::table
-            .filter(automation_runs::contact_id.eq(contact))
-            .filter(automation_runs::tenant_id.eq(tenant))
-            .limit(limit)
-            .select(automation_runs::id)
-            .load(c))?;
-        if !runs.is_empty() {
-            let gone = on_backend!(conn, c => diesel::delete(automation_runs::table
-                .filter(automation_runs::id.eq_any(&runs)))
-                .execute(c))?;
-            progress.count("automation_runs", gone);
-            return Ok(true);
-        }
-    }
-    if !record.route_bidxs.is_empty() {
-        let end = match progress.inbox_end {
-            Some(end) => end,
-            None => {
-                let end: Option<i64> = on_backend!(conn, c => inbox::table
-                    .select(diesel::dsl::max(inbox::id))
-                    .get_result(c))?;
-                *progress.inbox_end.insert(end.unwrap_or(0))
-            }
-        };
-        if progress.inbox_after < end {
-            let upto = (progress.inbox_after + INBOX_WINDOW).min(end);
-            // Rows received after the erasure are the subject writing again: new data.
-            let gone = on_backend!(conn, c => diesel::delete(inbox::table
-                .filter(inbox::id.gt(progress.inbox_after))
-                .filter(inbox::id.le(upto))
-                .filter(inbox::tenant_id.eq(tenant))
-                .filter(inbox::route_bidx.eq_any(&record.route_bidxs))
-                .filter(inbox::received_at.le(record.erased_at)))
-                .execute(c))?;
-            progress.count("raw_payloads", gone);
-            progress.inbox_after = upto;
-            return Ok(true);
-        }
+    // The raw rows first: sealed under their day's key, not the contact's, they are
+    // what stays readable until deleted.
+    if !record.route_bidxs.is_empty() && erase_raw_rows(conn, record, progress)? {
+        return Ok(true);
     }
     let Some(contact_id) = &record.contact_id else {
         return Ok(false);
     };
     let contact = contact_id.as_str();
+    let conversations = conversation_ids(conn, &record.tenant_id, contact_id)?;
+    let ids = message_ids(conn, &conversations, limit)?;
+    if !ids.is_empty() {
+        for chunk in ids.chunks(500) {
+            let sends = on_backend!(conn, c => diesel::delete(outbox::table
+                .filter(outbox::id.eq_any(chunk))
+                .filter(outbox::tenant_id.eq(tenant)))
+                .execute(c))?;
+            progress.count("sends", sends);
+            on_backend!(conn, c => diesel::delete(idempotency_keys::table
+                .filter(idempotency_keys::tenant_id.eq(tenant))
+                .filter(idempotency_keys::outbox_id.eq_any(chunk)))
+                .execute(c))?;
+            // Statuses and media go with their message (foreign keys).
+            let gone = on_backend!(conn, c => diesel::delete(messages::table
+                .filter(messages::id.eq_any(chunk))
+                .filter(messages::tenant_id.eq(tenant)))
+                .execute(c))?;
+            progress.count("messages", gone);
+        }
+        return Ok(true);
+    }
+    let sends: Vec<String> = on_backend!(conn, c => outbox::table
+        .filter(outbox::contact_id.eq(contact))
+        .filter(outbox::tenant_id.eq(tenant))
+        .limit(limit)
+        .select(outbox::id)
+        .load(c))?;
+    if !sends.is_empty() {
+        for chunk in sends.chunks(500) {
+            on_backend!(conn, c => diesel::delete(idempotency_keys::table
+                .filter(idempotency_keys::tenant_id.eq(tenant))
+                .filter(idempotency_keys::outbox_id.eq_any(chunk)))
+                .execute(c))?;
+            let gone = on_backend!(conn, c => diesel::delete(outbox::table
+                .filter(outbox::id.eq_any(chunk)))
+                .execute(c))?;
+            progress.count("sends", gone);
+        }
+        return Ok(true);
+    }
+    let runs: Vec<String> = on_backend!(conn, c => automation_runs::table
+        .filter(automation_runs::contact_id.eq(contact))
+        .filter(automation_runs::tenant_id.eq(tenant))
+        .limit(limit)
+        .select(automation_runs::id)
+        .load(c))?;
+    if !runs.is_empty() {
+        let gone = on_backend!(conn, c => diesel::delete(automation_runs::table
+            .filter(automation_runs::id.eq_any(&runs)))
+            .execute(c))?;
+        progress.count("automation_runs", gone);
+        return Ok(true);
+    }
     let labels = on_backend!(conn, c => diesel::delete(contact_labels::table
         .filter(contact_labels::tenant_id.eq(tenant))
         .filter(contact_labels::contact_id.eq(contact)))
@@ -488,6 +552,45 @@ fn erase_some(
         .execute(c))?;
     progress.count("contacts", contacts);
     Ok(false)
+}
+
+/// One step of the pass over the inbox by id (nothing indexes it by subject): windows
+/// of [`INBOX_WINDOW`] ids from the oldest row, skipping those with none of the
+/// subject's rows, until one had some or [`INBOX_STEP`] ids were looked at. Rows
+/// received after the erasure are the subject writing again: new data, kept. Returns
+/// whether the pass goes on.
+fn erase_raw_rows(
+    conn: &mut DbConn,
+    record: &ErasureRecord,
+    progress: &mut Progress,
+) -> Result<bool, StorageError> {
+    let tenant = record.tenant_id.as_str();
+    let end = match progress.inbox_end {
+        Some(end) => end,
+        None => {
+            let (first, last): (Option<i64>, Option<i64>) = on_backend!(conn, c => inbox::table
+                .select((diesel::dsl::min(inbox::id), diesel::dsl::max(inbox::id)))
+                .get_result(c))?;
+            progress.inbox_after = first.map_or(0, |first| first - 1);
+            *progress.inbox_end.insert(last.unwrap_or(0))
+        }
+    };
+    let stop = progress.inbox_after + INBOX_STEP;
+    while progress.inbox_after < end && progress.inbox_after < stop {
+        let upto = (progress.inbox_after + INBOX_WINDOW).min(end);
+        let gone = on_backend!(conn, c => diesel::delete(inbox::table
+            .filter(inbox::id.gt(progress.inbox_after))
+            .filter(inbox::id.le(upto))
+            .filter(inbox::tenant_id.eq(tenant))
+            .filter(inbox::route_bidx.eq_any(&record.route_bidxs))
+            .filter(inbox::received_at.le(record.erased_at)))
+            .execute(c))?;
+        progress.inbox_after = upto;
+        if progress.count("raw_payloads", gone) {
+            break;
+        }
+    }
+    Ok(progress.inbox_after < end)
 }
 
 /// Brings a restored data backup back in line with one erasure record: the contact it
@@ -517,8 +620,9 @@ pub fn reapply(conn: &mut DbConn, record: &ErasureRecord) -> Result<bool, Storag
 /// After an erasure's rows are gone, what the database still holds of them in its
 /// files: SQLite's WAL is copied back and truncated (what it deleted was overwritten
 /// in place); PostgreSQL's touched tables are vacuumed, so their dead rows' space is
-/// reclaimed and reused. Runs on a connection of its own, outside any transaction.
-pub fn compact(conn: &mut DbConn) -> Result<(), StorageError> {
+/// reclaimed and reused; the key store's, where the destroyed keys were, likewise.
+/// Runs on a connection of its own, outside any transaction.
+pub fn compact(conn: &mut DbConn, vault: &Vault) -> Result<(), StorageError> {
     match conn {
         DbConn::Sqlite(c) => {
             #[derive(QueryableByName)]
@@ -526,12 +630,15 @@ pub fn compact(conn: &mut DbConn) -> Result<(), StorageError> {
                 #[diesel(sql_type = diesel::sql_types::BigInt)]
                 busy: i64,
             }
-            let done: Vec<Checkpoint> =
-                diesel::sql_query("PRAGMA main.wal_checkpoint(TRUNCATE)").load(c)?;
-            if done.first().is_some_and(|row| row.busy != 0) {
-                return Err(StorageError::Unavailable(
-                    "the WAL checkpoint after an erasure was blocked by readers".into(),
-                ));
+            for schema in ["main", "keystore"] {
+                let done: Vec<Checkpoint> =
+                    diesel::sql_query(format!("PRAGMA {schema}.wal_checkpoint(TRUNCATE)"))
+                        .load(c)?;
+                if done.first().is_some_and(|row| row.busy != 0) {
+                    return Err(StorageError::Unavailable(format!(
+                        "the {schema} WAL checkpoint after an erasure was blocked by readers"
+                    )));
+                }
             }
             Ok(())
         }
@@ -544,7 +651,15 @@ pub fn compact(conn: &mut DbConn) -> Result<(), StorageError> {
                      contacts",
                 )
             })?;
-            Ok(())
+            vault.with_store(conn, |ks| match ks {
+                DbConn::Pg(c) => Ok(super::without_statement_timeout(c, |c| {
+                    diesel::connection::SimpleConnection::batch_execute(
+                        c,
+                        "VACUUM keystore.data_keys",
+                    )
+                })?),
+                DbConn::Sqlite(_) => Ok(()),
+            })
         }
     }
 }
@@ -593,7 +708,7 @@ pub fn reapply_all(
         }
     }
     if done.deleted.values().any(|rows| *rows > 0) {
-        done.compacted = match compact(conn) {
+        done.compacted = match compact(conn, vault) {
             Ok(()) => true,
             Err(StorageError::Unavailable(_)) => false,
             Err(e) => return Err(e),

@@ -470,6 +470,20 @@ pub fn extend(
     Ok(Some(extended))
 }
 
+/// Names `contact_id` as the contact `request` concerns (the one it named was merged
+/// into it since).
+pub fn set_contact(
+    conn: &mut DbConn,
+    request: &Request,
+    contact_id: &ContactId,
+) -> Result<(), StorageError> {
+    on_backend!(conn, c => diesel::update(privacy_requests::table.find(&request.id))
+        .filter(privacy_requests::tenant_id.eq(request.tenant_id.as_str()))
+        .set(privacy_requests::contact_id.eq(Some(contact_id.as_str())))
+        .execute(c))?;
+    Ok(())
+}
+
 /// Writes what `request` (in progress) has done so far.
 pub fn set_outcome(
     conn: &mut DbConn,

@@ -10,8 +10,8 @@ ALTER TABLE privacy_requests ADD COLUMN changes_ct BYTEA;
 ALTER TABLE privacy_requests ADD COLUMN changes_key_id TEXT;
 -- The erasure records live with the keys, not the data: a data backup restored after
 -- an erasure is reconciled against them (`converra erasure reapply`). Identifiers
--- only as keyed hashes.
-CREATE TABLE keystore.erasures (
+-- only as keyed hashes. Never dropped with the data's migrations: they outlive it.
+CREATE TABLE IF NOT EXISTS keystore.erasures (
     request_id TEXT COLLATE "C" PRIMARY KEY NOT NULL,
     tenant_id TEXT COLLATE "C" NOT NULL,
     contact_id TEXT COLLATE "C",
@@ -19,3 +19,5 @@ CREATE TABLE keystore.erasures (
     route_bidxs TEXT NOT NULL,
     erased_at BIGINT NOT NULL
 );
+-- An erasure deletes the idempotency keys of the sends it deletes.
+CREATE INDEX idempotency_keys_outbox ON idempotency_keys (outbox_id);
