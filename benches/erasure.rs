@@ -13,7 +13,7 @@
 //! daemon runs in-process and receives one real webhook from the subject, so its
 //! contact has a real data key; then, with the daemon stopped, `--messages` more of
 //! its messages are filled in by SQL the way the daemon stores them (sealed content of
-//! 120 bytes). The daemon starts again with `compliance.erasure_batch_size = --batch`
+//! 120 bytes), and `--others` messages of 1,000 other contacts of the same tenant. The daemon starts again with `compliance.erasure_batch_size = --batch`
 //! and `compliance.erasure_batch_pause_ms = --pause-ms`, and the subject's tenant asks for its
 //! erasure through the API. `unreadable_ms`: from the request's 201 to the subject's
 //! data key read back destroyed from another connection (polled every 2 ms); from the
@@ -39,6 +39,9 @@ struct Args {
     /// The subject's messages.
     #[arg(long, default_value_t = 100_000)]
     messages: u64,
+    /// Messages of 1,000 other contacts of the subject's tenant.
+    #[arg(long, default_value_t = 1_000_000)]
+    others: u64,
     /// compliance.erasure_batch_size
     #[arg(long, default_value_t = 200)]
     batch: u32,
@@ -56,10 +59,49 @@ struct Args {
 const SUBJECT: &str = "4915100000001";
 
 /// The subject's messages, filled in after its first one (same contact, conversation
-/// and key).
-fn fill(conn: &mut converra::storage::DbConn, messages: u64) {
+/// and key), then `others` messages of 1,000 other contacts of its tenant, taken first
+/// so the subject's come after them, as a contact's history lies in a busy tenant.
+fn fill(conn: &mut converra::storage::DbConn, messages: u64, others: u64) {
     let sqlite = matches!(conn, converra::storage::DbConn::Sqlite(_));
     let now = now_ms();
+    if others > 0 {
+        let series = |n: u64| {
+            match sqlite {
+            true => (
+                format!("WITH RECURSIVE seq(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM seq WHERE n < {}) ", n - 1),
+                "FROM seq".to_string(),
+            ),
+            false => (String::new(), format!("FROM generate_series(0::bigint, {}::bigint) AS seq(n)", n - 1)),
+        }
+        };
+        let (with, from) = series(1000);
+        run(
+            conn,
+            &format!(
+                "{with} INSERT INTO contacts (id, tenant_id, key_id, wa_id_bidx, marketing_opt_out, \
+                 first_seen_at, last_seen_at) SELECT 'other' || seq.n, m.tenant_id, 'key', 'other' || seq.n, \
+                 false, {now}, {now} {from} CROSS JOIN (SELECT tenant_id FROM messages LIMIT 1) m; \
+                 {with} INSERT INTO conversations (id, tenant_id, phone_number_id, contact_id, opened_at, \
+                 last_message_at) SELECT 'oc' || seq.n, m.tenant_id, 'num0', 'other' || seq.n, {now}, {now} \
+                 {from} CROSS JOIN (SELECT tenant_id FROM messages LIMIT 1) m;"
+            ),
+        );
+        let (with, from) = series(others);
+        let (blob, uuid) = match sqlite {
+            true => ("zeroblob(120)", format!("printf('%08x-%04x-6000-8000-%012x', ({now} - 1000 + seq.n / 1000) >> 16, ({now} - 1000 + seq.n / 1000) & 65535, seq.n)")),
+            false => ("decode(repeat('00', 120), 'hex')", format!("lpad(to_hex(({now} - 1000 + seq.n / 1000) >> 16), 8, '0') || '-' || lpad(to_hex(({now} - 1000 + seq.n / 1000) & 65535), 4, '0') || '-6000-8000-' || lpad(to_hex(seq.n), 12, '0')")),
+        };
+        run(
+            conn,
+            &format!(
+                "{with} INSERT INTO messages (id, tenant_id, conversation_id, contact_id, wamid_bidx, \
+                 direction, msg_type, sent_at, received_at, key_id, content_ct) \
+                 SELECT {uuid}, m.tenant_id, 'oc' || (seq.n % 1000), 'other' || (seq.n % 1000), 'o' || seq.n, \
+                 'inbound', 'text', {now}, {now}, 'key', {blob} \
+                 {from} CROSS JOIN (SELECT tenant_id FROM messages LIMIT 1) m"
+            ),
+        );
+    }
     let (series, from_series) = match sqlite {
         true => (
             format!(
@@ -98,7 +140,8 @@ fn fill(conn: &mut converra::storage::DbConn, messages: u64) {
              direction, msg_type, sent_at, received_at, key_id, content_ct) \
              SELECT {uuid}, m.tenant_id, m.conversation_id, m.contact_id, 'bench' || {id}, 'inbound', \
              'text', {now}, {now}, m.key_id, {blob} \
-             {from_series} CROSS JOIN (SELECT tenant_id, conversation_id, contact_id, key_id FROM messages LIMIT 1) m",
+             {from_series} CROSS JOIN (SELECT tenant_id, conversation_id, contact_id, key_id FROM messages \
+             WHERE wamid_bidx NOT LIKE 'o%' LIMIT 1) m",
         ),
     );
     if sqlite {
@@ -218,16 +261,18 @@ fn main() {
     daemon.join().unwrap();
     let (vault, pool) = converra::open_storage(&settings).unwrap();
     let filling = Instant::now();
-    fill(&mut pool.get().unwrap(), args.messages);
+    fill(&mut pool.get().unwrap(), args.messages, args.others);
     eprintln!(
-        "filled {} messages ({:.0} s)",
+        "filled {} + {} messages ({:.0} s)",
         args.messages,
+        args.others,
         filling.elapsed().as_secs_f64()
     );
     let key_id: String = {
         use converra::storage::schema::contacts;
         use diesel::prelude::*;
         converra::on_backend!(&mut *pool.get().unwrap(), c => contacts::table
+            .filter(contacts::key_id.ne("key"))
             .select(contacts::key_id)
             .limit(1)
             .get_result(c))
@@ -328,9 +373,10 @@ fn main() {
     let _ = daemon.join();
     support::drop_database(&args.backend, "erasure");
     println!(
-        "target=erasure backend={} messages={} batch={} pause_ms={} unreadable_ms={unreadable_ms} erase_s={erase_s:.1} messages_per_s={:.0}{}",
+        "target=erasure backend={} messages={} others={} batch={} pause_ms={} unreadable_ms={unreadable_ms} erase_s={erase_s:.1} messages_per_s={:.0}{}",
         args.backend,
         args.messages,
+        args.others,
         args.batch,
         args.pause_ms,
         deleted as f64 / erase_s,

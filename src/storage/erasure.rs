@@ -159,11 +159,17 @@ fn conversation_ids(
     tenant_id: &TenantId,
     contact_id: &ContactId,
 ) -> Result<Vec<String>, StorageError> {
-    Ok(on_backend!(conn, c => conversations::table
+    // By contact alone, the tenant checked here: given both, SQLite's planner can take
+    // the index that leads with the tenant and read all of the tenant's rows.
+    let found: Vec<(String, String)> = on_backend!(conn, c => conversations::table
         .filter(conversations::contact_id.eq(contact_id.as_str()))
-        .filter(conversations::tenant_id.eq(tenant_id.as_str()))
-        .select(conversations::id)
-        .load(c))?)
+        .select((conversations::id, conversations::tenant_id))
+        .load(c))?;
+    Ok(found
+        .into_iter()
+        .filter(|(_, tenant)| tenant == tenant_id.as_str())
+        .map(|(id, _)| id)
+        .collect())
 }
 
 #[derive(QueryableByName)]
@@ -482,20 +488,20 @@ fn erase_some(
     let conversations = conversation_ids(conn, &record.tenant_id, contact_id)?;
     let ids = message_ids(conn, &conversations, limit)?;
     if !ids.is_empty() {
+        // The rows by their ids alone (the tenant's, found through its conversations):
+        // with the tenant too, SQLite's planner can take the index that leads with it
+        // and read every message of the tenant for each batch.
         for chunk in ids.chunks(500) {
             let sends = on_backend!(conn, c => diesel::delete(outbox::table
-                .filter(outbox::id.eq_any(chunk))
-                .filter(outbox::tenant_id.eq(tenant)))
+                .filter(outbox::id.eq_any(chunk)))
                 .execute(c))?;
             progress.count("sends", sends);
             on_backend!(conn, c => diesel::delete(idempotency_keys::table
-                .filter(idempotency_keys::tenant_id.eq(tenant))
                 .filter(idempotency_keys::outbox_id.eq_any(chunk)))
                 .execute(c))?;
             // Statuses and media go with their message (foreign keys).
             let gone = on_backend!(conn, c => diesel::delete(messages::table
-                .filter(messages::id.eq_any(chunk))
-                .filter(messages::tenant_id.eq(tenant)))
+                .filter(messages::id.eq_any(chunk)))
                 .execute(c))?;
             progress.count("messages", gone);
         }
@@ -510,7 +516,6 @@ fn erase_some(
     if !sends.is_empty() {
         for chunk in sends.chunks(500) {
             on_backend!(conn, c => diesel::delete(idempotency_keys::table
-                .filter(idempotency_keys::tenant_id.eq(tenant))
                 .filter(idempotency_keys::outbox_id.eq_any(chunk)))
                 .execute(c))?;
             let gone = on_backend!(conn, c => diesel::delete(outbox::table
@@ -520,9 +525,9 @@ fn erase_some(
         }
         return Ok(true);
     }
+    // Contact ids are the tenant's own (UUIDs): by contact alone, for the planner.
     let runs: Vec<String> = on_backend!(conn, c => automation_runs::table
         .filter(automation_runs::contact_id.eq(contact))
-        .filter(automation_runs::tenant_id.eq(tenant))
         .limit(limit)
         .select(automation_runs::id)
         .load(c))?;
@@ -534,7 +539,6 @@ fn erase_some(
         return Ok(true);
     }
     let labels = on_backend!(conn, c => diesel::delete(contact_labels::table
-        .filter(contact_labels::tenant_id.eq(tenant))
         .filter(contact_labels::contact_id.eq(contact)))
         .execute(c))?;
     progress.count("labels", labels);
@@ -542,7 +546,6 @@ fn erase_some(
         .filter(portfolio_reach::contact_id.eq(contact)))
         .execute(c))?;
     let conversations = on_backend!(conn, c => diesel::delete(conversations::table
-        .filter(conversations::tenant_id.eq(tenant))
         .filter(conversations::contact_id.eq(contact)))
         .execute(c))?;
     progress.count("conversations", conversations);
