@@ -176,6 +176,39 @@ fn api(base: &str, key: &str, method: &str, path: &str, body: Option<Value>) -> 
     })
 }
 
+/// Downloads `path` as a stream, counting its bytes and its messages (the `"wamid"`
+/// keys, one per message), without holding the document.
+fn download(base: &str, key: &str, path: &str) -> (u64, u64) {
+    let url = format!("{base}{path}");
+    let key = key.to_string();
+    actix_rt::System::new().block_on(async move {
+        use futures_util::StreamExt;
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(600))
+            .finish();
+        let mut resp = client
+            .get(url)
+            .insert_header(("Authorization", format!("Bearer {key}")))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+        let needle = b"\"wamid\":";
+        let (mut bytes, mut messages) = (0u64, 0u64);
+        let mut tail: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp.next().await {
+            let chunk = chunk.unwrap();
+            bytes += chunk.len() as u64;
+            tail.extend_from_slice(&chunk);
+            messages += tail.windows(needle.len()).filter(|w| w == needle).count() as u64;
+            // Keep what a needle split across two chunks needs.
+            let keep = tail.len().min(needle.len() - 1);
+            tail.drain(..tail.len() - keep);
+        }
+        (bytes, messages)
+    })
+}
+
 fn post_webhook(base: &str, secret: &str) {
     let (body, signature) = {
         let now = now_ms() / 1000;
@@ -307,6 +340,43 @@ fn main() {
         std::thread::sleep(Duration::from_secs(3 + args.baseline));
     }
     let key = tenants[0].api_key.clone();
+    // Idle: the subject's access export first, downloaded whole, streamed.
+    let export_line = (args.ingest_rate == 0).then(|| {
+        let access = api(
+            &base,
+            &key,
+            "POST",
+            "/v1/privacy/requests",
+            Some(serde_json::json!({"kind": "access", "wa_id": SUBJECT})),
+        );
+        let id = access["id"].as_str().unwrap().to_string();
+        loop {
+            let state = api(
+                &base,
+                &key,
+                "GET",
+                &format!("/v1/privacy/requests/{id}"),
+                None,
+            );
+            if state["state"] == "completed" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let started = Instant::now();
+        let (bytes, messages) = download(&base, &key, &format!("/v1/privacy/requests/{id}/export"));
+        let seconds = started.elapsed().as_secs_f64();
+        assert_eq!(
+            messages,
+            args.messages + 1,
+            "every message of the subject exported"
+        );
+        format!(
+            " export_s={seconds:.2} export_messages_per_s={:.0} export_mib={:.1}",
+            messages as f64 / seconds,
+            bytes as f64 / (1 << 20) as f64
+        )
+    });
     let request = api(
         &base,
         &key,
@@ -380,7 +450,7 @@ fn main() {
         args.batch,
         args.pause_ms,
         deleted as f64 / erase_s,
-        ingest_line.unwrap_or_default()
+        ingest_line.or(export_line).unwrap_or_default()
     );
     assert_eq!(
         deleted,

@@ -476,8 +476,13 @@ impl Settings {
                 "must be at least 1",
             ));
         }
-        if !(1..=3650).contains(&self.inbox.keep_raw_days) {
-            return Err(invalid("inbox.keep_raw_days", "must be between 1 and 3650"));
+        // Raw payloads that name no subject become unreadable only when their day's key
+        // goes: within 30 days, an erasure is complete inside its one-month deadline.
+        if !(1..=30).contains(&self.inbox.keep_raw_days) {
+            return Err(invalid(
+                "inbox.keep_raw_days",
+                "must be between 1 and 30 (an erasure's one-month deadline)",
+            ));
         }
         if self.actors.park_after_attempts == 0 {
             return Err(invalid("actors.park_after_attempts", "must be at least 1"));

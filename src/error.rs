@@ -29,6 +29,8 @@ pub enum ErrorCode {
     Internal,
     /// 409: valid, but against a rule of what is stored; the code names the rule.
     Conflict(&'static str),
+    /// 410: what was there is gone for good (an expired export); the code says why.
+    Gone(&'static str),
     /// 422 from a write's validation: the code names the rule the field broke
     /// (`required`, `email`, ...).
     Invalid(&'static str),
@@ -48,7 +50,7 @@ impl ErrorCode {
             ErrorCode::NotConfigured => "not_configured",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
-            ErrorCode::Conflict(rule) | ErrorCode::Invalid(rule) => rule,
+            ErrorCode::Conflict(rule) | ErrorCode::Invalid(rule) | ErrorCode::Gone(rule) => rule,
         }
     }
 }
@@ -140,6 +142,7 @@ impl ResponseError for ApiError {
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::NotConfigured | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Conflict(_) => StatusCode::CONFLICT,
+            ErrorCode::Gone(_) => StatusCode::GONE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -326,6 +329,7 @@ mod tests {
                 ErrorCode::InvalidSignature => variant("InvalidSignature"),
                 ErrorCode::NotConfigured => variant("NotConfigured"),
                 ErrorCode::Unavailable => variant("Unavailable"),
+                ErrorCode::Gone(_) => variant("Gone("),
                 // From storage errors, below.
                 ErrorCode::Internal | ErrorCode::Conflict(_) | ErrorCode::Invalid(_) => {
                     vec![]
@@ -343,6 +347,7 @@ mod tests {
             ErrorCode::InvalidSignature,
             ErrorCode::NotConfigured,
             ErrorCode::Unavailable,
+            ErrorCode::Gone("export_expired"),
         ] {
             let needles = produced_by(code);
             assert!(
@@ -387,6 +392,7 @@ mod tests {
             ErrorCode::NotConfigured,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
+            ErrorCode::Gone("export_expired"),
         ];
         for code in all {
             let err = ApiError::field(code, "x", "m");

@@ -709,8 +709,8 @@ fn contact(settings: Settings, command: ContactCommand) -> anyhow::Result<()> {
     let Some(Recipient::WaId(wa_id)) = recipient_of(&wa_id) else {
         bail!("--wa-id must be a phone number in international format (digits)");
     };
-    if reason.trim().is_empty() {
-        bail!("--reason must not be empty");
+    if reason.trim().is_empty() || reason.trim().chars().count() > 1000 {
+        bail!("--reason must be a non-empty text of at most 1000 characters");
     }
     let (vault, mut conn) = operator_storage(&settings)?;
     let tenant = TenantId(tenant);

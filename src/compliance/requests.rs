@@ -15,7 +15,8 @@
 //! A rectification applies the changes kept on its request
 //! ([`crate::storage::rectification`]); the audit names the fields, not the values.
 //!
-//! Access and portability are refused when submitted: they are not built yet.
+//! Access and portability complete at once: their export is written when it is
+//! downloaded ([`crate::http::export`]).
 
 use serde_json::{json, Value};
 
@@ -30,14 +31,6 @@ use crate::storage::key_store::Vault;
 use crate::storage::privacy::{self, Kind, Request, State, Subject};
 use crate::storage::rectification;
 use crate::storage::{tenants, DbConn, StorageError};
-
-/// The kinds Converra executes today.
-pub fn executes(kind: Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Restriction | Kind::Objection | Kind::Erasure | Kind::Rectification
-    )
-}
 
 /// `request` as stored now, or `None` when it is no longer in progress (ended
 /// meanwhile: looked at twice).
@@ -342,6 +335,9 @@ pub fn run(
             outcome["raw_payloads_unreadable_by"] = json!(unreadable_by.to_string());
             None
         }
+        // The export is written when it is downloaded, from the data as it then is
+        // (`crate::http::export`); a subject never seen gets an empty one.
+        (_, Kind::Access | Kind::Portability) => None,
         (None, _) => Some("unknown_subject"),
         (Some(contact), Kind::Rectification) => {
             let applied = erasure::overwriting_freed(conn, |conn| {
@@ -372,7 +368,6 @@ pub fn run(
             privacy::set_contact_flag(conn, &request.tenant_id, contact, kind, Some(now_ms))?;
             None
         }
-        (Some(_), _) => Some("not_supported"),
     };
     let event = match reason {
         Some(_) => RequestEvent::Rejected,

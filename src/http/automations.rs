@@ -177,7 +177,7 @@ pub struct RunQuery {
 }
 
 #[derive(Serialize)]
-struct RunView {
+pub(super) struct RunView {
     id: String,
     /// None for an opt-out or opt-in confirmation.
     automation_id: Option<String>,

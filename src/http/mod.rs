@@ -5,6 +5,7 @@ pub mod api;
 pub mod audit;
 pub mod automations;
 pub mod crm;
+pub mod export;
 pub mod media;
 pub mod ops;
 pub mod outbound;
@@ -97,6 +98,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(resource("/privacy/requests/{id}/lift").route(web::post().to(privacy::lift)))
             .service(
                 resource("/privacy/requests/{id}/extend").route(web::post().to(privacy::extend)),
+            )
+            .service(
+                resource("/privacy/requests/{id}/export").route(web::get().to(export::download)),
             )
             .service(
                 resource("/settings")

@@ -19,7 +19,7 @@ use crate::storage::rectification::Changes;
 use crate::whatsapp::outbound::{recipient_of, Recipient};
 
 #[derive(Serialize)]
-struct RequestView {
+pub(super) struct RequestView {
     id: String,
     kind: &'static str,
     state: &'static str,
@@ -33,6 +33,9 @@ struct RequestView {
     completed_at: Option<String>,
     reason: Option<String>,
     lifted_at: Option<String>,
+    /// Where a completed access or portability request's export is downloaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    export_url: Option<String>,
     /// What it did, for the kinds that say (an erasure: keys destroyed, rows deleted,
     /// and the day raw payloads that name no subject become unreadable).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -44,7 +47,7 @@ fn end_of(day: &str) -> String {
     format!("{day}T23:59:59.999Z")
 }
 
-fn view(request: Request, today: time::Date) -> RequestView {
+pub(super) fn view(request: Request, today: time::Date) -> RequestView {
     let open = matches!(request.state, State::Received | State::InProgress);
     let days_left = time::Date::parse(
         request.due_on(),
@@ -64,6 +67,9 @@ fn view(request: Request, today: time::Date) -> RequestView {
         completed_at: request.completed_at.map(rfc3339),
         reason: request.reason,
         lifted_at: request.lifted_at.map(rfc3339),
+        export_url: (matches!(request.kind, Kind::Access | Kind::Portability)
+            && request.state == State::Completed)
+            .then(|| format!("/v1/privacy/requests/{}/export", request.id)),
         outcome: request.outcome,
         id: request.id,
     }
@@ -142,16 +148,6 @@ pub async fn submit(
                 format!("kind must be one of {}", kinds.join(", ")),
             )
         })?;
-    if !requests::executes(kind) {
-        return Err(ApiError::field(
-            ErrorCode::InvalidField,
-            "kind",
-            format!(
-                "{} requests are not available yet; erasure, rectification, restriction and objection are",
-                kind.as_str()
-            ),
-        ));
-    }
     // A rectification names its changes; no other kind has any.
     let changes = match (kind, body.get("changes")) {
         (Kind::Rectification, Some(changes)) => {
@@ -205,7 +201,7 @@ pub async fn submit(
 
 /// The caller's tenant, and the request id of the path (any id that is not one of
 /// Converra's is not found).
-async fn caller_and_request(
+pub(super) async fn caller_and_request(
     state: &AppState,
     req: &HttpRequest,
     id: web::Path<String>,

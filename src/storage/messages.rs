@@ -255,12 +255,15 @@ type MessageRow = (
 
 /// SQLite: a conversation's messages after a cursor (see
 /// [`super::conversation_index`]). ?1 conversation, ?2 cursor, ?3 limit, ?4 tenant.
+/// The tenant is checked on the rows found (`+tenant_id`): as an index constraint,
+/// SQLite's planner takes the retention index that leads with it and reads every
+/// message of the tenant for each page.
 const LIST_MESSAGES_SQLITE: &str = concat!(
     "SELECT id, wamid_bidx, wamid_ct, direction, msg_type, sent_at, status, key_id, content_ct, \
             error_json, revoked_at \
      FROM messages WHERE id IN (",
     super::conversation_index::message_ids_of_conversation!(),
-    ") AND tenant_id = ?4 ORDER BY id"
+    ") AND +tenant_id = ?4 ORDER BY id"
 );
 
 #[derive(QueryableByName)]

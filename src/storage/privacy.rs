@@ -293,6 +293,21 @@ pub fn list(
     rows.into_iter().map(request).collect()
 }
 
+/// The tenant's requests that name contact `contact_id`, oldest first.
+pub fn of_contact(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    contact_id: &ContactId,
+) -> Result<Vec<Request>, StorageError> {
+    let rows: Vec<Row> = on_backend!(conn, c => privacy_requests::table
+        .filter(privacy_requests::tenant_id.eq(tenant_id.as_str()))
+        .filter(privacy_requests::contact_id.eq(contact_id.as_str()))
+        .order(privacy_requests::id.asc())
+        .select(columns!())
+        .load(c))?;
+    rows.into_iter().map(request).collect()
+}
+
 /// Each tenant's next request to execute: its oldest open one.
 pub fn next_per_tenant(conn: &mut DbConn) -> Result<Vec<Request>, StorageError> {
     let rows: Vec<Row> = on_backend!(conn, c => privacy_requests::table

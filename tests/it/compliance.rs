@@ -433,12 +433,11 @@ async fn a_restriction_blocks_sends_until_lifted_and_every_step_is_told_and_audi
     }
 }
 
-/// Requests are refused naming the field at fault; kinds not built yet say so.
+/// Requests are refused naming the field at fault.
 #[actix_rt::test]
 async fn a_privacy_request_is_refused_naming_the_field() {
     let app = TestApp::start(&Backend::Sqlite).await;
     for (body, field) in [
-        (json!({"kind": "access", "wa_id": SUBJECT}), "kind"),
         (json!({"kind": "forget", "wa_id": SUBJECT}), "kind"),
         (json!({"kind": "restriction"}), "wa_id"),
         (json!({"kind": "restriction", "wa_id": "call me"}), "wa_id"),

@@ -918,3 +918,134 @@ async fn the_operator_marks_a_minor_and_the_daemon_erases_the_contact() {
         String::from_utf8_lossy(&unknown.stderr)
     );
 }
+
+/// An access request's export: one JSON document, led by its manifest, with the
+/// subject's contact and every one of its messages, and nothing of another contact or
+/// tenant; ready once the request completes, for the tenant that asked only, gone once
+/// it expires or the subject is erased.
+#[actix_rt::test]
+async fn an_access_export_holds_every_message_of_the_subject_and_nothing_else() {
+    for backend in backends() {
+        let clock = converra::clock::ManualClock::new(SystemClock.now_ms());
+        let hold = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let hooks = converra::actors::Hooks {
+            hold_compliance: Some(hold.clone()),
+            ..Default::default()
+        };
+        let app = TestApp::start_with_clock_hooks(&backend, clock.clone(), hooks, |_| {}).await;
+        for (i, words) in TEXTS.iter().enumerate() {
+            let body = webhook_from(
+                NUMBER_A,
+                SUBJECT,
+                SUBJECT_NAME,
+                &format!("wamid.x.{i}"),
+                words,
+            );
+            assert_eq!(app.post_signed(&body).await.0, 200);
+        }
+        let kept = webhook_from(
+            NUMBER_A,
+            OTHER,
+            "Otto Stays",
+            "wamid.x.keep",
+            "words that stay",
+        );
+        assert_eq!(app.post_signed(&kept).await.0, 200);
+        let elsewhere = webhook_from(
+            NUMBER_B,
+            SUBJECT,
+            SUBJECT_NAME,
+            "wamid.x.b",
+            "tenant b words",
+        );
+        assert_eq!(app.post_signed(&elsewhere).await.0, 200);
+        app.wait_messages(&app.a, 4).await;
+        app.wait_messages(&app.b, 1).await;
+
+        let (status, request) = app
+            .send_json(
+                "POST",
+                "/v1/privacy/requests",
+                &app.a.api_key,
+                &json!({"kind": "access", "wa_id": SUBJECT}),
+            )
+            .await;
+        assert_eq!(status, 201, "{backend:?}: {request}");
+        let id = request["id"].as_str().unwrap().to_string();
+        let url = format!("/v1/privacy/requests/{id}/export");
+        let (status, refused) = app.get(&url, Some(&app.a.api_key)).await;
+        assert_eq!(status, 409, "{backend:?}: {refused}");
+        assert_eq!(refused["error"]["code"], "export_not_ready", "{backend:?}");
+        hold.store(false, std::sync::atomic::Ordering::Release);
+        let done = wait_state(&app, &app.a, &id, "completed").await;
+        assert_eq!(done["export_url"], url.as_str(), "{backend:?}: {done}");
+
+        let (status, document) = app.get(&url, Some(&app.a.api_key)).await;
+        assert_eq!(status, 200, "{backend:?}: {document}");
+        assert_eq!(
+            document["manifest"]["request_id"],
+            id.as_str(),
+            "{backend:?}"
+        );
+        assert_eq!(document["manifest"]["kind"], "access", "{backend:?}");
+        assert_eq!(document["contact"]["wa_id"], SUBJECT, "{backend:?}");
+        assert_eq!(
+            document["contact"]["profile_name"], SUBJECT_NAME,
+            "{backend:?}"
+        );
+        let mut bodies: Vec<&str> = document["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["messages"].as_array().unwrap())
+            .map(|m| m["content"]["body"].as_str().unwrap())
+            .collect();
+        bodies.sort_unstable();
+        assert_eq!(bodies, TEXTS, "{backend:?}: every message of the subject");
+        assert_eq!(document["totals"]["messages"], 3, "{backend:?}");
+        assert!(document["privacy_requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str()));
+        let text = document.to_string();
+        for other in [
+            "words that stay",
+            "Otto Stays",
+            OTHER,
+            "tenant b words",
+            &app.b.id,
+        ] {
+            assert!(!text.contains(other), "{backend:?}: {other} in the export");
+        }
+        let (status, _) = app.get(&url, Some(&app.b.api_key)).await;
+        assert_eq!(status, 404, "{backend:?}: another tenant's export");
+
+        // A subject never seen: an empty export.
+        let (_, unknown) = app
+            .send_json(
+                "POST",
+                "/v1/privacy/requests",
+                &app.a.api_key,
+                &json!({"kind": "portability", "wa_id": "4915199999999"}),
+            )
+            .await;
+        let unknown_id = unknown["id"].as_str().unwrap();
+        wait_state(&app, &app.a, unknown_id, "completed").await;
+        let (status, empty) = app
+            .get(
+                &format!("/v1/privacy/requests/{unknown_id}/export"),
+                Some(&app.a.api_key),
+            )
+            .await;
+        assert_eq!(status, 200, "{backend:?}: {empty}");
+        assert!(empty["contact"].is_null(), "{backend:?}");
+        assert_eq!(empty["conversations"], json!([]), "{backend:?}");
+
+        // Past the tenant's exports period (7 days by default): gone.
+        clock.advance_ms(8 * 86_400_000);
+        let (status, expired) = app.get(&url, Some(&app.a.api_key)).await;
+        assert_eq!(status, 410, "{backend:?}: {expired}");
+        assert_eq!(expired["error"]["code"], "export_expired", "{backend:?}");
+    }
+}
