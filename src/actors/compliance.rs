@@ -170,8 +170,12 @@ async fn erase(
     };
     slog::info!(core.log, "erasure: the subject's keys are destroyed";
         "request" => &request.id, "tenant" => &tenant, "ms" => began.elapsed().as_millis());
-    if let (Some(contact), Some(addr)) = (&request.contact_id, core.tenants.get(&tenant)) {
-        addr.do_send(ForgetContact(contact.clone()));
+    // The contact the record names: the request's, or the one it was merged into.
+    if let Some(contact) = &record.contact_id {
+        core.writer.contact_gone(contact);
+        if let Some(addr) = core.tenants.get(&tenant) {
+            addr.do_send(ForgetContact(contact.clone()));
+        }
     }
     let batch = i64::from(core.settings.compliance.erasure_batch_size);
     let pause = Duration::from_millis(core.settings.compliance.erasure_batch_pause_ms);

@@ -52,11 +52,16 @@ pub fn shred(
     let Some(mut request) = in_progress(conn, request)? else {
         return Ok(None);
     };
-    // Merged into another contact since it started: the erasure follows the subject.
-    if let Some(found) = privacy::find_subject(conn, &request.tenant_id, &request.subject_bidx)? {
-        if request.contact_id.as_ref() != Some(&found) {
-            privacy::set_contact(conn, &request, &found)?;
-            request.contact_id = Some(found);
+    // Not recorded yet: the subject's contact as it is now (it may have appeared, or
+    // been merged into another, since the request started). Once recorded, the record
+    // names it: the subject writing again later is a new contact, not erased.
+    if !erasure::recorded(conn, vault, &request.id)? {
+        if let Some(found) = privacy::find_subject(conn, &request.tenant_id, &request.subject_bidx)?
+        {
+            if request.contact_id.as_ref() != Some(&found) {
+                privacy::set_contact(conn, &request, &found)?;
+                request.contact_id = Some(found);
+            }
         }
     }
     let subject = erasure::Subject {

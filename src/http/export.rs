@@ -22,7 +22,10 @@ use crate::retention::Category;
 use crate::storage::contacts::{list_contacts, ContactFilter};
 use crate::storage::key_store::Vault;
 use crate::storage::privacy::{self, Kind, Request, State};
-use crate::storage::{automations, conversations, messages, retention, DbConn, StorageError};
+use crate::storage::{
+    automations, conversations, messages, retention, with_conn, DbConn, Pool, StorageError,
+};
+use futures_util::StreamExt;
 
 /// Messages read a page at a time.
 const PAGE: i64 = 1_000;
@@ -68,7 +71,7 @@ pub async fn download(
     }
     let pool = state.core.pool.clone();
     let vault = state.core.keyring.clone();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, ExportFailed>>(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, ExportFailed>>(4);
     let today = dates::day_of(now);
     // The subject still held: erased since, the export is gone.
     let contact = request.contact_id.clone();
@@ -92,22 +95,39 @@ pub async fn download(
             buf: Vec::with_capacity(CHUNK),
             tx,
         };
-        let written = pool.get().map_err(StorageError::from).and_then(|mut conn| {
-            write_document(
-                &mut conn, &vault, &tenant, &request, contact, today, now, &mut out,
-            )
-        });
-        match written {
+        match write_document(
+            &pool, &vault, &tenant, &request, contact, today, now, &mut out,
+        ) {
             Ok(()) => out.flush(),
             Err(e) => {
-                // The client sees the document cut short; the log says why.
                 let _ = out.tx.blocking_send(Err(ExportFailed(e.to_string())));
             }
         }
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
+    // The answer waits for the first chunk: a failure before it is a plain 500.
+    let first = match rx.recv().await {
+        Some(Ok(first)) => first,
+        Some(Err(e)) => return Err(ApiError::internal_logged(&state.core.log, &e.to_string())),
+        None => {
+            return Err(ApiError::internal_logged(
+                &state.core.log,
+                "the export's writer stopped",
+            ))
+        }
+    };
+    let log = state.core.log.clone();
+    let rest = futures_util::stream::unfold(rx, move |mut rx| {
+        let log = log.clone();
+        async move {
+            let chunk = rx.recv().await?;
+            if let Err(e) = &chunk {
+                // The client sees the document cut short (no "totals").
+                slog::warn!(log, "an export failed while streaming"; "error" => %e);
+            }
+            Some((chunk, rx))
+        }
     });
+    let body = futures_util::stream::once(async move { Ok(first) }).chain(rest);
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .insert_header((
@@ -195,7 +215,7 @@ impl Writer {
 /// [{..., "messages": [...]}], "automation_runs", "retention", "totals"}`.
 #[allow(clippy::too_many_arguments)]
 fn write_document(
-    conn: &mut DbConn,
+    pool: &Pool,
     vault: &Vault,
     tenant: &TenantId,
     request: &Request,
@@ -223,20 +243,21 @@ fn write_document(
     let Some(contact_id) = request.contact_id.as_ref().filter(|_| contact.is_some()) else {
         // A subject the tenant never saw: an empty export.
         out.text(",\"privacy_requests\":[],\"conversations\":[],\"automation_runs\":[]")?;
-        return finish(conn, tenant, out, (0, 0, 0));
+        return finish(pool, tenant, out, (0, 0, 0));
     };
     out.text(",\"privacy_requests\":")?;
-    let requests: Vec<_> = privacy::of_contact(conn, tenant, contact_id)?
+    // A connection a query: none is held while the client reads.
+    let requests: Vec<_> = with_conn(pool, |conn| privacy::of_contact(conn, tenant, contact_id))?
         .into_iter()
         .map(|r| view(r, today))
         .collect();
     out.value(&requests)?;
     out.text(",\"conversations\":[")?;
     let mut totals = (0u64, 0u64, 0u64);
-    for (n, conversation) in conversations::of_contact(conn, tenant, contact_id)?
-        .into_iter()
-        .enumerate()
-    {
+    let all = with_conn(pool, |conn| {
+        conversations::of_contact(conn, tenant, contact_id)
+    })?;
+    for (n, conversation) in all.into_iter().enumerate() {
         totals.0 += 1;
         if n > 0 {
             out.text(",")?;
@@ -251,7 +272,9 @@ fn write_document(
         let mut after: Option<String> = None;
         let mut first = true;
         loop {
-            let page = messages::list_messages(conn, vault, tenant, &id, after.as_deref(), PAGE)?;
+            let page = with_conn(pool, |conn| {
+                messages::list_messages(conn, vault, tenant, &id, after.as_deref(), PAGE)
+            })?;
             let Some(last) = page.last() else { break };
             after = Some(last.id.to_string());
             let full = page.len() as i64 == PAGE;
@@ -273,14 +296,16 @@ fn write_document(
     let mut cursor: Option<String> = None;
     let mut first = true;
     loop {
-        let runs = automations::runs(
-            conn,
-            tenant,
-            None,
-            Some(contact_id.as_str()),
-            cursor.as_deref(),
-            PAGE,
-        )?;
+        let runs = with_conn(pool, |conn| {
+            automations::runs(
+                conn,
+                tenant,
+                None,
+                Some(contact_id.as_str()),
+                cursor.as_deref(),
+                PAGE,
+            )
+        })?;
         let Some(last) = runs.last() else { break };
         cursor = Some(last.id.clone());
         let full = runs.len() as i64 == PAGE;
@@ -297,17 +322,17 @@ fn write_document(
         }
     }
     out.text("]")?;
-    finish(conn, tenant, out, totals)
+    finish(pool, tenant, out, totals)
 }
 
 /// The tenant's retention periods (how long each category is kept) and the totals.
 fn finish(
-    conn: &mut DbConn,
+    pool: &Pool,
     tenant: &TenantId,
     out: &mut Writer,
     (conversations, messages, runs): (u64, u64, u64),
 ) -> Result<(), StorageError> {
-    let policies = retention::policies(conn, tenant)?;
+    let policies = with_conn(pool, |conn| retention::policies(conn, tenant))?;
     let periods: serde_json::Map<String, serde_json::Value> = Category::ALL
         .iter()
         .map(|c| (c.as_str().to_string(), json!(policies.days.get(c))))

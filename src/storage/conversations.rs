@@ -294,16 +294,21 @@ pub fn of_contact(
     tenant_id: &TenantId,
     contact_id: &ContactId,
 ) -> Result<Vec<Conversation>, StorageError> {
-    let rows: Vec<ConversationRow> = on_backend!(conn, c => conversations::table
-        .filter(conversations::tenant_id.eq(tenant_id.as_str()))
+    // By contact alone, the tenant checked on the rows: given both, SQLite's planner
+    // can take the index that leads with the tenant and read all of its conversations.
+    let rows: Vec<(ConversationRow, String)> = on_backend!(conn, c => conversations::table
         .filter(conversations::contact_id.eq(contact_id.as_str()))
-        .select((conversations::id, conversations::contact_id, conversations::phone_number_id,
+        .select(((conversations::id, conversations::contact_id, conversations::phone_number_id,
                  conversations::opened_at, conversations::last_inbound_at,
                  conversations::window_ends_at, conversations::last_message_at,
-                 conversations::closed_at))
+                 conversations::closed_at), conversations::tenant_id))
         .order(conversations::id.asc())
         .load(c))?;
-    Ok(rows.into_iter().map(conversation_view).collect())
+    Ok(rows
+        .into_iter()
+        .filter(|(_, tenant)| tenant == tenant_id.as_str())
+        .map(|(row, _)| conversation_view(row))
+        .collect())
 }
 
 /// Closes conversation `conversation_id` of `tenant_id` at `closed_at`, or opens it

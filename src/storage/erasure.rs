@@ -97,6 +97,11 @@ fn find_record(
     row.map(record_of).transpose()
 }
 
+/// Whether the erasure of request `request_id` is recorded (its first step done).
+pub fn recorded(conn: &mut DbConn, vault: &Vault, request_id: &str) -> Result<bool, StorageError> {
+    Ok(find_record(conn, vault, request_id)?.is_some())
+}
+
 /// Every erasure record, oldest first, after `after` (a request id), at most `limit`.
 pub fn records(
     conn: &mut DbConn,

@@ -1,8 +1,9 @@
 //! Rectification: the corrections a business forwards for its customer's contact
 //! fields. They wait on their request sealed under the contact's own key (so an
 //! erasure before they run makes them unreadable too), and are emptied when applied:
-//! the contact then holds only the new values, and nothing holds the old ones. The
-//! audit log names the fields changed, never a value.
+//! the contact's row then holds only the new values (on SQLite the replaced ones are
+//! overwritten in place; PostgreSQL's dead row versions go with its vacuum). The audit
+//! log names the fields given, never a value.
 
 use diesel::prelude::*;
 use serde_json::Value;
@@ -181,13 +182,18 @@ pub fn apply(
     let contact = contact_id.as_str();
     // Sealed under the contact's own key, which may differ from the one the changes
     // waited under (a merge).
-    let contact_key_id: String = on_backend!(conn, c => contacts::table
+    let contact_key_id: Option<String> = on_backend!(conn, c => contacts::table
         .find(contact)
         .filter(contacts::tenant_id.eq(tenant))
         .select(contacts::key_id)
-        .get_result(c))?;
-    let contact_key = load_data_key(conn, vault, &request.tenant_id, &contact_key_id)?
-        .ok_or(StorageError::NotFound)?;
+        .get_result(c)
+        .optional())?;
+    let Some(contact_key_id) = contact_key_id else {
+        return Ok(None);
+    };
+    let Some(contact_key) = load_data_key(conn, vault, &request.tenant_id, &contact_key_id)? else {
+        return Ok(None);
+    };
     let seal = |column: &'static str,
                 value: &Option<String>|
      -> Result<Option<Vec<u8>>, StorageError> {

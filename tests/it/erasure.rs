@@ -1042,6 +1042,12 @@ async fn an_access_export_holds_every_message_of_the_subject_and_nothing_else() 
         assert!(empty["contact"].is_null(), "{backend:?}");
         assert_eq!(empty["conversations"], json!([]), "{backend:?}");
 
+        // The subject erased: the export is gone.
+        erase(&app, &app.a, SUBJECT).await;
+        let (status, gone) = app.get(&url, Some(&app.a.api_key)).await;
+        assert_eq!(status, 410, "{backend:?}: {gone}");
+        assert_eq!(gone["error"]["code"], "export_gone", "{backend:?}");
+
         // Past the tenant's exports period (7 days by default): gone.
         clock.advance_ms(8 * 86_400_000);
         let (status, expired) = app.get(&url, Some(&app.a.api_key)).await;

@@ -1,3 +1,4 @@
+DROP TABLE IF EXISTS keystore.erasures;
 DROP INDEX idempotency_keys_outbox;
 ALTER TABLE privacy_requests DROP COLUMN changes_key_id;
 ALTER TABLE privacy_requests DROP COLUMN changes_ct;

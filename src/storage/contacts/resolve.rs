@@ -13,7 +13,9 @@ use crate::storage::key_store::Vault;
 use crate::storage::keys::{insert_data_key, load_data_key};
 use crate::storage::messages::move_conversation_messages;
 use crate::storage::on_backend;
-use crate::storage::schema::{automation_runs, contacts, conversations, outbox, portfolio_reach};
+use crate::storage::schema::{
+    automation_runs, contacts, conversations, outbox, portfolio_reach, privacy_requests,
+};
 use crate::storage::{DbConn, StorageError};
 
 /// Finds or creates the contact for `ids`, linking a BSUID and a phone number seen
@@ -229,6 +231,11 @@ fn merge_contacts(
         .set(automation_runs::contact_id.eq(into))
         .execute(c))?;
     // Deleted first: its blind indexes are unique and may pass to the survivor.
+    // The data-subject requests that named it name the contact it became.
+    on_backend!(conn, c => diesel::update(privacy_requests::table
+        .filter(privacy_requests::contact_id.eq(from)))
+        .set(privacy_requests::contact_id.eq(into))
+        .execute(c))?;
     on_backend!(conn, c => diesel::delete(contacts::table.find(from)).execute(c))?;
     let sealed_record = |id: &str| {
         records
