@@ -497,13 +497,8 @@ fn erase_some(
         // with the tenant too, SQLite's planner can take the index that leads with it
         // and read every message of the tenant for each batch.
         for chunk in ids.chunks(500) {
-            let sends = on_backend!(conn, c => diesel::delete(outbox::table
-                .filter(outbox::id.eq_any(chunk)))
-                .execute(c))?;
-            progress.count("sends", sends);
-            on_backend!(conn, c => diesel::delete(idempotency_keys::table
-                .filter(idempotency_keys::outbox_id.eq_any(chunk)))
-                .execute(c))?;
+            // A message's send has the message's id.
+            delete_sends(conn, chunk, progress)?;
             // Statuses and media go with their message (foreign keys).
             let gone = on_backend!(conn, c => diesel::delete(messages::table
                 .filter(messages::id.eq_any(chunk)))
@@ -520,13 +515,7 @@ fn erase_some(
         .load(c))?;
     if !sends.is_empty() {
         for chunk in sends.chunks(500) {
-            on_backend!(conn, c => diesel::delete(idempotency_keys::table
-                .filter(idempotency_keys::outbox_id.eq_any(chunk)))
-                .execute(c))?;
-            let gone = on_backend!(conn, c => diesel::delete(outbox::table
-                .filter(outbox::id.eq_any(chunk)))
-                .execute(c))?;
-            progress.count("sends", gone);
+            delete_sends(conn, chunk, progress)?;
         }
         return Ok(true);
     }
@@ -560,6 +549,22 @@ fn erase_some(
         .execute(c))?;
     progress.count("contacts", contacts);
     Ok(false)
+}
+
+/// Deletes the sends `ids` with their idempotency keys.
+fn delete_sends(
+    conn: &mut DbConn,
+    ids: &[String],
+    progress: &mut Progress,
+) -> Result<(), StorageError> {
+    on_backend!(conn, c => diesel::delete(idempotency_keys::table
+        .filter(idempotency_keys::outbox_id.eq_any(ids)))
+        .execute(c))?;
+    let gone = on_backend!(conn, c => diesel::delete(outbox::table
+        .filter(outbox::id.eq_any(ids)))
+        .execute(c))?;
+    progress.count("sends", gone);
+    Ok(())
 }
 
 /// One step of the pass over the inbox by id (nothing indexes it by subject): windows
