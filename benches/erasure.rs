@@ -256,31 +256,7 @@ fn main() {
     let (keyring, pool) = converra::open_storage(&settings).unwrap();
     let tenants: Vec<converra::storage::tenants::CreatedTenant> = {
         let mut conn = pool.get().unwrap();
-        (0..2)
-            .map(|n| {
-                let tenant = converra::storage::tenants::create_tenant(
-                    &mut conn,
-                    &format!("tenant-{n}"),
-                    "ops@erasure.example",
-                    0,
-                )
-                .unwrap();
-                converra::storage::tenants::add_phone_number(
-                    &mut conn,
-                    &keyring,
-                    &converra::storage::tenants::NewPhoneNumber {
-                        tenant_id: &tenant.tenant_id,
-                        phone_number_id: &format!("num{n}"),
-                        display_phone_number: "15550000000",
-                        waba_id: "WABA",
-                        access_token: "EAAG-bench",
-                    },
-                    0,
-                )
-                .unwrap();
-                tenant
-            })
-            .collect()
+        support::create_tenants(&mut conn, &keyring, 2, "ops@erasure.example")
     };
     drop(pool);
     let secret = settings.whatsapp.app_secret.clone();

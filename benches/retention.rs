@@ -213,31 +213,11 @@ fn main() {
     let (keyring, pool) = converra::open_storage(&settings).unwrap();
     let tenants: Vec<String> = {
         let mut conn = pool.get().unwrap();
-        let tenants: Vec<String> = (0..args.tenants)
-            .map(|n| {
-                let tenant = converra::storage::tenants::create_tenant(
-                    &mut conn,
-                    &format!("tenant-{n}"),
-                    "ops@retention.example",
-                    0,
-                )
-                .unwrap();
-                converra::storage::tenants::add_phone_number(
-                    &mut conn,
-                    &keyring,
-                    &converra::storage::tenants::NewPhoneNumber {
-                        tenant_id: &tenant.tenant_id,
-                        phone_number_id: &format!("num{n}"),
-                        display_phone_number: "15550000000",
-                        waba_id: "WABA",
-                        access_token: "EAAG-bench",
-                    },
-                    0,
-                )
-                .unwrap();
-                tenant.tenant_id
-            })
-            .collect();
+        let tenants: Vec<String> =
+            support::create_tenants(&mut conn, &keyring, args.tenants, "ops@retention.example")
+                .into_iter()
+                .map(|tenant| tenant.tenant_id)
+                .collect();
         fill(&mut conn, &args, &tenants);
         tenants
     };

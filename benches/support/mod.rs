@@ -70,6 +70,36 @@ pub fn run(conn: &mut converra::storage::DbConn, sql: &str) {
     .unwrap_or_else(|e| panic!("{e}: {sql}"));
 }
 
+/// `count` tenants, each with one number (`num0`, `num1`, ...).
+pub fn create_tenants(
+    conn: &mut converra::storage::DbConn,
+    vault: &converra::storage::key_store::Vault,
+    count: u64,
+    email: &str,
+) -> Vec<converra::storage::tenants::CreatedTenant> {
+    (0..count)
+        .map(|n| {
+            let tenant =
+                converra::storage::tenants::create_tenant(conn, &format!("tenant-{n}"), email, 0)
+                    .unwrap();
+            converra::storage::tenants::add_phone_number(
+                conn,
+                vault,
+                &converra::storage::tenants::NewPhoneNumber {
+                    tenant_id: &tenant.tenant_id,
+                    phone_number_id: &format!("num{n}"),
+                    display_phone_number: "15550000000",
+                    waba_id: "WABA",
+                    access_token: "EAAG-bench",
+                },
+                0,
+            )
+            .unwrap();
+            tenant
+        })
+        .collect()
+}
+
 /// The daemon, in-process on its own thread, until the returned sender is used (or
 /// dropped); its address and the thread.
 pub fn start_daemon(

@@ -337,19 +337,7 @@ pub fn shred(
     if let Some(contact_id) = &record.contact_id {
         let keys = contact_key_ids(conn, tenant_id, contact_id)?;
         keys_destroyed = destroy_data_keys(conn, vault, tenant_id, &keys, now_ms)?;
-        on_backend!(conn, c => diesel::update(contacts::table
-            .find(contact_id.as_str())
-            .filter(contacts::tenant_id.eq(tenant_id.as_str())))
-            .set((
-                contacts::wa_id_bidx.eq(None::<String>),
-                contacts::user_id_bidx.eq(None::<String>),
-                contacts::wa_id_ct.eq(None::<Vec<u8>>),
-                contacts::user_id_ct.eq(None::<Vec<u8>>),
-                contacts::username_ct.eq(None::<Vec<u8>>),
-                contacts::profile_name_ct.eq(None::<Vec<u8>>),
-                contacts::crm_ct.eq(None::<Vec<u8>>),
-            ))
-            .execute(c))?;
+        empty_contact(conn, tenant_id, contact_id)?;
     }
     // Once, with the record: a step resumed after a crash finds the keys gone.
     if recorded {
@@ -370,6 +358,28 @@ pub fn shred(
         record,
         keys_destroyed,
     })
+}
+
+/// Empties the contact row of every identifier and sealed value (a contact without
+/// identifiers is one being erased); returns how many rows it emptied.
+fn empty_contact(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    contact_id: &ContactId,
+) -> Result<usize, StorageError> {
+    Ok(on_backend!(conn, c => diesel::update(contacts::table
+        .find(contact_id.as_str())
+        .filter(contacts::tenant_id.eq(tenant_id.as_str())))
+        .set((
+            contacts::wa_id_bidx.eq(None::<String>),
+            contacts::user_id_bidx.eq(None::<String>),
+            contacts::wa_id_ct.eq(None::<Vec<u8>>),
+            contacts::user_id_ct.eq(None::<Vec<u8>>),
+            contacts::username_ct.eq(None::<Vec<u8>>),
+            contacts::profile_name_ct.eq(None::<Vec<u8>>),
+            contacts::crm_ct.eq(None::<Vec<u8>>),
+        ))
+        .execute(c))?)
 }
 
 /// Destroys the tenant's data keys `key_ids` (those not destroyed before); returns how
@@ -614,19 +624,7 @@ pub fn reapply(conn: &mut DbConn, record: &ErasureRecord) -> Result<bool, Storag
     let Some(contact_id) = &record.contact_id else {
         return Ok(false);
     };
-    let found = on_backend!(conn, c => diesel::update(contacts::table
-        .find(contact_id.as_str())
-        .filter(contacts::tenant_id.eq(record.tenant_id.as_str())))
-        .set((
-            contacts::wa_id_bidx.eq(None::<String>),
-            contacts::user_id_bidx.eq(None::<String>),
-            contacts::wa_id_ct.eq(None::<Vec<u8>>),
-            contacts::user_id_ct.eq(None::<Vec<u8>>),
-            contacts::username_ct.eq(None::<Vec<u8>>),
-            contacts::profile_name_ct.eq(None::<Vec<u8>>),
-            contacts::crm_ct.eq(None::<Vec<u8>>),
-        ))
-        .execute(c))?;
+    let found = empty_contact(conn, &record.tenant_id, contact_id)?;
     Ok(found > 0)
 }
 
