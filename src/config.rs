@@ -132,6 +132,28 @@ pub struct RetentionDays {
     pub audit: u32,
 }
 
+/// The longest period any category can be kept: a hundred years.
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+
+impl RetentionDays {
+    /// Each period with its key in the configuration.
+    fn each(&self) -> [(&'static str, u32); 8] {
+        [
+            ("retention.days.messages", self.messages),
+            ("retention.days.media", self.media),
+            ("retention.days.raw_payloads", self.raw_payloads),
+            ("retention.days.automation_runs", self.automation_runs),
+            ("retention.days.technical", self.technical),
+            (
+                "retention.days.closed_conversations",
+                self.closed_conversations,
+            ),
+            ("retention.days.exports", self.exports),
+            ("retention.days.audit", self.audit),
+        ]
+    }
+}
+
 /// Fetching the media of inbound messages from Meta.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -237,6 +259,22 @@ pub struct LogSettings {
     pub format: String,
 }
 
+impl LogSettings {
+    /// `log.level` as slog's level; `None` when it names none.
+    pub fn slog_level(&self) -> Option<slog::Level> {
+        use slog::Level;
+        match self.level.as_str() {
+            "trace" => Some(Level::Trace),
+            "debug" => Some(Level::Debug),
+            "info" => Some(Level::Info),
+            "warning" | "warn" => Some(Level::Warning),
+            "error" => Some(Level::Error),
+            "critical" => Some(Level::Critical),
+            _ => None,
+        }
+    }
+}
+
 const REDACTED: &str = "<redacted>";
 
 impl Settings {
@@ -324,11 +362,11 @@ impl Settings {
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
         }
-        let data = crate::storage::DatabaseUrl::parse(&self.database.url)
-            .map_err(|e| invalid("database.url", e.to_string()))?;
+        let data =
+            DatabaseUrl::parse(&self.database.url).map_err(|e| invalid("database.url", e))?;
         if !self.database.key_store_url.is_empty() {
-            let keys = crate::storage::DatabaseUrl::parse(&self.database.key_store_url)
-                .map_err(|e| invalid("database.key_store_url", e.to_string()))?;
+            let keys = DatabaseUrl::parse(&self.database.key_store_url)
+                .map_err(|e| invalid("database.key_store_url", e))?;
             if data.backend_name() != "postgres" || keys.backend_name() != "postgres" {
                 return Err(invalid(
                     "database.key_store_url",
@@ -452,7 +490,7 @@ impl Settings {
         if self.security.master_key_file.is_empty() {
             return Err(invalid("security.master_key_file", "must name a file"));
         }
-        if crate::logging::parse_level(&self.log.level).is_none() {
+        if self.log.slog_level().is_none() {
             return Err(invalid(
                 "log.level",
                 format!(
@@ -557,7 +595,7 @@ impl Settings {
                 "must be from 1 to 86400",
             ));
         }
-        use crate::retention::{Category, MAX_DAYS};
+        const MAX_DAYS: u32 = MAX_RETENTION_DAYS;
         let retention = &self.retention;
         if !(1..=7 * 86_400).contains(&retention.sweep_interval_secs) {
             return Err(invalid(
@@ -577,13 +615,9 @@ impl Settings {
                 format!("must be at most {MAX_DAYS}"),
             ));
         }
-        for category in Category::ALL {
-            let days = category.operator_default(retention);
+        for (key, days) in retention.days.each() {
             if days > MAX_DAYS {
-                return Err(invalid(
-                    category.config_key(),
-                    format!("must be at most {MAX_DAYS}"),
-                ));
+                return Err(invalid(key, format!("must be at most {MAX_DAYS}")));
             }
         }
         if retention.days.audit < retention.audit_min_days {
@@ -712,6 +746,45 @@ fn redact_url_password(raw: &str) -> String {
         parsed.query_pairs_mut().clear().extend_pairs(pairs);
     }
     parsed.to_string()
+}
+
+/// A parsed `database.url` (or `database.key_store_url`): the scheme names the backend.
+/// A refusal never repeats the URL, which may hold a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str) -> Result<DatabaseUrl, String> {
+        if let Some(path) = raw.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(
+                    "sqlite:// needs a file path, for example sqlite://data/converra.db".into(),
+                );
+            }
+            return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+        }
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(raw.to_string()));
+        }
+        // The rest may hold a password: only a scheme is named, and only one that
+        // parsed as one.
+        match raw.split_once("://") {
+            Some((scheme, _)) if scheme.chars().all(|c| c.is_ascii_alphanumeric()) => Err(format!(
+                "unsupported scheme {scheme:?}: use sqlite://PATH or postgres://USER@HOST/DB"
+            )),
+            _ => Err("not a database URL: use sqlite://PATH or postgres://USER@HOST/DB".into()),
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            DatabaseUrl::Sqlite(_) => "sqlite",
+            DatabaseUrl::Postgres(_) => "postgres",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The error policy of the HTTP API, in one place. Every refusal is a status code and
 //! `{"error": {"code", "message", "field"}}` naming what was wrong. Storage errors map
-//! as: not found → 404; a value breaking a rule → 422 `invalid_field` naming the field;
-//! a clash with what is stored → 409 with a code naming the rule; database
+//! as: not found → 404; a value breaking a rule → 422 `invalid_field` naming the field
+//! and the [`Rule`] it broke; a clash with what is stored → 409 with a code naming the rule; database
 //! unavailable, pool timeout or lock → 503 (retry); anything else → 500, its cause in
 //! the log under a request id that the response carries too (`request_id` in the body
 //! and the `X-Request-Id` header).
@@ -10,6 +10,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::rules::Rule;
 use crate::storage::StorageError;
 
 /// The error codes of the JSON body; one enum so they stay consistent.
@@ -19,7 +20,10 @@ pub enum ErrorCode {
     Forbidden,
     NotFound,
     MethodNotAllowed,
-    InvalidField,
+    /// 422: a field breaks a rule of its own; the body names the field and the rule.
+    InvalidField(Rule),
+    /// 422: an `Idempotency-Key` given again with another request.
+    IdempotencyKeyReused,
     PayloadTooLarge,
     /// The client did not send its request within `server.client_timeout_ms`.
     RequestTimeout,
@@ -31,9 +35,6 @@ pub enum ErrorCode {
     Conflict(&'static str),
     /// 410: what was there is gone for good (an expired export); the code says why.
     Gone(&'static str),
-    /// 422 from a write's validation: the code names the rule the field broke
-    /// (`required`, `email`, ...).
-    Invalid(&'static str),
 }
 
 impl ErrorCode {
@@ -43,14 +44,15 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
-            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::InvalidField(_) => "invalid_field",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::InvalidSignature => "invalid_signature",
             ErrorCode::NotConfigured => "not_configured",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
-            ErrorCode::Conflict(rule) | ErrorCode::Invalid(rule) | ErrorCode::Gone(rule) => rule,
+            ErrorCode::Conflict(rule) | ErrorCode::Gone(rule) => rule,
         }
     }
 }
@@ -85,6 +87,8 @@ struct Inner<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<Rule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
 }
 
@@ -107,6 +111,11 @@ impl ApiError {
             cause: None,
             request_id: None,
         }
+    }
+
+    /// A 422: `field` (a dotted path) breaks `rule`; `message` says how.
+    pub fn invalid(rule: Rule, field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::field(ErrorCode::InvalidField(rule), field, message)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
@@ -137,7 +146,9 @@ impl ResponseError for ApiError {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::InvalidField | ErrorCode::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidField(_) | ErrorCode::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::NotConfigured | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -157,6 +168,10 @@ impl ResponseError for ApiError {
                 code: self.code,
                 message: &self.message,
                 field: self.field.as_deref(),
+                rule: match self.code {
+                    ErrorCode::InvalidField(rule) => Some(rule),
+                    _ => None,
+                },
                 request_id: self.request_id.as_deref(),
             },
         })
@@ -171,7 +186,12 @@ impl From<StorageError> for ApiError {
                 field,
                 rule,
                 message,
-            } => ApiError::field(ErrorCode::Invalid(rule), field, message),
+            } => ApiError::invalid(rule, field, message),
+            StorageError::IdempotencyKeyReused => ApiError::field(
+                ErrorCode::IdempotencyKeyReused,
+                "Idempotency-Key",
+                "this Idempotency-Key was used for another request; nothing was sent",
+            ),
             StorageError::Conflict { code, message } => {
                 ApiError::new(ErrorCode::Conflict(code), message)
             }
@@ -187,13 +207,17 @@ impl From<StorageError> for ApiError {
     }
 }
 
+impl From<crate::rules::FieldError> for ApiError {
+    fn from(e: crate::rules::FieldError) -> ApiError {
+        ApiError::invalid(e.rule, &e.field, e.message)
+    }
+}
+
 impl From<crate::actors::submit::SendRefused> for ApiError {
     fn from(e: crate::actors::submit::SendRefused) -> ApiError {
         use crate::actors::submit::SendRefused;
         match e {
-            SendRefused::Invalid(invalid) => {
-                ApiError::field(ErrorCode::InvalidField, &invalid.field, invalid.message)
-            }
+            SendRefused::Invalid(invalid) => invalid.into(),
             SendRefused::UnknownNumber => ApiError::field(
                 ErrorCode::NotFound,
                 "from_phone_number_id",
@@ -207,65 +231,6 @@ impl From<crate::actors::submit::SendRefused> for ApiError {
             SendRefused::Storage(e) => e.into(),
         }
     }
-}
-
-/// When the answer is a 500, logs its cause under a request id and puts the id in the
-/// JSON body and the `X-Request-Id` header, so an operator finds the log line a user
-/// reports. The id is the caller's `X-Request-Id` when it sent a well-formed one (a
-/// UUID), else a new UUID v7. Other answers pass untouched: nothing is added to the
-/// webhook path.
-pub async fn request_ids<B: actix_web::body::MessageBody + 'static>(
-    req: actix_web::dev::ServiceRequest,
-    next: actix_web::middleware::Next<B>,
-) -> Result<
-    actix_web::dev::ServiceResponse<actix_web::body::EitherBody<B, actix_web::body::BoxBody>>,
-    actix_web::Error,
-> {
-    use actix_web::http::header::{HeaderName, HeaderValue};
-    let given = req
-        .headers()
-        .get("X-Request-Id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| uuid::Uuid::try_parse(v).is_ok())
-        .map(str::to_string);
-    let log = req
-        .app_data::<actix_web::web::Data<crate::http::AppState>>()
-        .map(|state| state.core.log.clone());
-    let res = next.call(req).await?;
-    if res.status() != StatusCode::INTERNAL_SERVER_ERROR {
-        return Ok(res.map_into_left_body());
-    }
-    let id = given.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let (code, message, cause) = match res.response().error() {
-        Some(error) => match error.as_error::<ApiError>() {
-            Some(api) => (api.code, api.message.clone(), api.cause.clone()),
-            None => (
-                ErrorCode::Internal,
-                "internal error".to_string(),
-                Some(error.to_string()),
-            ),
-        },
-        None => (ErrorCode::Internal, "internal error".to_string(), None),
-    };
-    if let Some(log) = &log {
-        slog::error!(log, "request failed"; "request_id" => &id, "path" => res.request().path(),
-            "cause" => cause.as_deref().unwrap_or("-"));
-    }
-    let body = serde_json::json!({"error": {
-        "code": code,
-        "message": message,
-        "request_id": id,
-    }});
-    let mut res = res.map_body(|_, _| actix_web::body::BoxBody::new(body.to_string()));
-    res.headers_mut().insert(
-        actix_web::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        res.headers_mut()
-            .insert(HeaderName::from_static("x-request-id"), value);
-    }
-    Ok(res.map_into_right_body())
 }
 
 /// A read on the blocking pool that did not return: it panicked (a bug), or the pool
@@ -323,7 +288,7 @@ mod tests {
                 }
                 ErrorCode::Forbidden => variant("Forbidden"),
                 ErrorCode::MethodNotAllowed => variant("MethodNotAllowed"),
-                ErrorCode::InvalidField => variant("InvalidField"),
+                ErrorCode::InvalidField(_) => vec!["ApiError::invalid(".into()],
                 ErrorCode::PayloadTooLarge => variant("PayloadTooLarge"),
                 ErrorCode::RequestTimeout => variant("RequestTimeout"),
                 ErrorCode::InvalidSignature => variant("InvalidSignature"),
@@ -331,7 +296,7 @@ mod tests {
                 ErrorCode::Unavailable => variant("Unavailable"),
                 ErrorCode::Gone(_) => variant("Gone("),
                 // From storage errors, below.
-                ErrorCode::Internal | ErrorCode::Conflict(_) | ErrorCode::Invalid(_) => {
+                ErrorCode::Internal | ErrorCode::Conflict(_) | ErrorCode::IdempotencyKeyReused => {
                     vec![]
                 }
             }
@@ -341,7 +306,7 @@ mod tests {
             ErrorCode::Forbidden,
             ErrorCode::NotFound,
             ErrorCode::MethodNotAllowed,
-            ErrorCode::InvalidField,
+            ErrorCode::InvalidField(Rule::Required),
             ErrorCode::PayloadTooLarge,
             ErrorCode::RequestTimeout,
             ErrorCode::InvalidSignature,
@@ -357,8 +322,9 @@ mod tests {
                 "ErrorCode::{code:?} is never produced"
             );
         }
-        // Every conflict names its rule where it is raised.
+        // Every conflict names its rule where it is raised, and the key reuse is found.
         assert!(code_text.contains("StorageError::Conflict {"));
+        assert!(code_text.contains("StorageError::IdempotencyKeyReused"));
         // Produced here, from storage errors: Internal, Conflict and NotFound.
         let internal = ApiError::from(StorageError::Corrupt("x".into()));
         assert_eq!(internal.code, ErrorCode::Internal);
@@ -371,12 +337,15 @@ mod tests {
         assert_eq!(conflict.code.as_str(), "number_registered");
         let invalid = ApiError::from(StorageError::Validation {
             field: "holder_email",
-            rule: "email",
+            rule: Rule::Format,
             message: "m".into(),
         });
         assert_eq!(invalid.status_code(), StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(invalid.field.as_deref(), Some("holder_email"));
-        assert_eq!(invalid.code.as_str(), "email", "the code names the rule");
+        assert_eq!(invalid.code, ErrorCode::InvalidField(Rule::Format));
+        let reused = ApiError::from(StorageError::IdempotencyKeyReused);
+        assert_eq!(reused.status_code(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(reused.code.as_str(), "idempotency_key_reused");
     }
 
     #[test]
@@ -385,7 +354,8 @@ mod tests {
             ErrorCode::Unauthorized,
             ErrorCode::Forbidden,
             ErrorCode::NotFound,
-            ErrorCode::InvalidField,
+            ErrorCode::InvalidField(Rule::Length),
+            ErrorCode::IdempotencyKeyReused,
             ErrorCode::PayloadTooLarge,
             ErrorCode::RequestTimeout,
             ErrorCode::InvalidSignature,

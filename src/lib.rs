@@ -38,6 +38,7 @@ pub mod intake;
 pub mod logging;
 pub mod metrics;
 pub mod retention;
+pub mod rules;
 pub mod storage;
 pub mod systemd;
 pub mod telemetry;

@@ -9,22 +9,10 @@ use slog::{o, Drain, Level, Logger};
 
 use crate::config::LogSettings;
 
-pub fn parse_level(text: &str) -> Option<Level> {
-    match text {
-        "trace" => Some(Level::Trace),
-        "debug" => Some(Level::Debug),
-        "info" => Some(Level::Info),
-        "warning" | "warn" => Some(Level::Warning),
-        "error" => Some(Level::Error),
-        "critical" => Some(Level::Critical),
-        _ => None,
-    }
-}
-
 /// Builds the root logger. The returned guard flushes the async drain when dropped,
 /// so keep it alive until the process ends.
 pub fn root(settings: &LogSettings) -> (Logger, slog_async::AsyncGuard) {
-    let level = parse_level(&settings.level).unwrap_or(Level::Info);
+    let level = settings.slog_level().unwrap_or(Level::Info);
     let human = match settings.format.as_str() {
         "human" => true,
         "json" => false,

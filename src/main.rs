@@ -680,7 +680,7 @@ struct SweepProgress {
     rows: u64,
 }
 
-impl converra::retention::sweep::Progress for SweepProgress {
+impl converra::storage::retention::sweep::Progress for SweepProgress {
     fn batch(&mut self, tenant_id: &TenantId, category: converra::retention::Category, rows: u64) {
         use std::io::Write as _;
         self.rows += rows;
@@ -773,7 +773,7 @@ fn erasure(settings: Settings, command: ErasureCommand) -> anyhow::Result<()> {
 }
 
 fn retention(settings: Settings, command: RetentionCommand) -> anyhow::Result<()> {
-    use converra::retention::sweep::{self, ConnectionLane, Options};
+    use converra::storage::retention::sweep::{self, ConnectionLane, Options};
     use std::io::IsTerminal as _;
     let RetentionCommand::Run {
         dry_run,

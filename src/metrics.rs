@@ -54,6 +54,10 @@ pub struct Metrics {
     pub retention_deleted: IntCounterVec,
     /// Retention sweeps (of every tenant) by outcome: finished, incomplete, stopped.
     pub retention_sweeps: IntCounterVec,
+    /// Timed duties run to their end, by duty: `inbox_sweep`, `upkeep`, `idle_check`
+    /// (a conversation actor's look at its idleness). A duty whose count stops
+    /// growing has stopped running.
+    pub timed_duties: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -200,7 +204,16 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(retention_sweeps.clone()))?;
+        let timed_duties = IntCounterVec::new(
+            Opts::new(
+                "timed_duties_total",
+                "Timed duties run to their end, by duty: inbox_sweep, upkeep, idle_check",
+            ),
+            &["duty"],
+        )?;
+        registry.register(Box::new(timed_duties.clone()))?;
         Ok(Metrics {
+            timed_duties,
             retention_deleted,
             retention_sweeps,
             messaging_limit_waiting,

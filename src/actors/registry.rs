@@ -375,6 +375,11 @@ impl Handler<SweepDone> for Registry {
     type Result = ();
     fn handle(&mut self, _msg: SweepDone, _ctx: &mut Context<Self>) {
         self.sweeping = false;
+        self.core
+            .metrics
+            .timed_duties
+            .with_label_values(&["inbox_sweep"])
+            .inc();
     }
 }
 

@@ -21,8 +21,8 @@ use actix::prelude::*;
 use super::registry::{Registry, SweepInbox};
 use super::Core;
 use crate::ids::TenantId;
-use crate::retention::sweep::{self, Lane, Options, SweepError};
 use crate::retention::Category;
+use crate::storage::retention::sweep::{self, Lane, Options, SweepError};
 use crate::storage::{writer::WriterHandle, DbConn, StorageError};
 
 /// The longest wait for the first sweep after start.
@@ -293,4 +293,8 @@ async fn upkeep(core: Arc<Core>) {
         }
         Err(e) => slog::warn!(core.log, "raw payload expiry failed"; "error" => %e),
     }
+    core.metrics
+        .timed_duties
+        .with_label_values(&["upkeep"])
+        .inc();
 }

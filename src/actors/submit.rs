@@ -15,13 +15,14 @@ use actix::prelude::*;
 use super::registry::{send_to_tenant, Registry};
 use super::{sender, Core};
 use crate::ids::{MessageId, PhoneNumberId, TenantId, Wamid};
+use crate::rules::{FieldError, Rule};
 use crate::storage::automations::AutomationRun;
 use crate::storage::contacts::{ContactIdentifiers, ContactQuestion, Lookup, ResolvedContact};
 use crate::storage::handoff::{self, Reply};
 use crate::storage::outbox::{self, Accepted, NewSend, OutboxRow};
 use crate::storage::templates::{self, Known};
 use crate::storage::{tenants, StorageError};
-use crate::whatsapp::outbound::{self, Invalid, OutboundKind, Recipient, SendRequest, Target};
+use crate::whatsapp::outbound::{self, OutboundKind, Recipient, SendRequest, Target};
 use crate::whatsapp::Identity;
 
 /// A checked send, addressed to its conversation.
@@ -50,7 +51,7 @@ impl SendOrder {
     }
 
     pub fn phone_number_id(&self) -> PhoneNumberId {
-        PhoneNumberId(self.request.from_phone_number_id.clone())
+        self.request.from_phone_number_id.clone()
     }
 }
 
@@ -69,7 +70,7 @@ pub struct Submit {
 pub enum SendRefused {
     /// Meta would refuse it, or the template does not fit the synced one.
     #[error("{0}")]
-    Invalid(#[from] Invalid),
+    Invalid(#[from] FieldError),
     #[error("no phone number of yours has this id")]
     UnknownNumber,
     #[error("no inbound message of yours has this id")]
@@ -98,7 +99,7 @@ pub async fn send(
     });
     // What needs the database, in one read: the number is the tenant's (unless the
     // route cache knows), an idempotency key's first answer, the synced template.
-    let number = PhoneNumberId(request.from_phone_number_id.clone());
+    let number = request.from_phone_number_id.clone();
     let now = core.clock.now_ms();
     let cached_owner = core.routes.cached([number.clone()], now).0.remove(&number);
     if cached_owner
@@ -208,8 +209,9 @@ fn template_named(request: &SendRequest) -> Option<(String, String)> {
 /// sync Meta judges the rest, and the template counts as marketing.
 fn judge_template(request: &SendRequest, known: Known) -> Result<bool, SendRefused> {
     let (name, language) = template_named(request).unwrap_or_default();
-    let invalid = |message: String| Invalid {
+    let invalid = |rule: Rule, message: String| FieldError {
         field: "template.name".into(),
+        rule,
         message,
     };
     let template = match known {
@@ -217,18 +219,19 @@ fn judge_template(request: &SendRequest, known: Known) -> Result<bool, SendRefus
         // so that nothing unknown reaches a contact who opted out or objected.
         Known::Unsynced => return Ok(true),
         Known::Missing => {
-            return Err(invalid(format!(
-                "the number's account has no template {name:?} in {language:?}"
-            ))
+            return Err(invalid(
+                Rule::Unknown,
+                format!("the number's account has no template {name:?} in {language:?}"),
+            )
             .into())
         }
         Known::Found(template) => template,
     };
     if template.status != "APPROVED" {
-        return Err(invalid(format!(
-            "template {name:?} is {}, not APPROVED",
-            template.status
-        ))
+        return Err(invalid(
+            Rule::OneOf,
+            format!("template {name:?} is {}, not APPROVED", template.status),
+        )
         .into());
     }
     outbound::check_template_fits(&request.message, &template.components)?;

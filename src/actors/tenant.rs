@@ -239,7 +239,7 @@ impl Handler<Submit> for TenantActor {
         let Some(route_key) = identity.route_key() else {
             msg.reply.send(Err(StorageError::Validation {
                 field: "to",
-                rule: "required",
+                rule: crate::rules::Rule::Required,
                 message: "the send names no recipient".into(),
             }));
             return;

@@ -23,24 +23,8 @@ pub use settings::{Effective, TenantSettings};
 
 use crate::config::OutboundSettings;
 use crate::ids::TenantId;
-use crate::storage::StorageError;
 
-/// A value the API refuses: the field, as a dotted path, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use crate::rules::FieldError;
 
 /// Why an automation ran, as its run record names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,14 +136,14 @@ impl AutomationBook {
 
     /// The tenant's automations, loaded by `load` (settings and rules as stored) if
     /// they are not.
-    pub async fn get<F, Fut>(
+    pub async fn get<F, Fut, E>(
         &self,
         tenant_id: &TenantId,
         load: F,
-    ) -> Result<Arc<TenantAutomations>, StorageError>
+    ) -> Result<Arc<TenantAutomations>, E>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<(TenantSettings, Vec<Rule>), StorageError>>,
+        Fut: std::future::Future<Output = Result<(TenantSettings, Vec<Rule>), E>>,
     {
         let cell = {
             let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::FieldError;
+use crate::rules::Rule as FieldRule;
 use crate::whatsapp::outbound::{self, OutboundKind, Recipient, SendRequest, Target};
 
 const NAME_CHARS_MAX: usize = 100;
@@ -64,14 +65,18 @@ impl Definition {
     /// Checks a `POST`/`PUT /v1/automations` body, naming the field that is wrong.
     pub fn from_json(body: &Value) -> Result<Definition, FieldError> {
         let Some(object) = body.as_object() else {
-            return Err(FieldError::new("body", "must be a JSON object"));
+            return Err(FieldError::new(
+                FieldRule::Type,
+                "body",
+                "must be a JSON object",
+            ));
         };
         for key in object.keys() {
             if !matches!(
                 key.as_str(),
                 "name" | "enabled" | "trigger" | "reply" | "cooldown_secs" | "position"
             ) {
-                return Err(FieldError::new(
+                return Err(FieldError::new(FieldRule::Unknown,
                     key,
                     "is not a field of an automation (name, enabled, trigger, reply, cooldown_secs, position)",
                 ));
@@ -84,6 +89,7 @@ impl Definition {
             .filter(|n| !n.is_empty() && n.chars().count() <= NAME_CHARS_MAX)
             .ok_or_else(|| {
                 FieldError::new(
+                    FieldRule::Length,
                     "name",
                     format!("is required: a text of 1 to {NAME_CHARS_MAX} characters"),
                 )
@@ -91,16 +97,22 @@ impl Definition {
         let enabled = match object.get("enabled") {
             None | Some(Value::Null) => true,
             Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(FieldError::new("enabled", "must be true or false")),
+            Some(_) => {
+                return Err(FieldError::new(
+                    FieldRule::Type,
+                    "enabled",
+                    "must be true or false",
+                ))
+            }
         };
         let trigger_value = object.get("trigger").ok_or_else(|| {
-            FieldError::new(
+            FieldError::new(FieldRule::Required,
                 "trigger",
                 "is required: {\"type\": \"keyword\", \"match\", \"pattern\"}, {\"type\": \"welcome\"} or {\"type\": \"away\"}",
             )
         })?;
         let trigger: Trigger = serde_json::from_value(trigger_value.clone())
-            .map_err(|e| FieldError::new("trigger", format!("{e}")))?;
+            .map_err(|e| FieldError::new(FieldRule::OneOf, "trigger", format!("{e}")))?;
         if let Trigger::Keyword {
             match_kind,
             pattern,
@@ -109,19 +121,28 @@ impl Definition {
         {
             if pattern.trim().is_empty() || pattern.chars().count() > PATTERN_CHARS_MAX {
                 return Err(FieldError::new(
+                    FieldRule::Length,
                     "trigger.pattern",
                     format!("must be a text of 1 to {PATTERN_CHARS_MAX} characters"),
                 ));
             }
             if *match_kind == MatchKind::Regex {
                 compile(pattern, *case_sensitive).map_err(|e| {
-                    FieldError::new("trigger.pattern", format!("is not a usable regex: {e}"))
+                    FieldError::new(
+                        FieldRule::Format,
+                        "trigger.pattern",
+                        format!("is not a usable regex: {e}"),
+                    )
                 })?;
             }
         }
-        let reply = object
-            .get("reply")
-            .ok_or_else(|| FieldError::new("reply", "is required: the message to send"))?;
+        let reply = object.get("reply").ok_or_else(|| {
+            FieldError::new(
+                FieldRule::Required,
+                "reply",
+                "is required: the message to send",
+            )
+        })?;
         check_reply(reply)?;
         let cooldown_secs = match object.get("cooldown_secs") {
             None | Some(Value::Null) => match trigger {
@@ -133,6 +154,7 @@ impl Definition {
                 .filter(|secs| *secs <= COOLDOWN_SECS_MAX)
                 .ok_or_else(|| {
                     FieldError::new(
+                        FieldRule::Range,
                         "cooldown_secs",
                         format!("must be a whole number of seconds from 0 to {COOLDOWN_SECS_MAX}"),
                     )
@@ -156,7 +178,13 @@ pub fn position(body: &Value) -> Result<Option<i64>, FieldError> {
             .as_i64()
             .filter(|p| (0..=1_000_000).contains(p))
             .map(Some)
-            .ok_or_else(|| FieldError::new("position", "must be a whole number from 0 to 1000000")),
+            .ok_or_else(|| {
+                FieldError::new(
+                    FieldRule::Range,
+                    "position",
+                    "must be a whole number from 0 to 1000000",
+                )
+            }),
     }
 }
 
@@ -167,6 +195,7 @@ pub fn position(body: &Value) -> Result<Option<i64>, FieldError> {
 fn check_reply(reply: &Value) -> Result<(), FieldError> {
     let Some(object) = reply.as_object() else {
         return Err(FieldError::new(
+            FieldRule::Type,
             "reply",
             "must be a message object: {\"type\": \"text\", \"text\": {\"body\": ...}}",
         ));
@@ -174,6 +203,7 @@ fn check_reply(reply: &Value) -> Result<(), FieldError> {
     let kind = object.get("type").and_then(Value::as_str).unwrap_or("");
     if matches!(kind, "template" | "reaction") {
         return Err(FieldError::new(
+            FieldRule::OneOf,
             "reply.type",
             format!("an automation replies with a free-form message, not a {kind}"),
         ));
@@ -181,6 +211,7 @@ fn check_reply(reply: &Value) -> Result<(), FieldError> {
     for key in object.keys() {
         if key != "type" && key != kind {
             return Err(FieldError::new(
+                FieldRule::Unknown,
                 format!("reply.{key}"),
                 "is not part of a reply (type and the type's object)",
             ));
@@ -191,6 +222,7 @@ fn check_reply(reply: &Value) -> Result<(), FieldError> {
     send.insert("to".into(), json!("15550000000"));
     outbound::parse_send(&Value::Object(send)).map_err(|e| {
         FieldError::new(
+            e.rule,
             if e.field == "type" || e.field.starts_with(kind) && !kind.is_empty() {
                 format!("reply.{}", e.field)
             } else {
@@ -269,7 +301,7 @@ impl Rule {
         let reply = &self.definition.reply;
         let kind_name = reply.get("type")?.as_str()?;
         Some(SendRequest {
-            from_phone_number_id: phone_number_id.to_string(),
+            from_phone_number_id: phone_number_id.into(),
             kind: OutboundKind::parse(kind_name)?,
             to: Target::Recipient(to),
             message: reply.get(kind_name)?.clone(),

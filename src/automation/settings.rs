@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::FieldError;
 use crate::config::OutboundSettings;
+use crate::rules::Rule;
 
 const DAYS: [&str; 7] = [
     "monday",
@@ -55,7 +56,7 @@ impl TenantSettings {
     /// Checks a `PUT /v1/settings` body, naming the field that is wrong.
     pub fn from_json(body: &Value) -> Result<TenantSettings, FieldError> {
         let Some(object) = body.as_object() else {
-            return Err(FieldError::new("body", "must be a JSON object"));
+            return Err(FieldError::new(Rule::Type, "body", "must be a JSON object"));
         };
         let mut settings = TenantSettings::default();
         for (key, value) in object {
@@ -64,11 +65,12 @@ impl TenantSettings {
             }
             match key.as_str() {
                 "time_zone" => {
-                    let name = value
-                        .as_str()
-                        .ok_or_else(|| FieldError::new("time_zone", "must be a string"))?;
+                    let name = value.as_str().ok_or_else(|| {
+                        FieldError::new(Rule::Type, "time_zone", "must be a string")
+                    })?;
                     TimeZone::get(name).map_err(|_| {
                         FieldError::new(
+                            Rule::Unknown,
                             "time_zone",
                             format!(
                                 "{name:?} is not an IANA time zone (such as \"Europe/Berlin\")"
@@ -92,6 +94,7 @@ impl TenantSettings {
                         .filter(|r| !r.trim().is_empty() && r.chars().count() <= REPLY_CHARS_MAX)
                         .ok_or_else(|| {
                             FieldError::new(
+                                Rule::Length,
                                 key,
                                 format!("must be a text of 1 to {REPLY_CHARS_MAX} characters"),
                             )
@@ -104,6 +107,7 @@ impl TenantSettings {
                 }
                 _ => {
                     return Err(FieldError::new(
+                        Rule::Unknown,
                         key,
                         "is not a setting (time_zone, business_hours, opt_out_keywords, \
                          opt_in_keywords, opt_out_reply, opt_in_reply)",
@@ -236,6 +240,7 @@ fn minutes(text: &str) -> Option<u16> {
 fn business_hours(value: &Value) -> Result<Vec<(String, Vec<Interval>)>, FieldError> {
     let Some(days) = value.as_object() else {
         return Err(FieldError::new(
+            Rule::Type,
             "business_hours",
             "must be an object of weekdays (monday ... sunday) to open intervals",
         ));
@@ -244,6 +249,7 @@ fn business_hours(value: &Value) -> Result<Vec<(String, Vec<Interval>)>, FieldEr
     for (day, intervals) in days {
         if !DAYS.contains(&day.as_str()) {
             return Err(FieldError::new(
+                Rule::Unknown,
                 format!("business_hours.{day}"),
                 "is not a weekday (monday, tuesday, ... sunday)",
             ));
@@ -251,12 +257,14 @@ fn business_hours(value: &Value) -> Result<Vec<(String, Vec<Interval>)>, FieldEr
         let field = format!("business_hours.{day}");
         let intervals: Vec<Interval> = serde_json::from_value(intervals.clone()).map_err(|_| {
             FieldError::new(
+                Rule::Type,
                 &field,
                 "must be a list of {\"open\": \"HH:MM\", \"close\": \"HH:MM\"}",
             )
         })?;
         if intervals.len() > INTERVALS_PER_DAY_MAX {
             return Err(FieldError::new(
+                Rule::Count,
                 &field,
                 format!("at most {INTERVALS_PER_DAY_MAX} intervals a day"),
             ));
@@ -267,18 +275,21 @@ fn business_hours(value: &Value) -> Result<Vec<(String, Vec<Interval>)>, FieldEr
                 (Some(open), Some(close)) if open < close => {}
                 (None, _) => {
                     return Err(FieldError::new(
+                        Rule::Format,
                         format!("{field}[{n}].open"),
                         "must be a time of day as \"HH:MM\" (00:00 to 24:00)",
                     ))
                 }
                 (_, None) => {
                     return Err(FieldError::new(
+                        Rule::Format,
                         format!("{field}[{n}].close"),
                         "must be a time of day as \"HH:MM\" (00:00 to 24:00)",
                     ))
                 }
                 _ => {
                     return Err(FieldError::new(
+                        Rule::Range,
                         format!("{field}[{n}].close"),
                         "must be later than open (split hours past midnight over two days)",
                     ))
@@ -297,7 +308,7 @@ fn keywords(key: &str, value: &Value) -> Result<Vec<String>, FieldError> {
     let words = value
         .as_array()
         .filter(|w| !w.is_empty() && w.len() <= KEYWORDS_MAX)
-        .ok_or_else(|| FieldError::new(key, &message))?;
+        .ok_or_else(|| FieldError::new(Rule::Count, key, &message))?;
     words
         .iter()
         .map(|w| {
@@ -305,7 +316,7 @@ fn keywords(key: &str, value: &Value) -> Result<Vec<String>, FieldError> {
                 .map(str::trim)
                 .filter(|w| !w.is_empty() && w.chars().count() <= KEYWORD_CHARS_MAX)
                 .map(str::to_string)
-                .ok_or_else(|| FieldError::new(key, &message))
+                .ok_or_else(|| FieldError::new(Rule::Length, key, &message))
         })
         .collect()
 }

@@ -9,6 +9,7 @@ use super::views::{ContactItem, ConversationItem, MessageItem};
 use super::AppState;
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::{ConversationId, TenantId};
+use crate::rules::Rule;
 use crate::storage::contacts::ContactFilter;
 use crate::storage::{self, contact_crm, contacts, conversations, messages, tenants, StorageError};
 
@@ -30,8 +31,8 @@ impl PageQuery {
         };
         match limit.parse::<i64>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            _ => Err(ApiError::field(
-                ErrorCode::InvalidField,
+            _ => Err(ApiError::invalid(
+                Rule::Range,
                 "limit",
                 format!("limit must be a whole number between 1 and {MAX_LIMIT}"),
             )),
@@ -42,8 +43,8 @@ impl PageQuery {
     /// else is refused here rather than compared in the database.
     pub(super) fn cursor(&self) -> Result<Option<String>, ApiError> {
         match &self.cursor {
-            Some(cursor) if !is_id(cursor) => Err(ApiError::field(
-                ErrorCode::InvalidField,
+            Some(cursor) if !is_id(cursor) => Err(ApiError::invalid(
+                Rule::Format,
                 "cursor",
                 "cursor must be a next_cursor value returned by this API",
             )),
@@ -153,13 +154,13 @@ pub async fn list_contacts(
     let mut labels = Vec::new();
     if let Some(tag) = &query.tag {
         let tag = contact_crm::normalize_tag(tag)
-            .map_err(|_| ApiError::field(ErrorCode::InvalidField, "tag", "not a tag"))?;
+            .map_err(|_| ApiError::invalid(Rule::Length, "tag", "not a tag"))?;
         labels.push(contact_crm::tag_label(keyring, &tenant, &tag));
     }
     if let Some(attribute) = &query.attribute {
-        let (name, value) = attribute.split_once(':').ok_or_else(|| {
-            ApiError::field(ErrorCode::InvalidField, "attribute", "must be name:value")
-        })?;
+        let (name, value) = attribute
+            .split_once(':')
+            .ok_or_else(|| ApiError::invalid(Rule::Format, "attribute", "must be name:value"))?;
         labels.push(contact_crm::attribute_label(
             keyring,
             &tenant,

@@ -10,10 +10,11 @@ use serde_json::Value;
 
 use super::api::{authenticate, is_id, page, read, PageQuery};
 use super::AppState;
-use crate::automation::{rules, Definition, FieldError, TenantSettings};
+use crate::automation::{rules, Definition, TenantSettings};
 use crate::clock::rfc3339;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
 use crate::ids::TenantId;
+use crate::rules::Rule;
 use crate::storage::automations::{self, RunRecord, StoredAutomation};
 
 #[derive(Serialize)]
@@ -50,15 +51,11 @@ struct AutomationList {
     items: Vec<AutomationView>,
 }
 
-fn refused(e: FieldError) -> ApiError {
-    ApiError::field(ErrorCode::InvalidField, &e.field, e.message)
-}
-
 /// A checked automation body and the position it asks for.
 async fn definition(payload: web::Payload) -> Result<(Definition, Option<i64>), ApiError> {
     let value = super::outbound::read_json(payload).await?;
-    let definition = Definition::from_json(&value).map_err(refused)?;
-    let position = rules::position(&value).map_err(refused)?;
+    let definition = Definition::from_json(&value)?;
+    let position = rules::position(&value)?;
     Ok((definition, position))
 }
 
@@ -222,8 +219,8 @@ pub async fn runs(
         ("contact_id", &query.contact_id),
     ] {
         if id.as_deref().is_some_and(|id| !is_id(id)) {
-            return Err(ApiError::field(
-                ErrorCode::InvalidField,
+            return Err(ApiError::invalid(
+                Rule::Format,
                 field,
                 format!("{field} must be an id this API gave out"),
             ));
@@ -268,7 +265,7 @@ pub async fn put_settings(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
     let value = super::outbound::read_json(payload).await?;
-    let settings = TenantSettings::from_json(&value).map_err(refused)?;
+    let settings = TenantSettings::from_json(&value)?;
     let now = state.core.clock.now_ms();
     let written = tenant.clone();
     state

@@ -10,6 +10,7 @@ pub mod media;
 pub mod ops;
 pub mod outbound;
 pub mod privacy;
+mod request_id;
 pub mod retention;
 pub mod usage;
 pub mod views;
@@ -23,6 +24,7 @@ use actix_web::{web, HttpResponse};
 use crate::actors::registry::Registry;
 use crate::actors::Core;
 use crate::error::{ApiError, ErrorCode};
+use crate::rules::Rule;
 
 pub struct AppState {
     pub core: Arc<Core>,
@@ -32,11 +34,13 @@ pub struct AppState {
 /// All routes; `main` and the tests build the same app.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::QueryConfig::default().error_handler(|err, _req| {
-        ApiError::field(ErrorCode::InvalidField, "query", err.to_string()).into()
+        ApiError::invalid(Rule::Unknown, "query", err.to_string()).into()
     }))
-    .app_data(web::PathConfig::default().error_handler(|err, _req| {
-        ApiError::field(ErrorCode::InvalidField, "path", err.to_string()).into()
-    }))
+    .app_data(
+        web::PathConfig::default().error_handler(|err, _req| {
+            ApiError::invalid(Rule::Format, "path", err.to_string()).into()
+        }),
+    )
     .service(
         resource("/webhooks/whatsapp")
             .route(web::get().to(webhook::verify))
@@ -48,7 +52,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::scope("/v1")
             // The webhook path stays without it (it answers its own 500 with an id).
-            .wrap(actix_web::middleware::from_fn(crate::error::request_ids))
+            .wrap(actix_web::middleware::from_fn(request_id::request_ids))
             .service(resource("/contacts").route(web::get().to(api::list_contacts)))
             .service(
                 resource("/contacts/{id}")

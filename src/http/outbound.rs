@@ -12,6 +12,7 @@ use super::api::{authenticate, is_id, read};
 use super::AppState;
 use crate::actors::submit;
 use crate::error::{ApiError, ErrorCode};
+use crate::rules::Rule;
 use crate::storage::{outbox, templates};
 use crate::whatsapp::outbound;
 
@@ -30,8 +31,8 @@ pub(super) async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
-            ApiError::field(
-                ErrorCode::InvalidField,
+            ApiError::invalid(
+                Rule::Type,
                 "body",
                 format!("the body could not be read: {e}"),
             )
@@ -52,7 +53,7 @@ pub(super) async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut
 pub(super) async fn read_json(payload: web::Payload) -> Result<Value, ApiError> {
     let body = read_body(payload).await?;
     serde_json::from_slice(&body)
-        .map_err(|e| ApiError::field(ErrorCode::InvalidField, "body", format!("not JSON: {e}")))
+        .map_err(|e| ApiError::invalid(Rule::Type, "body", format!("not JSON: {e}")))
 }
 
 pub async fn send_message(
@@ -62,8 +63,7 @@ pub async fn send_message(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&state, &req).await?;
     let value = read_json(payload).await?;
-    let request = outbound::parse_send(&value)
-        .map_err(|e| ApiError::field(ErrorCode::InvalidField, &e.field, e.message))?;
+    let request = outbound::parse_send(&value).map_err(ApiError::from)?;
     let idempotency = idempotency_key(&req)?.map(|key| {
         (
             key,
@@ -101,8 +101,8 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     };
     match header.to_str() {
         Ok(key) if !key.trim().is_empty() && key.len() <= 255 => Ok(Some(key.trim().to_string())),
-        _ => Err(ApiError::field(
-            ErrorCode::InvalidField,
+        _ => Err(ApiError::invalid(
+            Rule::Length,
             "Idempotency-Key",
             "must be 1 to 255 visible characters",
         )),

@@ -12,8 +12,9 @@ use super::outbound::read_json;
 use super::AppState;
 use crate::clock::rfc3339_ms as rfc3339;
 use crate::compliance::{dates, requests};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
 use crate::ids::TenantId;
+use crate::rules::Rule;
 use crate::storage::privacy::{self, Kind, Request, State, Subject};
 use crate::storage::rectification::Changes;
 use crate::whatsapp::outbound::{recipient_of, Recipient};
@@ -85,8 +86,8 @@ fn subject_of(
         match body.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(text)) if !text.trim().is_empty() => Ok(Some(text)),
-            Some(_) => Err(ApiError::field(
-                ErrorCode::InvalidField,
+            Some(_) => Err(ApiError::invalid(
+                Rule::Length,
                 field,
                 format!("{field} must be a non-empty string"),
             )),
@@ -96,27 +97,27 @@ fn subject_of(
     match (text("wa_id")?, text("user_id")?) {
         (Some(wa_id), None) => match recipient_of(wa_id) {
             Some(Recipient::WaId(wa_id)) => Ok(Subject::of_wa_id(keyring, tenant, &wa_id)),
-            _ => Err(ApiError::field(
-                ErrorCode::InvalidField,
+            _ => Err(ApiError::invalid(
+                Rule::Format,
                 "wa_id",
                 "wa_id must be a phone number in international format (digits)",
             )),
         },
         (None, Some(user_id)) => match recipient_of(user_id) {
             Some(Recipient::UserId(user_id)) => Ok(Subject::of_user_id(keyring, tenant, &user_id)),
-            _ => Err(ApiError::field(
-                ErrorCode::InvalidField,
+            _ => Err(ApiError::invalid(
+                Rule::Format,
                 "user_id",
                 "user_id must be a BSUID as Meta gives it (CC.alphanumeric)",
             )),
         },
-        (Some(_), Some(_)) => Err(ApiError::field(
-            ErrorCode::InvalidField,
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            Rule::Combination,
             "user_id",
             "name the subject by wa_id or by user_id, not both",
         )),
-        (None, None) => Err(ApiError::field(
-            ErrorCode::InvalidField,
+        (None, None) => Err(ApiError::invalid(
+            Rule::Required,
             "wa_id",
             "the subject is required: wa_id or user_id",
         )),
@@ -142,8 +143,8 @@ pub async fn submit(
         .and_then(Value::as_str)
         .and_then(Kind::parse)
         .ok_or_else(|| {
-            ApiError::field(
-                ErrorCode::InvalidField,
+            ApiError::invalid(
+                Rule::OneOf,
                 "kind",
                 format!("kind must be one of {}", kinds.join(", ")),
             )
@@ -155,15 +156,15 @@ pub async fn submit(
             Some(changes.clone())
         }
         (Kind::Rectification, None) => {
-            return Err(ApiError::field(
-                ErrorCode::InvalidField,
+            return Err(ApiError::invalid(
+                Rule::Required,
                 "changes",
                 "a rectification names its changes, e.g. {\"profile_name\": \"...\"}",
             ))
         }
         (_, Some(_)) => {
-            return Err(ApiError::field(
-                ErrorCode::InvalidField,
+            return Err(ApiError::invalid(
+                Rule::Combination,
                 "changes",
                 "only a rectification has changes",
             ))
@@ -251,8 +252,8 @@ pub async fn list(
         None => false,
         Some("open") => true,
         Some(_) => {
-            return Err(ApiError::field(
-                ErrorCode::InvalidField,
+            return Err(ApiError::invalid(
+                Rule::OneOf,
                 "state",
                 "state must be open (or left out for all)",
             ))
@@ -262,8 +263,8 @@ pub async fn list(
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => {
-            return Err(ApiError::field(
-                ErrorCode::InvalidField,
+            return Err(ApiError::invalid(
+                Rule::Type,
                 "overdue",
                 "overdue must be true or false",
             ))
@@ -317,8 +318,8 @@ pub async fn extend(
     let months = match body.get("months").and_then(Value::as_u64) {
         Some(months @ (1 | 2)) => months as u32,
         _ => {
-            return Err(ApiError::field(
-                ErrorCode::InvalidField,
+            return Err(ApiError::invalid(
+                Rule::OneOf,
                 "months",
                 "months must be 1 or 2: a deadline is extended by up to two months",
             ))
@@ -355,8 +356,8 @@ fn reason_of(body: &serde_json::Map<String, Value>, what: &str) -> Result<String
         Some(reason) if !reason.is_empty() && reason.chars().count() <= 1000 => {
             Ok(reason.to_string())
         }
-        _ => Err(ApiError::field(
-            ErrorCode::InvalidField,
+        _ => Err(ApiError::invalid(
+            Rule::Length,
             "reason",
             format!("reason is required: a non-empty text of at most 1000 characters, {what}"),
         )),
@@ -370,15 +371,15 @@ async fn object_of(
     what: &str,
 ) -> Result<serde_json::Map<String, Value>, ApiError> {
     let Value::Object(body) = read_json(payload).await? else {
-        return Err(ApiError::field(
-            ErrorCode::InvalidField,
+        return Err(ApiError::invalid(
+            Rule::Type,
             "body",
             "must be a JSON object",
         ));
     };
     if let Some(unknown) = body.keys().find(|key| !allowed.contains(&key.as_str())) {
-        return Err(ApiError::field(
-            ErrorCode::InvalidField,
+        return Err(ApiError::invalid(
+            Rule::Unknown,
             unknown,
             format!("{unknown} is not a field of {what}"),
         ));

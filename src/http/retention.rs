@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::api::{authenticate, page, read, PageQuery};
 use super::AppState;
 use crate::clock::rfc3339;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
 use crate::ids::TenantId;
 use crate::retention::{Bounds, Category, Policies};
 use crate::storage::retention::{self, RunRecord};
@@ -66,8 +66,7 @@ pub async fn put_policies(
     let tenant = authenticate(&state, &req).await?;
     let value = super::outbound::read_json(payload).await?;
     let bounds = Bounds::from_settings(&state.core.settings);
-    let changes = Policies::changes_from_json(&value, &bounds)
-        .map_err(|e| ApiError::field(ErrorCode::InvalidField, &e.field, e.message))?;
+    let changes = Policies::changes_from_json(&value, &bounds).map_err(ApiError::from)?;
     let now = state.core.clock.now_ms();
     let (written, changed) = (tenant.clone(), changes.clone());
     state

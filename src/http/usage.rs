@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::api::{authenticate, read};
 use super::AppState;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
+use crate::rules::Rule;
 use crate::storage::{messaging_limits, usage};
 
 /// The longest range one call reads.
@@ -70,7 +71,7 @@ const EPOCH_JULIAN_DAY: i64 = 2_440_588;
 
 /// Days since 1970-01-01 of `YYYY-MM-DD`.
 fn parse_day(field: &'static str, text: &str) -> Result<i64, ApiError> {
-    let bad = || ApiError::field(ErrorCode::InvalidField, field, "must be a date, YYYY-MM-DD");
+    let bad = || ApiError::invalid(Rule::Format, field, "must be a date, YYYY-MM-DD");
     let mut parts = text.split('-');
     let (Some(year), Some(month), Some(day), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -108,8 +109,8 @@ pub async fn get_usage(
         None => to - 29,
     };
     if from > to || to - from >= MAX_DAYS {
-        return Err(ApiError::field(
-            ErrorCode::InvalidField,
+        return Err(ApiError::invalid(
+            Rule::Range,
             "from",
             format!("from must not be after to, and the range at most {MAX_DAYS} days"),
         ));

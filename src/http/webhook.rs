@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::AppState;
 use crate::error::{ApiError, ErrorCode};
 use crate::intake::{self, IntakeError};
+use crate::rules::Rule;
 use crate::whatsapp::{signature, webhook};
 
 #[derive(Deserialize)]
@@ -125,11 +126,7 @@ pub async fn receive(
             break;
         };
         let chunk = chunk.map_err(|e| {
-            ApiError::field(
-                ErrorCode::InvalidField,
-                "body",
-                format!("reading the body failed: {e}"),
-            )
+            ApiError::invalid(Rule::Type, "body", format!("reading the body failed: {e}"))
         })?;
         if body.len() + chunk.len() > limit {
             outcome("too_large");

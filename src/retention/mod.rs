@@ -1,9 +1,8 @@
 //! Retention: how long each category of data is kept, per tenant over the operator's
-//! defaults, and the sweep that deletes what is past its period ([`sweep`]). The
-//! privacy policy promises personal data is kept only as long as necessary; this
-//! module is where "necessary" becomes a number of days.
-
-pub mod sweep;
+//! defaults. The privacy policy promises personal data is kept only as long as
+//! necessary; this module is where "necessary" becomes a number of days. The sweep
+//! that deletes what is past its period is storage's
+//! ([`crate::storage::retention::sweep`]).
 
 use std::collections::BTreeMap;
 
@@ -11,9 +10,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::RetentionSettings;
+use crate::rules::{FieldError, Rule};
 
 /// The longest period accepted anywhere: a hundred years.
-pub const MAX_DAYS: u32 = 36_500;
+pub const MAX_DAYS: u32 = crate::config::MAX_RETENTION_DAYS;
 pub const DAY_MS: i64 = 86_400_000;
 
 /// A category of data with its own retention period.
@@ -71,19 +71,6 @@ impl Category {
         Category::ALL.into_iter().find(|c| c.as_str() == name)
     }
 
-    pub fn config_key(self) -> &'static str {
-        match self {
-            Category::Messages => "retention.days.messages",
-            Category::Media => "retention.days.media",
-            Category::RawPayloads => "retention.days.raw_payloads",
-            Category::AutomationRuns => "retention.days.automation_runs",
-            Category::Technical => "retention.days.technical",
-            Category::ClosedConversations => "retention.days.closed_conversations",
-            Category::Exports => "retention.days.exports",
-            Category::Audit => "retention.days.audit",
-        }
-    }
-
     pub fn operator_default(self, settings: &RetentionSettings) -> u32 {
         let days = &settings.days;
         match self {
@@ -103,22 +90,6 @@ impl Category {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policies {
     pub days: BTreeMap<Category, u32>,
-}
-
-/// A policy change refused: the field (a dotted path) and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyError {
-    pub field: String,
-    pub message: String,
-}
-
-impl PolicyError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> PolicyError {
-        PolicyError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
 }
 
 /// The bounds a tenant's periods must keep, from the configuration.
@@ -153,18 +124,24 @@ impl Policies {
 
     /// Reads `{"categories": {"messages": {"days": 30}, "media": {"days": null}}}`;
     /// a category left out stays as it is.
-    pub fn changes_from_json(body: &Value, bounds: &Bounds) -> Result<Changes, PolicyError> {
+    pub fn changes_from_json(body: &Value, bounds: &Bounds) -> Result<Changes, FieldError> {
         let Some(object) = body.as_object() else {
-            return Err(PolicyError::new("", "the body must be a JSON object"));
+            return Err(FieldError::new(
+                Rule::Type,
+                "body",
+                "the body must be a JSON object",
+            ));
         };
         if let Some(unknown) = object.keys().find(|k| *k != "categories") {
-            return Err(PolicyError::new(
+            return Err(FieldError::new(
+                Rule::Unknown,
                 unknown.as_str(),
                 "unknown field: only `categories` can be set",
             ));
         }
         let Some(categories) = object.get("categories").and_then(Value::as_object) else {
-            return Err(PolicyError::new(
+            return Err(FieldError::new(
+                Rule::Type,
                 "categories",
                 "must be an object of categories, each {\"days\": N or null}",
             ));
@@ -174,26 +151,35 @@ impl Policies {
             let field = format!("categories.{name}");
             let Some(category) = Category::parse(name) else {
                 let known: Vec<&str> = Category::ALL.iter().map(|c| c.as_str()).collect();
-                return Err(PolicyError::new(
+                return Err(FieldError::new(
+                    Rule::Unknown,
                     field,
                     format!("unknown category; known: {}", known.join(", ")),
                 ));
             };
             let Some(policy) = policy.as_object() else {
-                return Err(PolicyError::new(
+                return Err(FieldError::new(
+                    Rule::Type,
                     field,
                     "must be an object {\"days\": N or null}",
                 ));
             };
             if let Some(unknown) = policy.keys().find(|k| *k != "days") {
-                return Err(PolicyError::new(
+                return Err(FieldError::new(
+                    Rule::Unknown,
                     format!("{field}.{unknown}"),
                     "unknown field: a category has only `days`",
                 ));
             }
             let field = format!("{field}.days");
             let days = match policy.get("days") {
-                None => return Err(PolicyError::new(field, "is required (null: the default)")),
+                None => {
+                    return Err(FieldError::new(
+                        Rule::Required,
+                        field,
+                        "is required (null: the default)",
+                    ))
+                }
                 Some(Value::Null) => None,
                 Some(value) => Some(
                     value
@@ -201,7 +187,8 @@ impl Policies {
                         .filter(|d| *d <= u64::from(MAX_DAYS))
                         .map(|d| d as u32)
                         .ok_or_else(|| {
-                            PolicyError::new(
+                            FieldError::new(
+                                Rule::Range,
                                 field.clone(),
                                 format!("must be a whole number of days from 0 to {MAX_DAYS}"),
                             )
@@ -225,16 +212,18 @@ impl Bounds {
         }
     }
 
-    fn check(&self, category: Category, days: u32, field: &str) -> Result<(), PolicyError> {
+    fn check(&self, category: Category, days: u32, field: &str) -> Result<(), FieldError> {
         match category {
-            Category::Audit if days < self.audit_min_days => Err(PolicyError::new(
+            Category::Audit if days < self.audit_min_days => Err(FieldError::new(
+                Rule::Range,
                 field,
                 format!(
                     "audit records are kept at least {} days (the operator's minimum)",
                     self.audit_min_days
                 ),
             )),
-            Category::RawPayloads if days > self.raw_payloads_max_days => Err(PolicyError::new(
+            Category::RawPayloads if days > self.raw_payloads_max_days => Err(FieldError::new(
+                Rule::Range,
                 field,
                 format!(
                     "raw payloads are kept at most {} days (inbox.keep_raw_days: their \

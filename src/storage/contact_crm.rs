@@ -18,6 +18,7 @@ use super::schema::{contact_labels, contacts};
 use super::{DbConn, StorageError};
 use crate::crypto::SealKey;
 use crate::ids::TenantId;
+use crate::rules::Rule;
 
 /// The most tags, and attributes, a contact may have.
 pub const MAX_TAGS: usize = 50;
@@ -47,10 +48,10 @@ pub struct RecordChange {
     pub attributes: Option<BTreeMap<String, Value>>,
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> StorageError {
+fn invalid(rule: Rule, field: &'static str, message: impl Into<String>) -> StorageError {
     StorageError::Validation {
         field,
-        rule: "invalid_field",
+        rule,
         message: message.into(),
     }
 }
@@ -60,7 +61,7 @@ impl RecordChange {
     /// out of bounds with the field it is in.
     pub fn from_json(body: &Value) -> Result<RecordChange, StorageError> {
         let Some(object) = body.as_object() else {
-            return Err(invalid("body", "must be a JSON object"));
+            return Err(invalid(Rule::Type, "body", "must be a JSON object"));
         };
         let mut change = RecordChange::default();
         for (key, value) in object {
@@ -76,7 +77,7 @@ impl RecordChange {
                             Some(name.trim().to_string())
                         }
                         _ => {
-                            return Err(invalid(
+                            return Err(invalid(Rule::Length,
                                 "display_name",
                                 format!(
                                 "must be a string of at most {MAX_NAME_CHARS} characters, without control characters, or null"
@@ -88,7 +89,7 @@ impl RecordChange {
                 "tags" => change.tags = Some(tags(value)?),
                 "attributes" => change.attributes = Some(attributes(value)?),
                 _ => {
-                    return Err(invalid(
+                    return Err(invalid(Rule::Unknown,
                         "body",
                         format!("unknown field {key:?} (display_name, tags, attributes)"),
                     ))
@@ -104,6 +105,7 @@ pub fn normalize_tag(tag: &str) -> Result<String, StorageError> {
     let tag = tag.trim();
     if tag.is_empty() || tag.chars().count() > MAX_TAG_CHARS || tag.chars().any(char::is_control) {
         return Err(invalid(
+            Rule::Length,
             "tags",
             format!("each tag must be 1 to {MAX_TAG_CHARS} characters, without control characters"),
         ));
@@ -113,13 +115,13 @@ pub fn normalize_tag(tag: &str) -> Result<String, StorageError> {
 
 fn tags(value: &Value) -> Result<Vec<String>, StorageError> {
     let Some(list) = value.as_array() else {
-        return Err(invalid("tags", "must be an array of strings"));
+        return Err(invalid(Rule::Type, "tags", "must be an array of strings"));
     };
     let mut tags: Vec<String> = Vec::with_capacity(list.len());
     for tag in list {
         let tag = tag
             .as_str()
-            .ok_or_else(|| invalid("tags", "must be an array of strings"))
+            .ok_or_else(|| invalid(Rule::Type, "tags", "must be an array of strings"))
             .and_then(normalize_tag)?;
         // Tags are searched case aside: one of each.
         if !tags.iter().any(|t| t.to_lowercase() == tag.to_lowercase()) {
@@ -127,7 +129,11 @@ fn tags(value: &Value) -> Result<Vec<String>, StorageError> {
         }
     }
     if tags.len() > MAX_TAGS {
-        return Err(invalid("tags", format!("at most {MAX_TAGS} tags")));
+        return Err(invalid(
+            Rule::Count,
+            "tags",
+            format!("at most {MAX_TAGS} tags"),
+        ));
     }
     Ok(tags)
 }
@@ -135,12 +141,14 @@ fn tags(value: &Value) -> Result<Vec<String>, StorageError> {
 fn attributes(value: &Value) -> Result<BTreeMap<String, Value>, StorageError> {
     let Some(object) = value.as_object() else {
         return Err(invalid(
+            Rule::Type,
             "attributes",
             "must be an object of names to values",
         ));
     };
     if object.len() > MAX_ATTRIBUTES {
         return Err(invalid(
+            Rule::Count,
             "attributes",
             format!("at most {MAX_ATTRIBUTES} attributes"),
         ));
@@ -153,6 +161,7 @@ fn attributes(value: &Value) -> Result<BTreeMap<String, Value>, StorageError> {
             .filter(|name| !name.contains(':'))
             .ok_or_else(|| {
                 invalid(
+                    Rule::Format,
                     "attributes",
                     format!("each name must be 1 to {MAX_TAG_CHARS} characters, without a colon"),
                 )
@@ -163,7 +172,7 @@ fn attributes(value: &Value) -> Result<BTreeMap<String, Value>, StorageError> {
             _ => false,
         };
         if !fits {
-            return Err(invalid(
+            return Err(invalid(Rule::Type,
                 "attributes",
                 format!(
                     "{name:?}: a value is a string of at most {MAX_ATTRIBUTE_VALUE_CHARS} characters, a number or a boolean"

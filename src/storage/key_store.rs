@@ -123,7 +123,9 @@ fn connect_separate(settings: &Settings, data: &mut DbConn) -> Result<Option<Poo
     if url.is_empty() {
         return Ok(None);
     }
-    let (DatabaseUrl::Postgres(_), DbConn::Pg(_)) = (DatabaseUrl::parse(url)?, &*data) else {
+    let (DatabaseUrl::Postgres(_), DbConn::Pg(_)) =
+        (DatabaseUrl::parse(url).map_err(StorageError::Url)?, &*data)
+    else {
         return Err(StorageError::KeyStore(
             "database.key_store_url: a key store database of its own is for PostgreSQL \
              data; SQLite's key store is the file database.key_store_path"

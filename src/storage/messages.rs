@@ -21,7 +21,7 @@ use super::keys::load_keys;
 use super::on_backend;
 use super::schema::messages;
 use super::{DbConn, StorageError};
-use crate::ids::{ConversationId, MessageId, TenantId, Wamid};
+use crate::ids::{ContactId, ConversationId, MessageId, TenantId, Wamid};
 
 /// Where a message stands (`messages.status`, the API's `status` and `state`), in the
 /// order a message moves through them; `failed` is apart from that order.
@@ -86,9 +86,9 @@ impl MessageState {
 /// index rows.
 pub(super) fn move_conversation_messages(
     conn: &mut DbConn,
-    conversation_id: &str,
-    target: &str,
-    contact: &str,
+    conversation_id: &ConversationId,
+    target: &ConversationId,
+    contact: &ContactId,
 ) -> Result<(), StorageError> {
     use diesel::sql_types::Text;
     match conn {
@@ -99,20 +99,22 @@ pub(super) fn move_conversation_messages(
                 ")"
             );
             diesel::sql_query(MOVE)
-                .bind::<Text, _>(conversation_id)
+                .bind::<Text, _>(conversation_id.as_str())
                 .bind::<Text, _>("")
                 .bind::<diesel::sql_types::BigInt, _>(-1_i64)
-                .bind::<Text, _>(target)
-                .bind::<Text, _>(contact)
+                .bind::<Text, _>(target.as_str())
+                .bind::<Text, _>(contact.as_str())
                 .execute(c)?;
         }
         DbConn::Pg(c) => {
-            diesel::update(messages::table.filter(messages::conversation_id.eq(conversation_id)))
-                .set((
-                    messages::conversation_id.eq(target),
-                    messages::contact_id.eq(contact),
-                ))
-                .execute(c)?;
+            diesel::update(
+                messages::table.filter(messages::conversation_id.eq(conversation_id.as_str())),
+            )
+            .set((
+                messages::conversation_id.eq(target.as_str()),
+                messages::contact_id.eq(contact.as_str()),
+            ))
+            .execute(c)?;
         }
     }
     Ok(())

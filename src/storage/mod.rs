@@ -101,9 +101,13 @@ pub enum StorageError {
     #[error("{field}: {message}")]
     Validation {
         field: &'static str,
-        rule: &'static str,
+        rule: crate::rules::Rule,
         message: String,
     },
+    /// An idempotency key given again with another request than the one it first
+    /// came with: nothing is done.
+    #[error("the idempotency key was used for another request")]
+    IdempotencyKeyReused,
     /// The request is valid but clashes with what is stored; `code` names the rule
     /// (`tenant_name_taken`, `number_registered`, ...).
     #[error("{message}")]
@@ -161,13 +165,14 @@ impl StorageError {
             StorageError::KeyStore(m) => StorageError::KeyStore(m.clone()),
             StorageError::Migration(m) => StorageError::Migration(m.clone()),
             StorageError::NotFound => StorageError::NotFound,
+            StorageError::IdempotencyKeyReused => StorageError::IdempotencyKeyReused,
             StorageError::Validation {
                 field,
                 rule,
                 message,
             } => StorageError::Validation {
                 field,
-                rule,
+                rule: *rule,
                 message: message.clone(),
             },
             StorageError::Conflict { code, message } => StorageError::Conflict {
@@ -219,47 +224,7 @@ impl StorageError {
     }
 }
 
-/// A parsed `database.url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DatabaseUrl {
-    Sqlite(PathBuf),
-    Postgres(String),
-}
-
-impl DatabaseUrl {
-    pub fn parse(raw: &str) -> Result<DatabaseUrl, StorageError> {
-        if let Some(path) = raw.strip_prefix("sqlite://") {
-            if path.is_empty() {
-                return Err(StorageError::Url(
-                    "sqlite:// needs a file path, for example sqlite://data/converra.db".into(),
-                ));
-            }
-            return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
-        }
-        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-            return Ok(DatabaseUrl::Postgres(raw.to_string()));
-        }
-        // The rest may hold a password: only a scheme is named, and only one that
-        // parsed as one.
-        match raw.split_once("://") {
-            Some((scheme, _)) if scheme.chars().all(|c| c.is_ascii_alphanumeric()) => {
-                Err(StorageError::Url(format!(
-                    "unsupported scheme {scheme:?}: use sqlite://PATH or postgres://USER@HOST/DB"
-                )))
-            }
-            _ => Err(StorageError::Url(
-                "not a database URL: use sqlite://PATH or postgres://USER@HOST/DB".into(),
-            )),
-        }
-    }
-
-    pub fn backend_name(&self) -> &'static str {
-        match self {
-            DatabaseUrl::Sqlite(_) => "sqlite",
-            DatabaseUrl::Postgres(_) => "postgres",
-        }
-    }
-}
+pub use crate::config::DatabaseUrl;
 
 /// Opens connections for the pool: the backend from the URL scheme, SQLite's pragmas
 /// and key store, and connection errors passed through verbatim.
@@ -275,7 +240,7 @@ pub struct DbManager {
 
 impl DbManager {
     pub fn new(settings: &Settings) -> Result<DbManager, StorageError> {
-        let url = DatabaseUrl::parse(&settings.database.url)?;
+        let url = DatabaseUrl::parse(&settings.database.url).map_err(StorageError::Url)?;
         let key_store = match &url {
             DatabaseUrl::Sqlite(path) => Some(settings.sqlite_key_store_path(path)),
             DatabaseUrl::Postgres(_) => None,

@@ -18,6 +18,7 @@ use super::schema::{contacts, privacy_requests};
 use super::{DbConn, StorageError};
 use crate::crypto::Place;
 use crate::ids::ContactId;
+use crate::rules::Rule;
 
 /// The longest profile name or username a correction sets.
 const MAX_NAME_CHARS: usize = 256;
@@ -41,10 +42,10 @@ pub struct Changes {
     pub fields: Vec<&'static str>,
 }
 
-fn invalid(field: &'static str, message: String) -> StorageError {
+fn invalid(rule: Rule, field: &'static str, message: String) -> StorageError {
     StorageError::Validation {
         field,
-        rule: "invalid_field",
+        rule,
         message,
     }
 }
@@ -59,7 +60,7 @@ fn name(field: &'static str, value: &Value) -> Result<Option<String>, StorageErr
         {
             Ok(Some(text.trim().to_string()))
         }
-        _ => Err(invalid(
+        _ => Err(invalid(Rule::Length,
             field,
             format!("must be a string of at most {MAX_NAME_CHARS} characters, without control characters, or null"),
         )),
@@ -72,6 +73,7 @@ impl Changes {
     pub fn from_json(changes: &Value) -> Result<Changes, StorageError> {
         let Some(object) = changes.as_object().filter(|o| !o.is_empty()) else {
             return Err(invalid(
+                Rule::Type,
                 "changes",
                 format!("must be an object of one or more of {}", FIELDS.join(", ")),
             ));
@@ -87,6 +89,7 @@ impl Changes {
                 }
                 _ => {
                     return Err(invalid(
+                        Rule::Unknown,
                         "changes",
                         format!(
                             "{key} is not a field a rectification corrects ({})",
@@ -97,14 +100,18 @@ impl Changes {
             }
         }
         parsed.record = RecordChange::from_json(&Value::Object(record)).map_err(|e| match e {
-            StorageError::Validation { field, message, .. } => {
+            StorageError::Validation {
+                field,
+                rule,
+                message,
+            } => {
                 let field = match field {
                     "display_name" => "changes.display_name",
                     "tags" => "changes.tags",
                     "attributes" => "changes.attributes",
                     _ => "changes",
                 };
-                invalid(field, message)
+                invalid(rule, field, message)
             }
             other => other,
         })?;

@@ -74,7 +74,7 @@ fn validate_email(email: &str) -> Result<(), StorageError> {
     } else {
         Err(StorageError::Validation {
             field: "holder_email",
-            rule: "email",
+            rule: crate::rules::Rule::Format,
             message: format!("{email:?} is not an email address"),
         })
     }
@@ -90,7 +90,7 @@ pub fn create_tenant(
     if name.is_empty() {
         return Err(StorageError::Validation {
             field: "name",
-            rule: "required",
+            rule: crate::rules::Rule::Required,
             message: "the tenant name must not be empty".into(),
         });
     }
@@ -207,7 +207,7 @@ pub fn add_phone_number(
         if value.trim().is_empty() {
             return Err(StorageError::Validation {
                 field,
-                rule: "required",
+                rule: crate::rules::Rule::Required,
                 message: format!("{field} must not be empty"),
             });
         }
@@ -217,7 +217,7 @@ pub fn add_phone_number(
         get_tenant(conn, &tenant_id).map_err(|e| match e {
             StorageError::NotFound => StorageError::Validation {
                 field: "tenant",
-                rule: "unknown_tenant",
+                rule: crate::rules::Rule::Unknown,
                 message: format!("no tenant with id {}", number.tenant_id),
             },
             other => other,
@@ -436,7 +436,7 @@ pub fn replace_access_token(
     if access_token.trim().is_empty() {
         return Err(StorageError::Validation {
             field: "access_token",
-            rule: "required",
+            rule: crate::rules::Rule::Required,
             message: "the access token file is empty".into(),
         });
     }

@@ -190,11 +190,24 @@ async fn a_send_is_refused_naming_the_field_or_the_rule_it_breaks() {
         (422, json!("text.body"))
     );
     assert_eq!(body["error"]["code"], "invalid_field");
+    assert_eq!(
+        body["error"]["rule"], "length",
+        "the rule broken is named: {body}"
+    );
     let too_long = "x".repeat(4097);
     let (status, body) = post_message(&app, &app.a.api_key, &text(CUSTOMER, &too_long), None).await;
     assert_eq!(
         (status, body["error"]["field"].clone()),
         (422, json!("text.body"))
+    );
+    assert_eq!(body["error"]["rule"], "length", "{body}");
+    let mut no_recipient = text(CUSTOMER, "hi");
+    no_recipient.as_object_mut().unwrap().remove("to");
+    let (status, body) = post_message(&app, &app.a.api_key, &no_recipient, None).await;
+    assert_eq!(
+        (status, &body["error"]["field"], &body["error"]["rule"]),
+        (422, &json!("to"), &json!("required")),
+        "{body}"
     );
     // Another tenant's number is as unknown as one that does not exist.
     let (status, body) = post_message(&app, &app.b.api_key, &text(CUSTOMER, "hi"), None).await;
@@ -487,27 +500,42 @@ async fn template_sends_are_checked_against_the_synced_templates() {
                 "template": {"name": name, "language": {"code": "en_US"},
                     "components": [{"type": "body", "parameters": parameters}]}})
         };
-        for (body, status, code, field) in [
+        for (body, status, code, field, rule) in [
             (
                 send("unknown", vec![]),
                 422,
                 "invalid_field",
                 "template.name",
+                "unknown",
             ),
-            (send("draft", vec![]), 422, "invalid_field", "template.name"),
+            (
+                send("draft", vec![]),
+                422,
+                "invalid_field",
+                "template.name",
+                "one_of",
+            ),
             (
                 send("order_update", vec!["42"]),
                 422,
                 "invalid_field",
                 "template.components[0].parameters",
+                "count",
             ),
-            (send("spring_sale", vec!["Sunday"]), 409, "opted_out", ""),
+            (
+                send("spring_sale", vec!["Sunday"]),
+                409,
+                "opted_out",
+                "",
+                "",
+            ),
         ] {
             let (got, answer) = post_message(&app, &app.a.api_key, &body, None).await;
             assert_eq!(got, status, "{body}: {answer}");
             assert_eq!(answer["error"]["code"], code, "{answer}");
             if !field.is_empty() {
                 assert_eq!(answer["error"]["field"], field, "{answer}");
+                assert_eq!(answer["error"]["rule"], rule, "{answer}");
             }
         }
         let (status, answer) = post_message(

@@ -208,8 +208,8 @@ async fn the_sweep_takes_an_undispatched_row_once_it_is_old_enough() {
             insert_event(&mut conn, &tenant, &prepared, clock.now_ms()).unwrap();
         }
     }
-    // The sweep runs every second of real time (the test's setting).
-    actix_rt::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    // The sweep runs on its timer (every second, the test's setting).
+    app.after_timed_duty("inbox_sweep").await;
     assert!(
         app.all_messages(&app.a).await.is_empty(),
         "a row younger than the sweep's minimum age is left to the live dispatch"
@@ -221,20 +221,23 @@ async fn the_sweep_takes_an_undispatched_row_once_it_is_old_enough() {
 }
 
 /// A conversation actor idle for `actors.idle_timeout_secs` (on the daemon's clock,
-/// moved by the test: the default five minutes) stops, and comes back when its
-/// conversation has news.
+/// moved by the test) stops, and comes back when its conversation has news.
 #[actix_rt::test]
 async fn idle_conversation_actors_stop_and_come_back_on_demand() {
     use converra::clock::Clock;
     let clock = converra::clock::ManualClock::new(converra::clock::SystemClock.now_ms());
-    let app = TestApp::start_with_clock(&Backend::Sqlite, clock.clone()).await;
+    // A timeout of 2 s: the actor looks at its idleness every second of real time.
+    let app = TestApp::start_with_clock_and(&Backend::Sqlite, clock.clone(), |settings| {
+        settings.actors.idle_timeout_secs = 2;
+    })
+    .await;
     app.post_signed(&text_webhook(NUMBER_A, "4915123", "wamid.idle.1", "one"))
         .await;
     app.wait_messages(&app.a, 1).await;
     assert_eq!(app.metric("converra_conversation_actors").await, 1.0);
-    // Well before the timeout nothing stops (the check runs every 5 s of real time).
-    clock.advance_ms(60_000);
-    actix_rt::time::sleep(std::time::Duration::from_millis(5_500)).await;
+    // Before the timeout nothing stops, however much real time passes.
+    clock.advance_ms(1_500);
+    app.after_timed_duty("idle_check").await;
     assert_eq!(app.metric("converra_conversation_actors").await, 1.0);
     clock.advance_ms(app.settings.actors.idle_timeout_secs as i64 * 1000);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -116,6 +116,10 @@ async fn periods_are_read_and_set_per_tenant_and_a_bad_one_names_its_field() {
             assert_eq!(status, 422, "{body}: {error}");
             assert_eq!(error["error"]["code"], "invalid_field", "{error}");
             assert_eq!(error["error"]["field"], field, "{body}: {error}");
+            assert!(
+                error["error"]["rule"].is_string(),
+                "every 422 names its rule: {error}"
+            );
         }
         // A refused change changed nothing.
         let (_, still) = app.get("/v1/retention", Some(&app.a.api_key)).await;
@@ -540,7 +544,7 @@ async fn upkeep_deletes_raw_payloads_past_their_days_on_its_timer() {
         let deleted = "converra_raw_payloads_deleted_total";
         // Two days on, still kept; past them, the next upkeep deletes it.
         clock.advance_ms(2 * DAY_MS);
-        actix_rt::time::sleep(Duration::from_millis(2_500)).await;
+        app.after_timed_duty("upkeep").await;
         assert_eq!(app.metric(deleted).await, 0.0);
         clock.advance_ms(DAY_MS);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -684,7 +688,7 @@ async fn zero_days_deletes_at_once_what_is_done_and_nothing_still_in_use() {
 
 #[actix_rt::test]
 async fn a_fetched_download_counts_as_media_in_a_dry_run_and_in_the_real_one() {
-    use converra::retention::sweep::{self, ConnectionLane, Options};
+    use converra::storage::retention::sweep::{self, ConnectionLane, Options};
     for backend in backends() {
         let graph = crate::fake_graph::FakeGraph::start().await;
         let base = graph.base.clone();

@@ -430,6 +430,22 @@ impl TestApp {
             .unwrap_or(0.0)
     }
 
+    /// Returns once the daemon has run the timed `duty` (`converra_timed_duties_total`)
+    /// to its end twice from now, so that one whole run began after this call and saw
+    /// the clock as the test last set it. For `idle_check`, with one actor running.
+    pub async fn after_timed_duty(&self, duty: &str) {
+        let name = format!("converra_timed_duties_total{{duty=\"{duty}\"}}");
+        let start = self.metric(&name).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.metric(&name).await < start + 2.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the timed duty {duty} did not run"
+            );
+            actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn pool(&self) -> (Arc<converra::storage::key_store::Vault>, storage::Pool) {
         converra::open_storage(&self.settings).unwrap()
     }

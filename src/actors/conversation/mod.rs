@@ -701,6 +701,12 @@ impl Actor for ConversationActor {
             if actor.core.clock.now_ms() - actor.last_active_ms >= idle_after_ms {
                 actor.offer_release(ctx);
             }
+            actor
+                .core
+                .metrics
+                .timed_duties
+                .with_label_values(&["idle_check"])
+                .inc();
         });
     }
 

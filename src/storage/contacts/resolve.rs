@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use super::lookup::{find_contacts, ContactKeys};
 use super::{contact_field, insert_contacts, ContactIdentifiers, NewContact, ResolvedContact};
 use crate::crypto::NewDataKey;
-use crate::ids::{ContactId, KeyId, TenantId};
+use crate::ids::{ContactId, ConversationId, KeyId, TenantId};
 use crate::storage::contact_crm::{merge_records, open_record, store_record};
 use crate::storage::conversations::join_conversation_times;
 use crate::storage::key_store::Vault;
@@ -167,6 +167,7 @@ fn merge_contacts(
         .select((conversations::id, conversations::phone_number_id))
         .load(c))?;
     for (conversation_id, phone_number_id) in from_conversations {
+        let moved = ConversationId(conversation_id.clone());
         let existing: Option<String> = on_backend!(conn, c => conversations::table
             .filter(conversations::tenant_id.eq(tenant))
             .filter(conversations::contact_id.eq(into))
@@ -179,7 +180,8 @@ fn merge_contacts(
             // no index of its own.
             Some(target) => {
                 join_conversation_times(conn, &conversation_id, &target)?;
-                move_conversation_messages(conn, &conversation_id, &target, into)?;
+                let target = ConversationId(target);
+                move_conversation_messages(conn, &moved, &target, &ContactId(into.to_string()))?;
                 on_backend!(conn, c => diesel::delete(conversations::table.find(&conversation_id))
                     .execute(c))?;
             }
@@ -187,7 +189,7 @@ fn merge_contacts(
                 on_backend!(conn, c => diesel::update(conversations::table.find(&conversation_id))
                     .set(conversations::contact_id.eq(into))
                     .execute(c))?;
-                move_conversation_messages(conn, &conversation_id, &conversation_id, into)?;
+                move_conversation_messages(conn, &moved, &moved, &ContactId(into.to_string()))?;
             }
         }
     }

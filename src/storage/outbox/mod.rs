@@ -150,11 +150,7 @@ pub fn replay(
         return Ok(None);
     };
     if hash != request_hash {
-        return Err(StorageError::Validation {
-            field: "Idempotency-Key",
-            rule: "idempotency_key_reused",
-            message: "this Idempotency-Key was used for another request; nothing was sent".into(),
-        });
+        return Err(StorageError::IdempotencyKeyReused);
     }
     // The first response, as it was: the send's state now is GET /v1/messages/{id}'s.
     Ok(Some(Accepted {

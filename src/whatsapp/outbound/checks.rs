@@ -3,7 +3,8 @@
 
 use serde_json::{Map, Value};
 
-use super::{invalid, Invalid};
+use super::invalid;
+use crate::rules::{FieldError, Rule};
 
 // Meta's documented limits (Cloud API reference, messages).
 const TEXT_BODY_MAX: usize = 4096;
@@ -25,20 +26,24 @@ const HEADER_TEXT_MAX: usize = 60;
 const FOOTER_TEXT_MAX: usize = 60;
 const TEMPLATE_NAME_MAX: usize = 512;
 
-pub(super) fn check_text(message: &Value) -> Result<(), Invalid> {
+pub(super) fn check_text(message: &Value) -> Result<(), FieldError> {
     let text = as_object(message, "text")?;
     only_fields(text, "text", &["body", "preview_url"])?;
     non_empty_str(text, "body", "text.body", TEXT_BODY_MAX)?;
     optional_bool(text, "preview_url", "text.preview_url")
 }
 
-pub(super) fn check_template(message: &Value) -> Result<(), Invalid> {
+pub(super) fn check_template(message: &Value) -> Result<(), FieldError> {
     let template = as_object(message, "template")?;
     only_fields(template, "template", &["name", "language", "components"])?;
     non_empty_str(template, "name", "template.name", TEMPLATE_NAME_MAX)?;
-    let language = template
-        .get("language")
-        .ok_or_else(|| invalid("template.language", "is required ({\"code\": \"en_US\"})"))?;
+    let language = template.get("language").ok_or_else(|| {
+        invalid(
+            Rule::Required,
+            "template.language",
+            "is required ({\"code\": \"en_US\"})",
+        )
+    })?;
     let language = as_object(language, "template.language")?;
     only_fields(language, "template.language", &["code", "policy"])?;
     non_empty_str(language, "code", "template.language.code", 16)?;
@@ -52,6 +57,7 @@ pub(super) fn check_template(message: &Value) -> Result<(), Invalid> {
         let kind = non_empty_str(component, "type", &format!("{path}.type"), 32)?;
         if !["header", "body", "button", "footer"].contains(&kind) {
             return Err(invalid(
+                Rule::OneOf,
                 format!("{path}.type"),
                 "must be header, body, button or footer",
             ));
@@ -60,6 +66,7 @@ pub(super) fn check_template(message: &Value) -> Result<(), Invalid> {
             non_empty_str(component, "sub_type", &format!("{path}.sub_type"), 32)?;
             let index = component.get("index").ok_or_else(|| {
                 invalid(
+                    Rule::Required,
                     format!("{path}.index"),
                     "a button component names its index",
                 )
@@ -70,6 +77,7 @@ pub(super) fn check_template(message: &Value) -> Result<(), Invalid> {
             };
             if index.is_none_or(|i| i > 9) {
                 return Err(invalid(
+                    Rule::Range,
                     format!("{path}.index"),
                     "must be a button index, 0 to 9",
                 ));
@@ -85,6 +93,7 @@ pub(super) fn check_template(message: &Value) -> Result<(), Invalid> {
                 let kind = non_empty_str(parameter, "type", &format!("{path}.type"), 32)?;
                 if !parameter.contains_key(kind) {
                     return Err(invalid(
+                        Rule::Required,
                         format!("{path}.{kind}"),
                         format!("a {kind} parameter carries its {kind} value"),
                     ));
@@ -98,7 +107,7 @@ pub(super) fn check_template(message: &Value) -> Result<(), Invalid> {
 /// Checks a template send against the template as Meta lists it (`components`, with
 /// `{{1}}` or `{{name}}` placeholders in its header and body texts): each of those
 /// components gets as many parameters as it has placeholders.
-pub fn check_template_fits(message: &Value, components: &Value) -> Result<(), Invalid> {
+pub fn check_template_fits(message: &Value, components: &Value) -> Result<(), FieldError> {
     let given = message.get("components").and_then(Value::as_array);
     for part in ["header", "body"] {
         let Some(text) = components.as_array().and_then(|all| {
@@ -135,6 +144,7 @@ pub fn check_template_fits(message: &Value, components: &Value) -> Result<(), In
                 None => "template.components".to_string(),
             };
             return Err(invalid(
+                Rule::Count,
                 field,
                 format!("the template's {part} takes {wanted} parameter(s), {count} given"),
             ));
@@ -161,7 +171,7 @@ pub(super) fn check_media(
     message: &Value,
     caption: bool,
     filename: bool,
-) -> Result<(), Invalid> {
+) -> Result<(), FieldError> {
     let media = as_object(message, kind)?;
     let mut allowed = vec!["id", "link"];
     if caption {
@@ -174,12 +184,14 @@ pub(super) fn check_media(
     match (media.get("id"), media.get("link")) {
         (Some(_), Some(_)) => {
             return Err(invalid(
+                Rule::Combination,
                 format!("{kind}.link"),
                 "give the media's id or its link, not both",
             ))
         }
         (None, None) => {
             return Err(invalid(
+                Rule::Required,
                 format!("{kind}.id"),
                 "a media message needs an uploaded media id or a link",
             ))
@@ -191,7 +203,11 @@ pub(super) fn check_media(
             let link = non_empty_str(media, "link", &format!("{kind}.link"), 2048)?;
             let parsed = url::Url::parse(link).ok();
             if !parsed.is_some_and(|u| u.scheme() == "https" || u.scheme() == "http") {
-                return Err(invalid(format!("{kind}.link"), "must be an http(s) URL"));
+                return Err(invalid(
+                    Rule::Format,
+                    format!("{kind}.link"),
+                    "must be an http(s) URL",
+                ));
             }
         }
     }
@@ -204,7 +220,7 @@ pub(super) fn check_media(
     Ok(())
 }
 
-pub(super) fn check_location(message: &Value) -> Result<(), Invalid> {
+pub(super) fn check_location(message: &Value) -> Result<(), FieldError> {
     let location = as_object(message, "location")?;
     only_fields(
         location,
@@ -218,6 +234,7 @@ pub(super) fn check_location(message: &Value) -> Result<(), Invalid> {
         });
         if !value.is_some_and(|v| (-bound..=bound).contains(&v)) {
             return Err(invalid(
+                Rule::Range,
                 format!("location.{key}"),
                 format!("is required, a number from -{bound} to {bound}"),
             ));
@@ -231,17 +248,25 @@ pub(super) fn check_location(message: &Value) -> Result<(), Invalid> {
     Ok(())
 }
 
-pub(super) fn check_contacts(message: &Value) -> Result<(), Invalid> {
+pub(super) fn check_contacts(message: &Value) -> Result<(), FieldError> {
     let contacts = as_array(message, "contacts")?;
     if contacts.is_empty() {
-        return Err(invalid("contacts", "needs at least one contact card"));
+        return Err(invalid(
+            Rule::Count,
+            "contacts",
+            "needs at least one contact card",
+        ));
     }
     for (i, contact) in contacts.iter().enumerate() {
         let path = format!("contacts[{i}]");
         let contact = as_object(contact, &path)?;
-        let name = contact
-            .get("name")
-            .ok_or_else(|| invalid(format!("{path}.name"), "a contact card needs a name"))?;
+        let name = contact.get("name").ok_or_else(|| {
+            invalid(
+                Rule::Required,
+                format!("{path}.name"),
+                "a contact card needs a name",
+            )
+        })?;
         let name = as_object(name, &format!("{path}.name"))?;
         non_empty_str(
             name,
@@ -253,7 +278,7 @@ pub(super) fn check_contacts(message: &Value) -> Result<(), Invalid> {
     Ok(())
 }
 
-pub(super) fn check_interactive(message: &Value) -> Result<(), Invalid> {
+pub(super) fn check_interactive(message: &Value) -> Result<(), FieldError> {
     let interactive = as_object(message, "interactive")?;
     only_fields(
         interactive,
@@ -261,9 +286,10 @@ pub(super) fn check_interactive(message: &Value) -> Result<(), Invalid> {
         &["type", "header", "body", "footer", "action"],
     )?;
     let kind = non_empty_str(interactive, "type", "interactive.type", 32)?;
-    let text_of = |key: &str, max: usize, required: bool| -> Result<(), Invalid> {
+    let text_of = |key: &str, max: usize, required: bool| -> Result<(), FieldError> {
         match interactive.get(key) {
             None if required => Err(invalid(
+                Rule::Required,
                 format!("interactive.{key}.text"),
                 format!("a {kind} message needs its {key} text"),
             )),
@@ -281,17 +307,18 @@ pub(super) fn check_interactive(message: &Value) -> Result<(), Invalid> {
     text_of("footer", FOOTER_TEXT_MAX, false)?;
     let action = interactive
         .get("action")
-        .ok_or_else(|| invalid("interactive.action", "is required"))?;
+        .ok_or_else(|| invalid(Rule::Required, "interactive.action", "is required"))?;
     let action = as_object(action, "interactive.action")?;
     match kind {
         "button" => {
             text_of("body", INTERACTIVE_BODY_MAX, true)?;
-            let buttons = action
-                .get("buttons")
-                .ok_or_else(|| invalid("interactive.action.buttons", "is required"))?;
+            let buttons = action.get("buttons").ok_or_else(|| {
+                invalid(Rule::Required, "interactive.action.buttons", "is required")
+            })?;
             let buttons = as_array(buttons, "interactive.action.buttons")?;
             if buttons.is_empty() || buttons.len() > REPLY_BUTTONS_MAX {
                 return Err(invalid(
+                    Rule::Count,
                     "interactive.action.buttons",
                     format!("takes 1 to {REPLY_BUTTONS_MAX} reply buttons"),
                 ));
@@ -302,11 +329,15 @@ pub(super) fn check_interactive(message: &Value) -> Result<(), Invalid> {
                 let path = format!("interactive.action.buttons[{i}]");
                 let button = as_object(button, &path)?;
                 if button.get("type") != Some(&Value::from("reply")) {
-                    return Err(invalid(format!("{path}.type"), "must be \"reply\""));
+                    return Err(invalid(
+                        Rule::OneOf,
+                        format!("{path}.type"),
+                        "must be \"reply\"",
+                    ));
                 }
-                let reply = button
-                    .get("reply")
-                    .ok_or_else(|| invalid(format!("{path}.reply"), "is required"))?;
+                let reply = button.get("reply").ok_or_else(|| {
+                    invalid(Rule::Required, format!("{path}.reply"), "is required")
+                })?;
                 let reply = as_object(reply, &format!("{path}.reply"))?;
                 let id = non_empty_str(reply, "id", &format!("{path}.reply.id"), BUTTON_ID_MAX)?;
                 let title = non_empty_str(
@@ -317,12 +348,14 @@ pub(super) fn check_interactive(message: &Value) -> Result<(), Invalid> {
                 )?;
                 if !ids.insert(id) {
                     return Err(invalid(
+                        Rule::Unique,
                         format!("{path}.reply.id"),
                         "button ids must differ",
                     ));
                 }
                 if !titles.insert(title) {
                     return Err(invalid(
+                        Rule::Unique,
                         format!("{path}.reply.title"),
                         "button titles must differ",
                     ));
@@ -337,12 +370,13 @@ pub(super) fn check_interactive(message: &Value) -> Result<(), Invalid> {
                 "interactive.action.button",
                 LIST_BUTTON_MAX,
             )?;
-            let sections = action
-                .get("sections")
-                .ok_or_else(|| invalid("interactive.action.sections", "is required"))?;
+            let sections = action.get("sections").ok_or_else(|| {
+                invalid(Rule::Required, "interactive.action.sections", "is required")
+            })?;
             let sections = as_array(sections, "interactive.action.sections")?;
             if sections.is_empty() || sections.len() > LIST_SECTIONS_MAX {
                 return Err(invalid(
+                    Rule::Count,
                     "interactive.action.sections",
                     format!("takes 1 to {LIST_SECTIONS_MAX} sections"),
                 ));
@@ -360,12 +394,16 @@ pub(super) fn check_interactive(message: &Value) -> Result<(), Invalid> {
                         SECTION_TITLE_MAX,
                     )?;
                 }
-                let rows = section
-                    .get("rows")
-                    .ok_or_else(|| invalid(format!("{path}.rows"), "is required"))?;
+                let rows = section.get("rows").ok_or_else(|| {
+                    invalid(Rule::Required, format!("{path}.rows"), "is required")
+                })?;
                 let rows = as_array(rows, &format!("{path}.rows"))?;
                 if rows.is_empty() {
-                    return Err(invalid(format!("{path}.rows"), "needs at least one row"));
+                    return Err(invalid(
+                        Rule::Count,
+                        format!("{path}.rows"),
+                        "needs at least one row",
+                    ));
                 }
                 for (j, row) in rows.iter().enumerate() {
                     let path = format!("{path}.rows[{j}]");
@@ -381,13 +419,18 @@ pub(super) fn check_interactive(message: &Value) -> Result<(), Invalid> {
                         )?;
                     }
                     if !row_ids.insert(id) {
-                        return Err(invalid(format!("{path}.id"), "row ids must differ"));
+                        return Err(invalid(
+                            Rule::Unique,
+                            format!("{path}.id"),
+                            "row ids must differ",
+                        ));
                     }
                 }
                 rows_total += rows.len();
             }
             if rows_total > LIST_ROWS_MAX {
                 return Err(invalid(
+                    Rule::Count,
                     "interactive.action.sections",
                     format!("hold at most {LIST_ROWS_MAX} rows in all"),
                 ));
@@ -396,11 +439,19 @@ pub(super) fn check_interactive(message: &Value) -> Result<(), Invalid> {
         "cta_url" => {
             text_of("body", INTERACTIVE_BODY_MAX, true)?;
             if action.get("name") != Some(&Value::from("cta_url")) {
-                return Err(invalid("interactive.action.name", "must be \"cta_url\""));
+                return Err(invalid(
+                    Rule::OneOf,
+                    "interactive.action.name",
+                    "must be \"cta_url\"",
+                ));
             }
-            let parameters = action
-                .get("parameters")
-                .ok_or_else(|| invalid("interactive.action.parameters", "is required"))?;
+            let parameters = action.get("parameters").ok_or_else(|| {
+                invalid(
+                    Rule::Required,
+                    "interactive.action.parameters",
+                    "is required",
+                )
+            })?;
             let parameters = as_object(parameters, "interactive.action.parameters")?;
             non_empty_str(
                 parameters,
@@ -411,6 +462,7 @@ pub(super) fn check_interactive(message: &Value) -> Result<(), Invalid> {
             let link = non_empty_str(parameters, "url", "interactive.action.parameters.url", 2048)?;
             if !url::Url::parse(link).is_ok_and(|u| u.scheme() == "https" || u.scheme() == "http") {
                 return Err(invalid(
+                    Rule::Format,
                     "interactive.action.parameters.url",
                     "must be an http(s) URL",
                 ));
@@ -418,6 +470,7 @@ pub(super) fn check_interactive(message: &Value) -> Result<(), Invalid> {
         }
         other => {
             return Err(invalid(
+                Rule::OneOf,
                 "interactive.type",
                 format!("{other:?} is not sent by this API (button, list, cta_url)"),
             ))
@@ -426,7 +479,7 @@ pub(super) fn check_interactive(message: &Value) -> Result<(), Invalid> {
     Ok(())
 }
 
-pub(super) fn check_reaction(message: &Value) -> Result<(), Invalid> {
+pub(super) fn check_reaction(message: &Value) -> Result<(), FieldError> {
     let reaction = as_object(message, "reaction")?;
     only_fields(reaction, "reaction", &["message_id", "emoji"])?;
     non_empty_str(reaction, "message_id", "reaction.message_id", 512)?;
@@ -434,6 +487,7 @@ pub(super) fn check_reaction(message: &Value) -> Result<(), Invalid> {
     match reaction.get("emoji") {
         Some(Value::String(emoji)) if emoji.chars().count() <= 8 => Ok(()),
         _ => Err(invalid(
+            Rule::Required,
             "reaction.emoji",
             "is required: one emoji, or \"\" to remove the reaction",
         )),
@@ -443,21 +497,26 @@ pub(super) fn check_reaction(message: &Value) -> Result<(), Invalid> {
 pub(super) fn as_object<'a>(
     value: &'a Value,
     path: &str,
-) -> Result<&'a Map<String, Value>, Invalid> {
+) -> Result<&'a Map<String, Value>, FieldError> {
     value
         .as_object()
-        .ok_or_else(|| invalid(path, "must be a JSON object"))
+        .ok_or_else(|| invalid(Rule::Type, path, "must be a JSON object"))
 }
 
-fn as_array<'a>(value: &'a Value, path: &str) -> Result<&'a Vec<Value>, Invalid> {
+fn as_array<'a>(value: &'a Value, path: &str) -> Result<&'a Vec<Value>, FieldError> {
     value
         .as_array()
-        .ok_or_else(|| invalid(path, "must be a JSON array"))
+        .ok_or_else(|| invalid(Rule::Type, path, "must be a JSON array"))
 }
 
-fn only_fields(object: &Map<String, Value>, path: &str, allowed: &[&str]) -> Result<(), Invalid> {
+fn only_fields(
+    object: &Map<String, Value>,
+    path: &str,
+    allowed: &[&str],
+) -> Result<(), FieldError> {
     match object.keys().find(|key| !allowed.contains(&key.as_str())) {
         Some(key) => Err(invalid(
+            Rule::Unknown,
             format!("{path}.{key}"),
             format!("is not a field of {path} ({})", allowed.join(", ")),
         )),
@@ -469,11 +528,11 @@ pub(super) fn required_str<'a>(
     object: &'a Map<String, Value>,
     key: &str,
     path: &str,
-) -> Result<&'a str, Invalid> {
+) -> Result<&'a str, FieldError> {
     match object.get(key) {
         Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(invalid(path, "must be a string")),
-        None => Err(invalid(path, "is required")),
+        Some(_) => Err(invalid(Rule::Type, path, "must be a string")),
+        None => Err(invalid(Rule::Required, path, "is required")),
     }
 }
 
@@ -483,20 +542,24 @@ pub(super) fn non_empty_str<'a>(
     key: &str,
     path: &str,
     max: usize,
-) -> Result<&'a str, Invalid> {
+) -> Result<&'a str, FieldError> {
     let text = required_str(object, key, path)?;
     if text.trim().is_empty() {
-        return Err(invalid(path, "must not be empty"));
+        return Err(invalid(Rule::Length, path, "must not be empty"));
     }
     if text.chars().count() > max {
-        return Err(invalid(path, format!("is longer than {max} characters")));
+        return Err(invalid(
+            Rule::Length,
+            path,
+            format!("is longer than {max} characters"),
+        ));
     }
     Ok(text)
 }
 
-fn optional_bool(object: &Map<String, Value>, key: &str, path: &str) -> Result<(), Invalid> {
+fn optional_bool(object: &Map<String, Value>, key: &str, path: &str) -> Result<(), FieldError> {
     match object.get(key) {
         None | Some(Value::Bool(_)) => Ok(()),
-        Some(_) => Err(invalid(path, "must be true or false")),
+        Some(_) => Err(invalid(Rule::Type, path, "must be true or false")),
     }
 }

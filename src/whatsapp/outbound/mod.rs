@@ -12,6 +12,9 @@ mod tests;
 
 use serde_json::{json, Map, Value};
 
+use crate::ids::PhoneNumberId;
+use crate::rules::{FieldError, Rule};
+
 pub use checks::check_template_fits;
 use checks::{
     as_object, check_contacts, check_interactive, check_location, check_media, check_reaction,
@@ -89,7 +92,7 @@ pub enum Recipient {
 /// A checked send request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SendRequest {
-    pub from_phone_number_id: String,
+    pub from_phone_number_id: PhoneNumberId,
     pub kind: OutboundKind,
     /// For mark-as-read, the inbound message's wamid; else the recipient.
     pub to: Target,
@@ -106,25 +109,15 @@ pub enum Target {
     ReadReceipt { message_id: String },
 }
 
-/// A request Meta would refuse: the field, as a dotted path, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct Invalid {
-    pub field: String,
-    pub message: String,
-}
-
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
-    Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
+/// A request Meta would refuse: the field, as a dotted path, the rule and why.
+fn invalid(rule: Rule, field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError::new(rule, field, message)
 }
 
 /// A plain text message from `phone_number_id` to `to` (an automation's reply).
 pub fn text_request(phone_number_id: &str, to: Recipient, body: &str) -> SendRequest {
     SendRequest {
-        from_phone_number_id: phone_number_id.to_string(),
+        from_phone_number_id: phone_number_id.into(),
         kind: OutboundKind::Text,
         to: Target::Recipient(to),
         message: json!({"body": body, "preview_url": false}),
@@ -134,13 +127,14 @@ pub fn text_request(phone_number_id: &str, to: Recipient, body: &str) -> SendReq
 
 /// Checks a send request (`POST /v1/messages`): Meta's fields for its type, or Meta's
 /// own mark-as-read shape `{"status": "read", "message_id"}`.
-pub fn parse_send(body: &Value) -> Result<SendRequest, Invalid> {
+pub fn parse_send(body: &Value) -> Result<SendRequest, FieldError> {
     let Value::Object(fields) = body else {
-        return Err(invalid("body", "must be a JSON object"));
+        return Err(invalid(Rule::Type, "body", "must be a JSON object"));
     };
     let from = required_str(fields, "from_phone_number_id", "from_phone_number_id")?;
     if from.is_empty() || !from.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid(
+            Rule::Format,
             "from_phone_number_id",
             "must be the id of one of your WhatsApp phone numbers (digits)",
         ));
@@ -148,6 +142,7 @@ pub fn parse_send(body: &Value) -> Result<SendRequest, Invalid> {
     if let Some(product) = fields.get("messaging_product") {
         if product != "whatsapp" {
             return Err(invalid(
+                Rule::OneOf,
                 "messaging_product",
                 "must be \"whatsapp\" when given",
             ));
@@ -158,7 +153,7 @@ pub fn parse_send(body: &Value) -> Result<SendRequest, Invalid> {
     }
     let kind_name = required_str(fields, "type", "type")?;
     let kind = OutboundKind::parse(kind_name).ok_or_else(|| {
-        invalid(
+        invalid(Rule::OneOf,
             "type",
             format!("{kind_name:?} is not a type this API sends (text, template, image, audio, video, document, sticker, location, contacts, interactive, reaction)"),
         )
@@ -171,6 +166,7 @@ pub fn parse_send(body: &Value) -> Result<SendRequest, Invalid> {
             || key == kind_name;
         if !known {
             return Err(invalid(
+                Rule::Unknown,
                 key.as_str(),
                 format!("is not a field of a {kind_name} message"),
             ));
@@ -179,6 +175,7 @@ pub fn parse_send(body: &Value) -> Result<SendRequest, Invalid> {
     let to = parse_recipient(fields)?;
     let message = fields.get(kind_name).ok_or_else(|| {
         invalid(
+            Rule::Required,
             kind_name,
             format!("a {kind_name} message needs its {kind_name} object"),
         )
@@ -206,7 +203,7 @@ pub fn parse_send(body: &Value) -> Result<SendRequest, Invalid> {
         }
     };
     Ok(SendRequest {
-        from_phone_number_id: from.to_string(),
+        from_phone_number_id: from.into(),
         kind,
         to: Target::Recipient(to),
         message: message.clone(),
@@ -214,9 +211,10 @@ pub fn parse_send(body: &Value) -> Result<SendRequest, Invalid> {
     })
 }
 
-fn parse_read(fields: &Map<String, Value>, from: &str) -> Result<SendRequest, Invalid> {
+fn parse_read(fields: &Map<String, Value>, from: &str) -> Result<SendRequest, FieldError> {
     if fields.get("status") != Some(&Value::from("read")) {
         return Err(invalid(
+            Rule::OneOf,
             "status",
             "only \"read\" can be sent (mark as read)",
         ));
@@ -227,6 +225,7 @@ fn parse_read(fields: &Map<String, Value>, from: &str) -> Result<SendRequest, In
             "from_phone_number_id" | "status" | "message_id" | "messaging_product"
         ) {
             return Err(invalid(
+                Rule::Unknown,
                 key.as_str(),
                 "is not a field of a mark-as-read request",
             ));
@@ -234,7 +233,7 @@ fn parse_read(fields: &Map<String, Value>, from: &str) -> Result<SendRequest, In
     }
     let message_id = non_empty_str(fields, "message_id", "message_id", 512)?;
     Ok(SendRequest {
-        from_phone_number_id: from.to_string(),
+        from_phone_number_id: from.into(),
         kind: OutboundKind::Read,
         to: Target::ReadReceipt {
             message_id: message_id.to_string(),
@@ -246,9 +245,10 @@ fn parse_read(fields: &Map<String, Value>, from: &str) -> Result<SendRequest, In
 
 /// `to`: a phone number in international format (digits, an optional leading `+`),
 /// or a BSUID (a country code, a period, then Meta's id: `US.13491208655302741918`).
-fn parse_recipient(fields: &Map<String, Value>) -> Result<Recipient, Invalid> {
+fn parse_recipient(fields: &Map<String, Value>) -> Result<Recipient, FieldError> {
     recipient_of(required_str(fields, "to", "to")?).ok_or_else(|| {
         invalid(
+            Rule::Format,
             "to",
             "must be a phone number in international format (digits) or a user_id (BSUID)",
         )

@@ -1,6 +1,6 @@
 use super::*;
 
-fn send(body: Value) -> Result<SendRequest, Invalid> {
+fn send(body: Value) -> Result<SendRequest, crate::rules::FieldError> {
     parse_send(&body)
 }
 

@@ -6,6 +6,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::lenient::{each_or_absent, items_or_empty, lenient_string, or_absent};
+use crate::ids::PhoneNumberId;
 
 // The envelope is read straight from the body, each change's value kept as the raw
 // text it came in, so that every item is parsed once, into the value its event owns.
@@ -56,8 +57,14 @@ pub struct ChangeValue {
 pub struct Metadata {
     #[serde(default, deserialize_with = "or_absent")]
     pub display_phone_number: Option<String>,
-    #[serde(deserialize_with = "lenient_string")]
-    pub phone_number_id: String,
+    #[serde(deserialize_with = "lenient_phone_number_id")]
+    pub phone_number_id: PhoneNumberId,
+}
+
+fn lenient_phone_number_id<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<PhoneNumberId, D::Error> {
+    lenient_string(deserializer).map(PhoneNumberId)
 }
 
 /// `contacts[]`: the sender's identity and profile.

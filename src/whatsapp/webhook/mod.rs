@@ -194,7 +194,7 @@ fn parse_change(waba_id: &str, change: RawChange<'_>, parsed: &mut ParsedWebhook
             return;
         }
     };
-    let number = Some(PhoneNumberId(value.metadata.phone_number_id.clone()));
+    let number = Some(value.metadata.phone_number_id.clone());
     let item_raw = |item: &Value| serde_json::to_vec(item).unwrap_or_default();
     let (messages, statuses, preferences) = (
         std::mem::take(&mut value.messages),
@@ -204,7 +204,7 @@ fn parse_change(waba_id: &str, change: RawChange<'_>, parsed: &mut ParsedWebhook
     let had_items = !(messages.is_empty() && statuses.is_empty() && preferences.is_empty());
     let base = |kind: EventKind, identity: Identity, item: Value| Event {
         kind,
-        phone_number_id: PhoneNumberId(value.metadata.phone_number_id.clone()),
+        phone_number_id: value.metadata.phone_number_id.clone(),
         display_phone_number: value.metadata.display_phone_number.clone(),
         waba_id: text_without_nul(waba_id),
         identity,

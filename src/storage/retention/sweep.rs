@@ -17,10 +17,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::{Category, Deleted, Policies, DAY_MS};
+use super::{self as store, RunRecord};
 use crate::config::{RetentionSettings, Settings};
 use crate::ids::TenantId;
-use crate::storage::retention::{self as store, RunRecord};
+use crate::retention::{Category, Deleted, Policies, DAY_MS};
 use crate::storage::{DbConn, StorageError};
 
 /// Where a sweep's transactions run. Called from a thread that may block.

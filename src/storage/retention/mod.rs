@@ -1,6 +1,8 @@
 //! Retention in the database: each tenant's own periods (`retention_policies`), the
 //! rows of a category past its period (counted, or deleted a bounded batch at a time)
-//! and the record of every sweep (`retention_runs`).
+//! and the record of every sweep (`retention_runs`), and the sweep itself ([`sweep`]).
+
+pub mod sweep;
 
 use diesel::prelude::*;
 
