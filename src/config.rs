@@ -64,6 +64,10 @@ pub struct ComplianceSettings {
     /// `erasure_batch_pause_ms` between writes, so other tenants' webhooks wait little.
     pub erasure_batch_size: u32,
     pub erasure_batch_pause_ms: u64,
+    /// A closed tenant's data is purged this many days after the closure, unless the
+    /// operator asks for it at once (`converra tenant close --delete-data`). The purge
+    /// goes in batches of `erasure_batch_size`, `erasure_batch_pause_ms` apart.
+    pub closure_grace_days: u32,
 }
 
 impl ComplianceSettings {
@@ -544,6 +548,12 @@ impl Settings {
             return Err(invalid(
                 "compliance.erasure_batch_pause_ms",
                 "must be at most 60000",
+            ));
+        }
+        if self.compliance.closure_grace_days > 365 {
+            return Err(invalid(
+                "compliance.closure_grace_days",
+                "must be at most 365",
             ));
         }
         for day in &self.compliance.holidays {

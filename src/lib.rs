@@ -344,8 +344,8 @@ pub async fn run(
         Supervisor::start(move |_| actors::mailer::Mailer::new(core))
     };
     let compliance = {
-        let core = core.clone();
-        Supervisor::start(move |_| actors::compliance::ComplianceActor::new(core))
+        let (core, registry) = (core.clone(), registry.clone());
+        Supervisor::start(move |_| actors::compliance::ComplianceActor::new(core, registry))
     };
     let scheduler = {
         let (core, registry) = (core.clone(), registry.clone());

@@ -180,6 +180,18 @@ enum TenantCommand {
         #[command(flatten)]
         output: Output,
     },
+    /// Close a tenant's account at its holder's request: its API keys and numbers stop
+    /// at once, its data is deleted after `compliance.closure_grace_days` (or at once
+    /// with --delete-data), and the holder gets one confirmation email.
+    Close {
+        #[arg(long)]
+        tenant: String,
+        /// Delete the data at once rather than after the grace period.
+        #[arg(long)]
+        delete_data: bool,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -470,10 +482,66 @@ fn tenant(settings: Settings, command: TenantCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&all)?);
             } else {
                 print_table(
-                    &["tenant_id", "name", "holder_email", "created_at"],
+                    &[
+                        "tenant_id",
+                        "name",
+                        "holder_email",
+                        "created_at",
+                        "closed_at",
+                    ],
                     all.into_iter()
-                        .map(|t| vec![t.id, t.name, t.holder_email, rfc3339(t.created_at)])
+                        .map(|t| {
+                            vec![
+                                t.id,
+                                t.name,
+                                t.holder_email,
+                                rfc3339(t.created_at),
+                                t.closed_at.map(rfc3339).unwrap_or_default(),
+                            ]
+                        })
                         .collect(),
+                );
+            }
+        }
+        TenantCommand::Close {
+            tenant,
+            delete_data,
+            output,
+        } => {
+            let tenant_id = TenantId(tenant.clone());
+            let confirmation = |name: &str, holder: &str, closure: &storage::closure::Closure| {
+                converra::email::closure(&tenant_id, name, holder, closure)
+                    .map_err(|e| storage::StorageError::Corrupt(e.to_string()))
+            };
+            let domain = converra::email::message_domain(&settings.email.from);
+            let closed = match storage::closure::close(
+                &mut conn,
+                &tenant_id,
+                delete_data,
+                settings.compliance.closure_grace_days,
+                &confirmation,
+                &domain,
+                now,
+            ) {
+                Err(storage::StorageError::NotFound) => bail!("no tenant with id {tenant}"),
+                other => other?,
+            };
+            let purge_after = rfc3339(closed.closure.purge_after);
+            if output.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"tenant_id": tenant, "closed_at": rfc3339(closed.closure.closed_at),
+                        "purge_after": purge_after, "numbers_stopped": closed.numbers,
+                        "already_closed": !closed.newly})
+                );
+            } else if closed.newly {
+                println!(
+                    "tenant {tenant} closed: API keys revoked, {} numbers stopped; its data is deleted from {purge_after}",
+                    closed.numbers.len()
+                );
+            } else {
+                println!(
+                    "tenant {tenant} was closed before; its data is deleted from {purge_after}"
                 );
             }
         }
@@ -749,17 +817,19 @@ fn erasure(settings: Settings, command: ErasureCommand) -> anyhow::Result<()> {
     let ErasureCommand::Reapply { output } = command;
     let (vault, mut conn) = operator_storage(&settings)?;
     let batch = i64::from(settings.compliance.erasure_batch_size);
-    let done = converra::storage::erasure::reapply_all(&mut conn, &vault, batch)?;
+    let done =
+        converra::storage::erasure::reapply_all(&mut conn, &vault, batch, SystemClock.now_ms())?;
     if output.json {
         println!(
             "{}",
             serde_json::json!({"records": done.records, "contacts_found": done.contacts_found,
-                "deleted": done.deleted, "compacted": done.compacted})
+                "tenants_found": done.tenants_found, "deleted": done.deleted,
+                "compacted": done.compacted})
         );
     } else {
         println!(
-            "{} erasure record(s); {} erased contact(s) found in the data again; deleted:",
-            done.records, done.contacts_found
+            "{} erasure record(s); {} erased contact(s) and {} purged tenant(s) found in the data again; deleted:",
+            done.records, done.contacts_found, done.tenants_found
         );
         print_table(
             &["rows", "count"],

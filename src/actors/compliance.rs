@@ -4,6 +4,11 @@
 //! the tenant's lane with its audit entry, so a crash resumes at the step it stopped
 //! before. It looks for work when a request is submitted and every few seconds.
 //!
+//! It also closes accounts: a tenant the operator closed (`converra tenant close`) is
+//! told down the actor tree ([`CloseTenant`]), and from its `purge_after` on its data
+//! goes in the same batches as an erasure's, one closed tenant at a time
+//! ([`crate::storage::closure`]).
+//!
 //! An erasure has more steps: the writers are told to refuse the contact, its keys
 //! are destroyed, the conversation actor holding it drops it, its rows go in batches
 //! (`compliance.erasure_batch_size` at a time, `erasure_batch_pause_ms` apart, in the
@@ -17,12 +22,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::conversation::ForgetContact;
+use super::conversation::{ForgetContact, RestrictContact};
+use super::registry::{CloseTenant, Registry};
 use super::{when_idle, Core, FinishWork};
 use crate::compliance::requests;
 use crate::ids::TenantId;
+use crate::storage::closure::{self, Closure};
 use crate::storage::erasure;
-use crate::storage::privacy::{self, Kind, Request};
+use crate::storage::privacy::{self, Kind, Request, State};
 use crate::storage::StorageError;
 
 /// How often the actor looks whether a request woke it.
@@ -33,6 +40,7 @@ const RESCAN_TICKS: u32 = 25;
 
 pub struct ComplianceActor {
     core: Arc<Core>,
+    registry: Addr<Registry>,
     /// Tenants with a request being executed.
     busy: HashSet<TenantId>,
     reading: bool,
@@ -40,16 +48,23 @@ pub struct ComplianceActor {
     /// Shutdown asked it to start no step ([`FinishWork`]); an erasure stops between
     /// two batches.
     finishing: Arc<AtomicBool>,
+    /// Closed tenants whose actors this process has told.
+    closed: HashSet<TenantId>,
+    /// The closed tenant being purged (one at a time).
+    purging: Option<TenantId>,
 }
 
 impl ComplianceActor {
-    pub fn new(core: Arc<Core>) -> ComplianceActor {
+    pub fn new(core: Arc<Core>, registry: Addr<Registry>) -> ComplianceActor {
         ComplianceActor {
             core,
+            registry,
             busy: HashSet::new(),
             reading: false,
             ticks: RESCAN_TICKS,
             finishing: Arc::new(AtomicBool::new(false)),
+            closed: HashSet::new(),
+            purging: None,
         }
     }
 
@@ -71,11 +86,15 @@ impl ComplianceActor {
         self.ticks = 0;
         self.reading = true;
         let core = self.core.clone();
-        let read = async move { core.read(|conn, _| privacy::next_per_tenant(conn)).await };
+        let read = async move {
+            core.read(|conn, _| Ok((privacy::next_per_tenant(conn)?, closure::closures(conn)?)))
+                .await
+        };
         ctx.spawn(read.into_actor(self).map(|next, actor, ctx| {
             actor.reading = false;
             match next {
-                Ok(next) => {
+                Ok((next, closures)) => {
+                    actor.close_tenants(closures, ctx);
                     for request in next {
                         if !actor.finishing.load(Ordering::Acquire)
                             && actor.busy.insert(request.tenant_id.clone())
@@ -89,6 +108,41 @@ impl ComplianceActor {
                 }
             }
         }));
+    }
+
+    /// Tells the actor tree of each tenant closed since this process looked, and
+    /// starts purging the first one whose `purge_after` has come.
+    fn close_tenants(&mut self, closures: Vec<Closure>, ctx: &mut Context<Self>) {
+        let now = self.core.clock.now_ms();
+        for closure in &closures {
+            if self.closed.insert(closure.tenant_id.clone()) {
+                self.registry
+                    .do_send(CloseTenant(closure.tenant_id.clone()));
+            }
+        }
+        if self.purging.is_some() || self.finishing.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(due) = closures.into_iter().find(|c| c.purge_after <= now) {
+            self.purging = Some(due.tenant_id.clone());
+            let (core, finishing) = (self.core.clone(), self.finishing.clone());
+            let tenant = due.tenant_id;
+            ctx.spawn(purge(core, tenant.clone(), finishing).into_actor(self).map(
+                move |done, actor, _| {
+                    actor.purging = None;
+                    match done {
+                        Ok(true) => {
+                            slog::info!(actor.core.log, "closed tenant purged"; "tenant" => &tenant);
+                            actor.core.compliance_wanted.store(true, Ordering::Release);
+                        }
+                        Ok(false) => slog::info!(actor.core.log, "tenant purge paused for shutdown";
+                            "tenant" => &tenant),
+                        Err(e) => slog::warn!(actor.core.log, "a tenant purge's batch failed; the next rescan goes on";
+                            "tenant" => &tenant, "error" => %e),
+                    }
+                },
+            ));
+        }
     }
 
     /// Runs `request`'s remaining steps; the tenant's next request is looked for once
@@ -113,12 +167,20 @@ impl ComplianceActor {
             let now = core.clock.now_ms();
             let keep_raw_days = core.settings.inbox.keep_raw_days;
             let vault = core.keyring.clone();
-            core.writer
-                .write(Some(tenant), move |conn| {
+            let done = core
+                .writer
+                .write(Some(tenant.clone()), move |conn| {
                     requests::run(conn, &vault, &started, &domain, keep_raw_days, now)
                 })
-                .await
-                .map(Some)
+                .await?;
+            if matches!(done.kind, Kind::Restriction | Kind::Objection)
+                && done.state == State::Completed
+            {
+                if let (Some(contact), Some(addr)) = (&done.contact_id, core.tenants.get(&tenant)) {
+                    addr.do_send(RestrictContact(contact.clone()));
+                }
+            }
+            Ok(Some(done))
         };
         ctx.spawn(steps.into_actor(self).map(
             move |done: Result<Option<Request>, StorageError>, actor, _| {
@@ -201,24 +263,64 @@ async fn erase(
             tokio::time::sleep(pause).await;
         }
     }
-    // What the deletes freed still sits in SQLite's WAL or PostgreSQL's dead rows.
-    // Readers can hold a checkpoint back for a moment: a few tries, then the regular
-    // checkpoints and autovacuum take it over.
+    compact(core, "erasure").await;
+    Ok(true)
+}
+
+/// Purges a closed tenant's data, a batch at a time in its lane with the erasure's
+/// pause between batches, then compacts the database. Returns whether it ran to the
+/// end; `false` when shutdown stopped it between two batches.
+async fn purge(
+    core: Arc<Core>,
+    tenant: TenantId,
+    finishing: Arc<AtomicBool>,
+) -> Result<bool, StorageError> {
+    let batch = i64::from(core.settings.compliance.erasure_batch_size);
+    let pause = Duration::from_millis(core.settings.compliance.erasure_batch_pause_ms);
+    let mut deleted: std::collections::BTreeMap<&'static str, usize> = Default::default();
+    loop {
+        if finishing.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let (vault, purged, now) = (core.keyring.clone(), tenant.clone(), core.clock.now_ms());
+        let step = core
+            .writer
+            .write(Some(tenant.clone()), move |conn| {
+                closure::purge_batch(conn, &vault, &purged, batch, now)
+            })
+            .await?;
+        let Some((table, rows)) = step else { break };
+        *deleted.entry(table).or_default() += rows;
+        if table == "tenants" {
+            break;
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    slog::info!(core.log, "closed tenant's data deleted"; "tenant" => &tenant, "rows" => ?deleted);
+    compact(&core, "tenant purge").await;
+    Ok(true)
+}
+
+/// What deletes freed still sits in SQLite's WAL or PostgreSQL's dead rows. Readers
+/// can hold a checkpoint back for a moment: a few tries, then the regular checkpoints
+/// and autovacuum take it over.
+async fn compact(core: &Arc<Core>, after: &str) {
     let compacting = std::time::Instant::now();
     for attempt in 1..=3 {
         match core.read(erasure::compact).await {
             Ok(()) => {
-                slog::info!(core.log, "erasure: the database is compacted";
-                    "request" => &request.id, "ms" => compacting.elapsed().as_millis());
+                slog::info!(core.log, "the database is compacted"; "after" => after,
+                    "ms" => compacting.elapsed().as_millis());
                 break;
             }
             Err(e) if attempt == 3 => {
-                slog::warn!(core.log, "erasure: compacting the database failed"; "error" => %e)
+                slog::warn!(core.log, "compacting the database failed"; "after" => after, "error" => %e)
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    Ok(true)
 }
 
 impl Actor for ComplianceActor {
@@ -233,6 +335,7 @@ impl Supervised for ComplianceActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         // What was in hand is read again from its stored state.
         self.busy.clear();
+        self.purging = None;
         self.reading = false;
         self.ticks = RESCAN_TICKS;
     }
@@ -244,7 +347,7 @@ impl Handler<FinishWork> for ComplianceActor {
     fn handle(&mut self, _msg: FinishWork, ctx: &mut Context<Self>) -> Self::Result {
         self.finishing.store(true, Ordering::Release);
         MessageResult(when_idle(ctx, |actor: &ComplianceActor| {
-            actor.busy.is_empty() && !actor.reading
+            actor.busy.is_empty() && !actor.reading && actor.purging.is_none()
         }))
     }
 }

@@ -5,6 +5,12 @@
 //! on demand and stopped when idle. Actors own ordering and in-memory state; every
 //! write goes through the storage writer.
 //!
+//! Commands travel the same tree as events, registry → tenant → conversation, each a
+//! message named after its intent: [`submit::Submit`] (a send), and the compliance
+//! actor's [`conversation::RestrictContact`] (waiting sends judged again),
+//! [`conversation::ForgetContact`] (an erased contact dropped, its key with it) and
+//! [`registry::CloseTenant`] (a closed account's actors stopped, its routes forgotten).
+//!
 //! A webhook's events are delivered to their conversation actors as they arrive
 //! ([`crate::intake`]); each is acknowledged to Meta only once the write that applies it has
 //! committed, or, when delivery fails, once it is in the inbox. An actor that dies

@@ -45,6 +45,12 @@ impl TenantDirectory {
             actors.insert(tenant_id, addr);
         }
     }
+
+    fn remove(&self, tenant_id: &TenantId) {
+        if let Ok(mut actors) = self.actors.write() {
+            actors.remove(tenant_id);
+        }
+    }
 }
 
 /// The HTTP workers' threads, where tenant actors run by default: a webhook's events then
@@ -336,6 +342,24 @@ impl Handler<StopSweeping> for Registry {
     fn handle(&mut self, _msg: StopSweeping, _ctx: &mut Context<Self>) -> Self::Result {
         self.halted.store(true, Ordering::Relaxed);
         self.sweep_task.take()
+    }
+}
+
+/// A tenant's account is closed (its keys and numbers are gone from the database):
+/// its actor leaves the directory, so nothing reaches it any more, its numbers leave
+/// the route cache, and it releases its conversation actors ([`tenant::CloseTenant`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseTenant(pub TenantId);
+
+impl Handler<CloseTenant> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: CloseTenant, _ctx: &mut Context<Self>) {
+        self.core.tenants.remove(&msg.0);
+        self.core.routes.forget_tenant(&msg.0);
+        if let Some(tenant) = self.tenants.remove(&msg.0) {
+            tenant.do_send(super::tenant::CloseTenant);
+        }
     }
 }
 

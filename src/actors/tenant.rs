@@ -12,7 +12,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::conversation::{
-    self, ApplyInboxRow, ConversationActor, Delivery, ForgetContact, Release,
+    self, ApplyInboxRow, ConversationActor, Delivery, ForgetContact, Release, RestrictContact,
 };
 use super::submit::Submit;
 use super::Core;
@@ -258,6 +258,38 @@ impl Handler<ForgetContact> for TenantActor {
     fn handle(&mut self, msg: ForgetContact, _ctx: &mut Context<Self>) {
         for entry in self.conversations.values() {
             entry.addr.do_send(ForgetContact(msg.0.clone()));
+        }
+    }
+}
+
+/// The tenant's account is closed: every running conversation actor is released
+/// (each stops once its work in hand is done), and this actor stops with the last of
+/// them, no address of it being left in the registry.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseTenant;
+
+impl Handler<CloseTenant> for TenantActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CloseTenant, _ctx: &mut Context<Self>) {
+        slog::info!(self.core.log, "tenant closed: its conversation actors stop";
+            "tenant" => &self.tenant_id, "conversations" => self.conversations.len());
+        for entry in self.conversations.values() {
+            entry.addr.do_send(Release);
+        }
+    }
+}
+
+/// Restriction or objection is in force for a contact from now on: every running
+/// conversation hears it, and the one holding the contact has its number's sender
+/// judge the contact's waiting sends again at once.
+impl Handler<RestrictContact> for TenantActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RestrictContact, _ctx: &mut Context<Self>) {
+        for entry in self.conversations.values() {
+            entry.addr.do_send(RestrictContact(msg.0.clone()));
         }
     }
 }

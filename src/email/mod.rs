@@ -52,6 +52,20 @@ pub fn notice(
     subject: &str,
     body: &str,
 ) -> Result<NewEmail, EmailError> {
+    account("notice", tenant_id, tenant_name, recipient, subject, body)
+}
+
+/// An email to the account holder about the account itself (its closure, an
+/// operator's notice): `body` (plain text, paragraphs separated by blank lines) under
+/// `subject`, counted under `event`.
+pub fn account(
+    event: &str,
+    tenant_id: &TenantId,
+    tenant_name: &str,
+    recipient: &str,
+    subject: &str,
+    body: &str,
+) -> Result<NewEmail, EmailError> {
     let paragraphs: Vec<&str> = body
         .split("\n\n")
         .map(str::trim)
@@ -65,12 +79,48 @@ pub fn notice(
     };
     Ok(NewEmail {
         tenant_id: tenant_id.clone(),
-        event: "notice".into(),
+        event: event.into(),
         recipient: recipient.to_string(),
         subject: subject.to_string(),
         text_body: render("notice.txt", values.clone())?,
         html_body: render("notice.html", values)?,
     })
+}
+
+/// The account holder's confirmation that the account is closed: its API keys and
+/// numbers stopped, and when its data goes.
+pub fn closure(
+    tenant_id: &TenantId,
+    tenant_name: &str,
+    recipient: &str,
+    closure: &crate::storage::closure::Closure,
+) -> Result<NewEmail, EmailError> {
+    let deleted = if closure.purge_after <= closure.closed_at {
+        "All of its data is being deleted now; copies in backups become unreadable, \
+         because the keys they are sealed under are destroyed."
+            .to_string()
+    } else {
+        format!(
+            "All of its data will be deleted on {}; until then the operator can bring the \
+             deletion forward on your request. Copies in backups become unreadable then, \
+             because the keys they are sealed under are destroyed.",
+            crate::clock::rfc3339(closure.purge_after)
+        )
+    };
+    let body = format!(
+        "The Converra account \"{tenant_name}\" ({tenant_id}) is closed as of {}. Its API \
+         keys no longer work, and its WhatsApp numbers no longer send or receive through \
+         Converra.\n\n{deleted}",
+        crate::clock::rfc3339(closure.closed_at)
+    );
+    account(
+        "closed",
+        tenant_id,
+        tenant_name,
+        recipient,
+        "Your Converra account is closed",
+        &body,
+    )
 }
 
 /// What happened to a data-subject request, for its account holder's email.

@@ -139,9 +139,10 @@ pub fn record_attempt_failed(
     Ok(())
 }
 
-/// Every tenant's account holder: (tenant, email).
+/// The account holder of every active (not closed) tenant: (tenant, email).
 pub fn account_holders(conn: &mut DbConn) -> Result<Vec<(TenantId, String)>, StorageError> {
     let rows: Vec<(String, String)> = on_backend!(conn, c => tenants::table
+        .filter(tenants::closed_at.is_null())
         .order(tenants::id.asc())
         .select((tenants::id, tenants::holder_email))
         .load(c))?;

@@ -682,6 +682,9 @@ pub struct Reapplied {
     pub records: usize,
     /// Of their contacts, those the database held again.
     pub contacts_found: usize,
+    /// Closed tenants the key store records as purged that the database held again
+    /// (purged anew).
+    pub tenants_found: usize,
     /// Rows deleted, by what they were.
     pub deleted: BTreeMap<&'static str, u64>,
     /// Whether the database was compacted afterwards (SQLite: not while readers held
@@ -691,12 +694,14 @@ pub struct Reapplied {
 
 /// Reconciles the data with every erasure record of the key store (after a data
 /// backup was restored): each record's contact is emptied again and its rows deleted,
-/// `batch` rows of a table per transaction, then the database compacted. Rows of a
+/// `batch` rows of a table per transaction; a closed tenant recorded as purged is
+/// purged again; then the database is compacted. Rows of a
 /// subject that wrote again after its erasure (a new contact) are not touched.
 pub fn reapply_all(
     conn: &mut DbConn,
     vault: &Vault,
     batch: i64,
+    now_ms: i64,
 ) -> Result<Reapplied, StorageError> {
     let mut done = Reapplied::default();
     let mut after = String::new();
@@ -716,6 +721,17 @@ pub fn reapply_all(
             for (what, rows) in progress.deleted {
                 *done.deleted.entry(what).or_default() += rows;
             }
+        }
+    }
+    for tenant in super::closure::purged_tenants(conn, vault)? {
+        if !super::closure::still_held(conn, &tenant)? {
+            continue;
+        }
+        done.tenants_found += 1;
+        while let Some((table, rows)) = super::write_transaction(conn, |conn| {
+            super::closure::purge_batch(conn, vault, &tenant, batch, now_ms)
+        })? {
+            *done.deleted.entry(table).or_default() += rows as u64;
         }
     }
     if done.deleted.values().any(|rows| *rows > 0) {

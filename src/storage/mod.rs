@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod audit;
 pub mod automations;
+pub mod closure;
 pub mod contact_crm;
 pub mod contacts;
 pub mod conversations;

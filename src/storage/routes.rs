@@ -72,6 +72,14 @@ impl RouteCache {
         Ok(found)
     }
 
+    /// Forgets every number `tenant_id` owned (its account was closed): the next
+    /// update for one of them is routed by the database, which no longer has it.
+    pub fn forget_tenant(&self, tenant_id: &TenantId) {
+        if let Ok(mut owners) = self.owners.write() {
+            owners.retain(|_, (owner, _)| owner != tenant_id);
+        }
+    }
+
     /// The owners of `numbers`, from the cache where fresh, else from the database.
     pub fn owners(
         &self,

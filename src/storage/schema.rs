@@ -7,6 +7,8 @@ diesel::table! {
         name -> Text,
         holder_email -> Text,
         created_at -> BigInt,
+        closed_at -> Nullable<BigInt>,
+        purge_after -> Nullable<BigInt>,
     }
 }
 
@@ -179,6 +181,13 @@ diesel::table! {
         subject_bidx -> Text,
         route_bidxs -> Text,
         erased_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    keystore.tenant_purges (tenant_id) {
+        tenant_id -> Text,
+        purged_at -> BigInt,
     }
 }
 

@@ -17,7 +17,28 @@ pub struct Tenant {
     pub name: String,
     pub holder_email: String,
     pub created_at: i64,
+    /// When the account was closed; its data goes from `purge_after` on.
+    pub closed_at: Option<i64>,
+    pub purge_after: Option<i64>,
 }
+
+/// The columns of a [`Tenant`].
+type TenantColumns = (
+    tenants::id,
+    tenants::name,
+    tenants::holder_email,
+    tenants::created_at,
+    tenants::closed_at,
+    tenants::purge_after,
+);
+const TENANT_COLUMNS: TenantColumns = (
+    tenants::id,
+    tenants::name,
+    tenants::holder_email,
+    tenants::created_at,
+    tenants::closed_at,
+    tenants::purge_after,
+);
 
 /// Where a number's sealed access token lives.
 pub fn access_token_place<'a>(tenant_id: &'a str, phone_number_id: &'a str) -> Place<'a> {
@@ -162,7 +183,7 @@ pub fn create_api_key(
 pub fn get_tenant(conn: &mut DbConn, tenant_id: &TenantId) -> Result<Tenant, StorageError> {
     on_backend!(conn, c => tenants::table
         .find(tenant_id.as_str())
-        .select((tenants::id, tenants::name, tenants::holder_email, tenants::created_at))
+        .select(TENANT_COLUMNS)
         .get_result::<Tenant>(c)
         .optional())?
     .ok_or(StorageError::NotFound)
@@ -170,7 +191,7 @@ pub fn get_tenant(conn: &mut DbConn, tenant_id: &TenantId) -> Result<Tenant, Sto
 
 pub fn list_tenants(conn: &mut DbConn) -> Result<Vec<Tenant>, StorageError> {
     Ok(on_backend!(conn, c => tenants::table
-        .select((tenants::id, tenants::name, tenants::holder_email, tenants::created_at))
+        .select(TENANT_COLUMNS)
         .order(tenants::id.asc())
         .load::<Tenant>(c))?)
 }

@@ -1055,3 +1055,197 @@ async fn an_access_export_holds_every_message_of_the_subject_and_nothing_else() 
         assert_eq!(expired["error"]["code"], "export_expired", "{backend:?}");
     }
 }
+
+/// Rows of `tenant_id` left in the tables that name tenants.
+fn rows_of_tenant(conn: &mut storage::DbConn, tenant_id: &str) -> Vec<(&'static str, i64)> {
+    use schema::*;
+    macro_rules! count {
+        ($table:ident) => {
+            converra::on_backend!(conn, c => $table::table
+                .filter($table::tenant_id.eq(tenant_id))
+                .count()
+                .get_result::<i64>(c))
+            .unwrap()
+        };
+    }
+    let own: i64 = converra::on_backend!(conn, c => tenants::table
+        .filter(tenants::id.eq(tenant_id))
+        .count()
+        .get_result::<i64>(c))
+    .unwrap();
+    vec![
+        ("tenants", own),
+        ("api_keys", count!(api_keys)),
+        ("phone_numbers", count!(phone_numbers)),
+        ("contacts", count!(contacts)),
+        ("conversations", count!(conversations)),
+        ("messages", count!(messages)),
+        ("status_events", count!(status_events)),
+        ("inbox", count!(inbox)),
+        ("outbox", count!(outbox)),
+        ("contact_labels", count!(contact_labels)),
+        ("usage_daily", count!(usage_daily)),
+        ("privacy_requests", count!(privacy_requests)),
+    ]
+}
+
+/// Closing an account: its API keys stop at once, its holder gets one confirmation,
+/// and with `--delete-data` everything of it goes in batches (its data keys destroyed,
+/// so a backup of it is unreadable; its audit log kept). A tenant closed with the
+/// grace period stops as well but keeps its data until then; another tenant is
+/// untouched.
+#[actix_rt::test]
+async fn a_closed_account_stops_at_once_and_its_data_goes_at_once_or_after_its_grace() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let sink = SmtpSink::start();
+        let mut daemon = Daemon::new(&db.url, &db.dir);
+        crate::compliance::with_smtp(&mut daemon, sink.port);
+        // Small batches: the purge takes many of them.
+        daemon.env.push((
+            "CONVERRA__COMPLIANCE__ERASURE_BATCH_SIZE".into(),
+            "7".into(),
+        ));
+        daemon.env.push((
+            "CONVERRA__COMPLIANCE__ERASURE_BATCH_PAUSE_MS".into(),
+            "0".into(),
+        ));
+        let shop = daemon.seed_tenant(&db.dir, "shop", "EAAG-token");
+        let create = |name: &str| {
+            daemon.cli_json(&[
+                "tenant",
+                "create",
+                "--name",
+                name,
+                "--holder-email",
+                &format!("holder@{name}.example"),
+                "--json",
+            ])
+        };
+        let (bakery, stays) = (create("bakery"), create("stays"));
+        let id = |tenant: &Value| tenant["tenant_id"].as_str().unwrap().to_string();
+        let (shop_id, bakery_id) = (id(&shop), id(&bakery));
+        let api = Client::new(&daemon, &shop);
+        let _running = daemon.spawn();
+        daemon.wait_ready(&api.http).await;
+        for i in 0..20 {
+            api.webhook(webhook_from(
+                NUMBER_A,
+                &format!("49151000000{}", i % 5),
+                "Petra Closing",
+                &format!("wamid.close.{i}"),
+                "words of the shop",
+            ))
+            .await;
+        }
+        api.wait_messages(20).await;
+        let (vault, pool) = converra::open_storage(&settings_for(&db)).unwrap();
+        let mut conn = pool.get().unwrap();
+        assert!(!data_keys(&mut conn, &vault, &shop_id).is_empty());
+
+        let closed = daemon.cli_json(&["tenant", "close", "--tenant", &bakery_id, "--json"]);
+        assert_eq!(closed["already_closed"], false, "{closed}");
+        let closed = daemon.cli_json(&[
+            "tenant",
+            "close",
+            "--tenant",
+            &shop_id,
+            "--delete-data",
+            "--json",
+        ]);
+        assert_eq!(closed["numbers_stopped"], json!([NUMBER_A]), "{closed}");
+        // The keys stop at once; another tenant's work on.
+        for (tenant, status) in [(&shop, 401), (&bakery, 401), (&stays, 200)] {
+            let (got, body) = Client::new(&daemon, tenant)
+                .call("GET", "/v1/contacts", None)
+                .await;
+            assert_eq!(got, status, "{backend:?} {}: {body}", tenant["name"]);
+        }
+        // An update for the closed number is acknowledged and kept for no tenant.
+        api.webhook(webhook_from(
+            NUMBER_A,
+            "4915100000001",
+            "Petra Closing",
+            "wamid.close.late",
+            "words of the shop",
+        ))
+        .await;
+
+        let received = sink.wait_for(2, Duration::from_secs(20)).await;
+        let mut recipients: Vec<String> = received.iter().flat_map(|r| r.to.clone()).collect();
+        recipients.sort();
+        assert_eq!(
+            recipients,
+            vec!["holder@bakery.example", "ops@shop.example"],
+            "{backend:?}: one confirmation per closed account"
+        );
+        for email in &received {
+            assert_eq!(
+                email.header("Subject").as_deref(),
+                Some("Your Converra account is closed")
+            );
+            assert!(!email.data.contains("words of the shop"));
+        }
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let listed = daemon.cli_json(&["tenant", "list", "--json"]);
+            let ids: Vec<&str> = listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|t| t["id"].as_str())
+                .collect();
+            if !ids.contains(&shop_id.as_str()) {
+                let bakery_row = listed
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|t| t["id"] == bakery_id.as_str())
+                    .unwrap();
+                assert!(
+                    bakery_row["closed_at"].is_i64() && bakery_row["purge_after"].is_i64(),
+                    "{bakery_row}"
+                );
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend:?}: the closed tenant was never purged"
+            );
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        let left: Vec<(&str, i64)> = rows_of_tenant(&mut conn, &shop_id)
+            .into_iter()
+            .filter(|(_, rows)| *rows > 0)
+            .collect();
+        assert!(left.is_empty(), "{backend:?}: rows left {left:?}");
+        let keys = data_keys(&mut conn, &vault, &shop_id);
+        assert!(
+            keys.iter().all(|(_, wrapped)| wrapped.is_none()),
+            "{backend:?}: every data key of the tenant is destroyed"
+        );
+        // The grace period keeps the other closed tenant's rows; the third is whole.
+        assert_eq!(rows_of_tenant(&mut conn, &bakery_id)[0], ("tenants", 1));
+        let conn = &mut *conn;
+        let actions: Vec<String> = converra::on_backend!(conn, c => schema::audit_log::table
+            .filter(schema::audit_log::tenant_id.eq(&shop_id))
+            .order(schema::audit_log::id.asc())
+            .select(schema::audit_log::action)
+            .load(c))
+        .unwrap();
+        assert_eq!(
+            actions,
+            vec!["tenant_closed", "tenant_purged"],
+            "{backend:?}: the audit log stays"
+        );
+        // Closing again only says so.
+        let again = daemon.cli_json(&["tenant", "close", "--tenant", &bakery_id, "--json"]);
+        assert_eq!(again["already_closed"], true, "{again}");
+        assert_eq!(
+            sink.received().len(),
+            2,
+            "{backend:?}: no second confirmation"
+        );
+    }
+}

@@ -306,3 +306,42 @@ async fn the_budget_is_durable_shared_by_a_portfolio_and_fails_late_sends() {
         graph.stop().await;
     }
 }
+
+/// A send held for the messaging limit whose contact is then restricted is refused at
+/// once, not when the window frees room: the restriction travels down the actor tree
+/// to the contact's conversation, which has the number's sender judge its waiting
+/// sends again (the limit's own recheck is 30 s away).
+#[actix_rt::test]
+async fn a_send_held_for_the_limit_is_refused_as_soon_as_its_contact_is_restricted() {
+    let graph = FakeGraph::start().await;
+    let app = app_with_graph(&Backend::Sqlite, &graph, |_| {}).await;
+    let key = app.a.api_key.clone();
+    assert_eq!(app.post_signed(&capability("WABA", 1)).await.0, 200);
+    wait_portfolio(&app, &key, NUMBER_A, |p| p["messaging_limit"] == 1).await;
+    send(&app, &key, &template_to(NUMBER_A, "4915200000001")).await;
+    graph.wait_calls(1).await;
+    let held = send(&app, &key, &template_to(NUMBER_A, "4915200000002")).await;
+    wait_portfolio(&app, &key, NUMBER_A, |p| p["waiting"] == 1).await;
+
+    let (status, request) = app
+        .send_json(
+            "POST",
+            "/v1/privacy/requests",
+            &key,
+            &json!({"kind": "restriction", "wa_id": "4915200000002"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{request}");
+    crate::compliance::wait_state(&app, &app.a, request["id"].as_str().unwrap(), "completed").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let (_, state) = app.get(&format!("/v1/messages/{held}"), Some(&key)).await;
+        if state["state"] == "failed" {
+            break state;
+        }
+        assert!(Instant::now() < deadline, "the held send stayed {state}");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(failed["error"]["code"], "restricted", "{failed}");
+    assert_eq!(graph.calls().len(), 1, "nothing more reached Meta");
+}

@@ -96,6 +96,13 @@ pub struct Release;
 #[rtype(result = "()")]
 pub struct ForgetContact(pub ContactId);
 
+/// Restriction or objection is in force for the contact: if it is the one held, the
+/// number's sender judges its waiting sends again now, so that one held for the
+/// messaging limit or the pace is refused at once rather than when its turn comes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RestrictContact(pub ContactId);
+
 /// What a look-up gives the actor.
 enum Found {
     /// The contact, and its conversation on this number if it has one.
@@ -671,6 +678,17 @@ impl Handler<ForgetContact> for ConversationActor {
             self.written_profile = None;
             self.seen_written_at = None;
             self.offer_release(ctx);
+        }
+    }
+}
+
+impl Handler<RestrictContact> for ConversationActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RestrictContact, _ctx: &mut Context<Self>) {
+        let held = self.contact.as_ref().map(|contact| &contact.contact_id);
+        if held == Some(&msg.0) {
+            crate::actors::sender::wake(&self.core, self.phone_number_id.as_str());
         }
     }
 }

@@ -11,8 +11,8 @@ mod outcomes;
 mod reads;
 
 pub use outcomes::{
-    mark_sending, purge_finished, record_accepted, record_done, record_failed,
-    record_marketing_stop, retry_at, Marking,
+    fail_queued_of_tenant, mark_sending, purge_finished, record_accepted, record_done,
+    record_failed, record_marketing_stop, retry_at, Marking,
 };
 pub use reads::{
     is_pending, pending_sends, row_key, send_state, send_state_opened, OutboxRow, SendState,

@@ -231,6 +231,21 @@ pub fn record_failed(
     Ok(())
 }
 
+/// Fails every queued send of `tenant_id` (its account is being closed): none of them
+/// leaves any more, since marking a send in flight takes only a queued one. Returns
+/// how many.
+pub fn fail_queued_of_tenant(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    error_json: &str,
+) -> Result<usize, StorageError> {
+    Ok(on_backend!(conn, c => diesel::update(outbox::table
+        .filter(outbox::tenant_id.eq(tenant_id.as_str()))
+        .filter(outbox::state.eq(QUEUED)))
+        .set((outbox::state.eq(FAILED), outbox::error_json.eq(error_json)))
+        .execute(c))?)
+}
+
 /// Meta accepted send `id` as `wamid`: the outbox row is done and the message takes its
 /// wamid and moves to `sent`. A status of that wamid that came first left a row of its
 /// own (see [`super::apply`]): its state and status events move to this message, and

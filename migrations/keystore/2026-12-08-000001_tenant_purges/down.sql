@@ -1,0 +1,1 @@
+DROP TABLE keystore.tenant_purges;
