@@ -62,7 +62,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use clap::Parser;
 use diesel::prelude::*;
 
-/// The daemon's allocator (see src/main.rs).
+/// The daemon's allocator (see src/bin/converra/main.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

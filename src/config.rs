@@ -51,7 +51,30 @@ pub struct Settings {
     pub scheduler: SchedulerSettings,
     pub email: EmailSettings,
     pub compliance: ComplianceSettings,
+    pub processing: ProcessingSettings,
     pub log: LogSettings,
+}
+
+/// The record of processing tenants read at `GET /v1/privacy/processing`: who else
+/// processes their data, for what, where, and under which transfer safeguard, and
+/// where the data is stored. A change is told to every account holder at the next
+/// start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingSettings {
+    pub sub_processors: Vec<SubProcessor>,
+    pub data_locations: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubProcessor {
+    pub name: String,
+    pub purpose: String,
+    pub country: String,
+    /// The transfer safeguard, such as Standard Contractual Clauses; "adequacy" or
+    /// "none needed" where none is required.
+    pub safeguard: String,
 }
 
 /// Compliance deadlines: the days that are not working days besides weekends.
@@ -68,6 +91,9 @@ pub struct ComplianceSettings {
     /// operator asks for it at once (`converra tenant close --delete-data`). The purge
     /// goes in batches of `erasure_batch_size`, `erasure_batch_pause_ms` apart.
     pub closure_grace_days: u32,
+    /// The operator's privacy contact: reminded of enquiries nearing their due date.
+    /// Empty: the reminder is a warning in the log.
+    pub operator_email: String,
 }
 
 impl ComplianceSettings {
@@ -549,6 +575,29 @@ impl Settings {
                 "compliance.erasure_batch_pause_ms",
                 "must be at most 60000",
             ));
+        }
+        if !self.compliance.operator_email.is_empty()
+            && !self.compliance.operator_email.contains('@')
+        {
+            return Err(invalid(
+                "compliance.operator_email",
+                "must be an email address, or empty",
+            ));
+        }
+        for (i, p) in self.processing.sub_processors.iter().enumerate() {
+            for (field, value) in [
+                ("name", &p.name),
+                ("purpose", &p.purpose),
+                ("country", &p.country),
+                ("safeguard", &p.safeguard),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(invalid(
+                        "processing.sub_processors",
+                        format!("entry {} has no {field}", i + 1),
+                    ));
+                }
+            }
         }
         if self.compliance.closure_grace_days > 365 {
             return Err(invalid(

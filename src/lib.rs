@@ -252,6 +252,34 @@ pub fn unlock(
 /// Runs the daemon on `listener` until `shutdown` completes, then stops accepting,
 /// finishes in-flight requests and inbox work (up to `server.shutdown_timeout_secs`),
 /// and returns. Must be called inside an actix system.
+/// Records the configuration's processing record when it changed since the last
+/// start, and queues its notice to every account holder. A failure is logged: the
+/// next start tries again, and serving does not wait for it.
+async fn record_processing(
+    settings: &Settings,
+    pool: &storage::Pool,
+    clock: &clock::SharedClock,
+    log: &slog::Logger,
+) {
+    let (processing, pool, now) = (settings.processing.clone(), pool.clone(), clock.now_ms());
+    let domain = email::message_domain(&settings.email.from);
+    let recorded = actix_web::rt::task::spawn_blocking(move || {
+        storage::with_conn(&pool, |conn| {
+            compliance::notices::record_processing(conn, &processing, &domain, now)
+        })
+    })
+    .await;
+    match recorded {
+        Ok(Ok(Some(notice))) => {
+            slog::info!(log, "the processing record changed: its notice is queued for every account holder";
+                "notice" => notice)
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => slog::warn!(log, "recording the processing record failed"; "error" => %e),
+        Err(e) => slog::warn!(log, "recording the processing record failed"; "error" => %e),
+    }
+}
+
 pub async fn run(
     listener: TcpListener,
     settings: Settings,
@@ -269,6 +297,7 @@ pub async fn run(
             .map_err(|e| std::io::Error::other(e.to_string()))?
     };
     let (keyring, pool) = opened?;
+    record_processing(&settings, &pool, &options.clock, &log).await;
     let metrics = Arc::new(metrics::Metrics::new()?);
     let routes = Arc::new(storage::routes::RouteCache::default());
     // The storage layer's background threads (writers, checkpointer, conversation

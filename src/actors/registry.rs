@@ -347,7 +347,7 @@ impl Handler<StopSweeping> for Registry {
 
 /// A tenant's account is closed (its keys and numbers are gone from the database):
 /// its actor leaves the directory, so nothing reaches it any more, its numbers leave
-/// the route cache, and it releases its conversation actors ([`tenant::CloseTenant`]).
+/// the route cache, and it releases its conversation actors ([`super::tenant::CloseTenant`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CloseTenant(pub TenantId);

@@ -9,8 +9,9 @@
 //!   inbox rows never processed;
 //! - upkeep, every `scheduler.upkeep_interval_secs`: processed inbox rows past
 //!   `inbox.keep_processed_secs`, finished sends past `outbound.keep_finished_secs`,
-//!   users out of the messaging limit's 24 hours, and raw payloads past
-//!   `inbox.keep_raw_days` with their day keys.
+//!   users out of the messaging limit's 24 hours, raw payloads past
+//!   `inbox.keep_raw_days` with their day keys, and the reminders of requests and
+//!   enquiries nearing their due date ([`crate::compliance::reminders`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -292,6 +293,29 @@ async fn upkeep(core: Arc<Core>) {
             }
         }
         Err(e) => slog::warn!(core.log, "raw payload expiry failed"; "error" => %e),
+    }
+    let (operator, domain) = (
+        settings.compliance.operator_email.clone(),
+        crate::email::message_domain(&settings.email.from),
+    );
+    match core
+        .writer
+        .write(None, move |conn| {
+            crate::compliance::reminders::send_due(conn, &operator, &domain, now)
+        })
+        .await
+    {
+        Ok(reminded) => {
+            if reminded.requests + reminded.enquiries > 0 {
+                slog::info!(core.log, "deadline reminders queued";
+                    "requests" => reminded.requests, "enquiries" => reminded.enquiries);
+            }
+            if !reminded.enquiries_untold.is_empty() {
+                slog::warn!(core.log, "privacy enquiries are due within two days and not answered (compliance.operator_email is not set)";
+                    "enquiries" => ?reminded.enquiries_untold);
+            }
+        }
+        Err(e) => slog::warn!(core.log, "deadline reminders failed"; "error" => %e),
     }
     core.metrics
         .timed_duties

@@ -111,7 +111,7 @@ pub fn erase_batch(
 
 /// Queues the account holder's email about `event` of `request`, with `reason` (a
 /// rejection's, an extension's) where there is one.
-fn tell_holder(
+pub(crate) fn tell_holder(
     conn: &mut DbConn,
     request: &Request,
     event: RequestEvent,

@@ -66,6 +66,46 @@ pub fn account(
     subject: &str,
     body: &str,
 ) -> Result<NewEmail, EmailError> {
+    render_about(
+        event,
+        tenant_id,
+        tenant_name,
+        recipient,
+        subject,
+        body,
+        false,
+    )
+}
+
+/// An email to the operator's privacy contact about an account (a deadline nearing):
+/// as [`account`], addressed to the operator.
+pub fn to_operator(
+    event: &str,
+    tenant_id: &TenantId,
+    recipient: &str,
+    subject: &str,
+    body: &str,
+) -> Result<NewEmail, EmailError> {
+    render_about(
+        event,
+        tenant_id,
+        tenant_id.as_str(),
+        recipient,
+        subject,
+        body,
+        true,
+    )
+}
+
+fn render_about(
+    event: &str,
+    tenant_id: &TenantId,
+    tenant_name: &str,
+    recipient: &str,
+    subject: &str,
+    body: &str,
+    for_operator: bool,
+) -> Result<NewEmail, EmailError> {
     let paragraphs: Vec<&str> = body
         .split("\n\n")
         .map(str::trim)
@@ -76,6 +116,7 @@ pub fn account(
         subject => subject,
         body => body.trim(),
         paragraphs => paragraphs,
+        for_operator => for_operator,
     };
     Ok(NewEmail {
         tenant_id: tenant_id.clone(),
@@ -127,6 +168,8 @@ pub fn closure(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestEvent {
     Received,
+    /// Due within a week and not completed.
+    Reminder,
     Extended,
     Completed,
     Rejected,
@@ -136,6 +179,7 @@ impl RequestEvent {
     pub fn as_str(self) -> &'static str {
         match self {
             RequestEvent::Received => "received",
+            RequestEvent::Reminder => "reminder",
             RequestEvent::Extended => "extended",
             RequestEvent::Completed => "completed",
             RequestEvent::Rejected => "rejected",
@@ -177,6 +221,10 @@ pub fn request_event(
         ),
         RequestEvent::Extended => format!(
             "The deadline of the {} request is extended: it is now due by {}.",
+            facts.kind, facts.due
+        ),
+        RequestEvent::Reminder => format!(
+            "The {} request is due by {} and not completed yet; Converra keeps working on it.",
             facts.kind, facts.due
         ),
         RequestEvent::Completed => format!("The {} request is completed.", facts.kind),

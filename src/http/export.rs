@@ -90,14 +90,18 @@ pub async fn download(
         ));
     }
     let contact = found.flatten();
+    let processing = crate::compliance::notices::processing_record(&state.core.settings.processing);
     actix_web::rt::task::spawn_blocking(move || {
         let mut out = Writer {
             buf: Vec::with_capacity(CHUNK),
             tx,
         };
-        match write_document(
-            &pool, &vault, &tenant, &request, contact, today, now, &mut out,
-        ) {
+        let subject = Subject {
+            tenant: &tenant,
+            request: &request,
+            contact,
+        };
+        match write_document(&pool, &vault, &subject, &processing, today, now, &mut out) {
             Ok(()) => out.flush(),
             Err(e) => {
                 let _ = out.tx.blocking_send(Err(ExportFailed(e.to_string())));
@@ -211,19 +215,26 @@ impl Writer {
     }
 }
 
-/// The document: `{"manifest", "contact", "privacy_requests", "conversations":
-/// [{..., "messages": [...]}], "automation_runs", "retention", "totals"}`.
-#[allow(clippy::too_many_arguments)]
+/// Whose export: the tenant, the request, and the subject's contact if held.
+struct Subject<'a> {
+    tenant: &'a TenantId,
+    request: &'a Request,
+    contact: Option<ContactItem>,
+}
+
+/// The document: `{"manifest", "processing", "contact", "privacy_requests",
+/// "conversations": [{..., "messages": [...]}], "automation_runs", "retention",
+/// "totals"}`.
 fn write_document(
     pool: &Pool,
     vault: &Vault,
-    tenant: &TenantId,
-    request: &Request,
-    contact: Option<ContactItem>,
+    subject: &Subject<'_>,
+    processing: &serde_json::Value,
     today: time::Date,
     now: i64,
     out: &mut Writer,
 ) -> Result<(), StorageError> {
+    let (tenant, request, contact) = (subject.tenant, subject.request, &subject.contact);
     let manifest = json!({
         "format": "converra.export/1",
         "request_id": request.id,
@@ -231,15 +242,18 @@ fn write_document(
         "tenant_id": tenant.as_str(),
         "contact_id": request.contact_id.as_ref().map(ContactId::as_str),
         "generated_at": rfc3339(now),
-        "sections": ["contact", "privacy_requests", "conversations", "automation_runs", "retention"],
+        "sections": ["processing", "contact", "privacy_requests", "conversations", "automation_runs", "retention"],
         "notes": "Messages are inside their conversations, oldest first, in the API's shapes \
                   (GET /v1/conversations/{id}/messages). Consents: the contact's \
                   marketing_opt_out, and its restriction and objection requests.",
     });
     out.text("{\"manifest\":")?;
     out.value(&manifest)?;
+    // Who processes the data, for what and where (GET /v1/privacy/processing's).
+    out.text(",\"processing\":")?;
+    out.value(processing)?;
     out.text(",\"contact\":")?;
-    out.value(&contact)?;
+    out.value(contact)?;
     let Some(contact_id) = request.contact_id.as_ref().filter(|_| contact.is_some()) else {
         // A subject the tenant never saw: an empty export.
         out.text(",\"privacy_requests\":[],\"conversations\":[],\"automation_runs\":[]")?;

@@ -5,10 +5,12 @@ pub mod api;
 pub mod audit;
 pub mod automations;
 pub mod crm;
+pub mod enquiries;
 pub mod export;
 pub mod media;
 pub mod ops;
 pub mod outbound;
+pub mod policy;
 pub mod privacy;
 mod request_id;
 pub mod retention;
@@ -99,6 +101,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .route(web::post().to(privacy::submit)),
             )
             .service(resource("/privacy/requests/{id}").route(web::get().to(privacy::get)))
+            .service(resource("/privacy/enquiries").route(web::post().to(enquiries::submit)))
+            .service(resource("/privacy/enquiries/{id}").route(web::get().to(enquiries::get)))
+            .service(resource("/privacy/processing").route(web::get().to(policy::get_processing)))
+            .service(resource("/policy").route(web::get().to(policy::get_policy)))
             .service(resource("/privacy/requests/{id}/lift").route(web::post().to(privacy::lift)))
             .service(
                 resource("/privacy/requests/{id}/extend").route(web::post().to(privacy::extend)),

@@ -44,7 +44,7 @@ pub(super) struct RequestView {
 }
 
 /// The end (UTC) of day `day` (YYYY-MM-DD), as RFC 3339.
-fn end_of(day: &str) -> String {
+pub(super) fn end_of(day: &str) -> String {
     format!("{day}T23:59:59.999Z")
 }
 
@@ -365,7 +365,7 @@ fn reason_of(body: &serde_json::Map<String, Value>, what: &str) -> Result<String
 }
 
 /// A request body: a JSON object of `allowed` fields only.
-async fn object_of(
+pub(super) async fn object_of(
     payload: web::Payload,
     allowed: &[&str],
     what: &str,

@@ -67,6 +67,20 @@ impl Category {
         }
     }
 
+    /// What the category holds, as the processing record tells tenants.
+    pub fn description(self) -> &'static str {
+        match self {
+            Category::Messages => "messages to and from your contacts, with their statuses",
+            Category::Media => "media files your contacts sent",
+            Category::RawPayloads => "Meta's webhook payloads as received, sealed",
+            Category::AutomationRuns => "automation runs and daily usage counts",
+            Category::Technical => "finished sends, their delivery errors and idempotency keys",
+            Category::ClosedConversations => "conversations you closed, with their messages",
+            Category::Exports => "access and portability exports",
+            Category::Audit => "the audit log of compliance steps and operator actions",
+        }
+    }
+
     pub fn parse(name: &str) -> Option<Category> {
         Category::ALL.into_iter().find(|c| c.as_str() == name)
     }

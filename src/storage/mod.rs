@@ -14,7 +14,9 @@ pub mod closure;
 pub mod contact_crm;
 pub mod contacts;
 pub mod conversations;
+pub mod disclosures;
 pub mod email;
+pub mod enquiries;
 pub mod erasure;
 mod fixed;
 pub mod handoff;
@@ -26,10 +28,12 @@ pub mod media;
 pub mod messages;
 pub mod messaging_limits;
 pub mod outbox;
+pub mod policy;
 pub mod privacy;
 pub mod raw_keys;
 pub mod readers;
 pub mod rectification;
+pub mod reminders;
 pub mod report;
 pub mod retention;
 pub mod routes;
@@ -625,7 +629,7 @@ fn names(versions: Vec<diesel::migration::MigrationVersion<'_>>) -> Vec<String> 
 /// (`BEGIN IMMEDIATE`), so it waits its turn in the busy handler: a deferred
 /// transaction that reads first and then writes fails at once with "database is
 /// locked" when another process (the daemon) committed in between, busy timeout or
-/// not. PostgreSQL needs no such care.
+/// not. PostgreSQL needs no such care. Inside another transaction it is a savepoint.
 pub fn write_transaction<T>(
     conn: &mut DbConn,
     f: impl FnOnce(&mut DbConn) -> Result<T, StorageError>,
@@ -634,6 +638,12 @@ pub fn write_transaction<T>(
     let DbConn::Sqlite(sqlite) = conn else {
         return conn.transaction(f);
     };
+    // Inside a transaction already (a write of the writer's, or a step of a larger
+    // one): a savepoint.
+    let depth = AnsiTransactionManager::transaction_manager_status_mut(sqlite).transaction_depth();
+    if matches!(depth, Ok(Some(_))) {
+        return conn.transaction(f);
+    }
     // Through diesel's transaction manager, so a `transaction` inside `f` becomes a
     // savepoint as usual.
     AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?;

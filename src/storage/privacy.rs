@@ -308,6 +308,23 @@ pub fn of_contact(
     rows.into_iter().map(request).collect()
 }
 
+/// Every open request due (after any extension) on or before `day` (YYYY-MM-DD).
+pub fn open_due_by(conn: &mut DbConn, day: &str) -> Result<Vec<Request>, StorageError> {
+    let rows: Vec<Row> = on_backend!(conn, c => privacy_requests::table
+        .filter(privacy_requests::state.eq_any(OPEN))
+        .order(privacy_requests::id.asc())
+        .select(columns!())
+        .load(c))?;
+    let mut due = Vec::new();
+    for row in rows {
+        let request = request(row)?;
+        if request.due_on() <= day {
+            due.push(request);
+        }
+    }
+    Ok(due)
+}
+
 /// Each tenant's next request to execute: its oldest open one.
 pub fn next_per_tenant(conn: &mut DbConn) -> Result<Vec<Request>, StorageError> {
     let rows: Vec<Row> = on_backend!(conn, c => privacy_requests::table

@@ -206,6 +206,59 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    privacy_enquiries (id) {
+        id -> Text,
+        tenant_id -> Text,
+        subject_ct -> Binary,
+        message_ct -> Binary,
+        state -> Text,
+        received_at -> BigInt,
+        due_on -> Text,
+        answered_at -> Nullable<BigInt>,
+        answer_ct -> Nullable<Binary>,
+    }
+}
+
+diesel::table! {
+    compliance_reminders (item_id) {
+        item_id -> Text,
+        tenant_id -> Text,
+        sent_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    policy_versions (version) {
+        version -> Text,
+        effective_on -> Text,
+        summary -> Text,
+        published_at -> BigInt,
+        notice_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    disclosures (id) {
+        id -> Text,
+        tenant_id -> Text,
+        authority -> Text,
+        recorded_at -> BigInt,
+        notify -> Bool,
+        notified_at -> Nullable<BigInt>,
+        lifted_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    processing_records (id) {
+        id -> Text,
+        record_json -> Text,
+        recorded_at -> BigInt,
+        notice_id -> Nullable<Text>,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     tenants,
     api_keys,

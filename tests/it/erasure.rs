@@ -988,6 +988,10 @@ async fn an_access_export_holds_every_message_of_the_subject_and_nothing_else() 
             "{backend:?}"
         );
         assert_eq!(document["manifest"]["kind"], "access", "{backend:?}");
+        assert!(
+            document["processing"]["sub_processors"].is_array(),
+            "{backend:?}: the processing record is part of the export"
+        );
         assert_eq!(document["contact"]["wa_id"], SUBJECT, "{backend:?}");
         assert_eq!(
             document["contact"]["profile_name"], SUBJECT_NAME,

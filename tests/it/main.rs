@@ -14,6 +14,7 @@ mod erasure;
 mod fake_graph;
 mod media;
 mod messaging_limit;
+mod notices;
 mod outbound;
 mod recovery;
 mod retention;

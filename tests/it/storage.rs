@@ -853,7 +853,7 @@ fn listed(
 fn seed_rows(conn: &mut storage::DbConn, conversations: &[&str]) {
     run(
         conn,
-        "INSERT INTO tenants VALUES ('t1', 'T', 't@example.com', 1)",
+        "INSERT INTO tenants (id, name, holder_email, created_at) VALUES ('t1', 'T', 't@example.com', 1)",
     );
     run(
         conn,

@@ -1,12 +1,17 @@
 //! The `converra` binary: parses the command line and calls the library. `serve` is
 //! the default; operator commands print a table, or JSON with `--json`.
 
+mod compliance;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
+use compliance::{
+    ContactCommand, DisclosureCommand, EnquiryCommand, ErasureCommand, NoticeCommand, PolicyCommand,
+};
 use converra::clock::{rfc3339, Clock, SystemClock};
 use converra::config::Settings;
 use converra::ids::TenantId;
@@ -55,62 +60,21 @@ enum Command {
     /// Notices to the account holders of every tenant, by email.
     #[command(subcommand)]
     Notice(NoticeCommand),
+    /// Versions of the privacy policy, each told to every account holder.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Disclosures of a tenant's data to an authority.
+    #[command(subcommand)]
+    Disclosure(DisclosureCommand),
+    /// Privacy enquiries of tenants, answered by the operator.
+    #[command(subcommand)]
+    Enquiry(EnquiryCommand),
     /// Erasures of data subjects.
     #[command(subcommand)]
     Erasure(ErasureCommand),
     /// A tenant's contacts.
     #[command(subcommand)]
     Contact(ContactCommand),
-}
-
-#[derive(Subcommand)]
-enum ContactCommand {
-    /// Mark a contact a minor: its data is erased promptly, through an erasure request
-    /// the running daemon executes (its outcome keeps the reason).
-    Minor {
-        #[arg(long)]
-        tenant: String,
-        /// The contact's phone number, international format.
-        #[arg(long)]
-        wa_id: String,
-        /// Why: kept with the erasure request.
-        #[arg(long)]
-        reason: String,
-        #[command(flatten)]
-        output: Output,
-    },
-}
-
-#[derive(Subcommand)]
-enum ErasureCommand {
-    /// After restoring a data backup: erase again every subject the key store records
-    /// as erased (their keys stayed destroyed; their restored rows go now).
-    Reapply {
-        #[command(flatten)]
-        output: Output,
-    },
-}
-
-#[derive(Subcommand)]
-enum NoticeCommand {
-    /// Email a notice (a merger, a sale of assets, a change of sub-processors, ...) to
-    /// the account holder of every tenant; the daemon delivers it, retrying while the
-    /// SMTP server is away, and each tenant's audit log records it.
-    Send {
-        /// The email's subject.
-        #[arg(long)]
-        subject: String,
-        /// The notice's text (plain text; paragraphs separated by blank lines).
-        #[arg(long)]
-        body_file: PathBuf,
-        #[command(flatten)]
-        output: Output,
-    },
-    /// List notices and where their emails stand: queued, sent, failed.
-    List {
-        #[command(flatten)]
-        output: Output,
-    },
 }
 
 #[derive(Subcommand)]
@@ -294,9 +258,12 @@ fn run_command() -> anyhow::Result<()> {
         Command::Number(command) => number(settings, command),
         Command::Inbox(command) => inbox(settings, command),
         Command::Retention(command) => retention(settings, command),
-        Command::Notice(command) => notice(settings, command),
-        Command::Erasure(command) => erasure(settings, command),
-        Command::Contact(command) => contact(settings, command),
+        Command::Notice(command) => compliance::notice(settings, command),
+        Command::Erasure(command) => compliance::erasure(settings, command),
+        Command::Contact(command) => compliance::contact(settings, command),
+        Command::Policy(command) => compliance::policy(settings, command),
+        Command::Disclosure(command) => compliance::disclosure(settings, command),
+        Command::Enquiry(command) => compliance::enquiry(settings, command),
     }
 }
 
@@ -376,84 +343,6 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     for row in rows {
         println!("{}", line(row));
     }
-}
-
-fn notice(settings: Settings, command: NoticeCommand) -> anyhow::Result<()> {
-    use converra::storage::email;
-    let (_, mut conn) = operator_storage(&settings)?;
-    match command {
-        NoticeCommand::Send {
-            subject,
-            body_file,
-            output,
-        } => {
-            if subject.trim().is_empty() {
-                bail!("--subject must not be empty");
-            }
-            let body = std::fs::read_to_string(&body_file)
-                .with_context(|| format!("reading --body-file {}", body_file.display()))?;
-            if body.trim().is_empty() {
-                bail!("--body-file {} is empty", body_file.display());
-            }
-            let names: std::collections::HashMap<String, String> =
-                tenants::list_tenants(&mut conn)?
-                    .into_iter()
-                    .map(|t| (t.id, t.name))
-                    .collect();
-            let mut emails = Vec::new();
-            for (tenant_id, holder) in email::account_holders(&mut conn)? {
-                let name = names.get(tenant_id.as_str()).map_or("", String::as_str);
-                emails.push(converra::email::notice(
-                    &tenant_id, name, &holder, &subject, &body,
-                )?);
-            }
-            let domain = converra::email::message_domain(&settings.email.from);
-            let notice_id =
-                email::queue_notice(&mut conn, &subject, &emails, &domain, SystemClock.now_ms())?;
-            if output.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"id": notice_id, "emails": emails.len()})
-                );
-            } else {
-                println!(
-                    "notice {notice_id} queued for {} account holders",
-                    emails.len()
-                );
-            }
-        }
-        NoticeCommand::List { output } => {
-            let all = email::notices(&mut conn)?;
-            if output.json {
-                let listed: Vec<serde_json::Value> = all
-                    .iter()
-                    .map(|n| {
-                        serde_json::json!({"id": n.id, "subject": n.subject,
-                            "created_at": rfc3339(n.created_at), "queued": n.queued,
-                            "sent": n.sent, "failed": n.failed})
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string(&listed)?);
-            } else {
-                print_table(
-                    &["id", "subject", "created_at", "queued", "sent", "failed"],
-                    all.into_iter()
-                        .map(|n| {
-                            vec![
-                                n.id,
-                                n.subject,
-                                rfc3339(n.created_at),
-                                n.queued.to_string(),
-                                n.sent.to_string(),
-                                n.failed.to_string(),
-                            ]
-                        })
-                        .collect(),
-                );
-            }
-        }
-    }
-    Ok(())
 }
 
 fn tenant(settings: Settings, command: TenantCommand) -> anyhow::Result<()> {
@@ -763,83 +652,6 @@ impl converra::storage::retention::sweep::Progress for SweepProgress {
             let _ = err.flush();
         }
     }
-}
-
-fn contact(settings: Settings, command: ContactCommand) -> anyhow::Result<()> {
-    use converra::storage::privacy::{self, Subject};
-    use converra::whatsapp::outbound::{recipient_of, Recipient};
-    let ContactCommand::Minor {
-        tenant,
-        wa_id,
-        reason,
-        output,
-    } = command;
-    let Some(Recipient::WaId(wa_id)) = recipient_of(&wa_id) else {
-        bail!("--wa-id must be a phone number in international format (digits)");
-    };
-    if reason.trim().is_empty() || reason.trim().chars().count() > 1000 {
-        bail!("--reason must be a non-empty text of at most 1000 characters");
-    }
-    let (vault, mut conn) = operator_storage(&settings)?;
-    let tenant = TenantId(tenant);
-    let subject = Subject::of_wa_id(&vault, &tenant, &wa_id);
-    let Some(contact) = privacy::find_subject(&mut conn, &tenant, &subject.bidx)? else {
-        bail!("tenant {tenant} has no contact with that wa_id");
-    };
-    let request = storage::write_transaction(&mut conn, |conn| {
-        converra::compliance::requests::erase_minor(
-            conn,
-            &tenant,
-            contact.as_str(),
-            reason.trim(),
-            &settings.compliance.holiday_dates(),
-            &converra::email::message_domain(&settings.email.from),
-            SystemClock.now_ms(),
-        )
-    })?;
-    if output.json {
-        println!(
-            "{}",
-            serde_json::json!({"request_id": request.id, "contact_id": contact.as_str(),
-                "kind": request.kind.as_str(), "state": request.state.as_str()})
-        );
-    } else {
-        println!(
-            "contact {} marked a minor; erasure request {} queued",
-            contact.as_str(),
-            request.id
-        );
-    }
-    Ok(())
-}
-
-fn erasure(settings: Settings, command: ErasureCommand) -> anyhow::Result<()> {
-    let ErasureCommand::Reapply { output } = command;
-    let (vault, mut conn) = operator_storage(&settings)?;
-    let batch = i64::from(settings.compliance.erasure_batch_size);
-    let done =
-        converra::storage::erasure::reapply_all(&mut conn, &vault, batch, SystemClock.now_ms())?;
-    if output.json {
-        println!(
-            "{}",
-            serde_json::json!({"records": done.records, "contacts_found": done.contacts_found,
-                "tenants_found": done.tenants_found, "deleted": done.deleted,
-                "compacted": done.compacted})
-        );
-    } else {
-        println!(
-            "{} erasure record(s); {} erased contact(s) and {} purged tenant(s) found in the data again; deleted:",
-            done.records, done.contacts_found, done.tenants_found
-        );
-        print_table(
-            &["rows", "count"],
-            done.deleted
-                .iter()
-                .map(|(what, rows)| vec![what.to_string(), rows.to_string()])
-                .collect(),
-        );
-    }
-    Ok(())
 }
 
 fn retention(settings: Settings, command: RetentionCommand) -> anyhow::Result<()> {
