@@ -92,11 +92,29 @@ pub struct ComplianceSettings {
     /// goes in batches of `erasure_batch_size`, `erasure_batch_pause_ms` apart.
     pub closure_grace_days: u32,
     /// The operator's privacy contact: reminded of enquiries nearing their due date.
-    /// Empty: the reminder is a warning in the log.
+    /// Empty: the address of `email.from` (a warning in the log when that is none).
     pub operator_email: String,
 }
 
 impl ComplianceSettings {
+    /// Where the operator is reminded of enquiries: `operator_email`, else the
+    /// address of `email.from` unless that is a placeholder (`.invalid`); empty when
+    /// there is none.
+    pub fn operator_address(&self, from: &str) -> String {
+        if !self.operator_email.is_empty() {
+            return self.operator_email.clone();
+        }
+        let address = match (from.rfind('<'), from.rfind('>')) {
+            (Some(open), Some(close)) if open < close => &from[open + 1..close],
+            _ => from,
+        };
+        let address = address.trim();
+        match address.contains('@') && !address.ends_with(".invalid") {
+            true => address.to_string(),
+            false => String::new(),
+        }
+    }
+
     /// The holidays as dates (those that do not parse were refused by validation).
     pub fn holiday_dates(&self) -> Vec<time::Date> {
         self.holidays

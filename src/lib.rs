@@ -171,6 +171,7 @@ fn open_storage_with(
     let vault = Vault::new(keyring, key_store);
     storage::upgrade::run(&mut conn, &vault, SystemClock.now_ms())?;
     storage::conversations::note_closed_conversations(&mut conn)?;
+    storage::privacy::load_pending_subjects(&mut conn)?;
     drop(conn);
     Ok((Arc::new(vault), pool))
 }
@@ -395,7 +396,7 @@ pub async fn run(
             match numbers {
                 Ok(Ok(numbers)) => {
                     for number in numbers {
-                        actors::sender::wake(&core, &number.phone_number_id);
+                        actors::sender::wake(&core, &number.phone_number_id.into());
                     }
                 }
                 Ok(Err(e)) => {
@@ -514,8 +515,11 @@ pub async fn run(
     .await;
     stop_task(&log, "mailer", "retried", finish(mailer.recipient())).await;
     let sweep = async {
-        if let Ok(Some(sweep)) = scheduler.send(actors::scheduler::StopScheduler).await {
-            let _ = sweep.await;
+        if let Ok(work) = scheduler.send(actors::scheduler::StopScheduler).await {
+            if let Some(sweep) = work.sweep {
+                let _ = sweep.await;
+            }
+            let _ = work.upkeep_done.await;
         }
     };
     stop_task(&log, "scheduler", "resumed", sweep).await;

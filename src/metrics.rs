@@ -55,8 +55,9 @@ pub struct Metrics {
     /// Retention sweeps (of every tenant) by outcome: finished, incomplete, stopped.
     pub retention_sweeps: IntCounterVec,
     /// Timed duties run to their end, by duty: `inbox_sweep`, `upkeep`, `idle_check`
-    /// (a conversation actor's look at its idleness). A duty whose count stops
-    /// growing has stopped running.
+    /// (a conversation actor's look at its idleness), `compliance_scan` (the compliance
+    /// actor's look for requests and closed accounts), `mailer` (a round of the email
+    /// outbox's due emails). A duty whose count stops growing has stopped running.
     pub timed_duties: IntCounterVec,
 }
 
@@ -207,7 +208,7 @@ impl Metrics {
         let timed_duties = IntCounterVec::new(
             Opts::new(
                 "timed_duties_total",
-                "Timed duties run to their end, by duty: inbox_sweep, upkeep, idle_check",
+                "Timed duties run to their end, by duty: inbox_sweep, upkeep, idle_check, compliance_scan, mailer",
             ),
             &["duty"],
         )?;

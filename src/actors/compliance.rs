@@ -92,11 +92,18 @@ impl ComplianceActor {
         };
         ctx.spawn(read.into_actor(self).map(|next, actor, ctx| {
             actor.reading = false;
+            actor
+                .core
+                .metrics
+                .timed_duties
+                .with_label_values(&["compliance_scan"])
+                .inc();
             match next {
                 Ok((next, closures)) => {
                     actor.close_tenants(closures, ctx);
                     for request in next {
                         if !actor.finishing.load(Ordering::Acquire)
+                            && actor.purging.as_ref() != Some(&request.tenant_id)
                             && actor.busy.insert(request.tenant_id.clone())
                         {
                             actor.execute(request, ctx);
@@ -123,7 +130,12 @@ impl ComplianceActor {
         if self.purging.is_some() || self.finishing.load(Ordering::Acquire) {
             return;
         }
-        if let Some(due) = closures.into_iter().find(|c| c.purge_after <= now) {
+        // Strictly one piece of work a tenant at a time: a tenant with a request in
+        // hand is purged once the request is done.
+        let due = closures
+            .into_iter()
+            .find(|c| c.purge_after <= now && !self.busy.contains(&c.tenant_id));
+        if let Some(due) = due {
             self.purging = Some(due.tenant_id.clone());
             let (core, finishing) = (self.core.clone(), self.finishing.clone());
             let tenant = due.tenant_id;
@@ -278,17 +290,21 @@ async fn purge(
     let batch = i64::from(core.settings.compliance.erasure_batch_size);
     let pause = Duration::from_millis(core.settings.compliance.erasure_batch_pause_ms);
     let mut deleted: std::collections::BTreeMap<&'static str, usize> = Default::default();
+    let mut progress = 0;
     loop {
         if finishing.load(Ordering::Acquire) {
             return Ok(false);
         }
         let (vault, purged, now) = (core.keyring.clone(), tenant.clone(), core.clock.now_ms());
-        let step = core
+        let (step, reached) = core
             .writer
             .write(Some(tenant.clone()), move |conn| {
-                closure::purge_batch(conn, &vault, &purged, batch, now)
+                let mut reached = progress;
+                let step = closure::purge_batch(conn, &vault, &purged, &mut reached, batch, now)?;
+                Ok((step, reached))
             })
             .await?;
+        progress = reached;
         let Some((table, rows)) = step else { break };
         *deleted.entry(table).or_default() += rows;
         if table == "tenants" {

@@ -125,6 +125,12 @@ impl Mailer {
             if let Err(e) = done {
                 slog::warn!(actor.core.log, "delivering emails failed; they wait"; "error" => %e);
             }
+            actor
+                .core
+                .metrics
+                .timed_duties
+                .with_label_values(&["mailer"])
+                .inc();
         }));
     }
 }

@@ -160,6 +160,9 @@ pub struct Registry {
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
     tenants: HashMap<TenantId, Addr<TenantActor>>,
+    /// Tenants whose account is closed: nothing is handed to them any more (their
+    /// inbox rows wait for the purge).
+    closed: std::collections::HashSet<TenantId>,
     sweeping: bool,
     /// The sweep running now, which shutdown awaits ([`StopSweeping`]).
     sweep_task: Option<actix_web::rt::task::JoinHandle<()>>,
@@ -176,6 +179,7 @@ impl Registry {
             arbiters,
             next_arbiter: 0,
             tenants: HashMap::new(),
+            closed: Default::default(),
             sweeping: false,
             sweep_task: None,
             halted: Arc::new(AtomicBool::new(false)),
@@ -225,6 +229,9 @@ impl Registry {
         M: Message<Result = ()> + Send + 'static,
         TenantActor: Handler<M>,
     {
+        if self.closed.contains(&tenant_id) {
+            return;
+        }
         let tenant = self.tenant(&tenant_id);
         tenant.do_send(message);
         self.publish(tenant_id, tenant);
@@ -347,7 +354,8 @@ impl Handler<StopSweeping> for Registry {
 
 /// A tenant's account is closed (its keys and numbers are gone from the database):
 /// its actor leaves the directory, so nothing reaches it any more, its numbers leave
-/// the route cache, and it releases its conversation actors ([`super::tenant::CloseTenant`]).
+/// the route cache, it stops its conversation actors ([`super::tenant::StopConversations`]),
+/// and nothing is handed to it any more.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CloseTenant(pub TenantId);
@@ -358,8 +366,9 @@ impl Handler<CloseTenant> for Registry {
         self.core.tenants.remove(&msg.0);
         self.core.routes.forget_tenant(&msg.0);
         if let Some(tenant) = self.tenants.remove(&msg.0) {
-            tenant.do_send(super::tenant::CloseTenant);
+            tenant.do_send(super::tenant::StopConversations);
         }
+        self.closed.insert(msg.0);
     }
 }
 

@@ -111,17 +111,26 @@ impl Supervised for Scheduler {
     }
 }
 
-/// Stops the scheduler's duties; answers with the sweep still running, for shutdown to
-/// await (it stops after its current batch).
+/// What shutdown awaits of the scheduler: the sweep still running (it stops after its
+/// current batch), and the end of a round of upkeep in progress.
+pub struct SchedulerWork {
+    pub sweep: Option<actix_web::rt::task::JoinHandle<()>>,
+    pub upkeep_done: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Stops the scheduler's duties; answers with the work still in hand.
 #[derive(Message)]
-#[rtype(result = "Option<actix_web::rt::task::JoinHandle<()>>")]
+#[rtype(result = "SchedulerWork")]
 pub struct StopScheduler;
 
 impl Handler<StopScheduler> for Scheduler {
-    type Result = Option<actix_web::rt::task::JoinHandle<()>>;
-    fn handle(&mut self, _msg: StopScheduler, _ctx: &mut Context<Self>) -> Self::Result {
+    type Result = MessageResult<StopScheduler>;
+    fn handle(&mut self, _msg: StopScheduler, ctx: &mut Context<Self>) -> Self::Result {
         self.stop.store(true, Ordering::Release);
-        self.sweeping.take()
+        MessageResult(SchedulerWork {
+            sweep: self.sweeping.take(),
+            upkeep_done: super::when_idle(ctx, |scheduler: &Scheduler| !scheduler.upkeeping),
+        })
     }
 }
 
@@ -295,7 +304,7 @@ async fn upkeep(core: Arc<Core>) {
         Err(e) => slog::warn!(core.log, "raw payload expiry failed"; "error" => %e),
     }
     let (operator, domain) = (
-        settings.compliance.operator_email.clone(),
+        settings.compliance.operator_address(&settings.email.from),
         crate::email::message_domain(&settings.email.from),
     );
     match core
@@ -311,8 +320,12 @@ async fn upkeep(core: Arc<Core>) {
                     "requests" => reminded.requests, "enquiries" => reminded.enquiries);
             }
             if !reminded.enquiries_untold.is_empty() {
-                slog::warn!(core.log, "privacy enquiries are due within two days and not answered (compliance.operator_email is not set)";
+                slog::warn!(core.log, "privacy enquiries are due within two days and not answered (set compliance.operator_email to be emailed)";
                     "enquiries" => ?reminded.enquiries_untold);
+            }
+            for (item, error) in &reminded.failed {
+                slog::warn!(core.log, "a deadline reminder failed; the next upkeep tries again";
+                    "item" => item, "error" => %error);
             }
         }
         Err(e) => slog::warn!(core.log, "deadline reminders failed"; "error" => %e),

@@ -273,7 +273,7 @@ pub(super) async fn accept(
     match stored {
         Ok(Ok((accepted, fresh, contact))) => {
             if !accepted.replayed {
-                sender::queue(&core, fresh, number.as_str());
+                sender::queue(&core, fresh, &number);
             }
             (Ok(accepted), Some(contact))
         }

@@ -267,12 +267,12 @@ impl Handler<ForgetContact> for TenantActor {
 /// them, no address of it being left in the registry.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct CloseTenant;
+pub struct StopConversations;
 
-impl Handler<CloseTenant> for TenantActor {
+impl Handler<StopConversations> for TenantActor {
     type Result = ();
 
-    fn handle(&mut self, _msg: CloseTenant, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, _msg: StopConversations, _ctx: &mut Context<Self>) {
         slog::info!(self.core.log, "tenant closed: its conversation actors stop";
             "tenant" => &self.tenant_id, "conversations" => self.conversations.len());
         for entry in self.conversations.values() {

@@ -64,9 +64,10 @@ pub struct Published {
     pub emails: usize,
 }
 
-/// Publishes policy `version`, effective on `effective_on`, and queues its notice to
-/// every account holder. Refused (`effective_date`, rule `range`) when that is less
-/// than [`NOTICE_DAYS`] days after today; a version published before is a conflict.
+/// Publishes policy `version`, effective on `effective_on` (from 00:00 UTC), and queues
+/// its notice to every account holder. Refused (`effective_date`, rule `range`) when
+/// that is less than [`NOTICE_DAYS`] whole days after `now_ms`; a version published
+/// before is a conflict.
 pub fn publish_policy(
     conn: &mut DbConn,
     version: &str,
@@ -75,7 +76,8 @@ pub fn publish_policy(
     message_domain: &str,
     now_ms: i64,
 ) -> Result<Published, StorageError> {
-    let earliest = dates::day_of(now_ms) + Duration::days(NOTICE_DAYS);
+    // The first day that begins at least NOTICE_DAYS whole days after now (UTC).
+    let earliest = dates::day_of(now_ms + NOTICE_DAYS * 86_400_000 - 1) + Duration::days(1);
     if effective_on < earliest {
         return Err(StorageError::Validation {
             field: "effective_date",
@@ -285,10 +287,13 @@ pub fn record_disclosure(
     crate::storage::write_transaction(conn, |conn| {
         tenants::get_tenant(conn, tenant_id)?;
         let disclosure = disclosures::insert(conn, tenant_id, authority.trim(), notify, now_ms)?;
+        // The tenant reads its audit log: a disclosure the law bars telling of enters
+        // it only when the bar is lifted. Until then the operator's record is the
+        // `disclosures` row.
         if notify {
             tell_of_disclosure(conn, &disclosure, message_domain, now_ms)?;
+            audit_disclosure(conn, &disclosure, "disclosure_recorded", now_ms)?;
         }
-        audit_disclosure(conn, &disclosure, "disclosure_recorded", now_ms)?;
         Ok(disclosure)
     })
 }
@@ -310,6 +315,12 @@ pub fn lift_disclosure(
             });
         }
         tell_of_disclosure(conn, &disclosure, message_domain, now_ms)?;
+        audit_disclosure(
+            conn,
+            &disclosure,
+            "disclosure_recorded",
+            disclosure.recorded_at,
+        )?;
         audit_disclosure(conn, &disclosure, "disclosure_bar_lifted", now_ms)?;
         disclosures::get(conn, id)?.ok_or(StorageError::NotFound)
     })

@@ -1,8 +1,12 @@
 //! Reminders of deadlines, run by the scheduler: a data-subject request due within
-//! [`REQUEST_DAYS`] days and not completed reminds its account holder; an enquiry due
+//! [`REQUEST_DAYS`] days and not completed reminds its account holder (once per due
+//! day, so an extension earns another; none for a closed account); an enquiry due
 //! within [`ENQUIRY_DAYS`] days and not answered reminds the operator
-//! (`compliance.operator_email`; without one, a warning in the log). Each is sent once,
-//! recorded with its email in one transaction.
+//! (`compliance.operator_email`, else the address of `email.from`; with neither, a
+//! warning in the log). Each is sent once, recorded with its email in one
+//! transaction; one that fails is tried again at the next round and holds up no other.
+
+use std::collections::HashSet;
 
 use time::Duration;
 
@@ -11,7 +15,7 @@ use super::requests::tell_holder;
 use crate::email::{self, RequestEvent};
 use crate::ids::TenantId;
 use crate::storage::email as storage_email;
-use crate::storage::{enquiries, privacy, reminders, DbConn, StorageError};
+use crate::storage::{enquiries, privacy, reminders, tenants, DbConn, StorageError};
 
 /// A request is due this many days ahead when its holder is reminded.
 pub const REQUEST_DAYS: i64 = 7;
@@ -19,12 +23,14 @@ pub const REQUEST_DAYS: i64 = 7;
 pub const ENQUIRY_DAYS: i64 = 2;
 
 /// What one round of reminders did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Reminded {
     pub requests: usize,
     pub enquiries: usize,
     /// Enquiries due soon that no operator address could be told of.
     pub enquiries_untold: Vec<String>,
+    /// Items whose reminder failed (tried again at the next round), with why.
+    pub failed: Vec<(String, StorageError)>,
 }
 
 fn day_plus(now_ms: i64, days: i64) -> String {
@@ -39,9 +45,20 @@ pub fn send_due(
     now_ms: i64,
 ) -> Result<Reminded, StorageError> {
     let mut done = Reminded::default();
+    let closed: HashSet<TenantId> = tenants::list_tenants(conn)?
+        .into_iter()
+        .filter(|t| t.closed_at.is_some())
+        .map(|t| TenantId(t.id))
+        .collect();
     for request in privacy::open_due_by(conn, &day_plus(now_ms, REQUEST_DAYS))? {
+        // A closed account's holder hears nothing after the closure's confirmation.
+        if closed.contains(&request.tenant_id) {
+            continue;
+        }
+        // Once per due day: an extension after a reminder earns another.
+        let item = format!("{}:{}", request.id, request.due_on());
         let sent = crate::storage::write_transaction(conn, |conn| {
-            if !reminders::record(conn, &request.id, &request.tenant_id, now_ms)? {
+            if !reminders::record(conn, &item, &request.tenant_id, now_ms)? {
                 return Ok(false);
             }
             tell_holder(
@@ -53,8 +70,11 @@ pub fn send_due(
                 now_ms,
             )?;
             Ok(true)
-        })?;
-        done.requests += usize::from(sent);
+        });
+        match sent {
+            Ok(sent) => done.requests += usize::from(sent),
+            Err(e) => done.failed.push((item, e)),
+        }
     }
     for (id, tenant_id, due) in enquiries::open_due_by(conn, &day_plus(now_ms, ENQUIRY_DAYS))? {
         if operator_email.is_empty() {
@@ -75,8 +95,11 @@ pub fn send_due(
                 now_ms,
             )?;
             Ok(true)
-        })?;
-        done.enquiries += usize::from(sent);
+        });
+        match sent {
+            Ok(sent) => done.enquiries += usize::from(sent),
+            Err(e) => done.failed.push((id, e)),
+        }
     }
     Ok(done)
 }

@@ -343,6 +343,13 @@ pub fn run(
         // The export is written when it is downloaded, from the data as it then is
         // (`crate::http::export`); a subject never seen gets an empty one.
         (_, Kind::Access | Kind::Portability) => None,
+        // A subject the tenant has not seen: recorded by its keyed hash, and applied
+        // when its contact appears (`privacy::apply_pending_subjects`).
+        (None, Kind::Restriction | Kind::Objection) => {
+            privacy::note_pending_subject();
+            outcome = Some(json!({"pending_contact": true}));
+            None
+        }
         (None, _) => Some("unknown_subject"),
         (Some(contact), Kind::Rectification) => {
             let applied = erasure::overwriting_freed(conn, |conn| {

@@ -136,15 +136,15 @@ pub fn closure(
     recipient: &str,
     closure: &crate::storage::closure::Closure,
 ) -> Result<NewEmail, EmailError> {
+    const BACKUPS: &str = "Its contacts' data and messages are sealed under keys of the \
+        account's own, which the deletion destroys: copies of them in backups become \
+        unreadable then; the rest of a backup goes when the backup expires.";
     let deleted = if closure.purge_after <= closure.closed_at {
-        "All of its data is being deleted now; copies in backups become unreadable, \
-         because the keys they are sealed under are destroyed."
-            .to_string()
+        format!("All of its data is being deleted now. {BACKUPS}")
     } else {
         format!(
             "All of its data will be deleted on {}; until then the operator can bring the \
-             deletion forward on your request. Copies in backups become unreadable then, \
-             because the keys they are sealed under are destroyed.",
+             deletion forward on your request. {BACKUPS}",
             crate::clock::rfc3339(closure.purge_after)
         )
     };

@@ -111,13 +111,8 @@ pub async fn download(
     // The answer waits for the first chunk: a failure before it is a plain 500.
     let first = match rx.recv().await {
         Some(Ok(first)) => first,
-        Some(Err(e)) => return Err(ApiError::internal_logged(&state.core.log, &e.to_string())),
-        None => {
-            return Err(ApiError::internal_logged(
-                &state.core.log,
-                "the export's writer stopped",
-            ))
-        }
+        Some(Err(e)) => return Err(ApiError::internal(e.to_string())),
+        None => return Err(ApiError::internal("the export's writer stopped")),
     };
     let log = state.core.log.clone();
     let rest = futures_util::stream::unfold(rx, move |mut rx| {

@@ -21,7 +21,7 @@ pub async fn get_media(
         return Err(not_found());
     }
     let stored = read(&state, move |conn, vault| {
-        media::stored_media(conn, vault, &tenant, &id)
+        media::stored_media(conn, vault, &tenant, &crate::ids::MessageId(id))
     })
     .await?
     .ok_or_else(not_found)?;

@@ -99,12 +99,21 @@ pub fn close(
             closed_at: now_ms,
             purge_after,
         };
-        on_backend!(conn, c => diesel::update(tenants::table.find(tenant_id.as_str()))
+        // Two closures at once: one closes, the other finds it closed and ends here.
+        let closing = on_backend!(conn, c => diesel::update(tenants::table
+            .find(tenant_id.as_str())
+            .filter(tenants::closed_at.is_null()))
             .set((
                 tenants::closed_at.eq(Some(now_ms)),
                 tenants::purge_after.eq(Some(purge_after)),
             ))
             .execute(c))?;
+        if closing == 0 {
+            return Err(StorageError::Conflict {
+                code: "tenant_closed",
+                message: format!("tenant {tenant_id} was closed at the same time"),
+            });
+        }
         on_backend!(conn, c => diesel::delete(api_keys::table
             .filter(api_keys::tenant_id.eq(tenant_id.as_str())))
             .execute(c))?;
@@ -173,23 +182,27 @@ const PURGED_IN_BATCHES: [&str; 9] = [
 ];
 
 /// Deletes the next batch (at most `limit` rows of one table) of the closed tenant's
-/// data; once nothing is left in the large tables, destroys its data keys, records the
-/// purge with the keys and deletes its row. Returns the rows deleted by this batch
-/// (table, count), or `None` when the purge is complete. On SQLite what it deletes is
+/// data, from table `progress` of [`PURGED_IN_BATCHES`] on (a table found empty is not
+/// looked at again: some have no index by tenant, and a tenant closed writes no
+/// more); once nothing is left in them, destroys its data keys, records the purge with
+/// the keys and deletes its row. Returns the rows deleted by this batch (table,
+/// count), or `None` when the purge is complete. On SQLite what it deletes is
 /// overwritten in place (`secure_delete`).
 pub fn purge_batch(
     conn: &mut DbConn,
     vault: &Vault,
     tenant_id: &TenantId,
+    progress: &mut usize,
     limit: i64,
     now_ms: i64,
 ) -> Result<Option<(&'static str, usize)>, StorageError> {
     overwriting_freed(conn, |conn| {
-        for table in PURGED_IN_BATCHES {
+        while let Some(table) = PURGED_IN_BATCHES.get(*progress).copied() {
             let deleted = delete_some(conn, table, tenant_id, limit)?;
             if deleted > 0 {
                 return Ok(Some((table, deleted)));
             }
+            *progress += 1;
         }
         let purged_before: Option<i64> = vault.with_store(conn, |ks| {
             Ok(on_backend!(ks, c => tenant_purges::table

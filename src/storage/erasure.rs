@@ -183,14 +183,13 @@ struct Found {
     value: Option<String>,
 }
 
-/// SQLite: the key ids of a conversation's messages, through the conversation index
-/// and its unindexed tail (see [`super::sqlite::conversation_index`]).
-const CONVERSATION_KEYS_SQLITE: &str = "SELECT DISTINCT m.key_id AS value \
-     FROM conversation_messages cm JOIN messages m ON m.id = cm.message_id \
-     WHERE cm.conversation_id = ?1 \
-     UNION SELECT DISTINCT key_id AS value FROM messages \
-     WHERE rowid > (SELECT indexed_through FROM conversation_index_state) \
-     AND conversation_id = ?1";
+/// SQLite: the key ids of conversation ?1's messages (?2 empty and ?3 -1: all of
+/// them), through the one "messages of a conversation" query.
+const CONVERSATION_KEYS_SQLITE: &str = concat!(
+    "SELECT DISTINCT key_id AS value FROM messages WHERE id IN (",
+    super::sqlite::conversation_index::message_ids_of_conversation!(),
+    ")"
+);
 
 /// SQLite: up to ?3 message ids of conversation ?1 (?2: after, empty for all).
 const CONVERSATION_MESSAGES_SQLITE: &str = concat!(
@@ -210,6 +209,8 @@ fn message_key_ids(
             for conversation in conversations {
                 let found: Vec<Found> = diesel::sql_query(CONVERSATION_KEYS_SQLITE)
                     .bind::<diesel::sql_types::Text, _>(conversation)
+                    .bind::<diesel::sql_types::Text, _>("")
+                    .bind::<diesel::sql_types::BigInt, _>(-1_i64)
                     .load(c)?;
                 keys.extend(found.into_iter().filter_map(|f| f.value));
             }
@@ -728,8 +729,9 @@ pub fn reapply_all(
             continue;
         }
         done.tenants_found += 1;
+        let mut progress = 0;
         while let Some((table, rows)) = super::write_transaction(conn, |conn| {
-            super::closure::purge_batch(conn, vault, &tenant, batch, now_ms)
+            super::closure::purge_batch(conn, vault, &tenant, &mut progress, batch, now_ms)
         })? {
             *done.deleted.entry(table).or_default() += rows as u64;
         }

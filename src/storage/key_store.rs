@@ -47,7 +47,8 @@ impl Deref for Vault {
 
 impl Vault {
     /// A key store in the data's database: SQLite's attached file, or PostgreSQL's
-    /// `keystore` schema.
+    /// `keystore` schema (the tests' shortcut; the daemon opens it with [`Vault::new`]).
+    #[cfg(any(test, feature = "testing"))]
     pub fn attached(keyring: Keyring) -> Vault {
         Vault {
             keyring,

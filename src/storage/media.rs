@@ -224,8 +224,9 @@ pub fn stored_media(
     conn: &mut DbConn,
     vault: &Vault,
     tenant_id: &TenantId,
-    message_id: &str,
+    message_id: &MessageId,
 ) -> Result<Option<StoredMedia>, StorageError> {
+    let message_id = message_id.as_str();
     type Row = (
         String,
         Option<String>,

@@ -4,6 +4,8 @@
 //! written with its audit entry and its email to the account holder in one
 //! transaction. The subject is kept as the keyed hash of its identifier.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use diesel::prelude::*;
 
 use super::audit::{self, Actor};
@@ -527,6 +529,91 @@ pub fn set_outcome(
         .set(privacy_requests::outcome_json.eq(Some(outcome.to_string())))
         .execute(c))?;
     Ok(())
+}
+
+/// Whether a completed restriction or objection may wait for its subject to appear
+/// (one for a wa_id or BSUID the tenant had not seen): while none does, a contact's
+/// creation costs no look for one. Set when one completes and at start from the
+/// database; never cleared while the process runs, which costs a look per batch of
+/// new contacts at most.
+static PENDING_SUBJECTS: AtomicBool = AtomicBool::new(false);
+
+/// Notes that a restriction or objection waits for its subject.
+pub fn note_pending_subject() {
+    PENDING_SUBJECTS.store(true, Ordering::Release);
+}
+
+/// At start: notes whether any restriction or objection waits for its subject.
+pub fn load_pending_subjects(conn: &mut DbConn) -> Result<(), StorageError> {
+    let waiting: i64 = on_backend!(conn, c => privacy_requests::table
+        .filter(privacy_requests::contact_id.is_null())
+        .filter(privacy_requests::kind.eq_any([Kind::Restriction.as_str(), Kind::Objection.as_str()]))
+        .filter(privacy_requests::state.eq(State::Completed.as_str()))
+        .filter(privacy_requests::lifted_at.is_null())
+        .count()
+        .get_result(c))?;
+    if waiting > 0 {
+        note_pending_subject();
+    }
+    Ok(())
+}
+
+/// Applies to `created` (contacts just inserted: id, and the keyed hashes of its
+/// BSUID and phone number) the restrictions and objections of the tenant that waited
+/// for them, in force from when each completed; each request then names its contact,
+/// and the audit log says so. Returns how many it applied.
+pub fn apply_pending_subjects(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    created: &[(&ContactId, [Option<&str>; 2])],
+    now_ms: i64,
+) -> Result<usize, StorageError> {
+    if !PENDING_SUBJECTS.load(Ordering::Acquire) {
+        return Ok(0);
+    }
+    let hashes: Vec<&str> = created
+        .iter()
+        .flat_map(|(_, hashes)| hashes.iter().flatten().copied())
+        .collect();
+    if hashes.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<Row> = on_backend!(conn, c => privacy_requests::table
+        .filter(privacy_requests::tenant_id.eq(tenant_id.as_str()))
+        .filter(privacy_requests::contact_id.is_null())
+        .filter(privacy_requests::kind.eq_any([Kind::Restriction.as_str(), Kind::Objection.as_str()]))
+        .filter(privacy_requests::state.eq(State::Completed.as_str()))
+        .filter(privacy_requests::lifted_at.is_null())
+        .filter(privacy_requests::subject_bidx.eq_any(&hashes))
+        .order(privacy_requests::id.asc())
+        .select(columns!())
+        .load(c))?;
+    let mut applied = 0;
+    for row in rows {
+        let waiting = request(row)?;
+        let Some((contact, _)) = created
+            .iter()
+            .find(|(_, hashes)| hashes.contains(&Some(waiting.subject_bidx.as_str())))
+        else {
+            continue;
+        };
+        let since = waiting.completed_at.unwrap_or(now_ms);
+        set_contact_flag(conn, tenant_id, contact, waiting.kind, Some(since))?;
+        set_contact(conn, &waiting, contact)?;
+        let applied_to = Request {
+            contact_id: Some((*contact).clone()),
+            ..waiting
+        };
+        record(
+            conn,
+            &applied_to,
+            Actor::Compliance,
+            "request_applied_to_new_contact",
+            now_ms,
+        )?;
+        applied += 1;
+    }
+    Ok(applied)
 }
 
 /// Lifts a completed restriction or objection: the contact is processed as before,

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::Template;
+use crate::ids::{PhoneNumberId, Wamid};
 
 /// What an error means for the send that met it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,10 +217,10 @@ impl GraphClient {
     /// read receipt, which Meta answers without one).
     pub async fn send_message(
         &self,
-        phone_number_id: &str,
+        phone_number_id: &PhoneNumberId,
         access_token: &str,
         body: &Value,
-    ) -> Result<Option<String>, GraphError> {
+    ) -> Result<Option<Wamid>, GraphError> {
         let url = format!(
             "{}/{}/{}/messages",
             self.base_url, self.version, phone_number_id
@@ -262,7 +263,7 @@ impl GraphClient {
                 .next()
                 .map(|m| m.id)
                 .filter(|id| !id.is_empty())
-                .map(Some)
+                .map(|id| Some(Wamid(id)))
                 .ok_or_else(|| {
                     GraphError::network(
                         ErrorClass::Unknown,

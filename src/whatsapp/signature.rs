@@ -40,6 +40,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The header value Meta would send for `body`; used by tests and the load generator.
+#[cfg(any(test, feature = "testing"))]
 pub fn sign(app_secret: &[u8], body: &[u8]) -> String {
     let mut mac = match Hmac::<Sha256>::new_from_slice(app_secret) {
         Ok(mac) => mac,

@@ -75,6 +75,27 @@ async fn metric(client: &awc::Client, base: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Meta's `timestamp` for a message sent now.
+fn message_timestamp_now() -> Value {
+    json!(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string())
+}
+
+/// Returns once the mailer has gone through its due emails twice from now: an email
+/// still due would have gone again by then.
+async fn after_two_mailer_rounds(client: &awc::Client, base: &str) {
+    let name = "converra_timed_duties_total{duty=\"mailer\"}";
+    let start = metric(client, base, name).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(client, base, name).await < start + 2.0 {
+        assert!(Instant::now() < deadline, "the mailer stopped going round");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[actix_rt::test]
 async fn a_notice_reaches_every_account_holder_once_and_each_audit_log_records_its_own() {
     for backend in backends() {
@@ -134,7 +155,7 @@ async fn a_notice_reaches_every_account_holder_once_and_each_audit_log_records_i
         }
 
         // Delivered once: nothing more comes, and the notice counts both as sent.
-        actix_rt::time::sleep(Duration::from_millis(2_500)).await;
+        after_two_mailer_rounds(&client, &daemon.base).await;
         assert_eq!(sink.received().len(), 2, "{backend:?}: no second delivery");
         let listed = daemon.cli_json(&["notice", "list", "--json"]);
         assert_eq!(
@@ -242,7 +263,7 @@ async fn an_email_waits_out_a_server_that_is_down_then_refusing_and_is_delivered
         received[0].header("Subject").as_deref(),
         Some("New sub-processor")
     );
-    actix_rt::time::sleep(Duration::from_millis(2_000)).await;
+    after_two_mailer_rounds(&client, &daemon.base).await;
     assert_eq!(sink.received().len(), 1, "and never again");
     let listed = daemon.cli_json(&["notice", "list", "--json"]);
     assert_eq!(listed[0]["sent"], 1, "{listed}");
@@ -291,11 +312,7 @@ async fn a_restriction_blocks_sends_until_lifted_and_every_step_is_told_and_audi
         .await;
         // A message of now: the contact's customer-service window is open.
         let mut message = text(SUBJECT, "wamid.privacy.1", "hello");
-        message["timestamp"] = json!((std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs())
-        .to_string());
+        message["timestamp"] = message_timestamp_now();
         let webhook = envelope(vec![messages_change(
             NUMBER_A,
             vec![contact(SUBJECT, "Test User")],
@@ -361,21 +378,52 @@ async fn a_restriction_blocks_sends_until_lifted_and_every_step_is_told_and_audi
             .await;
         assert_eq!(status, 202, "{backend:?}: sends go once lifted: {sent}");
 
-        // A subject the tenant never saw.
+        // A subject the tenant never saw: recorded by its keyed hash, in force once its
+        // contact appears.
+        const NEWCOMER: &str = "4915199999999";
         let (status, unknown) = app
             .send_json(
                 "POST",
                 "/v1/privacy/requests",
                 &app.a.api_key,
-                &json!({"kind": "objection", "wa_id": "4915199999999"}),
+                &json!({"kind": "restriction", "wa_id": NEWCOMER}),
             )
             .await;
         assert_eq!(status, 201, "{backend:?}: {unknown}");
         let unknown_id = unknown["id"].as_str().unwrap().to_string();
-        let rejected = wait_state(&app, &app.a, &unknown_id, "rejected").await;
-        assert_eq!(rejected["reason"], "unknown_subject", "{backend:?}");
+        let pending = wait_state(&app, &app.a, &unknown_id, "completed").await;
+        assert_eq!(
+            pending["outcome"]["pending_contact"], true,
+            "{backend:?}: {pending}"
+        );
+        assert_eq!(pending["contact_id"], Value::Null, "{backend:?}");
+        let mut first = text(NEWCOMER, "wamid.privacy.newcomer", "first words");
+        first["timestamp"] = message_timestamp_now();
+        let webhook = envelope(vec![messages_change(
+            NUMBER_A,
+            vec![contact(NEWCOMER, "New Comer")],
+            vec![first],
+        )]);
+        app.post_signed(&serde_json::to_vec(&webhook).unwrap())
+            .await;
+        app.wait_messages(&app.a, 2).await;
+        let (status, refused) = app
+            .send_json("POST", "/v1/messages", &app.a.api_key, &text_to(NEWCOMER))
+            .await;
+        assert_eq!(
+            (status, &refused["error"]["code"]),
+            (409, &json!("restricted")),
+            "{backend:?}: the recorded restriction holds the new contact: {refused}"
+        );
+        let (_, applied) = app
+            .get(
+                &format!("/v1/privacy/requests/{unknown_id}"),
+                Some(&app.a.api_key),
+            )
+            .await;
+        assert!(applied["contact_id"].is_string(), "{backend:?}: {applied}");
 
-        // The account holder's emails: received and completed, received and rejected.
+        // The account holder's emails: received and completed, for both.
         let emails = sink.wait_for(4, Duration::from_secs(20)).await;
         let mut subjects: Vec<String> = emails
             .iter()
@@ -386,9 +434,9 @@ async fn a_restriction_blocks_sends_until_lifted_and_every_step_is_told_and_audi
             subjects,
             vec![
                 format!("Privacy request completed: restriction {id}"),
-                format!("Privacy request received: objection {unknown_id}"),
+                format!("Privacy request completed: restriction {unknown_id}"),
                 format!("Privacy request received: restriction {id}"),
-                format!("Privacy request rejected: objection {unknown_id}"),
+                format!("Privacy request received: restriction {unknown_id}"),
             ],
             "{backend:?}"
         );
@@ -422,6 +470,12 @@ async fn a_restriction_blocks_sends_until_lifted_and_every_step_is_told_and_audi
         ]
         .map(|(a, b)| (a.to_string(), b.to_string()));
         assert_eq!(steps, expected, "{backend:?}: newest first");
+        assert!(
+            log.iter().any(|e| e["request_id"] == unknown_id.as_str()
+                && e["action"] == "request_applied_to_new_contact"
+                && e["contact_id"].is_string()),
+            "{backend:?}: the recorded restriction's application is audited"
+        );
         assert!(
             !serde_json::to_string(&log).unwrap().contains(SUBJECT),
             "{backend:?}: the audit log names no wa_id"

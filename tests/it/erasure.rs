@@ -1251,5 +1251,72 @@ async fn a_closed_account_stops_at_once_and_its_data_goes_at_once_or_after_its_g
             2,
             "{backend:?}: no second confirmation"
         );
+        // A data backup restored after the purge brings the tenant back; the key store
+        // remembers the purge, and reapply purges it again.
+        let restored = format!(
+            "INSERT INTO tenants (id, name, holder_email, created_at) \
+             VALUES ('{shop_id}', 'shop', 'ops@shop.example', 1)"
+        );
+        converra::on_backend!(conn, c => diesel::sql_query(&restored).execute(c)).unwrap();
+        let reapplied = daemon.cli_json(&["erasure", "reapply", "--json"]);
+        assert_eq!(reapplied["tenants_found"], 1, "{backend:?}: {reapplied}");
+        assert_eq!(
+            rows_of_tenant(conn, &shop_id)[0],
+            ("tenants", 0),
+            "{backend:?}"
+        );
     }
+}
+
+/// A tenant closed with the grace period stops at once but keeps its data until the
+/// period ends, on the daemon's clock; then it is purged, and another tenant keeps
+/// everything.
+#[actix_rt::test]
+async fn a_tenant_closed_with_its_grace_period_keeps_its_data_until_the_period_ends() {
+    let clock = converra::clock::ManualClock::new(SystemClock.now_ms());
+    let app = TestApp::start_with_clock(&Backend::Sqlite, clock.clone()).await;
+    for (number, wamid) in [(NUMBER_A, "wamid.grace.a"), (NUMBER_B, "wamid.grace.b")] {
+        let (status, _) = app
+            .post_signed(&webhook_from(
+                number,
+                "4915100000123",
+                "Gerda Grace",
+                wamid,
+                "kept a while",
+            ))
+            .await;
+        assert_eq!(status, 200);
+    }
+    app.wait_messages(&app.a, 1).await;
+    app.wait_messages(&app.b, 1).await;
+    let cli = Daemon::new(&app.db.url, &app.db.dir);
+    let closed = cli.cli_json(&["tenant", "close", "--tenant", &app.a.id, "--json"]);
+    assert_eq!(closed["already_closed"], false, "{closed}");
+    let (status, _) = app.get("/v1/contacts", Some(&app.a.api_key)).await;
+    assert_eq!(status, 401, "the keys stop at once");
+    // The daemon has seen the closure: within the period the data stays.
+    app.after_timed_duty("compliance_scan").await;
+    let (_, pool) = app.pool();
+    let mut conn = pool.get().unwrap();
+    let held = rows_of_tenant(&mut conn, &app.a.id);
+    assert!(
+        held.contains(&("tenants", 1)) && held.contains(&("messages", 1)),
+        "{held:?}"
+    );
+    // Past it, everything goes.
+    clock.advance_ms(31 * 86_400_000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rows_of_tenant(&mut conn, &app.a.id)
+        .iter()
+        .any(|(_, rows)| *rows > 0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tenant was not purged after its grace period"
+        );
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, kept) = app.get("/v1/contacts", Some(&app.b.api_key)).await;
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!(kept["items"].as_array().unwrap().len(), 1, "{kept}");
 }

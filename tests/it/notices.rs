@@ -143,7 +143,7 @@ async fn policy_versions_disclosures_and_the_processing_record_reach_the_account
                 "--version",
                 "2.1",
                 "--effective-date",
-                &day(now, 13),
+                &day(now, 14),
                 "--summary-file",
                 summary.to_str().unwrap(),
             ])
@@ -152,7 +152,8 @@ async fn policy_versions_disclosures_and_the_processing_record_reach_the_account
         assert!(!too_soon.status.success());
         let said = String::from_utf8_lossy(&too_soon.stderr);
         assert!(said.contains("14 days' notice"), "{said}");
-        let effective = day(now, 14);
+        // 14 whole days from now: the day after the 14th.
+        let effective = day(now, 15);
         let published = daemon.cli_json(&[
             "policy",
             "publish",
@@ -214,8 +215,31 @@ async fn policy_versions_disclosures_and_the_processing_record_reach_the_account
         assert_eq!(disclosures.len(), 1, "{backend:?}: only the one told");
         assert_eq!(disclosures[0].to, vec!["holder@shop.example"]);
         let barred_id = barred["id"].as_str().unwrap();
+        let bakery_key = bakery["api_key"].as_str().unwrap();
+        let audit_actions = |audit: &Value| -> Vec<String> {
+            audit["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e["action"].as_str().map(str::to_string))
+                .collect()
+        };
+        let (_, audit) = call(&client, &daemon.base, bakery_key, "GET", "/v1/audit", None).await;
+        assert!(
+            !audit_actions(&audit)
+                .iter()
+                .any(|a| a.starts_with("disclosure")),
+            "{backend:?}: a barred disclosure stays out of the tenant's log: {audit}"
+        );
         let lifted = daemon.cli_json(&["disclosure", "lift", "--id", barred_id, "--json"]);
         assert!(lifted["lifted_at"].is_string(), "{lifted}");
+        let (_, audit) = call(&client, &daemon.base, bakery_key, "GET", "/v1/audit", None).await;
+        let actions = audit_actions(&audit);
+        assert!(
+            actions.contains(&"disclosure_recorded".to_string())
+                && actions.contains(&"disclosure_bar_lifted".to_string()),
+            "{backend:?}: {audit}"
+        );
         let received = sink.wait_for(4, Duration::from_secs(20)).await;
         assert!(received
             .iter()

@@ -688,7 +688,7 @@ impl Handler<RestrictContact> for ConversationActor {
     fn handle(&mut self, msg: RestrictContact, _ctx: &mut Context<Self>) {
         let held = self.contact.as_ref().map(|contact| &contact.contact_id);
         if held == Some(&msg.0) {
-            crate::actors::sender::wake(&self.core, self.phone_number_id.as_str());
+            crate::actors::sender::wake(&self.core, &self.phone_number_id);
         }
     }
 }

@@ -8,6 +8,7 @@ use actix::prelude::*;
 
 use super::{wake, SenderActor};
 use crate::actors::Core;
+use crate::ids::PhoneNumberId;
 use crate::storage::messaging_limits;
 use crate::storage::templates::{self, TemplateChange};
 use crate::storage::tenants::{self, SendingNumber};
@@ -94,7 +95,7 @@ pub async fn apply_account_updates(
         .await?;
     for number in numbers {
         slog::info!(core.log, "Meta raised a number's throughput"; "phone_number_id" => &number);
-        wake(core, &number);
+        wake(core, &PhoneNumberId(number));
     }
     for (waba_id, limit) in changed_limits {
         slog::info!(core.log, "Meta set a business portfolio's messaging limit";
@@ -102,7 +103,7 @@ pub async fn apply_account_updates(
     }
     // Their senders try the sends waiting for room again.
     for number in limited {
-        wake(core, &number);
+        wake(core, &PhoneNumberId(number));
     }
     if !unsynced.is_empty() {
         let running = core.senders.running();

@@ -79,7 +79,7 @@ struct Queue(Box<Fresh>);
 
 /// The running senders, by number.
 pub struct Senders {
-    running: Mutex<HashMap<String, Addr<SenderActor>>>,
+    running: Mutex<HashMap<PhoneNumberId, Addr<SenderActor>>>,
     /// Where senders run: the daemon's own thread, which outlives the HTTP workers, so
     /// that shutdown can wait for the sends in flight.
     home: ArbiterHandle,
@@ -118,7 +118,7 @@ impl Senders {
 
 /// The sender of `phone_number_id`, started when it is not running; none after
 /// shutdown began.
-fn sender(core: &Arc<Core>, phone_number_id: &str) -> Option<Addr<SenderActor>> {
+fn sender(core: &Arc<Core>, phone_number_id: &PhoneNumberId) -> Option<Addr<SenderActor>> {
     if core.senders.closed.load(Ordering::SeqCst) {
         return None;
     }
@@ -128,13 +128,11 @@ fn sender(core: &Arc<Core>, phone_number_id: &str) -> Option<Addr<SenderActor>> 
     };
     let start = || {
         let core = core.clone();
-        let number = PhoneNumberId(phone_number_id.to_string());
+        let number = phone_number_id.clone();
         let home = core.senders.home.clone();
         Supervisor::start_in_arbiter(&home, move |_| SenderActor::new(core, number))
     };
-    let addr = running
-        .entry(phone_number_id.to_string())
-        .or_insert_with(start);
+    let addr = running.entry(phone_number_id.clone()).or_insert_with(start);
     if !addr.connected() {
         // Its actor is gone (a panic past its supervisor): started again here.
         *addr = start();
@@ -143,14 +141,14 @@ fn sender(core: &Arc<Core>, phone_number_id: &str) -> Option<Addr<SenderActor>> 
 }
 
 /// Tells the sender of `phone_number_id` to look at its outbox.
-pub fn wake(core: &Arc<Core>, phone_number_id: &str) {
+pub fn wake(core: &Arc<Core>, phone_number_id: &PhoneNumberId) {
     if let Some(sender) = sender(core, phone_number_id) {
         sender.do_send(Wake);
     }
 }
 
 /// Hands a send just stored to its number's sender.
-pub fn queue(core: &Arc<Core>, fresh: Fresh, phone_number_id: &str) {
+pub fn queue(core: &Arc<Core>, fresh: Fresh, phone_number_id: &PhoneNumberId) {
     if let Some(sender) = sender(core, phone_number_id) {
         sender.do_send(Queue(Box::new(fresh)));
     }

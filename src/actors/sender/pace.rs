@@ -328,7 +328,7 @@ impl SenderActor {
         let used = credentials.clone();
         let sent = async move {
             client
-                .send_message(number.as_str(), &credentials.access_token, &body)
+                .send_message(&number, &credentials.access_token, &body)
                 .await
         };
         ctx.spawn(

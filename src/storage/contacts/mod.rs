@@ -205,12 +205,28 @@ pub(in crate::storage) fn insert_contacts(
             )
         })
         .collect();
-    let inserted: Vec<String> = on_backend!(conn, c => diesel::insert_into(contacts::table)
+    let inserted: HashSet<String> = on_backend!(conn, c => diesel::insert_into(contacts::table)
         .values(&rows)
         .on_conflict_do_nothing()
         .returning(contacts::id)
-        .get_results(c))?;
-    Ok(inserted.into_iter().collect())
+        .get_results::<String>(c))?
+    .into_iter()
+    .collect();
+    // A restriction or objection recorded for a subject not seen before applies from
+    // the moment its contact exists.
+    let created: Vec<(&ContactId, [Option<&str>; 2])> = new
+        .iter()
+        .filter(|c| inserted.contains(c.contact_id.as_str()))
+        .map(|c| {
+            (
+                &c.contact_id,
+                [c.indexes.wa_id.as_deref(), c.indexes.user_id.as_deref()],
+            )
+        })
+        .collect();
+    let now_ms = new.iter().map(|c| c.seen_at).max().unwrap_or_default();
+    super::privacy::apply_pending_subjects(conn, tenant_id, &created, now_ms)?;
+    Ok(inserted)
 }
 
 // ---------------------------------------------------------------------------------

@@ -325,11 +325,11 @@ pub fn seal_wamid(
     vault: &Vault,
     key: &SealKey,
     tenant_id: &TenantId,
-    wamid: &str,
+    wamid: &Wamid,
 ) -> Result<(String, Vec<u8>), StorageError> {
     let tenant = tenant_id.as_str();
-    let bidx = vault.wamid_index(tenant, &Wamid(wamid.to_string()));
-    let sealed = key.seal(wamid.as_bytes(), &wamid_place(tenant, &bidx))?;
+    let bidx = vault.wamid_index(tenant, wamid);
+    let sealed = key.seal(wamid.as_str().as_bytes(), &wamid_place(tenant, &bidx))?;
     Ok((bidx, sealed))
 }
 
