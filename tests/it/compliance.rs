@@ -30,7 +30,8 @@ pub(crate) fn with_smtp(daemon: &mut Daemon, port: u16) {
     }
 }
 
-fn create_tenant(daemon: &Daemon, name: &str) -> Value {
+/// A tenant made through the operator CLI, its holder `holder@NAME.example`.
+pub(crate) fn create_tenant(daemon: &Daemon, name: &str) -> Value {
     daemon.cli_json(&[
         "tenant",
         "create",
@@ -584,6 +585,34 @@ async fn concurrent_requests_of_a_tenant_complete_one_at_a_time_in_order() {
     }
 }
 
+/// A daemon on SQLite whose clock stands at 2027-01-31T10:00:00Z (a Sunday) and whose
+/// compliance actor starts no step until the returned flag is cleared, emailing
+/// through `sink`; `tweak` adjusts its settings.
+pub(crate) async fn held_on_31_january(
+    sink: &SmtpSink,
+    tweak: impl FnOnce(&mut converra::config::Settings),
+) -> (
+    TestApp,
+    std::sync::Arc<converra::clock::ManualClock>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let clock = converra::clock::ManualClock::new(1_801_389_600_000);
+    let hold = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hooks = converra::actors::Hooks {
+        hold_compliance: Some(hold.clone()),
+        ..Default::default()
+    };
+    let port = sink.port;
+    let app = TestApp::start_with_clock_hooks(&Backend::Sqlite, clock.clone(), hooks, |settings| {
+        settings.email.smtp_url = format!("smtp://127.0.0.1:{port}");
+        settings.email.retry_base_ms = 100;
+        settings.email.retry_max_ms = 400;
+        tweak(settings);
+    })
+    .await;
+    (app, clock, hold)
+}
+
 async fn submit_erasure(app: &TestApp, wa_id: &str) -> (u16, Value) {
     app.send_json(
         "POST",
@@ -610,20 +639,8 @@ async fn extend(app: &TestApp, id: &str, body: Value) -> (u16, Value) {
 /// Sunday, so Monday 1 March; extended by a month, 28 March, a Sunday, so 29 March.
 #[actix_rt::test]
 async fn an_open_request_is_extended_once_before_its_due_day_with_the_reason_emailed() {
-    // 2027-01-31T10:00:00Z
-    let clock = converra::clock::ManualClock::new(1_801_389_600_000);
-    let hold = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sink = SmtpSink::start();
-    let hooks = converra::actors::Hooks {
-        hold_compliance: Some(hold.clone()),
-        ..Default::default()
-    };
-    let app = TestApp::start_with_clock_hooks(&Backend::Sqlite, clock.clone(), hooks, |settings| {
-        settings.email.smtp_url = format!("smtp://127.0.0.1:{}", sink.port);
-        settings.email.retry_base_ms = 100;
-        settings.email.retry_max_ms = 400;
-    })
-    .await;
+    let (app, clock, hold) = held_on_31_january(&sink, |_| {}).await;
     let (status, first) = submit_erasure(&app, "4915100000301").await;
     assert_eq!(status, 201, "{first}");
     assert_eq!(first["due_at"], "2027-03-01T23:59:59.999Z");

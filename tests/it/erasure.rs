@@ -1115,17 +1115,7 @@ async fn a_closed_account_stops_at_once_and_its_data_goes_at_once_or_after_its_g
             "0".into(),
         ));
         let shop = daemon.seed_tenant(&db.dir, "shop", "EAAG-token");
-        let create = |name: &str| {
-            daemon.cli_json(&[
-                "tenant",
-                "create",
-                "--name",
-                name,
-                "--holder-email",
-                &format!("holder@{name}.example"),
-                "--json",
-            ])
-        };
+        let create = |name: &str| crate::compliance::create_tenant(&daemon, name);
         let (bakery, stays) = (create("bakery"), create("stays"));
         let id = |tenant: &Value| tenant["tenant_id"].as_str().unwrap().to_string();
         let (shop_id, bakery_id) = (id(&shop), id(&bakery));

@@ -85,17 +85,7 @@ async fn policy_versions_disclosures_and_the_processing_record_reach_the_account
             .unwrap()
             .status
             .success());
-        let create = |name: &str| {
-            daemon.cli_json(&[
-                "tenant",
-                "create",
-                "--name",
-                name,
-                "--holder-email",
-                &format!("holder@{name}.example"),
-                "--json",
-            ])
-        };
+        let create = |name: &str| crate::compliance::create_tenant(&daemon, name);
         let (shop, bakery) = (create("shop"), create("bakery"));
         let key = shop["api_key"].as_str().unwrap().to_string();
         let client = awc::Client::builder()
@@ -429,17 +419,8 @@ async fn an_enquiry_is_acknowledged_answered_by_the_operator_and_kept_to_its_ten
 /// and the daemon's clock.
 #[actix_rt::test]
 async fn deadlines_near_send_one_reminder_each() {
-    // 2027-01-31T10:00:00Z, a Sunday.
-    let clock = converra::clock::ManualClock::new(1_801_389_600_000);
-    let hold = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sink = SmtpSink::start();
-    let hooks = converra::actors::Hooks {
-        hold_compliance: Some(hold.clone()),
-        ..Default::default()
-    };
-    let app = TestApp::start_with_clock_hooks(&Backend::Sqlite, clock.clone(), hooks, |settings| {
-        settings.email.smtp_url = format!("smtp://127.0.0.1:{}", sink.port);
-        settings.email.retry_base_ms = 100;
+    let (app, clock, hold) = crate::compliance::held_on_31_january(&sink, |settings| {
         settings.compliance.operator_email = "privacy@operator.example".into();
         settings.scheduler.upkeep_interval_secs = 1;
     })
