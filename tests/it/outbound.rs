@@ -1091,8 +1091,27 @@ async fn a_paused_number_stays_paused_across_a_restart_until_it_is_updated() {
             "type": "template", "template": {"name": "notice", "language": {"code": "en_US"}}});
         let (_, first) = post_message(&app, &app.a.api_key, &template, None).await;
         graph.wait_calls(1).await;
-        // Let the pause be stored.
-        actix_rt::time::sleep(Duration::from_millis(1500)).await;
+        // The pause is stored before the restart.
+        {
+            use converra::storage::schema::phone_numbers;
+            use diesel::prelude::*;
+            let (_, pool) = app.pool();
+            let mut conn = pool.get().unwrap();
+            let conn = &mut *conn;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let paused: Option<i64> = converra::on_backend!(conn, c => phone_numbers::table
+                    .find(NUMBER_A)
+                    .select(phone_numbers::paused_at)
+                    .get_result(c))
+                .unwrap();
+                if paused.is_some() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the pause was never stored");
+                actix_rt::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         app.restart(Default::default()).await;
         let deadline = Instant::now() + Duration::from_secs(20);
         while app.metric("converra_outbound_numbers_paused").await != 1.0 {
