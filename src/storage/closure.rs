@@ -1,6 +1,6 @@
 //! Account closure in the database. Closing a tenant (`tenants.closed_at`) takes its
-//! API keys and its numbers (with their access tokens) at once and fails its queued
-//! sends, in the transaction that records the closure, queues the account holder's
+//! API keys and its numbers (with their access tokens) at once, fails its queued sends
+//! and parks its unprocessed inbox rows, in the transaction that records the closure, queues the account holder's
 //! confirmation and audits it.
 //! From `purge_after` on (at once when the operator asks, else after
 //! `compliance.closure_grace_days`) its data goes a bounded batch at a time
@@ -125,6 +125,7 @@ pub fn close(
             "message": "the account was closed before this message was sent"});
         let sends_failed =
             super::outbox::fail_queued_of_tenant(conn, tenant_id, &error.to_string())?;
+        super::inbox::park_tenant(conn, tenant_id, "the account is closed", now_ms)?;
         let email = confirmation(&tenant.name, &tenant.holder_email, &closure)?;
         email::queue(conn, &email, None, message_domain, now_ms)?;
         audit::append(

@@ -635,6 +635,22 @@ const ERROR_TEXT_MAX: usize = 1_000;
 /// Counts a failed attempt at row `id` with its error; parks the row once it has
 /// failed `park_after` times (0: at once). Returns whether it is parked now. A row
 /// already processed is left alone.
+/// Parks every unprocessed inbox row of `tenant_id` (its account is closed: nothing
+/// will apply them, and the sweep must not wait for them); they go with its purge.
+pub fn park_tenant(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    reason: &str,
+    now_ms: i64,
+) -> Result<usize, StorageError> {
+    Ok(on_backend!(conn, c => diesel::update(inbox::table
+        .filter(inbox::tenant_id.eq(tenant_id.as_str()))
+        .filter(inbox::processed_at.is_null())
+        .filter(inbox::parked_at.is_null()))
+        .set((inbox::parked_at.eq(Some(now_ms)), inbox::last_error.eq(Some(reason))))
+        .execute(c))?)
+}
+
 pub fn record_failure(
     conn: &mut DbConn,
     id: i64,
