@@ -260,7 +260,8 @@ fn audit_disclosure(
             action,
             request_id: Some(&disclosure.id),
             contact_id: None,
-            detail: json!({"notify": disclosure.notify, "authority": disclosure.authority}),
+            detail: json!({"notify": disclosure.notify, "authority": disclosure.authority,
+                "recorded_at": crate::clock::rfc3339_ms(disclosure.recorded_at)}),
         },
         now_ms,
     )?;
@@ -315,12 +316,7 @@ pub fn lift_disclosure(
             });
         }
         tell_of_disclosure(conn, &disclosure, message_domain, now_ms)?;
-        audit_disclosure(
-            conn,
-            &disclosure,
-            "disclosure_recorded",
-            disclosure.recorded_at,
-        )?;
+        audit_disclosure(conn, &disclosure, "disclosure_recorded", now_ms)?;
         audit_disclosure(conn, &disclosure, "disclosure_bar_lifted", now_ms)?;
         disclosures::get(conn, id)?.ok_or(StorageError::NotFound)
     })

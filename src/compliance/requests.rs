@@ -345,9 +345,24 @@ pub fn run(
         (_, Kind::Access | Kind::Portability) => None,
         // A subject the tenant has not seen: recorded by its keyed hash, and applied
         // when its contact appears (`privacy::apply_pending_subjects`).
-        (None, Kind::Restriction | Kind::Objection) => {
-            privacy::note_pending_subject();
-            outcome = Some(json!({"pending_contact": true}));
+        (None, kind @ (Kind::Restriction | Kind::Objection)) => {
+            // The contact may have appeared since the request started.
+            match privacy::find_subject(conn, &request.tenant_id, &request.subject_bidx)? {
+                Some(found) => {
+                    privacy::set_contact(conn, request, &found)?;
+                    privacy::set_contact_flag(
+                        conn,
+                        &request.tenant_id,
+                        &found,
+                        kind,
+                        Some(now_ms),
+                    )?;
+                }
+                None => {
+                    privacy::note_pending_subject();
+                    outcome = Some(json!({"pending_contact": true}));
+                }
+            }
             None
         }
         (None, _) => Some("unknown_subject"),

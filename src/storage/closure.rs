@@ -60,6 +60,15 @@ pub fn close(
     now_ms: i64,
 ) -> Result<Closed, StorageError> {
     super::write_transaction(conn, |conn| {
+        // Two closures at once take turns (SQLite's write transaction does so by
+        // itself): the second finds the tenant closed.
+        if let DbConn::Pg(c) = conn {
+            tenants::table
+                .find(tenant_id.as_str())
+                .select(tenants::id)
+                .for_update()
+                .load::<String>(c)?;
+        }
         let tenant = super::tenants::get_tenant(conn, tenant_id)?;
         let purge_after = match delete_data {
             true => now_ms,
@@ -99,7 +108,6 @@ pub fn close(
             closed_at: now_ms,
             purge_after,
         };
-        // Two closures at once: one closes, the other finds it closed and ends here.
         let closing = on_backend!(conn, c => diesel::update(tenants::table
             .find(tenant_id.as_str())
             .filter(tenants::closed_at.is_null()))

@@ -597,11 +597,26 @@ pub fn apply_pending_subjects(
         else {
             continue;
         };
+        // Only while it still waits: a lift or another writer's apply in between wins.
+        let outcome = serde_json::json!({"pending_contact": false, "applied_at": now_ms});
+        let claimed = on_backend!(conn, c => diesel::update(privacy_requests::table
+            .find(&waiting.id)
+            .filter(privacy_requests::contact_id.is_null())
+            .filter(privacy_requests::lifted_at.is_null())
+            .filter(privacy_requests::state.eq(State::Completed.as_str())))
+            .set((
+                privacy_requests::contact_id.eq(Some(contact.as_str())),
+                privacy_requests::outcome_json.eq(Some(outcome.to_string())),
+            ))
+            .execute(c))?;
+        if claimed == 0 {
+            continue;
+        }
         let since = waiting.completed_at.unwrap_or(now_ms);
         set_contact_flag(conn, tenant_id, contact, waiting.kind, Some(since))?;
-        set_contact(conn, &waiting, contact)?;
         let applied_to = Request {
             contact_id: Some((*contact).clone()),
+            outcome: Some(outcome),
             ..waiting
         };
         record(

@@ -101,6 +101,8 @@ struct ContactDetails {
     marketing_opt_out: bool,
     marketing_pref_at: Option<i64>,
     first_seen_at: i64,
+    restricted_at: Option<i64>,
+    objected_at: Option<i64>,
 }
 
 fn contact_details(conn: &mut DbConn, id: &str) -> Result<ContactDetails, StorageError> {
@@ -112,8 +114,18 @@ fn contact_details(conn: &mut DbConn, id: &str) -> Result<ContactDetails, Storag
             contacts::marketing_opt_out,
             contacts::marketing_pref_at,
             contacts::first_seen_at,
+            contacts::restricted_at,
+            contacts::objected_at,
         ))
         .get_result::<ContactDetails>(c))?)
+}
+
+/// The earlier of two instants either of which may be absent.
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Two contacts that turn out to be one person (a BSUID and a phone number first seen
@@ -121,7 +133,8 @@ fn contact_details(conn: &mut DbConn, id: &str) -> Result<ContactDetails, Storag
 /// valid; the other one's conversations and messages move to it (a conversation on a
 /// number both had is joined into the survivor's, its window and times combined), its
 /// profile fills what the survivor lacks (sealed again under the survivor's key), the
-/// later marketing preference holds, and its row is deleted. Its data key stays in the
+/// later marketing preference holds, a restriction or objection of either holds the
+/// survivor, and its row is deleted. Its data key stays in the
 /// key store: the messages sealed under it still name it (`messages.key_id`), so a
 /// contact's keys are its own plus those its messages name. Returns the survivor (the
 /// caller gives it the identifiers it lacks) and the id of the contact merged away.
@@ -296,6 +309,10 @@ fn merge_contacts(
             contacts::marketing_opt_out.eq(marketing_opt_out),
             contacts::marketing_pref_at.eq(marketing_pref_at),
             contacts::first_seen_at.eq(kept.first_seen_at.min(gone.first_seen_at)),
+            // A restriction or objection of either holds the one person, from the
+            // earlier (their requests move to the survivor with the merge).
+            contacts::restricted_at.eq(earliest(kept.restricted_at, gone.restricted_at)),
+            contacts::objected_at.eq(earliest(kept.objected_at, gone.objected_at)),
         ))
         .execute(c))?;
     Ok((survivor, removed.id))
