@@ -1141,3 +1141,74 @@ async fn a_paused_number_stays_paused_across_a_restart_until_it_is_updated() {
         graph.stop().await;
     }
 }
+
+/// A restriction of the contact known by number holds the one person once a message
+/// shows it is the contact known by BSUID: the merge keeps it on the contact that
+/// remains, so nothing is sent to them.
+#[actix_rt::test]
+async fn a_merge_keeps_the_restriction_of_the_contact_merged_away() {
+    for backend in backends() {
+        let graph = FakeGraph::start().await;
+        let app = app_with_graph(&backend, &graph).await;
+        const BSUID: &str = "US.13491208655302741919";
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string();
+        let webhook = |contact: Value, message: Value| {
+            serde_json::to_vec(&envelope(vec![messages_change(
+                NUMBER_A,
+                vec![contact],
+                vec![message],
+            )]))
+            .unwrap()
+        };
+        // First seen by the BSUID alone (the older contact), then by the number alone.
+        let by_user = webhook(
+            json!({"user_id": BSUID, "profile": {"name": "Kim"}}),
+            json!({"from_user_id": BSUID, "id": "wamid.r1", "timestamp": now,
+                "type": "text", "text": {"body": "hi"}}),
+        );
+        assert_eq!(app.post_signed(&by_user).await.0, 200);
+        app.wait_messages(&app.a, 1).await;
+        assert_eq!(
+            app.post_signed(&text_now(CUSTOMER, "wamid.r2")).await.0,
+            200
+        );
+        app.wait_messages(&app.a, 2).await;
+        let (status, request) = app
+            .send_json(
+                "POST",
+                "/v1/privacy/requests",
+                &app.a.api_key,
+                &json!({"kind": "restriction", "wa_id": CUSTOMER}),
+            )
+            .await;
+        assert_eq!(status, 201, "{backend:?}: {request}");
+        crate::compliance::wait_state(&app, &app.a, request["id"].as_str().unwrap(), "completed")
+            .await;
+        // A message naming both: the number's contact is merged into the BSUID's.
+        let both = webhook(
+            json!({"user_id": BSUID, "wa_id": CUSTOMER, "profile": {"name": "Kim"}}),
+            json!({"from": CUSTOMER, "from_user_id": BSUID, "id": "wamid.r3",
+                "timestamp": now, "type": "text", "text": {"body": "both"}}),
+        );
+        assert_eq!(app.post_signed(&both).await.0, 200);
+        app.wait_processed().await;
+        assert_eq!(app.all("/v1/contacts", &app.a.api_key).await.len(), 1);
+        let reply = json!({"from_phone_number_id": NUMBER_A, "to": CUSTOMER, "type": "text",
+            "text": {"body": "Hello"}});
+        let (status, refused) = post_message(&app, &app.a.api_key, &reply, None).await;
+        assert_eq!(
+            (status, &refused["error"]["code"]),
+            (409, &json!("restricted")),
+            "{backend:?}: the restriction held through the merge: {refused}"
+        );
+        assert!(
+            graph.calls().is_empty(),
+            "{backend:?}: nothing reached Meta"
+        );
+        graph.stop().await;
+    }
+}
