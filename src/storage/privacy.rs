@@ -543,6 +543,12 @@ pub fn note_pending_subject() {
     PENDING_SUBJECTS.store(true, Ordering::Release);
 }
 
+/// Whether a restriction or objection may wait for its subject: the callers that
+/// create contacts look for one ([`apply_pending_subjects`]) only then.
+pub fn pending_subjects_may_wait() -> bool {
+    PENDING_SUBJECTS.load(Ordering::Acquire)
+}
+
 /// At start: notes whether any restriction or objection waits for its subject.
 pub fn load_pending_subjects(conn: &mut DbConn) -> Result<(), StorageError> {
     let waiting: i64 = on_backend!(conn, c => privacy_requests::table
@@ -561,16 +567,14 @@ pub fn load_pending_subjects(conn: &mut DbConn) -> Result<(), StorageError> {
 /// Applies to `created` (contacts just inserted: id, and the keyed hashes of its
 /// BSUID and phone number) the restrictions and objections of the tenant that waited
 /// for them, in force from when each completed; each request then names its contact,
-/// and the audit log says so. Returns how many it applied.
+/// and the audit log says so. Returns how many it applied. Worth calling only while
+/// [`pending_subjects_may_wait`].
 pub fn apply_pending_subjects(
     conn: &mut DbConn,
     tenant_id: &TenantId,
     created: &[(&ContactId, [Option<&str>; 2])],
     now_ms: i64,
 ) -> Result<usize, StorageError> {
-    if !PENDING_SUBJECTS.load(Ordering::Acquire) {
-        return Ok(0);
-    }
     let hashes: Vec<&str> = created
         .iter()
         .flat_map(|(_, hashes)| hashes.iter().flatten().copied())

@@ -834,6 +834,39 @@ async fn stop_and_start_keywords_set_the_contacts_preference_and_are_confirmed_o
     }
 }
 
+/// One person seen apart on NUMBER_A: first by `bsuid` alone (the older contact), then
+/// by CUSTOMER's number alone; returns the webhook (message `wamid`) that names both,
+/// which merges them, not yet posted.
+async fn seen_apart(app: &TestApp, bsuid: &str, wamids: [&str; 3]) -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let webhook = |contact: Value, message: Value| {
+        serde_json::to_vec(&envelope(vec![messages_change(
+            NUMBER_A,
+            vec![contact],
+            vec![message],
+        )]))
+        .unwrap()
+    };
+    let by_user = webhook(
+        json!({"user_id": bsuid, "profile": {"name": "Kim"}}),
+        json!({"from_user_id": bsuid, "id": wamids[0], "timestamp": now,
+            "type": "text", "text": {"body": "hi"}}),
+    );
+    assert_eq!(app.post_signed(&by_user).await.0, 200);
+    app.wait_messages(&app.a, 1).await;
+    assert_eq!(app.post_signed(&text_now(CUSTOMER, wamids[1])).await.0, 200);
+    app.wait_messages(&app.a, 2).await;
+    webhook(
+        json!({"user_id": bsuid, "wa_id": CUSTOMER, "profile": {"name": "Kim"}}),
+        json!({"from": CUSTOMER, "from_user_id": bsuid, "id": wamids[2],
+            "timestamp": now, "type": "text", "text": {"body": "both"}}),
+    )
+}
+
 /// A send to a contact merged into another since its conversation last looked it up
 /// is stored under the contact that remains, not refused; the business's record of the
 /// contact merged away passes to the one that remains.
@@ -842,7 +875,13 @@ async fn a_send_after_a_merge_goes_to_the_contact_that_remains() {
     for backend in backends() {
         let graph = FakeGraph::start().await;
         let app = app_with_graph(&backend, &graph).await;
-        const BSUID: &str = "US.13491208655302741918";
+        // First seen by the BSUID alone, then by the number alone: two contacts.
+        let both = seen_apart(
+            &app,
+            "US.13491208655302741918",
+            ["wamid.m1", "wamid.m2", "wamid.m3"],
+        )
+        .await;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -856,19 +895,6 @@ async fn a_send_after_a_merge_goes_to_the_contact_that_remains() {
             )]))
             .unwrap()
         };
-        // First seen by the BSUID alone, then by the number alone: two contacts.
-        let by_user = webhook(
-            json!({"user_id": BSUID, "profile": {"name": "Kim"}}),
-            json!({"from_user_id": BSUID, "id": "wamid.m1", "timestamp": now,
-                "type": "text", "text": {"body": "hi"}}),
-        );
-        assert_eq!(app.post_signed(&by_user).await.0, 200);
-        app.wait_messages(&app.a, 1).await;
-        assert_eq!(
-            app.post_signed(&text_now(CUSTOMER, "wamid.m2")).await.0,
-            200
-        );
-        app.wait_messages(&app.a, 2).await;
         let reply = json!({"from_phone_number_id": NUMBER_A, "to": CUSTOMER, "type": "text",
             "text": {"body": "Hello"}});
         let (status, first) = post_message(&app, &app.a.api_key, &reply, None).await;
@@ -884,11 +910,6 @@ async fn a_send_after_a_merge_goes_to_the_contact_that_remains() {
             .await;
         assert_eq!(status, 200, "{body}");
         // A message naming both: the later contact is merged into the earlier one.
-        let both = webhook(
-            json!({"user_id": BSUID, "wa_id": CUSTOMER, "profile": {"name": "Kim"}}),
-            json!({"from": CUSTOMER, "from_user_id": BSUID, "id": "wamid.m3",
-                "timestamp": now, "type": "text", "text": {"body": "both"}}),
-        );
         assert_eq!(app.post_signed(&both).await.0, 200);
         app.wait_processed().await;
         let contacts = app.all("/v1/contacts", &app.a.api_key).await;
@@ -1150,33 +1171,13 @@ async fn a_merge_keeps_the_restriction_of_the_contact_merged_away() {
     for backend in backends() {
         let graph = FakeGraph::start().await;
         let app = app_with_graph(&backend, &graph).await;
-        const BSUID: &str = "US.13491208655302741919";
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            .to_string();
-        let webhook = |contact: Value, message: Value| {
-            serde_json::to_vec(&envelope(vec![messages_change(
-                NUMBER_A,
-                vec![contact],
-                vec![message],
-            )]))
-            .unwrap()
-        };
         // First seen by the BSUID alone (the older contact), then by the number alone.
-        let by_user = webhook(
-            json!({"user_id": BSUID, "profile": {"name": "Kim"}}),
-            json!({"from_user_id": BSUID, "id": "wamid.r1", "timestamp": now,
-                "type": "text", "text": {"body": "hi"}}),
-        );
-        assert_eq!(app.post_signed(&by_user).await.0, 200);
-        app.wait_messages(&app.a, 1).await;
-        assert_eq!(
-            app.post_signed(&text_now(CUSTOMER, "wamid.r2")).await.0,
-            200
-        );
-        app.wait_messages(&app.a, 2).await;
+        let both = seen_apart(
+            &app,
+            "US.13491208655302741919",
+            ["wamid.r1", "wamid.r2", "wamid.r3"],
+        )
+        .await;
         let (status, request) = app
             .send_json(
                 "POST",
@@ -1189,11 +1190,6 @@ async fn a_merge_keeps_the_restriction_of_the_contact_merged_away() {
         crate::compliance::wait_state(&app, &app.a, request["id"].as_str().unwrap(), "completed")
             .await;
         // A message naming both: the number's contact is merged into the BSUID's.
-        let both = webhook(
-            json!({"user_id": BSUID, "wa_id": CUSTOMER, "profile": {"name": "Kim"}}),
-            json!({"from": CUSTOMER, "from_user_id": BSUID, "id": "wamid.r3",
-                "timestamp": now, "type": "text", "text": {"body": "both"}}),
-        );
         assert_eq!(app.post_signed(&both).await.0, 200);
         app.wait_processed().await;
         assert_eq!(app.all("/v1/contacts", &app.a.api_key).await.len(), 1);

@@ -214,6 +214,9 @@ pub(in crate::storage) fn insert_contacts(
     .collect();
     // A restriction or objection recorded for a subject not seen before applies from
     // the moment its contact exists.
+    if !super::privacy::pending_subjects_may_wait() {
+        return Ok(inserted);
+    }
     let created: Vec<(&ContactId, [Option<&str>; 2])> = new
         .iter()
         .filter(|c| inserted.contains(c.contact_id.as_str()))
