@@ -19,6 +19,8 @@
 //! | [`metrics`] | the Prometheus registry |
 //! | [`systemd`] | READY / WATCHDOG / STOPPING notifications |
 //!
+//! | [`background`] | the daemon's background work by name, stopped in order at shutdown |
+//!
 //! [`run`] starts everything on a listener the caller bound and stops on `shutdown`,
 //! so tests run the real server on an ephemeral port.
 
@@ -26,6 +28,7 @@
 
 pub mod actors;
 pub mod automation;
+pub mod background;
 pub mod clock;
 pub mod compliance;
 pub mod config;
@@ -55,6 +58,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::actors::registry::{DispatchInboxRows, Ping, Registry, StopSweeping};
 use crate::actors::{Core, Hooks};
+use crate::background::Background;
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::config::Settings;
 use crate::crypto::Keyring;
@@ -302,8 +306,10 @@ pub async fn run(
     let metrics = Arc::new(metrics::Metrics::new()?);
     let routes = Arc::new(storage::routes::RouteCache::default());
     // The storage layer's background threads (writers, checkpointer, conversation
-    // index), owned here: shutdown waits for each and names any that did not stop.
-    let (writer, background) = writer::spawn(
+    // index, contact readers), then every actor and task started below: shutdown stops
+    // them in the reverse order.
+    let mut background = Background::new(log.clone());
+    let (writer, storage_threads) = writer::spawn(
         pool.clone(),
         keyring.clone(),
         options.clock.clone(),
@@ -333,8 +339,15 @@ pub async fn run(
         ),
         &log.new(slog::o!("task" => "readers")),
     )?;
-    let mut background = background;
-    background.extend(reader_threads);
+    {
+        let (readers, writer) = (readers.clone(), writer.clone());
+        let mut threads = storage_threads;
+        threads.extend(reader_threads);
+        background.threads("storage", threads, move || async move {
+            readers.stop();
+            writer.stop().await;
+        });
+    }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -342,6 +355,12 @@ pub async fn run(
     let arbiters: Vec<Arbiter> = (0..settings.actors.arbiters)
         .map(|_| Arbiter::new())
         .collect();
+    let arbiter_handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
+    background.task("actor-arbiters", "resumed", move || async move {
+        for arbiter in &arbiters {
+            arbiter.stop();
+        }
+    });
     let core = Arc::new(Core {
         settings: settings.clone(),
         pool: pool.clone(),
@@ -362,25 +381,57 @@ pub async fn run(
     });
     let registry = {
         let core = core.clone();
-        let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
-        Supervisor::start(move |_| Registry::new(core, handles))
+        Supervisor::start(move |_| Registry::new(core, arbiter_handles))
     };
-    let media_fetcher = {
-        let core = core.clone();
-        Supervisor::start(move |_| actors::media::MediaFetcher::new(core))
-    };
-    let mailer = {
-        let core = core.clone();
-        Supervisor::start(move |_| actors::mailer::Mailer::new(core))
-    };
-    let compliance = {
-        let (core, registry) = (core.clone(), registry.clone());
-        Supervisor::start(move |_| actors::compliance::ComplianceActor::new(core, registry))
-    };
+    {
+        let registry = registry.clone();
+        background.task("inbox-sweep", "resumed", move || async move {
+            if let Ok(Some(sweep)) = registry.send(StopSweeping).await {
+                let _ = sweep.await;
+            }
+        });
+    }
+    // The scheduler's retention sweep stops after its batch; the actors whose work
+    // calls out or writes on its own finish what is in flight with its outcome
+    // written, and start nothing new (what waits is durable and goes at the next
+    // start).
     let scheduler = {
         let (core, registry) = (core.clone(), registry.clone());
         Supervisor::start(move |_| actors::scheduler::Scheduler::new(core, registry))
     };
+    background.task("scheduler", "resumed", move || async move {
+        if let Ok(work) = scheduler.send(actors::scheduler::StopScheduler).await {
+            if let Some(sweep) = work.sweep {
+                let _ = sweep.await;
+            }
+            let _ = work.upkeep_done.await;
+        }
+    });
+    let mailer = {
+        let core = core.clone();
+        Supervisor::start(move |_| actors::mailer::Mailer::new(core))
+    };
+    background.task("mailer", "retried", finish_work(mailer.recipient()));
+    let compliance = {
+        let (core, registry) = (core.clone(), registry.clone());
+        Supervisor::start(move |_| actors::compliance::ComplianceActor::new(core, registry))
+    };
+    background.task("compliance", "resumed", finish_work(compliance.recipient()));
+    let media_fetcher = {
+        let core = core.clone();
+        Supervisor::start(move |_| actors::media::MediaFetcher::new(core))
+    };
+    background.task(
+        "media-fetcher",
+        "fetched again",
+        finish_work(media_fetcher.recipient()),
+    );
+    {
+        let core = core.clone();
+        background.task("senders", "reconciled", move || async move {
+            core.senders.finish().await
+        });
+    }
     // Every number's sender starts: it syncs the account's templates, and sends what
     // was accepted before a stop.
     {
@@ -445,11 +496,11 @@ pub async fn run(
         "database" => storage::DatabaseUrl::parse(&settings.database.url).map(|u| u.backend_name()).unwrap_or("?"));
     systemd::ready();
     let stall_limit = writer_stall_limit(&settings);
-    let watchdog = systemd::watchdog_interval().map(|every| {
+    if let Some(every) = systemd::watchdog_interval() {
         let registry = registry.clone();
         let watchdog_writer = writer.clone();
         let watchdog_log = log.clone();
-        actix_web::rt::spawn(async move {
+        let watchdog = actix_web::rt::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
@@ -465,8 +516,13 @@ pub async fn run(
                     systemd::watchdog();
                 }
             }
-        })
-    });
+        });
+        background.task(
+            "watchdog",
+            "resumed",
+            move || async move { watchdog.abort() },
+        );
+    }
 
     shutdown.await;
     slog::info!(
@@ -485,92 +541,27 @@ pub async fn run(
         &log,
     )
     .await;
-    if let Some(task) = watchdog {
-        task.abort();
-        slog::info!(log, "background task stopped"; "background" => "watchdog");
-    }
-    // The actors whose work calls out or writes on its own: sends, downloads and
-    // emails in flight end with their outcomes written, before the writer stops;
-    // nothing new starts (what waits is durable and goes at the next start). Then the
-    // scheduler (the retention sweep stops after its batch) and the inbox sweep.
-    let finish = |addr: Recipient<actors::FinishWork>| async move {
-        if let Ok(done) = addr.send(actors::FinishWork).await {
-            let _ = done.await;
-        }
-    };
-    stop_task(&log, "senders", "reconciled", core.senders.finish()).await;
-    stop_task(
-        &log,
-        "media-fetcher",
-        "fetched again",
-        finish(media_fetcher.recipient()),
-    )
-    .await;
-    stop_task(
-        &log,
-        "compliance",
-        "resumed",
-        finish(compliance.recipient()),
-    )
-    .await;
-    stop_task(&log, "mailer", "retried", finish(mailer.recipient())).await;
-    let sweep = async {
-        if let Ok(work) = scheduler.send(actors::scheduler::StopScheduler).await {
-            if let Some(sweep) = work.sweep {
-                let _ = sweep.await;
-            }
-            let _ = work.upkeep_done.await;
-        }
-    };
-    stop_task(&log, "scheduler", "resumed", sweep).await;
-    let inbox_sweep = async {
-        if let Ok(Some(sweep)) = registry.send(StopSweeping).await {
-            let _ = sweep.await;
-        }
-    };
-    stop_task(&log, "inbox-sweep", "resumed", inbox_sweep).await;
-    for arbiter in &arbiters {
-        arbiter.stop();
-    }
+    // The server's state held the last of these but the background tasks' own.
     drop(registry);
     drop(core);
-    readers.stop();
-    writer.stop().await;
     drop(writer);
-    let unfinished = actix_web::rt::task::spawn_blocking(move || {
-        let deadline = Instant::now() + BACKGROUND_STOP_TIMEOUT;
-        while !background.iter().all(|t| t.handle.is_finished()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        background
-            .into_iter()
-            .filter(|t| !t.handle.is_finished())
-            .map(|t| t.name)
-            .collect::<Vec<String>>()
-    })
-    .await
-    .unwrap_or_default();
-    if !unfinished.is_empty() {
-        slog::warn!(log, "background tasks still running at exit"; "tasks" => ?unfinished);
-    }
+    drop(readers);
+    background.stop().await;
     slog::info!(log, "converra stopped");
     Ok(())
 }
 
-/// How long shutdown waits for each background task, and for the background threads
-/// once the writers are told to stop (they finish what is queued first).
-const BACKGROUND_STOP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Waits up to [`BACKGROUND_STOP_TIMEOUT`] for background task `name` to stop, and logs
-/// whether it did; one that did not leaves its work to be `left` at the next start (a
-/// database that does not answer must not hold the shutdown).
-async fn stop_task(log: &slog::Logger, name: &str, left: &str, stopped: impl Future<Output = ()>) {
-    match tokio::time::timeout(BACKGROUND_STOP_TIMEOUT, stopped).await {
-        Ok(()) => slog::info!(log, "background task stopped"; "background" => name),
-        Err(_) => {
-            slog::warn!(log, "background task did not stop in time; its work is {} at the next start", left;
-            "background" => name)
-        }
+/// Stops an actor whose work calls out or writes on its own: it finishes what is in
+/// flight and starts nothing new.
+fn finish_work(
+    actor: Recipient<actors::FinishWork>,
+) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = ()>>> {
+    move || {
+        Box::pin(async move {
+            if let Ok(done) = actor.send(actors::FinishWork).await {
+                let _ = done.await;
+            }
+        })
     }
 }
 

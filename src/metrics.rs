@@ -2,8 +2,8 @@
 //! not share counters), served as text on `/metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -50,6 +50,10 @@ pub struct Metrics {
     pub emails: IntCounterVec,
     /// Sends waiting for room in their portfolio's messaging limit, by number.
     pub messaging_limit_waiting: IntGaugeVec,
+    /// Sends a number's sender holds that are not in flight, by number.
+    pub outbound_waiting: IntGaugeVec,
+    /// Messages a second a number's sender paces at, by number.
+    pub outbound_pace: GaugeVec,
     /// Rows the retention sweeps deleted, by category.
     pub retention_deleted: IntCounterVec,
     /// Retention sweeps (of every tenant) by outcome: finished, incomplete, stopped.
@@ -189,6 +193,22 @@ impl Metrics {
             &["phone_number_id"],
         )?;
         registry.register(Box::new(messaging_limit_waiting.clone()))?;
+        let outbound_waiting = IntGaugeVec::new(
+            Opts::new(
+                "outbound_waiting",
+                "Sends a number's sender holds that are not in flight: waiting for their turn, the pace, a retry's time, the messaging limit or a paused number",
+            ),
+            &["phone_number_id"],
+        )?;
+        registry.register(Box::new(outbound_waiting.clone()))?;
+        let outbound_pace = GaugeVec::new(
+            Opts::new(
+                "outbound_pace",
+                "Messages a second a number's sender paces at: the number's throughput at Meta",
+            ),
+            &["phone_number_id"],
+        )?;
+        registry.register(Box::new(outbound_pace.clone()))?;
         let retention_deleted = IntCounterVec::new(
             Opts::new(
                 "retention_deleted_total",
@@ -224,6 +244,8 @@ impl Metrics {
             outbound_sends,
             outbound_refusals,
             outbound_numbers_paused,
+            outbound_waiting,
+            outbound_pace,
             writer_restarts: counter(
                 &registry,
                 "writer_restarts_total",

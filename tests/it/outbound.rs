@@ -65,6 +65,11 @@ async fn post_message(
 }
 
 /// Polls `GET /v1/messages/{id}` until its state is `state`.
+/// The gauge of the sends `number`'s sender holds that are not in flight.
+fn waiting(number: &str) -> String {
+    format!("converra_outbound_waiting{{phone_number_id=\"{number}\"}}")
+}
+
 async fn wait_state(app: &TestApp, id: &str, state: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -245,7 +250,12 @@ async fn a_send_is_refused_naming_the_field_or_the_rule_it_breaks() {
         (422, json!("idempotency_key_reused"))
     );
     wait_state(&app, first["id"].as_str().unwrap(), "sent").await;
-    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    // Nothing else waits to go: a second send would be pending or called by now.
+    let (_, pool) = app.pool();
+    let pending =
+        converra::storage::outbox::pending_sends(&mut pool.get().unwrap(), &NUMBER_A.into(), 10)
+            .unwrap();
+    assert!(pending.is_empty(), "{pending:?}");
     assert_eq!(graph.calls().len(), 1, "one send for one idempotency key");
     // Tenant B cannot see A's message.
     let (status, _) = app
@@ -320,7 +330,8 @@ async fn transient_errors_are_retried_permanent_ones_fail_and_a_bad_token_pauses
         let (_, third) = post_message(&app, &app.a.api_key, &other("three"), None).await;
         graph.wait_calls(6).await;
         let (_, fourth) = post_message(&app, &app.a.api_key, &other("four"), None).await;
-        actix_rt::time::sleep(Duration::from_millis(500)).await;
+        // Its sender holds both, neither in flight.
+        app.wait_metric(&waiting(NUMBER_A), 2.0).await;
         assert_eq!(graph.calls().len(), 6, "a paused number sends nothing");
         assert_eq!(app.metric("converra_outbound_numbers_paused").await, 1.0);
         for id in [&third["id"], &fourth["id"]] {
@@ -654,7 +665,11 @@ async fn a_throughput_upgrade_from_meta_raises_the_numbers_pace() {
     .unwrap();
     assert_eq!(app.post_signed(&upgrade).await.0, 200);
     // Its sender reads the new pace when it looks at the outbox (the webhook wakes it).
-    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    app.wait_metric(
+        &format!("converra_outbound_pace{{phone_number_id=\"{NUMBER_A}\"}}"),
+        1000.0,
+    )
+    .await;
     let sends = 200;
     let posts = (0..sends).map(|i| {
         let body = json!({"from_phone_number_id": NUMBER_A, "to": format!("49151000{i:05}"),
@@ -766,7 +781,8 @@ async fn metas_limits_hold_the_number_or_only_the_send_they_name() {
         let spam = send(three).await;
         graph.wait_calls(6).await;
         let after = send(four).await;
-        actix_rt::time::sleep(Duration::from_millis(500)).await;
+        // Its sender holds these two and the send deferred above, none in flight.
+        app.wait_metric(&waiting(NUMBER_A), 3.0).await;
         assert_eq!(
             graph.calls().len(),
             6,
@@ -819,12 +835,13 @@ async fn stop_and_start_keywords_set_the_contacts_preference_and_are_confirmed_o
             200
         );
         app.wait_messages(&app.a, 2).await;
-        actix_rt::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(graph.calls().len(), 1, "one confirmation for one STOP");
         assert!(opted_out(&app).await);
 
+        // The contact's messages are handled, and its sends leave, in order: a second
+        // confirmation of STOP would be the second call, before START's.
         assert_eq!(app.post_signed(&says("wamid.kw.3", " start ")).await.0, 200);
         let calls = graph.wait_calls(2).await;
+        assert_eq!(calls.len(), 2, "one confirmation for one STOP: {calls:?}");
         assert_eq!(
             calls[1].body["text"]["body"],
             defaults.opt_in_reply.as_str()
@@ -1090,7 +1107,14 @@ async fn a_marketing_send_waiting_when_its_contact_opts_out_never_leaves() {
             "only the confirmation: {:?}",
             calls[1]
         );
-        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        let (_, pool) = app.pool();
+        let pending = converra::storage::outbox::pending_sends(
+            &mut pool.get().unwrap(),
+            &NUMBER_A.into(),
+            10,
+        )
+        .unwrap();
+        assert!(pending.is_empty(), "{pending:?}");
         assert_eq!(graph.calls().len(), 2, "the template never left");
         graph.stop().await;
     }
@@ -1142,7 +1166,8 @@ async fn a_paused_number_stays_paused_across_a_restart_until_it_is_updated() {
             );
             actix_rt::time::sleep(Duration::from_millis(50)).await;
         }
-        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        // Its sender holds the send, not in flight.
+        app.wait_metric(&waiting(NUMBER_A), 1.0).await;
         assert_eq!(
             graph.calls().len(),
             1,

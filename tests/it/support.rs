@@ -433,6 +433,23 @@ impl TestApp {
     /// Returns once the daemon has run the timed `duty` (`converra_timed_duties_total`)
     /// to its end twice from now, so that one whole run began after this call and saw
     /// the clock as the test last set it. For `idle_check`, with one actor running.
+    /// Waits until metric `name` reads `value`: a gauge that says the daemon has done
+    /// what a test then checks the consequences of.
+    pub async fn wait_metric(&self, name: &str, value: f64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let now = self.metric(name).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} stayed {now}, not {value}"
+            );
+            actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn after_timed_duty(&self, duty: &str) {
         let name = format!("converra_timed_duties_total{{duty=\"{duty}\"}}");
         let start = self.metric(&name).await;

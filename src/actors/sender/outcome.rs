@@ -92,6 +92,17 @@ impl SenderActor {
         self.count_limited();
     }
 
+    /// `converra_outbound_waiting` of the number: the sends it holds that are not in
+    /// flight (each contact has at most one in flight).
+    pub(super) fn count_waiting(&self) {
+        let waiting = self.held.len().saturating_sub(self.in_flight.len());
+        self.core
+            .metrics
+            .outbound_waiting
+            .with_label_values(&[self.number.as_str()])
+            .set(waiting as i64);
+    }
+
     /// `converra_messaging_limit_waiting` of the number: the sends of contacts whose
     /// first send waits for the budget.
     pub(super) fn count_limited(&self) {

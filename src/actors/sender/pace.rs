@@ -55,6 +55,11 @@ fn open_rows(
 impl SenderActor {
     /// Paces at `rate` messages a second from now on.
     pub(super) fn set_rate(&mut self, rate: f64) {
+        self.core
+            .metrics
+            .outbound_pace
+            .with_label_values(&[self.number.as_str()])
+            .set(rate);
         if rate != self.rate {
             self.rate = rate;
             self.burst = (rate * 0.05).max(1.0);
@@ -76,8 +81,14 @@ impl SenderActor {
         }
     }
 
-    /// Starts the sends that may go now, contact by contact in turn, as the pace allows.
+    /// Starts the sends that may go now, contact by contact in turn, as the pace allows,
+    /// and reports how many wait.
     pub(super) fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        self.dispatch_ready(ctx);
+        self.count_waiting();
+    }
+
+    fn dispatch_ready(&mut self, ctx: &mut Context<Self>) {
         if self.held_through.is_some() && self.held.len() < HELD_MAX / 2 {
             // More sends wait in the outbox.
             self.scan(ctx);
