@@ -114,7 +114,7 @@ pub async fn send(
             (tenant_id.clone(), idempotency.clone(), template.clone());
         let owner_known = cached_owner.is_some();
         core.read(move |conn, _| {
-            if !owner_known && !tenants::owns_number(conn, &tenant, number.as_str())? {
+            if !owner_known && !tenants::owns_number(conn, &tenant, &number)? {
                 return Ok(Checked::UnknownNumber);
             }
             if let Some((bidx, hash)) = &idempotency {
@@ -124,11 +124,7 @@ pub async fn send(
             }
             let known = match &template {
                 Some((name, language)) => Some(templates::template_for_number(
-                    conn,
-                    &tenant,
-                    number.as_str(),
-                    name,
-                    language,
+                    conn, &tenant, &number, name, language,
                 )?),
                 None => None,
             };

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::FieldError;
+use crate::ids::PhoneNumberId;
 use crate::rules::Rule as FieldRule;
 use crate::whatsapp::outbound::{self, OutboundKind, Recipient, SendRequest, Target};
 
@@ -297,11 +298,11 @@ impl Rule {
     }
 
     /// The reply as a send from `phone_number_id` to `to`.
-    pub fn reply_to(&self, phone_number_id: &str, to: Recipient) -> Option<SendRequest> {
+    pub fn reply_to(&self, phone_number_id: &PhoneNumberId, to: Recipient) -> Option<SendRequest> {
         let reply = &self.definition.reply;
         let kind_name = reply.get("type")?.as_str()?;
         Some(SendRequest {
-            from_phone_number_id: phone_number_id.into(),
+            from_phone_number_id: phone_number_id.clone(),
             kind: OutboundKind::parse(kind_name)?,
             to: Target::Recipient(to),
             message: reply.get(kind_name)?.clone(),

@@ -142,7 +142,7 @@ pub fn source(
     let Some(media_id) = bundle.content.get("id").and_then(Value::as_str) else {
         return Ok(None);
     };
-    let Some(number) = tenants::sending_number(conn, vault, job.phone_number_id.as_str())? else {
+    let Some(number) = tenants::sending_number(conn, vault, &job.phone_number_id)? else {
         return Ok(None);
     };
     if number.tenant_id != job.tenant_id {

@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use super::on_backend;
 use super::schema::{phone_numbers, template_syncs, templates};
 use super::{DbConn, StorageError};
-use crate::ids::TenantId;
+use crate::ids::{PhoneNumberId, TenantId};
 use crate::whatsapp::Template;
 
 /// What Meta changed of a synced template.
@@ -110,13 +110,13 @@ pub enum Known {
 pub fn template_for_number(
     conn: &mut DbConn,
     tenant_id: &TenantId,
-    phone_number_id: &str,
+    phone_number_id: &PhoneNumberId,
     name: &str,
     language: &str,
 ) -> Result<Known, StorageError> {
     let tenant = tenant_id.as_str();
     let waba: Option<String> = on_backend!(conn, c => phone_numbers::table
-        .find(phone_number_id)
+        .find(phone_number_id.as_str())
         .filter(phone_numbers::tenant_id.eq(tenant))
         .select(phone_numbers::waba_id)
         .get_result(c)

@@ -9,7 +9,7 @@ use super::on_backend;
 use super::schema::{api_keys, phone_numbers, tenants};
 use super::{inbox, DbConn, StorageError};
 use crate::crypto::{self, Place};
-use crate::ids::TenantId;
+use crate::ids::{PhoneNumberId, TenantId};
 
 #[derive(Debug, Clone, Serialize, Queryable)]
 pub struct Tenant {
@@ -342,10 +342,10 @@ pub struct SendingNumber {
 /// goes on).
 pub fn set_number_paused(
     conn: &mut DbConn,
-    phone_number_id: &str,
+    phone_number_id: &PhoneNumberId,
     paused_at: Option<i64>,
 ) -> Result<(), StorageError> {
-    on_backend!(conn, c => diesel::update(phone_numbers::table.find(phone_number_id))
+    on_backend!(conn, c => diesel::update(phone_numbers::table.find(phone_number_id.as_str()))
         .set(phone_numbers::paused_at.eq(paused_at))
         .execute(c))?;
     Ok(())
@@ -354,10 +354,10 @@ pub fn set_number_paused(
 /// Records that nothing leaves `phone_number_id` before `held_until`.
 pub fn set_number_held(
     conn: &mut DbConn,
-    phone_number_id: &str,
+    phone_number_id: &PhoneNumberId,
     held_until: i64,
 ) -> Result<(), StorageError> {
-    on_backend!(conn, c => diesel::update(phone_numbers::table.find(phone_number_id))
+    on_backend!(conn, c => diesel::update(phone_numbers::table.find(phone_number_id.as_str()))
         .set(phone_numbers::held_until.eq(Some(held_until)))
         .execute(c))?;
     Ok(())
@@ -368,7 +368,7 @@ pub fn set_number_held(
 pub fn sending_number(
     conn: &mut DbConn,
     keyring: &crypto::Keyring,
-    phone_number_id: &str,
+    phone_number_id: &PhoneNumberId,
 ) -> Result<Option<SendingNumber>, StorageError> {
     type Row = (
         String,
@@ -379,7 +379,7 @@ pub fn sending_number(
         Option<i64>,
     );
     let row: Option<Row> = on_backend!(conn, c => phone_numbers::table
-        .find(phone_number_id)
+        .find(phone_number_id.as_str())
         .select((phone_numbers::tenant_id, phone_numbers::waba_id, phone_numbers::access_token_ct,
                  phone_numbers::throughput_mps, phone_numbers::paused_at, phone_numbers::held_until))
         .get_result(c)
@@ -387,9 +387,10 @@ pub fn sending_number(
     let Some((tenant_id, waba_id, token_ct, throughput_mps, paused_at, held_until)) = row else {
         return Ok(None);
     };
-    let access_token = keyring
-        .secrets()
-        .open_string(&token_ct, &access_token_place(&tenant_id, phone_number_id))?;
+    let access_token = keyring.secrets().open_string(
+        &token_ct,
+        &access_token_place(&tenant_id, phone_number_id.as_str()),
+    )?;
     Ok(Some(SendingNumber {
         tenant_id: TenantId(tenant_id),
         waba_id,
@@ -433,10 +434,10 @@ pub fn set_throughput(
 pub fn owns_number(
     conn: &mut DbConn,
     tenant_id: &TenantId,
-    phone_number_id: &str,
+    phone_number_id: &PhoneNumberId,
 ) -> Result<bool, StorageError> {
     let found: Option<String> = on_backend!(conn, c => phone_numbers::table
-        .find(phone_number_id)
+        .find(phone_number_id.as_str())
         .filter(phone_numbers::tenant_id.eq(tenant_id.as_str()))
         .select(phone_numbers::phone_number_id)
         .get_result(c)

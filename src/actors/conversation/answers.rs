@@ -148,7 +148,7 @@ impl ConversationActor {
         let Some(to) = self.recipient() else {
             return;
         };
-        let Some(request) = choice.rule.reply_to(self.phone_number_id.as_str(), to) else {
+        let Some(request) = choice.rule.reply_to(&self.phone_number_id, to) else {
             return;
         };
         let run = AutomationRun {
@@ -179,7 +179,7 @@ impl ConversationActor {
         } else {
             (&settings.opt_in_reply, RunKind::OptIn)
         };
-        let request = outbound::text_request(self.phone_number_id.as_str(), to, body);
+        let request = outbound::text_request(&self.phone_number_id, to, body);
         let run = AutomationRun {
             automation_id: None,
             kind: kind.as_str(),

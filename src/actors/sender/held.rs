@@ -29,7 +29,7 @@ impl SenderActor {
         let read = async move {
             core.read(move |conn, keyring| {
                 // Read at every scan, so that a replaced token is used.
-                let credentials = tenants::sending_number(conn, keyring, number.as_str())?;
+                let credentials = tenants::sending_number(conn, keyring, &number)?;
                 let rows = outbox::pending_sends(conn, &number, HELD_MAX as i64)?;
                 Ok((credentials, rows))
             })

@@ -218,8 +218,8 @@ impl SenderActor {
         let write = async move {
             writer
                 .write(tenant_id, move |conn| match hold {
-                    Hold::Paused(at) => tenants::set_number_paused(conn, number.as_str(), Some(at)),
-                    Hold::Until(until) => tenants::set_number_held(conn, number.as_str(), until),
+                    Hold::Paused(at) => tenants::set_number_paused(conn, &number, Some(at)),
+                    Hold::Until(until) => tenants::set_number_held(conn, &number, until),
                 })
                 .await
         };

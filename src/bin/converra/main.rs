@@ -14,7 +14,7 @@ use compliance::{
 };
 use converra::clock::{rfc3339, Clock, SystemClock};
 use converra::config::Settings;
-use converra::ids::TenantId;
+use converra::ids::{PhoneNumberId, TenantId};
 use converra::storage::{self, messaging_limits, tenants};
 
 /// Every webhook allocates and frees many small values (JSON trees, strings, actor
@@ -552,7 +552,11 @@ fn number(settings: Settings, command: NumberCommand) -> anyhow::Result<()> {
                 );
             }
             if let Some(limit) = messaging_limit {
-                if !tenants::owns_number(&mut conn, &TenantId(tenant.clone()), &phone_number_id)? {
+                if !tenants::owns_number(
+                    &mut conn,
+                    &TenantId(tenant.clone()),
+                    &PhoneNumberId(phone_number_id.clone()),
+                )? {
                     bail!("tenant {tenant} has no phone number {phone_number_id}");
                 }
                 let portfolio = messaging_limits::portfolio_of(&mut conn, &phone_number_id)?

@@ -115,9 +115,9 @@ fn invalid(rule: Rule, field: impl Into<String>, message: impl Into<String>) -> 
 }
 
 /// A plain text message from `phone_number_id` to `to` (an automation's reply).
-pub fn text_request(phone_number_id: &str, to: Recipient, body: &str) -> SendRequest {
+pub fn text_request(phone_number_id: &PhoneNumberId, to: Recipient, body: &str) -> SendRequest {
     SendRequest {
-        from_phone_number_id: phone_number_id.into(),
+        from_phone_number_id: phone_number_id.clone(),
         kind: OutboundKind::Text,
         to: Target::Recipient(to),
         message: json!({"body": body, "preview_url": false}),
