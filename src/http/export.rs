@@ -17,13 +17,14 @@ use super::AppState;
 use crate::clock::rfc3339_ms as rfc3339;
 use crate::compliance::dates;
 use crate::error::{ApiError, ErrorCode};
-use crate::ids::{ContactId, TenantId};
+use crate::ids::{ContactId, MessageId, TenantId};
 use crate::retention::Category;
 use crate::storage::contacts::{list_contacts, ContactFilter};
 use crate::storage::key_store::Vault;
 use crate::storage::privacy::{self, Kind, Request, State};
 use crate::storage::{
-    automations, conversations, messages, retention, with_conn, DbConn, Pool, StorageError,
+    automations, contacts, conversations, media, messages, retention, with_conn, DbConn, Pool,
+    StorageError,
 };
 use futures_util::StreamExt;
 
@@ -237,10 +238,13 @@ fn write_document(
         "tenant_id": tenant.as_str(),
         "contact_id": request.contact_id.as_ref().map(ContactId::as_str),
         "generated_at": rfc3339(now),
-        "sections": ["processing", "contact", "privacy_requests", "conversations", "automation_runs", "retention"],
+        "sections": ["processing", "contact", "consents", "privacy_requests", "conversations", "automation_runs", "retention"],
         "notes": "Messages are inside their conversations, oldest first, in the API's shapes \
-                  (GET /v1/conversations/{id}/messages). Consents: the contact's \
-                  marketing_opt_out, and its restriction and objection requests.",
+                  (GET /v1/conversations/{id}/messages), each with the statuses Meta reported \
+                  (oldest first) and, for media, what is held of the file (its download: \
+                  GET /v1/messages/{id}/media). Consents: the marketing preference and a \
+                  restriction or objection in force, with their times (epoch milliseconds); \
+                  the requests behind them are under privacy_requests.",
     });
     out.text("{\"manifest\":")?;
     out.value(&manifest)?;
@@ -251,9 +255,13 @@ fn write_document(
     out.value(contact)?;
     let Some(contact_id) = request.contact_id.as_ref().filter(|_| contact.is_some()) else {
         // A subject the tenant never saw: an empty export.
-        out.text(",\"privacy_requests\":[],\"conversations\":[],\"automation_runs\":[]")?;
+        out.text(",\"consents\":null,\"privacy_requests\":[],\"conversations\":[],\"automation_runs\":[]")?;
         return finish(pool, tenant, out, (0, 0, 0));
     };
+    out.text(",\"consents\":")?;
+    out.value(&with_conn(pool, |conn| {
+        contacts::consents(conn, tenant, contact_id)
+    })?)?;
     out.text(",\"privacy_requests\":")?;
     // A connection a query: none is held while the client reads.
     let requests: Vec<_> = with_conn(pool, |conn| privacy::of_contact(conn, tenant, contact_id))?
@@ -281,8 +289,13 @@ fn write_document(
         let mut after: Option<String> = None;
         let mut first = true;
         loop {
-            let page = with_conn(pool, |conn| {
-                messages::list_messages(conn, vault, tenant, &id, after.as_deref(), PAGE)
+            let (page, mut statuses, mut media) = with_conn(pool, |conn| {
+                let page =
+                    messages::list_messages(conn, vault, tenant, &id, after.as_deref(), PAGE)?;
+                let ids: Vec<MessageId> = page.iter().map(|m| m.id.clone()).collect();
+                let statuses = messages::statuses_of(conn, tenant, &ids)?;
+                let media = media::media_of(conn, tenant, &ids)?;
+                Ok((page, statuses, media))
             })?;
             let Some(last) = page.last() else { break };
             after = Some(last.id.to_string());
@@ -293,7 +306,12 @@ fn write_document(
                     out.text(",")?;
                 }
                 first = false;
-                out.value(&MessageItem::from(message))?;
+                let (statuses, media) = (statuses.remove(&message.id), media.remove(&message.id));
+                let mut item = serde_json::to_value(MessageItem::from(message))
+                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                item["statuses"] = json!(statuses.unwrap_or_default());
+                item["media"] = json!(media);
+                out.value(&item)?;
             }
             if !full {
                 break;

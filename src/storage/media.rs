@@ -3,6 +3,8 @@
 //! fetched from Meta by [`crate::actors::media`], and kept sealed under the
 //! message's key. Deleting the message deletes its media (a foreign key).
 
+use std::collections::HashMap;
+
 use diesel::prelude::*;
 use serde_json::Value;
 
@@ -217,6 +219,45 @@ pub struct StoredMedia {
     /// The file, opened (when fetched and its key is kept).
     pub content: Option<Vec<u8>>,
     pub error_json: Option<String>,
+}
+
+/// What is held of a message's media, without the file: for an access export, which
+/// points to the file's download instead of carrying it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MediaRecord {
+    pub state: String,
+    pub mime_type: Option<String>,
+    pub file_size: Option<i64>,
+    pub fetched_at: Option<i64>,
+}
+
+/// The media records of each of `ids` (messages of `tenant_id`) that has one.
+pub fn media_of(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    ids: &[MessageId],
+) -> Result<HashMap<MessageId, MediaRecord>, StorageError> {
+    let ids: Vec<&str> = ids.iter().map(MessageId::as_str).collect();
+    type Row = (String, String, Option<String>, Option<i64>, Option<i64>);
+    let rows: Vec<Row> = on_backend!(conn, c => media_downloads::table
+            .filter(media_downloads::message_id.eq_any(&ids))
+            .filter(media_downloads::tenant_id.eq(tenant_id.as_str()))
+            .select((media_downloads::message_id, media_downloads::state,
+                     media_downloads::mime_type, media_downloads::file_size,
+                     media_downloads::fetched_at))
+            .load(c))?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, state, mime_type, file_size, fetched_at)| {
+            let record = MediaRecord {
+                state,
+                mime_type,
+                file_size,
+                fetched_at,
+            };
+            (MessageId(id), record)
+        })
+        .collect())
 }
 
 /// The media of message `message_id` of `tenant_id`, if it has any.

@@ -423,6 +423,44 @@ pub fn list_messages(
         .collect()
 }
 
+/// A status Meta reported for a message: what it became, when, and Meta's detail
+/// (errors, pricing, conversation; no identifiers).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusEvent {
+    pub status: String,
+    pub occurred_at: i64,
+    pub detail: Option<Value>,
+}
+
+/// The statuses recorded for each of `ids` (messages of `tenant_id`), oldest first.
+pub fn statuses_of(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    ids: &[MessageId],
+) -> Result<HashMap<MessageId, Vec<StatusEvent>>, StorageError> {
+    use super::schema::status_events;
+    let ids: Vec<&str> = ids.iter().map(MessageId::as_str).collect();
+    let rows: Vec<(String, String, i64, Option<String>)> = on_backend!(conn, c => status_events::table
+        .filter(status_events::message_id.eq_any(&ids))
+        .filter(status_events::tenant_id.eq(tenant_id.as_str()))
+        .select((status_events::message_id, status_events::status,
+                 status_events::occurred_at, status_events::detail_json))
+        .order((status_events::message_id, status_events::occurred_at))
+        .load(c))?;
+    let mut by_message: HashMap<MessageId, Vec<StatusEvent>> = HashMap::new();
+    for (message_id, status, occurred_at, detail) in rows {
+        by_message
+            .entry(MessageId(message_id))
+            .or_default()
+            .push(StatusEvent {
+                status,
+                occurred_at,
+                detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
+            });
+    }
+    Ok(by_message)
+}
+
 /// Statuses recorded for a message (by wamid), oldest first; for the tests.
 #[cfg(any(test, feature = "testing"))]
 pub fn status_history(

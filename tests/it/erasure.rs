@@ -959,8 +959,36 @@ async fn an_access_export_holds_every_message_of_the_subject_and_nothing_else() 
             "tenant b words",
         );
         assert_eq!(app.post_signed(&elsewhere).await.0, 200);
-        app.wait_messages(&app.a, 4).await;
+        // A message the business sent the subject, as Meta reports it: sent, then read.
+        let statuses = envelope(vec![statuses_change(
+            NUMBER_A,
+            ["sent", "read"]
+                .iter()
+                .enumerate()
+                .map(|(i, state)| {
+                    json!({"id": "wamid.x.out", "status": state, "recipient_id": SUBJECT,
+                        "timestamp": format!("{}", 1_764_000_100 + i)})
+                })
+                .collect(),
+        )]);
+        assert_eq!(
+            app.post_signed(&serde_json::to_vec(&statuses).unwrap())
+                .await
+                .0,
+            200
+        );
+        app.wait_messages(&app.a, 5).await;
         app.wait_messages(&app.b, 1).await;
+        // The subject restricted the processing first: the export shows since when.
+        let (status, restriction) = app
+            .send_json(
+                "POST",
+                "/v1/privacy/requests",
+                &app.a.api_key,
+                &json!({"kind": "restriction", "wa_id": SUBJECT}),
+            )
+            .await;
+        assert_eq!(status, 201, "{backend:?}: {restriction}");
 
         let (status, request) = app
             .send_json(
@@ -997,16 +1025,43 @@ async fn an_access_export_holds_every_message_of_the_subject_and_nothing_else() 
             document["contact"]["profile_name"], SUBJECT_NAME,
             "{backend:?}"
         );
-        let mut bodies: Vec<&str> = document["conversations"]
+        let messages: Vec<&Value> = document["conversations"]
             .as_array()
             .unwrap()
             .iter()
             .flat_map(|c| c["messages"].as_array().unwrap())
-            .map(|m| m["content"]["body"].as_str().unwrap())
+            .collect();
+        let mut bodies: Vec<&str> = messages
+            .iter()
+            .filter_map(|m| m["content"]["body"].as_str())
             .collect();
         bodies.sort_unstable();
         assert_eq!(bodies, TEXTS, "{backend:?}: every message of the subject");
-        assert_eq!(document["totals"]["messages"], 3, "{backend:?}");
+        assert_eq!(document["totals"]["messages"], 4, "{backend:?}");
+        let sent = messages
+            .iter()
+            .find(|m| m["wamid"] == "wamid.x.out")
+            .unwrap_or_else(|| panic!("{backend:?}: the outbound message: {document}"));
+        assert_eq!(
+            sent["statuses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| (
+                    s["status"].as_str().unwrap(),
+                    s["occurred_at"].as_i64().unwrap()
+                ))
+                .collect::<Vec<_>>(),
+            [("sent", 1_764_000_100_000), ("read", 1_764_000_101_000)],
+            "{backend:?}: the message's status history"
+        );
+        assert!(
+            document["consents"]["restricted_at"].is_i64(),
+            "{backend:?}: {}",
+            document["consents"]
+        );
+        assert_eq!(document["consents"]["marketing_opt_out"], false);
+        assert_eq!(document["consents"]["objected_at"], Value::Null);
         assert!(document["privacy_requests"]
             .as_array()
             .unwrap()

@@ -50,6 +50,41 @@ pub fn not_erased() -> diesel::dsl::Or<
         .or(contacts::user_id_bidx.is_not_null())
 }
 
+/// What a contact agreed to or asked for, with when: marketing preference, and a
+/// restriction or objection in force.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Consents {
+    pub marketing_opt_out: bool,
+    pub marketing_preference_at: Option<i64>,
+    pub restricted_at: Option<i64>,
+    pub objected_at: Option<i64>,
+}
+
+/// The consents of `contact_id` of `tenant_id`; `None` when no such contact is held.
+pub fn consents(
+    conn: &mut DbConn,
+    tenant_id: &TenantId,
+    contact_id: &ContactId,
+) -> Result<Option<Consents>, StorageError> {
+    type Row = (bool, Option<i64>, Option<i64>, Option<i64>);
+    let row: Option<Row> = on_backend!(conn, c => contacts::table
+        .find(contact_id.as_str())
+        .filter(contacts::tenant_id.eq(tenant_id.as_str()))
+        .filter(not_erased())
+        .select((contacts::marketing_opt_out, contacts::marketing_pref_at,
+                 contacts::restricted_at, contacts::objected_at))
+        .get_result(c)
+        .optional())?;
+    Ok(row.map(
+        |(marketing_opt_out, marketing_preference_at, restricted_at, objected_at)| Consents {
+            marketing_opt_out,
+            marketing_preference_at,
+            restricted_at,
+            objected_at,
+        },
+    ))
+}
+
 /// A contact as a conversation actor needs it: ids and the unwrapped data key.
 #[derive(Debug, Clone)]
 pub struct ResolvedContact {
