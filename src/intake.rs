@@ -32,8 +32,9 @@ pub struct Receipt {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
-    #[error("an event could not be prepared for storage")]
-    Unpreparable,
+    /// An event that names no contact (no phone number, no BSUID): it cannot be routed.
+    #[error("a {0} event names no contact, so it cannot be routed")]
+    Unroutable(&'static str),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -80,9 +81,11 @@ pub async fn receive(
     let events = parsed
         .events
         .into_iter()
-        .map(FreshEvent::new)
-        .collect::<Option<Vec<FreshEvent>>>()
-        .ok_or(IntakeError::Unpreparable)?;
+        .map(|event| {
+            let kind = event.kind.as_str();
+            FreshEvent::new(event).ok_or(IntakeError::Unroutable(kind))
+        })
+        .collect::<Result<Vec<FreshEvent>, IntakeError>>()?;
     let mut numbers: Vec<PhoneNumberId> = events
         .iter()
         .map(|e| e.keys.phone_number_id.clone())

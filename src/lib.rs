@@ -8,17 +8,22 @@
 //! | [`config`] | settings: defaults → file → `CONVERRA__*` env; secrets from files; validation |
 //! | [`logging`] | the slog root logger (JSON lines or human) |
 //! | [`error`] | the HTTP error policy: one enum → status + JSON body |
+//! | [`rules`] | the rules a refused field breaks, named in 422 answers |
 //! | [`crypto`] | master key, per-contact data keys, sealing, blind indexes, API key hashes |
 //! | [`clock`] | injectable time |
 //! | [`ids`] | id newtypes |
-//! | [`whatsapp`] | Meta's JSON: webhook payloads and signatures |
-//! | [`storage`] | diesel: connections, migrations, queries, the group-commit writer |
+//! | [`whatsapp`] | Meta's JSON: webhook payloads, signatures, the Graph API client |
+//! | [`storage`] | diesel: connections, migrations, queries by table, the group-commit writer |
 //! | [`intake`] | a verified webhook on its way to the actors and the writer |
-//! | [`actors`] | registry → tenant → conversation actors, supervised |
+//! | [`actors`] | registry → tenant → conversation actors, senders, scheduler, compliance, mailer |
+//! | [`automation`] | a tenant's automation rules and what they reply |
+//! | [`compliance`] | data-subject requests, due dates, notices, the processing record |
+//! | [`retention`] | retention categories and periods |
+//! | [`email`] | the emails to account holders, rendered from templates |
 //! | [`http`] | thin handlers: webhook, tenant API, health and metrics |
 //! | [`metrics`] | the Prometheus registry |
+//! | [`telemetry`] | storage's reports turned into metrics |
 //! | [`systemd`] | READY / WATCHDOG / STOPPING notifications |
-//!
 //! | [`background`] | the daemon's background work by name, stopped in order at shutdown |
 //!
 //! [`run`] starts everything on a listener the caller bound and stops on `shutdown`,
@@ -254,9 +259,6 @@ pub fn unlock(
     }
 }
 
-/// Runs the daemon on `listener` until `shutdown` completes, then stops accepting,
-/// finishes in-flight requests and inbox work (up to `server.shutdown_timeout_secs`),
-/// and returns. Must be called inside an actix system.
 /// Records the configuration's processing record when it changed since the last
 /// start, and queues its notice to every account holder. A failure is logged: the
 /// next start tries again, and serving does not wait for it.
@@ -285,6 +287,10 @@ async fn record_processing(
     }
 }
 
+/// Runs the daemon on `listener` until `shutdown` completes, then stops accepting,
+/// finishes in-flight requests and inbox work (up to `server.shutdown_timeout_secs`),
+/// stops the background work (see [`background`]) and returns. Must be called inside an
+/// actix system.
 pub async fn run(
     listener: TcpListener,
     settings: Settings,

@@ -6,10 +6,13 @@
 //! write goes through the storage writer.
 //!
 //! Commands travel the same tree as events, registry → tenant → conversation, each a
-//! message named after its intent: [`submit::Submit`] (a send), and the compliance
-//! actor's [`conversation::RestrictContact`] (waiting sends judged again),
-//! [`conversation::ForgetContact`] (an erased contact dropped, its key with it) and
-//! [`registry::CloseTenant`] (a closed account's actors stopped, its routes forgotten).
+//! message named after its intent: [`submit::Submit`] (a send, through the registry,
+//! which starts the tenant's actor when it is not running), and the compliance
+//! actor's [`conversation::RestrictContact`] (waiting sends judged again) and
+//! [`conversation::ForgetContact`] (an erased contact dropped, its key with it), which
+//! go to the tenant's actor only when it runs (one that does not holds no
+//! conversation to tell), and [`registry::CloseTenant`] (a closed account's actors
+//! stopped, its routes forgotten).
 //!
 //! A webhook's events are delivered to their conversation actors as they arrive
 //! ([`crate::intake`]); each is acknowledged to Meta only once the write that applies it has

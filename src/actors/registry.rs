@@ -97,8 +97,8 @@ impl<M> Message for ToTenant<M> {
 }
 
 /// Hands `message` to `tenant_id`'s actor: directly when it is running, else through
-/// the registry, which starts it. The one way anything reaches a tenant from outside
-/// the actors (a webhook's events today; the API's commands travel the same way).
+/// the registry, which starts it: how a webhook's events and the API's sends reach
+/// a tenant from outside the actors.
 pub fn send_to_tenant<M>(core: &Core, registry: &Addr<Registry>, tenant_id: TenantId, message: M)
 where
     M: Message<Result = ()> + Send + 'static,

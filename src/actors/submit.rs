@@ -15,6 +15,7 @@ use actix::prelude::*;
 use super::registry::{send_to_tenant, Registry};
 use super::{sender, Core};
 use crate::ids::{MessageId, PhoneNumberId, TenantId, Wamid};
+use crate::rules::Conflict;
 use crate::rules::{FieldError, Rule};
 use crate::storage::automations::AutomationRun;
 use crate::storage::contacts::{ContactIdentifiers, ContactQuestion, Lookup, ResolvedContact};
@@ -286,12 +287,12 @@ pub(super) async fn accept(
 /// refused: it did not run).
 fn refused(core: &Core, e: StorageError) -> StorageError {
     if let StorageError::Conflict { code, .. } = &e {
-        if *code == outbox::AUTOMATION_HELD_BACK {
+        if *code == Conflict::AutomationHeldBack {
             return e;
         }
         core.metrics
             .outbound_refusals
-            .with_label_values(&[code])
+            .with_label_values(&[code.as_str()])
             .inc();
     }
     e
@@ -324,7 +325,7 @@ async fn find_contact(core: &Core, order: &SendOrder) -> Result<ResolvedContact,
     match core.readers.look_up(question).await? {
         Lookup::Found(contact, _) => Ok(contact),
         Lookup::Absent if order.request.kind.needs_window() => Err(StorageError::Conflict {
-            code: outbox::OUTSIDE_WINDOW,
+            code: Conflict::OutsideWindow,
             message: outbox::OUTSIDE_WINDOW_MESSAGE.into(),
         }),
         Lookup::Absent | Lookup::NeedsWriter => {

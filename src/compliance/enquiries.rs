@@ -9,6 +9,7 @@ use serde_json::json;
 use super::dates;
 use crate::email;
 use crate::ids::TenantId;
+use crate::rules::Conflict;
 use crate::storage::audit::{self, Actor};
 use crate::storage::email as storage_email;
 use crate::storage::enquiries::{self, Enquiry};
@@ -33,9 +34,7 @@ fn tell_holder(
         &tenant.holder_email,
         subject,
         body,
-    )
-    // A template that does not render is a bug of this build: the write cannot succeed.
-    .map_err(|e| StorageError::Rejected(e.to_string()))?;
+    )?;
     storage_email::queue(conn, &email, None, message_domain, now_ms)?;
     Ok(())
 }
@@ -108,7 +107,7 @@ pub fn answer(
         let enquiry = enquiries::find(conn, vault, id)?.ok_or(StorageError::NotFound)?;
         if !enquiries::set_answer(conn, vault, &enquiry, answer, now_ms)? {
             return Err(StorageError::Conflict {
-                code: "enquiry_answered",
+                code: Conflict::EnquiryAnswered,
                 message: format!("enquiry {id} was answered before"),
             });
         }

@@ -15,6 +15,7 @@ use super::dates;
 use crate::config::ProcessingSettings;
 use crate::email;
 use crate::ids::TenantId;
+use crate::rules::Conflict;
 use crate::rules::Rule;
 use crate::storage::audit::{self, Actor};
 use crate::storage::disclosures::{self, Disclosure};
@@ -24,11 +25,6 @@ use crate::storage::{tenants, DbConn, StorageError};
 
 /// The days of notice a policy change gets at least.
 pub const NOTICE_DAYS: i64 = 14;
-
-fn render_failed(e: email::EmailError) -> StorageError {
-    // A template that does not render is a bug of this build: the write cannot succeed.
-    StorageError::Rejected(e.to_string())
-}
 
 /// Queues `subject` and `body` to the holder of every active tenant as one notice;
 /// returns its id and how many emails it holds.
@@ -47,10 +43,9 @@ fn broadcast(
     let mut emails = Vec::new();
     for (tenant_id, holder) in storage_email::account_holders(conn)? {
         let name = names.get(tenant_id.as_str()).map_or("", String::as_str);
-        emails.push(
-            email::account(event, &tenant_id, name, &holder, subject, body)
-                .map_err(render_failed)?,
-        );
+        emails.push(email::account(
+            event, &tenant_id, name, &holder, subject, body,
+        )?);
     }
     let notice_id = storage_email::queue_notice(conn, subject, &emails, message_domain, now_ms)?;
     Ok((notice_id, emails.len()))
@@ -240,8 +235,7 @@ fn tell_of_disclosure(
         &tenant.holder_email,
         "A disclosure of your account's data to an authority",
         &body,
-    )
-    .map_err(render_failed)?;
+    )?;
     storage_email::queue(conn, &email, None, message_domain, now_ms)?;
     Ok(())
 }
@@ -311,7 +305,7 @@ pub fn lift_disclosure(
         let disclosure = disclosures::get(conn, id)?.ok_or(StorageError::NotFound)?;
         if !disclosures::lift(conn, id, now_ms)? {
             return Err(StorageError::Conflict {
-                code: "disclosure_told",
+                code: Conflict::DisclosureTold,
                 message: format!("the account holder was told of disclosure {id} already"),
             });
         }

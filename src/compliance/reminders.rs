@@ -122,8 +122,7 @@ fn remind_operator(
             "The privacy enquiry {id} of the account {tenant_id} is due by {due} and not \
              answered yet: converra enquiry answer --id {id} --answer-file PATH."
         ),
-    )
-    .map_err(|e| StorageError::Rejected(e.to_string()))?;
+    )?;
     storage_email::queue(conn, &email, None, message_domain, now_ms)?;
     Ok(())
 }

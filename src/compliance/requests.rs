@@ -24,6 +24,7 @@ use super::dates;
 use crate::clock::rfc3339_ms as rfc3339;
 use crate::email::{self, RequestEvent, RequestFacts};
 use crate::ids::TenantId;
+use crate::rules::Conflict;
 use crate::storage::audit;
 use crate::storage::email as storage_email;
 use crate::storage::erasure::{self, ErasureRecord, Progress};
@@ -134,9 +135,7 @@ pub(crate) fn tell_holder(
         &tenant.holder_email,
         event,
         &facts,
-    )
-    // A template that does not render is a bug of this build: the write cannot succeed.
-    .map_err(|e| StorageError::Rejected(e.to_string()))?;
+    )?;
     storage_email::queue(conn, &email, None, message_domain, now_ms)?;
     Ok(())
 }
@@ -258,10 +257,10 @@ pub fn extend(
     now_ms: i64,
 ) -> Result<Request, StorageError> {
     let request = privacy::get(conn, tenant_id, id)?.ok_or(StorageError::NotFound)?;
-    let refused = |code: &'static str, message: String| StorageError::Conflict { code, message };
+    let refused = |code: Conflict, message: String| StorageError::Conflict { code, message };
     if !matches!(request.state, State::Received | State::InProgress) {
         return Err(refused(
-            "not_open",
+            Conflict::NotOpen,
             format!(
                 "the request is {}: only an open request can be extended",
                 request.state.as_str()
@@ -270,13 +269,13 @@ pub fn extend(
     }
     if request.extended_due_on.is_some() {
         return Err(refused(
-            "already_extended",
+            Conflict::AlreadyExtended,
             "the request was extended before: a request is extended once".into(),
         ));
     }
     if dates::day_of(now_ms).to_string() > request.due_on {
         return Err(refused(
-            "extension_too_late",
+            Conflict::ExtensionTooLate,
             format!(
                 "a request is extended before its original due day ({}) has passed",
                 request.due_on
@@ -288,7 +287,7 @@ pub fn extend(
         privacy::extend(conn, &request, &extended_due.to_string(), months, now_ms)?
     else {
         return Err(refused(
-            "already_extended",
+            Conflict::AlreadyExtended,
             "the request was extended or ended meanwhile".into(),
         ));
     };

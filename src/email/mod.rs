@@ -10,11 +10,25 @@ use minijinja::{context, Environment};
 
 use crate::ids::TenantId;
 use crate::storage::email::NewEmail;
+use crate::storage::StorageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmailError {
     #[error("email template {0}: {1}")]
     Template(&'static str, minijinja::Error),
+}
+
+/// Emails are composed inside the writes that queue them: a template that does not
+/// render fails the write as what it is.
+impl From<EmailError> for StorageError {
+    fn from(e: EmailError) -> Self {
+        match e {
+            EmailError::Template(name, e) => StorageError::Template {
+                name,
+                message: e.to_string(),
+            },
+        }
+    }
 }
 
 /// The templates, compiled once.

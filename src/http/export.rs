@@ -19,6 +19,7 @@ use crate::compliance::dates;
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::{ContactId, MessageId, TenantId};
 use crate::retention::Category;
+use crate::rules::Conflict;
 use crate::storage::contacts::{list_contacts, ContactFilter};
 use crate::storage::key_store::Vault;
 use crate::storage::privacy::{self, Kind, Request, State};
@@ -60,7 +61,7 @@ pub async fn download(
         .filter(|_| request.state == State::Completed)
     else {
         return Err(ApiError::new(
-            ErrorCode::Conflict("export_not_ready"),
+            ErrorCode::Conflict(Conflict::ExportNotReady),
             "the request is not completed yet: its export is ready once it is",
         ));
     };
@@ -72,7 +73,7 @@ pub async fn download(
     }
     let pool = state.core.pool.clone();
     let vault = state.core.keyring.clone();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, ExportFailed>>(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, StorageError>>(4);
     let today = dates::day_of(now);
     // The subject still held: erased since, the export is gone.
     let contact = request.contact_id.clone();
@@ -105,14 +106,15 @@ pub async fn download(
         match write_document(&pool, &vault, &subject, &processing, today, now, &mut out) {
             Ok(()) => out.flush(),
             Err(e) => {
-                let _ = out.tx.blocking_send(Err(ExportFailed(e.to_string())));
+                let _ = out.tx.blocking_send(Err(e));
             }
         }
     });
-    // The answer waits for the first chunk: a failure before it is a plain 500.
+    // The answer waits for the first chunk: a failure before it is answered as any
+    // storage error is (503 while the database is unavailable).
     let first = match rx.recv().await {
         Some(Ok(first)) => first,
-        Some(Err(e)) => return Err(ApiError::internal(e.to_string())),
+        Some(Err(e)) => return Err(e.into()),
         None => return Err(ApiError::internal("the export's writer stopped")),
     };
     let log = state.core.log.clone();
@@ -148,18 +150,6 @@ fn gone(code: &'static str, message: String) -> ApiError {
     ApiError::new(ErrorCode::Gone(code), message)
 }
 
-/// A failure after the document began: the stream ends with it.
-#[derive(Debug)]
-struct ExportFailed(String);
-
-impl std::fmt::Display for ExportFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the export failed: {}", self.0)
-    }
-}
-
-impl std::error::Error for ExportFailed {}
-
 /// The subject's contact as the API shows it; `None` once it is gone (erased).
 fn contact_of(
     conn: &mut DbConn,
@@ -180,7 +170,7 @@ fn contact_of(
 /// Gathers the document into chunks for the client; a client gone stops the writing.
 struct Writer {
     buf: Vec<u8>,
-    tx: tokio::sync::mpsc::Sender<Result<Bytes, ExportFailed>>,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, StorageError>>,
 }
 
 impl Writer {

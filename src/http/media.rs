@@ -7,6 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::api::{authenticate, is_id, read};
 use super::AppState;
 use crate::error::{ApiError, ErrorCode};
+use crate::rules::Conflict;
 use crate::storage::media::{self, DONE, PENDING};
 
 pub async fn get_media(
@@ -40,15 +41,15 @@ pub async fn get_media(
             )
             .body(content)),
         (DONE, None) => Err(ApiError::new(
-            ErrorCode::Conflict("media_unreadable"),
+            ErrorCode::Conflict(Conflict::MediaUnreadable),
             "the media's key is gone (its contact was erased)",
         )),
         (PENDING, _) => Err(ApiError::new(
-            ErrorCode::Conflict("media_pending"),
+            ErrorCode::Conflict(Conflict::MediaPending),
             "the media is being fetched from Meta; try again shortly",
         )),
         _ => Err(ApiError::new(
-            ErrorCode::Conflict("media_failed"),
+            ErrorCode::Conflict(Conflict::MediaFailed),
             format!(
                 "the media could not be fetched from Meta: {}",
                 stored.error_json.unwrap_or_default()

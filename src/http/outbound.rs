@@ -9,6 +9,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::api::{authenticate, is_id, read};
+use super::views::SendView;
 use super::AppState;
 use crate::actors::submit;
 use crate::error::{ApiError, ErrorCode};
@@ -109,14 +110,6 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     }
 }
 
-#[derive(Serialize)]
-struct SendView {
-    id: String,
-    state: String,
-    wamid: Option<String>,
-    error: Option<Value>,
-}
-
 pub async fn get_message(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -131,17 +124,9 @@ pub async fn get_message(
         ));
     }
     let found = read(&state, move |conn, vault| {
-        outbox::send_state_opened(conn, vault, &tenant, &id)
+        outbox::send_record_opened(conn, vault, &tenant, &id)
     })
     .await?
     .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no message of yours has this id"))?;
-    Ok(HttpResponse::Ok().json(SendView {
-        id: found.id,
-        state: found.state,
-        wamid: found.wamid,
-        error: found
-            .error_json
-            .as_deref()
-            .and_then(|e| serde_json::from_str(e).ok()),
-    }))
+    Ok(HttpResponse::Ok().json(SendView::from(found)))
 }

@@ -14,6 +14,7 @@ use crate::clock::rfc3339_ms as rfc3339;
 use crate::compliance::{dates, requests};
 use crate::error::ApiError;
 use crate::ids::TenantId;
+use crate::rules::Conflict;
 use crate::rules::Rule;
 use crate::storage::privacy::{self, Kind, Request, State, Subject};
 use crate::storage::rectification::Changes;
@@ -452,7 +453,7 @@ pub async fn lift(
             let liftable = matches!(request.kind, Kind::Restriction | Kind::Objection);
             if !liftable || request.state != State::Completed || request.lifted_at.is_some() {
                 return Err(crate::storage::StorageError::Conflict {
-                    code: "not_liftable",
+                    code: Conflict::NotLiftable,
                     message:
                         "only a completed restriction or objection not lifted yet can be lifted"
                             .into(),

@@ -8,7 +8,8 @@ use crate::clock::rfc3339;
 use crate::ids::{ContactId, ConversationId, MessageId, PhoneNumberId, Wamid};
 use crate::storage::contacts::Contact;
 use crate::storage::conversations::Conversation;
-use crate::storage::messages::StoredMessage;
+use crate::storage::messages::{MessageState, StoredMessage};
+use crate::storage::outbox::{OutboxState, SendRecord, SendStage};
 
 #[derive(Debug, Serialize)]
 pub struct ContactItem {
@@ -106,6 +107,37 @@ impl From<StoredMessage> for MessageItem {
             errors: m.errors,
             error: m.error,
             revoked: m.revoked,
+        }
+    }
+}
+
+/// A send as `GET /v1/messages/{id}` shows it: its message's state, or for a read
+/// receipt its outbox row's in the same words (handed to Meta is still `queued` until
+/// Meta accepts it).
+#[derive(Debug, Serialize)]
+pub struct SendView {
+    pub id: MessageId,
+    pub state: &'static str,
+    pub wamid: Option<Wamid>,
+    pub error: Option<Value>,
+}
+
+impl From<SendRecord> for SendView {
+    fn from(send: SendRecord) -> Self {
+        let state = match send.stage {
+            SendStage::Message(state) => state.unwrap_or(MessageState::Queued),
+            SendStage::Outbox(OutboxState::Done) => MessageState::Sent,
+            SendStage::Outbox(OutboxState::Failed) => MessageState::Failed,
+            SendStage::Outbox(OutboxState::Queued | OutboxState::Sending) => MessageState::Queued,
+        };
+        SendView {
+            id: send.id,
+            state: state.as_str(),
+            wamid: send.wamid,
+            error: send
+                .error_json
+                .as_deref()
+                .and_then(|e| serde_json::from_str(e).ok()),
         }
     }
 }

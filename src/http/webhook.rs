@@ -175,12 +175,9 @@ pub async fn receive(
             outcome("accepted");
             Ok(HttpResponse::Ok().json(&receipt))
         }
-        Err(IntakeError::Unpreparable) => {
+        Err(e @ IntakeError::Unroutable(_)) => {
             outcome("unpreparable");
-            Err(ApiError::internal_logged(
-                &core.log,
-                "an event could not be prepared for storage",
-            ))
+            Err(ApiError::internal_logged(&core.log, &e.to_string()))
         }
         Err(IntakeError::Storage(e)) if !e.is_transient() => {
             // Not the database being away: a 500 whose cause is logged with the

@@ -15,7 +15,9 @@ use serde_json::Value;
 use super::conversations::{reopen_conversations, touch_conversations, upsert_conversation, Touch};
 use super::inbox::FreshRow;
 use super::media;
-use super::messages::{complete_tombstone, insert_inbound, InboundRow, MessageState};
+use super::messages::{
+    complete_tombstone, insert_inbound, InboundRow, MessageState, INBOUND, OUTBOUND,
+};
 use super::on_backend;
 use super::outbox;
 use super::schema::{contacts, messages, status_events};
@@ -411,7 +413,7 @@ pub(super) fn apply(
                             messages::wamid_bidx.eq(&original.wamid_bidx),
                             messages::wamid_ct.eq(&original.wamid_ct),
                             messages::key_id.eq(m.key_id.as_str()),
-                            messages::direction.eq("inbound"),
+                            messages::direction.eq(INBOUND),
                             messages::sent_at.eq(m.sent_at),
                             messages::received_at.eq(now_ms),
                             messages::revoked_at.eq(Some(m.sent_at)),
@@ -469,7 +471,7 @@ pub(super) fn apply(
                             messages::conversation_id.eq(conversation_id.as_str()),
                             messages::contact_id.eq(s.contact_id.as_str()),
                             messages::wamid_bidx.eq(&s.wamid_bidx),
-                            messages::direction.eq("outbound"),
+                            messages::direction.eq(OUTBOUND),
                             messages::sent_at.eq(s.occurred_at),
                             messages::received_at.eq(now_ms),
                             messages::wamid_ct.eq(&s.wamid_ct),

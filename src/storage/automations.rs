@@ -5,11 +5,13 @@
 
 use diesel::prelude::*;
 
+use super::messages::INBOUND;
 use super::on_backend;
 use super::schema::{automation_runs, automations, messages, tenant_settings};
 use super::{DbConn, StorageError};
 use crate::automation::{Definition, Rule, TenantSettings};
 use crate::ids::{AutomationId, ContactId, TenantId};
+use crate::rules::Conflict;
 
 /// The most automations one tenant keeps: each inbound message may be matched
 /// against all of them.
@@ -116,7 +118,7 @@ pub fn create(
         .get_result(c))?;
     if count >= MAX_PER_TENANT {
         return Err(StorageError::Conflict {
-            code: "too_many_automations",
+            code: Conflict::TooManyAutomations,
             message: format!("a tenant keeps at most {MAX_PER_TENANT} automations"),
         });
     }
@@ -321,7 +323,7 @@ pub fn wrote_before(
     let query = messages::table
         .filter(messages::contact_id.eq(contact_id.as_str()))
         .filter(messages::tenant_id.eq(tenant_id.as_str()))
-        .filter(messages::direction.eq("inbound"))
+        .filter(messages::direction.eq(INBOUND))
         .filter(messages::received_at.lt(before_ms))
         .select(messages::id)
         .limit(1);

@@ -19,6 +19,7 @@ use super::on_backend;
 use super::schema::{api_keys, data_keys, phone_numbers, tenant_purges, tenants};
 use super::{email, DbConn, StorageError};
 use crate::ids::TenantId;
+use crate::rules::Conflict;
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -118,7 +119,7 @@ pub fn close(
             .execute(c))?;
         if closing == 0 {
             return Err(StorageError::Conflict {
-                code: "tenant_closed",
+                code: Conflict::TenantClosed,
                 message: format!("tenant {tenant_id} was closed at the same time"),
             });
         }
@@ -129,7 +130,7 @@ pub fn close(
             .filter(phone_numbers::tenant_id.eq(tenant_id.as_str())))
             .returning(phone_numbers::phone_number_id)
             .get_results(c))?;
-        let error = json!({"code": "tenant_closed",
+        let error = json!({"code": Conflict::TenantClosed.as_str(),
             "message": "the account was closed before this message was sent"});
         let sends_failed =
             super::outbox::fail_queued_of_tenant(conn, tenant_id, &error.to_string())?;

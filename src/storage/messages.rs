@@ -23,6 +23,10 @@ use super::schema::messages;
 use super::{DbConn, StorageError};
 use crate::ids::{ContactId, ConversationId, MessageId, TenantId, Wamid};
 
+/// `messages.direction`: from the contact, or to them.
+pub const INBOUND: &str = "inbound";
+pub const OUTBOUND: &str = "outbound";
+
 /// Where a message stands (`messages.status`, the API's `status` and `state`), in the
 /// order a message moves through them; `failed` is apart from that order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -113,10 +113,12 @@ pub enum StorageError {
     /// came with: nothing is done.
     #[error("the idempotency key was used for another request")]
     IdempotencyKeyReused,
-    /// The request is valid but clashes with what is stored; `code` names the rule
-    /// (`tenant_name_taken`, `number_registered`, ...).
+    /// The request is valid but clashes with what is stored; `code` names the rule.
     #[error("{message}")]
-    Conflict { code: &'static str, message: String },
+    Conflict {
+        code: crate::rules::Conflict,
+        message: String,
+    },
     #[error("database error: {0}")]
     Query(#[from] diesel::result::Error),
     #[error("encryption: {0}")]
@@ -133,6 +135,10 @@ pub enum StorageError {
     /// succeed.
     #[error("{0}")]
     Rejected(String),
+    /// An email or notice composed inside a write did not render: a bug of this build's
+    /// templates, so nothing is written.
+    #[error("email template {name}: {message}")]
+    Template { name: &'static str, message: String },
     /// Work on the blocking pool or in a task that panicked (a bug) or was cancelled:
     /// a 500 with its cause logged, not a database outage.
     #[error("a storage task did not finish: {0}")]
@@ -181,7 +187,7 @@ impl StorageError {
                 message: message.clone(),
             },
             StorageError::Conflict { code, message } => StorageError::Conflict {
-                code,
+                code: *code,
                 message: message.clone(),
             },
             StorageError::Query(Error::DatabaseError(kind, info)) => StorageError::Query(
@@ -199,6 +205,10 @@ impl StorageError {
             StorageError::Corrupt(m) => StorageError::Corrupt(m.clone()),
             StorageError::ContactStale(c) => StorageError::ContactStale(c.clone()),
             StorageError::Rejected(m) => StorageError::Rejected(m.clone()),
+            StorageError::Template { name, message } => StorageError::Template {
+                name,
+                message: message.clone(),
+            },
             StorageError::Panicked(m) => StorageError::Panicked(m.clone()),
         }
     }

@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::on_backend;
 use super::schema::{policy_versions, processing_records};
 use super::{DbConn, StorageError};
+use crate::rules::Conflict;
 
 /// A published version of the privacy policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -29,7 +30,7 @@ pub fn insert_version(conn: &mut DbConn, version: &PolicyVersion) -> Result<(), 
         .get_result(c))?;
     if taken > 0 {
         return Err(StorageError::Conflict {
-            code: "policy_version_published",
+            code: Conflict::PolicyVersionPublished,
             message: format!("version {} was published before", version.version),
         });
     }

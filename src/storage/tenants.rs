@@ -10,6 +10,7 @@ use super::schema::{api_keys, phone_numbers, tenants};
 use super::{inbox, DbConn, StorageError};
 use crate::crypto::{self, Place};
 use crate::ids::{PhoneNumberId, TenantId};
+use crate::rules::Conflict;
 
 #[derive(Debug, Clone, Serialize, Queryable)]
 pub struct Tenant {
@@ -125,7 +126,7 @@ pub fn create_tenant(
             .get_result(c))?;
         if taken > 0 {
             return Err(StorageError::Conflict {
-                code: "tenant_name_taken",
+                code: Conflict::TenantNameTaken,
                 message: format!("a tenant named {name:?} already exists"),
             });
         }
@@ -255,7 +256,7 @@ pub fn add_phone_number(
                 "another tenant"
             };
             return Err(StorageError::Conflict {
-                code: "number_registered",
+                code: Conflict::NumberRegistered,
                 message: format!(
                     "phone number id {} is already registered to {whose}",
                     number.phone_number_id

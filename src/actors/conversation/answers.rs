@@ -12,9 +12,10 @@ use super::ConversationActor;
 use crate::actors::submit::{SendOrder, Submit};
 use crate::automation::{Choice, RunKind, TenantAutomations};
 use crate::ids::AutomationId;
+use crate::rules::Conflict;
 use crate::storage::automations::{self, AutomationRun};
 use crate::storage::contacts::ContactIdentifiers;
-use crate::storage::{outbox, usage, StorageError};
+use crate::storage::{usage, StorageError};
 use crate::whatsapp::outbound::{self, Recipient, SendRequest};
 
 /// An inbound message just stored that an automation may answer.
@@ -227,8 +228,10 @@ impl ConversationActor {
         actix::spawn(async move {
             match answer.await {
                 Ok(Ok(_)) => {}
-                Ok(Err(StorageError::Conflict { code, .. }))
-                    if code == outbox::AUTOMATION_HELD_BACK => {}
+                Ok(Err(StorageError::Conflict {
+                    code: Conflict::AutomationHeldBack,
+                    ..
+                })) => {}
                 Ok(Err(StorageError::Conflict { code, .. })) => {
                     let now = core.clock.now_ms();
                     let tenant = tenant_id.clone();
@@ -242,7 +245,7 @@ impl ConversationActor {
                                 &run,
                                 &contact.contact_id,
                                 None,
-                                code,
+                                code.as_str(),
                                 now,
                             )
                         })

@@ -13,7 +13,16 @@ use crate::storage::messaging_limits;
 use crate::storage::templates::{self, TemplateChange};
 use crate::storage::tenants::{self, SendingNumber};
 use crate::storage::StorageError;
-use crate::whatsapp::graph::GraphClient;
+use crate::whatsapp::graph::{GraphClient, GraphError};
+
+/// Why a sync of the account's templates did not happen: Meta's answer or storing it.
+#[derive(Debug, thiserror::Error)]
+enum SyncFailed {
+    #[error("listing the templates: {0}")]
+    Graph(#[from] GraphError),
+    #[error("storing the templates: {0}")]
+    Storage(#[from] StorageError),
+}
 use crate::whatsapp::webhook::AccountUpdate;
 
 /// The account's templates changed in a way a sync must pick up (a template Meta
@@ -135,8 +144,7 @@ impl SenderActor {
         let sync = async move {
             let listed = client
                 .list_templates(&credentials.waba_id, &credentials.access_token)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             let count = listed.len();
             let tenant_id = credentials.tenant_id.clone();
             let waba_id = credentials.waba_id.clone();
@@ -146,9 +154,8 @@ impl SenderActor {
                         conn, &tenant_id, &waba_id, &listed, now,
                     )
                 })
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(count)
+                .await?;
+            Ok::<_, SyncFailed>(count)
         };
         ctx.spawn(
             sync.into_actor(self)
@@ -156,7 +163,7 @@ impl SenderActor {
                     Ok(count) => slog::info!(actor.core.log, "message templates synced";
                 "phone_number_id" => actor.number.as_str(), "templates" => count),
                     Err(e) => slog::warn!(actor.core.log, "syncing message templates failed";
-                "phone_number_id" => actor.number.as_str(), "error" => e),
+                "phone_number_id" => actor.number.as_str(), "error" => %e),
                 }),
         );
     }

@@ -15,7 +15,8 @@ pub use outcomes::{
     record_failed, record_marketing_stop, retry_at, Marking,
 };
 pub use reads::{
-    is_pending, pending_sends, row_key, send_state, send_state_opened, OutboxRow, SendState,
+    is_pending, pending_sends, row_key, send_record, send_record_opened, OutboxRow, SendRecord,
+    SendStage,
 };
 
 use diesel::prelude::*;
@@ -26,13 +27,14 @@ use super::contacts::{contact_field, ContactIdentifiers};
 use super::conversations::upsert_conversation;
 use super::key_store::Vault;
 use super::keys::load_data_key;
-use super::messages::MessageState;
+use super::messages::{MessageState, INBOUND, OUTBOUND};
 use super::on_backend;
 use super::schema::{contacts, conversations, idempotency_keys, messages, outbox};
 use super::usage;
 use super::{DbConn, StorageError};
 use crate::crypto::{Place, SealKey};
 use crate::ids::{ContactId, KeyId, MessageId, PhoneNumberId, TenantId, Wamid};
+use crate::rules::Conflict;
 
 /// Where a send's Meta request body is sealed.
 pub fn request_place<'a>(tenant_id: &'a str, outbox_id: &'a str) -> Place<'a> {
@@ -113,16 +115,8 @@ pub struct NewSend {
     pub deadline_ms: i64,
 }
 
-/// Why a send is refused, by the rule's code.
-pub const OUTSIDE_WINDOW: &str = "outside_window";
 pub const OUTSIDE_WINDOW_MESSAGE: &str = "more than 24 hours since the contact's last message \
     to this number (or none yet): only a template may be sent";
-pub const RESTRICTED: &str = "restricted";
-pub const OPTED_OUT: &str = "opted_out";
-pub const OBJECTED: &str = "objected";
-/// An automation's cooldown for the contact has not passed, or a welcome was sent
-/// already: nothing is stored, and no run recorded.
-pub const AUTOMATION_HELD_BACK: &str = "automation_held_back";
 
 /// A send accepted now, or the first answer to its idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,7 +178,7 @@ pub fn accept(conn: &mut DbConn, send: &NewSend) -> Result<Accepted, StorageErro
     };
     if restricted.is_some() {
         return Err(StorageError::Conflict {
-            code: RESTRICTED,
+            code: Conflict::Restricted,
             message: "the contact's processing is restricted: nothing may be sent".into(),
         });
     }
@@ -195,20 +189,20 @@ pub fn accept(conn: &mut DbConn, send: &NewSend) -> Result<Accepted, StorageErro
     };
     if send.marketing && objected.is_some() {
         return Err(StorageError::Conflict {
-            code: OBJECTED,
+            code: Conflict::Objected,
             message: format!("the contact objected to marketing: {what}"),
         });
     }
     if send.marketing && opted_out {
         return Err(StorageError::Conflict {
-            code: OPTED_OUT,
+            code: Conflict::OptedOut,
             message: format!("the contact stopped marketing messages: {what}"),
         });
     }
     if let Some(run) = &send.automation {
         if automations::held_back(conn, run, &send.contact_id, send.now_ms)? {
             return Err(StorageError::Conflict {
-                code: AUTOMATION_HELD_BACK,
+                code: Conflict::AutomationHeldBack,
                 message: "the automation ran for this contact within its cooldown".into(),
             });
         }
@@ -226,7 +220,7 @@ pub fn accept(conn: &mut DbConn, send: &NewSend) -> Result<Accepted, StorageErro
             .is_none_or(|ends| ends <= send.now_ms)
         {
             return Err(StorageError::Conflict {
-                code: OUTSIDE_WINDOW,
+                code: Conflict::OutsideWindow,
                 message: OUTSIDE_WINDOW_MESSAGE.into(),
             });
         }
@@ -249,7 +243,7 @@ pub fn accept(conn: &mut DbConn, send: &NewSend) -> Result<Accepted, StorageErro
                 messages::contact_id.eq(send.contact_id.as_str()),
                 // Known by its own id until Meta gives it a wamid.
                 messages::wamid_bidx.eq(pending_wamid(id)),
-                messages::direction.eq("outbound"),
+                messages::direction.eq(OUTBOUND),
                 messages::msg_type.eq(&send.kind),
                 messages::sent_at.eq(send.now_ms),
                 messages::received_at.eq(send.now_ms),
@@ -368,7 +362,7 @@ pub fn message_sender(
             .inner_join(contacts::table.on(contacts::id.eq(messages::contact_id)))
             .filter(messages::wamid_bidx.eq(wamid_bidx))
             .filter(messages::tenant_id.eq(tenant))
-            .filter(messages::direction.eq("inbound"))
+            .filter(messages::direction.eq(INBOUND))
             .filter(contacts::tenant_id.eq(tenant))
             .select((contacts::id, contacts::key_id, contacts::user_id_ct, contacts::wa_id_ct))
             .get_result(c)

@@ -4,8 +4,9 @@
 
 use diesel::prelude::*;
 
-use super::{DONE, FAILED, FINISHED, OBJECTED, OPTED_OUT, QUEUED, RESTRICTED, SENDING, UNFINISHED};
+use super::{DONE, FAILED, FINISHED, QUEUED, SENDING, UNFINISHED};
 use crate::ids::{ContactId, MessageId, TenantId};
+use crate::rules::Conflict;
 use crate::storage::messages::MessageState;
 use crate::storage::messaging_limits;
 use crate::storage::on_backend;
@@ -70,13 +71,19 @@ pub fn mark_sending(
             let (restricted, objected, opted_out) = contact_rules;
             let refused = if restricted.is_some() {
                 Some((
-                    RESTRICTED,
+                    Conflict::Restricted.as_str(),
                     "the contact's processing is restricted: nothing may be sent",
                 ))
             } else if marketing && objected.is_some() {
-                Some((OBJECTED, "the contact objected to marketing"))
+                Some((
+                    Conflict::Objected.as_str(),
+                    "the contact objected to marketing",
+                ))
             } else if marketing && opted_out {
-                Some((OPTED_OUT, "the contact stopped marketing messages"))
+                Some((
+                    Conflict::OptedOut.as_str(),
+                    "the contact stopped marketing messages",
+                ))
             } else {
                 None
             };

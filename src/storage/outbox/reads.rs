@@ -1,39 +1,47 @@
-//! Reading the outbox: a send's state for the API, and the pending sends of a number
+//! Reading the outbox: where a send stands, and the pending sends of a number
 //! in the order they were accepted, for its sender.
 
 use diesel::prelude::*;
 
-use super::{OutboxState, DONE, QUEUED, SENDING, UNFINISHED};
+use super::{OutboxState, QUEUED, SENDING, UNFINISHED};
 use crate::crypto::SealKey;
-use crate::ids::{ContactId, MessageId, PhoneNumberId, TenantId};
+use crate::ids::{ContactId, MessageId, PhoneNumberId, TenantId, Wamid};
 use crate::storage::apply::wamid_place;
 use crate::storage::key_store::Vault;
 use crate::storage::keys::load_data_key;
-use crate::storage::messages::MessageState;
+use crate::storage::messages::{MessageState, OUTBOUND};
 use crate::storage::on_backend;
 use crate::storage::schema::{messages, outbox};
 use crate::storage::{DbConn, StorageError};
 
-/// A send as the API shows it.
+/// A send as stored: where it stands, Meta's id once opened, and its error.
 #[derive(Debug, Clone)]
-pub struct SendState {
-    pub id: String,
-    pub state: String,
-    pub wamid: Option<String>,
+pub struct SendRecord {
+    pub id: MessageId,
+    pub stage: SendStage,
+    pub wamid: Option<Wamid>,
     pub error_json: Option<String>,
 }
 
-/// The state of send `id` of `tenant_id`: its message's (sent, delivered, read, ...),
-/// or for a read receipt its outbox row's.
-pub fn send_state(
+/// Where a send stands: its message's state (`None`: no status yet) where it has a
+/// message row, else its outbox row's (a read receipt has no message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendStage {
+    Message(Option<MessageState>),
+    Outbox(OutboxState),
+}
+
+/// Send `id` of `tenant_id`, or `None` when the tenant has no such send (an inbound
+/// message, or a record a status left, is not one).
+pub fn send_record(
     conn: &mut DbConn,
     tenant_id: &TenantId,
     id: &str,
-) -> Result<Option<SendState>, StorageError> {
-    let row: Option<(String, String, Option<String>)> = on_backend!(conn, c => outbox::table
+) -> Result<Option<SendRecord>, StorageError> {
+    let row: Option<(String, Option<String>)> = on_backend!(conn, c => outbox::table
         .find(id)
         .filter(outbox::tenant_id.eq(tenant_id.as_str()))
-        .select((outbox::state, outbox::key_id, outbox::error_json))
+        .select((outbox::state, outbox::error_json))
         .get_result(c)
         .optional())?;
     let message: Option<(Option<String>, Option<String>, String)> = on_backend!(conn, c => messages::table
@@ -42,45 +50,33 @@ pub fn send_state(
         .select((messages::status, messages::error_json, messages::direction))
         .get_result(c)
         .optional())?;
-    Ok(match (message, row) {
-        // Only sends: an inbound message, or a record a status left, is not one. A
-        // finished send whose outbox row has expired is known by its message row.
-        (Some((status, error_json, direction)), None) if direction == "outbound" => {
-            Some(SendState {
-                id: id.to_string(),
-                state: status.unwrap_or_else(|| MessageState::Queued.as_str().to_string()),
-                wamid: None,
-                error_json,
-            })
+    let (stage, error_json) = match (message, row) {
+        // A finished send whose outbox row has expired is known by its message row.
+        (Some((status, error_json, direction)), row) if row.is_some() || direction == OUTBOUND => {
+            let state = status.as_deref().and_then(MessageState::parse);
+            (SendStage::Message(state), error_json)
         }
-        (_, None) => None,
-        (Some((status, error_json, _)), Some(_)) => Some(SendState {
-            id: id.to_string(),
-            state: status.unwrap_or_else(|| MessageState::Queued.as_str().to_string()),
-            wamid: None,
-            error_json,
-        }),
-        (None, Some((state, _, error_json))) => Some(SendState {
-            id: id.to_string(),
-            state: match state.as_str() {
-                DONE => MessageState::Sent.as_str().to_string(),
-                SENDING => MessageState::Queued.as_str().to_string(),
-                other => other.to_string(),
-            },
-            wamid: None,
-            error_json,
-        }),
-    })
+        (None, Some((state, error_json))) => {
+            (SendStage::Outbox(OutboxState::parse(&state)?), error_json)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(SendRecord {
+        id: MessageId(id.to_string()),
+        stage,
+        wamid: None,
+        error_json,
+    }))
 }
 
-/// [`send_state`] with Meta's wamid opened (under the contact's key).
-pub fn send_state_opened(
+/// [`send_record`] with Meta's wamid opened (under the contact's key).
+pub fn send_record_opened(
     conn: &mut DbConn,
     vault: &Vault,
     tenant_id: &TenantId,
     id: &str,
-) -> Result<Option<SendState>, StorageError> {
-    let Some(mut state) = send_state(conn, tenant_id, id)? else {
+) -> Result<Option<SendRecord>, StorageError> {
+    let Some(mut record) = send_record(conn, tenant_id, id)? else {
         return Ok(None);
     };
     let sealed: Option<(Option<Vec<u8>>, String, Option<String>)> = on_backend!(conn, c => messages::table
@@ -91,12 +87,13 @@ pub fn send_state_opened(
             .optional())?;
     if let Some((Some(wamid_ct), bidx, Some(key_id))) = sealed {
         if let Some(key) = load_data_key(conn, vault, tenant_id, &key_id)? {
-            state.wamid = key
+            record.wamid = key
                 .open_string(&wamid_ct, &wamid_place(tenant_id.as_str(), &bidx))
-                .ok();
+                .ok()
+                .map(Wamid);
         }
     }
-    Ok(Some(state))
+    Ok(Some(record))
 }
 
 /// An outbox row as the sender takes it.

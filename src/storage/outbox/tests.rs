@@ -151,10 +151,10 @@ fn finished_sends_and_old_idempotency_keys_expire() {
     let pending = pending_sends(&mut conn, &PhoneNumberId("100".into()), 10).expect("rows");
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].id, old_queued.as_str());
-    let state = send_state(&mut conn, &tenant, old_done.as_str())
+    let record = send_record(&mut conn, &tenant, old_done.as_str())
         .expect("read")
         .expect("still a send");
-    assert_eq!(state.state, "failed");
+    assert_eq!(record.stage, SendStage::Message(Some(MessageState::Failed)));
     // The newer key still answers; the expired one is free again.
     assert!(replay(&mut conn, &tenant, "k3", "hash")
         .expect("replay")
