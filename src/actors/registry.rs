@@ -320,10 +320,25 @@ impl Registry {
 impl Actor for Registry {
     type Context = Context<Self>;
 
-    /// The first sweep takes every pending row at once; the scheduler asks for the
-    /// next ones ([`SweepInbox`]).
+    /// Learns which tenants are closed before anything is routed (nothing is handed
+    /// to them), then sweeps: the first sweep takes every pending row at once; the
+    /// scheduler asks for the next ones ([`SweepInbox`]).
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.sweep(ctx);
+        let core = self.core.clone();
+        let closed = async move {
+            core.read(|conn, _| crate::storage::closure::closures(conn))
+                .await
+        };
+        ctx.wait(closed.into_actor(self).map(|closed, registry, ctx| {
+            match closed {
+                Ok(closures) => registry
+                    .closed
+                    .extend(closures.into_iter().map(|c| c.tenant_id)),
+                // The compliance actor's scan tells it again (CloseTenant).
+                Err(e) => slog::warn!(registry.core.log, "reading the closed tenants failed"; "error" => %e),
+            }
+            registry.sweep(ctx);
+        }));
     }
 }
 

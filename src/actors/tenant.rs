@@ -17,6 +17,7 @@ use super::conversation::{
 use super::submit::Submit;
 use super::Core;
 use crate::ids::{PhoneNumberId, TenantId};
+use crate::rules::Conflict;
 use crate::storage::inbox::InboxItem;
 use crate::storage::StorageError;
 use crate::whatsapp::Identity;
@@ -67,6 +68,19 @@ pub struct TenantActor {
     /// The running conversations, least recently queued first (see `make_room`).
     by_age: VecDeque<Queued>,
     next_generation: u64,
+    /// The account is closed ([`StopConversations`]): nothing new starts here. What
+    /// still arrives (sent on an address taken before the registry forgot this actor)
+    /// is refused: a webhook's events go to the inbox, where nothing routes them to a
+    /// closed tenant, and inbox rows are parked.
+    closed: bool,
+}
+
+/// Why a closed tenant refuses what still reaches it.
+fn tenant_closed() -> StorageError {
+    StorageError::Conflict {
+        code: Conflict::TenantClosed,
+        message: "the account is closed".into(),
+    }
 }
 
 impl TenantActor {
@@ -78,6 +92,7 @@ impl TenantActor {
             aliases: HashMap::new(),
             by_age: VecDeque::new(),
             next_generation: 0,
+            closed: false,
         }
     }
 
@@ -202,6 +217,15 @@ impl Handler<RouteInboxRows> for TenantActor {
     type Result = ();
 
     fn handle(&mut self, msg: RouteInboxRows, ctx: &mut Context<Self>) {
+        if self.closed {
+            let rows = msg
+                .0
+                .iter()
+                .map(|item| (item.id, "the account is closed".to_string()))
+                .collect();
+            super::park_inbox_rows(&self.core, rows);
+            return;
+        }
         for item in msg.0 {
             let addr = self.conversation(
                 &item.phone_number_id,
@@ -218,6 +242,11 @@ impl Handler<RouteArrivals> for TenantActor {
     type Result = ();
 
     fn handle(&mut self, msg: RouteArrivals, ctx: &mut Context<Self>) {
+        if self.closed {
+            // Dropped unanswered: each goes to the inbox, as a delivery that failed.
+            drop(msg);
+            return;
+        }
         for delivery in msg.0 {
             let row = &delivery.event.keys;
             let addr = self.conversation(
@@ -235,6 +264,10 @@ impl Handler<Submit> for TenantActor {
     type Result = ();
 
     fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) {
+        if self.closed {
+            msg.reply.send(Err(tenant_closed()));
+            return;
+        }
         let identity = msg.order.identity();
         let Some(route_key) = identity.route_key() else {
             msg.reply.send(Err(StorageError::Validation {
@@ -273,6 +306,7 @@ impl Handler<StopConversations> for TenantActor {
     type Result = ();
 
     fn handle(&mut self, _msg: StopConversations, _ctx: &mut Context<Self>) {
+        self.closed = true;
         slog::info!(self.core.log, "tenant closed: its conversation actors stop";
             "tenant" => &self.tenant_id, "conversations" => self.conversations.len());
         for entry in self.conversations.values() {
