@@ -884,6 +884,81 @@ async fn seen_apart(app: &TestApp, bsuid: &str, wamids: [&str; 3]) -> Vec<u8> {
     )
 }
 
+/// A restriction recorded for a number no contact has (the subject known only by
+/// BSUID so far) holds that contact once a message shows it is the same person: the
+/// contact learns the number, and the waiting restriction applies from then on.
+#[actix_rt::test]
+async fn a_waiting_restriction_holds_a_contact_that_learns_its_number() {
+    for backend in backends() {
+        let graph = FakeGraph::start().await;
+        let app = app_with_graph(&backend, &graph).await;
+        let bsuid = "US.13491208655302741920";
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string();
+        let webhook = |contact: Value, message: Value| {
+            serde_json::to_vec(&envelope(vec![messages_change(
+                NUMBER_A,
+                vec![contact],
+                vec![message],
+            )]))
+            .unwrap()
+        };
+        let by_user = webhook(
+            json!({"user_id": bsuid, "profile": {"name": "Kim"}}),
+            json!({"from_user_id": bsuid, "id": "wamid.l1", "timestamp": now,
+                "type": "text", "text": {"body": "hi"}}),
+        );
+        assert_eq!(app.post_signed(&by_user).await.0, 200);
+        app.wait_messages(&app.a, 1).await;
+        let (status, request) = app
+            .send_json(
+                "POST",
+                "/v1/privacy/requests",
+                &app.a.api_key,
+                &json!({"kind": "restriction", "wa_id": CUSTOMER}),
+            )
+            .await;
+        assert_eq!(status, 201, "{backend:?}: {request}");
+        let id = request["id"].as_str().unwrap().to_string();
+        let waiting = crate::compliance::wait_state(&app, &app.a, &id, "completed").await;
+        assert_eq!(
+            waiting["outcome"]["pending_contact"], true,
+            "{backend:?}: {waiting}"
+        );
+        let both = webhook(
+            json!({"user_id": bsuid, "wa_id": CUSTOMER, "profile": {"name": "Kim"}}),
+            json!({"from": CUSTOMER, "from_user_id": bsuid, "id": "wamid.l2",
+                "timestamp": now, "type": "text", "text": {"body": "both"}}),
+        );
+        assert_eq!(app.post_signed(&both).await.0, 200);
+        app.wait_messages(&app.a, 2).await;
+        assert_eq!(
+            app.all("/v1/contacts", &app.a.api_key).await.len(),
+            1,
+            "{backend:?}: linked, not a second contact"
+        );
+        for to in [CUSTOMER, bsuid] {
+            let body = json!({"from_phone_number_id": NUMBER_A, "to": to, "type": "text",
+                "text": {"body": "hello"}});
+            let (status, refused) = post_message(&app, &app.a.api_key, &body, None).await;
+            assert_eq!(
+                (status, &refused["error"]["code"]),
+                (409, &json!("restricted")),
+                "{backend:?}: to {to}: {refused}"
+            );
+        }
+        let (_, applied) = app
+            .get(&format!("/v1/privacy/requests/{id}"), Some(&app.a.api_key))
+            .await;
+        assert!(applied["contact_id"].is_string(), "{backend:?}: {applied}");
+        assert!(graph.calls().is_empty(), "{backend:?}");
+        graph.stop().await;
+    }
+}
+
 /// A send to a contact merged into another since its conversation last looked it up
 /// is stored under the contact that remains, not refused; the business's record of the
 /// contact merged away passes to the one that remains.

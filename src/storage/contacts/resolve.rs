@@ -65,8 +65,12 @@ pub fn resolve_contact(
     };
     let key = load_data_key(conn, keyring, tenant_id, &survivor.key_id)?
         .ok_or_else(|| StorageError::Corrupt(format!("contact {} has no data key", survivor.id)))?;
+    // The identifiers the contact learns now: a restriction or objection waiting for
+    // either applies from now on, as it would to a contact created with it.
+    let mut linked: [Option<&str>; 2] = [None, None];
     if survivor.user_id_bidx.is_none() {
         if let (Some(bidx), Some(value)) = (&user_bidx, &ids.user_id) {
+            linked[1] = Some(bidx.as_str());
             let place = contact_field(tenant, "user_id_ct", &survivor.id);
             let ct = key.seal(value.as_bytes(), &place)?;
             on_backend!(conn, c => diesel::update(contacts::table.find(&survivor.id))
@@ -76,6 +80,7 @@ pub fn resolve_contact(
     }
     if survivor.wa_id_bidx.is_none() {
         if let (Some(bidx), Some(value)) = (&wa_bidx, &ids.wa_id) {
+            linked[0] = Some(bidx.as_str());
             let place = contact_field(tenant, "wa_id_ct", &survivor.id);
             let ct = key.seal(value.as_bytes(), &place)?;
             on_backend!(conn, c => diesel::update(contacts::table.find(&survivor.id))
@@ -83,8 +88,17 @@ pub fn resolve_contact(
                 .execute(c))?;
         }
     }
+    let contact_id = ContactId(survivor.id);
+    if linked.iter().any(Option::is_some) && crate::storage::privacy::pending_subjects_may_wait() {
+        crate::storage::privacy::apply_pending_subjects(
+            conn,
+            tenant_id,
+            &[(&contact_id, linked)],
+            now_ms,
+        )?;
+    }
     Ok(ResolvedContact {
-        contact_id: ContactId(survivor.id),
+        contact_id,
         key_id: KeyId(survivor.key_id),
         key,
         user_id: ids.user_id.clone(),
