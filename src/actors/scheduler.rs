@@ -190,8 +190,9 @@ fn retention_sweep(core: &Core, stop: &AtomicBool) {
     let settings = &core.settings;
     let options = Options::from_settings(&settings.retention, false);
     let clock = core.clock.clone();
+    let lane = WriterLane(core.writer.clone());
     let swept = sweep::sweep_all(
-        &WriterLane(core.writer.clone()),
+        &lane,
         settings,
         &tenants,
         || clock.now_ms(),
@@ -199,7 +200,20 @@ fn retention_sweep(core: &Core, stop: &AtomicBool) {
         stop,
         &mut Counted(core),
         &core.log,
-    );
+    )
+    .and_then(|mut report| {
+        // What is left of purged tenants, past the operator's periods.
+        let gone = sweep::sweep_gone(
+            &lane,
+            settings,
+            || clock.now_ms(),
+            &options,
+            stop,
+            &mut Counted(core),
+        )?;
+        report.deleted.merge(&gone);
+        Ok(report)
+    });
     let outcome = match swept {
         Ok(report) => {
             if report.deleted.total() > 0 {

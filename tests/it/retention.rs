@@ -774,3 +774,93 @@ async fn a_fetched_download_counts_as_media_in_a_dry_run_and_in_the_real_one() {
         assert!(app.all_messages(&app.a).await.is_empty());
     }
 }
+
+/// A tenant whose data was purged leaves its audit entries and disclosures behind, for
+/// the operator's periods; past them, the sweep takes those too (a dry run counts
+/// them), and what is younger stays. A disclosure the account holders may still not
+/// be told of stays until its bar is lifted.
+#[actix_rt::test]
+async fn what_a_purged_tenant_leaves_goes_after_the_operators_periods() {
+    use converra::retention::{Category, Policies};
+    use converra::storage::audit::{self, Actor, NewEntry};
+    use converra::storage::disclosures;
+    use converra::storage::retention::sweep::{self, ConnectionLane, Options};
+    for backend in backends() {
+        let app = TestApp::start_with(&backend, Default::default(), |settings| {
+            settings.retention.sweep_interval_secs = 3600;
+        })
+        .await;
+        let gone = converra::ids::TenantId("purged-tenant".into());
+        let live = converra::ids::TenantId(app.a.id.clone());
+        let audit_days = Policies::default().days(Category::Audit, &app.settings);
+        let now = now_ms();
+        let old = now - (i64::from(audit_days) + 1) * 86_400_000;
+        let (_, pool) = app.pool();
+        {
+            let mut conn = pool.get().unwrap();
+            for (tenant, at, action) in [
+                (&gone, old, "tenant_closed"),
+                (&gone, now, "tenant_purged"),
+                (&live, old, "kept_by_its_own_sweep"),
+            ] {
+                let entry = NewEntry {
+                    tenant_id: tenant,
+                    actor: Actor::Operator,
+                    action,
+                    request_id: None,
+                    contact_id: None,
+                    detail: json!({}),
+                };
+                audit::append(&mut conn, &entry, at).unwrap();
+            }
+            disclosures::insert(&mut conn, &gone, "told", true, old).unwrap();
+            disclosures::insert(&mut conn, &gone, "barred", false, old).unwrap();
+        }
+        let mut settings = app.settings.clone();
+        settings.retention.batch_size = 1;
+        settings.retention.batch_pause_ms = 0;
+        let lane = ConnectionLane::new(pool.get().unwrap());
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let run = |dry_run: bool| {
+            sweep::sweep_gone(
+                &lane,
+                &settings,
+                now_ms,
+                &Options::from_settings(&settings.retention, dry_run),
+                &stop,
+                &mut (),
+            )
+            .unwrap()
+        };
+        let dry = run(true);
+        assert_eq!(dry.0["audit"], 2, "{backend:?}: {:?}", dry.0);
+        let real = run(false);
+        assert_eq!(
+            real, dry,
+            "{backend:?}: the real run deletes what was counted"
+        );
+        let mut conn = pool.get().unwrap();
+        let left: Vec<String> = audit::entries(&mut conn, &gone, None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(
+            left,
+            ["tenant_purged"],
+            "{backend:?}: the young entry stays"
+        );
+        let kept: Vec<String> = disclosures::list(&mut conn, Some(&gone))
+            .unwrap()
+            .into_iter()
+            .map(|d| d.authority)
+            .collect();
+        assert_eq!(kept, ["barred"], "{backend:?}: the barred disclosure stays");
+        assert_eq!(
+            audit::entries(&mut conn, &live, None, 100).unwrap().len(),
+            1,
+            "{backend:?}: a live tenant's entries are its own sweep's"
+        );
+        assert_eq!(run(false).total(), 0, "{backend:?}: nothing more");
+    }
+}

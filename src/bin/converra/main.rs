@@ -668,6 +668,7 @@ fn retention(settings: Settings, command: RetentionCommand) -> anyhow::Result<()
     } = command;
     let (_, conn) = operator_storage(&settings)?;
     let lane = ConnectionLane::new(conn);
+    let every_tenant = tenant.is_none();
     let tenants: Vec<TenantId> = {
         use sweep::Lane as _;
         let all = lane.write(&TenantId(String::new()), tenants::list_tenants)?;
@@ -686,16 +687,30 @@ fn retention(settings: Settings, command: RetentionCommand) -> anyhow::Result<()
         rows: 0,
     };
     let log = slog::Logger::root(slog::Discard, slog::o!());
-    let report = sweep::sweep_all(
+    let options = Options::from_settings(&settings.retention, dry_run);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut report = sweep::sweep_all(
         &lane,
         &settings,
         &tenants,
         || SystemClock.now_ms(),
-        &Options::from_settings(&settings.retention, dry_run),
-        &std::sync::atomic::AtomicBool::new(false),
+        &options,
+        &stop,
         &mut progress,
         &log,
     )?;
+    if every_tenant {
+        // What is left of purged tenants (their audit entries, emails, disclosures).
+        let gone = sweep::sweep_gone(
+            &lane,
+            &settings,
+            || SystemClock.now_ms(),
+            &options,
+            &stop,
+            &mut progress,
+        )?;
+        report.deleted.merge(&gone);
+    }
     if progress.shown {
         eprintln!();
     }

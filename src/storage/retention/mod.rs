@@ -8,8 +8,8 @@ use diesel::prelude::*;
 
 use super::on_backend;
 use super::schema::{
-    audit_log, automation_runs, conversations, email_outbox, idempotency_keys, inbox,
-    media_downloads, messages, outbox, retention_policies, retention_runs, usage_daily,
+    audit_log, automation_runs, conversations, disclosures, email_outbox, idempotency_keys, inbox,
+    media_downloads, messages, outbox, retention_policies, retention_runs, tenants, usage_daily,
     webhook_events,
 };
 use super::{DbConn, StorageError};
@@ -157,6 +157,18 @@ macro_rules! expired {
             .filter(audit_log::tenant_id.eq($tenant))
             .filter(audit_log::at.lt($cutoff))
     };
+    (disclosures, $tenant:expr, $cutoff:expr) => {
+        disclosures::table
+            .filter(disclosures::tenant_id.eq($tenant))
+            .filter(disclosures::recorded_at.lt($cutoff))
+            // One whose account holders are still not to be told stays until the
+            // operator lifts the bar (and they are told).
+            .filter(
+                disclosures::notify
+                    .eq(true)
+                    .or(disclosures::lifted_at.is_not_null()),
+            )
+    };
     (email_outbox, $tenant:expr, $cutoff:expr) => {
         email_outbox::table
             .filter(email_outbox::tenant_id.eq($tenant))
@@ -202,11 +214,37 @@ pub fn count_expired(
         Category::AutomationRuns => count!(automation_runs) + count!(usage_daily),
         Category::Technical => count!(outbox) + count!(idempotency_keys) + count!(email_outbox),
         // The audit log, and the sweeps' own records (what was deleted when).
-        Category::Audit => count!(audit_log) + count!(retention_runs),
+        Category::Audit => count!(audit_log) + count!(disclosures) + count!(retention_runs),
         // Kept by the compliance work, which does not store them yet.
         Category::Exports => 0,
     };
     Ok(count.max(0) as u64)
+}
+
+/// Tenants whose row is gone (purged after their account closed) while their audit
+/// entries, emails or disclosures are kept for their periods.
+pub fn gone_tenants(conn: &mut DbConn) -> Result<Vec<TenantId>, StorageError> {
+    let mut named = std::collections::BTreeSet::new();
+    macro_rules! named_in {
+        ($table:ident) => {
+            named.extend(on_backend!(conn, c => $table::table
+                .select($table::tenant_id)
+                .distinct()
+                .load::<String>(c))?)
+        };
+    }
+    named_in!(audit_log);
+    named_in!(email_outbox);
+    named_in!(disclosures);
+    let live: std::collections::HashSet<String> =
+        on_backend!(conn, c => tenants::table.select(tenants::id).load::<String>(c))?
+            .into_iter()
+            .collect();
+    Ok(named
+        .into_iter()
+        .filter(|tenant| !live.contains(tenant))
+        .map(TenantId)
+        .collect())
 }
 
 /// A usage day counts as past `cutoff_ms` once all of it is.
@@ -278,7 +316,10 @@ pub fn delete_expired(
             sends => sends,
         },
         Category::Audit => match delete!(audit_log, id: String) {
-            0 => delete!(retention_runs, id: String),
+            0 => match delete!(disclosures, id: String) {
+                0 => delete!(retention_runs, id: String),
+                disclosures => disclosures,
+            },
             entries => entries,
         },
         Category::Exports => 0,

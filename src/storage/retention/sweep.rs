@@ -386,6 +386,51 @@ pub fn sweep_all<L: Lane>(
     Ok(report)
 }
 
+/// The categories kept of a tenant whose data was purged (its account closed): its
+/// audit entries and disclosures, and the emails it was sent.
+const KEPT_AFTER_PURGE: [Category; 2] = [Category::Technical, Category::Audit];
+
+/// What is left of tenants whose data was purged ([`store::gone_tenants`]) goes once
+/// past the operator's periods, in batches as any tenant's; no run is recorded (no
+/// tenant is left to read it). Returns what went (or, dry, would go).
+pub fn sweep_gone<L: Lane>(
+    lane: &L,
+    settings: &Settings,
+    now_ms: impl Fn() -> i64,
+    options: &Options,
+    stop: &AtomicBool,
+    progress: &mut dyn Progress,
+) -> Result<Deleted, SweepError> {
+    let mut deleted = Deleted::zero();
+    let gone = lane.write_across(store::gone_tenants)?;
+    let limit = i64::from(options.batch_size.max(1));
+    for tenant_id in &gone {
+        for category in KEPT_AFTER_PURGE {
+            let cutoff = cutoff(now_ms(), Policies::default().days(category, settings));
+            loop {
+                if stop.load(Ordering::Acquire) {
+                    return Err(SweepError::Stopped);
+                }
+                let tenant = tenant_id.clone();
+                let dry_run = options.dry_run;
+                let rows = lane.write(tenant_id, move |conn| match dry_run {
+                    true => store::count_expired(conn, &tenant, category, cutoff),
+                    false => store::delete_expired(conn, &tenant, category, cutoff, limit),
+                })?;
+                deleted.add(category, rows);
+                if rows > 0 {
+                    progress.batch(tenant_id, category, rows);
+                }
+                if rows == 0 || dry_run {
+                    break;
+                }
+                pause(options, stop);
+            }
+        }
+    }
+    Ok(deleted)
+}
+
 /// A connection of its own as a sweep's lane (the operator command): each batch is a
 /// write transaction, which on SQLite waits its turn behind the daemon's writes.
 pub struct ConnectionLane<C>(std::sync::Mutex<C>);
