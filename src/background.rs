@@ -97,7 +97,8 @@ impl Background {
     }
 
     /// The names of the registered tasks, in the order they stop.
-    pub fn stop_order(&self) -> Vec<&str> {
+    #[cfg(test)]
+    fn stop_order(&self) -> Vec<&str> {
         self.tasks.iter().rev().map(|t| t.name.as_str()).collect()
     }
 

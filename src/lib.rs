@@ -8,7 +8,7 @@
 //! | [`config`] | settings: defaults → file → `CONVERRA__*` env; secrets from files; validation |
 //! | [`logging`] | the slog root logger (JSON lines or human) |
 //! | [`error`] | the HTTP error policy: one enum → status + JSON body |
-//! | [`rules`] | the rules a refused field breaks, named in 422 answers |
+//! | [`rules`] | the rules a refused request breaks: 422 answers' `rule`, 409 answers' `code` |
 //! | [`crypto`] | master key, per-contact data keys, sealing, blind indexes, API key hashes |
 //! | [`clock`] | injectable time |
 //! | [`ids`] | id newtypes |
@@ -493,8 +493,16 @@ pub async fn run(
     .client_request_timeout(Duration::from_millis(settings.server.client_timeout_ms))
     .disable_signals()
     .shutdown_timeout(settings.server.shutdown_timeout_secs)
-    .listen(listener)?
-    .run();
+    .listen(listener);
+    let server = match server {
+        Ok(server) => server.run(),
+        Err(e) => {
+            // Nothing was served: what started stops before the error is returned.
+            drop((registry, core, writer, readers));
+            background.stop().await;
+            return Err(e.into());
+        }
+    };
     let server_handle = server.handle();
     let serving = actix_web::rt::spawn(server);
     slog::info!(log, "converra is ready";

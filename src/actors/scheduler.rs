@@ -202,16 +202,28 @@ fn retention_sweep(core: &Core, stop: &AtomicBool) {
         &core.log,
     )
     .and_then(|mut report| {
-        // What is left of purged tenants, past the operator's periods.
-        let gone = sweep::sweep_gone(
+        // What is left of purged tenants, past the operator's periods; they are found
+        // on a connection of the pool, not in the writer's transaction.
+        let gone = match crate::storage::with_conn(&core.pool, crate::storage::retention::gone_tenants) {
+            Ok(gone) => gone,
+            Err(e) => {
+                slog::warn!(core.log, "the retention sweep could not list purged tenants; the next one tries again";
+                    "error" => %e);
+                return Ok(report);
+            }
+        };
+        let (deleted, failed) = sweep::sweep_gone(
             &lane,
             settings,
+            &gone,
             || clock.now_ms(),
             &options,
             stop,
             &mut Counted(core),
+            &core.log,
         )?;
-        report.deleted.merge(&gone);
+        report.deleted.merge(&deleted);
+        report.failed.extend(failed);
         Ok(report)
     });
     let outcome = match swept {

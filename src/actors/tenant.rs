@@ -68,10 +68,11 @@ pub struct TenantActor {
     /// The running conversations, least recently queued first (see `make_room`).
     by_age: VecDeque<Queued>,
     next_generation: u64,
-    /// The account is closed ([`StopConversations`]): nothing new starts here. What
-    /// still arrives (sent on an address taken before the registry forgot this actor)
-    /// is refused: a webhook's events go to the inbox, where nothing routes them to a
-    /// closed tenant, and inbox rows are parked.
+    /// The account is closed ([`StopConversations`]). What still arrives on an address
+    /// taken before the registry forgot this actor: a webhook's events are applied
+    /// under the tenant as before (its purge takes them; stored as unrouted, they
+    /// could be handed to whoever registers the number next), inbox rows are parked,
+    /// and a send is refused.
     closed: bool,
 }
 
@@ -242,11 +243,6 @@ impl Handler<RouteArrivals> for TenantActor {
     type Result = ();
 
     fn handle(&mut self, msg: RouteArrivals, ctx: &mut Context<Self>) {
-        if self.closed {
-            // Dropped unanswered: each goes to the inbox, as a delivery that failed.
-            drop(msg);
-            return;
-        }
         for delivery in msg.0 {
             let row = &delivery.event.keys;
             let addr = self.conversation(

@@ -15,8 +15,7 @@ use super::dates;
 use crate::config::ProcessingSettings;
 use crate::email;
 use crate::ids::TenantId;
-use crate::rules::Conflict;
-use crate::rules::Rule;
+use crate::rules::{Conflict, Rule};
 use crate::storage::audit::{self, Actor};
 use crate::storage::disclosures::{self, Disclosure};
 use crate::storage::email as storage_email;
@@ -309,7 +308,12 @@ pub fn lift_disclosure(
                 message: format!("the account holder was told of disclosure {id} already"),
             });
         }
-        tell_of_disclosure(conn, &disclosure, message_domain, now_ms)?;
+        // A tenant purged since has no account holders left to tell: the bar is lifted
+        // and recorded all the same, so retention can take the disclosure in time.
+        let tenant = TenantId(disclosure.tenant_id.clone());
+        if crate::storage::closure::still_held(conn, &tenant)? {
+            tell_of_disclosure(conn, &disclosure, message_domain, now_ms)?;
+        }
         audit_disclosure(conn, &disclosure, "disclosure_recorded", now_ms)?;
         audit_disclosure(conn, &disclosure, "disclosure_bar_lifted", now_ms)?;
         disclosures::get(conn, id)?.ok_or(StorageError::NotFound)

@@ -64,12 +64,12 @@ async fn post_message(
     )
 }
 
-/// Polls `GET /v1/messages/{id}` until its state is `state`.
 /// The gauge of the sends `number`'s sender holds that are not in flight.
 fn waiting(number: &str) -> String {
     format!("converra_outbound_waiting{{phone_number_id=\"{number}\"}}")
 }
 
+/// Polls `GET /v1/messages/{id}` until its state is `state`.
 async fn wait_state(app: &TestApp, id: &str, state: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -821,16 +821,24 @@ async fn what_a_purged_tenant_leaves_goes_after_the_operators_periods() {
         settings.retention.batch_pause_ms = 0;
         let lane = ConnectionLane::new(pool.get().unwrap());
         let stop = std::sync::atomic::AtomicBool::new(false);
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let gone_tenants =
+            converra::storage::retention::gone_tenants(&mut pool.get().unwrap()).unwrap();
+        assert_eq!(gone_tenants, std::slice::from_ref(&gone), "{backend:?}");
         let run = |dry_run: bool| {
-            sweep::sweep_gone(
+            let (deleted, failed) = sweep::sweep_gone(
                 &lane,
                 &settings,
+                &gone_tenants,
                 now_ms,
                 &Options::from_settings(&settings.retention, dry_run),
                 &stop,
                 &mut (),
+                &log,
             )
-            .unwrap()
+            .unwrap();
+            assert!(failed.is_empty(), "{failed:?}");
+            deleted
         };
         let dry = run(true);
         assert_eq!(dry.0["audit"], 2, "{backend:?}: {:?}", dry.0);
@@ -862,5 +870,20 @@ async fn what_a_purged_tenant_leaves_goes_after_the_operators_periods() {
             "{backend:?}: a live tenant's entries are its own sweep's"
         );
         assert_eq!(run(false).total(), 0, "{backend:?}: nothing more");
+        // The operator lifts the bar: no account holder is left to tell, the lift is
+        // recorded, and the disclosure then goes like the other.
+        let barred = disclosures::list(&mut conn, Some(&gone)).unwrap().remove(0);
+        let lifted =
+            converra::compliance::notices::lift_disclosure(&mut conn, &barred.id, "example", now)
+                .unwrap();
+        assert!(lifted.lifted_at.is_some(), "{backend:?}");
+        assert_eq!(
+            run(false).0["audit"],
+            1,
+            "{backend:?}: the lifted disclosure goes"
+        );
+        assert!(disclosures::list(&mut conn, Some(&gone))
+            .unwrap()
+            .is_empty());
     }
 }

@@ -430,9 +430,6 @@ impl TestApp {
             .unwrap_or(0.0)
     }
 
-    /// Returns once the daemon has run the timed `duty` (`converra_timed_duties_total`)
-    /// to its end twice from now, so that one whole run began after this call and saw
-    /// the clock as the test last set it. For `idle_check`, with one actor running.
     /// Waits until metric `name` reads `value`: a gauge that says the daemon has done
     /// what a test then checks the consequences of.
     pub async fn wait_metric(&self, name: &str, value: f64) {
@@ -450,6 +447,9 @@ impl TestApp {
         }
     }
 
+    /// Returns once the daemon has run the timed `duty` (`converra_timed_duties_total`)
+    /// to its end twice from now, so that one whole run began after this call and saw
+    /// the clock as the test last set it. For `idle_check`, with one actor running.
     pub async fn after_timed_duty(&self, duty: &str) {
         let name = format!("converra_timed_duties_total{{duty=\"{duty}\"}}");
         let start = self.metric(&name).await;

@@ -666,9 +666,14 @@ fn retention(settings: Settings, command: RetentionCommand) -> anyhow::Result<()
         tenant,
         output,
     } = command;
-    let (_, conn) = operator_storage(&settings)?;
-    let lane = ConnectionLane::new(conn);
+    let (_, mut conn) = operator_storage(&settings)?;
     let every_tenant = tenant.is_none();
+    // Purged tenants' records are swept with every tenant's, not with one's.
+    let gone = match every_tenant {
+        true => storage::retention::gone_tenants(&mut conn)?,
+        false => Vec::new(),
+    };
+    let lane = ConnectionLane::new(conn);
     let tenants: Vec<TenantId> = {
         use sweep::Lane as _;
         let all = lane.write(&TenantId(String::new()), tenants::list_tenants)?;
@@ -699,18 +704,19 @@ fn retention(settings: Settings, command: RetentionCommand) -> anyhow::Result<()
         &mut progress,
         &log,
     )?;
-    if every_tenant {
-        // What is left of purged tenants (their audit entries, emails, disclosures).
-        let gone = sweep::sweep_gone(
-            &lane,
-            &settings,
-            || SystemClock.now_ms(),
-            &options,
-            &stop,
-            &mut progress,
-        )?;
-        report.deleted.merge(&gone);
-    }
+    // What is left of purged tenants (their audit entries, emails, disclosures).
+    let (deleted, failed) = sweep::sweep_gone(
+        &lane,
+        &settings,
+        &gone,
+        || SystemClock.now_ms(),
+        &options,
+        &stop,
+        &mut progress,
+        &log,
+    )?;
+    report.deleted.merge(&deleted);
+    report.failed.extend(failed);
     if progress.shown {
         eprintln!();
     }

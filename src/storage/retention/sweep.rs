@@ -390,21 +390,26 @@ pub fn sweep_all<L: Lane>(
 /// audit entries and disclosures, and the emails it was sent.
 const KEPT_AFTER_PURGE: [Category; 2] = [Category::Technical, Category::Audit];
 
-/// What is left of tenants whose data was purged ([`store::gone_tenants`]) goes once
-/// past the operator's periods, in batches as any tenant's; no run is recorded (no
-/// tenant is left to read it). Returns what went (or, dry, would go).
+/// What is left of the tenants in `gone` (purged: [`store::gone_tenants`], read off
+/// the writer by the caller) goes once past the operator's periods, in batches as any
+/// tenant's; no run is recorded (no tenant is left to read it). A tenant whose batch
+/// fails is logged and left to the next sweep; the others go on. Returns what went
+/// (or, dry, would go) and the tenants that failed.
+#[allow(clippy::too_many_arguments)]
 pub fn sweep_gone<L: Lane>(
     lane: &L,
     settings: &Settings,
+    gone: &[TenantId],
     now_ms: impl Fn() -> i64,
     options: &Options,
     stop: &AtomicBool,
     progress: &mut dyn Progress,
-) -> Result<Deleted, SweepError> {
+    log: &slog::Logger,
+) -> Result<(Deleted, Vec<(TenantId, StorageError)>), SweepError> {
     let mut deleted = Deleted::zero();
-    let gone = lane.write_across(store::gone_tenants)?;
+    let mut failed = Vec::new();
     let limit = i64::from(options.batch_size.max(1));
-    for tenant_id in &gone {
+    'tenants: for tenant_id in gone {
         for category in KEPT_AFTER_PURGE {
             let cutoff = cutoff(now_ms(), Policies::default().days(category, settings));
             loop {
@@ -413,10 +418,18 @@ pub fn sweep_gone<L: Lane>(
                 }
                 let tenant = tenant_id.clone();
                 let dry_run = options.dry_run;
-                let rows = lane.write(tenant_id, move |conn| match dry_run {
+                let rows = match lane.write(tenant_id, move |conn| match dry_run {
                     true => store::count_expired(conn, &tenant, category, cutoff),
                     false => store::delete_expired(conn, &tenant, category, cutoff, limit),
-                })?;
+                }) {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        slog::warn!(log, "the retention sweep of a purged tenant's records failed; the next sweep tries again";
+                            "tenant" => tenant_id.as_str(), "error" => %e);
+                        failed.push((tenant_id.clone(), e));
+                        continue 'tenants;
+                    }
+                };
                 deleted.add(category, rows);
                 if rows > 0 {
                     progress.batch(tenant_id, category, rows);
@@ -428,7 +441,7 @@ pub fn sweep_gone<L: Lane>(
             }
         }
     }
-    Ok(deleted)
+    Ok((deleted, failed))
 }
 
 /// A connection of its own as a sweep's lane (the operator command): each batch is a
