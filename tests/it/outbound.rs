@@ -851,37 +851,59 @@ async fn stop_and_start_keywords_set_the_contacts_preference_and_are_confirmed_o
     }
 }
 
-/// One person seen apart on NUMBER_A: first by `bsuid` alone (the older contact), then
-/// by CUSTOMER's number alone; returns the webhook (message `wamid`) that names both,
-/// which merges them, not yet posted.
-async fn seen_apart(app: &TestApp, bsuid: &str, wamids: [&str; 3]) -> Vec<u8> {
+/// A text message on NUMBER_A from the person known by `bsuid`, naming their number
+/// too when `wa_id` is given.
+fn from_bsuid(bsuid: &str, wa_id: Option<&str>, wamid: &str, body: &str) -> Vec<u8> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
         .to_string();
-    let webhook = |contact: Value, message: Value| {
-        serde_json::to_vec(&envelope(vec![messages_change(
-            NUMBER_A,
-            vec![contact],
-            vec![message],
-        )]))
-        .unwrap()
-    };
-    let by_user = webhook(
+    let (mut contact, mut message) = (
         json!({"user_id": bsuid, "profile": {"name": "Kim"}}),
-        json!({"from_user_id": bsuid, "id": wamids[0], "timestamp": now,
-            "type": "text", "text": {"body": "hi"}}),
+        json!({"from_user_id": bsuid, "id": wamid, "timestamp": now,
+            "type": "text", "text": {"body": body}}),
     );
-    assert_eq!(app.post_signed(&by_user).await.0, 200);
+    if let Some(wa_id) = wa_id {
+        contact["wa_id"] = json!(wa_id);
+        message["from"] = json!(wa_id);
+    }
+    serde_json::to_vec(&envelope(vec![messages_change(
+        NUMBER_A,
+        vec![contact],
+        vec![message],
+    )]))
+    .unwrap()
+}
+
+/// A restriction of CUSTOMER by tenant A, run to completion; returns the request.
+async fn restrict_customer(app: &TestApp) -> Value {
+    let (status, request) = app
+        .send_json(
+            "POST",
+            "/v1/privacy/requests",
+            &app.a.api_key,
+            &json!({"kind": "restriction", "wa_id": CUSTOMER}),
+        )
+        .await;
+    assert_eq!(status, 201, "{request}");
+    crate::compliance::wait_state(app, &app.a, request["id"].as_str().unwrap(), "completed").await
+}
+
+/// One person seen apart on NUMBER_A: first by `bsuid` alone (the older contact), then
+/// by CUSTOMER's number alone; returns the webhook (message `wamid`) that names both,
+/// which merges them, not yet posted.
+async fn seen_apart(app: &TestApp, bsuid: &str, wamids: [&str; 3]) -> Vec<u8> {
+    assert_eq!(
+        app.post_signed(&from_bsuid(bsuid, None, wamids[0], "hi"))
+            .await
+            .0,
+        200
+    );
     app.wait_messages(&app.a, 1).await;
     assert_eq!(app.post_signed(&text_now(CUSTOMER, wamids[1])).await.0, 200);
     app.wait_messages(&app.a, 2).await;
-    webhook(
-        json!({"user_id": bsuid, "wa_id": CUSTOMER, "profile": {"name": "Kim"}}),
-        json!({"from": CUSTOMER, "from_user_id": bsuid, "id": wamids[2],
-            "timestamp": now, "type": "text", "text": {"body": "both"}}),
-    )
+    from_bsuid(bsuid, Some(CUSTOMER), wamids[2], "both")
 }
 
 /// A restriction recorded for a number no contact has (the subject known only by
@@ -893,46 +915,20 @@ async fn a_waiting_restriction_holds_a_contact_that_learns_its_number() {
         let graph = FakeGraph::start().await;
         let app = app_with_graph(&backend, &graph).await;
         let bsuid = "US.13491208655302741920";
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            .to_string();
-        let webhook = |contact: Value, message: Value| {
-            serde_json::to_vec(&envelope(vec![messages_change(
-                NUMBER_A,
-                vec![contact],
-                vec![message],
-            )]))
-            .unwrap()
-        };
-        let by_user = webhook(
-            json!({"user_id": bsuid, "profile": {"name": "Kim"}}),
-            json!({"from_user_id": bsuid, "id": "wamid.l1", "timestamp": now,
-                "type": "text", "text": {"body": "hi"}}),
+        assert_eq!(
+            app.post_signed(&from_bsuid(bsuid, None, "wamid.l1", "hi"))
+                .await
+                .0,
+            200
         );
-        assert_eq!(app.post_signed(&by_user).await.0, 200);
         app.wait_messages(&app.a, 1).await;
-        let (status, request) = app
-            .send_json(
-                "POST",
-                "/v1/privacy/requests",
-                &app.a.api_key,
-                &json!({"kind": "restriction", "wa_id": CUSTOMER}),
-            )
-            .await;
-        assert_eq!(status, 201, "{backend:?}: {request}");
-        let id = request["id"].as_str().unwrap().to_string();
-        let waiting = crate::compliance::wait_state(&app, &app.a, &id, "completed").await;
+        let waiting = restrict_customer(&app).await;
+        let id = waiting["id"].as_str().unwrap().to_string();
         assert_eq!(
             waiting["outcome"]["pending_contact"], true,
             "{backend:?}: {waiting}"
         );
-        let both = webhook(
-            json!({"user_id": bsuid, "wa_id": CUSTOMER, "profile": {"name": "Kim"}}),
-            json!({"from": CUSTOMER, "from_user_id": bsuid, "id": "wamid.l2",
-                "timestamp": now, "type": "text", "text": {"body": "both"}}),
-        );
+        let both = from_bsuid(bsuid, Some(CUSTOMER), "wamid.l2", "both");
         assert_eq!(app.post_signed(&both).await.0, 200);
         app.wait_messages(&app.a, 2).await;
         assert_eq!(
@@ -1278,17 +1274,7 @@ async fn a_merge_keeps_the_restriction_of_the_contact_merged_away() {
             ["wamid.r1", "wamid.r2", "wamid.r3"],
         )
         .await;
-        let (status, request) = app
-            .send_json(
-                "POST",
-                "/v1/privacy/requests",
-                &app.a.api_key,
-                &json!({"kind": "restriction", "wa_id": CUSTOMER}),
-            )
-            .await;
-        assert_eq!(status, 201, "{backend:?}: {request}");
-        crate::compliance::wait_state(&app, &app.a, request["id"].as_str().unwrap(), "completed")
-            .await;
+        restrict_customer(&app).await;
         // A message naming both: the number's contact is merged into the BSUID's.
         assert_eq!(app.post_signed(&both).await.0, 200);
         app.wait_processed().await;
