@@ -62,102 +62,72 @@ impl Serialize for Rule {
     }
 }
 
-/// The rule a valid request breaks against what is stored: the `code` of a 409 answer
-/// (and of a send that failed for it later, where the same rule applies).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Conflict {
-    /// `tenant create`: another tenant has the name.
-    TenantNameTaken,
-    /// `number add`: the number is another tenant's (or this one's already).
-    NumberRegistered,
-    /// The tenant's account is closed.
-    TenantClosed,
-    /// A tenant's automations are at their maximum.
-    TooManyAutomations,
-    /// A policy version published before.
-    PolicyVersionPublished,
-    /// An enquiry answered before.
-    EnquiryAnswered,
-    /// A disclosure whose account holders were told: no bar to lift.
-    DisclosureTold,
-    /// A lift of a request that is not a restriction or objection in force.
-    NotLiftable,
-    /// An extension of a request no longer open.
-    NotOpen,
-    /// A second extension.
-    AlreadyExtended,
-    /// An extension after the original due day.
-    ExtensionTooLate,
-    /// A free-form send without an open customer-service window.
-    OutsideWindow,
-    /// A send to a contact whose processing is restricted.
-    Restricted,
-    /// A marketing send to a contact who opted out.
-    OptedOut,
-    /// A marketing send to a contact who objected.
-    Objected,
-    /// An automation's cooldown for the contact has not passed, or its welcome was sent
-    /// already: nothing is stored, and no run recorded.
-    AutomationHeldBack,
-    /// An export asked for before its request completed.
-    ExportNotReady,
-    /// Media asked for while it is still being fetched from Meta.
-    MediaPending,
-    /// Media Meta would not give.
-    MediaFailed,
-    /// Media held but no longer readable (its key destroyed).
-    MediaUnreadable,
+/// Declares [`Conflict`] with its codes: every variant is in [`Conflict::ALL`] and
+/// has its code, by construction.
+macro_rules! conflicts {
+    ($($(#[$doc:meta])* $name:ident => $code:literal,)*) => {
+        /// The rule a valid request breaks against what is stored: the `code` of a 409
+        /// answer (and of a send that failed for it later, where the same rule applies).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Conflict {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl Conflict {
+            /// Every code, for the test that each is produced and for the documentation.
+            pub const ALL: &'static [Conflict] = &[$(Conflict::$name),*];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Conflict::$name => $code,)*
+                }
+            }
+        }
+    };
 }
 
-impl Conflict {
-    /// Every code, for the test that each is produced and for the documentation.
-    pub const ALL: [Conflict; 20] = [
-        Conflict::TenantNameTaken,
-        Conflict::NumberRegistered,
-        Conflict::TenantClosed,
-        Conflict::TooManyAutomations,
-        Conflict::PolicyVersionPublished,
-        Conflict::EnquiryAnswered,
-        Conflict::DisclosureTold,
-        Conflict::NotLiftable,
-        Conflict::NotOpen,
-        Conflict::AlreadyExtended,
-        Conflict::ExtensionTooLate,
-        Conflict::OutsideWindow,
-        Conflict::Restricted,
-        Conflict::OptedOut,
-        Conflict::Objected,
-        Conflict::AutomationHeldBack,
-        Conflict::ExportNotReady,
-        Conflict::MediaPending,
-        Conflict::MediaFailed,
-        Conflict::MediaUnreadable,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Conflict::TenantNameTaken => "tenant_name_taken",
-            Conflict::NumberRegistered => "number_registered",
-            Conflict::TenantClosed => "tenant_closed",
-            Conflict::TooManyAutomations => "too_many_automations",
-            Conflict::PolicyVersionPublished => "policy_version_published",
-            Conflict::EnquiryAnswered => "enquiry_answered",
-            Conflict::DisclosureTold => "disclosure_told",
-            Conflict::NotLiftable => "not_liftable",
-            Conflict::NotOpen => "not_open",
-            Conflict::AlreadyExtended => "already_extended",
-            Conflict::ExtensionTooLate => "extension_too_late",
-            Conflict::OutsideWindow => "outside_window",
-            Conflict::Restricted => "restricted",
-            Conflict::OptedOut => "opted_out",
-            Conflict::Objected => "objected",
-            Conflict::AutomationHeldBack => "automation_held_back",
-            Conflict::ExportNotReady => "export_not_ready",
-            Conflict::MediaPending => "media_pending",
-            Conflict::MediaFailed => "media_failed",
-            Conflict::MediaUnreadable => "media_unreadable",
-        }
-    }
+conflicts! {
+    /// `tenant create`: another tenant has the name.
+    TenantNameTaken => "tenant_name_taken",
+    /// `number add`: the number is another tenant's (or this one's already).
+    NumberRegistered => "number_registered",
+    /// The tenant's account is closed.
+    TenantClosed => "tenant_closed",
+    /// A tenant's automations are at their maximum.
+    TooManyAutomations => "too_many_automations",
+    /// A policy version published before.
+    PolicyVersionPublished => "policy_version_published",
+    /// An enquiry answered before.
+    EnquiryAnswered => "enquiry_answered",
+    /// A disclosure whose account holders were told: no bar to lift.
+    DisclosureTold => "disclosure_told",
+    /// A lift of a request that is not a restriction or objection in force.
+    NotLiftable => "not_liftable",
+    /// An extension of a request no longer open.
+    NotOpen => "not_open",
+    /// A second extension.
+    AlreadyExtended => "already_extended",
+    /// An extension after the original due day.
+    ExtensionTooLate => "extension_too_late",
+    /// A free-form send without an open customer-service window.
+    OutsideWindow => "outside_window",
+    /// A send to a contact whose processing is restricted.
+    Restricted => "restricted",
+    /// A marketing send to a contact who opted out.
+    OptedOut => "opted_out",
+    /// A marketing send to a contact who objected.
+    Objected => "objected",
+    /// An automation's cooldown for the contact has not passed, or its welcome was sent
+    /// already: nothing is stored, and no run recorded.
+    AutomationHeldBack => "automation_held_back",
+    /// An export asked for before its request completed.
+    ExportNotReady => "export_not_ready",
+    /// Media asked for while it is still being fetched from Meta.
+    MediaPending => "media_pending",
+    /// Media Meta would not give.
+    MediaFailed => "media_failed",
+    /// Media held but no longer readable (its key destroyed).
+    MediaUnreadable => "media_unreadable",
 }
 
 impl std::fmt::Display for Conflict {
