@@ -161,6 +161,16 @@ pub(crate) fn by_tenant<T>(
     groups
 }
 
+/// Parks the inbox rows of a closed tenant: nothing will apply them, and no sweep
+/// waits for them (its purge takes them).
+pub fn park_for_closed_tenant(core: &Arc<Core>, items: &[crate::storage::inbox::InboxItem]) {
+    let rows = items
+        .iter()
+        .map(|item| (item.id, "the account is closed".to_string()))
+        .collect();
+    park_inbox_rows(core, rows);
+}
+
 /// Parks inbox rows at once, each with its reason: rows that cannot be read back
 /// (sealed under another key, damaged), or that keep crashing their actor. They stop
 /// coming back to every sweep, and the operator sees them (`converra inbox parked`). Runs in the background; a failure is logged and the next

@@ -240,12 +240,7 @@ impl Registry {
     fn route(&mut self, items: Vec<InboxItem>) {
         for (tenant_id, items) in super::by_tenant(items, |item| &item.tenant_id) {
             if self.closed.contains(&tenant_id) {
-                // Nothing will apply them: parked, so that no sweep waits for them.
-                let rows = items
-                    .iter()
-                    .map(|item| (item.id, "the account is closed".to_string()))
-                    .collect();
-                super::park_inbox_rows(&self.core, rows);
+                super::park_for_closed_tenant(&self.core, &items);
                 continue;
             }
             self.hand(tenant_id, RouteInboxRows(items));

@@ -219,12 +219,7 @@ impl Handler<RouteInboxRows> for TenantActor {
 
     fn handle(&mut self, msg: RouteInboxRows, ctx: &mut Context<Self>) {
         if self.closed {
-            let rows = msg
-                .0
-                .iter()
-                .map(|item| (item.id, "the account is closed".to_string()))
-                .collect();
-            super::park_inbox_rows(&self.core, rows);
+            super::park_for_closed_tenant(&self.core, &msg.0);
             return;
         }
         for item in msg.0 {
